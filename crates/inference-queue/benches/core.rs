@@ -1,0 +1,89 @@
+//! Core throughput: submit + dispatch + complete with N requests queued across 64 groups.
+//! One iteration = one submit, one completion, and the dispatch it triggers (3 operations).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use inference_queue::{
+    Admission, Config, Event, Kind, ModelSpec, Outcome, RequestId, Scheduler, Submit, Time,
+};
+
+const GROUPS: usize = 64;
+
+fn setup(queued: usize) -> (Scheduler, Vec<String>, Vec<RequestId>, Time) {
+    // 16 models x 4 kinds = 64 groups.
+    let names: Vec<String> = (0..GROUPS / 4).map(|i| format!("m{i}")).collect();
+    let cfg = Config {
+        models: names
+            .iter()
+            .map(|n| ModelSpec::new(n.clone(), &Kind::ALL, 4))
+            .collect(),
+        default_deadline: [Duration::from_secs(1 << 30); 4],
+        limits: inference_queue::Limits {
+            max_queued_total: queued * 2 + 100,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let mut core = Scheduler::new(cfg).expect("valid");
+    let mut now = Time::ZERO;
+    let mut running = Vec::new();
+    for i in 0..queued {
+        now += Duration::from_micros(10);
+        let sub = Submit {
+            kind: Kind::ALL[i % 4],
+            model: &names[(i / 4) % names.len()],
+            lane: None,
+            deadline: None,
+        };
+        assert!(matches!(core.submit(now, sub), Admission::Accepted(_)));
+    }
+    while let Some(ev) = core.poll_event() {
+        if let Event::Dispatch { id, .. } = ev {
+            running.push(id);
+        }
+    }
+    (core, names, running, now)
+}
+
+fn cycle(c: &mut Criterion) {
+    let mut g = c.benchmark_group("submit_dispatch_complete");
+    for &queued in &[1_000usize, 10_000, 100_000] {
+        g.throughput(Throughput::Elements(3));
+        g.bench_with_input(
+            BenchmarkId::from_parameter(queued),
+            &queued,
+            |b, &queued| {
+                let (mut core, names, mut running, mut now) = setup(queued);
+                let mut i = 0usize;
+                b.iter(|| {
+                    now += Duration::from_micros(10);
+                    i += 1;
+                    let sub = Submit {
+                        kind: Kind::ALL[i % 4],
+                        model: &names[(i / 4) % names.len()],
+                        lane: None,
+                        deadline: None,
+                    };
+                    black_box(core.submit(now, sub));
+                    let id = running.pop().expect("something runs");
+                    black_box(core.complete(now, id, Outcome::Success));
+                    while let Some(ev) = core.poll_event() {
+                        if let Event::Dispatch { id, .. } = ev {
+                            running.push(id);
+                        }
+                    }
+                });
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = cycle
+}
+criterion_main!(benches);

@@ -1,0 +1,295 @@
+//! Configuration of the core, with defaults, presets and validation.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::types::Kind;
+
+/// One upstream model the scheduler may dispatch to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    /// The upstream model name (the `model` field of requests).
+    pub name: String,
+    /// The kinds this model serves.
+    pub kinds: Vec<Kind>,
+    /// How many requests of this model may run at once on one lane (llama.cpp slots; diffusers: 1).
+    /// Shared by all groups of the model.
+    pub max_in_flight: u32,
+}
+
+impl ModelSpec {
+    /// A model serving `kinds` with `max_in_flight` slots.
+    pub fn new(name: impl Into<String>, kinds: &[Kind], max_in_flight: u32) -> ModelSpec {
+        ModelSpec {
+            name: name.into(),
+            kinds: kinds.to_vec(),
+            max_in_flight,
+        }
+    }
+}
+
+/// The bounds that keep drain-before-switch from starving anyone. `None` means unbounded.
+///
+/// All three `None` is the seeds' strict rule: an active group is left only when it is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Longest time one group stays active while other groups wait.
+    pub max_dwell: Option<Duration>,
+    /// Most requests dispatched from one activation of a group while other groups wait.
+    pub max_batch: Option<u32>,
+    /// A request waiting this long makes its group starving: starving groups are served oldest first
+    /// and take the lane from a group whose oldest waiter is younger.
+    pub starvation_after: Option<Duration>,
+}
+
+impl Bounds {
+    /// The seeds' behaviour: process each group completely before switching.
+    pub const fn strict() -> Bounds {
+        Bounds {
+            max_dwell: None,
+            max_batch: None,
+            starvation_after: None,
+        }
+    }
+}
+
+impl Default for Bounds {
+    /// The bounded default: 120 s dwell, 64 requests a batch, starving after 90 s.
+    fn default() -> Bounds {
+        Bounds {
+            max_dwell: Some(Duration::from_secs(120)),
+            max_batch: Some(64),
+            starvation_after: Some(Duration::from_secs(90)),
+        }
+    }
+}
+
+/// Retry policy for transient upstream failures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0: never retry).
+    pub max_retries: u32,
+    /// Backoff before the first retry; doubles each time.
+    pub base: Duration,
+    /// Upper bound of one backoff (before honouring an upstream `Retry-After`).
+    pub cap: Duration,
+    /// Fraction of the backoff that is randomised, 0.0..=1.0 (0.5: between half and all of it).
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 3,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(10),
+            jitter: 0.5,
+        }
+    }
+}
+
+/// Per-lane circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive transient failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker stays open before one probe request is let through.
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> BreakerConfig {
+        BreakerConfig {
+            failure_threshold: 5,
+            cooldown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Admission limits. A request over a limit is refused at once, never queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests waiting (queued or backing off) across all groups.
+    pub max_queued_total: usize,
+    /// Requests waiting per kind (indexed by [`Kind::index`]); `None`: only the total applies.
+    pub max_queued_per_kind: [Option<usize>; 4],
+    /// The `Retry-After` hint given with a queue-full refusal.
+    pub retry_after_hint: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_queued_total: 10_000,
+            max_queued_per_kind: [None; 4],
+            retry_after_hint: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The whole configuration of a [`crate::Scheduler`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Kind priority, highest first. Kinds left out rank after the listed ones, in default order.
+    pub priority: Vec<Kind>,
+    /// Anti-starvation bounds.
+    pub bounds: Bounds,
+    /// Admission limits.
+    pub limits: Limits,
+    /// Queue deadline per kind (indexed by [`Kind::index`]); a request may only lower its own.
+    pub default_deadline: [Duration; 4],
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// The per-lane breaker.
+    pub breaker: BreakerConfig,
+    /// After the switch barrier, ask the upstream to unload the old model before the new group starts.
+    pub unload_on_switch: bool,
+    /// Before a new model's first request, ask the upstream to load it.
+    pub warm_up: bool,
+    /// The models, each with its kinds and slots.
+    pub models: Vec<ModelSpec>,
+    /// One name per lane (upstream). At least one.
+    pub lanes: Vec<String>,
+    /// Seed of the core's jitter generator.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            priority: Kind::ALL.to_vec(),
+            bounds: Bounds::default(),
+            limits: Limits::default(),
+            default_deadline: [
+                Duration::from_secs(120),
+                Duration::from_secs(600),
+                Duration::from_secs(600),
+                Duration::from_secs(300),
+            ],
+            retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+            unload_on_switch: false,
+            warm_up: false,
+            models: Vec::new(),
+            lanes: vec!["default".to_owned()],
+            seed: 0x1D_5EED,
+        }
+    }
+}
+
+/// An invalid configuration, naming the offending field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid scheduler config: `{field}`: {message}")]
+pub struct ConfigError {
+    /// The field, as a dotted path (`bounds.max_batch`).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Check every field. [`crate::Scheduler::new`] calls this.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.priority.is_empty() {
+            return Err(err("priority", "must list at least one kind"));
+        }
+        let mut seen = HashSet::new();
+        for k in &self.priority {
+            if !seen.insert(*k) {
+                return Err(err("priority", format!("kind {k} is listed twice")));
+            }
+        }
+        let b = &self.bounds;
+        if b.max_dwell == Some(Duration::ZERO) {
+            return Err(err("bounds.max_dwell", "must be positive (or unbounded)"));
+        }
+        if b.max_batch == Some(0) {
+            return Err(err("bounds.max_batch", "must be at least 1 (or unbounded)"));
+        }
+        if b.starvation_after == Some(Duration::ZERO) {
+            return Err(err(
+                "bounds.starvation_after",
+                "must be positive (or unbounded)",
+            ));
+        }
+        if self.limits.max_queued_total == 0 {
+            return Err(err("limits.max_queued_total", "must be at least 1"));
+        }
+        for k in Kind::ALL {
+            if self.limits.max_queued_per_kind[k.index()] == Some(0) {
+                return Err(err(
+                    format!("limits.max_queued_per_kind.{k}"),
+                    "must be at least 1",
+                ));
+            }
+            if self.default_deadline[k.index()].is_zero() {
+                return Err(err(format!("default_deadline.{k}"), "must be positive"));
+            }
+        }
+        let r = &self.retry;
+        if !(0.0..=1.0).contains(&r.jitter) || r.jitter.is_nan() {
+            return Err(err("retry.jitter", "must be between 0.0 and 1.0"));
+        }
+        if r.base.is_zero() && r.max_retries > 0 {
+            return Err(err(
+                "retry.base",
+                "must be positive when retries are enabled",
+            ));
+        }
+        if r.cap < r.base {
+            return Err(err("retry.cap", "must not be below retry.base"));
+        }
+        if self.breaker.failure_threshold == 0 {
+            return Err(err("breaker.failure_threshold", "must be at least 1"));
+        }
+        if self.breaker.cooldown.is_zero() {
+            return Err(err("breaker.cooldown", "must be positive"));
+        }
+        if self.lanes.is_empty() {
+            return Err(err("lanes", "at least one lane (upstream) is needed"));
+        }
+        let mut names = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.name.trim().is_empty() {
+                return Err(err(format!("models[{i}].name"), "must not be empty"));
+            }
+            if !names.insert(m.name.as_str()) {
+                return Err(err(
+                    format!("models[{i}].name"),
+                    format!("model {:?} is listed twice", m.name),
+                ));
+            }
+            if m.kinds.is_empty() {
+                return Err(err(
+                    format!("models[{i}].kinds"),
+                    "must serve at least one kind",
+                ));
+            }
+            if m.max_in_flight == 0 {
+                return Err(err(
+                    format!("models[{i}].max_in_flight"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The full priority order: the listed kinds, then the others in default order.
+    pub fn full_priority(&self) -> Vec<Kind> {
+        let mut order = self.priority.clone();
+        for k in Kind::ALL {
+            if !order.contains(&k) {
+                order.push(k);
+            }
+        }
+        order
+    }
+}

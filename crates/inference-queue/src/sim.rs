@@ -1,0 +1,451 @@
+//! A deterministic discrete-event simulation of LocalAI's cost model, driven by the real core.
+//!
+//! The simulated upstream keeps one model resident, loads on the first request to another model
+//! (the request waits for the load), runs up to `slots` requests of the resident model at once, and
+//! may fail an attempt transiently. [`run_scheduler`] drives a real [`Scheduler`] against it;
+//! [`run_fifo`] replays the same trace the way users hit LocalAI today: requests start in arrival
+//! order, and a request for another model waits for the running ones, then triggers a load.
+//! Everything runs on a virtual clock, so a day of traffic takes milliseconds and a seed reproduces
+//! a run exactly. Tests, the `inference-queue` benchmarks and `cargo xtask sim` share this module.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::config::{Config, ModelSpec};
+use crate::rng::Rng;
+use crate::scheduler::{Admission, Event, Outcome, Resolution, Scheduler, Submit};
+use crate::types::{Kind, LaneId, RequestId, Time};
+
+/// One model of the simulated upstream.
+#[derive(Clone, Debug)]
+pub struct SimModel {
+    /// Its name.
+    pub name: String,
+    /// The kinds it serves.
+    pub kinds: Vec<Kind>,
+    /// How long loading it takes.
+    pub load: Duration,
+    /// Requests it runs at once.
+    pub slots: u32,
+}
+
+/// The catalogue of SPEC-like costs: an LLM (6 s load, 4 slots), a vision LLM (6 s, 4 slots) and a
+/// diffusion model serving txt2img and img2img (12 s, 1 slot).
+pub fn localai_catalogue() -> Vec<SimModel> {
+    vec![
+        SimModel {
+            name: "llm".into(),
+            kinds: vec![Kind::Txt2Txt],
+            load: Duration::from_secs(6),
+            slots: 4,
+        },
+        SimModel {
+            name: "vision".into(),
+            kinds: vec![Kind::Img2Txt],
+            load: Duration::from_secs(6),
+            slots: 4,
+        },
+        SimModel {
+            name: "sd".into(),
+            kinds: vec![Kind::Txt2Img, Kind::Img2Img],
+            load: Duration::from_secs(12),
+            slots: 1,
+        },
+    ]
+}
+
+/// The scheduler's model list for a catalogue (`max_in_flight` = slots).
+pub fn model_specs(models: &[SimModel]) -> Vec<ModelSpec> {
+    models
+        .iter()
+        .map(|m| ModelSpec::new(m.name.clone(), &m.kinds, m.slots))
+        .collect()
+}
+
+/// One request of a trace.
+#[derive(Clone, Debug)]
+pub struct TraceItem {
+    /// Arrival time.
+    pub at: Time,
+    /// Its kind.
+    pub kind: Kind,
+    /// Index into the catalogue.
+    pub model: usize,
+    /// Service time once started.
+    pub service: Duration,
+    /// Transient failures of its first attempts (each costs `service / 4` before failing).
+    pub failures: u32,
+}
+
+/// What a trace looks like.
+#[derive(Clone, Debug)]
+pub struct TraceSpec {
+    /// Per kind: (kind, model index, share of arrivals, service time range in seconds).
+    pub mix: Vec<(Kind, usize, f64, (f64, f64))>,
+    /// Arrivals per second (Poisson).
+    pub rate: f64,
+    /// Length of the arrival window.
+    pub duration: Duration,
+    /// Chance that an attempt fails transiently.
+    pub failure_rate: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl TraceSpec {
+    /// The mixed load of SPEC §9 against [`localai_catalogue`]: 50 % chat, 15 % vision, 20 %
+    /// txt2img, 15 % img2img; chat 1-3 s, images 5-8 s.
+    pub fn mixed(rate: f64, duration: Duration, seed: u64) -> TraceSpec {
+        TraceSpec {
+            mix: vec![
+                (Kind::Txt2Txt, 0, 0.50, (1.0, 3.0)),
+                (Kind::Img2Txt, 1, 0.15, (1.0, 3.0)),
+                (Kind::Txt2Img, 2, 0.20, (5.0, 8.0)),
+                (Kind::Img2Img, 2, 0.15, (5.0, 8.0)),
+            ],
+            rate,
+            duration,
+            failure_rate: 0.0,
+            seed,
+        }
+    }
+
+    /// Requests per second the catalogue sustains when it never switches models.
+    pub fn capacity(&self, models: &[SimModel]) -> f64 {
+        let total: f64 = self.mix.iter().map(|m| m.2).sum();
+        let busy: f64 = self
+            .mix
+            .iter()
+            .map(|(_, model, share, (lo, hi))| {
+                (share / total) * ((lo + hi) / 2.0) / f64::from(models[*model].slots)
+            })
+            .sum();
+        1.0 / busy
+    }
+
+    /// The trace.
+    pub fn generate(&self) -> Vec<TraceItem> {
+        let mut rng = Rng::new(self.seed);
+        let total: f64 = self.mix.iter().map(|m| m.2).sum();
+        let mut out = Vec::new();
+        let mut t = 0.0;
+        let end = self.duration.as_secs_f64();
+        loop {
+            t += rng.exp(1.0 / self.rate);
+            if t >= end {
+                break;
+            }
+            let mut pick = rng.next_f64() * total;
+            let mut chosen = &self.mix[self.mix.len() - 1];
+            for m in &self.mix {
+                if pick < m.2 {
+                    chosen = m;
+                    break;
+                }
+                pick -= m.2;
+            }
+            let (kind, model, _, (lo, hi)) = *chosen;
+            let service = Duration::from_secs_f64(rng.range_f64(lo, hi));
+            let mut failures = 0;
+            while failures < 3 && rng.next_f64() < self.failure_rate {
+                failures += 1;
+            }
+            out.push(TraceItem {
+                at: Time::from_duration(Duration::from_secs_f64(t)),
+                kind,
+                model,
+                service,
+                failures,
+            });
+        }
+        out
+    }
+}
+
+/// What a simulated run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Requests that finished successfully.
+    pub completed: usize,
+    /// Requests that left without success (expired, exhausted, rejected).
+    pub not_completed: usize,
+    /// Model loads on the upstream.
+    pub loads: u64,
+    /// Time the upstream spent loading.
+    pub load_time: Duration,
+    /// Times two models ran at once on the upstream (what im must never cause).
+    pub overcommits: u64,
+    /// From the first arrival to the last completion.
+    pub makespan: Duration,
+    /// Per kind: every request's wait from arrival to the start of its service.
+    pub waits: HashMap<Kind, Vec<Duration>>,
+}
+
+impl Report {
+    /// Completed requests per hour of makespan.
+    pub fn per_hour(&self) -> f64 {
+        if self.makespan.is_zero() {
+            return 0.0;
+        }
+        self.completed as f64 * 3600.0 / self.makespan.as_secs_f64()
+    }
+
+    /// The `q` quantile (0..=1) of a kind's waits.
+    pub fn wait_quantile(&self, kind: Kind, q: f64) -> Option<Duration> {
+        let mut w = self.waits.get(&kind)?.clone();
+        if w.is_empty() {
+            return None;
+        }
+        w.sort();
+        let idx = ((w.len() - 1) as f64 * q).round() as usize;
+        Some(w[idx])
+    }
+}
+
+/// The simulated upstream: one resident model, slots, loads.
+#[derive(Debug)]
+struct Upstream {
+    resident: Option<usize>,
+    ready_at: Time,
+    running: u32,
+    running_model: Option<usize>,
+    loads: u64,
+    load_time: Duration,
+    overcommits: u64,
+}
+
+impl Upstream {
+    fn new() -> Upstream {
+        Upstream {
+            resident: None,
+            ready_at: Time::ZERO,
+            running: 0,
+            running_model: None,
+            loads: 0,
+            load_time: Duration::ZERO,
+            overcommits: 0,
+        }
+    }
+
+    /// Make `model` resident; the time at which it is ready.
+    fn ensure(&mut self, models: &[SimModel], model: usize, now: Time) -> Time {
+        if self.resident != Some(model) {
+            if self.running > 0 && self.running_model != Some(model) {
+                self.overcommits += 1;
+            }
+            self.resident = Some(model);
+            self.loads += 1;
+            self.load_time += models[model].load;
+            self.ready_at = now + models[model].load;
+        }
+        self.ready_at.max(now)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Arrival(usize),
+    Done(RequestId, bool),
+    Lifecycle(usize),
+}
+
+/// Drive a real [`Scheduler`] over `trace` against the simulated upstream (one lane).
+///
+/// `cfg.models` is replaced by the catalogue. Panics if the run does not settle within a bound of
+/// steps proportional to the trace (a livelock is a bug, and this turns it into a failing test).
+pub fn run_scheduler(cfg: Config, models: &[SimModel], trace: &[TraceItem]) -> Report {
+    run_scheduler_observed(cfg, models, trace, &mut |_, _| {})
+}
+
+/// [`run_scheduler`], calling `observe` with every event the core emits and, with `None`, after
+/// every step (so tests can check invariants on [`Scheduler::status`] at every step).
+pub fn run_scheduler_observed(
+    mut cfg: Config,
+    models: &[SimModel],
+    trace: &[TraceItem],
+    observe: &mut dyn FnMut(&Scheduler, Option<&Event>),
+) -> Report {
+    cfg.models = model_specs(models);
+    cfg.lanes = vec!["sim".into()];
+    let mut core = Scheduler::new(cfg).expect("valid simulation config");
+    let mut up = Upstream::new();
+    let mut report = Report::default();
+    let mut heap: BinaryHeap<Reverse<(Time, u64, Ev)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut push = |heap: &mut BinaryHeap<_>, t: Time, ev: Ev| {
+        seq += 1;
+        heap.push(Reverse((t, seq, ev)));
+    };
+    for (i, item) in trace.iter().enumerate() {
+        push(&mut heap, item.at, Ev::Arrival(i));
+    }
+    let mut item_of: HashMap<RequestId, usize> = HashMap::new();
+    let mut failures_left: HashMap<RequestId, u32> = HashMap::new();
+    let first = trace.first().map_or(Time::ZERO, |t| t.at);
+    let mut last = first;
+    let mut steps = 0usize;
+    let max_steps = 100 + trace.len() * 200;
+    loop {
+        steps += 1;
+        assert!(
+            steps < max_steps,
+            "simulation did not settle: livelock in the core?"
+        );
+        let next_ev = heap.peek().map(|Reverse((t, _, _))| *t);
+        let next_timer = core.poll_timeout();
+        let now = match (next_ev, next_timer) {
+            (None, None) => break,
+            (Some(e), Some(t)) if t < e => {
+                core.handle_timeout(t);
+                t
+            }
+            (None, Some(t)) => {
+                core.handle_timeout(t);
+                t
+            }
+            _ => {
+                let Reverse((t, _, ev)) = heap.pop().expect("peeked");
+                match ev {
+                    Ev::Arrival(i) => {
+                        let item = &trace[i];
+                        let sub = Submit {
+                            kind: item.kind,
+                            model: &models[item.model].name,
+                            lane: None,
+                            deadline: None,
+                        };
+                        match core.submit(t, sub) {
+                            Admission::Accepted(id) => {
+                                item_of.insert(id, i);
+                                failures_left.insert(id, item.failures);
+                            }
+                            Admission::Rejected(_) => report.not_completed += 1,
+                        }
+                    }
+                    Ev::Done(id, ok) => {
+                        up.running -= 1;
+                        if up.running == 0 {
+                            up.running_model = None;
+                        }
+                        let outcome = if ok {
+                            Outcome::Success
+                        } else {
+                            Outcome::Transient { retry_after: None }
+                        };
+                        match core.complete(t, id, outcome) {
+                            Resolution::Finished => {
+                                report.completed += 1;
+                                last = last.max(t);
+                            }
+                            Resolution::Exhausted { .. } => report.not_completed += 1,
+                            Resolution::Retry { .. } | Resolution::Ignored => {}
+                        }
+                    }
+                    Ev::Lifecycle(lane) => core.lifecycle_done(t, LaneId(lane)),
+                }
+                t
+            }
+        };
+        while let Some(ev) = core.poll_event() {
+            observe(&core, Some(&ev));
+            match ev {
+                Event::Dispatch { id, .. } => {
+                    let i = item_of[&id];
+                    let item = &trace[i];
+                    let start = up.ensure(models, item.model, now);
+                    up.running += 1;
+                    up.running_model = Some(item.model);
+                    let left = failures_left.get_mut(&id).expect("known id");
+                    let ok = *left == 0;
+                    if ok {
+                        let waits = report.waits.entry(item.kind).or_default();
+                        waits.push(start.saturating_since(item.at));
+                        push(&mut heap, start + item.service, Ev::Done(id, true));
+                    } else {
+                        *left -= 1;
+                        push(&mut heap, start + item.service / 4, Ev::Done(id, false));
+                    }
+                }
+                Event::Expired { .. } | Event::Failed { .. } => report.not_completed += 1,
+                Event::Unload { lane, .. } => {
+                    up.resident = None;
+                    push(&mut heap, now, Ev::Lifecycle(lane.0));
+                }
+                Event::WarmUp { lane, model } => {
+                    let ready = up.ensure(models, model.0, now);
+                    push(&mut heap, ready, Ev::Lifecycle(lane.0));
+                }
+                Event::Switched { .. }
+                | Event::BreakerOpened { .. }
+                | Event::BreakerClosed { .. } => {}
+            }
+        }
+        observe(&core, None);
+    }
+    report.loads = up.loads;
+    report.load_time = up.load_time;
+    report.overcommits = up.overcommits;
+    report.makespan = last.saturating_since(first);
+    report
+}
+
+/// Replay `trace` the way clients hit LocalAI without im: strict arrival order, one resident model,
+/// a request for another model waits for the running ones to finish and then loads its model.
+/// Failed attempts are retried at once by the client, in place.
+pub fn run_fifo(models: &[SimModel], trace: &[TraceItem]) -> Report {
+    let mut report = Report::default();
+    let mut up = Upstream::new();
+    // End times of running requests (min-heap).
+    let mut running: BinaryHeap<Reverse<Time>> = BinaryHeap::new();
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    let mut next_arrival = 0usize;
+    let mut now = trace.first().map_or(Time::ZERO, |t| t.at);
+    let first = now;
+    let mut last = now;
+    loop {
+        // Start whatever the head of the line allows.
+        while let Some(&i) = queue.front() {
+            let item = &trace[i];
+            let slots = models[item.model].slots as usize;
+            let same = up.resident == Some(item.model);
+            if same && running.len() >= slots {
+                break;
+            }
+            if !same && !running.is_empty() {
+                break;
+            }
+            queue.pop_front();
+            let start = up.ensure(models, item.model, now);
+            report
+                .waits
+                .entry(item.kind)
+                .or_default()
+                .push(start.saturating_since(item.at));
+            let busy = item.service + (item.service / 4) * item.failures;
+            running.push(Reverse(start + busy));
+            report.completed += 1;
+        }
+        let next_done = running.peek().map(|Reverse(t)| *t);
+        let next_arr = trace.get(next_arrival).map(|t| t.at);
+        let take_done = match (next_done, next_arr) {
+            (None, None) => break,
+            (Some(d), Some(a)) => d <= a,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+        };
+        if take_done {
+            running.pop();
+            now = next_done.unwrap_or(now);
+            last = last.max(now);
+        } else {
+            now = next_arr.unwrap_or(now);
+            queue.push_back(next_arrival);
+            next_arrival += 1;
+        }
+    }
+    report.loads = up.loads;
+    report.load_time = up.load_time;
+    report.makespan = last.saturating_since(first);
+    report
+}

@@ -1,0 +1,110 @@
+//! Snapshots and counters: what the core can tell about itself.
+
+use std::time::Duration;
+
+use crate::types::Kind;
+
+/// Lifetime counters of one [`crate::Scheduler`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests queued.
+    pub accepted: u64,
+    /// Requests refused at admission.
+    pub rejected: u64,
+    /// Attempts started.
+    pub dispatched: u64,
+    /// Requests that left after an attempt that was not retried (success or permanent failure).
+    pub completed: u64,
+    /// Requests whose queue deadline passed.
+    pub expired: u64,
+    /// Requests cancelled by their caller (waiting or in flight).
+    pub cancelled: u64,
+    /// Requests failed by the core (shutdown).
+    pub failed: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Requests that used every retry.
+    pub exhausted: u64,
+    /// Changes of a lane's active group.
+    pub switches: u64,
+    /// Changes of a lane's model (each one a model load upstream).
+    pub model_switches: u64,
+    /// Times a breaker opened.
+    pub breaker_opened: u64,
+    /// Inputs about unknown or finished requests, ignored.
+    pub ignored: u64,
+}
+
+/// A breaker's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Dispatching normally.
+    Closed,
+    /// No dispatch for `remaining`.
+    Open {
+        /// Time left in the cooldown.
+        remaining: Duration,
+    },
+    /// One probe request decides.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half_open`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// One group in a [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its model.
+    pub model: String,
+    /// The lane it is pinned to, if any.
+    pub lane: Option<usize>,
+    /// Requests queued (not counting those backing off before a retry).
+    pub depth: usize,
+    /// How long its oldest queued request has waited.
+    pub oldest_wait: Option<Duration>,
+    /// Requests running.
+    pub in_flight: u32,
+}
+
+/// One lane in a [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneStatus {
+    /// Its name.
+    pub name: String,
+    /// The group it serves.
+    pub active: Option<(Kind, String)>,
+    /// The model it believes is loaded upstream.
+    pub loaded: Option<String>,
+    /// Requests running.
+    pub in_flight: u32,
+    /// `ready`, `unloading` or `warming_up`.
+    pub phase: &'static str,
+    /// Its breaker.
+    pub breaker: BreakerState,
+}
+
+/// A snapshot of a [`crate::Scheduler`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Every group seen so far.
+    pub groups: Vec<GroupStatus>,
+    /// Every lane.
+    pub lanes: Vec<LaneStatus>,
+    /// Requests waiting (queued or backing off).
+    pub waiting: usize,
+    /// Requests running.
+    pub in_flight: usize,
+    /// Whether intake is open.
+    pub accepting: bool,
+}

@@ -1,0 +1,139 @@
+//! Small value types shared by every part of the core: time, kinds, ids.
+
+use std::fmt;
+use std::ops::{Add, AddAssign};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A point in time, measured from an epoch chosen by whoever drives the core.
+///
+/// The core never reads a clock: every input carries a `Time`. A tokio driver uses the time elapsed
+/// since it started; a discrete-event simulation uses its virtual clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(Duration);
+
+impl Time {
+    /// The epoch.
+    pub const ZERO: Time = Time(Duration::ZERO);
+
+    /// A time `d` after the epoch.
+    pub const fn from_duration(d: Duration) -> Time {
+        Time(d)
+    }
+
+    /// A time `ms` milliseconds after the epoch.
+    pub const fn from_millis(ms: u64) -> Time {
+        Time(Duration::from_millis(ms))
+    }
+
+    /// A time `s` seconds after the epoch.
+    pub const fn from_secs(s: u64) -> Time {
+        Time(Duration::from_secs(s))
+    }
+
+    /// The time since the epoch.
+    pub const fn since_epoch(self) -> Duration {
+        self.0
+    }
+
+    /// `self - earlier`, or zero when `earlier` is later.
+    pub fn saturating_since(self, earlier: Time) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl Add<Duration> for Time {
+    type Output = Time;
+    fn add(self, rhs: Duration) -> Time {
+        Time(self.0.saturating_add(rhs))
+    }
+}
+
+impl AddAssign<Duration> for Time {
+    fn add_assign(&mut self, rhs: Duration) {
+        self.0 = self.0.saturating_add(rhs);
+    }
+}
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.3}s", self.0.as_secs_f64())
+    }
+}
+
+/// The four kinds of work im schedules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// Chat completion.
+    Txt2Txt,
+    /// Image generation from text.
+    Txt2Img,
+    /// Image editing.
+    Img2Img,
+    /// Vision chat (an image in the messages).
+    Img2Txt,
+}
+
+impl Kind {
+    /// All kinds, in the default priority order.
+    pub const ALL: [Kind; 4] = [Kind::Txt2Txt, Kind::Txt2Img, Kind::Img2Img, Kind::Img2Txt];
+
+    /// The wire name (`txt2txt`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Txt2Txt => "txt2txt",
+            Kind::Txt2Img => "txt2img",
+            Kind::Img2Img => "img2img",
+            Kind::Img2Txt => "img2txt",
+        }
+    }
+
+    /// A dense index 0..4, for per-kind arrays.
+    pub const fn index(self) -> usize {
+        match self {
+            Kind::Txt2Txt => 0,
+            Kind::Txt2Img => 1,
+            Kind::Img2Img => 2,
+            Kind::Img2Txt => 3,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a [`Kind`] from text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown kind {0:?}: expected one of txt2txt, txt2img, img2img, img2txt")]
+pub struct ParseKindError(pub String);
+
+impl FromStr for Kind {
+    type Err = ParseKindError;
+    fn from_str(s: &str) -> Result<Kind, ParseKindError> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| ParseKindError(s.to_owned()))
+    }
+}
+
+/// The id the core gives an accepted request. Ids are never reused by one core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A lane: the scheduler's view of one upstream, by index in [`crate::Config::lanes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LaneId(pub usize);
+
+/// A model, by index in [`crate::Config::models`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ModelId(pub usize);

@@ -1,0 +1,193 @@
+//! A small driver for tests: submits by name, records events, checks invariants on every event.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use inference_queue::*;
+
+pub fn models() -> Vec<ModelSpec> {
+    vec![
+        ModelSpec::new("llm", &[Kind::Txt2Txt, Kind::Img2Txt], 2),
+        ModelSpec::new("llm2", &[Kind::Txt2Txt], 1),
+        ModelSpec::new("sd", &[Kind::Txt2Img, Kind::Img2Img], 1),
+        ModelSpec::new("vision", &[Kind::Img2Txt], 1),
+    ]
+}
+
+pub fn cfg(bounds: Bounds) -> Config {
+    Config {
+        bounds,
+        models: models(),
+        ..Config::default()
+    }
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+pub struct Harness {
+    pub core: Scheduler,
+    pub now: Time,
+    pub events: Vec<Event>,
+    /// Every id that left, and how.
+    pub left: HashMap<RequestId, String>,
+    pub accepted: Vec<RequestId>,
+    pub in_flight: HashMap<RequestId, (LaneId, ModelId)>,
+    pub info: HashMap<RequestId, (Kind, ModelId, Time)>,
+    pub dispatch_order: Vec<RequestId>,
+    limits: Vec<u32>,
+}
+
+impl Harness {
+    pub fn new(cfg: Config) -> Harness {
+        let limits = cfg.models.iter().map(|m| m.max_in_flight).collect();
+        Harness {
+            core: Scheduler::new(cfg).expect("valid config"),
+            now: Time::ZERO,
+            events: Vec::new(),
+            left: HashMap::new(),
+            accepted: Vec::new(),
+            in_flight: HashMap::new(),
+            info: HashMap::new(),
+            dispatch_order: Vec::new(),
+            limits,
+        }
+    }
+
+    fn leave(&mut self, id: RequestId, how: &str) {
+        let prev = self.left.insert(id, how.to_owned());
+        assert!(prev.is_none(), "{id} left twice: {prev:?} then {how}");
+    }
+
+    /// Drain events, checking the lane invariants on each dispatch.
+    pub fn drain(&mut self) {
+        while let Some(ev) = self.core.poll_event() {
+            match &ev {
+                Event::Dispatch { id, lane, .. } => {
+                    let (_, model, _) = self.info[id];
+                    for (other, (l, m)) in &self.in_flight {
+                        if l == lane {
+                            assert_eq!(
+                                *m, model,
+                                "two models in flight on {lane:?}: {other} and {id}"
+                            );
+                        }
+                    }
+                    let n = self
+                        .in_flight
+                        .values()
+                        .filter(|(l, m)| l == lane && *m == model)
+                        .count();
+                    assert!(
+                        n < self.limits[model.0] as usize,
+                        "max_in_flight exceeded for {id}"
+                    );
+                    self.in_flight.insert(*id, (*lane, model));
+                    self.dispatch_order.push(*id);
+                }
+                Event::Expired { id, .. } => self.leave(*id, "expired"),
+                Event::Failed { id, .. } => self.leave(*id, "failed"),
+                _ => {}
+            }
+            self.events.push(ev);
+        }
+    }
+
+    pub fn at(&mut self, t_ms: u64) -> &mut Harness {
+        let t = Time::from_millis(t_ms);
+        // Fire due timers first, like a real driver would.
+        while let Some(due) = self.core.poll_timeout() {
+            if due > t {
+                break;
+            }
+            self.now = due.max(self.now);
+            self.core.handle_timeout(due);
+            self.drain();
+        }
+        self.now = t.max(self.now);
+        self
+    }
+
+    pub fn submit(&mut self, kind: Kind, model: &str) -> Admission {
+        self.submit_with(kind, model, None)
+    }
+
+    pub fn submit_with(
+        &mut self,
+        kind: Kind,
+        model: &str,
+        deadline: Option<Duration>,
+    ) -> Admission {
+        let a = self.core.submit(
+            self.now,
+            Submit {
+                kind,
+                model,
+                lane: None,
+                deadline,
+            },
+        );
+        if let Admission::Accepted(id) = a {
+            self.accepted.push(id);
+            let m = self.core.model_id(model).expect("accepted model exists");
+            self.info.insert(id, (kind, m, self.now));
+        }
+        self.drain();
+        a
+    }
+
+    pub fn id(&mut self, kind: Kind, model: &str) -> RequestId {
+        match self.submit(kind, model) {
+            Admission::Accepted(id) => id,
+            other => panic!("expected acceptance, got {other:?}"),
+        }
+    }
+
+    pub fn complete(&mut self, id: RequestId, outcome: Outcome) -> Resolution {
+        let r = self.core.complete(self.now, id, outcome);
+        match r {
+            Resolution::Finished => self.leave(id, "finished"),
+            Resolution::Exhausted { .. } => self.leave(id, "exhausted"),
+            Resolution::Retry { .. } | Resolution::Ignored => {}
+        }
+        if r != Resolution::Ignored {
+            self.in_flight.remove(&id);
+        }
+        self.drain();
+        r
+    }
+
+    pub fn cancel(&mut self, id: RequestId) -> CancelOutcome {
+        let c = self.core.cancel(self.now, id);
+        if c == CancelOutcome::Removed {
+            self.leave(id, "cancelled");
+        }
+        self.drain();
+        c
+    }
+
+    pub fn dispatched(&self) -> Vec<RequestId> {
+        self.dispatch_order.clone()
+    }
+
+    pub fn running(&self) -> HashSet<RequestId> {
+        self.in_flight.keys().copied().collect()
+    }
+
+    pub fn lifecycle_events(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Unload { model, .. } => {
+                    Some(format!("unload {}", self.core.model_name(*model)))
+                }
+                Event::WarmUp { model, .. } => {
+                    Some(format!("warm {}", self.core.model_name(*model)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,323 @@
+//! Property tests: random traces of arrivals, completions, failures, cancels, lifecycle replies and
+//! time jumps, with the core's invariants asserted on every step.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use inference_queue::sim::{self, TraceSpec};
+use inference_queue::*;
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Submit {
+        kind: usize,
+        model: usize,
+        deadline_ms: Option<u64>,
+    },
+    Complete {
+        pick: usize,
+        outcome: u8,
+        retry_after_ms: u64,
+    },
+    Cancel {
+        pick: usize,
+    },
+    Lifecycle {
+        lane: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..4usize, 0..5usize, prop::option::of(1..20_000u64))
+            .prop_map(|(kind, model, deadline_ms)| Op::Submit { kind, model, deadline_ms }),
+        4 => (any::<usize>(), 0..10u8, 0..3_000u64)
+            .prop_map(|(pick, outcome, retry_after_ms)| Op::Complete { pick, outcome, retry_after_ms }),
+        1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+        1 => (0..2usize).prop_map(|lane| Op::Lifecycle { lane }),
+        3 => (0..8_000u64).prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Setup {
+    strict: bool,
+    lanes: usize,
+    unload: bool,
+    warm: bool,
+    max_retries: u32,
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    (
+        any::<bool>(),
+        1..=2usize,
+        any::<bool>(),
+        any::<bool>(),
+        0..3u32,
+    )
+        .prop_map(|(strict, lanes, unload, warm, max_retries)| Setup {
+            strict,
+            lanes,
+            unload,
+            warm,
+            max_retries,
+        })
+}
+
+fn config(s: &Setup) -> Config {
+    let bounds = if s.strict {
+        Bounds::strict()
+    } else {
+        Bounds {
+            max_dwell: Some(Duration::from_secs(5)),
+            max_batch: Some(3),
+            starvation_after: Some(Duration::from_secs(10)),
+        }
+    };
+    let mut c = cfg(bounds);
+    c.lanes = (0..s.lanes).map(|i| format!("lane{i}")).collect();
+    c.unload_on_switch = s.unload;
+    c.warm_up = s.warm;
+    c.retry.max_retries = s.max_retries;
+    c.breaker = BreakerConfig {
+        failure_threshold: 3,
+        cooldown: Duration::from_secs(2),
+    };
+    c.default_deadline = [Duration::from_secs(15); 4];
+    c.limits.max_queued_total = 40;
+    c
+}
+
+const MODELS: [&str; 5] = ["llm", "llm2", "sd", "vision", "nope"];
+
+fn run(setup: &Setup, ops: &[Op]) {
+    let cfg = config(setup);
+    let defaults = cfg.default_deadline;
+    let mut h = Harness::new(cfg);
+    let mut deadline: HashMap<RequestId, (Time, Time)> = HashMap::new();
+    let mut last_first_attempt: HashMap<(Kind, ModelId), RequestId> = HashMap::new();
+    let mut t = 0u64;
+    let mut seen = 0usize;
+
+    let check_new_events =
+        |h: &mut Harness,
+         seen: &mut usize,
+         deadline: &HashMap<RequestId, (Time, Time)>,
+         last: &mut HashMap<(Kind, ModelId), RequestId>| {
+            for ev in &h.events[*seen..] {
+                match ev {
+                    Event::Dispatch {
+                        id,
+                        attempt,
+                        waited,
+                        ..
+                    } => {
+                        let (arrival, dl) = deadline[id];
+                        let at = arrival + *waited;
+                        assert!(at < dl, "{id} dispatched at {at}, deadline {dl}");
+                        if *attempt == 1 {
+                            let (kind, model, _) = h.info[id];
+                            if let Some(prev) = last.insert((kind, model), *id) {
+                                assert!(prev < *id, "FIFO broken in group: {prev} after {id}");
+                            }
+                        }
+                    }
+                    Event::Expired { id, waited } => {
+                        let (arrival, dl) = deadline[id];
+                        assert_eq!(arrival + *waited, dl, "{id} expired off the tick");
+                    }
+                    // Strict: the decision to leave a group is taken only when it is empty. With
+                    // lifecycle calls the decision is the Unload/WarmUp; the switch follows later.
+                    Event::Switched {
+                        from: Some(from), ..
+                    } if setup.strict && setup.lanes == 1 && !setup.unload && !setup.warm => {
+                        let st = h.core.status(h.now);
+                        let name = h.core.model_name(from.model).to_owned();
+                        let g = st
+                            .groups
+                            .iter()
+                            .find(|g| g.kind == from.kind && g.model == name);
+                        assert_eq!(g.map(|g| g.depth), Some(0), "strict left a non-empty group");
+                    }
+                    // The first lifecycle call of a switch is its decision (a warm-up after an unload
+                    // is not).
+                    Event::Unload { .. } | Event::WarmUp { .. }
+                        if setup.strict
+                            && setup.lanes == 1
+                            && (matches!(ev, Event::Unload { .. }) || !setup.unload) =>
+                    {
+                        let st = h.core.status(h.now);
+                        if let Some((kind, model)) = &st.lanes[0].active {
+                            let g = st
+                                .groups
+                                .iter()
+                                .find(|g| g.kind == *kind && g.model == *model);
+                            assert_eq!(
+                                g.map(|g| g.depth),
+                                Some(0),
+                                "strict left a non-empty group"
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            *seen = h.events.len();
+        };
+
+    for op in ops {
+        match op {
+            Op::Submit {
+                kind,
+                model,
+                deadline_ms,
+            } => {
+                let kind = Kind::ALL[*kind];
+                let d = deadline_ms.map(Duration::from_millis);
+                if let Admission::Accepted(id) = h.submit_with(kind, MODELS[*model], d) {
+                    let default = defaults[kind.index()];
+                    let dl = h.now + d.map_or(default, |d| d.min(default));
+                    deadline.insert(id, (h.now, dl));
+                }
+            }
+            Op::Complete {
+                pick,
+                outcome,
+                retry_after_ms,
+            } => {
+                let mut running: Vec<_> = h.running().into_iter().collect();
+                running.sort();
+                if !running.is_empty() {
+                    let id = running[pick % running.len()];
+                    let outcome = match outcome {
+                        0..=5 => Outcome::Success,
+                        6 | 7 => Outcome::Transient {
+                            retry_after: (*retry_after_ms > 1_500)
+                                .then(|| Duration::from_millis(*retry_after_ms)),
+                        },
+                        8 => Outcome::Permanent,
+                        _ => Outcome::Aborted,
+                    };
+                    h.complete(id, outcome);
+                }
+            }
+            Op::Cancel { pick } => {
+                if !h.accepted.is_empty() {
+                    let id = h.accepted[pick % h.accepted.len()];
+                    if h.cancel(id) == CancelOutcome::InFlight {
+                        h.complete(id, Outcome::Aborted);
+                    }
+                }
+            }
+            Op::Lifecycle { lane } => {
+                h.core.lifecycle_done(h.now, LaneId(*lane));
+                h.drain();
+            }
+            Op::Advance { ms } => {
+                t += ms;
+                h.at(t);
+            }
+        }
+        check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);
+    }
+
+    // Settle: finish running work, answer lifecycle calls, let time run out.
+    for _ in 0..10_000 {
+        if h.core.in_system() == 0 {
+            break;
+        }
+        let mut running: Vec<_> = h.running().into_iter().collect();
+        running.sort();
+        for id in running {
+            h.complete(id, Outcome::Success);
+        }
+        for lane in 0..setup.lanes {
+            h.core.lifecycle_done(h.now, LaneId(lane));
+            h.drain();
+        }
+        t += 1_000;
+        h.at(t);
+        check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);
+    }
+    assert_eq!(
+        h.core.in_system(),
+        0,
+        "work left in the system: {:?}",
+        h.core.status(h.now)
+    );
+    for id in &h.accepted {
+        assert!(h.left.contains_key(id), "{id} never left");
+    }
+    assert_eq!(h.left.len(), h.accepted.len());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_request_leaves_exactly_once_and_invariants_hold(s in setup(), ops in prop::collection::vec(op(), 1..200)) {
+        run(&s, &ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// The starvation bound of the crate docs: the oldest waiting request, from the moment it is both
+    /// the oldest and has waited `starvation_after`, is dispatched within `2·(D + T) + T`, where `D`
+    /// is `max_dwell` and `T` the longest a request holds a slot (its service plus a model load).
+    #[test]
+    fn the_oldest_waiter_is_served_within_the_stated_bound(seed in any::<u64>(), load in 0.5f64..1.5) {
+        let models = sim::localai_catalogue();
+        let spec = TraceSpec::mixed(1.0, Duration::from_secs(3 * 3600), seed);
+        let cap = spec.capacity(&models);
+        let trace = TraceSpec { rate: cap * load, ..spec }.generate();
+        let cfg = Config {
+            default_deadline: [Duration::from_secs(86_400); 4],
+            limits: Limits { max_queued_total: 1_000_000, ..Limits::default() },
+            ..Config::default()
+        };
+        let b = cfg.bounds;
+        let (s, d) = (b.starvation_after.unwrap(), b.max_dwell.unwrap());
+        let t = Duration::from_secs(8 + 12);
+        let bound = 2 * (d + t) + t;
+        // (group kind, model, arrival) of the current oldest waiter, and since when it is covered.
+        let mut oldest: Option<((Kind, String, Time), Time)> = None;
+        let mut worst = Duration::ZERO;
+        let report = sim::run_scheduler_observed(cfg, &models, &trace, &mut |core, ev| {
+            if ev.is_some() {
+                return;
+            }
+            let now = core.now();
+            let st = core.status(now);
+            let top = st
+                .groups
+                .iter()
+                .filter_map(|g| g.oldest_wait.map(|w| (w, g)))
+                .max_by_key(|(w, g)| (*w, g.kind, g.model.clone()));
+            oldest = top.map(|(w, g)| {
+                let arrival = Time::from_duration(now.since_epoch() - w);
+                let who = (g.kind, g.model.clone(), arrival);
+                let since = match &oldest {
+                    Some((prev, since)) if *prev == who => *since,
+                    _ => now.max(arrival + s),
+                };
+                (who, since)
+            });
+            if let Some((_, since)) = &oldest {
+                let covered = now.saturating_since(*since);
+                worst = worst.max(covered);
+            }
+        });
+        prop_assert_eq!(report.overcommits, 0);
+        prop_assert!(worst <= bound, "oldest starving waiter waited {:?} past the bound {:?}", worst, bound);
+    }
+}
