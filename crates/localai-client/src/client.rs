@@ -1,0 +1,500 @@
+//! The client: chat (plain and streaming), images, lifecycle and discovery calls.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::{ClientError, parse_retry_after};
+use crate::sse::SseParser;
+use crate::vision::normalize_messages;
+
+/// Timeouts and credentials of a [`LocalAiClient`].
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Base URL, e.g. `http://localhost:8080`.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer` when set.
+    pub api_key: Option<String>,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// Chat: limit for the response head (a first request may include a model load).
+    pub chat_first_byte: Duration,
+    /// Chat: limit for the whole non-streaming call.
+    pub chat_total: Duration,
+    /// Images: limit for the response head.
+    pub image_first_byte: Duration,
+    /// Images: limit for the whole call.
+    pub image_total: Duration,
+    /// Lifecycle and discovery calls.
+    pub control_total: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `base_url`: connect 5 s; chat 300 s to first byte, 600 s total; images 600 s
+    /// and 900 s (loads of diffusion models are slow, and a slow load is not a failure);
+    /// control calls 60 s.
+    pub fn new(base_url: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            api_key: None,
+            connect_timeout: Duration::from_secs(5),
+            chat_first_byte: Duration::from_secs(300),
+            chat_total: Duration::from_secs(600),
+            image_first_byte: Duration::from_secs(600),
+            image_total: Duration::from_secs(900),
+            control_total: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A chat request. `messages` are OpenAI-shaped JSON values (role and content, content a string or
+/// a list of parts); images in any common form are normalised for LocalAI.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChatRequest {
+    /// Model name.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Value>,
+    /// Sampling temperature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Token limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Other OpenAI fields passed through as they are (`top_p`, `stop`, ...).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// A completed chat: LocalAI's OpenAI-shaped body and the answer text.
+#[derive(Clone, Debug)]
+pub struct ChatResponse {
+    /// The body as LocalAI sent it (`chat.completion`).
+    pub raw: Value,
+    /// `choices[0].message.content`.
+    pub content: String,
+}
+
+/// One streamed chunk.
+#[derive(Clone, Debug)]
+pub struct ChatChunk {
+    /// The chunk as LocalAI sent it (`chat.completion.chunk`).
+    pub raw: Value,
+    /// `choices[0].delta.content`, or empty.
+    pub delta: String,
+    /// `choices[0].finish_reason`, when set.
+    pub finish_reason: Option<String>,
+}
+
+/// A stream of chunks; ends after `[DONE]`, or with one error item.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, ClientError>> + Send>>;
+
+/// An image generation (txt2img) or edit (img2img, when `file` is set).
+#[derive(Clone, Debug, Default)]
+pub struct ImageRequest {
+    /// Model name.
+    pub model: String,
+    /// The prompt.
+    pub prompt: String,
+    /// Folded into the prompt as `positive|negative`, as LocalAI expects.
+    pub negative_prompt: Option<String>,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Diffusion steps.
+    pub steps: Option<u32>,
+    /// Seed; random (-1) when absent.
+    pub seed: Option<i64>,
+    /// Images to generate.
+    pub n: Option<u32>,
+    /// img2img source: base64, with or without a `data:` prefix (it is sent without).
+    pub file: Option<Bytes>,
+}
+
+/// Generated images.
+#[derive(Clone, Debug)]
+pub struct ImagesResponse {
+    /// `created` as LocalAI sent it.
+    pub created: u64,
+    /// Each image as base64 PNG.
+    pub images: Vec<String>,
+}
+
+/// A typed client for LocalAI's API.
+#[derive(Clone, Debug)]
+pub struct LocalAiClient {
+    http: reqwest::Client,
+    cfg: ClientConfig,
+}
+
+impl LocalAiClient {
+    /// A client for `cfg`.
+    pub fn new(cfg: ClientConfig) -> Result<LocalAiClient, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        Ok(LocalAiClient { http, cfg })
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.cfg.base_url
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self.http.post(format!("{}{path}", self.cfg.base_url));
+        if let Some(k) = &self.cfg.api_key {
+            rb = rb.bearer_auth(k);
+        }
+        rb
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self.http.get(format!("{}{path}", self.cfg.base_url));
+        if let Some(k) = &self.cfg.api_key {
+            rb = rb.bearer_auth(k);
+        }
+        rb
+    }
+
+    /// Send and wait for the response head within `first_byte`; turn error statuses into errors.
+    async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        first_byte: Duration,
+    ) -> Result<reqwest::Response, ClientError> {
+        let resp = match tokio::time::timeout(first_byte, rb.send()).await {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    after: first_byte,
+                    phase: "first byte",
+                });
+            }
+            Ok(Err(e)) => return Err(ClientError::from_reqwest(e, first_byte, "first byte")),
+            Ok(Ok(r)) => r,
+        };
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let text = resp.text().await.unwrap_or_default();
+        Err(ClientError::Status {
+            status,
+            message: error_message(&text),
+            retry_after,
+        })
+    }
+
+    /// Read a JSON body within `total` (measured from the call's start by the caller).
+    async fn json(resp: reqwest::Response, total: Duration) -> Result<Value, ClientError> {
+        let is_json = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"));
+        let body = match tokio::time::timeout(total, resp.bytes()).await {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    after: total,
+                    phase: "response",
+                });
+            }
+            Ok(Err(e)) => return Err(ClientError::from_reqwest(e, total, "response")),
+            Ok(Ok(b)) => b,
+        };
+        if !is_json {
+            return Err(ClientError::Protocol(format!(
+                "expected JSON, got {} bytes of another content type",
+                body.len()
+            )));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))
+    }
+
+    fn chat_body(req: &ChatRequest, stream: bool) -> Value {
+        let mut body = serde_json::to_value(req).unwrap_or_else(|_| json!({}));
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert(
+                "messages".into(),
+                Value::Array(normalize_messages(&req.messages)),
+            );
+            obj.insert("stream".into(), Value::Bool(stream));
+        }
+        body
+    }
+
+    /// A chat completion (`POST /v1/chat/completions`, not streaming).
+    pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ClientError> {
+        let total = self.cfg.chat_total;
+        let work = async {
+            let resp = self
+                .send(
+                    self.post("/v1/chat/completions")
+                        .json(&Self::chat_body(req, false)),
+                    self.cfg.chat_first_byte,
+                )
+                .await?;
+            let raw = Self::json(resp, total).await?;
+            let content = raw
+                .pointer("/choices/0/message/content")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ClientError::Protocol(
+                        "no choices[0].message.content in the chat response".into(),
+                    )
+                })?
+                .to_owned();
+            if let Some(msg) = content.strip_prefix("Internal error:") {
+                return Err(ClientError::Stream(msg.trim().to_owned()));
+            }
+            Ok(ChatResponse { raw, content })
+        };
+        tokio::time::timeout(total, work)
+            .await
+            .unwrap_or(Err(ClientError::Timeout {
+                after: total,
+                phase: "response",
+            }))
+    }
+
+    /// A streaming chat completion. Resolves once LocalAI has answered the head; the stream then
+    /// yields chunks and ends after `[DONE]`, or with one error item (an error event or an
+    /// `Internal error:` chunk inside the stream, a dropped connection, a stream cut without
+    /// `[DONE]`).
+    pub async fn chat_stream(&self, req: &ChatRequest) -> Result<ChunkStream, ClientError> {
+        let resp = self
+            .send(
+                self.post("/v1/chat/completions")
+                    .json(&Self::chat_body(req, true)),
+                self.cfg.chat_first_byte,
+            )
+            .await?;
+        let ct = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if !ct.starts_with("text/event-stream") {
+            return Err(ClientError::Protocol(format!(
+                "expected an event stream, got content type {ct:?}"
+            )));
+        }
+        let bytes = resp.bytes_stream();
+        let state = (bytes, SseParser::default(), false);
+        let stream =
+            futures_util::stream::unfold(state, |(mut bytes, mut parser, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    if let Some(item) = parser.next_item() {
+                        return match item {
+                            Ok(Some(chunk)) => Some((Ok(chunk), (bytes, parser, false))),
+                            Ok(None) => None, // [DONE]
+                            Err(e) => Some((Err(e), (bytes, parser, true))),
+                        };
+                    }
+                    match bytes.next().await {
+                        Some(Ok(b)) => parser.push(&b),
+                        Some(Err(e)) => {
+                            let err = ClientError::from_reqwest(e, Duration::ZERO, "stream");
+                            return Some((Err(err), (bytes, parser, true)));
+                        }
+                        None => {
+                            let err =
+                                ClientError::Protocol("the stream ended without [DONE]".into());
+                            return Some((Err(err), (bytes, parser, true)));
+                        }
+                    }
+                }
+            });
+        Ok(Box::pin(stream))
+    }
+
+    /// Generate (txt2img) or edit (img2img, `file` set) images; always asks for `b64_json`.
+    pub async fn images(&self, req: &ImageRequest) -> Result<ImagesResponse, ClientError> {
+        let total = self.cfg.image_total;
+        let prompt = match req.negative_prompt.as_deref().filter(|n| !n.is_empty()) {
+            Some(neg) => format!("{}|{}", req.prompt, neg),
+            None => req.prompt.clone(),
+        };
+        let mut body = json!({
+            "model": req.model,
+            "prompt": prompt,
+            "size": format!("{}x{}", req.width, req.height),
+            "seed": req.seed.unwrap_or(-1),
+            "n": req.n.unwrap_or(1),
+            "response_format": "b64_json",
+        });
+        if let Some(steps) = req.steps {
+            body["step"] = json!(steps);
+        }
+        if let Some(file) = &req.file {
+            body["file"] = Value::String(strip_data_uri(file).to_owned());
+        }
+        let work = async {
+            let resp = self
+                .send(
+                    self.post("/v1/images/generations").json(&body),
+                    self.cfg.image_first_byte,
+                )
+                .await?;
+            let raw = Self::json(resp, total).await?;
+            let data = raw
+                .get("data")
+                .and_then(Value::as_array)
+                .ok_or_else(|| ClientError::Protocol("no data[] in the images response".into()))?;
+            let images = data
+                .iter()
+                .map(|d| d.get("b64_json").and_then(Value::as_str).map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ClientError::Protocol("an image without b64_json".into()))?;
+            if images.is_empty() {
+                return Err(ClientError::Protocol("no image in the response".into()));
+            }
+            let created = raw.get("created").and_then(Value::as_u64).unwrap_or(0);
+            Ok(ImagesResponse { created, images })
+        };
+        tokio::time::timeout(total, work)
+            .await
+            .unwrap_or(Err(ClientError::Timeout {
+                after: total,
+                phase: "response",
+            }))
+    }
+
+    async fn control(&self, rb: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let total = self.cfg.control_total;
+        let work = async {
+            let resp = self.send(rb, total).await?;
+            Self::json(resp, total).await
+        };
+        tokio::time::timeout(total, work)
+            .await
+            .unwrap_or(Err(ClientError::Timeout {
+                after: total,
+                phase: "response",
+            }))
+    }
+
+    /// Installed models (`GET /v1/models`).
+    pub async fn models(&self) -> Result<Vec<String>, ClientError> {
+        let v = self.control(self.get("/v1/models")).await?;
+        let data = v
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| ClientError::Protocol("no data[] in /v1/models".into()))?;
+        Ok(data
+            .iter()
+            .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
+            .collect())
+    }
+
+    /// Loaded models (`GET /system`, `loaded_models[].id`).
+    pub async fn loaded_models(&self) -> Result<Vec<String>, ClientError> {
+        let v = self.control(self.get("/system")).await?;
+        let list = v
+            .get("loaded_models")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Ok(list
+            .iter()
+            .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
+            .collect())
+    }
+
+    /// Unload a model (`POST /backend/shutdown`). `Ok(false)` when it was not loaded (404).
+    pub async fn unload(&self, model: &str) -> Result<bool, ClientError> {
+        match self
+            .control(
+                self.post("/backend/shutdown")
+                    .json(&json!({"model": model})),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(ClientError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Load a model ahead of its first request (`POST /backend/load`, LocalAI v4.6+).
+    pub async fn load(&self, model: &str) -> Result<(), ClientError> {
+        let total = self.cfg.image_first_byte;
+        let resp = self
+            .send(
+                self.post("/backend/load").json(&json!({"model": model})),
+                total,
+            )
+            .await?;
+        let _ = resp.bytes().await;
+        Ok(())
+    }
+
+    /// Whether LocalAI is up (`GET /readyz`); says nothing about models.
+    pub async fn ready(&self) -> Result<(), ClientError> {
+        let resp = self
+            .send(self.get("/readyz"), self.cfg.connect_timeout * 2)
+            .await?;
+        let _ = resp.bytes().await;
+        Ok(())
+    }
+}
+
+/// The base64 payload of a data URI, or the input as it is.
+pub fn strip_data_uri(b64: &[u8]) -> &str {
+    let s = std::str::from_utf8(b64).unwrap_or("");
+    match s.strip_prefix("data:") {
+        Some(rest) => rest.split_once(',').map_or(rest, |(_, data)| data),
+        None => s,
+    }
+}
+
+/// Whether `text` is valid base64 (standard alphabet, padding optional).
+pub fn is_base64(text: &str) -> bool {
+    B64.decode(text.trim()).is_ok()
+        || base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(text.trim())
+            .is_ok()
+}
+
+/// The message of an error body: LocalAI's or OpenAI's envelope, else a short description.
+fn error_message(text: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        if let Some(m) = v.pointer("/error/message").and_then(Value::as_str) {
+            return m.to_owned();
+        }
+        if let Some(m) = v.get("message").and_then(Value::as_str) {
+            return m.to_owned();
+        }
+    }
+    let t = text.trim();
+    if t.starts_with('<') {
+        return format!("a non-JSON error page ({} bytes)", t.len());
+    }
+    t.chars().take(200).collect()
+}

@@ -1,0 +1,223 @@
+//! The simulator's configuration: a model catalogue (TOML or built in), memory, time scale, faults.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One simulated model.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCfg {
+    /// The model name clients send.
+    pub name: String,
+    /// Kinds served: `txt2txt`, `txt2img`, `img2img`, `img2txt`.
+    pub kinds: Vec<String>,
+    /// Load time in milliseconds (before time scaling).
+    #[serde(default = "default_load_ms")]
+    pub load_ms: u64,
+    /// Memory it takes when resident, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// Service time per generated token (chat) in milliseconds.
+    #[serde(default = "default_per_token_ms")]
+    pub per_token_ms: f64,
+    /// Service time per diffusion step (images) in milliseconds.
+    #[serde(default = "default_per_step_ms")]
+    pub per_step_ms: f64,
+    /// Requests it runs at once; more block until a slot frees.
+    #[serde(default = "default_slots")]
+    pub slots: u32,
+}
+
+fn default_load_ms() -> u64 {
+    5_000
+}
+fn default_memory_mb() -> u64 {
+    8_000
+}
+fn default_per_token_ms() -> f64 {
+    20.0
+}
+fn default_per_step_ms() -> f64 {
+    250.0
+}
+fn default_slots() -> u32 {
+    1
+}
+
+impl ModelCfg {
+    /// Whether it serves `kind`.
+    pub fn serves(&self, kind: &str) -> bool {
+        self.kinds.iter().any(|k| k == kind)
+    }
+}
+
+/// Fault injection rates (0.0..=1.0 each), drawn per request from the seeded generator.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// HTTP 500 with LocalAI's error envelope.
+    pub error_500: f64,
+    /// HTTP 503 with `Retry-After`.
+    pub error_503: f64,
+    /// The connection drops mid-response.
+    pub drop_connection: f64,
+    /// The response is delayed by `slow_ms`.
+    pub slow: f64,
+    /// Extra delay of a slow response, in milliseconds (before time scaling).
+    pub slow_ms: u64,
+    /// A streaming chat sends an error inside the stream after a few chunks.
+    pub stream_error: f64,
+    /// `Retry-After` seconds on injected 503s.
+    pub retry_after_secs: u64,
+}
+
+/// How an error inside an SSE stream looks.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamErrorDialect {
+    /// LocalAI v4.1+: `data: {"error":{...}}`.
+    #[default]
+    V4,
+    /// LocalAI v3.5-v4.0: a content chunk `"Internal error: ..."`.
+    V3,
+}
+
+/// The whole simulator configuration.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// The catalogue.
+    pub models: Vec<ModelCfg>,
+    /// Memory for resident models, in MiB. `None`: room for exactly one model (the largest).
+    pub memory_budget_mb: Option<u64>,
+    /// Multiplies every simulated duration (0.001: a 10 s load takes 10 ms; 0: no latency at all).
+    pub time_scale: f64,
+    /// How long a load waits for a busy resident model to go idle before loading anyway (and
+    /// counting an overcommit), in milliseconds before scaling.
+    pub lru_wait_ms: u64,
+    /// Seed for faults and outputs.
+    pub seed: u64,
+    /// Fault injection.
+    pub faults: Faults,
+    /// Stream error dialect.
+    pub stream_error_dialect: StreamErrorDialect,
+    /// Generated PNGs are capped to this many pixels a side (documented cap).
+    pub max_image_side: u32,
+    /// Request body limit in bytes (LocalAI's default is 15 MB).
+    pub body_limit: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            models: default_catalogue(),
+            memory_budget_mb: None,
+            time_scale: 1.0,
+            lru_wait_ms: 2_000,
+            seed: 7,
+            faults: Faults {
+                retry_after_secs: 1,
+                slow_ms: 2_000,
+                ..Faults::default()
+            },
+            stream_error_dialect: StreamErrorDialect::V4,
+            max_image_side: 256,
+            body_limit: 15 * 1024 * 1024,
+        }
+    }
+}
+
+/// The built-in catalogue: an LLM, a vision LLM and a diffusion model, with LocalAI-like costs.
+pub fn default_catalogue() -> Vec<ModelCfg> {
+    vec![
+        ModelCfg {
+            name: "llama-3.2-3b-instruct".into(),
+            kinds: vec!["txt2txt".into()],
+            load_ms: 6_000,
+            memory_mb: 4_000,
+            per_token_ms: 15.0,
+            per_step_ms: 0.0,
+            slots: 4,
+        },
+        ModelCfg {
+            name: "llava-1.6-mistral-7b".into(),
+            kinds: vec!["img2txt".into(), "txt2txt".into()],
+            load_ms: 8_000,
+            memory_mb: 8_000,
+            per_token_ms: 25.0,
+            per_step_ms: 0.0,
+            slots: 2,
+        },
+        ModelCfg {
+            name: "stablediffusion".into(),
+            kinds: vec!["txt2img".into(), "img2img".into()],
+            load_ms: 12_000,
+            memory_mb: 7_000,
+            per_token_ms: 0.0,
+            per_step_ms: 300.0,
+            slots: 1,
+        },
+    ]
+}
+
+/// A configuration error.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML did not parse.
+    #[error("simulator config: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// A field is invalid.
+    #[error("simulator config: `{0}`: {1}")]
+    Invalid(String, String),
+}
+
+impl SimConfig {
+    /// Parse a TOML catalogue (`[[models]]` tables and the other fields).
+    pub fn from_toml(text: &str) -> Result<SimConfig, ConfigError> {
+        let cfg: SimConfig = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check the fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |f: &str, m: &str| Err(ConfigError::Invalid(f.into(), m.into()));
+        if self.models.is_empty() {
+            return bad("models", "at least one model");
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if m.slots == 0 {
+                return bad(&format!("models[{i}].slots"), "at least 1");
+            }
+            for k in &m.kinds {
+                if !["txt2txt", "txt2img", "img2img", "img2txt"].contains(&k.as_str()) {
+                    return bad(&format!("models[{i}].kinds"), "unknown kind");
+                }
+            }
+        }
+        if !(self.time_scale >= 0.0 && self.time_scale.is_finite()) {
+            return bad("time_scale", "a finite number >= 0");
+        }
+        if self.max_image_side == 0 {
+            return bad("max_image_side", "at least 1");
+        }
+        Ok(())
+    }
+
+    /// The memory budget in MiB.
+    pub fn budget_mb(&self) -> u64 {
+        self.memory_budget_mb
+            .unwrap_or_else(|| self.models.iter().map(|m| m.memory_mb).max().unwrap_or(0))
+    }
+
+    /// A simulated duration, scaled.
+    pub fn scaled(&self, ms: f64) -> Duration {
+        Duration::from_secs_f64((ms * self.time_scale / 1000.0).max(0.0))
+    }
+
+    /// A model by name.
+    pub fn model(&self, name: &str) -> Option<(usize, &ModelCfg)> {
+        self.models.iter().enumerate().find(|(_, m)| m.name == name)
+    }
+}

@@ -1,0 +1,548 @@
+//! The HTTP surface: LocalAI's routes (with and without `/v1`), its error envelope, and `/sim/*`.
+
+// Handlers return a ready error `Response` as their `Err`: it is the value sent, not propagated.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::config::{SimConfig, StreamErrorDialect};
+use crate::image;
+use crate::state::SimState;
+
+/// The simulator's router over `state`.
+pub fn router(state: SimState) -> Router {
+    let limit = state.cfg.body_limit;
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .route("/v1/images/generations", post(images))
+        .route("/images/generations", post(images))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/system", get(system))
+        .route("/backend/shutdown", post(shutdown))
+        .route("/backend/load", post(load))
+        .route("/readyz", get(|| async { "OK" }))
+        .route("/healthz", get(|| async { "OK" }))
+        .route("/sim/stats", get(stats))
+        .route("/sim/reset", post(reset))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "route not found", "not_found") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// A running simulator on a loopback port. Stops when dropped.
+pub struct SimServer {
+    addr: SocketAddr,
+    state: SimState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SimServer {
+    /// Serve `cfg` on `addr` (use `127.0.0.1:0` for a free port).
+    pub async fn spawn(cfg: SimConfig, addr: SocketAddr) -> std::io::Result<SimServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = SimState::new(cfg);
+        let app = router(state.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(SimServer {
+            addr,
+            state,
+            stop: Some(tx),
+        })
+    }
+
+    /// Serve on `127.0.0.1:0`.
+    pub async fn start(cfg: SimConfig) -> std::io::Result<SimServer> {
+        SimServer::spawn(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its state (counters, resident models).
+    pub fn state(&self) -> &SimState {
+        &self.state
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// LocalAI's error envelope.
+pub fn error(status: StatusCode, message: &str, kind: &str) -> Response {
+    let body = json!({"error": {"code": status.as_u16(), "message": message, "type": kind}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn parse(body: &Bytes) -> Result<Value, Response> {
+    serde_json::from_slice::<Value>(body)
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid JSON body: {e}"),
+                "invalid_request_error",
+            )
+        })
+        .and_then(|v| {
+            if v.is_object() {
+                Ok(v)
+            } else {
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "the body must be a JSON object",
+                    "invalid_request_error",
+                ))
+            }
+        })
+}
+
+fn model_of<'a>(
+    state: &'a SimState,
+    body: &Value,
+) -> Result<(usize, &'a crate::config::ModelCfg), Response> {
+    let Some(name) = body.get("model").and_then(Value::as_str) else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "`model` is required",
+            "invalid_request_error",
+        ));
+    };
+    state.cfg.model(name).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            &format!("model {name:?} not found"),
+            "not_found",
+        )
+    })
+}
+
+/// A fault drawn for one request.
+enum Fault {
+    E500,
+    E503,
+    Drop,
+    Slow,
+    StreamError,
+}
+
+fn draw_fault(state: &SimState, streaming: bool) -> Option<Fault> {
+    let f = &state.cfg.faults;
+    let r = state.random();
+    let mut acc = 0.0;
+    let classes = [
+        (f.error_500, Fault::E500, "error_500"),
+        (f.error_503, Fault::E503, "error_503"),
+        (f.drop_connection, Fault::Drop, "drop_connection"),
+        (f.slow, Fault::Slow, "slow"),
+        (
+            if streaming { f.stream_error } else { 0.0 },
+            Fault::StreamError,
+            "stream_error",
+        ),
+    ];
+    for (rate, fault, name) in classes {
+        acc += rate;
+        if r < acc {
+            state.count_fault(name);
+            return Some(fault);
+        }
+    }
+    None
+}
+
+/// Answer an injected fault that ends the request before any work, if it is one.
+fn early_fault(state: &SimState, fault: &Option<Fault>) -> Option<Response> {
+    match fault {
+        Some(Fault::E500) => Some(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "simulated backend failure",
+            "server_error",
+        )),
+        Some(Fault::E503) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "simulated overload: try again later",
+                "server_error",
+            );
+            let secs = state.cfg.faults.retry_after_secs.to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            Some(r)
+        }
+        Some(Fault::Drop) => {
+            let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(Bytes::from_static(b"{\"id\":\"cut")),
+                Err(std::io::Error::other("simulated dropped connection")),
+            ];
+            let mut r = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
+async fn sleep(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether a message list carries an image in the one form LocalAI accepts (a data URI in an
+/// `image_url` part). Other forms are silently dropped, as LocalAI does.
+fn image_in(messages: &[Value]) -> Option<usize> {
+    messages
+        .iter()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .find_map(|part| {
+            let url = part.get("image_url")?.get("url")?.as_str()?;
+            let b64 = url.strip_prefix("data:")?.split_once(";base64,")?.1;
+            B64.decode(b64).ok().map(|b| b.len())
+        })
+}
+
+fn last_text(messages: &[Value]) -> String {
+    messages
+        .iter()
+        .rev()
+        .find_map(|m| match m.get("content") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .find_map(|p| p.get("text").and_then(Value::as_str).map(str::to_owned)),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (idx, model) = match model_of(&state, &body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`messages` must be a list",
+            "invalid_request_error",
+        );
+    };
+    let image = image_in(messages);
+    let kind = if image.is_some() {
+        "img2txt"
+    } else {
+        "txt2txt"
+    };
+    if !(model.serves(kind) || kind == "txt2txt" && model.serves("img2txt")) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("model {:?} does not serve {kind}", model.name),
+            "invalid_request_error",
+        );
+    }
+    state.count_request(&model.name);
+    let streaming = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let fault = draw_fault(&state, streaming);
+    if let Some(r) = early_fault(&state, &fault) {
+        return r;
+    }
+    let Some(slot) = state.acquire(idx, true).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "no slot", "server_error");
+    };
+    if matches!(fault, Some(Fault::Slow)) {
+        sleep(state.cfg.scaled(state.cfg.faults.slow_ms as f64)).await;
+    }
+    let tokens = body
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(16)
+        .clamp(1, 256) as usize;
+    let prompt = last_text(messages);
+    let seen = match image {
+        Some(n) => format!("I see an image of {n} bytes. "),
+        None if model.serves("img2txt") => "I see no image. ".to_owned(),
+        None => String::new(),
+    };
+    let reply = format!(
+        "{seen}Simulated reply from {} to: {}",
+        model.name,
+        prompt.chars().take(60).collect::<String>()
+    );
+    let words: Vec<String> = reply.split(' ').map(str::to_owned).collect();
+    let per_token = state.cfg.scaled(model.per_token_ms);
+    let name = model.name.clone();
+    let id = format!("chatcmpl-sim-{}", (state.random() * 1e12) as u64);
+    let created = unix_now();
+    if !streaming {
+        sleep(per_token * tokens as u32).await;
+        drop(slot);
+        let body = json!({
+            "id": id, "object": "chat.completion", "created": created, "model": name,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": reply}}],
+            "usage": {"prompt_tokens": prompt.len() / 4, "completion_tokens": tokens,
+                      "total_tokens": prompt.len() / 4 + tokens}
+        });
+        return axum::Json(body).into_response();
+    }
+    let dialect = state.cfg.stream_error_dialect;
+    let stream_error = matches!(fault, Some(Fault::StreamError));
+    let (tx, rx) = mpsc::channel::<Event>(16);
+    tokio::spawn(async move {
+        let _slot = slot;
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": name,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            .to_string()
+        };
+        let send = |ev: Event| {
+            let tx = tx.clone();
+            async move { tx.send(ev).await.is_ok() }
+        };
+        if !send(Event::default().data(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )))
+        .await
+        {
+            return;
+        }
+        let steps = tokens.max(words.len());
+        for (i, w) in words.iter().enumerate() {
+            sleep(per_token * (steps / words.len()).max(1) as u32).await;
+            if stream_error && i == 2 {
+                let ev = match dialect {
+                    StreamErrorDialect::V4 => Event::default()
+                        .data(json!({"error": {"code": 500, "message": "simulated failure inside the stream", "type": "server_error"}}).to_string()),
+                    StreamErrorDialect::V3 => Event::default()
+                        .data(chunk(json!({"content": "Internal error: simulated failure inside the stream"}), Value::Null)),
+                };
+                send(ev).await;
+                if dialect == StreamErrorDialect::V3 {
+                    send(Event::default().data(chunk(json!({}), json!("stop")))).await;
+                    send(Event::default().data("[DONE]")).await;
+                }
+                return;
+            }
+            let text = if i == 0 { w.clone() } else { format!(" {w}") };
+            if !send(Event::default().data(chunk(json!({"content": text}), Value::Null))).await {
+                return;
+            }
+        }
+        send(Event::default().data(chunk(json!({}), json!("stop")))).await;
+        send(Event::default().data("[DONE]")).await;
+    });
+    let stream = tokio_stream_from(rx).map(Ok::<_, Infallible>);
+    Sse::new(stream).into_response()
+}
+
+fn tokio_stream_from(rx: mpsc::Receiver<Event>) -> impl futures_util::Stream<Item = Event> {
+    futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|ev| (ev, rx)) },
+    )
+}
+
+fn parse_size(s: &str) -> Option<(u32, u32)> {
+    let (w, h) = s.split_once(['x', 'X'])?;
+    let (w, h) = (w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?);
+    (w > 0 && h > 0 && w <= 4096 && h <= 4096).then_some((w, h))
+}
+
+async fn images(State(state): State<SimState>, body: Bytes) -> Response {
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (idx, model) = match model_of(&state, &body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let Some(prompt) = body.get("prompt").and_then(Value::as_str) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`prompt` is required",
+            "invalid_request_error",
+        );
+    };
+    let size = body
+        .get("size")
+        .and_then(Value::as_str)
+        .unwrap_or("512x512");
+    let Some((w, h)) = parse_size(size) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid size {size:?}: expected WxH"),
+            "invalid_request_error",
+        );
+    };
+    let kind = match body.get("file") {
+        Some(Value::String(f)) => {
+            if B64.decode(f).is_err() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "`file` is not valid base64",
+                    "invalid_request_error",
+                );
+            }
+            "img2img"
+        }
+        Some(Value::Null) | None => "txt2img",
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`file` must be a base64 string",
+                "invalid_request_error",
+            );
+        }
+    };
+    if !model.serves(kind) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("model {:?} does not serve {kind}", model.name),
+            "invalid_request_error",
+        );
+    }
+    state.count_request(&model.name);
+    let fault = draw_fault(&state, false);
+    if let Some(r) = early_fault(&state, &fault) {
+        return r;
+    }
+    let Some(slot) = state.acquire(idx, true).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "no slot", "server_error");
+    };
+    if matches!(fault, Some(Fault::Slow)) {
+        sleep(state.cfg.scaled(state.cfg.faults.slow_ms as f64)).await;
+    }
+    let steps = body
+        .get("step")
+        .and_then(Value::as_u64)
+        .unwrap_or(20)
+        .clamp(1, 150);
+    let n = body
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 4);
+    sleep(state.cfg.scaled(model.per_step_ms * (steps * n) as f64)).await;
+    drop(slot);
+    let cap = state.cfg.max_image_side;
+    let seed = body
+        .get("seed")
+        .and_then(Value::as_i64)
+        .filter(|s| *s >= 0)
+        .map_or_else(|| image::hash(prompt), |s| s as u64);
+    let data: Vec<Value> = (0..n)
+        .map(|i| json!({"b64_json": B64.encode(image::png(w.min(cap), h.min(cap), seed.wrapping_add(i)))}))
+        .collect();
+    axum::Json(json!({"created": unix_now(), "data": data})).into_response()
+}
+
+async fn models(State(state): State<SimState>) -> Response {
+    let data: Vec<Value> = state
+        .cfg
+        .models
+        .iter()
+        .map(|m| json!({"id": m.name, "object": "model"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn system(State(state): State<SimState>) -> Response {
+    let loaded: Vec<Value> = state
+        .resident()
+        .into_iter()
+        .map(|m| json!({"id": m}))
+        .collect();
+    axum::Json(json!({"backends": ["llama-cpp", "diffusers"], "loaded_models": loaded}))
+        .into_response()
+}
+
+async fn shutdown(State(state): State<SimState>, body: Bytes) -> Response {
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (idx, _) = match model_of(&state, &body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    if state.unload(idx).await {
+        axum::Json(json!({"message": "model unloaded"})).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "model is not loaded", "not_found")
+    }
+}
+
+async fn load(State(state): State<SimState>, body: Bytes) -> Response {
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (idx, _) = match model_of(&state, &body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    state.acquire(idx, false).await;
+    axum::Json(json!({"message": "model loaded"})).into_response()
+}
+
+async fn stats(State(state): State<SimState>) -> Response {
+    axum::Json(state.stats()).into_response()
+}
+
+async fn reset(State(state): State<SimState>) -> Response {
+    state.reset();
+    StatusCode::NO_CONTENT.into_response()
+}

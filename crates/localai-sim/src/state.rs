@@ -1,0 +1,305 @@
+//! The simulated backend: which models are resident, loads, evictions, slots, and the counters.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::config::SimConfig;
+
+#[derive(Clone, Debug, Default)]
+struct ModelState {
+    resident: bool,
+    loading: bool,
+    busy: u32,
+    last_used: Option<Instant>,
+}
+
+/// What happened, for `GET /sim/stats`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Stats {
+    /// Model loads.
+    pub loads: u64,
+    /// Idle models evicted to make room.
+    pub evictions: u64,
+    /// Loads that went ahead while another resident model was busy and memory was short: two
+    /// models competing for VRAM, what im must never cause.
+    pub overcommits: u64,
+    /// Explicit unloads through `/backend/shutdown`.
+    pub unloads: u64,
+    /// Most models resident at once.
+    pub peak_resident_models: usize,
+    /// Most models running requests at once.
+    pub peak_concurrent_models: usize,
+    /// Per model: most requests running at once.
+    pub peak_concurrent_requests: BTreeMap<String, u32>,
+    /// Simulated seconds spent loading (before time scaling).
+    pub load_seconds: f64,
+    /// Per model: inference requests received.
+    pub requests: BTreeMap<String, u64>,
+    /// Inference requests received.
+    pub requests_total: u64,
+    /// Faults injected, by class.
+    pub faults: BTreeMap<String, u64>,
+    /// Models resident now.
+    pub resident: Vec<String>,
+}
+
+struct Inner {
+    models: Vec<ModelState>,
+    stats: Stats,
+    rng: u64,
+}
+
+/// Shared simulator state.
+#[derive(Clone)]
+pub struct SimState {
+    pub(crate) cfg: Arc<SimConfig>,
+    inner: Arc<Mutex<Inner>>,
+    changed: Arc<Notify>,
+}
+
+/// A held slot of a model; frees it on drop.
+pub struct Slot {
+    state: SimState,
+    model: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        {
+            let mut g = self.state.lock();
+            let m = &mut g.models[self.model];
+            m.busy -= 1;
+            m.last_used = Some(Instant::now());
+        }
+        self.state.changed.notify_waiters();
+    }
+}
+
+impl SimState {
+    /// Fresh state for `cfg`.
+    pub fn new(cfg: SimConfig) -> SimState {
+        let n = cfg.models.len();
+        let rng = cfg.seed ^ 0x9E37_79B9_7F4A_7C15;
+        SimState {
+            cfg: Arc::new(cfg),
+            inner: Arc::new(Mutex::new(Inner {
+                models: vec![ModelState::default(); n],
+                stats: Stats::default(),
+                rng,
+            })),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A uniform float in [0, 1) from the seeded generator.
+    pub fn random(&self) -> f64 {
+        let mut g = self.lock();
+        g.rng = g.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = g.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Count an injected fault.
+    pub fn count_fault(&self, class: &str) {
+        *self
+            .lock()
+            .stats
+            .faults
+            .entry(class.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Count an inference request.
+    pub fn count_request(&self, model: &str) {
+        let mut g = self.lock();
+        g.stats.requests_total += 1;
+        *g.stats.requests.entry(model.to_owned()).or_default() += 1;
+    }
+
+    /// The counters, with the resident list filled in.
+    pub fn stats(&self) -> Stats {
+        let g = self.lock();
+        let mut s = g.stats.clone();
+        s.resident = g
+            .models
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.resident)
+            .map(|(i, _)| self.cfg.models[i].name.clone())
+            .collect();
+        s
+    }
+
+    /// Forget everything: no model resident, counters at zero.
+    pub fn reset(&self) {
+        let mut g = self.lock();
+        let n = g.models.len();
+        g.models = vec![ModelState::default(); n];
+        g.stats = Stats::default();
+        g.rng = self.cfg.seed ^ 0x9E37_79B9_7F4A_7C15;
+    }
+
+    /// Names of resident models.
+    pub fn resident(&self) -> Vec<String> {
+        self.stats().resident
+    }
+
+    /// Make `model` resident (loading it, evicting idle models as LocalAI's LRU would) and, if
+    /// `slot`, take one of its slots, waiting while all are busy.
+    pub async fn acquire(&self, model: usize, slot: bool) -> Option<Slot> {
+        let started = Instant::now();
+        let lru_wait = self.cfg.scaled(self.cfg.lru_wait_ms as f64);
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let action = {
+                let mut g = self.lock();
+                let m = &g.models[model];
+                if m.resident && !m.loading {
+                    if !slot {
+                        return None;
+                    }
+                    if m.busy < self.cfg.models[model].slots {
+                        g.models[model].busy += 1;
+                        self.record_concurrency(&mut g, model);
+                        return Some(Slot {
+                            state: self.clone(),
+                            model,
+                        });
+                    }
+                    Action::Wait
+                } else if m.loading {
+                    Action::Wait
+                } else {
+                    self.make_room(&mut g, model, started.elapsed() >= lru_wait)
+                }
+            };
+            match action {
+                Action::Wait => {
+                    let remaining = lru_wait
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_millis(5));
+                    let _ = tokio::time::timeout(remaining, notified).await;
+                }
+                Action::Load => {
+                    let load = self.cfg.scaled(self.cfg.models[model].load_ms as f64);
+                    if !load.is_zero() {
+                        tokio::time::sleep(load).await;
+                    }
+                    {
+                        let mut g = self.lock();
+                        g.models[model].loading = false;
+                        g.stats.load_seconds += self.cfg.models[model].load_ms as f64 / 1000.0;
+                    }
+                    self.changed.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// Free memory for `model` by evicting idle residents; start its load if there is room (or if
+    /// `force`, counting an overcommit).
+    fn make_room(&self, g: &mut Inner, model: usize, force: bool) -> Action {
+        let budget = self.cfg.budget_mb();
+        let need = self.cfg.models[model].memory_mb;
+        loop {
+            let used: u64 = g
+                .models
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.resident)
+                .map(|(i, _)| self.cfg.models[i].memory_mb)
+                .sum();
+            if used + need <= budget || used == 0 {
+                break;
+            }
+            let victim = g
+                .models
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.resident && !m.loading && m.busy == 0)
+                .min_by_key(|(_, m)| m.last_used)
+                .map(|(i, _)| i);
+            match victim {
+                Some(v) => {
+                    g.models[v].resident = false;
+                    g.stats.evictions += 1;
+                }
+                None if force => {
+                    g.stats.overcommits += 1;
+                    break;
+                }
+                None => return Action::Wait,
+            }
+        }
+        let m = &mut g.models[model];
+        m.resident = true;
+        m.loading = true;
+        g.stats.loads += 1;
+        let resident = g.models.iter().filter(|m| m.resident).count();
+        g.stats.peak_resident_models = g.stats.peak_resident_models.max(resident);
+        Action::Load
+    }
+
+    fn record_concurrency(&self, g: &mut Inner, model: usize) {
+        let busy = g.models[model].busy;
+        let name = &self.cfg.models[model].name;
+        let peak = g
+            .stats
+            .peak_concurrent_requests
+            .entry(name.clone())
+            .or_default();
+        *peak = (*peak).max(busy);
+        let running = g.models.iter().filter(|m| m.busy > 0).count();
+        g.stats.peak_concurrent_models = g.stats.peak_concurrent_models.max(running);
+    }
+
+    /// Unload `model`: `Ok(false)` if it was not resident. Waits up to 30 s (scaled) for busy work.
+    pub async fn unload(&self, model: usize) -> bool {
+        let deadline = Instant::now() + self.cfg.scaled(30_000.0);
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut g = self.lock();
+                let m = &g.models[model];
+                if !m.resident {
+                    return false;
+                }
+                if (m.busy == 0 && !m.loading) || Instant::now() >= deadline {
+                    g.models[model].resident = false;
+                    g.stats.unloads += 1;
+                    drop(g);
+                    self.changed.notify_waiters();
+                    return true;
+                }
+            }
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+}
+
+enum Action {
+    Wait,
+    Load,
+}
