@@ -1,1 +1,61 @@
-//! placeholder
+//! `im-engine`: the runtime around the `inference-queue` core.
+//!
+//! One tokio task (the driver, in quinn's shape) owns the pure [`inference_queue::Scheduler`]. It
+//! feeds the core inputs with `now` from [`Clock`], drains its decisions and carries them out:
+//! dispatches become [`Backend`] calls, unload and warm-up become LocalAI lifecycle calls, expiries
+//! and failures answer their callers with a typed [`EngineError`], retries and the breaker follow the
+//! core's resolutions. Frontends hold an [`Engine`]: a cheap `Clone` handle whose
+//! [`submit`](Engine::submit) resolves when the request leaves the system; dropping that future
+//! cancels the request. A [`Job`]'s payload (a multi-MiB base64 image) is moved in once and shared
+//! by `Arc` between attempts, never copied per layer.
+//!
+//! Every request that enters leaves exactly once: with a [`Completion`] or an [`EngineError`],
+//! including on overload, upstream faults, cancellation and [`Engine::shutdown`]. Metrics are
+//! recorded here (through `im-metrics`), never in the core.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use im_engine::{Engine, Job, LocalAiBackend, Output, Payload};
+//! use inference_queue::{Config, Kind, ModelSpec};
+//! use localai_client::{ChatRequest, ClientConfig, LocalAiClient};
+//!
+//! let client = LocalAiClient::new(ClientConfig::new("http://localhost:8080"))?;
+//! let config = Config { models: vec![ModelSpec::new("llama", &[Kind::Txt2Txt], 4)], ..Config::default() };
+//! let engine = Engine::start(config, Arc::new(LocalAiBackend::new(vec![client])), im_metrics::Metrics::new())?;
+//! let req = ChatRequest { model: "llama".into(), messages: vec![serde_json::json!({"role": "user", "content": "hi"})],
+//!                         temperature: None, max_tokens: None, extra: Default::default() };
+//! let done = engine.submit(Job { request_id: "r1".into(), kind: Kind::Txt2Txt, model: "llama".into(),
+//!                                deadline: None, payload: Payload::Chat { req, stream: false } }).await?;
+//! if let Output::Chat(c) = done.output { println!("{} (waited {:?})", c.content, done.meta.queue_wait); }
+//! # Ok(()) }
+//! ```
+
+mod backend;
+mod clock;
+mod driver;
+mod engine;
+mod job;
+
+pub use backend::{Backend, LocalAiBackend};
+pub use clock::Clock;
+pub use engine::{Engine, LaneReadiness};
+pub use job::{ChunkReceiver, Completion, EngineError, Job, Meta, Output, Payload};
+
+impl Job {
+    /// The job's parameters for error reports (sanitized by the metrics layer before storing).
+    pub fn params(&self) -> serde_json::Value {
+        use serde_json::json;
+        match &self.payload {
+            Payload::Chat { req, stream } => json!({
+                "model": req.model, "messages": req.messages, "temperature": req.temperature,
+                "max_tokens": req.max_tokens, "stream": stream,
+            }),
+            Payload::Images(r) => json!({
+                "model": r.model, "prompt": r.prompt, "negative_prompt": r.negative_prompt,
+                "width": r.width, "height": r.height, "steps": r.steps, "seed": r.seed, "n": r.n,
+                "file": r.file.as_ref().map(|f| String::from_utf8_lossy(f).into_owned()),
+            }),
+        }
+    }
+}

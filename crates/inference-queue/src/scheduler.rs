@@ -458,6 +458,7 @@ impl Scheduler {
             waiting: self.waiting_total,
             in_flight: self.lanes.iter().map(|l| l.in_flight as usize).sum(),
             accepting: self.accepting,
+            counters: self.counters.clone(),
         }
     }
 
@@ -876,6 +877,13 @@ impl Scheduler {
                 return;
             };
             let l = &self.lanes[lane];
+            let model = self.groups[target].key.model;
+            if l.in_flight >= self.cfg.models[model.0].max_in_flight
+                && l.in_flight_model == Some(model)
+            {
+                // No free slot: decide again when one frees, with whatever has arrived by then.
+                return;
+            }
             if l.active != Some(target) {
                 let model = self.groups[target].key.model;
                 if l.in_flight > 0 && l.in_flight_model != Some(model) {

@@ -107,4 +107,6 @@ pub struct Status {
     pub in_flight: usize,
     /// Whether intake is open.
     pub accepting: bool,
+    /// The lifetime counters.
+    pub counters: Counters,
 }

@@ -239,9 +239,12 @@ fn run(setup: &Setup, ops: &[Op]) {
         for id in running {
             h.complete(id, Outcome::Success);
         }
+        // Check after each input: the strict check reads the status as of the decision.
+        check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);
         for lane in 0..setup.lanes {
             h.core.lifecycle_done(h.now, LaneId(lane));
             h.drain();
+            check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);
         }
         t += 1_000;
         h.at(t);

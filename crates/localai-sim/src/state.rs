@@ -198,16 +198,22 @@ impl SimState {
                     let _ = tokio::time::timeout(remaining, notified).await;
                 }
                 Action::Load => {
-                    let load = self.cfg.scaled(self.cfg.models[model].load_ms as f64);
-                    if !load.is_zero() {
-                        tokio::time::sleep(load).await;
-                    }
-                    {
-                        let mut g = self.lock();
-                        g.models[model].loading = false;
-                        g.stats.load_seconds += self.cfg.models[model].load_ms as f64 / 1000.0;
-                    }
-                    self.changed.notify_waiters();
+                    // Like LocalAI, a load goes on when the client that caused it disconnects: it
+                    // runs detached, so a dropped handler never leaves a model stuck "loading".
+                    let this = self.clone();
+                    let load = tokio::spawn(async move {
+                        let d = this.cfg.scaled(this.cfg.models[model].load_ms as f64);
+                        if !d.is_zero() {
+                            tokio::time::sleep(d).await;
+                        }
+                        {
+                            let mut g = this.lock();
+                            g.models[model].loading = false;
+                            g.stats.load_seconds += this.cfg.models[model].load_ms as f64 / 1000.0;
+                        }
+                        this.changed.notify_waiters();
+                    });
+                    let _ = load.await;
                 }
             }
         }

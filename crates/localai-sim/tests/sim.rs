@@ -180,3 +180,30 @@ fn the_example_catalogue_loads() {
     let cfg = SimConfig::from_toml(text).expect("the committed example is valid");
     assert_eq!(cfg.models.len(), 2);
 }
+
+#[tokio::test]
+async fn a_client_leaving_during_a_load_does_not_wedge_the_model() {
+    let s = start(|_| {}).await;
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(5))
+        .build()
+        .expect("client");
+    let gone = quick
+        .post(format!("{}/v1/chat/completions", s.url()))
+        .json(&json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await;
+    assert!(
+        gone.is_err(),
+        "the first client gives up during the 60 ms load"
+    );
+    let r = tokio::time::timeout(Duration::from_secs(10), chat(&s.url(), LLM))
+        .await
+        .expect("not wedged");
+    assert!(r.status().is_success());
+    assert_eq!(
+        s.state().stats().loads,
+        1,
+        "the abandoned load completed and is reused"
+    );
+}

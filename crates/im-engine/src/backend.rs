@@ -1,0 +1,85 @@
+//! The seam between the engine and an upstream: the [`Backend`] trait and its LocalAI implementation.
+
+use async_trait::async_trait;
+use localai_client::{
+    ChatRequest, ChatResponse, ChunkStream, ClientError, ImageRequest, ImagesResponse,
+    LocalAiClient,
+};
+
+use inference_queue::LaneId;
+
+/// What the engine needs from upstreams. One implementation serves every lane; `lane` says which
+/// upstream to call. Object-safe, so frontends and embedders can hold `Arc<dyn Backend>`.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A chat completion.
+    async fn chat(&self, lane: LaneId, req: &ChatRequest) -> Result<ChatResponse, ClientError>;
+    /// A streaming chat completion; resolves when the response head arrived.
+    async fn chat_stream(
+        &self,
+        lane: LaneId,
+        req: &ChatRequest,
+    ) -> Result<ChunkStream, ClientError>;
+    /// An image generation or edit.
+    async fn images(&self, lane: LaneId, req: &ImageRequest)
+    -> Result<ImagesResponse, ClientError>;
+    /// Unload a model; `Ok(false)` if it was not loaded.
+    async fn unload(&self, lane: LaneId, model: &str) -> Result<bool, ClientError>;
+    /// Load a model ahead of use.
+    async fn load(&self, lane: LaneId, model: &str) -> Result<(), ClientError>;
+    /// Whether the upstream answers.
+    async fn ready(&self, lane: LaneId) -> Result<(), ClientError>;
+    /// Installed models.
+    async fn models(&self, lane: LaneId) -> Result<Vec<String>, ClientError>;
+}
+
+/// LocalAI behind each lane: one client per upstream, in lane order.
+#[derive(Clone, Debug)]
+pub struct LocalAiBackend {
+    lanes: Vec<LocalAiClient>,
+}
+
+impl LocalAiBackend {
+    /// One client per lane.
+    pub fn new(lanes: Vec<LocalAiClient>) -> LocalAiBackend {
+        assert!(!lanes.is_empty(), "at least one upstream");
+        LocalAiBackend { lanes }
+    }
+
+    fn lane(&self, lane: LaneId) -> &LocalAiClient {
+        &self.lanes[lane.0.min(self.lanes.len() - 1)]
+    }
+}
+
+#[async_trait]
+impl Backend for LocalAiBackend {
+    async fn chat(&self, lane: LaneId, req: &ChatRequest) -> Result<ChatResponse, ClientError> {
+        self.lane(lane).chat(req).await
+    }
+    async fn chat_stream(
+        &self,
+        lane: LaneId,
+        req: &ChatRequest,
+    ) -> Result<ChunkStream, ClientError> {
+        self.lane(lane).chat_stream(req).await
+    }
+    async fn images(
+        &self,
+        lane: LaneId,
+        req: &ImageRequest,
+    ) -> Result<ImagesResponse, ClientError> {
+        self.lane(lane).images(req).await
+    }
+    async fn unload(&self, lane: LaneId, model: &str) -> Result<bool, ClientError> {
+        self.lane(lane).unload(model).await
+    }
+    async fn load(&self, lane: LaneId, model: &str) -> Result<(), ClientError> {
+        self.lane(lane).load(model).await
+    }
+    async fn ready(&self, lane: LaneId) -> Result<(), ClientError> {
+        self.lane(lane).ready().await
+    }
+    async fn models(&self, lane: LaneId) -> Result<Vec<String>, ClientError> {
+        self.lane(lane).models().await
+    }
+}

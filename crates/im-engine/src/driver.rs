@@ -1,0 +1,578 @@
+//! The driver: one tokio task that owns the scheduler core, runs its decisions and answers callers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use im_metrics::{ErrorEntry, Metrics, outcome};
+use inference_queue::{
+    Admission, CancelOutcome, Event, FailReason, LaneId, Outcome, RequestId, Resolution, Scheduler,
+    Status, Submit,
+};
+use localai_client::{ClientError, ErrorClass};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::backend::Backend;
+use crate::clock::Clock;
+use crate::job::{Completion, EngineError, Job, Meta, Output, Payload};
+
+pub(crate) type Reply = oneshot::Sender<Result<Completion, EngineError>>;
+
+pub(crate) enum Msg {
+    Submit {
+        ticket: u64,
+        job: Job,
+        reply: Reply,
+    },
+    Cancel {
+        ticket: u64,
+    },
+    Attempt {
+        id: RequestId,
+        lane: LaneId,
+        result: Result<Output, ClientError>,
+        processing: Duration,
+    },
+    StreamStarted {
+        id: RequestId,
+        lane: LaneId,
+        rx: crate::job::ChunkReceiver,
+        processing: Duration,
+    },
+    StreamEnded {
+        id: RequestId,
+        lane: LaneId,
+        error: Option<ClientError>,
+        aborted: bool,
+    },
+    Lifecycle {
+        lane: LaneId,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Shutdown {
+        grace: Duration,
+        done: oneshot::Sender<()>,
+    },
+}
+
+struct Entry {
+    ticket: u64,
+    job: Arc<Job>,
+    reply: Option<Reply>,
+    submitted: Instant,
+    dispatched: Option<Instant>,
+    attempts: u32,
+    abort: Option<AbortHandle>,
+    last_error: Option<ClientError>,
+}
+
+pub(crate) struct Driver {
+    core: Scheduler,
+    clock: Clock,
+    backend: Arc<dyn Backend>,
+    metrics: Metrics,
+    lanes: Vec<String>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    tx: mpsc::WeakUnboundedSender<Msg>,
+    entries: HashMap<RequestId, Entry>,
+    tickets: HashMap<u64, RequestId>,
+    switch_started: Vec<Option<Instant>>,
+    shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+    last_gauges: Instant,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        core: Scheduler,
+        clock: Clock,
+        backend: Arc<dyn Backend>,
+        metrics: Metrics,
+        rx: mpsc::UnboundedReceiver<Msg>,
+        tx: mpsc::WeakUnboundedSender<Msg>,
+    ) -> Driver {
+        let lanes = core.config().lanes.clone();
+        let n = lanes.len();
+        Driver {
+            core,
+            clock,
+            backend,
+            metrics,
+            lanes,
+            rx,
+            tx,
+            entries: HashMap::new(),
+            tickets: HashMap::new(),
+            switch_started: vec![None; n],
+            shutdown: None,
+            last_gauges: Instant::now(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut upkeep = tokio::time::interval(Duration::from_secs(1));
+        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for l in &self.lanes {
+            self.metrics.breaker(l, false);
+            self.metrics.in_flight(l, 0);
+        }
+        loop {
+            let wake = self.core.poll_timeout().map(|t| self.clock.instant(t));
+            let stop_at = self.shutdown.as_ref().map(|(at, _)| *at);
+            tokio::select! {
+                biased;
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => {
+                        // Every handle is gone: nobody can be answered; stop now.
+                        self.force_finish();
+                        return;
+                    }
+                },
+                _ = sleep_until(stop_at), if stop_at.is_some() => {
+                    self.force_finish();
+                    return;
+                }
+                _ = sleep_until(wake), if wake.is_some() => {
+                    let now = self.clock.now();
+                    self.core.handle_timeout(now);
+                }
+                _ = upkeep.tick() => {
+                    self.metrics.run_upkeep();
+                    self.update_gauges();
+                }
+            }
+            self.process_events();
+            if self.last_gauges.elapsed() >= Duration::from_millis(100) {
+                self.update_gauges();
+            }
+            if self.shutdown.is_some() && self.core.in_system() == 0 {
+                self.update_gauges();
+                if let Some((_, done)) = self.shutdown.take() {
+                    for d in done {
+                        let _ = d.send(());
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        let now = self.clock.now();
+        match msg {
+            Msg::Submit { ticket, job, reply } => {
+                let sub = Submit {
+                    kind: job.kind,
+                    model: &job.model,
+                    lane: None,
+                    deadline: job.deadline,
+                };
+                match self.core.submit(now, sub) {
+                    Admission::Accepted(id) => {
+                        self.tickets.insert(ticket, id);
+                        self.entries.insert(
+                            id,
+                            Entry {
+                                ticket,
+                                job: Arc::new(job),
+                                reply: Some(reply),
+                                submitted: Instant::now(),
+                                dispatched: None,
+                                attempts: 0,
+                                abort: None,
+                                last_error: None,
+                            },
+                        );
+                    }
+                    Admission::Rejected(r) => {
+                        let err = EngineError::from_rejection(r, job.kind);
+                        self.metrics.rejected(job.kind.as_str(), err.error_type());
+                        self.record_error(&job, &err);
+                        let _ = reply.send(Err(err));
+                    }
+                }
+            }
+            Msg::Cancel { ticket } => {
+                let Some(id) = self.tickets.get(&ticket).copied() else {
+                    return;
+                };
+                match self.core.cancel(now, id) {
+                    CancelOutcome::Removed => self.leave(id, outcome::CANCELLED, None),
+                    CancelOutcome::InFlight => {
+                        if let Some(a) = self.entries.get_mut(&id).and_then(|e| e.abort.take()) {
+                            a.abort();
+                        }
+                        if self.core.complete(now, id, Outcome::Aborted) == Resolution::Finished {
+                            self.leave(id, outcome::CANCELLED, None);
+                        }
+                    }
+                    CancelOutcome::Unknown => {}
+                }
+            }
+            Msg::Attempt {
+                id,
+                lane,
+                result,
+                processing,
+            } => self.attempt_done(id, lane, result, processing),
+            Msg::StreamStarted {
+                id,
+                lane,
+                rx,
+                processing,
+            } => {
+                self.switch_answered(lane);
+                if let Some(e) = self.entries.get_mut(&id) {
+                    let meta = meta_of(e, lane, processing);
+                    if let Some(reply) = e.reply.take() {
+                        let _ = reply.send(Ok(Completion {
+                            meta,
+                            output: Output::Stream(rx),
+                        }));
+                    }
+                }
+            }
+            Msg::StreamEnded {
+                id,
+                lane,
+                error,
+                aborted,
+            } => {
+                // Nothing can be retried once chunks reached the caller: a failure inside the
+                // stream ends the request (the caller saw an error item).
+                let outcome = if aborted {
+                    Outcome::Aborted
+                } else if error.is_some() {
+                    Outcome::Permanent
+                } else {
+                    Outcome::Success
+                };
+                if let Some(e) = &error {
+                    self.metrics.upstream_error(&self.lanes[lane.0], &e.label());
+                }
+                if self.core.complete(now, id, outcome) == Resolution::Finished {
+                    let label = match (aborted, &error) {
+                        (true, _) => outcome::CANCELLED,
+                        (false, Some(_)) => outcome::UPSTREAM_ERROR,
+                        (false, None) => outcome::SUCCESS,
+                    };
+                    self.leave(id, label, None);
+                }
+            }
+            Msg::Lifecycle { lane } => self.core.lifecycle_done(now, lane),
+            Msg::Status { reply } => {
+                let _ = reply.send(self.core.status(now));
+            }
+            Msg::Shutdown { grace, done } => {
+                self.core.shutdown(now);
+                match &mut self.shutdown {
+                    Some((_, waiting)) => waiting.push(done),
+                    None => self.shutdown = Some((Instant::now() + grace, vec![done])),
+                }
+            }
+        }
+    }
+
+    fn attempt_done(
+        &mut self,
+        id: RequestId,
+        lane: LaneId,
+        result: Result<Output, ClientError>,
+        processing: Duration,
+    ) {
+        let now = self.clock.now();
+        self.switch_answered(lane);
+        let outcome = match &result {
+            Ok(_) => Outcome::Success,
+            Err(e) => {
+                self.metrics.upstream_error(&self.lanes[lane.0], &e.label());
+                match e.class() {
+                    ErrorClass::Transient => Outcome::Transient {
+                        retry_after: e.retry_after(),
+                    },
+                    ErrorClass::Permanent | ErrorClass::Protocol => Outcome::Permanent,
+                }
+            }
+        };
+        match self.core.complete(now, id, outcome) {
+            Resolution::Finished => match result {
+                Ok(output) => {
+                    if let Some(e) = self.entries.get_mut(&id) {
+                        let meta = meta_of(e, lane, processing);
+                        if let Some(reply) = e.reply.take() {
+                            let _ = reply.send(Ok(Completion { meta, output }));
+                        }
+                    }
+                    self.leave(id, outcome::SUCCESS, Some(processing));
+                }
+                Err(error) => {
+                    let attempts = self.entries.get(&id).map_or(1, |e| e.attempts);
+                    let err = EngineError::from_upstream(error, attempts);
+                    self.fail(id, err, outcome::UPSTREAM_ERROR);
+                }
+            },
+            Resolution::Exhausted { attempts } => {
+                let error = result
+                    .err()
+                    .unwrap_or_else(|| ClientError::Protocol("exhausted without an error".into()));
+                self.fail(
+                    id,
+                    EngineError::from_upstream(error, attempts),
+                    outcome::UPSTREAM_ERROR,
+                );
+            }
+            Resolution::Retry { .. } => {
+                if let (Some(e), Err(error)) = (self.entries.get_mut(&id), result) {
+                    self.metrics
+                        .retry(e.job.kind.as_str(), &e.job.model, &error.label());
+                    e.last_error = Some(error);
+                    e.abort = None;
+                }
+            }
+            Resolution::Ignored => {}
+        }
+    }
+
+    fn switch_answered(&mut self, lane: LaneId) {
+        if let Some(started) = self.switch_started.get_mut(lane.0).and_then(Option::take) {
+            self.metrics
+                .switch_seconds(&self.lanes[lane.0], started.elapsed());
+        }
+    }
+
+    fn process_events(&mut self) {
+        while let Some(ev) = self.core.poll_event() {
+            match ev {
+                Event::Dispatch {
+                    id, lane, attempt, ..
+                } => self.dispatch(id, lane, attempt),
+                Event::Expired { id, waited } => self.fail(
+                    id,
+                    EngineError::DeadlineExceeded { waited },
+                    outcome::EXPIRED,
+                ),
+                Event::Failed {
+                    id,
+                    reason: FailReason::ShuttingDown,
+                } => self.fail(id, EngineError::ShuttingDown, outcome::SHUTDOWN),
+                Event::Unload { lane, model } => {
+                    self.lifecycle(lane, self.core.model_name(model).to_owned(), true)
+                }
+                Event::WarmUp { lane, model } => {
+                    self.lifecycle(lane, self.core.model_name(model).to_owned(), false)
+                }
+                Event::Switched {
+                    lane,
+                    from,
+                    to,
+                    model_changed,
+                } => {
+                    let from_kind = from.map_or("none", |g| g.kind.as_str());
+                    self.metrics
+                        .switched(&self.lanes[lane.0], from_kind, to.kind.as_str());
+                    if model_changed {
+                        self.switch_started[lane.0] = Some(Instant::now());
+                    }
+                    tracing::debug!(lane = %self.lanes[lane.0], from = from_kind, to = %to.kind,
+                        model = %self.core.model_name(to.model), model_changed, "switch");
+                }
+                Event::BreakerOpened { lane } => {
+                    tracing::warn!(lane = %self.lanes[lane.0], "breaker opened: upstream failing, holding the queue");
+                    self.metrics.breaker(&self.lanes[lane.0], true);
+                }
+                Event::BreakerClosed { lane } => {
+                    tracing::info!(lane = %self.lanes[lane.0], "breaker closed");
+                    self.metrics.breaker(&self.lanes[lane.0], false);
+                }
+            }
+        }
+    }
+
+    /// Unload (or warm up) `model` on `lane`, then tell the core. A failure does not stop the
+    /// switch: an unload of a model that is not loaded is fine, and a failed warm-up means the
+    /// first request loads the model.
+    fn lifecycle(&self, lane: LaneId, model: String, unload: bool) {
+        let backend = self.backend.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = if unload {
+                backend.unload(lane, &model).await.map(|_| ())
+            } else {
+                backend.load(lane, &model).await
+            };
+            if let Err(e) = result {
+                tracing::warn!(%model, error = %e, unload, "lifecycle call failed; switching anyway");
+            }
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(Msg::Lifecycle { lane });
+            }
+        });
+    }
+
+    fn dispatch(&mut self, id: RequestId, lane: LaneId, attempt: u32) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        e.dispatched = Some(Instant::now());
+        e.attempts = attempt;
+        let job = e.job.clone();
+        let backend = self.backend.clone();
+        let Some(tx) = self.tx.upgrade() else { return };
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = match &job.payload {
+                Payload::Chat { req, stream: false } => {
+                    backend.chat(lane, req).await.map(Output::Chat)
+                }
+                Payload::Images(req) => backend.images(lane, req).await.map(Output::Images),
+                Payload::Chat { req, stream: true } => match backend.chat_stream(lane, req).await {
+                    Err(e) => Err(e),
+                    Ok(mut stream) => {
+                        let (ctx, crx) = mpsc::channel(64);
+                        let _ = tx.send(Msg::StreamStarted {
+                            id,
+                            lane,
+                            rx: crx,
+                            processing: started.elapsed(),
+                        });
+                        let mut error = None;
+                        let mut aborted = false;
+                        while let Some(item) = stream.next().await {
+                            let failed = item.as_ref().err().cloned();
+                            if ctx.send(item).await.is_err() {
+                                aborted = true;
+                                break;
+                            }
+                            if failed.is_some() {
+                                error = failed;
+                                break;
+                            }
+                        }
+                        let _ = tx.send(Msg::StreamEnded {
+                            id,
+                            lane,
+                            error,
+                            aborted,
+                        });
+                        return;
+                    }
+                },
+            };
+            let _ = tx.send(Msg::Attempt {
+                id,
+                lane,
+                result,
+                processing: started.elapsed(),
+            });
+        });
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.abort = Some(task.abort_handle());
+        }
+    }
+
+    /// Answer `id` with `err` and let it leave.
+    fn fail(&mut self, id: RequestId, err: EngineError, label: &'static str) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            let job = e.job.clone();
+            self.record_error(&job, &err);
+            if let Some(e) = self.entries.get_mut(&id)
+                && let Some(reply) = e.reply.take()
+            {
+                let _ = reply.send(Err(err));
+            }
+        }
+        self.leave(id, label, None);
+    }
+
+    fn record_error(&self, job: &Job, err: &EngineError) {
+        self.metrics.error(ErrorEntry {
+            time_ms: 0,
+            request_id: job.request_id.clone(),
+            kind: job.kind.to_string(),
+            model: job.model.clone(),
+            class: err.error_type().to_owned(),
+            message: err.to_string(),
+            params: job.params(),
+        });
+    }
+
+    /// Remove `id`'s bookkeeping and count it.
+    fn leave(&mut self, id: RequestId, label: &'static str, processing: Option<Duration>) {
+        let Some(e) = self.entries.remove(&id) else {
+            return;
+        };
+        self.tickets.remove(&e.ticket);
+        let wait = e
+            .dispatched
+            .map(|d| d.duration_since(e.submitted))
+            .or_else(|| Some(e.submitted.elapsed()));
+        self.metrics
+            .request_done(e.job.kind.as_str(), &e.job.model, label, wait, processing);
+        tracing::info!(
+            request_id = %e.job.request_id, kind = %e.job.kind, model = %e.job.model,
+            wait_ms = wait.map_or(0, |w| w.as_millis() as u64),
+            processing_ms = processing.map_or(0, |p| p.as_millis() as u64),
+            attempts = e.attempts, outcome = label, "request"
+        );
+    }
+
+    fn update_gauges(&mut self) {
+        self.last_gauges = Instant::now();
+        let st = self.core.status(self.clock.now());
+        for g in &st.groups {
+            self.metrics.queue_depth(g.kind.as_str(), &g.model, g.depth);
+        }
+        for (l, ls) in st.lanes.iter().enumerate() {
+            self.metrics.in_flight(&self.lanes[l], ls.in_flight);
+        }
+    }
+
+    /// The grace period ended (or every handle is gone): answer everyone still here.
+    fn force_finish(&mut self) {
+        let now = self.clock.now();
+        self.core.shutdown(now);
+        self.core.abort_waiting(now, FailReason::ShuttingDown);
+        self.process_events();
+        let ids: Vec<RequestId> = self.entries.keys().copied().collect();
+        for id in ids {
+            if let Some(a) = self.entries.get_mut(&id).and_then(|e| e.abort.take()) {
+                a.abort();
+            }
+            let _ = self.core.complete(now, id, Outcome::Aborted);
+            self.fail(id, EngineError::ShuttingDown, outcome::SHUTDOWN);
+        }
+        self.process_events();
+        self.update_gauges();
+        if let Some((_, done)) = self.shutdown.take() {
+            for d in done {
+                let _ = d.send(());
+            }
+        }
+    }
+}
+
+fn meta_of(e: &Entry, lane: LaneId, processing: Duration) -> Meta {
+    Meta {
+        request_id: e.job.request_id.clone(),
+        kind: e.job.kind,
+        model: e.job.model.clone(),
+        queue_wait: e
+            .dispatched
+            .map_or(Duration::ZERO, |d| d.duration_since(e.submitted)),
+        processing,
+        attempts: e.attempts,
+        lane: lane.0,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

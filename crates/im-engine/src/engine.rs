@@ -1,0 +1,201 @@
+//! The cheap, cloneable handle frontends and embedders hold.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use im_metrics::Metrics;
+use inference_queue::{Config, ConfigError, Kind, LaneId, Scheduler, Status};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::Backend;
+use crate::clock::Clock;
+use crate::driver::{Driver, Msg};
+use crate::job::{Completion, EngineError, Job};
+
+/// One lane's readiness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneReadiness {
+    /// The lane's name.
+    pub name: String,
+    /// Whether the upstream answered `/readyz`.
+    pub reachable: bool,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    /// The upstream's error, when not reachable.
+    pub error: Option<String>,
+}
+
+impl LaneReadiness {
+    /// Reachable with a closed breaker.
+    pub fn ready(&self) -> bool {
+        self.reachable && self.breaker == "closed"
+    }
+}
+
+struct Shared {
+    config: Config,
+    backend: Arc<dyn Backend>,
+    metrics: Metrics,
+    tickets: AtomicU64,
+}
+
+/// The engine: submit jobs, read status, shut down. Clone it freely; every clone talks to the same
+/// driver task, which owns the scheduler core.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("lanes", &self.shared.config.lanes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cancels its request when dropped before the answer arrived.
+struct CancelOnDrop<'a> {
+    tx: &'a mpsc::UnboundedSender<Msg>,
+    ticket: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.tx.send(Msg::Cancel {
+                ticket: self.ticket,
+            });
+        }
+    }
+}
+
+impl Engine {
+    /// Start the driver task on the current tokio runtime.
+    pub fn start(
+        config: Config,
+        backend: Arc<dyn Backend>,
+        metrics: Metrics,
+    ) -> Result<Engine, ConfigError> {
+        let core = Scheduler::new(config.clone())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = Driver::new(
+            core,
+            Clock::start(),
+            backend.clone(),
+            metrics.clone(),
+            rx,
+            tx.downgrade(),
+        );
+        tokio::spawn(driver.run());
+        Ok(Engine {
+            tx,
+            shared: Arc::new(Shared {
+                config,
+                backend,
+                metrics,
+                tickets: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Queue `job` and wait for its answer. Dropping the future cancels the request: it leaves the
+    /// queue and never reaches the upstream (or, if running, its upstream call is abandoned).
+    pub async fn submit(&self, job: Job) -> Result<Completion, EngineError> {
+        let ticket = self.shared.tickets.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Submit { ticket, job, reply }).is_err() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let mut guard = CancelOnDrop {
+            tx: &self.tx,
+            ticket,
+            armed: true,
+        };
+        let result = rx.await.unwrap_or(Err(EngineError::ShuttingDown));
+        guard.armed = false;
+        result
+    }
+
+    /// A snapshot of the queues and lanes; `None` once the engine stopped.
+    pub async fn status(&self) -> Option<Status> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Status { reply }).ok()?;
+        rx.await.ok()
+    }
+
+    /// Stop intake, let queued and running work finish within `grace`, answer the rest with
+    /// [`EngineError::ShuttingDown`]. Returns when every request has left.
+    pub async fn shutdown(&self, grace: Duration) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown { grace, done }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Readiness of every lane: its upstream answers and its breaker is closed.
+    pub async fn readiness(&self) -> Vec<LaneReadiness> {
+        let status = self.status().await;
+        let mut out = Vec::new();
+        for (i, name) in self.shared.config.lanes.iter().enumerate() {
+            let probe =
+                tokio::time::timeout(Duration::from_secs(3), self.shared.backend.ready(LaneId(i)))
+                    .await;
+            let (reachable, error) = match probe {
+                Ok(Ok(())) => (true, None),
+                Ok(Err(e)) => (false, Some(e.to_string())),
+                Err(_) => (false, Some("no answer within 3 s".to_owned())),
+            };
+            let breaker = status
+                .as_ref()
+                .and_then(|s| s.lanes.get(i))
+                .map_or("unknown", |l| l.breaker.as_str());
+            out.push(LaneReadiness {
+                name: name.clone(),
+                reachable,
+                breaker,
+                error,
+            });
+        }
+        out
+    }
+
+    /// The scheduler configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Models serving `kind`.
+    pub fn models_for(&self, kind: Kind) -> Vec<String> {
+        self.shared
+            .config
+            .models
+            .iter()
+            .filter(|m| m.kinds.contains(&kind))
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// The kinds `model` serves, if it is configured.
+    pub fn kinds_of(&self, model: &str) -> Option<&[Kind]> {
+        self.shared
+            .config
+            .models
+            .iter()
+            .find(|m| m.name == model)
+            .map(|m| m.kinds.as_slice())
+    }
+
+    /// The metrics recorder.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.shared.backend
+    }
+}

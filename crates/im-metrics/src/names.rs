@@ -1,0 +1,43 @@
+//! Every metric name im exports. These names are part of im's interface (documented in the
+//! README, queried by the Grafana dashboard in `deploy/`, checked by `cargo xtask deploy-check`).
+
+/// `im_requests_total{kind,model,outcome}`: requests that left, by outcome.
+pub const REQUESTS_TOTAL: &str = "im_requests_total";
+/// `im_queue_depth{kind,model}`: requests waiting per group.
+pub const QUEUE_DEPTH: &str = "im_queue_depth";
+/// `im_queue_wait_seconds{kind,model}`: time from submit to dispatch (histogram).
+pub const QUEUE_WAIT_SECONDS: &str = "im_queue_wait_seconds";
+/// `im_processing_seconds{kind,model}`: upstream time of the answering attempt (histogram).
+pub const PROCESSING_SECONDS: &str = "im_processing_seconds";
+/// `im_in_flight{lane}`: requests running on a lane.
+pub const IN_FLIGHT: &str = "im_in_flight";
+/// `im_switches_total{lane,from_kind,to_kind}`: active group changes.
+pub const SWITCHES_TOTAL: &str = "im_switches_total";
+/// `im_switch_seconds{lane}`: from a model switch to the new model's first answer (includes the load).
+pub const SWITCH_SECONDS: &str = "im_switch_seconds";
+/// `im_retries_total{kind,model,reason}`: retries scheduled.
+pub const RETRIES_TOTAL: &str = "im_retries_total";
+/// `im_rejections_total{kind,reason}`: requests refused at admission.
+pub const REJECTIONS_TOTAL: &str = "im_rejections_total";
+/// `im_upstream_errors_total{lane,class}`: failed upstream attempts.
+pub const UPSTREAM_ERRORS_TOTAL: &str = "im_upstream_errors_total";
+/// `im_breaker_open{lane}`: 1 while the lane's breaker is open.
+pub const BREAKER_OPEN: &str = "im_breaker_open";
+/// `im_overhead_seconds`: time im adds outside queue wait and upstream time (histogram).
+pub const OVERHEAD_SECONDS: &str = "im_overhead_seconds";
+
+/// All of them, for checks.
+pub const ALL: &[&str] = &[
+    REQUESTS_TOTAL,
+    QUEUE_DEPTH,
+    QUEUE_WAIT_SECONDS,
+    PROCESSING_SECONDS,
+    IN_FLIGHT,
+    SWITCHES_TOTAL,
+    SWITCH_SECONDS,
+    RETRIES_TOTAL,
+    REJECTIONS_TOTAL,
+    UPSTREAM_ERRORS_TOTAL,
+    BREAKER_OPEN,
+    OVERHEAD_SECONDS,
+];
