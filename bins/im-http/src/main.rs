@@ -1,1 +1,168 @@
-fn main() {}
+//! `im-http`: parse config, set up logging, build im, serve HTTP, shut down gracefully.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use im_http_api::app::{self, Simulate};
+use im_http_api::config::ImConfig;
+
+/// im: an inference manager for LocalAI (HTTP API, OpenAI-compatible routes, Swagger UI at /docs).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file (see deploy/im.example.toml).
+    #[arg(long, env = "IM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "IM_LISTEN")]
+    listen: Option<String>,
+    /// LocalAI base URL(s), comma-separated (default http://localhost:8080).
+    #[arg(long = "upstream", env = "LOCALAI_URL", value_delimiter = ',')]
+    upstreams: Vec<String>,
+    /// API keys clients must send, comma-separated.
+    #[arg(
+        long,
+        env = "IM_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// Start an in-process simulated LocalAI and serve the full API against it.
+    #[arg(long, env = "IM_SIMULATE")]
+    simulate: bool,
+    /// Time scale of the simulated LocalAI (1.0: real load and service times).
+    #[arg(long, env = "IM_SIM_TIME_SCALE", default_value_t = 0.1)]
+    sim_time_scale: f64,
+    /// Log format: text or json.
+    #[arg(long, env = "IM_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Override any config field: --set bounds.max_batch=16 --set policy=strict (repeatable).
+    #[arg(long = "set", env = "IM_SET", value_delimiter = ';')]
+    sets: Vec<String>,
+}
+
+fn load(args: &Args) -> anyhow::Result<ImConfig> {
+    let mut cfg = match &args.config {
+        Some(p) => ImConfig::from_toml(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?,
+        None => ImConfig::default(),
+    };
+    if let Some(l) = &args.listen {
+        cfg.listen = l.clone();
+    }
+    if !args.upstreams.is_empty() {
+        cfg.upstreams = args.upstreams.clone();
+    }
+    if !args.api_keys.is_empty() {
+        cfg.api_keys = args
+            .api_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .collect();
+    }
+    if let Some(f) = &args.log_format {
+        cfg.log_format = f.clone();
+    }
+    let cfg = cfg.with_overrides(&args.sets)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn logging(format: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = load(&args)?;
+    logging(&cfg.log_format);
+    let simulate = args.simulate.then_some(Simulate {
+        time_scale: args.sim_time_scale,
+    });
+    let built = app::build(cfg, simulate).await?;
+    let addr: SocketAddr = built.config.listen.parse().context("listen address")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    if let Some(sim) = &built.sim {
+        eprintln!("im-http: simulated LocalAI at {}", sim.url());
+        eprintln!(
+            "im-http: demo key: {}",
+            built
+                .config
+                .api_keys
+                .first()
+                .map_or("(none)", String::as_str)
+        );
+    }
+    eprintln!("im-http: listening on http://{local}  (Swagger UI: http://{local}/docs)");
+    let app = im_http_api::router(built.state.clone());
+    let engine = built.engine.clone();
+    let grace = built.config.shutdown_grace();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!(
+                grace_s = grace.as_secs_f64(),
+                "shutting down: intake stopped, draining"
+            );
+            engine.shutdown(grace).await;
+        })
+        .await
+        .context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("im-http: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("im-http: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,108 @@
-//! placeholder
+//! `im-http-api`: im's HTTP frontend (SPEC §3), on axum.
+//!
+//! [`router`] builds the whole API over an [`AppState`] (an `im_engine::Engine` plus HTTP
+//! settings); serving it is the binary's job, so tests call `router(state).oneshot(request)`.
+//! Handlers are split by concern: [`seed`] (the seeds' routes), [`openai`] (OpenAI-compatible
+//! routes on the same queues), [`ops`] (metrics, queue status, health, readiness). [`error`] holds
+//! the single error table used for JSON bodies and SSE error events (and by `im-mcp`). Every
+//! handler is annotated for utoipa; [`ApiDoc`] collects them, Swagger UI serves at `/docs` and the
+//! document at `/openapi.json` (the committed copy is checked by a test).
+//!
+//! The middleware stack, outermost first: request id → auth (+ per-key rate limit) → body limit →
+//! handler. This crate knows JSON and HTTP; it never talks to LocalAI except through the engine.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod openai;
+pub mod ops;
+pub mod seed;
+mod state;
+mod stream;
+pub mod types;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use error::{ApiError, ErrorBody, ErrorType};
+pub use state::{AppState, Arrived, HttpSettings, RequestId};
+
+/// The OpenAPI document of every route.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "im: inference manager for LocalAI", description = "Queues chat, image generation, image editing and vision requests per kind and model in front of LocalAI, drains one group before switching models, and bounds every wait. Authenticate with `X-API-Key` or `Authorization: Bearer`."),
+    paths(
+        seed::txt2txt, seed::txt2img, seed::img2img, seed::img2txt,
+        openai::chat_completions, openai::images_generations, openai::models,
+        ops::request_metrics, ops::error_metrics, ops::queue_status, ops::health, ops::ready, ops::metrics,
+    ),
+    components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
+        types::Txt2ImgRequest, types::Img2ImgRequest, types::Figures, types::TextResult, types::ImageResult)),
+    modifiers(&SecurityAddon),
+    tags((name = "seed", description = "The seed endpoints"), (name = "openai", description = "OpenAI-compatible endpoints"),
+         (name = "operations", description = "Metrics, status, health"))
+)]
+pub struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document as pretty JSON (what `/openapi.json` serves and the repo commits).
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+/// The whole HTTP API over `state`, without `/mcp` (mounted by the binary when enabled).
+pub fn router(state: AppState) -> Router {
+    let limit = state.body_limit;
+    let api = Router::new()
+        .route("/txt2txt", post(seed::txt2txt))
+        .route("/txt2img", post(seed::txt2img))
+        .route("/img2img", post(seed::img2img))
+        .route("/img2txt", post(seed::img2txt))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/images/generations", post(openai::images_generations))
+        .route("/v1/models", get(openai::models))
+        .route("/get_request_metrics", get(ops::request_metrics))
+        .route("/get_error_metrics", get(ops::error_metrics))
+        .route("/mcp/get_request_metrics", get(ops::request_metrics))
+        .route("/mcp/get_error_metrics", get(ops::error_metrics))
+        .route("/queue-status", get(ops::queue_status))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .fallback(|| async {
+            ApiError::new(ErrorType::NotFound, "no such route; see /docs").into_response()
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorType::MethodNotAllowed,
+                "method not allowed on this route; see /docs",
+            )
+            .into_response()
+        })
+        .layer(DefaultBodyLimit::max(limit));
+    api.layer(from_fn_with_state(state.clone(), state::auth))
+        .layer(from_fn_with_state(state.clone(), state::request_id))
+        .with_state(state)
+}

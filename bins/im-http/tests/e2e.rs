@@ -1,0 +1,259 @@
+//! End to end: the real `im-http` binary with `--simulate`, driven over HTTP with reqwest.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+const KEY: &str = "im-demo-key";
+const LLM: &str = "llama-3.2-3b-instruct";
+const VLM: &str = "llava-1.6-mistral-7b";
+const SD: &str = "stablediffusion";
+
+struct Server {
+    child: Child,
+    url: String,
+    sim: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-http"))
+        .args([
+            "--simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-time-scale",
+            "0.01",
+        ])
+        .args(extra)
+        .env_remove("IM_CONFIG")
+        .env_remove("IM_API_KEYS")
+        .env_remove("LOCALAI_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("im-http starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let (mut url, mut sim) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.expect("utf-8");
+        if let Some(rest) = line.strip_prefix("im-http: simulated LocalAI at ") {
+            sim = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("im-http: listening on ") {
+            url = Some(rest.split_whitespace().next().expect("url").to_owned());
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        url: url.expect("listening line"),
+        sim: sim.expect("sim line"),
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+fn png_b64() -> String {
+    base64::engine::general_purpose::STANDARD.encode(localai_sim::image::png(8, 8, 2))
+}
+
+fn body_for(kind: &str, i: usize) -> (String, Value) {
+    match kind {
+        "txt2txt" => (
+            "/txt2txt".into(),
+            json!({"model": LLM, "messages": [{"role": "user", "content": format!("q{i}")}]}),
+        ),
+        "img2txt" => (
+            "/img2txt".into(),
+            json!({"model": VLM, "messages": [{"role": "user", "content": [{"type": "text", "text": "what"}, {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", png_b64())}}]}]}),
+        ),
+        "txt2img" => (
+            "/txt2img".into(),
+            json!({"model": SD, "prompt": "fox", "width": 16, "height": 16, "steps": 2}),
+        ),
+        _ => (
+            "/img2img".into(),
+            json!({"model": SD, "prompt": "fox", "width": 16, "height": 16, "steps": 2, "file": png_b64()}),
+        ),
+    }
+}
+
+async fn post(c: &reqwest::Client, url: &str, path: &str, body: &Value) -> (u16, Value) {
+    let r = c
+        .post(format!("{url}{path}"))
+        .header("x-api-key", KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("answered");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+const KINDS: [&str; 4] = ["txt2txt", "txt2img", "img2img", "img2txt"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_on_both_route_families_auth_and_streaming() {
+    let s = start(&[]);
+    let c = client();
+    for (i, k) in KINDS.iter().enumerate() {
+        let (path, body) = body_for(k, i);
+        let (st, v) = post(&c, &s.url, &path, &body).await;
+        assert_eq!(st, 200, "{k}: {v}");
+        assert_eq!(v["kind"], *k);
+    }
+    let (st, v) = post(
+        &c,
+        &s.url,
+        "/v1/chat/completions",
+        &json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!((st, v["object"].as_str()), (200, Some("chat.completion")));
+    let (st, v) = post(
+        &c,
+        &s.url,
+        "/v1/images/generations",
+        &json!({"model": SD, "prompt": "p", "size": "16x16"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let sse = c
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(KEY)
+        .json(&json!({"model": LLM, "messages": [{"role": "user", "content": "stream"}], "stream": true}))
+        .send()
+        .await
+        .expect("stream");
+    assert!(
+        sse.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/event-stream")
+    );
+    let text = sse.text().await.expect("text");
+    assert!(text.contains("chat.completion.chunk") && text.trim_end().ends_with("[DONE]"));
+    let r = c
+        .get(format!("{}/queue-status", s.url))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "unauthorized");
+    assert_eq!(
+        c.get(format!("{}/health", s.url))
+            .send()
+            .await
+            .expect("ok")
+            .status(),
+        200
+    );
+    let (st, v) = post(
+        &c,
+        &s.url,
+        "/txt2img",
+        &json!({"model": SD, "prompt": "p", "width": 12, "height": 16}),
+    )
+    .await;
+    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("width")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_concurrent_load_never_overcommits_the_simulator() {
+    let s = start(&[]);
+    let c = client();
+    let jobs = (0..60).map(|i| {
+        let c = c.clone();
+        let url = s.url.clone();
+        tokio::spawn(async move {
+            let (path, body) = body_for(KINDS[i % 4], i);
+            post(&c, &url, &path, &body).await.0
+        })
+    });
+    for st in futures_util::future::join_all(jobs).await {
+        assert_eq!(st.expect("join"), 200);
+    }
+    let stats: Value = c
+        .get(format!("{}/sim/stats", s.sim))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stats["overcommits"], 0, "{stats}");
+    assert_eq!(stats["peak_resident_models"], 1, "{stats}");
+    let q: Value = c
+        .get(format!("{}/queue-status", s.url))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .expect("q")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        q["counters"]["model_switches"], stats["loads"],
+        "one load per model switch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_leaves_no_request_unanswered() {
+    let mut s = start(&["--set", "shutdown_grace_s=0.3"]);
+    let c = client();
+    let jobs: Vec<_> = (0..40)
+        .map(|i| {
+            let c = c.clone();
+            let url = s.url.clone();
+            tokio::spawn(async move {
+                let (path, body) = body_for(KINDS[i % 4], i);
+                post(&c, &url, &path, &body).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let mut ok = 0;
+    let mut shut = 0;
+    for j in jobs {
+        let (st, v) = j.await.expect("every request got an HTTP answer");
+        match st {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(v["error"]["type"], "shutting_down", "{v}");
+                shut += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(ok + shut, 40);
+    let status = s.child.wait().expect("exits");
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}

@@ -1,0 +1,505 @@
+//! im's configuration file: one TOML document, every field defaulted, loaded and validated here
+//! (the binaries, `cargo xtask deploy-check` and the tests all use this loader).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use inference_queue::{
+    Bounds, BreakerConfig, Config as CoreConfig, Kind, Limits, ModelSpec, RetryPolicy,
+};
+use serde::{Deserialize, Serialize};
+
+/// The whole file. See `deploy/im.example.toml` for a commented example.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// LocalAI base URLs, one per lane (the first version serves one).
+    pub upstreams: Vec<String>,
+    /// Key sent to LocalAI, if it needs one.
+    pub upstream_api_key: Option<String>,
+    /// API keys clients must send. Empty: auth is off (a warning is logged).
+    pub api_keys: Vec<String>,
+    /// Models and the kinds they serve. Empty: discovered from `/v1/models` at start.
+    pub models: Vec<ModelEntry>,
+    /// Kind priority, highest first.
+    pub priority: Vec<String>,
+    /// `strict` (the seeds' rule) or `bounded` (the default).
+    pub policy: String,
+    /// Bounds for the bounded policy.
+    pub bounds: BoundsEntry,
+    /// Queue limits.
+    pub limits: LimitsEntry,
+    /// Queue deadlines per kind, in seconds.
+    pub deadlines_s: BTreeMap<String, f64>,
+    /// Retries.
+    pub retry: RetryEntry,
+    /// Circuit breaker.
+    pub breaker: BreakerEntry,
+    /// Unload the old model after the switch barrier.
+    pub unload_on_switch: bool,
+    /// Load the new model before its first request.
+    pub warm_up: bool,
+    /// HTTP limits.
+    pub http: HttpEntry,
+    /// Seconds that shutdown waits for queued and running work.
+    pub shutdown_grace_s: f64,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+/// One model.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// The upstream model name.
+    pub name: String,
+    /// Kinds it serves.
+    pub kinds: Vec<String>,
+    /// Requests it runs at once (llama.cpp slots; diffusers: 1).
+    #[serde(default = "one")]
+    pub max_in_flight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Anti-starvation bounds.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoundsEntry {
+    /// Seconds one group may stay active while others wait (0: unbounded).
+    pub max_dwell_s: f64,
+    /// Requests one group may dispatch while others wait (0: unbounded).
+    pub max_batch: u32,
+    /// Seconds after which a waiting request's group goes first at the next switch (0: never).
+    pub starvation_after_s: f64,
+}
+
+impl Default for BoundsEntry {
+    fn default() -> BoundsEntry {
+        let b = Bounds::default();
+        BoundsEntry {
+            max_dwell_s: b.max_dwell.map_or(0.0, |d| d.as_secs_f64()),
+            max_batch: b.max_batch.unwrap_or(0),
+            starvation_after_s: b.starvation_after.map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+}
+
+/// Queue limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsEntry {
+    /// Requests waiting in all queues.
+    pub max_queued_total: usize,
+    /// Requests waiting per kind.
+    pub max_queued_per_kind: BTreeMap<String, usize>,
+}
+
+impl Default for LimitsEntry {
+    fn default() -> LimitsEntry {
+        LimitsEntry {
+            max_queued_total: Limits::default().max_queued_total,
+            max_queued_per_kind: BTreeMap::new(),
+        }
+    }
+}
+
+/// Retries.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryEntry {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff, ms.
+    pub base_ms: u64,
+    /// Backoff cap, ms.
+    pub cap_ms: u64,
+    /// Randomised share of the backoff, 0..=1.
+    pub jitter: f64,
+}
+
+impl Default for RetryEntry {
+    fn default() -> RetryEntry {
+        let r = RetryPolicy::default();
+        RetryEntry {
+            max_retries: r.max_retries,
+            base_ms: r.base.as_millis() as u64,
+            cap_ms: r.cap.as_millis() as u64,
+            jitter: r.jitter,
+        }
+    }
+}
+
+/// Circuit breaker.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerEntry {
+    /// Consecutive transient failures that open it.
+    pub failure_threshold: u32,
+    /// Seconds it stays open.
+    pub cooldown_s: f64,
+}
+
+impl Default for BreakerEntry {
+    fn default() -> BreakerEntry {
+        let b = BreakerConfig::default();
+        BreakerEntry {
+            failure_threshold: b.failure_threshold,
+            cooldown_s: b.cooldown.as_secs_f64(),
+        }
+    }
+}
+
+/// HTTP limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpEntry {
+    /// Body limit in bytes (images travel as base64).
+    pub body_limit_bytes: usize,
+    /// Largest image side accepted, pixels.
+    pub max_image_side: u32,
+    /// Per-key requests per second (0: no limit).
+    pub rate_limit_per_s: u32,
+    /// Burst above the rate.
+    pub rate_limit_burst: u32,
+    /// Host names accepted by the MCP endpoint (its DNS-rebinding guard); empty: loopback only.
+    pub mcp_allowed_hosts: Vec<String>,
+}
+
+impl Default for HttpEntry {
+    fn default() -> HttpEntry {
+        HttpEntry {
+            body_limit_bytes: 32 * 1024 * 1024,
+            max_image_side: 2048,
+            rate_limit_per_s: 0,
+            rate_limit_burst: 10,
+            mcp_allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl Default for ImConfig {
+    fn default() -> ImConfig {
+        ImConfig {
+            listen: "127.0.0.1:8000".into(),
+            upstreams: vec!["http://localhost:8080".into()],
+            upstream_api_key: None,
+            api_keys: Vec::new(),
+            models: Vec::new(),
+            priority: Kind::ALL.iter().map(|k| k.to_string()).collect(),
+            policy: "bounded".into(),
+            bounds: BoundsEntry::default(),
+            limits: LimitsEntry::default(),
+            deadlines_s: BTreeMap::new(),
+            retry: RetryEntry::default(),
+            breaker: BreakerEntry::default(),
+            unload_on_switch: false,
+            warm_up: false,
+            http: HttpEntry::default(),
+            shutdown_grace_s: 30.0,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// A configuration error naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML did not parse (the message names the line and field).
+    #[error("config: {0}")]
+    Toml(String),
+    /// A field is invalid.
+    #[error("config: `{field}`: {message}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn secs(field: &str, v: f64) -> Result<Option<Duration>, ConfigError> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(invalid(field, "must be a number of seconds >= 0"));
+    }
+    Ok((v > 0.0).then(|| Duration::from_secs_f64(v)))
+}
+
+fn kind(field: &str, s: &str) -> Result<Kind, ConfigError> {
+    s.parse()
+        .map_err(|e: inference_queue::ParseKindError| invalid(field, e.to_string()))
+}
+
+impl ImConfig {
+    /// Parse TOML text; unknown fields are errors.
+    pub fn from_toml(text: &str) -> Result<ImConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))
+    }
+
+    /// Apply `path=value` overrides (`--set bounds.max_batch=8`), values parsed as TOML (bare words as strings).
+    pub fn with_overrides(self, sets: &[String]) -> Result<ImConfig, ConfigError> {
+        if sets.is_empty() {
+            return Ok(self);
+        }
+        let mut doc = toml::Value::try_from(&self).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        for set in sets {
+            let (path, raw) = set
+                .split_once('=')
+                .ok_or_else(|| invalid(set, "expected path=value"))?;
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|t| t.get("v").cloned())
+                .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+            let mut cur = &mut doc;
+            let parts: Vec<&str> = path.trim().split('.').collect();
+            for (i, p) in parts.iter().enumerate() {
+                let table = cur
+                    .as_table_mut()
+                    .ok_or_else(|| invalid(path, "is not a table"))?;
+                if i + 1 == parts.len() {
+                    table.insert((*p).to_owned(), value.clone());
+                    break;
+                }
+                cur = table
+                    .entry((*p).to_owned())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            }
+        }
+        doc.try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))
+    }
+
+    /// The scheduler configuration, validated; `models` must be filled in (configured or discovered).
+    pub fn core(&self) -> Result<CoreConfig, ConfigError> {
+        let mut c = CoreConfig::default();
+        c.priority = self
+            .priority
+            .iter()
+            .enumerate()
+            .map(|(i, k)| kind(&format!("priority[{i}]"), k))
+            .collect::<Result<_, _>>()?;
+        c.bounds = match self.policy.as_str() {
+            "strict" => Bounds::strict(),
+            "bounded" => Bounds {
+                max_dwell: secs("bounds.max_dwell_s", self.bounds.max_dwell_s)?,
+                max_batch: (self.bounds.max_batch > 0).then_some(self.bounds.max_batch),
+                starvation_after: secs(
+                    "bounds.starvation_after_s",
+                    self.bounds.starvation_after_s,
+                )?,
+            },
+            other => {
+                return Err(invalid(
+                    "policy",
+                    format!("{other:?}: expected \"strict\" or \"bounded\""),
+                ));
+            }
+        };
+        c.limits.max_queued_total = self.limits.max_queued_total;
+        for (k, v) in &self.limits.max_queued_per_kind {
+            let field = format!("limits.max_queued_per_kind.{k}");
+            c.limits.max_queued_per_kind[kind(&field, k)?.index()] = Some(*v);
+        }
+        for (k, v) in &self.deadlines_s {
+            let field = format!("deadlines_s.{k}");
+            let d = secs(&field, *v)?.ok_or_else(|| invalid(&field, "must be positive"))?;
+            c.default_deadline[kind(&field, k)?.index()] = d;
+        }
+        c.retry = RetryPolicy {
+            max_retries: self.retry.max_retries,
+            base: Duration::from_millis(self.retry.base_ms),
+            cap: Duration::from_millis(self.retry.cap_ms),
+            jitter: self.retry.jitter,
+        };
+        c.breaker = BreakerConfig {
+            failure_threshold: self.breaker.failure_threshold,
+            cooldown: secs("breaker.cooldown_s", self.breaker.cooldown_s)?.unwrap_or_default(),
+        };
+        c.unload_on_switch = self.unload_on_switch;
+        c.warm_up = self.warm_up;
+        c.lanes = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                if i == 0 {
+                    "default".to_owned()
+                } else {
+                    format!("lane{i}")
+                }
+            })
+            .collect();
+        c.models = self
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let kinds = m
+                    .kinds
+                    .iter()
+                    .map(|k| kind(&format!("models[{i}].kinds"), k))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(ModelSpec::new(m.name.clone(), &kinds, m.max_in_flight))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        c.validate().map_err(|e| invalid(e.field, e.message))?;
+        Ok(c)
+    }
+
+    /// Check everything that can be checked without the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.upstreams.is_empty() {
+            return Err(invalid("upstreams", "at least one LocalAI URL"));
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(invalid(
+                    format!("upstreams[{i}]"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:8000", self.listen),
+            ));
+        }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            return Err(invalid("log_format", "\"text\" or \"json\""));
+        }
+        if self.http.body_limit_bytes < 1024 {
+            return Err(invalid("http.body_limit_bytes", "at least 1024"));
+        }
+        if self.http.max_image_side < 8 {
+            return Err(invalid("http.max_image_side", "at least 8"));
+        }
+        secs("shutdown_grace_s", self.shutdown_grace_s)?;
+        if self.models.is_empty() {
+            // Discovery fills them in; check the rest with a placeholder.
+            let mut probe = self.clone();
+            probe.models = vec![ModelEntry {
+                name: "probe".into(),
+                kinds: vec!["txt2txt".into()],
+                max_in_flight: 1,
+            }];
+            probe.core()?;
+        } else {
+            self.core()?;
+        }
+        Ok(())
+    }
+
+    /// Shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace_s.max(0.0))
+    }
+}
+
+/// Kinds for a discovered model name, by what LocalAI model names usually say. Configure
+/// `models` explicitly when the guess is wrong.
+pub fn guess_kinds(name: &str) -> Vec<String> {
+    let n = name.to_ascii_lowercase();
+    let image = [
+        "diffusion",
+        "sdxl",
+        "sd-",
+        "sd1",
+        "sd3",
+        "flux",
+        "dreamshaper",
+        "stablediffusion",
+    ];
+    let vision = [
+        "llava",
+        "vision",
+        "-vl",
+        "moondream",
+        "bakllava",
+        "minicpm-v",
+        "gemma-3",
+    ];
+    if image.iter().any(|p| n.contains(p)) {
+        vec!["txt2img".into(), "img2img".into()]
+    } else if vision.iter().any(|p| n.contains(p)) {
+        vec!["img2txt".into(), "txt2txt".into()]
+    } else {
+        vec!["txt2txt".into()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_overrides_apply() {
+        let c = ImConfig::default()
+            .with_overrides(&["bounds.max_batch=8".into(), "policy=strict".into()])
+            .expect("ok");
+        assert_eq!((c.bounds.max_batch, c.policy.as_str()), (8, "strict"));
+        c.validate().expect("valid");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = ImConfig::from_toml("listen = 5").expect_err("type");
+        assert!(e.to_string().contains("listen"), "{e}");
+        let e = ImConfig::from_toml("nope = 1").expect_err("unknown");
+        assert!(e.to_string().contains("nope"), "{e}");
+        let mut c = ImConfig::default();
+        c.priority = vec!["txt2txt".into(), "chat".into()];
+        assert!(
+            c.validate()
+                .expect_err("kind")
+                .to_string()
+                .contains("priority[1]")
+        );
+        let mut c = ImConfig::default();
+        c.bounds.max_dwell_s = -1.0;
+        assert!(
+            c.validate()
+                .expect_err("neg")
+                .to_string()
+                .contains("bounds.max_dwell_s")
+        );
+    }
+
+    #[test]
+    fn kinds_are_guessed_from_names() {
+        assert_eq!(guess_kinds("stablediffusion"), vec!["txt2img", "img2img"]);
+        assert_eq!(
+            guess_kinds("llava-1.6-mistral-7b"),
+            vec!["img2txt", "txt2txt"]
+        );
+        assert_eq!(guess_kinds("qwen3-8b"), vec!["txt2txt"]);
+    }
+}
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    #[test]
+    fn the_committed_example_loads_and_matches_the_defaults() {
+        let text = include_str!("../../../deploy/im.example.toml");
+        let cfg = ImConfig::from_toml(text).expect("deploy/im.example.toml parses");
+        cfg.validate().expect("and validates");
+        let mut expected = ImConfig::default();
+        expected.models = cfg.models.clone();
+        expected.deadlines_s = cfg.deadlines_s.clone();
+        assert_eq!(cfg, expected, "the example documents the defaults");
+        assert_eq!(cfg.core().expect("core").models.len(), 3);
+    }
+}

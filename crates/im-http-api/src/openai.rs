@@ -1,0 +1,216 @@
+//! OpenAI-compatible routes on the same queues: bodies stay exactly OpenAI-shaped; im's figures
+//! travel as headers (`X-Request-Id`, `X-Queue-Wait-Ms`, `X-Processing-Ms`, `X-Attempts`).
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::response::{IntoResponse, Response};
+use im_engine::{Job, Output, Payload};
+use inference_queue::Kind;
+use localai_client::{ChatRequest, ImageRequest};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ErrorBody, ErrorType};
+use crate::seed::body;
+use crate::state::{AppState, Arrived, RequestId, figure_headers};
+use crate::stream::sse_response;
+use crate::types::{self, Message};
+
+fn object(b: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match types::parse::<Value>(b)? {
+        Value::Object(o) => Ok(o),
+        _ => Err(ApiError::invalid("body", "must be a JSON object")),
+    }
+}
+
+fn string_field(o: &mut serde_json::Map<String, Value>, name: &str) -> Result<String, ApiError> {
+    match o.remove(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(ApiError::invalid(name, "must not be empty")),
+        Some(_) => Err(ApiError::invalid(name, "must be a string")),
+        None => Err(ApiError::invalid(name, format!("missing field `{name}`"))),
+    }
+}
+
+fn opt<T: serde::de::DeserializeOwned>(
+    o: &mut serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<T>, ApiError> {
+    match o.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(|e| ApiError::invalid(name, e.to_string())),
+    }
+}
+
+/// OpenAI chat completions: txt2txt, or img2txt when a message carries an image.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    request_body(content = Object, description = "An OpenAI chat completion request (`model`, `messages`, `stream`, `temperature`, ...)"),
+    responses(
+        (status = 200, description = "An OpenAI `chat.completion` (or SSE `chat.completion.chunk`s)", body = Object),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "No or a wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 422, description = "The model does not serve the kind", body = ErrorBody),
+        (status = 429, description = "Queue full or rate limited", body = ErrorBody),
+        (status = 502, description = "Upstream error", body = ErrorBody),
+        (status = 503, description = "Upstream unavailable or shutting down", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn chat_completions(
+    State(st): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Extension(arrived): Extension<Arrived>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let mut o = object(&body(b, st.body_limit)?)?;
+    let model = string_field(&mut o, "model")?;
+    let messages: Vec<Message> = opt(&mut o, "messages")?
+        .ok_or_else(|| ApiError::invalid("messages", "missing field `messages`"))?;
+    types::messages(&messages)?;
+    let temperature: Option<f64> = opt(&mut o, "temperature")?;
+    types::temperature(temperature)?;
+    let max_tokens: Option<u32> = opt(&mut o, "max_tokens")?;
+    let stream: bool = opt(&mut o, "stream")?.unwrap_or(false);
+    let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
+    o.remove("stream_options");
+    let req = ChatRequest {
+        model: model.clone(),
+        messages: types::to_values(messages),
+        temperature,
+        max_tokens,
+        extra: o,
+    };
+    let kind = if localai_client::vision::has_image(&req.messages) {
+        Kind::Img2Txt
+    } else {
+        Kind::Txt2Txt
+    };
+    let job = Job {
+        request_id: rid.0,
+        kind,
+        model,
+        deadline: deadline_ms.map(Duration::from_millis),
+        payload: Payload::Chat { req, stream },
+    };
+    let done = st.engine.submit(job).await?;
+    if stream {
+        return Ok(sse_response(&st, done, arrived));
+    }
+    let mut resp = match &done.output {
+        Output::Chat(c) => axum::Json(c.raw.clone()).into_response(),
+        _ => return Err(ApiError::new(ErrorType::Internal, "unexpected output")),
+    };
+    figure_headers(&st, resp.headers_mut(), &done, arrived);
+    Ok(resp)
+}
+
+fn parse_size(s: &str) -> Option<(u32, u32)> {
+    let (w, h) = s.split_once(['x', 'X'])?;
+    Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
+}
+
+/// OpenAI image generations: txt2img, or img2img when `file` is set.
+#[utoipa::path(post, path = "/v1/images/generations", tag = "openai",
+    request_body(content = Object, description = "`model`, `prompt`, `size` (\"WxH\"), `n`, `response_format` (b64_json), optional `file` (base64, img2img), `negative_prompt`, `step`, `seed`"),
+    responses(
+        (status = 200, description = "`{\"created\", \"data\": [{\"b64_json\"}]}`", body = Object),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "No or a wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 422, description = "The model does not serve the kind", body = ErrorBody),
+        (status = 429, description = "Queue full or rate limited", body = ErrorBody),
+        (status = 502, description = "Upstream error", body = ErrorBody),
+        (status = 503, description = "Upstream unavailable or shutting down", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn images_generations(
+    State(st): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Extension(arrived): Extension<Arrived>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let mut o = object(&body(b, st.body_limit)?)?;
+    let model = string_field(&mut o, "model")?;
+    let prompt = string_field(&mut o, "prompt")?;
+    let size: String = opt(&mut o, "size")?.unwrap_or_else(|| "512x512".to_owned());
+    let (width, height) = parse_size(&size)
+        .ok_or_else(|| ApiError::invalid("size", format!("{size:?} is not \"WxH\"")))?;
+    types::side("size", width, st.max_image_side)?;
+    types::side("size", height, st.max_image_side)?;
+    let n: Option<u32> = opt(&mut o, "n")?;
+    let steps: Option<u32> = match opt(&mut o, "step")? {
+        Some(s) => Some(s),
+        None => opt(&mut o, "steps")?,
+    };
+    types::steps_n(steps, n)?;
+    if let Some(f) = opt::<String>(&mut o, "response_format")?
+        && f != "b64_json"
+    {
+        return Err(ApiError::invalid(
+            "response_format",
+            "only \"b64_json\" is supported (im does not host image files)",
+        ));
+    }
+    let file = opt::<String>(&mut o, "file")?
+        .map(|f| types::image_file("file", f))
+        .transpose()?;
+    let kind = if file.is_some() {
+        Kind::Img2Img
+    } else {
+        Kind::Txt2Img
+    };
+    let req = ImageRequest {
+        model: model.clone(),
+        prompt,
+        negative_prompt: opt(&mut o, "negative_prompt")?,
+        width,
+        height,
+        steps,
+        seed: opt(&mut o, "seed")?,
+        n,
+        file,
+    };
+    let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
+    let job = Job {
+        request_id: rid.0,
+        kind,
+        model,
+        deadline: deadline_ms.map(Duration::from_millis),
+        payload: Payload::Images(req),
+    };
+    let done = st.engine.submit(job).await?;
+    let mut resp = match &done.output {
+        Output::Images(i) => {
+            let data: Vec<Value> = i.images.iter().map(|b| json!({"b64_json": b})).collect();
+            axum::Json(json!({"created": i.created, "data": data})).into_response()
+        }
+        _ => return Err(ApiError::new(ErrorType::Internal, "unexpected output")),
+    };
+    figure_headers(&st, resp.headers_mut(), &done, arrived);
+    Ok(resp)
+}
+
+/// The configured models, OpenAI-shaped, each with the kinds it serves.
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses((status = 200, description = "`{\"object\":\"list\",\"data\":[{\"id\",\"object\":\"model\",\"kinds\"}]}`", body = Object),
+              (status = 401, description = "No or a wrong API key", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn models(State(st): State<AppState>) -> Response {
+    let data: Vec<Value> = st
+        .engine
+        .config()
+        .models
+        .iter()
+        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "localai", "kinds": m.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>()}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}

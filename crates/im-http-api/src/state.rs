@@ -1,0 +1,208 @@
+//! Shared state, request ids, authentication and rate limiting.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use im_engine::{Completion, Engine};
+use subtle::ConstantTimeEq;
+
+use crate::error::{ApiError, ErrorType};
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine (queues, scheduler, upstream).
+    pub engine: Engine,
+    keys: Arc<Vec<Vec<u8>>>,
+    limiter: Option<Arc<DefaultKeyedRateLimiter<usize>>>,
+    /// Largest accepted image side.
+    pub max_image_side: u32,
+    /// Body limit in bytes.
+    pub body_limit: usize,
+    ids: Arc<AtomicU64>,
+    id_prefix: u32,
+}
+
+/// HTTP settings of a router.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Accepted API keys; empty disables auth.
+    pub api_keys: Vec<String>,
+    /// Body limit in bytes.
+    pub body_limit: usize,
+    /// Largest accepted image side.
+    pub max_image_side: u32,
+    /// Per-key requests per second (0: off) and burst.
+    pub rate_limit: (u32, u32),
+}
+
+impl Default for HttpSettings {
+    fn default() -> HttpSettings {
+        HttpSettings {
+            api_keys: Vec::new(),
+            body_limit: 32 * 1024 * 1024,
+            max_image_side: 2048,
+            rate_limit: (0, 10),
+        }
+    }
+}
+
+impl AppState {
+    /// State over `engine` with `settings`.
+    pub fn new(engine: Engine, settings: &HttpSettings) -> AppState {
+        let limiter = NonZeroU32::new(settings.rate_limit.0).map(|rate| {
+            let burst = NonZeroU32::new(settings.rate_limit.1.max(1)).unwrap_or(rate);
+            Arc::new(RateLimiter::keyed(
+                Quota::per_second(rate).allow_burst(burst),
+            ))
+        });
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        AppState {
+            engine,
+            keys: Arc::new(
+                settings
+                    .api_keys
+                    .iter()
+                    .map(|k| k.as_bytes().to_vec())
+                    .collect(),
+            ),
+            limiter,
+            max_image_side: settings.max_image_side,
+            body_limit: settings.body_limit,
+            ids: Arc::new(AtomicU64::new(1)),
+            id_prefix: seed,
+        }
+    }
+
+    /// Whether keys are configured.
+    pub fn auth_enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The index of the key `provided` matches, comparing against every key in constant time.
+    pub fn check_key(&self, provided: &[u8]) -> Option<usize> {
+        let mut found = None;
+        for (i, k) in self.keys.iter().enumerate() {
+            if bool::from(k.as_slice().ct_eq(provided)) && found.is_none() {
+                found = Some(i);
+            }
+        }
+        found
+    }
+
+    fn next_id(&self) -> String {
+        format!(
+            "im-{:08x}-{:06x}",
+            self.id_prefix,
+            self.ids.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// The request's id, in the request's extensions.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// When the request reached im, for the overhead figure.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrived(pub Instant);
+
+/// Middleware: take a sane `X-Request-Id` or make one; echo it on every response.
+pub async fn request_id(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| st.next_id());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(Arrived(Instant::now()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+fn provided_key(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(k) = headers.get("x-api-key") {
+        return Some(k.as_bytes());
+    }
+    let auth = headers.get("authorization")?.as_bytes();
+    let prefix = b"Bearer ";
+    (auth.len() > prefix.len() && auth[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &auth[prefix.len()..])
+}
+
+/// Paths that need no key: liveness, and the API documentation (it holds no data; Swagger UI's
+/// "Authorize" button supplies the key for the calls it makes).
+fn is_open(path: &str) -> bool {
+    path == "/health" || path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/")
+}
+
+/// Middleware: `X-API-Key` or `Authorization: Bearer`, then the per-key rate limit.
+pub async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if !st.auth_enabled() || is_open(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let Some(idx) = provided_key(req.headers()).and_then(|k| st.check_key(k)) else {
+        let msg = "a valid API key is required in X-API-Key or Authorization: Bearer";
+        return ApiError::new(ErrorType::Unauthorized, msg).into_response();
+    };
+    if let Some(limiter) = &st.limiter
+        && let Err(not_until) = limiter.check_key(&idx)
+    {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        return ApiError::new(
+            ErrorType::RateLimited,
+            "rate limit for this API key reached",
+        )
+        .retry_after(wait.max(Duration::from_secs(1)))
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Set the figures headers (`X-Request-Id` is set by the middleware) and record the overhead.
+pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, done: &Completion, arrived: Arrived) {
+    let m = &done.meta;
+    let total = arrived.0.elapsed();
+    let overhead = total.saturating_sub(m.queue_wait + m.processing);
+    st.engine.metrics().overhead(overhead);
+    let pairs = [
+        (
+            "x-queue-wait-ms",
+            format!("{:.3}", m.queue_wait.as_secs_f64() * 1000.0),
+        ),
+        (
+            "x-processing-ms",
+            format!("{:.3}", m.processing.as_secs_f64() * 1000.0),
+        ),
+        ("x-attempts", m.attempts.to_string()),
+        (
+            "x-im-overhead-ms",
+            format!("{:.3}", overhead.as_secs_f64() * 1000.0),
+        ),
+    ];
+    for (k, v) in pairs {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.insert(k, v);
+        }
+    }
+}
