@@ -128,7 +128,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     eprintln!("im-http: listening on http://{local}  (Swagger UI: http://{local}/docs)");
-    let app = im_http_api::router(built.state.clone());
+    // MCP over streamable HTTP at /mcp, on the same engine and queues, behind the same key.
+    let app = im_mcp_api::http_router_with_mcp(built.state.clone(), &built.config);
     let engine = built.engine.clone();
     let grace = built.config.shutdown_grace();
     axum::serve(listener, app)

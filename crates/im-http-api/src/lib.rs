@@ -31,7 +31,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ApiError, ErrorBody, ErrorType};
-pub use state::{AppState, Arrived, HttpSettings, RequestId};
+pub use state::{AppState, Arrived, HttpSettings, Keys, RequestId, require_key};
 
 /// The OpenAPI document of every route.
 #[derive(OpenApi)]
@@ -71,8 +71,17 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi().to_pretty_json().unwrap_or_default()
 }
 
-/// The whole HTTP API over `state`, without `/mcp` (mounted by the binary when enabled).
+/// The whole HTTP API over `state`, without `/mcp`.
 pub fn router(state: AppState) -> Router {
+    router_with(state, |r| r)
+}
+
+/// The whole HTTP API, with `extra` routes (the binary mounts MCP at `/mcp` this way) behind the
+/// same middleware: request id, auth, body limit.
+pub fn router_with(
+    state: AppState,
+    extra: impl FnOnce(Router<AppState>) -> Router<AppState>,
+) -> Router {
     let limit = state.body_limit;
     let api = Router::new()
         .route("/txt2txt", post(seed::txt2txt))
@@ -90,7 +99,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+    let api = extra(api)
         .fallback(|| async {
             ApiError::new(ErrorType::NotFound, "no such route; see /docs").into_response()
         })

@@ -16,12 +16,69 @@ use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ErrorType};
 
+/// A set of API keys, compared in constant time. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Keys(Arc<Vec<Vec<u8>>>);
+
+impl Keys {
+    /// The keys.
+    pub fn new(keys: &[String]) -> Keys {
+        Keys(Arc::new(
+            keys.iter()
+                .filter(|k| !k.is_empty())
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
+        ))
+    }
+
+    /// Whether there are none (auth off).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first key (what in-process callers such as the MCP frontend present).
+    pub fn first(&self) -> Option<String> {
+        self.0
+            .first()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+    }
+
+    /// The index of the key `provided` matches, comparing against every key in constant time.
+    pub fn check(&self, provided: &[u8]) -> Option<usize> {
+        let mut found = None;
+        for (i, k) in self.0.iter().enumerate() {
+            if bool::from(k.as_slice().ct_eq(provided)) && found.is_none() {
+                found = Some(i);
+            }
+        }
+        found
+    }
+
+    /// The key of a request's headers, if it carries a valid one.
+    pub fn check_headers(&self, headers: &HeaderMap) -> Option<usize> {
+        provided_key(headers).and_then(|k| self.check(k))
+    }
+}
+
+/// Middleware for routers without an engine (the standalone MCP server): a valid key or 401.
+pub async fn require_key(State(keys): State<Keys>, req: Request, next: Next) -> Response {
+    if keys.check_headers(req.headers()).is_none() {
+        return ApiError::new(
+            ErrorType::Unauthorized,
+            "a valid API key is required in X-API-Key or Authorization: Bearer",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     /// The engine (queues, scheduler, upstream).
     pub engine: Engine,
-    keys: Arc<Vec<Vec<u8>>>,
+    /// The accepted API keys.
+    pub keys: Keys,
     limiter: Option<Arc<DefaultKeyedRateLimiter<usize>>>,
     /// Largest accepted image side.
     pub max_image_side: u32,
@@ -69,13 +126,7 @@ impl AppState {
             .map_or(0, |d| d.subsec_nanos());
         AppState {
             engine,
-            keys: Arc::new(
-                settings
-                    .api_keys
-                    .iter()
-                    .map(|k| k.as_bytes().to_vec())
-                    .collect(),
-            ),
+            keys: Keys::new(&settings.api_keys),
             limiter,
             max_image_side: settings.max_image_side,
             body_limit: settings.body_limit,
@@ -87,17 +138,6 @@ impl AppState {
     /// Whether keys are configured.
     pub fn auth_enabled(&self) -> bool {
         !self.keys.is_empty()
-    }
-
-    /// The index of the key `provided` matches, comparing against every key in constant time.
-    pub fn check_key(&self, provided: &[u8]) -> Option<usize> {
-        let mut found = None;
-        for (i, k) in self.keys.iter().enumerate() {
-            if bool::from(k.as_slice().ct_eq(provided)) && found.is_none() {
-                found = Some(i);
-            }
-        }
-        found
     }
 
     fn next_id(&self) -> String {
@@ -161,7 +201,7 @@ pub async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Respo
     if !st.auth_enabled() || is_open(req.uri().path()) {
         return next.run(req).await;
     }
-    let Some(idx) = provided_key(req.headers()).and_then(|k| st.check_key(k)) else {
+    let Some(idx) = st.keys.check_headers(req.headers()) else {
         let msg = "a valid API key is required in X-API-Key or Authorization: Bearer";
         return ApiError::new(ErrorType::Unauthorized, msg).into_response();
     };

@@ -102,6 +102,9 @@ fn run(setup: &Setup, ops: &[Op]) {
     let cfg = config(setup);
     let defaults = cfg.default_deadline;
     let mut h = Harness::new(cfg);
+    if setup.strict && setup.lanes == 1 {
+        h.strict_check = Some((setup.unload, setup.warm));
+    }
     let mut deadline: HashMap<RequestId, (Time, Time)> = HashMap::new();
     let mut last_first_attempt: HashMap<(Kind, ModelId), RequestId> = HashMap::new();
     let mut t = 0u64;
@@ -134,39 +137,7 @@ fn run(setup: &Setup, ops: &[Op]) {
                         let (arrival, dl) = deadline[id];
                         assert_eq!(arrival + *waited, dl, "{id} expired off the tick");
                     }
-                    // Strict: the decision to leave a group is taken only when it is empty. With
-                    // lifecycle calls the decision is the Unload/WarmUp; the switch follows later.
-                    Event::Switched {
-                        from: Some(from), ..
-                    } if setup.strict && setup.lanes == 1 && !setup.unload && !setup.warm => {
-                        let st = h.core.status(h.now);
-                        let name = h.core.model_name(from.model).to_owned();
-                        let g = st
-                            .groups
-                            .iter()
-                            .find(|g| g.kind == from.kind && g.model == name);
-                        assert_eq!(g.map(|g| g.depth), Some(0), "strict left a non-empty group");
-                    }
-                    // The first lifecycle call of a switch is its decision (a warm-up after an unload
-                    // is not).
-                    Event::Unload { .. } | Event::WarmUp { .. }
-                        if setup.strict
-                            && setup.lanes == 1
-                            && (matches!(ev, Event::Unload { .. }) || !setup.unload) =>
-                    {
-                        let st = h.core.status(h.now);
-                        if let Some((kind, model)) = &st.lanes[0].active {
-                            let g = st
-                                .groups
-                                .iter()
-                                .find(|g| g.kind == *kind && g.model == *model);
-                            assert_eq!(
-                                g.map(|g| g.depth),
-                                Some(0),
-                                "strict left a non-empty group"
-                            );
-                        }
-                    }
+                    // The strict check runs in the harness, right after the input.
                     _ => {}
                 }
             }

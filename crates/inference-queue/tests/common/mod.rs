@@ -37,6 +37,9 @@ pub struct Harness {
     pub in_flight: HashMap<RequestId, (LaneId, ModelId)>,
     pub info: HashMap<RequestId, (Kind, ModelId, Time)>,
     pub dispatch_order: Vec<RequestId>,
+    /// Check "strict never leaves a non-empty group" on every event, right after the input that
+    /// produced it (single-lane setups): `(strict, unload_on_switch, warm_up)`.
+    pub strict_check: Option<(bool, bool)>,
     limits: Vec<u32>,
 }
 
@@ -52,6 +55,7 @@ impl Harness {
             in_flight: HashMap::new(),
             info: HashMap::new(),
             dispatch_order: Vec::new(),
+            strict_check: None,
             limits,
         }
     }
@@ -87,11 +91,47 @@ impl Harness {
                     self.in_flight.insert(*id, (*lane, model));
                     self.dispatch_order.push(*id);
                 }
+                Event::Switched {
+                    from: Some(from), ..
+                } if self.strict_check == Some((false, false)) => {
+                    self.assert_empty(from.kind, from.model);
+                }
+                // With lifecycle calls the decision is the first of Unload/WarmUp; the switch follows.
+                Event::Unload { .. } if self.strict_check.is_some() => self.assert_active_empty(),
+                Event::WarmUp { .. } if self.strict_check.is_some_and(|(unload, _)| !unload) => {
+                    self.assert_active_empty()
+                }
                 Event::Expired { id, .. } => self.leave(*id, "expired"),
                 Event::Failed { id, .. } => self.leave(*id, "failed"),
                 _ => {}
             }
             self.events.push(ev);
+        }
+    }
+
+    fn assert_empty(&self, kind: Kind, model: ModelId) {
+        let st = self.core.status(self.now);
+        let name = self.core.model_name(model);
+        let g = st.groups.iter().find(|g| g.kind == kind && g.model == name);
+        assert_eq!(
+            g.map(|g| g.depth),
+            Some(0),
+            "strict left a non-empty group ({kind}, {name})"
+        );
+    }
+
+    fn assert_active_empty(&self) {
+        let st = self.core.status(self.now);
+        if let Some((kind, model)) = &st.lanes[0].active {
+            let g = st
+                .groups
+                .iter()
+                .find(|g| g.kind == *kind && g.model == *model);
+            assert_eq!(
+                g.map(|g| g.depth),
+                Some(0),
+                "strict left a non-empty group ({kind}, {model})"
+            );
         }
     }
 

@@ -1,0 +1,309 @@
+//! MCP with a real client (rmcp's client side): stdio by spawning the binary, streamable HTTP
+//! standalone and mounted in im-http, and `--remote` into im-http's queue.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use im_http_api::app::{self, DEMO_KEY, Simulate};
+use im_http_api::config::ImConfig;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+
+const LLM: &str = "llama-3.2-3b-instruct";
+const VLM: &str = "llava-1.6-mistral-7b";
+const SD: &str = "stablediffusion";
+const TOOLS: [&str; 8] = [
+    "txt2txt",
+    "txt2img",
+    "img2img",
+    "img2txt",
+    "get_request_metrics",
+    "get_error_metrics",
+    "queue_status",
+    "list_models",
+];
+
+type Client = RunningService<RoleClient, ()>;
+
+fn bin() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_im-mcp"));
+    c.env_remove("IM_API_KEYS")
+        .env_remove("IM_CONFIG")
+        .env_remove("LOCALAI_URL")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+async fn stdio_client(args: &[&str]) -> Client {
+    let mut cmd = bin();
+    cmd.args(args);
+    let transport = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn im-mcp")
+        .0;
+    ().serve(transport).await.expect("initialize over stdio")
+}
+
+async fn http_client(url: &str, key: &str) -> Client {
+    let mut cfg = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+    cfg.auth_header = Some(key.to_owned());
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), cfg);
+    ().serve(transport)
+        .await
+        .expect("initialize over streamable HTTP")
+}
+
+async fn call(c: &Client, tool: &'static str, args: Value) -> CallToolResult {
+    let mut p = CallToolRequestParams::new(tool);
+    p.arguments = args.as_object().cloned();
+    c.call_tool(p).await.expect("tools/call answered")
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| {
+            if let ContentBlock::Text(t) = c {
+                Some(t.text.clone())
+            } else {
+                None
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn png_b64() -> String {
+    base64::engine::general_purpose::STANDARD.encode(localai_sim::image::png(8, 8, 5))
+}
+
+/// Every tool listed with a schema, every tool called, an error as isError.
+async fn exercise(c: &Client) {
+    let tools = c.list_all_tools().await.expect("tools/list");
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort();
+    let mut want = TOOLS.to_vec();
+    want.sort();
+    assert_eq!(names, want);
+    for t in &tools {
+        assert_eq!(
+            t.input_schema.get("type").and_then(Value::as_str),
+            Some("object"),
+            "{}",
+            t.name
+        );
+        assert!(
+            t.description.as_ref().is_some_and(|d| d.len() > 40),
+            "{} needs a description an agent can act on",
+            t.name
+        );
+    }
+    let r = call(c, "txt2txt", json!({"model": LLM, "prompt": "hello"})).await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    assert!(text(&r).contains("hello"));
+    let r = call(
+        c,
+        "img2txt",
+        json!({"model": VLM, "prompt": "what?", "image": png_b64()}),
+    )
+    .await;
+    assert!(text(&r).starts_with("I see an image"), "{}", text(&r));
+    for (tool, args) in [
+        (
+            "txt2img",
+            json!({"model": SD, "prompt": "fox", "width": 16, "height": 16, "steps": 2}),
+        ),
+        (
+            "img2img",
+            json!({"model": SD, "prompt": "fox", "width": 16, "height": 8, "steps": 2, "file": png_b64()}),
+        ),
+    ] {
+        let r = call(c, tool, args).await;
+        let img = r
+            .content
+            .iter()
+            .find_map(|c| {
+                if let ContentBlock::Image(i) = c {
+                    Some(i.clone())
+                } else {
+                    None
+                }
+            })
+            .expect("image content");
+        assert_eq!(img.mime_type, "image/png");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&img.data)
+            .expect("base64");
+        assert!(
+            localai_sim::image::png_size(&bytes).is_some(),
+            "{tool} returns a PNG"
+        );
+    }
+    for tool in [
+        "get_request_metrics",
+        "get_error_metrics",
+        "queue_status",
+        "list_models",
+    ] {
+        let r = call(c, tool, json!({})).await;
+        let v: Value = serde_json::from_str(&text(&r)).expect("JSON text");
+        assert!(v.is_object(), "{tool}");
+    }
+    let r = call(
+        c,
+        "txt2img",
+        json!({"model": SD, "prompt": "fox", "width": 12, "height": 16}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true));
+    assert!(
+        text(&r).contains("invalid_request") && text(&r).contains("width"),
+        "{}",
+        text(&r)
+    );
+    let r = call(c, "txt2txt", json!({"model": "gpt-9", "prompt": "x"})).await;
+    assert_eq!(r.is_error, Some(true));
+    assert!(
+        text(&r).contains("unknown_model") && text(&r).contains(LLM),
+        "{}",
+        text(&r)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_every_tool_and_concurrent_calls_share_the_queue() {
+    let c = stdio_client(&["--simulate", "--sim-time-scale", "0.01"]).await;
+    exercise(&c).await;
+    let calls = (0..9).map(|i| {
+        let (tool, args) = match i % 3 {
+            0 => ("txt2txt", json!({"model": LLM, "prompt": format!("q{i}")})),
+            1 => (
+                "txt2img",
+                json!({"model": SD, "prompt": "p", "width": 8, "height": 8, "steps": 1}),
+            ),
+            _ => (
+                "img2txt",
+                json!({"model": VLM, "prompt": "?", "image": png_b64()}),
+            ),
+        };
+        let c = &c;
+        async move { call(c, tool, args).await }
+    });
+    for r in futures_util::future::join_all(calls).await {
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    }
+    let q: Value =
+        serde_json::from_str(&text(&call(&c, "queue_status", json!({})).await)).expect("json");
+    let switches = q["counters"]["model_switches"].as_u64().expect("counter");
+    // 4 + 9 calls over 3 models: drain-before-switch keeps model loads well below one per call.
+    assert!(switches <= 9, "{q}");
+    c.cancel().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_standalone_requires_a_key() {
+    let mut cmd = bin();
+    cmd.args([
+        "--simulate",
+        "--sim-time-scale",
+        "0.01",
+        "--http",
+        "127.0.0.1:0",
+    ])
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut url = None;
+    while let Some(line) = lines.next_line().await.expect("read") {
+        if let Some(rest) = line.strip_prefix("im-mcp: streamable HTTP on ") {
+            url = Some(rest.trim().to_owned());
+            break;
+        }
+    }
+    let url = url.expect("address line");
+    let plain = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(plain.status(), 401, "no key, no MCP");
+    let c = http_client(&url, DEMO_KEY).await;
+    exercise(&c).await;
+    c.cancel().await.expect("close");
+}
+
+/// im-http in-process (the same wiring as the binary) on a loopback port.
+async fn im_http() -> (String, app::Built) {
+    let built = app::build(ImConfig::default(), Some(Simulate { time_scale: 0.01 }))
+        .await
+        .expect("build");
+    let router = im_mcp_api::http_router_with_mcp(built.state.clone(), &built.config);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, router).await });
+    (url, built)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounted_in_im_http_behind_the_same_key() {
+    let (url, _built) = im_http().await;
+    let mcp = format!("{url}/mcp");
+    let no_key = reqwest::Client::new()
+        .post(&mcp)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(no_key.status(), 401);
+    let c = http_client(&mcp, DEMO_KEY).await;
+    exercise(&c).await;
+    c.cancel().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_mode_uses_im_http_queue() {
+    let (url, built) = im_http().await;
+    let c = stdio_client(&["--remote", &url, "--api-key", DEMO_KEY]).await;
+    for i in 0..3 {
+        let r = call(
+            &c,
+            "txt2txt",
+            json!({"model": LLM, "prompt": format!("remote {i}")}),
+        )
+        .await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    }
+    let status = built.engine.status().await.expect("running");
+    assert_eq!(
+        status.counters.completed, 3,
+        "im-http's own queue served the MCP calls"
+    );
+    let q: Value = reqwest::Client::new()
+        .get(format!("{url}/queue-status"))
+        .header("x-api-key", DEMO_KEY)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("q")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(q["counters"]["completed"], 3);
+    let bad = stdio_client(&["--remote", &url, "--api-key", "wrong"]).await;
+    let r = call(&bad, "list_models", json!({})).await;
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("unauthorized"));
+    c.cancel().await.expect("close");
+    bad.cancel().await.expect("close");
+}
