@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask <task>`. See `cargo xtask help`.
 
+mod deploy;
 mod sim;
 
 use anyhow::{Context, Result, bail};
@@ -10,6 +11,7 @@ tasks:
   ci                                      what CI runs: fmt --check, clippy -D warnings, every test
   sim [--hours H] [--seed N] [--write]   the scheduling policy table (FIFO vs strict vs bounded)
                                           --write also stores it in benches/results/policy-table.md
+  deploy-check                            check deploy/ statically (YAML/JSON, compose, dashboard metrics, Dockerfile, configs)
   help                                    this text
 ";
 
@@ -18,6 +20,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("sim") => run_sim(&args[1..]),
         Some("ci") => run_ci(),
+        Some("deploy-check") => run_deploy_check(),
         Some("help") | None => {
             print!("{HELP}");
             Ok(())
@@ -87,6 +90,14 @@ fn cargo(args: &[&str]) -> Result<()> {
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn run_deploy_check() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for line in deploy::check(&root)? {
+        println!("deploy-check: ok: {line}");
     }
     Ok(())
 }

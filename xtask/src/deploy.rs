@@ -1,0 +1,349 @@
+//! `cargo xtask deploy-check`: the deployment files, checked statically (no Docker engine here).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Deserialize;
+use serde_json::Value;
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            files(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn yaml_docs(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = Value::deserialize(doc)
+            .with_context(|| format!("{} does not parse as YAML", path.display()))?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+fn load_config(label: &str, text: &str) -> Result<()> {
+    let cfg = im_http_api::config::ImConfig::from_toml(text)
+        .with_context(|| format!("{label}: im's loader refuses it"))?;
+    cfg.validate()
+        .with_context(|| format!("{label}: invalid"))?;
+    Ok(())
+}
+
+/// The bin targets of the workspace, from `cargo metadata`.
+fn workspace_bins(root: &Path) -> Result<BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(root)
+        .output()
+        .context("cargo metadata")?;
+    ensure!(out.status.success(), "cargo metadata failed");
+    let meta: Value = serde_json::from_slice(&out.stdout)?;
+    let mut bins = BTreeSet::new();
+    for p in meta["packages"].as_array().into_iter().flatten() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            if t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+            {
+                bins.insert(t["name"].as_str().unwrap_or_default().to_owned());
+                bins.insert(format!("pkg:{}", p["name"].as_str().unwrap_or_default()));
+            }
+        }
+    }
+    Ok(bins)
+}
+
+fn host_port(s: &str) -> Option<(String, u16)> {
+    let s = s
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let hp = s.split('/').next()?;
+    let (h, p) = hp.rsplit_once(':')?;
+    Some((h.to_owned(), p.parse().ok()?))
+}
+
+fn service_ports(svc: &Value) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for key in ["ports", "expose"] {
+        for p in svc[key].as_array().into_iter().flatten() {
+            let s = p
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| p.to_string());
+            if let Some(last) = s.rsplit(':').next().and_then(|x| x.split('/').next())
+                && let Ok(n) = last.trim_matches('"').parse()
+            {
+                ports.insert(n);
+            }
+        }
+    }
+    ports
+}
+
+/// Every check; returns what was checked, one line each.
+pub fn check(root: &Path) -> Result<Vec<String>> {
+    let deploy = root.join("deploy");
+    let mut done = Vec::new();
+    let mut all = Vec::new();
+    files(&deploy, &mut all)?;
+    all.sort();
+    for p in &all {
+        match p.extension().and_then(|e| e.to_str()) {
+            Some("yml" | "yaml") => {
+                yaml_docs(p)?;
+            }
+            Some("json") => {
+                serde_json::from_str::<Value>(&std::fs::read_to_string(p)?)
+                    .with_context(|| format!("{} does not parse as JSON", p.display()))?;
+            }
+            _ => {}
+        }
+    }
+    done.push(format!(
+        "{} YAML/JSON files parse",
+        all.iter()
+            .filter(|p| matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yml" | "yaml" | "json")
+            ))
+            .count()
+    ));
+
+    // Compose: services, names and ports cross-check.
+    let compose = yaml_docs(&deploy.join("docker-compose.yml"))?.remove(0);
+    let services = compose["services"]
+        .as_object()
+        .context("compose: no services")?;
+    for s in ["localai", "im-http", "prometheus", "grafana"] {
+        ensure!(services.contains_key(s), "compose: service {s} missing");
+    }
+    let im = &services["im-http"];
+    let upstream = im["environment"]["LOCALAI_URL"]
+        .as_str()
+        .context("compose: im-http has no LOCALAI_URL")?;
+    let (host, port) =
+        host_port(upstream).context("compose: LOCALAI_URL is not http://host:port")?;
+    ensure!(
+        services.contains_key(&host),
+        "compose: LOCALAI_URL names {host}, which is no service"
+    );
+    ensure!(
+        service_ports(&services[&host]).contains(&port),
+        "compose: {host} does not expose {port}"
+    );
+    let listen = im["environment"]["IM_LISTEN"]
+        .as_str()
+        .context("compose: im-http has no IM_LISTEN")?;
+    let (_, im_port) = host_port(listen).context("compose: IM_LISTEN")?;
+    ensure!(
+        service_ports(im).contains(&im_port),
+        "compose: im-http listens on {im_port} but does not publish it"
+    );
+    let prom = yaml_docs(&deploy.join("prometheus/prometheus.yml"))?.remove(0);
+    let targets: Vec<String> = prom["scrape_configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|j| j["static_configs"].as_array().cloned().unwrap_or_default())
+        .flat_map(|s| s["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        targets.contains(&format!("im-http:{im_port}")),
+        "prometheus does not scrape im-http:{im_port}: {targets:?}"
+    );
+    ensure!(
+        prom.to_string().contains("credentials_file"),
+        "prometheus must scrape /metrics with the API key"
+    );
+    let ds = yaml_docs(&deploy.join("grafana/provisioning/datasources/prometheus.yml"))?.remove(0);
+    let ds_url = ds["datasources"][0]["url"]
+        .as_str()
+        .context("grafana datasource url")?;
+    let (ds_host, ds_port) = host_port(ds_url).context("grafana datasource url")?;
+    ensure!(
+        services.contains_key(&ds_host) && service_ports(&services[&ds_host]).contains(&ds_port),
+        "grafana's datasource {ds_url} is not a compose service port"
+    );
+    done.push(
+        "compose services, ports, Prometheus target and Grafana data source cross-check".into(),
+    );
+
+    // Dashboard: every metric it queries is one im exports (the metrics crate's own list).
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(
+        deploy.join("grafana/dashboards/im.json"),
+    )?)?;
+    let mut used = BTreeSet::new();
+    for panel in dash["panels"].as_array().context("dashboard: no panels")? {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap_or_default();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(base) = word.strip_prefix("im_").map(|_| word) {
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .fold(base, |b, s| b.strip_suffix(s).unwrap_or(b));
+                    used.insert(base.to_owned());
+                }
+            }
+        }
+    }
+    let known: BTreeSet<&str> = im_metrics::names::ALL.iter().copied().collect();
+    for m in &used {
+        ensure!(
+            known.contains(m.as_str()),
+            "the dashboard queries {m}, which im does not export"
+        );
+    }
+    for needed in [
+        im_metrics::names::QUEUE_DEPTH,
+        im_metrics::names::QUEUE_WAIT_SECONDS,
+        im_metrics::names::SWITCHES_TOTAL,
+        im_metrics::names::IN_FLIGHT,
+        im_metrics::names::UPSTREAM_ERRORS_TOTAL,
+        im_metrics::names::OVERHEAD_SECONDS,
+    ] {
+        ensure!(
+            used.contains(needed),
+            "the dashboard has no panel on {needed}"
+        );
+    }
+    done.push(format!(
+        "dashboard queries {} metrics, all exported by im",
+        used.len()
+    ));
+
+    // Dockerfile: builds and copies binaries that exist; non-root; health check.
+    let docker = std::fs::read_to_string(deploy.join("Dockerfile"))?;
+    let bins = workspace_bins(root)?;
+    let mut built = 0;
+    let build_cmd: String = docker
+        .split("cargo build")
+        .skip(1)
+        .map(|rest| rest.split("&&").next().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for w in build_cmd.split_whitespace().collect::<Vec<_>>().windows(2) {
+        if w[0] == "-p" {
+            ensure!(
+                bins.contains(&format!("pkg:{}", w[1])),
+                "Dockerfile builds package {}, which has no binary",
+                w[1]
+            );
+            built += 1;
+        }
+    }
+    for word in docker.split_whitespace() {
+        if let Some(bin) = word.strip_prefix("target/release/") {
+            ensure!(
+                bins.contains(bin),
+                "Dockerfile copies target/release/{bin}, which no package builds"
+            );
+        }
+        if let Some(src) = word.strip_prefix("deploy/") {
+            ensure!(
+                deploy.join(src).exists(),
+                "Dockerfile copies deploy/{src}, which does not exist"
+            );
+        }
+    }
+    ensure!(built >= 2, "Dockerfile should build im-http and im-mcp");
+    ensure!(
+        docker.contains("USER ") && !docker.contains("USER root"),
+        "Dockerfile must run as a non-root user"
+    );
+    ensure!(
+        docker.contains("HEALTHCHECK") && docker.contains("/health"),
+        "Dockerfile needs a HEALTHCHECK on /health"
+    );
+    ensure!(root.join(".dockerignore").exists(), ".dockerignore missing");
+    done.push(
+        "Dockerfile builds and copies existing binaries, runs non-root, checks /health".into(),
+    );
+
+    // Configs load through im's own loader.
+    load_config(
+        "deploy/im.example.toml",
+        &std::fs::read_to_string(deploy.join("im.example.toml"))?,
+    )?;
+    load_config(
+        "deploy/im.compose.toml",
+        &std::fs::read_to_string(deploy.join("im.compose.toml"))?,
+    )?;
+    let mut k8s = Vec::new();
+    for p in all.iter().filter(|p| p.starts_with(deploy.join("k8s"))) {
+        if matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")) {
+            k8s.extend(yaml_docs(p)?);
+        }
+    }
+    let kind = |k: &str| {
+        k8s.iter()
+            .filter(|d| d["kind"] == k)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let cm = kind("ConfigMap");
+    let toml = cm
+        .first()
+        .and_then(|c| c["data"]["im.toml"].as_str())
+        .context("k8s: ConfigMap im.toml missing")?;
+    load_config("k8s ConfigMap im.toml", toml)?;
+    let dep = kind("Deployment");
+    let dep = dep.first().context("k8s: Deployment missing")?;
+    ensure!(
+        dep["spec"]["replicas"] == 1,
+        "k8s: one im per LocalAI (replicas: 1)"
+    );
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    ensure!(
+        c["livenessProbe"]["httpGet"]["path"] == "/health",
+        "k8s: liveness must probe /health"
+    );
+    ensure!(
+        c["readinessProbe"]["httpGet"]["path"] == "/ready",
+        "k8s: readiness must probe /ready"
+    );
+    ensure!(
+        c["resources"]["limits"].is_object(),
+        "k8s: resources missing"
+    );
+    ensure!(
+        !kind("Secret").is_empty() && !kind("Service").is_empty(),
+        "k8s: Secret and Service needed"
+    );
+    let svc = &kind("Service")[0];
+    let target = &svc["spec"]["ports"][0]["targetPort"];
+    let port_names: Vec<&Value> = c["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| &p["name"])
+        .collect();
+    ensure!(
+        port_names.contains(&target),
+        "k8s: Service targetPort {target} is no container port"
+    );
+    done.push(
+        "im.example.toml, im.compose.toml and the k8s ConfigMap load through im's config loader"
+            .into(),
+    );
+    done.push(
+        "k8s: one replica, /health liveness, /ready readiness, resources, Service → container port"
+            .into(),
+    );
+    if done.is_empty() {
+        bail!("nothing checked");
+    }
+    Ok(done)
+}
