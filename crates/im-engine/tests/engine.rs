@@ -139,7 +139,7 @@ async fn mixed_load_never_overcommits_and_loads_equal_switches() {
 
 /// Occupy the lane with one image job, queue `kinds` behind it, return their completion order.
 async fn order_behind_a_busy_lane(bounds: Bounds, kinds: &[Kind]) -> Vec<Kind> {
-    let (_sim, engine) = setup(|c| c.models[2].per_step_ms = 20_000.0, config(bounds, 1)).await;
+    let (_sim, engine) = setup(|c| c.models[2].per_step_ms = 100_000.0, config(bounds, 1)).await;
     let first = {
         let e = engine.clone();
         tokio::spawn(async move { e.submit(job(0, Kind::Txt2Img)).await })
@@ -204,11 +204,18 @@ async fn strict_and_bounded_policies_differ() {
 async fn transient_faults_are_retried_and_permanent_ones_are_not() {
     let (sim, engine) = setup(
         |c| {
-            c.faults.error_503 = 0.25;
-            c.faults.drop_connection = 0.15;
+            c.faults.error_503 = 0.15;
+            c.faults.drop_connection = 0.10;
             c.faults.retry_after_secs = 0;
         },
-        config(Bounds::default(), 4),
+        // 11 attempts at a 25 % fault rate: a job fails all of them with probability 2e-7.
+        Config {
+            retry: inference_queue::RetryPolicy {
+                max_retries: 10,
+                ..config(Bounds::default(), 4).retry
+            },
+            ..config(Bounds::default(), 4)
+        },
     )
     .await;
     let jobs = (0..40).map(|i| {

@@ -386,7 +386,7 @@ async fn every_error_type_of_the_table() {
             .contains("not found")
     );
     // deadline_exceeded: a long image job holds the lane; a queued chat with a 1 ms deadline expires
-    let slow = img_body(json!({"steps": 150, "width": 8, "height": 8}));
+    let slow = img_body(json!({"steps": 150, "n": 4, "width": 8, "height": 8})); // ~190 ms at this time scale
     let busy = tokio::spawn({
         let app = app.clone();
         async move { send(&app, post("/txt2img", slow)).await }
