@@ -1,5 +1,7 @@
 //! Developer tasks: `cargo xtask <task>`. See `cargo xtask help`.
 
+mod bench;
+mod bench_async;
 mod deploy;
 mod sim;
 
@@ -12,6 +14,12 @@ tasks:
   sim [--hours H] [--seed N] [--write]   the scheduling policy table (FIFO vs strict vs bounded)
                                           --write also stores it in benches/results/policy-table.md
   deploy-check                            check deploy/ statically (YAML/JSON, compose, dashboard metrics, Dockerfile, configs)
+  bench [--quick] [--only overhead|scheduling|memory] [--write]
+                                         overhead (direct vs nginx vs im-http), scheduling end to end, memory;
+                                          installs nginx-light and oha if missing; --write stores benches/results/bench.md
+  load [--scenario normal|peak|sustained] [--users N] [--secs S] [--url URL --key KEY]
+                                          the seeds' load scenarios (no Python needed); without --url it starts
+                                          im-http --simulate
   help                                    this text
 ";
 
@@ -21,6 +29,8 @@ fn main() -> Result<()> {
         Some("sim") => run_sim(&args[1..]),
         Some("ci") => run_ci(),
         Some("deploy-check") => run_deploy_check(),
+        Some("bench") => run_bench(&args[1..]),
+        Some("load") => run_load(&args[1..]),
         Some("help") | None => {
             print!("{HELP}");
             Ok(())
@@ -99,5 +109,109 @@ fn run_deploy_check() -> Result<()> {
     for line in deploy::check(&root)? {
         println!("deploy-check: ok: {line}");
     }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024 / 1024);
+    format!("{cores} cores ({cpu}), {mem} GiB RAM, Linux")
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn run_bench(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    bench::ensure_tools()?;
+    let mut out = String::new();
+    let cmd = format!("cargo xtask bench{}", if quick { " --quick" } else { "" });
+    out.push_str(&format!(
+        "# im benchmarks\n\nCommand: `{cmd}`  \nMachine: {}  \nDate: {}\n\n",
+        machine(),
+        today()
+    ));
+    let only: String = flag(args, "--only", String::new())?;
+    let part = |p: &str| only.is_empty() || only == p;
+    let (secs, rounds) = if quick { (3, 1) } else { (5, 3) };
+    if part("overhead") {
+        bench::overhead(&mut out, secs, rounds)?;
+    }
+    print!("{out}");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut more = String::new();
+    let (hours, scale) = if quick { (0.25, 0.02) } else { (0.5, 0.02) };
+    if part("scheduling") {
+        rt.block_on(bench_async::scheduling(&mut more, hours, scale, 0.9, 42))?;
+    }
+    if part("memory") {
+        rt.block_on(bench_async::memory(&mut more))?;
+    }
+    print!("{more}");
+    out.push_str(&more);
+    if args.iter().any(|a| a == "--write") {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/results/bench.md");
+        std::fs::write(&path, &out).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_load(args: &[String]) -> Result<()> {
+    let scenarios: Vec<String> = match args.iter().position(|a| a == "--scenario") {
+        Some(i) => vec![args.get(i + 1).context("--scenario needs a value")?.clone()],
+        None => vec!["normal".into(), "peak".into(), "sustained".into()],
+    };
+    let users: usize = flag(args, "--users", 20)?;
+    let secs: u64 = flag(args, "--secs", 30)?;
+    let url: String = flag(args, "--url", String::new())?;
+    let key: String = flag(args, "--key", bench::KEY.to_owned())?;
+    let _own = if url.is_empty() {
+        let ok = std::process::Command::new("cargo")
+            .args(["build", "--release", "-p", "im-http"])
+            .status()?
+            .success();
+        if !ok {
+            bail!("release build failed");
+        }
+        Some(bench_async::start_simulated_im(0.1)?)
+    } else {
+        None
+    };
+    let url = _own.as_ref().map_or(url, |(_, u)| u.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut out = String::from(
+        "| scenario | users | seconds | requests | req/s | p50 ms | p95 ms | p99 ms | failures |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for s in &scenarios {
+        rt.block_on(bench_async::load(&mut out, &url, &key, s, users, secs))?;
+    }
+    print!("{out}");
     Ok(())
 }

@@ -111,6 +111,76 @@ pub async fn chat_completions(
     Ok(resp)
 }
 
+/// Parse an OpenAI image request into a job; `body` is dropped on return.
+fn images_job(st: &AppState, rid: RequestId, body: Bytes) -> Result<Job, ApiError> {
+    // Typed, with `file` borrowed from the body: the image payload is held once.
+    let r: ImagesBody = types::parse(&body)?;
+    let model = r
+        .model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::invalid("model", "missing field `model`"))?;
+    let prompt = r
+        .prompt
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::invalid("prompt", "missing field `prompt`"))?;
+    let size = r.size.unwrap_or_else(|| "512x512".to_owned());
+    let (width, height) = parse_size(&size)
+        .ok_or_else(|| ApiError::invalid("size", format!("{size:?} is not \"WxH\"")))?;
+    types::side("size", width, st.max_image_side)?;
+    types::side("size", height, st.max_image_side)?;
+    let steps = r.step.or(r.steps);
+    types::steps_n(steps, r.n)?;
+    if let Some(f) = r.response_format.as_deref()
+        && f != "b64_json"
+    {
+        return Err(ApiError::invalid(
+            "response_format",
+            "only \"b64_json\" is supported (im does not host image files)",
+        ));
+    }
+    let file = r.file.map(|f| types::image_file("file", f)).transpose()?;
+    let kind = if file.is_some() {
+        Kind::Img2Img
+    } else {
+        Kind::Txt2Img
+    };
+    let req = ImageRequest {
+        model: model.clone(),
+        prompt,
+        negative_prompt: r.negative_prompt,
+        width,
+        height,
+        steps,
+        seed: r.seed,
+        n: r.n,
+        file,
+    };
+    Ok(Job {
+        request_id: rid.0,
+        kind,
+        model,
+        deadline: r.deadline_ms.map(Duration::from_millis),
+        payload: Payload::Images(req),
+    })
+}
+
+/// The OpenAI image request (unknown OpenAI fields such as `quality` or `user` are ignored).
+#[derive(serde::Deserialize)]
+struct ImagesBody<'a> {
+    model: Option<String>,
+    prompt: Option<String>,
+    size: Option<String>,
+    n: Option<u32>,
+    response_format: Option<String>,
+    #[serde(borrow)]
+    file: Option<std::borrow::Cow<'a, str>>,
+    negative_prompt: Option<String>,
+    step: Option<u32>,
+    steps: Option<u32>,
+    seed: Option<i64>,
+    deadline_ms: Option<u64>,
+}
+
 fn parse_size(s: &str) -> Option<(u32, u32)> {
     let (w, h) = s.split_once(['x', 'X'])?;
     Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
@@ -138,55 +208,8 @@ pub async fn images_generations(
     Extension(arrived): Extension<Arrived>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut o = object(&body(b, st.body_limit)?)?;
-    let model = string_field(&mut o, "model")?;
-    let prompt = string_field(&mut o, "prompt")?;
-    let size: String = opt(&mut o, "size")?.unwrap_or_else(|| "512x512".to_owned());
-    let (width, height) = parse_size(&size)
-        .ok_or_else(|| ApiError::invalid("size", format!("{size:?} is not \"WxH\"")))?;
-    types::side("size", width, st.max_image_side)?;
-    types::side("size", height, st.max_image_side)?;
-    let n: Option<u32> = opt(&mut o, "n")?;
-    let steps: Option<u32> = match opt(&mut o, "step")? {
-        Some(s) => Some(s),
-        None => opt(&mut o, "steps")?,
-    };
-    types::steps_n(steps, n)?;
-    if let Some(f) = opt::<String>(&mut o, "response_format")?
-        && f != "b64_json"
-    {
-        return Err(ApiError::invalid(
-            "response_format",
-            "only \"b64_json\" is supported (im does not host image files)",
-        ));
-    }
-    let file = opt::<String>(&mut o, "file")?
-        .map(|f| types::image_file("file", f))
-        .transpose()?;
-    let kind = if file.is_some() {
-        Kind::Img2Img
-    } else {
-        Kind::Txt2Img
-    };
-    let req = ImageRequest {
-        model: model.clone(),
-        prompt,
-        negative_prompt: opt(&mut o, "negative_prompt")?,
-        width,
-        height,
-        steps,
-        seed: opt(&mut o, "seed")?,
-        n,
-        file,
-    };
-    let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
-    let job = Job {
-        request_id: rid.0,
-        kind,
-        model,
-        deadline: deadline_ms.map(Duration::from_millis),
-        payload: Payload::Images(req),
-    };
+    // The body is parsed and dropped before the request queues: only the job holds the payload.
+    let job = images_job(&st, rid, body(b, st.body_limit)?)?;
     let done = st.engine.submit(job).await?;
     let mut resp = match &done.output {
         Output::Images(i) => {

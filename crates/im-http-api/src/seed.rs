@@ -279,19 +279,24 @@ pub async fn img2img(
     Extension(arrived): Extension<Arrived>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let r: Img2ImgRequest = types::parse(&body(b, st.body_limit)?)?;
-    check_image_fields(&st, &r.prompt, r.width, r.height, r.steps, r.n)?;
-    let file = types::image_file("file", r.file)?;
-    let job = image_job(
-        &rid,
-        Kind::Img2Img,
-        r.model,
-        r.prompt,
-        r.negative_prompt,
-        (r.width, r.height),
-        (r.steps, r.seed, r.n),
-        Some(file),
-        r.deadline_ms,
-    );
+    // Parsed and dropped before the request queues: only the job holds the payload.
+    let job = {
+        let body = body(b, st.body_limit)?;
+        let r: Img2ImgRequest = types::parse(&body)?;
+        check_image_fields(&st, &r.prompt, r.width, r.height, r.steps, r.n)?;
+        let file = types::image_file("file", r.file)?;
+        let size = (r.width, r.height);
+        image_job(
+            &rid,
+            Kind::Img2Img,
+            r.model,
+            r.prompt,
+            r.negative_prompt,
+            size,
+            (r.steps, r.seed, r.n),
+            Some(file),
+            r.deadline_ms,
+        )
+    };
     run(&st, job, arrived).await
 }

@@ -3,7 +3,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -85,14 +86,16 @@ pub struct Txt2ImgRequest {
     pub deadline_ms: Option<u64>,
 }
 
-/// `POST /img2img`.
+/// `POST /img2img`. `file` borrows from the request body: the payload is held once.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Img2ImgRequest {
+pub struct Img2ImgRequest<'a> {
     /// A model serving img2img.
     pub model: String,
     /// The source image: base64 (PNG, JPEG, WebP or GIF), optionally as a data URI.
-    pub file: String,
+    #[serde(borrow)]
+    #[schema(value_type = String)]
+    pub file: Cow<'a, str>,
     /// The edit.
     pub prompt: String,
     /// Pixels, a positive multiple of 8.
@@ -153,8 +156,8 @@ pub struct ImageResult {
     pub created: u64,
 }
 
-/// Parse a JSON body into `T`, naming the field at fault.
-pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+/// Parse a JSON body into `T`, naming the field at fault. `T` may borrow from the body.
+pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid(
             "body",
@@ -256,15 +259,17 @@ pub fn steps_n(steps: Option<u32>, n: Option<u32>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Check that `file` is base64 of an image; returns it as raw base64 bytes (no copy of the payload
-/// beyond the one the body already holds when it has no data-URI prefix).
-pub fn image_file(field: &str, file: String) -> Result<Bytes, ApiError> {
-    let raw = match file.strip_prefix("data:") {
+/// Check that `file` is base64 of an image and return it as raw base64 (no `data:` prefix), in a
+/// buffer of exactly its size. serde borrows `file` from the request body, so this is the one copy
+/// made: the body (whose buffer may be far larger than the payload) is freed when the handler
+/// returns, and the job holds the payload once from then on, shared by `Arc` between attempts.
+pub fn image_file(field: &str, file: Cow<'_, str>) -> Result<Bytes, ApiError> {
+    let raw: &str = match file.strip_prefix("data:") {
         Some(rest) => rest
             .split_once(',')
-            .map(|(_, d)| d.to_owned())
+            .map(|(_, d)| d)
             .ok_or_else(|| ApiError::invalid(field, "a data URI without a comma"))?,
-        None => file,
+        None => &file,
     };
     let head: String = raw
         .chars()
@@ -291,7 +296,7 @@ pub fn image_file(field: &str, file: String) -> Result<Bytes, ApiError> {
     if !ok {
         return Err(ApiError::invalid(field, "is not valid base64"));
     }
-    Ok(Bytes::from(raw))
+    Ok(Bytes::copy_from_slice(raw.as_bytes()))
 }
 
 /// The messages as JSON values for the client.
@@ -310,5 +315,30 @@ pub fn needs_image() -> ApiError {
             ErrorType::InvalidRequest,
             "img2txt needs an image in the messages (an image_url part, base64 or a data URI)",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_image_payload_is_copied_once_into_an_exact_buffer() {
+        let png = STANDARD.encode(localai_sim::image::png(8, 8, 1));
+        for file in [png.clone(), format!("data:image/png;base64,{png}")] {
+            let body = Bytes::from(serde_json::json!({"model": "sd", "file": file, "prompt": "p", "width": 8, "height": 8}).to_string());
+            let r: Img2ImgRequest = parse(&body).expect("valid");
+            assert!(
+                matches!(r.file, Cow::Borrowed(_)),
+                "serde borrowed the string: no intermediate copy"
+            );
+            let out = image_file("file", r.file).expect("an image");
+            assert_eq!(out, png.as_bytes());
+            let (start, end) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
+            assert!(
+                !(start..end).contains(&(out.as_ptr() as usize)),
+                "the job does not pin the whole body"
+            );
+        }
     }
 }

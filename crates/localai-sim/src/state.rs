@@ -74,6 +74,9 @@ impl Drop for Slot {
             let m = &mut g.models[self.model];
             m.busy -= 1;
             m.last_used = Some(Instant::now());
+            // An overcommit is temporary, as on a GPU: once models go idle, memory over the
+            // budget is reclaimed by evicting the least recently used idle ones.
+            self.state.evict_over_budget(&mut g);
         }
         self.state.changed.notify_waiters();
     }
@@ -261,6 +264,37 @@ impl SimState {
         let resident = g.models.iter().filter(|m| m.resident).count();
         g.stats.peak_resident_models = g.stats.peak_resident_models.max(resident);
         Action::Load
+    }
+
+    fn evict_over_budget(&self, g: &mut Inner) {
+        let budget = self.cfg.budget_mb();
+        loop {
+            let used: u64 = g
+                .models
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.resident)
+                .map(|(i, _)| self.cfg.models[i].memory_mb)
+                .sum();
+            let resident = g.models.iter().filter(|m| m.resident).count();
+            if used <= budget || resident <= 1 {
+                return;
+            }
+            let victim = g
+                .models
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.resident && !m.loading && m.busy == 0)
+                .min_by_key(|(_, m)| m.last_used)
+                .map(|(i, _)| i);
+            match victim {
+                Some(v) => {
+                    g.models[v].resident = false;
+                    g.stats.evictions += 1;
+                }
+                None => return,
+            }
+        }
     }
 
     fn record_concurrency(&self, g: &mut Inner, model: usize) {
