@@ -506,3 +506,61 @@ async fn metrics_text_parses_and_the_error_list_is_clean() {
     );
     assert!(errors.contains("<base64: 200000 bytes>"));
 }
+
+/// A backend whose calls never return: work stays in flight, the rest stays queued.
+struct Hang;
+
+#[async_trait]
+impl Backend for Hang {
+    async fn chat(&self, _: LaneId, _: &ChatRequest) -> Result<ChatResponse, ClientError> {
+        std::future::pending().await
+    }
+    async fn chat_stream(&self, _: LaneId, _: &ChatRequest) -> Result<ChunkStream, ClientError> {
+        std::future::pending().await
+    }
+    async fn images(&self, _: LaneId, _: &ImageRequest) -> Result<ImagesResponse, ClientError> {
+        std::future::pending().await
+    }
+    async fn unload(&self, _: LaneId, _: &str) -> Result<bool, ClientError> {
+        Ok(true)
+    }
+    async fn load(&self, _: LaneId, _: &str) -> Result<(), ClientError> {
+        Ok(())
+    }
+    async fn ready(&self, _: LaneId) -> Result<(), ClientError> {
+        Ok(())
+    }
+    async fn models(&self, _: LaneId) -> Result<Vec<String>, ClientError> {
+        Ok(vec![])
+    }
+}
+
+/// The engine reads time through its `Clock` (tokio's, paused here): a ten-minute deadline
+/// expires to the second without the test waiting for it.
+#[tokio::test(start_paused = true)]
+async fn deadlines_follow_the_paused_clock() {
+    let mut cfg = config(Bounds::default(), 1);
+    cfg.default_deadline[Kind::Txt2Txt.index()] = Duration::from_secs(600);
+    let engine = Engine::start(cfg, Arc::new(Hang), Metrics::new()).expect("engine");
+    let running = {
+        let e = engine.clone();
+        tokio::spawn(async move { e.submit(job(1, Kind::Txt2Txt)).await })
+    };
+    tokio::task::yield_now().await;
+    let queued = {
+        let e = engine.clone();
+        tokio::spawn(async move { e.submit(job(2, Kind::Txt2Txt)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(599)).await;
+    assert!(!queued.is_finished(), "not before its deadline");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    match queued.await.expect("join") {
+        Err(EngineError::DeadlineExceeded { waited }) => assert_eq!(waited.as_secs(), 600),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !running.is_finished(),
+        "running work is never expired by its queue deadline"
+    );
+    running.abort();
+}
