@@ -210,3 +210,37 @@ impl IntoResponse for ApiError {
         r
     }
 }
+
+/// The error responses every queued route can give (its rows of the table), for the OpenAPI
+/// document. Never constructed: handlers answer with [`ApiError`].
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum QueuedErrors {
+    /// Invalid request: `param` names the offending field.
+    #[response(status = 400)]
+    InvalidRequest(ErrorBody),
+    /// No or a wrong API key.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Unknown model; the message lists the valid ones.
+    #[response(status = 404)]
+    UnknownModel(ErrorBody),
+    /// The body is over the limit.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorBody),
+    /// The model does not serve this kind; the message lists the ones that do.
+    #[response(status = 422)]
+    UnsupportedKind(ErrorBody),
+    /// Queue full or rate limited; see `Retry-After`.
+    #[response(status = 429)]
+    QueueFull(ErrorBody),
+    /// The upstream refused or failed the request.
+    #[response(status = 502)]
+    UpstreamError(ErrorBody),
+    /// The upstream is unavailable, or im is shutting down; see `Retry-After`.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+    /// The queue deadline passed before dispatch.
+    #[response(status = 504)]
+    DeadlineExceeded(ErrorBody),
+}

@@ -13,7 +13,7 @@ use inference_queue::Kind;
 use localai_client::{ChatRequest, ImageRequest};
 use serde_json::{Value, json};
 
-use crate::error::{ApiError, ErrorBody, ErrorType};
+use crate::error::{ApiError, ErrorBody, ErrorType, QueuedErrors};
 use crate::seed::body;
 use crate::state::{AppState, Arrived, RequestId, figure_headers};
 use crate::stream::sse_response;
@@ -52,15 +52,7 @@ fn opt<T: serde::de::DeserializeOwned>(
     request_body(content = Object, description = "An OpenAI chat completion request (`model`, `messages`, `stream`, `temperature`, ...)"),
     responses(
         (status = 200, description = "An OpenAI `chat.completion` (or SSE `chat.completion.chunk`s)", body = Object),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "No or a wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 422, description = "The model does not serve the kind", body = ErrorBody),
-        (status = 429, description = "Queue full or rate limited", body = ErrorBody),
-        (status = 502, description = "Upstream error", body = ErrorBody),
-        (status = 503, description = "Upstream unavailable or shutting down", body = ErrorBody),
-        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+        QueuedErrors,
     ),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn chat_completions(
@@ -191,15 +183,7 @@ fn parse_size(s: &str) -> Option<(u32, u32)> {
     request_body(content = Object, description = "`model`, `prompt`, `size` (\"WxH\"), `n`, `response_format` (b64_json), optional `file` (base64, img2img), `negative_prompt`, `step`, `seed`"),
     responses(
         (status = 200, description = "`{\"created\", \"data\": [{\"b64_json\"}]}`", body = Object),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "No or a wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 422, description = "The model does not serve the kind", body = ErrorBody),
-        (status = 429, description = "Queue full or rate limited", body = ErrorBody),
-        (status = 502, description = "Upstream error", body = ErrorBody),
-        (status = 503, description = "Upstream unavailable or shutting down", body = ErrorBody),
-        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+        QueuedErrors,
     ),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn images_generations(

@@ -11,7 +11,7 @@ use im_engine::{Completion, Job, Output, Payload};
 use inference_queue::Kind;
 use localai_client::{ChatRequest, ImageRequest};
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, QueuedErrors};
 use crate::state::{AppState, Arrived, RequestId, figure_headers};
 use crate::stream::sse_response;
 use crate::types::{
@@ -108,15 +108,7 @@ fn chat_request(
 #[utoipa::path(post, path = "/txt2txt", tag = "seed", request_body = Txt2TxtRequest,
     responses(
         (status = 200, description = "The chat completion (or an SSE stream with `stream: true`)", body = TextResult),
-        (status = 400, description = "Invalid request: the `param` names the field", body = ErrorBody),
-        (status = 401, description = "No or a wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model; the message lists the valid ones", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 422, description = "The model does not serve txt2txt", body = ErrorBody),
-        (status = 429, description = "Queue full or rate limited; see Retry-After", body = ErrorBody),
-        (status = 502, description = "The upstream failed the request", body = ErrorBody),
-        (status = 503, description = "The upstream is unavailable, or im is shutting down", body = ErrorBody),
-        (status = 504, description = "The queue deadline passed", body = ErrorBody),
+        QueuedErrors,
     ),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn txt2txt(
@@ -141,15 +133,7 @@ pub async fn txt2txt(
 #[utoipa::path(post, path = "/img2txt", tag = "seed", request_body = Img2TxtRequest,
     responses(
         (status = 200, description = "The text answer", body = TextResult),
-        (status = 400, description = "Invalid request (for example no image in the messages)", body = ErrorBody),
-        (status = 401, description = "No or a wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 422, description = "The model does not serve img2txt", body = ErrorBody),
-        (status = 429, description = "Queue full or rate limited", body = ErrorBody),
-        (status = 502, description = "Upstream error", body = ErrorBody),
-        (status = 503, description = "Upstream unavailable or shutting down", body = ErrorBody),
-        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+        QueuedErrors,
     ),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn img2txt(
@@ -225,15 +209,7 @@ fn check_image_fields(
 #[utoipa::path(post, path = "/txt2img", tag = "seed", request_body = Txt2ImgRequest,
     responses(
         (status = 200, description = "Base64 PNG image(s)", body = ImageResult),
-        (status = 400, description = "Invalid request: the `param` names the field", body = ErrorBody),
-        (status = 401, description = "No or a wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 422, description = "The model does not serve txt2img", body = ErrorBody),
-        (status = 429, description = "Queue full or rate limited", body = ErrorBody),
-        (status = 502, description = "Upstream error", body = ErrorBody),
-        (status = 503, description = "Upstream unavailable or shutting down", body = ErrorBody),
-        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+        QueuedErrors,
     ),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn txt2img(
@@ -262,15 +238,7 @@ pub async fn txt2img(
 #[utoipa::path(post, path = "/img2img", tag = "seed", request_body = Img2ImgRequest,
     responses(
         (status = 200, description = "Base64 PNG image(s)", body = ImageResult),
-        (status = 400, description = "Invalid request (for example `file` not base64 or not an image)", body = ErrorBody),
-        (status = 401, description = "No or a wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 422, description = "The model does not serve img2img", body = ErrorBody),
-        (status = 429, description = "Queue full or rate limited", body = ErrorBody),
-        (status = 502, description = "Upstream error", body = ErrorBody),
-        (status = 503, description = "Upstream unavailable or shutting down", body = ErrorBody),
-        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+        QueuedErrors,
     ),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn img2img(

@@ -228,24 +228,11 @@ impl SimState {
         let budget = self.cfg.budget_mb();
         let need = self.cfg.models[model].memory_mb;
         loop {
-            let used: u64 = g
-                .models
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.resident)
-                .map(|(i, _)| self.cfg.models[i].memory_mb)
-                .sum();
+            let used = self.used_mb(g);
             if used + need <= budget || used == 0 {
                 break;
             }
-            let victim = g
-                .models
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.resident && !m.loading && m.busy == 0)
-                .min_by_key(|(_, m)| m.last_used)
-                .map(|(i, _)| i);
-            match victim {
+            match Self::lru_idle(g) {
                 Some(v) => {
                     g.models[v].resident = false;
                     g.stats.evictions += 1;
@@ -268,33 +255,31 @@ impl SimState {
 
     fn evict_over_budget(&self, g: &mut Inner) {
         let budget = self.cfg.budget_mb();
-        loop {
-            let used: u64 = g
-                .models
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.resident)
-                .map(|(i, _)| self.cfg.models[i].memory_mb)
-                .sum();
-            let resident = g.models.iter().filter(|m| m.resident).count();
-            if used <= budget || resident <= 1 {
-                return;
-            }
-            let victim = g
-                .models
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.resident && !m.loading && m.busy == 0)
-                .min_by_key(|(_, m)| m.last_used)
-                .map(|(i, _)| i);
-            match victim {
-                Some(v) => {
-                    g.models[v].resident = false;
-                    g.stats.evictions += 1;
-                }
-                None => return,
-            }
+        while self.used_mb(g) > budget && g.models.iter().filter(|m| m.resident).count() > 1 {
+            let Some(v) = Self::lru_idle(g) else { return };
+            g.models[v].resident = false;
+            g.stats.evictions += 1;
         }
+    }
+
+    /// Memory taken by resident models.
+    fn used_mb(&self, g: &Inner) -> u64 {
+        g.models
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.resident)
+            .map(|(i, _)| self.cfg.models[i].memory_mb)
+            .sum()
+    }
+
+    /// The least recently used resident model that is idle (not loading, no request running).
+    fn lru_idle(g: &Inner) -> Option<usize> {
+        g.models
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.resident && !m.loading && m.busy == 0)
+            .min_by_key(|(_, m)| m.last_used)
+            .map(|(i, _)| i)
     }
 
     fn record_concurrency(&self, g: &mut Inner, model: usize) {
