@@ -257,3 +257,143 @@ async fn sigterm_under_load_leaves_no_request_unanswered() {
     let status = s.child.wait().expect("exits");
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_gets_a_clear_4xx_over_the_socket() {
+    let s = start(&["--set", "http.body_limit_bytes=65536"]);
+    let c = client();
+    let not_image = base64::engine::general_purpose::STANDARD.encode("plain text, not an image");
+    let chat = |extra: Value| {
+        let mut v = json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}]});
+        v.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        v
+    };
+    let img = |extra: Value| {
+        let mut v = json!({"model": SD, "prompt": "fox", "width": 64, "height": 64});
+        v.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        v
+    };
+    let cases: Vec<(&str, Value, u16, &str, Option<&str>)> = vec![
+        (
+            "/txt2txt",
+            chat(json!({"temperature": 3.0})),
+            400,
+            "invalid_request",
+            Some("temperature"),
+        ),
+        (
+            "/txt2txt",
+            chat(json!({"temperature": "warm"})),
+            400,
+            "invalid_request",
+            Some("temperature"),
+        ),
+        (
+            "/txt2txt",
+            json!({"model": LLM}),
+            400,
+            "invalid_request",
+            Some("messages"),
+        ),
+        (
+            "/txt2img",
+            img(json!({"width": 0})),
+            400,
+            "invalid_request",
+            Some("width"),
+        ),
+        (
+            "/txt2img",
+            img(json!({"height": 100})),
+            400,
+            "invalid_request",
+            Some("height"),
+        ),
+        (
+            "/txt2img",
+            img(json!({"width": 8192})),
+            400,
+            "invalid_request",
+            Some("width"),
+        ),
+        (
+            "/img2img",
+            img(json!({"file": "%%% not base64"})),
+            400,
+            "invalid_request",
+            Some("file"),
+        ),
+        (
+            "/img2img",
+            img(json!({"file": not_image})),
+            400,
+            "invalid_request",
+            Some("file"),
+        ),
+        (
+            "/img2txt",
+            json!({"model": VLM, "messages": [{"role": "user", "content": "no image here"}]}),
+            400,
+            "invalid_request",
+            Some("messages"),
+        ),
+        (
+            "/txt2txt",
+            chat(json!({"model": "gpt-9"})),
+            404,
+            "unknown_model",
+            Some("model"),
+        ),
+        (
+            "/txt2img",
+            img(json!({"model": LLM})),
+            422,
+            "unsupported_kind",
+            Some("model"),
+        ),
+        (
+            "/img2img",
+            img(json!({"file": "A".repeat(100_000)})),
+            413,
+            "payload_too_large",
+            None,
+        ),
+    ];
+    for (path, body, status, kind, param) in cases {
+        let (st, v) = post(&c, &s.url, path, &body).await;
+        assert_eq!(
+            (st, v["error"]["type"].as_str()),
+            (status, Some(kind)),
+            "{path}: {v}"
+        );
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], p, "{path}: {v}");
+        }
+    }
+    let raw = c
+        .post(format!("{}/txt2txt", s.url))
+        .header("x-api-key", KEY)
+        .body("{\"model\": ")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(raw.status(), 400);
+    let v: Value = raw.json().await.expect("json");
+    assert_eq!(
+        (v["error"]["type"].as_str(), v["error"]["param"].as_str()),
+        (Some("invalid_request"), Some("body"))
+    );
+    let nowhere = c
+        .get(format!("{}/nowhere", s.url))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(nowhere.status(), 404);
+    let v: Value = nowhere.json().await.expect("JSON 404");
+    assert_eq!(v["error"]["type"], "not_found");
+}
