@@ -307,3 +307,57 @@ async fn remote_mode_uses_im_http_queue() {
     c.cancel().await.expect("close");
     bad.cancel().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tool_calls_run_in_the_scheduler_order() {
+    let (url, _built) = im_http().await;
+    let c = http_client(&format!("{url}/mcp"), DEMO_KEY).await;
+    let peer = c.peer().clone();
+    // A long image job holds the lane (150 steps x 4 images at time scale 0.01: ~1.8 s).
+    let busy = {
+        let p = peer.clone();
+        tokio::spawn(async move {
+            let mut params = CallToolRequestParams::new("txt2img");
+            params.arguments =
+                json!({"model": SD, "prompt": "p", "width": 8, "height": 8, "steps": 150, "n": 4})
+                    .as_object()
+                    .cloned();
+            p.call_tool(params).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (tool, args) in [
+        (
+            "img2txt",
+            json!({"model": VLM, "prompt": "?", "image": png_b64()}),
+        ),
+        (
+            "img2img",
+            json!({"model": SD, "prompt": "p", "width": 8, "height": 8, "steps": 1, "file": png_b64()}),
+        ),
+        ("txt2txt", json!({"model": LLM, "prompt": "first"})),
+    ] {
+        let (p, tx) = (peer.clone(), tx.clone());
+        tokio::spawn(async move {
+            let mut params = CallToolRequestParams::new(tool);
+            params.arguments = args.as_object().cloned();
+            let r = p.call_tool(params).await.expect("answered");
+            let _ = tx.send((tool, r.is_error));
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tx);
+    assert_ne!(
+        busy.await.expect("join").expect("answered").is_error,
+        Some(true)
+    );
+    let mut order = Vec::new();
+    while let Some((tool, err)) = rx.recv().await {
+        assert_ne!(err, Some(true), "{tool}");
+        order.push(tool);
+    }
+    // Kind priority (txt2txt > txt2img > img2img > img2txt) decides once the lane frees, whatever the arrival order.
+    assert_eq!(order, vec!["txt2txt", "img2img", "img2txt"]);
+    c.cancel().await.expect("close");
+}
