@@ -222,6 +222,39 @@ fn early_fault(state: &SimState, fault: &Option<Fault>) -> Option<Response> {
     }
 }
 
+/// The body as a JSON object and the index of the model it names.
+fn request(state: &SimState, body: &Bytes) -> Result<(Value, usize), Response> {
+    let body = parse(body)?;
+    let (idx, _) = model_of(state, &body)?;
+    Ok((body, idx))
+}
+
+/// What every inference request does before its work, as LocalAI would: count it, maybe fail it
+/// (an injected fault), take a slot of its model (loading the model first if needed), maybe
+/// stall (a slow fault). Returns the held slot and the fault drawn (a stream error happens later).
+async fn begin(
+    state: &SimState,
+    idx: usize,
+    streaming: bool,
+) -> Result<(crate::state::Slot, Option<Fault>), Response> {
+    state.count_request(&state.cfg.models[idx].name);
+    let fault = draw_fault(state, streaming);
+    if let Some(r) = early_fault(state, &fault) {
+        return Err(r);
+    }
+    let Some(slot) = state.acquire(idx, true).await else {
+        return Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no slot",
+            "server_error",
+        ));
+    };
+    if matches!(fault, Some(Fault::Slow)) {
+        sleep(state.cfg.scaled(state.cfg.faults.slow_ms as f64)).await;
+    }
+    Ok((slot, fault))
+}
+
 async fn sleep(d: Duration) {
     if !d.is_zero() {
         tokio::time::sleep(d).await;
@@ -263,14 +296,11 @@ fn last_text(messages: &[Value]) -> String {
 }
 
 async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
-    let body = match parse(&body) {
-        Ok(b) => b,
+    let (body, idx) = match request(&state, &body) {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let (idx, model) = match model_of(&state, &body) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let model = &state.cfg.models[idx];
     let Some(messages) = body.get("messages").and_then(Value::as_array) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -291,18 +321,11 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
             "invalid_request_error",
         );
     }
-    state.count_request(&model.name);
     let streaming = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let fault = draw_fault(&state, streaming);
-    if let Some(r) = early_fault(&state, &fault) {
-        return r;
-    }
-    let Some(slot) = state.acquire(idx, true).await else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "no slot", "server_error");
+    let (slot, fault) = match begin(&state, idx, streaming).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    if matches!(fault, Some(Fault::Slow)) {
-        sleep(state.cfg.scaled(state.cfg.faults.slow_ms as f64)).await;
-    }
     let tokens = body
         .get("max_tokens")
         .and_then(Value::as_u64)
@@ -401,14 +424,11 @@ fn parse_size(s: &str) -> Option<(u32, u32)> {
 }
 
 async fn images(State(state): State<SimState>, body: Bytes) -> Response {
-    let body = match parse(&body) {
-        Ok(b) => b,
+    let (body, idx) = match request(&state, &body) {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let (idx, model) = match model_of(&state, &body) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let model = &state.cfg.models[idx];
     let Some(prompt) = body.get("prompt").and_then(Value::as_str) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -454,17 +474,10 @@ async fn images(State(state): State<SimState>, body: Bytes) -> Response {
             "invalid_request_error",
         );
     }
-    state.count_request(&model.name);
-    let fault = draw_fault(&state, false);
-    if let Some(r) = early_fault(&state, &fault) {
-        return r;
-    }
-    let Some(slot) = state.acquire(idx, true).await else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "no slot", "server_error");
+    let (slot, _) = match begin(&state, idx, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    if matches!(fault, Some(Fault::Slow)) {
-        sleep(state.cfg.scaled(state.cfg.faults.slow_ms as f64)).await;
-    }
     let steps = body
         .get("step")
         .and_then(Value::as_u64)
@@ -510,12 +523,8 @@ async fn system(State(state): State<SimState>) -> Response {
 }
 
 async fn shutdown(State(state): State<SimState>, body: Bytes) -> Response {
-    let body = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let (idx, _) = match model_of(&state, &body) {
-        Ok(m) => m,
+    let idx = match request(&state, &body) {
+        Ok((_, idx)) => idx,
         Err(r) => return r,
     };
     if state.unload(idx).await {
@@ -526,12 +535,8 @@ async fn shutdown(State(state): State<SimState>, body: Bytes) -> Response {
 }
 
 async fn load(State(state): State<SimState>, body: Bytes) -> Response {
-    let body = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let (idx, _) = match model_of(&state, &body) {
-        Ok(m) => m,
+    let idx = match request(&state, &body) {
+        Ok((_, idx)) => idx,
         Err(r) => return r,
     };
     state.acquire(idx, false).await;
