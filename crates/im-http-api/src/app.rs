@@ -136,3 +136,28 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         sim,
     })
 }
+
+/// The body of a binary's `main`: a multi-threaded runtime, `run`, and the exit code (0; 1 when
+/// the runtime cannot start; 2 when `run` fails, after printing the error chain as `name: …`).
+pub fn main_with<E: std::fmt::Display>(
+    name: &str,
+    run: impl std::future::Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
