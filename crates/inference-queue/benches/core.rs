@@ -36,6 +36,7 @@ fn setup(queued: usize) -> (Scheduler, Vec<String>, Vec<RequestId>, Time) {
             model: &names[(i / 4) % names.len()],
             lane: None,
             deadline: None,
+            bytes: 0,
         };
         assert!(matches!(core.submit(now, sub), Admission::Accepted(_)));
     }
@@ -65,6 +66,7 @@ fn cycle(c: &mut Criterion) {
                         model: &names[(i / 4) % names.len()],
                         lane: None,
                         deadline: None,
+                        bytes: 0,
                     };
                     black_box(core.submit(now, sub));
                     let id = running.pop().expect("something runs");

@@ -115,6 +115,9 @@ pub struct Limits {
     pub max_queued_per_kind: [Option<usize>; 4],
     /// The `Retry-After` hint given with a queue-full refusal.
     pub retry_after_hint: Duration,
+    /// Payload bytes all requests in the system may hold together (queued or in flight): a byte
+    /// budget, so that queued images cannot exhaust the process's memory.
+    pub max_bytes_total: u64,
 }
 
 impl Default for Limits {
@@ -123,6 +126,7 @@ impl Default for Limits {
             max_queued_total: 10_000,
             max_queued_per_kind: [None; 4],
             retry_after_hint: Duration::from_secs(2),
+            max_bytes_total: 256 * 1024 * 1024,
         }
     }
 }
@@ -218,6 +222,9 @@ impl Config {
                 "bounds.starvation_after",
                 "must be positive (or unbounded)",
             ));
+        }
+        if self.limits.max_bytes_total == 0 {
+            return Err(err("limits.max_bytes_total", "must be at least 1"));
         }
         if self.limits.max_queued_total == 0 {
             return Err(err("limits.max_queued_total", "must be at least 1"));

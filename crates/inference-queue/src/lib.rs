@@ -31,7 +31,7 @@
 //! let mut now = Time::ZERO;
 //!
 //! // Input: a request arrives. The payload stays with you; the core keeps the id.
-//! let sub = Submit { kind: Kind::Txt2Img, model: "sdxl", lane: None, deadline: None };
+//! let sub = Submit { kind: Kind::Txt2Img, model: "sdxl", lane: None, deadline: None, bytes: 0 };
 //! let Admission::Accepted(id) = core.submit(now, sub) else { panic!("refused") };
 //!
 //! // Output: drain decisions after every input.

@@ -29,8 +29,10 @@ pub struct Submit<'a> {
     pub model: &'a str,
     /// Pin the request to one lane.
     pub lane: Option<LaneId>,
-    /// A queue deadline; only lowers the kind's default.
+    /// A queue deadline; only lowers the kind's default. Zero expires it at once.
     pub deadline: Option<Duration>,
+    /// The payload's size in bytes, held until the request leaves (for the byte budget).
+    pub bytes: u64,
 }
 
 /// The answer to [`Scheduler::submit`].
@@ -49,6 +51,8 @@ pub enum QueueScope {
     Total,
     /// The per-kind limit.
     Kind(Kind),
+    /// The byte budget of payloads held by requests in the system.
+    Bytes,
 }
 
 /// Why a request was refused.
@@ -88,13 +92,19 @@ pub enum Rejection {
 pub enum Outcome {
     /// The upstream answered.
     Success,
-    /// A failure worth retrying (connection refused or reset, timeout, 502/503/504, model loading).
+    /// A failure worth retrying (connection refused or reset, 502/503/504, model loading).
     Transient {
         /// The upstream's `Retry-After`, honoured as a lower bound on the backoff.
         retry_after: Option<Duration>,
+        /// Whether it says the lane's upstream is unwell (counts against its breaker). A failure
+        /// that belongs to one request leaves the breaker as it is.
+        upstream_fault: bool,
     },
-    /// A failure that retrying cannot fix (4xx, validation).
-    Permanent,
+    /// A failure that retrying cannot fix (4xx, validation, an error after a stream started).
+    Permanent {
+        /// Whether it says the lane's upstream is unwell (counts against its breaker).
+        upstream_fault: bool,
+    },
     /// The driver stopped the attempt because its caller went away.
     Aborted,
 }
@@ -234,6 +244,7 @@ enum ReqState {
 #[derive(Debug)]
 struct Req {
     group: usize,
+    bytes: u64,
     arrival: Time,
     deadline: Time,
     attempts: u32,
@@ -302,6 +313,8 @@ pub struct Scheduler {
     deadlines: BTreeSet<(Time, RequestId)>,
     retries: BTreeSet<(Time, RequestId)>,
     waiting_total: usize,
+    /// Payload bytes held by the requests in the system (waiting or in flight).
+    bytes_held: u64,
     waiting_per_kind: [usize; 4],
     events: VecDeque<Event>,
     counters: Counters,
@@ -349,6 +362,7 @@ impl Scheduler {
             deadlines: BTreeSet::new(),
             retries: BTreeSet::new(),
             waiting_total: 0,
+            bytes_held: 0,
             waiting_per_kind: [0; 4],
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -493,7 +507,11 @@ impl Scheduler {
         self.advance(now);
         let admission = self.admit(req);
         match &admission {
-            Admission::Accepted(_) => self.pump(),
+            Admission::Accepted(_) => {
+                // A deadline that is already due (zero) expires here, before any dispatch.
+                self.advance(now);
+                self.pump();
+            }
             Admission::Rejected(_) => self.counters.rejected += 1,
         }
         admission
@@ -537,6 +555,12 @@ impl Scheduler {
                 retry_after,
             });
         }
+        if self.bytes_held.saturating_add(req.bytes) > self.cfg.limits.max_bytes_total {
+            return Admission::Rejected(Rejection::QueueFull {
+                scope: QueueScope::Bytes,
+                retry_after,
+            });
+        }
         let key = GroupKey {
             kind: req.kind,
             model,
@@ -563,6 +587,7 @@ impl Scheduler {
             id,
             Req {
                 group,
+                bytes: req.bytes,
                 arrival: self.now,
                 deadline,
                 attempts: 0,
@@ -570,6 +595,7 @@ impl Scheduler {
             },
         );
         self.deadlines.insert((deadline, id));
+        self.bytes_held += req.bytes;
         self.groups[group].queue.push_back(id);
         self.groups[group].depth += 1;
         self.waiting_total += 1;
@@ -628,14 +654,14 @@ impl Scheduler {
         self.update_breaker(lane, id, outcome);
 
         let resolution = match outcome {
-            Outcome::Transient { retry_after } if !cancelled => {
+            Outcome::Transient { retry_after, .. } if !cancelled => {
                 let delay = self.backoff(attempts).max(retry_after.unwrap_or_default());
                 let at = self.now + delay;
                 let deadline = self.requests.get(&id).map_or(self.now, |r| r.deadline);
                 // No retry past the queue deadline: the caller gets the upstream's error now
                 // rather than a deadline error later.
                 if attempts > self.cfg.retry.max_retries || at >= deadline {
-                    self.requests.remove(&id);
+                    self.release(id);
                     self.counters.exhausted += 1;
                     Resolution::Exhausted { attempts }
                 } else {
@@ -655,7 +681,7 @@ impl Scheduler {
                 }
             }
             _ => {
-                self.requests.remove(&id);
+                self.release(id);
                 if cancelled || outcome == Outcome::Aborted {
                     self.counters.cancelled += 1;
                 } else {
@@ -729,6 +755,13 @@ impl Scheduler {
 
     // ----- internals -----
 
+    /// Remove `id` from the map and give back its bytes.
+    fn release(&mut self, id: RequestId) -> Option<Req> {
+        let r = self.requests.remove(&id)?;
+        self.bytes_held -= r.bytes;
+        Some(r)
+    }
+
     fn advance(&mut self, now: Time) {
         if now > self.now {
             self.now = now;
@@ -762,7 +795,7 @@ impl Scheduler {
 
     /// Take a waiting (queued or backing-off) request out of the system's queues and its map.
     fn remove_waiting(&mut self, id: RequestId) {
-        let Some(r) = self.requests.remove(&id) else {
+        let Some(r) = self.release(id) else {
             return;
         };
         self.deadlines.remove(&(r.deadline, id));
@@ -814,13 +847,23 @@ impl Scheduler {
         let now = self.now;
         let l = &mut self.lanes[lane];
         let before = l.breaker;
-        l.breaker = match (outcome, l.breaker) {
-            (Outcome::Aborted, Breaker::HalfOpen { probe: Some(p) }) if p == id => {
+        // A failure says something about the lane only when it blames the upstream; one that
+        // belongs to a single request (or an abort) leaves the breaker as it is, releasing a
+        // half-open probe so that another request can probe.
+        let fault = match outcome {
+            Outcome::Success => Some(false),
+            Outcome::Transient { upstream_fault, .. } | Outcome::Permanent { upstream_fault } => {
+                upstream_fault.then_some(true)
+            }
+            Outcome::Aborted => None,
+        };
+        l.breaker = match (fault, l.breaker) {
+            (None, Breaker::HalfOpen { probe: Some(p) }) if p == id => {
                 Breaker::HalfOpen { probe: None }
             }
-            (Outcome::Aborted, b) => b,
-            (Outcome::Success | Outcome::Permanent, _) => Breaker::Closed { failures: 0 },
-            (Outcome::Transient { .. }, Breaker::Closed { failures }) => {
+            (None, b) => b,
+            (Some(false), _) => Breaker::Closed { failures: 0 },
+            (Some(true), Breaker::Closed { failures }) => {
                 if failures + 1 >= cfg.failure_threshold {
                     Breaker::Open {
                         until: now + cfg.cooldown,
@@ -831,10 +874,10 @@ impl Scheduler {
                     }
                 }
             }
-            (Outcome::Transient { .. }, Breaker::HalfOpen { .. }) => Breaker::Open {
+            (Some(true), Breaker::HalfOpen { .. }) => Breaker::Open {
                 until: now + cfg.cooldown,
             },
-            (Outcome::Transient { .. }, open @ Breaker::Open { .. }) => open,
+            (Some(true), open @ Breaker::Open { .. }) => open,
         };
         let lane_id = LaneId(lane);
         match (before, l.breaker) {

@@ -314,6 +314,7 @@ pub fn run_scheduler_observed(
                             model: &models[item.model].name,
                             lane: None,
                             deadline: None,
+                            bytes: 0,
                         };
                         match core.submit(t, sub) {
                             Admission::Accepted(id) => {
@@ -331,7 +332,10 @@ pub fn run_scheduler_observed(
                         let outcome = if ok {
                             Outcome::Success
                         } else {
-                            Outcome::Transient { retry_after: None }
+                            Outcome::Transient {
+                                retry_after: None,
+                                upstream_fault: true,
+                            }
                         };
                         match core.complete(t, id, outcome) {
                             Resolution::Finished => {

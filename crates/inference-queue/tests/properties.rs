@@ -173,8 +173,11 @@ fn run(setup: &Setup, ops: &[Op]) {
                         6 | 7 => Outcome::Transient {
                             retry_after: (*retry_after_ms > 1_500)
                                 .then(|| Duration::from_millis(*retry_after_ms)),
+                            upstream_fault: true,
                         },
-                        8 => Outcome::Permanent,
+                        8 => Outcome::Permanent {
+                            upstream_fault: false,
+                        },
                         _ => Outcome::Aborted,
                     };
                     h.complete(id, outcome);

@@ -224,6 +224,7 @@ fn unknown_model_and_wrong_kind_list_the_valid_models() {
             model: "llm",
             lane: Some(LaneId(7)),
             deadline: None,
+            bytes: 0,
         },
     );
     assert_eq!(bad_lane, Admission::Rejected(Rejection::UnknownLane(7)));
@@ -286,7 +287,13 @@ fn a_cancelled_running_request_is_not_retried() {
     let run = h.id(Kind::Txt2Img, "sd");
     h.cancel(run);
     assert_eq!(
-        h.complete(run, Outcome::Transient { retry_after: None }),
+        h.complete(
+            run,
+            Outcome::Transient {
+                retry_after: None,
+                upstream_fault: true
+            }
+        ),
         Resolution::Finished
     );
 }
@@ -300,6 +307,7 @@ fn transient_failures_retry_at_the_head_honouring_retry_after() {
         a,
         Outcome::Transient {
             retry_after: Some(Duration::from_secs(3)),
+            upstream_fault: true,
         },
     );
     let Resolution::Retry { at, attempt } = r else {
@@ -328,7 +336,13 @@ fn retries_stop_after_max_retries_and_permanent_errors_never_retry() {
     let a = h.id(Kind::Txt2Img, "sd");
     let mut t = 0;
     for attempt in 2..=3 {
-        match h.complete(a, Outcome::Transient { retry_after: None }) {
+        match h.complete(
+            a,
+            Outcome::Transient {
+                retry_after: None,
+                upstream_fault: true,
+            },
+        ) {
             Resolution::Retry { attempt: n, at } => {
                 assert_eq!(n, attempt);
                 t = t.max(at.since_epoch().as_millis() as u64 + 1);
@@ -338,11 +352,25 @@ fn retries_stop_after_max_retries_and_permanent_errors_never_retry() {
         }
     }
     assert_eq!(
-        h.complete(a, Outcome::Transient { retry_after: None }),
+        h.complete(
+            a,
+            Outcome::Transient {
+                retry_after: None,
+                upstream_fault: true
+            }
+        ),
         Resolution::Exhausted { attempts: 3 }
     );
     let p = h.id(Kind::Txt2Img, "sd");
-    assert_eq!(h.complete(p, Outcome::Permanent), Resolution::Finished);
+    assert_eq!(
+        h.complete(
+            p,
+            Outcome::Permanent {
+                upstream_fault: false
+            }
+        ),
+        Resolution::Finished
+    );
     assert_eq!(h.core.counters().retried, 2);
 }
 
@@ -361,7 +389,13 @@ fn backoff_grows_and_is_capped() {
     let mut delays = Vec::new();
     for _ in 0..6 {
         let now = h.now;
-        match h.complete(a, Outcome::Transient { retry_after: None }) {
+        match h.complete(
+            a,
+            Outcome::Transient {
+                retry_after: None,
+                upstream_fault: true,
+            },
+        ) {
             Resolution::Retry { at, .. } => {
                 delays.push(at.saturating_since(now).as_millis() as u64);
                 h.at(at.since_epoch().as_millis() as u64);
@@ -382,9 +416,21 @@ fn the_breaker_opens_holds_work_and_closes_after_a_probe() {
     c.retry.max_retries = 0;
     let mut h = Harness::new(c);
     let a = h.id(Kind::Txt2Txt, "llm2");
-    h.complete(a, Outcome::Transient { retry_after: None });
+    h.complete(
+        a,
+        Outcome::Transient {
+            retry_after: None,
+            upstream_fault: true,
+        },
+    );
     let b = h.id(Kind::Txt2Txt, "llm2");
-    h.complete(b, Outcome::Transient { retry_after: None });
+    h.complete(
+        b,
+        Outcome::Transient {
+            retry_after: None,
+            upstream_fault: true,
+        },
+    );
     assert!(h.events.contains(&Event::BreakerOpened { lane: LaneId(0) }));
     let waiting = h.id(Kind::Txt2Txt, "llm2");
     let also = h.id(Kind::Txt2Txt, "llm2");
@@ -563,6 +609,7 @@ fn lanes_pin_groups_and_serve_in_parallel() {
             model: "sd",
             lane: Some(LaneId(1)),
             deadline: None,
+            bytes: 0,
         },
     );
     let Admission::Accepted(p) = pinned else {
@@ -578,4 +625,103 @@ fn lanes_pin_groups_and_serve_in_parallel() {
     );
     h.complete(b, Outcome::Success);
     assert_eq!(h.dispatched().last(), Some(&p));
+}
+
+#[test]
+fn failures_that_belong_to_one_request_never_open_the_breaker() {
+    // Regression (issue 11.7): one malformed request retried four times opened the breaker and
+    // delayed everyone else.
+    let mut c = cfg(Bounds::default());
+    c.breaker = BreakerConfig {
+        failure_threshold: 2,
+        cooldown: Duration::from_secs(10),
+    };
+    c.retry.max_retries = 0;
+    let mut h = Harness::new(c);
+    for _ in 0..5 {
+        let a = h.id(Kind::Txt2Txt, "llm2");
+        h.complete(
+            a,
+            Outcome::Transient {
+                retry_after: None,
+                upstream_fault: false,
+            },
+        );
+        let b = h.id(Kind::Txt2Txt, "llm2");
+        h.complete(
+            b,
+            Outcome::Permanent {
+                upstream_fault: false,
+            },
+        );
+    }
+    assert!(
+        !h.events
+            .iter()
+            .any(|e| matches!(e, Event::BreakerOpened { .. }))
+    );
+    // An error that blames the upstream, even one that cannot be retried, does count.
+    for _ in 0..2 {
+        let a = h.id(Kind::Txt2Txt, "llm2");
+        h.complete(
+            a,
+            Outcome::Permanent {
+                upstream_fault: true,
+            },
+        );
+    }
+    assert!(h.events.contains(&Event::BreakerOpened { lane: LaneId(0) }));
+}
+
+#[test]
+fn a_zero_deadline_expires_at_submit_and_is_never_dispatched() {
+    // Regression (issue 11, low): `deadline_ms: 0` was dispatched at its deadline.
+    let mut h = Harness::new(cfg(Bounds::default()));
+    let Admission::Accepted(id) = h.submit_with(Kind::Txt2Txt, "llm2", Some(Duration::ZERO)) else {
+        panic!("accepted");
+    };
+    assert!(!h.dispatched().contains(&id));
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, Event::Expired { id: x, .. } if *x == id))
+    );
+}
+
+#[test]
+fn the_byte_budget_refuses_what_would_not_fit_and_frees_on_leave() {
+    // Regression (issue 11.11): queue limits counted requests, not bytes.
+    let mut c = cfg(Bounds::default());
+    c.limits.max_bytes_total = 100;
+    let mut core = Scheduler::new(c).expect("valid");
+    let now = Time::ZERO;
+    let sub = |bytes| Submit {
+        kind: Kind::Txt2Img,
+        model: "sd",
+        lane: None,
+        deadline: None,
+        bytes,
+    };
+    let Admission::Accepted(a) = core.submit(now, sub(60)) else {
+        panic!("fits");
+    };
+    assert!(matches!(
+        core.submit(now, sub(60)),
+        Admission::Rejected(Rejection::QueueFull {
+            scope: QueueScope::Bytes,
+            ..
+        })
+    ));
+    assert!(matches!(
+        core.submit(now, sub(40)),
+        Admission::Accepted(_)
+    ));
+    assert_eq!(
+        core.complete(now, a, Outcome::Success),
+        Resolution::Finished
+    );
+    assert!(matches!(
+        core.submit(now, sub(60)),
+        Admission::Accepted(_)
+    ));
 }

@@ -11,7 +11,7 @@ use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::error::{ClientError, parse_retry_after};
+use crate::error::{ClientError, parse_retry_after, summarize};
 use crate::sse::SseParser;
 use crate::vision::normalize_messages;
 
@@ -34,12 +34,22 @@ pub struct ClientConfig {
     pub image_total: Duration,
     /// Lifecycle and discovery calls.
     pub control_total: Duration,
+    /// Streams: the longest silence between two chunks once the first arrived.
+    pub stream_idle: Duration,
+    /// The largest response body read (JSON answers, images); larger is a protocol error.
+    pub max_body: usize,
 }
 
+/// The largest error body read from an upstream (the rest is not read).
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The largest single event accepted inside a stream.
+pub const MAX_STREAM_EVENT: usize = 8 * 1024 * 1024;
+
 impl ClientConfig {
-    /// Defaults for `base_url`: connect 5 s; chat 300 s to first byte, 600 s total; images 600 s
-    /// and 900 s (loads of diffusion models are slow, and a slow load is not a failure);
-    /// control calls 60 s.
+    /// Defaults for `base_url`: connect 5 s; chat 300 s to first byte, 600 s total (streams too),
+    /// 120 s of silence inside a stream; images 600 s and 900 s (loads of diffusion models are
+    /// slow, and a slow load is not a failure); control calls 60 s; bodies up to 256 MiB.
     pub fn new(base_url: impl Into<String>) -> ClientConfig {
         ClientConfig {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
@@ -50,6 +60,8 @@ impl ClientConfig {
             image_first_byte: Duration::from_secs(600),
             image_total: Duration::from_secs(900),
             control_total: Duration::from_secs(60),
+            stream_idle: Duration::from_secs(120),
+            max_body: 256 * 1024 * 1024,
         }
     }
 }
@@ -173,7 +185,8 @@ impl LocalAiClient {
         rb
     }
 
-    /// Send and wait for the response head within `first_byte`; turn error statuses into errors.
+    /// Send and wait for the response head within `first_byte`; turn error statuses into errors
+    /// (reading at most [`MAX_ERROR_BODY`] bytes of the error body, within `first_byte`).
     async fn send(
         &self,
         rb: reqwest::RequestBuilder,
@@ -198,29 +211,38 @@ impl LocalAiClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let text = resp.text().await.unwrap_or_default();
+        let text = tokio::time::timeout(first_byte, read_capped(resp, MAX_ERROR_BODY))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let envelope = ErrorEnvelope::parse(&text);
         Err(ClientError::Status {
             status,
-            message: error_message(&text),
+            message: envelope.message,
             retry_after,
+            code: envelope.code,
+            param: envelope.param,
         })
     }
 
-    /// Read a JSON body within `total` (measured from the call's start by the caller).
-    async fn json(resp: reqwest::Response, total: Duration) -> Result<Value, ClientError> {
+    /// Read a JSON body within `total` (measured from the call's start by the caller), at most
+    /// `max_body` bytes.
+    async fn json(&self, resp: reqwest::Response, total: Duration) -> Result<Value, ClientError> {
         let is_json = resp
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/json"));
-        let body = match tokio::time::timeout(total, resp.bytes()).await {
+        let body = match tokio::time::timeout(total, read_capped(resp, self.cfg.max_body)).await {
             Err(_) => {
                 return Err(ClientError::Timeout {
                     after: total,
                     phase: "response",
                 });
             }
-            Ok(Err(e)) => return Err(ClientError::from_reqwest(e, total, "response")),
+            Ok(Err(e)) => return Err(e),
             Ok(Ok(b)) => b,
         };
         if !is_json {
@@ -256,7 +278,7 @@ impl LocalAiClient {
                     self.cfg.chat_first_byte,
                 )
                 .await?;
-            let raw = Self::json(resp, total).await?;
+            let raw = self.json(resp, total).await?;
             let content = raw
                 .pointer("/choices/0/message/content")
                 .and_then(Value::as_str)
@@ -302,35 +324,63 @@ impl LocalAiClient {
                 "expected an event stream, got content type {ct:?}"
             )));
         }
-        let bytes = resp.bytes_stream();
-        let state = (bytes, SseParser::default(), false);
-        let stream =
-            futures_util::stream::unfold(state, |(mut bytes, mut parser, done)| async move {
-                if done {
-                    return None;
-                }
-                loop {
-                    if let Some(item) = parser.next_item() {
-                        return match item {
-                            Ok(Some(chunk)) => Some((Ok(chunk), (bytes, parser, false))),
-                            Ok(None) => None, // [DONE]
-                            Err(e) => Some((Err(e), (bytes, parser, true))),
-                        };
-                    }
-                    match bytes.next().await {
-                        Some(Ok(b)) => parser.push(&b),
-                        Some(Err(e)) => {
-                            let err = ClientError::from_reqwest(e, Duration::ZERO, "stream");
-                            return Some((Err(err), (bytes, parser, true)));
+        let first_chunk = self.cfg.chat_first_byte;
+        let idle = self.cfg.stream_idle;
+        let deadline = tokio::time::Instant::now() + self.cfg.chat_total;
+        let total = self.cfg.chat_total;
+        let state = StreamState {
+            bytes: Box::pin(resp.bytes_stream()),
+            parser: SseParser::default(),
+            done: false,
+            seen_chunk: false,
+        };
+        let stream = futures_util::stream::unfold(state, move |mut st| async move {
+            if st.done {
+                return None;
+            }
+            loop {
+                if let Some(item) = st.parser.next_item() {
+                    return match item {
+                        Ok(Some(chunk)) => {
+                            st.seen_chunk = true;
+                            Some((Ok(chunk), st))
                         }
-                        None => {
-                            let err =
-                                ClientError::Protocol("the stream ended without [DONE]".into());
-                            return Some((Err(err), (bytes, parser, true)));
+                        Ok(None) => None, // [DONE]
+                        Err(e) => {
+                            st.done = true;
+                            Some((Err(e), st))
+                        }
+                    };
+                }
+                // Silence is bounded: before the first chunk by the first-byte limit (a prompt
+                // may be long to process), after it by the idle limit; the whole stream by the
+                // total limit.
+                let wait = if st.seen_chunk { idle } else { first_chunk };
+                let until = (tokio::time::Instant::now() + wait).min(deadline);
+                let next = tokio::time::timeout_at(until, st.bytes.next()).await;
+                let err = match next {
+                    Ok(Some(Ok(b))) => {
+                        if let Err(e) = st.parser.push(&b) {
+                            e
+                        } else {
+                            continue;
                         }
                     }
-                }
-            });
+                    Ok(Some(Err(e))) => ClientError::from_reqwest(e, Duration::ZERO, "stream"),
+                    Ok(None) => ClientError::Protocol("the stream ended without [DONE]".into()),
+                    Err(_) if until >= deadline => ClientError::Timeout {
+                        after: total,
+                        phase: "response",
+                    },
+                    Err(_) => ClientError::Timeout {
+                        after: wait,
+                        phase: "stream idle",
+                    },
+                };
+                st.done = true;
+                return Some((Err(err), st));
+            }
+        });
         Ok(Box::pin(stream))
     }
 
@@ -362,7 +412,7 @@ impl LocalAiClient {
                     self.cfg.image_first_byte,
                 )
                 .await?;
-            let raw = Self::json(resp, total).await?;
+            let raw = self.json(resp, total).await?;
             let data = raw
                 .get("data")
                 .and_then(Value::as_array)
@@ -390,7 +440,7 @@ impl LocalAiClient {
         let total = self.cfg.control_total;
         let work = async {
             let resp = self.send(rb, total).await?;
-            Self::json(resp, total).await
+            self.json(resp, total).await
         };
         tokio::time::timeout(total, work)
             .await
@@ -451,17 +501,213 @@ impl LocalAiClient {
                 total,
             )
             .await?;
-        let _ = resp.bytes().await;
+        let _ = read_capped(resp, MAX_ERROR_BODY).await;
         Ok(())
     }
 
-    /// Whether LocalAI is up (`GET /readyz`); says nothing about models.
+    /// Whether the upstream is up. Probes what the server offers: LocalAI's `/readyz`, else
+    /// llama.cpp's `/health`, else `/v1/models` (llama-cpp-python has neither); a 404 on a probe
+    /// path means "try the next one", not "unreachable". Says nothing about models.
     pub async fn ready(&self) -> Result<(), ClientError> {
-        let resp = self
-            .send(self.get("/readyz"), self.cfg.connect_timeout * 2)
-            .await?;
-        let _ = resp.bytes().await;
-        Ok(())
+        let limit = self.cfg.connect_timeout * 2;
+        let mut last = None;
+        for path in ["/readyz", "/health", "/v1/models"] {
+            match self.send(self.get(path), limit).await {
+                Ok(resp) => {
+                    let _ = tokio::time::timeout(limit, read_capped(resp, MAX_ERROR_BODY)).await;
+                    return Ok(());
+                }
+                Err(ClientError::Status {
+                    status: 404 | 405, ..
+                }) => continue,
+                Err(e) => last = Some(e),
+            }
+            if last.is_some() {
+                break;
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ClientError::Protocol(
+                "no readiness probe answered (/readyz, /health, /v1/models)".into(),
+            )
+        }))
+    }
+
+    /// What the upstream says about its models (`GET /v1/models`): names, and where the server
+    /// reports them (llama.cpp's router), load status and modalities.
+    pub async fn model_infos(&self) -> Result<Vec<ModelInfo>, ClientError> {
+        let v = self.control(self.get("/v1/models")).await?;
+        let data = v
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| ClientError::Protocol("no data[] in /v1/models".into()))?;
+        Ok(data.iter().filter_map(ModelInfo::from_json).collect())
+    }
+
+    /// Parallel slots and modalities of `model` from llama.cpp's `GET /props?model=…`; `None`
+    /// when the upstream has no such route.
+    pub async fn props(&self, model: &str) -> Result<Option<Props>, ClientError> {
+        let encoded: String = model
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let rb = self.get(&format!("/props?model={encoded}"));
+        match self.control(rb).await {
+            Ok(v) => Ok(Some(Props::from_json(&v))),
+            Err(ClientError::Status {
+                status: 404 | 405 | 501,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One model as an upstream lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Its name.
+    pub id: String,
+    /// `loaded`, `loading`, `unloaded` (llama.cpp's router), when reported.
+    pub status: Option<String>,
+    /// Input modalities (`text`, `image`, `audio`), when reported.
+    pub input: Vec<String>,
+    /// Output modalities (`text`, `image`, `audio`, `embedding`), when reported.
+    pub output: Vec<String>,
+}
+
+impl ModelInfo {
+    fn from_json(m: &Value) -> Option<ModelInfo> {
+        let id = m.get("id").and_then(Value::as_str)?.to_owned();
+        let status = match m.get("status") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(o) => o.get("value").and_then(Value::as_str).map(str::to_owned),
+            None => None,
+        };
+        let list = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let modalities = m.get("modalities").or_else(|| m.get("architecture"));
+        let input =
+            list(modalities.and_then(|x| x.get("input").or_else(|| x.get("input_modalities"))));
+        let output =
+            list(modalities.and_then(|x| x.get("output").or_else(|| x.get("output_modalities"))));
+        Some(ModelInfo {
+            id,
+            status,
+            input,
+            output,
+        })
+    }
+}
+
+/// What llama.cpp's `/props` says about a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Props {
+    /// Parallel slots (`total_slots`), when reported.
+    pub slots: Option<u32>,
+    /// Whether it takes images (`modalities.vision`).
+    pub vision: bool,
+}
+
+impl Props {
+    fn from_json(v: &Value) -> Props {
+        Props {
+            slots: v
+                .get("total_slots")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
+            vision: v
+                .pointer("/modalities/vision")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }
+    }
+}
+
+struct StreamState {
+    bytes: Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>,
+    parser: SseParser,
+    done: bool,
+    seen_chunk: bool,
+}
+
+/// Read a body up to `limit` bytes; more is a protocol error (the rest is not read).
+async fn read_capped(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, ClientError> {
+    let declared = resp.content_length().unwrap_or(0);
+    if declared > limit as u64 {
+        return Err(ClientError::Protocol(format!(
+            "the upstream's body of {declared} bytes is over the limit of {limit}"
+        )));
+    }
+    let mut out = Vec::with_capacity(declared as usize);
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ClientError::from_reqwest(e, Duration::ZERO, "response"))?;
+        if out.len() + chunk.len() > limit {
+            return Err(ClientError::Protocol(format!(
+                "the upstream's body is over the limit of {limit} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// An upstream error body: LocalAI's or OpenAI's envelope, or text.
+struct ErrorEnvelope {
+    message: String,
+    code: Option<String>,
+    param: Option<String>,
+}
+
+impl ErrorEnvelope {
+    fn parse(text: &str) -> ErrorEnvelope {
+        let word = |v: Option<&Value>| {
+            v.and_then(Value::as_str)
+                .filter(|s| !s.is_empty() && s.len() <= 64)
+                .map(str::to_owned)
+        };
+        if let Ok(v) = serde_json::from_str::<Value>(text) {
+            let err = v.get("error").filter(|e| e.is_object()).unwrap_or(&v);
+            let message = err
+                .get("message")
+                .and_then(Value::as_str)
+                .or_else(|| v.get("detail").and_then(Value::as_str))
+                .or_else(|| v.get("error").and_then(Value::as_str));
+            if let Some(m) = message {
+                return ErrorEnvelope {
+                    message: summarize(m),
+                    code: word(err.get("code")),
+                    param: word(err.get("param")),
+                };
+            }
+        }
+        let t = text.trim();
+        let message = if t.starts_with('<') {
+            format!("a non-JSON error page ({} bytes)", t.len())
+        } else {
+            summarize(t)
+        };
+        ErrorEnvelope {
+            message,
+            code: None,
+            param: None,
+        }
     }
 }
 
@@ -480,21 +726,4 @@ pub fn is_base64(text: &str) -> bool {
         || base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(text.trim())
             .is_ok()
-}
-
-/// The message of an error body: LocalAI's or OpenAI's envelope, else a short description.
-fn error_message(text: &str) -> String {
-    if let Ok(v) = serde_json::from_str::<Value>(text) {
-        if let Some(m) = v.pointer("/error/message").and_then(Value::as_str) {
-            return m.to_owned();
-        }
-        if let Some(m) = v.get("message").and_then(Value::as_str) {
-            return m.to_owned();
-        }
-    }
-    let t = text.trim();
-    if t.starts_with('<') {
-        return format!("a non-JSON error page ({} bytes)", t.len());
-    }
-    t.chars().take(200).collect()
 }

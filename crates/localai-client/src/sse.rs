@@ -6,23 +6,43 @@ use crate::client::ChatChunk;
 use crate::error::ClientError;
 
 /// Feed bytes with [`push`](Self::push); take items with [`next_item`](Self::next_item).
+/// Each byte is scanned once for event boundaries (a chunk does not rescan the buffer), and one
+/// event may not grow past [`MAX_STREAM_EVENT`](crate::client::MAX_STREAM_EVENT) bytes.
 #[derive(Default, Debug)]
 pub struct SseParser {
     buf: Vec<u8>,
+    /// Bytes of `buf` already known to hold no event boundary.
+    scanned: usize,
 }
 
 impl SseParser {
-    /// Append received bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
+    /// Append received bytes; an event over the size limit is a protocol error.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.buf.extend_from_slice(bytes);
+        if self.buf.len() > crate::client::MAX_STREAM_EVENT
+            && find_event_end(&self.buf, self.scanned).is_none()
+        {
+            self.buf.clear();
+            self.scanned = 0;
+            return Err(ClientError::Protocol(format!(
+                "an event inside the stream is over {} bytes",
+                crate::client::MAX_STREAM_EVENT
+            )));
+        }
+        Ok(())
     }
 
     /// The next complete item: `None` if more bytes are needed, `Some(Ok(None))` at `[DONE]`,
     /// `Some(Err(_))` for an error inside the stream or an unparsable event.
     pub fn next_item(&mut self) -> Option<Result<Option<ChatChunk>, ClientError>> {
         loop {
-            let (end, sep) = find_event_end(&self.buf)?;
+            let Some((end, sep)) = find_event_end(&self.buf, self.scanned) else {
+                // A separator may straddle the next push: rescan only its last 3 bytes.
+                self.scanned = self.buf.len().saturating_sub(3);
+                return None;
+            };
             let event: Vec<u8> = self.buf.drain(..end + sep).take(end).collect();
+            self.scanned = 0;
             let text = String::from_utf8_lossy(&event);
             let data: Vec<&str> = text
                 .lines()
@@ -41,12 +61,16 @@ impl SseParser {
     }
 }
 
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf
+fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let tail = &buf[from.min(buf.len())..];
+    let lf = tail
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|p| (from + p, 2));
+    let crlf = tail
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, 4));
+        .map(|p| (from + p, 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -88,7 +112,7 @@ mod tests {
 
     fn items(input: &str) -> Vec<Result<Option<String>, String>> {
         let mut p = SseParser::default();
-        p.push(input.as_bytes());
+        p.push(input.as_bytes()).expect("small");
         std::iter::from_fn(|| p.next_item())
             .map(|r| r.map(|c| c.map(|c| c.delta)).map_err(|e| e.to_string()))
             .collect()
@@ -103,9 +127,10 @@ mod tests {
     #[test]
     fn split_across_pushes_and_crlf() {
         let mut p = SseParser::default();
-        p.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"a");
+        p.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"a")
+            .expect("small");
         assert!(p.next_item().is_none());
-        p.push(b"b\"}}]}\r\n\r\n");
+        p.push(b"b\"}}]}\r\n\r\n").expect("small");
         assert_eq!(
             p.next_item().map(|r| r.map(|c| c.map(|c| c.delta)).ok()),
             Some(Some(Some("ab".into())))

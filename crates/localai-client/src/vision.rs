@@ -25,16 +25,23 @@ pub fn sniff_mime(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// The MIME type of base64 text, decoding only its first bytes.
-pub fn sniff_base64(b64: &str) -> Option<&'static str> {
-    let head: String = b64
-        .trim()
-        .chars()
-        .filter(|c| !c.is_whitespace())
+/// The first bytes of base64 text, decoded (whitespace skipped); `None` when they are not base64.
+/// Works on bytes, so any input (non-ASCII included) is safe.
+pub fn decode_head(b64: &str) -> Option<Vec<u8>> {
+    let mut head: Vec<u8> = b64
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace())
         .take(64)
         .collect();
-    let head = &head[..head.len() - head.len() % 4];
-    sniff_mime(&B64.decode(head).ok()?)
+    head.truncate(head.len() - head.len() % 4);
+    B64.decode(&head)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(&head))
+        .ok()
+}
+
+/// The MIME type of base64 text, decoding only its first bytes.
+pub fn sniff_base64(b64: &str) -> Option<&'static str> {
+    sniff_mime(&decode_head(b64)?)
 }
 
 /// A URL LocalAI accepts for `src`: data URIs and http(s) URLs as they are, raw base64 as a data URI.
@@ -116,16 +123,41 @@ pub fn normalize_messages(messages: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// Whether a message list carries an image in any of the forms above.
+/// Whether a message list carries an image in any of the forms above (without copying it).
 pub fn has_image(messages: &[Value]) -> bool {
-    normalize_messages(messages).iter().any(|m| {
-        m.get("content")
+    image_sources(messages).next().is_some()
+}
+
+/// Every image source (URL, data URI or base64 text) in a message list, in any of the forms above.
+pub fn image_sources(messages: &[Value]) -> impl Iterator<Item = &str> {
+    messages.iter().flat_map(|m| {
+        let listed = m
+            .get("images")
             .and_then(Value::as_array)
-            .is_some_and(|parts| {
-                parts
-                    .iter()
-                    .any(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
-            })
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str);
+        let parts = m
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(part_source);
+        listed.chain(parts)
+    })
+}
+
+fn part_source(part: &Value) -> Option<&str> {
+    let ty = part.get("type").and_then(Value::as_str).unwrap_or("");
+    let keys: &[&str] = match ty {
+        "image_url" => &["image_url"],
+        "image" | "input_image" => &["image_url", "image", "url", "data"],
+        _ => return None,
+    };
+    keys.iter().find_map(|k| match part.get(*k) {
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(obj) => obj.get("url").and_then(Value::as_str),
+        None => None,
     })
 }
 
@@ -169,6 +201,23 @@ mod tests {
         let plain = vec![json!({"role": "user", "content": "hi"})];
         assert_eq!(normalize_messages(&plain), plain);
         assert!(!has_image(&plain));
+    }
+
+    #[test]
+    fn non_ascii_image_text_never_panics() {
+        for s in [
+            "é".repeat(40),
+            format!("iVBO{}", "ü".repeat(31)),
+            "€€€€".into(),
+            "a\u{1F600}bc".into(),
+        ] {
+            let msgs = vec![
+                json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": s}}]}),
+            ];
+            assert!(has_image(&msgs));
+            let _ = normalize_messages(&msgs);
+            assert_eq!(sniff_base64(&s), None);
+        }
     }
 
     #[test]

@@ -167,6 +167,7 @@ impl Harness {
                 model,
                 lane: None,
                 deadline,
+                bytes: 0,
             },
         );
         if let Admission::Accepted(id) = a {
