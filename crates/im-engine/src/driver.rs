@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use im_metrics::{ErrorEntry, Metrics, outcome};
 use inference_queue::{
     Admission, CancelOutcome, Event, FailReason, LaneId, Outcome, RequestId, Resolution, Scheduler,
@@ -15,9 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::attempt::{Attempt, ModelEcho};
 use crate::backend::Backend;
 use crate::clock::Clock;
-use crate::job::{Completion, EngineError, Job, Meta, Output, Payload};
+use crate::job::{Completion, EngineError, Job, Meta, Output};
 
 pub(crate) type Reply = oneshot::Sender<Result<Completion, EngineError>>;
 
@@ -48,6 +48,13 @@ pub(crate) enum Msg {
         error: Option<ClientError>,
         aborted: bool,
     },
+    /// The attempt panicked (caught): it completes as a failure.
+    Panicked {
+        id: RequestId,
+        lane: LaneId,
+        stream_started: bool,
+        processing: Duration,
+    },
     Lifecycle {
         lane: LaneId,
     },
@@ -69,6 +76,8 @@ struct Entry {
     attempts: u32,
     abort: Option<AbortHandle>,
     last_error: Option<ClientError>,
+    /// The caller went away while an attempt ran: the attempt finishes, its result is dropped.
+    cancelled: bool,
 }
 
 pub(crate) struct Driver {
@@ -76,6 +85,7 @@ pub(crate) struct Driver {
     clock: Clock,
     backend: Arc<dyn Backend>,
     metrics: Metrics,
+    echo: Arc<ModelEcho>,
     lanes: Vec<String>,
     rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::WeakUnboundedSender<Msg>,
@@ -92,6 +102,7 @@ impl Driver {
         clock: Clock,
         backend: Arc<dyn Backend>,
         metrics: Metrics,
+        echo: Arc<ModelEcho>,
         rx: mpsc::UnboundedReceiver<Msg>,
         tx: mpsc::WeakUnboundedSender<Msg>,
     ) -> Driver {
@@ -102,6 +113,7 @@ impl Driver {
             clock,
             backend,
             metrics,
+            echo,
             lanes,
             rx,
             tx,
@@ -171,6 +183,7 @@ impl Driver {
                     model: &job.model,
                     lane: None,
                     deadline: job.deadline,
+                    bytes: job.payload_bytes(),
                 };
                 match self.core.submit(now, sub) {
                     Admission::Accepted(id) => {
@@ -186,13 +199,16 @@ impl Driver {
                                 attempts: 0,
                                 abort: None,
                                 last_error: None,
+                                cancelled: false,
                             },
                         );
                     }
                     Admission::Rejected(r) => {
                         let err = EngineError::from_rejection(r, job.kind);
                         self.metrics.rejected(job.kind.as_str(), err.error_type());
-                        self.record_error(&job, &err);
+                        // Keyed by a configured model only: a caller's made-up name is not a key.
+                        let known = self.core.model_id(&job.model).is_some();
+                        self.record_error(&job, &err, known);
                         let _ = reply.send(Err(err));
                     }
                 }
@@ -204,11 +220,11 @@ impl Driver {
                 match self.core.cancel(now, id) {
                     CancelOutcome::Removed => self.leave(id, outcome::CANCELLED, None),
                     CancelOutcome::InFlight => {
-                        if let Some(a) = self.entries.get_mut(&id).and_then(|e| e.abort.take()) {
-                            a.abort();
-                        }
-                        if self.core.complete(now, id, Outcome::Aborted) == Resolution::Finished {
-                            self.leave(id, outcome::CANCELLED, None);
+                        // The attempt keeps its slot until the upstream has really finished
+                        // (a cancelled request is never retried); its result is dropped.
+                        if let Some(e) = self.entries.get_mut(&id) {
+                            e.cancelled = true;
+                            e.reply = None;
                         }
                     }
                     CancelOutcome::Unknown => {}
@@ -244,13 +260,14 @@ impl Driver {
                 aborted,
             } => {
                 // Nothing can be retried once chunks reached the caller: a failure inside the
-                // stream ends the request (the caller saw an error item).
-                let outcome = if aborted {
-                    Outcome::Aborted
-                } else if error.is_some() {
-                    Outcome::Permanent
-                } else {
-                    Outcome::Success
+                // stream ends the request (the caller saw an error item), and it says the
+                // upstream is failing.
+                let outcome = match (&error, aborted) {
+                    (Some(e), _) => Outcome::Permanent {
+                        upstream_fault: e.blames_upstream(),
+                    },
+                    (None, true) => Outcome::Aborted,
+                    (None, false) => Outcome::Success,
                 };
                 if let Some(e) = &error {
                     self.metrics.upstream_error(&self.lanes[lane.0], &e.label());
@@ -262,6 +279,25 @@ impl Driver {
                         (false, None) => outcome::SUCCESS,
                     };
                     self.leave(id, label, None);
+                }
+            }
+            Msg::Panicked {
+                id,
+                lane,
+                stream_started,
+                processing,
+            } => {
+                self.switch_answered(lane);
+                let failed = Outcome::Permanent {
+                    upstream_fault: false,
+                };
+                if self.core.complete(now, id, failed) == Resolution::Finished {
+                    if stream_started {
+                        // The caller holds the stream; its end without a finish is its error.
+                        self.leave(id, outcome::INTERNAL, Some(processing));
+                    } else {
+                        self.fail(id, EngineError::Internal, outcome::INTERNAL);
+                    }
                 }
             }
             Msg::Lifecycle { lane } => self.core.lifecycle_done(now, lane),
@@ -291,11 +327,15 @@ impl Driver {
             Ok(_) => Outcome::Success,
             Err(e) => {
                 self.metrics.upstream_error(&self.lanes[lane.0], &e.label());
+                let upstream_fault = e.blames_upstream();
                 match e.class() {
                     ErrorClass::Transient => Outcome::Transient {
                         retry_after: e.retry_after(),
+                        upstream_fault,
                     },
-                    ErrorClass::Permanent | ErrorClass::Protocol => Outcome::Permanent,
+                    ErrorClass::Permanent | ErrorClass::Protocol | ErrorClass::TimedOut => {
+                        Outcome::Permanent { upstream_fault }
+                    }
                 }
             }
         };
@@ -313,7 +353,11 @@ impl Driver {
                 Err(error) => {
                     let attempts = self.entries.get(&id).map_or(1, |e| e.attempts);
                     let err = EngineError::from_upstream(error, attempts);
-                    self.fail(id, err, outcome::UPSTREAM_ERROR);
+                    let label = match err {
+                        EngineError::Refused { .. } => outcome::REFUSED,
+                        _ => outcome::UPSTREAM_ERROR,
+                    };
+                    self.fail(id, err, label);
                 }
             },
             Resolution::Exhausted { attempts } => {
@@ -351,11 +395,20 @@ impl Driver {
                 Event::Dispatch {
                     id, lane, attempt, ..
                 } => self.dispatch(id, lane, attempt),
-                Event::Expired { id, waited } => self.fail(
-                    id,
-                    EngineError::DeadlineExceeded { waited },
-                    outcome::EXPIRED,
-                ),
+                Event::Expired { id, waited } => {
+                    let (attempts, last_error) = self.entries.get(&id).map_or((0, None), |e| {
+                        (e.attempts, e.last_error.as_ref().map(ToString::to_string))
+                    });
+                    self.fail(
+                        id,
+                        EngineError::DeadlineExceeded {
+                            waited,
+                            attempts,
+                            last_error,
+                        },
+                        outcome::EXPIRED,
+                    )
+                }
                 Event::Failed {
                     id,
                     reason: FailReason::ShuttingDown,
@@ -421,55 +474,16 @@ impl Driver {
         e.dispatched = Some(Instant::now());
         e.attempts = attempt;
         let job = e.job.clone();
-        let backend = self.backend.clone();
         let Some(tx) = self.tx.upgrade() else { return };
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let result = match &job.payload {
-                Payload::Chat { req, stream: false } => {
-                    backend.chat(lane, req).await.map(Output::Chat)
-                }
-                Payload::Images(req) => backend.images(lane, req).await.map(Output::Images),
-                Payload::Chat { req, stream: true } => match backend.chat_stream(lane, req).await {
-                    Err(e) => Err(e),
-                    Ok(mut stream) => {
-                        let (ctx, crx) = mpsc::channel(64);
-                        let _ = tx.send(Msg::StreamStarted {
-                            id,
-                            lane,
-                            rx: crx,
-                            processing: started.elapsed(),
-                        });
-                        let mut error = None;
-                        let mut aborted = false;
-                        while let Some(item) = stream.next().await {
-                            let failed = item.as_ref().err().cloned();
-                            if ctx.send(item).await.is_err() {
-                                aborted = true;
-                                break;
-                            }
-                            if failed.is_some() {
-                                error = failed;
-                                break;
-                            }
-                        }
-                        let _ = tx.send(Msg::StreamEnded {
-                            id,
-                            lane,
-                            error,
-                            aborted,
-                        });
-                        return;
-                    }
-                },
-            };
-            let _ = tx.send(Msg::Attempt {
-                id,
-                lane,
-                result,
-                processing: started.elapsed(),
-            });
-        });
+        let attempt = Attempt {
+            id,
+            lane,
+            job,
+            backend: self.backend.clone(),
+            tx,
+            echo: self.echo.clone(),
+        };
+        let task = tokio::spawn(attempt.run());
         if let Some(e) = self.entries.get_mut(&id) {
             e.abort = Some(task.abort_handle());
         }
@@ -479,7 +493,7 @@ impl Driver {
     fn fail(&mut self, id: RequestId, err: EngineError, label: &'static str) {
         if let Some(e) = self.entries.get_mut(&id) {
             let job = e.job.clone();
-            self.record_error(&job, &err);
+            self.record_error(&job, &err, true);
             if let Some(e) = self.entries.get_mut(&id)
                 && let Some(reply) = e.reply.take()
             {
@@ -489,12 +503,18 @@ impl Driver {
         self.leave(id, label, None);
     }
 
-    fn record_error(&self, job: &Job, err: &EngineError) {
+    /// Record `err` in the error metrics; `known_model`: key it by the job's model (a caller's
+    /// unknown name is never a key).
+    fn record_error(&self, job: &Job, err: &EngineError, known_model: bool) {
         self.metrics.error(ErrorEntry {
             time_ms: 0,
             request_id: job.request_id.clone(),
             kind: job.kind.to_string(),
-            model: job.model.clone(),
+            model: if known_model {
+                job.model.clone()
+            } else {
+                "(unknown)".to_owned()
+            },
             class: err.error_type().to_owned(),
             message: err.to_string(),
             params: job.params(),
@@ -505,6 +525,11 @@ impl Driver {
     fn leave(&mut self, id: RequestId, label: &'static str, processing: Option<Duration>) {
         let Some(e) = self.entries.remove(&id) else {
             return;
+        };
+        let label = if e.cancelled {
+            outcome::CANCELLED
+        } else {
+            label
         };
         self.tickets.remove(&e.ticket);
         let wait = e

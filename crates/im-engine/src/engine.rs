@@ -8,6 +8,7 @@ use im_metrics::Metrics;
 use inference_queue::{Config, ConfigError, Kind, LaneId, Scheduler, Status};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::attempt::ModelEcho;
 use crate::backend::Backend;
 use crate::clock::Clock;
 use crate::driver::{Driver, Msg};
@@ -74,11 +75,22 @@ impl Drop for CancelOnDrop<'_> {
 }
 
 impl Engine {
-    /// Start the driver task on the current tokio runtime.
+    /// Start the driver task on the current tokio runtime (every upstream answer must name the
+    /// model asked for).
     pub fn start(
         config: Config,
         backend: Arc<dyn Backend>,
         metrics: Metrics,
+    ) -> Result<Engine, ConfigError> {
+        Engine::start_with(config, backend, metrics, ModelEcho::default())
+    }
+
+    /// [`Engine::start`], with the model names upstreams may answer with (`echo`).
+    pub fn start_with(
+        config: Config,
+        backend: Arc<dyn Backend>,
+        metrics: Metrics,
+        echo: ModelEcho,
     ) -> Result<Engine, ConfigError> {
         let core = Scheduler::new(config.clone())?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -87,6 +99,7 @@ impl Engine {
             Clock::start(),
             backend.clone(),
             metrics.clone(),
+            Arc::new(echo),
             rx,
             tx.downgrade(),
         );

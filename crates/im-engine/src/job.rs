@@ -115,12 +115,32 @@ pub enum EngineError {
         /// Models serving the kind.
         valid: Vec<String>,
     },
-    /// The queue deadline passed before dispatch.
-    #[error("deadline exceeded: waited {:.1}s in the queue without being dispatched", waited.as_secs_f64())]
+    /// The queue deadline passed before dispatch (or before a retry could run).
+    #[error("deadline exceeded: waited {:.1}s in the queue{}", waited.as_secs_f64(), after_attempts(*attempts, last_error.as_deref()))]
     DeadlineExceeded {
         /// How long it waited.
         waited: Duration,
+        /// Attempts made before the deadline passed (0: never dispatched).
+        attempts: u32,
+        /// The upstream error of the last attempt, if there was one.
+        last_error: Option<String>,
     },
+    /// The upstream refused the request as the caller's own error (400, 413, 422: too long a
+    /// prompt, a field it rejects); answered with the upstream's status, never retried.
+    #[error("{message}")]
+    Refused {
+        /// The upstream's status.
+        status: u16,
+        /// The upstream's message, summarised.
+        message: String,
+        /// The upstream's error code (`context_length_exceeded`), if any.
+        code: Option<String>,
+        /// The field the upstream named, if any.
+        param: Option<String>,
+    },
+    /// A bug in im (a panic was caught); the request did not complete.
+    #[error("internal error in im while running the request; it was not completed")]
+    Internal,
     /// The upstream refused or failed it for good.
     #[error("upstream error after {attempts} attempt(s): {error}")]
     Upstream {
@@ -142,6 +162,24 @@ pub enum EngineError {
     ShuttingDown,
 }
 
+fn after_attempts(attempts: u32, last: Option<&str>) -> String {
+    match (attempts, last) {
+        (0, _) => " without being dispatched".to_owned(),
+        (n, Some(e)) => format!(" after {n} attempt(s); the last upstream error: {e}"),
+        (n, None) => format!(" after {n} attempt(s)"),
+    }
+}
+
+/// At most `max` characters of a caller-supplied string, for messages and metrics.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}
+
 fn list(v: &[String]) -> String {
     if v.is_empty() {
         "none configured".to_owned()
@@ -161,6 +199,8 @@ impl EngineError {
             EngineError::Upstream { .. } => "upstream_error",
             EngineError::UpstreamUnavailable { .. } => "upstream_unavailable",
             EngineError::ShuttingDown => "shutting_down",
+            EngineError::Refused { .. } => "invalid_request",
+            EngineError::Internal => "internal",
         }
     }
 
@@ -182,15 +222,20 @@ impl EngineError {
                 scope: match scope {
                     inference_queue::QueueScope::Total => "total".into(),
                     inference_queue::QueueScope::Kind(k) => k.to_string(),
+                    inference_queue::QueueScope::Bytes => "payload byte budget of the".into(),
                 },
                 retry_after,
             },
-            Rejection::UnknownModel { model, valid } => {
-                EngineError::UnknownModel { model, kind, valid }
-            }
-            Rejection::KindNotServed { model, kind, valid } => {
-                EngineError::UnsupportedKind { model, kind, valid }
-            }
+            Rejection::UnknownModel { model, valid } => EngineError::UnknownModel {
+                model: truncate(&model, 64),
+                kind,
+                valid,
+            },
+            Rejection::KindNotServed { model, kind, valid } => EngineError::UnsupportedKind {
+                model: truncate(&model, 64),
+                kind,
+                valid,
+            },
             Rejection::UnknownLane(l) => EngineError::UnknownModel {
                 model: format!("lane {l}"),
                 kind,
@@ -202,11 +247,93 @@ impl EngineError {
 
     /// The error for an attempt that will not be retried.
     pub fn from_upstream(error: ClientError, attempts: u32) -> EngineError {
+        if error.is_caller_error()
+            && let ClientError::Status {
+                status,
+                message,
+                code,
+                param,
+                ..
+            } = error
+        {
+            return EngineError::Refused {
+                status,
+                message,
+                code,
+                param,
+            };
+        }
         match error.class() {
-            ErrorClass::Transient => EngineError::UpstreamUnavailable { error, attempts },
+            ErrorClass::Transient | ErrorClass::TimedOut => {
+                EngineError::UpstreamUnavailable { error, attempts }
+            }
             ErrorClass::Permanent | ErrorClass::Protocol => {
                 EngineError::Upstream { error, attempts }
             }
         }
+    }
+}
+
+impl Job {
+    /// The bytes of payload the job holds (messages' text and images, an image file), for the
+    /// scheduler's byte budget.
+    pub fn payload_bytes(&self) -> u64 {
+        fn text_bytes(v: &serde_json::Value) -> u64 {
+            match v {
+                serde_json::Value::String(s) => s.len() as u64,
+                serde_json::Value::Array(a) => a.iter().map(text_bytes).sum(),
+                serde_json::Value::Object(o) => o.values().map(text_bytes).sum(),
+                _ => 8,
+            }
+        }
+        match &self.payload {
+            Payload::Chat { req, .. } => req.messages.iter().map(text_bytes).sum::<u64>() + 64,
+            Payload::Images(r) => {
+                (r.prompt.len() + r.file.as_ref().map_or(0, |f| f.len())) as u64 + 64
+            }
+        }
+    }
+
+    /// The job's parameters for error reports: small values as they are, long texts cut and
+    /// payloads as their size. Built from summaries, never by copying a payload.
+    pub fn params(&self) -> serde_json::Value {
+        use serde_json::json;
+        match &self.payload {
+            Payload::Chat { req, stream } => json!({
+                "model": truncate(&req.model, 64),
+                "messages": req.messages.iter().take(16).map(summarize_value).collect::<Vec<_>>(),
+                "temperature": req.temperature, "max_tokens": req.max_tokens, "stream": stream,
+            }),
+            Payload::Images(r) => json!({
+                "model": truncate(&r.model, 64), "prompt": truncate(&r.prompt, 200),
+                "negative_prompt": r.negative_prompt.as_deref().map(|n| truncate(n, 200)),
+                "width": r.width, "height": r.height, "steps": r.steps, "seed": r.seed, "n": r.n,
+                "file": r.file.as_ref().map(|f| format!("<base64: {} bytes>", f.len())),
+            }),
+        }
+    }
+}
+
+/// A summary of a JSON value: strings over 200 characters become their first 200 (or, for
+/// payloads, their size); containers are summarised element by element (at most 16 each).
+fn summarize_value(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.len() > 200 => {
+            let looks_binary = s.starts_with("data:") || !s.as_bytes()[..64].contains(&b' ');
+            if looks_binary {
+                Value::String(format!("<base64: {} bytes>", s.len()))
+            } else {
+                Value::String(format!("{} ({} bytes)", truncate(s, 200), s.len()))
+            }
+        }
+        Value::Array(a) => Value::Array(a.iter().take(16).map(summarize_value).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .take(16)
+                .map(|(k, v)| (truncate(k, 64), summarize_value(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }

@@ -31,31 +31,15 @@
 //! # Ok(()) }
 //! ```
 
+mod attempt;
 mod backend;
 mod clock;
 mod driver;
 mod engine;
 mod job;
 
+pub use attempt::ModelEcho;
 pub use backend::{Backend, LocalAiBackend};
 pub use clock::Clock;
 pub use engine::{Engine, LaneReadiness};
-pub use job::{ChunkReceiver, Completion, EngineError, Job, Meta, Output, Payload};
-
-impl Job {
-    /// The job's parameters for error reports (sanitized by the metrics layer before storing).
-    pub fn params(&self) -> serde_json::Value {
-        use serde_json::json;
-        match &self.payload {
-            Payload::Chat { req, stream } => json!({
-                "model": req.model, "messages": req.messages, "temperature": req.temperature,
-                "max_tokens": req.max_tokens, "stream": stream,
-            }),
-            Payload::Images(r) => json!({
-                "model": r.model, "prompt": r.prompt, "negative_prompt": r.negative_prompt,
-                "width": r.width, "height": r.height, "steps": r.steps, "seed": r.seed, "n": r.n,
-                "file": r.file.as_ref().map(|f| String::from_utf8_lossy(f).into_owned()),
-            }),
-        }
-    }
-}
+pub use job::{ChunkReceiver, Completion, EngineError, Job, Meta, Output, Payload, truncate};

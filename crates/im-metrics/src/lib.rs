@@ -66,6 +66,10 @@ pub mod outcome {
     pub const CANCELLED: &str = "cancelled";
     /// Shutdown ended before it ran.
     pub const SHUTDOWN: &str = "shutdown";
+    /// The upstream refused it as the caller's own error (400, 413, 422).
+    pub const REFUSED: &str = "refused";
+    /// A bug in im (a caught panic).
+    pub const INTERNAL: &str = "internal";
 }
 
 #[derive(Default)]
@@ -267,6 +271,10 @@ impl Metrics {
 
     /// Record an error for `/get_error_metrics` (the message and params are sanitized here).
     pub fn error(&self, mut e: ErrorEntry) {
+        // Anything that came from a caller is bounded before it is kept.
+        if e.model.chars().count() > 64 {
+            e.model = e.model.chars().take(64).collect::<String>() + "…";
+        }
         e.message = sanitize_text(&e.message);
         e.params = sanitize(&e.params);
         if e.time_ms == 0 {

@@ -53,18 +53,35 @@ pub fn sanitize(v: &Value) -> Value {
     }
 }
 
-/// Mask anything after `Bearer ` and long base64 runs inside free text (error messages).
+/// The longest free text kept (error messages), in characters.
+pub const MAX_TEXT_CHARS: usize = 1000;
+
+/// Mask the word after `Bearer`, long base64 runs (bare, quoted or inside a data URI) and cap the
+/// length of free text (error messages).
 pub fn sanitize_text(s: &str) -> String {
-    s.split(' ')
+    let mut after_bearer = false;
+    let masked = s
+        .split(' ')
         .map(|w| {
-            if is_payload(w) {
-                format!("<base64: {} bytes>", w.len())
+            let bare = w.trim_matches(|c: char| "\"'`(),;:[]{}<>".contains(c));
+            let out = if after_bearer && !bare.is_empty() {
+                w.replace(bare, "***")
+            } else if is_payload(bare) {
+                w.replace(bare, &format!("<base64: {} bytes>", bare.len()))
             } else {
                 w.to_owned()
-            }
+            };
+            after_bearer = bare.eq_ignore_ascii_case("bearer");
+            out
         })
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    if masked.chars().count() > MAX_TEXT_CHARS {
+        let cut: String = masked.chars().take(MAX_TEXT_CHARS).collect();
+        format!("{cut}…")
+    } else {
+        masked
+    }
 }
 
 #[cfg(test)]
@@ -87,5 +104,23 @@ mod tests {
             sanitize_text(&format!("bad file {img}")),
             "bad file <base64: 220 bytes>"
         );
+    }
+
+    #[test]
+    fn bearer_tokens_quoted_payloads_and_long_text_are_masked() {
+        // Regression (issue 11, low): `Bearer …` and quoted base64 survived.
+        let img = "iVBORw0KGgo".repeat(20);
+        let s = sanitize_text(&format!(
+            "sent Authorization: Bearer sk-secret-1 with file \"{img}\""
+        ));
+        assert!(
+            !s.contains("sk-secret-1") && !s.contains("iVBORw0KGgo"),
+            "{s}"
+        );
+        assert!(
+            s.contains("Bearer ***") && s.contains("\"<base64: 220 bytes>\""),
+            "{s}"
+        );
+        assert!(sanitize_text(&"word ".repeat(1000)).chars().count() <= MAX_TEXT_CHARS + 1);
     }
 }

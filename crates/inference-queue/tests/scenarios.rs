@@ -712,16 +712,10 @@ fn the_byte_budget_refuses_what_would_not_fit_and_frees_on_leave() {
             ..
         })
     ));
-    assert!(matches!(
-        core.submit(now, sub(40)),
-        Admission::Accepted(_)
-    ));
+    assert!(matches!(core.submit(now, sub(40)), Admission::Accepted(_)));
     assert_eq!(
         core.complete(now, a, Outcome::Success),
         Resolution::Finished
     );
-    assert!(matches!(
-        core.submit(now, sub(60)),
-        Admission::Accepted(_)
-    ));
+    assert!(matches!(core.submit(now, sub(60)), Admission::Accepted(_)));
 }

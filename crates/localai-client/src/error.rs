@@ -20,6 +20,7 @@
 //! | an error inside a stream, before any chunk | yes | yes |
 //! | an error inside a stream, after chunks reached the caller | no (cannot be undone) | yes |
 //! | a malformed answer (not the API) | no | yes |
+//! | an answer from another model than the one asked for | no | no (the upstream lacks that model) |
 //!
 //! A failure "counts against the breaker" when it says the upstream itself is unwell; a failure that
 //! belongs to one request never takes the lane down for everyone.
@@ -85,6 +86,17 @@ pub enum ClientError {
     /// The answer is not the API.
     #[error("malformed response from the upstream: {0}")]
     Protocol(String),
+    /// The upstream answered with another model than the one asked for (llama-cpp-python serves
+    /// unknown names with its default model): the upstream does not serve `asked`.
+    #[error(
+        "the upstream answered with model {answered:?} instead of {asked:?}: it does not serve {asked:?} (configure an alias if it renames models)"
+    )]
+    WrongModel {
+        /// The model asked for.
+        asked: String,
+        /// The model that answered.
+        answered: String,
+    },
 }
 
 impl ClientError {
@@ -102,6 +114,7 @@ impl ClientError {
                 }
             }
             ClientError::Protocol(_) => ErrorClass::Protocol,
+            ClientError::WrongModel { .. } => ErrorClass::Permanent,
             ClientError::Status {
                 status, message, ..
             } => match status {
@@ -127,6 +140,7 @@ impl ClientError {
             | ClientError::Timeout { .. }
             | ClientError::Stream(_)
             | ClientError::Protocol(_) => true,
+            ClientError::WrongModel { .. } => false,
             ClientError::Status {
                 status, message, ..
             } => match status {
@@ -180,6 +194,7 @@ impl ClientError {
             ClientError::Status { status, .. } => format!("status_{status}"),
             ClientError::Stream(_) => "stream".into(),
             ClientError::Protocol(_) => "protocol".into(),
+            ClientError::WrongModel { .. } => "wrong_model".into(),
         }
     }
 
