@@ -61,8 +61,9 @@ fn load(args: &Args) -> anyhow::Result<ImConfig> {
         cfg.api_keys = args
             .api_keys
             .iter()
+            .map(|k| k.trim())
             .filter(|k| !k.is_empty())
-            .cloned()
+            .map(str::to_owned)
             .collect();
     }
     if let Some(f) = &args.log_format {
@@ -74,8 +75,9 @@ fn load(args: &Args) -> anyhow::Result<ImConfig> {
 }
 
 fn logging(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // rmcp logs whole tool calls (images included) at debug: keep it at warn unless asked.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,rmcp=warn".into());
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -84,24 +86,6 @@ fn logging(format: &str) {
     } else {
         fmt.init();
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -132,17 +116,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let app = im_mcp_api::http_router_with_mcp(built.state.clone(), &built.config);
     let engine = built.engine.clone();
     let grace = built.config.shutdown_grace();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!(
-                grace_s = grace.as_secs_f64(),
-                "shutting down: intake stopped, draining"
-            );
-            engine.shutdown(grace).await;
-        })
-        .await
-        .context("serving")?;
+    let limits = built.config.serve_limits();
+    im_http_api::serve::serve(listener, app, limits, async move {
+        app::shutdown_signal().await;
+        tracing::info!(
+            grace_s = grace.as_secs_f64(),
+            "shutting down: intake stopped, draining"
+        );
+        engine.shutdown(grace).await;
+    })
+    .await
+    .context("serving")?;
     tracing::info!("stopped");
     Ok(())
 }

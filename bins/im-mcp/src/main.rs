@@ -53,8 +53,9 @@ struct Args {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     // Logs go to stderr: stdout belongs to the MCP stdio transport.
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    // rmcp logs whole tool calls (images included) at debug: keep it at warn unless asked.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn,rmcp=warn".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -64,8 +65,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut http_keys: Vec<String> = args
         .api_keys
         .iter()
+        .map(|k| k.trim())
         .filter(|k| !k.is_empty())
-        .cloned()
+        .map(str::to_owned)
         .collect();
     let mut body_limit = 32 * 1024 * 1024;
     let mut allowed_hosts = Vec::new();
@@ -132,11 +134,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "im-mcp: streamable HTTP on http://{}/mcp",
                 listener.local_addr()?
             );
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await?;
+            // SIGTERM or Ctrl-C: stop intake, drain the own engine, close open streams.
+            let engine = _keep_alive
+                .as_ref()
+                .map(|b: &app::Built| (b.engine.clone(), b.config.shutdown_grace()));
+            let limits = _keep_alive
+                .as_ref()
+                .map(|b: &app::Built| b.config.serve_limits())
+                .unwrap_or_default();
+            im_http_api::serve::serve(listener, app, limits, async move {
+                app::shutdown_signal().await;
+                if let Some((engine, grace)) = engine {
+                    engine.shutdown(grace).await;
+                }
+            })
+            .await?;
         }
     }
     Ok(())

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use im_engine::{Engine, LocalAiBackend};
+use im_engine::{Engine, LocalAiBackend, ModelEcho};
 use im_metrics::Metrics;
 use localai_client::{ClientConfig, LocalAiClient};
 use localai_sim::{SimConfig, SimServer};
 
-use crate::config::{ImConfig, ModelEntry, guess_kinds};
+use crate::config::{DiscoveryEntry, ImConfig, ModelEntry, guess_kinds};
 use crate::state::{AppState, HttpSettings};
 
 /// The key printed and accepted in `--simulate` mode when no keys are configured.
@@ -72,7 +72,8 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
                     .map(|m| ModelEntry {
                         name: m.name.clone(),
                         kinds: m.kinds.clone(),
-                        max_in_flight: m.slots,
+                        max_in_flight: Some(m.slots),
+                        aliases: Vec::new(),
                     })
                     .collect();
             }
@@ -96,29 +97,36 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         })
         .collect::<Result<Vec<_>, _>>()?;
     if config.models.is_empty() {
-        let names = clients[0]
-            .models()
+        config.models = discover(&clients[0], &config.discovery)
             .await
             .map_err(|e| BuildError::Discovery {
                 url: config.upstreams[0].clone(),
                 error: e.to_string(),
             })?;
-        config.models = names
-            .into_iter()
-            .map(|n| ModelEntry {
-                kinds: guess_kinds(&n),
-                name: n,
-                max_in_flight: 1,
-            })
-            .collect();
-        tracing::info!(models = ?config.models.iter().map(|m| (&m.name, &m.kinds)).collect::<Vec<_>>(), "discovered models");
+        tracing::info!(models = ?config.models.iter().map(|m| (&m.name, &m.kinds, m.max_in_flight)).collect::<Vec<_>>(), "discovered models");
+    } else {
+        learn_slots(&clients[0], &mut config.models).await;
     }
     let core = config.core()?;
-    let engine = Engine::start(core, Arc::new(LocalAiBackend::new(clients)), Metrics::new())
-        .map_err(|e| crate::config::ConfigError::Invalid {
-            field: e.field,
-            message: e.message,
-        })?;
+    let echo = ModelEcho {
+        aliases: config
+            .models
+            .iter()
+            .filter(|m| !m.aliases.is_empty())
+            .map(|m| (m.name.clone(), m.aliases.clone()))
+            .collect(),
+        disabled: !config.check_model_echo,
+    };
+    let engine = Engine::start_with(
+        core,
+        Arc::new(LocalAiBackend::new(clients)),
+        Metrics::new(),
+        echo,
+    )
+    .map_err(|e| crate::config::ConfigError::Invalid {
+        field: e.field,
+        message: e.message,
+    })?;
     if config.api_keys.is_empty() {
         tracing::warn!("no API keys configured: authentication is OFF");
     }
@@ -127,6 +135,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         body_limit: config.http.body_limit_bytes,
         max_image_side: config.http.max_image_side,
         rate_limit: (config.http.rate_limit_per_s, config.http.rate_limit_burst),
+        image_url_allowlist: config.http.image_url_allowlist.clone(),
     };
     let state = AppState::new(engine.clone(), &settings);
     Ok(Built {
@@ -137,12 +146,99 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
     })
 }
 
+/// The models an upstream serves, with their kinds and slots learned from what it says: llama.cpp's
+/// router lists modalities and load status, its `/props` the slots and vision; names are the last
+/// resort for kinds, and `discovery` the default for slots.
+pub async fn discover(
+    client: &LocalAiClient,
+    defaults: &DiscoveryEntry,
+) -> Result<Vec<ModelEntry>, localai_client::ClientError> {
+    let infos = client.model_infos().await?;
+    let mut out = Vec::with_capacity(infos.len());
+    for info in infos {
+        let has = |list: &[String], m: &str| list.iter().any(|x| x == m);
+        // Only ask /props of a model that is resident (or of a server that does not say): asking
+        // llama.cpp's router about an unloaded model could load it.
+        let props = match info.status.as_deref() {
+            None | Some("loaded") => client.props(&info.id).await.ok().flatten(),
+            _ => None,
+        };
+        let vision = has(&info.input, "image") || props.is_some_and(|p| p.vision);
+        let mut kinds = if has(&info.output, "image") {
+            vec!["txt2img".to_owned(), "img2img".to_owned()]
+        } else if vision {
+            vec!["img2txt".to_owned(), "txt2txt".to_owned()]
+        } else if !info.output.is_empty() || !info.input.is_empty() {
+            vec!["txt2txt".to_owned()]
+        } else {
+            guess_kinds(&info.id)
+        };
+        kinds.dedup();
+        let slots = props
+            .and_then(|p| p.slots)
+            .unwrap_or_else(|| defaults.slots_for(&kinds));
+        out.push(ModelEntry {
+            name: info.id,
+            kinds,
+            max_in_flight: Some(slots),
+            aliases: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// Fill in `max_in_flight` of configured models that leave it out, where the upstream reports
+/// slots (llama.cpp's `/props`); the rest keep the `discovery` default.
+pub async fn learn_slots(client: &LocalAiClient, models: &mut [ModelEntry]) {
+    for m in models.iter_mut().filter(|m| m.max_in_flight.is_none()) {
+        if let Ok(Some(p)) = client.props(&m.name).await
+            && let Some(slots) = p.slots
+        {
+            m.max_in_flight = Some(slots);
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes and Docker send).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// A panic hook that logs where a panic happened but not its message: messages of panics in
+/// request handling can quote request data (a slice of the caller's string), which must not reach
+/// the logs. Panics are caught and answered as `internal` errors by the HTTP layer and the engine.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map_or_else(
+            || "unknown".to_owned(),
+            |l| format!("{}:{}", l.file(), l.line()),
+        );
+        tracing::error!(location = %at, "panic (message withheld: it may quote request data)");
+        eprintln!("panic at {at} (message withheld: it may quote request data)");
+    }));
+}
+
 /// The body of a binary's `main`: a multi-threaded runtime, `run`, and the exit code (0; 1 when
 /// the runtime cannot start; 2 when `run` fails, after printing the error chain as `name: …`).
 pub fn main_with<E: std::fmt::Display>(
     name: &str,
     run: impl std::future::Future<Output = Result<(), E>>,
 ) -> std::process::ExitCode {
+    quiet_panics();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -19,8 +19,16 @@ pub struct ImConfig {
     pub upstreams: Vec<String>,
     /// Key sent to LocalAI, if it needs one.
     pub upstream_api_key: Option<String>,
-    /// API keys clients must send. Empty: auth is off (a warning is logged).
+    /// API keys clients must send. Empty: auth is off, which is refused on a non-loopback
+    /// `listen` address unless `allow_unauthenticated` is set.
     pub api_keys: Vec<String>,
+    /// Serve without keys on a non-loopback address (a trusted network only).
+    pub allow_unauthenticated: bool,
+    /// Refuse an upstream answer that names another model than the one asked for (a server that
+    /// answers unknown names with its default model); `models[].aliases` lists accepted renames.
+    pub check_model_echo: bool,
+    /// What to assume when the upstream does not say how many requests a model runs at once.
+    pub discovery: DiscoveryEntry,
     /// Models and the kinds they serve. Empty: discovered from `/v1/models` at start.
     pub models: Vec<ModelEntry>,
     /// Kind priority, highest first.
@@ -57,13 +65,43 @@ pub struct ModelEntry {
     pub name: String,
     /// Kinds it serves.
     pub kinds: Vec<String>,
-    /// Requests it runs at once (llama.cpp slots; diffusers: 1).
-    #[serde(default = "one")]
-    pub max_in_flight: u32,
+    /// Requests it runs at once (llama.cpp slots; diffusers: 1). Absent: learned from the upstream
+    /// (llama.cpp's `/props`), else the `discovery` default for its kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Other names the upstream may answer with for this model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
-fn one() -> u32 {
-    1
+/// Defaults for what discovery cannot learn.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryEntry {
+    /// Requests at once for a language model (chat, vision) whose server does not report slots.
+    pub llm_slots: u32,
+    /// Requests at once for an image model (diffusers serve one).
+    pub image_slots: u32,
+}
+
+impl Default for DiscoveryEntry {
+    fn default() -> DiscoveryEntry {
+        DiscoveryEntry {
+            llm_slots: 4,
+            image_slots: 1,
+        }
+    }
+}
+
+impl DiscoveryEntry {
+    /// The default slots for a model serving `kinds`.
+    pub fn slots_for(&self, kinds: &[String]) -> u32 {
+        if kinds.iter().any(|k| k == "txt2img" || k == "img2img") {
+            self.image_slots
+        } else {
+            self.llm_slots
+        }
+    }
 }
 
 /// Anti-starvation bounds.
@@ -97,6 +135,9 @@ pub struct LimitsEntry {
     pub max_queued_total: usize,
     /// Requests waiting per kind.
     pub max_queued_per_kind: BTreeMap<String, usize>,
+    /// Payload bytes (messages, images) all queued and running requests may hold together;
+    /// past it requests are refused with 429. Size it well under the process's memory limit.
+    pub max_queued_bytes: u64,
 }
 
 impl Default for LimitsEntry {
@@ -104,6 +145,7 @@ impl Default for LimitsEntry {
         LimitsEntry {
             max_queued_total: Limits::default().max_queued_total,
             max_queued_per_kind: BTreeMap::new(),
+            max_queued_bytes: Limits::default().max_bytes_total,
         }
     }
 }
@@ -168,6 +210,17 @@ pub struct HttpEntry {
     pub rate_limit_burst: u32,
     /// Host names accepted by the MCP endpoint (its DNS-rebinding guard); empty: loopback only.
     pub mcp_allowed_hosts: Vec<String>,
+    /// URL prefixes an image URL in a chat may start with (the upstream fetches it from its own
+    /// network); empty: image URLs are refused, send base64 or data URIs.
+    pub image_url_allowlist: Vec<String>,
+    /// Seconds a client has to send a request's headers; idle keep-alive connections close after it.
+    pub header_read_timeout_s: f64,
+    /// Seconds a request body may pause between two pieces.
+    pub body_idle_timeout_s: f64,
+    /// Seconds a whole request body may take.
+    pub body_total_timeout_s: f64,
+    /// Open connections at most.
+    pub max_connections: usize,
 }
 
 impl Default for HttpEntry {
@@ -178,6 +231,11 @@ impl Default for HttpEntry {
             rate_limit_per_s: 0,
             rate_limit_burst: 10,
             mcp_allowed_hosts: Vec::new(),
+            image_url_allowlist: Vec::new(),
+            header_read_timeout_s: 10.0,
+            body_idle_timeout_s: 30.0,
+            body_total_timeout_s: 300.0,
+            max_connections: 4096,
         }
     }
 }
@@ -189,6 +247,9 @@ impl Default for ImConfig {
             upstreams: vec!["http://localhost:8080".into()],
             upstream_api_key: None,
             api_keys: Vec::new(),
+            allow_unauthenticated: false,
+            check_model_echo: true,
+            discovery: DiscoveryEntry::default(),
             models: Vec::new(),
             priority: Kind::ALL.iter().map(|k| k.to_string()).collect(),
             policy: "bounded".into(),
@@ -229,11 +290,46 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
     }
 }
 
+/// The longest duration a setting may hold (a year): longer ones would overflow the clock.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn secs(field: &str, v: f64) -> Result<Option<Duration>, ConfigError> {
     if !v.is_finite() || v < 0.0 {
         return Err(invalid(field, "must be a number of seconds >= 0"));
     }
+    if v > MAX_SECONDS {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_SECONDS} seconds (a year)"),
+        ));
+    }
     Ok((v > 0.0).then(|| Duration::from_secs_f64(v)))
+}
+
+fn millis(field: &str, v: u64) -> Result<Duration, ConfigError> {
+    if v as f64 / 1000.0 > MAX_SECONDS {
+        return Err(invalid(field, "must be at most a year"));
+    }
+    Ok(Duration::from_millis(v))
+}
+
+/// The TOML key of a field the scheduler core names in its validation errors.
+fn toml_key(core_field: &str) -> String {
+    const KEYS: &[(&str, &str)] = &[
+        ("bounds.max_dwell", "bounds.max_dwell_s"),
+        ("bounds.starvation_after", "bounds.starvation_after_s"),
+        ("retry.base", "retry.base_ms"),
+        ("retry.cap", "retry.cap_ms"),
+        ("breaker.cooldown", "breaker.cooldown_s"),
+        ("limits.max_bytes_total", "limits.max_queued_bytes"),
+        ("lanes", "upstreams"),
+    ];
+    if let Some(kind) = core_field.strip_prefix("default_deadline.") {
+        return format!("deadlines_s.{kind}");
+    }
+    KEYS.iter()
+        .find(|(core, _)| *core == core_field)
+        .map_or_else(|| core_field.to_owned(), |(_, key)| (*key).to_owned())
 }
 
 fn kind(field: &str, s: &str) -> Result<Kind, ConfigError> {
@@ -307,6 +403,7 @@ impl ImConfig {
             }
         };
         c.limits.max_queued_total = self.limits.max_queued_total;
+        c.limits.max_bytes_total = self.limits.max_queued_bytes;
         for (k, v) in &self.limits.max_queued_per_kind {
             let field = format!("limits.max_queued_per_kind.{k}");
             c.limits.max_queued_per_kind[kind(&field, k)?.index()] = Some(*v);
@@ -318,8 +415,8 @@ impl ImConfig {
         }
         c.retry = RetryPolicy {
             max_retries: self.retry.max_retries,
-            base: Duration::from_millis(self.retry.base_ms),
-            cap: Duration::from_millis(self.retry.cap_ms),
+            base: millis("retry.base_ms", self.retry.base_ms)?,
+            cap: millis("retry.cap_ms", self.retry.cap_ms)?,
             jitter: self.retry.jitter,
         };
         c.breaker = BreakerConfig {
@@ -350,10 +447,14 @@ impl ImConfig {
                     .iter()
                     .map(|k| kind(&format!("models[{i}].kinds"), k))
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(ModelSpec::new(m.name.clone(), &kinds, m.max_in_flight))
+                let slots = m
+                    .max_in_flight
+                    .unwrap_or_else(|| self.discovery.slots_for(&m.kinds));
+                Ok(ModelSpec::new(m.name.clone(), &kinds, slots))
             })
             .collect::<Result<_, ConfigError>>()?;
-        c.validate().map_err(|e| invalid(e.field, e.message))?;
+        c.validate()
+            .map_err(|e| invalid(toml_key(&e.field), e.message))?;
         Ok(c)
     }
 
@@ -386,13 +487,44 @@ impl ImConfig {
             return Err(invalid("http.max_image_side", "at least 8"));
         }
         secs("shutdown_grace_s", self.shutdown_grace_s)?;
+        for (field, v) in [
+            (
+                "http.header_read_timeout_s",
+                self.http.header_read_timeout_s,
+            ),
+            ("http.body_idle_timeout_s", self.http.body_idle_timeout_s),
+            ("http.body_total_timeout_s", self.http.body_total_timeout_s),
+        ] {
+            secs(field, v)?.ok_or_else(|| invalid(field, "must be positive"))?;
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "at least 1"));
+        }
+        let loopback = self
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        if self.api_keys.iter().all(|k| k.trim().is_empty())
+            && !loopback
+            && !self.allow_unauthenticated
+        {
+            return Err(invalid(
+                "api_keys",
+                format!(
+                    "no API key is configured and {} is not a loopback address: set IM_API_KEYS, \
+                     or allow_unauthenticated = true on a trusted network",
+                    self.listen
+                ),
+            ));
+        }
         if self.models.is_empty() {
             // Discovery fills them in; check the rest with a placeholder.
             let mut probe = self.clone();
             probe.models = vec![ModelEntry {
                 name: "probe".into(),
                 kinds: vec!["txt2txt".into()],
-                max_in_flight: 1,
+                max_in_flight: Some(1),
+                aliases: Vec::new(),
             }];
             probe.core()?;
         } else {
@@ -401,9 +533,21 @@ impl ImConfig {
         Ok(())
     }
 
+    /// The listener's limits.
+    pub fn serve_limits(&self) -> crate::serve::ServeLimits {
+        let h = &self.http;
+        crate::serve::ServeLimits {
+            header_read_timeout: Duration::from_secs_f64(h.header_read_timeout_s),
+            body_idle_timeout: Duration::from_secs_f64(h.body_idle_timeout_s),
+            body_total_timeout: Duration::from_secs_f64(h.body_total_timeout_s),
+            max_connections: h.max_connections,
+            ..crate::serve::ServeLimits::default()
+        }
+    }
+
     /// Shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.shutdown_grace_s.max(0.0))
+        Duration::from_secs_f64(self.shutdown_grace_s.clamp(0.0, MAX_SECONDS))
     }
 }
 
@@ -474,6 +618,50 @@ mod tests {
                 .to_string()
                 .contains("bounds.max_dwell_s")
         );
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_by_their_toml_keys_never_panics() {
+        // Regression (issue 11, low): 1e20 panicked, 1e19 overflowed the clock later.
+        for v in ["1e20", "1e19", "1e300", "-1", "nan", "inf"] {
+            let text = format!("[deadlines_s]\ntxt2txt = {v}\n");
+            if let Ok(c) = ImConfig::from_toml(&text) {
+                let e = c.validate().expect_err(v).to_string();
+                assert!(e.contains("deadlines_s.txt2txt"), "{v}: {e}");
+            }
+        }
+        let c = ImConfig::from_toml("[retry]\nbase_ms = 18446744073709551615\n").expect("parses");
+        assert!(
+            c.validate()
+                .expect_err("huge")
+                .to_string()
+                .contains("retry.base_ms")
+        );
+        let c = ImConfig::from_toml("[breaker]\ncooldown_s = 0.0\n").expect("parses");
+        assert!(
+            c.validate()
+                .expect_err("zero")
+                .to_string()
+                .contains("breaker.cooldown_s"),
+            "core errors name the TOML key"
+        );
+    }
+
+    #[test]
+    fn no_keys_on_a_public_address_is_refused_unless_allowed() {
+        let mut c = ImConfig::default();
+        c.listen = "0.0.0.0:8000".into();
+        assert!(
+            c.validate()
+                .expect_err("open")
+                .to_string()
+                .contains("api_keys")
+        );
+        c.allow_unauthenticated = true;
+        c.validate().expect("explicitly allowed");
+        c.allow_unauthenticated = false;
+        c.api_keys = vec!["k".into()];
+        c.validate().expect("keyed");
     }
 
     #[test]

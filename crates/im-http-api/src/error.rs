@@ -91,16 +91,18 @@ impl ErrorType {
         }
     }
 
+    /// The type of an engine error: one exhaustive match, checked by the compiler.
     fn from_engine(e: &EngineError) -> ErrorType {
-        match e.error_type() {
-            "queue_full" => ErrorType::QueueFull,
-            "unknown_model" => ErrorType::UnknownModel,
-            "unsupported_kind" => ErrorType::UnsupportedKind,
-            "deadline_exceeded" => ErrorType::DeadlineExceeded,
-            "upstream_error" => ErrorType::UpstreamError,
-            "upstream_unavailable" => ErrorType::UpstreamUnavailable,
-            "shutting_down" => ErrorType::ShuttingDown,
-            _ => ErrorType::Internal,
+        match e {
+            EngineError::QueueFull { .. } => ErrorType::QueueFull,
+            EngineError::UnknownModel { .. } => ErrorType::UnknownModel,
+            EngineError::UnsupportedKind { .. } => ErrorType::UnsupportedKind,
+            EngineError::DeadlineExceeded { .. } => ErrorType::DeadlineExceeded,
+            EngineError::Upstream { .. } => ErrorType::UpstreamError,
+            EngineError::UpstreamUnavailable { .. } => ErrorType::UpstreamUnavailable,
+            EngineError::ShuttingDown => ErrorType::ShuttingDown,
+            EngineError::Refused { .. } => ErrorType::InvalidRequest,
+            EngineError::Internal => ErrorType::Internal,
         }
     }
 }
@@ -124,6 +126,9 @@ pub struct ErrorDetail {
     /// The offending field, when one is to blame.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub param: Option<String>,
+    /// The upstream's own error code when it refused the request (`context_length_exceeded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// An error on its way to the caller.
@@ -137,6 +142,10 @@ pub struct ApiError {
     pub param: Option<String>,
     /// `Retry-After`.
     pub retry_after: Option<Duration>,
+    /// The upstream's error code, when it refused the request.
+    pub code: Option<String>,
+    /// The status, when it is not the table's (the upstream's own 4xx for a refused request).
+    pub status: Option<StatusCode>,
 }
 
 impl ApiError {
@@ -147,6 +156,8 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after: None,
+            code: None,
+            status: None,
         }
     }
 
@@ -171,6 +182,7 @@ impl ApiError {
                 kind: self.kind,
                 message: self.message.clone(),
                 param: self.param.clone(),
+                code: self.code.clone(),
             },
         }
     }
@@ -185,23 +197,38 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         let kind = ErrorType::from_engine(&e);
-        let param = matches!(
-            e,
-            EngineError::UnknownModel { .. } | EngineError::UnsupportedKind { .. }
-        )
-        .then(|| "model".to_owned());
+        let (param, code, status) = match &e {
+            EngineError::UnknownModel { .. } | EngineError::UnsupportedKind { .. } => {
+                (Some("model".to_owned()), None, None)
+            }
+            // The caller's own error, as the upstream judged it: its status, code and field.
+            EngineError::Refused {
+                status,
+                code,
+                param,
+                ..
+            } => (
+                param.clone(),
+                code.clone(),
+                StatusCode::from_u16(*status).ok(),
+            ),
+            _ => (None, None, None),
+        };
         ApiError {
             kind,
             message: im_metrics::sanitize_text(&e.to_string()),
             param,
             retry_after: e.retry_after(),
+            code,
+            status,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.kind.status(), axum::Json(self.body())).into_response();
+        let status = self.status.unwrap_or_else(|| self.kind.status());
+        let mut r = (status, axum::Json(self.body())).into_response();
         if let Some(d) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&d.as_secs().max(1).to_string())
         {

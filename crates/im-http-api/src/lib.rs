@@ -17,6 +17,7 @@ pub mod error;
 pub mod openai;
 pub mod ops;
 pub mod seed;
+pub mod serve;
 mod state;
 mod stream;
 pub mod types;
@@ -71,6 +72,17 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi().to_pretty_json().unwrap_or_default()
 }
 
+/// A handler panicked (a bug in im): a clean 500 `internal`. The panic's message may quote the
+/// request, so it is neither echoed nor logged here (the process's panic hook logs the location).
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("a request handler panicked; answered 500 internal");
+    ApiError::new(
+        ErrorType::Internal,
+        "internal error in im; the request was not completed",
+    )
+    .into_response()
+}
+
 /// The whole HTTP API over `state`, without `/mcp`.
 pub fn router(state: AppState) -> Router {
     router_with(state, |r| r)
@@ -111,7 +123,10 @@ pub fn router_with(
             )
             .into_response()
         })
-        .layer(DefaultBodyLimit::max(limit));
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ));
     api.layer(from_fn_with_state(state.clone(), state::auth))
         .layer(from_fn_with_state(state.clone(), state::request_id))
         .with_state(state)

@@ -47,6 +47,38 @@ fn opt<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The chat fields passed to the upstream as they are, besides those im reads itself.
+const PASS_THROUGH: &[&str] = &[
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "stop",
+    "seed",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "max_completion_tokens",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "user",
+    "metadata",
+    "store",
+    "reasoning_effort",
+    "grammar",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+];
+
 /// OpenAI chat completions: txt2txt, or img2txt when a message carries an image.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     request_body(content = Object, description = "An OpenAI chat completion request (`model`, `messages`, `stream`, `temperature`, ...)"),
@@ -71,7 +103,16 @@ pub async fn chat_completions(
     let max_tokens: Option<u32> = opt(&mut o, "max_tokens")?;
     let stream: bool = opt(&mut o, "stream")?.unwrap_or(false);
     let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
+    types::deadline_ms(deadline_ms)?;
     o.remove("stream_options");
+    // Only known OpenAI / LocalAI sampling fields travel upstream; anything else is refused by
+    // name rather than passed to a server that may act on it.
+    if let Some(unknown) = o.keys().find(|k| !PASS_THROUGH.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            unknown.as_str(),
+            format!("unsupported field `{}`", im_engine::truncate(unknown, 64)),
+        ));
+    }
     let req = ChatRequest {
         model: model.clone(),
         messages: types::to_values(messages),
@@ -79,6 +120,7 @@ pub async fn chat_completions(
         max_tokens,
         extra: o,
     };
+    types::image_urls(&req.messages, &st.image_url_allowlist)?;
     let kind = if localai_client::vision::has_image(&req.messages) {
         Kind::Img2Txt
     } else {
@@ -122,6 +164,7 @@ fn images_job(st: &AppState, rid: RequestId, body: Bytes) -> Result<Job, ApiErro
     types::side("size", height, st.max_image_side)?;
     let steps = r.step.or(r.steps);
     types::steps_n(steps, r.n)?;
+    types::deadline_ms(r.deadline_ms)?;
     if let Some(f) = r.response_format.as_deref()
         && f != "b64_json"
     {

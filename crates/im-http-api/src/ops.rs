@@ -65,16 +65,21 @@ pub async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-/// Readiness: every upstream answers and its breaker is closed.
+/// Readiness: im accepts work (not draining), every upstream answers and its breaker is closed.
+/// Needs no key; without a valid key the body says only `ready`.
 #[utoipa::path(get, path = "/ready", tag = "operations",
-    responses((status = 200, description = "Ready", body = Object), (status = 503, description = "Not ready: see `lanes`", body = Object),
-              (status = 401, description = "No or a wrong API key", body = ErrorBody)),
-    security(("api_key" = []), ("bearer" = [])))]
-pub async fn ready(State(st): State<AppState>) -> Response {
+    responses((status = 200, description = "Ready", body = Object), (status = 503, description = "Not ready (draining, or see `lanes`)", body = Object)))]
+pub async fn ready(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let accepting = st.engine.status().await.is_some_and(|s| s.accepting);
     let lanes = st.engine.readiness().await;
-    let ok = !lanes.is_empty() && lanes.iter().all(|l| l.ready());
-    let body = json!({"ready": ok, "lanes": lanes.iter().map(|l| json!({"name": l.name, "reachable": l.reachable,
-        "breaker": l.breaker, "error": l.error})).collect::<Vec<_>>()});
+    let ok = accepting && !lanes.is_empty() && lanes.iter().all(|l| l.ready());
+    let detailed = !st.auth_enabled() || st.keys.check_headers(&headers).is_some();
+    let body = if detailed {
+        json!({"ready": ok, "accepting": accepting, "lanes": lanes.iter().map(|l| json!({"name": l.name, "reachable": l.reachable,
+            "breaker": l.breaker, "error": l.error})).collect::<Vec<_>>()})
+    } else {
+        json!({"ready": ok})
+    };
     let status = if ok {
         StatusCode::OK
     } else {

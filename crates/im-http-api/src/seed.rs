@@ -120,7 +120,9 @@ pub async fn txt2txt(
     let r: Txt2TxtRequest = types::parse(&body(b, st.body_limit)?)?;
     types::messages(&r.messages)?;
     types::temperature(r.temperature)?;
+    types::deadline_ms(r.deadline_ms)?;
     let req = chat_request(r.model, r.messages, r.temperature, r.max_tokens);
+    types::image_urls(&req.messages, &st.image_url_allowlist)?;
     let job = chat_job(&rid, Kind::Txt2Txt, req, r.stream, r.deadline_ms);
     if r.stream {
         let done = st.engine.submit(job).await?;
@@ -145,7 +147,9 @@ pub async fn img2txt(
     let r: Img2TxtRequest = types::parse(&body(b, st.body_limit)?)?;
     types::messages(&r.messages)?;
     types::temperature(r.temperature)?;
+    types::deadline_ms(r.deadline_ms)?;
     let req = chat_request(r.model, r.messages, r.temperature, r.max_tokens);
+    types::image_urls(&req.messages, &st.image_url_allowlist)?;
     if !localai_client::vision::has_image(&req.messages) {
         return Err(types::needs_image());
     }
@@ -220,6 +224,7 @@ pub async fn txt2img(
 ) -> Result<Response, ApiError> {
     let r: Txt2ImgRequest = types::parse(&body(b, st.body_limit)?)?;
     check_image_fields(&st, &r.prompt, r.width, r.height, r.steps, r.n)?;
+    types::deadline_ms(r.deadline_ms)?;
     let job = image_job(
         &rid,
         Kind::Txt2Img,
@@ -252,6 +257,7 @@ pub async fn img2img(
         let body = body(b, st.body_limit)?;
         let r: Img2ImgRequest = types::parse(&body)?;
         check_image_fields(&st, &r.prompt, r.width, r.height, r.steps, r.n)?;
+        types::deadline_ms(r.deadline_ms)?;
         let file = types::image_file("file", r.file)?;
         let size = (r.width, r.height);
         image_job(

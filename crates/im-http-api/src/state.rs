@@ -25,6 +25,7 @@ impl Keys {
     pub fn new(keys: &[String]) -> Keys {
         Keys(Arc::new(
             keys.iter()
+                .map(|k| k.trim())
                 .filter(|k| !k.is_empty())
                 .map(|k| k.as_bytes().to_vec())
                 .collect(),
@@ -84,6 +85,8 @@ pub struct AppState {
     pub max_image_side: u32,
     /// Body limit in bytes.
     pub body_limit: usize,
+    /// URL prefixes an image URL may start with (the upstream fetches them); empty: none.
+    pub image_url_allowlist: Arc<Vec<String>>,
     ids: Arc<AtomicU64>,
     id_prefix: u32,
 }
@@ -99,6 +102,8 @@ pub struct HttpSettings {
     pub max_image_side: u32,
     /// Per-key requests per second (0: off) and burst.
     pub rate_limit: (u32, u32),
+    /// URL prefixes an image URL may start with; empty: image URLs are refused.
+    pub image_url_allowlist: Vec<String>,
 }
 
 impl Default for HttpSettings {
@@ -108,6 +113,7 @@ impl Default for HttpSettings {
             body_limit: 32 * 1024 * 1024,
             max_image_side: 2048,
             rate_limit: (0, 10),
+            image_url_allowlist: Vec::new(),
         }
     }
 }
@@ -130,6 +136,7 @@ impl AppState {
             limiter,
             max_image_side: settings.max_image_side,
             body_limit: settings.body_limit,
+            image_url_allowlist: Arc::new(settings.image_url_allowlist.clone()),
             ids: Arc::new(AtomicU64::new(1)),
             id_prefix: seed,
         }
@@ -190,10 +197,15 @@ fn provided_key(headers: &HeaderMap) -> Option<&[u8]> {
         .then(|| &auth[prefix.len()..])
 }
 
-/// Paths that need no key: liveness, and the API documentation (it holds no data; Swagger UI's
+/// Paths that need no key: liveness, readiness (without a key it says only ready or not, so a
+/// Kubernetes probe needs no secret), and the API documentation (it holds no data; Swagger UI's
 /// "Authorize" button supplies the key for the calls it makes).
 fn is_open(path: &str) -> bool {
-    path == "/health" || path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/")
+    path == "/health"
+        || path == "/ready"
+        || path == "/openapi.json"
+        || path == "/docs"
+        || path.starts_with("/docs/")
 }
 
 /// Middleware: `X-API-Key` or `Authorization: Bearer`, then the per-key rate limit.

@@ -1,7 +1,5 @@
 //! Request and response bodies of the seed routes, and their validation (field-level messages).
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use bytes::Bytes;
 use std::borrow::Cow;
 
@@ -271,16 +269,7 @@ pub fn image_file(field: &str, file: Cow<'_, str>) -> Result<Bytes, ApiError> {
             .ok_or_else(|| ApiError::invalid(field, "a data URI without a comma"))?,
         None => &file,
     };
-    let head: String = raw
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .take(64)
-        .collect();
-    let head = &head[..head.len() - head.len() % 4];
-    let decoded = STANDARD
-        .decode(head)
-        .or_else(|_| STANDARD_NO_PAD.decode(head));
-    let Ok(decoded) = decoded else {
+    let Some(decoded) = localai_client::vision::decode_head(raw) else {
         return Err(ApiError::invalid(field, "is not valid base64"));
     };
     if localai_client::vision::sniff_mime(&decoded).is_none() {
@@ -297,6 +286,38 @@ pub fn image_file(field: &str, file: Cow<'_, str>) -> Result<Bytes, ApiError> {
         return Err(ApiError::invalid(field, "is not valid base64"));
     }
     Ok(Bytes::copy_from_slice(raw.as_bytes()))
+}
+
+/// Check a queue deadline: at least 1 ms (zero would expire before it could run).
+pub fn deadline_ms(d: Option<u64>) -> Result<(), ApiError> {
+    match d {
+        Some(0) => Err(ApiError::invalid(
+            "deadline_ms",
+            "must be at least 1 (milliseconds)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Check every image in `messages`: a URL (which the upstream would fetch from its own network)
+/// is accepted only when it starts with one of `allowed` (empty: no URL at all); base64 and data
+/// URIs are always accepted.
+pub fn image_urls(messages: &[Value], allowed: &[String]) -> Result<(), ApiError> {
+    for src in localai_client::vision::image_sources(messages) {
+        let s = src.trim_start();
+        let is_url = s
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+            || s.get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+        if is_url && !allowed.iter().any(|p| s.starts_with(p.as_str())) {
+            return Err(ApiError::invalid(
+                "messages",
+                "image URLs are not fetched unless allowed (`http.image_url_allowlist`); send the image as base64 or a data URI",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The messages as JSON values for the client.
@@ -324,7 +345,9 @@ mod tests {
 
     #[test]
     fn the_image_payload_is_copied_once_into_an_exact_buffer() {
-        let png = STANDARD.encode(localai_sim::image::png(8, 8, 1));
+        use base64::Engine;
+        let png =
+            base64::engine::general_purpose::STANDARD.encode(localai_sim::image::png(8, 8, 1));
         for file in [png.clone(), format!("data:image/png;base64,{png}")] {
             let body = Bytes::from(serde_json::json!({"model": "sd", "file": file, "prompt": "p", "width": 8, "height": 8}).to_string());
             let r: Img2ImgRequest = parse(&body).expect("valid");

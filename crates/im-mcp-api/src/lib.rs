@@ -20,9 +20,10 @@ use axum::http::{Method, Request};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
+use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -59,16 +60,30 @@ impl Upstream {
         }
     }
 
-    /// Call `path` and return the status and the JSON body.
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    /// Call `path` and return the status and the JSON body. `caller` carries the MCP client's own
+    /// key and request id (streamable HTTP); without them (stdio, a local process) the configured
+    /// key is presented.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        caller: &Caller,
+    ) -> (u16, Value) {
         match self {
             Upstream::Local { router, key } => {
                 let mut req = Request::builder()
                     .method(method)
                     .uri(path)
                     .header("content-type", "application/json");
-                if let Some(k) = key {
-                    req = req.header("x-api-key", k);
+                if caller.headers.is_empty() {
+                    if let Some(k) = key {
+                        req = req.header("x-api-key", k);
+                    }
+                } else {
+                    for (name, value) in &caller.headers {
+                        req = req.header(*name, value);
+                    }
                 }
                 let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
                 let Ok(req) = req.body(body) else {
@@ -92,6 +107,9 @@ impl Upstream {
                 if let Some(k) = key {
                     rb = rb.header("x-api-key", k);
                 }
+                if let Some((_, id)) = caller.headers.iter().find(|(n, _)| *n == "x-request-id") {
+                    rb = rb.header("x-request-id", id.as_bytes());
+                }
                 if let Some(b) = body {
                     rb = rb.json(&b);
                 }
@@ -107,6 +125,39 @@ impl Upstream {
                 }
             }
         }
+    }
+}
+
+/// Who made a tool call: the headers of the MCP client's HTTP request that im passes on (its key,
+/// so that its rate limit applies, and its request id). Empty over stdio.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    headers: Vec<(&'static str, axum::http::HeaderValue)>,
+}
+
+impl Caller {
+    /// The caller of the request `ctx` belongs to.
+    pub fn of(ctx: &RequestContext<RoleServer>) -> Caller {
+        let Some(parts) = ctx.extensions.get::<axum::http::request::Parts>() else {
+            return Caller::default();
+        };
+        let headers = ["x-api-key", "authorization", "x-request-id"]
+            .into_iter()
+            .filter_map(|n| parts.headers.get(n).map(|v| (n, v.clone())))
+            .collect();
+        Caller { headers }
+    }
+}
+
+/// Run a tool's work unless the MCP client cancels the call (a `notifications/cancelled`, or its
+/// session ends): then the work is dropped, which cancels its queued request.
+async fn unless_cancelled<T>(
+    ctx: &RequestContext<RoleServer>,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, ErrorData> {
+    tokio::select! {
+        () = ctx.ct.cancelled() => Err(ErrorData::internal_error("the call was cancelled", None)),
+        r = work => Ok(r),
     }
 }
 
@@ -241,11 +292,17 @@ impl ImMcp {
         }
     }
 
-    async fn text_tool(&self, path: &str, body: Value) -> Result<CallToolResult, ErrorData> {
-        let (status, v) = self
+    async fn text_tool(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        path: &str,
+        body: Value,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = Caller::of(ctx);
+        let call = self
             .upstream
-            .call(Method::POST, path, Some(drop_none(body)))
-            .await;
+            .call(Method::POST, path, Some(drop_none(body)), &caller);
+        let (status, v) = unless_cancelled(ctx, call).await?;
         if status != 200 {
             return Ok(tool_error(status, &v));
         }
@@ -256,11 +313,17 @@ impl ImMcp {
         ]))
     }
 
-    async fn image_tool(&self, path: &str, body: Value) -> Result<CallToolResult, ErrorData> {
-        let (status, v) = self
+    async fn image_tool(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        path: &str,
+        body: Value,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = Caller::of(ctx);
+        let call = self
             .upstream
-            .call(Method::POST, path, Some(drop_none(body)))
-            .await;
+            .call(Method::POST, path, Some(drop_none(body)), &caller);
+        let (status, v) = unless_cancelled(ctx, call).await?;
         if status != 200 {
             return Ok(tool_error(status, &v));
         }
@@ -277,8 +340,14 @@ impl ImMcp {
         Ok(CallToolResult::success(out))
     }
 
-    async fn json_tool(&self, path: &str) -> Result<CallToolResult, ErrorData> {
-        let (status, v) = self.upstream.call(Method::GET, path, None).await;
+    async fn json_tool(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        path: &str,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = Caller::of(ctx);
+        let call = self.upstream.call(Method::GET, path, None, &caller);
+        let (status, v) = unless_cancelled(ctx, call).await?;
         if status != 200 {
             return Ok(tool_error(status, &v));
         }
@@ -296,6 +365,7 @@ impl ImMcp {
     )]
     async fn txt2txt(
         &self,
+        ctx: RequestContext<RoleServer>,
         Parameters(a): Parameters<ChatArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let messages = match (a.messages, a.prompt) {
@@ -303,7 +373,7 @@ impl ImMcp {
             (None, Some(p)) => json!([{"role": "user", "content": p}]),
             (None, None) => json!(null),
         };
-        self.text_tool("/txt2txt", json!({"model": a.model, "messages": messages, "temperature": a.temperature, "max_tokens": a.max_tokens}))
+        self.text_tool(&ctx, "/txt2txt", json!({"model": a.model, "messages": messages, "temperature": a.temperature, "max_tokens": a.max_tokens}))
             .await
     }
 
@@ -313,6 +383,7 @@ impl ImMcp {
     )]
     async fn img2txt(
         &self,
+        ctx: RequestContext<RoleServer>,
         Parameters(a): Parameters<VisionArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let messages = match (a.messages, a.image) {
@@ -322,7 +393,7 @@ impl ImMcp {
                 {"type": "image_url", "image_url": {"url": img}}]}]),
             (None, None) => json!([{"role": "user", "content": a.prompt.unwrap_or_default()}]),
         };
-        self.text_tool("/img2txt", json!({"model": a.model, "messages": messages, "temperature": a.temperature, "max_tokens": a.max_tokens}))
+        self.text_tool(&ctx, "/img2txt", json!({"model": a.model, "messages": messages, "temperature": a.temperature, "max_tokens": a.max_tokens}))
             .await
     }
 
@@ -332,9 +403,11 @@ impl ImMcp {
     )]
     async fn txt2img(
         &self,
+        ctx: RequestContext<RoleServer>,
         Parameters(a): Parameters<ImageArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         self.image_tool(
+            &ctx,
             "/txt2img",
             json!({"model": a.model, "prompt": a.prompt, "width": a.width, "height": a.height, "steps": a.steps,
                    "seed": a.seed, "negative_prompt": a.negative_prompt, "n": a.n}),
@@ -348,9 +421,11 @@ impl ImMcp {
     )]
     async fn img2img(
         &self,
+        ctx: RequestContext<RoleServer>,
         Parameters(a): Parameters<EditArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         self.image_tool(
+            &ctx,
             "/img2img",
             json!({"model": a.model, "file": a.file, "prompt": a.prompt, "width": a.width, "height": a.height,
                    "steps": a.steps, "seed": a.seed, "negative_prompt": a.negative_prompt, "n": a.n}),
@@ -364,9 +439,10 @@ impl ImMcp {
     )]
     async fn get_request_metrics(
         &self,
+        ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.json_tool("/get_request_metrics").await
+        self.json_tool(&ctx, "/get_request_metrics").await
     }
 
     /// Error metrics.
@@ -375,9 +451,10 @@ impl ImMcp {
     )]
     async fn get_error_metrics(
         &self,
+        ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.json_tool("/get_error_metrics").await
+        self.json_tool(&ctx, "/get_error_metrics").await
     }
 
     /// Queue status.
@@ -386,9 +463,10 @@ impl ImMcp {
     )]
     async fn queue_status(
         &self,
+        ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.json_tool("/queue-status").await
+        self.json_tool(&ctx, "/queue-status").await
     }
 
     /// Models.
@@ -397,9 +475,10 @@ impl ImMcp {
     )]
     async fn list_models(
         &self,
+        ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.json_tool("/v1/models").await
+        self.json_tool(&ctx, "/v1/models").await
     }
 }
 
