@@ -326,17 +326,20 @@ async fn every_error_type_of_the_table() {
             ModelEntry {
                 name: LLM.into(),
                 kinds: vec!["txt2txt".into()],
-                max_in_flight: 1,
+                max_in_flight: Some(1),
+                aliases: Vec::new(),
             },
             ModelEntry {
                 name: SD.into(),
                 kinds: vec!["txt2img".into(), "img2img".into()],
-                max_in_flight: 1,
+                max_in_flight: Some(1),
+                aliases: Vec::new(),
             },
             ModelEntry {
                 name: "ghost".into(),
                 kinds: vec!["txt2txt".into()],
-                max_in_flight: 1,
+                max_in_flight: Some(1),
+                aliases: Vec::new(),
             },
         ];
         c.http.body_limit_bytes = 64 * 1024;
@@ -433,7 +436,8 @@ async fn upstream_unavailable_and_rate_limited() {
     cfg.models = vec![ModelEntry {
         name: LLM.into(),
         kinds: vec!["txt2txt".into()],
-        max_in_flight: 1,
+        max_in_flight: Some(1),
+                aliases: Vec::new(),
     }];
     cfg.retry.max_retries = 0;
     cfg.http.rate_limit_per_s = 1;

@@ -83,6 +83,23 @@ pub enum StreamErrorDialect {
     V3,
 }
 
+/// Which server the simulator imitates (SPEC §11).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SimMode {
+    /// LocalAI: `/readyz`, `/system`, `/backend/*`, unknown model 404.
+    #[default]
+    LocalAi,
+    /// llama.cpp's `llama-server` in router mode: `/v1/models` with `status` and modalities,
+    /// `/props?model=` with `total_slots`, `/health`, no `/readyz`, unknown model 404, too long a
+    /// prompt 400 `exceeds the available context size`.
+    LlamaCppRouter,
+    /// llama-cpp-python's server: no `/readyz` or `/health`; an unknown model name is answered by
+    /// the default (first) model with 200; malformed JSON or wrong types are a 500 carrying a
+    /// Python traceback; too long a prompt 400 `context_length_exceeded`.
+    LlamaCppPython,
+}
+
 /// The whole simulator configuration.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -106,6 +123,11 @@ pub struct SimConfig {
     pub max_image_side: u32,
     /// Request body limit in bytes (LocalAI's default is 15 MB).
     pub body_limit: usize,
+    /// The server imitated.
+    pub mode: SimMode,
+    /// Context size in tokens (a token is 4 characters of prompt); longer prompts are refused
+    /// with 400 in the dialect of the mode.
+    pub context_tokens: usize,
 }
 
 impl Default for SimConfig {
@@ -124,6 +146,8 @@ impl Default for SimConfig {
             stream_error_dialect: StreamErrorDialect::V4,
             max_image_side: 256,
             body_limit: 15 * 1024 * 1024,
+            mode: SimMode::LocalAi,
+            context_tokens: 8192,
         }
     }
 }

@@ -31,6 +31,8 @@ pub mod image;
 mod server;
 mod state;
 
-pub use config::{ConfigError, Faults, ModelCfg, SimConfig, StreamErrorDialect, default_catalogue};
+pub use config::{
+    ConfigError, Faults, ModelCfg, SimConfig, SimMode, StreamErrorDialect, default_catalogue,
+};
 pub use server::{SimServer, error, router};
 pub use state::{SimState, Stats};

@@ -20,28 +20,40 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::config::{SimConfig, StreamErrorDialect};
+use crate::config::{SimConfig, SimMode, StreamErrorDialect};
 use crate::image;
 use crate::state::SimState;
 
 /// The simulator's router over `state`.
 pub fn router(state: SimState) -> Router {
     let limit = state.cfg.body_limit;
-    Router::new()
+    let mode = state.cfg.mode;
+    let r = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/images/generations", post(images))
         .route("/images/generations", post(images))
         .route("/v1/models", get(models))
         .route("/models", get(models))
-        .route("/system", get(system))
-        .route("/backend/shutdown", post(shutdown))
-        .route("/backend/load", post(load))
-        .route("/readyz", get(|| async { "OK" }))
-        .route("/healthz", get(|| async { "OK" }))
         .route("/sim/stats", get(stats))
-        .route("/sim/reset", post(reset))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "route not found", "not_found") })
+        .route("/sim/reset", post(reset));
+    // Each mode serves only the routes its server has.
+    let r = match mode {
+        SimMode::LocalAi => r
+            .route("/system", get(system))
+            .route("/backend/shutdown", post(shutdown))
+            .route("/backend/load", post(load))
+            .route("/readyz", get(|| async { "OK" }))
+            .route("/healthz", get(|| async { "OK" })),
+        SimMode::LlamaCppRouter => r
+            .route(
+                "/health",
+                get(|| async { axum::Json(json!({"status": "ok"})) }),
+            )
+            .route("/props", get(props)),
+        SimMode::LlamaCppPython => r,
+    };
+    r.fallback(|| async { error(StatusCode::NOT_FOUND, "route not found", "not_found") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -110,6 +122,25 @@ pub fn error(status: StatusCode, message: &str, kind: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// llama-cpp-python's answer to a body it cannot handle: a 500 whose message is a traceback.
+fn traceback(what: &str) -> Response {
+    let msg = format!(
+        "Traceback (most recent call last):\n  File \"/usr/local/lib/python3.11/site-packages/llama_cpp/server/app.py\", line 412, in create_chat_completion\n    body = CreateChatCompletionRequest(**data)\npydantic_core._pydantic_core.ValidationError: 1 validation error for request: {what} (worker at 10.0.3.7:8000)"
+    );
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &msg,
+        "InternalServerError",
+    )
+}
+
+fn parse_in(mode: SimMode, body: &Bytes) -> Result<Value, Response> {
+    match parse(body) {
+        Err(_) if mode == SimMode::LlamaCppPython => Err(traceback("invalid JSON body")),
+        other => other,
+    }
+}
+
 fn parse(body: &Bytes) -> Result<Value, Response> {
     serde_json::from_slice::<Value>(body)
         .map_err(|e| {
@@ -136,7 +167,15 @@ fn model_of<'a>(
     state: &'a SimState,
     body: &Value,
 ) -> Result<(usize, &'a crate::config::ModelCfg), Response> {
-    let Some(name) = body.get("model").and_then(Value::as_str) else {
+    let name = body.get("model").and_then(Value::as_str);
+    if state.cfg.mode == SimMode::LlamaCppPython {
+        // One model behind every name: unknown (or missing) names get the default model.
+        return Ok(state
+            .cfg
+            .model(name.unwrap_or(""))
+            .unwrap_or((0, &state.cfg.models[0])));
+    }
+    let Some(name) = name else {
         return Err(error(
             StatusCode::BAD_REQUEST,
             "`model` is required",
@@ -224,7 +263,7 @@ fn early_fault(state: &SimState, fault: &Option<Fault>) -> Option<Response> {
 
 /// The body as a JSON object and the index of the model it names.
 fn request(state: &SimState, body: &Bytes) -> Result<(Value, usize), Response> {
-    let body = parse(body)?;
+    let body = parse_in(state.cfg.mode, body)?;
     let (idx, _) = model_of(state, &body)?;
     Ok((body, idx))
 }
@@ -301,13 +340,25 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
         Err(r) => return r,
     };
     let model = &state.cfg.models[idx];
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "`messages` must be a list",
-            "invalid_request_error",
-        );
+    let empty = Vec::new();
+    let messages = match body.get("messages") {
+        Some(Value::Array(m)) => m,
+        // llama-cpp-python answers a missing `messages` with 200; a wrong type with a traceback.
+        None if state.cfg.mode == SimMode::LlamaCppPython => &empty,
+        Some(_) if state.cfg.mode == SimMode::LlamaCppPython => {
+            return traceback("messages: Input should be a valid list");
+        }
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`messages` must be a list",
+                "invalid_request_error",
+            );
+        }
     };
+    if let Some(r) = too_long(&state, messages) {
+        return r;
+    }
     let image = image_in(messages);
     let kind = if image.is_some() {
         "img2txt"
@@ -502,12 +553,69 @@ async fn images(State(state): State<SimState>, body: Bytes) -> Response {
     axum::Json(json!({"created": unix_now(), "data": data})).into_response()
 }
 
+/// Too long a prompt, refused as the mode's server does.
+fn too_long(state: &SimState, messages: &[Value]) -> Option<Response> {
+    let chars: usize = messages
+        .iter()
+        .map(|m| match m.get("content") {
+            Some(Value::String(s)) => s.len(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .map(str::len)
+                .sum(),
+            _ => 0,
+        })
+        .sum();
+    let tokens = chars / 4;
+    let n_ctx = state.cfg.context_tokens;
+    if tokens <= n_ctx {
+        return None;
+    }
+    let body = match state.cfg.mode {
+        SimMode::LlamaCppPython => json!({"error": {
+            "message": format!("Requested tokens ({tokens}) exceed context window of {n_ctx}"),
+            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}),
+        SimMode::LlamaCppRouter => json!({"error": {"code": 400,
+            "message": "the request exceeds the available context size, try increasing it",
+            "type": "exceed_context_size_error", "n_prompt_tokens": tokens, "n_ctx": n_ctx}}),
+        SimMode::LocalAi => json!({"error": {"code": 400,
+            "message": format!("the request exceeds the available context size ({tokens} > {n_ctx} tokens)"),
+            "type": "invalid_request_error"}}),
+    };
+    Some((StatusCode::BAD_REQUEST, axum::Json(body)).into_response())
+}
+
 async fn models(State(state): State<SimState>) -> Response {
+    let resident = state.resident();
     let data: Vec<Value> = state
         .cfg
         .models
         .iter()
-        .map(|m| json!({"id": m.name, "object": "model"}))
+        .map(|m| match state.cfg.mode {
+            SimMode::LlamaCppRouter => {
+                let status = if resident.contains(&m.name) {
+                    "loaded"
+                } else {
+                    "unloaded"
+                };
+                let input: Vec<&str> = if m.serves("img2txt") {
+                    vec!["text", "image"]
+                } else {
+                    vec!["text"]
+                };
+                let output: Vec<&str> = if m.serves("txt2img") {
+                    vec!["image"]
+                } else {
+                    vec!["text"]
+                };
+                json!({"id": m.name, "object": "model", "owned_by": "llamacpp", "created": 0,
+                       "in_cache": true, "path": format!("/models/{}.gguf", m.name),
+                       "status": {"value": status, "args": []},
+                       "modalities": {"input": input, "output": output}})
+            }
+            _ => json!({"id": m.name, "object": "model"}),
+        })
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
@@ -541,6 +649,20 @@ async fn load(State(state): State<SimState>, body: Bytes) -> Response {
     };
     state.acquire(idx, false).await;
     axum::Json(json!({"message": "model loaded"})).into_response()
+}
+
+/// llama.cpp's `/props?model=…`: the model's parallel slots and modalities.
+async fn props(
+    State(state): State<SimState>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let name = q.get("model").map_or("", String::as_str);
+    match state.cfg.model(name) {
+        Some((_, m)) => axum::Json(json!({"total_slots": m.slots, "model_alias": m.name,
+            "modalities": {"vision": m.serves("img2txt"), "audio": false}}))
+        .into_response(),
+        None => error(StatusCode::NOT_FOUND, "model not found", "not_found_error"),
+    }
 }
 
 async fn stats(State(state): State<SimState>) -> Response {
