@@ -437,7 +437,7 @@ async fn upstream_unavailable_and_rate_limited() {
         name: LLM.into(),
         kinds: vec!["txt2txt".into()],
         max_in_flight: Some(1),
-                aliases: Vec::new(),
+        aliases: Vec::new(),
     }];
     cfg.retry.max_retries = 0;
     cfg.http.rate_limit_per_s = 1;

@@ -1,0 +1,396 @@
+//! Hostile input and real-server quirks (issue 11): generated bodies for every route, a panicking
+//! handler, non-ASCII images, unknown model names, refusals passed through, and im in front of the
+//! simulator's llama.cpp-router and llama-cpp-python modes.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::get;
+use http_body_util::BodyExt;
+use im_http_api::app::{self, Built, DEMO_KEY, Simulate};
+use im_http_api::config::{ImConfig, ModelEntry};
+use localai_sim::{SimConfig, SimMode, SimServer};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const LLM: &str = "llama-3.2-3b-instruct";
+const SD: &str = "stablediffusion";
+
+async fn simulated(f: impl FnOnce(&mut ImConfig)) -> Built {
+    let mut cfg = ImConfig::default();
+    cfg.retry.base_ms = 1;
+    cfg.retry.cap_ms = 5;
+    f(&mut cfg);
+    app::build(cfg, Some(Simulate { time_scale: 0.0 }))
+        .await
+        .expect("build")
+}
+
+/// im in front of a simulator in `mode`, models discovered (or as `f` sets them).
+async fn in_front_of(mode: SimMode, f: impl FnOnce(&mut ImConfig)) -> (SimServer, Built) {
+    let sim = SimServer::start(SimConfig {
+        time_scale: 0.0,
+        mode,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let mut cfg = ImConfig::default();
+    cfg.upstreams = vec![sim.url()];
+    cfg.api_keys = vec![DEMO_KEY.into()];
+    cfg.retry.base_ms = 1;
+    cfg.retry.cap_ms = 5;
+    f(&mut cfg);
+    let built = app::build(cfg, None).await.expect("build");
+    (sim, built)
+}
+
+async fn call(app: &Router, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-api-key", DEMO_KEY)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, v)
+}
+
+fn post_json(app: &Router, path: &str, v: &Value) -> impl Future<Output = (StatusCode, Value)> {
+    call(app, "POST", path, v.to_string().into_bytes())
+}
+
+fn png_b64() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(localai_sim::image::png(8, 8, 2))
+}
+
+/// A valid body per route, to mutate.
+fn bases() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "/txt2txt",
+            json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+        ),
+        (
+            "/img2txt",
+            json!({"model": "llava-1.6-mistral-7b", "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, {"type": "image_url", "image_url": {"url": png_b64()}}]}]}),
+        ),
+        (
+            "/txt2img",
+            json!({"model": SD, "prompt": "a fox", "width": 8, "height": 8, "steps": 1}),
+        ),
+        (
+            "/img2img",
+            json!({"model": SD, "file": png_b64(), "prompt": "a fox", "width": 8, "height": 8, "steps": 1}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": SD, "prompt": "a fox", "size": "8x8", "step": 1}),
+        ),
+    ]
+}
+
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+        "[a-zé€0-9+/=:.,;-]{0,40}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-z_]{1,12}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// One mutation of a valid body: a field replaced by anything, removed, or added; or raw bytes.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Replace(usize, Value),
+    Remove(usize),
+    Add(String, Value),
+    Raw(Vec<u8>),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        4 => (0usize..10, any_json()).prop_map(|(i, v)| Mutation::Replace(i, v)),
+        1 => (0usize..10).prop_map(Mutation::Remove),
+        1 => ("[a-z_]{1,12}", any_json()).prop_map(|(k, v)| Mutation::Add(k, v)),
+        1 => proptest::collection::vec(any::<u8>(), 0..64).prop_map(Mutation::Raw),
+    ]
+}
+
+fn apply(mut base: Value, m: &Mutation) -> Vec<u8> {
+    let obj = base.as_object_mut().expect("object");
+    let keys: Vec<String> = obj.keys().cloned().collect();
+    match m {
+        Mutation::Replace(i, v) => {
+            obj.insert(keys[i % keys.len()].clone(), v.clone());
+        }
+        Mutation::Remove(i) => {
+            obj.remove(&keys[i % keys.len()]);
+        }
+        Mutation::Add(k, v) => {
+            obj.insert(k.clone(), v.clone());
+        }
+        Mutation::Raw(b) => return b.clone(),
+    }
+    base.to_string().into_bytes()
+}
+
+#[test]
+fn generated_bodies_on_every_route_get_an_answer_never_a_5xx() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let built = rt.block_on(simulated(|c| c.http.max_image_side = 64));
+    let app = im_http_api::router(built.state.clone());
+    let routes = bases();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 1_500,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&(0usize..routes.len(), mutation()), |(r, m)| {
+            let (path, base) = &routes[r];
+            let body = apply(base.clone(), &m);
+            let (status, v) = rt.block_on(call(&app, "POST", path, body));
+            prop_assert!(
+                status.is_success() || status.is_client_error(),
+                "{path} {m:?} -> {status} {v}"
+            );
+            if status.is_client_error() {
+                prop_assert!(v["error"]["type"].is_string(), "{path}: {v}");
+            }
+            Ok(())
+        })
+        .expect("no 5xx");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_gets_a_clean_500_that_quotes_nothing() {
+    // Regression (issue 11.2): a panic closed the connection with no response.
+    let built = simulated(|_| {}).await;
+    let app = im_http_api::router_with(built.state.clone(), |r| {
+        r.route(
+            "/boom",
+            get(|| async {
+                let secret = String::from("caller-secret-é");
+                let cut = secret.len() - 1;
+                let _ = &secret[..cut]; // slices inside 'é': panics, quoting the string
+                "unreachable"
+            }),
+        )
+    });
+    let (status, v) = call(&app, "GET", "/boom", Vec::new()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(v["error"]["type"], "internal");
+    assert!(!v.to_string().contains("caller-secret"), "{v}");
+}
+
+#[tokio::test]
+async fn non_ascii_images_never_wedge_a_lane() {
+    // Regression (issue 11.1, 11.2): a non-ASCII image string panicked inside the attempt (the
+    // slot stayed taken) or inside the handler (the connection closed).
+    let built = simulated(|_| {}).await;
+    let app = im_http_api::router(built.state.clone());
+    let bad = "é".repeat(40);
+    let chat = json!({"model": LLM, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": bad}}]}]});
+    let (status, _) = post_json(&app, "/txt2txt", &chat).await;
+    assert!(status.is_success() || status.is_client_error(), "{status}");
+    for path in ["/img2img", "/v1/images/generations"] {
+        let body = json!({"model": SD, "file": bad, "prompt": "p", "width": 8, "height": 8, "size": "8x8"});
+        let mut body = body;
+        if path == "/img2img" {
+            body.as_object_mut().expect("obj").remove("size");
+        } else {
+            body.as_object_mut().expect("obj").remove("width");
+            body.as_object_mut().expect("obj").remove("height");
+        }
+        let (status, v) = post_json(&app, path, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert_eq!(v["error"]["param"], "file");
+    }
+    let ok = json!({"model": LLM, "messages": [{"role": "user", "content": "still there?"}]});
+    let (status, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        post_json(&app, "/txt2txt", &ok),
+    )
+    .await
+    .expect("the lane is not wedged");
+    assert_eq!(status, StatusCode::OK);
+    let st = built.engine.status().await.expect("running");
+    assert_eq!(st.in_flight, 0);
+}
+
+#[tokio::test]
+async fn unknown_model_names_are_bounded_in_messages_and_metrics() {
+    // Regression (issue 11.5): each unknown name was kept whole as a metrics key forever.
+    let built = simulated(|_| {}).await;
+    let app = im_http_api::router(built.state.clone());
+    for i in 0..5 {
+        let name = format!("{i}{}", "x".repeat(1 << 20));
+        let body = json!({"model": name, "messages": [{"role": "user", "content": "hi"}]});
+        let (status, v) = post_json(&app, "/txt2txt", &body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(v.to_string().len() < 2_000, "message bounded");
+    }
+    let (_, metrics) = call(&app, "GET", "/get_error_metrics", Vec::new()).await;
+    let text = metrics.to_string();
+    assert!(
+        text.len() < 20_000,
+        "error metrics bounded: {} bytes",
+        text.len()
+    );
+    assert!(text.contains("(unknown)"), "{text}");
+}
+
+#[tokio::test]
+async fn a_zero_deadline_is_refused_by_name() {
+    let built = simulated(|_| {}).await;
+    let app = im_http_api::router(built.state.clone());
+    let body =
+        json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "deadline_ms": 0});
+    let (status, v) = post_json(&app, "/txt2txt", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["param"], "deadline_ms");
+}
+
+#[tokio::test]
+async fn image_urls_and_unknown_fields_are_refused_unless_allowed() {
+    let built =
+        simulated(|c| c.http.image_url_allowlist = vec!["https://img.example/".into()]).await;
+    let app = im_http_api::router(built.state.clone());
+    let with_url = |u: &str| json!({"model": LLM, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": u}}]}]});
+    let (status, v) = post_json(
+        &app,
+        "/v1/chat/completions",
+        &with_url("http://10.0.0.1/x.png"),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["param"].clone()),
+        (StatusCode::BAD_REQUEST, json!("messages"))
+    );
+    let body =
+        json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "backend": "x"});
+    let (status, v) = post_json(&app, "/v1/chat/completions", &body).await;
+    assert_eq!(
+        (status, v["error"]["param"].clone()),
+        (StatusCode::BAD_REQUEST, json!("backend"))
+    );
+}
+
+#[tokio::test]
+async fn the_callers_own_error_comes_back_with_its_status_and_code() {
+    // Regression (issue 11.13): llama.cpp's "context length exceeded" 400 came back as a 502.
+    let (sim, built) = in_front_of(SimMode::LlamaCppPython, |_| {}).await;
+    let app = im_http_api::router(built.state.clone());
+    let model = built.config.models[0].name.clone();
+    let long = "word ".repeat(10_000);
+    let body = json!({"model": model, "messages": [{"role": "user", "content": long}]});
+    let (status, v) = post_json(&app, "/v1/chat/completions", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert_eq!(v["error"]["param"], "messages");
+    let counters = built.engine.status().await.expect("running").counters;
+    assert_eq!(
+        (counters.retried, counters.dispatched),
+        (0, 1),
+        "never retried"
+    );
+    drop(sim);
+}
+
+#[tokio::test]
+async fn in_front_of_llama_cpp_router_kinds_slots_and_readiness_are_learned() {
+    // Regression (issue 11.14, 11.15): /ready was false forever; discovered models got 1 slot.
+    let (_sim, built) = in_front_of(SimMode::LlamaCppRouter, |_| {}).await;
+    let by_name = |n: &str| {
+        built
+            .config
+            .models
+            .iter()
+            .find(|m| m.name == n)
+            .cloned()
+            .expect(n)
+    };
+    assert_eq!(
+        by_name(LLM).max_in_flight,
+        Some(4),
+        "slots from /props or the LLM default"
+    );
+    assert_eq!(
+        by_name("llava-1.6-mistral-7b").kinds,
+        vec!["img2txt", "txt2txt"]
+    );
+    assert_eq!(by_name(SD).kinds, vec!["txt2img", "img2img"]);
+    assert_eq!(by_name(SD).max_in_flight, Some(1));
+    let app = im_http_api::router(built.state.clone());
+    let req = Request::get("/ready").body(Body::empty()).expect("req");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "readiness needs no key and passes"
+    );
+}
+
+#[tokio::test]
+async fn in_front_of_llama_cpp_python_ready_and_a_wrong_model_is_detected() {
+    // Regression (issue 11.14, 11.16): no /readyz or /health; unknown names answered by the
+    // default model with 200.
+    let (_sim, built) = in_front_of(SimMode::LlamaCppPython, |c| {
+        c.models = vec![
+            ModelEntry {
+                name: LLM.into(),
+                kinds: vec!["txt2txt".into()],
+                max_in_flight: Some(1),
+                aliases: vec![],
+            },
+            ModelEntry {
+                name: "ghost".into(),
+                kinds: vec!["txt2txt".into()],
+                max_in_flight: Some(1),
+                aliases: vec![],
+            },
+        ];
+    })
+    .await;
+    let ready = built.engine.readiness().await;
+    assert!(ready.iter().all(|l| l.ready()), "{ready:?}");
+    let app = im_http_api::router(built.state.clone());
+    let body = json!({"model": "ghost", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, v) = post_json(&app, "/txt2txt", &body).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("instead of"),
+        "{v}"
+    );
+    let ok = json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(post_json(&app, "/txt2txt", &ok).await.0, StatusCode::OK);
+}
