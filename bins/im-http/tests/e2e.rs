@@ -397,3 +397,39 @@ async fn every_bad_input_gets_a_clear_4xx_over_the_socket() {
     let v: Value = nowhere.json().await.expect("JSON 404");
     assert_eq!(v["error"]["type"], "not_found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_sockets_are_closed_while_clients_are_served() {
+    // Regression (issue 11.6): unfinished headers held a socket open indefinitely.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(&["--set", "http.header_read_timeout_s=1"]);
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut sockets = Vec::new();
+    for _ in 0..200 {
+        let mut sock = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        sock.write_all(b"POST /txt2txt HTTP/1.1\r\nHost: x\r\nX-Partial: ")
+            .await
+            .expect("partial header");
+        sockets.push(sock);
+    }
+    // A normal client keeps being served meanwhile.
+    let (status, _) = post(&client(), &s.url, "/txt2txt", &body_for("txt2txt", 1).1).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    for mut sock in sockets {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match sock.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue, // a 408 before the close is fine
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a slow socket stayed open");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -93,7 +93,7 @@ impl Backend for Chaos {
 }
 
 fn job(i: usize) -> Job {
-    let stream = i % 3 == 0;
+    let stream = i.is_multiple_of(3);
     let (kind, model, payload) = if i % 4 == 1 {
         let req = ImageRequest {
             model: SD.into(),
@@ -170,7 +170,7 @@ async fn every_request_leaves_once_under_chaos() {
                         if let Output::Stream(mut rx) = done.output {
                             // Some readers are slow; every reader reads to the end.
                             while rx.recv().await.is_some() {
-                                if i % 5 == 0 {
+                                if i.is_multiple_of(5) {
                                     tokio::time::sleep(Duration::from_millis(2)).await;
                                 }
                             }
@@ -180,7 +180,7 @@ async fn every_request_leaves_once_under_chaos() {
                     Err(_) => "error",
                 }
             };
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 // A caller that goes away early: the future is dropped.
                 tokio::time::timeout(Duration::from_millis((i % 40) as u64), work)
                     .await
@@ -189,7 +189,7 @@ async fn every_request_leaves_once_under_chaos() {
                 work.await
             }
         }));
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
