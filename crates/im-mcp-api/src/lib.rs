@@ -292,20 +292,36 @@ impl ImMcp {
         }
     }
 
+    /// POST `body` to `path` as the tool's caller, unless the call is cancelled: the JSON answer,
+    /// or the tool error to return.
+    async fn post(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        path: &str,
+        body: Value,
+    ) -> Result<Result<Value, CallToolResult>, ErrorData> {
+        let caller = Caller::of(ctx);
+        let call = self
+            .upstream
+            .call(Method::POST, path, Some(drop_none(body)), &caller);
+        let (status, v) = unless_cancelled(ctx, call).await?;
+        Ok(if status == 200 {
+            Ok(v)
+        } else {
+            Err(tool_error(status, &v))
+        })
+    }
+
     async fn text_tool(
         &self,
         ctx: &RequestContext<RoleServer>,
         path: &str,
         body: Value,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = Caller::of(ctx);
-        let call = self
-            .upstream
-            .call(Method::POST, path, Some(drop_none(body)), &caller);
-        let (status, v) = unless_cancelled(ctx, call).await?;
-        if status != 200 {
-            return Ok(tool_error(status, &v));
-        }
+        let v = match self.post(ctx, path, body).await? {
+            Ok(v) => v,
+            Err(failed) => return Ok(failed),
+        };
         let content = v["content"].as_str().unwrap_or_default().to_owned();
         Ok(CallToolResult::success(vec![
             ContentBlock::text(content),
@@ -319,14 +335,10 @@ impl ImMcp {
         path: &str,
         body: Value,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = Caller::of(ctx);
-        let call = self
-            .upstream
-            .call(Method::POST, path, Some(drop_none(body)), &caller);
-        let (status, v) = unless_cancelled(ctx, call).await?;
-        if status != 200 {
-            return Ok(tool_error(status, &v));
-        }
+        let v = match self.post(ctx, path, body).await? {
+            Ok(v) => v,
+            Err(failed) => return Ok(failed),
+        };
         let mut out: Vec<ContentBlock> = v["images"]
             .as_array()
             .map(|a| {
