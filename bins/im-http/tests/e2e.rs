@@ -433,3 +433,26 @@ async fn slowloris_sockets_are_closed_while_clients_are_served() {
     }
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_answered_not_waited_for() {
+    // Regression (issue 11.6): slow bodies had no read timeout.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(&["--set", "http.body_idle_timeout_s=1"]);
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut sock = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /txt2txt HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"model\": "
+    );
+    sock.write_all(head.as_bytes()).await.expect("partial body");
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was held open");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("timed out"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -361,3 +361,197 @@ async fn concurrent_tool_calls_run_in_the_scheduler_order() {
     assert_eq!(order, vec!["txt2txt", "img2img", "img2txt"]);
     c.cancel().await.expect("close");
 }
+
+/// im-http in-process with `f` applied to its configuration, MCP mounted; its URL.
+async fn im_http_with(time_scale: f64, f: impl FnOnce(&mut ImConfig)) -> (String, app::Built) {
+    let mut cfg = ImConfig::default();
+    f(&mut cfg);
+    let built = app::build(cfg, Some(Simulate { time_scale }))
+        .await
+        .expect("build");
+    let router = im_mcp_api::http_router_with_mcp(built.state.clone(), &built.config);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, router).await });
+    (url, built)
+}
+
+/// Hold the lane of `url` with a long image job; returns its task.
+fn hold_the_lane(url: &str) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let url = url.to_owned();
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/txt2img"))
+            .header("x-api-key", DEMO_KEY)
+            .json(
+                &json!({"model": SD, "prompt": "p", "width": 8, "height": 8, "steps": 150, "n": 4}),
+            )
+            .send()
+            .await
+    })
+}
+
+/// Wait until the engine counted `n` cancellations (at most `within`).
+async fn cancelled(built: &app::Built, n: u64, within: Duration) -> inference_queue::Counters {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        let c = built.engine.status().await.expect("running").counters;
+        if c.cancelled >= n || tokio::time::Instant::now() > end {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_cancellation_takes_the_call_out_of_the_queue() {
+    // Regression (issue 11.9): MCP tool calls could never be cancelled.
+    use rmcp::model::{CallToolRequest, ClientRequest};
+    use rmcp::service::PeerRequestOptions;
+    let (url, built) = im_http_with(0.01, |_| {}).await;
+    let busy = hold_the_lane(&url);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = http_client(&format!("{url}/mcp"), DEMO_KEY).await;
+    let mut p = CallToolRequestParams::new("txt2txt");
+    p.arguments = json!({"model": LLM, "prompt": "hi"}).as_object().cloned();
+    let handle = c
+        .peer()
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(p)),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .expect("sent");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    handle
+        .cancel(Some("changed my mind".into()))
+        .await
+        .expect("cancelled");
+    let counters = cancelled(&built, 1, Duration::from_secs(3)).await;
+    assert_eq!(counters.cancelled, 1, "{counters:?}");
+    busy.await.expect("join").expect("image answered");
+    let counters = built.engine.status().await.expect("running").counters;
+    assert_eq!(
+        counters.dispatched, 1,
+        "the cancelled call never ran: {counters:?}"
+    );
+    c.cancel().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_mcp_client_cancels_its_queued_call() {
+    // Regression (issue 11.9): a vanished MCP client's call stayed queued and then ran. rmcp
+    // gives a closed session's handlers 5 s to answer, then cancels them.
+    let (url, built) = im_http_with(0.04, |_| {}).await; // the image job holds the lane ~7 s
+    let busy = hold_the_lane(&url);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = http_client(&format!("{url}/mcp"), DEMO_KEY).await;
+    let mut p = CallToolRequestParams::new("txt2txt");
+    p.arguments = json!({"model": LLM, "prompt": "hi"}).as_object().cloned();
+    let _ = tokio::time::timeout(Duration::from_millis(200), c.call_tool(p)).await;
+    c.cancel().await.expect("session closed");
+    let counters = cancelled(&built, 1, Duration::from_secs(8)).await;
+    assert_eq!(counters.cancelled, 1, "{counters:?}");
+    busy.await.expect("join").expect("image answered");
+    let counters = built.engine.status().await.expect("running").counters;
+    assert_eq!(
+        counters.dispatched, 1,
+        "the cancelled call never ran: {counters:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_calls_are_charged_to_the_callers_own_key_once() {
+    // Regression (issue 11.9): all in-process MCP traffic was charged to the first key.
+    let (url, _built) = im_http_with(0.01, |c| {
+        c.api_keys = vec!["key-one".into(), "key-two".into()];
+        c.http.rate_limit_per_s = 1;
+        c.http.rate_limit_burst = 4;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    for _ in 0..4 {
+        let r = http
+            .get(format!("{url}/v1/models"))
+            .header("x-api-key", "key-one")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status(), 200);
+    }
+    // key-one is spent; key-two's MCP session (initialize, initialized, one call) is not.
+    let c = http_client(&format!("{url}/mcp"), "key-two").await;
+    let r = call(&c, "list_models", json!({})).await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    assert!(text(&r).contains(LLM));
+    c.cancel().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_ascii_image_through_the_mcp_chat_tool_does_not_hold_the_lane() {
+    // Regression (issue 11.1): through the MCP txt2txt tool the slot stayed held after the
+    // client and its session had gone.
+    let (url, built) = im_http_with(0.01, |_| {}).await;
+    let c = http_client(&format!("{url}/mcp"), DEMO_KEY).await;
+    let bad = "é".repeat(40);
+    let messages =
+        json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": bad}}]}]);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        call(&c, "txt2txt", json!({"model": LLM, "messages": messages})),
+    )
+    .await
+    .expect("answered");
+    c.cancel().await.expect("close");
+    let status = built.engine.status().await.expect("running");
+    assert_eq!((status.in_flight, status.waiting), (0, 0));
+    let c = http_client(&format!("{url}/mcp"), DEMO_KEY).await;
+    let r = call(
+        &c,
+        "txt2txt",
+        json!({"model": LLM, "prompt": "still there?"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    c.cancel().await.expect("close");
+}
+
+fn sigterm(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn im_mcp_over_http_stops_on_sigterm() {
+    // Regression (issue 11.10): `im-mcp --http` ignored SIGTERM and never shut its engine down.
+    let mut child = bin()
+        .args(["--http", "127.0.0.1:0", "--simulate", "--api-keys", "k1"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut url = None;
+    while let Some(line) = lines.next_line().await.expect("read") {
+        if let Some(rest) = line.strip_prefix("im-mcp: streamable HTTP on ") {
+            url = Some(rest.trim().to_owned());
+            break;
+        }
+    }
+    let url = url.expect("listening");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let c = http_client(&url, "k1").await;
+    sigterm(child.id().expect("pid"));
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("status");
+    assert!(status.success(), "{status:?}");
+    drop(c);
+}

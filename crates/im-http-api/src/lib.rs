@@ -32,7 +32,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ApiError, ErrorBody, ErrorType};
-pub use state::{AppState, Arrived, HttpSettings, Keys, RequestId, require_key};
+pub use state::{AlreadyCharged, AppState, Arrived, HttpSettings, Keys, RequestId, require_key};
 
 /// The OpenAPI document of every route.
 #[derive(OpenApi)]

@@ -208,6 +208,12 @@ fn is_open(path: &str) -> bool {
         || path.starts_with("/docs/")
 }
 
+/// Marks an in-process request whose caller's key was already charged to the rate limit by the
+/// request that carried it (an MCP tool call inside a `POST /mcp`): the key is checked again, the
+/// limit is not charged twice. Only code in this process can set it.
+#[derive(Clone, Copy, Debug)]
+pub struct AlreadyCharged;
+
 /// Middleware: `X-API-Key` or `Authorization: Bearer`, then the per-key rate limit.
 pub async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if !st.auth_enabled() || is_open(req.uri().path()) {
@@ -218,6 +224,7 @@ pub async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Respo
         return ApiError::new(ErrorType::Unauthorized, msg).into_response();
     };
     if let Some(limiter) = &st.limiter
+        && req.extensions().get::<AlreadyCharged>().is_none()
         && let Err(not_until) = limiter.check_key(&idx)
     {
         let wait = not_until.wait_time_from(DefaultClock::default().now());

@@ -5,6 +5,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use http_body_util::BodyExt;
 use im_http_api::app::{self, Built, DEMO_KEY, Simulate};
@@ -402,4 +403,86 @@ fn keys_with_spaces_around_them_still_match() {
     assert_eq!(keys.check(b"k2"), Some(1));
     assert_eq!(keys.check(b" k2"), None);
     assert_eq!(keys.check(b""), None);
+}
+
+#[tokio::test]
+async fn queued_payload_bytes_are_budgeted() {
+    // Regression (issue 11.11): limits counted requests, not bytes; ~30 queued image edits got the
+    // pod OOM-killed.
+    let built = simulated(|c| {
+        c.limits.max_queued_bytes = 4096;
+        c.models = vec![ModelEntry {
+            name: SD.into(),
+            kinds: vec!["img2img".into()],
+            max_in_flight: Some(1),
+            aliases: vec![],
+        }];
+    })
+    .await;
+    let app = im_http_api::router(built.state.clone());
+    let big = format!("{}{}", png_b64(), "A".repeat(8192));
+    let body = json!({"model": SD, "file": big, "prompt": "p", "width": 8, "height": 8});
+    let (status, v) = post_json(&app, "/img2img", &body).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["type"], "queue_full");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("byte budget"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_tracebacks_reach_no_caller() {
+    // Regression (issue 11.8): a Python traceback with file paths and an internal address came
+    // back in a 503.
+    let tb = "Traceback (most recent call last):\n  File \"/srv/app/server.py\", line 9, in run\nRuntimeError: backend at 10.2.3.4:9000 is overloaded (see /srv/app/logs/x.log)";
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || async move {
+            let mut r = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": {"code": 503, "message": tb}})),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert("retry-after", "0".parse().expect("header"));
+            r
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let mut cfg = ImConfig::default();
+    cfg.upstreams = vec![url];
+    cfg.api_keys = vec![DEMO_KEY.into()];
+    cfg.retry.max_retries = 1;
+    cfg.retry.base_ms = 1;
+    cfg.retry.cap_ms = 2;
+    cfg.models = vec![ModelEntry {
+        name: LLM.into(),
+        kinds: vec!["txt2txt".into()],
+        max_in_flight: Some(1),
+        aliases: vec![],
+    }];
+    let built = app::build(cfg, None).await.expect("build");
+    let router = im_http_api::router(built.state.clone());
+    let body = json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, v) = post_json(&router, "/txt2txt", &body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let (_, metrics) = call(&router, "GET", "/get_error_metrics", Vec::new()).await;
+    for text in [v.to_string(), metrics.to_string()] {
+        assert!(
+            text.contains("RuntimeError: backend at <address>"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("10.2.3.4") && !text.contains("/srv/app") && !text.contains("Traceback"),
+            "{text}"
+        );
+    }
 }

@@ -85,6 +85,10 @@ impl Upstream {
                         req = req.header(*name, value);
                     }
                 }
+                if !caller.headers.is_empty() {
+                    // The MCP request that carried this call was charged to the caller's key.
+                    req = req.extension(im_http_api::AlreadyCharged);
+                }
                 let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
                 let Ok(req) = req.body(body) else {
                     return (
