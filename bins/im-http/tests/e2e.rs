@@ -456,3 +456,71 @@ async fn a_body_that_stops_arriving_is_answered_not_waited_for() {
     assert!(text.contains("timed out"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_im_http_while_an_mcp_event_stream_is_open() {
+    // Regression (issue 11.10): the process exited only when the MCP client closed its
+    // `GET /mcp` stream; under Kubernetes that ends in SIGKILL and loses the queue.
+    let mut s = start(&["--set", "shutdown_grace_s=1"]);
+    let c = client();
+    let mcp = format!("{}/mcp", s.url);
+    let init = c
+        .post(&mcp)
+        .header("x-api-key", KEY)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(init.status(), 200);
+    let session = init
+        .headers()
+        .get("mcp-session-id")
+        .expect("a session")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let _ = init.bytes().await;
+    let note = c
+        .post(&mcp)
+        .header("x-api-key", KEY)
+        .header("mcp-session-id", &session)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .send()
+        .await
+        .expect("initialized");
+    assert!(note.status().is_success(), "{}", note.status());
+    let stream = c
+        .get(&mcp)
+        .header("x-api-key", KEY)
+        .header("mcp-session-id", &session)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("event stream");
+    assert_eq!(stream.status(), 200);
+    let pid = s.child.id();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still running with the MCP stream open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    drop(stream);
+}

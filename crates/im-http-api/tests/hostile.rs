@@ -486,3 +486,47 @@ async fn upstream_tracebacks_reach_no_caller() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    /// Every numeric setting, with any value TOML can hold, is accepted or refused by name; none
+    /// panics, now or when the accepted configuration is turned into durations.
+    #[test]
+    fn config_values_never_panic(
+        field in prop::sample::select(vec![
+            "shutdown_grace_s", "bounds.max_dwell_s", "bounds.starvation_after_s", "bounds.max_batch",
+            "limits.max_queued_total", "limits.max_queued_bytes", "deadlines_s.txt2txt",
+            "deadlines_s.img2img", "retry.max_retries", "retry.base_ms", "retry.cap_ms",
+            "retry.jitter", "breaker.failure_threshold", "breaker.cooldown_s",
+            "http.body_limit_bytes", "http.max_image_side", "http.rate_limit_per_s",
+            "http.header_read_timeout_s", "http.body_idle_timeout_s", "http.body_total_timeout_s",
+            "http.max_connections", "discovery.llm_slots",
+        ]),
+        value in prop_oneof![
+            any::<f64>().prop_map(|f| format!("{f:e}")),
+            any::<i64>().prop_map(|i| i.to_string()),
+            Just("1e20".to_owned()), Just("1e19".to_owned()), Just("-0.0".to_owned()),
+            Just("nan".to_owned()), Just("inf".to_owned()), Just("0".to_owned()),
+        ],
+    ) {
+        let (table, key) = field.split_once('.').map_or(("", field), |(t, k)| (t, k));
+        let text = if table.is_empty() {
+            format!("{key} = {value}\n")
+        } else {
+            format!("[{table}]\n{key} = {value}\n")
+        };
+        if let Ok(cfg) = ImConfig::from_toml(&text) {
+            match cfg.validate() {
+                Ok(()) => {
+                    let _ = cfg.serve_limits();
+                    let _ = cfg.shutdown_grace();
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    prop_assert!(msg.contains(table) || msg.contains(key), "{text}: {msg}");
+                }
+            }
+        }
+    }
+}

@@ -311,3 +311,22 @@ fn retry_after_parses() {
     assert_eq!(parse_retry_after("1.5"), Some(Duration::from_millis(1500)));
     assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
 }
+
+#[tokio::test]
+async fn upstream_bodies_over_the_limit_are_protocol_errors() {
+    // Issue 11 (low): no size limit on upstream bodies.
+    let (_s, c) = sim(|_| {}).await;
+    let mut cfg = c.config().clone();
+    cfg.max_body = 64;
+    let c = LocalAiClient::new(cfg).expect("client");
+    let img = ImageRequest {
+        model: SD.into(),
+        prompt: "p".into(),
+        width: 64,
+        height: 64,
+        ..Default::default()
+    };
+    let e = c.images(&img).await.expect_err("too big");
+    assert_eq!(e.class(), ErrorClass::Protocol, "{e}");
+    assert!(e.to_string().contains("over the limit"), "{e}");
+}
