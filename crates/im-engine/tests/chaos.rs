@@ -128,9 +128,13 @@ async fn every_request_leaves_once_under_chaos() {
     let sim = SimServer::start(SimConfig {
         time_scale: 0.0005,
         faults: localai_sim::Faults {
-            // Streams that stall mid-way (a slow fault is a 2 s stall before the answer).
+            // Answers that stall before they start (200 ms) and streams that stall mid-way
+            // (200 ms), both within the client's limits: im rides them out holding the slot.
+            // (Stalls past the limits are tested in `regressions.rs`.)
             slow: 0.05,
             slow_ms: 400_000,
+            stream_stall: 0.05,
+            stall_ms: 400_000,
             stream_error: 0.05,
             drop_connection: 0.03,
             ..localai_sim::Faults::default()

@@ -68,6 +68,11 @@ pub struct Faults {
     pub slow_ms: u64,
     /// A streaming chat sends an error inside the stream after a few chunks.
     pub stream_error: f64,
+    /// A streaming chat stops after its first chunk for `stall_ms`, then goes on (holding its
+    /// slot meanwhile, as a stuck backend does).
+    pub stream_stall: f64,
+    /// Length of a stream stall, in milliseconds (before time scaling).
+    pub stall_ms: u64,
     /// `Retry-After` seconds on injected 503s.
     pub retry_after_secs: u64,
 }

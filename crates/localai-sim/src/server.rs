@@ -198,6 +198,7 @@ enum Fault {
     Drop,
     Slow,
     StreamError,
+    StreamStall,
 }
 
 fn draw_fault(state: &SimState, streaming: bool) -> Option<Fault> {
@@ -213,6 +214,11 @@ fn draw_fault(state: &SimState, streaming: bool) -> Option<Fault> {
             if streaming { f.stream_error } else { 0.0 },
             Fault::StreamError,
             "stream_error",
+        ),
+        (
+            if streaming { f.stream_stall } else { 0.0 },
+            Fault::StreamStall,
+            "stream_stall",
         ),
     ];
     for (rate, fault, name) in classes {
@@ -412,6 +418,8 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
     }
     let dialect = state.cfg.stream_error_dialect;
     let stream_error = matches!(fault, Some(Fault::StreamError));
+    let stall = matches!(fault, Some(Fault::StreamStall))
+        .then(|| state.cfg.scaled(state.cfg.faults.stall_ms as f64));
     let (tx, rx) = mpsc::channel::<Event>(16);
     tokio::spawn(async move {
         let _slot = slot;
@@ -435,6 +443,9 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
         let steps = tokens.max(words.len());
         for (i, w) in words.iter().enumerate() {
             sleep(per_token * (steps / words.len()).max(1) as u32).await;
+            if let (Some(d), 1) = (stall, i) {
+                sleep(d).await;
+            }
             if stream_error && i == 2 {
                 let ev = match dialect {
                     StreamErrorDialect::V4 => Event::default()
