@@ -33,7 +33,7 @@ fn yaml_docs(path: &Path) -> Result<Vec<Value>> {
 }
 
 fn load_config(label: &str, text: &str) -> Result<()> {
-    let cfg = im_http_api::config::ImConfig::from_toml(text)
+    let cfg = im_app::config::ImConfig::from_toml(text)
         .with_context(|| format!("{label}: im's loader refuses it"))?;
     cfg.validate()
         .with_context(|| format!("{label}: invalid"))?;

@@ -5,8 +5,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
-use im_http_api::app::{self, DEMO_KEY, Simulate};
-use im_http_api::config::ImConfig;
+use im_app::config::ImConfig;
+use im_app::{self as app, DEMO_KEY, Simulate};
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
 use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -242,11 +242,11 @@ async fn streamable_http_standalone_requires_a_key() {
 }
 
 /// im-http in-process (the same wiring as the binary) on a loopback port.
-async fn im_http() -> (String, app::Built) {
+async fn im_http() -> (String, im_app::Built) {
     let built = app::build(ImConfig::default(), Some(Simulate { time_scale: 0.01 }))
         .await
         .expect("build");
-    let router = im_mcp_api::http_router_with_mcp(built.state.clone(), &built.config);
+    let router = im_app::http_app(&built);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -363,13 +363,13 @@ async fn concurrent_tool_calls_run_in_the_scheduler_order() {
 }
 
 /// im-http in-process with `f` applied to its configuration, MCP mounted; its URL.
-async fn im_http_with(time_scale: f64, f: impl FnOnce(&mut ImConfig)) -> (String, app::Built) {
+async fn im_http_with(time_scale: f64, f: impl FnOnce(&mut ImConfig)) -> (String, im_app::Built) {
     let mut cfg = ImConfig::default();
     f(&mut cfg);
     let built = app::build(cfg, Some(Simulate { time_scale }))
         .await
         .expect("build");
-    let router = im_mcp_api::http_router_with_mcp(built.state.clone(), &built.config);
+    let router = im_app::http_app(&built);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -394,7 +394,7 @@ fn hold_the_lane(url: &str) -> tokio::task::JoinHandle<reqwest::Result<reqwest::
 }
 
 /// Wait until the engine counted `n` cancellations (at most `within`).
-async fn cancelled(built: &app::Built, n: u64, within: Duration) -> inference_queue::Counters {
+async fn cancelled(built: &im_app::Built, n: u64, within: Duration) -> inference_queue::Counters {
     let end = tokio::time::Instant::now() + within;
     loop {
         let c = built.engine.status().await.expect("running").counters;

@@ -96,7 +96,9 @@ impl Attempt {
     async fn call(&self, started: Instant, stream_started: &mut bool) {
         let (id, lane) = (self.id, self.lane);
         let result = match &self.job.payload {
-            Payload::Chat { req, stream: false } => match self.backend.chat(lane, req).await {
+            Payload::Chat {
+                req, stream: false, ..
+            } => match self.backend.chat(lane, req).await {
                 Ok(c) => self
                     .echo
                     .check(&req.model, &c.raw)
@@ -104,15 +106,15 @@ impl Attempt {
                 Err(e) => Err(e),
             },
             Payload::Images(req) => self.backend.images(lane, req).await.map(Output::Images),
-            Payload::Chat { req, stream: true } => {
-                match self.backend.chat_stream(lane, req).await {
-                    Err(e) => Err(e),
-                    Ok(stream) => {
-                        self.pump(stream, &req.model, started, stream_started).await;
-                        return;
-                    }
+            Payload::Chat {
+                req, stream: true, ..
+            } => match self.backend.chat_stream(lane, req).await {
+                Err(e) => Err(e),
+                Ok(stream) => {
+                    self.pump(stream, &req.model, started, stream_started).await;
+                    return;
                 }
-            }
+            },
         };
         let _ = self.tx.send(Msg::Attempt {
             id,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use im_metrics::{ErrorEntry, Metrics, outcome};
 use inference_queue::{
     Admission, CancelOutcome, Event, FailReason, LaneId, Outcome, RequestId, Resolution, Scheduler,
-    Status, Submit,
+    Status, Submit, Time,
 };
 use localai_client::{ClientError, ErrorClass};
 use tokio::sync::{mpsc, oneshot};
@@ -71,8 +71,10 @@ struct Entry {
     ticket: u64,
     job: Arc<Job>,
     reply: Option<Reply>,
-    submitted: Instant,
-    dispatched: Option<Instant>,
+    /// When the core accepted it (the core's clock).
+    arrived: Time,
+    /// Its queue wait as the core measured it at the answering dispatch.
+    waited: Option<Duration>,
     attempts: u32,
     abort: Option<AbortHandle>,
     last_error: Option<ClientError>,
@@ -179,8 +181,8 @@ impl Driver {
         match msg {
             Msg::Submit { ticket, job, reply } => {
                 let sub = Submit {
-                    kind: job.kind,
-                    model: &job.model,
+                    kind: job.kind(),
+                    model: job.model(),
                     lane: None,
                     deadline: job.deadline,
                     bytes: job.payload_bytes(),
@@ -194,8 +196,8 @@ impl Driver {
                                 ticket,
                                 job: Arc::new(job),
                                 reply: Some(reply),
-                                submitted: Instant::now(),
-                                dispatched: None,
+                                arrived: now,
+                                waited: None,
                                 attempts: 0,
                                 abort: None,
                                 last_error: None,
@@ -204,10 +206,10 @@ impl Driver {
                         );
                     }
                     Admission::Rejected(r) => {
-                        let err = EngineError::from_rejection(r, job.kind);
-                        self.metrics.rejected(job.kind.as_str(), err.error_type());
+                        let err = EngineError::from_rejection(r, job.kind());
+                        self.metrics.rejected(job.kind().as_str(), err.error_type());
                         // Keyed by a configured model only: a caller's made-up name is not a key.
-                        let known = self.core.model_id(&job.model).is_some();
+                        let known = self.core.model_id(job.model()).is_some();
                         self.record_error(&job, &err, known);
                         let _ = reply.send(Err(err));
                     }
@@ -373,7 +375,7 @@ impl Driver {
             Resolution::Retry { .. } => {
                 if let (Some(e), Err(error)) = (self.entries.get_mut(&id), result) {
                     self.metrics
-                        .retry(e.job.kind.as_str(), &e.job.model, &error.label());
+                        .retry(e.job.kind().as_str(), e.job.model(), &error.label());
                     e.last_error = Some(error);
                     e.abort = None;
                 }
@@ -393,8 +395,11 @@ impl Driver {
         while let Some(ev) = self.core.poll_event() {
             match ev {
                 Event::Dispatch {
-                    id, lane, attempt, ..
-                } => self.dispatch(id, lane, attempt),
+                    id,
+                    lane,
+                    attempt,
+                    waited,
+                } => self.dispatch(id, lane, attempt, waited),
                 Event::Expired { id, waited } => {
                     let (attempts, last_error) = self.entries.get(&id).map_or((0, None), |e| {
                         (e.attempts, e.last_error.as_ref().map(ToString::to_string))
@@ -467,11 +472,11 @@ impl Driver {
         });
     }
 
-    fn dispatch(&mut self, id: RequestId, lane: LaneId, attempt: u32) {
+    fn dispatch(&mut self, id: RequestId, lane: LaneId, attempt: u32, waited: Duration) {
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
-        e.dispatched = Some(Instant::now());
+        e.waited = Some(waited);
         e.attempts = attempt;
         let job = e.job.clone();
         let Some(tx) = self.tx.upgrade() else { return };
@@ -509,9 +514,9 @@ impl Driver {
         self.metrics.error(ErrorEntry {
             time_ms: 0,
             request_id: job.request_id.clone(),
-            kind: job.kind.to_string(),
+            kind: job.kind().to_string(),
             model: if known_model {
-                job.model.clone()
+                job.model().to_owned()
             } else {
                 "(unknown)".to_owned()
             },
@@ -533,13 +538,17 @@ impl Driver {
         };
         self.tickets.remove(&e.ticket);
         let wait = e
-            .dispatched
-            .map(|d| d.duration_since(e.submitted))
-            .or_else(|| Some(e.submitted.elapsed()));
-        self.metrics
-            .request_done(e.job.kind.as_str(), &e.job.model, label, wait, processing);
+            .waited
+            .or_else(|| Some(self.clock.now().saturating_since(e.arrived)));
+        self.metrics.request_done(
+            e.job.kind().as_str(),
+            e.job.model(),
+            label,
+            wait,
+            processing,
+        );
         tracing::info!(
-            request_id = %e.job.request_id, kind = %e.job.kind, model = %e.job.model,
+            request_id = %e.job.request_id, kind = %e.job.kind(), model = %e.job.model(),
             wait_ms = wait.map_or(0, |w| w.as_millis() as u64),
             processing_ms = processing.map_or(0, |p| p.as_millis() as u64),
             attempts = e.attempts, outcome = label, "request"
@@ -584,11 +593,9 @@ impl Driver {
 fn meta_of(e: &Entry, lane: LaneId, processing: Duration) -> Meta {
     Meta {
         request_id: e.job.request_id.clone(),
-        kind: e.job.kind,
-        model: e.job.model.clone(),
-        queue_wait: e
-            .dispatched
-            .map_or(Duration::ZERO, |d| d.duration_since(e.submitted)),
+        kind: e.job.kind(),
+        model: e.job.model().to_owned(),
+        queue_wait: e.waited.unwrap_or(Duration::ZERO),
         processing,
         attempts: e.attempts,
         lane: lane.0,

@@ -8,7 +8,7 @@ use localai_client::{
 };
 use tokio::sync::mpsc;
 
-/// The upstream call a job makes.
+/// The upstream call a job makes; its kind and model are the payload's.
 #[derive(Debug)]
 pub enum Payload {
     /// txt2txt or img2txt.
@@ -17,21 +17,38 @@ pub enum Payload {
         req: ChatRequest,
         /// Stream chunks to the caller once dispatched.
         stream: bool,
+        /// `Txt2Txt` or `Img2Txt`, decided at admission (an image in the messages, or the route).
+        kind: Kind,
     },
-    /// txt2img or img2img.
+    /// txt2img, or img2img when the request carries a `file`.
     Images(ImageRequest),
+}
+
+impl Payload {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Payload::Chat { kind, .. } => *kind,
+            Payload::Images(r) if r.file.is_some() => Kind::Img2Img,
+            Payload::Images(_) => Kind::Txt2Img,
+        }
+    }
+
+    /// Its model.
+    pub fn model(&self) -> &str {
+        match self {
+            Payload::Chat { req, .. } => &req.model,
+            Payload::Images(r) => &r.model,
+        }
+    }
 }
 
 /// One request for the engine. The payload is moved in once and shared by reference between
 /// attempts (never cloned per attempt or per layer).
 #[derive(Debug)]
 pub struct Job {
-    /// The caller's id for logs and errors.
+    /// The caller's id for logs and errors: the request's one identity outside the core.
     pub request_id: String,
-    /// Its kind.
-    pub kind: Kind,
-    /// Its model.
-    pub model: String,
     /// A queue deadline; only lowers the kind's default.
     pub deadline: Option<Duration>,
     /// The call.
@@ -275,6 +292,25 @@ impl EngineError {
 }
 
 impl Job {
+    /// A job for `payload`, known as `request_id`.
+    pub fn new(request_id: impl Into<String>, payload: Payload, deadline: Option<Duration>) -> Job {
+        Job {
+            request_id: request_id.into(),
+            deadline,
+            payload,
+        }
+    }
+
+    /// Its kind (the payload's).
+    pub fn kind(&self) -> Kind {
+        self.payload.kind()
+    }
+
+    /// Its model (the payload's).
+    pub fn model(&self) -> &str {
+        self.payload.model()
+    }
+
     /// The bytes of payload the job holds (messages' text and images, an image file), for the
     /// scheduler's byte budget.
     pub fn payload_bytes(&self) -> u64 {
@@ -299,7 +335,7 @@ impl Job {
     pub fn params(&self) -> serde_json::Value {
         use serde_json::json;
         match &self.payload {
-            Payload::Chat { req, stream } => json!({
+            Payload::Chat { req, stream, .. } => json!({
                 "model": truncate(&req.model, 64),
                 "messages": req.messages.iter().take(16).map(summarize_value).collect::<Vec<_>>(),
                 "temperature": req.temperature, "max_tokens": req.max_tokens, "stream": stream,

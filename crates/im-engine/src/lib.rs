@@ -25,8 +25,8 @@
 //! let engine = Engine::start(config, Arc::new(LocalAiBackend::new(vec![client])), im_metrics::Metrics::new())?;
 //! let req = ChatRequest { model: "llama".into(), messages: vec![serde_json::json!({"role": "user", "content": "hi"})],
 //!                         temperature: None, max_tokens: None, extra: Default::default() };
-//! let done = engine.submit(Job { request_id: "r1".into(), kind: Kind::Txt2Txt, model: "llama".into(),
-//!                                deadline: None, payload: Payload::Chat { req, stream: false } }).await?;
+//! let job = Job::new("r1", Payload::Chat { req, stream: false, kind: Kind::Txt2Txt }, None);
+//! let done = engine.submit(job).await?;
 //! if let Output::Chat(c) = done.output { println!("{} (waited {:?})", c.content, done.meta.queue_wait); }
 //! # Ok(()) }
 //! ```

@@ -94,7 +94,7 @@ impl Backend for Chaos {
 
 fn job(i: usize) -> Job {
     let stream = i.is_multiple_of(3);
-    let (kind, model, payload) = if i % 4 == 1 {
+    let payload = if i % 4 == 1 {
         let req = ImageRequest {
             model: SD.into(),
             prompt: "a fox".into(),
@@ -103,7 +103,7 @@ fn job(i: usize) -> Job {
             steps: Some(1),
             ..ImageRequest::default()
         };
-        (Kind::Txt2Img, SD, Payload::Images(req))
+        Payload::Images(req)
     } else {
         let req = ChatRequest {
             model: LLM.into(),
@@ -112,12 +112,14 @@ fn job(i: usize) -> Job {
             max_tokens: Some(8),
             extra: Default::default(),
         };
-        (Kind::Txt2Txt, LLM, Payload::Chat { req, stream })
+        Payload::Chat {
+            req,
+            stream,
+            kind: Kind::Txt2Txt,
+        }
     };
     Job {
         request_id: format!("c{i}"),
-        kind,
-        model: model.into(),
         deadline: Some(Duration::from_secs(20)),
         payload,
     }

@@ -64,24 +64,30 @@ fn png_b64() -> String {
 }
 
 fn job(i: usize, kind: Kind) -> Job {
-    let (model, payload) = match kind {
-        Kind::Txt2Txt => (LLM, chat(LLM, json!(format!("question {i}")))),
-        Kind::Img2Txt => (
+    let payload = match kind {
+        Kind::Txt2Txt => chat(LLM, json!(format!("question {i}"))),
+        Kind::Img2Txt => vision(chat(
             VLM,
-            chat(
-                VLM,
-                json!([{"type": "text", "text": "what?"}, {"type": "image_url", "image_url": png_b64()}]),
-            ),
-        ),
-        Kind::Txt2Img => (SD, images(None)),
-        Kind::Img2Img => (SD, images(Some(png_b64()))),
+            json!([{"type": "text", "text": "what?"}, {"type": "image_url", "image_url": png_b64()}]),
+        )),
+        Kind::Txt2Img => images(None),
+        Kind::Img2Img => images(Some(png_b64())),
     };
     Job {
         request_id: format!("r{i}"),
-        kind,
-        model: model.into(),
         deadline: None,
         payload,
+    }
+}
+
+fn vision(p: Payload) -> Payload {
+    match p {
+        Payload::Chat { req, stream, .. } => Payload::Chat {
+            req,
+            stream,
+            kind: Kind::Img2Txt,
+        },
+        other => other,
     }
 }
 
@@ -93,7 +99,11 @@ fn chat(model: &str, content: serde_json::Value) -> Payload {
         max_tokens: Some(4),
         extra: Default::default(),
     };
-    Payload::Chat { req, stream: false }
+    Payload::Chat {
+        req,
+        stream: false,
+        kind: Kind::Txt2Txt,
+    }
 }
 
 fn images(file: Option<String>) -> Payload {
@@ -235,7 +245,6 @@ async fn transient_faults_are_retried_and_permanent_ones_are_not() {
     );
 
     let ghost = Job {
-        model: "ghost".into(),
         payload: chat("ghost", json!("hi")),
         ..job(99, Kind::Txt2Txt)
     };
@@ -449,7 +458,6 @@ async fn metrics_text_parses_and_the_error_list_is_clean() {
     }
     let big = "QUJD".repeat(50_000);
     let bad = Job {
-        model: "ghost".into(),
         payload: Payload::Chat {
             req: ChatRequest {
                 model: "ghost".into(),
@@ -463,12 +471,13 @@ async fn metrics_text_parses_and_the_error_list_is_clean() {
                     .collect(),
             },
             stream: false,
+            kind: Kind::Txt2Txt,
         },
         ..job(100, Kind::Txt2Txt)
     };
     assert!(engine.submit(bad).await.is_err());
     let unknown = Job {
-        model: "nope".into(),
+        payload: chat("nope", json!("hi")),
         ..job(101, Kind::Txt2Txt)
     };
     assert!(matches!(

@@ -46,10 +46,12 @@ fn chat_job(id: &str, model: &str, text: &str, stream: bool) -> Job {
     };
     Job {
         request_id: id.into(),
-        kind: Kind::Txt2Txt,
-        model: model.into(),
         deadline: None,
-        payload: Payload::Chat { req, stream },
+        payload: Payload::Chat {
+            req,
+            stream,
+            kind: Kind::Txt2Txt,
+        },
     }
 }
 
@@ -107,8 +109,6 @@ async fn a_caller_leaving_during_a_load_keeps_the_slot_until_the_upstream_finish
     );
     let image = Job {
         request_id: "img".into(),
-        kind: Kind::Txt2Img,
-        model: SD.into(),
         deadline: None,
         payload: Payload::Images(ImageRequest {
             model: SD.into(),

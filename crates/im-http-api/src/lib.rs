@@ -11,8 +11,6 @@
 //! The middleware stack, outermost first: request id → auth (+ per-key rate limit) → body limit →
 //! handler. This crate knows JSON and HTTP; it never talks to LocalAI except through the engine.
 
-pub mod app;
-pub mod config;
 pub mod error;
 pub mod openai;
 pub mod ops;
@@ -27,12 +25,13 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use im_service::ErrorType;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use error::{ApiError, ErrorBody, ErrorType};
-pub use state::{AlreadyCharged, AppState, Arrived, HttpSettings, Keys, RequestId, require_key};
+pub use error::{ErrorBody, HttpError};
+pub use state::{AppState, Arrived, require_key};
 
 /// The OpenAPI document of every route.
 #[derive(OpenApi)]
@@ -76,7 +75,7 @@ pub fn openapi_json() -> String {
 /// request, so it is neither echoed nor logged here (the process's panic hook logs the location).
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     tracing::error!("a request handler panicked; answered 500 internal");
-    ApiError::new(
+    HttpError::new(
         ErrorType::Internal,
         "internal error in im; the request was not completed",
     )
@@ -94,7 +93,7 @@ pub fn router_with(
     state: AppState,
     extra: impl FnOnce(Router<AppState>) -> Router<AppState>,
 ) -> Router {
-    let limit = state.body_limit;
+    let limit = state.service.body_limit();
     let api = Router::new()
         .route("/txt2txt", post(seed::txt2txt))
         .route("/txt2img", post(seed::txt2img))
@@ -114,10 +113,10 @@ pub fn router_with(
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
     let api = extra(api)
         .fallback(|| async {
-            ApiError::new(ErrorType::NotFound, "no such route; see /docs").into_response()
+            HttpError::new(ErrorType::NotFound, "no such route; see /docs").into_response()
         })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
+            HttpError::new(
                 ErrorType::MethodNotAllowed,
                 "method not allowed on this route; see /docs",
             )
@@ -127,7 +126,6 @@ pub fn router_with(
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ));
-    api.layer(from_fn_with_state(state.clone(), state::auth))
-        .layer(from_fn_with_state(state.clone(), state::request_id))
+    api.layer(from_fn_with_state(state.clone(), state::caller))
         .with_state(state)
 }

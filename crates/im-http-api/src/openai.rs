@@ -1,49 +1,54 @@
 //! OpenAI-compatible routes on the same queues: bodies stay exactly OpenAI-shaped; im's figures
 //! travel as headers (`X-Request-Id`, `X-Queue-Wait-Ms`, `X-Processing-Ms`, `X-Attempts`).
 
-use std::time::Duration;
-
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
-use im_engine::{Job, Output, Payload};
-use inference_queue::Kind;
-use localai_client::{ChatRequest, ImageRequest};
+use im_engine::Output;
+use im_service::{
+    Call, Caller, ChatInput, ChatKind, ErrorType, ImageParams, ServiceError, image_file,
+};
 use serde_json::{Value, json};
 
-use crate::error::{ApiError, ErrorBody, ErrorType, QueuedErrors};
+use crate::error::{ErrorBody, HttpError, QueuedErrors};
 use crate::seed::body;
-use crate::state::{AppState, Arrived, RequestId, figure_headers};
+use crate::state::{AppState, Arrived, figure_headers};
 use crate::stream::sse_response;
 use crate::types::{self, Message};
 
-fn object(b: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+fn object(b: &Bytes) -> Result<serde_json::Map<String, Value>, ServiceError> {
     match types::parse::<Value>(b)? {
         Value::Object(o) => Ok(o),
-        _ => Err(ApiError::invalid("body", "must be a JSON object")),
+        _ => Err(ServiceError::invalid("body", "must be a JSON object")),
     }
 }
 
-fn string_field(o: &mut serde_json::Map<String, Value>, name: &str) -> Result<String, ApiError> {
+fn string_field(
+    o: &mut serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<String, ServiceError> {
     match o.remove(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        Some(Value::String(_)) => Err(ApiError::invalid(name, "must not be empty")),
-        Some(_) => Err(ApiError::invalid(name, "must be a string")),
-        None => Err(ApiError::invalid(name, format!("missing field `{name}`"))),
+        Some(Value::String(_)) => Err(ServiceError::invalid(name, "must not be empty")),
+        Some(_) => Err(ServiceError::invalid(name, "must be a string")),
+        None => Err(ServiceError::invalid(
+            name,
+            format!("missing field `{name}`"),
+        )),
     }
 }
 
 fn opt<T: serde::de::DeserializeOwned>(
     o: &mut serde_json::Map<String, Value>,
     name: &str,
-) -> Result<Option<T>, ApiError> {
+) -> Result<Option<T>, ServiceError> {
     match o.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => serde_json::from_value(v)
             .map(Some)
-            .map_err(|e| ApiError::invalid(name, e.to_string())),
+            .map_err(|e| ServiceError::invalid(name, e.to_string())),
     }
 }
 
@@ -89,114 +94,93 @@ const PASS_THROUGH: &[&str] = &[
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn chat_completions(
     State(st): State<AppState>,
-    Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     Extension(arrived): Extension<Arrived>,
     b: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let mut o = object(&body(b, st.body_limit)?)?;
-    let model = string_field(&mut o, "model")?;
-    let messages: Vec<Message> = opt(&mut o, "messages")?
-        .ok_or_else(|| ApiError::invalid("messages", "missing field `messages`"))?;
-    types::messages(&messages)?;
-    let temperature: Option<f64> = opt(&mut o, "temperature")?;
-    types::temperature(temperature)?;
-    let max_tokens: Option<u32> = opt(&mut o, "max_tokens")?;
-    let stream: bool = opt(&mut o, "stream")?.unwrap_or(false);
-    let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
-    types::deadline_ms(deadline_ms)?;
-    o.remove("stream_options");
-    // Only known OpenAI / LocalAI sampling fields travel upstream; anything else is refused by
-    // name rather than passed to a server that may act on it.
-    if let Some(unknown) = o.keys().find(|k| !PASS_THROUGH.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            unknown.as_str(),
-            format!("unsupported field `{}`", im_engine::truncate(unknown, 64)),
-        ));
-    }
-    let req = ChatRequest {
-        model: model.clone(),
-        messages: types::to_values(messages),
-        temperature,
-        max_tokens,
-        extra: o,
-    };
-    types::image_urls(&req.messages, &st.image_url_allowlist)?;
-    let kind = if localai_client::vision::has_image(&req.messages) {
-        Kind::Img2Txt
-    } else {
-        Kind::Txt2Txt
-    };
-    let job = Job {
-        request_id: rid.0,
-        kind,
-        model,
-        deadline: deadline_ms.map(Duration::from_millis),
-        payload: Payload::Chat { req, stream },
-    };
-    let done = st.engine.submit(job).await?;
+) -> Result<Response, HttpError> {
+    let call = chat_call(&st, &body(b, st.service.body_limit())?)?;
+    let stream = call.streams();
+    let done = st.service.run(call, &caller).await?;
     if stream {
         return Ok(sse_response(&st, done, arrived));
     }
     let mut resp = match &done.output {
         Output::Chat(c) => axum::Json(c.raw.clone()).into_response(),
-        _ => return Err(ApiError::new(ErrorType::Internal, "unexpected output")),
+        _ => return Err(HttpError::new(ErrorType::Internal, "unexpected output")),
     };
     figure_headers(&st, resp.headers_mut(), &done, arrived);
     Ok(resp)
 }
 
-/// Parse an OpenAI image request into a job; `body` is dropped on return.
-fn images_job(st: &AppState, rid: RequestId, body: Bytes) -> Result<Job, ApiError> {
-    // Typed, with `file` borrowed from the body: the image payload is held once.
+/// An OpenAI chat body as the service's call (txt2txt, or img2txt with an image).
+fn chat_call(st: &AppState, b: &Bytes) -> Result<Call, ServiceError> {
+    let mut o = object(b)?;
+    let model = string_field(&mut o, "model")?;
+    let messages: Vec<Message> = opt(&mut o, "messages")?
+        .ok_or_else(|| ServiceError::invalid("messages", "missing field `messages`"))?;
+    let temperature: Option<f64> = opt(&mut o, "temperature")?;
+    let max_tokens: Option<u32> = opt(&mut o, "max_tokens")?;
+    let stream: bool = opt(&mut o, "stream")?.unwrap_or(false);
+    let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
+    o.remove("stream_options");
+    // Only known OpenAI / LocalAI sampling fields travel upstream; anything else is refused by
+    // name rather than passed to a server that may act on it.
+    if let Some(unknown) = o.keys().find(|k| !PASS_THROUGH.contains(&k.as_str())) {
+        return Err(ServiceError::invalid(
+            unknown.as_str(),
+            format!("unsupported field `{}`", im_engine::truncate(unknown, 64)),
+        ));
+    }
+    let input = ChatInput {
+        model,
+        messages: types::to_values(messages),
+        temperature,
+        max_tokens,
+        stream,
+        deadline_ms,
+        extra: o,
+    };
+    Call::chat(input, ChatKind::Detect, st.service.limits())
+}
+
+/// An OpenAI image body as the service's call; `body` is dropped on return, only the call holds
+/// the image.
+fn images_call(st: &AppState, body: Bytes) -> Result<Call, ServiceError> {
+    // Typed, with `file` borrowed from the body: the image payload is copied once.
     let r: ImagesBody = types::parse(&body)?;
     let model = r
         .model
         .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::invalid("model", "missing field `model`"))?;
+        .ok_or_else(|| ServiceError::invalid("model", "missing field `model`"))?;
     let prompt = r
         .prompt
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| ApiError::invalid("prompt", "missing field `prompt`"))?;
+        .ok_or_else(|| ServiceError::invalid("prompt", "missing field `prompt`"))?;
     let size = r.size.unwrap_or_else(|| "512x512".to_owned());
     let (width, height) = parse_size(&size)
-        .ok_or_else(|| ApiError::invalid("size", format!("{size:?} is not \"WxH\"")))?;
-    types::side("size", width, st.max_image_side)?;
-    types::side("size", height, st.max_image_side)?;
-    let steps = r.step.or(r.steps);
-    types::steps_n(steps, r.n)?;
-    types::deadline_ms(r.deadline_ms)?;
+        .ok_or_else(|| ServiceError::invalid("size", format!("{size:?} is not \"WxH\"")))?;
     if let Some(f) = r.response_format.as_deref()
         && f != "b64_json"
     {
-        return Err(ApiError::invalid(
+        return Err(ServiceError::invalid(
             "response_format",
             "only \"b64_json\" is supported (im does not host image files)",
         ));
     }
-    let file = r.file.map(|f| types::image_file("file", f)).transpose()?;
-    let kind = if file.is_some() {
-        Kind::Img2Img
-    } else {
-        Kind::Txt2Img
-    };
-    let req = ImageRequest {
-        model: model.clone(),
+    let params = ImageParams {
+        model,
         prompt,
         negative_prompt: r.negative_prompt,
         width,
         height,
-        steps,
+        steps: r.step.or(r.steps),
         seed: r.seed,
         n: r.n,
-        file,
+        deadline_ms: r.deadline_ms,
     };
-    Ok(Job {
-        request_id: rid.0,
-        kind,
-        model,
-        deadline: r.deadline_ms.map(Duration::from_millis),
-        payload: Payload::Images(req),
-    })
+    params.validate(st.service.limits(), Some("size"))?;
+    let file = r.file.map(|f| image_file("file", f)).transpose()?;
+    Call::image(params, file, st.service.limits(), Some("size"))
 }
 
 /// The OpenAI image request (unknown OpenAI fields such as `quality` or `user` are ignored).
@@ -231,19 +215,19 @@ fn parse_size(s: &str) -> Option<(u32, u32)> {
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn images_generations(
     State(st): State<AppState>,
-    Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     Extension(arrived): Extension<Arrived>,
     b: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    // The body is parsed and dropped before the request queues: only the job holds the payload.
-    let job = images_job(&st, rid, body(b, st.body_limit)?)?;
-    let done = st.engine.submit(job).await?;
+) -> Result<Response, HttpError> {
+    // The body is parsed and dropped before the request queues: only the call holds the payload.
+    let call = images_call(&st, body(b, st.service.body_limit())?)?;
+    let done = st.service.run(call, &caller).await?;
     let mut resp = match &done.output {
         Output::Images(i) => {
             let data: Vec<Value> = i.images.iter().map(|b| json!({"b64_json": b})).collect();
             axum::Json(json!({"created": i.created, "data": data})).into_response()
         }
-        _ => return Err(ApiError::new(ErrorType::Internal, "unexpected output")),
+        _ => return Err(HttpError::new(ErrorType::Internal, "unexpected output")),
     };
     figure_headers(&st, resp.headers_mut(), &done, arrived);
     Ok(resp)
@@ -255,12 +239,5 @@ pub async fn images_generations(
               (status = 401, description = "No or a wrong API key", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn models(State(st): State<AppState>) -> Response {
-    let data: Vec<Value> = st
-        .engine
-        .config()
-        .models
-        .iter()
-        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "localai", "kinds": m.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>()}))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    axum::Json(st.service.models()).into_response()
 }

@@ -7,7 +7,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use im_engine::{Completion, Output};
 
-use crate::error::{ApiError, ErrorType};
+use im_service::{ErrorType, ServiceError};
+
+use crate::error::HttpError;
 use crate::state::{AppState, Arrived, figure_headers};
 
 /// An SSE response for a streaming completion (any other output is sent as JSON).
@@ -15,7 +17,7 @@ pub fn sse_response(st: &AppState, done: Completion, arrived: Arrived) -> Respon
     let mut headers = axum::http::HeaderMap::new();
     figure_headers(st, &mut headers, &done, arrived);
     let Output::Stream(rx) = done.output else {
-        return ApiError::new(ErrorType::Internal, "expected a stream").into_response();
+        return HttpError::new(ErrorType::Internal, "expected a stream").into_response();
     };
     let state = (rx, false, false); // (chunks, a finish_reason was seen, ended)
     let events = futures_util::stream::unfold(state, |(mut rx, mut finished, ended)| async move {
@@ -31,13 +33,13 @@ pub fn sse_response(st: &AppState, done: Completion, arrived: Arrived) -> Respon
                 ))
             }
             Some(Err(e)) => {
-                let err = ApiError::new(
+                let err = ServiceError::new(
                     ErrorType::UpstreamError,
                     im_metrics::sanitize_text(&e.to_string()),
                 );
                 Some((
                     vec![
-                        Event::default().event("error").data(err.json()),
+                        Event::default().event("error").data(err.body().to_string()),
                         Event::default().data("[DONE]"),
                     ],
                     (rx, finished, true),
@@ -45,13 +47,13 @@ pub fn sse_response(st: &AppState, done: Completion, arrived: Arrived) -> Respon
             }
             None if finished => Some((vec![Event::default().data("[DONE]")], (rx, finished, true))),
             None => {
-                let err = ApiError::new(
+                let err = ServiceError::new(
                     ErrorType::UpstreamError,
                     "the upstream stream ended before completion",
                 );
                 Some((
                     vec![
-                        Event::default().event("error").data(err.json()),
+                        Event::default().event("error").data(err.body().to_string()),
                         Event::default().data("[DONE]"),
                     ],
                     (rx, finished, true),

@@ -1,13 +1,13 @@
-//! Request and response bodies of the seed routes, and their validation (field-level messages).
+//! Request and response bodies of the seed routes (their schemas), and parsing with field-level
+//! messages. Validation beyond types is the service's.
 
-use bytes::Bytes;
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ErrorType};
+use im_service::{ChatInput, ImageParams, ServiceError};
 
 /// One chat message.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -112,6 +112,71 @@ pub struct Img2ImgRequest<'a> {
     pub deadline_ms: Option<u64>,
 }
 
+impl Txt2TxtRequest {
+    /// The service's input.
+    pub fn into_input(self) -> ChatInput {
+        ChatInput {
+            model: self.model,
+            messages: to_values(self.messages),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            stream: self.stream,
+            deadline_ms: self.deadline_ms,
+            extra: Default::default(),
+        }
+    }
+}
+
+impl Img2TxtRequest {
+    /// The service's input.
+    pub fn into_input(self) -> ChatInput {
+        ChatInput {
+            model: self.model,
+            messages: to_values(self.messages),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            stream: false,
+            deadline_ms: self.deadline_ms,
+            extra: Default::default(),
+        }
+    }
+}
+
+impl Txt2ImgRequest {
+    /// The service's input.
+    pub fn into_params(self) -> ImageParams {
+        ImageParams {
+            model: self.model,
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt,
+            width: self.width,
+            height: self.height,
+            steps: self.steps,
+            seed: self.seed,
+            n: self.n,
+            deadline_ms: self.deadline_ms,
+        }
+    }
+}
+
+impl<'a> Img2ImgRequest<'a> {
+    /// The service's input and the image file (still borrowed from the body).
+    pub fn into_parts(self) -> (ImageParams, Cow<'a, str>) {
+        let params = ImageParams {
+            model: self.model,
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt,
+            width: self.width,
+            height: self.height,
+            steps: self.steps,
+            seed: self.seed,
+            n: self.n,
+            deadline_ms: self.deadline_ms,
+        };
+        (params, self.file)
+    }
+}
+
 /// The figures every seed response carries.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Figures {
@@ -155,9 +220,9 @@ pub struct ImageResult {
 }
 
 /// Parse a JSON body into `T`, naming the field at fault. `T` may borrow from the body.
-pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
+pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ServiceError> {
     if body.is_empty() {
-        return Err(ApiError::invalid(
+        return Err(ServiceError::invalid(
             "body",
             "the request body is empty; send a JSON object",
         ));
@@ -169,7 +234,7 @@ pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
         let msg = inner.to_string();
         // serde names missing/unknown fields in the message, not in the path.
         if inner.is_syntax() || inner.is_eof() {
-            return ApiError::invalid("body", format!("malformed JSON: {msg}"));
+            return ServiceError::invalid("body", format!("malformed JSON: {msg}"));
         }
         let field = if path == "." || path == "?" {
             msg.split('`')
@@ -179,164 +244,15 @@ pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
         } else {
             path
         };
-        ApiError::invalid(field, msg)
+        ServiceError::invalid(field, msg)
     })
 }
 
-/// Check a temperature.
-pub fn temperature(t: Option<f64>) -> Result<(), ApiError> {
-    match t {
-        Some(t) if !(0.0..=2.0).contains(&t) => Err(ApiError::invalid(
-            "temperature",
-            format!("must be between 0.0 and 2.0, got {t}"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Check messages: non-empty, known roles, string or list content.
-pub fn messages(m: &[Message]) -> Result<(), ApiError> {
-    if m.is_empty() {
-        return Err(ApiError::invalid(
-            "messages",
-            "must hold at least one message",
-        ));
-    }
-    for (i, msg) in m.iter().enumerate() {
-        if !["system", "user", "assistant", "tool", "developer"].contains(&msg.role.as_str()) {
-            return Err(ApiError::invalid(
-                format!("messages[{i}].role"),
-                format!("unknown role {:?}", msg.role),
-            ));
-        }
-        if !(msg.content.is_string() || msg.content.is_array()) {
-            return Err(ApiError::invalid(
-                format!("messages[{i}].content"),
-                "must be a string or a list of parts",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Check an image side.
-pub fn side(name: &str, v: u32, max: u32) -> Result<(), ApiError> {
-    if v == 0 || !v.is_multiple_of(8) {
-        return Err(ApiError::invalid(
-            name,
-            format!("must be a positive multiple of 8, got {v}"),
-        ));
-    }
-    if v > max {
-        return Err(ApiError::invalid(
-            name,
-            format!("must be at most {max}, got {v}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Check steps and n.
-pub fn steps_n(steps: Option<u32>, n: Option<u32>) -> Result<(), ApiError> {
-    if let Some(s) = steps
-        && !(1..=150).contains(&s)
-    {
-        return Err(ApiError::invalid(
-            "steps",
-            format!("must be between 1 and 150, got {s}"),
-        ));
-    }
-    if let Some(n) = n
-        && !(1..=4).contains(&n)
-    {
-        return Err(ApiError::invalid(
-            "n",
-            format!("must be between 1 and 4, got {n}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Check that `file` is base64 of an image and return it as raw base64 (no `data:` prefix), in a
-/// buffer of exactly its size. serde borrows `file` from the request body, so this is the one copy
-/// made: the body (whose buffer may be far larger than the payload) is freed when the handler
-/// returns, and the job holds the payload once from then on, shared by `Arc` between attempts.
-pub fn image_file(field: &str, file: Cow<'_, str>) -> Result<Bytes, ApiError> {
-    let raw: &str = match file.strip_prefix("data:") {
-        Some(rest) => rest
-            .split_once(',')
-            .map(|(_, d)| d)
-            .ok_or_else(|| ApiError::invalid(field, "a data URI without a comma"))?,
-        None => &file,
-    };
-    let Some(decoded) = localai_client::vision::decode_head(raw) else {
-        return Err(ApiError::invalid(field, "is not valid base64"));
-    };
-    if localai_client::vision::sniff_mime(&decoded).is_none() {
-        return Err(ApiError::invalid(
-            field,
-            "is not an image (expected PNG, JPEG, WebP or GIF)",
-        ));
-    }
-    // Full check of the alphabet without decoding the whole payload into a second buffer.
-    let ok = raw
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\n' | b'\r'));
-    if !ok {
-        return Err(ApiError::invalid(field, "is not valid base64"));
-    }
-    Ok(Bytes::copy_from_slice(raw.as_bytes()))
-}
-
-/// Check a queue deadline: at least 1 ms (zero would expire before it could run).
-pub fn deadline_ms(d: Option<u64>) -> Result<(), ApiError> {
-    match d {
-        Some(0) => Err(ApiError::invalid(
-            "deadline_ms",
-            "must be at least 1 (milliseconds)",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Check every image in `messages`: a URL (which the upstream would fetch from its own network)
-/// is accepted only when it starts with one of `allowed` (empty: no URL at all); base64 and data
-/// URIs are always accepted.
-pub fn image_urls(messages: &[Value], allowed: &[String]) -> Result<(), ApiError> {
-    for src in localai_client::vision::image_sources(messages) {
-        let s = src.trim_start();
-        let is_url = s
-            .get(..7)
-            .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
-            || s.get(..8)
-                .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
-        if is_url && !allowed.iter().any(|p| s.starts_with(p.as_str())) {
-            return Err(ApiError::invalid(
-                "messages",
-                "image URLs are not fetched unless allowed (`http.image_url_allowlist`); send the image as base64 or a data URI",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The messages as JSON values for the client.
+/// The messages as JSON values for the service.
 pub fn to_values(m: Vec<Message>) -> Vec<Value> {
     m.into_iter()
         .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
         .collect()
-}
-
-/// An error for a model the frontend already knows does not serve `kind` (kept for symmetry with
-/// the engine's admission, which is the authority).
-pub fn needs_image() -> ApiError {
-    ApiError {
-        param: Some("messages".into()),
-        ..ApiError::new(
-            ErrorType::InvalidRequest,
-            "img2txt needs an image in the messages (an image_url part, base64 or a data URI)",
-        )
-    }
 }
 
 #[cfg(test)]
@@ -349,13 +265,13 @@ mod tests {
         let png =
             base64::engine::general_purpose::STANDARD.encode(localai_sim::image::png(8, 8, 1));
         for file in [png.clone(), format!("data:image/png;base64,{png}")] {
-            let body = Bytes::from(serde_json::json!({"model": "sd", "file": file, "prompt": "p", "width": 8, "height": 8}).to_string());
+            let body = axum::body::Bytes::from(serde_json::json!({"model": "sd", "file": file, "prompt": "p", "width": 8, "height": 8}).to_string());
             let r: Img2ImgRequest = parse(&body).expect("valid");
             assert!(
                 matches!(r.file, Cow::Borrowed(_)),
                 "serde borrowed the string: no intermediate copy"
             );
-            let out = image_file("file", r.file).expect("an image");
+            let out = im_service::image_file("file", r.file).expect("an image");
             assert_eq!(out, png.as_bytes());
             let (start, end) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
             assert!(

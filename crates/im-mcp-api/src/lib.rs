@@ -1,257 +1,71 @@
 //! `im-mcp-api`: im as an MCP server, on the official Rust SDK (`rmcp`).
 //!
 //! Tools: `txt2txt`, `txt2img`, `img2img`, `img2txt`, `get_request_metrics`, `get_error_metrics`,
-//! `queue_status`, `list_models`. Every tool call goes through im's HTTP API, either in-process
-//! ([`Upstream::Local`]: the axum router called without a socket, so validation, queues and the
-//! error table are exactly HTTP's) or over the network to a running im-http
-//! ([`Upstream::Remote`], `im-mcp --remote`), so one queue serves both interfaces. Image results are
-//! MCP image content (PNG, base64); failures are tool errors (`isError: true`) carrying the
-//! message of the shared error table, with the offending field named.
+//! `queue_status`, `list_models`. A tool call is arguments → the service's typed call → run as
+//! the MCP caller ([`Target::Local`]: im's service in this process, with the caller's own key,
+//! request id and rate limit, and no HTTP round trip), or is forwarded to a running im-http
+//! ([`Target::Remote`], `im-mcp --remote`) so one queue serves both interfaces. Image results are
+//! MCP image content (PNG, base64); failures are tool errors (`isError: true`) with the message
+//! of the shared error table, the offending field named. A call the client cancels (or whose
+//! session ends) leaves the queue.
 //!
 //! [`ImMcp`] is the `ServerHandler`; [`http_service`] wraps it as a streamable-HTTP tower service
 //! (mounted at `/mcp` by im-http, or served alone by `im-mcp --http`); `im-mcp` without `--http`
 //! speaks stdio.
 
+mod args;
+mod remote;
+
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request};
+use axum::http::Method;
+use im_engine::{Completion, Output};
+use im_service::{
+    Call, Caller, ChatInput, ChatKind, ImageParams, Service, ServiceError, image_file,
+};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
-use serde::Deserialize;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-/// Where tool calls go.
-#[derive(Clone)]
-pub enum Upstream {
-    /// im's HTTP router, in-process, called with `key`.
-    Local {
-        /// The router (without `/mcp`).
-        router: Router,
-        /// The key to present, if auth is on.
-        key: Option<String>,
-    },
+pub use args::{ChatArgs, EditArgs, ImageArgs, NoArgs, VisionArgs};
+pub use remote::Remote;
+
+/// Where tool calls run.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// im's service in this process.
+    Local(Service),
     /// A running im-http.
-    Remote {
-        /// Its base URL.
-        url: String,
-        /// Its API key.
-        key: Option<String>,
-        /// The HTTP client.
-        client: reqwest::Client,
-    },
+    Remote(Remote),
 }
-
-impl Upstream {
-    /// A remote im-http at `url`.
-    pub fn remote(url: &str, key: Option<String>) -> Upstream {
-        let client = reqwest::Client::builder().build().unwrap_or_default();
-        Upstream::Remote {
-            url: url.trim_end_matches('/').to_owned(),
-            key,
-            client,
-        }
-    }
-
-    /// Call `path` and return the status and the JSON body. `caller` carries the MCP client's own
-    /// key and request id (streamable HTTP); without them (stdio, a local process) the configured
-    /// key is presented.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        caller: &Caller,
-    ) -> (u16, Value) {
-        match self {
-            Upstream::Local { router, key } => {
-                let mut req = Request::builder()
-                    .method(method)
-                    .uri(path)
-                    .header("content-type", "application/json");
-                if caller.headers.is_empty() {
-                    if let Some(k) = key {
-                        req = req.header("x-api-key", k);
-                    }
-                } else {
-                    for (name, value) in &caller.headers {
-                        req = req.header(*name, value);
-                    }
-                }
-                if !caller.headers.is_empty() {
-                    // The MCP request that carried this call was charged to the caller's key.
-                    req = req.extension(im_http_api::AlreadyCharged);
-                }
-                let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-                let Ok(req) = req.body(body) else {
-                    return (
-                        500,
-                        json!({"error": {"type": "internal", "message": "bad request path"}}),
-                    );
-                };
-                let Ok(resp) = router.clone().oneshot(req).await;
-                let status = resp.status().as_u16();
-                let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-                    .await
-                    .unwrap_or_default();
-                (
-                    status,
-                    serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                )
-            }
-            Upstream::Remote { url, key, client } => {
-                let mut rb = client.request(method, format!("{url}{path}"));
-                if let Some(k) = key {
-                    rb = rb.header("x-api-key", k);
-                }
-                if let Some((_, id)) = caller.headers.iter().find(|(n, _)| *n == "x-request-id") {
-                    rb = rb.header("x-request-id", id.as_bytes());
-                }
-                if let Some(b) = body {
-                    rb = rb.json(&b);
-                }
-                match rb.send().await {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        (status, r.json().await.unwrap_or(Value::Null))
-                    }
-                    Err(e) => (
-                        503,
-                        json!({"error": {"type": "upstream_unavailable", "message": format!("cannot reach im-http at {url}: {e}")}}),
-                    ),
-                }
-            }
-        }
-    }
-}
-
-/// Who made a tool call: the headers of the MCP client's HTTP request that im passes on (its key,
-/// so that its rate limit applies, and its request id). Empty over stdio.
-#[derive(Clone, Debug, Default)]
-pub struct Caller {
-    headers: Vec<(&'static str, axum::http::HeaderValue)>,
-}
-
-impl Caller {
-    /// The caller of the request `ctx` belongs to.
-    pub fn of(ctx: &RequestContext<RoleServer>) -> Caller {
-        let Some(parts) = ctx.extensions.get::<axum::http::request::Parts>() else {
-            return Caller::default();
-        };
-        let headers = ["x-api-key", "authorization", "x-request-id"]
-            .into_iter()
-            .filter_map(|n| parts.headers.get(n).map(|v| (n, v.clone())))
-            .collect();
-        Caller { headers }
-    }
-}
-
-/// Run a tool's work unless the MCP client cancels the call (a `notifications/cancelled`, or its
-/// session ends): then the work is dropped, which cancels its queued request.
-async fn unless_cancelled<T>(
-    ctx: &RequestContext<RoleServer>,
-    work: impl std::future::Future<Output = T>,
-) -> Result<T, ErrorData> {
-    tokio::select! {
-        () = ctx.ct.cancelled() => Err(ErrorData::internal_error("the call was cancelled", None)),
-        r = work => Ok(r),
-    }
-}
-
-/// Arguments of `txt2txt`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct ChatArgs {
-    /// A model serving txt2txt (see `list_models`).
-    pub model: String,
-    /// The conversation: a list of `{"role": "user"|"system"|"assistant", "content": "..."}`.
-    /// Give either `messages` or `prompt`.
-    pub messages: Option<Vec<Value>>,
-    /// A single user message (shorthand for `messages`).
-    pub prompt: Option<String>,
-    /// Sampling temperature, 0.0 to 2.0.
-    pub temperature: Option<f64>,
-    /// Maximum tokens to generate.
-    pub max_tokens: Option<u32>,
-}
-
-/// Arguments of `img2txt`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct VisionArgs {
-    /// A model serving img2txt (see `list_models`).
-    pub model: String,
-    /// The question about the image.
-    pub prompt: Option<String>,
-    /// The image: base64 (PNG, JPEG, WebP, GIF) or a data URI.
-    pub image: Option<String>,
-    /// Or a full conversation whose messages carry `image_url` parts (instead of prompt + image).
-    pub messages: Option<Vec<Value>>,
-    /// Sampling temperature, 0.0 to 2.0.
-    pub temperature: Option<f64>,
-    /// Maximum tokens to generate.
-    pub max_tokens: Option<u32>,
-}
-
-/// Arguments of `txt2img`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct ImageArgs {
-    /// A model serving txt2img (see `list_models`).
-    pub model: String,
-    /// What to draw.
-    pub prompt: String,
-    /// Width in pixels: a positive multiple of 8 (for example 512).
-    pub width: u32,
-    /// Height in pixels: a positive multiple of 8 (for example 512).
-    pub height: u32,
-    /// Diffusion steps, 1 to 150.
-    pub steps: Option<u32>,
-    /// Seed for reproducible images.
-    pub seed: Option<i64>,
-    /// What not to draw.
-    pub negative_prompt: Option<String>,
-    /// Number of images, 1 to 4.
-    pub n: Option<u32>,
-}
-
-/// Arguments of `img2img`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct EditArgs {
-    /// A model serving img2img (see `list_models`).
-    pub model: String,
-    /// The source image: base64 (PNG, JPEG, WebP, GIF) or a data URI.
-    pub file: String,
-    /// The edit to make.
-    pub prompt: String,
-    /// Width in pixels: a positive multiple of 8.
-    pub width: u32,
-    /// Height in pixels: a positive multiple of 8.
-    pub height: u32,
-    /// Diffusion steps, 1 to 150.
-    pub steps: Option<u32>,
-    /// Seed.
-    pub seed: Option<i64>,
-    /// What not to draw.
-    pub negative_prompt: Option<String>,
-    /// Number of images, 1 to 4.
-    pub n: Option<u32>,
-}
-
-/// No arguments.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct NoArgs {}
 
 /// The MCP server.
 #[derive(Clone)]
 pub struct ImMcp {
-    upstream: Arc<Upstream>,
+    target: Arc<Target>,
     #[allow(dead_code)]
     tool_router: ToolRouter<Self>,
+}
+
+/// The figures line every result ends with.
+fn figures_line(
+    request_id: &str,
+    model: &str,
+    kind: &str,
+    waited_ms: f64,
+    ran_ms: f64,
+    attempts: u64,
+) -> String {
+    format!(
+        "request {request_id} on {model} ({kind}): waited {waited_ms:.0} ms, ran {ran_ms:.0} ms, {attempts} attempt(s)"
+    )
 }
 
 fn drop_none(mut v: Value) -> Value {
@@ -262,110 +76,168 @@ fn drop_none(mut v: Value) -> Value {
 }
 
 /// A tool error with the message of the shared error table.
-fn tool_error(status: u16, body: &Value) -> CallToolResult {
-    let e = &body["error"];
-    let kind = e["type"].as_str().unwrap_or("internal");
-    let msg = e["message"]
-        .as_str()
-        .map_or_else(|| format!("HTTP {status}"), str::to_owned);
-    let text = match e["param"].as_str() {
-        Some(p) => format!("{kind} ({status}): {msg} [field: {p}]"),
-        None => format!("{kind} ({status}): {msg}"),
-    };
-    CallToolResult::error(vec![ContentBlock::text(text)])
+fn service_error(e: &ServiceError) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(e.line())])
 }
 
-fn figures(v: &Value) -> String {
-    format!(
-        "request {} on {} ({}): waited {:.0} ms, ran {:.0} ms, {} attempt(s)",
-        v["request_id"].as_str().unwrap_or("?"),
-        v["model"].as_str().unwrap_or("?"),
-        v["kind"].as_str().unwrap_or("?"),
-        v["queue_wait_ms"].as_f64().unwrap_or(0.0),
-        v["processing_ms"].as_f64().unwrap_or(0.0),
-        v["attempts"].as_u64().unwrap_or(0)
+/// The MCP caller of the request `ctx` belongs to: over streamable HTTP its key (checked, and
+/// already charged to its rate limit by the `/mcp` request that carried the call) and its request
+/// id; over stdio (a local process) no key and a fresh id.
+fn caller_of(ctx: &RequestContext<RoleServer>, service: &Service) -> Result<Caller, ServiceError> {
+    let parts = ctx.extensions.get::<axum::http::request::Parts>();
+    let request_id = parts
+        .and_then(|p| request_id_of(&p.headers))
+        .unwrap_or_else(|| service.new_request_id());
+    let key = match parts {
+        Some(p) => service.authenticate(key_of(&p.headers), false)?,
+        None => None,
+    };
+    Ok(Caller { key, request_id })
+}
+
+fn key_of(h: &axum::http::HeaderMap) -> Option<&[u8]> {
+    im_service::provided_key(
+        h.get("x-api-key").map(|v| v.as_bytes()),
+        h.get("authorization").map(|v| v.as_bytes()),
     )
 }
 
+fn request_id_of(h: &axum::http::HeaderMap) -> Option<String> {
+    h.get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+}
+
+/// Run a tool's work unless the MCP client cancels the call (a `notifications/cancelled`, or its
+/// session ends): then the work is dropped, which takes its request out of the queue.
+async fn unless_cancelled<T>(
+    ctx: &RequestContext<RoleServer>,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, ErrorData> {
+    tokio::select! {
+        () = ctx.ct.cancelled() => Err(ErrorData::internal_error("the call was cancelled", None)),
+        r = work => Ok(r),
+    }
+}
+
+/// A completed call as tool content: the text or the PNG images, then the figures.
+fn completion(done: Completion) -> CallToolResult {
+    let m = &done.meta;
+    let fig = figures_line(
+        &m.request_id,
+        &m.model,
+        m.kind.as_str(),
+        m.queue_wait.as_secs_f64() * 1000.0,
+        m.processing.as_secs_f64() * 1000.0,
+        u64::from(m.attempts),
+    );
+    let mut out: Vec<ContentBlock> = match done.output {
+        Output::Chat(c) => vec![ContentBlock::text(c.content)],
+        Output::Images(i) => i
+            .images
+            .into_iter()
+            .map(|b| ContentBlock::image(b, "image/png"))
+            .collect(),
+        Output::Stream(_) => vec![],
+    };
+    out.push(ContentBlock::text(fig));
+    CallToolResult::success(out)
+}
+
+/// A seed response from im-http as tool content.
+fn remote_result(v: &Value) -> CallToolResult {
+    let mut out: Vec<ContentBlock> = match v["images"].as_array() {
+        Some(images) => images
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|b| ContentBlock::image(b, "image/png"))
+            .collect(),
+        None => vec![ContentBlock::text(
+            v["content"].as_str().unwrap_or_default(),
+        )],
+    };
+    out.push(ContentBlock::text(remote::figures(v)));
+    CallToolResult::success(out)
+}
+
 impl ImMcp {
-    /// A server whose tool calls go to `upstream`.
-    pub fn new(upstream: Upstream) -> ImMcp {
+    /// A server whose tool calls run on `target`.
+    pub fn new(target: Target) -> ImMcp {
         ImMcp {
-            upstream: Arc::new(upstream),
+            target: Arc::new(target),
             tool_router: Self::tool_router(),
         }
     }
 
-    /// POST `body` to `path` as the tool's caller, unless the call is cancelled: the JSON answer,
-    /// or the tool error to return.
-    async fn post(
-        &self,
-        ctx: &RequestContext<RoleServer>,
-        path: &str,
-        body: Value,
-    ) -> Result<Result<Value, CallToolResult>, ErrorData> {
-        let caller = Caller::of(ctx);
-        let call = self
-            .upstream
-            .call(Method::POST, path, Some(drop_none(body)), &caller);
-        let (status, v) = unless_cancelled(ctx, call).await?;
-        Ok(if status == 200 {
-            Ok(v)
-        } else {
-            Err(tool_error(status, &v))
-        })
+    fn is_remote(&self) -> bool {
+        matches!(*self.target, Target::Remote(_))
     }
 
-    async fn text_tool(
+    /// Run an inference tool: locally, `make` the call with the service's limits and run it as
+    /// the caller; remotely, post `body` to `path`.
+    async fn infer(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        make: impl FnOnce(&Service) -> Result<Call, ServiceError>,
+        path: &str,
+        body: impl FnOnce() -> Value,
+    ) -> Result<CallToolResult, ErrorData> {
+        match &*self.target {
+            Target::Local(service) => {
+                let run = async {
+                    let caller = caller_of(ctx, service)?;
+                    let call = make(service)?;
+                    service.run(call, &caller).await
+                };
+                Ok(match unless_cancelled(ctx, run).await? {
+                    Ok(done) => completion(done),
+                    Err(e) => service_error(&e),
+                })
+            }
+            Target::Remote(remote) => {
+                let id = ctx
+                    .extensions
+                    .get::<axum::http::request::Parts>()
+                    .and_then(|p| request_id_of(&p.headers));
+                let call = remote.call(Method::POST, path, Some(drop_none(body())), id.as_deref());
+                let (status, v) = unless_cancelled(ctx, call).await?;
+                Ok(if status == 200 {
+                    remote_result(&v)
+                } else {
+                    remote::tool_error(status, &v)
+                })
+            }
+        }
+    }
+
+    /// A read-only view as pretty JSON: locally from the service, remotely from `path`.
+    async fn view(
         &self,
         ctx: &RequestContext<RoleServer>,
         path: &str,
-        body: Value,
     ) -> Result<CallToolResult, ErrorData> {
-        let v = match self.post(ctx, path, body).await? {
-            Ok(v) => v,
-            Err(failed) => return Ok(failed),
+        let (status, v) = match &*self.target {
+            Target::Local(service) => {
+                let v = match path {
+                    "/get_request_metrics" => service.request_metrics(),
+                    "/get_error_metrics" => service.error_metrics(),
+                    "/queue-status" => service.queue_status().await,
+                    _ => service.models(),
+                };
+                (200, v)
+            }
+            Target::Remote(remote) => {
+                unless_cancelled(ctx, remote.call(Method::GET, path, None, None)).await?
+            }
         };
-        let content = v["content"].as_str().unwrap_or_default().to_owned();
-        Ok(CallToolResult::success(vec![
-            ContentBlock::text(content),
-            ContentBlock::text(figures(&v)),
-        ]))
-    }
-
-    async fn image_tool(
-        &self,
-        ctx: &RequestContext<RoleServer>,
-        path: &str,
-        body: Value,
-    ) -> Result<CallToolResult, ErrorData> {
-        let v = match self.post(ctx, path, body).await? {
-            Ok(v) => v,
-            Err(failed) => return Ok(failed),
-        };
-        let mut out: Vec<ContentBlock> = v["images"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(|b| ContentBlock::image(b, "image/png"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(ContentBlock::text(figures(&v)));
-        Ok(CallToolResult::success(out))
-    }
-
-    async fn json_tool(
-        &self,
-        ctx: &RequestContext<RoleServer>,
-        path: &str,
-    ) -> Result<CallToolResult, ErrorData> {
-        let caller = Caller::of(ctx);
-        let call = self.upstream.call(Method::GET, path, None, &caller);
-        let (status, v) = unless_cancelled(ctx, call).await?;
         if status != 200 {
-            return Ok(tool_error(status, &v));
+            return Ok(remote::tool_error(status, &v));
         }
         Ok(CallToolResult::success(vec![ContentBlock::text(
             serde_json::to_string_pretty(&v).unwrap_or_default(),
@@ -373,130 +245,192 @@ impl ImMcp {
     }
 }
 
+fn chat_messages(messages: Option<Vec<Value>>, prompt: Option<String>) -> Vec<Value> {
+    match (messages, prompt) {
+        (Some(m), _) => m,
+        (None, Some(p)) => vec![json!({"role": "user", "content": p})],
+        (None, None) => Vec::new(),
+    }
+}
+
+fn image_params(
+    (model, prompt, negative_prompt): (String, String, Option<String>),
+    (width, height): (u32, u32),
+    (steps, seed, n): (Option<u32>, Option<i64>, Option<u32>),
+) -> ImageParams {
+    ImageParams {
+        model,
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        steps,
+        seed,
+        n,
+        deadline_ms: None,
+    }
+}
+
 #[tool_router]
 impl ImMcp {
     /// Chat.
-    #[tool(
-        description = "Chat with a language model (txt2txt) through im's queue. Give `model` (call list_models for the models that serve txt2txt) and either `messages` or a single `prompt`. Returns the answer text and the request's queue figures. Requests are queued and run in im's scheduling order; a busy GPU means a wait, not an error."
-    )]
+    #[tool(description = TXT2TXT)]
     async fn txt2txt(
         &self,
         ctx: RequestContext<RoleServer>,
         Parameters(a): Parameters<ChatArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let messages = match (a.messages, a.prompt) {
-            (Some(m), _) => json!(m),
-            (None, Some(p)) => json!([{"role": "user", "content": p}]),
-            (None, None) => json!(null),
+        let input = ChatInput {
+            messages: chat_messages(a.messages, a.prompt),
+            model: a.model,
+            temperature: a.temperature,
+            max_tokens: a.max_tokens,
+            ..ChatInput::default()
         };
-        self.text_tool(&ctx, "/txt2txt", json!({"model": a.model, "messages": messages, "temperature": a.temperature, "max_tokens": a.max_tokens}))
-            .await
+        // The JSON body is built only for a remote im-http.
+        let body = self.is_remote().then(|| json!({"model": input.model, "messages": input.messages, "temperature": input.temperature, "max_tokens": input.max_tokens}));
+        self.infer(
+            &ctx,
+            |s| Call::chat(input, ChatKind::Text, s.limits()),
+            "/txt2txt",
+            || body.unwrap_or_default(),
+        )
+        .await
     }
 
     /// Vision.
-    #[tool(
-        description = "Ask a vision model about an image (img2txt). Give `model` (a model serving img2txt, see list_models), `prompt` and `image` (base64 PNG/JPEG/WebP/GIF or a data URI), or full `messages` with image_url parts. Returns the answer text."
-    )]
+    #[tool(description = IMG2TXT)]
     async fn img2txt(
         &self,
         ctx: RequestContext<RoleServer>,
         Parameters(a): Parameters<VisionArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let messages = match (a.messages, a.image) {
-            (Some(m), _) => json!(m),
-            (None, Some(img)) => json!([{"role": "user", "content": [
+            (Some(m), _) => m,
+            (None, Some(img)) => vec![json!({"role": "user", "content": [
                 {"type": "text", "text": a.prompt.unwrap_or_else(|| "Describe this image.".into())},
-                {"type": "image_url", "image_url": {"url": img}}]}]),
-            (None, None) => json!([{"role": "user", "content": a.prompt.unwrap_or_default()}]),
+                {"type": "image_url", "image_url": {"url": img}}]})],
+            (None, None) => vec![json!({"role": "user", "content": a.prompt.unwrap_or_default()})],
         };
-        self.text_tool(&ctx, "/img2txt", json!({"model": a.model, "messages": messages, "temperature": a.temperature, "max_tokens": a.max_tokens}))
-            .await
+        let body = self.is_remote().then(|| json!({"model": a.model, "messages": messages, "temperature": a.temperature, "max_tokens": a.max_tokens}));
+        let input = ChatInput {
+            model: a.model,
+            messages,
+            temperature: a.temperature,
+            max_tokens: a.max_tokens,
+            ..ChatInput::default()
+        };
+        self.infer(
+            &ctx,
+            |s| Call::chat(input, ChatKind::Vision, s.limits()),
+            "/img2txt",
+            || body.unwrap_or_default(),
+        )
+        .await
     }
 
     /// Image generation.
-    #[tool(
-        description = "Generate images from text (txt2img). Give `model` (a model serving txt2img, see list_models), `prompt`, `width` and `height` (positive multiples of 8, e.g. 512), optionally `steps` (1-150), `seed`, `negative_prompt`, `n` (1-4). Returns PNG image content."
-    )]
+    #[tool(description = TXT2IMG)]
     async fn txt2img(
         &self,
         ctx: RequestContext<RoleServer>,
         Parameters(a): Parameters<ImageArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.image_tool(
+        let body = json!({"model": a.model, "prompt": a.prompt, "width": a.width, "height": a.height, "steps": a.steps,
+                          "seed": a.seed, "negative_prompt": a.negative_prompt, "n": a.n});
+        let params = image_params(
+            (a.model, a.prompt, a.negative_prompt),
+            (a.width, a.height),
+            (a.steps, a.seed, a.n),
+        );
+        self.infer(
             &ctx,
+            |s| Call::image(params, None, s.limits(), None),
             "/txt2img",
-            json!({"model": a.model, "prompt": a.prompt, "width": a.width, "height": a.height, "steps": a.steps,
-                   "seed": a.seed, "negative_prompt": a.negative_prompt, "n": a.n}),
+            || body,
         )
         .await
     }
 
     /// Image editing.
-    #[tool(
-        description = "Edit an image (img2img). Give `model` (a model serving img2img, see list_models), `file` (the source image as base64 or a data URI), `prompt`, `width` and `height` (positive multiples of 8), optionally `steps`, `seed`, `negative_prompt`, `n`. Returns PNG image content."
-    )]
+    #[tool(description = IMG2IMG)]
     async fn img2img(
         &self,
         ctx: RequestContext<RoleServer>,
         Parameters(a): Parameters<EditArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.image_tool(
-            &ctx,
-            "/img2img",
-            json!({"model": a.model, "file": a.file, "prompt": a.prompt, "width": a.width, "height": a.height,
-                   "steps": a.steps, "seed": a.seed, "negative_prompt": a.negative_prompt, "n": a.n}),
-        )
-        .await
+        let file = a.file;
+        let params = image_params(
+            (a.model, a.prompt, a.negative_prompt),
+            (a.width, a.height),
+            (a.steps, a.seed, a.n),
+        );
+        let body = || {
+            json!({"model": params.model, "file": file, "prompt": params.prompt, "width": params.width,
+                   "height": params.height, "steps": params.steps, "seed": params.seed,
+                   "negative_prompt": params.negative_prompt, "n": params.n})
+        };
+        // The body is built only for a remote im-http; locally the file goes once into the call.
+        let body = self.is_remote().then(body);
+        let make = |s: &Service| {
+            params.validate(s.limits(), None)?;
+            let file = image_file("file", Cow::Borrowed(file.as_str()))?;
+            Call::image(params, Some(file), s.limits(), None)
+        };
+        self.infer(&ctx, make, "/img2img", || body.unwrap_or_default())
+            .await
     }
 
     /// Request metrics.
-    #[tool(
-        description = "im's request metrics as JSON: per kind and model, counts by outcome, queue wait and processing time percentiles (ms), throughput."
-    )]
+    #[tool(description = GET_REQUEST_METRICS)]
     async fn get_request_metrics(
         &self,
         ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.json_tool(&ctx, "/get_request_metrics").await
+        self.view(&ctx, "/get_request_metrics").await
     }
 
     /// Error metrics.
-    #[tool(
-        description = "im's error metrics as JSON: counts by kind, model and class, and the last 100 errors (payloads and keys removed)."
-    )]
+    #[tool(description = GET_ERROR_METRICS)]
     async fn get_error_metrics(
         &self,
         ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.json_tool(&ctx, "/get_error_metrics").await
+        self.view(&ctx, "/get_error_metrics").await
     }
 
     /// Queue status.
-    #[tool(
-        description = "im's queues now as JSON: per (kind, model) group its depth, oldest wait and requests in flight; per upstream lane its active group, loaded model, state and breaker. Use it to judge how long a request will wait."
-    )]
+    #[tool(description = QUEUE_STATUS)]
     async fn queue_status(
         &self,
         ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.json_tool(&ctx, "/queue-status").await
+        self.view(&ctx, "/queue-status").await
     }
 
     /// Models.
-    #[tool(
-        description = "The models im serves and the kinds each serves (txt2txt, txt2img, img2img, img2txt), as JSON. Call this first to pick a `model` for the other tools."
-    )]
+    #[tool(description = LIST_MODELS)]
     async fn list_models(
         &self,
         ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.json_tool(&ctx, "/v1/models").await
+        self.view(&ctx, "/v1/models").await
     }
 }
+
+// The tools' descriptions: what a model reads to pick a tool and call it.
+const TXT2TXT: &str = "Chat with a language model (txt2txt) through im's queue. Give `model` (call list_models for the models that serve txt2txt) and either `messages` or a single `prompt`. Returns the answer text and the request's queue figures. Requests are queued and run in im's scheduling order; a busy GPU means a wait, not an error.";
+const IMG2TXT: &str = "Ask a vision model about an image (img2txt). Give `model` (a model serving img2txt, see list_models), `prompt` and `image` (base64 PNG/JPEG/WebP/GIF or a data URI), or full `messages` with image_url parts. Returns the answer text.";
+const TXT2IMG: &str = "Generate images from text (txt2img). Give `model` (a model serving txt2img, see list_models), `prompt`, `width` and `height` (positive multiples of 8, e.g. 512), optionally `steps` (1-150), `seed`, `negative_prompt`, `n` (1-4). Returns PNG image content.";
+const IMG2IMG: &str = "Edit an image (img2img). Give `model` (a model serving img2img, see list_models), `file` (the source image as base64 or a data URI), `prompt`, `width` and `height` (positive multiples of 8), optionally `steps`, `seed`, `negative_prompt`, `n`. Returns PNG image content.";
+const GET_REQUEST_METRICS: &str = "im's request metrics as JSON: per kind and model, counts by outcome, queue wait and processing time percentiles (ms), throughput.";
+const GET_ERROR_METRICS: &str = "im's error metrics as JSON: counts by kind, model and class, and the last 100 errors (payloads and keys removed).";
+const QUEUE_STATUS: &str = "im's queues now as JSON: per (kind, model) group its depth, oldest wait and requests in flight; per upstream lane its active group, loaded model, state and breaker. Use it to judge how long a request will wait.";
+const LIST_MODELS: &str = "The models im serves and the kinds each serves (txt2txt, txt2img, img2img, img2txt), as JSON. Call this first to pick a `model` for the other tools.";
 
 #[tool_handler]
 impl ServerHandler for ImMcp {
@@ -533,16 +467,10 @@ pub fn http_service(
 /// the same key (what `im-http` serves).
 pub fn http_router_with_mcp(
     state: im_http_api::AppState,
-    config: &im_http_api::config::ImConfig,
+    allowed_hosts: &[String],
+    max_body: usize,
 ) -> Router {
-    let mcp = ImMcp::new(Upstream::Local {
-        router: im_http_api::router(state.clone()),
-        key: state.keys.first(),
-    });
-    let mcp = http_service(
-        mcp,
-        &config.http.mcp_allowed_hosts,
-        config.http.body_limit_bytes,
-    );
+    let mcp = ImMcp::new(Target::Local(state.service.clone()));
+    let mcp = http_service(mcp, allowed_hosts, max_body);
     im_http_api::router_with(state, |r| r.route_service("/mcp", mcp))
 }

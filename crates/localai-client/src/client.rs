@@ -85,6 +85,20 @@ pub struct ChatRequest {
     pub extra: serde_json::Map<String, Value>,
 }
 
+/// What is sent upstream for a chat.
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: std::borrow::Cow<'a, [Value]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, Value>,
+    stream: bool,
+}
+
 /// A completed chat: LocalAI's OpenAI-shaped body and the answer text.
 #[derive(Clone, Debug)]
 pub struct ChatResponse {
@@ -255,16 +269,22 @@ impl LocalAiClient {
             .map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))
     }
 
-    fn chat_body(req: &ChatRequest, stream: bool) -> Value {
-        let mut body = serde_json::to_value(req).unwrap_or_else(|_| json!({}));
-        if let Some(obj) = body.as_object_mut() {
-            obj.insert(
-                "messages".into(),
-                Value::Array(normalize_messages(&req.messages)),
-            );
-            obj.insert("stream".into(), Value::Bool(stream));
+    /// The upstream body: the request as it is (serialised straight from it, nothing copied),
+    /// its images in LocalAI's form (normalised here only if the caller has not done it).
+    fn chat_body(req: &ChatRequest, stream: bool) -> ChatBody<'_> {
+        let messages = if crate::vision::needs_normalizing(&req.messages) {
+            std::borrow::Cow::Owned(normalize_messages(&req.messages))
+        } else {
+            std::borrow::Cow::Borrowed(req.messages.as_slice())
+        };
+        ChatBody {
+            model: &req.model,
+            messages,
+            temperature: req.temperature,
+            max_tokens: req.max_tokens,
+            extra: &req.extra,
+            stream,
         }
-        body
     }
 
     /// A chat completion (`POST /v1/chat/completions`, not streaming).

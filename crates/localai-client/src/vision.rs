@@ -84,6 +84,44 @@ fn normalize_part(part: &Value) -> Value {
     }
 }
 
+/// Whether any image in `messages` is not yet in LocalAI's one form (an `image_url` part whose
+/// `url` is a data URI or a URL): a scan, nothing copied.
+pub fn needs_normalizing(messages: &[Value]) -> bool {
+    messages.iter().any(|m| {
+        m.get("images").is_some()
+            || m.get("content")
+                .and_then(Value::as_array)
+                .is_some_and(|parts| {
+                    parts
+                        .iter()
+                        .any(|p| match p.get("type").and_then(Value::as_str) {
+                            Some("image" | "input_image") => true,
+                            Some("image_url") => !p
+                                .get("image_url")
+                                .and_then(|u| u.get("url"))
+                                .and_then(Value::as_str)
+                                .is_some_and(|u| {
+                                    u.starts_with("data:")
+                                        || u.starts_with("http://")
+                                        || u.starts_with("https://")
+                                }),
+                            _ => false,
+                        })
+                })
+    })
+}
+
+/// [`normalize_messages`] in place: only the image parts that need it are rewritten, text and
+/// images already in LocalAI's form are not copied.
+pub fn normalize_in_place(messages: &mut [Value]) {
+    for m in messages.iter_mut() {
+        let needs = needs_normalizing(std::slice::from_ref(m));
+        if needs {
+            *m = normalize_messages(std::slice::from_ref(m)).remove(0);
+        }
+    }
+}
+
 /// Every message with its image parts in LocalAI's form.
 pub fn normalize_messages(messages: &[Value]) -> Vec<Value> {
     messages

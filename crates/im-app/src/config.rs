@@ -533,15 +533,28 @@ impl ImConfig {
         Ok(())
     }
 
+    /// The service's settings: keys, rate limit, input limits, body limit.
+    pub fn service_settings(&self) -> im_service::ServiceSettings {
+        im_service::ServiceSettings {
+            api_keys: self.api_keys.clone(),
+            rate_limit: (self.http.rate_limit_per_s, self.http.rate_limit_burst),
+            limits: im_service::InputLimits {
+                max_image_side: self.http.max_image_side,
+                image_url_allowlist: self.http.image_url_allowlist.clone(),
+            },
+            body_limit: self.http.body_limit_bytes,
+        }
+    }
+
     /// The listener's limits.
-    pub fn serve_limits(&self) -> crate::serve::ServeLimits {
+    pub fn serve_limits(&self) -> im_http_api::serve::ServeLimits {
         let h = &self.http;
-        crate::serve::ServeLimits {
+        im_http_api::serve::ServeLimits {
             header_read_timeout: Duration::from_secs_f64(h.header_read_timeout_s),
             body_idle_timeout: Duration::from_secs_f64(h.body_idle_timeout_s),
             body_total_timeout: Duration::from_secs_f64(h.body_total_timeout_s),
             max_connections: h.max_connections,
-            ..crate::serve::ServeLimits::default()
+            ..im_http_api::serve::ServeLimits::default()
         }
     }
 

@@ -8,8 +8,8 @@ use axum::http::{Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use http_body_util::BodyExt;
-use im_http_api::app::{self, Built, DEMO_KEY, Simulate};
-use im_http_api::config::{ImConfig, ModelEntry};
+use im_app::config::{ImConfig, ModelEntry};
+use im_app::{self as app, Built, DEMO_KEY, Simulate};
 use localai_sim::{SimConfig, SimMode, SimServer};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -399,8 +399,8 @@ async fn in_front_of_llama_cpp_python_ready_and_a_wrong_model_is_detected() {
 #[test]
 fn keys_with_spaces_around_them_still_match() {
     // Regression (issue 11, low): `IM_API_KEYS="k1, k2"` kept the space.
-    let keys = im_http_api::Keys::new(&["k1".into(), " k2".into(), "  ".into()]);
-    assert_eq!(keys.check(b"k2"), Some(1));
+    let keys = im_service::Keys::new(&["k1".into(), " k2".into(), "  ".into()]);
+    assert_eq!(keys.check(b"k2"), Some(im_service::KeyId(1)));
     assert_eq!(keys.check(b" k2"), None);
     assert_eq!(keys.check(b""), None);
 }

@@ -1,5 +1,5 @@
 //! Building a running im from its configuration: upstream clients (or the embedded simulator),
-//! model discovery, the engine, the HTTP state. Shared by `im-http`, `im-mcp` and the tests.
+//! model discovery, the engine, the HTTP state.
 
 use std::sync::Arc;
 
@@ -9,7 +9,8 @@ use localai_client::{ClientConfig, LocalAiClient};
 use localai_sim::{SimConfig, SimServer};
 
 use crate::config::{DiscoveryEntry, ImConfig, ModelEntry, guess_kinds};
-use crate::state::{AppState, HttpSettings};
+use im_http_api::AppState;
+use im_service::Service;
 
 /// The key printed and accepted in `--simulate` mode when no keys are configured.
 pub const DEMO_KEY: &str = "im-demo-key";
@@ -25,7 +26,9 @@ pub struct Simulate {
 pub struct Built {
     /// The engine.
     pub engine: Engine,
-    /// The HTTP state over it.
+    /// The service over it (what every frontend runs calls through).
+    pub service: Service,
+    /// The HTTP state over the service.
     pub state: AppState,
     /// The configuration in force (models filled in, simulator URL set).
     pub config: ImConfig,
@@ -130,17 +133,11 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
     if config.api_keys.is_empty() {
         tracing::warn!("no API keys configured: authentication is OFF");
     }
-    let settings = HttpSettings {
-        api_keys: config.api_keys.clone(),
-        body_limit: config.http.body_limit_bytes,
-        max_image_side: config.http.max_image_side,
-        rate_limit: (config.http.rate_limit_per_s, config.http.rate_limit_burst),
-        image_url_allowlist: config.http.image_url_allowlist.clone(),
-    };
-    let state = AppState::new(engine.clone(), &settings);
+    let service = Service::new(engine.clone(), &config.service_settings());
     Ok(Built {
         engine,
-        state,
+        state: AppState::new(service.clone()),
+        service,
         config,
         sim,
     })
@@ -195,65 +192,6 @@ pub async fn learn_slots(client: &LocalAiClient, models: &mut [ModelEntry]) {
             && let Some(slots) = p.slots
         {
             m.max_in_flight = Some(slots);
-        }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM (what Kubernetes and Docker send).
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-/// A panic hook that logs where a panic happened but not its message: messages of panics in
-/// request handling can quote request data (a slice of the caller's string), which must not reach
-/// the logs. Panics are caught and answered as `internal` errors by the HTTP layer and the engine.
-pub fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        let at = info.location().map_or_else(
-            || "unknown".to_owned(),
-            |l| format!("{}:{}", l.file(), l.line()),
-        );
-        tracing::error!(location = %at, "panic (message withheld: it may quote request data)");
-        eprintln!("panic at {at} (message withheld: it may quote request data)");
-    }));
-}
-
-/// The body of a binary's `main`: a multi-threaded runtime, `run`, and the exit code (0; 1 when
-/// the runtime cannot start; 2 when `run` fails, after printing the error chain as `name: …`).
-pub fn main_with<E: std::fmt::Display>(
-    name: &str,
-    run: impl std::future::Future<Output = Result<(), E>>,
-) -> std::process::ExitCode {
-    quiet_panics();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{name}: cannot start the runtime: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
-    match rt.block_on(run) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{name}: {e:#}");
-            std::process::ExitCode::from(2)
         }
     }
 }

@@ -1,0 +1,83 @@
+//! The command-line arguments both binaries share, and the one place they are applied on top of
+//! the configuration file.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::build::Simulate;
+use crate::config::ImConfig;
+
+/// Arguments of `im-http` and `im-mcp` alike (flatten into a binary's own `Parser`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// TOML configuration file (see deploy/im.example.toml).
+    #[arg(long, env = "IM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "IM_LISTEN")]
+    pub listen: Option<String>,
+    /// Upstream base URL(s), comma-separated (default http://localhost:8080).
+    #[arg(long = "upstream", env = "LOCALAI_URL", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+    /// API keys clients must send, comma-separated (spaces around them are ignored).
+    #[arg(
+        long,
+        env = "IM_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// Start an in-process simulated LocalAI and serve the full API against it.
+    #[arg(long, env = "IM_SIMULATE")]
+    pub simulate: bool,
+    /// Time scale of the simulated LocalAI (1.0: real load and service times).
+    #[arg(long, env = "IM_SIM_TIME_SCALE", default_value_t = 0.1)]
+    pub sim_time_scale: f64,
+    /// Log format: text or json.
+    #[arg(long, env = "IM_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Override any config field: --set bounds.max_batch=16 --set policy=strict (repeatable).
+    #[arg(long = "set", env = "IM_SET", value_delimiter = ';')]
+    pub sets: Vec<String>,
+}
+
+impl CommonArgs {
+    /// The configuration: the file (or the defaults), then the flags and environment, then the
+    /// `--set` overrides. Validated once, by [`crate::build()`].
+    pub fn load(&self) -> anyhow::Result<ImConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => ImConfig::from_toml(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )?,
+            None => ImConfig::default(),
+        };
+        if let Some(l) = &self.listen {
+            cfg.listen = l.clone();
+        }
+        if !self.upstreams.is_empty() {
+            cfg.upstreams = self.upstreams.clone();
+        }
+        let keys: Vec<String> = self
+            .api_keys
+            .iter()
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !keys.is_empty() {
+            cfg.api_keys = keys;
+        }
+        if let Some(f) = &self.log_format {
+            cfg.log_format = f.clone();
+        }
+        Ok(cfg.with_overrides(&self.sets)?)
+    }
+
+    /// The embedded simulator, when `--simulate` asks for it.
+    pub fn simulate(&self) -> Option<Simulate> {
+        self.simulate.then_some(Simulate {
+            time_scale: self.sim_time_scale,
+        })
+    }
+}

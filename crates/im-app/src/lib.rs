@@ -1,0 +1,29 @@
+//! `im-app`: im as an application, shared by `im-http`, `im-mcp`, the tests and `cargo xtask`.
+//!
+//! - [`config`]: the one TOML configuration, its one loader and its one validation;
+//! - [`cli`]: the command-line arguments both binaries share (config file, upstreams, keys, the
+//!   simulator, overrides), applied on top of the file in one place;
+//! - [`build()`]: a running im from a configuration: upstream clients or the embedded simulated
+//!   LocalAI, model discovery, the engine, the HTTP state;
+//! - [`http_app`]: the HTTP API with MCP mounted at `/mcp`, what `im-http` serves;
+//! - [`run`]: what a binary's `main` needs around that: the runtime, logging, signals, a panic
+//!   hook that never logs request data, exit codes.
+//!
+//! The frontend crates (`im-http-api`, `im-mcp-api`) know nothing of files, flags or the
+//! simulator: this crate does the wiring.
+
+pub mod build;
+pub mod cli;
+pub mod config;
+pub mod run;
+
+pub use build::{BuildError, Built, DEMO_KEY, Simulate, build, discover, learn_slots};
+
+/// The HTTP API with MCP mounted at `/mcp` over the same engine, behind the same keys.
+pub fn http_app(built: &Built) -> axum::Router {
+    im_mcp_api::http_router_with_mcp(
+        built.state.clone(),
+        &built.config.http.mcp_allowed_hosts,
+        built.config.http.body_limit_bytes,
+    )
+}

@@ -1,0 +1,78 @@
+//! Around a binary's `main`: signals, a panic hook that never logs request data, logging, the
+//! runtime and exit codes.
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes and Docker send).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// A panic hook that logs where a panic happened but not its message: messages of panics in
+/// request handling can quote request data (a slice of the caller's string), which must not reach
+/// the logs. Panics are caught and answered as `internal` errors by the HTTP layer and the engine.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map_or_else(
+            || "unknown".to_owned(),
+            |l| format!("{}:{}", l.file(), l.line()),
+        );
+        tracing::error!(location = %at, "panic (message withheld: it may quote request data)");
+        eprintln!("panic at {at} (message withheld: it may quote request data)");
+    }));
+}
+
+/// The body of a binary's `main`: a multi-threaded runtime, `run`, and the exit code (0; 1 when
+/// the runtime cannot start; 2 when `run` fails, after printing the error chain as `name: …`).
+pub fn main_with<E: std::fmt::Display>(
+    name: &str,
+    run: impl std::future::Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    quiet_panics();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs to stderr (stdout belongs to MCP's stdio transport), human or JSON, `RUST_LOG` or
+/// `default` as the filter. rmcp logs whole tool calls (images included) at debug: it stays at
+/// warn unless `RUST_LOG` asks for more.
+pub fn logging(format: &str, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| format!("{default},rmcp=warn").into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    if format == "json" {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+}

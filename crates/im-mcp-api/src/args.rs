@@ -1,0 +1,87 @@
+//! The tools' arguments, with the JSON schemas and descriptions a model acts on.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use rmcp::schemars;
+
+/// Arguments of `txt2txt`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ChatArgs {
+    /// A model serving txt2txt (see `list_models`).
+    pub model: String,
+    /// The conversation: a list of `{"role": "user"|"system"|"assistant", "content": "..."}`.
+    /// Give either `messages` or `prompt`.
+    pub messages: Option<Vec<Value>>,
+    /// A single user message (shorthand for `messages`).
+    pub prompt: Option<String>,
+    /// Sampling temperature, 0.0 to 2.0.
+    pub temperature: Option<f64>,
+    /// Maximum tokens to generate.
+    pub max_tokens: Option<u32>,
+}
+
+/// Arguments of `img2txt`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct VisionArgs {
+    /// A model serving img2txt (see `list_models`).
+    pub model: String,
+    /// The question about the image.
+    pub prompt: Option<String>,
+    /// The image: base64 (PNG, JPEG, WebP, GIF) or a data URI.
+    pub image: Option<String>,
+    /// Or a full conversation whose messages carry `image_url` parts (instead of prompt + image).
+    pub messages: Option<Vec<Value>>,
+    /// Sampling temperature, 0.0 to 2.0.
+    pub temperature: Option<f64>,
+    /// Maximum tokens to generate.
+    pub max_tokens: Option<u32>,
+}
+
+/// Arguments of `txt2img`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ImageArgs {
+    /// A model serving txt2img (see `list_models`).
+    pub model: String,
+    /// What to draw.
+    pub prompt: String,
+    /// Width in pixels: a positive multiple of 8 (for example 512).
+    pub width: u32,
+    /// Height in pixels: a positive multiple of 8 (for example 512).
+    pub height: u32,
+    /// Diffusion steps, 1 to 150.
+    pub steps: Option<u32>,
+    /// Seed for reproducible images.
+    pub seed: Option<i64>,
+    /// What not to draw.
+    pub negative_prompt: Option<String>,
+    /// Number of images, 1 to 4.
+    pub n: Option<u32>,
+}
+
+/// Arguments of `img2img`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct EditArgs {
+    /// A model serving img2img (see `list_models`).
+    pub model: String,
+    /// The source image: base64 (PNG, JPEG, WebP, GIF) or a data URI.
+    pub file: String,
+    /// The edit to make.
+    pub prompt: String,
+    /// Width in pixels: a positive multiple of 8.
+    pub width: u32,
+    /// Height in pixels: a positive multiple of 8.
+    pub height: u32,
+    /// Diffusion steps, 1 to 150.
+    pub steps: Option<u32>,
+    /// Seed.
+    pub seed: Option<i64>,
+    /// What not to draw.
+    pub negative_prompt: Option<String>,
+    /// Number of images, 1 to 4.
+    pub n: Option<u32>,
+}
+
+/// No arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct NoArgs {}

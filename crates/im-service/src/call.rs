@@ -1,0 +1,362 @@
+//! Typed, validated calls: what a frontend turns its input into before running it. Validation
+//! happens here once, for every frontend, with field-level messages; images are normalised once,
+//! at admission, and the call carries its payload once.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use im_engine::{Job, Payload};
+use inference_queue::Kind;
+use localai_client::vision;
+use localai_client::{ChatRequest, ImageRequest};
+use serde_json::{Map, Value};
+
+use crate::error::ServiceError;
+
+/// What the service enforces on inputs besides their types.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputLimits {
+    /// The largest image side accepted, in pixels.
+    pub max_image_side: u32,
+    /// URL prefixes an image URL may start with (the upstream fetches it); empty: none.
+    pub image_url_allowlist: Vec<String>,
+}
+
+impl Default for InputLimits {
+    fn default() -> InputLimits {
+        InputLimits {
+            max_image_side: 2048,
+            image_url_allowlist: Vec::new(),
+        }
+    }
+}
+
+/// How a chat's kind is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatKind {
+    /// Always txt2txt (the seeds' `/txt2txt`).
+    Text,
+    /// Always img2txt, and an image is required (the seeds' `/img2txt`).
+    Vision,
+    /// img2txt when a message carries an image, else txt2txt (OpenAI's chat completions).
+    Detect,
+}
+
+/// A chat as a frontend received it.
+#[derive(Clone, Debug, Default)]
+pub struct ChatInput {
+    /// The model.
+    pub model: String,
+    /// OpenAI-shaped messages (`role`, `content`: text or parts).
+    pub messages: Vec<Value>,
+    /// 0.0 to 2.0.
+    pub temperature: Option<f64>,
+    /// Token limit.
+    pub max_tokens: Option<u32>,
+    /// Stream chunks once dispatched.
+    pub stream: bool,
+    /// Queue deadline in milliseconds (only lowers the configured default; at least 1).
+    pub deadline_ms: Option<u64>,
+    /// Other fields passed to the upstream as they are (already checked by the frontend).
+    pub extra: Map<String, Value>,
+}
+
+/// The parameters of an image generation or edit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageParams {
+    /// The model.
+    pub model: String,
+    /// What to draw.
+    pub prompt: String,
+    /// What not to draw.
+    pub negative_prompt: Option<String>,
+    /// Pixels, a positive multiple of 8, at most the configured maximum.
+    pub width: u32,
+    /// Pixels, a positive multiple of 8, at most the configured maximum.
+    pub height: u32,
+    /// Diffusion steps, 1 to 150.
+    pub steps: Option<u32>,
+    /// Seed; random when absent.
+    pub seed: Option<i64>,
+    /// Images, 1 to 4.
+    pub n: Option<u32>,
+    /// Queue deadline in milliseconds.
+    pub deadline_ms: Option<u64>,
+}
+
+impl ImageParams {
+    /// Check every field; `size` names the field the frontend took width and height from
+    /// (`"size"` for OpenAI's `"WxH"`, else `width` and `height` are named).
+    pub fn validate(&self, limits: &InputLimits, size: Option<&str>) -> Result<(), ServiceError> {
+        nonempty("model", &self.model)?;
+        if self.prompt.trim().is_empty() {
+            return Err(ServiceError::invalid("prompt", "must not be empty"));
+        }
+        side(size.unwrap_or("width"), self.width, limits.max_image_side)?;
+        side(size.unwrap_or("height"), self.height, limits.max_image_side)?;
+        if let Some(s) = self.steps
+            && !(1..=150).contains(&s)
+        {
+            return Err(ServiceError::invalid(
+                "steps",
+                format!("must be between 1 and 150, got {s}"),
+            ));
+        }
+        if let Some(n) = self.n
+            && !(1..=4).contains(&n)
+        {
+            return Err(ServiceError::invalid(
+                "n",
+                format!("must be between 1 and 4, got {n}"),
+            ));
+        }
+        deadline_ms(self.deadline_ms)
+    }
+}
+
+/// A validated call, ready to run: the payload is held once, its kind and model come from it.
+#[derive(Debug)]
+pub struct Call {
+    payload: Payload,
+    deadline: Option<Duration>,
+}
+
+impl Call {
+    /// A chat: validated (model, messages, temperature, deadline, image URLs), its images
+    /// normalised once, its kind decided by `kind`.
+    pub fn chat(
+        input: ChatInput,
+        kind: ChatKind,
+        limits: &InputLimits,
+    ) -> Result<Call, ServiceError> {
+        let ChatInput {
+            model,
+            mut messages,
+            temperature,
+            max_tokens,
+            stream,
+            deadline_ms: deadline,
+            extra,
+        } = input;
+        nonempty("model", &model)?;
+        check_messages(&messages)?;
+        if let Some(t) = temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(ServiceError::invalid(
+                "temperature",
+                format!("must be between 0.0 and 2.0, got {t}"),
+            ));
+        }
+        deadline_ms(deadline)?;
+        image_urls(&messages, &limits.image_url_allowlist)?;
+        let has_image = vision::has_image(&messages);
+        let kind = match kind {
+            ChatKind::Text => Kind::Txt2Txt,
+            ChatKind::Vision if !has_image => {
+                return Err(ServiceError::invalid(
+                    "messages",
+                    "img2txt needs an image in the messages (an image_url part, base64 or a data URI)",
+                ));
+            }
+            ChatKind::Vision => Kind::Img2Txt,
+            ChatKind::Detect if has_image => Kind::Img2Txt,
+            ChatKind::Detect => Kind::Txt2Txt,
+        };
+        if has_image {
+            vision::normalize_in_place(&mut messages);
+        }
+        let req = ChatRequest {
+            model,
+            messages,
+            temperature,
+            max_tokens,
+            extra,
+        };
+        Ok(Call {
+            payload: Payload::Chat { req, stream, kind },
+            deadline: deadline.map(Duration::from_millis),
+        })
+    }
+
+    /// An image generation (no `file`) or edit (`file`: base64, checked by [`image_file`]).
+    pub fn image(
+        params: ImageParams,
+        file: Option<Bytes>,
+        limits: &InputLimits,
+        size_field: Option<&str>,
+    ) -> Result<Call, ServiceError> {
+        params.validate(limits, size_field)?;
+        let ImageParams {
+            model,
+            prompt,
+            negative_prompt,
+            width,
+            height,
+            steps,
+            seed,
+            n,
+            deadline_ms,
+        } = params;
+        Ok(Call {
+            payload: Payload::Images(ImageRequest {
+                model,
+                prompt,
+                negative_prompt,
+                width,
+                height,
+                steps,
+                seed,
+                n,
+                file,
+            }),
+            deadline: deadline_ms.map(Duration::from_millis),
+        })
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        self.payload.kind()
+    }
+
+    /// Whether it streams.
+    pub fn streams(&self) -> bool {
+        matches!(self.payload, Payload::Chat { stream: true, .. })
+    }
+
+    /// The engine's job for it, known by `request_id`.
+    pub fn into_job(self, request_id: String) -> Job {
+        Job::new(request_id, self.payload, self.deadline)
+    }
+}
+
+fn nonempty(field: &str, v: &str) -> Result<(), ServiceError> {
+    if v.is_empty() {
+        Err(ServiceError::invalid(field, "must not be empty"))
+    } else {
+        Ok(())
+    }
+}
+
+fn side(name: &str, v: u32, max: u32) -> Result<(), ServiceError> {
+    if v == 0 || !v.is_multiple_of(8) {
+        return Err(ServiceError::invalid(
+            name,
+            format!("must be a positive multiple of 8, got {v}"),
+        ));
+    }
+    if v > max {
+        return Err(ServiceError::invalid(
+            name,
+            format!("must be at most {max}, got {v}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A queue deadline: at least 1 ms (zero would expire before it could run).
+fn deadline_ms(d: Option<u64>) -> Result<(), ServiceError> {
+    match d {
+        Some(0) => Err(ServiceError::invalid(
+            "deadline_ms",
+            "must be at least 1 (milliseconds)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Messages: at least one; each an object with a known `role` and a `content` that is text or a
+/// list of parts.
+fn check_messages(messages: &[Value]) -> Result<(), ServiceError> {
+    if messages.is_empty() {
+        return Err(ServiceError::invalid(
+            "messages",
+            "must hold at least one message",
+        ));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let Some(obj) = m.as_object() else {
+            return Err(ServiceError::invalid(
+                format!("messages[{i}]"),
+                "must be an object with `role` and `content`",
+            ));
+        };
+        if let Some(k) = obj.keys().find(|k| *k != "role" && *k != "content") {
+            return Err(ServiceError::invalid(
+                format!("messages[{i}]"),
+                format!(
+                    "unknown field `{}`, expected `role` or `content`",
+                    im_engine::truncate(k, 64)
+                ),
+            ));
+        }
+        let role = obj.get("role").and_then(Value::as_str).unwrap_or("");
+        if !["system", "user", "assistant", "tool", "developer"].contains(&role) {
+            return Err(ServiceError::invalid(
+                format!("messages[{i}].role"),
+                format!("unknown role {:?}", im_engine::truncate(role, 64)),
+            ));
+        }
+        if !obj
+            .get("content")
+            .is_some_and(|c| c.is_string() || c.is_array())
+        {
+            return Err(ServiceError::invalid(
+                format!("messages[{i}].content"),
+                "must be a string or a list of parts",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every image in `messages`: a URL (which the upstream would fetch from its own network) only
+/// when it starts with one of `allowed`; base64 and data URIs always.
+fn image_urls(messages: &[Value], allowed: &[String]) -> Result<(), ServiceError> {
+    for src in vision::image_sources(messages) {
+        let s = src.trim_start();
+        let is_url = s
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+            || s.get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+        if is_url && !allowed.iter().any(|p| s.starts_with(p.as_str())) {
+            return Err(ServiceError::invalid(
+                "messages",
+                "image URLs are not fetched unless allowed (`http.image_url_allowlist`); send the image as base64 or a data URI",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check that `file` is base64 of an image and return it as raw base64 (no `data:` prefix), in a
+/// buffer of exactly its size: the one copy made of it (a frontend borrows it from the request
+/// body, which is freed before the request queues).
+pub fn image_file(field: &str, file: Cow<'_, str>) -> Result<Bytes, ServiceError> {
+    let raw: &str = match file.strip_prefix("data:") {
+        Some(rest) => rest
+            .split_once(',')
+            .map(|(_, d)| d)
+            .ok_or_else(|| ServiceError::invalid(field, "a data URI without a comma"))?,
+        None => &file,
+    };
+    let Some(decoded) = vision::decode_head(raw) else {
+        return Err(ServiceError::invalid(field, "is not valid base64"));
+    };
+    if vision::sniff_mime(&decoded).is_none() {
+        return Err(ServiceError::invalid(
+            field,
+            "is not an image (expected PNG, JPEG, WebP or GIF)",
+        ));
+    }
+    // Full check of the alphabet without decoding the whole payload into a second buffer.
+    let ok = raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\n' | b'\r'));
+    if !ok {
+        return Err(ServiceError::invalid(field, "is not valid base64"));
+    }
+    Ok(Bytes::copy_from_slice(raw.as_bytes()))
+}

@@ -1,0 +1,20 @@
+//! `im-service`: what im does for a request, whatever transport carried it.
+//!
+//! Every frontend (HTTP, MCP; later WebSocket and the job runner) turns its input into a typed,
+//! validated [`Call`] ([`Call::chat`] from a [`ChatInput`], [`Call::image`] from [`ImageParams`])
+//! and runs it with [`Service::run`] as a [`Caller`] (its key and request id), getting an
+//! `im_engine::Completion` or a [`ServiceError`]. One error table ([`ErrorType`]) gives every
+//! cause its stable type and status for every frontend.
+//!
+//! This crate knows no transport: no HTTP types, no JSON-RPC. It never talks to an upstream
+//! except through the engine.
+
+mod auth;
+mod call;
+mod error;
+mod service;
+
+pub use auth::{Caller, KeyId, Keys, RateLimit, provided_key, unauthorized};
+pub use call::{Call, ChatInput, ChatKind, ImageParams, InputLimits, image_file};
+pub use error::{ErrorType, ServiceError};
+pub use service::{Service, ServiceSettings};

@@ -1,0 +1,209 @@
+//! The service every frontend runs requests through: authenticate a caller, run a [`Call`] as
+//! that caller, and the read-only views (models, queues, metrics, readiness) as JSON.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use im_engine::{Completion, Engine};
+use serde_json::{Value, json};
+
+use crate::auth::{Caller, KeyId, Keys, RateLimit, unauthorized};
+use crate::call::{Call, InputLimits};
+use crate::error::ServiceError;
+
+/// How a [`Service`] is set up.
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
+    /// Accepted API keys; empty turns authentication off.
+    pub api_keys: Vec<String>,
+    /// Per-key requests per second (0: off) and burst.
+    pub rate_limit: (u32, u32),
+    /// What inputs must respect besides their types.
+    pub limits: InputLimits,
+    /// The largest request body a frontend accepts, in bytes.
+    pub body_limit: usize,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> ServiceSettings {
+        ServiceSettings {
+            api_keys: Vec::new(),
+            rate_limit: (0, 10),
+            limits: InputLimits::default(),
+            body_limit: 32 * 1024 * 1024,
+        }
+    }
+}
+
+struct Shared {
+    keys: Keys,
+    rate: RateLimit,
+    limits: InputLimits,
+    body_limit: usize,
+    ids: AtomicU64,
+    id_prefix: u32,
+}
+
+/// im's service: cheap to clone, shared by every frontend.
+#[derive(Clone)]
+pub struct Service {
+    engine: Engine,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("keys", &self.shared.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// The service over `engine`.
+    pub fn new(engine: Engine, settings: &ServiceSettings) -> Service {
+        let id_prefix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Service {
+            engine,
+            shared: Arc::new(Shared {
+                keys: Keys::new(&settings.api_keys),
+                rate: RateLimit::new(settings.rate_limit.0, settings.rate_limit.1),
+                limits: settings.limits.clone(),
+                body_limit: settings.body_limit,
+                ids: AtomicU64::new(1),
+                id_prefix,
+            }),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// What inputs must respect.
+    pub fn limits(&self) -> &InputLimits {
+        &self.shared.limits
+    }
+
+    /// The largest request body a frontend accepts.
+    pub fn body_limit(&self) -> usize {
+        self.shared.body_limit
+    }
+
+    /// Whether callers need a key.
+    pub fn auth_enabled(&self) -> bool {
+        !self.shared.keys.is_empty()
+    }
+
+    /// The configured keys.
+    pub fn keys(&self) -> &Keys {
+        &self.shared.keys
+    }
+
+    /// A fresh request id (`im-<instance>-<counter>`).
+    pub fn new_request_id(&self) -> String {
+        format!(
+            "im-{:08x}-{:06x}",
+            self.shared.id_prefix,
+            self.shared.ids.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Authenticate the key a caller presented (`None` when auth is off), charging its rate
+    /// limit unless `charge` is false (the request that carried this call was charged already).
+    pub fn authenticate(
+        &self,
+        provided: Option<&[u8]>,
+        charge: bool,
+    ) -> Result<Option<KeyId>, ServiceError> {
+        if !self.auth_enabled() {
+            return Ok(None);
+        }
+        let key = provided
+            .and_then(|k| self.shared.keys.check(k))
+            .ok_or_else(unauthorized)?;
+        if charge {
+            self.shared.rate.charge(key)?;
+        }
+        Ok(Some(key))
+    }
+
+    /// Run `call` as `caller`: queue it, wait for it to leave. Dropping the future cancels it.
+    pub async fn run(&self, call: Call, caller: &Caller) -> Result<Completion, ServiceError> {
+        Ok(self
+            .engine
+            .submit(call.into_job(caller.request_id.clone()))
+            .await?)
+    }
+
+    /// The configured models with the kinds each serves, OpenAI-shaped.
+    pub fn models(&self) -> Value {
+        let data: Vec<Value> = self
+            .engine
+            .config()
+            .models
+            .iter()
+            .map(|m| {
+                json!({"id": m.name, "object": "model", "created": 0, "owned_by": "localai",
+                            "kinds": m.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>()})
+            })
+            .collect();
+        json!({"object": "list", "data": data})
+    }
+
+    /// Per group its depth, oldest wait and in flight; per lane its active group, loaded model,
+    /// state and breaker; the counters.
+    pub async fn queue_status(&self) -> Value {
+        let Some(s) = self.engine.status().await else {
+            return json!({"accepting": false, "groups": [], "lanes": []});
+        };
+        let groups: Vec<Value> = s
+            .groups
+            .iter()
+            .map(|g| json!({"kind": g.kind.as_str(), "model": g.model, "depth": g.depth,
+                            "oldest_wait_ms": g.oldest_wait.map(|w| w.as_secs_f64() * 1000.0), "in_flight": g.in_flight}))
+            .collect();
+        let lanes: Vec<Value> = s
+            .lanes
+            .iter()
+            .map(|l| json!({"name": l.name, "active": l.active.as_ref().map(|(k, m)| json!({"kind": k.as_str(), "model": m})),
+                            "loaded": l.loaded, "in_flight": l.in_flight, "state": l.phase, "breaker": l.breaker.as_str()}))
+            .collect();
+        let c = &s.counters;
+        json!({
+            "accepting": s.accepting, "waiting": s.waiting, "in_flight": s.in_flight,
+            "groups": groups, "lanes": lanes,
+            "counters": {"accepted": c.accepted, "rejected": c.rejected, "dispatched": c.dispatched, "completed": c.completed,
+                         "expired": c.expired, "cancelled": c.cancelled, "failed": c.failed, "retried": c.retried,
+                         "exhausted": c.exhausted, "switches": c.switches, "model_switches": c.model_switches},
+        })
+    }
+
+    /// Request counts, waits and throughput per kind and model.
+    pub fn request_metrics(&self) -> Value {
+        self.engine.metrics().request_metrics()
+    }
+
+    /// Error counts and the last errors (sanitised).
+    pub fn error_metrics(&self) -> Value {
+        self.engine.metrics().error_metrics()
+    }
+
+    /// Readiness: accepting (not draining), every upstream reachable, every breaker closed. The
+    /// body has the details when `detailed`, else only `ready`.
+    pub async fn readiness(&self, detailed: bool) -> (bool, Value) {
+        let accepting = self.engine.status().await.is_some_and(|s| s.accepting);
+        let lanes = self.engine.readiness().await;
+        let ok = accepting && !lanes.is_empty() && lanes.iter().all(|l| l.ready());
+        let body = if detailed {
+            json!({"ready": ok, "accepting": accepting, "lanes": lanes.iter().map(|l| json!({"name": l.name, "reachable": l.reachable,
+                "breaker": l.breaker, "error": l.error})).collect::<Vec<_>>()})
+        } else {
+            json!({ "ready": ok })
+        };
+        (ok, body)
+    }
+}
