@@ -1,0 +1,65 @@
+//! The per-lane circuit breaker: only failures that blame the upstream count; a half-open lane
+//! lets one probe through.
+
+use super::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Breaker {
+    Closed { failures: u32 },
+    Open { until: Time },
+    HalfOpen { probe: Option<RequestId> },
+}
+
+impl Scheduler {
+    pub(super) fn update_breaker(&mut self, lane: usize, id: RequestId, outcome: Outcome) {
+        let cfg = self.cfg.breaker;
+        let now = self.now;
+        let l = &mut self.lanes[lane];
+        let before = l.breaker;
+        // A failure says something about the lane only when it blames the upstream; one that
+        // belongs to a single request (or an abort) leaves the breaker as it is, releasing a
+        // half-open probe so that another request can probe.
+        let fault = match outcome {
+            Outcome::Success => Some(false),
+            Outcome::Transient { upstream_fault, .. } | Outcome::Permanent { upstream_fault } => {
+                upstream_fault.then_some(true)
+            }
+            Outcome::Aborted => None,
+        };
+        l.breaker = match (fault, l.breaker) {
+            (None, Breaker::HalfOpen { probe: Some(p) }) if p == id => {
+                Breaker::HalfOpen { probe: None }
+            }
+            (None, b) => b,
+            (Some(false), _) => Breaker::Closed { failures: 0 },
+            (Some(true), Breaker::Closed { failures }) => {
+                if failures + 1 >= cfg.failure_threshold {
+                    Breaker::Open {
+                        until: now + cfg.cooldown,
+                    }
+                } else {
+                    Breaker::Closed {
+                        failures: failures + 1,
+                    }
+                }
+            }
+            (Some(true), Breaker::HalfOpen { .. }) => Breaker::Open {
+                until: now + cfg.cooldown,
+            },
+            (Some(true), open @ Breaker::Open { .. }) => open,
+        };
+        let lane_id = LaneId(lane);
+        match (before, l.breaker) {
+            (Breaker::Closed { .. } | Breaker::HalfOpen { .. }, Breaker::Open { .. }) => {
+                self.counters.breaker_opened += 1;
+                self.events
+                    .push_back(Event::BreakerOpened { lane: lane_id });
+            }
+            (Breaker::HalfOpen { .. } | Breaker::Open { .. }, Breaker::Closed { .. }) => {
+                self.events
+                    .push_back(Event::BreakerClosed { lane: lane_id });
+            }
+            _ => {}
+        }
+    }
+}

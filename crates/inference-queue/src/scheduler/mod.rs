@@ -1,0 +1,549 @@
+//! The state machine: [`Scheduler`], one room per concern:
+//! - `api`: what goes in and comes out (submissions, outcomes, events);
+//! - `queues`: per-group FIFO bookkeeping, deadlines, retries, the byte budget;
+//! - `policy`: which group a lane serves next, the switch barrier, dispatch;
+//! - `breaker`: the per-lane circuit breaker;
+//! - `ids`: the request-id hasher.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+mod api;
+mod breaker;
+mod ids;
+mod policy;
+mod queues;
+
+pub use api::*;
+use breaker::Breaker;
+use ids::IdMap;
+
+use crate::config::{Config, ConfigError};
+use crate::rng::Rng;
+use crate::status::{BreakerState, Counters, GroupStatus, LaneStatus, Status};
+use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReqState {
+    Queued,
+    Backoff { until: Time },
+    InFlight { lane: usize },
+    CancelledInFlight { lane: usize },
+}
+
+#[derive(Debug)]
+struct Req {
+    group: usize,
+    bytes: u64,
+    arrival: Time,
+    deadline: Time,
+    attempts: u32,
+    state: ReqState,
+}
+
+#[derive(Debug)]
+struct Group {
+    key: GroupKey,
+    /// Waiting ids, oldest first. May hold tombstones (ids no longer queued) except at the front.
+    queue: VecDeque<RequestId>,
+    depth: usize,
+    in_flight: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Ready,
+    Unloading { next: usize },
+    WarmingUp { next: usize },
+}
+
+#[derive(Debug)]
+struct Lane {
+    name: String,
+    active: Option<usize>,
+    loaded: Option<ModelId>,
+    in_flight: u32,
+    in_flight_model: Option<ModelId>,
+    phase: Phase,
+    activated_at: Time,
+    batch: u32,
+    drained: bool,
+    breaker: Breaker,
+}
+
+/// The scheduler core: a pure state machine. See the crate docs for the driving loop.
+///
+/// Method groups:
+/// - **inputs** (each takes `now`): [`submit`](Self::submit), [`cancel`](Self::cancel),
+///   [`complete`](Self::complete), [`lifecycle_done`](Self::lifecycle_done),
+///   [`handle_timeout`](Self::handle_timeout), [`shutdown`](Self::shutdown),
+///   [`abort_waiting`](Self::abort_waiting);
+/// - **outputs**: [`poll_event`](Self::poll_event) (drain after every input),
+///   [`poll_timeout`](Self::poll_timeout) (the next wake-up, re-read after every input);
+/// - **getters**: [`status`](Self::status), [`counters`](Self::counters), [`models`](Self::models),
+///   [`model_id`](Self::model_id), [`models_for`](Self::models_for).
+pub struct Scheduler {
+    cfg: Config,
+    priority: Vec<Kind>,
+    now: Time,
+    next_id: u64,
+    accepting: bool,
+    model_index: HashMap<String, ModelId>,
+    requests: IdMap<Req>,
+    groups: Vec<Group>,
+    group_index: HashMap<GroupKey, usize>,
+    lanes: Vec<Lane>,
+    deadlines: BTreeSet<(Time, RequestId)>,
+    retries: BTreeSet<(Time, RequestId)>,
+    waiting_total: usize,
+    /// Payload bytes held by the requests in the system (waiting or in flight).
+    bytes_held: u64,
+    waiting_per_kind: [usize; 4],
+    events: VecDeque<Event>,
+    counters: Counters,
+    rng: Rng,
+}
+
+impl Scheduler {
+    /// A scheduler for `cfg`, or the first invalid field.
+    pub fn new(cfg: Config) -> Result<Scheduler, ConfigError> {
+        cfg.validate()?;
+        let model_index = cfg
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), ModelId(i)))
+            .collect();
+        let lanes = cfg
+            .lanes
+            .iter()
+            .map(|name| Lane {
+                name: name.clone(),
+                active: None,
+                loaded: None,
+                in_flight: 0,
+                in_flight_model: None,
+                phase: Phase::Ready,
+                activated_at: Time::ZERO,
+                batch: 0,
+                drained: true,
+                breaker: Breaker::Closed { failures: 0 },
+            })
+            .collect();
+        Ok(Scheduler {
+            priority: cfg.full_priority(),
+            rng: Rng::new(cfg.seed),
+            cfg,
+            now: Time::ZERO,
+            next_id: 1,
+            accepting: true,
+            model_index,
+            requests: IdMap::default(),
+            groups: Vec::new(),
+            group_index: HashMap::new(),
+            lanes,
+            deadlines: BTreeSet::new(),
+            retries: BTreeSet::new(),
+            waiting_total: 0,
+            bytes_held: 0,
+            waiting_per_kind: [0; 4],
+            events: VecDeque::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    // ----- getters -----
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The model names, indexed by [`ModelId`].
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.cfg.models.iter().map(|m| m.name.as_str())
+    }
+
+    /// The name of a model.
+    pub fn model_name(&self, id: ModelId) -> &str {
+        &self.cfg.models[id.0].name
+    }
+
+    /// The id of a model name.
+    pub fn model_id(&self, name: &str) -> Option<ModelId> {
+        self.model_index.get(name).copied()
+    }
+
+    /// The models that serve `kind`.
+    pub fn models_for(&self, kind: Kind) -> Vec<String> {
+        self.cfg
+            .models
+            .iter()
+            .filter(|m| m.kinds.contains(&kind))
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// The lifetime counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Requests currently waiting (queued or backing off) plus running.
+    pub fn in_system(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Whether intake is open.
+    pub fn is_accepting(&self) -> bool {
+        self.accepting
+    }
+
+    /// The latest `now` seen.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The key of a request's group, if the request is in the system.
+    pub fn group_of(&self, id: RequestId) -> Option<GroupKey> {
+        self.requests.get(&id).map(|r| self.groups[r.group].key)
+    }
+
+    /// A snapshot of every group and lane, with waits measured at `now`.
+    pub fn status(&self, now: Time) -> Status {
+        let now = now.max(self.now);
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| GroupStatus {
+                kind: g.key.kind,
+                model: self.model_name(g.key.model).to_owned(),
+                lane: g.key.lane.map(|l| l.0),
+                depth: g.depth,
+                oldest_wait: self.front_arrival(g).map(|a| now.saturating_since(a)),
+                in_flight: g.in_flight,
+            })
+            .collect();
+        let lanes = self
+            .lanes
+            .iter()
+            .map(|l| LaneStatus {
+                name: l.name.clone(),
+                active: l.active.map(|g| {
+                    let k = self.groups[g].key;
+                    (k.kind, self.model_name(k.model).to_owned())
+                }),
+                loaded: l.loaded.map(|m| self.model_name(m).to_owned()),
+                in_flight: l.in_flight,
+                phase: match l.phase {
+                    Phase::Ready => "ready",
+                    Phase::Unloading { .. } => "unloading",
+                    Phase::WarmingUp { .. } => "warming_up",
+                },
+                breaker: match l.breaker {
+                    Breaker::Closed { .. } => BreakerState::Closed,
+                    Breaker::Open { until } => BreakerState::Open {
+                        remaining: until.saturating_since(now),
+                    },
+                    Breaker::HalfOpen { .. } => BreakerState::HalfOpen,
+                },
+            })
+            .collect();
+        Status {
+            groups,
+            lanes,
+            waiting: self.waiting_total,
+            in_flight: self.lanes.iter().map(|l| l.in_flight as usize).sum(),
+            accepting: self.accepting,
+            counters: self.counters.clone(),
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next decision, if any. Drain until `None` after every input.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next, if anything is timed.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let mut t = self.deadlines.first().map(|(t, _)| *t);
+        let mut take = |c: Time| t = Some(t.map_or(c, |x| x.min(c)));
+        if let Some((r, _)) = self.retries.first() {
+            take(*r);
+        }
+        for l in &self.lanes {
+            if let Breaker::Open { until } = l.breaker {
+                take(until);
+            }
+        }
+        t
+    }
+
+    // ----- inputs -----
+
+    /// Offer a request. Accepted requests leave later through exactly one of: a
+    /// [`Resolution`] other than `Retry`/`Ignored`, an [`Event::Expired`], an [`Event::Failed`], or
+    /// [`CancelOutcome::Removed`].
+    pub fn submit(&mut self, now: Time, req: Submit<'_>) -> Admission {
+        self.advance(now);
+        let admission = self.admit(req);
+        match &admission {
+            Admission::Accepted(_) => {
+                // A deadline that is already due (zero) expires here, before any dispatch.
+                self.advance(now);
+                self.pump();
+            }
+            Admission::Rejected(_) => self.counters.rejected += 1,
+        }
+        admission
+    }
+
+    fn admit(&mut self, req: Submit<'_>) -> Admission {
+        if !self.accepting {
+            return Admission::Rejected(Rejection::ShuttingDown);
+        }
+        let Some(model) = self.model_id(req.model) else {
+            return Admission::Rejected(Rejection::UnknownModel {
+                model: req.model.to_owned(),
+                valid: self.models_for(req.kind),
+            });
+        };
+        if !self.cfg.models[model.0].kinds.contains(&req.kind) {
+            return Admission::Rejected(Rejection::KindNotServed {
+                model: req.model.to_owned(),
+                kind: req.kind,
+                valid: self.models_for(req.kind),
+            });
+        }
+        if let Some(l) = req.lane
+            && l.0 >= self.lanes.len()
+        {
+            return Admission::Rejected(Rejection::UnknownLane(l.0));
+        }
+        let retry_after = self.cfg.limits.retry_after_hint;
+        if self.waiting_total >= self.cfg.limits.max_queued_total {
+            return Admission::Rejected(Rejection::QueueFull {
+                scope: QueueScope::Total,
+                retry_after,
+            });
+        }
+        let ki = req.kind.index();
+        if let Some(limit) = self.cfg.limits.max_queued_per_kind[ki]
+            && self.waiting_per_kind[ki] >= limit
+        {
+            return Admission::Rejected(Rejection::QueueFull {
+                scope: QueueScope::Kind(req.kind),
+                retry_after,
+            });
+        }
+        if self.bytes_held.saturating_add(req.bytes) > self.cfg.limits.max_bytes_total {
+            return Admission::Rejected(Rejection::QueueFull {
+                scope: QueueScope::Bytes,
+                retry_after,
+            });
+        }
+        let key = GroupKey {
+            kind: req.kind,
+            model,
+            lane: req.lane,
+        };
+        let group = match self.group_index.get(&key) {
+            Some(g) => *g,
+            None => {
+                self.groups.push(Group {
+                    key,
+                    queue: VecDeque::new(),
+                    depth: 0,
+                    in_flight: 0,
+                });
+                self.group_index.insert(key, self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let default = self.cfg.default_deadline[ki];
+        let deadline = self.now + req.deadline.map_or(default, |d| d.min(default));
+        self.requests.insert(
+            id,
+            Req {
+                group,
+                bytes: req.bytes,
+                arrival: self.now,
+                deadline,
+                attempts: 0,
+                state: ReqState::Queued,
+            },
+        );
+        self.deadlines.insert((deadline, id));
+        self.bytes_held += req.bytes;
+        self.groups[group].queue.push_back(id);
+        self.groups[group].depth += 1;
+        self.waiting_total += 1;
+        self.waiting_per_kind[ki] += 1;
+        self.counters.accepted += 1;
+        Admission::Accepted(id)
+    }
+
+    /// The caller of `id` went away.
+    pub fn cancel(&mut self, now: Time, id: RequestId) -> CancelOutcome {
+        self.advance(now);
+        let Some(state) = self.requests.get(&id).map(|r| r.state) else {
+            return CancelOutcome::Unknown;
+        };
+        let outcome = match state {
+            ReqState::Queued | ReqState::Backoff { .. } => {
+                self.remove_waiting(id);
+                self.counters.cancelled += 1;
+                CancelOutcome::Removed
+            }
+            ReqState::InFlight { lane } => {
+                if let Some(r) = self.requests.get_mut(&id) {
+                    r.state = ReqState::CancelledInFlight { lane };
+                }
+                CancelOutcome::InFlight
+            }
+            ReqState::CancelledInFlight { .. } => CancelOutcome::InFlight,
+        };
+        self.pump();
+        outcome
+    }
+
+    /// An attempt of `id` ended with `outcome`.
+    pub fn complete(&mut self, now: Time, id: RequestId, outcome: Outcome) -> Resolution {
+        self.advance(now);
+        let Some(req) = self.requests.get(&id) else {
+            self.counters.ignored += 1;
+            return Resolution::Ignored;
+        };
+        let (lane, cancelled) = match req.state {
+            ReqState::InFlight { lane } => (lane, false),
+            ReqState::CancelledInFlight { lane } => (lane, true),
+            _ => {
+                self.counters.ignored += 1;
+                return Resolution::Ignored;
+            }
+        };
+        let group = req.group;
+        let attempts = req.attempts;
+        let l = &mut self.lanes[lane];
+        l.in_flight -= 1;
+        if l.in_flight == 0 {
+            l.in_flight_model = None;
+        }
+        self.groups[group].in_flight -= 1;
+        self.update_breaker(lane, id, outcome);
+
+        let resolution = match outcome {
+            Outcome::Transient { retry_after, .. } if !cancelled => {
+                let delay = self.backoff(attempts).max(retry_after.unwrap_or_default());
+                let at = self.now + delay;
+                let deadline = self.requests.get(&id).map_or(self.now, |r| r.deadline);
+                // No retry past the queue deadline: the caller gets the upstream's error now
+                // rather than a deadline error later.
+                if attempts > self.cfg.retry.max_retries || at >= deadline {
+                    self.release(id);
+                    self.counters.exhausted += 1;
+                    Resolution::Exhausted { attempts }
+                } else {
+                    let kind = self.groups[group].key.kind;
+                    if let Some(r) = self.requests.get_mut(&id) {
+                        r.state = ReqState::Backoff { until: at };
+                        self.deadlines.insert((r.deadline, id));
+                    }
+                    self.retries.insert((at, id));
+                    self.waiting_total += 1;
+                    self.waiting_per_kind[kind.index()] += 1;
+                    self.counters.retried += 1;
+                    Resolution::Retry {
+                        at,
+                        attempt: attempts + 1,
+                    }
+                }
+            }
+            _ => {
+                self.release(id);
+                if cancelled || outcome == Outcome::Aborted {
+                    self.counters.cancelled += 1;
+                } else {
+                    self.counters.completed += 1;
+                }
+                Resolution::Finished
+            }
+        };
+        self.pump();
+        resolution
+    }
+
+    /// The [`Event::Unload`] or [`Event::WarmUp`] the lane was told to do has ended (either way:
+    /// a failed unload or warm-up does not stop the switch; the first request loads the model).
+    pub fn lifecycle_done(&mut self, now: Time, lane: LaneId) {
+        self.advance(now);
+        let Some(l) = self.lanes.get(lane.0) else {
+            return;
+        };
+        match l.phase {
+            Phase::Ready => self.counters.ignored += 1,
+            Phase::Unloading { next } => {
+                if self.cfg.warm_up {
+                    let model = self.groups[next].key.model;
+                    self.lanes[lane.0].phase = Phase::WarmingUp { next };
+                    self.events.push_back(Event::WarmUp { lane, model });
+                } else {
+                    self.lanes[lane.0].phase = Phase::Ready;
+                    self.activate(lane.0, next);
+                }
+            }
+            Phase::WarmingUp { next } => {
+                self.lanes[lane.0].phase = Phase::Ready;
+                self.activate(lane.0, next);
+            }
+        }
+        self.pump();
+    }
+
+    /// Time passed: expire deadlines, wake retries, half-open breakers, dispatch.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.advance(now);
+        self.pump();
+    }
+
+    /// Stop intake: every later [`submit`](Self::submit) is refused with
+    /// [`Rejection::ShuttingDown`]. Waiting and running work goes on.
+    pub fn shutdown(&mut self, now: Time) {
+        self.advance(now);
+        self.accepting = false;
+    }
+
+    /// Fail every waiting request with `reason` (the end of a shutdown grace period). Running work
+    /// is untouched: the driver completes or aborts it.
+    pub fn abort_waiting(&mut self, now: Time, reason: FailReason) {
+        self.advance(now);
+        let ids: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| matches!(r.state, ReqState::Queued | ReqState::Backoff { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut ids = ids;
+        ids.sort();
+        for id in ids {
+            self.remove_waiting(id);
+            self.counters.failed += 1;
+            self.events.push_back(Event::Failed { id, reason });
+        }
+    }
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("now", &self.now)
+            .field("in_system", &self.requests.len())
+            .field("waiting", &self.waiting_total)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}

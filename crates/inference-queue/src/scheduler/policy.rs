@@ -1,0 +1,220 @@
+//! The policy: which group each lane serves next (starving, priority, loaded model, oldest), the
+//! bounds, the switch barrier and lifecycle calls, and dispatch within `max_in_flight`.
+
+use super::*;
+
+impl Scheduler {
+    pub(super) fn pump(&mut self) {
+        for lane in 0..self.lanes.len() {
+            self.pump_lane(lane);
+        }
+    }
+
+    pub(super) fn eligible(&self, lane: usize, g: &Group) -> bool {
+        g.depth > 0 && g.key.lane.is_none_or(|l| l.0 == lane)
+    }
+
+    pub(super) fn pump_lane(&mut self, lane: usize) {
+        loop {
+            let l = &mut self.lanes[lane];
+            match l.breaker {
+                Breaker::Open { until } if self.now < until => return,
+                Breaker::Open { .. } => l.breaker = Breaker::HalfOpen { probe: None },
+                Breaker::HalfOpen { probe: Some(_) } => return,
+                _ => {}
+            }
+            if l.phase != Phase::Ready {
+                return;
+            }
+            let Some(target) = self.decide(lane) else {
+                return;
+            };
+            let l = &self.lanes[lane];
+            let model = self.groups[target].key.model;
+            if l.in_flight >= self.cfg.models[model.0].max_in_flight
+                && l.in_flight_model == Some(model)
+            {
+                // No free slot: decide again when one frees, with whatever has arrived by then.
+                return;
+            }
+            if l.active != Some(target) {
+                let model = self.groups[target].key.model;
+                if l.in_flight > 0 && l.in_flight_model != Some(model) {
+                    return; // the switch barrier: wait for the old model's work to finish
+                }
+                let model_changed = l.loaded != Some(model);
+                if model_changed && l.in_flight == 0 {
+                    if self.cfg.unload_on_switch
+                        && let Some(old) = l.loaded
+                    {
+                        self.lanes[lane].loaded = None;
+                        self.lanes[lane].phase = Phase::Unloading { next: target };
+                        self.events.push_back(Event::Unload {
+                            lane: LaneId(lane),
+                            model: old,
+                        });
+                        return;
+                    }
+                    if self.cfg.warm_up {
+                        self.lanes[lane].phase = Phase::WarmingUp { next: target };
+                        self.events.push_back(Event::WarmUp {
+                            lane: LaneId(lane),
+                            model,
+                        });
+                        return;
+                    }
+                }
+                self.activate(lane, target);
+            }
+            let model = self.groups[target].key.model;
+            let l = &self.lanes[lane];
+            if l.in_flight >= self.cfg.models[model.0].max_in_flight {
+                return;
+            }
+            self.dispatch_front(lane, target);
+        }
+    }
+
+    /// Make `group` the lane's active group.
+    pub(super) fn activate(&mut self, lane: usize, group: usize) {
+        let now = self.now;
+        let key = self.groups[group].key;
+        let l = &mut self.lanes[lane];
+        let from = l.active.map(|g| self.groups[g].key);
+        let model_changed = l.loaded != Some(key.model);
+        l.active = Some(group);
+        l.loaded = Some(key.model);
+        l.activated_at = now;
+        l.batch = 0;
+        l.drained = false;
+        if from != Some(key) {
+            self.counters.switches += 1;
+            if model_changed {
+                self.counters.model_switches += 1;
+            }
+            self.events.push_back(Event::Switched {
+                lane: LaneId(lane),
+                from,
+                to: key,
+                model_changed,
+            });
+        }
+    }
+
+    pub(super) fn dispatch_front(&mut self, lane: usize, group: usize) {
+        let g = &mut self.groups[group];
+        let Some(id) = g.queue.pop_front() else {
+            return;
+        };
+        g.depth -= 1;
+        g.in_flight += 1;
+        let kind = g.key.kind;
+        let model = g.key.model;
+        let r = self.requests.get_mut(&id).expect("queue fronts are live");
+        r.state = ReqState::InFlight { lane };
+        r.attempts += 1;
+        let attempt = r.attempts;
+        let waited = self.now.saturating_since(r.arrival);
+        self.deadlines.remove(&(r.deadline, id));
+        Self::clean_front(&mut self.groups[group], &self.requests);
+        self.waiting_total -= 1;
+        self.waiting_per_kind[kind.index()] -= 1;
+        let l = &mut self.lanes[lane];
+        l.in_flight += 1;
+        l.in_flight_model = Some(model);
+        l.batch += 1;
+        if let Breaker::HalfOpen { probe } = &mut l.breaker {
+            *probe = Some(id);
+        }
+        self.counters.dispatched += 1;
+        self.events.push_back(Event::Dispatch {
+            id,
+            lane: LaneId(lane),
+            attempt,
+            waited,
+        });
+    }
+
+    /// The group the lane should dispatch from next, if any has work.
+    pub(super) fn decide(&mut self, lane: usize) -> Option<usize> {
+        let active = self.lanes[lane].active;
+        if let Some(a) = active
+            && self.groups[a].depth > 0
+        {
+            if self.lanes[lane].drained {
+                // The group ran dry and got new work: a fresh activation for the bounds.
+                let l = &mut self.lanes[lane];
+                l.drained = false;
+                l.activated_at = self.now;
+                l.batch = 0;
+            }
+            if self.may_continue(lane, a) {
+                return Some(a);
+            }
+            return self.choose_next(lane, Some(a)).or(Some(a));
+        }
+        let next = self.choose_next(lane, None);
+        if next.is_none() {
+            self.lanes[lane].drained = true;
+        }
+        next
+    }
+
+    /// Whether the lane may dispatch another request of its active group `a`: always, unless other
+    /// groups wait and a dwell or batch bound is hit. Starvation never preempts the active group;
+    /// it decides the choice at the next switch point (SPEC §2.4), so a busy lane keeps its batches.
+    pub(super) fn may_continue(&self, lane: usize, a: usize) -> bool {
+        let b = self.cfg.bounds;
+        if b == crate::config::Bounds::strict() {
+            return true;
+        }
+        let others_waiting = self
+            .groups
+            .iter()
+            .enumerate()
+            .any(|(i, g)| i != a && self.eligible(lane, g));
+        if !others_waiting {
+            return true;
+        }
+        let l = &self.lanes[lane];
+        if b.max_batch.is_some_and(|m| l.batch >= m) {
+            return false;
+        }
+        if b.max_dwell
+            .is_some_and(|d| self.now.saturating_since(l.activated_at) >= d)
+        {
+            return false;
+        }
+        true
+    }
+
+    /// SPEC §2.3: first a starving group (oldest waiter first), else the highest-priority kind with
+    /// work; inside it, the group whose model is loaded, else the oldest waiter.
+    pub(super) fn choose_next(&self, lane: usize, exclude: Option<usize>) -> Option<usize> {
+        let candidates = || {
+            self.groups
+                .iter()
+                .enumerate()
+                .filter(move |(i, g)| Some(*i) != exclude && self.eligible(lane, g))
+                .filter_map(|(i, g)| self.front_arrival(g).map(|f| (i, g, f)))
+        };
+        if let Some(s) = self.cfg.bounds.starvation_after {
+            let starving = candidates()
+                .filter(|(_, _, f)| self.now.saturating_since(*f) >= s)
+                .min_by_key(|(i, _, f)| (*f, *i));
+            if let Some((i, _, _)) = starving {
+                return Some(i);
+            }
+        }
+        let loaded = self.lanes[lane].in_flight_model.or(self.lanes[lane].loaded);
+        for kind in &self.priority {
+            let best = candidates()
+                .filter(|(_, g, _)| g.key.kind == *kind)
+                .min_by_key(|(i, g, f)| (Some(g.key.model) != loaded, *f, *i));
+            if let Some((i, _, _)) = best {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
