@@ -4,6 +4,7 @@ mod bench;
 mod bench_async;
 mod deploy;
 mod sim;
+mod tidy;
 
 use anyhow::{Context, Result, bail};
 
