@@ -1,7 +1,6 @@
 //! Developer tasks: `cargo xtask <task>`. See `cargo xtask help`.
 
 mod bench;
-mod bench_async;
 mod deploy;
 mod sim;
 mod tidy;
@@ -157,7 +156,7 @@ fn run_bench(args: &[String]) -> Result<()> {
     let part = |p: &str| only.is_empty() || only == p;
     let (secs, rounds) = if quick { (3, 1) } else { (5, 3) };
     if part("overhead") {
-        bench::overhead(&mut out, secs, rounds)?;
+        bench::overhead::overhead(&mut out, secs, rounds)?;
     }
     print!("{out}");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -166,10 +165,12 @@ fn run_bench(args: &[String]) -> Result<()> {
     let mut more = String::new();
     let (hours, scale) = if quick { (0.25, 0.02) } else { (0.5, 0.02) };
     if part("scheduling") {
-        rt.block_on(bench_async::scheduling(&mut more, hours, scale, 0.9, 42))?;
+        rt.block_on(bench::scheduling::scheduling(
+            &mut more, hours, scale, 0.9, 42,
+        ))?;
     }
     if part("memory") {
-        rt.block_on(bench_async::memory(&mut more))?;
+        rt.block_on(bench::memory::memory(&mut more))?;
     }
     print!("{more}");
     out.push_str(&more);
@@ -199,7 +200,7 @@ fn run_load(args: &[String]) -> Result<()> {
         if !ok {
             bail!("release build failed");
         }
-        Some(bench_async::start_simulated_im(0.1)?)
+        Some(bench::load::start_simulated_im(0.1)?)
     } else {
         None
     };
@@ -211,7 +212,7 @@ fn run_load(args: &[String]) -> Result<()> {
         "| scenario | users | seconds | requests | req/s | p50 ms | p95 ms | p99 ms | failures |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for s in &scenarios {
-        rt.block_on(bench_async::load(&mut out, &url, &key, s, users, secs))?;
+        rt.block_on(bench::load::load(&mut out, &url, &key, s, users, secs))?;
     }
     print!("{out}");
     Ok(())

@@ -42,12 +42,7 @@ mod tests {
                 continue;
             }
             if inside && !l.is_empty() && !l.starts_with('#') {
-                let name = l
-                    .split(['=', '.'])
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned();
+                let name = l.split(['=', '.']).next().unwrap_or("").trim().to_owned();
                 if !name.is_empty() {
                     out.push(name);
                 }

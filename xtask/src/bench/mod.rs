@@ -1,0 +1,232 @@
+//! `cargo xtask bench`, split by what it measures: [`overhead`] (direct vs nginx vs im-http),
+//! [`scheduling`] (a mixed trace straight to LocalAI vs through im), [`memory`] (RSS with queued
+//! payloads), [`load`] (the seeds' load scenarios). This module holds what they share: processes,
+//! ports, readiness, the tools they install. Everything runs on loopback; every figure is a ratio
+//! measured side by side in one run.
+
+pub mod load;
+pub mod memory;
+pub mod overhead;
+pub mod scheduling;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use serde_json::json;
+
+pub const KEY: &str = "bench-key";
+pub const LLM: &str = "llama-3.2-3b-instruct";
+pub const VLM: &str = "llava-1.6-mistral-7b";
+pub const SD: &str = "stablediffusion";
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.0.id())
+    }
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
+}
+
+/// A minimal blocking GET returning the status code (readiness polling without a client crate).
+pub fn http_status(port: u16, path: &str, key: Option<&str>) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let auth = key.map_or(String::new(), |k| format!("x-api-key: {k}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\n{auth}connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub fn wait_ready(port: u16, path: &str, key: Option<&str>) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if http_status(port, path, key).is_some_and(|s| s < 500) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("port {port} did not become ready")
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn release_bin(name: &str) -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    target.join("release").join(name)
+}
+
+/// Install what the benchmark needs: Debian's nginx and `oha` (a well-kept Rust load generator).
+pub fn ensure_tools() -> Result<()> {
+    if Command::new("nginx").arg("-v").output().is_err() && !Path::new("/usr/sbin/nginx").exists() {
+        eprintln!("bench: installing nginx-light (Debian)");
+        let _ = Command::new("apt-get").arg("update").status();
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "nginx-light"])
+            .status()?
+            .success();
+        if !ok {
+            bail!("could not install nginx-light");
+        }
+    }
+    if Command::new("oha").arg("--version").output().is_err() {
+        eprintln!("bench: installing oha with cargo install (a few minutes, once)");
+        let ok = Command::new("cargo")
+            .args(["install", "oha", "--locked"])
+            .status()?
+            .success();
+        if !ok {
+            bail!("could not install oha");
+        }
+    }
+    let ok = Command::new("cargo")
+        .args(["build", "--release", "-p", "im-http", "-p", "localai-sim"])
+        .current_dir(root())
+        .status()?
+        .success();
+    if !ok {
+        bail!("release build failed");
+    }
+    Ok(())
+}
+
+pub fn start_sim(port: u16, time_scale: f64, config: Option<&Path>) -> Result<Proc> {
+    let mut cmd = Command::new(release_bin("localai-sim"));
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--time-scale",
+        &time_scale.to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let p = Proc(cmd.spawn().context("starting localai-sim")?);
+    wait_ready(port, "/readyz", None)?;
+    Ok(p)
+}
+
+pub fn start_im(port: u16, upstream_port: u16, config: &str) -> Result<Proc> {
+    start_im_env(
+        port,
+        upstream_port,
+        config,
+        std::env::var("IM_BENCH_GLIBC_TUNABLES").ok(),
+    )
+}
+
+/// Start im-http, optionally with `GLIBC_TUNABLES` set.
+pub fn start_im_env(
+    port: u16,
+    upstream_port: u16,
+    config: &str,
+    tunables: Option<String>,
+) -> Result<Proc> {
+    let path = std::env::temp_dir().join(format!("im-bench-{port}.toml"));
+    std::fs::write(&path, config)?;
+    let p = Proc(
+        Command::new(release_bin("im-http"))
+            .arg("--config")
+            .arg(&path)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &format!("http://127.0.0.1:{upstream_port}"),
+            ])
+            .args(["--api-keys", KEY])
+            .env("RUST_LOG", "error")
+            .env_remove("IM_CONFIG")
+            .envs(tunables.map(|t| ("GLIBC_TUNABLES", t)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting im-http")?,
+    );
+    wait_ready(port, "/health", None)?;
+    Ok(p)
+}
+
+pub fn models_toml(slots_llm: u32) -> String {
+    format!(
+        "[[models]]\nname = \"{LLM}\"\nkinds = [\"txt2txt\"]\nmax_in_flight = {slots_llm}\n\n\
+         [[models]]\nname = \"{VLM}\"\nkinds = [\"img2txt\", \"txt2txt\"]\nmax_in_flight = 2\n\n\
+         [[models]]\nname = \"{SD}\"\nkinds = [\"txt2img\", \"img2img\"]\nmax_in_flight = 1\n"
+    )
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(3600))
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("client")
+}
+
+pub fn png_b64(side: u32) -> String {
+    base64::engine::general_purpose::STANDARD.encode(localai_sim::image::png(side, side, 9))
+}
+
+pub async fn answered_ok(r: reqwest::Result<reqwest::Response>) -> bool {
+    match r {
+        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+pub fn q(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((s.len() - 1) as f64 * q).round() as usize]
+}
