@@ -147,6 +147,17 @@ async fn mixed_load_never_overcommits_and_loads_equal_switches() {
     assert_eq!((status.waiting, status.in_flight), (0, 0));
 }
 
+/// Wait until the engine's status satisfies `ok` (ordering by state, not by wall-clock sleeps).
+async fn until(engine: &Engine, ok: impl Fn(&inference_queue::Status) -> bool) {
+    loop {
+        let s = engine.status().await.expect("running");
+        if ok(&s) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Occupy the lane with one image job, queue `kinds` behind it, return their completion order.
 async fn order_behind_a_busy_lane(bounds: Bounds, kinds: &[Kind]) -> Vec<Kind> {
     let (_sim, engine) = setup(|c| c.models[2].per_step_ms = 100_000.0, config(bounds, 1)).await;
@@ -154,7 +165,7 @@ async fn order_behind_a_busy_lane(bounds: Bounds, kinds: &[Kind]) -> Vec<Kind> {
         let e = engine.clone();
         tokio::spawn(async move { e.submit(job(0, Kind::Txt2Img)).await })
     };
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    until(&engine, |s| s.in_flight == 1).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for (i, k) in kinds.iter().enumerate() {
         let e = engine.clone();
@@ -164,7 +175,8 @@ async fn order_behind_a_busy_lane(bounds: Bounds, kinds: &[Kind]) -> Vec<Kind> {
             e.submit(job(i + 1, k)).await.expect("ok");
             let _ = tx.send(k);
         });
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Queued in this order: the next is submitted once this one waits in its queue.
+        until(&engine, |s| s.waiting == i + 1).await;
     }
     drop(tx);
     first.await.expect("join").expect("first");
@@ -254,78 +266,69 @@ async fn transient_faults_are_retried_and_permanent_ones_are_not() {
     }
 }
 
-/// A backend that fails every call while `down` is set.
+/// A backend that fails every call while `down` is set, and answers at once otherwise.
 struct Flaky {
-    inner: LocalAiBackend,
     down: AtomicBool,
     calls: AtomicU32,
 }
 
 #[async_trait]
 impl Backend for Flaky {
-    async fn chat(&self, lane: LaneId, req: &ChatRequest) -> Result<ChatResponse, ClientError> {
+    async fn chat(&self, _: LaneId, req: &ChatRequest) -> Result<ChatResponse, ClientError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
             return Err(ClientError::Connect("connection refused".into()));
         }
-        self.inner.chat(lane, req).await
+        Ok(ChatResponse {
+            raw: json!({"model": req.model, "choices": [{"message": {"content": "ok"}}]}),
+            content: "ok".into(),
+        })
     }
-    async fn chat_stream(
-        &self,
-        lane: LaneId,
-        req: &ChatRequest,
-    ) -> Result<ChunkStream, ClientError> {
-        self.inner.chat_stream(lane, req).await
+    async fn chat_stream(&self, _: LaneId, _: &ChatRequest) -> Result<ChunkStream, ClientError> {
+        Err(ClientError::Protocol("not in this test".into()))
     }
-    async fn images(
-        &self,
-        lane: LaneId,
-        req: &ImageRequest,
-    ) -> Result<ImagesResponse, ClientError> {
-        self.inner.images(lane, req).await
+    async fn images(&self, _: LaneId, _: &ImageRequest) -> Result<ImagesResponse, ClientError> {
+        Err(ClientError::Protocol("not in this test".into()))
     }
-    async fn unload(&self, lane: LaneId, model: &str) -> Result<bool, ClientError> {
-        self.inner.unload(lane, model).await
+    async fn unload(&self, _: LaneId, _: &str) -> Result<bool, ClientError> {
+        Ok(true)
     }
-    async fn load(&self, lane: LaneId, model: &str) -> Result<(), ClientError> {
-        self.inner.load(lane, model).await
+    async fn load(&self, _: LaneId, _: &str) -> Result<(), ClientError> {
+        Ok(())
     }
-    async fn ready(&self, lane: LaneId) -> Result<(), ClientError> {
-        self.inner.ready(lane).await
+    async fn ready(&self, _: LaneId) -> Result<(), ClientError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(ClientError::Connect("connection refused".into()))
+        } else {
+            Ok(())
+        }
     }
-    async fn models(&self, lane: LaneId) -> Result<Vec<String>, ClientError> {
-        self.inner.models(lane).await
+    async fn models(&self, _: LaneId) -> Result<Vec<String>, ClientError> {
+        Ok(vec![LLM.into()])
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a paused clock: every wait below is virtual time, so the counts are exact on any machine.
+#[tokio::test(start_paused = true)]
 async fn the_breaker_opens_holds_the_queue_and_closes() {
-    let sim = SimServer::start(SimConfig {
-        time_scale: 0.001,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
-    let client = LocalAiClient::new(ClientConfig::new(sim.url())).expect("client");
     let flaky = Arc::new(Flaky {
-        inner: LocalAiBackend::new(vec![client]),
         down: AtomicBool::new(true),
         calls: AtomicU32::new(0),
     });
     let mut cfg = config(Bounds::default(), 4);
     cfg.breaker.failure_threshold = 3;
-    cfg.breaker.cooldown = Duration::from_millis(200);
+    cfg.breaker.cooldown = Duration::from_secs(10);
     cfg.retry.max_retries = 100;
     let engine = Engine::start(cfg, flaky.clone(), Metrics::new()).expect("engine");
     let pending = {
         let e = engine.clone();
         tokio::spawn(async move { e.submit(job(1, Kind::Txt2Txt)).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Three failures (retries 2-20 ms apart) open the breaker; then nothing is sent for 10 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let st = engine.status().await.expect("status");
     assert_eq!(st.lanes[0].breaker.as_str(), "open");
-    let calls_while_open = flaky.calls.load(Ordering::SeqCst);
-    assert_eq!(calls_while_open, 3, "no calls while open");
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "no calls while open");
     let ready = engine.readiness().await;
     assert!(!ready[0].ready(), "readiness reports the open breaker");
     flaky.down.store(false, Ordering::SeqCst);
@@ -333,7 +336,7 @@ async fn the_breaker_opens_holds_the_queue_and_closes() {
         .await
         .expect("join")
         .expect("succeeds after the probe");
-    assert!(done.meta.attempts >= 4);
+    assert_eq!(done.meta.attempts, 4, "one probe after the cooldown");
     assert_eq!(
         engine.status().await.expect("status").lanes[0]
             .breaker
