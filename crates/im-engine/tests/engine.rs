@@ -279,8 +279,10 @@ impl Backend for Flaky {
         if self.down.load(Ordering::SeqCst) {
             return Err(ClientError::Connect("connection refused".into()));
         }
+        let raw = json!({"model": req.model, "choices": [{"message": {"content": "ok"}}]});
         Ok(ChatResponse {
-            raw: json!({"model": req.model, "choices": [{"message": {"content": "ok"}}]}),
+            body: raw.to_string().into(),
+            raw,
             content: "ok".into(),
         })
     }

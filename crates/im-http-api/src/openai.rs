@@ -16,7 +16,7 @@ use crate::error::{ErrorBody, HttpError, QueuedErrors};
 use crate::seed::body;
 use crate::state::{AppState, Arrived, figure_headers};
 use crate::stream::sse_response;
-use crate::types::{self, Message};
+use crate::types;
 
 fn object(b: &Bytes) -> Result<serde_json::Map<String, Value>, ServiceError> {
     match types::parse::<Value>(b)? {
@@ -105,7 +105,12 @@ pub async fn chat_completions(
         return Ok(sse_response(&st, done, arrived));
     }
     let mut resp = match &done.output {
-        Output::Chat(c) => axum::Json(c.raw.clone()).into_response(),
+        // The upstream's body as it came: nothing to change, so nothing is re-serialised.
+        Output::Chat(c) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            c.body.clone(),
+        )
+            .into_response(),
         _ => return Err(HttpError::new(ErrorType::Internal, "unexpected output")),
     };
     figure_headers(&st, resp.headers_mut(), &done, arrived);
@@ -116,8 +121,22 @@ pub async fn chat_completions(
 fn chat_call(st: &AppState, b: &Bytes) -> Result<Call, ServiceError> {
     let mut o = object(b)?;
     let model = string_field(&mut o, "model")?;
-    let messages: Vec<Message> = opt(&mut o, "messages")?
-        .ok_or_else(|| ServiceError::invalid("messages", "missing field `messages`"))?;
+    // Moved out of the body as they are; the service checks each message.
+    let messages = match o.remove("messages") {
+        Some(Value::Array(m)) => m,
+        None | Some(Value::Null) => {
+            return Err(ServiceError::invalid(
+                "messages",
+                "missing field `messages`",
+            ));
+        }
+        Some(_) => {
+            return Err(ServiceError::invalid(
+                "messages",
+                "must be a list of messages",
+            ));
+        }
+    };
     let temperature: Option<f64> = opt(&mut o, "temperature")?;
     let max_tokens: Option<u32> = opt(&mut o, "max_tokens")?;
     let stream: bool = opt(&mut o, "stream")?.unwrap_or(false);
@@ -133,7 +152,7 @@ fn chat_call(st: &AppState, b: &Bytes) -> Result<Call, ServiceError> {
     }
     let input = ChatInput {
         model,
-        messages: types::to_values(messages),
+        messages,
         temperature,
         max_tokens,
         stream,

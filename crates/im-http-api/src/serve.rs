@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use futures_util::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -119,7 +118,8 @@ pub async fn serve(
 }
 
 /// Middleware: a request body must keep arriving (no pause over the idle limit) and arrive whole
-/// within the total limit; otherwise reading it fails (answered 400 by the handler).
+/// within the total limit; otherwise reading it fails (answered 400 by the handler). A timer is
+/// armed only while the body is waiting for bytes, so a body that is already there costs none.
 pub async fn body_deadline(
     State(limits): State<ServeLimits>,
     req: Request,
@@ -130,24 +130,70 @@ pub async fn body_deadline(
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
-    let deadline = tokio::time::Instant::now() + limits.body_total_timeout;
-    let idle = limits.body_idle_timeout;
-    let stream =
-        futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
-            let mut data = state?;
-            let until = (tokio::time::Instant::now() + idle).min(deadline);
-            match tokio::time::timeout_at(until, data.next()).await {
-                Ok(Some(item)) => Some((item, Some(data))),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(axum::Error::new(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "reading the request body timed out",
-                    ))),
-                    None,
-                )),
-            }
+    if hyper::body::Body::is_end_stream(&body) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let body = DeadlineBody {
+        inner: body,
+        idle: limits.body_idle_timeout,
+        deadline: tokio::time::Instant::now() + limits.body_total_timeout,
+        timer: None,
+        failed: false,
+    };
+    next.run(Request::from_parts(parts, Body::new(body))).await
+}
+
+/// A request body with an idle and a total deadline.
+struct DeadlineBody {
+    inner: Body,
+    idle: Duration,
+    deadline: tokio::time::Instant,
+    /// Armed when the body first waits, dropped when bytes arrive (so it measures idleness).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    failed: bool,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            this.timer = None;
+            return Poll::Ready(frame);
+        }
+        let (idle, deadline) = (this.idle, this.deadline);
+        let timer = this.timer.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep_until(
+                (tokio::time::Instant::now() + idle).min(deadline),
+            ))
         });
-    next.run(Request::from_parts(parts, Body::from_stream(stream)))
-        .await
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                this.failed = true;
+                Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "reading the request body timed out",
+                )))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }

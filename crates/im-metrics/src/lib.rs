@@ -96,12 +96,67 @@ impl Samples {
     }
 }
 
-#[derive(Default)]
+/// Successes per second over the last minute: 60 one-second buckets, fixed size.
+struct LastMinute {
+    /// `(second since start, count)` per bucket, indexed by the second modulo 60.
+    buckets: [(u64, u64); 60],
+}
+
+impl Default for LastMinute {
+    fn default() -> LastMinute {
+        LastMinute {
+            buckets: [(0, 0); 60],
+        }
+    }
+}
+
+impl LastMinute {
+    fn add(&mut self, second: u64) {
+        let b = &mut self.buckets[(second % 60) as usize];
+        if b.0 != second {
+            *b = (second, 0);
+        }
+        b.1 += 1;
+    }
+
+    fn count(&self, now_second: u64) -> u64 {
+        self.buckets
+            .iter()
+            .filter(|(s, _)| now_second.saturating_sub(*s) < 60 && *s <= now_second)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Prometheus handles of one group, registered once (label strings are not built per request).
+struct GroupHandles {
+    wait: metrics::Histogram,
+    processing: metrics::Histogram,
+    done: BTreeMap<&'static str, metrics::Counter>,
+}
+
 struct GroupStats {
     outcomes: BTreeMap<&'static str, u64>,
     wait_ms: Samples,
     processing_ms: Samples,
-    recent: VecDeque<Instant>,
+    last_minute: LastMinute,
+    handles: GroupHandles,
+}
+
+impl GroupStats {
+    fn new(kind: &str, model: &str) -> GroupStats {
+        GroupStats {
+            outcomes: BTreeMap::new(),
+            wait_ms: Samples::default(),
+            processing_ms: Samples::default(),
+            last_minute: LastMinute::default(),
+            handles: GroupHandles {
+                wait: metrics::histogram!(names::QUEUE_WAIT_SECONDS, "kind" => kind.to_owned(), "model" => model.to_owned()),
+                processing: metrics::histogram!(names::PROCESSING_SECONDS, "kind" => kind.to_owned(), "model" => model.to_owned()),
+                done: BTreeMap::new(),
+            },
+        }
+    }
 }
 
 /// One entry of the last-errors list.
@@ -125,7 +180,8 @@ pub struct ErrorEntry {
 
 #[derive(Default)]
 struct State {
-    groups: BTreeMap<(String, String), GroupStats>,
+    /// kind → model → stats: looked up with borrowed names, no allocation per request.
+    groups: BTreeMap<String, BTreeMap<String, GroupStats>>,
     errors_by: BTreeMap<(String, String, String), u64>,
     last_errors: VecDeque<ErrorEntry>,
 }
@@ -183,35 +239,36 @@ impl Metrics {
         wait: Option<Duration>,
         processing: Option<Duration>,
     ) {
-        metrics::counter!(names::REQUESTS_TOTAL, "kind" => kind.to_owned(), "model" => model.to_owned(), "outcome" => outcome).increment(1);
-        if let Some(w) = wait {
-            metrics::histogram!(names::QUEUE_WAIT_SECONDS, "kind" => kind.to_owned(), "model" => model.to_owned()).record(w.as_secs_f64());
-        }
-        if let Some(p) = processing {
-            metrics::histogram!(names::PROCESSING_SECONDS, "kind" => kind.to_owned(), "model" => model.to_owned()).record(p.as_secs_f64());
-        }
+        let second = self.started.elapsed().as_secs();
         let mut s = self.lock();
-        let g = s
-            .groups
-            .entry((kind.to_owned(), model.to_owned()))
-            .or_default();
+        let models = match s.groups.get_mut(kind) {
+            Some(m) => m,
+            None => s.groups.entry(kind.to_owned()).or_default(),
+        };
+        let g = match models.get_mut(model) {
+            Some(g) => g,
+            None => models
+                .entry(model.to_owned())
+                .or_insert_with(|| GroupStats::new(kind, model)),
+        };
+        g.handles
+            .done
+            .entry(outcome)
+            .or_insert_with(|| {
+                metrics::counter!(names::REQUESTS_TOTAL, "kind" => kind.to_owned(), "model" => model.to_owned(), "outcome" => outcome)
+            })
+            .increment(1);
         *g.outcomes.entry(outcome).or_default() += 1;
         if let Some(w) = wait {
+            g.handles.wait.record(w.as_secs_f64());
             g.wait_ms.push(w.as_secs_f64() * 1000.0);
         }
         if let Some(p) = processing {
+            g.handles.processing.record(p.as_secs_f64());
             g.processing_ms.push(p.as_secs_f64() * 1000.0);
         }
         if outcome == outcome::SUCCESS {
-            let now = Instant::now();
-            g.recent.push_back(now);
-            while g
-                .recent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
-            {
-                g.recent.pop_front();
-            }
+            g.last_minute.add(second);
         }
     }
 
@@ -296,16 +353,17 @@ impl Metrics {
     pub fn request_metrics(&self) -> Value {
         let s = self.lock();
         let uptime = self.started.elapsed().as_secs_f64().max(1e-9);
-        let now = Instant::now();
+        let second = self.started.elapsed().as_secs();
         let mut total = 0u64;
         let groups: Vec<Value> = s
             .groups
             .iter()
-            .map(|((kind, model), g)| {
+            .flat_map(|(kind, models)| models.iter().map(move |(model, g)| (kind, model, g)))
+            .map(|(kind, model, g)| {
                 let count: u64 = g.outcomes.values().sum();
                 total += count;
                 let ok = g.outcomes.get(outcome::SUCCESS).copied().unwrap_or(0);
-                let last_minute = g.recent.iter().filter(|t| now.duration_since(**t) <= Duration::from_secs(60)).count();
+                let last_minute = g.last_minute.count(second);
                 json!({
                     "kind": kind, "model": model, "count": count, "outcomes": g.outcomes,
                     "queue_wait_ms": g.wait_ms.quantiles(), "processing_ms": g.processing_ms.quantiles(),

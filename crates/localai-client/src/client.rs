@@ -102,8 +102,10 @@ struct ChatBody<'a> {
 /// A completed chat: LocalAI's OpenAI-shaped body and the answer text.
 #[derive(Clone, Debug)]
 pub struct ChatResponse {
-    /// The body as LocalAI sent it (`chat.completion`).
+    /// The body as LocalAI sent it (`chat.completion`), parsed.
     pub raw: Value,
+    /// The same body's bytes, to pass on unchanged.
+    pub body: Bytes,
     /// `choices[0].message.content`.
     pub content: String,
 }
@@ -244,6 +246,15 @@ impl LocalAiClient {
     /// Read a JSON body within `total` (measured from the call's start by the caller), at most
     /// `max_body` bytes.
     async fn json(&self, resp: reqwest::Response, total: Duration) -> Result<Value, ClientError> {
+        self.json_and_body(resp, total).await.map(|(v, _)| v)
+    }
+
+    /// [`Self::json`], and the body's bytes as they came (to pass on without re-serialising).
+    async fn json_and_body(
+        &self,
+        resp: reqwest::Response,
+        total: Duration,
+    ) -> Result<(Value, Bytes), ClientError> {
         let is_json = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -265,8 +276,9 @@ impl LocalAiClient {
                 body.len()
             )));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))
+        let v = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))?;
+        Ok((v, Bytes::from(body)))
     }
 
     /// The upstream body: the request as it is (serialised straight from it, nothing copied),
@@ -298,7 +310,7 @@ impl LocalAiClient {
                     self.cfg.chat_first_byte,
                 )
                 .await?;
-            let raw = self.json(resp, total).await?;
+            let (raw, body) = self.json_and_body(resp, total).await?;
             let content = raw
                 .pointer("/choices/0/message/content")
                 .and_then(Value::as_str)
@@ -311,7 +323,7 @@ impl LocalAiClient {
             if let Some(msg) = content.strip_prefix("Internal error:") {
                 return Err(ClientError::Stream(msg.trim().to_owned()));
             }
-            Ok(ChatResponse { raw, content })
+            Ok(ChatResponse { raw, body, content })
         };
         tokio::time::timeout(total, work)
             .await
