@@ -161,6 +161,14 @@ pub struct ImagesResponse {
 pub struct LocalAiClient {
     http: reqwest::Client,
     cfg: ClientConfig,
+    urls: Urls,
+}
+
+/// The URLs of the hot paths, parsed once.
+#[derive(Clone, Debug)]
+struct Urls {
+    chat: reqwest::Url,
+    images: reqwest::Url,
 }
 
 impl LocalAiClient {
@@ -172,7 +180,15 @@ impl LocalAiClient {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| ClientError::Connect(e.to_string()))?;
-        Ok(LocalAiClient { http, cfg })
+        let parse = |path: &str| {
+            reqwest::Url::parse(&format!("{}{path}", cfg.base_url))
+                .map_err(|e| ClientError::Connect(format!("invalid upstream URL: {e}")))
+        };
+        let urls = Urls {
+            chat: parse("/v1/chat/completions")?,
+            images: parse("/v1/images/generations")?,
+        };
+        Ok(LocalAiClient { http, cfg, urls })
     }
 
     /// The base URL.
@@ -186,7 +202,16 @@ impl LocalAiClient {
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        let mut rb = self.http.post(format!("{}{path}", self.cfg.base_url));
+        // The hot paths use URLs parsed once, at construction.
+        let url = match path {
+            "/v1/chat/completions" => self.urls.chat.clone(),
+            "/v1/images/generations" => self.urls.images.clone(),
+            _ => match reqwest::Url::parse(&format!("{}{path}", self.cfg.base_url)) {
+                Ok(u) => u,
+                Err(_) => self.urls.chat.clone(),
+            },
+        };
+        let mut rb = self.http.post(url);
         if let Some(k) = &self.cfg.api_key {
             rb = rb.bearer_auth(k);
         }
