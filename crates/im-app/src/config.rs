@@ -219,7 +219,8 @@ pub struct HttpEntry {
     pub body_idle_timeout_s: f64,
     /// Seconds a whole request body may take.
     pub body_total_timeout_s: f64,
-    /// Open connections at most.
+    /// Open connections at most; keep it above `limits.max_queued_total` (each waiting request
+    /// holds its connection).
     pub max_connections: usize,
 }
 
@@ -235,7 +236,7 @@ impl Default for HttpEntry {
             header_read_timeout_s: 10.0,
             body_idle_timeout_s: 30.0,
             body_total_timeout_s: 300.0,
-            max_connections: 4096,
+            max_connections: 16384,
         }
     }
 }

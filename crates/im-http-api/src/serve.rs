@@ -42,7 +42,7 @@ impl Default for ServeLimits {
             header_read_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
             body_total_timeout: Duration::from_secs(300),
-            max_connections: 4096,
+            max_connections: 16384,
             close_grace: Duration::from_secs(5),
         }
     }

@@ -80,7 +80,7 @@ pub async fn memory(out: &mut String) -> Result<()> {
     }
     let up = stalled_upstream()?;
     let cfg = format!(
-        "[limits]\nmax_queued_total = 20000\n[deadlines_s]\ntxt2txt = 3600.0\ntxt2img = 3600.0\nimg2img = 3600.0\nimg2txt = 3600.0\n\
+        "[limits]\nmax_queued_total = 20000\nmax_queued_bytes = 1073741824\n[deadlines_s]\ntxt2txt = 3600.0\ntxt2img = 3600.0\nimg2img = 3600.0\nimg2txt = 3600.0\n\
          [http]\nbody_limit_bytes = 8388608\n{}",
         models_toml(1)
     );
