@@ -243,16 +243,7 @@ async fn streamable_http_standalone_requires_a_key() {
 
 /// im-http in-process (the same wiring as the binary) on a loopback port.
 async fn im_http() -> (String, im_app::Built) {
-    let built = app::build(ImConfig::default(), Some(Simulate { time_scale: 0.01 }))
-        .await
-        .expect("build");
-    let router = im_app::http_app(&built);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(l, router).await });
-    (url, built)
+    im_http_with(0.01, |_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

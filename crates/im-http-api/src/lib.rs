@@ -31,7 +31,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ErrorBody, HttpError};
-pub use state::{AppState, Arrived, require_key};
+pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
 
 /// The OpenAPI document of every route.
 #[derive(OpenApi)]

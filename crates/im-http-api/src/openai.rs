@@ -10,6 +10,7 @@ use im_engine::Output;
 use im_service::{
     Call, Caller, ChatInput, ChatKind, ErrorType, ImageParams, ServiceError, image_file,
 };
+use localai_client::ImageRequest;
 use serde_json::{Value, json};
 
 use crate::error::{ErrorBody, HttpError, QueuedErrors};
@@ -187,14 +188,17 @@ fn images_call(st: &AppState, body: Bytes) -> Result<Call, ServiceError> {
         ));
     }
     let params = ImageParams {
-        model,
-        prompt,
-        negative_prompt: r.negative_prompt,
-        width,
-        height,
-        steps: r.step.or(r.steps),
-        seed: r.seed,
-        n: r.n,
+        req: ImageRequest {
+            model,
+            prompt,
+            negative_prompt: r.negative_prompt,
+            width,
+            height,
+            steps: r.step.or(r.steps),
+            seed: r.seed,
+            n: r.n,
+            file: None,
+        },
         deadline_ms: r.deadline_ms,
     };
     params.validate(st.service.limits(), Some("size"))?;

@@ -38,18 +38,9 @@ pub fn key_of(headers: &HeaderMap) -> Option<&[u8]> {
     )
 }
 
-/// A sane caller-supplied `X-Request-Id` (64 characters of `[A-Za-z0-9-_.:]`), if any.
+/// A sane caller-supplied `X-Request-Id`, if any.
 pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map(str::to_owned)
+    im_service::sane_request_id(headers.get("x-request-id").map(HeaderValue::as_bytes))
 }
 
 /// Paths that need no key: liveness, readiness (without a key it says only ready or not, so a

@@ -8,6 +8,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use im_service::{ChatInput, ImageParams, ServiceError};
+use localai_client::ImageRequest;
 
 /// One chat message.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -146,14 +147,17 @@ impl Txt2ImgRequest {
     /// The service's input.
     pub fn into_params(self) -> ImageParams {
         ImageParams {
-            model: self.model,
-            prompt: self.prompt,
-            negative_prompt: self.negative_prompt,
-            width: self.width,
-            height: self.height,
-            steps: self.steps,
-            seed: self.seed,
-            n: self.n,
+            req: ImageRequest {
+                model: self.model,
+                prompt: self.prompt,
+                negative_prompt: self.negative_prompt,
+                width: self.width,
+                height: self.height,
+                steps: self.steps,
+                seed: self.seed,
+                n: self.n,
+                file: None,
+            },
             deadline_ms: self.deadline_ms,
         }
     }
@@ -162,18 +166,18 @@ impl Txt2ImgRequest {
 impl<'a> Img2ImgRequest<'a> {
     /// The service's input and the image file (still borrowed from the body).
     pub fn into_parts(self) -> (ImageParams, Cow<'a, str>) {
-        let params = ImageParams {
+        let generation = Txt2ImgRequest {
             model: self.model,
             prompt: self.prompt,
-            negative_prompt: self.negative_prompt,
-            width: self.width,
             height: self.height,
+            width: self.width,
             steps: self.steps,
             seed: self.seed,
+            negative_prompt: self.negative_prompt,
             n: self.n,
             deadline_ms: self.deadline_ms,
         };
-        (params, self.file)
+        (generation.into_params(), self.file)
     }
 }
 

@@ -86,32 +86,13 @@ fn service_error(e: &ServiceError) -> CallToolResult {
 fn caller_of(ctx: &RequestContext<RoleServer>, service: &Service) -> Result<Caller, ServiceError> {
     let parts = ctx.extensions.get::<axum::http::request::Parts>();
     let request_id = parts
-        .and_then(|p| request_id_of(&p.headers))
+        .and_then(|p| im_http_api::request_id_of(&p.headers))
         .unwrap_or_else(|| service.new_request_id());
     let key = match parts {
-        Some(p) => service.authenticate(key_of(&p.headers), false)?,
+        Some(p) => service.authenticate(im_http_api::key_of(&p.headers), false)?,
         None => None,
     };
     Ok(Caller { key, request_id })
-}
-
-fn key_of(h: &axum::http::HeaderMap) -> Option<&[u8]> {
-    im_service::provided_key(
-        h.get("x-api-key").map(|v| v.as_bytes()),
-        h.get("authorization").map(|v| v.as_bytes()),
-    )
-}
-
-fn request_id_of(h: &axum::http::HeaderMap) -> Option<String> {
-    h.get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map(str::to_owned)
 }
 
 /// Run a tool's work unless the MCP client cancels the call (a `notifications/cancelled`, or its
@@ -204,7 +185,7 @@ impl ImMcp {
                 let id = ctx
                     .extensions
                     .get::<axum::http::request::Parts>()
-                    .and_then(|p| request_id_of(&p.headers));
+                    .and_then(|p| im_http_api::request_id_of(&p.headers));
                 let call = remote.call(Method::POST, path, Some(drop_none(body())), id.as_deref());
                 let (status, v) = unless_cancelled(ctx, call).await?;
                 Ok(if status == 200 {
@@ -259,14 +240,17 @@ fn image_params(
     (steps, seed, n): (Option<u32>, Option<i64>, Option<u32>),
 ) -> ImageParams {
     ImageParams {
-        model,
-        prompt,
-        negative_prompt,
-        width,
-        height,
-        steps,
-        seed,
-        n,
+        req: localai_client::ImageRequest {
+            model,
+            prompt,
+            negative_prompt,
+            width,
+            height,
+            steps,
+            seed,
+            n,
+            file: None,
+        },
         deadline_ms: None,
     }
 }
@@ -366,9 +350,10 @@ impl ImMcp {
             (a.steps, a.seed, a.n),
         );
         let body = || {
-            json!({"model": params.model, "file": file, "prompt": params.prompt, "width": params.width,
-                   "height": params.height, "steps": params.steps, "seed": params.seed,
-                   "negative_prompt": params.negative_prompt, "n": params.n})
+            let r = &params.req;
+            json!({"model": r.model, "file": file, "prompt": r.prompt, "width": r.width,
+                   "height": r.height, "steps": r.steps, "seed": r.seed,
+                   "negative_prompt": r.negative_prompt, "n": r.n})
         };
         // The body is built only for a remote im-http; locally the file goes once into the call.
         let body = self.is_remote().then(body);

@@ -68,6 +68,16 @@ pub fn provided_key<'a>(
         .then(|| &auth[prefix.len()..])
 }
 
+/// A caller-supplied request id, if it is sane: 1 to 64 characters of `[A-Za-z0-9-_.:]`.
+pub fn sane_request_id(given: Option<&[u8]>) -> Option<String> {
+    let v = given?;
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+    ok.then(|| String::from_utf8_lossy(v).into_owned())
+}
+
 /// Requests per second per key (0: off) and the burst above it.
 #[derive(Clone)]
 pub struct RateLimit(Option<Arc<DefaultKeyedRateLimiter<usize>>>);

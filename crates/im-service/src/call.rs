@@ -62,25 +62,13 @@ pub struct ChatInput {
     pub extra: Map<String, Value>,
 }
 
-/// The parameters of an image generation or edit.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The parameters of an image generation or edit: the upstream request (its `file` is set by
+/// [`Call::image`]) and the queue deadline.
+#[derive(Clone, Debug, Default)]
 pub struct ImageParams {
-    /// The model.
-    pub model: String,
-    /// What to draw.
-    pub prompt: String,
-    /// What not to draw.
-    pub negative_prompt: Option<String>,
-    /// Pixels, a positive multiple of 8, at most the configured maximum.
-    pub width: u32,
-    /// Pixels, a positive multiple of 8, at most the configured maximum.
-    pub height: u32,
-    /// Diffusion steps, 1 to 150.
-    pub steps: Option<u32>,
-    /// Seed; random when absent.
-    pub seed: Option<i64>,
-    /// Images, 1 to 4.
-    pub n: Option<u32>,
+    /// Model, prompt, negative prompt, size (positive multiples of 8, at most the configured
+    /// maximum), steps (1 to 150), seed, n (1 to 4).
+    pub req: ImageRequest,
     /// Queue deadline in milliseconds.
     pub deadline_ms: Option<u64>,
 }
@@ -89,13 +77,14 @@ impl ImageParams {
     /// Check every field; `size` names the field the frontend took width and height from
     /// (`"size"` for OpenAI's `"WxH"`, else `width` and `height` are named).
     pub fn validate(&self, limits: &InputLimits, size: Option<&str>) -> Result<(), ServiceError> {
-        nonempty("model", &self.model)?;
-        if self.prompt.trim().is_empty() {
+        let r = &self.req;
+        nonempty("model", &r.model)?;
+        if r.prompt.trim().is_empty() {
             return Err(ServiceError::invalid("prompt", "must not be empty"));
         }
-        side(size.unwrap_or("width"), self.width, limits.max_image_side)?;
-        side(size.unwrap_or("height"), self.height, limits.max_image_side)?;
-        if let Some(s) = self.steps
+        side(size.unwrap_or("width"), r.width, limits.max_image_side)?;
+        side(size.unwrap_or("height"), r.height, limits.max_image_side)?;
+        if let Some(s) = r.steps
             && !(1..=150).contains(&s)
         {
             return Err(ServiceError::invalid(
@@ -103,7 +92,7 @@ impl ImageParams {
                 format!("must be between 1 and 150, got {s}"),
             ));
         }
-        if let Some(n) = self.n
+        if let Some(n) = r.n
             && !(1..=4).contains(&n)
         {
             return Err(ServiceError::invalid(
@@ -189,28 +178,12 @@ impl Call {
     ) -> Result<Call, ServiceError> {
         params.validate(limits, size_field)?;
         let ImageParams {
-            model,
-            prompt,
-            negative_prompt,
-            width,
-            height,
-            steps,
-            seed,
-            n,
+            mut req,
             deadline_ms,
         } = params;
+        req.file = file;
         Ok(Call {
-            payload: Payload::Images(ImageRequest {
-                model,
-                prompt,
-                negative_prompt,
-                width,
-                height,
-                steps,
-                seed,
-                n,
-                file,
-            }),
+            payload: Payload::Images(req),
             deadline: deadline_ms.map(Duration::from_millis),
         })
     }

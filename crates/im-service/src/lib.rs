@@ -14,7 +14,7 @@ mod call;
 mod error;
 mod service;
 
-pub use auth::{Caller, KeyId, Keys, RateLimit, provided_key, unauthorized};
+pub use auth::{Caller, KeyId, Keys, RateLimit, provided_key, sane_request_id, unauthorized};
 pub use call::{Call, ChatInput, ChatKind, ImageParams, InputLimits, image_file};
 pub use error::{ErrorType, ServiceError};
 pub use service::{Service, ServiceSettings};
