@@ -93,6 +93,8 @@ fn config(s: &Setup) -> Config {
     };
     c.default_deadline = [Duration::from_secs(15); 4];
     c.limits.max_queued_total = 40;
+    // Binds now and then: 40 requests of 1,000 to 5,000 bytes would hold up to 200,000.
+    c.limits.max_bytes_total = 60_000;
     c
 }
 
@@ -102,6 +104,7 @@ fn run(setup: &Setup, ops: &[Op]) {
     let cfg = config(setup);
     let defaults = cfg.default_deadline;
     let mut h = Harness::new(cfg);
+    h.payload_bytes = true;
     if setup.strict && setup.lanes == 1 {
         h.strict_check = Some((setup.unload, setup.warm));
     }

@@ -189,6 +189,11 @@ impl Scheduler {
         &self.counters
     }
 
+    /// Payload bytes held by the requests in the system (never above `limits.max_bytes_total`).
+    pub fn bytes_held(&self) -> u64 {
+        self.bytes_held
+    }
+
     /// Requests currently waiting (queued or backing off) plus running.
     pub fn in_system(&self) -> usize {
         self.requests.len()

@@ -41,6 +41,9 @@ pub struct Harness {
     /// produced it (single-lane setups): `(strict, unload_on_switch, warm_up)`.
     pub strict_check: Option<(bool, bool)>,
     limits: Vec<u32>,
+    /// Payload bytes of the next submissions: 1,000 to 5,000 by turns when set.
+    pub payload_bytes: bool,
+    submitted: u64,
 }
 
 impl Harness {
@@ -57,6 +60,8 @@ impl Harness {
             dispatch_order: Vec::new(),
             strict_check: None,
             limits,
+            payload_bytes: false,
+            submitted: 0,
         }
     }
 
@@ -65,8 +70,13 @@ impl Harness {
         assert!(prev.is_none(), "{id} left twice: {prev:?} then {how}");
     }
 
-    /// Drain events, checking the lane invariants on each dispatch.
+    /// Drain events, checking the lane invariants on each dispatch and the byte budget.
     pub fn drain(&mut self) {
+        let budget = self.core.config().limits.max_bytes_total;
+        assert!(self.core.bytes_held() <= budget, "over the byte budget");
+        if self.core.in_system() == 0 {
+            assert_eq!(self.core.bytes_held(), 0, "bytes held by nobody");
+        }
         while let Some(ev) = self.core.poll_event() {
             match &ev {
                 Event::Dispatch { id, lane, .. } => {
@@ -167,9 +177,14 @@ impl Harness {
                 model,
                 lane: None,
                 deadline,
-                bytes: 0,
+                bytes: if self.payload_bytes {
+                    (self.submitted % 5 + 1) * 1_000
+                } else {
+                    0
+                },
             },
         );
+        self.submitted += 1;
         if let Admission::Accepted(id) = a {
             self.accepted.push(id);
             let m = self.core.model_id(model).expect("accepted model exists");
