@@ -65,6 +65,11 @@
 //! - FIFO inside a group (a retry goes back to the head of its group).
 //! - Deadlines are honoured to the tick: a request is never dispatched at or after its deadline.
 //! - Under [`Bounds::strict`], a lane never leaves a non-empty active group.
+//! - The payload bytes held by the requests in the system never exceed
+//!   `limits.max_bytes_total` ([`Scheduler::bytes_held`]); they are all given back when the
+//!   system is empty.
+//! - Only a failure that blames the upstream (`upstream_fault`) moves a lane's breaker towards
+//!   open; a failure that belongs to one request leaves it as it is.
 //! - **The starvation bound.** Let `S = starvation_after`, `D = max_dwell` and `T` the longest a
 //!   request can hold a slot upstream (its service time plus a model load). Starvation never
 //!   preempts the active group; it decides the next group at each switch point, and switch points
