@@ -57,7 +57,13 @@ pub enum BuildError {
 
 /// Build im from `config`; `simulate` starts an in-process simulated LocalAI as the upstream.
 pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<Built, BuildError> {
-    config.validate()?;
+    // Everything is checked before any network call; the scheduler's part once, by `core()`
+    // below, unless discovery must run first (then a placeholder model stands in for it here).
+    if config.models.is_empty() {
+        config.validate()?;
+    } else {
+        config.validate_outside_core()?;
+    }
     let sim = match simulate {
         Some(s) => {
             let sc = SimConfig {

@@ -461,6 +461,26 @@ impl ImConfig {
 
     /// Check everything that can be checked without the network.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_outside_core()?;
+        if self.models.is_empty() {
+            // Discovery fills them in; check the rest with a placeholder.
+            let mut probe = self.clone();
+            probe.models = vec![ModelEntry {
+                name: "probe".into(),
+                kinds: vec!["txt2txt".into()],
+                max_in_flight: Some(1),
+                aliases: Vec::new(),
+            }];
+            probe.core()?;
+        } else {
+            self.core()?;
+        }
+        Ok(())
+    }
+
+    /// Everything [`Self::validate`] checks except the scheduler's part, which [`Self::core`]
+    /// checks when it builds it (so that a start validates each part once).
+    pub fn validate_outside_core(&self) -> Result<(), ConfigError> {
         if self.upstreams.is_empty() {
             return Err(invalid("upstreams", "at least one LocalAI URL"));
         }
@@ -517,19 +537,6 @@ impl ImConfig {
                     self.listen
                 ),
             ));
-        }
-        if self.models.is_empty() {
-            // Discovery fills them in; check the rest with a placeholder.
-            let mut probe = self.clone();
-            probe.models = vec![ModelEntry {
-                name: "probe".into(),
-                kinds: vec!["txt2txt".into()],
-                max_in_flight: Some(1),
-                aliases: Vec::new(),
-            }];
-            probe.core()?;
-        } else {
-            self.core()?;
         }
         Ok(())
     }

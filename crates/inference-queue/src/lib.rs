@@ -57,7 +57,7 @@
 //! assert_eq!(core.in_system(), 0);
 //! ```
 //!
-//! # Guarantees (proved by the property tests in `tests/`)
+//! # Guarantees (checked by the property and scenario tests in `tests/`)
 //! - Every accepted request leaves exactly once: [`Resolution::Finished`] or
 //!   [`Resolution::Exhausted`] from [`Scheduler::complete`], [`Event::Expired`], [`Event::Failed`],
 //!   or [`CancelOutcome::Removed`].
