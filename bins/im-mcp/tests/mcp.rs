@@ -546,3 +546,20 @@ async fn im_mcp_over_http_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_call_keeps_the_callers_request_id() {
+    // Issue 12: MCP calls used to get a new id from an in-process router round trip.
+    let (url, _built) = im_http_with(0.01, |_| {}).await;
+    let mut cfg = StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp"));
+    cfg.auth_header = Some(DEMO_KEY.to_owned());
+    cfg.custom_headers.insert(
+        reqwest::header::HeaderName::from_static("x-request-id"),
+        reqwest::header::HeaderValue::from_static("caller-id-42"),
+    );
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), cfg);
+    let c: Client = ().serve(transport).await.expect("initialize");
+    let r = call(&c, "txt2txt", json!({"model": LLM, "prompt": "hi"})).await;
+    assert!(text(&r).contains("request caller-id-42 on"), "{}", text(&r));
+    c.cancel().await.expect("close");
+}
