@@ -134,13 +134,33 @@ impl Driver {
             self.metrics.breaker(l, false);
             self.metrics.in_flight(l, 0);
         }
+        // One timer for the core's wake-ups, re-armed only when the wake-up time changes (not
+        // created and dropped on every message).
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let timer = tokio::time::sleep_until(far);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let wake = self.core.poll_timeout().map(|t| self.clock.instant(t));
+            if wake != armed {
+                timer.as_mut().reset(wake.unwrap_or(far));
+                armed = wake;
+            }
             let stop_at = self.shutdown.as_ref().map(|(at, _)| *at);
             tokio::select! {
                 biased;
                 msg = self.rx.recv() => match msg {
-                    Some(msg) => self.handle(msg),
+                    Some(msg) => {
+                        self.handle(msg);
+                        // Take what else has arrived before deciding: one pass of the core's
+                        // events for a burst of messages.
+                        for _ in 0..64 {
+                            match self.rx.try_recv() {
+                                Ok(msg) => self.handle(msg),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => {
                         // Every handle is gone: nobody can be answered; stop now.
                         self.force_finish();
@@ -151,7 +171,9 @@ impl Driver {
                     self.force_finish();
                     return;
                 }
-                _ = sleep_until(wake), if wake.is_some() => {
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    timer.as_mut().reset(far);
                     let now = self.clock.now();
                     self.core.handle_timeout(now);
                 }
