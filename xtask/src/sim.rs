@@ -11,7 +11,7 @@ use inference_queue::{Bounds, Config, Kind, Limits};
 pub fn bounded() -> Config {
     // Queue deadlines are out of the picture here: the table measures waits, not expiries.
     Config {
-        default_deadline: [Duration::from_secs(86_400); 4],
+        default_deadline: [Duration::from_secs(86_400); Kind::COUNT],
         limits: Limits {
             max_queued_total: 1_000_000,
             ..Limits::default()

@@ -595,7 +595,19 @@ pub fn guess_kinds(name: &str) -> Vec<String> {
         "minicpm-v",
         "gemma-3",
     ];
-    if image.iter().any(|p| n.contains(p)) {
+    // LocalAI's usual names for its other kinds (checked first: "bge-reranker" is a reranker).
+    let others: [(&[&str], &str); 4] = [
+        (&["rerank"], "rerank"),
+        (&["whisper", "transcri", "stt"], "stt"),
+        (&["piper", "bark", "kokoro", "tts", "speech"], "tts"),
+        (&["embed", "bge-", "e5-", "minilm", "nomic"], "embed"),
+    ];
+    if let Some((_, kind)) = others
+        .iter()
+        .find(|(patterns, _)| patterns.iter().any(|p| n.contains(p)))
+    {
+        vec![(*kind).to_owned()]
+    } else if image.iter().any(|p| n.contains(p)) {
         vec!["txt2img".into(), "img2img".into()]
     } else if vision.iter().any(|p| n.contains(p)) {
         vec!["img2txt".into(), "txt2txt".into()]
@@ -693,6 +705,11 @@ mod tests {
             vec!["img2txt", "txt2txt"]
         );
         assert_eq!(guess_kinds("qwen3-8b"), vec!["txt2txt"]);
+        assert_eq!(guess_kinds("bge-reranker-v2-m3"), vec!["rerank"]);
+        assert_eq!(guess_kinds("whisper-1"), vec!["stt"]);
+        assert_eq!(guess_kinds("voice-en-us-amy-low-piper"), vec!["tts"]);
+        assert_eq!(guess_kinds("text-embedding-ada-002"), vec!["embed"]);
+        assert_eq!(guess_kinds("nomic-embed-text"), vec!["embed"]);
     }
 }
 

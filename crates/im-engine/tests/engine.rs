@@ -72,6 +72,7 @@ fn job(i: usize, kind: Kind) -> Job {
         )),
         Kind::Txt2Img => images(None),
         Kind::Img2Img => images(Some(png_b64())),
+        other => unreachable!("these tests use the seeds' kinds, not {other}"),
     };
     Job {
         request_id: format!("r{i}"),

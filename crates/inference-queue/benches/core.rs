@@ -19,7 +19,7 @@ fn setup(queued: usize) -> (Scheduler, Vec<String>, Vec<RequestId>, Time) {
             .iter()
             .map(|n| ModelSpec::new(n.clone(), &Kind::ALL, 4))
             .collect(),
-        default_deadline: [Duration::from_secs(1 << 30); 4],
+        default_deadline: [Duration::from_secs(1 << 30); Kind::COUNT],
         limits: inference_queue::Limits {
             max_queued_total: queued * 2 + 100,
             ..Default::default()
@@ -32,7 +32,7 @@ fn setup(queued: usize) -> (Scheduler, Vec<String>, Vec<RequestId>, Time) {
     for i in 0..queued {
         now += Duration::from_micros(10);
         let sub = Submit {
-            kind: Kind::ALL[i % 4],
+            kind: Kind::SEEDS[i % 4],
             model: &names[(i / 4) % names.len()],
             lane: None,
             deadline: None,
@@ -62,7 +62,7 @@ fn cycle(c: &mut Criterion) {
                     now += Duration::from_micros(10);
                     i += 1;
                     let sub = Submit {
-                        kind: Kind::ALL[i % 4],
+                        kind: Kind::SEEDS[i % 4],
                         model: &names[(i / 4) % names.len()],
                         lane: None,
                         deadline: None,

@@ -112,7 +112,7 @@ pub struct Limits {
     /// Requests waiting (queued or backing off) across all groups.
     pub max_queued_total: usize,
     /// Requests waiting per kind (indexed by [`Kind::index`]); `None`: only the total applies.
-    pub max_queued_per_kind: [Option<usize>; 4],
+    pub max_queued_per_kind: [Option<usize>; Kind::COUNT],
     /// The `Retry-After` hint given with a queue-full refusal.
     pub retry_after_hint: Duration,
     /// Payload bytes all requests in the system may hold together (queued or in flight): a byte
@@ -124,7 +124,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_queued_total: 10_000,
-            max_queued_per_kind: [None; 4],
+            max_queued_per_kind: [None; Kind::COUNT],
             retry_after_hint: Duration::from_secs(2),
             max_bytes_total: 256 * 1024 * 1024,
         }
@@ -141,7 +141,7 @@ pub struct Config {
     /// Admission limits.
     pub limits: Limits,
     /// Queue deadline per kind (indexed by [`Kind::index`]); a request may only lower its own.
-    pub default_deadline: [Duration; 4],
+    pub default_deadline: [Duration; Kind::COUNT],
     /// Retries of transient failures.
     pub retry: RetryPolicy,
     /// The per-lane breaker.
@@ -164,10 +164,15 @@ impl Default for Config {
             priority: Kind::ALL.to_vec(),
             bounds: Bounds::default(),
             limits: Limits::default(),
+            // Indexed by `Kind::index`: txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt.
             default_deadline: [
                 Duration::from_secs(120),
                 Duration::from_secs(600),
                 Duration::from_secs(600),
+                Duration::from_secs(300),
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+                Duration::from_secs(120),
                 Duration::from_secs(300),
             ],
             retry: RetryPolicy::default(),

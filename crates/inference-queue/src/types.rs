@@ -61,10 +61,10 @@ impl fmt::Display for Time {
     }
 }
 
-/// The four kinds of work im schedules.
+/// The kinds of work im schedules: the seeds' four and LocalAI's others (SPEC §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
-    /// Chat completion.
+    /// Chat completion (and text completion).
     Txt2Txt,
     /// Image generation from text.
     Txt2Img,
@@ -72,11 +72,37 @@ pub enum Kind {
     Img2Img,
     /// Vision chat (an image in the messages).
     Img2Txt,
+    /// Embeddings.
+    Embed,
+    /// Reranking documents against a query.
+    Rerank,
+    /// Speech from text.
+    Tts,
+    /// Transcription of speech.
+    Stt,
 }
 
 impl Kind {
-    /// All kinds, in the default priority order.
-    pub const ALL: [Kind; 4] = [Kind::Txt2Txt, Kind::Txt2Img, Kind::Img2Img, Kind::Img2Txt];
+    /// How many kinds there are (the size of per-kind arrays).
+    pub const COUNT: usize = 8;
+
+    /// All kinds, in the default priority order. Chat first; then the short interactive kinds a
+    /// person waits on (reranking at query time, speech for a reply, a transcription); then the
+    /// seeds' image kinds and vision, in the seeds' order; embeddings last (mostly bulk indexing,
+    /// and batched). The seeds' four keep their relative order.
+    pub const ALL: [Kind; Kind::COUNT] = [
+        Kind::Txt2Txt,
+        Kind::Rerank,
+        Kind::Tts,
+        Kind::Stt,
+        Kind::Txt2Img,
+        Kind::Img2Img,
+        Kind::Img2Txt,
+        Kind::Embed,
+    ];
+
+    /// The seeds' four kinds, in their default priority order.
+    pub const SEEDS: [Kind; 4] = [Kind::Txt2Txt, Kind::Txt2Img, Kind::Img2Img, Kind::Img2Txt];
 
     /// The wire name (`txt2txt`, ...).
     pub const fn as_str(self) -> &'static str {
@@ -85,16 +111,24 @@ impl Kind {
             Kind::Txt2Img => "txt2img",
             Kind::Img2Img => "img2img",
             Kind::Img2Txt => "img2txt",
+            Kind::Embed => "embed",
+            Kind::Rerank => "rerank",
+            Kind::Tts => "tts",
+            Kind::Stt => "stt",
         }
     }
 
-    /// A dense index 0..4, for per-kind arrays.
+    /// A dense index `0..Kind::COUNT`, for per-kind arrays.
     pub const fn index(self) -> usize {
         match self {
             Kind::Txt2Txt => 0,
             Kind::Txt2Img => 1,
             Kind::Img2Img => 2,
             Kind::Img2Txt => 3,
+            Kind::Embed => 4,
+            Kind::Rerank => 5,
+            Kind::Tts => 6,
+            Kind::Stt => 7,
         }
     }
 }
@@ -107,7 +141,9 @@ impl fmt::Display for Kind {
 
 /// The error of parsing a [`Kind`] from text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown kind {0:?}: expected one of txt2txt, txt2img, img2img, img2txt")]
+#[error(
+    "unknown kind {0:?}: expected one of txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt"
+)]
 pub struct ParseKindError(pub String);
 
 impl FromStr for Kind {
@@ -137,3 +173,23 @@ pub struct LaneId(pub usize);
 /// A model, by index in [`crate::Config::models`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ModelId(pub usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_priority_lists_every_kind_once_and_keeps_the_seeds_order() {
+        let mut seen: Vec<usize> = Kind::ALL.iter().map(|k| k.index()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..Kind::COUNT).collect::<Vec<_>>());
+        let seeds: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|k| Kind::SEEDS.contains(k))
+            .collect();
+        assert_eq!(seeds, Kind::SEEDS);
+        for k in Kind::ALL {
+            assert_eq!(k.as_str().parse::<Kind>(), Ok(k));
+        }
+    }
+}

@@ -91,7 +91,7 @@ fn config(s: &Setup) -> Config {
         failure_threshold: 3,
         cooldown: Duration::from_secs(2),
     };
-    c.default_deadline = [Duration::from_secs(15); 4];
+    c.default_deadline = [Duration::from_secs(15); Kind::COUNT];
     c.limits.max_queued_total = 40;
     // Binds now and then: 40 requests of 1,000 to 5,000 bytes would hold up to 200,000.
     c.limits.max_bytes_total = 60_000;
@@ -154,7 +154,7 @@ fn run(setup: &Setup, ops: &[Op]) {
                 model,
                 deadline_ms,
             } => {
-                let kind = Kind::ALL[*kind];
+                let kind = Kind::SEEDS[*kind];
                 let d = deadline_ms.map(Duration::from_millis);
                 if let Admission::Accepted(id) = h.submit_with(kind, MODELS[*model], d) {
                     let default = defaults[kind.index()];
@@ -261,7 +261,7 @@ proptest! {
         let cap = spec.capacity(&models);
         let trace = TraceSpec { rate: cap * load, ..spec }.generate();
         let cfg = Config {
-            default_deadline: [Duration::from_secs(86_400); 4],
+            default_deadline: [Duration::from_secs(86_400); Kind::COUNT],
             limits: Limits { max_queued_total: 1_000_000, ..Limits::default() },
             ..Config::default()
         };

@@ -220,7 +220,10 @@ impl SimConfig {
                 return bad(&format!("models[{i}].slots"), "at least 1");
             }
             for k in &m.kinds {
-                if !["txt2txt", "txt2img", "img2img", "img2txt"].contains(&k.as_str()) {
+                const KINDS: [&str; 8] = [
+                    "txt2txt", "txt2img", "img2img", "img2txt", "embed", "rerank", "tts", "stt",
+                ];
+                if !KINDS.contains(&k.as_str()) {
                     return bad(&format!("models[{i}].kinds"), "unknown kind");
                 }
             }

@@ -42,7 +42,7 @@ pub async fn load(
             let mut res = Vec::new();
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_secs_f64(rng.range_f64(lo, hi))).await;
-                let kind = Kind::ALL[(rng.next_u64() % 4) as usize];
+                let kind = Kind::SEEDS[(rng.next_u64() % 4) as usize];
                 let item = sim::TraceItem {
                     at: inference_queue::Time::ZERO,
                     kind,

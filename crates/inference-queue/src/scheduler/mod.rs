@@ -98,7 +98,7 @@ pub struct Scheduler {
     waiting_total: usize,
     /// Payload bytes held by the requests in the system (waiting or in flight).
     bytes_held: u64,
-    waiting_per_kind: [usize; 4],
+    waiting_per_kind: [usize; Kind::COUNT],
     events: VecDeque<Event>,
     counters: Counters,
     rng: Rng,
@@ -146,7 +146,7 @@ impl Scheduler {
             retries: BTreeSet::new(),
             waiting_total: 0,
             bytes_held: 0,
-            waiting_per_kind: [0; 4],
+            waiting_per_kind: [0; Kind::COUNT],
             events: VecDeque::new(),
             counters: Counters::default(),
         })
