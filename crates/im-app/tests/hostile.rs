@@ -159,7 +159,7 @@ fn apply(mut base: Value, m: &Mutation) -> Vec<u8> {
 }
 
 #[test]
-fn generated_bodies_on_every_route_get_an_answer_never_a_5xx() {
+fn generated_bodies_on_every_inference_route_get_an_answer_never_a_5xx() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -472,3 +472,58 @@ async fn upstream_unavailable_and_rate_limited() {
         "limits are per key"
     );
 }
+
+#[tokio::test]
+async fn openai_text_completions_plain_and_streaming_share_the_queue() {
+    let (app, built) = app().await;
+    let body = json!({"model": LLM, "prompt": "Once upon", "max_tokens": 3});
+    let (status, headers, v) = send(&app, post("/v1/completions", body.to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert!(
+        v["choices"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Once upon"),
+        "{v}"
+    );
+    assert!(headers.contains_key("x-queue-wait-ms"));
+    let body = json!({"model": LLM, "prompt": ["Once", "upon"], "stream": true});
+    let (status, _, v) = send(&app, post("/v1/completions", body.to_string())).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = v.as_str().unwrap_or("");
+    assert!(
+        text.contains("text_completion") && text.contains("[DONE]"),
+        "{text}"
+    );
+    assert!(!text.contains("event: error"), "{text}");
+    let counters = built.engine.status().await.expect("running").counters;
+    assert_eq!(counters.completed, 2, "both went through the scheduler");
+    for (bad, param) in [
+        (json!({"model": LLM}), "prompt"),
+        (json!({"model": LLM, "prompt": ""}), "prompt"),
+        (json!({"model": LLM, "prompt": 5}), "prompt"),
+        (
+            json!({"model": LLM, "prompt": "x", "temperature": 9}),
+            "temperature",
+        ),
+        (
+            json!({"model": LLM, "prompt": "x", "backend": "y"}),
+            "backend",
+        ),
+        (json!({"prompt": "x"}), "model"),
+    ] {
+        let (status, _, v) = send(&app, post("/v1/completions", bad.to_string())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert_eq!(v["error"]["param"], param, "{bad}: {v}");
+    }
+    let (status, _, v) = send(
+        &app,
+        post(
+            "/v1/completions",
+            json!({"model": "nope", "prompt": "x"}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+}

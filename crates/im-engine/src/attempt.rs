@@ -106,6 +106,31 @@ impl Attempt {
                 Err(e) => Err(e),
             },
             Payload::Images(req) => self.backend.images(lane, req).await.map(Output::Images),
+            Payload::Json {
+                path,
+                body,
+                stream: false,
+                ..
+            } => match self.backend.json(lane, path, body).await {
+                Ok(j) => self
+                    .echo
+                    .check(self.job.model(), &j.raw)
+                    .map(|()| Output::Json(j)),
+                Err(e) => Err(e),
+            },
+            Payload::Json {
+                path,
+                body,
+                stream: true,
+                ..
+            } => match self.backend.json_stream(lane, path, body).await {
+                Err(e) => Err(e),
+                Ok(stream) => {
+                    self.pump(stream, self.job.model(), started, stream_started)
+                        .await;
+                    return;
+                }
+            },
             Payload::Chat {
                 req, stream: true, ..
             } => match self.backend.chat_stream(lane, req).await {

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use localai_client::{
     ChatRequest, ChatResponse, ChunkStream, ClientError, ImageRequest, ImagesResponse,
-    LocalAiClient,
+    JsonResponse, LocalAiClient,
 };
 
 use inference_queue::LaneId;
@@ -31,6 +31,28 @@ pub trait Backend: Send + Sync + 'static {
     async fn ready(&self, lane: LaneId) -> Result<(), ClientError>;
     /// Installed models.
     async fn models(&self, lane: LaneId) -> Result<Vec<String>, ClientError>;
+    /// An OpenAI-shaped call passed through as JSON (`POST path`).
+    async fn json(
+        &self,
+        _lane: LaneId,
+        path: &str,
+        _body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<JsonResponse, ClientError> {
+        Err(ClientError::Protocol(format!(
+            "this backend does not serve {path}"
+        )))
+    }
+    /// [`Backend::json`] as an event stream.
+    async fn json_stream(
+        &self,
+        _lane: LaneId,
+        path: &str,
+        _body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<ChunkStream, ClientError> {
+        Err(ClientError::Protocol(format!(
+            "this backend does not serve {path}"
+        )))
+    }
 }
 
 /// LocalAI behind each lane: one client per upstream, in lane order.
@@ -81,5 +103,21 @@ impl Backend for LocalAiBackend {
     }
     async fn models(&self, lane: LaneId) -> Result<Vec<String>, ClientError> {
         self.lane(lane).models().await
+    }
+    async fn json(
+        &self,
+        lane: LaneId,
+        path: &str,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<JsonResponse, ClientError> {
+        self.lane(lane).call_json(path, body).await
+    }
+    async fn json_stream(
+        &self,
+        lane: LaneId,
+        path: &str,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<ChunkStream, ClientError> {
+        self.lane(lane).call_stream(path, body).await
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use inference_queue::{Kind, Rejection};
 use localai_client::{
     ChatChunk, ChatRequest, ChatResponse, ClientError, ErrorClass, ImageRequest, ImagesResponse,
+    JsonResponse,
 };
 use tokio::sync::mpsc;
 
@@ -22,6 +23,17 @@ pub enum Payload {
     },
     /// txt2img, or img2img when the request carries a `file`.
     Images(ImageRequest),
+    /// An OpenAI-shaped call passed through as JSON: a text completion (`/v1/completions`).
+    Json {
+        /// The upstream route.
+        path: &'static str,
+        /// The body as the upstream gets it (`model` included; `stream` set to match).
+        body: serde_json::Map<String, serde_json::Value>,
+        /// Stream chunks to the caller once dispatched.
+        stream: bool,
+        /// The kind it is queued as.
+        kind: Kind,
+    },
 }
 
 impl Payload {
@@ -31,6 +43,7 @@ impl Payload {
             Payload::Chat { kind, .. } => *kind,
             Payload::Images(r) if r.file.is_some() => Kind::Img2Img,
             Payload::Images(_) => Kind::Txt2Img,
+            Payload::Json { kind, .. } => *kind,
         }
     }
 
@@ -39,6 +52,10 @@ impl Payload {
         match self {
             Payload::Chat { req, .. } => &req.model,
             Payload::Images(r) => &r.model,
+            Payload::Json { body, .. } => body
+                .get("model")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(""),
         }
     }
 }
@@ -84,6 +101,8 @@ pub enum Output {
     Chat(ChatResponse),
     /// Images.
     Images(ImagesResponse),
+    /// An answer passed through as JSON.
+    Json(JsonResponse),
     /// A chat stream, live.
     Stream(ChunkReceiver),
 }
@@ -327,6 +346,7 @@ impl Job {
             Payload::Images(r) => {
                 (r.prompt.len() + r.file.as_ref().map_or(0, |f| f.len())) as u64 + 64
             }
+            Payload::Json { body, .. } => body.values().map(text_bytes).sum::<u64>() + 64,
         }
     }
 
@@ -345,6 +365,14 @@ impl Job {
                 "negative_prompt": r.negative_prompt.as_deref().map(|n| truncate(n, 200)),
                 "width": r.width, "height": r.height, "steps": r.steps, "seed": r.seed, "n": r.n,
                 "file": r.file.as_ref().map(|f| format!("<base64: {} bytes>", f.len())),
+            }),
+            Payload::Json {
+                path, body, stream, ..
+            } => json!({
+                "path": path, "stream": stream,
+                "body": summarize_value(&serde_json::Value::Object(
+                    body.iter().take(16).map(|(k, v)| (k.clone(), summarize_value(v))).collect(),
+                )),
             }),
         }
     }

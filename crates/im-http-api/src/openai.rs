@@ -8,7 +8,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use im_engine::Output;
 use im_service::{
-    Call, Caller, ChatInput, ChatKind, ErrorType, ImageParams, ServiceError, image_file,
+    Call, Caller, ChatInput, ChatKind, CompletionInput, ErrorType, ImageParams, ServiceError,
+    image_file,
 };
 use localai_client::ImageRequest;
 use serde_json::{Value, json};
@@ -107,11 +108,7 @@ pub async fn chat_completions(
     }
     let mut resp = match &done.output {
         // The upstream's body as it came: nothing to change, so nothing is re-serialised.
-        Output::Chat(c) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            c.body.clone(),
-        )
-            .into_response(),
+        Output::Chat(c) => crate::seed::json_body(c.body.clone()),
         _ => return Err(HttpError::new(ErrorType::Internal, "unexpected output")),
     };
     figure_headers(&st, resp.headers_mut(), &done, arrived);
@@ -161,6 +158,85 @@ fn chat_call(st: &AppState, b: &Bytes) -> Result<Call, ServiceError> {
         extra: o,
     };
     Call::chat(input, ChatKind::Detect, st.service.limits())
+}
+
+/// The text-completion fields passed to the upstream as they are, besides those im reads itself.
+const COMPLETION_PASS_THROUGH: &[&str] = &[
+    "max_tokens",
+    "top_p",
+    "top_k",
+    "min_p",
+    "n",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "logit_bias",
+    "logprobs",
+    "echo",
+    "best_of",
+    "suffix",
+    "user",
+    "grammar",
+];
+
+/// OpenAI text completions (txt2txt), passed to the upstream as they came once validated.
+#[utoipa::path(post, path = "/v1/completions", tag = "openai",
+    request_body(content = Object, description = "An OpenAI completion request (`model`, `prompt`: a string or a list of strings, `max_tokens`, `stream`, `temperature`, ...)"),
+    responses(
+        (status = 200, description = "An OpenAI `text_completion` (or SSE chunks with `stream: true`)", body = Object),
+        QueuedErrors,
+    ),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn completions(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(arrived): Extension<Arrived>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let call = completion_call(&body(b, st.service.body_limit())?)?;
+    let stream = call.streams();
+    let done = st.service.run(call, &caller).await?;
+    if stream {
+        return Ok(sse_response(&st, done, arrived));
+    }
+    let mut resp = match &done.output {
+        Output::Json(j) => crate::seed::json_body(j.body.clone()),
+        _ => return Err(HttpError::new(ErrorType::Internal, "unexpected output")),
+    };
+    figure_headers(&st, resp.headers_mut(), &done, arrived);
+    Ok(resp)
+}
+
+fn completion_call(b: &Bytes) -> Result<Call, ServiceError> {
+    let mut o = object(b)?;
+    let model = string_field(&mut o, "model")?;
+    let prompt = o
+        .remove("prompt")
+        .filter(|p| !p.is_null())
+        .ok_or_else(|| ServiceError::invalid("prompt", "missing field `prompt`"))?;
+    let temperature: Option<f64> = opt(&mut o, "temperature")?;
+    let stream: bool = opt(&mut o, "stream")?.unwrap_or(false);
+    let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
+    o.remove("stream_options");
+    if let Some(unknown) = o
+        .keys()
+        .find(|k| !COMPLETION_PASS_THROUGH.contains(&k.as_str()))
+    {
+        return Err(ServiceError::invalid(
+            unknown.as_str(),
+            format!("unsupported field `{}`", im_engine::truncate(unknown, 64)),
+        ));
+    }
+    Call::completion(CompletionInput {
+        model,
+        prompt,
+        temperature,
+        stream,
+        deadline_ms,
+        extra: o,
+    })
 }
 
 /// An OpenAI image body as the service's call; `body` is dropped on return, only the call holds

@@ -43,6 +43,15 @@ fn figures(done: &Completion) -> Figures {
     }
 }
 
+/// An upstream's JSON answer as it came.
+pub fn json_body(body: axum::body::Bytes) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 /// Run `call` as `caller` and shape the seed response (JSON with the figures, or SSE).
 async fn run(
     st: &AppState,
@@ -66,6 +75,7 @@ async fn run(
         })
         .into_response(),
         Output::Stream(_) => return Ok(sse_response(st, done, arrived)),
+        Output::Json(ref j) => json_body(j.body.clone()),
     };
     figure_headers(st, resp.headers_mut(), &done, arrived);
     Ok(resp)

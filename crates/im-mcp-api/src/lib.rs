@@ -125,6 +125,7 @@ fn completion(done: Completion) -> CallToolResult {
             .into_iter()
             .map(|b| ContentBlock::image(b, "image/png"))
             .collect(),
+        Output::Json(j) => vec![ContentBlock::text(String::from_utf8_lossy(&j.body))],
         Output::Stream(_) => vec![],
     };
     out.push(ContentBlock::text(fig));

@@ -62,6 +62,23 @@ pub struct ChatInput {
     pub extra: Map<String, Value>,
 }
 
+/// A text completion as a frontend received it (OpenAI's `/v1/completions`).
+#[derive(Clone, Debug, Default)]
+pub struct CompletionInput {
+    /// The model.
+    pub model: String,
+    /// A string, or a list of strings (or of token ids).
+    pub prompt: Value,
+    /// 0.0 to 2.0.
+    pub temperature: Option<f64>,
+    /// Stream chunks once dispatched.
+    pub stream: bool,
+    /// Queue deadline in milliseconds (only lowers the configured default; at least 1).
+    pub deadline_ms: Option<u64>,
+    /// Other fields passed to the upstream as they are (already checked by the frontend).
+    pub extra: Map<String, Value>,
+}
+
 /// The parameters of an image generation or edit: the upstream request (its `file` is set by
 /// [`Call::image`]) and the queue deadline.
 #[derive(Clone, Debug, Default)]
@@ -169,6 +186,57 @@ impl Call {
         })
     }
 
+    /// A text completion (txt2txt), passed to the upstream's `/v1/completions` as it came, once
+    /// validated (model, prompt, temperature, deadline).
+    pub fn completion(input: CompletionInput) -> Result<Call, ServiceError> {
+        let CompletionInput {
+            model,
+            prompt,
+            temperature,
+            stream,
+            deadline_ms: deadline,
+            mut extra,
+        } = input;
+        nonempty("model", &model)?;
+        let ok = match &prompt {
+            Value::String(s) => !s.is_empty(),
+            Value::Array(items) => {
+                !items.is_empty() && items.iter().all(|i| i.is_string() || i.is_number())
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(ServiceError::invalid(
+                "prompt",
+                "must be a non-empty string or a non-empty list of strings",
+            ));
+        }
+        if let Some(t) = temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(ServiceError::invalid(
+                "temperature",
+                format!("must be between 0.0 and 2.0, got {t}"),
+            ));
+        }
+        deadline_ms(deadline)?;
+        extra.insert("model".into(), Value::String(model));
+        extra.insert("prompt".into(), prompt);
+        if let Some(t) = temperature {
+            extra.insert("temperature".into(), t.into());
+        }
+        extra.insert("stream".into(), Value::Bool(stream));
+        Ok(Call {
+            payload: Payload::Json {
+                path: "/v1/completions",
+                body: extra,
+                stream,
+                kind: Kind::Txt2Txt,
+            },
+            deadline: deadline.map(Duration::from_millis),
+        })
+    }
+
     /// An image generation (no `file`) or edit (`file`: base64, checked by [`image_file`]).
     pub fn image(
         params: ImageParams,
@@ -195,7 +263,10 @@ impl Call {
 
     /// Whether it streams.
     pub fn streams(&self) -> bool {
-        matches!(self.payload, Payload::Chat { stream: true, .. })
+        matches!(
+            self.payload,
+            Payload::Chat { stream: true, .. } | Payload::Json { stream: true, .. }
+        )
     }
 
     /// The engine's job for it, known by `request_id`.

@@ -85,6 +85,15 @@ pub struct ChatRequest {
     pub extra: serde_json::Map<String, Value>,
 }
 
+/// An answer passed through as JSON: parsed, and its bytes as they came.
+#[derive(Clone, Debug)]
+pub struct JsonResponse {
+    /// The body, parsed.
+    pub raw: Value,
+    /// The same body's bytes, to pass on unchanged.
+    pub body: Bytes,
+}
+
 /// What is sent upstream for a chat.
 #[derive(Serialize)]
 struct ChatBody<'a> {
@@ -169,6 +178,7 @@ pub struct LocalAiClient {
 struct Urls {
     chat: reqwest::Url,
     images: reqwest::Url,
+    completions: reqwest::Url,
 }
 
 impl LocalAiClient {
@@ -187,6 +197,7 @@ impl LocalAiClient {
         let urls = Urls {
             chat: parse("/v1/chat/completions")?,
             images: parse("/v1/images/generations")?,
+            completions: parse("/v1/completions")?,
         };
         Ok(LocalAiClient { http, cfg, urls })
     }
@@ -206,6 +217,7 @@ impl LocalAiClient {
         let url = match path {
             "/v1/chat/completions" => self.urls.chat.clone(),
             "/v1/images/generations" => self.urls.images.clone(),
+            "/v1/completions" => self.urls.completions.clone(),
             _ => match reqwest::Url::parse(&format!("{}{path}", self.cfg.base_url)) {
                 Ok(u) => u,
                 Err(_) => self.urls.chat.clone(),
@@ -363,13 +375,47 @@ impl LocalAiClient {
     /// `Internal error:` chunk inside the stream, a dropped connection, a stream cut without
     /// `[DONE]`).
     pub async fn chat_stream(&self, req: &ChatRequest) -> Result<ChunkStream, ClientError> {
-        let resp = self
-            .send(
-                self.post("/v1/chat/completions")
-                    .json(&Self::chat_body(req, true)),
-                self.cfg.chat_first_byte,
-            )
-            .await?;
+        let rb = self
+            .post("/v1/chat/completions")
+            .json(&Self::chat_body(req, true));
+        self.stream(rb).await
+    }
+
+    /// An OpenAI-shaped call passed through as JSON (`POST path` with `body`), under the chat
+    /// limits: its answer parsed and as bytes. For routes im does not reshape (text completions).
+    pub async fn call_json(
+        &self,
+        path: &str,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<JsonResponse, ClientError> {
+        let total = self.cfg.chat_total;
+        let work = async {
+            let resp = self
+                .send(self.post(path).json(body), self.cfg.chat_first_byte)
+                .await?;
+            let (raw, body) = self.json_and_body(resp, total).await?;
+            Ok(JsonResponse { raw, body })
+        };
+        tokio::time::timeout(total, work)
+            .await
+            .unwrap_or(Err(ClientError::Timeout {
+                after: total,
+                phase: "response",
+            }))
+    }
+
+    /// [`Self::call_json`] as an event stream (`body` asks for `stream: true`).
+    pub async fn call_stream(
+        &self,
+        path: &str,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<ChunkStream, ClientError> {
+        self.stream(self.post(path).json(body)).await
+    }
+
+    /// Send `rb` and read its answer as an event stream of chunks, within the stream limits.
+    async fn stream(&self, rb: reqwest::RequestBuilder) -> Result<ChunkStream, ClientError> {
+        let resp = self.send(rb, self.cfg.chat_first_byte).await?;
         let ct = resp
             .headers()
             .get(CONTENT_TYPE)

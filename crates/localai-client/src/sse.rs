@@ -87,8 +87,10 @@ fn parse_chunk(data: &str) -> Result<Option<ChatChunk>, ClientError> {
             .map_or_else(|| err.to_string(), str::to_owned);
         return Err(ClientError::Stream(msg));
     }
+    // A chat chunk's `delta.content`, or a text completion chunk's `text`.
     let delta = raw
         .pointer("/choices/0/delta/content")
+        .or_else(|| raw.pointer("/choices/0/text"))
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();

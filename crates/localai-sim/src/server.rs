@@ -31,6 +31,8 @@ pub fn router(state: SimState) -> Router {
     let r = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/completions", post(completions))
         .route("/v1/images/generations", post(images))
         .route("/images/generations", post(images))
         .route("/v1/models", get(models))
@@ -470,6 +472,95 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
     });
     let stream = tokio_stream_from(rx).map(Ok::<_, Infallible>);
     Sse::new(stream).into_response()
+}
+
+/// `POST /v1/completions`: a text completion of the prompt, plain or streamed.
+async fn completions(State(state): State<SimState>, body: Bytes) -> Response {
+    let (body, idx) = match request(&state, &body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let model = &state.cfg.models[idx];
+    if !model.serves("txt2txt") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("model {:?} does not serve txt2txt", model.name),
+            "invalid_request_error",
+        );
+    }
+    let prompt = match body.get("prompt") {
+        Some(Value::String(p)) => p.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`prompt` must be a string or a list of strings",
+                "invalid_request_error",
+            );
+        }
+    };
+    let streaming = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let (slot, _) = match begin(&state, idx, streaming).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let tokens = body
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(16)
+        .clamp(1, 256) as usize;
+    let reply = format!(
+        "Simulated completion from {} of: {}",
+        model.name,
+        prompt.chars().take(60).collect::<String>()
+    );
+    let per_token = state.cfg.scaled(model.per_token_ms);
+    let (name, created) = (model.name.clone(), unix_now());
+    let id = format!("cmpl-sim-{}", (state.random() * 1e12) as u64);
+    if !streaming {
+        sleep(per_token * tokens as u32).await;
+        drop(slot);
+        return axum::Json(json!({
+            "id": id, "object": "text_completion", "created": created, "model": name,
+            "choices": [{"index": 0, "text": reply, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt.len() / 4, "completion_tokens": tokens,
+                      "total_tokens": prompt.len() / 4 + tokens}
+        }))
+        .into_response();
+    }
+    let (tx, rx) = mpsc::channel::<Event>(16);
+    tokio::spawn(async move {
+        let _slot = slot;
+        let chunk = |text: &str, finish: Value| {
+            json!({"id": id, "object": "text_completion", "created": created, "model": name,
+                   "choices": [{"index": 0, "text": text, "finish_reason": finish}]})
+            .to_string()
+        };
+        for (i, w) in reply.split(' ').enumerate() {
+            sleep(per_token).await;
+            let text = if i == 0 {
+                w.to_owned()
+            } else {
+                format!(" {w}")
+            };
+            if tx
+                .send(Event::default().data(chunk(&text, Value::Null)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tx
+            .send(Event::default().data(chunk("", json!("stop"))))
+            .await;
+        let _ = tx.send(Event::default().data("[DONE]")).await;
+    });
+    Sse::new(tokio_stream_from(rx).map(Ok::<_, Infallible>)).into_response()
 }
 
 fn tokio_stream_from(rx: mpsc::Receiver<Event>) -> impl futures_util::Stream<Item = Event> {
