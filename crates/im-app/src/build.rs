@@ -167,7 +167,9 @@ pub async fn discover(
             _ => None,
         };
         let vision = has(&info.input, "image") || props.is_some_and(|p| p.vision);
-        let mut kinds = if has(&info.output, "image") {
+        let mut kinds = if has(&info.output, "embedding") {
+            vec!["embed".to_owned()]
+        } else if has(&info.output, "image") {
             vec!["txt2img".to_owned(), "img2img".to_owned()]
         } else if vision {
             vec!["img2txt".to_owned(), "txt2txt".to_owned()]

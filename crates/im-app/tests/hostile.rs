@@ -348,6 +348,7 @@ async fn in_front_of_llama_cpp_router_kinds_slots_and_readiness_are_learned() {
     );
     assert_eq!(by_name(SD).kinds, vec!["txt2img", "img2img"]);
     assert_eq!(by_name(SD).max_in_flight, Some(1));
+    assert_eq!(by_name("bge-small-en-v1.5").kinds, vec!["embed"]);
     let app = im_http_api::router(built.state.clone());
     let req = Request::get("/ready").body(Body::empty()).expect("req");
     let resp = app.clone().oneshot(req).await.expect("infallible");

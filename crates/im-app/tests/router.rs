@@ -199,7 +199,7 @@ async fn openai_routes_keep_openai_shapes_and_send_figures_as_headers() {
         .iter()
         .map(|m| m["id"].as_str().expect("id"))
         .collect();
-    assert_eq!(ids, vec![LLM, VLM, SD]);
+    assert_eq!(ids, vec![LLM, VLM, SD, "bge-small-en-v1.5"]);
 }
 
 #[tokio::test]
@@ -526,4 +526,55 @@ async fn openai_text_completions_plain_and_streaming_share_the_queue() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+}
+
+#[tokio::test]
+async fn openai_embeddings_run_on_the_embed_queue() {
+    const EMBED: &str = "bge-small-en-v1.5";
+    let (app, built) = app().await;
+    let body = json!({"model": EMBED, "input": ["first", "second"]});
+    let (status, headers, v) = send(&app, post("/v1/embeddings", body.to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(
+        (v["data"][0]["index"].clone(), v["data"][1]["index"].clone()),
+        (json!(0), json!(1))
+    );
+    assert!(
+        v["data"][0]["embedding"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert!(headers.contains_key("x-queue-wait-ms"));
+    let st = built.engine.status().await.expect("running");
+    assert!(
+        st.groups.iter().any(|g| g.kind.as_str() == "embed"),
+        "queued as embed"
+    );
+    for (bad, param) in [
+        (json!({"model": EMBED}), "input"),
+        (json!({"model": EMBED, "input": 5}), "input"),
+        (json!({"model": EMBED, "input": []}), "input"),
+        (
+            json!({"model": EMBED, "input": "x", "backend": "y"}),
+            "backend",
+        ),
+    ] {
+        let (status, _, v) = send(&app, post("/v1/embeddings", bad.to_string())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert_eq!(v["error"]["param"], param, "{bad}: {v}");
+    }
+    let (status, _, v) = send(
+        &app,
+        post(
+            "/v1/embeddings",
+            json!({"model": LLM, "input": "x"}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a chat model does not embed: {v}"
+    );
 }

@@ -39,7 +39,7 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
     info(title = "im: inference manager for LocalAI", description = "Queues chat, image generation, image editing and vision requests per kind and model in front of LocalAI, drains one group before switching models, and bounds every wait. Authenticate with `X-API-Key` or `Authorization: Bearer`."),
     paths(
         seed::txt2txt, seed::txt2img, seed::img2img, seed::img2txt,
-        openai::chat_completions, openai::completions, openai::images_generations, openai::models,
+        openai::chat_completions, openai::completions, openai::embeddings, openai::images_generations, openai::models,
         ops::request_metrics, ops::error_metrics, ops::queue_status, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
@@ -101,6 +101,7 @@ pub fn router_with(
         .route("/img2txt", post(seed::img2txt))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/images/generations", post(openai::images_generations))
         .route("/v1/models", get(openai::models))
         .route("/get_request_metrics", get(ops::request_metrics))

@@ -8,8 +8,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use im_engine::Output;
 use im_service::{
-    Call, Caller, ChatInput, ChatKind, CompletionInput, ErrorType, ImageParams, ServiceError,
-    image_file,
+    Call, Caller, ChatInput, ChatKind, CompletionInput, EmbeddingInput, ErrorType, ImageParams,
+    ServiceError, image_file,
 };
 use localai_client::ImageRequest;
 use serde_json::{Value, json};
@@ -234,6 +234,55 @@ fn completion_call(b: &Bytes) -> Result<Call, ServiceError> {
         prompt,
         temperature,
         stream,
+        deadline_ms,
+        extra: o,
+    })
+}
+
+/// OpenAI embeddings (the `embed` kind), passed to the upstream as they came once validated.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai",
+    request_body(content = Object, description = "An OpenAI embeddings request (`model`, `input`: a string or a list of strings, optional `encoding_format`, `dimensions`, `user`)"),
+    responses(
+        (status = 200, description = "An OpenAI list of `embedding` objects", body = Object),
+        QueuedErrors,
+    ),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn embeddings(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(arrived): Extension<Arrived>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let call = embedding_call(&body(b, st.service.body_limit())?)?;
+    let done = st.service.run(call, &caller).await?;
+    let mut resp = match &done.output {
+        Output::Json(j) => crate::seed::json_body(j.body.clone()),
+        _ => return Err(HttpError::new(ErrorType::Internal, "unexpected output")),
+    };
+    figure_headers(&st, resp.headers_mut(), &done, arrived);
+    Ok(resp)
+}
+
+fn embedding_call(b: &Bytes) -> Result<Call, ServiceError> {
+    let mut o = object(b)?;
+    let model = string_field(&mut o, "model")?;
+    let input = o
+        .remove("input")
+        .filter(|i| !i.is_null())
+        .ok_or_else(|| ServiceError::invalid("input", "missing field `input`"))?;
+    let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
+    if let Some(unknown) = o
+        .keys()
+        .find(|k| !["encoding_format", "dimensions", "user"].contains(&k.as_str()))
+    {
+        return Err(ServiceError::invalid(
+            unknown.as_str(),
+            format!("unsupported field `{}`", im_engine::truncate(unknown, 64)),
+        ));
+    }
+    Call::embedding(EmbeddingInput {
+        model,
+        input,
         deadline_ms,
         extra: o,
     })

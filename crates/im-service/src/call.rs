@@ -79,6 +79,19 @@ pub struct CompletionInput {
     pub extra: Map<String, Value>,
 }
 
+/// Embeddings as a frontend received them (OpenAI's `/v1/embeddings`).
+#[derive(Clone, Debug, Default)]
+pub struct EmbeddingInput {
+    /// The model.
+    pub model: String,
+    /// A string, or a list of strings (or of token ids).
+    pub input: Value,
+    /// Queue deadline in milliseconds (only lowers the configured default; at least 1).
+    pub deadline_ms: Option<u64>,
+    /// Other fields passed to the upstream as they are (already checked by the frontend).
+    pub extra: Map<String, Value>,
+}
+
 /// The parameters of an image generation or edit: the upstream request (its `file` is set by
 /// [`Call::image`]) and the queue deadline.
 #[derive(Clone, Debug, Default)]
@@ -198,14 +211,7 @@ impl Call {
             mut extra,
         } = input;
         nonempty("model", &model)?;
-        let ok = match &prompt {
-            Value::String(s) => !s.is_empty(),
-            Value::Array(items) => {
-                !items.is_empty() && items.iter().all(|i| i.is_string() || i.is_number())
-            }
-            _ => false,
-        };
-        if !ok {
+        if !text_or_list(&prompt) {
             return Err(ServiceError::invalid(
                 "prompt",
                 "must be a non-empty string or a non-empty list of strings",
@@ -232,6 +238,36 @@ impl Call {
                 body: extra,
                 stream,
                 kind: Kind::Txt2Txt,
+            },
+            deadline: deadline.map(Duration::from_millis),
+        })
+    }
+
+    /// Embeddings (the `embed` kind), passed to the upstream's `/v1/embeddings` as they came,
+    /// once validated (model, input, deadline).
+    pub fn embedding(input: EmbeddingInput) -> Result<Call, ServiceError> {
+        let EmbeddingInput {
+            model,
+            input,
+            deadline_ms: deadline,
+            mut extra,
+        } = input;
+        nonempty("model", &model)?;
+        if !text_or_list(&input) {
+            return Err(ServiceError::invalid(
+                "input",
+                "must be a non-empty string or a non-empty list of strings",
+            ));
+        }
+        deadline_ms(deadline)?;
+        extra.insert("model".into(), Value::String(model));
+        extra.insert("input".into(), input);
+        Ok(Call {
+            payload: Payload::Json {
+                path: "/v1/embeddings",
+                body: extra,
+                stream: false,
+                kind: Kind::Embed,
             },
             deadline: deadline.map(Duration::from_millis),
         })
@@ -272,6 +308,17 @@ impl Call {
     /// The engine's job for it, known by `request_id`.
     pub fn into_job(self, request_id: String) -> Job {
         Job::new(request_id, self.payload, self.deadline)
+    }
+}
+
+/// A non-empty string, or a non-empty list of strings or token ids.
+fn text_or_list(v: &Value) -> bool {
+    match v {
+        Value::String(s) => !s.is_empty(),
+        Value::Array(items) => {
+            !items.is_empty() && items.iter().all(|i| i.is_string() || i.is_number())
+        }
+        _ => false,
     }
 }
 

@@ -15,6 +15,9 @@ mod error;
 mod service;
 
 pub use auth::{Caller, KeyId, Keys, RateLimit, provided_key, sane_request_id, unauthorized};
-pub use call::{Call, ChatInput, ChatKind, CompletionInput, ImageParams, InputLimits, image_file};
+pub use call::{
+    Call, ChatInput, ChatKind, CompletionInput, EmbeddingInput, ImageParams, InputLimits,
+    image_file,
+};
 pub use error::{ErrorType, ServiceError};
 pub use service::{Service, ServiceSettings};

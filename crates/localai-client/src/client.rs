@@ -179,6 +179,7 @@ struct Urls {
     chat: reqwest::Url,
     images: reqwest::Url,
     completions: reqwest::Url,
+    embeddings: reqwest::Url,
 }
 
 impl LocalAiClient {
@@ -198,6 +199,7 @@ impl LocalAiClient {
             chat: parse("/v1/chat/completions")?,
             images: parse("/v1/images/generations")?,
             completions: parse("/v1/completions")?,
+            embeddings: parse("/v1/embeddings")?,
         };
         Ok(LocalAiClient { http, cfg, urls })
     }
@@ -218,6 +220,7 @@ impl LocalAiClient {
             "/v1/chat/completions" => self.urls.chat.clone(),
             "/v1/images/generations" => self.urls.images.clone(),
             "/v1/completions" => self.urls.completions.clone(),
+            "/v1/embeddings" => self.urls.embeddings.clone(),
             _ => match reqwest::Url::parse(&format!("{}{path}", self.cfg.base_url)) {
                 Ok(u) => u,
                 Err(_) => self.urls.chat.clone(),

@@ -130,7 +130,15 @@ async fn discovery_and_lifecycle() {
     let (_s, c) = sim(|_| {}).await;
     c.ready().await.expect("ready");
     let models = c.models().await.expect("models");
-    assert_eq!(models, vec![LLM.to_owned(), VLM.to_owned(), SD.to_owned()]);
+    assert_eq!(
+        models,
+        vec![
+            LLM.to_owned(),
+            VLM.to_owned(),
+            SD.to_owned(),
+            "bge-small-en-v1.5".to_owned()
+        ]
+    );
     assert!(c.loaded_models().await.expect("system").is_empty());
     c.load(LLM).await.expect("load");
     assert_eq!(

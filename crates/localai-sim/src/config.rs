@@ -157,7 +157,8 @@ impl Default for SimConfig {
     }
 }
 
-/// The built-in catalogue: an LLM, a vision LLM and a diffusion model, with LocalAI-like costs.
+/// The built-in catalogue: an LLM, a vision LLM, an embedding model and a diffusion model, with
+/// LocalAI-like costs.
 pub fn default_catalogue() -> Vec<ModelCfg> {
     vec![
         ModelCfg {
@@ -186,6 +187,15 @@ pub fn default_catalogue() -> Vec<ModelCfg> {
             per_token_ms: 0.0,
             per_step_ms: 300.0,
             slots: 1,
+        },
+        ModelCfg {
+            name: "bge-small-en-v1.5".into(),
+            kinds: vec!["embed".into()],
+            load_ms: 2_000,
+            memory_mb: 500,
+            per_token_ms: 0.5,
+            per_step_ms: 0.0,
+            slots: 4,
         },
     ]
 }

@@ -32,6 +32,8 @@ pub fn router(state: SimState) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embeddings", post(embeddings))
         .route("/completions", post(completions))
         .route("/v1/images/generations", post(images))
         .route("/images/generations", post(images))
@@ -474,6 +476,58 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
     Sse::new(stream).into_response()
 }
 
+/// `POST /v1/embeddings`: one small deterministic vector per input (a string or a list).
+async fn embeddings(State(state): State<SimState>, body: Bytes) -> Response {
+    let (body, idx) = match request(&state, &body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let model = &state.cfg.models[idx];
+    if !model.serves("embed") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("model {:?} does not serve embeddings", model.name),
+            "invalid_request_error",
+        );
+    }
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`input` must be a string or a list of strings",
+                "invalid_request_error",
+            );
+        }
+    };
+    let (slot, _) = match begin(&state, idx, false).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let tokens: usize = inputs.iter().map(|i| i.len() / 4 + 1).sum();
+    sleep(state.cfg.scaled(model.per_token_ms * tokens as f64)).await;
+    drop(slot);
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let h = image::hash(text);
+            let v: Vec<f64> = (0..8)
+                .map(|k| f64::from(((h >> (k * 8)) & 0xFF) as u8) / 255.0 - 0.5)
+                .collect();
+            json!({"object": "embedding", "index": i, "embedding": v})
+        })
+        .collect();
+    axum::Json(json!({"object": "list", "data": data, "model": model.name,
+                      "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    .into_response()
+}
+
 /// `POST /v1/completions`: a text completion of the prompt, plain or streamed.
 async fn completions(State(state): State<SimState>, body: Bytes) -> Response {
     let (body, idx) = match request(&state, &body) {
@@ -708,6 +762,8 @@ async fn models(State(state): State<SimState>) -> Response {
                 };
                 let output: Vec<&str> = if m.serves("txt2img") {
                     vec!["image"]
+                } else if m.serves("embed") {
+                    vec!["embedding"]
                 } else {
                     vec!["text"]
                 };
