@@ -376,22 +376,14 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
         "txt2txt"
     };
     if !(model.serves(kind) || kind == "txt2txt" && model.serves("img2txt")) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("model {:?} does not serve {kind}", model.name),
-            "invalid_request_error",
-        );
+        return not_served(&model.name, kind);
     }
-    let streaming = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let streaming = wants_stream(&body);
     let (slot, fault) = match begin(&state, idx, streaming).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let tokens = body
-        .get("max_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(16)
-        .clamp(1, 256) as usize;
+    let tokens = max_tokens(&body);
     let prompt = last_text(messages);
     let seen = match image {
         Some(n) => format!("I see an image of {n} bytes. "),
@@ -476,6 +468,28 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
     Sse::new(stream).into_response()
 }
 
+/// LocalAI's answer to a model asked for a kind it does not serve.
+fn not_served(model: &str, kind: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        &format!("model {model:?} does not serve {kind}"),
+        "invalid_request_error",
+    )
+}
+
+/// `max_tokens` of a body, 16 when absent, within 1..=256.
+fn max_tokens(body: &Value) -> usize {
+    body.get("max_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(16)
+        .clamp(1, 256) as usize
+}
+
+/// Whether a body asks for a stream.
+fn wants_stream(body: &Value) -> bool {
+    body.get("stream").and_then(Value::as_bool).unwrap_or(false)
+}
+
 /// `POST /v1/embeddings`: one small deterministic vector per input (a string or a list).
 async fn embeddings(State(state): State<SimState>, body: Bytes) -> Response {
     let (body, idx) = match request(&state, &body) {
@@ -484,11 +498,7 @@ async fn embeddings(State(state): State<SimState>, body: Bytes) -> Response {
     };
     let model = &state.cfg.models[idx];
     if !model.serves("embed") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("model {:?} does not serve embeddings", model.name),
-            "invalid_request_error",
-        );
+        return not_served(&model.name, "embeddings");
     }
     let inputs: Vec<String> = match body.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
@@ -536,11 +546,7 @@ async fn completions(State(state): State<SimState>, body: Bytes) -> Response {
     };
     let model = &state.cfg.models[idx];
     if !model.serves("txt2txt") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("model {:?} does not serve txt2txt", model.name),
-            "invalid_request_error",
-        );
+        return not_served(&model.name, "txt2txt");
     }
     let prompt = match body.get("prompt") {
         Some(Value::String(p)) => p.clone(),
@@ -557,16 +563,12 @@ async fn completions(State(state): State<SimState>, body: Bytes) -> Response {
             );
         }
     };
-    let streaming = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let streaming = wants_stream(&body);
     let (slot, _) = match begin(&state, idx, streaming).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let tokens = body
-        .get("max_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(16)
-        .clamp(1, 256) as usize;
+    let tokens = max_tokens(&body);
     let reply = format!(
         "Simulated completion from {} of: {}",
         model.name,
@@ -675,11 +677,7 @@ async fn images(State(state): State<SimState>, body: Bytes) -> Response {
         }
     };
     if !model.serves(kind) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("model {:?} does not serve {kind}", model.name),
-            "invalid_request_error",
-        );
+        return not_served(&model.name, kind);
     }
     let (slot, _) = match begin(&state, idx, false).await {
         Ok(b) => b,
