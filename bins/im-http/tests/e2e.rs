@@ -524,3 +524,38 @@ async fn sigterm_stops_im_http_while_an_mcp_event_stream_is_open() {
     assert!(status.success(), "{status:?}");
     drop(stream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_ascii_image_strings_get_answers_and_never_wedge_the_lane() {
+    // Regression (issue 11.1, 11.2), over the socket where they showed: a non-ASCII image string
+    // in /txt2txt held its slot until the caller left; in /img2img and /v1/images/generations the
+    // connection closed with no response.
+    let s = start(&[]);
+    let c = client();
+    let bad = "é".repeat(40);
+    let chat = json!({"model": LLM, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": bad}}]}]});
+    let (status, _) = post(&c, &s.url, "/txt2txt", &chat).await;
+    assert!((200..500).contains(&status), "{status}");
+    let edit = json!({"model": SD, "file": bad, "prompt": "p", "width": 8, "height": 8});
+    let (status, v) = post(&c, &s.url, "/img2img", &edit).await;
+    assert_eq!(
+        (status, v["error"]["param"].clone()),
+        (400, json!("file")),
+        "{v}"
+    );
+    let generation = json!({"model": SD, "file": bad, "prompt": "p", "size": "8x8"});
+    let (status, v) = post(&c, &s.url, "/v1/images/generations", &generation).await;
+    assert_eq!(
+        (status, v["error"]["param"].clone()),
+        (400, json!("file")),
+        "{v}"
+    );
+    let (status, _) = tokio::time::timeout(
+        Duration::from_secs(20),
+        post(&c, &s.url, "/txt2txt", &body_for("txt2txt", 7).1),
+    )
+    .await
+    .expect("the lane is not wedged");
+    assert_eq!(status, 200);
+}
