@@ -102,6 +102,12 @@ pub fn router_with(
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        // LocalAI also accepts its OpenAI routes without the `/v1` prefix (`GET /models` is left
+        // for the model registry of the seeds' dialect).
+        .route("/chat/completions", post(openai::chat_completions))
+        .route("/completions", post(openai::completions))
+        .route("/embeddings", post(openai::embeddings))
+        .route("/images/generations", post(openai::images_generations))
         .route("/v1/images/generations", post(openai::images_generations))
         .route("/v1/models", get(openai::models))
         .route("/get_request_metrics", get(ops::request_metrics))
