@@ -577,4 +577,8 @@ async fn openai_embeddings_run_on_the_embed_queue() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "a chat model does not embed: {v}"
     );
+    // LocalAI's route without the /v1 prefix is served too.
+    let body = json!({"model": EMBED, "input": "without the prefix"});
+    let (status, _, v) = send(&app, post("/embeddings", body.to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
 }
