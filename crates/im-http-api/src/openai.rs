@@ -8,8 +8,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use im_engine::Output;
 use im_service::{
-    Call, Caller, ChatInput, ChatKind, CompletionInput, EmbeddingInput, ErrorType, ImageParams,
-    ServiceError, image_file,
+    Call, Caller, ChatInput, ChatKind, CompletionInput, EmbeddingInput, ImageParams, ServiceError,
+    image_file,
 };
 use localai_client::ImageRequest;
 use serde_json::{Value, json};
@@ -52,6 +52,29 @@ fn opt<T: serde::de::DeserializeOwned>(
             .map(Some)
             .map_err(|e| ServiceError::invalid(name, e.to_string())),
     }
+}
+
+/// Run `call` as `caller` and answer OpenAI-shaped: the upstream's body as it came (nothing is
+/// re-serialised), images as `{"created", "data": [{"b64_json"}]}`, or SSE; im's figures travel
+/// as headers.
+async fn respond(
+    st: &AppState,
+    call: Call,
+    caller: &Caller,
+    arrived: Arrived,
+) -> Result<Response, HttpError> {
+    let done = st.service.run(call, caller).await?;
+    let mut resp = match &done.output {
+        Output::Chat(c) => crate::seed::json_body(c.body.clone()),
+        Output::Json(j) => crate::seed::json_body(j.body.clone()),
+        Output::Images(i) => {
+            let data: Vec<Value> = i.images.iter().map(|b| json!({"b64_json": b})).collect();
+            axum::Json(json!({"created": i.created, "data": data})).into_response()
+        }
+        Output::Stream(_) => return Ok(sse_response(st, done, arrived)),
+    };
+    figure_headers(st, resp.headers_mut(), &done, arrived);
+    Ok(resp)
 }
 
 /// The chat fields passed to the upstream as they are, besides those im reads itself.
@@ -101,18 +124,7 @@ pub async fn chat_completions(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let call = chat_call(&st, &body(b, st.service.body_limit())?)?;
-    let stream = call.streams();
-    let done = st.service.run(call, &caller).await?;
-    if stream {
-        return Ok(sse_response(&st, done, arrived));
-    }
-    let mut resp = match &done.output {
-        // The upstream's body as it came: nothing to change, so nothing is re-serialised.
-        Output::Chat(c) => crate::seed::json_body(c.body.clone()),
-        _ => return Err(HttpError::new(ErrorType::Internal, "unexpected output")),
-    };
-    figure_headers(&st, resp.headers_mut(), &done, arrived);
-    Ok(resp)
+    respond(&st, call, &caller, arrived).await
 }
 
 /// An OpenAI chat body as the service's call (txt2txt, or img2txt with an image).
@@ -196,17 +208,7 @@ pub async fn completions(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let call = completion_call(&body(b, st.service.body_limit())?)?;
-    let stream = call.streams();
-    let done = st.service.run(call, &caller).await?;
-    if stream {
-        return Ok(sse_response(&st, done, arrived));
-    }
-    let mut resp = match &done.output {
-        Output::Json(j) => crate::seed::json_body(j.body.clone()),
-        _ => return Err(HttpError::new(ErrorType::Internal, "unexpected output")),
-    };
-    figure_headers(&st, resp.headers_mut(), &done, arrived);
-    Ok(resp)
+    respond(&st, call, &caller, arrived).await
 }
 
 fn completion_call(b: &Bytes) -> Result<Call, ServiceError> {
@@ -254,13 +256,7 @@ pub async fn embeddings(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let call = embedding_call(&body(b, st.service.body_limit())?)?;
-    let done = st.service.run(call, &caller).await?;
-    let mut resp = match &done.output {
-        Output::Json(j) => crate::seed::json_body(j.body.clone()),
-        _ => return Err(HttpError::new(ErrorType::Internal, "unexpected output")),
-    };
-    figure_headers(&st, resp.headers_mut(), &done, arrived);
-    Ok(resp)
+    respond(&st, call, &caller, arrived).await
 }
 
 fn embedding_call(b: &Bytes) -> Result<Call, ServiceError> {
@@ -369,16 +365,7 @@ pub async fn images_generations(
 ) -> Result<Response, HttpError> {
     // The body is parsed and dropped before the request queues: only the call holds the payload.
     let call = images_call(&st, body(b, st.service.body_limit())?)?;
-    let done = st.service.run(call, &caller).await?;
-    let mut resp = match &done.output {
-        Output::Images(i) => {
-            let data: Vec<Value> = i.images.iter().map(|b| json!({"b64_json": b})).collect();
-            axum::Json(json!({"created": i.created, "data": data})).into_response()
-        }
-        _ => return Err(HttpError::new(ErrorType::Internal, "unexpected output")),
-    };
-    figure_headers(&st, resp.headers_mut(), &done, arrived);
-    Ok(resp)
+    respond(&st, call, &caller, arrived).await
 }
 
 /// The configured models, OpenAI-shaped, each with the kinds it serves.
