@@ -199,7 +199,18 @@ async fn openai_routes_keep_openai_shapes_and_send_figures_as_headers() {
         .iter()
         .map(|m| m["id"].as_str().expect("id"))
         .collect();
-    assert_eq!(ids, vec![LLM, VLM, SD, "bge-small-en-v1.5"]);
+    assert_eq!(
+        ids,
+        vec![
+            LLM,
+            VLM,
+            SD,
+            "bge-small-en-v1.5",
+            "jina-reranker-v1-base-en",
+            "whisper-1",
+            "tts-1"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -106,6 +106,17 @@ impl Attempt {
                 Err(e) => Err(e),
             },
             Payload::Images(req) => self.backend.images(lane, req).await.map(Output::Images),
+            // Bytes carry no model name to check: the upstream's answer is passed on as it is.
+            Payload::Speech { body } => self
+                .backend
+                .raw(lane, "/v1/audio/speech", body)
+                .await
+                .map(Output::Raw),
+            Payload::Transcription(upload) => self
+                .backend
+                .upload(lane, "/v1/audio/transcriptions", upload)
+                .await
+                .map(Output::Raw),
             Payload::Json {
                 path,
                 body,

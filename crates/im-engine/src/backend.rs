@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use localai_client::{
     ChatRequest, ChatResponse, ChunkStream, ClientError, ImageRequest, ImagesResponse,
-    JsonResponse, LocalAiClient,
+    JsonResponse, LocalAiClient, RawResponse, Upload,
 };
 
 use inference_queue::LaneId;
@@ -49,6 +49,28 @@ pub trait Backend: Send + Sync + 'static {
         path: &str,
         _body: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<ChunkStream, ClientError> {
+        Err(ClientError::Protocol(format!(
+            "this backend does not serve {path}"
+        )))
+    }
+    /// A JSON call whose answer is bytes (`POST path`, speech).
+    async fn raw(
+        &self,
+        _lane: LaneId,
+        path: &str,
+        _body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<RawResponse, ClientError> {
+        Err(ClientError::Protocol(format!(
+            "this backend does not serve {path}"
+        )))
+    }
+    /// A multipart upload whose answer is bytes (`POST path`, transcription).
+    async fn upload(
+        &self,
+        _lane: LaneId,
+        path: &str,
+        _upload: &Upload,
+    ) -> Result<RawResponse, ClientError> {
         Err(ClientError::Protocol(format!(
             "this backend does not serve {path}"
         )))
@@ -119,5 +141,21 @@ impl Backend for LocalAiBackend {
         body: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<ChunkStream, ClientError> {
         self.lane(lane).call_stream(path, body).await
+    }
+    async fn raw(
+        &self,
+        lane: LaneId,
+        path: &str,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<RawResponse, ClientError> {
+        self.lane(lane).call_raw(path, body).await
+    }
+    async fn upload(
+        &self,
+        lane: LaneId,
+        path: &str,
+        upload: &Upload,
+    ) -> Result<RawResponse, ClientError> {
+        self.lane(lane).upload(path, upload).await
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use inference_queue::{Kind, Rejection};
 use localai_client::{
     ChatChunk, ChatRequest, ChatResponse, ClientError, ErrorClass, ImageRequest, ImagesResponse,
-    JsonResponse,
+    JsonResponse, RawResponse, Upload,
 };
 use tokio::sync::mpsc;
 
@@ -34,6 +34,13 @@ pub enum Payload {
         /// The kind it is queued as.
         kind: Kind,
     },
+    /// A JSON call whose answer is passed on as bytes: speech (`tts`, `/v1/audio/speech`).
+    Speech {
+        /// The body as the upstream gets it (`model` included).
+        body: serde_json::Map<String, serde_json::Value>,
+    },
+    /// A multipart upload whose answer is passed on as bytes: a transcription (`stt`).
+    Transcription(Upload),
 }
 
 impl Payload {
@@ -44,6 +51,8 @@ impl Payload {
             Payload::Images(r) if r.file.is_some() => Kind::Img2Img,
             Payload::Images(_) => Kind::Txt2Img,
             Payload::Json { kind, .. } => *kind,
+            Payload::Speech { .. } => Kind::Tts,
+            Payload::Transcription(_) => Kind::Stt,
         }
     }
 
@@ -52,10 +61,11 @@ impl Payload {
         match self {
             Payload::Chat { req, .. } => &req.model,
             Payload::Images(r) => &r.model,
-            Payload::Json { body, .. } => body
+            Payload::Json { body, .. } | Payload::Speech { body } => body
                 .get("model")
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or(""),
+            Payload::Transcription(u) => u.field("model").unwrap_or(""),
         }
     }
 }
@@ -103,6 +113,8 @@ pub enum Output {
     Images(ImagesResponse),
     /// An answer passed through as JSON.
     Json(JsonResponse),
+    /// An answer passed through as bytes with its content type (audio, a transcript).
+    Raw(RawResponse),
     /// A chat stream, live.
     Stream(ChunkReceiver),
 }
@@ -346,7 +358,17 @@ impl Job {
             Payload::Images(r) => {
                 (r.prompt.len() + r.file.as_ref().map_or(0, |f| f.len())) as u64 + 64
             }
-            Payload::Json { body, .. } => body.values().map(text_bytes).sum::<u64>() + 64,
+            Payload::Json { body, .. } | Payload::Speech { body } => {
+                body.values().map(text_bytes).sum::<u64>() + 64
+            }
+            Payload::Transcription(u) => {
+                (u.file.len()
+                    + u.fields
+                        .iter()
+                        .map(|(n, v)| n.len() + v.len())
+                        .sum::<usize>()) as u64
+                    + 64
+            }
         }
     }
 
@@ -373,6 +395,19 @@ impl Job {
                 "body": summarize_value(&serde_json::Value::Object(
                     body.iter().take(16).map(|(k, v)| (k.clone(), summarize_value(v))).collect(),
                 )),
+            }),
+            Payload::Speech { body } => json!({
+                "path": "/v1/audio/speech",
+                "body": summarize_value(&serde_json::Value::Object(
+                    body.iter().take(16).map(|(k, v)| (k.clone(), summarize_value(v))).collect(),
+                )),
+            }),
+            Payload::Transcription(u) => json!({
+                "path": "/v1/audio/transcriptions",
+                "fields": u.fields.iter().take(16)
+                    .map(|(n, v)| (truncate(n, 64), serde_json::Value::String(truncate(v, 200))))
+                    .collect::<serde_json::Map<_, _>>(),
+                "file": format!("<{}: {} bytes>", truncate(&u.file_type, 64), u.file.len()),
             }),
         }
     }

@@ -3,7 +3,7 @@
 //! [`router`] builds the whole API over an [`AppState`] (an `im_engine::Engine` plus HTTP
 //! settings); serving it is the binary's job, so tests call `router(state).oneshot(request)`.
 //! Handlers are split by concern: [`seed`] (the seeds' routes), [`openai`] (OpenAI-compatible
-//! routes on the same queues), [`ops`] (metrics, queue status, health, readiness). [`error`] holds
+//! routes on the same queues), [`media`] (rerank, speech, transcription, image edits), [`ops`] (metrics, queue status, health, readiness). [`error`] holds
 //! the single error table used for JSON bodies and SSE error events (and by `im-mcp`). Every
 //! handler is annotated for utoipa; [`ApiDoc`] collects them, Swagger UI serves at `/docs` and the
 //! document at `/openapi.json` (the committed copy is checked by a test).
@@ -12,6 +12,7 @@
 //! handler. This crate knows JSON and HTTP; it never talks to LocalAI except through the engine.
 
 pub mod error;
+pub mod media;
 pub mod openai;
 pub mod ops;
 pub mod seed;
@@ -40,10 +41,12 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
     paths(
         seed::txt2txt, seed::txt2img, seed::img2img, seed::img2txt,
         openai::chat_completions, openai::completions, openai::embeddings, openai::images_generations, openai::models,
+        media::rerank, media::speech, media::tts, media::transcriptions, media::images_edits,
         ops::request_metrics, ops::error_metrics, ops::queue_status, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
-        types::Txt2ImgRequest, types::Img2ImgRequest, types::Figures, types::TextResult, types::ImageResult)),
+        types::Txt2ImgRequest, types::Img2ImgRequest, types::Figures, types::TextResult, types::ImageResult,
+        types::RerankRequest, types::SpeechRequest, types::TranscriptionForm, types::ImageEditForm)),
     modifiers(&SecurityAddon),
     tags((name = "seed", description = "The seed endpoints"), (name = "openai", description = "OpenAI-compatible endpoints"),
          (name = "operations", description = "Metrics, status, health"))
@@ -110,6 +113,15 @@ pub fn router_with(
         .route("/images/generations", post(openai::images_generations))
         .route("/v1/images/generations", post(openai::images_generations))
         .route("/v1/models", get(openai::models))
+        .route("/v1/rerank", post(media::rerank))
+        .route("/rerank", post(media::rerank))
+        .route("/v1/audio/speech", post(media::speech))
+        .route("/audio/speech", post(media::speech))
+        .route("/tts", post(media::tts))
+        .route("/v1/audio/transcriptions", post(media::transcriptions))
+        .route("/audio/transcriptions", post(media::transcriptions))
+        .route("/v1/images/edits", post(media::images_edits))
+        .route("/images/edits", post(media::images_edits))
         .route("/get_request_metrics", get(ops::request_metrics))
         .route("/get_error_metrics", get(ops::error_metrics))
         .route("/mcp/get_request_metrics", get(ops::request_metrics))

@@ -20,14 +20,14 @@ use crate::state::{AppState, Arrived, figure_headers};
 use crate::stream::sse_response;
 use crate::types;
 
-fn object(b: &Bytes) -> Result<serde_json::Map<String, Value>, ServiceError> {
+pub(crate) fn object(b: &Bytes) -> Result<serde_json::Map<String, Value>, ServiceError> {
     match types::parse::<Value>(b)? {
         Value::Object(o) => Ok(o),
         _ => Err(ServiceError::invalid("body", "must be a JSON object")),
     }
 }
 
-fn string_field(
+pub(crate) fn string_field(
     o: &mut serde_json::Map<String, Value>,
     name: &str,
 ) -> Result<String, ServiceError> {
@@ -42,7 +42,7 @@ fn string_field(
     }
 }
 
-fn opt<T: serde::de::DeserializeOwned>(
+pub(crate) fn opt<T: serde::de::DeserializeOwned>(
     o: &mut serde_json::Map<String, Value>,
     name: &str,
 ) -> Result<Option<T>, ServiceError> {
@@ -54,10 +54,25 @@ fn opt<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Refuse any field of `o` not in `allowed`, by name (nothing unknown is passed to a server that
+/// may act on it).
+pub(crate) fn refuse_unknown(
+    o: &serde_json::Map<String, Value>,
+    allowed: &[&str],
+) -> Result<(), ServiceError> {
+    match o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(ServiceError::invalid(
+            unknown.as_str(),
+            format!("unsupported field `{}`", im_engine::truncate(unknown, 64)),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Run `call` as `caller` and answer OpenAI-shaped: the upstream's body as it came (nothing is
 /// re-serialised), images as `{"created", "data": [{"b64_json"}]}`, or SSE; im's figures travel
 /// as headers.
-async fn respond(
+pub(crate) async fn respond(
     st: &AppState,
     call: Call,
     caller: &Caller,
@@ -71,6 +86,7 @@ async fn respond(
             let data: Vec<Value> = i.images.iter().map(|b| json!({"b64_json": b})).collect();
             axum::Json(json!({"created": i.created, "data": data})).into_response()
         }
+        Output::Raw(r) => crate::seed::raw_body(r),
         Output::Stream(_) => return Ok(sse_response(st, done, arrived)),
     };
     figure_headers(st, resp.headers_mut(), &done, arrived);
@@ -154,12 +170,7 @@ fn chat_call(st: &AppState, b: &Bytes) -> Result<Call, ServiceError> {
     o.remove("stream_options");
     // Only known OpenAI / LocalAI sampling fields travel upstream; anything else is refused by
     // name rather than passed to a server that may act on it.
-    if let Some(unknown) = o.keys().find(|k| !PASS_THROUGH.contains(&k.as_str())) {
-        return Err(ServiceError::invalid(
-            unknown.as_str(),
-            format!("unsupported field `{}`", im_engine::truncate(unknown, 64)),
-        ));
-    }
+    refuse_unknown(&o, PASS_THROUGH)?;
     let input = ChatInput {
         model,
         messages,
@@ -222,15 +233,7 @@ fn completion_call(b: &Bytes) -> Result<Call, ServiceError> {
     let stream: bool = opt(&mut o, "stream")?.unwrap_or(false);
     let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
     o.remove("stream_options");
-    if let Some(unknown) = o
-        .keys()
-        .find(|k| !COMPLETION_PASS_THROUGH.contains(&k.as_str()))
-    {
-        return Err(ServiceError::invalid(
-            unknown.as_str(),
-            format!("unsupported field `{}`", im_engine::truncate(unknown, 64)),
-        ));
-    }
+    refuse_unknown(&o, COMPLETION_PASS_THROUGH)?;
     Call::completion(CompletionInput {
         model,
         prompt,
@@ -267,15 +270,7 @@ fn embedding_call(b: &Bytes) -> Result<Call, ServiceError> {
         .filter(|i| !i.is_null())
         .ok_or_else(|| ServiceError::invalid("input", "missing field `input`"))?;
     let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
-    if let Some(unknown) = o
-        .keys()
-        .find(|k| !["encoding_format", "dimensions", "user"].contains(&k.as_str()))
-    {
-        return Err(ServiceError::invalid(
-            unknown.as_str(),
-            format!("unsupported field `{}`", im_engine::truncate(unknown, 64)),
-        ));
-    }
+    refuse_unknown(&o, &["encoding_format", "dimensions", "user"])?;
     Call::embedding(EmbeddingInput {
         model,
         input,
@@ -344,7 +339,7 @@ struct ImagesBody<'a> {
     deadline_ms: Option<u64>,
 }
 
-fn parse_size(s: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_size(s: &str) -> Option<(u32, u32)> {
     let (w, h) = s.split_once(['x', 'X'])?;
     Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
 }

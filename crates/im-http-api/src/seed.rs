@@ -52,6 +52,15 @@ pub fn json_body(body: axum::body::Bytes) -> Response {
         .into_response()
 }
 
+/// An upstream answer passed on as bytes, with its content type (when it is a valid header
+/// value; else `application/octet-stream`).
+pub fn raw_body(r: &localai_client::RawResponse) -> Response {
+    let ct = axum::http::HeaderValue::from_str(&r.content_type).unwrap_or(
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    ([(axum::http::header::CONTENT_TYPE, ct)], r.body.clone()).into_response()
+}
+
 /// Run `call` as `caller` and shape the seed response (JSON with the figures, or SSE).
 async fn run(
     st: &AppState,
@@ -76,6 +85,7 @@ async fn run(
         .into_response(),
         Output::Stream(_) => return Ok(sse_response(st, done, arrived)),
         Output::Json(ref j) => json_body(j.body.clone()),
+        Output::Raw(ref r) => raw_body(r),
     };
     figure_headers(st, resp.headers_mut(), &done, arrived);
     Ok(resp)

@@ -126,6 +126,12 @@ fn completion(done: Completion) -> CallToolResult {
             .map(|b| ContentBlock::image(b, "image/png"))
             .collect(),
         Output::Json(j) => vec![ContentBlock::text(String::from_utf8_lossy(&j.body))],
+        Output::Raw(r) if r.content_type.starts_with("audio/") => {
+            use base64::Engine as _;
+            let data = base64::engine::general_purpose::STANDARD.encode(&r.body);
+            vec![ContentBlock::audio(data, r.content_type)]
+        }
+        Output::Raw(r) => vec![ContentBlock::text(String::from_utf8_lossy(&r.body))],
         Output::Stream(_) => vec![],
     };
     out.push(ContentBlock::text(fig));

@@ -17,7 +17,8 @@ mod service;
 pub use auth::{Caller, KeyId, Keys, RateLimit, provided_key, sane_request_id, unauthorized};
 pub use call::{
     Call, ChatInput, ChatKind, CompletionInput, EmbeddingInput, ImageParams, InputLimits,
-    image_file,
+    MAX_RERANK_DOCUMENTS, MAX_SPEECH_CHARS, RerankInput, SpeechInput, TRANSCRIPTION_FORMATS,
+    TranscriptionInput, image_file,
 };
 pub use error::{ErrorType, ServiceError};
 pub use service::{Service, ServiceSettings};

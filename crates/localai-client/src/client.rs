@@ -94,6 +94,56 @@ pub struct JsonResponse {
     pub body: Bytes,
 }
 
+/// An answer passed through as bytes with its content type (speech audio, a transcription in the
+/// format asked for).
+#[derive(Clone, Debug)]
+pub struct RawResponse {
+    /// The upstream's `Content-Type` (`application/octet-stream` when it sent none).
+    pub content_type: String,
+    /// The body as it came.
+    pub body: Bytes,
+}
+
+/// A multipart upload (OpenAI's transcription form): text fields and one file.
+#[derive(Clone, Debug, Default)]
+pub struct Upload {
+    /// Text fields, in order (`model` among them).
+    pub fields: Vec<(String, String)>,
+    /// The file field's name (`file`).
+    pub file_field: String,
+    /// The file name sent.
+    pub file_name: String,
+    /// The file's content type.
+    pub file_type: String,
+    /// The file's bytes.
+    pub file: Bytes,
+}
+
+impl Upload {
+    /// A text field's value.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn form(&self) -> Result<reqwest::multipart::Form, ClientError> {
+        let mut form = reqwest::multipart::Form::new();
+        for (n, v) in &self.fields {
+            form = form.text(n.clone(), v.clone());
+        }
+        let part = reqwest::multipart::Part::stream_with_length(
+            reqwest::Body::from(self.file.clone()),
+            self.file.len() as u64,
+        )
+        .file_name(self.file_name.clone())
+        .mime_str(&self.file_type)
+        .map_err(|e| ClientError::Protocol(format!("file content type: {e}")))?;
+        Ok(form.part(self.file_field.clone(), part))
+    }
+}
+
 /// What is sent upstream for a chat.
 #[derive(Serialize)]
 struct ChatBody<'a> {
@@ -398,6 +448,45 @@ impl LocalAiClient {
                 .await?;
             let (raw, body) = self.json_and_body(resp, total).await?;
             Ok(JsonResponse { raw, body })
+        };
+        tokio::time::timeout(total, work)
+            .await
+            .unwrap_or(Err(ClientError::Timeout {
+                after: total,
+                phase: "response",
+            }))
+    }
+
+    /// `POST path` with a JSON body whose answer is passed on as bytes (speech audio).
+    pub async fn call_raw(
+        &self,
+        path: &str,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<RawResponse, ClientError> {
+        self.raw(self.post(path).json(body)).await
+    }
+
+    /// `POST path` with a multipart upload whose answer is passed on as bytes (a transcription).
+    pub async fn upload(&self, path: &str, upload: &Upload) -> Result<RawResponse, ClientError> {
+        self.raw(self.post(path).multipart(upload.form()?)).await
+    }
+
+    /// Send `rb` and read its answer as bytes within the chat limits.
+    async fn raw(&self, rb: reqwest::RequestBuilder) -> Result<RawResponse, ClientError> {
+        let total = self.cfg.chat_total;
+        let work = async {
+            let resp = self.send(rb, self.cfg.chat_first_byte).await?;
+            let content_type = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            let body = read_capped(resp, self.cfg.max_body).await?;
+            Ok(RawResponse {
+                content_type,
+                body: Bytes::from(body),
+            })
         };
         tokio::time::timeout(total, work)
             .await

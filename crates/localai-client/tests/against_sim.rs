@@ -136,7 +136,10 @@ async fn discovery_and_lifecycle() {
             LLM.to_owned(),
             VLM.to_owned(),
             SD.to_owned(),
-            "bge-small-en-v1.5".to_owned()
+            "bge-small-en-v1.5".to_owned(),
+            "jina-reranker-v1-base-en".to_owned(),
+            "whisper-1".to_owned(),
+            "tts-1".to_owned()
         ]
     );
     assert!(c.loaded_models().await.expect("system").is_empty());

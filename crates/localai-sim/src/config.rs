@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct ModelCfg {
     /// The model name clients send.
     pub name: String,
-    /// Kinds served: `txt2txt`, `txt2img`, `img2img`, `img2txt`.
+    /// Kinds served: `txt2txt`, `txt2img`, `img2img`, `img2txt`, `embed`, `rerank`, `tts`, `stt`.
     pub kinds: Vec<String>,
     /// Load time in milliseconds (before time scaling).
     #[serde(default = "default_load_ms")]
@@ -27,6 +27,18 @@ pub struct ModelCfg {
     /// Requests it runs at once; more block until a slot frees.
     #[serde(default = "default_slots")]
     pub slots: u32,
+    /// Fixed service time of one call (embeddings, rerank, speech, transcription), in ms.
+    #[serde(default)]
+    pub per_call_ms: f64,
+    /// Service time per input of an embedding call or per document of a rerank call, in ms.
+    #[serde(default)]
+    pub per_input_ms: f64,
+    /// Service time per second of transcribed audio, in ms.
+    #[serde(default)]
+    pub per_audio_second_ms: f64,
+    /// Service time per character of synthesized speech, in ms.
+    #[serde(default)]
+    pub per_char_ms: f64,
 }
 
 fn default_load_ms() -> u64 {
@@ -46,6 +58,23 @@ fn default_slots() -> u32 {
 }
 
 impl ModelCfg {
+    /// A model with no costs at all, for struct-update syntax (`..ModelCfg::cheap()`).
+    pub fn cheap() -> ModelCfg {
+        ModelCfg {
+            name: String::new(),
+            kinds: Vec::new(),
+            load_ms: 0,
+            memory_mb: 0,
+            per_token_ms: 0.0,
+            per_step_ms: 0.0,
+            slots: 1,
+            per_call_ms: 0.0,
+            per_input_ms: 0.0,
+            per_audio_second_ms: 0.0,
+            per_char_ms: 0.0,
+        }
+    }
+
     /// Whether it serves `kind`.
     pub fn serves(&self, kind: &str) -> bool {
         self.kinds.iter().any(|k| k == kind)
@@ -157,8 +186,8 @@ impl Default for SimConfig {
     }
 }
 
-/// The built-in catalogue: an LLM, a vision LLM, an embedding model and a diffusion model, with
-/// LocalAI-like costs.
+/// The built-in catalogue: an LLM, a vision LLM, a diffusion model, an embedding model, a reranker,
+/// a transcription model and a speech model, with LocalAI-like costs.
 pub fn default_catalogue() -> Vec<ModelCfg> {
     vec![
         ModelCfg {
@@ -169,6 +198,7 @@ pub fn default_catalogue() -> Vec<ModelCfg> {
             per_token_ms: 15.0,
             per_step_ms: 0.0,
             slots: 4,
+            ..ModelCfg::cheap()
         },
         ModelCfg {
             name: "llava-1.6-mistral-7b".into(),
@@ -178,6 +208,7 @@ pub fn default_catalogue() -> Vec<ModelCfg> {
             per_token_ms: 25.0,
             per_step_ms: 0.0,
             slots: 2,
+            ..ModelCfg::cheap()
         },
         ModelCfg {
             name: "stablediffusion".into(),
@@ -187,15 +218,48 @@ pub fn default_catalogue() -> Vec<ModelCfg> {
             per_token_ms: 0.0,
             per_step_ms: 300.0,
             slots: 1,
+            ..ModelCfg::cheap()
         },
         ModelCfg {
             name: "bge-small-en-v1.5".into(),
             kinds: vec!["embed".into()],
             load_ms: 2_000,
             memory_mb: 500,
-            per_token_ms: 0.5,
-            per_step_ms: 0.0,
+            per_token_ms: 0.05,
             slots: 4,
+            per_call_ms: 40.0,
+            per_input_ms: 1.0,
+            ..ModelCfg::cheap()
+        },
+        ModelCfg {
+            name: "jina-reranker-v1-base-en".into(),
+            kinds: vec!["rerank".into()],
+            load_ms: 2_000,
+            memory_mb: 600,
+            slots: 2,
+            per_call_ms: 30.0,
+            per_input_ms: 4.0,
+            ..ModelCfg::cheap()
+        },
+        ModelCfg {
+            name: "whisper-1".into(),
+            kinds: vec!["stt".into()],
+            load_ms: 3_000,
+            memory_mb: 1_500,
+            slots: 1,
+            per_call_ms: 100.0,
+            per_audio_second_ms: 80.0,
+            ..ModelCfg::cheap()
+        },
+        ModelCfg {
+            name: "tts-1".into(),
+            kinds: vec!["tts".into()],
+            load_ms: 2_000,
+            memory_mb: 800,
+            slots: 1,
+            per_call_ms: 50.0,
+            per_char_ms: 3.0,
+            ..ModelCfg::cheap()
         },
     ]
 }

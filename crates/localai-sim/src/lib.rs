@@ -1,7 +1,10 @@
 //! `localai-sim`: a simulated LocalAI for im's tests, benchmarks and demo mode.
 //!
 //! It speaks the API surface im uses (SPEC §4), with and without `/v1`: chat completions (plain and
-//! SSE streaming), image generations (txt2img, img2img with `file`), `/v1/models`, `/system`,
+//! SSE streaming), text completions, embeddings and rerank (costing time per call and per input,
+//! so merging inputs is measurable), speech (`/v1/audio/speech` and `/tts`, a WAV whose length
+//! follows the text) and transcription (multipart upload, time per second of audio), image
+//! generations (txt2img, img2img with `file`), `/v1/models`, `/system`,
 //! `/backend/shutdown`, `/backend/load`, `/readyz`, and LocalAI's error envelope
 //! `{"error":{"code":N,"message":"…","type":"…"}}`. Like LocalAI it has no queue: the first
 //! request to a model blocks for the model's load time, extra requests block on busy slots, and a
@@ -26,8 +29,10 @@
 //!
 //! It never talks to anything but its own loopback socket and holds no real model.
 
+pub mod audio;
 mod config;
 pub mod image;
+mod retrieval;
 mod server;
 mod state;
 

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::config::{SimConfig, SimMode, StreamErrorDialect};
 use crate::image;
 use crate::state::SimState;
+use crate::{audio, retrieval};
 
 /// The simulator's router over `state`.
 pub fn router(state: SimState) -> Router {
@@ -32,8 +33,14 @@ pub fn router(state: SimState) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/embeddings", post(embeddings))
+        .route("/v1/embeddings", post(retrieval::embeddings))
+        .route("/embeddings", post(retrieval::embeddings))
+        .route("/v1/rerank", post(retrieval::rerank))
+        .route("/rerank", post(retrieval::rerank))
+        .route("/v1/audio/speech", post(audio::speech))
+        .route("/audio/speech", post(audio::speech))
+        .route("/v1/audio/transcriptions", post(audio::transcriptions))
+        .route("/audio/transcriptions", post(audio::transcriptions))
         .route("/completions", post(completions))
         .route("/v1/images/generations", post(images))
         .route("/images/generations", post(images))
@@ -44,6 +51,7 @@ pub fn router(state: SimState) -> Router {
     // Each mode serves only the routes its server has.
     let r = match mode {
         SimMode::LocalAi => r
+            .route("/tts", post(audio::speech))
             .route("/system", get(system))
             .route("/backend/shutdown", post(shutdown))
             .route("/backend/load", post(load))
@@ -167,7 +175,7 @@ fn parse(body: &Bytes) -> Result<Value, Response> {
         })
 }
 
-fn model_of<'a>(
+pub(crate) fn model_of<'a>(
     state: &'a SimState,
     body: &Value,
 ) -> Result<(usize, &'a crate::config::ModelCfg), Response> {
@@ -196,7 +204,7 @@ fn model_of<'a>(
 }
 
 /// A fault drawn for one request.
-enum Fault {
+pub(crate) enum Fault {
     E500,
     E503,
     Drop,
@@ -272,7 +280,7 @@ fn early_fault(state: &SimState, fault: &Option<Fault>) -> Option<Response> {
 }
 
 /// The body as a JSON object and the index of the model it names.
-fn request(state: &SimState, body: &Bytes) -> Result<(Value, usize), Response> {
+pub(crate) fn request(state: &SimState, body: &Bytes) -> Result<(Value, usize), Response> {
     let body = parse_in(state.cfg.mode, body)?;
     let (idx, _) = model_of(state, &body)?;
     Ok((body, idx))
@@ -281,7 +289,7 @@ fn request(state: &SimState, body: &Bytes) -> Result<(Value, usize), Response> {
 /// What every inference request does before its work, as LocalAI would: count it, maybe fail it
 /// (an injected fault), take a slot of its model (loading the model first if needed), maybe
 /// stall (a slow fault). Returns the held slot and the fault drawn (a stream error happens later).
-async fn begin(
+pub(crate) async fn begin(
     state: &SimState,
     idx: usize,
     streaming: bool,
@@ -304,7 +312,7 @@ async fn begin(
     Ok((slot, fault))
 }
 
-async fn sleep(d: Duration) {
+pub(crate) async fn sleep(d: Duration) {
     if !d.is_zero() {
         tokio::time::sleep(d).await;
     }
@@ -469,7 +477,7 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
 }
 
 /// LocalAI's answer to a model asked for a kind it does not serve.
-fn not_served(model: &str, kind: &str) -> Response {
+pub(crate) fn not_served(model: &str, kind: &str) -> Response {
     error(
         StatusCode::BAD_REQUEST,
         &format!("model {model:?} does not serve {kind}"),
@@ -488,54 +496,6 @@ fn max_tokens(body: &Value) -> usize {
 /// Whether a body asks for a stream.
 fn wants_stream(body: &Value) -> bool {
     body.get("stream").and_then(Value::as_bool).unwrap_or(false)
-}
-
-/// `POST /v1/embeddings`: one small deterministic vector per input (a string or a list).
-async fn embeddings(State(state): State<SimState>, body: Bytes) -> Response {
-    let (body, idx) = match request(&state, &body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let model = &state.cfg.models[idx];
-    if !model.serves("embed") {
-        return not_served(&model.name, "embeddings");
-    }
-    let inputs: Vec<String> = match body.get("input") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "`input` must be a string or a list of strings",
-                "invalid_request_error",
-            );
-        }
-    };
-    let (slot, _) = match begin(&state, idx, false).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let tokens: usize = inputs.iter().map(|i| i.len() / 4 + 1).sum();
-    sleep(state.cfg.scaled(model.per_token_ms * tokens as f64)).await;
-    drop(slot);
-    let data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            let h = image::hash(text);
-            let v: Vec<f64> = (0..8)
-                .map(|k| f64::from(((h >> (k * 8)) & 0xFF) as u8) / 255.0 - 0.5)
-                .collect();
-            json!({"object": "embedding", "index": i, "embedding": v})
-        })
-        .collect();
-    axum::Json(json!({"object": "list", "data": data, "model": model.name,
-                      "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
-    .into_response()
 }
 
 /// `POST /v1/completions`: a text completion of the prompt, plain or streamed.

@@ -41,6 +41,8 @@ pub struct Stats {
     pub requests: BTreeMap<String, u64>,
     /// Inference requests received.
     pub requests_total: u64,
+    /// Inputs received by embedding and rerank calls (a call over a list counts each item).
+    pub inputs_total: u64,
     /// Faults injected, by class.
     pub faults: BTreeMap<String, u64>,
     /// Models resident now.
@@ -132,6 +134,11 @@ impl SimState {
         let mut g = self.lock();
         g.stats.requests_total += 1;
         *g.stats.requests.entry(model.to_owned()).or_default() += 1;
+    }
+
+    /// Count the inputs of one embedding or rerank call.
+    pub fn count_inputs(&self, n: usize) {
+        self.lock().stats.inputs_total += n as u64;
     }
 
     /// The counters, with the resident list filled in.

@@ -64,8 +64,8 @@ pub fn cpu_seconds(pid: u32) -> f64 {
             })
             .unwrap_or(0.0)
     };
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let total: f64 = ticks(&pid.to_string()) + children.split_whitespace().map(ticks).sum::<f64>();
     total / clock_ticks_per_second()
 }

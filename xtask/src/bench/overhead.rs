@@ -9,7 +9,23 @@ use serde_json::Value;
 
 use super::*;
 
-fn start_nginx(port: u16, upstream_port: u16) -> Result<Proc> {
+/// nginx's master: stopped with SIGTERM, which also stops its workers (a SIGKILL would leave
+/// them running).
+struct Nginx(Proc);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.0.id().to_string()).status();
+        for _ in 0..50 {
+            if matches!(self.0.0.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+fn start_nginx(port: u16, upstream_port: u16) -> Result<Nginx> {
     let dir = std::env::temp_dir().join(format!("im-bench-nginx-{port}"));
     std::fs::create_dir_all(&dir)?;
     let conf = format!(
@@ -36,8 +52,9 @@ fn start_nginx(port: u16, upstream_port: u16) -> Result<Proc> {
             .spawn()
             .context("starting nginx")?,
     );
+    let nginx = Nginx(p);
     wait_ready(port, "/readyz", None)?;
-    Ok(p)
+    Ok(nginx)
 }
 
 /// One oha run's figures.
@@ -120,7 +137,7 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     let im = start_im(im_p, sim_p, &cfg)?;
     let ngx = start_nginx(ngx_p, sim_p)?;
     // Whose CPU time counts as the proxy's, per target.
-    let proxy_pid = [None, Some(ngx.0.id()), Some(im.0.id())];
+    let proxy_pid = [None, Some(ngx.0.0.id()), Some(im.0.id())];
     let body =
         json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
             .to_string();

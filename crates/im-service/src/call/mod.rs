@@ -14,6 +14,13 @@ use serde_json::{Map, Value};
 
 use crate::error::ServiceError;
 
+mod media;
+
+pub use media::{
+    MAX_RERANK_DOCUMENTS, MAX_SPEECH_CHARS, RerankInput, SpeechInput, TRANSCRIPTION_FORMATS,
+    TranscriptionInput,
+};
+
 /// What the service enforces on inputs besides their types.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputLimits {
