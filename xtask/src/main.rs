@@ -172,6 +172,12 @@ fn run_bench(args: &[String]) -> Result<()> {
     if part("memory") {
         rt.block_on(bench::memory::memory(&mut more))?;
     }
+    if part("batching") {
+        rt.block_on(bench::batching::batching(
+            &mut more,
+            if quick { 3 } else { 10 },
+        ))?;
+    }
     print!("{more}");
     out.push_str(&more);
     if args.iter().any(|a| a == "--write") {

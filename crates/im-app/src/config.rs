@@ -51,6 +51,8 @@ pub struct ImConfig {
     pub warm_up: bool,
     /// HTTP limits.
     pub http: HttpEntry,
+    /// Merging of concurrent embedding requests into one upstream call.
+    pub batch: BatchEntry,
     /// Seconds that shutdown waits for queued and running work.
     pub shutdown_grace_s: f64,
     /// `text` or `json`.
@@ -72,6 +74,26 @@ pub struct ModelEntry {
     /// Other names the upstream may answer with for this model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+}
+
+/// Dynamic batching of embeddings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchEntry {
+    /// The most inputs one merged embedding call carries (1: no merging).
+    pub max_inputs: u32,
+    /// Milliseconds a batch waits for more requests after its first arrived.
+    pub flush_ms: u64,
+}
+
+impl Default for BatchEntry {
+    fn default() -> BatchEntry {
+        let d = im_engine::BatchSettings::default();
+        BatchEntry {
+            max_inputs: d.max_inputs as u32,
+            flush_ms: d.flush.as_millis() as u64,
+        }
+    }
 }
 
 /// Defaults for what discovery cannot learn.
@@ -262,6 +284,7 @@ impl Default for ImConfig {
             unload_on_switch: false,
             warm_up: false,
             http: HttpEntry::default(),
+            batch: BatchEntry::default(),
             shutdown_grace_s: 30.0,
             log_format: "text".into(),
         }
@@ -521,6 +544,12 @@ impl ImConfig {
         if self.http.max_connections == 0 {
             return Err(invalid("http.max_connections", "at least 1"));
         }
+        if !(1..=2048).contains(&self.batch.max_inputs) {
+            return Err(invalid("batch.max_inputs", "between 1 and 2048"));
+        }
+        if self.batch.flush_ms > 10_000 {
+            return Err(invalid("batch.flush_ms", "at most 10000 (10 s)"));
+        }
         let loopback = self
             .listen
             .parse::<std::net::SocketAddr>()
@@ -551,6 +580,10 @@ impl ImConfig {
                 image_url_allowlist: self.http.image_url_allowlist.clone(),
             },
             body_limit: self.http.body_limit_bytes,
+            batch: im_engine::BatchSettings {
+                max_inputs: self.batch.max_inputs as usize,
+                flush: Duration::from_millis(self.batch.flush_ms),
+            },
         }
     }
 
@@ -726,6 +759,6 @@ mod example {
         expected.models = cfg.models.clone();
         expected.deadlines_s = cfg.deadlines_s.clone();
         assert_eq!(cfg, expected, "the example documents the defaults");
-        assert_eq!(cfg.core().expect("core").models.len(), 3);
+        assert_eq!(cfg.core().expect("core").models.len(), 7);
     }
 }

@@ -33,6 +33,7 @@
 
 mod attempt;
 mod backend;
+mod batch;
 mod clock;
 mod driver;
 mod engine;
@@ -40,6 +41,7 @@ mod job;
 
 pub use attempt::ModelEcho;
 pub use backend::{Backend, LocalAiBackend};
+pub use batch::{BatchSettings, Batcher};
 pub use clock::Clock;
 pub use engine::{Engine, LaneReadiness};
 pub use job::{ChunkReceiver, Completion, EngineError, Job, Meta, Output, Payload, truncate};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use im_engine::{Completion, Engine};
+use im_engine::{BatchSettings, Batcher, Completion, Engine};
 use serde_json::{Value, json};
 
 use crate::auth::{Caller, KeyId, Keys, RateLimit, unauthorized};
@@ -22,6 +22,8 @@ pub struct ServiceSettings {
     pub limits: InputLimits,
     /// The largest request body a frontend accepts, in bytes.
     pub body_limit: usize,
+    /// How embedding requests are merged into upstream calls.
+    pub batch: BatchSettings,
 }
 
 impl Default for ServiceSettings {
@@ -31,6 +33,7 @@ impl Default for ServiceSettings {
             rate_limit: (0, 10),
             limits: InputLimits::default(),
             body_limit: 32 * 1024 * 1024,
+            batch: BatchSettings::default(),
         }
     }
 }
@@ -48,6 +51,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct Service {
     engine: Engine,
+    batcher: Batcher,
     shared: Arc<Shared>,
 }
 
@@ -66,6 +70,7 @@ impl Service {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         Service {
+            batcher: Batcher::new(engine.clone(), settings.batch),
             engine,
             shared: Arc::new(Shared {
                 keys: Keys::new(&settings.api_keys),
@@ -131,10 +136,11 @@ impl Service {
         Ok(Some(key))
     }
 
-    /// Run `call` as `caller`: queue it, wait for it to leave. Dropping the future cancels it.
+    /// Run `call` as `caller`: queue it (embeddings merged with others that arrive together),
+    /// wait for it to leave. Dropping the future cancels it.
     pub async fn run(&self, call: Call, caller: &Caller) -> Result<Completion, ServiceError> {
         Ok(self
-            .engine
+            .batcher
             .submit(call.into_job(caller.request_id.clone()))
             .await?)
     }

@@ -38,7 +38,13 @@ pub fn wav(ms: u32, seed: u64) -> Vec<u8> {
     out.extend_from_slice(b"data");
     out.extend_from_slice(&samples.to_le_bytes());
     let period = 8 + (seed % 24) as u32;
-    out.extend((0..samples).map(|i| if (i / period).is_multiple_of(2) { 160u8 } else { 96u8 }));
+    out.extend((0..samples).map(|i| {
+        if (i / period).is_multiple_of(2) {
+            160u8
+        } else {
+            96u8
+        }
+    }));
     out
 }
 

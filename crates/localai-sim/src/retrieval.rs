@@ -61,6 +61,14 @@ pub async fn embeddings(State(state): State<SimState>, body: Bytes) -> Response 
         Ok(i) => i,
         Err(r) => return r,
     };
+    // As OpenAI's API does, an empty string is refused (the whole call fails).
+    if let Some(i) = inputs.iter().position(|t| t.is_empty()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("input[{i}] is an empty string"),
+            "invalid_request_error",
+        );
+    }
     let (slot, _) = match begin(&state, idx, false).await {
         Ok(b) => b,
         Err(r) => return r,

@@ -4,6 +4,7 @@
 //! ports, readiness, the tools they install. Everything runs on loopback; every figure is a ratio
 //! measured side by side in one run.
 
+pub mod batching;
 pub mod load;
 pub mod memory;
 pub mod overhead;
