@@ -55,7 +55,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         running.waiting().await.context("MCP session")?;
         return Ok(());
     };
-    if config.api_keys.is_empty() {
+    if !config.has_keys() {
         bail!("--http needs at least one key (--api-keys or IM_API_KEYS)");
     }
     let svc = http_service(
@@ -65,7 +65,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     );
     let app = axum::Router::new()
         .route_service("/mcp", svc)
-        .layer(from_fn_with_state(Keys::new(&config.api_keys), require_key));
+        .layer(from_fn_with_state(
+            Keys::with_scopes(&config.key_specs(), (0, 1)),
+            require_key,
+        ));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;

@@ -86,7 +86,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
                     })
                     .collect();
             }
-            if config.api_keys.is_empty() {
+            if !config.has_keys() {
                 config.api_keys = vec![DEMO_KEY.to_owned()];
             }
             Some(server)
@@ -136,7 +136,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         field: e.field,
         message: e.message,
     })?;
-    if config.api_keys.is_empty() {
+    if !config.has_keys() {
         tracing::warn!("no API keys configured: authentication is OFF");
     }
     let service = Service::new(engine.clone(), &config.service_settings());

@@ -22,6 +22,9 @@ pub struct ImConfig {
     /// API keys clients must send. Empty: auth is off, which is refused on a non-loopback
     /// `listen` address unless `allow_unauthenticated` is set.
     pub api_keys: Vec<String>,
+    /// Keys with scopes (`infer`, `admin`, `metrics`) and their own rate limits, besides
+    /// `api_keys` (which are `infer` and `metrics` keys with the default limit).
+    pub keys: Vec<KeyEntry>,
     /// Serve without keys on a non-loopback address (a trusted network only).
     pub allow_unauthenticated: bool,
     /// Refuse an upstream answer that names another model than the one asked for (a server that
@@ -74,6 +77,37 @@ pub struct ModelEntry {
     /// Other names the upstream may answer with for this model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+}
+
+/// One key with its scopes and its own rate limit.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// The key clients send.
+    pub key: String,
+    /// What it may do: `infer`, `admin`, `metrics` (default: `infer` and `metrics`).
+    #[serde(default = "ordinary_scopes")]
+    pub scopes: Vec<im_service::Scope>,
+    /// Its requests per second (absent: `http.rate_limit_per_s`; 0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_s: Option<u32>,
+    /// Its burst (absent: `http.rate_limit_burst`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_burst: Option<u32>,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("scopes", &self.scopes)
+            .field("rate_limit_per_s", &self.rate_limit_per_s)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ordinary_scopes() -> Vec<im_service::Scope> {
+    im_service::Scope::ORDINARY.to_vec()
 }
 
 /// Dynamic batching of embeddings.
@@ -270,6 +304,7 @@ impl Default for ImConfig {
             upstreams: vec!["http://localhost:8080".into()],
             upstream_api_key: None,
             api_keys: Vec::new(),
+            keys: Vec::new(),
             allow_unauthenticated: false,
             check_model_echo: true,
             discovery: DiscoveryEntry::default(),
@@ -554,10 +589,24 @@ impl ImConfig {
             .listen
             .parse::<std::net::SocketAddr>()
             .is_ok_and(|a| a.ip().is_loopback());
-        if self.api_keys.iter().all(|k| k.trim().is_empty())
-            && !loopback
-            && !self.allow_unauthenticated
-        {
+        for (i, k) in self.keys.iter().enumerate() {
+            if k.key.trim().is_empty() {
+                return Err(invalid(format!("keys[{i}].key"), "must not be empty"));
+            }
+            if k.scopes.is_empty() {
+                return Err(invalid(
+                    format!("keys[{i}].scopes"),
+                    "at least one of \"infer\", \"admin\", \"metrics\"",
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for k in self.api_keys.iter().chain(self.keys.iter().map(|k| &k.key)) {
+            if !k.trim().is_empty() && !seen.insert(k.trim()) {
+                return Err(invalid("keys", "a key is configured twice"));
+            }
+        }
+        if !self.has_keys() && !loopback && !self.allow_unauthenticated {
             return Err(invalid(
                 "api_keys",
                 format!(
@@ -570,10 +619,39 @@ impl ImConfig {
         Ok(())
     }
 
+    /// Every key with its scopes: `api_keys` as ordinary keys, then `keys`.
+    pub fn key_specs(&self) -> Vec<im_service::KeySpec> {
+        let default = (self.http.rate_limit_per_s, self.http.rate_limit_burst);
+        self.api_keys
+            .iter()
+            .map(im_service::KeySpec::ordinary)
+            .chain(self.keys.iter().map(|k| im_service::KeySpec {
+                key: k.key.clone(),
+                scopes: k.scopes.clone(),
+                rate_limit: (k.rate_limit_per_s.is_some() || k.rate_limit_burst.is_some()).then(
+                    || {
+                        (
+                            k.rate_limit_per_s.unwrap_or(default.0),
+                            k.rate_limit_burst.unwrap_or(default.1),
+                        )
+                    },
+                ),
+            }))
+            .collect()
+    }
+
+    /// Whether any key is configured (authentication is on).
+    pub fn has_keys(&self) -> bool {
+        self.api_keys
+            .iter()
+            .chain(self.keys.iter().map(|k| &k.key))
+            .any(|k| !k.trim().is_empty())
+    }
+
     /// The service's settings: keys, rate limit, input limits, body limit.
     pub fn service_settings(&self) -> im_service::ServiceSettings {
         im_service::ServiceSettings {
-            api_keys: self.api_keys.clone(),
+            keys: self.key_specs(),
             rate_limit: (self.http.rate_limit_per_s, self.http.rate_limit_burst),
             limits: im_service::InputLimits {
                 max_image_side: self.http.max_image_side,

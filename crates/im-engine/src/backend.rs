@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use localai_client::{
-    ChatRequest, ChatResponse, ChunkStream, ClientError, ImageRequest, ImagesResponse,
+    ChatRequest, ChatResponse, ChunkStream, ClientError, Forwarded, ImageRequest, ImagesResponse,
     JsonResponse, LocalAiClient, RawResponse, Upload,
 };
 
@@ -62,6 +62,20 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<RawResponse, ClientError> {
         Err(ClientError::Protocol(format!(
             "this backend does not serve {path}"
+        )))
+    }
+    /// Relay a management request (LocalAI's gallery and backend routes) and its answer,
+    /// whatever its status. Never queued: it loads nothing.
+    async fn forward(
+        &self,
+        _lane: LaneId,
+        _method: reqwest::Method,
+        path_and_query: &str,
+        _content_type: Option<&str>,
+        _body: bytes::Bytes,
+    ) -> Result<Forwarded, ClientError> {
+        Err(ClientError::Protocol(format!(
+            "this backend does not serve {path_and_query}"
         )))
     }
     /// A multipart upload whose answer is bytes (`POST path`, transcription).
@@ -157,5 +171,17 @@ impl Backend for LocalAiBackend {
         upload: &Upload,
     ) -> Result<RawResponse, ClientError> {
         self.lane(lane).upload(path, upload).await
+    }
+    async fn forward(
+        &self,
+        lane: LaneId,
+        method: reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> Result<Forwarded, ClientError> {
+        self.lane(lane)
+            .forward(method, path_and_query, content_type, body)
+            .await
     }
 }

@@ -11,6 +11,7 @@
 //! The middleware stack, outermost first: request id → auth (+ per-key rate limit) → body limit →
 //! handler. This crate knows JSON and HTTP; it never talks to LocalAI except through the engine.
 
+pub mod admin;
 pub mod error;
 pub mod media;
 pub mod openai;
@@ -42,6 +43,7 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         seed::txt2txt, seed::txt2img, seed::img2img, seed::img2txt,
         openai::chat_completions, openai::completions, openai::embeddings, openai::images_generations, openai::models,
         media::rerank, media::speech, media::tts, media::transcriptions, media::images_edits,
+        admin::relay,
         ops::request_metrics, ops::error_metrics, ops::queue_status, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
@@ -49,7 +51,8 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         types::RerankRequest, types::SpeechRequest, types::TranscriptionForm, types::ImageEditForm)),
     modifiers(&SecurityAddon),
     tags((name = "seed", description = "The seed endpoints"), (name = "openai", description = "OpenAI-compatible endpoints"),
-         (name = "operations", description = "Metrics, status, health"))
+         (name = "operations", description = "Metrics, status, health"),
+         (name = "admin", description = "LocalAI's management routes, relayed for `admin` keys"))
 )]
 pub struct ApiDoc;
 
@@ -131,6 +134,9 @@ pub fn router_with(
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+    let api = admin::ROUTES.iter().fold(api, |r, path| {
+        r.route(path, axum::routing::any(admin::relay))
+    });
     let api = extra(api)
         .fallback(|| async {
             HttpError::new(ErrorType::NotFound, "no such route; see /docs").into_response()

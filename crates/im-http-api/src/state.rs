@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use im_engine::Completion;
-use im_service::{Caller, Keys, Service, provided_key, unauthorized};
+use im_service::{Caller, Keys, Scope, Service, provided_key, unauthorized};
 
 use crate::error::HttpError;
 
@@ -54,15 +54,36 @@ fn is_open(path: &str) -> bool {
         || path.starts_with("/docs/")
 }
 
-/// Middleware: the request's id (echoed as `X-Request-Id` on every response), then its key and
-/// the key's rate limit; the handlers receive the [`Caller`] and when it [`Arrived`].
+/// The scope a path needs: `metrics` for metrics and status, `admin` for LocalAI's management
+/// routes, `infer` for everything else.
+pub fn scope_of(path: &str) -> Scope {
+    const METRICS: [&str; 6] = [
+        "/metrics",
+        "/get_request_metrics",
+        "/get_error_metrics",
+        "/mcp/get_request_metrics",
+        "/mcp/get_error_metrics",
+        "/queue-status",
+    ];
+    if METRICS.contains(&path) {
+        Scope::Metrics
+    } else if crate::admin::is_management(path) {
+        Scope::Admin
+    } else {
+        Scope::Infer
+    }
+}
+
+/// Middleware: the request's id (echoed as `X-Request-Id` on every response), then its key, the
+/// scope the path needs ([`scope_of`]) and the key's rate limit; the handlers receive the [`Caller`] and when it [`Arrived`].
 pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let arrived = Arrived(Instant::now());
     let id = request_id_of(req.headers()).unwrap_or_else(|| st.service.new_request_id());
     let key = if is_open(req.uri().path()) {
         Ok(None)
     } else {
-        st.service.authenticate(key_of(req.headers()), true)
+        let scope = scope_of(req.uri().path());
+        st.service.authorize(key_of(req.headers()), scope, true)
     };
     let mut resp = match key {
         Ok(key) => {
@@ -81,12 +102,16 @@ pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) ->
     resp
 }
 
-/// Middleware for routers without a service (the standalone MCP server): a valid key or 401.
+/// Middleware for routers without a service (the standalone MCP server): a valid key with the
+/// `infer` scope, or 401 (no or a wrong key) or 403 (another scope).
 pub async fn require_key(State(keys): State<Keys>, req: Request, next: Next) -> Response {
-    if key_of(req.headers()).and_then(|k| keys.check(k)).is_none() {
-        return HttpError(unauthorized()).into_response();
+    match key_of(req.headers()).and_then(|k| keys.check(k)) {
+        None => HttpError(unauthorized()).into_response(),
+        Some(k) if !keys.allows(k, Scope::Infer) => {
+            HttpError(im_service::forbidden(Scope::Infer)).into_response()
+        }
+        Some(_) => next.run(req).await,
     }
-    next.run(req).await
 }
 
 /// Set the figures headers (`X-Request-Id` is set by the middleware) and record the overhead.

@@ -89,7 +89,11 @@ fn caller_of(ctx: &RequestContext<RoleServer>, service: &Service) -> Result<Call
         .and_then(|p| im_http_api::request_id_of(&p.headers))
         .unwrap_or_else(|| service.new_request_id());
     let key = match parts {
-        Some(p) => service.authenticate(im_http_api::key_of(&p.headers), false)?,
+        Some(p) => service.authorize(
+            im_http_api::key_of(&p.headers),
+            im_service::Scope::Infer,
+            false,
+        )?,
         None => None,
     };
     Ok(Caller { key, request_id })

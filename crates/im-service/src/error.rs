@@ -16,6 +16,8 @@ pub enum ErrorType {
     InvalidRequest,
     /// No or a wrong API key.
     Unauthorized,
+    /// The key lacks the scope the route needs.
+    Forbidden,
     /// The model is not configured.
     UnknownModel,
     /// The model does not serve this kind.
@@ -44,9 +46,10 @@ pub enum ErrorType {
 
 impl ErrorType {
     /// Every type, in the table's order.
-    pub const ALL: [ErrorType; 14] = [
+    pub const ALL: [ErrorType; 15] = [
         ErrorType::InvalidRequest,
         ErrorType::Unauthorized,
+        ErrorType::Forbidden,
         ErrorType::UnknownModel,
         ErrorType::NotFound,
         ErrorType::MethodNotAllowed,
@@ -62,9 +65,10 @@ impl ErrorType {
     ];
 
     /// The types a queued inference route can answer with (its rows of the table).
-    pub const QUEUED: [ErrorType; 12] = [
+    pub const QUEUED: [ErrorType; 13] = [
         ErrorType::InvalidRequest,
         ErrorType::Unauthorized,
+        ErrorType::Forbidden,
         ErrorType::UnknownModel,
         ErrorType::PayloadTooLarge,
         ErrorType::UnsupportedKind,
@@ -82,6 +86,7 @@ impl ErrorType {
         match self {
             ErrorType::InvalidRequest => 400,
             ErrorType::Unauthorized => 401,
+            ErrorType::Forbidden => 403,
             ErrorType::UnknownModel | ErrorType::NotFound => 404,
             ErrorType::MethodNotAllowed => 405,
             ErrorType::PayloadTooLarge => 413,
@@ -99,6 +104,7 @@ impl ErrorType {
         match self {
             ErrorType::InvalidRequest => "invalid_request",
             ErrorType::Unauthorized => "unauthorized",
+            ErrorType::Forbidden => "forbidden",
             ErrorType::UnknownModel => "unknown_model",
             ErrorType::UnsupportedKind => "unsupported_kind",
             ErrorType::NotFound => "not_found",
@@ -119,6 +125,9 @@ impl ErrorType {
         match self {
             ErrorType::InvalidRequest => "Invalid request: `param` names the offending field",
             ErrorType::Unauthorized => "No or a wrong API key",
+            ErrorType::Forbidden => {
+                "The API key lacks the scope this route needs (`infer`, `admin` or `metrics`)"
+            }
             ErrorType::UnknownModel => "Unknown model; the message lists the valid ones",
             ErrorType::UnsupportedKind => {
                 "The model does not serve this kind; the message lists the ones that do"

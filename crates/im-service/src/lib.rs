@@ -14,7 +14,9 @@ mod call;
 mod error;
 mod service;
 
-pub use auth::{Caller, KeyId, Keys, RateLimit, provided_key, sane_request_id, unauthorized};
+pub use auth::{
+    Caller, KeyId, KeySpec, Keys, Scope, forbidden, provided_key, sane_request_id, unauthorized,
+};
 pub use call::{
     Call, ChatInput, ChatKind, CompletionInput, EmbeddingInput, ImageParams, InputLimits,
     MAX_RERANK_DOCUMENTS, MAX_SPEECH_CHARS, RerankInput, SpeechInput, TRANSCRIPTION_FORMATS,

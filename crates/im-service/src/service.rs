@@ -7,16 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use im_engine::{BatchSettings, Batcher, Completion, Engine};
 use serde_json::{Value, json};
 
-use crate::auth::{Caller, KeyId, Keys, RateLimit, unauthorized};
+use crate::auth::{Caller, KeyId, KeySpec, Keys, Scope, forbidden, unauthorized};
 use crate::call::{Call, InputLimits};
 use crate::error::ServiceError;
 
 /// How a [`Service`] is set up.
 #[derive(Clone, Debug)]
 pub struct ServiceSettings {
-    /// Accepted API keys; empty turns authentication off.
-    pub api_keys: Vec<String>,
-    /// Per-key requests per second (0: off) and burst.
+    /// Accepted API keys with their scopes; none turns authentication off.
+    pub keys: Vec<KeySpec>,
+    /// Per-key requests per second (0: off) and burst, for keys without their own.
     pub rate_limit: (u32, u32),
     /// What inputs must respect besides their types.
     pub limits: InputLimits,
@@ -29,7 +29,7 @@ pub struct ServiceSettings {
 impl Default for ServiceSettings {
     fn default() -> ServiceSettings {
         ServiceSettings {
-            api_keys: Vec::new(),
+            keys: Vec::new(),
             rate_limit: (0, 10),
             limits: InputLimits::default(),
             body_limit: 32 * 1024 * 1024,
@@ -40,7 +40,6 @@ impl Default for ServiceSettings {
 
 struct Shared {
     keys: Keys,
-    rate: RateLimit,
     limits: InputLimits,
     body_limit: usize,
     ids: AtomicU64,
@@ -73,8 +72,7 @@ impl Service {
             batcher: Batcher::new(engine.clone(), settings.batch),
             engine,
             shared: Arc::new(Shared {
-                keys: Keys::new(&settings.api_keys),
-                rate: RateLimit::new(settings.rate_limit.0, settings.rate_limit.1),
+                keys: Keys::with_scopes(&settings.keys, settings.rate_limit),
                 limits: settings.limits.clone(),
                 body_limit: settings.body_limit,
                 ids: AtomicU64::new(1),
@@ -131,9 +129,66 @@ impl Service {
             .and_then(|k| self.shared.keys.check(k))
             .ok_or_else(unauthorized)?;
         if charge {
-            self.shared.rate.charge(key)?;
+            self.shared.keys.charge(key)?;
         }
         Ok(Some(key))
+    }
+
+    /// [`Self::authenticate`], then check the key has `scope`. With authentication off every
+    /// scope is open except `admin`: management routes always need a key that says so.
+    pub fn authorize(
+        &self,
+        provided: Option<&[u8]>,
+        scope: Scope,
+        charge: bool,
+    ) -> Result<Option<KeyId>, ServiceError> {
+        let key = self.authenticate(provided, charge)?;
+        let allowed = match key {
+            Some(k) => self.shared.keys.allows(k, scope),
+            None => scope != Scope::Admin,
+        };
+        if allowed {
+            Ok(key)
+        } else {
+            Err(forbidden(scope))
+        }
+    }
+
+    /// Relay a management request (LocalAI's model gallery and backend routes) to upstream
+    /// `lane` and pass its answer back whatever its status. It is not queued: these routes
+    /// install and list, they load nothing into memory (the routes that load and unload models
+    /// are not relayed; the scheduler owns what is resident).
+    pub async fn manage(
+        &self,
+        lane: usize,
+        method: reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> Result<localai_client::Forwarded, ServiceError> {
+        let lanes = self.engine.config().lanes.len();
+        if lane >= lanes {
+            return Err(ServiceError::invalid(
+                "x-im-lane",
+                format!("must be an upstream index below {lanes}, got {lane}"),
+            ));
+        }
+        self.engine
+            .backend()
+            .forward(
+                inference_queue::LaneId(lane),
+                method,
+                path_and_query,
+                content_type,
+                body,
+            )
+            .await
+            .map_err(|e| {
+                ServiceError::new(
+                    crate::error::ErrorType::UpstreamUnavailable,
+                    format!("the upstream did not answer the management request: {e}"),
+                )
+            })
     }
 
     /// Run `call` as `caller`: queue it (embeddings merged with others that arrive together),

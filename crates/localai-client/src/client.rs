@@ -104,6 +104,17 @@ pub struct RawResponse {
     pub body: Bytes,
 }
 
+/// An upstream answer relayed whatever its status (LocalAI's management routes).
+#[derive(Clone, Debug)]
+pub struct Forwarded {
+    /// The upstream's status.
+    pub status: u16,
+    /// Its `Content-Type` (`application/octet-stream` when it sent none).
+    pub content_type: String,
+    /// Its body (at most the client's `max_body`).
+    pub body: Bytes,
+}
+
 /// A multipart upload (OpenAI's transcription form): text fields and one file.
 #[derive(Clone, Debug, Default)]
 pub struct Upload {
@@ -469,6 +480,53 @@ impl LocalAiClient {
     /// `POST path` with a multipart upload whose answer is passed on as bytes (a transcription).
     pub async fn upload(&self, path: &str, upload: &Upload) -> Result<RawResponse, ClientError> {
         self.raw(self.post(path).multipart(upload.form()?)).await
+    }
+
+    /// Relay a request to `path_and_query` (a management route) and its answer whatever its
+    /// status, within the control-call limits.
+    pub async fn forward(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<Forwarded, ClientError> {
+        let total = self.cfg.control_total;
+        let mut rb = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.cfg.base_url));
+        if let Some(k) = &self.cfg.api_key {
+            rb = rb.bearer_auth(k);
+        }
+        if let Some(ct) = content_type {
+            rb = rb.header(CONTENT_TYPE, ct);
+        }
+        let work = async {
+            let resp = rb
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| ClientError::from_reqwest(e, total, "first byte"))?;
+            let status = resp.status().as_u16();
+            let content_type = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            let body = read_capped(resp, self.cfg.max_body).await?;
+            Ok(Forwarded {
+                status,
+                content_type,
+                body: Bytes::from(body),
+            })
+        };
+        tokio::time::timeout(total, work)
+            .await
+            .unwrap_or(Err(ClientError::Timeout {
+                after: total,
+                phase: "response",
+            }))
     }
 
     /// Send `rb` and read its answer as bytes within the chat limits.

@@ -31,6 +31,7 @@
 
 pub mod audio;
 mod config;
+mod gallery;
 pub mod image;
 mod retrieval;
 mod server;

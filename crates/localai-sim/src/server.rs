@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::config::{SimConfig, SimMode, StreamErrorDialect};
 use crate::image;
 use crate::state::SimState;
-use crate::{audio, retrieval};
+use crate::{audio, gallery, retrieval};
 
 /// The simulator's router over `state`.
 pub fn router(state: SimState) -> Router {
@@ -52,6 +52,9 @@ pub fn router(state: SimState) -> Router {
     let r = match mode {
         SimMode::LocalAi => r
             .route("/tts", post(audio::speech))
+            .route("/models/available", get(gallery::available))
+            .route("/models/apply", post(gallery::apply))
+            .route("/models/jobs/{uuid}", get(gallery::job))
             .route("/system", get(system))
             .route("/backend/shutdown", post(shutdown))
             .route("/backend/load", post(load))
