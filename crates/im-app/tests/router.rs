@@ -311,7 +311,7 @@ async fn bad_input_gets_a_clear_4xx_naming_the_field() {
         ("/txt2img", img_body(json!({"height": 30})), "height"),
         ("/txt2img", img_body(json!({"width": 4096})), "width"),
         ("/txt2img", img_body(json!({"width": -8})), "width"),
-        ("/txt2img", img_body(json!({"prompt": " "})), "prompt"),
+        ("/txt2img", img_body(json!({"prompt": ""})), "prompt"),
         ("/txt2img", img_body(json!({"steps": 0})), "steps"),
         ("/txt2img", img_body(json!({"n": 9})), "n"),
         ("/img2img", img_body(json!({"file": "not base64 !!"})), "file"),

@@ -16,6 +16,7 @@ pub mod error;
 pub mod media;
 pub mod openai;
 pub mod ops;
+pub mod schema;
 pub mod seed;
 pub mod serve;
 mod state;
@@ -48,7 +49,9 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
         types::Txt2ImgRequest, types::Img2ImgRequest, types::Figures, types::TextResult, types::ImageResult,
-        types::RerankRequest, types::SpeechRequest, types::TranscriptionForm, types::ImageEditForm)),
+        schema::Role, schema::ChatCompletionRequest, schema::CompletionRequest, schema::EmbeddingRequest,
+        schema::ImageGenerationRequest, schema::RerankRequest, schema::SpeechRequest, schema::TranscriptionForm,
+        schema::ImageEditForm)),
     modifiers(&SecurityAddon),
     tags((name = "seed", description = "The seed endpoints"), (name = "openai", description = "OpenAI-compatible endpoints"),
          (name = "operations", description = "Metrics, status, health"),

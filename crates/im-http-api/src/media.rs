@@ -23,7 +23,7 @@ use crate::state::{AppState, Arrived};
 
 /// LocalAI's rerank (Jina-style): documents ordered by relevance to the query.
 #[utoipa::path(post, path = "/v1/rerank", tag = "openai",
-    request_body(content = crate::types::RerankRequest, description = "LocalAI's Jina-style rerank request"),
+    request_body(content = crate::schema::RerankRequest, description = "LocalAI's Jina-style rerank request"),
     responses(
         (status = 200, description = "`{\"model\", \"usage\", \"results\": [{\"index\", \"document\": {\"text\"}, \"relevance_score\"}]}` as the upstream answered", body = Object),
         QueuedErrors,
@@ -73,7 +73,7 @@ fn rerank_call(b: &Bytes) -> Result<Call, ServiceError> {
 
 /// OpenAI's text to speech: the upstream's audio, passed on as it came.
 #[utoipa::path(post, path = "/v1/audio/speech", tag = "openai",
-    request_body(content = crate::types::SpeechRequest, description = "OpenAI's speech request"),
+    request_body(content = crate::schema::SpeechRequest, description = "OpenAI's speech request"),
     responses(
         (status = 200, description = "The audio (the upstream's content type, `audio/wav` from LocalAI)", content_type = "audio/wav", body = Vec<u8>),
         QueuedErrors,
@@ -91,7 +91,7 @@ pub async fn speech(
 
 /// LocalAI's `/tts`: the same call as `/v1/audio/speech`.
 #[utoipa::path(post, path = "/tts", tag = "openai",
-    request_body(content = crate::types::SpeechRequest, description = "LocalAI's tts request (`model`, `input`, optional `voice`, `backend`, `language`)"),
+    request_body(content = crate::schema::SpeechRequest, description = "LocalAI's tts request (`model`, `input`, optional `voice`, `backend`, `language`)"),
     responses(
         (status = 200, description = "The audio (the upstream's content type)", content_type = "audio/wav", body = Vec<u8>),
         QueuedErrors,
@@ -252,7 +252,7 @@ impl Form {
 
 /// OpenAI's transcription: a multipart upload of the audio.
 #[utoipa::path(post, path = "/v1/audio/transcriptions", tag = "openai",
-    request_body(content = crate::types::TranscriptionForm, content_type = "multipart/form-data"),
+    request_body(content = crate::schema::TranscriptionForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "`{\"text\"}` (or the format asked for) as the upstream answered", body = Object),
         QueuedErrors,
@@ -292,7 +292,7 @@ pub async fn transcriptions(
 
 /// OpenAI's image edit (multipart, `image` and `prompt`), queued as img2img.
 #[utoipa::path(post, path = "/v1/images/edits", tag = "openai",
-    request_body(content = crate::types::ImageEditForm, content_type = "multipart/form-data"),
+    request_body(content = crate::schema::ImageEditForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "`{\"created\", \"data\": [{\"b64_json\"}]}`", body = Object),
         QueuedErrors,

@@ -127,7 +127,7 @@ const PASS_THROUGH: &[&str] = &[
 
 /// OpenAI chat completions: txt2txt, or img2txt when a message carries an image.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
-    request_body(content = Object, description = "An OpenAI chat completion request (`model`, `messages`, `stream`, `temperature`, ...)"),
+    request_body(content = crate::schema::ChatCompletionRequest, description = "An OpenAI chat completion request"),
     responses(
         (status = 200, description = "An OpenAI `chat.completion` (or SSE `chat.completion.chunk`s)", body = Object),
         QueuedErrors,
@@ -206,7 +206,7 @@ const COMPLETION_PASS_THROUGH: &[&str] = &[
 
 /// OpenAI text completions (txt2txt), passed to the upstream as they came once validated.
 #[utoipa::path(post, path = "/v1/completions", tag = "openai",
-    request_body(content = Object, description = "An OpenAI completion request (`model`, `prompt`: a string or a list of strings, `max_tokens`, `stream`, `temperature`, ...)"),
+    request_body(content = crate::schema::CompletionRequest, description = "An OpenAI completion request"),
     responses(
         (status = 200, description = "An OpenAI `text_completion` (or SSE chunks with `stream: true`)", body = Object),
         QueuedErrors,
@@ -246,7 +246,7 @@ fn completion_call(b: &Bytes) -> Result<Call, ServiceError> {
 
 /// OpenAI embeddings (the `embed` kind), passed to the upstream as they came once validated.
 #[utoipa::path(post, path = "/v1/embeddings", tag = "openai",
-    request_body(content = Object, description = "An OpenAI embeddings request (`model`, `input`: a string or a list of strings, optional `encoding_format`, `dimensions`, `user`)"),
+    request_body(content = crate::schema::EmbeddingRequest, description = "An OpenAI embeddings request"),
     responses(
         (status = 200, description = "An OpenAI list of `embedding` objects", body = Object),
         QueuedErrors,
@@ -303,6 +303,17 @@ fn images_call(st: &AppState, body: Bytes) -> Result<Call, ServiceError> {
             "only \"b64_json\" is supported (im does not host image files)",
         ));
     }
+    // LocalAI's `step` wins over `steps`; both are checked.
+    for (field, v) in [("step", r.step), ("steps", r.steps)] {
+        if let Some(v) = v
+            && !(1..=150).contains(&v)
+        {
+            return Err(ServiceError::invalid(
+                field,
+                format!("must be between 1 and 150, got {v}"),
+            ));
+        }
+    }
     let params = ImageParams {
         req: ImageRequest {
             model,
@@ -339,14 +350,19 @@ struct ImagesBody<'a> {
     deadline_ms: Option<u64>,
 }
 
+/// `"WxH"`: two decimal numbers (digits only) around an `x`.
 pub(crate) fn parse_size(s: &str) -> Option<(u32, u32)> {
     let (w, h) = s.split_once(['x', 'X'])?;
-    Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(w) && digits(h)) {
+        return None;
+    }
+    Some((w.parse().ok()?, h.parse().ok()?))
 }
 
 /// OpenAI image generations: txt2img, or img2img when `file` is set.
 #[utoipa::path(post, path = "/v1/images/generations", tag = "openai",
-    request_body(content = Object, description = "`model`, `prompt`, `size` (\"WxH\"), `n`, `response_format` (b64_json), optional `file` (base64, img2img), `negative_prompt`, `step`, `seed`"),
+    request_body(content = crate::schema::ImageGenerationRequest, description = "An OpenAI image generation request (img2img with `file`)"),
     responses(
         (status = 200, description = "`{\"created\", \"data\": [{\"b64_json\"}]}`", body = Object),
         QueuedErrors,

@@ -14,12 +14,11 @@ use localai_client::ImageRequest;
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
-    /// `system`, `user`, `assistant` or `tool`.
-    #[schema(example = "user")]
+    /// `system`, `user`, `assistant`, `tool` or `developer`.
+    #[schema(value_type = crate::schema::Role)]
     pub role: String,
-    /// Text, or a list of parts (`{"type":"text","text":…}`, `{"type":"image_url","image_url":{"url":…}}`).
-    /// Images may be base64, a data URI, or a URL.
-    #[schema(value_type = Object)]
+    /// Text, or a list of parts.
+    #[schema(schema_with = crate::schema::message_content)]
     pub content: Value,
 }
 
@@ -28,18 +27,22 @@ pub struct Message {
 #[serde(deny_unknown_fields)]
 pub struct Txt2TxtRequest {
     /// A model serving txt2txt (see `GET /v1/models`).
+    #[schema(min_length = 1)]
     pub model: String,
     /// The conversation.
+    #[schema(min_items = 1)]
     pub messages: Vec<Message>,
     /// 0.0 to 2.0.
-    #[schema(example = 0.7)]
+    #[schema(example = 0.7, minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
     /// Token limit.
+    #[schema(maximum = 4294967295_u64)]
     pub max_tokens: Option<u32>,
     /// Stream chunks as server-sent events once dispatched.
     #[serde(default)]
     pub stream: bool,
     /// Queue deadline in milliseconds (only lowers the configured default).
+    #[schema(minimum = 1)]
     pub deadline_ms: Option<u64>,
 }
 
@@ -48,14 +51,19 @@ pub struct Txt2TxtRequest {
 #[serde(deny_unknown_fields)]
 pub struct Img2TxtRequest {
     /// A model serving img2txt.
+    #[schema(min_length = 1)]
     pub model: String,
     /// The conversation; at least one message carries an image.
+    #[schema(min_items = 1)]
     pub messages: Vec<Message>,
     /// 0.0 to 2.0.
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
     /// Token limit.
+    #[schema(maximum = 4294967295_u64)]
     pub max_tokens: Option<u32>,
     /// Queue deadline in milliseconds.
+    #[schema(minimum = 1)]
     pub deadline_ms: Option<u64>,
 }
 
@@ -64,24 +72,29 @@ pub struct Img2TxtRequest {
 #[serde(deny_unknown_fields)]
 pub struct Txt2ImgRequest {
     /// A model serving txt2img.
+    #[schema(min_length = 1)]
     pub model: String,
     /// What to draw.
+    #[schema(min_length = 1)]
     pub prompt: String,
     /// Pixels, a positive multiple of 8, at most the configured maximum.
-    #[schema(example = 512)]
+    #[schema(example = 512, minimum = 8, maximum = 2048, multiple_of = 8)]
     pub height: u32,
     /// Pixels, a positive multiple of 8, at most the configured maximum.
-    #[schema(example = 512)]
+    #[schema(example = 512, minimum = 8, maximum = 2048, multiple_of = 8)]
     pub width: u32,
     /// Diffusion steps, 1 to 150.
+    #[schema(minimum = 1, maximum = 150)]
     pub steps: Option<u32>,
     /// Seed; random when absent.
     pub seed: Option<i64>,
     /// What not to draw.
     pub negative_prompt: Option<String>,
     /// Images, 1 to 4.
+    #[schema(minimum = 1, maximum = 4)]
     pub n: Option<u32>,
     /// Queue deadline in milliseconds.
+    #[schema(minimum = 1)]
     pub deadline_ms: Option<u64>,
 }
 
@@ -90,26 +103,33 @@ pub struct Txt2ImgRequest {
 #[serde(deny_unknown_fields)]
 pub struct Img2ImgRequest<'a> {
     /// A model serving img2img.
+    #[schema(min_length = 1)]
     pub model: String,
     /// The source image: base64 (PNG, JPEG, WebP or GIF), optionally as a data URI.
     #[serde(borrow)]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, content_encoding = "base64", content_media_type = "image/png")]
     pub file: Cow<'a, str>,
     /// The edit.
+    #[schema(min_length = 1)]
     pub prompt: String,
-    /// Pixels, a positive multiple of 8.
+    /// Pixels, a positive multiple of 8, at most the configured maximum.
+    #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
     pub height: u32,
-    /// Pixels, a positive multiple of 8.
+    /// Pixels, a positive multiple of 8, at most the configured maximum.
+    #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
     pub width: u32,
     /// Diffusion steps, 1 to 150.
+    #[schema(minimum = 1, maximum = 150)]
     pub steps: Option<u32>,
     /// Seed.
     pub seed: Option<i64>,
     /// What not to draw.
     pub negative_prompt: Option<String>,
     /// Images, 1 to 4.
+    #[schema(minimum = 1, maximum = 4)]
     pub n: Option<u32>,
     /// Queue deadline in milliseconds.
+    #[schema(minimum = 1)]
     pub deadline_ms: Option<u64>,
 }
 
@@ -284,113 +304,4 @@ mod tests {
             );
         }
     }
-}
-
-/// `POST /v1/rerank` (LocalAI's Jina-style body). Only for the document.
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[allow(dead_code)]
-pub struct RerankRequest {
-    /// A model serving rerank.
-    #[schema(min_length = 1)]
-    pub model: String,
-    /// What the documents are ranked against.
-    #[schema(min_length = 1)]
-    pub query: String,
-    /// The documents.
-    #[schema(min_items = 1, max_items = 1024)]
-    pub documents: Vec<String>,
-    /// How many of the best to return.
-    #[schema(minimum = 1)]
-    pub top_n: Option<u64>,
-    /// Whether to return the documents' texts (passed to the upstream).
-    pub return_documents: Option<bool>,
-    /// Queue deadline in milliseconds (only lowers the configured default).
-    #[schema(minimum = 1)]
-    pub deadline_ms: Option<u64>,
-}
-
-/// `POST /v1/audio/speech`, `POST /tts`. Only for the document.
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[allow(dead_code)]
-pub struct SpeechRequest {
-    /// A model serving tts.
-    #[schema(min_length = 1)]
-    pub model: String,
-    /// The text to speak (1 to 4096 characters).
-    #[schema(min_length = 1, max_length = 4096)]
-    pub input: String,
-    /// The voice (passed to the upstream).
-    pub voice: Option<String>,
-    /// The audio format (passed to the upstream).
-    pub response_format: Option<String>,
-    /// Speaking speed (passed to the upstream).
-    pub speed: Option<f64>,
-    /// Voice instructions (passed to the upstream).
-    pub instructions: Option<String>,
-    /// LocalAI's backend name (passed to the upstream).
-    pub backend: Option<String>,
-    /// Language (passed to the upstream).
-    pub language: Option<String>,
-    /// Queue deadline in milliseconds (only lowers the configured default).
-    #[schema(minimum = 1)]
-    pub deadline_ms: Option<u64>,
-}
-
-/// `POST /v1/audio/transcriptions` (multipart form). Only for the document.
-#[derive(Clone, Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct TranscriptionForm {
-    /// The audio file.
-    #[schema(value_type = String, format = Binary)]
-    pub file: Vec<u8>,
-    /// A model serving stt.
-    #[schema(min_length = 1)]
-    pub model: String,
-    /// The spoken language (ISO-639-1).
-    pub language: Option<String>,
-    /// Text to guide the model.
-    pub prompt: Option<String>,
-    /// `json`, `text`, `srt`, `verbose_json` or `vtt`.
-    #[schema(pattern = "^(json|text|srt|verbose_json|vtt)$")]
-    pub response_format: Option<String>,
-    /// 0 to 1.
-    #[schema(minimum = 0.0, maximum = 1.0)]
-    pub temperature: Option<f64>,
-    /// Queue deadline in milliseconds (only lowers the configured default).
-    #[schema(minimum = 1)]
-    pub deadline_ms: Option<u64>,
-}
-
-/// `POST /v1/images/edits` (multipart form), queued as img2img. Only for the document.
-#[derive(Clone, Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct ImageEditForm {
-    /// The image to edit (PNG, JPEG, WebP or GIF).
-    #[schema(value_type = String, format = Binary)]
-    pub image: Vec<u8>,
-    /// What to make of it.
-    #[schema(min_length = 1)]
-    pub prompt: String,
-    /// A model serving img2img.
-    #[schema(min_length = 1)]
-    pub model: String,
-    /// `"WxH"`, each a positive multiple of 8 up to the configured maximum (default 512x512).
-    #[schema(pattern = "^[0-9]+[xX][0-9]+$")]
-    pub size: Option<String>,
-    /// Images to make, 1 to 4.
-    #[schema(minimum = 1, maximum = 4)]
-    pub n: Option<u32>,
-    /// Only `b64_json`.
-    #[schema(pattern = "^b64_json$")]
-    pub response_format: Option<String>,
-    /// What to avoid.
-    pub negative_prompt: Option<String>,
-    /// Diffusion steps, 1 to 150.
-    #[schema(minimum = 1, maximum = 150)]
-    pub step: Option<u32>,
-    /// Seed.
-    pub seed: Option<i64>,
-    /// Queue deadline in milliseconds (only lowers the configured default).
-    #[schema(minimum = 1)]
-    pub deadline_ms: Option<u64>,
 }

@@ -47,6 +47,28 @@ fn vector(text: &str) -> Vec<f64> {
         .collect()
 }
 
+/// An embedding call's inputs: a string, or a list of strings and token ids (a token id is
+/// embedded as its decimal text).
+fn embedding_inputs(body: &Value) -> Result<Vec<String>, Response> {
+    match body.get("input") {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) if items.iter().all(|i| i.is_string() || i.is_number()) => {
+            Ok(items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect())
+        }
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "`input` must be a string or a list of strings and token ids",
+            "invalid_request_error",
+        )),
+    }
+}
+
 /// `POST /v1/embeddings`.
 pub async fn embeddings(State(state): State<SimState>, body: Bytes) -> Response {
     let (body, idx) = match request(&state, &body) {
@@ -57,10 +79,11 @@ pub async fn embeddings(State(state): State<SimState>, body: Bytes) -> Response 
     if !model.serves("embed") {
         return not_served(&model.name, "embeddings");
     }
-    let inputs = match strings(&body, "input") {
+    let owned = match embedding_inputs(&body) {
         Ok(i) => i,
         Err(r) => return r,
     };
+    let inputs: Vec<&str> = owned.iter().map(String::as_str).collect();
     // As OpenAI's API does, an empty string is refused (the whole call fails).
     if let Some(i) = inputs.iter().position(|t| t.is_empty()) {
         return error(

@@ -116,7 +116,7 @@ impl ImageParams {
     pub fn validate(&self, limits: &InputLimits, size: Option<&str>) -> Result<(), ServiceError> {
         let r = &self.req;
         nonempty("model", &r.model)?;
-        if r.prompt.trim().is_empty() {
+        if r.prompt.is_empty() {
             return Err(ServiceError::invalid("prompt", "must not be empty"));
         }
         side(size.unwrap_or("width"), r.width, limits.max_image_side)?;
@@ -218,7 +218,7 @@ impl Call {
             mut extra,
         } = input;
         nonempty("model", &model)?;
-        if !text_or_list(&prompt) {
+        if !text_or_list(&prompt, false) {
             return Err(ServiceError::invalid(
                 "prompt",
                 "must be a non-empty string or a non-empty list of strings",
@@ -260,10 +260,10 @@ impl Call {
             mut extra,
         } = input;
         nonempty("model", &model)?;
-        if !text_or_list(&input) {
+        if !text_or_list(&input, true) {
             return Err(ServiceError::invalid(
                 "input",
-                "must be a non-empty string or a non-empty list of strings",
+                "must be a non-empty string or a non-empty list of non-empty strings and token ids",
             ));
         }
         deadline_ms(deadline)?;
@@ -318,12 +318,17 @@ impl Call {
     }
 }
 
-/// A non-empty string, or a non-empty list of strings or token ids.
-fn text_or_list(v: &Value) -> bool {
+/// A non-empty string, or a non-empty list of strings (each non-empty when `nonempty_items`) or
+/// token ids.
+fn text_or_list(v: &Value, nonempty_items: bool) -> bool {
     match v {
         Value::String(s) => !s.is_empty(),
         Value::Array(items) => {
-            !items.is_empty() && items.iter().all(|i| i.is_string() || i.is_number())
+            !items.is_empty()
+                && items.iter().all(|i| match i {
+                    Value::String(s) => !nonempty_items || !s.is_empty(),
+                    other => other.is_number(),
+                })
         }
         _ => false,
     }
