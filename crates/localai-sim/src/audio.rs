@@ -114,7 +114,7 @@ pub async fn speech(State(state): State<SimState>, body: Bytes) -> Response {
 }
 
 /// `POST /v1/audio/transcriptions`: a multipart form with `file` and `model` (and optional
-/// `language`, `prompt`, `response_format`, `temperature`) → `{"text": …}`, costing
+/// `language`, `prompt`, `response_format`, `temperature`) → `{"segments", "text"}`, costing
 /// `per_call_ms + per_audio_second_ms × seconds` (a file that is not a WAV counts 16 KiB per
 /// second).
 pub async fn transcriptions(State(state): State<SimState>, mut form: Multipart) -> Response {
@@ -167,7 +167,12 @@ pub async fn transcriptions(State(state): State<SimState>, mut form: Multipart) 
     );
     match format.as_deref() {
         Some("text") => text.into_response(),
-        _ => axum::Json(json!({"text": text})).into_response(),
+        // LocalAI's shape: the text and its segments, no `usage`.
+        _ => axum::Json(
+            json!({"segments": [{"id": 0, "start": 0.0, "end": seconds, "text": text}],
+                               "text": text}),
+        )
+        .into_response(),
     }
 }
 
