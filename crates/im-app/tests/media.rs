@@ -380,3 +380,81 @@ async fn image_edits_take_a_multipart_image_and_queue_as_img2img() {
     );
     refused(&app, with_mask, StatusCode::BAD_REQUEST, "mask").await;
 }
+
+#[tokio::test]
+async fn unknown_models_and_oversized_uploads_are_refused_by_field() {
+    let (app, _built) = app().await;
+    let unknown = [
+        (
+            "/v1/rerank",
+            json!({"model": "nope", "query": "q", "documents": ["a"]}),
+        ),
+        ("/v1/audio/speech", json!({"model": "nope", "input": "hi"})),
+        ("/tts", json!({"model": "nope", "input": "hi"})),
+        ("/v1/embeddings", json!({"model": "nope", "input": "hi"})),
+        ("/v1/completions", json!({"model": "nope", "prompt": "hi"})),
+    ];
+    for (path, body) in unknown {
+        let (s, _, b) = send(&app, post_json(path, &body)).await;
+        let v = json_of(&b);
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+        assert_eq!(v["error"]["type"], "unknown_model", "{path}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("valid models")),
+            "{path}: the message lists the valid ones: {v}"
+        );
+    }
+    let audio = localai_sim::audio::wav(500, 2);
+    let req = post_form(
+        "/v1/audio/transcriptions",
+        &[
+            Part::Text("model", "nope"),
+            Part::File("file", "audio/wav", "a.wav", &audio),
+        ],
+    );
+    let (s, _, b) = send(&app, req).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{}", json_of(&b));
+
+    // Uploads over the body limit: 413, for a file and for a form.
+    let mut cfg = ImConfig::default();
+    cfg.http.body_limit_bytes = 64 * 1024;
+    let built = app::build(cfg, Some(Simulate { time_scale: 0.001 }))
+        .await
+        .expect("build");
+    let small = im_http_api::router(built.state.clone());
+    let big = vec![7u8; 200 * 1024];
+    for (path, parts) in [
+        (
+            "/v1/audio/transcriptions",
+            vec![
+                Part::Text("model", STT),
+                Part::File("file", "audio/wav", "big.wav", &big),
+            ],
+        ),
+        (
+            "/v1/images/edits",
+            vec![
+                Part::File("image", "image/png", "big.png", &big),
+                Part::Text("prompt", "p"),
+                Part::Text("model", SD),
+            ],
+        ),
+    ] {
+        let (s, _, b) = send(&small, post_form(path, &parts)).await;
+        let v = json_of(&b);
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{path}: {v}");
+        assert_eq!(v["error"]["type"], "payload_too_large", "{path}: {v}");
+    }
+    let long_text = "x".repeat(100 * 1024);
+    let (s, _, _) = send(
+        &small,
+        post_json(
+            "/v1/audio/speech",
+            &json!({"model": TTS, "input": long_text}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+}
