@@ -56,7 +56,10 @@ fn run_sim(args: &[String]) -> Result<()> {
     let hours: f64 = flag(args, "--hours", 8.0)?;
     let seed: u64 = flag(args, "--seed", 42)?;
     let started = std::time::Instant::now();
-    let (table, failures) = sim::table(hours, seed);
+    let (table, mut failures) = sim::table(hours, seed);
+    let (fleet, fleet_failures) = sim::fleet_table(hours, seed);
+    failures.extend(fleet_failures);
+    let table = format!("{table}\n{fleet}");
     let elapsed = started.elapsed();
     print!("{table}");
     println!("(simulated in {:.2} s of wall time)", elapsed.as_secs_f64());

@@ -120,3 +120,105 @@ pub fn table(hours: f64, seed: u64) -> (String, Vec<String>) {
     }
     (out, failures)
 }
+
+/// The fleet table: 1, 2, 4 and 8 lanes (one resident model each), the same mixed trace scaled to
+/// the fleet's capacity at 50/90/120 %, for each routing.
+pub fn fleet_table(hours: f64, seed: u64) -> (String, Vec<String>) {
+    use inference_queue::Routing;
+    let models = sim::localai_catalogue();
+    let mut out = String::new();
+    let mut failures = Vec::new();
+    let duration = Duration::from_secs_f64(hours * 3600.0);
+    let cap = TraceSpec::mixed(1.0, duration, seed).capacity(&models);
+    let _ = writeln!(
+        out,
+        "## Fleet: N lanes (upstreams), one resident model each\n\n\
+         The same mixed trace, its rate scaled to N lanes' capacity ({cap:.3} req/s per lane). \
+         `affinity` (the default) leaves a group to the lane that has its model loaded unless the group \
+         starves or waits deeper than 12 requests per serving slot; `least_loaded` lets any free lane take \
+         the best group wherever its model is loaded (a least-busy balancer); `sticky_hash` gives each \
+         model one lane by a hash of its name.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| lanes | load | routing | completed/h | model loads | overcommits | wait p50/p99 (s) txt2txt | txt2img | img2img | img2txt |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let routings = [
+        Routing::default(),
+        Routing::LeastLoaded,
+        Routing::StickyHash,
+    ];
+    for lanes in [1usize, 2, 4, 8] {
+        for load in [0.5, 0.9, 1.2] {
+            let trace = TraceSpec::mixed(cap * load * lanes as f64, duration, seed).generate();
+            let mut rows = Vec::new();
+            for routing in routings {
+                let cfg = Config {
+                    lanes: (0..lanes).map(|i| format!("gpu{i}")).collect(),
+                    routing,
+                    ..bounded()
+                };
+                let r = sim::run_scheduler(cfg, &models, &trace);
+                let q = |k: Kind| {
+                    let f = |q| {
+                        r.wait_quantile(k, q)
+                            .map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64()))
+                    };
+                    format!("{}/{}", f(0.5), f(0.99))
+                };
+                let _ = writeln!(
+                    out,
+                    "| {lanes} | {:.0}% | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                    load * 100.0,
+                    routing.as_str(),
+                    r.per_hour(),
+                    r.loads,
+                    r.overcommits,
+                    q(Kind::Txt2Txt),
+                    q(Kind::Txt2Img),
+                    q(Kind::Img2Img),
+                    q(Kind::Img2Txt),
+                );
+                if r.overcommits != 0 {
+                    failures.push(format!(
+                        "{lanes} lanes, {load}, {}: {} overcommits",
+                        routing.as_str(),
+                        r.overcommits
+                    ));
+                }
+                rows.push(r);
+            }
+            if lanes == 4 && (load - 0.9).abs() < 1e-9 {
+                let (aff, least, sticky) = (&rows[0], &rows[1], &rows[2]);
+                let loads = aff.loads as f64 / least.loads.max(1) as f64;
+                let tput = aff.per_hour() / least.per_hour().max(1e-9);
+                let vs_sticky = aff.per_hour() / sticky.per_hour().max(1e-9);
+                let worse: Vec<String> = Kind::SEEDS
+                    .iter()
+                    .filter(|k| {
+                        aff.wait_quantile(**k, 0.99).unwrap_or_default()
+                            > least.wait_quantile(**k, 0.99).unwrap_or_default()
+                    })
+                    .map(|k| k.to_string())
+                    .collect();
+                let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+                let _ = writeln!(
+                    out,
+                    "\nAt 4 lanes and 90%: affinity's loads / least_loaded's = {loads:.3} (target <= 0.2: {}); \
+                     completed/h ratio = {tput:.2}x (target >= 1.5x: {}); vs sticky_hash {vs_sticky:.2}x (target >= 1: {}); \
+                     kinds whose p99 wait is above least_loaded's: {} (target: none: {}).\n",
+                    verdict(loads <= 0.2),
+                    verdict(tput >= 1.5),
+                    verdict(vs_sticky >= 1.0),
+                    if worse.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        worse.join(", ")
+                    },
+                    verdict(worse.is_empty()),
+                );
+            }
+        }
+    }
+    (out, failures)
+}

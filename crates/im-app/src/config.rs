@@ -56,6 +56,8 @@ pub struct ImConfig {
     pub http: HttpEntry,
     /// Merging of concurrent embedding requests into one upstream call.
     pub batch: BatchEntry,
+    /// How groups are spread over several upstreams.
+    pub routing: RoutingEntry,
     /// Seconds that shutdown waits for queued and running work.
     pub shutdown_grace_s: f64,
     /// `text` or `json`.
@@ -108,6 +110,31 @@ impl std::fmt::Debug for KeyEntry {
 
 fn ordinary_scopes() -> Vec<im_service::Scope> {
     im_service::Scope::ORDINARY.to_vec()
+}
+
+/// How groups are spread over lanes (upstreams).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingEntry {
+    /// `affinity` (a lane leaves a group to the lane that has its model loaded), `least_loaded`
+    /// (any free lane takes any group) or `sticky_hash` (each model has one lane).
+    pub strategy: String,
+    /// Under affinity: waiting requests per serving slot beyond which another lane loads the model
+    /// too.
+    pub replica_depth: u32,
+}
+
+impl Default for RoutingEntry {
+    fn default() -> RoutingEntry {
+        let replica_depth = match inference_queue::Routing::default() {
+            inference_queue::Routing::Affinity { replica_depth } => replica_depth,
+            _ => 12,
+        };
+        RoutingEntry {
+            strategy: "affinity".into(),
+            replica_depth,
+        }
+    }
 }
 
 /// Dynamic batching of embeddings.
@@ -320,6 +347,7 @@ impl Default for ImConfig {
             warm_up: false,
             http: HttpEntry::default(),
             batch: BatchEntry::default(),
+            routing: RoutingEntry::default(),
             shutdown_grace_s: 30.0,
             log_format: "text".into(),
         }
@@ -481,6 +509,22 @@ impl ImConfig {
         c.breaker = BreakerConfig {
             failure_threshold: self.breaker.failure_threshold,
             cooldown: secs("breaker.cooldown_s", self.breaker.cooldown_s)?.unwrap_or_default(),
+        };
+        c.routing = match self.routing.strategy.as_str() {
+            "affinity" => inference_queue::Routing::Affinity {
+                replica_depth: self.routing.replica_depth,
+            },
+            "least_loaded" => inference_queue::Routing::LeastLoaded,
+            "sticky_hash" => inference_queue::Routing::StickyHash,
+            other => {
+                return Err(invalid(
+                    "routing.strategy",
+                    format!(
+                        "{:?} is not one of \"affinity\", \"least_loaded\", \"sticky_hash\"",
+                        im_engine::truncate(other, 32)
+                    ),
+                ));
+            }
         };
         c.unload_on_switch = self.unload_on_switch;
         c.warm_up = self.warm_up;
@@ -738,6 +782,36 @@ mod tests {
             .expect("ok");
         assert_eq!((c.bounds.max_batch, c.policy.as_str()), (8, "strict"));
         c.validate().expect("valid");
+    }
+
+    #[test]
+    fn routing_is_read_and_checked() {
+        let mut c = ImConfig::default();
+        c.upstreams = vec!["http://a:8080".into(), "http://b:8080".into()];
+        c.models = vec![ModelEntry {
+            name: "m".into(),
+            kinds: vec!["txt2txt".into()],
+            max_in_flight: Some(1),
+            aliases: Vec::new(),
+        }];
+        let core = c.core().expect("valid");
+        assert_eq!(core.lanes.len(), 2);
+        assert_eq!(
+            core.routing,
+            inference_queue::Routing::Affinity { replica_depth: 12 }
+        );
+        c.routing.strategy = "sticky_hash".into();
+        assert_eq!(
+            c.core().expect("valid").routing,
+            inference_queue::Routing::StickyHash
+        );
+        c.routing.strategy = "random".into();
+        let e = c.core().expect_err("unknown strategy").to_string();
+        assert!(e.contains("routing.strategy"), "{e}");
+        c.routing.strategy = "affinity".into();
+        c.routing.replica_depth = 0;
+        let e = c.core().expect_err("zero depth").to_string();
+        assert!(e.contains("routing.replica_depth"), "{e}");
     }
 
     #[test]

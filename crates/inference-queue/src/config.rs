@@ -154,6 +154,8 @@ pub struct Config {
     pub models: Vec<ModelSpec>,
     /// One name per lane (upstream). At least one.
     pub lanes: Vec<String>,
+    /// How groups are spread over lanes.
+    pub routing: Routing,
     /// Seed of the core's jitter generator.
     pub seed: u64,
 }
@@ -181,7 +183,44 @@ impl Default for Config {
             warm_up: false,
             models: Vec::new(),
             lanes: vec!["default".to_owned()],
+            routing: Routing::default(),
             seed: 0x1D_5EED,
+        }
+    }
+}
+
+/// How groups are spread over lanes (upstreams). Every lane pulls work when it can; the routing
+/// decides which groups a lane may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// A lane leaves a group to another healthy lane that has the group's model loaded, unless the
+    /// group waits long enough to be starving or its queue is deeper than `replica_depth` requests
+    /// per slot of the lanes serving it (then a second copy of the model is worth its load).
+    Affinity {
+        /// Waiting requests per slot of the serving lanes beyond which another lane may load the
+        /// model too.
+        replica_depth: u32,
+    },
+    /// Any free lane takes the best group by priority and age, wherever its model is loaded (what
+    /// a least-busy load balancer does).
+    LeastLoaded,
+    /// Each model belongs to one lane, by a hash of its name (a sticky load balancer).
+    StickyHash,
+}
+
+impl Default for Routing {
+    fn default() -> Routing {
+        Routing::Affinity { replica_depth: 12 }
+    }
+}
+
+impl Routing {
+    /// Its name in configuration and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Affinity { .. } => "affinity",
+            Routing::LeastLoaded => "least_loaded",
+            Routing::StickyHash => "sticky_hash",
         }
     }
 }
@@ -266,6 +305,9 @@ impl Config {
         }
         if self.lanes.is_empty() {
             return Err(err("lanes", "at least one lane (upstream) is needed"));
+        }
+        if let Routing::Affinity { replica_depth: 0 } = self.routing {
+            return Err(err("routing.replica_depth", "must be at least 1"));
         }
         let mut names = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {

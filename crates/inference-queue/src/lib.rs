@@ -97,7 +97,9 @@ pub mod sim;
 mod status;
 mod types;
 
-pub use config::{Bounds, BreakerConfig, Config, ConfigError, Limits, ModelSpec, RetryPolicy};
+pub use config::{
+    Bounds, BreakerConfig, Config, ConfigError, Limits, ModelSpec, RetryPolicy, Routing,
+};
 pub use rng::Rng;
 pub use scheduler::{
     Admission, CancelOutcome, Event, FailReason, GroupKey, Outcome, QueueScope, Rejection,

@@ -246,11 +246,12 @@ impl Upstream {
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Arrival(usize),
-    Done(RequestId, bool),
+    Done(RequestId, bool, usize),
     Lifecycle(usize),
 }
 
-/// Drive a real [`Scheduler`] over `trace` against the simulated upstream (one lane).
+/// Drive a real [`Scheduler`] over `trace` against simulated upstreams, one per lane of `cfg`
+/// (each with one resident model, its own slots and loads).
 ///
 /// `cfg.models` is replaced by the catalogue. Panics if the run does not settle within a bound of
 /// steps proportional to the trace (a livelock is a bug, and this turns it into a failing test).
@@ -267,9 +268,9 @@ pub fn run_scheduler_observed(
     observe: &mut dyn FnMut(&Scheduler, Option<&Event>),
 ) -> Report {
     cfg.models = model_specs(models);
-    cfg.lanes = vec!["sim".into()];
+    let lanes = cfg.lanes.len();
     let mut core = Scheduler::new(cfg).expect("valid simulation config");
-    let mut up = Upstream::new();
+    let mut ups: Vec<Upstream> = (0..lanes).map(|_| Upstream::new()).collect();
     let mut report = Report::default();
     let mut heap: BinaryHeap<Reverse<(Time, u64, Ev)>> = BinaryHeap::new();
     let mut seq = 0u64;
@@ -324,7 +325,8 @@ pub fn run_scheduler_observed(
                             Admission::Rejected(_) => report.not_completed += 1,
                         }
                     }
-                    Ev::Done(id, ok) => {
+                    Ev::Done(id, ok, lane) => {
+                        let up = &mut ups[lane];
                         up.running -= 1;
                         if up.running == 0 {
                             up.running_model = None;
@@ -354,9 +356,10 @@ pub fn run_scheduler_observed(
         while let Some(ev) = core.poll_event() {
             observe(&core, Some(&ev));
             match ev {
-                Event::Dispatch { id, .. } => {
+                Event::Dispatch { id, lane, .. } => {
                     let i = item_of[&id];
                     let item = &trace[i];
+                    let up = &mut ups[lane.0];
                     let start = up.ensure(models, item.model, now);
                     up.running += 1;
                     up.running_model = Some(item.model);
@@ -365,19 +368,23 @@ pub fn run_scheduler_observed(
                     if ok {
                         let waits = report.waits.entry(item.kind).or_default();
                         waits.push(start.saturating_since(item.at));
-                        push(&mut heap, start + item.service, Ev::Done(id, true));
+                        push(&mut heap, start + item.service, Ev::Done(id, true, lane.0));
                     } else {
                         *left -= 1;
-                        push(&mut heap, start + item.service / 4, Ev::Done(id, false));
+                        push(
+                            &mut heap,
+                            start + item.service / 4,
+                            Ev::Done(id, false, lane.0),
+                        );
                     }
                 }
                 Event::Expired { .. } | Event::Failed { .. } => report.not_completed += 1,
                 Event::Unload { lane, .. } => {
-                    up.resident = None;
+                    ups[lane.0].resident = None;
                     push(&mut heap, now, Ev::Lifecycle(lane.0));
                 }
                 Event::WarmUp { lane, model } => {
-                    let ready = up.ensure(models, model.0, now);
+                    let ready = ups[lane.0].ensure(models, model.0, now);
                     push(&mut heap, ready, Ev::Lifecycle(lane.0));
                 }
                 Event::Switched { .. }
@@ -387,9 +394,9 @@ pub fn run_scheduler_observed(
         }
         observe(&core, None);
     }
-    report.loads = up.loads;
-    report.load_time = up.load_time;
-    report.overcommits = up.overcommits;
+    report.loads = ups.iter().map(|u| u.loads).sum();
+    report.load_time = ups.iter().map(|u| u.load_time).sum();
+    report.overcommits = ups.iter().map(|u| u.overcommits).sum();
     report.makespan = last.saturating_since(first);
     report
 }

@@ -283,6 +283,21 @@ impl Scheduler {
                 take(until);
             }
         }
+        // Under affinity an idle lane may leave a group to the lane that has its model, until the
+        // group starves: wake up when it does, so the idle lane can take it then.
+        if let (crate::config::Routing::Affinity { .. }, Some(s)) =
+            (self.cfg.routing, self.cfg.bounds.starvation_after)
+            && self.lanes.len() > 1
+            && self.lanes.iter().any(|l| l.in_flight == 0)
+        {
+            for g in self.groups.iter().filter(|g| g.depth > 0) {
+                if let Some(f) = self.front_arrival(g)
+                    && f + s > self.now
+                {
+                    take(f + s);
+                }
+            }
+        }
         t
     }
 

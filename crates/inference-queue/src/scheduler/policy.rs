@@ -2,6 +2,7 @@
 //! bounds, the switch barrier and lifecycle calls, and dispatch within `max_in_flight`.
 
 use super::*;
+use crate::config::Routing;
 
 impl Scheduler {
     pub(super) fn pump(&mut self) {
@@ -10,8 +11,62 @@ impl Scheduler {
         }
     }
 
+    /// Whether `lane` may take work from `g`: it has work, is not pinned elsewhere, and the
+    /// routing lets this lane serve it.
     pub(super) fn eligible(&self, lane: usize, g: &Group) -> bool {
-        g.depth > 0 && g.key.lane.is_none_or(|l| l.0 == lane)
+        if g.depth == 0 || g.key.lane.is_some_and(|l| l.0 != lane) {
+            return false;
+        }
+        if g.key.lane.is_some() {
+            // Pinned here: the pin overrides the routing.
+            return true;
+        }
+        match self.cfg.routing {
+            Routing::LeastLoaded => true,
+            Routing::StickyHash => self.sticky_lane(g.key.model) == lane,
+            Routing::Affinity { replica_depth } => self.affine(lane, g, replica_depth),
+        }
+    }
+
+    /// The lane a model belongs to under [`Routing::StickyHash`]: FNV-1a of its name.
+    pub(super) fn sticky_lane(&self, model: ModelId) -> usize {
+        let name = &self.cfg.models[model.0].name;
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (h % self.lanes.len() as u64) as usize
+    }
+
+    /// Affinity: `lane` leaves `g` to the healthy lanes that have its model loaded, unless `g` is
+    /// starving or waits deeper than `replica_depth` requests per slot of those lanes.
+    fn affine(&self, lane: usize, g: &Group, replica_depth: u32) -> bool {
+        let model = g.key.model;
+        let here = &self.lanes[lane];
+        if here.loaded == Some(model) || here.in_flight_model == Some(model) {
+            return true;
+        }
+        let owners = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| {
+                *i != lane
+                    && (l.loaded == Some(model) || l.in_flight_model == Some(model))
+                    && matches!(l.breaker, Breaker::Closed { .. })
+            })
+            .count() as u64;
+        if owners == 0 {
+            return true;
+        }
+        let slots = u64::from(self.cfg.models[model.0].max_in_flight) * owners;
+        if g.depth as u64 >= u64::from(replica_depth) * slots {
+            return true;
+        }
+        // A starving group may go anywhere: the starvation bound holds under affinity too.
+        self.cfg.bounds.starvation_after.is_some_and(|s| {
+            self.front_arrival(g)
+                .is_some_and(|f| self.now.saturating_since(f) >= s)
+        })
     }
 
     pub(super) fn pump_lane(&mut self, lane: usize) {
