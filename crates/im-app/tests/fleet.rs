@@ -1,0 +1,239 @@
+//! A fleet end to end: im in front of three simulated LocalAI servers under a mixed load. One
+//! server's network dies mid-run (its connections reset, new ones refused) and comes back later:
+//! every request is answered (none lost, none hanging), the work moves to the other servers, the
+//! server rejoins, and no server ever has two models competing for its memory.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use im_app::config::{ImConfig, ModelEntry};
+use im_app::{self as app, DEMO_KEY};
+use localai_sim::{SimConfig, SimServer};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+const LLM: &str = "llama-3.2-3b-instruct";
+const VLM: &str = "llava-1.6-mistral-7b";
+const SD: &str = "stablediffusion";
+
+/// A TCP relay in front of a simulator that can fail like a dead machine: `cut` resets every
+/// connection and stops listening; `restore` listens on the same address again.
+struct Relay {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut relay = Relay {
+            addr,
+            upstream,
+            tasks: None,
+        };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let upstream = self.upstream;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+
+    /// The machine dies: listener and every connection go at once.
+    async fn cut(&mut self) {
+        if let Some(mut t) = self.tasks.take() {
+            t.shutdown().await;
+        }
+    }
+
+    /// It comes back on the same address.
+    async fn restore(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.expect("rebind");
+        self.serve(listener);
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn body_for(i: usize) -> (&'static str, Value) {
+    match i % 4 {
+        0 | 1 => (
+            "/v1/chat/completions",
+            json!({"model": LLM, "messages": [{"role": "user", "content": format!("question {i}")}], "max_tokens": 4}),
+        ),
+        2 => (
+            "/txt2img",
+            json!({"model": SD, "prompt": format!("picture {i}"), "width": 64, "height": 64, "steps": 2}),
+        ),
+        _ => (
+            "/txt2txt",
+            json!({"model": VLM, "messages": [{"role": "user", "content": "describe"}], "max_tokens": 4}),
+        ),
+    }
+}
+
+async fn call(app: &axum::Router, path: &str, body: &Value) -> (StatusCode, Value) {
+    let req = Request::post(path)
+        .header("x-api-key", DEMO_KEY)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Fire `n` requests from `from`, staggered, and collect every answer.
+async fn load(app: &axum::Router, from: usize, n: usize) -> Vec<(StatusCode, Value)> {
+    let mut set = JoinSet::new();
+    for i in from..from + n {
+        let app = app.clone();
+        set.spawn(async move {
+            tokio::time::sleep(Duration::from_millis((i - from) as u64 * 3)).await;
+            let (path, body) = body_for(i);
+            tokio::time::timeout(Duration::from_secs(60), call(&app, path, &body))
+                .await
+                .expect("an answer within the test's patience: nothing hangs")
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.expect("task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_dies_mid_run_its_work_moves_and_it_rejoins() {
+    let mut sims = Vec::new();
+    let mut relays = Vec::new();
+    for seed in 0..3 {
+        let sim = SimServer::start(SimConfig {
+            time_scale: 0.005,
+            seed,
+            ..SimConfig::default()
+        })
+        .await
+        .expect("sim");
+        relays.push(Relay::start(sim.addr()).await);
+        sims.push(sim);
+    }
+    let mut cfg = ImConfig::default();
+    cfg.upstreams = relays.iter().map(Relay::url).collect();
+    cfg.api_keys = vec![DEMO_KEY.into()];
+    cfg.models = [
+        (LLM, vec!["txt2txt"], 4),
+        (VLM, vec!["img2txt", "txt2txt"], 2),
+        (SD, vec!["txt2img", "img2img"], 1),
+    ]
+    .into_iter()
+    .map(|(name, kinds, slots)| ModelEntry {
+        name: name.into(),
+        kinds: kinds.into_iter().map(str::to_owned).collect(),
+        max_in_flight: Some(slots),
+        aliases: Vec::new(),
+    })
+    .collect();
+    cfg.retry.base_ms = 5;
+    cfg.retry.cap_ms = 50;
+    cfg.breaker.failure_threshold = 2;
+    cfg.breaker.cooldown_s = 0.5;
+    let built = app::build(cfg, None).await.expect("build");
+    let app = im_http_api::router(built.state.clone());
+
+    // A mixed load; lane 1's server dies while it runs.
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { load(&app, 0, 120).await })
+    };
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    relays[1].cut().await;
+    let mut answers = first.await.expect("load");
+    answers.extend(load(&app, 120, 60).await);
+    let served_while_down: Vec<u64> = sims
+        .iter()
+        .map(|s| s.state().stats().requests_total)
+        .collect();
+
+    // Back on the same address: after the breaker's cooldown it takes work again.
+    relays[1].restore().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = sims[1].state().stats().requests_total;
+    // Enough image work at once that affinity puts the model on a second server too.
+    let mut set = JoinSet::new();
+    for i in 0..80 {
+        let app = app.clone();
+        set.spawn(async move {
+            let body = json!({"model": SD, "prompt": format!("after {i}"), "width": 64, "height": 64, "steps": 2});
+            call(&app, "/txt2img", &body).await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        answers.push(r.expect("task"));
+    }
+
+    let failed: Vec<&(StatusCode, Value)> =
+        answers.iter().filter(|(s, _)| !s.is_success()).collect();
+    for (s, v) in &failed {
+        assert!(
+            v["error"]["type"].is_string(),
+            "a failure is an explicit error, got {s}: {v}"
+        );
+    }
+    assert!(
+        failed.is_empty(),
+        "with two servers left every request is served (retried elsewhere): {} failed, first {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(answers.len(), 260, "every request answered");
+    assert!(
+        sims[0].state().stats().requests_total + sims[2].state().stats().requests_total > 0,
+        "the others served: {served_while_down:?}"
+    );
+    assert!(
+        sims[1].state().stats().requests_total > before,
+        "the server rejoined and took work ({before} before)"
+    );
+    for (i, s) in sims.iter().enumerate() {
+        assert_eq!(s.state().stats().overcommits, 0, "server {i} overcommitted");
+    }
+    let st = built.engine.status().await.expect("running");
+    assert_eq!(
+        (
+            st.counters.completed,
+            st.counters.failed,
+            st.counters.expired
+        ),
+        (260, 0, 0),
+        "the core's count agrees: {:?}",
+        st.counters
+    );
+    let (ready, body) = built.service.readiness(true).await;
+    assert!(ready, "every lane ready again: {body}");
+}
