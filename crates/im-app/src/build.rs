@@ -73,7 +73,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
             let server = SimServer::start(sc.clone())
                 .await
                 .map_err(BuildError::Sim)?;
-            config.upstreams = vec![server.url()];
+            config.upstreams = vec![server.url().into()];
             if config.models.is_empty() {
                 config.models = sc
                     .models
@@ -97,10 +97,13 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         .upstreams
         .iter()
         .map(|u| {
-            let mut c = ClientConfig::new(u.clone());
-            c.api_key = config.upstream_api_key.clone();
+            let mut c = ClientConfig::new(u.url().to_owned());
+            c.api_key = u
+                .api_key()
+                .map(str::to_owned)
+                .or_else(|| config.upstream_api_key.clone());
             LocalAiClient::new(c).map_err(|e| BuildError::Discovery {
-                url: u.clone(),
+                url: u.url().to_owned(),
                 error: e.to_string(),
             })
         })
@@ -109,7 +112,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         config.models = discover(&clients[0], &config.discovery)
             .await
             .map_err(|e| BuildError::Discovery {
-                url: config.upstreams[0].clone(),
+                url: config.upstreams[0].url().to_owned(),
                 error: e.to_string(),
             })?;
         tracing::info!(models = ?config.models.iter().map(|m| (&m.name, &m.kinds, m.max_in_flight)).collect::<Vec<_>>(), "discovered models");

@@ -56,7 +56,7 @@ impl CommonArgs {
             cfg.listen = l.clone();
         }
         if !self.upstreams.is_empty() {
-            cfg.upstreams = self.upstreams.clone();
+            cfg.upstreams = self.upstreams.iter().map(|u| u.as_str().into()).collect();
         }
         let keys: Vec<String> = self
             .api_keys

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct ImConfig {
     /// Address to listen on.
     pub listen: String,
-    /// LocalAI base URLs, one per lane (the first version serves one).
-    pub upstreams: Vec<String>,
+    /// LocalAI servers, one lane each: a base URL, or a table with `url`, `name` and `api_key`.
+    pub upstreams: Vec<UpstreamEntry>,
     /// Key sent to LocalAI, if it needs one.
     pub upstream_api_key: Option<String>,
     /// API keys clients must send. Empty: auth is off, which is refused on a non-loopback
@@ -110,6 +110,77 @@ impl std::fmt::Debug for KeyEntry {
 
 fn ordinary_scopes() -> Vec<im_service::Scope> {
     im_service::Scope::ORDINARY.to_vec()
+}
+
+/// One upstream (a lane): its base URL, or a table naming it and its key.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum UpstreamEntry {
+    /// Just the base URL.
+    Url(String),
+    /// URL, name and key.
+    Table {
+        /// Base URL (`http://host:8080`).
+        url: String,
+        /// The lane's name in status, metrics and logs (default: `default`, `lane1`, ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The key this server needs (default: `upstream_api_key`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for UpstreamEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamEntry::Url(u) => write!(f, "{u:?}"),
+            UpstreamEntry::Table { url, name, api_key } => f
+                .debug_struct("Upstream")
+                .field("url", url)
+                .field("name", name)
+                .field("api_key", &api_key.as_ref().map(|_| "<set>"))
+                .finish(),
+        }
+    }
+}
+
+impl From<String> for UpstreamEntry {
+    fn from(url: String) -> UpstreamEntry {
+        UpstreamEntry::Url(url)
+    }
+}
+
+impl From<&str> for UpstreamEntry {
+    fn from(url: &str) -> UpstreamEntry {
+        UpstreamEntry::Url(url.to_owned())
+    }
+}
+
+impl UpstreamEntry {
+    /// Its base URL.
+    pub fn url(&self) -> &str {
+        match self {
+            UpstreamEntry::Url(u) | UpstreamEntry::Table { url: u, .. } => u,
+        }
+    }
+
+    /// Its lane name, given or made from its position `i`.
+    pub fn name(&self, i: usize) -> String {
+        match self {
+            UpstreamEntry::Table { name: Some(n), .. } => n.clone(),
+            _ if i == 0 => "default".to_owned(),
+            _ => format!("lane{i}"),
+        }
+    }
+
+    /// Its own key, if it has one.
+    pub fn api_key(&self) -> Option<&str> {
+        match self {
+            UpstreamEntry::Table { api_key, .. } => api_key.as_deref(),
+            UpstreamEntry::Url(_) => None,
+        }
+    }
 }
 
 /// How groups are spread over lanes (upstreams).
@@ -532,13 +603,7 @@ impl ImConfig {
             .upstreams
             .iter()
             .enumerate()
-            .map(|(i, _)| {
-                if i == 0 {
-                    "default".to_owned()
-                } else {
-                    format!("lane{i}")
-                }
-            })
+            .map(|(i, u)| u.name(i))
             .collect();
         c.models = self
             .models
@@ -586,11 +651,26 @@ impl ImConfig {
         if self.upstreams.is_empty() {
             return Err(invalid("upstreams", "at least one LocalAI URL"));
         }
+        let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
+            let url = u.url();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(
                     format!("upstreams[{i}]"),
                     "must be an http:// or https:// URL",
+                ));
+            }
+            let name = u.name(i);
+            if name.trim().is_empty() || name.len() > 64 {
+                return Err(invalid(
+                    format!("upstreams[{i}].name"),
+                    "1 to 64 characters",
+                ));
+            }
+            if !names.insert(name) {
+                return Err(invalid(
+                    format!("upstreams[{i}].name"),
+                    "two upstreams have the same name",
                 ));
             }
         }
@@ -785,6 +865,30 @@ mod tests {
     }
 
     #[test]
+    fn upstreams_are_urls_or_tables_with_a_name_and_a_key() {
+        let text = "upstreams = [\"http://a:8080\", { url = \"http://b:8080\", name = \"gpu1\", api_key = \"s3cret\" }]\n";
+        let c = ImConfig::from_toml(text).expect("both forms");
+        assert_eq!(c.upstreams[0].url(), "http://a:8080");
+        assert_eq!(
+            (
+                c.upstreams[1].url(),
+                c.upstreams[1].name(1),
+                c.upstreams[1].api_key()
+            ),
+            ("http://b:8080", "gpu1".to_owned(), Some("s3cret"))
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the key stays out of logs"
+        );
+        let text = "[[upstreams]]\nurl = \"http://a:8080\"\nname = \"x\"\n[[upstreams]]\nurl = \"http://b:8080\"\nname = \"x\"\n";
+        let e = ImConfig::from_toml(text)
+            .and_then(|c| c.validate().map(|()| c))
+            .expect_err("a name twice");
+        assert!(e.to_string().contains("upstreams[1].name"), "{e}");
+    }
+
+    #[test]
     fn routing_is_read_and_checked() {
         let mut c = ImConfig::default();
         c.upstreams = vec!["http://a:8080".into(), "http://b:8080".into()];
@@ -795,7 +899,7 @@ mod tests {
             aliases: Vec::new(),
         }];
         let core = c.core().expect("valid");
-        assert_eq!(core.lanes.len(), 2);
+        assert_eq!(core.lanes, vec!["default".to_owned(), "lane1".to_owned()]);
         assert_eq!(
             core.routing,
             inference_queue::Routing::Affinity { replica_depth: 12 }

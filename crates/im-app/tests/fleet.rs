@@ -144,7 +144,7 @@ async fn a_server_dies_mid_run_its_work_moves_and_it_rejoins() {
         sims.push(sim);
     }
     let mut cfg = ImConfig::default();
-    cfg.upstreams = relays.iter().map(Relay::url).collect();
+    cfg.upstreams = relays.iter().map(|r| r.url().into()).collect();
     cfg.api_keys = vec![DEMO_KEY.into()];
     cfg.models = [
         (LLM, vec!["txt2txt"], 4),

@@ -38,7 +38,7 @@ async fn in_front_of(mode: SimMode, f: impl FnOnce(&mut ImConfig)) -> (SimServer
     .await
     .expect("sim");
     let mut cfg = ImConfig::default();
-    cfg.upstreams = vec![sim.url()];
+    cfg.upstreams = vec![sim.url().into()];
     cfg.api_keys = vec![DEMO_KEY.into()];
     cfg.retry.base_ms = 1;
     cfg.retry.cap_ms = 5;
@@ -459,7 +459,7 @@ async fn upstream_tracebacks_reach_no_caller() {
     let url = format!("http://{}", l.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(l, app).await });
     let mut cfg = ImConfig::default();
-    cfg.upstreams = vec![url];
+    cfg.upstreams = vec![url.into()];
     cfg.api_keys = vec![DEMO_KEY.into()];
     cfg.retry.max_retries = 1;
     cfg.retry.base_ms = 1;

@@ -441,7 +441,7 @@ async fn upstream_unavailable_and_rate_limited() {
     let dead = format!("http://{}", l.local_addr().expect("addr"));
     drop(l);
     let mut cfg = ImConfig::default();
-    cfg.upstreams = vec![dead];
+    cfg.upstreams = vec![dead.into()];
     cfg.api_keys = vec!["k1".into(), "k2".into()];
     cfg.models = vec![ModelEntry {
         name: LLM.into(),

@@ -277,7 +277,7 @@ async fn without_keys_management_stays_closed() {
     .await
     .expect("sim");
     let mut cfg = ImConfig::default();
-    cfg.upstreams = vec![sim.url()];
+    cfg.upstreams = vec![sim.url().into()];
     assert!(!cfg.has_keys());
     let built = app::build(cfg, None).await.expect("build");
     let app = im_http_api::router(built.state.clone());
