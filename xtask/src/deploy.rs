@@ -32,9 +32,14 @@ fn yaml_docs(path: &Path) -> Result<Vec<Value>> {
     Ok(docs)
 }
 
-fn load_config(label: &str, text: &str) -> Result<()> {
-    let cfg = im_app::config::ImConfig::from_toml(text)
+/// Load a config through im's loader and validate it. `keys_from_env`: the deployment sets
+/// `IM_API_KEYS` (compose's env file, a k8s Secret), which the binaries apply over the file.
+fn load_config(label: &str, text: &str, keys_from_env: bool) -> Result<()> {
+    let mut cfg = im_app::config::ImConfig::from_toml(text)
         .with_context(|| format!("{label}: im's loader refuses it"))?;
+    if keys_from_env && !cfg.has_keys() {
+        cfg.api_keys = vec!["key-from-IM_API_KEYS".into()];
+    }
     cfg.validate()
         .with_context(|| format!("{label}: invalid"))?;
     Ok(())
@@ -276,10 +281,12 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
     load_config(
         "deploy/im.example.toml",
         &std::fs::read_to_string(deploy.join("im.example.toml"))?,
+        false,
     )?;
     load_config(
         "deploy/im.compose.toml",
         &std::fs::read_to_string(deploy.join("im.compose.toml"))?,
+        true,
     )?;
     let mut k8s = Vec::new();
     for p in all.iter().filter(|p| p.starts_with(deploy.join("k8s"))) {
@@ -298,7 +305,7 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
         .first()
         .and_then(|c| c["data"]["im.toml"].as_str())
         .context("k8s: ConfigMap im.toml missing")?;
-    load_config("k8s ConfigMap im.toml", toml)?;
+    load_config("k8s ConfigMap im.toml", toml, true)?;
     let dep = kind("Deployment");
     let dep = dep.first().context("k8s: Deployment missing")?;
     ensure!(

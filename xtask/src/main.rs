@@ -79,7 +79,8 @@ fn run_sim(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask ci`: what CI runs. Formatting, lints as errors, then every test.
+/// `cargo xtask ci`: what CI runs. Formatting, lints as errors, the static deploy checks, then
+/// every test.
 fn run_ci() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
@@ -90,6 +91,7 @@ fn run_ci() -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    run_deploy_check()?;
     cargo(&["test", "--workspace"])?;
     Ok(())
 }
