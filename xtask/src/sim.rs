@@ -27,12 +27,19 @@ fn strict() -> Config {
     }
 }
 
+/// The wait quantiles `qs` of kind `k` in seconds, `/`-separated (`-` when none waited).
+fn fmt_quantiles(r: &Report, k: Kind, qs: &[f64]) -> String {
+    qs.iter()
+        .map(|q| {
+            r.wait_quantile(k, *q)
+                .map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64()))
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn fmt_wait(r: &Report, k: Kind) -> String {
-    let q = |q| {
-        r.wait_quantile(k, q)
-            .map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64()))
-    };
-    format!("{}/{}/{}", q(0.5), q(0.99), q(1.0))
+    fmt_quantiles(r, k, &[0.5, 0.99, 1.0])
 }
 
 /// Run every row and return the markdown table plus the checks of the scheduler issue.
@@ -159,13 +166,7 @@ pub fn fleet_table(hours: f64, seed: u64) -> (String, Vec<String>) {
                     ..bounded()
                 };
                 let r = sim::run_scheduler(cfg, &models, &trace);
-                let q = |k: Kind| {
-                    let f = |q| {
-                        r.wait_quantile(k, q)
-                            .map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64()))
-                    };
-                    format!("{}/{}", f(0.5), f(0.99))
-                };
+                let q = |k: Kind| fmt_quantiles(&r, k, &[0.5, 0.99]);
                 let _ = writeln!(
                     out,
                     "| {lanes} | {:.0}% | {} | {:.0} | {} | {} | {} | {} | {} | {} |",

@@ -34,6 +34,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ErrorBody, HttpError};
+use schema::PassThrough;
 pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
 
 /// The OpenAPI document of every route.
@@ -52,7 +53,7 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         schema::Role, schema::ChatCompletionRequest, schema::CompletionRequest, schema::EmbeddingRequest,
         schema::ImageGenerationRequest, schema::RerankRequest, schema::SpeechRequest, schema::TranscriptionForm,
         schema::ImageEditForm)),
-    modifiers(&SecurityAddon),
+    modifiers(&SecurityAddon, &PassThrough),
     tags((name = "seed", description = "The seed endpoints"), (name = "openai", description = "OpenAI-compatible endpoints"),
          (name = "operations", description = "Metrics, status, health"),
          (name = "admin", description = "LocalAI's management routes, relayed for `admin` keys"))

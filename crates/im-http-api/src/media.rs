@@ -21,6 +21,19 @@ use crate::openai::{object, opt, parse_size, refuse_unknown, respond, string_fie
 use crate::seed::body;
 use crate::state::{AppState, Arrived};
 
+/// The rerank fields passed to the upstream as they are.
+pub(crate) const RERANK_PASS_THROUGH: &[&str] = &["return_documents"];
+
+/// The speech fields passed to the upstream as they are.
+pub(crate) const SPEECH_PASS_THROUGH: &[&str] = &[
+    "voice",
+    "response_format",
+    "speed",
+    "instructions",
+    "backend",
+    "language",
+];
+
 /// LocalAI's rerank (Jina-style): documents ordered by relevance to the query.
 #[utoipa::path(post, path = "/v1/rerank", tag = "openai",
     request_body(content = crate::schema::RerankRequest, description = "LocalAI's Jina-style rerank request"),
@@ -60,7 +73,7 @@ fn rerank_call(b: &Bytes) -> Result<Call, ServiceError> {
     };
     let top_n: Option<u64> = opt(&mut o, "top_n")?;
     let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
-    refuse_unknown(&o, &["return_documents"])?;
+    refuse_unknown(&o, RERANK_PASS_THROUGH)?;
     Call::rerank(RerankInput {
         model,
         query,
@@ -117,17 +130,7 @@ fn speech_call(b: &Bytes) -> Result<Call, ServiceError> {
         Some(_) => return Err(ServiceError::invalid("input", "must be a string")),
     };
     let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
-    refuse_unknown(
-        &o,
-        &[
-            "voice",
-            "response_format",
-            "speed",
-            "instructions",
-            "backend",
-            "language",
-        ],
-    )?;
+    refuse_unknown(&o, SPEECH_PASS_THROUGH)?;
     Call::speech(SpeechInput {
         model,
         input,

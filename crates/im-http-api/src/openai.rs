@@ -94,7 +94,7 @@ pub(crate) async fn respond(
 }
 
 /// The chat fields passed to the upstream as they are, besides those im reads itself.
-const PASS_THROUGH: &[&str] = &[
+pub(crate) const PASS_THROUGH: &[&str] = &[
     "top_p",
     "top_k",
     "min_p",
@@ -184,7 +184,7 @@ fn chat_call(st: &AppState, b: &Bytes) -> Result<Call, ServiceError> {
 }
 
 /// The text-completion fields passed to the upstream as they are, besides those im reads itself.
-const COMPLETION_PASS_THROUGH: &[&str] = &[
+pub(crate) const COMPLETION_PASS_THROUGH: &[&str] = &[
     "max_tokens",
     "top_p",
     "top_k",
@@ -244,6 +244,9 @@ fn completion_call(b: &Bytes) -> Result<Call, ServiceError> {
     })
 }
 
+/// The embedding fields passed to the upstream as they are.
+pub(crate) const EMBEDDING_PASS_THROUGH: &[&str] = &["encoding_format", "dimensions", "user"];
+
 /// OpenAI embeddings (the `embed` kind), passed to the upstream as they came once validated.
 #[utoipa::path(post, path = "/v1/embeddings", tag = "openai",
     request_body(content = crate::schema::EmbeddingRequest, description = "An OpenAI embeddings request"),
@@ -270,7 +273,7 @@ fn embedding_call(b: &Bytes) -> Result<Call, ServiceError> {
         .filter(|i| !i.is_null())
         .ok_or_else(|| ServiceError::invalid("input", "missing field `input`"))?;
     let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
-    refuse_unknown(&o, &["encoding_format", "dimensions", "user"])?;
+    refuse_unknown(&o, EMBEDDING_PASS_THROUGH)?;
     Call::embedding(EmbeddingInput {
         model,
         input,

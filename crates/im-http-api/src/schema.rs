@@ -5,15 +5,46 @@
 //! bodies themselves (to pass them on without copies); these types exist for the document.
 //!
 //! Fields im passes to the upstream without reading are typed "any" (`{}`): im does not check
-//! them, the upstream does.
+//! them, the upstream does. They are added to the schemas by [`PassThrough`] from the same lists
+//! the handlers accept them by.
 
 #![allow(dead_code)]
 
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{
     AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type,
 };
+
+/// Adds to each request schema the fields its handler passes to the upstream unread, from the
+/// handler's own list.
+pub struct PassThrough;
+
+impl utoipa::Modify for PassThrough {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let lists: [(&str, &[&str]); 5] = [
+            ("ChatCompletionRequest", crate::openai::PASS_THROUGH),
+            ("CompletionRequest", crate::openai::COMPLETION_PASS_THROUGH),
+            ("EmbeddingRequest", crate::openai::EMBEDDING_PASS_THROUGH),
+            ("RerankRequest", crate::media::RERANK_PASS_THROUGH),
+            ("SpeechRequest", crate::media::SPEECH_PASS_THROUGH),
+        ];
+        for (name, fields) in lists {
+            if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut(name) {
+                for f in fields {
+                    let any = ObjectBuilder::new()
+                        .schema_type(SchemaType::AnyValue)
+                        .description(Some("Passed to the upstream."));
+                    o.properties.insert((*f).to_owned(), any.into());
+                }
+            }
+        }
+    }
+}
 
 /// The largest image side of the default configuration (`http.max_image_side`).
 pub const MAX_IMAGE_SIDE: u32 = 2048;
@@ -134,62 +165,6 @@ pub struct ChatCompletionRequest {
     pub deadline_ms: Option<u64>,
     /// Accepted and ignored (im always ends a stream with `[DONE]`).
     pub stream_options: Option<Value>,
-    /// Passed to the upstream.
-    pub top_p: Option<Value>,
-    /// Passed to the upstream.
-    pub top_k: Option<Value>,
-    /// Passed to the upstream.
-    pub min_p: Option<Value>,
-    /// Passed to the upstream.
-    pub typical_p: Option<Value>,
-    /// Passed to the upstream.
-    pub stop: Option<Value>,
-    /// Passed to the upstream.
-    pub seed: Option<Value>,
-    /// Passed to the upstream.
-    pub n: Option<Value>,
-    /// Passed to the upstream.
-    pub presence_penalty: Option<Value>,
-    /// Passed to the upstream.
-    pub frequency_penalty: Option<Value>,
-    /// Passed to the upstream.
-    pub repeat_penalty: Option<Value>,
-    /// Passed to the upstream.
-    pub logit_bias: Option<Value>,
-    /// Passed to the upstream.
-    pub logprobs: Option<Value>,
-    /// Passed to the upstream.
-    pub top_logprobs: Option<Value>,
-    /// Passed to the upstream.
-    pub max_completion_tokens: Option<Value>,
-    /// Passed to the upstream.
-    pub response_format: Option<Value>,
-    /// Passed to the upstream.
-    pub tools: Option<Value>,
-    /// Passed to the upstream.
-    pub tool_choice: Option<Value>,
-    /// Passed to the upstream.
-    pub parallel_tool_calls: Option<Value>,
-    /// Passed to the upstream.
-    pub functions: Option<Value>,
-    /// Passed to the upstream.
-    pub function_call: Option<Value>,
-    /// Passed to the upstream.
-    pub user: Option<Value>,
-    /// Passed to the upstream.
-    pub metadata: Option<Value>,
-    /// Passed to the upstream.
-    pub store: Option<Value>,
-    /// Passed to the upstream.
-    pub reasoning_effort: Option<Value>,
-    /// Passed to the upstream (LocalAI).
-    pub grammar: Option<Value>,
-    /// Passed to the upstream (LocalAI).
-    pub mirostat: Option<Value>,
-    /// Passed to the upstream (LocalAI).
-    pub mirostat_tau: Option<Value>,
-    /// Passed to the upstream (LocalAI).
-    pub mirostat_eta: Option<Value>,
 }
 
 /// `POST /v1/completions`.
@@ -212,40 +187,6 @@ pub struct CompletionRequest {
     pub deadline_ms: Option<u64>,
     /// Accepted and ignored.
     pub stream_options: Option<Value>,
-    /// Passed to the upstream.
-    pub max_tokens: Option<Value>,
-    /// Passed to the upstream.
-    pub top_p: Option<Value>,
-    /// Passed to the upstream.
-    pub top_k: Option<Value>,
-    /// Passed to the upstream.
-    pub min_p: Option<Value>,
-    /// Passed to the upstream.
-    pub n: Option<Value>,
-    /// Passed to the upstream.
-    pub stop: Option<Value>,
-    /// Passed to the upstream.
-    pub seed: Option<Value>,
-    /// Passed to the upstream.
-    pub presence_penalty: Option<Value>,
-    /// Passed to the upstream.
-    pub frequency_penalty: Option<Value>,
-    /// Passed to the upstream.
-    pub repeat_penalty: Option<Value>,
-    /// Passed to the upstream.
-    pub logit_bias: Option<Value>,
-    /// Passed to the upstream.
-    pub logprobs: Option<Value>,
-    /// Passed to the upstream.
-    pub echo: Option<Value>,
-    /// Passed to the upstream.
-    pub best_of: Option<Value>,
-    /// Passed to the upstream.
-    pub suffix: Option<Value>,
-    /// Passed to the upstream.
-    pub user: Option<Value>,
-    /// Passed to the upstream (LocalAI).
-    pub grammar: Option<Value>,
 }
 
 /// `POST /v1/embeddings`.
@@ -261,12 +202,6 @@ pub struct EmbeddingRequest {
     /// Queue deadline in milliseconds (only lowers the configured default).
     #[schema(minimum = 1)]
     pub deadline_ms: Option<u64>,
-    /// Passed to the upstream.
-    pub encoding_format: Option<Value>,
-    /// Passed to the upstream.
-    pub dimensions: Option<Value>,
-    /// Passed to the upstream.
-    pub user: Option<Value>,
 }
 
 /// `POST /v1/images/generations`. Other OpenAI fields (`quality`, `style`, `user`) are accepted
@@ -322,8 +257,6 @@ pub struct RerankRequest {
     /// How many of the best to return.
     #[schema(minimum = 1)]
     pub top_n: Option<u64>,
-    /// Passed to the upstream.
-    pub return_documents: Option<Value>,
     /// Queue deadline in milliseconds (only lowers the configured default).
     #[schema(minimum = 1)]
     pub deadline_ms: Option<u64>,
@@ -342,18 +275,6 @@ pub struct SpeechRequest {
     /// Queue deadline in milliseconds (only lowers the configured default).
     #[schema(minimum = 1)]
     pub deadline_ms: Option<u64>,
-    /// Passed to the upstream.
-    pub voice: Option<Value>,
-    /// Passed to the upstream.
-    pub response_format: Option<Value>,
-    /// Passed to the upstream.
-    pub speed: Option<Value>,
-    /// Passed to the upstream.
-    pub instructions: Option<Value>,
-    /// Passed to the upstream (LocalAI).
-    pub backend: Option<Value>,
-    /// Passed to the upstream (LocalAI).
-    pub language: Option<Value>,
 }
 
 /// `POST /v1/audio/transcriptions` (multipart form).

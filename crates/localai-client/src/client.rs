@@ -426,12 +426,7 @@ impl LocalAiClient {
             }
             Ok(ChatResponse { raw, body, content })
         };
-        tokio::time::timeout(total, work)
-            .await
-            .unwrap_or(Err(ClientError::Timeout {
-                after: total,
-                phase: "response",
-            }))
+        within(total, work).await
     }
 
     /// A streaming chat completion. Resolves once LocalAI has answered the head; the stream then
@@ -460,12 +455,7 @@ impl LocalAiClient {
             let (raw, body) = self.json_and_body(resp, total).await?;
             Ok(JsonResponse { raw, body })
         };
-        tokio::time::timeout(total, work)
-            .await
-            .unwrap_or(Err(ClientError::Timeout {
-                after: total,
-                phase: "response",
-            }))
+        within(total, work).await
     }
 
     /// `POST path` with a JSON body whose answer is passed on as bytes (speech audio).
@@ -508,12 +498,7 @@ impl LocalAiClient {
                 .await
                 .map_err(|e| ClientError::from_reqwest(e, total, "first byte"))?;
             let status = resp.status().as_u16();
-            let content_type = resp
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/octet-stream")
-                .to_owned();
+            let content_type = content_type_of(&resp);
             let body = read_capped(resp, self.cfg.max_body).await?;
             Ok(Forwarded {
                 status,
@@ -521,12 +506,7 @@ impl LocalAiClient {
                 body: Bytes::from(body),
             })
         };
-        tokio::time::timeout(total, work)
-            .await
-            .unwrap_or(Err(ClientError::Timeout {
-                after: total,
-                phase: "response",
-            }))
+        within(total, work).await
     }
 
     /// Send `rb` and read its answer as bytes within the chat limits.
@@ -534,24 +514,14 @@ impl LocalAiClient {
         let total = self.cfg.chat_total;
         let work = async {
             let resp = self.send(rb, self.cfg.chat_first_byte).await?;
-            let content_type = resp
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/octet-stream")
-                .to_owned();
+            let content_type = content_type_of(&resp);
             let body = read_capped(resp, self.cfg.max_body).await?;
             Ok(RawResponse {
                 content_type,
                 body: Bytes::from(body),
             })
         };
-        tokio::time::timeout(total, work)
-            .await
-            .unwrap_or(Err(ClientError::Timeout {
-                after: total,
-                phase: "response",
-            }))
+        within(total, work).await
     }
 
     /// [`Self::call_json`] as an event stream (`body` asks for `stream: true`).
@@ -681,12 +651,7 @@ impl LocalAiClient {
             let created = raw.get("created").and_then(Value::as_u64).unwrap_or(0);
             Ok(ImagesResponse { created, images })
         };
-        tokio::time::timeout(total, work)
-            .await
-            .unwrap_or(Err(ClientError::Timeout {
-                after: total,
-                phase: "response",
-            }))
+        within(total, work).await
     }
 
     async fn control(&self, rb: reqwest::RequestBuilder) -> Result<Value, ClientError> {
@@ -695,12 +660,7 @@ impl LocalAiClient {
             let resp = self.send(rb, total).await?;
             self.json(resp, total).await
         };
-        tokio::time::timeout(total, work)
-            .await
-            .unwrap_or(Err(ClientError::Timeout {
-                after: total,
-                phase: "response",
-            }))
+        within(total, work).await
     }
 
     /// Installed models (`GET /v1/models`).
@@ -900,6 +860,28 @@ struct StreamState {
 }
 
 /// Read a body up to `limit` bytes; more is a protocol error (the rest is not read).
+/// `work` within `total`, else a response timeout.
+async fn within<T>(
+    total: Duration,
+    work: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(total, work)
+        .await
+        .unwrap_or(Err(ClientError::Timeout {
+            after: total,
+            phase: "response",
+        }))
+}
+
+/// A response's `Content-Type`, `application/octet-stream` when it sent none.
+fn content_type_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned()
+}
+
 async fn read_capped(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, ClientError> {
     let declared = resp.content_length().unwrap_or(0);
     if declared > limit as u64 {
