@@ -369,7 +369,7 @@ async fn send(app: &Router, path: &str, body: &Value) -> (StatusCode, String) {
 fn model_for(path: &str) -> Option<&'static str> {
     Some(match path {
         "/txt2txt" | "/v1/chat/completions" => "llava-1.6-mistral-7b",
-        "/v1/completions" => "llama-3.2-3b-instruct",
+        "/v1/completions" | "/v1/infer" | "/v1/infer/stream" => "llama-3.2-3b-instruct",
         "/v1/embeddings" => "bge-small-en-v1.5",
         "/txt2img" | "/img2img" | "/v1/images/generations" => "stablediffusion",
         "/v1/rerank" => "jina-reranker-v1-base-en",

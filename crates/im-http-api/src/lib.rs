@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod infer;
 pub mod media;
 pub mod openai;
 pub mod ops;
@@ -45,18 +46,19 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         seed::txt2txt, seed::txt2img, seed::img2img, seed::img2txt,
         openai::chat_completions, openai::completions, openai::embeddings, openai::images_generations, openai::models,
         media::rerank, media::speech, media::tts, media::transcriptions, media::images_edits,
-        admin::relay,
+        admin::relay, infer::infer, infer::infer_stream, infer::root,
         ops::request_metrics, ops::error_metrics, ops::queue_status, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
         types::Txt2ImgRequest, types::Img2ImgRequest, types::Figures, types::TextResult, types::ImageResult,
         schema::Role, schema::ChatCompletionRequest, schema::CompletionRequest, schema::EmbeddingRequest,
         schema::ImageGenerationRequest, schema::RerankRequest, schema::SpeechRequest, schema::TranscriptionForm,
-        schema::ImageEditForm)),
+        schema::ImageEditForm, infer::InferRequest, infer::InferParams, infer::InferResponse, infer::Timings)),
     modifiers(&SecurityAddon, &PassThrough),
     tags((name = "seed", description = "The seed endpoints"), (name = "openai", description = "OpenAI-compatible endpoints"),
          (name = "operations", description = "Metrics, status, health"),
-         (name = "admin", description = "LocalAI's management routes, relayed for `admin` keys"))
+         (name = "admin", description = "LocalAI's management routes, relayed for `admin` keys"),
+         (name = "infer", description = "The seeds' `/v1/infer` dialect"))
 )]
 pub struct ApiDoc;
 
@@ -120,6 +122,9 @@ pub fn router_with(
         .route("/images/generations", post(openai::images_generations))
         .route("/v1/images/generations", post(openai::images_generations))
         .route("/v1/models", get(openai::models))
+        .route("/v1/infer", post(infer::infer))
+        .route("/v1/infer/stream", post(infer::infer_stream))
+        .route("/", get(infer::root))
         .route("/v1/rerank", post(media::rerank))
         .route("/rerank", post(media::rerank))
         .route("/v1/audio/speech", post(media::speech))

@@ -43,11 +43,12 @@ pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
     im_service::sane_request_id(headers.get("x-request-id").map(HeaderValue::as_bytes))
 }
 
-/// Paths that need no key: liveness, readiness (without a key it says only ready or not, so a
+/// Paths that need no key: what the API is (`/`), liveness, readiness (without a key it says only ready or not, so a
 /// Kubernetes probe needs no secret), and the API documentation (it holds no data; Swagger UI's
 /// "Authorize" button supplies the key for the calls it makes).
 fn is_open(path: &str) -> bool {
     path == "/health"
+        || path == "/"
         || path == "/ready"
         || path == "/openapi.json"
         || path == "/docs"
