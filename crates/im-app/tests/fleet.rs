@@ -237,3 +237,90 @@ async fn a_server_dies_mid_run_its_work_moves_and_it_rejoins() {
     let (ready, body) = built.service.readiness(true).await;
     assert!(ready, "every lane ready again: {body}");
 }
+
+#[tokio::test]
+async fn status_reports_each_backend() {
+    // Two servers: one healthy, one dropping every connection mid-answer (a fault that blames the
+    // server, so its breaker counts it).
+    let good = SimServer::start(SimConfig {
+        time_scale: 0.001,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let bad = SimServer::start(SimConfig {
+        time_scale: 0.001,
+        faults: localai_sim::Faults {
+            drop_connection: 1.0,
+            ..localai_sim::Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let mut cfg = ImConfig::default();
+    cfg.upstreams = vec![
+        im_app::config::UpstreamEntry::Table {
+            url: good.url(),
+            name: Some("good".into()),
+            api_key: None,
+        },
+        im_app::config::UpstreamEntry::Table {
+            url: bad.url(),
+            name: Some("bad".into()),
+            api_key: None,
+        },
+    ];
+    cfg.api_keys = vec![DEMO_KEY.into()];
+    cfg.retry.base_ms = 1;
+    cfg.retry.cap_ms = 5;
+    cfg.retry.max_retries = 6;
+    // The failing server's breaker opens after two failures; retries then go to the other.
+    cfg.breaker.failure_threshold = 2;
+    cfg.routing.strategy = "least_loaded".into();
+    let built = app::build(cfg, None).await.expect("build");
+    let app = im_http_api::router(built.state.clone());
+    let mut set = JoinSet::new();
+    for i in 0..24 {
+        let app = app.clone();
+        set.spawn(async move {
+            let (path, body) = body_for(i);
+            call(&app, path, &body).await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        let (s, v) = r.expect("task");
+        assert!(s.is_success(), "retried onto the good server: {s} {v}");
+    }
+    let req = Request::get("/status")
+        .header("x-api-key", DEMO_KEY)
+        .body(Body::empty())
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).expect("JSON");
+    let backends = v["backends"].as_array().expect("backends");
+    let by = |name: &str| {
+        backends
+            .iter()
+            .find(|b| b["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {v}"))
+            .clone()
+    };
+    let (g, b) = (by("good"), by("bad"));
+    assert_eq!(g["success_rate"], 1.0, "{g}");
+    assert!(g["requests"].as_u64().is_some_and(|n| n >= 24), "{g}");
+    assert!(
+        g["avg_latency_ms"].as_f64().is_some() && g["p95_latency_ms"].as_f64().is_some(),
+        "{g}"
+    );
+    assert!(
+        !g["loaded_models"].as_array().expect("list").is_empty(),
+        "{g}"
+    );
+    assert!(b["requests"].as_u64().is_some_and(|n| n >= 1), "{b}");
+    assert_eq!(b["success_rate"], 0.0, "every attempt there failed: {b}");
+    assert_ne!(b["health"], "healthy", "its breaker opened: {b}");
+    assert_eq!(v["queue_size"], 0);
+}

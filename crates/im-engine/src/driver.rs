@@ -80,6 +80,8 @@ struct Entry {
     last_error: Option<ClientError>,
     /// The caller went away while an attempt ran: the attempt finishes, its result is dropped.
     cancelled: bool,
+    /// A running stream's time to its first chunk.
+    first_chunk: Duration,
 }
 
 pub(crate) struct Driver {
@@ -224,6 +226,7 @@ impl Driver {
                                 abort: None,
                                 last_error: None,
                                 cancelled: false,
+                                first_chunk: Duration::ZERO,
                             },
                         );
                     }
@@ -268,6 +271,7 @@ impl Driver {
             } => {
                 self.switch_answered(lane);
                 if let Some(e) = self.entries.get_mut(&id) {
+                    e.first_chunk = processing;
                     let meta = meta_of(e, lane, processing);
                     if let Some(reply) = e.reply.take() {
                         let _ = reply.send(Ok(Completion {
@@ -296,6 +300,14 @@ impl Driver {
                 if let Some(e) = &error {
                     self.metrics.upstream_error(&self.lanes[lane.0], &e.label());
                 }
+                let first_chunk = self
+                    .entries
+                    .get(&id)
+                    .map_or(Duration::ZERO, |e| e.first_chunk);
+                let lane_ok = error.as_ref().is_none_or(|e| !e.blames_upstream());
+                self.metrics
+                    .lanes()
+                    .attempt(&self.lanes[lane.0], lane_ok, first_chunk);
                 if self.core.complete(now, id, outcome) == Resolution::Finished {
                     let label = match (aborted, &error) {
                         (true, _) => outcome::CANCELLED,
@@ -312,6 +324,9 @@ impl Driver {
                 processing,
             } => {
                 self.switch_answered(lane);
+                self.metrics
+                    .lanes()
+                    .attempt(&self.lanes[lane.0], false, processing);
                 let failed = Outcome::Permanent {
                     upstream_fault: false,
                 };
@@ -347,6 +362,13 @@ impl Driver {
     ) {
         let now = self.clock.now();
         self.switch_answered(lane);
+        // The caller's own errors (a 400 for a bad input) say nothing about the backend.
+        let lane_ok = result
+            .as_ref()
+            .map_or_else(|e| !e.blames_upstream(), |_| true);
+        self.metrics
+            .lanes()
+            .attempt(&self.lanes[lane.0], lane_ok, processing);
         let outcome = match &result {
             Ok(_) => Outcome::Success,
             Err(e) => {

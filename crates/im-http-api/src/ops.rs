@@ -33,6 +33,15 @@ pub async fn queue_status(State(st): State<AppState>) -> Response {
 }
 
 /// Liveness: the process answers. Needs no key.
+/// A report per backend (lane): health, requests, success rate, latency, queue, loaded models.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    responses((status = 200, description = "`{accepting, queue_size, in_flight, backends: [{name, health, breaker, requests, success_rate, avg_latency_ms, p95_latency_ms, queue_size, in_flight, loaded_models, active}]}`", body = Object),
+              (status = 401, description = "No or a wrong API key", body = crate::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn status(State(st): State<AppState>) -> Response {
+    axum::Json(st.service.backend_status().await).into_response()
+}
+
 #[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "Alive", body = Object)))]
 pub async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()

@@ -10,8 +10,11 @@
 //!
 //! The engine records into it from outside the scheduler core; the core never sees a metric.
 
+mod lanes;
 pub mod names;
 mod sanitize;
+
+pub use lanes::{LaneFigures, LaneStats};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -192,6 +195,7 @@ pub struct Metrics {
     state: Arc<Mutex<State>>,
     started: Instant,
     prom: &'static PrometheusHandle,
+    lanes: LaneStats,
 }
 
 impl Default for Metrics {
@@ -213,11 +217,17 @@ impl Metrics {
             state: Arc::default(),
             started: Instant::now(),
             prom: prometheus(),
+            lanes: LaneStats::default(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Per-lane attempt figures (for `/status`).
+    pub fn lanes(&self) -> &LaneStats {
+        &self.lanes
     }
 
     /// Prometheus text for `GET /metrics`.

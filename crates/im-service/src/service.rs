@@ -217,6 +217,45 @@ impl Service {
 
     /// Per group its depth, oldest wait and in flight; per lane its active group, loaded model,
     /// state and breaker; the counters.
+    /// `GET /status`: a report per backend (lane): health (from its breaker), upstream attempts,
+    /// their success rate, average and p95 latency, the requests waiting for the model it has
+    /// loaded, what runs on it and what it has loaded.
+    pub async fn backend_status(&self) -> Value {
+        let Some(s) = self.engine.status().await else {
+            return json!({"accepting": false, "queue_size": 0, "backends": []});
+        };
+        let stats = self.engine.metrics().lanes();
+        let backends: Vec<Value> = s
+            .lanes
+            .iter()
+            .map(|l| {
+                let f = stats.figures(&l.name);
+                let queue_size: usize = s
+                    .groups
+                    .iter()
+                    .filter(|g| l.loaded.as_deref() == Some(g.model.as_str()))
+                    .map(|g| g.depth)
+                    .sum();
+                let health = match l.breaker.as_str() {
+                    "closed" => "healthy",
+                    "half_open" => "recovering",
+                    _ => "unhealthy",
+                };
+                json!({
+                    "name": l.name, "health": health, "breaker": l.breaker.as_str(),
+                    "requests": f.requests, "success_rate": f.success_rate,
+                    "avg_latency_ms": f.avg_latency_ms, "p95_latency_ms": f.p95_latency_ms,
+                    "queue_size": queue_size, "in_flight": l.in_flight,
+                    "loaded_models": l.loaded.iter().collect::<Vec<_>>(),
+                    "active": l.active.as_ref().map(|(k, m)| json!({"kind": k.as_str(), "model": m})),
+                })
+            })
+            .collect();
+        json!({"accepting": s.accepting, "queue_size": s.waiting, "in_flight": s.in_flight,
+               "backends": backends})
+    }
+
+    /// `GET /queue-status`.
     pub async fn queue_status(&self) -> Value {
         let Some(s) = self.engine.status().await else {
             return json!({"accepting": false, "groups": [], "lanes": []});
