@@ -719,3 +719,51 @@ fn the_byte_budget_refuses_what_would_not_fit_and_frees_on_leave() {
     );
     assert!(matches!(core.submit(now, sub(60)), Admission::Accepted(_)));
 }
+
+/// The lane each dispatch of `id` went to, in order.
+fn lanes_of(h: &Harness, id: RequestId) -> Vec<usize> {
+    h.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Dispatch { id: d, lane, .. } if *d == id => Some(lane.0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_retry_goes_to_another_lane_that_can_start_it() {
+    let mut c = cfg(Bounds::default());
+    c.lanes = vec!["gpu0".into(), "gpu1".into()];
+    c.routing = Routing::LeastLoaded;
+    c.retry.base = ms(10);
+    c.retry.cap = ms(10);
+    let mut h = Harness::new(c);
+    let a = h.id(Kind::Txt2Txt, "llm2");
+    assert_eq!(lanes_of(&h, a), vec![0]);
+    let failed = Outcome::Transient {
+        retry_after: None,
+        upstream_fault: true,
+    };
+    assert!(matches!(h.complete(a, failed), Resolution::Retry { .. }));
+    h.at(20).drain();
+    assert_eq!(
+        lanes_of(&h, a),
+        vec![0, 1],
+        "retried on the idle lane, not the one that failed it"
+    );
+
+    // When the other lane is busy with another model, the retry stays rather than wait on it.
+    let b = h.id(Kind::Txt2Img, "sd");
+    assert_eq!(lanes_of(&h, b), vec![0]);
+    h.complete(a, Outcome::Success);
+    let busy = h.id(Kind::Txt2Txt, "llm2");
+    assert_eq!(lanes_of(&h, busy), vec![1], "lane 1 runs llm2 again");
+    assert!(matches!(h.complete(b, failed), Resolution::Retry { .. }));
+    h.at(40).drain();
+    assert_eq!(
+        lanes_of(&h, b),
+        vec![0, 0],
+        "lane 1 is busy with another model: the retry runs on lane 0 again"
+    );
+}

@@ -39,6 +39,8 @@ struct Req {
     deadline: Time,
     attempts: u32,
     state: ReqState,
+    /// The lane its last attempt failed on (transiently): its retry goes elsewhere if it can.
+    failed_on: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -395,6 +397,7 @@ impl Scheduler {
                 deadline,
                 attempts: 0,
                 state: ReqState::Queued,
+                failed_on: None,
             },
         );
         self.deadlines.insert((deadline, id));
@@ -471,6 +474,7 @@ impl Scheduler {
                     let kind = self.groups[group].key.kind;
                     if let Some(r) = self.requests.get_mut(&id) {
                         r.state = ReqState::Backoff { until: at };
+                        r.failed_on = Some(lane);
                         self.deadlines.insert((r.deadline, id));
                     }
                     self.retries.insert((at, id));

@@ -21,6 +21,35 @@ impl Scheduler {
             // Pinned here: the pin overrides the routing.
             return true;
         }
+        if self.retry_goes_elsewhere(lane, g) {
+            return false;
+        }
+        self.routable(lane, g)
+    }
+
+    /// A request whose last attempt failed on `lane` is retried on another healthy lane that the
+    /// routing lets serve its group and that can start it soon (it is idle or has the model), when
+    /// there is one; else it stays with `lane` rather than wait on a busy one.
+    pub(super) fn retry_goes_elsewhere(&self, lane: usize, g: &Group) -> bool {
+        let front_failed_here = g
+            .queue
+            .front()
+            .and_then(|id| self.requests.get(id))
+            .is_some_and(|r| r.failed_on == Some(lane));
+        front_failed_here
+            && (0..self.lanes.len()).any(|m| {
+                let l = &self.lanes[m];
+                m != lane
+                    && matches!(l.breaker, Breaker::Closed { .. })
+                    && (l.in_flight == 0
+                        || l.loaded == Some(g.key.model)
+                        || l.in_flight_model == Some(g.key.model))
+                    && self.routable(m, g)
+            })
+    }
+
+    /// Whether the routing lets `lane` serve `g` (an unpinned group with work).
+    fn routable(&self, lane: usize, g: &Group) -> bool {
         match self.cfg.routing {
             Routing::LeastLoaded => true,
             Routing::StickyHash => self.sticky_lane(g.key.model) == lane,
@@ -195,6 +224,7 @@ impl Scheduler {
         let active = self.lanes[lane].active;
         if let Some(a) = active
             && self.groups[a].depth > 0
+            && !self.retry_goes_elsewhere(lane, &self.groups[a])
         {
             if self.lanes[lane].drained {
                 // The group ran dry and got new work: a fresh activation for the bounds.
