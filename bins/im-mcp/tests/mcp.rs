@@ -18,7 +18,7 @@ use tokio::io::AsyncBufReadExt;
 const LLM: &str = "llama-3.2-3b-instruct";
 const VLM: &str = "llava-1.6-mistral-7b";
 const SD: &str = "stablediffusion";
-const TOOLS: [&str; 8] = [
+const TOOLS: [&str; 11] = [
     "txt2txt",
     "txt2img",
     "img2img",
@@ -27,6 +27,9 @@ const TOOLS: [&str; 8] = [
     "get_error_metrics",
     "queue_status",
     "list_models",
+    "list_inference_backends",
+    "get_backend_status",
+    "get_supported_tasks",
 ];
 
 type Client = RunningService<RoleClient, ()>;
@@ -151,11 +154,45 @@ async fn exercise(c: &Client) {
         "get_error_metrics",
         "queue_status",
         "list_models",
+        "list_inference_backends",
+        "get_supported_tasks",
     ] {
         let r = call(c, tool, json!({})).await;
         let v: Value = serde_json::from_str(&text(&r)).expect("JSON text");
         assert!(v.is_object(), "{tool}");
     }
+    let backends: Value =
+        serde_json::from_str(&text(&call(c, "list_inference_backends", json!({})).await))
+            .expect("JSON");
+    let name = backends["backends"][0]["name"]
+        .as_str()
+        .expect("a backend")
+        .to_owned();
+    let one: Value = serde_json::from_str(&text(
+        &call(c, "get_backend_status", json!({"name": name})).await,
+    ))
+    .expect("JSON");
+    assert_eq!(one["name"], name);
+    assert!(
+        one["requests"].as_u64().is_some_and(|n| n > 0),
+        "it served the calls above: {one}"
+    );
+    let r = call(c, "get_backend_status", json!({"name": "no-such-gpu"})).await;
+    assert_eq!(r.is_error, Some(true));
+    assert!(
+        text(&r).contains(&name),
+        "the error lists the backends: {}",
+        text(&r)
+    );
+    let tasks: Value =
+        serde_json::from_str(&text(&call(c, "get_supported_tasks", json!({})).await))
+            .expect("JSON");
+    assert!(
+        tasks["tasks"]["txt2txt"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|x| x == LLM)),
+        "{tasks}"
+    );
     let r = call(
         c,
         "txt2img",

@@ -82,6 +82,13 @@ pub struct EditArgs {
     pub n: Option<u32>,
 }
 
+/// Arguments of `get_backend_status`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct BackendArgs {
+    /// The backend's name (see `list_inference_backends`).
+    pub name: String,
+}
+
 /// No arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct NoArgs {}

@@ -34,7 +34,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
 
-pub use args::{ChatArgs, EditArgs, ImageArgs, NoArgs, VisionArgs};
+pub use args::{BackendArgs, ChatArgs, EditArgs, ImageArgs, NoArgs, VisionArgs};
 pub use remote::Remote;
 
 /// Where tool calls run.
@@ -208,18 +208,19 @@ impl ImMcp {
         }
     }
 
-    /// A read-only view as pretty JSON: locally from the service, remotely from `path`.
-    async fn view(
+    /// A read-only view as JSON: locally from the service, remotely from `path`; its status.
+    async fn fetch(
         &self,
         ctx: &RequestContext<RoleServer>,
         path: &str,
-    ) -> Result<CallToolResult, ErrorData> {
-        let (status, v) = match &*self.target {
+    ) -> Result<(u16, Value), ErrorData> {
+        Ok(match &*self.target {
             Target::Local(service) => {
                 let v = match path {
                     "/get_request_metrics" => service.request_metrics(),
                     "/get_error_metrics" => service.error_metrics(),
                     "/queue-status" => service.queue_status().await,
+                    "/status" => service.backend_status().await,
                     _ => service.models(),
                 };
                 (200, v)
@@ -227,14 +228,66 @@ impl ImMcp {
             Target::Remote(remote) => {
                 unless_cancelled(ctx, remote.call(Method::GET, path, None, None)).await?
             }
-        };
+        })
+    }
+
+    /// A read-only view as pretty JSON, `shape`d.
+    async fn view_with(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        path: &str,
+        shape: impl FnOnce(Value) -> Result<Value, String>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let (status, v) = self.fetch(ctx, path).await?;
         if status != 200 {
             return Ok(remote::tool_error(status, &v));
         }
-        Ok(CallToolResult::success(vec![ContentBlock::text(
-            serde_json::to_string_pretty(&v).unwrap_or_default(),
-        )]))
+        Ok(match shape(v) {
+            Ok(v) => CallToolResult::success(vec![ContentBlock::text(
+                serde_json::to_string_pretty(&v).unwrap_or_default(),
+            )]),
+            Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),
+        })
     }
+
+    /// A read-only view as pretty JSON.
+    async fn view(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        path: &str,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.view_with(ctx, path, Ok).await
+    }
+}
+
+/// The kinds im serves, each with the models that serve it, from `/v1/models`.
+fn tasks_of(models: Value) -> Result<Value, String> {
+    let mut tasks: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for m in models["data"].as_array().into_iter().flatten() {
+        for k in m["kinds"].as_array().into_iter().flatten() {
+            if let Some(k) = k.as_str() {
+                tasks.entry(k.to_owned()).or_default().push(m["id"].clone());
+            }
+        }
+    }
+    Ok(json!({ "tasks": tasks }))
+}
+
+/// One backend of `/status`, by name.
+fn backend_named(status: Value, name: &str) -> Result<Value, String> {
+    let backends = status["backends"].as_array().cloned().unwrap_or_default();
+    backends
+        .iter()
+        .find(|b| b["name"] == name)
+        .cloned()
+        .ok_or_else(|| {
+            let names: Vec<&str> = backends.iter().filter_map(|b| b["name"].as_str()).collect();
+            format!(
+                "invalid_request (400): no backend named {:?}; the backends: {}",
+                im_engine::truncate(name, 64),
+                names.join(", ")
+            )
+        })
 }
 
 fn chat_messages(messages: Option<Vec<Value>>, prompt: Option<String>) -> Vec<Value> {
@@ -407,6 +460,37 @@ impl ImMcp {
         self.view(&ctx, "/queue-status").await
     }
 
+    /// The backends (lanes).
+    #[tool(description = LIST_INFERENCE_BACKENDS)]
+    async fn list_inference_backends(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(_): Parameters<NoArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.view(&ctx, "/status").await
+    }
+
+    /// One backend.
+    #[tool(description = GET_BACKEND_STATUS)]
+    async fn get_backend_status(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(args): Parameters<BackendArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.view_with(&ctx, "/status", |v| backend_named(v, &args.name))
+            .await
+    }
+
+    /// Kinds and their models.
+    #[tool(description = GET_SUPPORTED_TASKS)]
+    async fn get_supported_tasks(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(_): Parameters<NoArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.view_with(&ctx, "/v1/models", tasks_of).await
+    }
+
     /// Models.
     #[tool(description = LIST_MODELS)]
     async fn list_models(
@@ -426,6 +510,9 @@ const IMG2IMG: &str = "Edit an image (img2img). Give `model` (a model serving im
 const GET_REQUEST_METRICS: &str = "im's request metrics as JSON: per kind and model, counts by outcome, queue wait and processing time percentiles (ms), throughput.";
 const GET_ERROR_METRICS: &str = "im's error metrics as JSON: counts by kind, model and class, and the last 100 errors (payloads and keys removed).";
 const QUEUE_STATUS: &str = "im's queues now as JSON: per (kind, model) group its depth, oldest wait and requests in flight; per upstream lane its active group, loaded model, state and breaker. Use it to judge how long a request will wait.";
+const LIST_INFERENCE_BACKENDS: &str = "The inference backends (LocalAI servers, one lane each) as JSON: per backend its health, upstream requests, success rate, average and p95 latency, the requests waiting for its loaded model, requests in flight and loaded models.";
+const GET_BACKEND_STATUS: &str = "One backend's status by `name` (see list_inference_backends): health, requests, success rate, latency, queue, in flight, loaded models.";
+const GET_SUPPORTED_TASKS: &str = "The tasks (kinds: txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt) im serves, each with the models that serve it, as JSON.";
 const LIST_MODELS: &str = "The models im serves and the kinds each serves (txt2txt, txt2img, img2img, img2txt), as JSON. Call this first to pick a `model` for the other tools.";
 
 #[tool_handler]
