@@ -3,6 +3,8 @@
 //! every request is answered (none lost, none hanging), the work moves to the other servers, the
 //! server rejoins, and no server ever has two models competing for its memory.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -94,14 +96,7 @@ fn body_for(i: usize) -> (&'static str, Value) {
 }
 
 async fn call(app: &axum::Router, path: &str, body: &Value) -> (StatusCode, Value) {
-    let req = Request::post(path)
-        .header("x-api-key", DEMO_KEY)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("request");
-    let resp = app.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let (status, _, bytes) = common::post_json(app, path, body).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),

@@ -1,11 +1,13 @@
 //! The seeds' `/v1/infer` dialect and `GET /` against the simulator.
 
+mod common;
+
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use im_app::config::ImConfig;
-use im_app::{self as app, Built, DEMO_KEY, Simulate};
+use im_app::{self as app, Built, Simulate};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -18,19 +20,8 @@ async fn app() -> (Router, Built) {
     (im_http_api::router(built.state.clone()), built)
 }
 
-async fn post(
-    app: &Router,
-    path: &str,
-    body: &Value,
-) -> (StatusCode, axum::http::HeaderMap, String) {
-    let req = Request::post(path)
-        .header("x-api-key", DEMO_KEY)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("request");
-    let resp = app.clone().oneshot(req).await.expect("infallible");
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+async fn post(app: &Router, path: &str, body: &Value) -> (StatusCode, HeaderMap, String) {
+    let (status, headers, bytes) = common::post_json(app, path, body).await;
     (
         status,
         headers,

@@ -15,15 +15,14 @@
 //! bad-input matrix of `tests/media.rs`. The generator is seeded: a failure prints the seed,
 //! the route and the body.
 
+mod common;
+
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use base64::Engine as _;
-use http_body_util::BodyExt;
 use im_app::config::ImConfig;
-use im_app::{self as app, Built, DEMO_KEY, Simulate};
+use im_app::{self as app, Built, Simulate};
 use serde_json::{Map, Value, json};
-use tower::ServiceExt;
 
 const DOC: &str = include_str!("../../im-http-api/openapi.json");
 /// Bodies of each kind per route.
@@ -351,18 +350,9 @@ fn break_one(doc: &Value, s: &Value, value: &Value, g: &mut Rng) -> Option<(Valu
 }
 
 async fn send(app: &Router, path: &str, body: &Value) -> (StatusCode, String) {
-    let req = Request::post(path)
-        .header("x-api-key", DEMO_KEY)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("request");
-    let resp = app.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-    )
+    let (status, _, bytes) = common::post_json(app, path, body).await;
+    let text = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+    (status, text)
 }
 
 /// The model a route's bodies name.

@@ -1,0 +1,24 @@
+//! What the router tests share: a JSON POST with the demo key, answered in full.
+
+#![allow(dead_code)]
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use im_app::DEMO_KEY;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// `POST path` with `body` as JSON and the demo key: the status, headers and body bytes.
+pub async fn post_json(app: &Router, path: &str, body: &Value) -> (StatusCode, HeaderMap, Bytes) {
+    let req = Request::post(path)
+        .header("x-api-key", DEMO_KEY)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, bytes)
+}
