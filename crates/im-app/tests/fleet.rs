@@ -318,4 +318,22 @@ async fn status_reports_each_backend() {
     assert_eq!(b["success_rate"], 0.0, "every attempt there failed: {b}");
     assert_ne!(b["health"], "healthy", "its breaker opened: {b}");
     assert_eq!(v["queue_size"], 0);
+
+    // Placements by outcome, per lane, in the Prometheus text.
+    let req = Request::get("/metrics")
+        .header("x-api-key", DEMO_KEY)
+        .body(Body::empty())
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    let placed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("im_placements_total{") && l.contains("lane=\"good\""))
+        .collect();
+    assert!(!placed.is_empty(), "placements on the good lane: {text}");
+    assert!(
+        placed.iter().any(|l| l.contains("outcome=\"cold_load\"")),
+        "its first model was a cold load: {placed:?}"
+    );
 }

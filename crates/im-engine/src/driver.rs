@@ -477,6 +477,12 @@ impl Driver {
                     let from_kind = from.map_or("none", |g| g.kind.as_str());
                     self.metrics
                         .switched(&self.lanes[lane.0], from_kind, to.kind.as_str());
+                    let placement = match (model_changed, from) {
+                        (false, _) => "resident",
+                        (true, None) => "cold_load",
+                        (true, Some(_)) => "eviction",
+                    };
+                    self.metrics.placed(&self.lanes[lane.0], placement);
                     if model_changed {
                         self.switch_started[lane.0] = Some(Instant::now());
                     }

@@ -294,6 +294,13 @@ impl Metrics {
             .increment(1);
     }
 
+    /// A lane took up a group: `outcome` is `resident`, `cold_load` or `eviction` (see
+    /// [`names::PLACEMENTS_TOTAL`]).
+    pub fn placed(&self, lane: &str, outcome: &'static str) {
+        metrics::counter!(names::PLACEMENTS_TOTAL, "lane" => lane.to_owned(), "outcome" => outcome)
+            .increment(1);
+    }
+
     /// A model switch took `d` until the new model's first answer.
     pub fn switch_seconds(&self, lane: &str, d: Duration) {
         metrics::histogram!(names::SWITCH_SECONDS, "lane" => lane.to_owned())

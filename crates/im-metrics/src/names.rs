@@ -23,6 +23,10 @@ pub const REJECTIONS_TOTAL: &str = "im_rejections_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "im_upstream_errors_total";
 /// `im_breaker_open{lane}`: 1 while the lane's breaker is open.
 pub const BREAKER_OPEN: &str = "im_breaker_open";
+/// `im_placements_total{lane,outcome}`: groups a lane took up, by what it cost: `resident` (its
+/// model was loaded there), `cold_load` (the lane's first model), `eviction` (another model made
+/// room).
+pub const PLACEMENTS_TOTAL: &str = "im_placements_total";
 /// `im_overhead_seconds`: time im adds outside queue wait and upstream time (histogram).
 pub const OVERHEAD_SECONDS: &str = "im_overhead_seconds";
 
@@ -39,5 +43,6 @@ pub const ALL: &[&str] = &[
     REJECTIONS_TOTAL,
     UPSTREAM_ERRORS_TOTAL,
     BREAKER_OPEN,
+    PLACEMENTS_TOTAL,
     OVERHEAD_SECONDS,
 ];
