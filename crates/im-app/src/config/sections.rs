@@ -1,0 +1,339 @@
+//! The sections of im's configuration file besides the top level: models, keys, upstreams,
+//! routing, batching, discovery, bounds, limits, retries, the breaker, HTTP. Each with its
+//! defaults; validation is `ImConfig`'s.
+
+use std::collections::BTreeMap;
+
+use inference_queue::{Bounds, BreakerConfig, Limits, RetryPolicy};
+use serde::{Deserialize, Serialize};
+
+/// One model.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// The upstream model name.
+    pub name: String,
+    /// Kinds it serves.
+    pub kinds: Vec<String>,
+    /// Requests it runs at once (llama.cpp slots; diffusers: 1). Absent: learned from the upstream
+    /// (llama.cpp's `/props`), else the `discovery` default for its kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Other names the upstream may answer with for this model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// One key with its scopes and its own rate limit.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// The key clients send.
+    pub key: String,
+    /// What it may do: `infer`, `admin`, `metrics` (default: `infer` and `metrics`).
+    #[serde(default = "ordinary_scopes")]
+    pub scopes: Vec<im_service::Scope>,
+    /// Its requests per second (absent: `http.rate_limit_per_s`; 0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_s: Option<u32>,
+    /// Its burst (absent: `http.rate_limit_burst`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_burst: Option<u32>,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("scopes", &self.scopes)
+            .field("rate_limit_per_s", &self.rate_limit_per_s)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ordinary_scopes() -> Vec<im_service::Scope> {
+    im_service::Scope::ORDINARY.to_vec()
+}
+
+/// One upstream (a lane): its base URL, or a table naming it and its key.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum UpstreamEntry {
+    /// Just the base URL.
+    Url(String),
+    /// URL, name and key.
+    Table {
+        /// Base URL (`http://host:8080`).
+        url: String,
+        /// The lane's name in status, metrics and logs (default: `default`, `lane1`, ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The key this server needs (default: `upstream_api_key`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for UpstreamEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamEntry::Url(u) => write!(f, "{u:?}"),
+            UpstreamEntry::Table { url, name, api_key } => f
+                .debug_struct("Upstream")
+                .field("url", url)
+                .field("name", name)
+                .field("api_key", &api_key.as_ref().map(|_| "<set>"))
+                .finish(),
+        }
+    }
+}
+
+impl From<String> for UpstreamEntry {
+    fn from(url: String) -> UpstreamEntry {
+        UpstreamEntry::Url(url)
+    }
+}
+
+impl From<&str> for UpstreamEntry {
+    fn from(url: &str) -> UpstreamEntry {
+        UpstreamEntry::Url(url.to_owned())
+    }
+}
+
+impl UpstreamEntry {
+    /// Its base URL.
+    pub fn url(&self) -> &str {
+        match self {
+            UpstreamEntry::Url(u) | UpstreamEntry::Table { url: u, .. } => u,
+        }
+    }
+
+    /// Its lane name, given or made from its position `i`.
+    pub fn name(&self, i: usize) -> String {
+        match self {
+            UpstreamEntry::Table { name: Some(n), .. } => n.clone(),
+            _ if i == 0 => "default".to_owned(),
+            _ => format!("lane{i}"),
+        }
+    }
+
+    /// Its own key, if it has one.
+    pub fn api_key(&self) -> Option<&str> {
+        match self {
+            UpstreamEntry::Table { api_key, .. } => api_key.as_deref(),
+            UpstreamEntry::Url(_) => None,
+        }
+    }
+}
+
+/// How groups are spread over lanes (upstreams).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingEntry {
+    /// `affinity` (a lane leaves a group to the lane that has its model loaded), `least_loaded`
+    /// (any free lane takes any group) or `sticky_hash` (each model has one lane).
+    pub strategy: String,
+    /// Under affinity: waiting requests per serving slot beyond which another lane loads the model
+    /// too.
+    pub replica_depth: u32,
+}
+
+impl Default for RoutingEntry {
+    fn default() -> RoutingEntry {
+        let replica_depth = match inference_queue::Routing::default() {
+            inference_queue::Routing::Affinity { replica_depth } => replica_depth,
+            _ => 12,
+        };
+        RoutingEntry {
+            strategy: "affinity".into(),
+            replica_depth,
+        }
+    }
+}
+
+/// Dynamic batching of embeddings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchEntry {
+    /// The most inputs one merged embedding call carries (1: no merging).
+    pub max_inputs: u32,
+    /// Milliseconds a batch waits for more requests after its first arrived.
+    pub flush_ms: u64,
+}
+
+impl Default for BatchEntry {
+    fn default() -> BatchEntry {
+        let d = im_engine::BatchSettings::default();
+        BatchEntry {
+            max_inputs: d.max_inputs as u32,
+            flush_ms: d.flush.as_millis() as u64,
+        }
+    }
+}
+
+/// Defaults for what discovery cannot learn.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryEntry {
+    /// Requests at once for a language model (chat, vision) whose server does not report slots.
+    pub llm_slots: u32,
+    /// Requests at once for an image model (diffusers serve one).
+    pub image_slots: u32,
+}
+
+impl Default for DiscoveryEntry {
+    fn default() -> DiscoveryEntry {
+        DiscoveryEntry {
+            llm_slots: 4,
+            image_slots: 1,
+        }
+    }
+}
+
+impl DiscoveryEntry {
+    /// The default slots for a model serving `kinds`.
+    pub fn slots_for(&self, kinds: &[String]) -> u32 {
+        if kinds.iter().any(|k| k == "txt2img" || k == "img2img") {
+            self.image_slots
+        } else {
+            self.llm_slots
+        }
+    }
+}
+
+/// Anti-starvation bounds.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoundsEntry {
+    /// Seconds one group may stay active while others wait (0: unbounded).
+    pub max_dwell_s: f64,
+    /// Requests one group may dispatch while others wait (0: unbounded).
+    pub max_batch: u32,
+    /// Seconds after which a waiting request's group goes first at the next switch (0: never).
+    pub starvation_after_s: f64,
+}
+
+impl Default for BoundsEntry {
+    fn default() -> BoundsEntry {
+        let b = Bounds::default();
+        BoundsEntry {
+            max_dwell_s: b.max_dwell.map_or(0.0, |d| d.as_secs_f64()),
+            max_batch: b.max_batch.unwrap_or(0),
+            starvation_after_s: b.starvation_after.map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+}
+
+/// Queue limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsEntry {
+    /// Requests waiting in all queues.
+    pub max_queued_total: usize,
+    /// Requests waiting per kind.
+    pub max_queued_per_kind: BTreeMap<String, usize>,
+    /// Payload bytes (messages, images) all queued and running requests may hold together;
+    /// past it requests are refused with 429. Size it well under the process's memory limit.
+    pub max_queued_bytes: u64,
+}
+
+impl Default for LimitsEntry {
+    fn default() -> LimitsEntry {
+        LimitsEntry {
+            max_queued_total: Limits::default().max_queued_total,
+            max_queued_per_kind: BTreeMap::new(),
+            max_queued_bytes: Limits::default().max_bytes_total,
+        }
+    }
+}
+
+/// Retries.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryEntry {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff, ms.
+    pub base_ms: u64,
+    /// Backoff cap, ms.
+    pub cap_ms: u64,
+    /// Randomised share of the backoff, 0..=1.
+    pub jitter: f64,
+}
+
+impl Default for RetryEntry {
+    fn default() -> RetryEntry {
+        let r = RetryPolicy::default();
+        RetryEntry {
+            max_retries: r.max_retries,
+            base_ms: r.base.as_millis() as u64,
+            cap_ms: r.cap.as_millis() as u64,
+            jitter: r.jitter,
+        }
+    }
+}
+
+/// Circuit breaker.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerEntry {
+    /// Consecutive transient failures that open it.
+    pub failure_threshold: u32,
+    /// Seconds it stays open.
+    pub cooldown_s: f64,
+}
+
+impl Default for BreakerEntry {
+    fn default() -> BreakerEntry {
+        let b = BreakerConfig::default();
+        BreakerEntry {
+            failure_threshold: b.failure_threshold,
+            cooldown_s: b.cooldown.as_secs_f64(),
+        }
+    }
+}
+
+/// HTTP limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpEntry {
+    /// Body limit in bytes (images travel as base64).
+    pub body_limit_bytes: usize,
+    /// Largest image side accepted, pixels.
+    pub max_image_side: u32,
+    /// Per-key requests per second (0: no limit).
+    pub rate_limit_per_s: u32,
+    /// Burst above the rate.
+    pub rate_limit_burst: u32,
+    /// Host names accepted by the MCP endpoint (its DNS-rebinding guard); empty: loopback only.
+    pub mcp_allowed_hosts: Vec<String>,
+    /// URL prefixes an image URL in a chat may start with (the upstream fetches it from its own
+    /// network); empty: image URLs are refused, send base64 or data URIs.
+    pub image_url_allowlist: Vec<String>,
+    /// Seconds a client has to send a request's headers; idle keep-alive connections close after it.
+    pub header_read_timeout_s: f64,
+    /// Seconds a request body may pause between two pieces.
+    pub body_idle_timeout_s: f64,
+    /// Seconds a whole request body may take.
+    pub body_total_timeout_s: f64,
+    /// Open connections at most; keep it above `limits.max_queued_total` (each waiting request
+    /// holds its connection).
+    pub max_connections: usize,
+}
+
+impl Default for HttpEntry {
+    fn default() -> HttpEntry {
+        HttpEntry {
+            body_limit_bytes: 32 * 1024 * 1024,
+            max_image_side: 2048,
+            rate_limit_per_s: 0,
+            rate_limit_burst: 10,
+            mcp_allowed_hosts: Vec::new(),
+            image_url_allowlist: Vec::new(),
+            header_read_timeout_s: 10.0,
+            body_idle_timeout_s: 30.0,
+            body_total_timeout_s: 300.0,
+            max_connections: 16384,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The configuration's tests: defaults, overrides, field-level errors, the committed example.
+
+use super::*;
+
+mod fields {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_overrides_apply() {
+        let c = ImConfig::default()
+            .with_overrides(&["bounds.max_batch=8".into(), "policy=strict".into()])
+            .expect("ok");
+        assert_eq!((c.bounds.max_batch, c.policy.as_str()), (8, "strict"));
+        c.validate().expect("valid");
+    }
+
+    #[test]
+    fn upstreams_are_urls_or_tables_with_a_name_and_a_key() {
+        let text = "upstreams = [\"http://a:8080\", { url = \"http://b:8080\", name = \"gpu1\", api_key = \"s3cret\" }]\n";
+        let c = ImConfig::from_toml(text).expect("both forms");
+        assert_eq!(c.upstreams[0].url(), "http://a:8080");
+        assert_eq!(
+            (
+                c.upstreams[1].url(),
+                c.upstreams[1].name(1),
+                c.upstreams[1].api_key()
+            ),
+            ("http://b:8080", "gpu1".to_owned(), Some("s3cret"))
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the key stays out of logs"
+        );
+        let text = "[[upstreams]]\nurl = \"http://a:8080\"\nname = \"x\"\n[[upstreams]]\nurl = \"http://b:8080\"\nname = \"x\"\n";
+        let e = ImConfig::from_toml(text)
+            .and_then(|c| c.validate().map(|()| c))
+            .expect_err("a name twice");
+        assert!(e.to_string().contains("upstreams[1].name"), "{e}");
+    }
+
+    #[test]
+    fn routing_is_read_and_checked() {
+        let mut c = ImConfig::default();
+        c.upstreams = vec!["http://a:8080".into(), "http://b:8080".into()];
+        c.models = vec![ModelEntry {
+            name: "m".into(),
+            kinds: vec!["txt2txt".into()],
+            max_in_flight: Some(1),
+            aliases: Vec::new(),
+        }];
+        let core = c.core().expect("valid");
+        assert_eq!(core.lanes, vec!["default".to_owned(), "lane1".to_owned()]);
+        assert_eq!(
+            core.routing,
+            inference_queue::Routing::Affinity { replica_depth: 12 }
+        );
+        c.routing.strategy = "sticky_hash".into();
+        assert_eq!(
+            c.core().expect("valid").routing,
+            inference_queue::Routing::StickyHash
+        );
+        c.routing.strategy = "random".into();
+        let e = c.core().expect_err("unknown strategy").to_string();
+        assert!(e.contains("routing.strategy"), "{e}");
+        c.routing.strategy = "affinity".into();
+        c.routing.replica_depth = 0;
+        let e = c.core().expect_err("zero depth").to_string();
+        assert!(e.contains("routing.replica_depth"), "{e}");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = ImConfig::from_toml("listen = 5").expect_err("type");
+        assert!(e.to_string().contains("listen"), "{e}");
+        let e = ImConfig::from_toml("nope = 1").expect_err("unknown");
+        assert!(e.to_string().contains("nope"), "{e}");
+        let mut c = ImConfig::default();
+        c.priority = vec!["txt2txt".into(), "chat".into()];
+        assert!(
+            c.validate()
+                .expect_err("kind")
+                .to_string()
+                .contains("priority[1]")
+        );
+        let mut c = ImConfig::default();
+        c.bounds.max_dwell_s = -1.0;
+        assert!(
+            c.validate()
+                .expect_err("neg")
+                .to_string()
+                .contains("bounds.max_dwell_s")
+        );
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_by_their_toml_keys_never_panics() {
+        // Regression (issue 11, low): 1e20 panicked, 1e19 overflowed the clock later.
+        for v in ["1e20", "1e19", "1e300", "-1", "nan", "inf"] {
+            let text = format!("[deadlines_s]\ntxt2txt = {v}\n");
+            if let Ok(c) = ImConfig::from_toml(&text) {
+                let e = c.validate().expect_err(v).to_string();
+                assert!(e.contains("deadlines_s.txt2txt"), "{v}: {e}");
+            }
+        }
+        let c = ImConfig::from_toml("[retry]\nbase_ms = 18446744073709551615\n").expect("parses");
+        assert!(
+            c.validate()
+                .expect_err("huge")
+                .to_string()
+                .contains("retry.base_ms")
+        );
+        let c = ImConfig::from_toml("[breaker]\ncooldown_s = 0.0\n").expect("parses");
+        assert!(
+            c.validate()
+                .expect_err("zero")
+                .to_string()
+                .contains("breaker.cooldown_s"),
+            "core errors name the TOML key"
+        );
+    }
+
+    #[test]
+    fn no_keys_on_a_public_address_is_refused_unless_allowed() {
+        let mut c = ImConfig::default();
+        c.listen = "0.0.0.0:8000".into();
+        assert!(
+            c.validate()
+                .expect_err("open")
+                .to_string()
+                .contains("api_keys")
+        );
+        c.allow_unauthenticated = true;
+        c.validate().expect("explicitly allowed");
+        c.allow_unauthenticated = false;
+        c.api_keys = vec!["k".into()];
+        c.validate().expect("keyed");
+    }
+
+    #[test]
+    fn kinds_are_guessed_from_names() {
+        assert_eq!(guess_kinds("stablediffusion"), vec!["txt2img", "img2img"]);
+        assert_eq!(
+            guess_kinds("llava-1.6-mistral-7b"),
+            vec!["img2txt", "txt2txt"]
+        );
+        assert_eq!(guess_kinds("qwen3-8b"), vec!["txt2txt"]);
+        assert_eq!(guess_kinds("bge-reranker-v2-m3"), vec!["rerank"]);
+        assert_eq!(guess_kinds("whisper-1"), vec!["stt"]);
+        assert_eq!(guess_kinds("voice-en-us-amy-low-piper"), vec!["tts"]);
+        assert_eq!(guess_kinds("text-embedding-ada-002"), vec!["embed"]);
+        assert_eq!(guess_kinds("nomic-embed-text"), vec!["embed"]);
+    }
+}
+
+mod example {
+    use super::*;
+
+    #[test]
+    fn the_committed_example_loads_and_matches_the_defaults() {
+        let text = include_str!("../../../../deploy/im.example.toml");
+        let cfg = ImConfig::from_toml(text).expect("deploy/im.example.toml parses");
+        cfg.validate().expect("and validates");
+        let mut expected = ImConfig::default();
+        expected.models = cfg.models.clone();
+        expected.deadlines_s = cfg.deadlines_s.clone();
+        assert_eq!(cfg, expected, "the example documents the defaults");
+        assert_eq!(cfg.core().expect("core").models.len(), 7);
+    }
+}
