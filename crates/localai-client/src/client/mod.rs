@@ -15,6 +15,10 @@ use crate::error::{ClientError, parse_retry_after, summarize};
 use crate::sse::SseParser;
 use crate::vision::normalize_messages;
 
+mod types;
+
+pub use types::*;
+
 /// Timeouts and credentials of a [`LocalAiClient`].
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -66,95 +70,6 @@ impl ClientConfig {
     }
 }
 
-/// A chat request. `messages` are OpenAI-shaped JSON values (role and content, content a string or
-/// a list of parts); images in any common form are normalised for LocalAI.
-#[derive(Clone, Debug, Serialize)]
-pub struct ChatRequest {
-    /// Model name.
-    pub model: String,
-    /// The conversation.
-    pub messages: Vec<Value>,
-    /// Sampling temperature.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    /// Token limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    /// Other OpenAI fields passed through as they are (`top_p`, `stop`, ...).
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, Value>,
-}
-
-/// An answer passed through as JSON: parsed, and its bytes as they came.
-#[derive(Clone, Debug)]
-pub struct JsonResponse {
-    /// The body, parsed.
-    pub raw: Value,
-    /// The same body's bytes, to pass on unchanged.
-    pub body: Bytes,
-}
-
-/// An answer passed through as bytes with its content type (speech audio, a transcription in the
-/// format asked for).
-#[derive(Clone, Debug)]
-pub struct RawResponse {
-    /// The upstream's `Content-Type` (`application/octet-stream` when it sent none).
-    pub content_type: String,
-    /// The body as it came.
-    pub body: Bytes,
-}
-
-/// An upstream answer relayed whatever its status (LocalAI's management routes).
-#[derive(Clone, Debug)]
-pub struct Forwarded {
-    /// The upstream's status.
-    pub status: u16,
-    /// Its `Content-Type` (`application/octet-stream` when it sent none).
-    pub content_type: String,
-    /// Its body (at most the client's `max_body`).
-    pub body: Bytes,
-}
-
-/// A multipart upload (OpenAI's transcription form): text fields and one file.
-#[derive(Clone, Debug, Default)]
-pub struct Upload {
-    /// Text fields, in order (`model` among them).
-    pub fields: Vec<(String, String)>,
-    /// The file field's name (`file`).
-    pub file_field: String,
-    /// The file name sent.
-    pub file_name: String,
-    /// The file's content type.
-    pub file_type: String,
-    /// The file's bytes.
-    pub file: Bytes,
-}
-
-impl Upload {
-    /// A text field's value.
-    pub fn field(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn form(&self) -> Result<reqwest::multipart::Form, ClientError> {
-        let mut form = reqwest::multipart::Form::new();
-        for (n, v) in &self.fields {
-            form = form.text(n.clone(), v.clone());
-        }
-        let part = reqwest::multipart::Part::stream_with_length(
-            reqwest::Body::from(self.file.clone()),
-            self.file.len() as u64,
-        )
-        .file_name(self.file_name.clone())
-        .mime_str(&self.file_type)
-        .map_err(|e| ClientError::Protocol(format!("file content type: {e}")))?;
-        Ok(form.part(self.file_field.clone(), part))
-    }
-}
-
 /// What is sent upstream for a chat.
 #[derive(Serialize)]
 struct ChatBody<'a> {
@@ -167,63 +82,6 @@ struct ChatBody<'a> {
     #[serde(flatten)]
     extra: &'a serde_json::Map<String, Value>,
     stream: bool,
-}
-
-/// A completed chat: LocalAI's OpenAI-shaped body and the answer text.
-#[derive(Clone, Debug)]
-pub struct ChatResponse {
-    /// The body as LocalAI sent it (`chat.completion`), parsed.
-    pub raw: Value,
-    /// The same body's bytes, to pass on unchanged.
-    pub body: Bytes,
-    /// `choices[0].message.content`.
-    pub content: String,
-}
-
-/// One streamed chunk.
-#[derive(Clone, Debug)]
-pub struct ChatChunk {
-    /// The chunk as LocalAI sent it (`chat.completion.chunk`).
-    pub raw: Value,
-    /// `choices[0].delta.content`, or empty.
-    pub delta: String,
-    /// `choices[0].finish_reason`, when set.
-    pub finish_reason: Option<String>,
-}
-
-/// A stream of chunks; ends after `[DONE]`, or with one error item.
-pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, ClientError>> + Send>>;
-
-/// An image generation (txt2img) or edit (img2img, when `file` is set).
-#[derive(Clone, Debug, Default)]
-pub struct ImageRequest {
-    /// Model name.
-    pub model: String,
-    /// The prompt.
-    pub prompt: String,
-    /// Folded into the prompt as `positive|negative`, as LocalAI expects.
-    pub negative_prompt: Option<String>,
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// Diffusion steps.
-    pub steps: Option<u32>,
-    /// Seed; random (-1) when absent.
-    pub seed: Option<i64>,
-    /// Images to generate.
-    pub n: Option<u32>,
-    /// img2img source: base64, with or without a `data:` prefix (it is sent without).
-    pub file: Option<Bytes>,
-}
-
-/// Generated images.
-#[derive(Clone, Debug)]
-pub struct ImagesResponse {
-    /// `created` as LocalAI sent it.
-    pub created: u64,
-    /// Each image as base64 PNG.
-    pub images: Vec<String>,
 }
 
 /// A typed client for LocalAI's API.
@@ -778,76 +636,6 @@ impl LocalAiClient {
                 ..
             }) => Ok(None),
             Err(e) => Err(e),
-        }
-    }
-}
-
-/// One model as an upstream lists it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ModelInfo {
-    /// Its name.
-    pub id: String,
-    /// `loaded`, `loading`, `unloaded` (llama.cpp's router), when reported.
-    pub status: Option<String>,
-    /// Input modalities (`text`, `image`, `audio`), when reported.
-    pub input: Vec<String>,
-    /// Output modalities (`text`, `image`, `audio`, `embedding`), when reported.
-    pub output: Vec<String>,
-}
-
-impl ModelInfo {
-    fn from_json(m: &Value) -> Option<ModelInfo> {
-        let id = m.get("id").and_then(Value::as_str)?.to_owned();
-        let status = match m.get("status") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(o) => o.get("value").and_then(Value::as_str).map(str::to_owned),
-            None => None,
-        };
-        let list = |v: Option<&Value>| -> Vec<String> {
-            v.and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let modalities = m.get("modalities").or_else(|| m.get("architecture"));
-        let input =
-            list(modalities.and_then(|x| x.get("input").or_else(|| x.get("input_modalities"))));
-        let output =
-            list(modalities.and_then(|x| x.get("output").or_else(|| x.get("output_modalities"))));
-        Some(ModelInfo {
-            id,
-            status,
-            input,
-            output,
-        })
-    }
-}
-
-/// What llama.cpp's `/props` says about a model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Props {
-    /// Parallel slots (`total_slots`), when reported.
-    pub slots: Option<u32>,
-    /// Whether it takes images (`modalities.vision`).
-    pub vision: bool,
-}
-
-impl Props {
-    fn from_json(v: &Value) -> Props {
-        Props {
-            slots: v
-                .get("total_slots")
-                .and_then(Value::as_u64)
-                .and_then(|n| u32::try_from(n).ok())
-                .filter(|n| *n > 0),
-            vision: v
-                .pointer("/modalities/vision")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
         }
     }
 }
