@@ -18,7 +18,7 @@ use tokio::io::AsyncBufReadExt;
 const LLM: &str = "llama-3.2-3b-instruct";
 const VLM: &str = "llava-1.6-mistral-7b";
 const SD: &str = "stablediffusion";
-const TOOLS: [&str; 11] = [
+const TOOLS: [&str; 13] = [
     "txt2txt",
     "txt2img",
     "img2img",
@@ -30,6 +30,8 @@ const TOOLS: [&str; 11] = [
     "list_inference_backends",
     "get_backend_status",
     "get_supported_tasks",
+    "select_backend_for_inference",
+    "route_inference_request",
 ];
 
 type Client = RunningService<RoleClient, ()>;
@@ -184,6 +186,41 @@ async fn exercise(c: &Client) {
         "the error lists the backends: {}",
         text(&r)
     );
+    // Where a chat would go, without running it: the one backend, and why.
+    let placed: Value = serde_json::from_str(&text(
+        &call(
+            c,
+            "select_backend_for_inference",
+            json!({"task": "txt2txt", "model": LLM}),
+        )
+        .await,
+    ))
+    .expect("JSON");
+    assert_eq!(placed["backend"], name, "{placed}");
+    assert!(placed["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_eq!(placed["backends"][0]["can_host"], true, "{placed}");
+    let r = call(
+        c,
+        "select_backend_for_inference",
+        json!({"task": "chat", "model": LLM}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("kind"), "names the field: {}", text(&r));
+    // Routed and run: the placement first, then the answer.
+    let r = call(
+        c,
+        "route_inference_request",
+        json!({"task": "txt2txt", "model": LLM, "prompt": "routed hello"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let ContentBlock::Text(first) = &r.content[0] else {
+        panic!("the placement comes first: {:?}", r.content);
+    };
+    let note: Value = serde_json::from_str(&first.text).expect("placement JSON");
+    assert_eq!(note["placed_on"], name);
+    assert!(text(&r).contains("routed hello"), "{}", text(&r));
     let tasks: Value =
         serde_json::from_str(&text(&call(c, "get_supported_tasks", json!({})).await))
             .expect("JSON");

@@ -83,6 +83,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
                         kinds: m.kinds.clone(),
                         max_in_flight: Some(m.slots),
                         aliases: Vec::new(),
+                        ..Default::default()
                     })
                     .collect();
             }
@@ -190,6 +191,7 @@ pub async fn discover(
             kinds,
             max_in_flight: Some(slots),
             aliases: Vec::new(),
+            ..Default::default()
         });
     }
     Ok(out)

@@ -151,7 +151,7 @@ async fn a_server_dies_mid_run_its_work_moves_and_it_rejoins() {
         name: name.into(),
         kinds: kinds.into_iter().map(str::to_owned).collect(),
         max_in_flight: Some(slots),
-        aliases: Vec::new(),
+        ..Default::default()
     })
     .collect();
     cfg.retry.base_ms = 5;
@@ -259,11 +259,15 @@ async fn status_reports_each_backend() {
             url: good.url(),
             name: Some("good".into()),
             api_key: None,
+            memory_gib: None,
+            labels: Vec::new(),
         },
         im_app::config::UpstreamEntry::Table {
             url: bad.url(),
             name: Some("bad".into()),
             api_key: None,
+            memory_gib: None,
+            labels: Vec::new(),
         },
     ];
     cfg.api_keys = vec![DEMO_KEY.into()];

@@ -370,12 +370,14 @@ async fn in_front_of_llama_cpp_python_ready_and_a_wrong_model_is_detected() {
                 kinds: vec!["txt2txt".into()],
                 max_in_flight: Some(1),
                 aliases: vec![],
+                ..Default::default()
             },
             ModelEntry {
                 name: "ghost".into(),
                 kinds: vec!["txt2txt".into()],
                 max_in_flight: Some(1),
                 aliases: vec![],
+                ..Default::default()
             },
         ];
     })
@@ -417,6 +419,7 @@ async fn queued_payload_bytes_are_budgeted() {
             kinds: vec!["img2img".into()],
             max_in_flight: Some(1),
             aliases: vec![],
+            ..Default::default()
         }];
     })
     .await;
@@ -469,6 +472,7 @@ async fn upstream_tracebacks_reach_no_caller() {
         kinds: vec!["txt2txt".into()],
         max_in_flight: Some(1),
         aliases: vec![],
+        ..Default::default()
     }];
     let built = app::build(cfg, None).await.expect("build");
     let router = im_http_api::router(built.state.clone());

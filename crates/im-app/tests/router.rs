@@ -338,18 +338,21 @@ async fn every_error_type_of_the_table() {
                 kinds: vec!["txt2txt".into()],
                 max_in_flight: Some(1),
                 aliases: Vec::new(),
+                ..Default::default()
             },
             ModelEntry {
                 name: SD.into(),
                 kinds: vec!["txt2img".into(), "img2img".into()],
                 max_in_flight: Some(1),
                 aliases: Vec::new(),
+                ..Default::default()
             },
             ModelEntry {
                 name: "ghost".into(),
                 kinds: vec!["txt2txt".into()],
                 max_in_flight: Some(1),
                 aliases: Vec::new(),
+                ..Default::default()
             },
         ];
         c.http.body_limit_bytes = 64 * 1024;
@@ -448,6 +451,7 @@ async fn upstream_unavailable_and_rate_limited() {
         kinds: vec!["txt2txt".into()],
         max_in_flight: Some(1),
         aliases: Vec::new(),
+        ..Default::default()
     }];
     cfg.retry.max_retries = 0;
     cfg.http.rate_limit_per_s = 1;

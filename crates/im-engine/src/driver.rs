@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use im_metrics::{ErrorEntry, Metrics, outcome};
 use inference_queue::{
-    Admission, CancelOutcome, Event, FailReason, LaneId, Outcome, RequestId, Resolution, Scheduler,
-    Status, Submit, Time,
+    Admission, Advice, CancelOutcome, Event, FailReason, Kind, LaneId, Outcome, Rejection,
+    RequestId, Resolution, Scheduler, Status, Submit, Time,
 };
 use localai_client::{ClientError, ErrorClass};
 use tokio::sync::{mpsc, oneshot};
@@ -61,6 +61,12 @@ pub(crate) enum Msg {
     Status {
         reply: oneshot::Sender<Status>,
     },
+    Advise {
+        kind: Kind,
+        model: String,
+        lane: Option<LaneId>,
+        reply: oneshot::Sender<Result<Advice, Rejection>>,
+    },
     Shutdown {
         grace: Duration,
         done: oneshot::Sender<()>,
@@ -110,7 +116,7 @@ impl Driver {
         rx: mpsc::UnboundedReceiver<Msg>,
         tx: mpsc::WeakUnboundedSender<Msg>,
     ) -> Driver {
-        let lanes = core.config().lanes.clone();
+        let lanes: Vec<String> = core.config().lanes.iter().map(|l| l.name.clone()).collect();
         let n = lanes.len();
         Driver {
             core,
@@ -342,6 +348,14 @@ impl Driver {
             Msg::Lifecycle { lane } => self.core.lifecycle_done(now, lane),
             Msg::Status { reply } => {
                 let _ = reply.send(self.core.status(now));
+            }
+            Msg::Advise {
+                kind,
+                model,
+                lane,
+                reply,
+            } => {
+                let _ = reply.send(self.core.advise(kind, &model, lane));
             }
             Msg::Shutdown { grace, done } => {
                 self.core.shutdown(now);

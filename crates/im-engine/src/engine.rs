@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use im_metrics::Metrics;
-use inference_queue::{Config, ConfigError, Kind, LaneId, Scheduler, Status};
+use inference_queue::{Advice, Config, ConfigError, Kind, LaneId, Scheduler, Status};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::attempt::ModelEcho;
@@ -140,6 +140,27 @@ impl Engine {
         rx.await.ok()
     }
 
+    /// Where a request of `kind` for `model` would go now and why, without queueing it.
+    pub async fn advise(
+        &self,
+        kind: Kind,
+        model: &str,
+        lane: Option<LaneId>,
+    ) -> Result<Advice, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Advise {
+                kind,
+                model: model.to_owned(),
+                lane,
+                reply,
+            })
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await
+            .map_err(|_| EngineError::ShuttingDown)?
+            .map_err(|r| EngineError::from_rejection(r, kind))
+    }
+
     /// Stop intake, let queued and running work finish within `grace`, answer the rest with
     /// [`EngineError::ShuttingDown`]. Returns when every request has left.
     pub async fn shutdown(&self, grace: Duration) {
@@ -167,7 +188,7 @@ impl Engine {
                 .and_then(|s| s.lanes.get(i))
                 .map_or("unknown", |l| l.breaker.as_str());
             out.push(LaneReadiness {
-                name: name.clone(),
+                name: name.name.clone(),
                 reachable,
                 breaker,
                 error,

@@ -289,6 +289,11 @@ impl EngineError {
                 kind,
                 valid: vec![],
             },
+            Rejection::LaneCannotHost { model, lane } => EngineError::UnknownModel {
+                model: format!("{} on lane {lane}", truncate(&model, 64)),
+                kind,
+                valid: vec![],
+            },
             Rejection::ShuttingDown => EngineError::ShuttingDown,
         }
     }

@@ -47,7 +47,7 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         openai::chat_completions, openai::completions, openai::embeddings, openai::images_generations, openai::models,
         media::rerank, media::speech, media::tts, media::transcriptions, media::images_edits,
         admin::relay, infer::infer, infer::infer_stream, infer::root,
-        ops::request_metrics, ops::error_metrics, ops::queue_status, ops::status, ops::health, ops::ready, ops::metrics,
+        ops::request_metrics, ops::error_metrics, ops::queue_status, ops::status, ops::placement, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
         types::Txt2ImgRequest, types::Img2ImgRequest, types::Figures, types::TextResult, types::ImageResult,
@@ -140,6 +140,7 @@ pub fn router_with(
         .route("/mcp/get_error_metrics", get(ops::error_metrics))
         .route("/queue-status", get(ops::queue_status))
         .route("/status", get(ops::status))
+        .route("/placement", get(ops::placement))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

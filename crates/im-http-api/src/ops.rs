@@ -42,6 +42,51 @@ pub async fn status(State(st): State<AppState>) -> Response {
     axum::Json(st.service.backend_status().await).into_response()
 }
 
+/// The query of `GET /placement`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PlacementQuery {
+    /// The kind of work: txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt.
+    pub kind: String,
+    /// The model.
+    pub model: String,
+    /// Only this backend (a pinned request).
+    pub backend: Option<String>,
+}
+
+/// Where a request would go now and why (the fleet's `select_backend_for_inference`): the
+/// backend, the reason (model loaded there, a load, the models it would unload), its expected
+/// start, and every backend considered. Nothing is queued.
+#[utoipa::path(get, path = "/placement", tag = "operations", params(PlacementQuery),
+    responses((status = 200, description = "`{kind, model, backend, routing, reason, model_loaded, expected_start_ms, evicts, backends: [{backend, healthy, can_host, model_loaded, eligible, ahead, expected_start_ms}]}`", body = Object),
+              (status = 400, description = "An unknown kind or backend", body = ErrorBody),
+              (status = 401, description = "No or a wrong API key", body = ErrorBody),
+              (status = 404, description = "An unknown model", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn placement(
+    State(st): State<AppState>,
+    query: Result<axum::extract::Query<PlacementQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(q) => q.0,
+        Err(e) => {
+            return crate::error::HttpError::from(im_service::ServiceError::invalid(
+                "query",
+                format!("{} (needs kind and model)", e.body_text()),
+            ))
+            .into_response();
+        }
+    };
+    match st
+        .service
+        .placement(&q.kind, &q.model, q.backend.as_deref())
+        .await
+    {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => crate::error::HttpError::from(e).into_response(),
+    }
+}
+
 #[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "Alive", body = Object)))]
 pub async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()

@@ -58,8 +58,9 @@ fn is_open(path: &str) -> bool {
 /// The scope a path needs: `metrics` for metrics and status, `admin` for LocalAI's management
 /// routes, `infer` for everything else.
 pub fn scope_of(path: &str) -> Scope {
-    const METRICS: [&str; 7] = [
+    const METRICS: [&str; 8] = [
         "/status",
+        "/placement",
         "/metrics",
         "/get_request_metrics",
         "/get_error_metrics",

@@ -89,6 +89,46 @@ pub struct BackendArgs {
     pub name: String,
 }
 
+/// Arguments of `select_backend_for_inference`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SelectArgs {
+    /// The task (kind): txt2txt, txt2img, img2img, img2txt, embed, rerank, tts or stt.
+    pub task: String,
+    /// The model (see `get_supported_tasks`).
+    pub model: String,
+    /// Only consider this backend (see `list_inference_backends`).
+    pub backend: Option<String>,
+}
+
+/// Arguments of `route_inference_request`: the task and the arguments of its tool.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct RouteArgs {
+    /// The task: txt2txt, img2txt, txt2img or img2img.
+    pub task: String,
+    /// A model serving the task (see `get_supported_tasks`).
+    pub model: String,
+    /// The prompt (every task), or the question about the image (img2txt).
+    pub prompt: Option<String>,
+    /// A conversation instead of `prompt` (txt2txt, img2txt).
+    pub messages: Option<Vec<Value>>,
+    /// The image (img2txt): base64 or a data URI.
+    pub image: Option<String>,
+    /// The source image (img2img): base64 or a data URI.
+    pub file: Option<String>,
+    /// Width in pixels (txt2img, img2img; default 512).
+    pub width: Option<u32>,
+    /// Height in pixels (txt2img, img2img; default 512).
+    pub height: Option<u32>,
+    /// Diffusion steps (txt2img, img2img).
+    pub steps: Option<u32>,
+    /// Seed (txt2img, img2img).
+    pub seed: Option<i64>,
+    /// Sampling temperature (txt2txt, img2txt).
+    pub temperature: Option<f64>,
+    /// Maximum tokens (txt2txt, img2txt).
+    pub max_tokens: Option<u32>,
+}
+
 /// No arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct NoArgs {}

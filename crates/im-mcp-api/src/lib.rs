@@ -34,7 +34,9 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
 
-pub use args::{BackendArgs, ChatArgs, EditArgs, ImageArgs, NoArgs, VisionArgs};
+pub use args::{
+    BackendArgs, ChatArgs, EditArgs, ImageArgs, NoArgs, RouteArgs, SelectArgs, VisionArgs,
+};
 pub use remote::Remote;
 
 /// Where tool calls run.
@@ -206,6 +208,38 @@ impl ImMcp {
                 })
             }
         }
+    }
+
+    /// Where a request would go (`/placement`), or the tool error saying why not.
+    async fn placement(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        kind: &str,
+        model: &str,
+        backend: Option<&str>,
+    ) -> Result<Result<Value, CallToolResult>, ErrorData> {
+        Ok(match &*self.target {
+            Target::Local(service) => service
+                .placement(kind, model, backend)
+                .await
+                .map_err(|e| service_error(&e)),
+            Target::Remote(remote) => {
+                let mut params = vec![("kind", kind), ("model", model)];
+                if let Some(b) = backend {
+                    params.push(("backend", b));
+                }
+                let url = reqwest::Url::parse_with_params("http://im/placement", &params)
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+                let (status, v) =
+                    unless_cancelled(ctx, remote.call(Method::GET, &path, None, None)).await?;
+                if status == 200 {
+                    Ok(v)
+                } else {
+                    Err(remote::tool_error(status, &v))
+                }
+            }
+        })
     }
 
     /// A read-only view as JSON: locally from the service, remotely from `path`; its status.
@@ -491,6 +525,102 @@ impl ImMcp {
         self.view_with(&ctx, "/v1/models", tasks_of).await
     }
 
+    /// Where a request would go.
+    #[tool(description = SELECT_BACKEND_FOR_INFERENCE)]
+    async fn select_backend_for_inference(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(a): Parameters<SelectArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(
+            match self
+                .placement(&ctx, &a.task, &a.model, a.backend.as_deref())
+                .await?
+            {
+                Ok(v) => CallToolResult::success(vec![ContentBlock::text(
+                    serde_json::to_string_pretty(&v).unwrap_or_default(),
+                )]),
+                Err(e) => e,
+            },
+        )
+    }
+
+    /// Run a request of any task through the queue, saying where it was placed.
+    #[tool(description = ROUTE_INFERENCE_REQUEST)]
+    async fn route_inference_request(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(a): Parameters<RouteArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let placed = match self.placement(&ctx, &a.task, &a.model, None).await? {
+            Ok(v) => v,
+            Err(e) => return Ok(e),
+        };
+        let (width, height) = (a.width.unwrap_or(512), a.height.unwrap_or(512));
+        let mut result = match a.task.as_str() {
+            "txt2txt" => {
+                let args = ChatArgs {
+                    model: a.model,
+                    messages: a.messages,
+                    prompt: a.prompt,
+                    temperature: a.temperature,
+                    max_tokens: a.max_tokens,
+                };
+                self.txt2txt(ctx, Parameters(args)).await?
+            }
+            "img2txt" => {
+                let args = VisionArgs {
+                    model: a.model,
+                    prompt: a.prompt,
+                    image: a.image,
+                    messages: a.messages,
+                    temperature: a.temperature,
+                    max_tokens: a.max_tokens,
+                };
+                self.img2txt(ctx, Parameters(args)).await?
+            }
+            "txt2img" => {
+                let args = ImageArgs {
+                    model: a.model,
+                    prompt: a.prompt.unwrap_or_default(),
+                    width,
+                    height,
+                    steps: a.steps,
+                    seed: a.seed,
+                    negative_prompt: None,
+                    n: None,
+                };
+                self.txt2img(ctx, Parameters(args)).await?
+            }
+            "img2img" => {
+                let args = EditArgs {
+                    model: a.model,
+                    file: a.file.unwrap_or_default(),
+                    prompt: a.prompt.unwrap_or_default(),
+                    width,
+                    height,
+                    steps: a.steps,
+                    seed: a.seed,
+                    negative_prompt: None,
+                    n: None,
+                };
+                self.img2img(ctx, Parameters(args)).await?
+            }
+            other => {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "invalid_request (400): `task`: {:?} cannot be routed by this tool; use txt2txt, img2txt, txt2img or img2img",
+                    im_engine::truncate(other, 32)
+                ))]));
+            }
+        };
+        let note = json!({"placed_on": placed["backend"], "reason": placed["reason"],
+                          "model_loaded": placed["model_loaded"], "routing": placed["routing"]});
+        result
+            .content
+            .insert(0, ContentBlock::text(note.to_string()));
+        Ok(result)
+    }
+
     /// Models.
     #[tool(description = LIST_MODELS)]
     async fn list_models(
@@ -513,6 +643,8 @@ const QUEUE_STATUS: &str = "im's queues now as JSON: per (kind, model) group its
 const LIST_INFERENCE_BACKENDS: &str = "The inference backends (LocalAI servers, one lane each) as JSON: per backend its health, upstream requests, success rate, average and p95 latency, the requests waiting for its loaded model, requests in flight and loaded models.";
 const GET_BACKEND_STATUS: &str = "One backend's status by `name` (see list_inference_backends): health, requests, success rate, latency, queue, in flight, loaded models.";
 const GET_SUPPORTED_TASKS: &str = "The tasks (kinds: txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt) im serves, each with the models that serve it, as JSON.";
+const SELECT_BACKEND_FOR_INFERENCE: &str = "Where im would run a request now and why, without running it: give `task` (txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt) and `model`, optionally `backend`. Returns the backend, the reason (model already loaded there, a load, or which models it would unload), the expected start in ms, and every backend considered (health, whether it can host the model, has it loaded, requests ahead).";
+const ROUTE_INFERENCE_REQUEST: &str = "Run one request of any task through im's queue and say where it was placed: give `task` (txt2txt, img2txt, txt2img, img2img), `model` and the task's arguments (`prompt` or `messages`; `image` for img2txt; `file` for img2img; `width`/`height` for images, default 512). Returns the placement (backend and reason) first, then the task's result.";
 const LIST_MODELS: &str = "The models im serves and the kinds each serves (txt2txt, txt2img, img2img, img2txt), as JSON. Call this first to pick a `model` for the other tools.";
 
 #[tool_handler]

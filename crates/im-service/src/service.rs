@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use im_engine::{BatchSettings, Batcher, Completion, Engine};
+use inference_queue::Kind;
 use serde_json::{Value, json};
 
 use crate::auth::{Caller, KeyId, KeySpec, Keys, Scope, forbidden, unauthorized};
@@ -215,11 +216,9 @@ impl Service {
         json!({"object": "list", "data": data})
     }
 
-    /// Per group its depth, oldest wait and in flight; per lane its active group, loaded model,
-    /// state and breaker; the counters.
     /// `GET /status`: a report per backend (lane): health (from its breaker), upstream attempts,
-    /// their success rate, average and p95 latency, the requests waiting for the model it has
-    /// loaded, what runs on it and what it has loaded.
+    /// their success rate, average and p95 latency, the requests waiting for the models it has
+    /// loaded, what runs on it, what it has loaded and the memory they take.
     pub async fn backend_status(&self) -> Value {
         let Some(s) = self.engine.status().await else {
             return json!({"accepting": false, "queue_size": 0, "backends": []});
@@ -233,7 +232,7 @@ impl Service {
                 let queue_size: usize = s
                     .groups
                     .iter()
-                    .filter(|g| l.loaded.as_deref() == Some(g.model.as_str()))
+                    .filter(|g| l.resident.iter().any(|r| r.model == g.model))
                     .map(|g| g.depth)
                     .sum();
                 let health = match l.breaker.as_str() {
@@ -246,13 +245,76 @@ impl Service {
                     "requests": f.requests, "success_rate": f.success_rate,
                     "avg_latency_ms": f.avg_latency_ms, "p95_latency_ms": f.p95_latency_ms,
                     "queue_size": queue_size, "in_flight": l.in_flight,
-                    "loaded_models": l.loaded.iter().collect::<Vec<_>>(),
+                    "loaded_models": l.resident.iter().map(|r| &r.model).collect::<Vec<_>>(),
+                    "memory_mb": l.memory_mb, "memory_used_mb": l.memory_used_mb(),
                     "active": l.active.as_ref().map(|(k, m)| json!({"kind": k.as_str(), "model": m})),
                 })
             })
             .collect();
         json!({"accepting": s.accepting, "queue_size": s.waiting, "in_flight": s.in_flight,
                "backends": backends})
+    }
+
+    /// `GET /placement`: where a request of `kind` for `model` (optionally on the backend named
+    /// `backend`) would go now and why, with every backend considered; nothing is queued.
+    pub async fn placement(
+        &self,
+        kind: &str,
+        model: &str,
+        backend: Option<&str>,
+    ) -> Result<Value, ServiceError> {
+        let kind: Kind = kind.parse().map_err(|_| {
+            ServiceError::invalid(
+                "kind",
+                format!(
+                    "{:?} is not a kind; the kinds: {}",
+                    im_engine::truncate(kind, 32),
+                    Kind::ALL.map(|k| k.as_str()).join(", ")
+                ),
+            )
+        })?;
+        let lane = match backend {
+            None => None,
+            Some(name) => {
+                let lanes = &self.engine.config().lanes;
+                let i = lanes.iter().position(|l| l.name == name).ok_or_else(|| {
+                    ServiceError::invalid(
+                        "backend",
+                        format!(
+                            "no backend named {:?}; the backends: {}",
+                            im_engine::truncate(name, 64),
+                            lanes
+                                .iter()
+                                .map(|l| l.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?;
+                Some(inference_queue::LaneId(i))
+            }
+        };
+        let a = self.engine.advise(kind, model, lane).await?;
+        let options: Vec<Value> = a
+            .lanes
+            .iter()
+            .map(|o| {
+                json!({"backend": o.name, "healthy": o.healthy, "can_host": o.can_host,
+                       "model_loaded": o.resident, "eligible": o.routable, "ahead": o.ahead,
+                       "expected_start_ms": o.expected_start.map(|d| d.as_millis() as u64)})
+            })
+            .collect();
+        let chosen = &a.lanes[a.lane.0];
+        Ok(json!({
+            "kind": kind.as_str(), "model": model,
+            "backend": chosen.name,
+            "routing": self.engine.config().routing.as_str(),
+            "reason": a.why.explain(),
+            "model_loaded": chosen.resident,
+            "expected_start_ms": chosen.expected_start.map(|d| d.as_millis() as u64),
+            "evicts": match &a.why { inference_queue::Why::Evict(m) => m.clone(), _ => Vec::new() },
+            "backends": options,
+        }))
     }
 
     /// `GET /queue-status`.
@@ -270,7 +332,9 @@ impl Service {
             .lanes
             .iter()
             .map(|l| json!({"name": l.name, "active": l.active.as_ref().map(|(k, m)| json!({"kind": k.as_str(), "model": m})),
-                            "loaded": l.loaded, "in_flight": l.in_flight, "state": l.phase, "breaker": l.breaker.as_str()}))
+                            "loaded": l.loaded(), "in_flight": l.in_flight, "state": l.phase, "breaker": l.breaker.as_str(),
+                            "resident": l.resident.iter().map(|r| json!({"model": r.model, "in_flight": r.in_flight, "memory_mb": r.memory_mb})).collect::<Vec<_>>(),
+                            "memory_mb": l.memory_mb, "memory_used_mb": l.memory_used_mb()}))
             .collect();
         let c = &s.counters;
         json!({
@@ -278,7 +342,8 @@ impl Service {
             "groups": groups, "lanes": lanes,
             "counters": {"accepted": c.accepted, "rejected": c.rejected, "dispatched": c.dispatched, "completed": c.completed,
                          "expired": c.expired, "cancelled": c.cancelled, "failed": c.failed, "retried": c.retried,
-                         "exhausted": c.exhausted, "switches": c.switches, "model_switches": c.model_switches},
+                         "exhausted": c.exhausted, "switches": c.switches, "model_switches": c.model_switches,
+                         "evictions": c.evictions},
         })
     }
 

@@ -15,6 +15,14 @@ pub struct ModelSpec {
     /// How many requests of this model may run at once on one lane (llama.cpp slots; diffusers: 1).
     /// Shared by all groups of the model.
     pub max_in_flight: u32,
+    /// The memory it takes on a lane, in MiB. `None`: it fills a lane's whole budget (the safe
+    /// assumption when the size is unknown).
+    pub size_mb: Option<u64>,
+    /// What loading it is expected to cost before anything was observed (seeds the learned
+    /// estimate). `None`: derived from `size_mb` (1 s per GiB, at least 1 s), else 10 s.
+    pub load_time: Option<Duration>,
+    /// The lanes it may run on (indexes into [`Config::lanes`]); `None`: any lane it fits.
+    pub only_lanes: Option<Vec<usize>>,
 }
 
 impl ModelSpec {
@@ -24,7 +32,62 @@ impl ModelSpec {
             name: name.into(),
             kinds: kinds.to_vec(),
             max_in_flight,
+            size_mb: None,
+            load_time: None,
+            only_lanes: None,
         }
+    }
+
+    /// With a memory size in MiB.
+    pub fn with_size_mb(mut self, size_mb: u64) -> ModelSpec {
+        self.size_mb = Some(size_mb);
+        self
+    }
+
+    /// With an expected load time.
+    pub fn with_load_time(mut self, load_time: Duration) -> ModelSpec {
+        self.load_time = Some(load_time);
+        self
+    }
+
+    /// The load time to expect before any was observed.
+    pub fn expected_load(&self) -> Duration {
+        self.load_time.unwrap_or_else(|| match self.size_mb {
+            Some(mb) => Duration::from_millis((mb * 1000 / 1024).max(1000)),
+            None => Duration::from_secs(10),
+        })
+    }
+}
+
+/// One lane: an upstream server with its memory budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneSpec {
+    /// Its name in metrics and reports.
+    pub name: String,
+    /// The memory its resident models may take together, in MiB. `None`: one model at a time
+    /// (whatever its size), which is how a plain LocalAI or llama.cpp server behaves by default.
+    pub memory_mb: Option<u64>,
+}
+
+impl LaneSpec {
+    /// A lane that keeps one model resident.
+    pub fn new(name: impl Into<String>) -> LaneSpec {
+        LaneSpec {
+            name: name.into(),
+            memory_mb: None,
+        }
+    }
+
+    /// With a memory budget in MiB: models are co-resident while their sizes fit.
+    pub fn with_memory_mb(mut self, memory_mb: u64) -> LaneSpec {
+        self.memory_mb = Some(memory_mb);
+        self
+    }
+}
+
+impl From<&str> for LaneSpec {
+    fn from(name: &str) -> LaneSpec {
+        LaneSpec::new(name)
     }
 }
 
@@ -152,8 +215,8 @@ pub struct Config {
     pub warm_up: bool,
     /// The models, each with its kinds and slots.
     pub models: Vec<ModelSpec>,
-    /// One name per lane (upstream). At least one.
-    pub lanes: Vec<String>,
+    /// The lanes (upstreams). At least one.
+    pub lanes: Vec<LaneSpec>,
     /// How groups are spread over lanes.
     pub routing: Routing,
     /// Seed of the core's jitter generator.
@@ -182,7 +245,7 @@ impl Default for Config {
             unload_on_switch: false,
             warm_up: false,
             models: Vec::new(),
-            lanes: vec!["default".to_owned()],
+            lanes: vec![LaneSpec::new("default")],
             routing: Routing::default(),
             seed: 0x1D_5EED,
         }
@@ -201,9 +264,15 @@ pub enum Routing {
         /// model too.
         replica_depth: u32,
     },
-    /// Any free lane takes the best group by priority and age, wherever its model is loaded (what
-    /// a least-busy load balancer does).
+    /// Each request goes, when it arrives, to the healthy lane with the fewest requests waiting
+    /// for it or running on it, whatever it has loaded (what a least-busy load balancer does).
     LeastLoaded,
+    /// Each request goes, when it arrives, to the next healthy lane in turn (a round-robin
+    /// balancer).
+    RoundRobin,
+    /// Each request goes, when it arrives, to the healthy lane with the shortest expected time
+    /// to finish it: its requests ahead times its learned service time.
+    BestPerformance,
     /// Each model belongs to one lane, by a hash of its name (a sticky load balancer).
     StickyHash,
 }
@@ -215,13 +284,45 @@ impl Default for Routing {
 }
 
 impl Routing {
+    /// Every routing's name, the default first.
+    pub const NAMES: [&'static str; 5] = [
+        "affinity",
+        "least_loaded",
+        "round_robin",
+        "best_performance",
+        "sticky_hash",
+    ];
+
+    /// The routing called `name` (one of [`Self::NAMES`]).
+    pub fn from_name(name: &str, replica_depth: u32) -> Option<Routing> {
+        Some(match name {
+            "affinity" => Routing::Affinity { replica_depth },
+            "least_loaded" => Routing::LeastLoaded,
+            "round_robin" => Routing::RoundRobin,
+            "best_performance" => Routing::BestPerformance,
+            "sticky_hash" => Routing::StickyHash,
+            _ => return None,
+        })
+    }
+
     /// Its name in configuration and reports.
     pub fn as_str(self) -> &'static str {
         match self {
             Routing::Affinity { .. } => "affinity",
             Routing::LeastLoaded => "least_loaded",
+            Routing::RoundRobin => "round_robin",
+            Routing::BestPerformance => "best_performance",
             Routing::StickyHash => "sticky_hash",
         }
+    }
+
+    /// Whether it places each request on a lane when it arrives (a balancer), rather than
+    /// letting lanes take groups (the default).
+    pub fn places_requests(self) -> bool {
+        matches!(
+            self,
+            Routing::LeastLoaded | Routing::RoundRobin | Routing::BestPerformance
+        )
     }
 }
 
@@ -331,6 +432,41 @@ impl Config {
                     format!("models[{i}].max_in_flight"),
                     "must be at least 1",
                 ));
+            }
+            if m.size_mb == Some(0) {
+                return Err(err(format!("models[{i}].size_mb"), "must be at least 1"));
+            }
+            if let Some(only) = &m.only_lanes {
+                if only.is_empty() {
+                    return Err(err(
+                        format!("models[{i}].only_lanes"),
+                        "must name at least one lane",
+                    ));
+                }
+                if let Some(bad) = only.iter().find(|l| **l >= self.lanes.len()) {
+                    return Err(err(
+                        format!("models[{i}].only_lanes"),
+                        format!("lane {bad} does not exist"),
+                    ));
+                }
+            }
+            let allowed = |l: usize| m.only_lanes.as_ref().is_none_or(|o| o.contains(&l));
+            if let Some(mb) = m.size_mb
+                && self
+                    .lanes
+                    .iter()
+                    .enumerate()
+                    .all(|(l, spec)| !allowed(l) || spec.memory_mb.is_some_and(|b| b < mb))
+            {
+                return Err(err(
+                    format!("models[{i}].size_mb"),
+                    format!("{mb} MiB fits no memory budget of the lanes it may use"),
+                ));
+            }
+        }
+        for (i, l) in self.lanes.iter().enumerate() {
+            if l.memory_mb == Some(0) {
+                return Err(err(format!("lanes[{i}].memory_mb"), "must be at least 1"));
             }
         }
         Ok(())

@@ -98,12 +98,12 @@ mod status;
 mod types;
 
 pub use config::{
-    Bounds, BreakerConfig, Config, ConfigError, Limits, ModelSpec, RetryPolicy, Routing,
+    Bounds, BreakerConfig, Config, ConfigError, LaneSpec, Limits, ModelSpec, RetryPolicy, Routing,
 };
 pub use rng::Rng;
 pub use scheduler::{
-    Admission, CancelOutcome, Event, FailReason, GroupKey, Outcome, QueueScope, Rejection,
-    Resolution, Scheduler, Submit,
+    Admission, Advice, CancelOutcome, Event, FailReason, GroupKey, LaneOption, Outcome, QueueScope,
+    Rejection, Resolution, Scheduler, Submit, Why,
 };
-pub use status::{BreakerState, Counters, GroupStatus, LaneStatus, Status};
+pub use status::{BreakerState, Counters, GroupStatus, LaneStatus, ResidentModel, Status};
 pub use types::{Kind, LaneId, ModelId, ParseKindError, RequestId, Time};

@@ -1,8 +1,11 @@
 //! A deterministic discrete-event simulation of LocalAI's cost model, driven by the real core.
 //!
-//! The simulated upstream keeps one model resident, loads on the first request to another model
-//! (the request waits for the load), runs up to `slots` requests of the resident model at once, and
-//! may fail an attempt transiently. [`run_scheduler`] drives a real [`Scheduler`] against it;
+//! The simulated upstream keeps one model resident (or, with a memory budget, the models whose
+//! sizes fit, evicting the least recently used to make room, as LocalAI's
+//! `--max-active-backends` and llama.cpp's `--models-max` do), loads on the first request to a
+//! model that is not resident (the request waits for the load), runs up to `slots` requests of
+//! each resident model at once, and may fail an attempt transiently. Evicting a model that has
+//! requests running is an overcommit: what im must never cause. [`run_scheduler`] drives a real [`Scheduler`] against it;
 //! [`run_fifo`] replays the same trace the way users hit LocalAI today: requests start in arrival
 //! order, and a request for another model waits for the running ones, then triggers a load.
 //! Everything runs on a virtual clock, so a day of traffic takes milliseconds and a seed reproduces
@@ -28,10 +31,13 @@ pub struct SimModel {
     pub load: Duration,
     /// Requests it runs at once.
     pub slots: u32,
+    /// Its memory in MiB (what a lane's budget is counted in).
+    pub size_mb: u64,
 }
 
-/// The catalogue of SPEC-like costs: an LLM (6 s load, 4 slots), a vision LLM (6 s, 4 slots) and a
-/// diffusion model serving txt2img and img2img (12 s, 1 slot).
+/// The catalogue of SPEC-like costs: an LLM (6 s load, 4 slots, 8 GiB), a vision LLM (6 s, 4 slots,
+/// 8 GiB) and a diffusion model serving txt2img and img2img (12 s, 1 slot, 12 GiB): a 24 GiB GPU
+/// holds any two of them, not all three.
 pub fn localai_catalogue() -> Vec<SimModel> {
     vec![
         SimModel {
@@ -39,27 +45,35 @@ pub fn localai_catalogue() -> Vec<SimModel> {
             kinds: vec![Kind::Txt2Txt],
             load: Duration::from_secs(6),
             slots: 4,
+            size_mb: 8 * 1024,
         },
         SimModel {
             name: "vision".into(),
             kinds: vec![Kind::Img2Txt],
             load: Duration::from_secs(6),
             slots: 4,
+            size_mb: 8 * 1024,
         },
         SimModel {
             name: "sd".into(),
             kinds: vec![Kind::Txt2Img, Kind::Img2Img],
             load: Duration::from_secs(12),
             slots: 1,
+            size_mb: 12 * 1024,
         },
     ]
 }
 
-/// The scheduler's model list for a catalogue (`max_in_flight` = slots).
+/// The scheduler's model list for a catalogue (`max_in_flight` = slots, sizes and load times as
+/// a configuration would declare them).
 pub fn model_specs(models: &[SimModel]) -> Vec<ModelSpec> {
     models
         .iter()
-        .map(|m| ModelSpec::new(m.name.clone(), &m.kinds, m.slots))
+        .map(|m| {
+            ModelSpec::new(m.name.clone(), &m.kinds, m.slots)
+                .with_size_mb(m.size_mb)
+                .with_load_time(m.load)
+        })
         .collect()
 }
 
@@ -203,43 +217,76 @@ impl Report {
     }
 }
 
-/// The simulated upstream: one resident model, slots, loads.
+/// The simulated upstream: resident models within a memory budget (one model without one), slots,
+/// loads.
 #[derive(Debug)]
 struct Upstream {
-    resident: Option<usize>,
-    ready_at: Time,
-    running: u32,
-    running_model: Option<usize>,
+    /// MiB; `None`: one model at a time.
+    budget: Option<u64>,
+    /// Least recently used first.
+    resident: Vec<usize>,
+    /// Per model: when its load ends.
+    ready_at: Vec<Time>,
+    /// Per model: requests running.
+    running: Vec<u32>,
     loads: u64,
     load_time: Duration,
     overcommits: u64,
 }
 
 impl Upstream {
-    fn new() -> Upstream {
+    fn new(models: &[SimModel], budget: Option<u64>) -> Upstream {
         Upstream {
-            resident: None,
-            ready_at: Time::ZERO,
-            running: 0,
-            running_model: None,
+            budget,
+            resident: Vec::new(),
+            ready_at: vec![Time::ZERO; models.len()],
+            running: vec![0; models.len()],
             loads: 0,
             load_time: Duration::ZERO,
             overcommits: 0,
         }
     }
 
-    /// Make `model` resident; the time at which it is ready.
+    fn footprint(&self, models: &[SimModel], model: usize) -> u64 {
+        self.budget.map_or(1, |_| models[model].size_mb)
+    }
+
+    /// Make `model` resident, evicting the least recently used models until it fits (an eviction
+    /// of a model with requests running counts as an overcommit); the time at which it is ready.
     fn ensure(&mut self, models: &[SimModel], model: usize, now: Time) -> Time {
-        if self.resident != Some(model) {
-            if self.running > 0 && self.running_model != Some(model) {
-                self.overcommits += 1;
+        if let Some(i) = self.resident.iter().position(|m| *m == model) {
+            self.resident.remove(i);
+        } else {
+            let cap = self.budget.unwrap_or(1);
+            let need = self.footprint(models, model);
+            while !self.resident.is_empty()
+                && self
+                    .resident
+                    .iter()
+                    .map(|m| self.footprint(models, *m))
+                    .sum::<u64>()
+                    + need
+                    > cap
+            {
+                let victim = self.resident.remove(0);
+                if self.running[victim] > 0 {
+                    self.overcommits += 1;
+                }
             }
-            self.resident = Some(model);
             self.loads += 1;
             self.load_time += models[model].load;
-            self.ready_at = now + models[model].load;
+            self.ready_at[model] = now + models[model].load;
         }
-        self.ready_at.max(now)
+        self.resident.push(model);
+        self.ready_at[model].max(now)
+    }
+
+    /// Unload `model`: an overcommit if it has requests running.
+    fn unload(&mut self, model: usize) {
+        if self.running[model] > 0 {
+            self.overcommits += 1;
+        }
+        self.resident.retain(|m| *m != model);
     }
 }
 
@@ -268,9 +315,12 @@ pub fn run_scheduler_observed(
     observe: &mut dyn FnMut(&Scheduler, Option<&Event>),
 ) -> Report {
     cfg.models = model_specs(models);
-    let lanes = cfg.lanes.len();
+    let mut ups: Vec<Upstream> = cfg
+        .lanes
+        .iter()
+        .map(|l| Upstream::new(models, l.memory_mb))
+        .collect();
     let mut core = Scheduler::new(cfg).expect("valid simulation config");
-    let mut ups: Vec<Upstream> = (0..lanes).map(|_| Upstream::new()).collect();
     let mut report = Report::default();
     let mut heap: BinaryHeap<Reverse<(Time, u64, Ev)>> = BinaryHeap::new();
     let mut seq = 0u64;
@@ -326,11 +376,7 @@ pub fn run_scheduler_observed(
                         }
                     }
                     Ev::Done(id, ok, lane) => {
-                        let up = &mut ups[lane];
-                        up.running -= 1;
-                        if up.running == 0 {
-                            up.running_model = None;
-                        }
+                        ups[lane].running[trace[item_of[&id]].model] -= 1;
                         let outcome = if ok {
                             Outcome::Success
                         } else {
@@ -361,26 +407,33 @@ pub fn run_scheduler_observed(
                     let item = &trace[i];
                     let up = &mut ups[lane.0];
                     let start = up.ensure(models, item.model, now);
-                    up.running += 1;
-                    up.running_model = Some(item.model);
+                    // Models side by side share the GPU's compute: a request that starts while
+                    // another model runs takes 1.5x as long.
+                    let shared = up
+                        .running
+                        .iter()
+                        .enumerate()
+                        .any(|(m, n)| m != item.model && *n > 0);
+                    let service = if shared {
+                        item.service.mul_f64(1.5)
+                    } else {
+                        item.service
+                    };
+                    up.running[item.model] += 1;
                     let left = failures_left.get_mut(&id).expect("known id");
                     let ok = *left == 0;
                     if ok {
                         let waits = report.waits.entry(item.kind).or_default();
                         waits.push(start.saturating_since(item.at));
-                        push(&mut heap, start + item.service, Ev::Done(id, true, lane.0));
+                        push(&mut heap, start + service, Ev::Done(id, true, lane.0));
                     } else {
                         *left -= 1;
-                        push(
-                            &mut heap,
-                            start + item.service / 4,
-                            Ev::Done(id, false, lane.0),
-                        );
+                        push(&mut heap, start + service / 4, Ev::Done(id, false, lane.0));
                     }
                 }
                 Event::Expired { .. } | Event::Failed { .. } => report.not_completed += 1,
-                Event::Unload { lane, .. } => {
-                    ups[lane.0].resident = None;
+                Event::Unload { lane, model } => {
+                    ups[lane.0].unload(model.0);
                     push(&mut heap, now, Ev::Lifecycle(lane.0));
                 }
                 Event::WarmUp { lane, model } => {
@@ -406,7 +459,7 @@ pub fn run_scheduler_observed(
 /// Failed attempts are retried at once by the client, in place.
 pub fn run_fifo(models: &[SimModel], trace: &[TraceItem]) -> Report {
     let mut report = Report::default();
-    let mut up = Upstream::new();
+    let mut up = Upstream::new(models, None);
     // End times of running requests (min-heap).
     let mut running: BinaryHeap<Reverse<Time>> = BinaryHeap::new();
     let mut queue: VecDeque<usize> = VecDeque::new();
@@ -419,7 +472,7 @@ pub fn run_fifo(models: &[SimModel], trace: &[TraceItem]) -> Report {
         while let Some(&i) = queue.front() {
             let item = &trace[i];
             let slots = models[item.model].slots as usize;
-            let same = up.resident == Some(item.model);
+            let same = up.resident.last() == Some(&item.model);
             if same && running.len() >= slots {
                 break;
             }

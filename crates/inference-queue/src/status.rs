@@ -27,8 +27,10 @@ pub struct Counters {
     pub exhausted: u64,
     /// Changes of a lane's active group.
     pub switches: u64,
-    /// Changes of a lane's model (each one a model load upstream).
+    /// Model loads on lanes (each one a load upstream).
     pub model_switches: u64,
+    /// Resident models a lane let go to make room for another.
+    pub evictions: u64,
     /// Times a breaker opened.
     pub breaker_opened: u64,
     /// Inputs about unknown or finished requests, ignored.
@@ -84,14 +86,40 @@ pub struct LaneStatus {
     pub name: String,
     /// The group it serves.
     pub active: Option<(Kind, String)>,
-    /// The model it believes is loaded upstream.
-    pub loaded: Option<String>,
+    /// The models it believes are resident upstream, least recently used first.
+    pub resident: Vec<ResidentModel>,
+    /// Its memory budget in MiB (`None`: one model at a time).
+    pub memory_mb: Option<u64>,
     /// Requests running.
     pub in_flight: u32,
     /// `ready`, `unloading` or `warming_up`.
     pub phase: &'static str,
     /// Its breaker.
     pub breaker: BreakerState,
+}
+
+impl LaneStatus {
+    /// The most recently used resident model.
+    pub fn loaded(&self) -> Option<&str> {
+        self.resident.last().map(|r| r.model.as_str())
+    }
+
+    /// The memory its resident models take, in MiB, when it has a budget.
+    pub fn memory_used_mb(&self) -> Option<u64> {
+        self.memory_mb
+            .map(|_| self.resident.iter().filter_map(|r| r.memory_mb).sum())
+    }
+}
+
+/// A model resident on a lane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResidentModel {
+    /// Its name.
+    pub model: String,
+    /// Its requests running on the lane.
+    pub in_flight: u32,
+    /// What it takes of the lane's budget, when the lane has one.
+    pub memory_mb: Option<u64>,
 }
 
 /// A snapshot of a [`crate::Scheduler`].

@@ -54,12 +54,16 @@ struct Setup {
     warm: bool,
     max_retries: u32,
     routing: Routing,
+    /// Each lane's memory budget in MiB (`None`: one model at a time).
+    memory_mb: Option<u64>,
 }
 
 fn routing() -> impl Strategy<Value = Routing> {
     prop_oneof![
         (1..6u32).prop_map(|replica_depth| Routing::Affinity { replica_depth }),
         Just(Routing::LeastLoaded),
+        Just(Routing::RoundRobin),
+        Just(Routing::BestPerformance),
         Just(Routing::StickyHash),
     ]
 }
@@ -72,15 +76,18 @@ fn setup() -> impl Strategy<Value = Setup> {
         any::<bool>(),
         0..3u32,
         routing(),
+        // The test models take 2,000 to 6,000 MiB: from one model up to all four at once.
+        prop_oneof![Just(None), (6_000..16_000u64).prop_map(Some)],
     )
         .prop_map(
-            |(strict, lanes, unload, warm, max_retries, routing)| Setup {
+            |(strict, lanes, unload, warm, max_retries, routing, memory_mb)| Setup {
                 strict,
                 lanes,
                 unload,
                 warm,
                 max_retries,
                 routing,
+                memory_mb,
             },
         )
 }
@@ -96,7 +103,12 @@ fn config(s: &Setup) -> Config {
         }
     };
     let mut c = cfg(bounds);
-    c.lanes = (0..s.lanes).map(|i| format!("lane{i}")).collect();
+    c.lanes = (0..s.lanes)
+        .map(|i| LaneSpec {
+            name: format!("lane{i}"),
+            memory_mb: s.memory_mb,
+        })
+        .collect();
     c.routing = s.routing;
     c.unload_on_switch = s.unload;
     c.warm_up = s.warm;
@@ -119,7 +131,7 @@ fn run(setup: &Setup, ops: &[Op]) {
     let defaults = cfg.default_deadline;
     let mut h = Harness::new(cfg);
     h.payload_bytes = true;
-    if setup.strict && setup.lanes == 1 {
+    if setup.strict && setup.lanes == 1 && setup.memory_mb.is_none() {
         h.strict_check = Some((setup.unload, setup.warm));
     }
     let mut deadline: HashMap<RequestId, (Time, Time)> = HashMap::new();
@@ -143,7 +155,8 @@ fn run(setup: &Setup, ops: &[Op]) {
                         let (arrival, dl) = deadline[id];
                         let at = arrival + *waited;
                         assert!(at < dl, "{id} dispatched at {at}, deadline {dl}");
-                        if *attempt == 1 {
+                        // A balancer keeps FIFO per lane, and a failing lane's requests move.
+                        if *attempt == 1 && !h.core.config().routing.places_requests() {
                             let (kind, model, _) = h.info[id];
                             if let Some(prev) = last.insert((kind, model), *id) {
                                 assert!(prev < *id, "FIFO broken in group: {prev} after {id}");
@@ -319,22 +332,29 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// A fleet of 1 to 4 lanes under every routing, against simulated upstreams that count a load
-    /// while another model runs as an overcommit: every request is accounted for, no lane ever
-    /// runs two models at once, and the run settles (the harness panics on a livelock).
+    /// A fleet of 1 to 4 lanes under every routing, with budgets of one model, two or all three,
+    /// against simulated upstreams that count the eviction of a model with requests running as an
+    /// overcommit: every request is accounted for, no lane is ever overcommitted, and the run
+    /// settles (the harness panics on a livelock).
     #[test]
     fn a_fleet_never_overcommits_and_loses_nothing(
         seed in any::<u64>(),
         lanes in 1..=4usize,
         load in 0.5f64..1.3,
         routing in routing(),
+        memory_gib in prop_oneof![Just(None), Just(Some(24u64)), Just(Some(32u64))],
     ) {
         let models = sim::localai_catalogue();
         let spec = TraceSpec::mixed(1.0, Duration::from_secs(1800), seed);
         let cap = spec.capacity(&models) * lanes as f64;
         let trace = TraceSpec { rate: cap * load, ..spec }.generate();
         let cfg = Config {
-            lanes: (0..lanes).map(|i| format!("gpu{i}")).collect(),
+            lanes: (0..lanes)
+                .map(|i| LaneSpec {
+                    name: format!("gpu{i}"),
+                    memory_mb: memory_gib.map(|g| g * 1024),
+                })
+                .collect(),
             routing,
             ..Config::default()
         };

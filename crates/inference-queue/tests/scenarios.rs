@@ -589,7 +589,7 @@ fn status_reports_groups_and_lanes() {
         .expect("llm group");
     assert_eq!((llm.depth, llm.in_flight), (1, 0));
     assert_eq!(s.lanes[0].active, Some((Kind::Txt2Img, "sd".to_owned())));
-    assert_eq!(s.lanes[0].loaded.as_deref(), Some("sd"));
+    assert_eq!(s.lanes[0].loaded(), Some("sd"));
     assert_eq!((s.waiting, s.in_flight), (2, 1));
 }
 
@@ -735,7 +735,6 @@ fn lanes_of(h: &Harness, id: RequestId) -> Vec<usize> {
 fn a_retry_goes_to_another_lane_that_can_start_it() {
     let mut c = cfg(Bounds::default());
     c.lanes = vec!["gpu0".into(), "gpu1".into()];
-    c.routing = Routing::LeastLoaded;
     c.retry.base = ms(10);
     c.retry.cap = ms(10);
     let mut h = Harness::new(c);

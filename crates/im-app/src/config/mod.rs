@@ -135,6 +135,14 @@ fn secs(field: &str, v: f64) -> Result<Option<Duration>, ConfigError> {
     Ok((v > 0.0).then(|| Duration::from_secs_f64(v)))
 }
 
+/// GiB (as configured) to MiB (as the core counts).
+fn mib(field: &str, gib: f64) -> Result<u64, ConfigError> {
+    if !gib.is_finite() || gib <= 0.0 || gib > 1_000_000.0 {
+        return Err(invalid(field, "must be a number of GiB > 0"));
+    }
+    Ok(((gib * 1024.0).round() as u64).max(1))
+}
+
 fn millis(field: &str, v: u64) -> Result<Duration, ConfigError> {
     if v as f64 / 1000.0 > MAX_SECONDS {
         return Err(invalid(field, "must be at most a year"));
@@ -151,10 +159,18 @@ fn toml_key(core_field: &str) -> String {
         ("retry.cap", "retry.cap_ms"),
         ("breaker.cooldown", "breaker.cooldown_s"),
         ("limits.max_bytes_total", "limits.max_queued_bytes"),
-        ("lanes", "upstreams"),
     ];
     if let Some(kind) = core_field.strip_prefix("default_deadline.") {
         return format!("deadlines_s.{kind}");
+    }
+    if let Some(rest) = core_field.strip_prefix("lanes") {
+        let rest = rest.replace(".memory_mb", ".memory_gib");
+        return format!("upstreams{rest}");
+    }
+    if let Some(rest) = core_field.strip_prefix("models")
+        && rest.ends_with(".size_mb")
+    {
+        return format!("models{}", rest.replace(".size_mb", ".size_gib"));
     }
     KEYS.iter()
         .find(|(core, _)| *core == core_field)
@@ -252,30 +268,32 @@ impl ImConfig {
             failure_threshold: self.breaker.failure_threshold,
             cooldown: secs("breaker.cooldown_s", self.breaker.cooldown_s)?.unwrap_or_default(),
         };
-        c.routing = match self.routing.strategy.as_str() {
-            "affinity" => inference_queue::Routing::Affinity {
-                replica_depth: self.routing.replica_depth,
-            },
-            "least_loaded" => inference_queue::Routing::LeastLoaded,
-            "sticky_hash" => inference_queue::Routing::StickyHash,
-            other => {
-                return Err(invalid(
-                    "routing.strategy",
-                    format!(
-                        "{:?} is not one of \"affinity\", \"least_loaded\", \"sticky_hash\"",
-                        im_engine::truncate(other, 32)
-                    ),
-                ));
-            }
-        };
+        c.routing =
+            inference_queue::Routing::from_name(&self.routing.strategy, self.routing.replica_depth)
+                .ok_or_else(|| {
+                    invalid(
+                        "routing.strategy",
+                        format!(
+                            "{:?} is not one of {:?}",
+                            im_engine::truncate(&self.routing.strategy, 32),
+                            inference_queue::Routing::NAMES
+                        ),
+                    )
+                })?;
         c.unload_on_switch = self.unload_on_switch;
         c.warm_up = self.warm_up;
         c.lanes = self
             .upstreams
             .iter()
             .enumerate()
-            .map(|(i, u)| u.name(i))
-            .collect();
+            .map(|(i, u)| {
+                let mut lane = inference_queue::LaneSpec::new(u.name(i));
+                if let Some(gib) = u.memory_gib() {
+                    lane.memory_mb = Some(mib(&format!("upstreams[{i}].memory_gib"), gib)?);
+                }
+                Ok(lane)
+            })
+            .collect::<Result<_, ConfigError>>()?;
         c.models = self
             .models
             .iter()
@@ -289,12 +307,61 @@ impl ImConfig {
                 let slots = m
                     .max_in_flight
                     .unwrap_or_else(|| self.discovery.slots_for(&m.kinds));
-                Ok(ModelSpec::new(m.name.clone(), &kinds, slots))
+                let mut spec = ModelSpec::new(m.name.clone(), &kinds, slots);
+                if let Some(gib) = m.size_gib {
+                    spec.size_mb = Some(mib(&format!("models[{i}].size_gib"), gib)?);
+                }
+                if let Some(s) = m.load_time_s {
+                    let field = format!("models[{i}].load_time_s");
+                    spec.load_time =
+                        Some(secs(&field, s)?.ok_or_else(|| invalid(&field, "must be positive"))?);
+                }
+                spec.only_lanes = self.lanes_for(i, m)?;
+                Ok(spec)
             })
             .collect::<Result<_, ConfigError>>()?;
         c.validate()
             .map_err(|e| invalid(toml_key(&e.field), e.message))?;
         Ok(c)
+    }
+
+    /// The upstreams model `i` may use, by its `upstreams` and `labels`; `None`: any.
+    fn lanes_for(&self, i: usize, m: &ModelEntry) -> Result<Option<Vec<usize>>, ConfigError> {
+        if m.upstreams.is_empty() && m.labels.is_empty() {
+            return Ok(None);
+        }
+        let names: Vec<String> = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(j, u)| u.name(j))
+            .collect();
+        if let Some(bad) = m.upstreams.iter().find(|n| !names.contains(n)) {
+            return Err(invalid(
+                format!("models[{i}].upstreams"),
+                format!(
+                    "{:?} is not an upstream name (upstreams: {names:?})",
+                    im_engine::truncate(bad, 64)
+                ),
+            ));
+        }
+        let lanes: Vec<usize> = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter(|(j, u)| {
+                (m.upstreams.is_empty() || m.upstreams.contains(&names[*j]))
+                    && m.labels.iter().all(|l| u.labels().contains(l))
+            })
+            .map(|(j, _)| j)
+            .collect();
+        if lanes.is_empty() {
+            return Err(invalid(
+                format!("models[{i}].labels"),
+                "no upstream carries these labels (among the upstreams it may use)",
+            ));
+        }
+        Ok(Some(lanes))
     }
 
     /// Check everything that can be checked without the network.
@@ -308,6 +375,7 @@ impl ImConfig {
                 kinds: vec!["txt2txt".into()],
                 max_in_flight: Some(1),
                 aliases: Vec::new(),
+                ..Default::default()
             }];
             probe.core()?;
         } else {

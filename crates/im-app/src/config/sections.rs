@@ -8,7 +8,7 @@ use inference_queue::{Bounds, BreakerConfig, Limits, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
 /// One model.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     /// The upstream model name.
@@ -22,6 +22,20 @@ pub struct ModelEntry {
     /// Other names the upstream may answer with for this model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The memory it takes on a GPU, in GiB (what an upstream's `memory_gib` budget counts).
+    /// Absent: it fills an upstream's whole budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_gib: Option<f64>,
+    /// What one load is expected to take, in seconds, until im has measured it (absent: from
+    /// `size_gib`, 1 s per GiB, else 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_time_s: Option<f64>,
+    /// The upstreams (by name) it may run on; absent: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<String>,
+    /// Labels an upstream must carry for it to run there (`["gpu-80g"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 /// One key with its scopes and its own rate limit.
@@ -71,6 +85,14 @@ pub enum UpstreamEntry {
         /// The key this server needs (default: `upstream_api_key`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         api_key: Option<String>,
+        /// The memory its models may take together, in GiB: models whose `size_gib` fit stay
+        /// loaded side by side (LocalAI's `--max-active-backends`, llama.cpp's `--models-max`).
+        /// Absent: one model at a time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory_gib: Option<f64>,
+        /// Labels models can ask for (`["gpu-80g", "fast"]`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        labels: Vec<String>,
     },
 }
 
@@ -78,11 +100,19 @@ impl std::fmt::Debug for UpstreamEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             UpstreamEntry::Url(u) => write!(f, "{u:?}"),
-            UpstreamEntry::Table { url, name, api_key } => f
+            UpstreamEntry::Table {
+                url,
+                name,
+                api_key,
+                memory_gib,
+                labels,
+            } => f
                 .debug_struct("Upstream")
                 .field("url", url)
                 .field("name", name)
                 .field("api_key", &api_key.as_ref().map(|_| "<set>"))
+                .field("memory_gib", memory_gib)
+                .field("labels", labels)
                 .finish(),
         }
     }
@@ -117,6 +147,22 @@ impl UpstreamEntry {
         }
     }
 
+    /// Its memory budget in GiB, if it has one.
+    pub fn memory_gib(&self) -> Option<f64> {
+        match self {
+            UpstreamEntry::Table { memory_gib, .. } => *memory_gib,
+            UpstreamEntry::Url(_) => None,
+        }
+    }
+
+    /// Its labels.
+    pub fn labels(&self) -> &[String] {
+        match self {
+            UpstreamEntry::Table { labels, .. } => labels,
+            UpstreamEntry::Url(_) => &[],
+        }
+    }
+
     /// Its own key, if it has one.
     pub fn api_key(&self) -> Option<&str> {
         match self {
@@ -130,8 +176,10 @@ impl UpstreamEntry {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingEntry {
-    /// `affinity` (a lane leaves a group to the lane that has its model loaded), `least_loaded`
-    /// (any free lane takes any group) or `sticky_hash` (each model has one lane).
+    /// `affinity` (the default: groups go where their model is loaded, or where loading it costs
+    /// least), or a balancer to compare with: `least_loaded`, `round_robin`, `best_performance`
+    /// (each request placed when it arrives, whatever is loaded), `sticky_hash` (each model has
+    /// one lane).
     pub strategy: String,
     /// Under affinity: waiting requests per serving slot beyond which another lane loads the model
     /// too.

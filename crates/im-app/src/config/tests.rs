@@ -47,9 +47,10 @@ mod fields {
             kinds: vec!["txt2txt".into()],
             max_in_flight: Some(1),
             aliases: Vec::new(),
+            ..Default::default()
         }];
         let core = c.core().expect("valid");
-        assert_eq!(core.lanes, vec!["default".to_owned(), "lane1".to_owned()]);
+        assert_eq!(core.lanes, vec!["default".into(), "lane1".into()]);
         assert_eq!(
             core.routing,
             inference_queue::Routing::Affinity { replica_depth: 12 }
@@ -66,6 +67,62 @@ mod fields {
         c.routing.replica_depth = 0;
         let e = c.core().expect_err("zero depth").to_string();
         assert!(e.contains("routing.replica_depth"), "{e}");
+    }
+
+    #[test]
+    fn a_fleet_with_budgets_sizes_and_labels() {
+        let text = r#"
+            [[upstreams]]
+            url = "http://a:8080"
+            name = "big"
+            memory_gib = 80
+            labels = ["gpu-80g"]
+            [[upstreams]]
+            url = "http://b:8080"
+            name = "small"
+            memory_gib = 24
+            [[models]]
+            name = "llama-70b"
+            kinds = ["txt2txt"]
+            max_in_flight = 4
+            size_gib = 40
+            load_time_s = 30
+            labels = ["gpu-80g"]
+            [[models]]
+            name = "sdxl"
+            kinds = ["txt2img"]
+            max_in_flight = 1
+            size_gib = 8
+            upstreams = ["small"]
+        "#;
+        let c = ImConfig::from_toml(text).expect("parses");
+        let core = c.core().expect("valid");
+        assert_eq!(core.lanes[0].memory_mb, Some(80 * 1024));
+        assert_eq!(core.lanes[1].memory_mb, Some(24 * 1024));
+        let llama = &core.models[0];
+        assert_eq!(llama.size_mb, Some(40 * 1024));
+        assert_eq!(llama.load_time, Some(Duration::from_secs(30)));
+        assert_eq!(llama.only_lanes, Some(vec![0]), "by its label");
+        assert_eq!(core.models[1].only_lanes, Some(vec![1]), "by name");
+
+        let too_big = text.replace("size_gib = 8", "size_gib = 30");
+        let e = ImConfig::from_toml(&too_big)
+            .expect("parses")
+            .core()
+            .expect_err("30 GiB fits no upstream sdxl may use");
+        assert!(e.to_string().contains("models[1].size_gib"), "{e}");
+        let unknown = text.replace("upstreams = [\"small\"]", "upstreams = [\"tiny\"]");
+        let e = ImConfig::from_toml(&unknown)
+            .expect("parses")
+            .core()
+            .expect_err("no such upstream");
+        assert!(e.to_string().contains("models[1].upstreams"), "{e}");
+        let negative = text.replace("memory_gib = 24", "memory_gib = -1");
+        let e = ImConfig::from_toml(&negative)
+            .expect("parses")
+            .core()
+            .expect_err("negative budget");
+        assert!(e.to_string().contains("upstreams[1].memory_gib"), "{e}");
     }
 
     #[test]

@@ -78,6 +78,13 @@ pub enum Rejection {
     },
     /// The lane pin names no lane.
     UnknownLane(usize),
+    /// The lane pin names a lane the model may not use or does not fit in.
+    LaneCannotHost {
+        /// The model asked for.
+        model: String,
+        /// The lane asked for.
+        lane: usize,
+    },
     /// Intake is stopped.
     ShuttingDown,
 }

@@ -54,6 +54,7 @@ impl Scheduler {
                 self.counters.breaker_opened += 1;
                 self.events
                     .push_back(Event::BreakerOpened { lane: lane_id });
+                self.replace_from(lane);
             }
             (Breaker::HalfOpen { .. } | Breaker::Open { .. }, Breaker::Closed { .. }) => {
                 self.events

@@ -2,25 +2,33 @@
 //! - `api`: what goes in and comes out (submissions, outcomes, events);
 //! - `queues`: per-group FIFO bookkeeping, deadlines, retries, the byte budget;
 //! - `policy`: which group a lane serves next, the switch barrier, dispatch;
+//! - `residency`: what each lane holds, what fits, what to evict, learned costs;
+//! - `placement`: balancer routings, placing requests and moving them off a failing lane;
+//! - `advice`: where a request would go and why, without queueing it;
 //! - `breaker`: the per-lane circuit breaker;
 //! - `ids`: the request-id hasher.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
+mod advice;
 mod api;
 mod breaker;
 mod ids;
+mod placement;
 mod policy;
 mod queues;
+mod residency;
 
+pub use advice::{Advice, LaneOption, Why};
 pub use api::*;
 use breaker::Breaker;
 use ids::IdMap;
+use residency::{Costs, Ewma, Room};
 
 use crate::config::{Config, ConfigError};
 use crate::rng::Rng;
-use crate::status::{BreakerState, Counters, GroupStatus, LaneStatus, Status};
+use crate::status::{BreakerState, Counters, GroupStatus, LaneStatus, ResidentModel, Status};
 use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +49,13 @@ struct Req {
     state: ReqState,
     /// The lane its last attempt failed on (transiently): its retry goes elsewhere if it can.
     failed_on: Option<usize>,
+    /// When its current attempt started.
+    started: Time,
+    /// Whether its current attempt loads the model (the first after a load without warm-up).
+    cold: bool,
+    /// Whether a balancer routing chose its lane (it moves when that lane fails); a caller's pin
+    /// never moves.
+    placed: bool,
 }
 
 #[derive(Debug)]
@@ -55,17 +70,31 @@ struct Group {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Ready,
-    Unloading { next: usize },
-    WarmingUp { next: usize },
+    /// Waiting for `left` unloads before `next` starts.
+    Unloading {
+        next: usize,
+        left: u32,
+    },
+    WarmingUp {
+        next: usize,
+    },
 }
 
 #[derive(Debug)]
 struct Lane {
     name: String,
     active: Option<usize>,
-    loaded: Option<ModelId>,
+    /// Resident models, least recently used first. Every model with work in flight is here.
+    resident: Vec<ModelId>,
+    /// Models loaded without a warm-up whose first request has not started yet.
+    cold: Vec<ModelId>,
     in_flight: u32,
-    in_flight_model: Option<ModelId>,
+    /// Requests in flight per model.
+    running: Vec<(ModelId, u32)>,
+    /// Learned per model (indexed by [`ModelId`]).
+    costs: Vec<Costs>,
+    /// When the current lifecycle phase began.
+    phase_since: Time,
     phase: Phase,
     activated_at: Time,
     batch: u32,
@@ -104,6 +133,8 @@ pub struct Scheduler {
     events: VecDeque<Event>,
     counters: Counters,
     rng: Rng,
+    /// The round-robin routing's turn.
+    round_robin: usize,
 }
 
 impl Scheduler {
@@ -116,15 +147,26 @@ impl Scheduler {
             .enumerate()
             .map(|(i, m)| (m.name.clone(), ModelId(i)))
             .collect();
+        let costs: Vec<Costs> = cfg
+            .models
+            .iter()
+            .map(|m| Costs {
+                load: Ewma::seeded(m.expected_load()),
+                service: None,
+            })
+            .collect();
         let lanes = cfg
             .lanes
             .iter()
-            .map(|name| Lane {
-                name: name.clone(),
+            .map(|spec| Lane {
+                name: spec.name.clone(),
                 active: None,
-                loaded: None,
+                resident: Vec::new(),
+                cold: Vec::new(),
                 in_flight: 0,
-                in_flight_model: None,
+                running: Vec::new(),
+                costs: costs.clone(),
+                phase_since: Time::ZERO,
                 phase: Phase::Ready,
                 activated_at: Time::ZERO,
                 batch: 0,
@@ -151,6 +193,7 @@ impl Scheduler {
             waiting_per_kind: [0; Kind::COUNT],
             events: VecDeque::new(),
             counters: Counters::default(),
+            round_robin: usize::MAX,
         })
     }
 
@@ -234,13 +277,23 @@ impl Scheduler {
         let lanes = self
             .lanes
             .iter()
-            .map(|l| LaneStatus {
+            .enumerate()
+            .map(|(i, l)| LaneStatus {
                 name: l.name.clone(),
                 active: l.active.map(|g| {
                     let k = self.groups[g].key;
                     (k.kind, self.model_name(k.model).to_owned())
                 }),
-                loaded: l.loaded.map(|m| self.model_name(m).to_owned()),
+                resident: l
+                    .resident
+                    .iter()
+                    .map(|m| ResidentModel {
+                        model: self.model_name(*m).to_owned(),
+                        in_flight: self.running_of(i, *m),
+                        memory_mb: self.cfg.lanes[i].memory_mb.map(|_| self.footprint(i, *m)),
+                    })
+                    .collect(),
+                memory_mb: self.cfg.lanes[i].memory_mb,
                 in_flight: l.in_flight,
                 phase: match l.phase {
                     Phase::Ready => "ready",
@@ -344,6 +397,14 @@ impl Scheduler {
         {
             return Admission::Rejected(Rejection::UnknownLane(l.0));
         }
+        if let Some(l) = req.lane
+            && !self.fits_lane(l.0, model)
+        {
+            return Admission::Rejected(Rejection::LaneCannotHost {
+                model: req.model.to_owned(),
+                lane: l.0,
+            });
+        }
         let retry_after = self.cfg.limits.retry_after_hint;
         if self.waiting_total >= self.cfg.limits.max_queued_total {
             return Admission::Rejected(Rejection::QueueFull {
@@ -366,24 +427,17 @@ impl Scheduler {
                 retry_after,
             });
         }
-        let key = GroupKey {
+        let placed = req.lane.is_none() && self.cfg.routing.places_requests();
+        let lane = if placed {
+            Some(LaneId(self.place(model, None)))
+        } else {
+            req.lane
+        };
+        let group = self.group_for(GroupKey {
             kind: req.kind,
             model,
-            lane: req.lane,
-        };
-        let group = match self.group_index.get(&key) {
-            Some(g) => *g,
-            None => {
-                self.groups.push(Group {
-                    key,
-                    queue: VecDeque::new(),
-                    depth: 0,
-                    in_flight: 0,
-                });
-                self.group_index.insert(key, self.groups.len() - 1);
-                self.groups.len() - 1
-            }
-        };
+            lane,
+        });
         let id = RequestId(self.next_id);
         self.next_id += 1;
         let default = self.cfg.default_deadline[ki];
@@ -398,6 +452,9 @@ impl Scheduler {
                 attempts: 0,
                 state: ReqState::Queued,
                 failed_on: None,
+                started: Time::ZERO,
+                cold: false,
+                placed,
             },
         );
         self.deadlines.insert((deadline, id));
@@ -451,10 +508,12 @@ impl Scheduler {
         };
         let group = req.group;
         let attempts = req.attempts;
-        let l = &mut self.lanes[lane];
-        l.in_flight -= 1;
-        if l.in_flight == 0 {
-            l.in_flight_model = None;
+        let (started, cold) = (req.started, req.cold);
+        let model = self.groups[group].key.model;
+        self.lanes[lane].in_flight -= 1;
+        self.remove_running(lane, model);
+        if outcome == Outcome::Success {
+            self.learn(lane, model, self.now.saturating_since(started), cold);
         }
         self.groups[group].in_flight -= 1;
         self.update_breaker(lane, id, outcome);
@@ -481,6 +540,9 @@ impl Scheduler {
                     self.waiting_total += 1;
                     self.waiting_per_kind[kind.index()] += 1;
                     self.counters.retried += 1;
+                    if self.requests.get(&id).is_some_and(|r| r.placed) {
+                        self.move_placed(id, lane);
+                    }
                     Resolution::Retry {
                         at,
                         attempt: attempts + 1,
@@ -510,19 +572,27 @@ impl Scheduler {
         };
         match l.phase {
             Phase::Ready => self.counters.ignored += 1,
-            Phase::Unloading { next } => {
+            Phase::Unloading { next, left } if left > 1 => {
+                self.lanes[lane.0].phase = Phase::Unloading {
+                    next,
+                    left: left - 1,
+                };
+            }
+            Phase::Unloading { next, .. } => {
                 if self.cfg.warm_up {
-                    let model = self.groups[next].key.model;
-                    self.lanes[lane.0].phase = Phase::WarmingUp { next };
-                    self.events.push_back(Event::WarmUp { lane, model });
+                    self.warm_up(lane.0, next);
                 } else {
                     self.lanes[lane.0].phase = Phase::Ready;
                     self.activate(lane.0, next);
                 }
             }
             Phase::WarmingUp { next } => {
+                let model = self.groups[next].key.model;
+                let took = self.now.saturating_since(l.phase_since);
+                self.lanes[lane.0].costs[model.0].load.observe(took);
                 self.lanes[lane.0].phase = Phase::Ready;
                 self.activate(lane.0, next);
+                self.lanes[lane.0].cold.retain(|m| *m != model);
             }
         }
         self.pump();

@@ -14,7 +14,10 @@ impl Scheduler {
     /// Whether `lane` may take work from `g`: it has work, is not pinned elsewhere, and the
     /// routing lets this lane serve it.
     pub(super) fn eligible(&self, lane: usize, g: &Group) -> bool {
-        if g.depth == 0 || g.key.lane.is_some_and(|l| l.0 != lane) {
+        if g.depth == 0
+            || g.key.lane.is_some_and(|l| l.0 != lane)
+            || !self.fits_lane(lane, g.key.model)
+        {
             return false;
         }
         if g.key.lane.is_some() {
@@ -41,9 +44,8 @@ impl Scheduler {
                 let l = &self.lanes[m];
                 m != lane
                     && matches!(l.breaker, Breaker::Closed { .. })
-                    && (l.in_flight == 0
-                        || l.loaded == Some(g.key.model)
-                        || l.in_flight_model == Some(g.key.model))
+                    && self.fits_lane(m, g.key.model)
+                    && (l.in_flight == 0 || self.holds(m, g.key.model))
                     && self.routable(m, g)
             })
     }
@@ -51,7 +53,9 @@ impl Scheduler {
     /// Whether the routing lets `lane` serve `g` (an unpinned group with work).
     fn routable(&self, lane: usize, g: &Group) -> bool {
         match self.cfg.routing {
-            Routing::LeastLoaded => true,
+            // Balancers place every request on a lane when it arrives: a group without a lane
+            // exists only under another routing (a configuration reload), and any lane may take it.
+            Routing::LeastLoaded | Routing::RoundRobin | Routing::BestPerformance => true,
             Routing::StickyHash => self.sticky_lane(g.key.model) == lane,
             Routing::Affinity { replica_depth } => self.affine(lane, g, replica_depth),
         }
@@ -70,17 +74,23 @@ impl Scheduler {
     /// starving or waits deeper than `replica_depth` requests per slot of those lanes.
     fn affine(&self, lane: usize, g: &Group, replica_depth: u32) -> bool {
         let model = g.key.model;
-        let here = &self.lanes[lane];
-        if here.loaded == Some(model) || here.in_flight_model == Some(model) {
+        if self.holds(lane, model) {
             return true;
         }
+        // A lane that just failed the front request does not count as a home for its retry.
+        let failed_on = g
+            .queue
+            .front()
+            .and_then(|id| self.requests.get(id))
+            .and_then(|r| r.failed_on);
         let owners = self
             .lanes
             .iter()
             .enumerate()
             .filter(|(i, l)| {
                 *i != lane
-                    && (l.loaded == Some(model) || l.in_flight_model == Some(model))
+                    && Some(*i) != failed_on
+                    && self.holds(*i, model)
                     && matches!(l.breaker, Breaker::Closed { .. })
             })
             .count() as u64;
@@ -99,6 +109,8 @@ impl Scheduler {
     }
 
     pub(super) fn pump_lane(&mut self, lane: usize) {
+        // Groups whose model has no free slot here: another resident model may still take work.
+        let mut full: Vec<usize> = Vec::new();
         loop {
             let l = &mut self.lanes[lane];
             match l.breaker {
@@ -110,64 +122,87 @@ impl Scheduler {
             if l.phase != Phase::Ready {
                 return;
             }
-            let Some(target) = self.decide(lane) else {
+            let Some(target) = self.decide(lane, &full) else {
                 return;
             };
-            let l = &self.lanes[lane];
             let model = self.groups[target].key.model;
-            if l.in_flight >= self.cfg.models[model.0].max_in_flight
-                && l.in_flight_model == Some(model)
-            {
-                // No free slot: decide again when one frees, with whatever has arrived by then.
-                return;
+            if self.running_of(lane, model) >= self.cfg.models[model.0].max_in_flight {
+                full.push(target);
+                continue;
             }
-            if l.active != Some(target) {
-                let model = self.groups[target].key.model;
-                if l.in_flight > 0 && l.in_flight_model != Some(model) {
-                    return; // the switch barrier: wait for the old model's work to finish
-                }
-                let model_changed = l.loaded != Some(model);
-                if model_changed && l.in_flight == 0 {
-                    if self.cfg.unload_on_switch
-                        && let Some(old) = l.loaded
-                    {
-                        self.lanes[lane].loaded = None;
-                        self.lanes[lane].phase = Phase::Unloading { next: target };
-                        self.events.push_back(Event::Unload {
-                            lane: LaneId(lane),
-                            model: old,
-                        });
-                        return;
+            if self.lanes[lane].active != Some(target) {
+                match self.room(lane, model) {
+                    Room::Resident => {}
+                    // The switch barrier: wait for the work of the models that must make room.
+                    Room::Barrier => return,
+                    Room::Evict(victims) => {
+                        for v in &victims {
+                            self.evict(lane, *v);
+                        }
+                        // A lane with a budget is told what to unload (it would pick by its own
+                        // rule otherwise); a one-model lane swaps by itself unless asked to.
+                        if self.cfg.unload_on_switch || self.cfg.lanes[lane].memory_mb.is_some() {
+                            self.unload(lane, target, &victims);
+                            return;
+                        }
+                        if self.cfg.warm_up {
+                            self.warm_up(lane, target);
+                            return;
+                        }
                     }
-                    if self.cfg.warm_up {
-                        self.lanes[lane].phase = Phase::WarmingUp { next: target };
-                        self.events.push_back(Event::WarmUp {
-                            lane: LaneId(lane),
-                            model,
-                        });
-                        return;
+                    Room::Fits => {
+                        if self.cfg.warm_up {
+                            self.warm_up(lane, target);
+                            return;
+                        }
                     }
                 }
                 self.activate(lane, target);
             }
-            let model = self.groups[target].key.model;
-            let l = &self.lanes[lane];
-            if l.in_flight >= self.cfg.models[model.0].max_in_flight {
-                return;
-            }
             self.dispatch_front(lane, target);
         }
+    }
+
+    /// Enter the unloading phase: unload `victims`, then start `next`.
+    fn unload(&mut self, lane: usize, next: usize, victims: &[ModelId]) {
+        let l = &mut self.lanes[lane];
+        l.phase = Phase::Unloading {
+            next,
+            left: victims.len() as u32,
+        };
+        l.phase_since = self.now;
+        for model in victims {
+            self.events.push_back(Event::Unload {
+                lane: LaneId(lane),
+                model: *model,
+            });
+        }
+    }
+
+    /// Enter the warm-up phase: load `next`'s model, then start `next`.
+    pub(super) fn warm_up(&mut self, lane: usize, next: usize) {
+        let model = self.groups[next].key.model;
+        let l = &mut self.lanes[lane];
+        l.phase = Phase::WarmingUp { next };
+        l.phase_since = self.now;
+        self.events.push_back(Event::WarmUp {
+            lane: LaneId(lane),
+            model,
+        });
     }
 
     /// Make `group` the lane's active group.
     pub(super) fn activate(&mut self, lane: usize, group: usize) {
         let now = self.now;
         let key = self.groups[group].key;
+        let model_changed = !self.holds(lane, key.model);
+        self.touch(lane, key.model);
         let l = &mut self.lanes[lane];
+        if model_changed {
+            l.cold.push(key.model);
+        }
         let from = l.active.map(|g| self.groups[g].key);
-        let model_changed = l.loaded != Some(key.model);
         l.active = Some(group);
-        l.loaded = Some(key.model);
         l.activated_at = now;
         l.batch = 0;
         l.drained = false;
@@ -194,8 +229,16 @@ impl Scheduler {
         g.in_flight += 1;
         let kind = g.key.kind;
         let model = g.key.model;
+        let cold = {
+            let l = &mut self.lanes[lane];
+            let cold = l.cold.contains(&model);
+            l.cold.retain(|m| *m != model);
+            cold
+        };
         let r = self.requests.get_mut(&id).expect("queue fronts are live");
         r.state = ReqState::InFlight { lane };
+        r.started = self.now;
+        r.cold = cold;
         r.attempts += 1;
         let attempt = r.attempts;
         let waited = self.now.saturating_since(r.arrival);
@@ -203,9 +246,10 @@ impl Scheduler {
         Self::clean_front(&mut self.groups[group], &self.requests);
         self.waiting_total -= 1;
         self.waiting_per_kind[kind.index()] -= 1;
+        self.add_running(lane, model);
+        self.touch(lane, model);
         let l = &mut self.lanes[lane];
         l.in_flight += 1;
-        l.in_flight_model = Some(model);
         l.batch += 1;
         if let Breaker::HalfOpen { probe } = &mut l.breaker {
             *probe = Some(id);
@@ -219,11 +263,13 @@ impl Scheduler {
         });
     }
 
-    /// The group the lane should dispatch from next, if any has work.
-    pub(super) fn decide(&mut self, lane: usize) -> Option<usize> {
+    /// The group the lane should dispatch from next, if any has work, leaving out `full` (groups
+    /// whose model has no free slot on the lane).
+    pub(super) fn decide(&mut self, lane: usize, full: &[usize]) -> Option<usize> {
         let active = self.lanes[lane].active;
         if let Some(a) = active
             && self.groups[a].depth > 0
+            && !full.contains(&a)
             && !self.retry_goes_elsewhere(lane, &self.groups[a])
         {
             if self.lanes[lane].drained {
@@ -236,10 +282,10 @@ impl Scheduler {
             if self.may_continue(lane, a) {
                 return Some(a);
             }
-            return self.choose_next(lane, Some(a)).or(Some(a));
+            return self.choose_next(lane, Some(a), full).or(Some(a));
         }
-        let next = self.choose_next(lane, None);
-        if next.is_none() {
+        let next = self.choose_next(lane, None, full);
+        if next.is_none() && active.is_none_or(|a| !full.contains(&a)) {
             self.lanes[lane].drained = true;
         }
         next
@@ -275,12 +321,19 @@ impl Scheduler {
 
     /// SPEC §2.3: first a starving group (oldest waiter first), else the highest-priority kind with
     /// work; inside it, the group whose model is loaded, else the oldest waiter.
-    pub(super) fn choose_next(&self, lane: usize, exclude: Option<usize>) -> Option<usize> {
+    pub(super) fn choose_next(
+        &self,
+        lane: usize,
+        exclude: Option<usize>,
+        full: &[usize],
+    ) -> Option<usize> {
         let candidates = || {
             self.groups
                 .iter()
                 .enumerate()
-                .filter(move |(i, g)| Some(*i) != exclude && self.eligible(lane, g))
+                .filter(move |(i, g)| {
+                    Some(*i) != exclude && !full.contains(i) && self.eligible(lane, g)
+                })
                 .filter_map(|(i, g)| self.front_arrival(g).map(|f| (i, g, f)))
         };
         if let Some(s) = self.cfg.bounds.starvation_after {
@@ -291,11 +344,10 @@ impl Scheduler {
                 return Some(i);
             }
         }
-        let loaded = self.lanes[lane].in_flight_model.or(self.lanes[lane].loaded);
         for kind in &self.priority {
             let best = candidates()
                 .filter(|(_, g, _)| g.key.kind == *kind)
-                .min_by_key(|(i, g, f)| (Some(g.key.model) != loaded, *f, *i));
+                .min_by_key(|(i, g, f)| (!self.holds(lane, g.key.model), *f, *i));
             if let Some((i, _, _)) = best {
                 return Some(i);
             }

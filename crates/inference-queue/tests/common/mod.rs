@@ -8,10 +8,10 @@ use inference_queue::*;
 
 pub fn models() -> Vec<ModelSpec> {
     vec![
-        ModelSpec::new("llm", &[Kind::Txt2Txt, Kind::Img2Txt], 2),
-        ModelSpec::new("llm2", &[Kind::Txt2Txt], 1),
-        ModelSpec::new("sd", &[Kind::Txt2Img, Kind::Img2Img], 1),
-        ModelSpec::new("vision", &[Kind::Img2Txt], 1),
+        ModelSpec::new("llm", &[Kind::Txt2Txt, Kind::Img2Txt], 2).with_size_mb(4000),
+        ModelSpec::new("llm2", &[Kind::Txt2Txt], 1).with_size_mb(3000),
+        ModelSpec::new("sd", &[Kind::Txt2Img, Kind::Img2Img], 1).with_size_mb(6000),
+        ModelSpec::new("vision", &[Kind::Img2Txt], 1).with_size_mb(2000),
     ]
 }
 
@@ -77,16 +77,37 @@ impl Harness {
         if self.core.in_system() == 0 {
             assert_eq!(self.core.bytes_held(), 0, "bytes held by nobody");
         }
+        for l in self.core.status(self.now).lanes {
+            if let (Some(used), Some(budget)) = (l.memory_used_mb(), l.memory_mb) {
+                assert!(used <= budget, "{} holds {used} MiB of {budget}", l.name);
+            }
+        }
         while let Some(ev) = self.core.poll_event() {
+            if let Event::Unload { lane, model } = &ev {
+                assert!(
+                    !self.in_flight.values().any(|x| x == &(*lane, *model)),
+                    "unloading a model with work in flight on {lane:?}"
+                );
+            }
             match &ev {
                 Event::Dispatch { id, lane, .. } => {
                     let (_, model, _) = self.info[id];
-                    for (other, (l, m)) in &self.in_flight {
-                        if l == lane {
-                            assert_eq!(
-                                *m, model,
-                                "two models in flight on {lane:?}: {other} and {id}"
-                            );
+                    let mut busy: HashSet<ModelId> = self
+                        .in_flight
+                        .values()
+                        .filter(|(l, _)| l == lane)
+                        .map(|(_, m)| *m)
+                        .collect();
+                    busy.insert(model);
+                    let cfg = self.core.config();
+                    match cfg.lanes[lane.0].memory_mb {
+                        None => assert_eq!(busy.len(), 1, "two models in flight on {lane:?}"),
+                        Some(budget) => {
+                            let used: u64 = busy
+                                .iter()
+                                .map(|m| cfg.models[m.0].size_mb.unwrap_or(budget))
+                                .sum();
+                            assert!(used <= budget, "models in flight on {lane:?} overcommit it");
                         }
                     }
                     let n = self
