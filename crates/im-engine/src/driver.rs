@@ -58,6 +58,10 @@ pub(crate) enum Msg {
     Lifecycle {
         lane: LaneId,
     },
+    Health {
+        lane: LaneId,
+        healthy: bool,
+    },
     Status {
         reply: oneshot::Sender<Status>,
     },
@@ -104,6 +108,10 @@ pub(crate) struct Driver {
     switch_started: Vec<Option<Instant>>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     last_gauges: Instant,
+    /// When the last round of health checks started.
+    last_health: Instant,
+    /// Per lane: a health check is under way.
+    checking: Vec<bool>,
 }
 
 impl Driver {
@@ -132,6 +140,8 @@ impl Driver {
             switch_started: vec![None; n],
             shutdown: None,
             last_gauges: Instant::now(),
+            last_health: Instant::now(),
+            checking: vec![false; n],
         }
     }
 
@@ -188,6 +198,7 @@ impl Driver {
                 _ = upkeep.tick() => {
                     self.metrics.run_upkeep();
                     self.update_gauges();
+                    self.health_checks();
                 }
             }
             self.process_events();
@@ -346,6 +357,13 @@ impl Driver {
                 }
             }
             Msg::Lifecycle { lane } => self.core.lifecycle_done(now, lane),
+            Msg::Health { lane, healthy } => {
+                self.checking[lane.0] = false;
+                if healthy {
+                    tracing::info!(lane = %self.lanes[lane.0], "health check answered: lane rejoins");
+                }
+                self.core.lane_health(now, lane, healthy);
+            }
             Msg::Status { reply } => {
                 let _ = reply.send(self.core.status(now));
             }
@@ -512,6 +530,34 @@ impl Driver {
                     self.metrics.breaker(&self.lanes[lane.0], false);
                 }
             }
+        }
+    }
+
+    /// Check each lane whose breaker is open or half-open with its readiness route, at most once
+    /// per `breaker.health_check` and one check at a time; the answer goes to the core.
+    fn health_checks(&mut self) {
+        let Some(every) = self.core.config().breaker.health_check else {
+            return;
+        };
+        if self.last_health.elapsed() < every {
+            return;
+        }
+        self.last_health = Instant::now();
+        let status = self.core.status(self.clock.now());
+        for (i, l) in status.lanes.iter().enumerate() {
+            if l.breaker == inference_queue::BreakerState::Closed || self.checking[i] {
+                continue;
+            }
+            self.checking[i] = true;
+            let (backend, tx, lane) = (self.backend.clone(), self.tx.clone(), LaneId(i));
+            tokio::spawn(async move {
+                let healthy = tokio::time::timeout(Duration::from_secs(5), backend.ready(lane))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                if let Some(tx) = tx.upgrade() {
+                    let _ = tx.send(Msg::Health { lane, healthy });
+                }
+            });
         }
     }
 

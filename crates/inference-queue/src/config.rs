@@ -158,6 +158,10 @@ pub struct BreakerConfig {
     pub failure_threshold: u32,
     /// How long an open breaker stays open before one probe request is let through.
     pub cooldown: Duration,
+    /// How often the driver checks a lane whose breaker is not closed with the upstream's
+    /// readiness route, reporting through [`crate::Scheduler::lane_health`] (a lane that answers
+    /// rejoins at once); `None`: only probe requests close a breaker.
+    pub health_check: Option<Duration>,
 }
 
 impl Default for BreakerConfig {
@@ -165,6 +169,7 @@ impl Default for BreakerConfig {
         BreakerConfig {
             failure_threshold: 5,
             cooldown: Duration::from_secs(10),
+            health_check: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -219,6 +224,10 @@ pub struct Config {
     pub lanes: Vec<LaneSpec>,
     /// How groups are spread over lanes.
     pub routing: Routing,
+    /// Cost-aware switching: a lane loads a model for a group that is not starving only once the
+    /// group's waiting (its depth times its oldest wait, in request-seconds) outweighs the
+    /// learned cost of the switch (the load, plus reloading what it evicts).
+    pub cost_aware: bool,
     /// Seed of the core's jitter generator.
     pub seed: u64,
 }
@@ -247,6 +256,7 @@ impl Default for Config {
             models: Vec::new(),
             lanes: vec![LaneSpec::new("default")],
             routing: Routing::default(),
+            cost_aware: false,
             seed: 0x1D_5EED,
         }
     }
@@ -403,6 +413,9 @@ impl Config {
         }
         if self.breaker.cooldown.is_zero() {
             return Err(err("breaker.cooldown", "must be positive"));
+        }
+        if self.breaker.health_check == Some(Duration::ZERO) {
+            return Err(err("breaker.health_check", "must be positive (or off)"));
         }
         if self.lanes.is_empty() {
             return Err(err("lanes", "at least one lane (upstream) is needed"));

@@ -116,6 +116,7 @@ fn config(s: &Setup) -> Config {
     c.breaker = BreakerConfig {
         failure_threshold: 3,
         cooldown: Duration::from_secs(2),
+        ..BreakerConfig::default()
     };
     c.default_deadline = [Duration::from_secs(15); Kind::COUNT];
     c.limits.max_queued_total = 40;

@@ -69,7 +69,9 @@ fn eviction_takes_the_idle_models_cheapest_to_reload() {
         ["llm2", "vision", "llm"],
         "9,000 MiB resident"
     );
-    // sd needs 6,000 and 1,000 are free: evict vision (1 s), then llm (5 s); llm2 (30 s) stays.
+    // Ten seconds later sd needs 6,000 and 1,000 are free: evict vision (1 s), then llm (5 s);
+    // llm2 (30 s) stays.
+    h.at(10_000);
     let image = h.id(Kind::Txt2Img, "sd");
     assert_eq!(h.lifecycle_events(), ["unload vision", "unload llm"]);
     assert!(h.running().is_empty(), "sd starts after both unloads");
@@ -97,6 +99,7 @@ fn a_model_waited_for_is_evicted_last() {
     assert_eq!(h.running(), [busy].into());
     // llm2 (3,000) needs 1,000 more than is free: llm is idle and nobody waits for it, so llm
     // goes, not vision, which has work waiting (and is busy anyway).
+    h.at(10_000);
     let other = h.id(Kind::Txt2Txt, "llm2");
     assert_eq!(h.lifecycle_events(), ["unload llm"]);
     h.core.lifecycle_done(h.now, LaneId(0));
@@ -114,6 +117,13 @@ fn making_room_from_a_busy_model_waits_for_the_barrier() {
     assert_eq!(h.running(), [chat].into());
     assert!(h.lifecycle_events().is_empty(), "no unload of a busy model");
     h.at(10).complete(chat, Outcome::Success);
+    assert!(
+        h.lifecycle_events().is_empty(),
+        "an idle model is kept as long as reloading it would take"
+    );
+    let llm = h.core.model_id("llm").expect("llm");
+    let reload = h.core.expected_load(LaneId(0), llm).as_millis() as u64;
+    h.at(10 + reload);
     assert_eq!(h.lifecycle_events(), ["unload llm"]);
     assert!(h.running().is_empty());
     h.core.lifecycle_done(h.now, LaneId(0));

@@ -412,6 +412,7 @@ fn the_breaker_opens_holds_work_and_closes_after_a_probe() {
     c.breaker = BreakerConfig {
         failure_threshold: 2,
         cooldown: Duration::from_secs(10),
+        ..BreakerConfig::default()
     };
     c.retry.max_retries = 0;
     let mut h = Harness::new(c);
@@ -635,6 +636,7 @@ fn failures_that_belong_to_one_request_never_open_the_breaker() {
     c.breaker = BreakerConfig {
         failure_threshold: 2,
         cooldown: Duration::from_secs(10),
+        ..BreakerConfig::default()
     };
     c.retry.max_retries = 0;
     let mut h = Harness::new(c);

@@ -267,6 +267,7 @@ impl ImConfig {
         c.breaker = BreakerConfig {
             failure_threshold: self.breaker.failure_threshold,
             cooldown: secs("breaker.cooldown_s", self.breaker.cooldown_s)?.unwrap_or_default(),
+            health_check: secs("breaker.health_check_s", self.breaker.health_check_s)?,
         };
         c.routing =
             inference_queue::Routing::from_name(&self.routing.strategy, self.routing.replica_depth)
@@ -280,6 +281,7 @@ impl ImConfig {
                         ),
                     )
                 })?;
+        c.cost_aware = self.routing.cost_aware;
         c.unload_on_switch = self.unload_on_switch;
         c.warm_up = self.warm_up;
         c.lanes = self

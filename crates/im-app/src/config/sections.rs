@@ -184,6 +184,9 @@ pub struct RoutingEntry {
     /// Under affinity: waiting requests per serving slot beyond which another lane loads the model
     /// too.
     pub replica_depth: u32,
+    /// Load a model for a group that is not starving only once the group's depth times its
+    /// oldest wait outweighs the learned cost of the switch (see `benches/results/policy-table.md`).
+    pub cost_aware: bool,
 }
 
 impl Default for RoutingEntry {
@@ -195,6 +198,7 @@ impl Default for RoutingEntry {
         RoutingEntry {
             strategy: "affinity".into(),
             replica_depth,
+            cost_aware: inference_queue::Config::default().cost_aware,
         }
     }
 }
@@ -329,6 +333,9 @@ pub struct BreakerEntry {
     pub failure_threshold: u32,
     /// Seconds it stays open.
     pub cooldown_s: f64,
+    /// Seconds between active health checks of a lane whose breaker is open or half-open (its
+    /// readiness route); an answer closes the breaker. 0: off.
+    pub health_check_s: f64,
 }
 
 impl Default for BreakerEntry {
@@ -337,6 +344,7 @@ impl Default for BreakerEntry {
         BreakerEntry {
             failure_threshold: b.failure_threshold,
             cooldown_s: b.cooldown.as_secs_f64(),
+            health_check_s: b.health_check.map_or(0.0, |d| d.as_secs_f64()),
         }
     }
 }

@@ -161,7 +161,7 @@ impl Scheduler {
                 .min_by_key(|o| (o.expected_start, !o.resident, o.lane))
                 .or_else(|| lanes.iter().find(|o| o.can_host))
                 .map_or(LaneId(0), |o| o.lane);
-            let why = match self.room(best.0, m) {
+            let why = match self.room(best.0, m, false) {
                 Room::Resident => Why::Resident,
                 Room::Fits => Why::Load,
                 Room::Evict(v) => {
@@ -194,7 +194,7 @@ impl Scheduler {
         };
         let slots = self.cfg.models[m.0].max_in_flight.max(1);
         let queue = service(m).mul_f64(ahead as f64 / f64::from(slots));
-        match self.room(lane, m) {
+        match self.room(lane, m, false) {
             Room::Resident => queue,
             Room::Fits | Room::Evict(_) => queue + self.expected_load(LaneId(lane), m),
             Room::Barrier => {

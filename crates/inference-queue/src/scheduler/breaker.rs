@@ -48,6 +48,13 @@ impl Scheduler {
             },
             (Some(true), open @ Breaker::Open { .. }) => open,
         };
+        self.breaker_changed(lane, before);
+    }
+
+    /// Emit the events of a breaker's change on `lane` from `before`, and move the placed
+    /// requests off it when it opened.
+    fn breaker_changed(&mut self, lane: usize, before: Breaker) {
+        let l = &self.lanes[lane];
         let lane_id = LaneId(lane);
         match (before, l.breaker) {
             (Breaker::Closed { .. } | Breaker::HalfOpen { .. }, Breaker::Open { .. }) => {
@@ -62,5 +69,37 @@ impl Scheduler {
             }
             _ => {}
         }
+    }
+}
+
+impl Scheduler {
+    /// An active health check of `lane` answered (`healthy`) or failed. A healthy answer closes an
+    /// open or half-open breaker (the lane rejoins at once); a failure counts against a closed
+    /// breaker like an upstream fault and re-opens a half-open one.
+    pub fn lane_health(&mut self, now: Time, lane: LaneId, healthy: bool) {
+        self.advance(now);
+        let Some(l) = self.lanes.get_mut(lane.0) else {
+            return;
+        };
+        let before = l.breaker;
+        let cfg = self.cfg.breaker;
+        l.breaker = match (healthy, before) {
+            (true, Breaker::Closed { failures }) => Breaker::Closed { failures },
+            (true, _) => Breaker::Closed { failures: 0 },
+            (false, Breaker::Closed { failures }) if failures + 1 >= cfg.failure_threshold => {
+                Breaker::Open {
+                    until: self.now + cfg.cooldown,
+                }
+            }
+            (false, Breaker::Closed { failures }) => Breaker::Closed {
+                failures: failures + 1,
+            },
+            (false, Breaker::HalfOpen { .. }) => Breaker::Open {
+                until: self.now + cfg.cooldown,
+            },
+            (false, open @ Breaker::Open { .. }) => open,
+        };
+        self.breaker_changed(lane.0, before);
+        self.pump();
     }
 }

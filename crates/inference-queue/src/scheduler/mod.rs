@@ -93,6 +93,8 @@ struct Lane {
     running: Vec<(ModelId, u32)>,
     /// Learned per model (indexed by [`ModelId`]).
     costs: Vec<Costs>,
+    /// Per model: when a request of it last started or ended here.
+    used_at: Vec<Time>,
     /// When the current lifecycle phase began.
     phase_since: Time,
     phase: Phase,
@@ -166,6 +168,7 @@ impl Scheduler {
                 in_flight: 0,
                 running: Vec::new(),
                 costs: costs.clone(),
+                used_at: vec![Time::ZERO; cfg.models.len()],
                 phase_since: Time::ZERO,
                 phase: Phase::Ready,
                 activated_at: Time::ZERO,
@@ -336,6 +339,43 @@ impl Scheduler {
         for l in &self.lanes {
             if let Breaker::Open { until } = l.breaker {
                 take(until);
+            }
+        }
+        // A lane with a budget keeps an idle model as long as reloading it would take: wake up
+        // when one may go.
+        for (lane, l) in self.lanes.iter().enumerate() {
+            if self.cfg.lanes[lane].memory_mb.is_none() || self.waiting_total == 0 {
+                continue;
+            }
+            for m in l
+                .resident
+                .iter()
+                .filter(|m| self.running_of(lane, **m) == 0)
+            {
+                let t = l.used_at[m.0] + l.costs[m.0].load.get();
+                if t > self.now {
+                    take(t);
+                }
+            }
+        }
+        // Under cost-aware switching a group becomes worth a load as it waits: wake up then.
+        if self.cfg.cost_aware {
+            for (lane, l) in self.lanes.iter().enumerate() {
+                if l.phase != Phase::Ready {
+                    continue;
+                }
+                for g in self.groups.iter().filter(|g| g.depth > 0) {
+                    if self.holds(lane, g.key.model) || !self.fits_lane(lane, g.key.model) {
+                        continue;
+                    }
+                    if let Some(f) = self.front_arrival(g) {
+                        let cost = self.switch_cost(lane, g.key.model);
+                        let due = f + cost.div_f64(g.depth as f64);
+                        if due > self.now {
+                            take(due);
+                        }
+                    }
+                }
             }
         }
         // Under affinity an idle lane may leave a group to the lane that has its model, until the
@@ -511,6 +551,7 @@ impl Scheduler {
         let (started, cold) = (req.started, req.cold);
         let model = self.groups[group].key.model;
         self.lanes[lane].in_flight -= 1;
+        self.lanes[lane].used_at[model.0] = self.now;
         self.remove_running(lane, model);
         if outcome == Outcome::Success {
             self.learn(lane, model, self.now.saturating_since(started), cold);

@@ -4,6 +4,9 @@
 use super::*;
 use crate::config::Routing;
 
+/// How many times slower than the fastest other lane a lane must be to count as slow.
+pub const SLOW_FACTOR: f64 = 3.0;
+
 impl Scheduler {
     pub(super) fn pump(&mut self) {
         for lane in 0..self.lanes.len() {
@@ -27,7 +30,40 @@ impl Scheduler {
         if self.retry_goes_elsewhere(lane, g) {
             return false;
         }
-        self.routable(lane, g)
+        self.routable(lane, g) && self.worth_loading(lane, g)
+    }
+
+    /// Under cost-aware switching: whether `g` may make `lane` load its model now (always when
+    /// the model is resident or `g` starves; else once its waiting outweighs the switch).
+    pub(super) fn worth_loading(&self, lane: usize, g: &Group) -> bool {
+        if !self.cfg.cost_aware || self.holds(lane, g.key.model) || self.starving(g) {
+            return true;
+        }
+        let Some(front) = self.front_arrival(g) else {
+            return true;
+        };
+        let pressure = g.depth as f64 * self.now.saturating_since(front).as_secs_f64();
+        pressure >= self.switch_cost(lane, g.key.model).as_secs_f64()
+    }
+
+    /// The learned cost of loading `model` on `lane`: its load, plus the reload of the models it
+    /// evicts.
+    pub(super) fn switch_cost(&self, lane: usize, model: ModelId) -> Duration {
+        let load = |m: ModelId| self.expected_load(LaneId(lane), m);
+        let evicted: Duration = match self.room(lane, model, false) {
+            Room::Resident | Room::Fits => Duration::ZERO,
+            Room::Evict(v) => v.iter().map(|m| load(*m)).sum(),
+            Room::Barrier => self.lanes[lane].resident.iter().map(|m| load(*m)).sum(),
+        };
+        load(model) + evicted
+    }
+
+    /// Whether the oldest waiter of `g` has waited past the starvation bound.
+    pub(super) fn starving(&self, g: &Group) -> bool {
+        self.cfg.bounds.starvation_after.is_some_and(|s| {
+            self.front_arrival(g)
+                .is_some_and(|f| self.now.saturating_since(f) >= s)
+        })
     }
 
     /// A request whose last attempt failed on `lane` is retried on another healthy lane that the
@@ -61,6 +97,20 @@ impl Scheduler {
         }
     }
 
+    /// Whether `lane` is slow for `model`: its learned service time is more than
+    /// [`SLOW_FACTOR`] times the fastest other healthy lane's. A slow lane leaves the model's
+    /// groups to faster lanes that hold it unless they are deep or starving.
+    pub(super) fn slow(&self, lane: usize, model: ModelId) -> bool {
+        let Some(here) = self.expected_service(LaneId(lane), model) else {
+            return false;
+        };
+        (0..self.lanes.len())
+            .filter(|i| *i != lane && matches!(self.lanes[*i].breaker, Breaker::Closed { .. }))
+            .filter_map(|i| self.expected_service(LaneId(i), model))
+            .min()
+            .is_some_and(|best| here > best.mul_f64(SLOW_FACTOR))
+    }
+
     /// The lane a model belongs to under [`Routing::StickyHash`]: FNV-1a of its name.
     pub(super) fn sticky_lane(&self, model: ModelId) -> usize {
         let name = &self.cfg.models[model.0].name;
@@ -74,7 +124,7 @@ impl Scheduler {
     /// starving or waits deeper than `replica_depth` requests per slot of those lanes.
     fn affine(&self, lane: usize, g: &Group, replica_depth: u32) -> bool {
         let model = g.key.model;
-        if self.holds(lane, model) {
+        if self.holds(lane, model) && !self.slow(lane, model) {
             return true;
         }
         // A lane that just failed the front request does not count as a home for its retry.
@@ -91,6 +141,7 @@ impl Scheduler {
                 *i != lane
                     && Some(*i) != failed_on
                     && self.holds(*i, model)
+                    && !self.slow(*i, model)
                     && matches!(l.breaker, Breaker::Closed { .. })
             })
             .count() as u64;
@@ -131,7 +182,8 @@ impl Scheduler {
                 continue;
             }
             if self.lanes[lane].active != Some(target) {
-                match self.room(lane, model) {
+                let urgent = self.starving(&self.groups[target]);
+                match self.room(lane, model, urgent) {
                     Room::Resident => {}
                     // The switch barrier: wait for the work of the models that must make room.
                     Room::Barrier => return,
@@ -248,6 +300,7 @@ impl Scheduler {
         self.waiting_per_kind[kind.index()] -= 1;
         self.add_running(lane, model);
         self.touch(lane, model);
+        self.lanes[lane].used_at[model.0] = self.now;
         let l = &mut self.lanes[lane];
         l.in_flight += 1;
         l.batch += 1;

@@ -97,8 +97,11 @@ impl Scheduler {
         self.lanes[lane].resident.contains(&model)
     }
 
-    /// What running `model` on `lane` takes now.
-    pub(super) fn room(&self, lane: usize, model: ModelId) -> Room {
+    /// What running `model` on `lane` takes now. On a lane with a budget an idle model is kept at
+    /// least as long as reloading it would take since it was last used (the ski-rental rule,
+    /// against thrashing between co-resident sets), unless the work that needs room is `urgent`
+    /// (starving).
+    pub(super) fn room(&self, lane: usize, model: ModelId, urgent: bool) -> Room {
         if self.holds(lane, model) {
             return Room::Resident;
         }
@@ -112,7 +115,9 @@ impl Scheduler {
             .resident
             .iter()
             .enumerate()
-            .filter(|(_, m)| self.running_of(lane, **m) == 0)
+            .filter(|(_, m)| {
+                self.running_of(lane, **m) == 0 && (urgent || self.may_evict(lane, **m))
+            })
             .map(|(lru, m)| (self.has_waiting(*m), l.costs[m.0].load.get(), lru, *m))
             .collect();
         // Cheapest to lose first: no work waits for it, then the shortest reload, then the least
@@ -131,6 +136,14 @@ impl Scheduler {
         } else {
             Room::Barrier
         }
+    }
+
+    /// Whether the idle `model` has been idle on `lane` as long as reloading it would take (always
+    /// on a lane without a budget, which swaps as soon as its model is idle).
+    fn may_evict(&self, lane: usize, model: ModelId) -> bool {
+        let l = &self.lanes[lane];
+        self.cfg.lanes[lane].memory_mb.is_none()
+            || self.now >= l.used_at[model.0] + l.costs[model.0].load.get()
     }
 
     /// Whether any request for `model` waits.

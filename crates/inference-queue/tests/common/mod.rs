@@ -215,6 +215,28 @@ impl Harness {
         a
     }
 
+    /// Submit pinned to `lane`; its id.
+    pub fn id_on(&mut self, kind: Kind, model: &str, lane: usize) -> RequestId {
+        let a = self.core.submit(
+            self.now,
+            Submit {
+                kind,
+                model,
+                lane: Some(LaneId(lane)),
+                deadline: None,
+                bytes: 0,
+            },
+        );
+        let Admission::Accepted(id) = a else {
+            panic!("expected acceptance, got {a:?}");
+        };
+        self.accepted.push(id);
+        let m = self.core.model_id(model).expect("accepted model exists");
+        self.info.insert(id, (kind, m, self.now));
+        self.drain();
+        id
+    }
+
     pub fn id(&mut self, kind: Kind, model: &str) -> RequestId {
         match self.submit(kind, model) {
             Admission::Accepted(id) => id,

@@ -1,0 +1,81 @@
+//! Lanes that fail, answer health checks again, or turn slow.
+
+mod common;
+
+use common::*;
+use inference_queue::*;
+
+fn two_lanes(routing: Routing) -> Harness {
+    let mut c = cfg(Bounds::default());
+    c.lanes = vec!["gpu0".into(), "gpu1".into()];
+    c.routing = routing;
+    c.breaker.failure_threshold = 2;
+    Harness::new(c)
+}
+
+fn breaker(h: &Harness, lane: usize) -> &'static str {
+    h.core.status(h.now).lanes[lane].breaker.as_str()
+}
+
+fn lane_of(h: &Harness, id: RequestId) -> Option<usize> {
+    h.events.iter().rev().find_map(|e| match e {
+        Event::Dispatch { id: d, lane, .. } if *d == id => Some(lane.0),
+        _ => None,
+    })
+}
+
+#[test]
+fn failed_health_checks_open_the_breaker_and_an_answer_closes_it() {
+    let mut h = two_lanes(Routing::default());
+    h.core.lane_health(h.now, LaneId(1), false);
+    assert_eq!(
+        breaker(&h, 1),
+        "closed",
+        "one failure is below the threshold"
+    );
+    h.core.lane_health(h.now, LaneId(1), false);
+    h.drain();
+    assert_eq!(breaker(&h, 1), "open");
+    assert!(h.events.contains(&Event::BreakerOpened { lane: LaneId(1) }));
+    // Long before the cooldown ends, the lane answers its health check: it rejoins at once.
+    h.at(100);
+    h.core.lane_health(h.now, LaneId(1), true);
+    h.drain();
+    assert_eq!(breaker(&h, 1), "closed");
+    assert!(h.events.contains(&Event::BreakerClosed { lane: LaneId(1) }));
+}
+
+#[test]
+fn work_waits_for_no_open_lane_when_another_is_healthy() {
+    let mut h = two_lanes(Routing::default());
+    h.core.lane_health(h.now, LaneId(0), false);
+    h.core.lane_health(h.now, LaneId(0), false);
+    h.drain();
+    let id = h.id(Kind::Txt2Img, "sd");
+    assert_eq!(lane_of(&h, id), Some(1));
+}
+
+#[test]
+fn a_slow_lane_leaves_its_model_to_a_faster_one() {
+    let mut h = two_lanes(Routing::default());
+    // Both lanes load llm2 (pinned requests), then learn: gpu0 takes 10 s a request, gpu1 1 s.
+    for round in 0..3u64 {
+        let start = round * 20_000;
+        h.at(start);
+        let a = h.id_on(Kind::Txt2Txt, "llm2", 0);
+        let b = h.id_on(Kind::Txt2Txt, "llm2", 1);
+        assert_eq!(
+            (lane_of(&h, a), lane_of(&h, b)),
+            (Some(0), Some(1)),
+            "round {round}"
+        );
+        h.at(start + 1_000).complete(b, Outcome::Success);
+        h.at(start + 10_000).complete(a, Outcome::Success);
+    }
+    // Both idle, both hold llm2: the slow one leaves new work to the fast one.
+    for _ in 0..3 {
+        let id = h.id(Kind::Txt2Txt, "llm2");
+        assert_eq!(lane_of(&h, id), Some(1));
+        h.complete(id, Outcome::Success);
+    }
+}
