@@ -1,114 +1,13 @@
 //! End to end: the real `im-http` binary with `--simulate`, driven over HTTP with reqwest.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::*;
 use serde_json::{Value, json};
-
-const KEY: &str = "im-demo-key";
-const LLM: &str = "llama-3.2-3b-instruct";
-const VLM: &str = "llava-1.6-mistral-7b";
-const SD: &str = "stablediffusion";
-
-struct Server {
-    child: Child,
-    url: String,
-    sim: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_im-http"))
-        .args([
-            "--simulate",
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-time-scale",
-            "0.01",
-        ])
-        .args(extra)
-        .env_remove("IM_CONFIG")
-        .env_remove("IM_API_KEYS")
-        .env_remove("LOCALAI_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("im-http starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let (mut url, mut sim) = (None, None);
-    for line in lines.by_ref() {
-        let line = line.expect("utf-8");
-        if let Some(rest) = line.strip_prefix("im-http: simulated LocalAI at ") {
-            sim = Some(rest.trim().to_owned());
-        }
-        if let Some(rest) = line.strip_prefix("im-http: listening on ") {
-            url = Some(rest.split_whitespace().next().expect("url").to_owned());
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        url: url.expect("listening line"),
-        sim: sim.expect("sim line"),
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
-}
-
-fn png_b64() -> String {
-    base64::engine::general_purpose::STANDARD.encode(localai_sim::image::png(8, 8, 2))
-}
-
-fn body_for(kind: &str, i: usize) -> (String, Value) {
-    match kind {
-        "txt2txt" => (
-            "/txt2txt".into(),
-            json!({"model": LLM, "messages": [{"role": "user", "content": format!("q{i}")}]}),
-        ),
-        "img2txt" => (
-            "/img2txt".into(),
-            json!({"model": VLM, "messages": [{"role": "user", "content": [{"type": "text", "text": "what"}, {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", png_b64())}}]}]}),
-        ),
-        "txt2img" => (
-            "/txt2img".into(),
-            json!({"model": SD, "prompt": "fox", "width": 16, "height": 16, "steps": 2}),
-        ),
-        _ => (
-            "/img2img".into(),
-            json!({"model": SD, "prompt": "fox", "width": 16, "height": 16, "steps": 2, "file": png_b64()}),
-        ),
-    }
-}
-
-async fn post(c: &reqwest::Client, url: &str, path: &str, body: &Value) -> (u16, Value) {
-    let r = c
-        .post(format!("{url}{path}"))
-        .header("x-api-key", KEY)
-        .json(body)
-        .send()
-        .await
-        .expect("answered");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-const KINDS: [&str; 4] = ["txt2txt", "txt2img", "img2img", "img2txt"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_on_both_route_families_auth_and_streaming() {

@@ -61,7 +61,18 @@
 //! - Every accepted request leaves exactly once: [`Resolution::Finished`] or
 //!   [`Resolution::Exhausted`] from [`Scheduler::complete`], [`Event::Expired`], [`Event::Failed`],
 //!   or [`CancelOutcome::Removed`].
-//! - A lane never has in-flight work of two models; in-flight per model never exceeds its limit.
+//! - **Residency.** A lane without a memory budget never has in-flight work of two models. A lane
+//!   with one ([`LaneSpec::memory_mb`]) holds models side by side while their sizes fit: at every
+//!   step the resident sizes never exceed the budget (a model of unknown size counts as the whole
+//!   budget, a model bigger than the lane never goes there), every model with work in flight is
+//!   resident, and a model is evicted (or unloaded) only when nothing of it is in flight: when
+//!   room is needed from a busy model the lane stops dispatching and waits (the barrier, which
+//!   thus applies only when a model must be evicted). In-flight per model and lane never exceeds
+//!   its limit. The harness in `tests/common` checks this on every event, and the property tests
+//!   run it over budgets of one model up to all of them, 1 to 4 lanes and every routing.
+//! - **N lanes.** Each invariant holds per lane. A request is dispatched on one lane at a time; a
+//!   retry after a failure on a lane goes to another lane that can start it soon when there is
+//!   one; a balancer-placed request waiting on a lane whose breaker opens moves to another lane.
 //! - FIFO inside a group (a retry goes back to the head of its group).
 //! - Deadlines are honoured to the tick: a request is never dispatched at or after its deadline.
 //! - Under [`Bounds::strict`], a lane never leaves a non-empty active group.
@@ -74,6 +85,12 @@
 //!   request can hold a slot upstream (its service time plus a model load). Starvation never
 //!   preempts the active group; it decides the next group at each switch point, and switch points
 //!   come at least every `D + T` while others wait (the dwell bound, then the barrier's drain).
+//!   With N lanes under `affinity` a starving group is served by the lanes that hold its model and
+//!   becomes routable on one more lane, the one whose switch costs least (idle first, then one
+//!   whose models are held elsewhere too); that lane's switch points come within `D + T` as
+//!   above, and an idle lane wakes when a group it left to another lane starts to starve. With
+//!   co-residency a starving group may also evict idle models at once (the ski-rental hold below
+//!   does not apply to it). The property test checks the bound for 1 to 3 lanes.
 //!   *Theorem:* once the oldest waiting request `R` of a lane has waited `S`, `R` is dispatched
 //!   within `2·(D + T) + T`. *Proof:* the current group stops dispatching within `D` and drains
 //!   within `T`; at that switch point the oldest starving group is chosen, which is `R`'s group
@@ -85,6 +102,11 @@
 //!   `the_oldest_waiter_is_served_within_the_stated_bound` checks the theorem at every step of
 //!   random simulated traces between 50 % and 150 % of capacity. Under [`Bounds::strict`] no such
 //!   bound exists: a busy high-priority kind starves the others, as the seeds' rule implies.
+//!
+//! - **Eviction.** On a lane with a budget an idle model is kept at least as long as reloading it
+//!   would take since it was last used (the ski-rental rule: never more than twice the cost of
+//!   the best choice in hindsight), then the idle models cheapest to lose go first (no work
+//!   waiting for them, then the shortest learned load, then the least recently used).
 //!
 //! Bad input is an outcome, never a panic: an invalid [`Config`] is a [`ConfigError`] naming the
 //! field; completing an unknown or finished id is ignored and counted; a `now` earlier than the

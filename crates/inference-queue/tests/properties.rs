@@ -283,12 +283,17 @@ proptest! {
     /// the oldest and has waited `starvation_after`, is dispatched within `2·(D + T) + T`, where `D`
     /// is `max_dwell` and `T` the longest a request holds a slot (its service plus a model load).
     #[test]
-    fn the_oldest_waiter_is_served_within_the_stated_bound(seed in any::<u64>(), load in 0.5f64..1.5) {
+    fn the_oldest_waiter_is_served_within_the_stated_bound(
+        seed in any::<u64>(),
+        load in 0.5f64..1.5,
+        lanes in 1..=3usize,
+    ) {
         let models = sim::localai_catalogue();
         let spec = TraceSpec::mixed(1.0, Duration::from_secs(3 * 3600), seed);
-        let cap = spec.capacity(&models);
+        let cap = spec.capacity(&models) * lanes as f64;
         let trace = TraceSpec { rate: cap * load, ..spec }.generate();
         let cfg = Config {
+            lanes: (0..lanes).map(|i| LaneSpec::new(format!("gpu{i}"))).collect(),
             default_deadline: [Duration::from_secs(86_400); Kind::COUNT],
             limits: Limits { max_queued_total: 1_000_000, ..Limits::default() },
             ..Config::default()

@@ -99,6 +99,16 @@ impl Scheduler {
             },
             (false, open @ Breaker::Open { .. }) => open,
         };
+        if healthy && !matches!(before, Breaker::Closed { .. }) {
+            // It may have restarted: what it had loaded is unknown, so keep only what runs.
+            let busy: Vec<ModelId> = self.lanes[lane.0]
+                .resident
+                .iter()
+                .copied()
+                .filter(|m| self.running_of(lane.0, *m) > 0)
+                .collect();
+            self.lanes[lane.0].resident = busy;
+        }
         self.breaker_changed(lane.0, before);
         self.pump();
     }

@@ -97,6 +97,34 @@ impl Scheduler {
         }
     }
 
+    /// The healthy lane that can host `g`'s model and loses least by loading it: an idle lane
+    /// first, then one whose models are all held elsewhere too, then one whose models have no
+    /// waiting work; then the cheapest load; then the lowest index.
+    pub(super) fn cheapest_home(&self, g: &Group) -> Option<usize> {
+        let model = g.key.model;
+        (0..self.lanes.len())
+            .filter(|l| {
+                matches!(self.lanes[*l].breaker, Breaker::Closed { .. })
+                    && self.fits_lane(*l, model)
+                    && !self.slow(*l, model)
+            })
+            .min_by_key(|l| {
+                let lane = &self.lanes[*l];
+                let sole = lane
+                    .resident
+                    .iter()
+                    .any(|m| (0..self.lanes.len()).all(|o| o == *l || !self.holds(o, *m)));
+                let wanted = lane.resident.iter().any(|m| self.has_waiting(*m));
+                (
+                    lane.in_flight > 0,
+                    sole && wanted,
+                    wanted,
+                    self.switch_cost(*l, model),
+                    *l,
+                )
+            })
+    }
+
     /// Whether `lane` is slow for `model`: its learned service time is more than
     /// [`SLOW_FACTOR`] times the fastest other healthy lane's. A slow lane leaves the model's
     /// groups to faster lanes that hold it unless they are deep or starving.
@@ -146,17 +174,16 @@ impl Scheduler {
             })
             .count() as u64;
         if owners == 0 {
-            return true;
+            // Nobody holds it: the lane whose switch costs least takes it (or anyone once it
+            // starves), so that lanes do not all leave their models for it.
+            return self.cheapest_home(g) == Some(lane);
         }
         let slots = u64::from(self.cfg.models[model.0].max_in_flight) * owners;
         if g.depth as u64 >= u64::from(replica_depth) * slots {
             return true;
         }
-        // A starving group may go anywhere: the starvation bound holds under affinity too.
-        self.cfg.bounds.starvation_after.is_some_and(|s| {
-            self.front_arrival(g)
-                .is_some_and(|f| self.now.saturating_since(f) >= s)
-        })
+        // A starving group gets one more lane: the one whose switch costs least.
+        self.starving(g) && self.cheapest_home(g) == Some(lane)
     }
 
     pub(super) fn pump_lane(&mut self, lane: usize) {

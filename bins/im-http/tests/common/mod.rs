@@ -1,0 +1,217 @@
+//! What the end-to-end tests share: starting the real `im-http` binary (with its embedded
+//! simulator or in front of given upstreams) and simulator processes, requests by kind.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+pub const KEY: &str = "im-demo-key";
+pub const LLM: &str = "llama-3.2-3b-instruct";
+pub const VLM: &str = "llava-1.6-mistral-7b";
+pub const SD: &str = "stablediffusion";
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    /// The embedded simulator's URL (with `--simulate`).
+    pub sim: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start(extra: &[&str]) -> Server {
+    let mut args = vec!["--simulate", "--sim-time-scale", "0.01"];
+    args.extend_from_slice(extra);
+    let (child, url, sim) = spawn_im_http(&args);
+    Server {
+        child,
+        url,
+        sim: sim.expect("sim line"),
+    }
+}
+
+/// `im-http` in front of `upstreams`, with `extra` arguments.
+pub fn start_in_front_of(upstreams: &[String], extra: &[&str]) -> Server {
+    let list = upstreams.join(",");
+    let mut args = vec!["--upstream", list.as_str()];
+    args.extend_from_slice(extra);
+    let (child, url, _) = spawn_im_http(&args);
+    Server {
+        child,
+        url,
+        sim: String::new(),
+    }
+}
+
+/// Start `im-http --listen 127.0.0.1:0 args...`; its URL (and its simulator's) from stderr.
+fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-http"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("IM_CONFIG")
+        .env_remove("IM_API_KEYS")
+        .env_remove("LOCALAI_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("im-http starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let (mut url, mut sim) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.expect("utf-8");
+        if let Some(rest) = line.strip_prefix("im-http: simulated LocalAI at ") {
+            sim = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("im-http: listening on ") {
+            url = Some(rest.split_whitespace().next().expect("url").to_owned());
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (child, url.expect("listening line"), sim)
+}
+
+/// The `localai-sim` binary next to `im-http`, built first if it is not there yet.
+pub fn sim_binary() -> PathBuf {
+    let im = PathBuf::from(env!("CARGO_BIN_EXE_im-http"));
+    let path = im.with_file_name(format!("localai-sim{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-p", "localai-sim", "--bin", "localai-sim"]);
+        if im.parent().is_some_and(|d| d.ends_with("release")) {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("cargo runs").success(),
+            "building localai-sim"
+        );
+    }
+    path
+}
+
+/// A `localai-sim` process on a fixed port (so that it can be restarted there).
+pub struct SimProcess {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl SimProcess {
+    /// Start one on `port` (0: a free port) with `time_scale`; returns once it answers.
+    pub async fn start(port: u16, time_scale: f64) -> SimProcess {
+        let port = if port == 0 {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        } else {
+            port
+        };
+        let child = Command::new(sim_binary())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--time-scale",
+                &time_scale.to_string(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("localai-sim starts");
+        let sim = SimProcess { child, port };
+        let c = client();
+        for _ in 0..200 {
+            if c.get(format!("{}/readyz", sim.url())).send().await.is_ok() {
+                return sim;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("localai-sim on port {port} never answered");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it with SIGKILL, like a machine that dies.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its `/sim/stats`.
+    pub async fn stats(&self) -> Value {
+        client()
+            .get(format!("{}/sim/stats", self.url()))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("JSON")
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+pub fn png_b64() -> String {
+    base64::engine::general_purpose::STANDARD.encode(localai_sim::image::png(8, 8, 2))
+}
+
+pub fn body_for(kind: &str, i: usize) -> (String, Value) {
+    match kind {
+        "txt2txt" => (
+            "/txt2txt".into(),
+            json!({"model": LLM, "messages": [{"role": "user", "content": format!("q{i}")}]}),
+        ),
+        "img2txt" => (
+            "/img2txt".into(),
+            json!({"model": VLM, "messages": [{"role": "user", "content": [{"type": "text", "text": "what"}, {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", png_b64())}}]}]}),
+        ),
+        "txt2img" => (
+            "/txt2img".into(),
+            json!({"model": SD, "prompt": "fox", "width": 16, "height": 16, "steps": 2}),
+        ),
+        _ => (
+            "/img2img".into(),
+            json!({"model": SD, "prompt": "fox", "width": 16, "height": 16, "steps": 2, "file": png_b64()}),
+        ),
+    }
+}
+
+pub async fn post(c: &reqwest::Client, url: &str, path: &str, body: &Value) -> (u16, Value) {
+    let r = c
+        .post(format!("{url}{path}"))
+        .header("x-api-key", KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("answered");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+pub const KINDS: [&str; 4] = ["txt2txt", "txt2img", "img2img", "img2txt"];
