@@ -22,6 +22,7 @@ pub mod seed;
 pub mod serve;
 mod state;
 mod stream;
+pub mod tasks;
 pub mod types;
 
 use axum::Router;
@@ -47,18 +48,21 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         openai::chat_completions, openai::completions, openai::embeddings, openai::images_generations, openai::models,
         media::rerank, media::speech, media::tts, media::transcriptions, media::images_edits,
         admin::relay, infer::infer, infer::infer_stream, infer::root,
+        tasks::infer, tasks::infer_batch, tasks::models,
         ops::request_metrics, ops::error_metrics, ops::queue_status, ops::status, ops::placement, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
         types::Txt2ImgRequest, types::Img2ImgRequest, types::Figures, types::TextResult, types::ImageResult,
         schema::Role, schema::ChatCompletionRequest, schema::CompletionRequest, schema::EmbeddingRequest,
         schema::ImageGenerationRequest, schema::RerankRequest, schema::SpeechRequest, schema::TranscriptionForm,
-        schema::ImageEditForm, infer::InferRequest, infer::InferParams, infer::InferResponse, infer::Timings)),
+        schema::ImageEditForm, infer::InferRequest, infer::InferParams, infer::InferResponse, infer::Timings,
+        tasks::TaskRequest, tasks::TaskBatch)),
     modifiers(&SecurityAddon, &PassThrough),
     tags((name = "seed", description = "The seed endpoints"), (name = "openai", description = "OpenAI-compatible endpoints"),
          (name = "operations", description = "Metrics, status, health"),
          (name = "admin", description = "LocalAI's management routes, relayed for `admin` keys"),
-         (name = "infer", description = "The seeds' `/v1/infer` dialect"))
+         (name = "infer", description = "The seeds' `/v1/infer` dialect"),
+         (name = "tasks", description = "Task models with versions: `/infer`, `/infer/batch`, `/models`"))
 )]
 pub struct ApiDoc;
 
@@ -122,6 +126,9 @@ pub fn router_with(
         .route("/images/generations", post(openai::images_generations))
         .route("/v1/images/generations", post(openai::images_generations))
         .route("/v1/models", get(openai::models))
+        .route("/infer", post(tasks::infer))
+        .route("/infer/batch", post(tasks::infer_batch))
+        .route("/models", get(tasks::models))
         .route("/v1/infer", post(infer::infer))
         .route("/v1/infer/stream", post(infer::infer_stream))
         .route("/", get(infer::root))

@@ -12,6 +12,7 @@
 mod auth;
 mod call;
 mod error;
+mod registry;
 mod service;
 
 pub use auth::{
@@ -23,4 +24,5 @@ pub use call::{
     TranscriptionInput, image_file,
 };
 pub use error::{ErrorType, ServiceError};
+pub use registry::{MAX_TEXT_CHARS, Registry, RegistryEntry, TaskAnswer, Template};
 pub use service::{Service, ServiceSettings};

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::auth::{Caller, KeyId, KeySpec, Keys, Scope, forbidden, unauthorized};
 use crate::call::{Call, InputLimits};
 use crate::error::ServiceError;
+use crate::registry::Registry;
 
 /// How a [`Service`] is set up.
 #[derive(Clone, Debug)]
@@ -25,6 +26,10 @@ pub struct ServiceSettings {
     pub body_limit: usize,
     /// How embedding requests are merged into upstream calls.
     pub batch: BatchSettings,
+    /// The task models of `/infer` (versions, templates).
+    pub registry: Registry,
+    /// The most requests one `/infer/batch` may carry.
+    pub max_batch_requests: usize,
 }
 
 impl Default for ServiceSettings {
@@ -35,6 +40,8 @@ impl Default for ServiceSettings {
             limits: InputLimits::default(),
             body_limit: 32 * 1024 * 1024,
             batch: BatchSettings::default(),
+            registry: Registry::default(),
+            max_batch_requests: 32,
         }
     }
 }
@@ -43,6 +50,8 @@ struct Shared {
     keys: Keys,
     limits: InputLimits,
     body_limit: usize,
+    registry: Registry,
+    max_batch_requests: usize,
     ids: AtomicU64,
     id_prefix: u32,
 }
@@ -76,6 +85,8 @@ impl Service {
                 keys: Keys::with_scopes(&settings.keys, settings.rate_limit),
                 limits: settings.limits.clone(),
                 body_limit: settings.body_limit,
+                registry: settings.registry.clone(),
+                max_batch_requests: settings.max_batch_requests,
                 ids: AtomicU64::new(1),
                 id_prefix,
             }),
@@ -90,6 +101,16 @@ impl Service {
     /// What inputs must respect.
     pub fn limits(&self) -> &InputLimits {
         &self.shared.limits
+    }
+
+    /// The task models of `/infer`.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// The most requests one `/infer/batch` may carry.
+    pub fn max_batch_requests(&self) -> usize {
+        self.shared.max_batch_requests
     }
 
     /// The largest request body a frontend accepts.

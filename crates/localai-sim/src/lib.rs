@@ -36,6 +36,7 @@ pub mod image;
 mod retrieval;
 mod server;
 mod state;
+mod structured;
 
 pub use config::{
     ConfigError, Faults, ModelCfg, SimConfig, SimMode, StreamErrorDialect, default_catalogue,

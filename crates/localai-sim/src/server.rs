@@ -401,11 +401,13 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
         None if model.serves("img2txt") => "I see no image. ".to_owned(),
         None => String::new(),
     };
-    let reply = format!(
-        "{seen}Simulated reply from {} to: {}",
-        model.name,
-        prompt.chars().take(60).collect::<String>()
-    );
+    let reply = crate::structured::answer(&body, &prompt).unwrap_or_else(|| {
+        format!(
+            "{seen}Simulated reply from {} to: {}",
+            model.name,
+            prompt.chars().take(60).collect::<String>()
+        )
+    });
     let words: Vec<String> = reply.split(' ').map(str::to_owned).collect();
     let per_token = state.cfg.scaled(model.per_token_ms);
     let name = model.name.clone();

@@ -36,6 +36,10 @@ pub struct ImConfig {
     pub discovery: DiscoveryEntry,
     /// Models and the kinds they serve. Empty: discovered from `/v1/models` at start.
     pub models: Vec<ModelEntry>,
+    /// The task models of `POST /infer` (`[[registry]]`: name, version, upstream, template,
+    /// aliases, description, default). Empty: the examples `summarizer:v1`, `sentiment:v1` and
+    /// `generator:v1` on the first txt2txt model.
+    pub registry: Vec<im_service::RegistryEntry>,
     /// Kind priority, highest first.
     pub priority: Vec<String>,
     /// `strict` (the seeds' rule) or `bounded` (the default).
@@ -78,6 +82,7 @@ impl Default for ImConfig {
             check_model_echo: true,
             discovery: DiscoveryEntry::default(),
             models: Vec::new(),
+            registry: Vec::new(),
             priority: Kind::ALL.iter().map(|k| k.to_string()).collect(),
             policy: "bounded".into(),
             bounds: BoundsEntry::default(),
@@ -392,6 +397,7 @@ impl ImConfig {
         if self.upstreams.is_empty() {
             return Err(invalid("upstreams", "at least one LocalAI URL"));
         }
+        self.validate_registry()?;
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let url = u.url();
@@ -527,7 +533,58 @@ impl ImConfig {
                 max_inputs: self.batch.max_inputs as usize,
                 flush: Duration::from_millis(self.batch.flush_ms),
             },
+            registry: self.registry_or_examples(),
+            max_batch_requests: self.http.max_batch_requests,
         }
+    }
+
+    /// Each task model: a name without `:`, a version, once each, on a configured txt2txt model
+    /// (when models are configured rather than discovered).
+    fn validate_registry(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, e) in self.registry.iter().enumerate() {
+            let field = |f: &str| format!("registry[{i}].{f}");
+            if e.name.trim().is_empty() || e.name.contains(':') {
+                return Err(invalid(field("name"), "must be a name without ':'"));
+            }
+            if e.version.trim().is_empty() || e.version.contains(':') {
+                return Err(invalid(field("version"), "must be a version without ':'"));
+            }
+            if !seen.insert((e.name.as_str(), e.version.as_str())) {
+                return Err(invalid(
+                    field("version"),
+                    format!("{} is listed twice", e.id()),
+                ));
+            }
+            if !self.models.is_empty()
+                && !self
+                    .models
+                    .iter()
+                    .any(|m| m.name == e.upstream && m.kinds.iter().any(|k| k == "txt2txt"))
+            {
+                return Err(invalid(
+                    field("upstream"),
+                    format!(
+                        "{:?} is not a configured model serving txt2txt",
+                        im_engine::truncate(&e.upstream, 64)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured task models, else the examples on the first model serving txt2txt.
+    pub fn registry_or_examples(&self) -> im_service::Registry {
+        if !self.registry.is_empty() {
+            return im_service::Registry::new(self.registry.clone());
+        }
+        self.models
+            .iter()
+            .find(|m| m.kinds.iter().any(|k| k == "txt2txt"))
+            .map_or_else(im_service::Registry::default, |m| {
+                im_service::Registry::examples(&m.name)
+            })
     }
 
     /// The listener's limits.

@@ -375,6 +375,8 @@ pub struct HttpEntry {
     /// Open connections at most; keep it above `limits.max_queued_total` (each waiting request
     /// holds its connection).
     pub max_connections: usize,
+    /// The most requests one `POST /infer/batch` may carry.
+    pub max_batch_requests: usize,
 }
 
 impl Default for HttpEntry {
@@ -390,6 +392,7 @@ impl Default for HttpEntry {
             body_idle_timeout_s: 30.0,
             body_total_timeout_s: 300.0,
             max_connections: 16384,
+            max_batch_requests: 32,
         }
     }
 }

@@ -1,0 +1,185 @@
+//! The seeds' first dialect: task models with versions. `POST /infer` (`{text, model, version?,
+//! parameters?}`) and `POST /infer/batch` (`{requests: [...]}`) answer envelopes
+//! `{success, result, model_used, latency_ms, request_id, timestamp, metadata}`; `GET /models`
+//! lists the registry. A thin frontend over the service's task models (`im_service::Registry`).
+
+use std::time::Instant;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use im_service::{Caller, RegistryEntry, Service, ServiceError, TaskAnswer};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+
+use crate::error::{HttpError, QueuedErrors};
+use crate::seed::body;
+use crate::state::AppState;
+use crate::types;
+
+/// `POST /infer`: one text for one task model.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    /// The input text.
+    #[schema(min_length = 1, max_length = 100000)]
+    pub text: String,
+    /// The task model: `name`, `name:version` or an alias (see `GET /models`).
+    #[schema(example = "summarizer:v1")]
+    pub model: String,
+    /// Its version, when `model` does not carry one (default: the model's default version).
+    pub version: Option<String>,
+    /// The template's parameters (`max_length`, `min_length`, `num_return_sequences`,
+    /// `temperature`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+/// `POST /infer/batch`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskBatch {
+    /// The requests, each like `POST /infer`'s body; answered in the same order (at most
+    /// `http.max_batch_requests`, 32 by default).
+    #[schema(value_type = Vec<TaskRequest>, min_items = 1, max_items = 32)]
+    pub requests: Vec<Value>,
+}
+
+/// An envelope: `{success, result | error, model_used, latency_ms, request_id, timestamp,
+/// metadata}`, and the status of the error table when it failed.
+fn envelope(
+    request_id: &str,
+    started: Instant,
+    entry: Option<&RegistryEntry>,
+    outcome: Result<TaskAnswer, ServiceError>,
+) -> (StatusCode, Value) {
+    let mut v = json!({
+        "model_used": entry.map(RegistryEntry::id),
+        "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "request_id": request_id,
+        "timestamp": timestamp(),
+    });
+    let status = match outcome {
+        Ok(a) => {
+            v["success"] = true.into();
+            v["result"] = a.result;
+            v["metadata"] = json!({
+                "model_type": entry.map(|e| e.template.as_str()),
+                "kind": "txt2txt",
+                "queue_wait_ms": a.queue_wait.as_secs_f64() * 1000.0,
+                "processing_ms": a.processing.as_secs_f64() * 1000.0,
+            });
+            StatusCode::OK
+        }
+        Err(e) => {
+            v["success"] = false.into();
+            v["error"] = e.body()["error"].clone();
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    };
+    (status, v)
+}
+
+/// Now in ISO 8601, UTC, with milliseconds.
+fn timestamp() -> String {
+    chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Run one request body (already parsed as JSON) as `caller`; its envelope.
+async fn run_one(
+    service: &Service,
+    raw: Result<TaskRequest, ServiceError>,
+    caller: &Caller,
+) -> (StatusCode, Value) {
+    let started = Instant::now();
+    let r = match raw {
+        Ok(r) => r,
+        Err(e) => return envelope(&caller.request_id, started, None, Err(e)),
+    };
+    let entry = match service.registry().resolve(&r.model, r.version.as_deref()) {
+        Ok(e) => e,
+        Err(e) => return envelope(&caller.request_id, started, None, Err(e)),
+    };
+    let params = r.parameters.unwrap_or_default();
+    let outcome = service.run_task(entry, &r.text, &params, caller).await;
+    envelope(&caller.request_id, started, Some(entry), outcome)
+}
+
+/// Run a task model on one text: a summary, a sentiment label with its score, generated text.
+/// Scheduled on the txt2txt queue like any request.
+#[utoipa::path(post, path = "/infer", tag = "tasks", request_body = TaskRequest,
+    responses(
+        (status = 200, description = "`{success: true, result, model_used: \"name:version\", latency_ms, request_id, timestamp, metadata: {model_type, kind, queue_wait_ms, processing_ms}}`", body = Object),
+        QueuedErrors,
+    ),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn infer(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let bytes = body(b, st.service.body_limit())?;
+    let parsed = types::parse::<TaskRequest>(&bytes);
+    let (status, v) = run_one(&st.service, parsed, &caller).await;
+    Ok((status, axum::Json(v)).into_response())
+}
+
+/// Run several task requests: each is queued in its group like any request (a batch does not
+/// jump the queue) and answered in order; one failing does not fail the others.
+#[utoipa::path(post, path = "/infer/batch", tag = "tasks", request_body = TaskBatch,
+    responses(
+        (status = 200, description = "`{results: [envelope, ...], succeeded, failed, latency_ms}` in request order", body = Object),
+        QueuedErrors,
+    ),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn infer_batch(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let started = Instant::now();
+    let batch: TaskBatch = types::parse(&body(b, st.service.body_limit())?)?;
+    let max = st.service.max_batch_requests();
+    if batch.requests.is_empty() || batch.requests.len() > max {
+        return Err(HttpError::invalid(
+            "requests",
+            format!("must hold 1 to {max} requests"),
+        ));
+    }
+    let runs = batch.requests.into_iter().enumerate().map(|(i, raw)| {
+        let caller = Caller {
+            request_id: format!("{}-{i}", caller.request_id),
+            ..caller.clone()
+        };
+        let service = st.service.clone();
+        async move {
+            let parsed = serde_json::from_value::<TaskRequest>(raw)
+                .map_err(|e| ServiceError::invalid(format!("requests[{i}]"), e.to_string()));
+            run_one(&service, parsed, &caller).await.1
+        }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    let succeeded = results.iter().filter(|r| r["success"] == true).count();
+    Ok(axum::Json(json!({
+        "results": results,
+        "succeeded": succeeded,
+        "failed": results.len() - succeeded,
+        "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
+    }))
+    .into_response())
+}
+
+/// The task models: names, versions, default version, kind, type and description.
+#[utoipa::path(get, path = "/models", tag = "tasks",
+    responses((status = 200, description = "`{models: [{name, versions, default_version, kind, model_type, description, aliases, upstream}]}`", body = Object),
+              (status = 401, description = "No or a wrong API key", body = crate::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn models(State(st): State<AppState>) -> Response {
+    axum::Json(st.service.registry().list()).into_response()
+}
