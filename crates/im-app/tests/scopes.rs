@@ -321,3 +321,74 @@ fn key_entries_are_checked() {
     let c = ImConfig::from_toml(text).expect("scopes default");
     assert_eq!(c.keys[0].scopes, Scope::ORDINARY.to_vec());
 }
+
+async fn resident(app: &Router) -> Vec<String> {
+    let (_, v) = call(app, "GET", "/queue-status", Some("root"), None).await;
+    v["lanes"][0]["resident"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|m| m["model"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn operators_load_and_unload_models_through_the_scheduler() {
+    const SD: &str = "stablediffusion";
+    let (app, _built) = scoped_app().await;
+    let load = Some(json!({"model": SD}));
+    let (s, _) = call(&app, "POST", "/models/load", Some("plain"), load.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "an admin route");
+    let (s, v) = call(&app, "POST", "/models/load", Some("root"), load).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["backend"], "default");
+    let mut loaded = false;
+    for _ in 0..100 {
+        if resident(&app).await.contains(&SD.to_owned()) {
+            loaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(loaded, "the lane warmed it up: {:?}", resident(&app).await);
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/models/unload",
+        Some("root"),
+        Some(json!({"model": SD})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["backends"][0]["status"], "unloading", "{v}");
+    let mut gone = false;
+    for _ in 0..100 {
+        if !resident(&app).await.contains(&SD.to_owned()) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone, "{:?}", resident(&app).await);
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/models/load",
+        Some("root"),
+        Some(json!({"model": SD, "backend": "gpu9"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["param"], "backend");
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/models/load",
+        Some("root"),
+        Some(json!({"model": "nope"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+}

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use im_metrics::{ErrorEntry, Metrics, outcome};
 use inference_queue::{
-    Admission, Advice, CancelOutcome, Event, FailReason, Kind, LaneId, Outcome, Rejection,
-    RequestId, Resolution, Scheduler, Status, Submit, Time,
+    Admission, Advice, CancelOutcome, Event, FailReason, Kind, LaneId, LoadOutcome, Outcome,
+    Rejection, RequestId, Resolution, Scheduler, Status, Submit, Time, UnloadOutcome,
+    UnloadRefusal,
 };
 use localai_client::{ClientError, ErrorClass};
 use tokio::sync::{mpsc, oneshot};
@@ -64,6 +65,17 @@ pub(crate) enum Msg {
     },
     Status {
         reply: oneshot::Sender<Status>,
+    },
+    LoadModel {
+        model: String,
+        lane: Option<LaneId>,
+        reply: oneshot::Sender<Result<(LaneId, LoadOutcome), Rejection>>,
+    },
+    UnloadModel {
+        model: String,
+        lane: LaneId,
+        force: bool,
+        reply: oneshot::Sender<Result<UnloadOutcome, UnloadRefusal>>,
     },
     Advise {
         kind: Kind,
@@ -366,6 +378,17 @@ impl Driver {
             }
             Msg::Status { reply } => {
                 let _ = reply.send(self.core.status(now));
+            }
+            Msg::LoadModel { model, lane, reply } => {
+                let _ = reply.send(self.core.load_model(now, &model, lane));
+            }
+            Msg::UnloadModel {
+                model,
+                lane,
+                force,
+                reply,
+            } => {
+                let _ = reply.send(self.core.unload_model(now, &model, lane, force));
             }
             Msg::Advise {
                 kind,

@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use im_metrics::Metrics;
-use inference_queue::{Advice, Config, ConfigError, Kind, LaneId, Scheduler, Status};
+use inference_queue::{
+    Advice, Config, ConfigError, Kind, LaneId, LoadOutcome, Rejection, Scheduler, Status,
+    UnloadOutcome, UnloadRefusal,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::attempt::ModelEcho;
@@ -159,6 +162,42 @@ impl Engine {
         rx.await
             .map_err(|_| EngineError::ShuttingDown)?
             .map_err(|r| EngineError::from_rejection(r, kind))
+    }
+
+    /// Load `model` on `lane` (or where its work would go) at the lane's next switch point.
+    pub async fn load_model(
+        &self,
+        model: &str,
+        lane: Option<LaneId>,
+    ) -> Result<Result<(LaneId, LoadOutcome), Rejection>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::LoadModel {
+                model: model.to_owned(),
+                lane,
+                reply,
+            })
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Unload `model` from `lane`; refused while it has work unless `force`.
+    pub async fn unload_model(
+        &self,
+        model: &str,
+        lane: LaneId,
+        force: bool,
+    ) -> Result<Result<UnloadOutcome, UnloadRefusal>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::UnloadModel {
+                model: model.to_owned(),
+                lane,
+                force,
+                reply,
+            })
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
     }
 
     /// Stop intake, let queued and running work finish within `grace`, answer the rest with

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod error;
 pub mod infer;
+pub mod lifecycle;
 pub mod media;
 pub mod openai;
 pub mod ops;
@@ -48,7 +49,7 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         openai::chat_completions, openai::completions, openai::embeddings, openai::images_generations, openai::models,
         media::rerank, media::speech, media::tts, media::transcriptions, media::images_edits,
         admin::relay, infer::infer, infer::infer_stream, infer::root,
-        tasks::infer, tasks::infer_batch, tasks::models,
+        tasks::infer, tasks::infer_batch, tasks::models, lifecycle::load, lifecycle::unload,
         ops::request_metrics, ops::error_metrics, ops::queue_status, ops::status, ops::placement, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
@@ -56,7 +57,7 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         schema::Role, schema::ChatCompletionRequest, schema::CompletionRequest, schema::EmbeddingRequest,
         schema::ImageGenerationRequest, schema::RerankRequest, schema::SpeechRequest, schema::TranscriptionForm,
         schema::ImageEditForm, infer::InferRequest, infer::InferParams, infer::InferResponse, infer::Timings,
-        tasks::TaskRequest, tasks::TaskBatch)),
+        tasks::TaskRequest, tasks::TaskBatch, lifecycle::LoadRequest, lifecycle::UnloadRequest)),
     modifiers(&SecurityAddon, &PassThrough),
     tags((name = "seed", description = "The seed endpoints"), (name = "openai", description = "OpenAI-compatible endpoints"),
          (name = "operations", description = "Metrics, status, health"),
@@ -129,6 +130,8 @@ pub fn router_with(
         .route("/infer", post(tasks::infer))
         .route("/infer/batch", post(tasks::infer_batch))
         .route("/models", get(tasks::models))
+        .route("/models/load", post(lifecycle::load))
+        .route("/models/unload", post(lifecycle::unload))
         .route("/v1/infer", post(infer::infer))
         .route("/v1/infer/stream", post(infer::infer_stream))
         .route("/", get(infer::root))

@@ -70,7 +70,9 @@ pub fn scope_of(path: &str) -> Scope {
     ];
     if METRICS.contains(&path) {
         Scope::Metrics
-    } else if crate::admin::is_management(path) {
+    } else if crate::admin::is_management(path)
+        || ["/models/load", "/models/unload"].contains(&path)
+    {
         Scope::Admin
     } else {
         Scope::Infer

@@ -26,6 +26,8 @@ pub enum ErrorType {
     NotFound,
     /// The method is not allowed on this route.
     MethodNotAllowed,
+    /// The request conflicts with what runs (an unload of a busy model without `force`).
+    Conflict,
     /// The body is over the limit.
     PayloadTooLarge,
     /// The queue is full.
@@ -46,13 +48,14 @@ pub enum ErrorType {
 
 impl ErrorType {
     /// Every type, in the table's order.
-    pub const ALL: [ErrorType; 15] = [
+    pub const ALL: [ErrorType; 16] = [
         ErrorType::InvalidRequest,
         ErrorType::Unauthorized,
         ErrorType::Forbidden,
         ErrorType::UnknownModel,
         ErrorType::NotFound,
         ErrorType::MethodNotAllowed,
+        ErrorType::Conflict,
         ErrorType::PayloadTooLarge,
         ErrorType::UnsupportedKind,
         ErrorType::QueueFull,
@@ -89,6 +92,7 @@ impl ErrorType {
             ErrorType::Forbidden => 403,
             ErrorType::UnknownModel | ErrorType::NotFound => 404,
             ErrorType::MethodNotAllowed => 405,
+            ErrorType::Conflict => 409,
             ErrorType::PayloadTooLarge => 413,
             ErrorType::UnsupportedKind => 422,
             ErrorType::QueueFull | ErrorType::RateLimited => 429,
@@ -109,6 +113,7 @@ impl ErrorType {
             ErrorType::UnsupportedKind => "unsupported_kind",
             ErrorType::NotFound => "not_found",
             ErrorType::MethodNotAllowed => "method_not_allowed",
+            ErrorType::Conflict => "conflict",
             ErrorType::PayloadTooLarge => "payload_too_large",
             ErrorType::QueueFull => "queue_full",
             ErrorType::RateLimited => "rate_limited",
@@ -134,6 +139,9 @@ impl ErrorType {
             }
             ErrorType::NotFound => "No such route",
             ErrorType::MethodNotAllowed => "Method not allowed on this route",
+            ErrorType::Conflict => {
+                "The model has work in flight or waiting; send `force: true` to unload it after the barrier"
+            }
             ErrorType::PayloadTooLarge => "The body is over the limit",
             ErrorType::QueueFull => {
                 "A queue limit (requests or payload bytes) is reached; see `Retry-After`"

@@ -12,6 +12,7 @@
 mod auth;
 mod call;
 mod error;
+mod models;
 mod registry;
 mod service;
 

@@ -294,27 +294,7 @@ impl Service {
                 ),
             )
         })?;
-        let lane = match backend {
-            None => None,
-            Some(name) => {
-                let lanes = &self.engine.config().lanes;
-                let i = lanes.iter().position(|l| l.name == name).ok_or_else(|| {
-                    ServiceError::invalid(
-                        "backend",
-                        format!(
-                            "no backend named {:?}; the backends: {}",
-                            im_engine::truncate(name, 64),
-                            lanes
-                                .iter()
-                                .map(|l| l.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                })?;
-                Some(inference_queue::LaneId(i))
-            }
-        };
+        let lane = backend.map(|b| self.lane_named("backend", b)).transpose()?;
         let a = self.engine.advise(kind, model, lane).await?;
         let options: Vec<Value> = a
             .lanes

@@ -124,8 +124,9 @@ pub use config::{
 };
 pub use rng::Rng;
 pub use scheduler::{
-    Admission, Advice, CancelOutcome, Event, FailReason, GroupKey, LaneOption, Outcome, QueueScope,
-    Rejection, Resolution, Scheduler, Submit, Why,
+    Admission, Advice, CancelOutcome, Event, FailReason, GroupKey, LaneOption, LoadOutcome,
+    Outcome, QueueScope, Rejection, Resolution, Scheduler, Submit, UnloadOutcome, UnloadRefusal,
+    Why,
 };
 pub use status::{BreakerState, Counters, GroupStatus, LaneStatus, ResidentModel, Status};
 pub use types::{Kind, LaneId, ModelId, ParseKindError, RequestId, Time};

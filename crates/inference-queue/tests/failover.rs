@@ -79,3 +79,59 @@ fn a_slow_lane_leaves_its_model_to_a_faster_one() {
         h.complete(id, Outcome::Success);
     }
 }
+
+fn one_lane() -> Harness {
+    Harness::new(cfg(Bounds::default()))
+}
+
+#[test]
+fn an_operator_load_warms_the_model_up_when_the_lane_is_idle() {
+    let mut h = one_lane();
+    let busy = h.id(Kind::Txt2Txt, "llm");
+    let (lane, outcome) = h.core.load_model(h.now, "sd", None).expect("a known model");
+    assert_eq!((lane, outcome), (LaneId(0), LoadOutcome::Scheduled));
+    h.drain();
+    assert!(h.lifecycle_events().is_empty(), "not while llm runs");
+    h.complete(busy, Outcome::Success);
+    assert_eq!(h.lifecycle_events(), ["warm sd"]);
+    h.core.lifecycle_done(h.now, LaneId(0));
+    h.drain();
+    assert_eq!(h.core.status(h.now).lanes[0].loaded(), Some("sd"));
+    let (_, again) = h.core.load_model(h.now, "sd", None).expect("known");
+    assert_eq!(again, LoadOutcome::Loaded);
+    assert!(matches!(
+        h.core.load_model(h.now, "nope", None),
+        Err(Rejection::UnknownModel { .. })
+    ));
+}
+
+#[test]
+fn an_operator_unload_of_a_busy_model_is_refused_unless_forced_then_waits_for_the_barrier() {
+    let mut h = one_lane();
+    let running = h.id(Kind::Txt2Txt, "llm");
+    let refused = h.core.unload_model(h.now, "llm", LaneId(0), false);
+    assert_eq!(
+        refused,
+        Err(UnloadRefusal::Busy {
+            in_flight: 1,
+            waiting: 0
+        })
+    );
+    let forced = h.core.unload_model(h.now, "llm", LaneId(0), true);
+    assert_eq!(forced, Ok(UnloadOutcome::AfterBarrier));
+    h.drain();
+    // No new llm work starts on the lane while it drains.
+    let later = h.id(Kind::Txt2Txt, "llm");
+    assert!(!h.running().contains(&later));
+    assert!(h.lifecycle_events().is_empty());
+    h.complete(running, Outcome::Success);
+    assert_eq!(h.lifecycle_events(), ["unload llm"]);
+    h.core.lifecycle_done(h.now, LaneId(0));
+    h.drain();
+    // Then the waiting request loads it again and runs.
+    assert!(h.running().contains(&later));
+    assert_eq!(
+        h.core.unload_model(h.now, "sd", LaneId(0), false),
+        Ok(UnloadOutcome::NotLoaded)
+    );
+}

@@ -32,6 +32,17 @@ enum Op {
     Advance {
         ms: u64,
     },
+    /// An operator's load (`lane` past the lanes: where the core advises).
+    Load {
+        model: usize,
+        lane: usize,
+    },
+    /// An operator's unload.
+    Unload {
+        model: usize,
+        lane: usize,
+        force: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -43,6 +54,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         1 => (0..2usize).prop_map(|lane| Op::Lifecycle { lane }),
         3 => (0..8_000u64).prop_map(|ms| Op::Advance { ms }),
+        1 => (0..5usize, 0..4usize).prop_map(|(model, lane)| Op::Load { model, lane }),
+        1 => (0..5usize, 0..3usize, any::<bool>())
+            .prop_map(|(model, lane, force)| Op::Unload { model, lane, force }),
     ]
 }
 
@@ -229,6 +243,19 @@ fn run(setup: &Setup, ops: &[Op]) {
             Op::Advance { ms } => {
                 t += ms;
                 h.at(t);
+            }
+            Op::Load { model, lane } => {
+                let lane = (*lane < setup.lanes).then_some(LaneId(*lane));
+                let _ = h.core.load_model(h.now, MODELS[*model], lane);
+                h.drain();
+            }
+            // A forced unload may leave a group on purpose: not under the strict check.
+            Op::Unload { force: true, .. } if h.strict_check.is_some() => {}
+            Op::Unload { model, lane, force } => {
+                let _ = h
+                    .core
+                    .unload_model(h.now, MODELS[*model], LaneId(*lane), *force);
+                h.drain();
             }
         }
         check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);

@@ -15,6 +15,7 @@ mod advice;
 mod api;
 mod breaker;
 mod ids;
+mod lifecycle;
 mod placement;
 mod policy;
 mod queues;
@@ -24,6 +25,7 @@ pub use advice::{Advice, LaneOption, Why};
 pub use api::*;
 use breaker::Breaker;
 use ids::IdMap;
+pub use lifecycle::{LoadOutcome, UnloadOutcome, UnloadRefusal};
 use residency::{Costs, Ewma, Room};
 
 use crate::config::{Config, ConfigError};
@@ -70,10 +72,14 @@ struct Group {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Ready,
-    /// Waiting for `left` unloads before `next` starts.
+    /// Waiting for `left` unloads before `next` starts (`None`: a management unload).
     Unloading {
-        next: usize,
+        next: Option<usize>,
         left: u32,
+    },
+    /// Loading `model` because an operator asked for it (`POST /models/load`).
+    Preloading {
+        model: ModelId,
     },
     WarmingUp {
         next: usize,
@@ -97,6 +103,10 @@ struct Lane {
     used_at: Vec<Time>,
     /// When the current lifecycle phase began.
     phase_since: Time,
+    /// A model an operator asked to load here, at the lane's next idle moment.
+    preload: Option<ModelId>,
+    /// A model an operator asked to unload here: no new work for it, unloaded once idle.
+    draining: Option<ModelId>,
     phase: Phase,
     activated_at: Time,
     batch: u32,
@@ -170,6 +180,8 @@ impl Scheduler {
                 costs: costs.clone(),
                 used_at: vec![Time::ZERO; cfg.models.len()],
                 phase_since: Time::ZERO,
+                preload: None,
+                draining: None,
                 phase: Phase::Ready,
                 activated_at: Time::ZERO,
                 batch: 0,
@@ -302,6 +314,7 @@ impl Scheduler {
                     Phase::Ready => "ready",
                     Phase::Unloading { .. } => "unloading",
                     Phase::WarmingUp { .. } => "warming_up",
+                    Phase::Preloading { .. } => "preloading",
                 },
                 breaker: match l.breaker {
                     Breaker::Closed { .. } => BreakerState::Closed,
@@ -619,13 +632,25 @@ impl Scheduler {
                     left: left - 1,
                 };
             }
-            Phase::Unloading { next, .. } => {
+            Phase::Unloading { next: None, .. } => self.lanes[lane.0].phase = Phase::Ready,
+            Phase::Unloading {
+                next: Some(next), ..
+            } => {
                 if self.cfg.warm_up {
                     self.warm_up(lane.0, next);
                 } else {
                     self.lanes[lane.0].phase = Phase::Ready;
                     self.activate(lane.0, next);
                 }
+            }
+            Phase::Preloading { model } => {
+                let took = self.now.saturating_since(l.phase_since);
+                self.lanes[lane.0].costs[model.0].load.observe(took);
+                self.touch(lane.0, model);
+                let l = &mut self.lanes[lane.0];
+                l.phase = Phase::Ready;
+                l.preload = None;
+                l.used_at[model.0] = self.now;
             }
             Phase::WarmingUp { next } => {
                 let model = self.groups[next].key.model;

@@ -20,6 +20,7 @@ impl Scheduler {
         if g.depth == 0
             || g.key.lane.is_some_and(|l| l.0 != lane)
             || !self.fits_lane(lane, g.key.model)
+            || self.lanes[lane].draining == Some(g.key.model)
         {
             return false;
         }
@@ -197,7 +198,7 @@ impl Scheduler {
                 Breaker::HalfOpen { probe: Some(_) } => return,
                 _ => {}
             }
-            if l.phase != Phase::Ready {
+            if l.phase != Phase::Ready || self.manage(lane) {
                 return;
             }
             let Some(target) = self.decide(lane, &full) else {
@@ -221,7 +222,7 @@ impl Scheduler {
                         // A lane with a budget is told what to unload (it would pick by its own
                         // rule otherwise); a one-model lane swaps by itself unless asked to.
                         if self.cfg.unload_on_switch || self.cfg.lanes[lane].memory_mb.is_some() {
-                            self.unload(lane, target, &victims);
+                            self.unload(lane, Some(target), &victims);
                             return;
                         }
                         if self.cfg.warm_up {
@@ -242,8 +243,8 @@ impl Scheduler {
         }
     }
 
-    /// Enter the unloading phase: unload `victims`, then start `next`.
-    fn unload(&mut self, lane: usize, next: usize, victims: &[ModelId]) {
+    /// Enter the unloading phase: unload `victims`, then start `next` (if any).
+    pub(super) fn unload(&mut self, lane: usize, next: Option<usize>, victims: &[ModelId]) {
         let l = &mut self.lanes[lane];
         l.phase = Phase::Unloading {
             next,
@@ -350,6 +351,7 @@ impl Scheduler {
         if let Some(a) = active
             && self.groups[a].depth > 0
             && !full.contains(&a)
+            && self.lanes[lane].draining != Some(self.groups[a].key.model)
             && !self.retry_goes_elsewhere(lane, &self.groups[a])
         {
             if self.lanes[lane].drained {
