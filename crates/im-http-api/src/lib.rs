@@ -25,6 +25,7 @@ mod state;
 mod stream;
 pub mod tasks;
 pub mod types;
+pub mod ws;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -49,7 +50,7 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         openai::chat_completions, openai::completions, openai::embeddings, openai::images_generations, openai::models,
         media::rerank, media::speech, media::tts, media::transcriptions, media::images_edits,
         admin::relay, infer::infer, infer::infer_stream, infer::root,
-        tasks::infer, tasks::infer_batch, tasks::models, lifecycle::load, lifecycle::unload,
+        tasks::infer, tasks::infer_batch, tasks::models, lifecycle::load, lifecycle::unload, ws::ws,
         ops::request_metrics, ops::error_metrics, ops::queue_status, ops::status, ops::placement, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
@@ -130,6 +131,7 @@ pub fn router_with(
         .route("/infer", post(tasks::infer))
         .route("/infer/batch", post(tasks::infer_batch))
         .route("/models", get(tasks::models))
+        .route("/ws/{client_id}", get(ws::ws))
         .route("/models/load", post(lifecycle::load))
         .route("/models/unload", post(lifecycle::unload))
         .route("/v1/infer", post(infer::infer))

@@ -45,9 +45,11 @@ pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
 
 /// Paths that need no key: what the API is (`/`), liveness, readiness (without a key it says only ready or not, so a
 /// Kubernetes probe needs no secret), and the API documentation (it holds no data; Swagger UI's
-/// "Authorize" button supplies the key for the calls it makes).
+/// "Authorize" button supplies the key for the calls it makes), and the WebSocket, which checks
+/// the key itself (in the upgrade's headers or in its first message).
 fn is_open(path: &str) -> bool {
     path == "/health"
+        || path.starts_with("/ws/")
         || path == "/"
         || path == "/ready"
         || path == "/openapi.json"
