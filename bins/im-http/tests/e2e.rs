@@ -458,3 +458,70 @@ async fn non_ascii_image_strings_get_answers_and_never_wedge_the_lane() {
     .expect("the lane is not wedged");
     assert_eq!(status, 200);
 }
+
+/// The seeds' first and second dialects over the socket, as their examples call them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_models_batches_and_infer_streams_over_the_socket() {
+    let s = start(&[]);
+    let c = client();
+    let (status, v) = post(
+        &c,
+        &s.url,
+        "/infer",
+        &json!({"text": "Artificial intelligence is transforming industries around the world.",
+                "model": "summarizer", "version": "v1", "parameters": {"max_length": 50, "min_length": 10}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    // The envelope's fields and types, exactly.
+    assert_eq!(v["success"], true);
+    assert!(v["result"]["summary_text"].is_string(), "{v}");
+    assert_eq!(v["model_used"], "summarizer:v1");
+    assert!(v["latency_ms"].is_f64(), "{v}");
+    assert!(v["request_id"].is_string(), "{v}");
+    assert!(
+        v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{v}"
+    );
+    for (k, want) in [("model_type", "summarization"), ("kind", "txt2txt")] {
+        assert_eq!(v["metadata"][k], want, "{v}");
+    }
+    assert!(v["metadata"]["queue_wait_ms"].is_f64() && v["metadata"]["processing_ms"].is_f64());
+
+    let (status, v) = post(
+        &c,
+        &s.url,
+        "/infer/batch",
+        &json!({"requests": [
+            {"text": "I love it", "model": "sentiment"},
+            {"text": "x", "model": "missing"},
+            {"text": "Once upon a time", "model": "generator", "parameters": {"num_return_sequences": 2}}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let r = v["results"].as_array().expect("results");
+    assert_eq!(r[0]["result"]["label"], "positive");
+    assert_eq!(r[1]["success"], false);
+    assert_eq!(r[2]["result"].as_array().map(Vec::len), Some(2));
+
+    let resp = c
+        .post(format!("{}/v1/infer/stream", s.url))
+        .header("x-api-key", KEY)
+        .json(&json!({"model": LLM, "prompt": "Tell me a story", "params": {"max_new_tokens": 16}}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.expect("body");
+    assert!(body.contains("event: token"), "{body}");
+    let last = body
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .last()
+        .expect("events");
+    assert!(
+        last.starts_with("event: done"),
+        "the stream ends with its final event: {last}"
+    );
+}
