@@ -334,6 +334,17 @@ async fn resident(app: &Router) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether `model` becomes resident (or not, `want`) within two seconds.
+async fn resident_becomes(app: &Router, model: &str, want: bool) -> bool {
+    for _ in 0..100 {
+        if resident(app).await.iter().any(|m| m == model) == want {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn operators_load_and_unload_models_through_the_scheduler() {
     const SD: &str = "stablediffusion";
@@ -344,15 +355,10 @@ async fn operators_load_and_unload_models_through_the_scheduler() {
     let (s, v) = call(&app, "POST", "/models/load", Some("root"), load).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["backend"], "default");
-    let mut loaded = false;
-    for _ in 0..100 {
-        if resident(&app).await.contains(&SD.to_owned()) {
-            loaded = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(loaded, "the lane warmed it up: {:?}", resident(&app).await);
+    assert!(
+        resident_becomes(&app, SD, true).await,
+        "the lane warmed it up"
+    );
     let (s, v) = call(
         &app,
         "POST",
@@ -363,15 +369,7 @@ async fn operators_load_and_unload_models_through_the_scheduler() {
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["backends"][0]["status"], "unloading", "{v}");
-    let mut gone = false;
-    for _ in 0..100 {
-        if !resident(&app).await.contains(&SD.to_owned()) {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(gone, "{:?}", resident(&app).await);
+    assert!(resident_becomes(&app, SD, false).await, "unloaded");
     let (s, v) = call(
         &app,
         "POST",

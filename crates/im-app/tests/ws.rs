@@ -1,6 +1,6 @@
 //! The WebSocket `/ws/{client_id}` over a real socket with a real client (tokio-tungstenite):
 //! keys in the headers or a first `auth` message, ping, status, subscriptions, inference plain
-//! and streamed.
+//! and streamed, slow readers, and clients that leave.
 
 use std::time::Duration;
 
@@ -206,4 +206,41 @@ async fn a_client_that_does_not_read_is_closed_not_waited_for() {
     ws = connect(&url, Some(DEMO_KEY)).await;
     send(&mut ws, json!({"type": "ping"})).await;
     assert_eq!(next(&mut ws).await["type"], "pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_its_requests() {
+    // Real load times: the request is still loading its model when the client leaves.
+    let built = app::build(ImConfig::default(), Some(Simulate { time_scale: 1.0 }))
+        .await
+        .expect("build");
+    let router = im_http_api::router(built.state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut ws = connect(&format!("ws://{addr}"), Some(DEMO_KEY)).await;
+    send(
+        &mut ws,
+        json!({"type": "inference", "model": LLM, "inputs": "slow"}),
+    )
+    .await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut ws).await["type"], "pong", "the request was taken");
+    drop(ws);
+    // A running request keeps its slot until its attempt ends (the model's load), then leaves.
+    let mut cancelled = 0;
+    for _ in 0..750 {
+        let st = built.engine.status().await.expect("running");
+        cancelled = st.counters.cancelled;
+        if cancelled >= 1 && st.in_flight == 0 && st.waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        cancelled, 1,
+        "its request left as cancelled, not answered into the void"
+    );
 }

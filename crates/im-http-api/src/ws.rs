@@ -1,6 +1,6 @@
 //! The seeds' WebSocket, `/ws/{client_id}`: `auth` (or a key in the upgrade's headers),
 //! `subscribe` (topics `queue`, `lanes`, `requests`: sent when they change, checked every
-//! second), `inference` (`model`, `inputs` or `messages`, `stream`: token events then a final
+//! second, and every 15 s regardless), `inference` (`model`, `inputs` or `messages`, `stream`: token events then a final
 //! result), `status`, `ping`/`pong`. Every message out goes through a bounded queue: a client
 //! too slow to read it is closed with code 4008 rather than allowed to hold anything up, and a
 //! client that goes away cancels its requests (their futures are dropped, which takes them out
@@ -29,6 +29,8 @@ pub const OUTBOX: usize = 256;
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// Close code for a missing or wrong key.
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+/// Subscribed topics are sent again this often even when nothing changed.
+const REFRESH_EVERY_TICKS: u32 = 15;
 /// How long a client without a key in its headers has to send `auth`.
 const AUTH_WITHIN: Duration = Duration::from_secs(10);
 
@@ -124,6 +126,7 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
     let mut last: std::collections::HashMap<String, Value> = Default::default();
     let mut work: JoinSet<()> = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u32;
     loop {
         if out.slow.load(Ordering::SeqCst) {
             // Too slow to read: close, and drop its work (cancelling its queued requests).
@@ -199,6 +202,10 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
                 if key.is_none() && tokio::time::Instant::now() >= deadline {
                     out.close(CLOSE_UNAUTHORIZED, "no auth in time");
                     break;
+                }
+                ticks += 1;
+                if ticks.is_multiple_of(REFRESH_EVERY_TICKS) {
+                    last.clear();
                 }
                 publish(&service, &topics, &mut last, &out).await;
             }
