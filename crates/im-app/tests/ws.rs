@@ -17,7 +17,12 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn serve() -> (String, Built) {
-    let built = app::build(ImConfig::default(), Some(Simulate { time_scale: 0.001 }))
+    serve_scaled(0.001).await
+}
+
+/// im over a socket, its simulator's durations scaled by `time_scale`.
+async fn serve_scaled(time_scale: f64) -> (String, Built) {
+    let built = app::build(ImConfig::default(), Some(Simulate { time_scale }))
         .await
         .expect("build");
     let router = im_http_api::router(built.state.clone());
@@ -211,16 +216,8 @@ async fn a_client_that_does_not_read_is_closed_not_waited_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_cancels_its_requests() {
     // Real load times: the request is still loading its model when the client leaves.
-    let built = app::build(ImConfig::default(), Some(Simulate { time_scale: 1.0 }))
-        .await
-        .expect("build");
-    let router = im_http_api::router(built.state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    let mut ws = connect(&format!("ws://{addr}"), Some(DEMO_KEY)).await;
+    let (url, built) = serve_scaled(1.0).await;
+    let mut ws = connect(&url, Some(DEMO_KEY)).await;
     send(
         &mut ws,
         json!({"type": "inference", "model": LLM, "inputs": "slow"}),
