@@ -63,11 +63,17 @@ struct Outbox {
     tx: mpsc::Sender<Out>,
     close: mpsc::Sender<(u16, &'static str)>,
     slow: Arc<AtomicBool>,
+    metrics: im_metrics::Metrics,
 }
 
 impl Outbox {
     fn close(&self, code: u16, reason: &'static str) {
-        let _ = self.close.try_send((code, reason));
+        if self.close.try_send((code, reason)).is_ok() {
+            self.metrics.ws_closed(match code {
+                CLOSE_TOO_SLOW => "slow",
+                _ => "unauthorized",
+            });
+        }
     }
 
     fn send(&self, v: Value) {
@@ -85,6 +91,7 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
         tx,
         close,
         slow: Default::default(),
+        metrics: st.service.engine().metrics().clone(),
     };
     // The writer: the only task that touches the sink; a close goes first.
     let mut writer = tokio::spawn(async move {

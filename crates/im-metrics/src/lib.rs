@@ -187,6 +187,7 @@ struct State {
     groups: BTreeMap<String, BTreeMap<String, GroupStats>>,
     errors_by: BTreeMap<(String, String, String), u64>,
     last_errors: VecDeque<ErrorEntry>,
+    ws_closed: BTreeMap<&'static str, u64>,
 }
 
 /// The recorder of one im instance. Cheap to clone.
@@ -286,6 +287,17 @@ impl Metrics {
     pub fn rejected(&self, kind: &str, reason: &'static str) {
         metrics::counter!(names::REJECTIONS_TOTAL, "kind" => kind.to_owned(), "reason" => reason)
             .increment(1);
+    }
+
+    /// im closed a WebSocket session for `reason` (see [`names::WS_CLOSED_TOTAL`]).
+    pub fn ws_closed(&self, reason: &'static str) {
+        metrics::counter!(names::WS_CLOSED_TOTAL, "reason" => reason).increment(1);
+        *self.lock().ws_closed.entry(reason).or_default() += 1;
+    }
+
+    /// WebSocket sessions this instance closed for `reason`.
+    pub fn ws_closed_count(&self, reason: &str) -> u64 {
+        self.lock().ws_closed.get(reason).copied().unwrap_or(0)
     }
 
     /// A lane changed its active group.

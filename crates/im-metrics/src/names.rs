@@ -30,6 +30,10 @@ pub const PLACEMENTS_TOTAL: &str = "im_placements_total";
 /// `im_overhead_seconds`: time im adds outside queue wait and upstream time (histogram).
 pub const OVERHEAD_SECONDS: &str = "im_overhead_seconds";
 
+/// `im_ws_closed_total{reason}`: WebSocket sessions im closed: `slow` (it did not read its
+/// messages), `unauthorized` (no key, or a wrong one).
+pub const WS_CLOSED_TOTAL: &str = "im_ws_closed_total";
+
 /// All of them, for checks.
 pub const ALL: &[&str] = &[
     REQUESTS_TOTAL,
@@ -45,4 +49,5 @@ pub const ALL: &[&str] = &[
     BREAKER_OPEN,
     PLACEMENTS_TOTAL,
     OVERHEAD_SECONDS,
+    WS_CLOSED_TOTAL,
 ];
