@@ -62,7 +62,7 @@ pub async fn load(
 /// Unload a model: refused with 409 while it has work unless `force`, which stops new work for
 /// it and unloads it once its running requests finish. Needs an `admin` key.
 #[utoipa::path(post, path = "/models/unload", tag = "operations", request_body = UnloadRequest,
-    responses((status = 200, description = "`{model, backends: [{backend, status: not_loaded|unloading|after_barrier}]}`", body = Object),
+    responses((status = 200, description = "`{model, backends: [{backend, status: not_loaded|load_cancelled|unloading|after_barrier}]}` for every backend (or the one named)", body = Object),
               (status = 400, description = "Invalid request or an unknown backend", body = crate::ErrorBody),
               (status = 401, description = "No or a wrong API key", body = crate::ErrorBody),
               (status = 403, description = "The key lacks the `admin` scope", body = crate::ErrorBody),

@@ -68,17 +68,10 @@ impl Service {
     ) -> Result<Value, ServiceError> {
         let lanes: Vec<LaneId> = match backend {
             Some(b) => vec![self.lane_named("backend", b)?],
-            None => {
-                let st = self.engine().status().await.ok_or_else(|| {
-                    ServiceError::new(ErrorType::ShuttingDown, "im is shutting down")
-                })?;
-                st.lanes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, l)| l.resident.iter().any(|r| r.model == model))
-                    .map(|(i, _)| LaneId(i))
-                    .collect()
-            }
+            // Every backend: one may hold it, be loading it, or have a load of it pending.
+            None => (0..self.engine().config().lanes.len())
+                .map(LaneId)
+                .collect(),
         };
         let mut done = Vec::new();
         for lane in lanes {
@@ -102,6 +95,7 @@ impl Service {
                 "backend": self.lane_name(lane),
                 "status": match outcome {
                     UnloadOutcome::NotLoaded => "not_loaded",
+                    UnloadOutcome::LoadCancelled => "load_cancelled",
                     UnloadOutcome::Unloading => "unloading",
                     UnloadOutcome::AfterBarrier => "after_barrier",
                 },

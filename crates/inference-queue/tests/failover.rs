@@ -135,3 +135,32 @@ fn an_operator_unload_of_a_busy_model_is_refused_unless_forced_then_waits_for_th
         Ok(UnloadOutcome::NotLoaded)
     );
 }
+
+#[test]
+fn an_unload_calls_off_a_pending_load_and_follows_one_under_way() {
+    let mut h = one_lane();
+    let busy = h.id(Kind::Txt2Txt, "llm");
+    // Pending (the lane is busy): the unload calls it off, and no warm-up ever comes.
+    h.core.load_model(h.now, "sd", None).expect("known");
+    assert_eq!(
+        h.core.unload_model(h.now, "sd", LaneId(0), false),
+        Ok(UnloadOutcome::LoadCancelled)
+    );
+    h.complete(busy, Outcome::Success);
+    h.drain();
+    assert!(h.lifecycle_events().is_empty(), "the load was called off");
+    // Under way (the lane was idle): the model is unloaded as soon as its load ends.
+    h.core.load_model(h.now, "sd", None).expect("known");
+    h.drain();
+    assert_eq!(h.lifecycle_events(), ["warm sd"]);
+    assert_eq!(
+        h.core.unload_model(h.now, "sd", LaneId(0), false),
+        Ok(UnloadOutcome::Unloading)
+    );
+    h.core.lifecycle_done(h.now, LaneId(0));
+    h.drain();
+    assert_eq!(h.lifecycle_events(), ["warm sd", "unload sd"]);
+    h.core.lifecycle_done(h.now, LaneId(0));
+    h.drain();
+    assert_eq!(h.core.status(h.now).lanes[0].loaded(), None);
+}

@@ -20,6 +20,8 @@ pub enum LoadOutcome {
 pub enum UnloadOutcome {
     /// The model is not resident on the lane: nothing to do.
     NotLoaded,
+    /// The model was not resident; the load an operator had asked for is called off.
+    LoadCancelled,
     /// The lane unloads it now.
     Unloading,
     /// Forced: no new work for it on the lane; it is unloaded when its requests in flight end.
@@ -86,11 +88,18 @@ impl Scheduler {
         if lane.0 >= self.lanes.len() {
             return Err(UnloadRefusal::Rejected(Rejection::UnknownLane(lane.0)));
         }
-        if self.lanes[lane.0].preload == Some(m) {
-            self.lanes[lane.0].preload = None;
-        }
+        let asked = self.lanes[lane.0].preload.take() == Some(m);
         if !self.holds(lane.0, m) {
-            return Ok(UnloadOutcome::NotLoaded);
+            if matches!(self.lanes[lane.0].phase, Phase::Preloading { model } if model == m) {
+                // Loading now: unloaded as soon as the load ends.
+                self.lanes[lane.0].draining = Some(m);
+                return Ok(UnloadOutcome::Unloading);
+            }
+            return Ok(if asked {
+                UnloadOutcome::LoadCancelled
+            } else {
+                UnloadOutcome::NotLoaded
+            });
         }
         let in_flight = self.running_of(lane.0, m);
         let waiting: usize = self
