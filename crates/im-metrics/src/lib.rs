@@ -350,6 +350,22 @@ impl Metrics {
         metrics::gauge!(names::IN_FLIGHT, "lane" => lane.to_owned()).set(f64::from(n));
     }
 
+    /// How many durable jobs are queued and running now.
+    pub fn jobs(&self, queued: usize, running: usize) {
+        metrics::gauge!(names::JOBS, "status" => "queued").set(queued as f64);
+        metrics::gauge!(names::JOBS, "status" => "running").set(running as f64);
+    }
+
+    /// A durable job reached its final state (see [`names::JOBS_COMPLETED_TOTAL`]).
+    pub fn job_completed(&self, outcome: &'static str) {
+        metrics::counter!(names::JOBS_COMPLETED_TOTAL, "outcome" => outcome).increment(1);
+    }
+
+    /// A webhook delivery attempt ended (see [`names::WEBHOOK_DELIVERIES_TOTAL`]).
+    pub fn webhook_delivery(&self, outcome: &'static str) {
+        metrics::counter!(names::WEBHOOK_DELIVERIES_TOTAL, "outcome" => outcome).increment(1);
+    }
+
     /// Time im added to one request outside queue wait and upstream time.
     pub fn overhead(&self, d: Duration) {
         metrics::histogram!(names::OVERHEAD_SECONDS).record(d.as_secs_f64());

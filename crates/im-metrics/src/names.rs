@@ -34,6 +34,16 @@ pub const OVERHEAD_SECONDS: &str = "im_overhead_seconds";
 /// messages), `unauthorized` (no key, or a wrong one).
 pub const WS_CLOSED_TOTAL: &str = "im_ws_closed_total";
 
+/// `im_jobs{status}`: durable jobs now `queued` or `running`.
+pub const JOBS: &str = "im_jobs";
+/// `im_jobs_completed_total{outcome}`: jobs that reached a final state: `succeeded`, `failed`,
+/// `cancelled`.
+pub const JOBS_COMPLETED_TOTAL: &str = "im_jobs_completed_total";
+/// `im_webhook_deliveries_total{outcome}`: webhook delivery attempts: `delivered`, `failed`
+/// (retried later), `gone` (410: the endpoint is disabled), `abandoned` (the schedule ran out),
+/// `refused` (a private address).
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "im_webhook_deliveries_total";
+
 /// All of them, for checks.
 pub const ALL: &[&str] = &[
     REQUESTS_TOTAL,
@@ -50,4 +60,7 @@ pub const ALL: &[&str] = &[
     PLACEMENTS_TOTAL,
     OVERHEAD_SECONDS,
     WS_CLOSED_TOTAL,
+    JOBS,
+    JOBS_COMPLETED_TOTAL,
+    WEBHOOK_DELIVERIES_TOTAL,
 ];

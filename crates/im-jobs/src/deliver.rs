@@ -1,0 +1,159 @@
+//! Outbound webhooks: when a job reaches its final state, im POSTs `{type, timestamp, data}` to
+//! its `callback_url`, signed by the Standard Webhooks rules, and retries on the schedule until
+//! a 2xx answer. A 410 Gone disables the endpoint for every later job; a destination that
+//! resolves to a private address (unless allowed) is refused. Every attempt goes into the job's
+//! delivery log. The message id stays the same across retries so a receiver can drop repeats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::guard;
+use crate::job::{Delivery, Job};
+use crate::runner::{Inner, now_ms};
+use crate::signing::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+
+/// Deliver due webhooks, woken by finished jobs or every second.
+pub(crate) async fn deliveries(inner: Arc<Inner>) {
+    loop {
+        let due: Vec<Job> = match inner.store.all() {
+            Ok(all) => {
+                let now = now_ms();
+                all.into_iter()
+                    .filter(|j| {
+                        j.webhook_pending()
+                            && j.webhook
+                                .as_ref()
+                                .and_then(|w| w.next_at_ms)
+                                .is_some_and(|t| t <= now)
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "job store failed; webhooks wait");
+                Vec::new()
+            }
+        };
+        let mut attempts = tokio::task::JoinSet::new();
+        for job in due {
+            let inner = inner.clone();
+            attempts.spawn(async move { attempt(&inner, job).await });
+        }
+        while attempts.join_next().await.is_some() {}
+        tokio::select! {
+            () = inner.wake_delivery.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The body a webhook carries: `type` (`job.succeeded`, `job.failed`, `job.cancelled`),
+/// `timestamp`, and `data`, the job as `GET /v1/jobs/{id}` shows it.
+pub fn payload(job: &Job) -> serde_json::Value {
+    json!({
+        "type": format!("job.{}", job.status.as_str()),
+        "timestamp": job.finished_ms.unwrap_or_else(now_ms),
+        "data": crate::view(job),
+    })
+}
+
+async fn attempt(inner: &Inner, mut job: Job) {
+    let Some(hook) = job.webhook.clone() else {
+        return;
+    };
+    let at_ms = now_ms();
+    let (status, error, outcome) = send(inner, &job, &hook.url).await;
+    let w = job.webhook.as_mut().expect("it has one");
+    w.deliveries.push(Delivery {
+        at_ms,
+        status,
+        error,
+    });
+    match outcome {
+        "delivered" => {
+            w.delivered = true;
+            w.next_at_ms = None;
+        }
+        "gone" | "refused" => {
+            w.abandoned = true;
+            w.next_at_ms = None;
+        }
+        _ => {
+            // Failed: the next delay of the schedule, or give up.
+            let failures = w.deliveries.len() - 1;
+            match inner.cfg.retry_schedule.get(failures) {
+                Some(delay) => w.next_at_ms = Some(now_ms() + delay.as_millis() as i64),
+                None => {
+                    w.abandoned = true;
+                    w.next_at_ms = None;
+                    inner.metrics.webhook_delivery("abandoned");
+                }
+            }
+        }
+    }
+    inner.metrics.webhook_delivery(outcome);
+    if outcome == "gone"
+        && let Err(e) = inner.store.disable_endpoint(&hook.url)
+    {
+        tracing::error!(error = %e, "job store failed");
+    }
+    if let Err(e) = inner.store.put(&job) {
+        tracing::error!(job = %job.id, error = %e, "job store failed; the delivery is retried");
+    }
+}
+
+/// One POST: (status, error, outcome).
+async fn send(inner: &Inner, job: &Job, url: &str) -> (Option<u16>, Option<String>, &'static str) {
+    match inner.store.endpoint_disabled(url) {
+        Ok(true) => {
+            return (
+                None,
+                Some("the endpoint answered 410 Gone before; it is disabled".to_owned()),
+                "gone",
+            );
+        }
+        Ok(false) => {}
+        Err(e) => return (None, Some(e.to_string()), "failed"),
+    }
+    let dest = match guard::resolve(url, inner.cfg.allow_private_callbacks).await {
+        Ok(d) => d,
+        Err(e @ guard::GuardError::Private(_)) => return (None, Some(e.to_string()), "refused"),
+        Err(e) => return (None, Some(e.to_string()), "failed"),
+    };
+    // Connect to the address that passed the check, whatever DNS answers next.
+    let client = match reqwest::Client::builder()
+        .resolve(&dest.host, dest.addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(inner.cfg.delivery_timeout)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return (None, Some(e.to_string()), "failed"),
+    };
+    let body = payload(job).to_string();
+    let hook = job.webhook.as_ref().expect("it has one");
+    let timestamp = now_ms() / 1000;
+    let signature = inner
+        .cfg
+        .webhook_secret
+        .sign(&hook.message_id, timestamp, body.as_bytes());
+    let sent = client
+        .post(dest.url)
+        .header("content-type", "application/json")
+        .header("user-agent", concat!("im/", env!("CARGO_PKG_VERSION")))
+        .header(ID_HEADER, &hook.message_id)
+        .header(TIMESTAMP_HEADER, timestamp.to_string())
+        .header(SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None, "delivered"),
+        Ok(r) if r.status() == reqwest::StatusCode::GONE => {
+            (Some(410), Some("410 Gone: the endpoint is disabled".to_owned()), "gone")
+        }
+        Ok(r) => (Some(r.status().as_u16()), None, "failed"),
+        Err(e) => (None, Some(e.to_string()), "failed"),
+    }
+}

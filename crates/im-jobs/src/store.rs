@@ -1,0 +1,321 @@
+//! Where jobs live: the [`JobStore`] trait (the distributed mode puts it in Redis) and the
+//! embedded [`RedbStore`], a single file written with ACID transactions, plus a directory for
+//! large results.
+//!
+//! Why redb: it is pure Rust (no C compiler, no SQLite build in every clean build of a 2-core CI
+//! machine), crash-safe by default (copy-on-write B-trees, a commit is durable when it returns),
+//! and the store needs only keyed records, which is all redb is. SQLite would bring SQL we do not
+//! need.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::job::Job;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("job store: {0}")]
+    Db(String),
+    /// A record did not decode (written by an incompatible version).
+    #[error("job store: a record does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// Result files.
+    #[error("job store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+macro_rules! db_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> StoreError {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_errors!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What the job runner needs from a store. Every method is one transaction.
+pub trait JobStore: Send + Sync + 'static {
+    /// Insert or replace a job.
+    fn put(&self, job: &Job) -> Result<(), StoreError>;
+    /// A job by id.
+    fn get(&self, id: &str) -> Result<Option<Job>, StoreError>;
+    /// Every job (for recovery after a restart, listings and the retention sweep).
+    fn all(&self) -> Result<Vec<Job>, StoreError>;
+    /// Remove a job and its idempotency entry.
+    fn remove(&self, job: &Job) -> Result<(), StoreError>;
+    /// Insert `job` unless its owner already has a job under the same idempotency key; the job
+    /// that holds the key (the new one, or the earlier one).
+    fn insert_idempotent(&self, job: &Job) -> Result<Job, StoreError>;
+    /// Record an inbound webhook's message id; false if it was seen already (a replay).
+    fn first_sighting(&self, message_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Forget inbound message ids recorded before `before_ms`.
+    fn forget_sightings(&self, before_ms: i64) -> Result<(), StoreError>;
+    /// Disable a callback URL (its receiver answered 410 Gone).
+    fn disable_endpoint(&self, url: &str) -> Result<(), StoreError>;
+    /// Whether a callback URL was disabled.
+    fn endpoint_disabled(&self, url: &str) -> Result<bool, StoreError>;
+}
+
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// `owner \n idempotency key` → job id.
+const IDEMPOTENCY: TableDefinition<&str, &str> = TableDefinition::new("idempotency");
+/// Inbound webhook message id → when first seen (Unix ms).
+const SIGHTINGS: TableDefinition<&str, i64> = TableDefinition::new("webhook_ids");
+/// Callback URLs whose receivers answered 410 Gone → when.
+const DISABLED: TableDefinition<&str, i64> = TableDefinition::new("disabled_endpoints");
+
+/// The embedded store: `jobs.redb` and a `results/` directory under one data directory.
+pub struct RedbStore {
+    db: Database,
+    results: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("results", &self.results)
+            .finish_non_exhaustive()
+    }
+}
+
+fn idem_key(job: &Job) -> Option<String> {
+    job.idempotency_key
+        .as_ref()
+        .map(|k| format!("{}\n{k}", job.owner))
+}
+
+impl RedbStore {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
+        std::fs::create_dir_all(dir.join("results"))?;
+        let db = Database::create(dir.join("jobs.redb"))?;
+        let tx = db.begin_write()?;
+        tx.open_table(JOBS)?;
+        tx.open_table(IDEMPOTENCY)?;
+        tx.open_table(SIGHTINGS)?;
+        tx.open_table(DISABLED)?;
+        tx.commit()?;
+        Ok(RedbStore {
+            db,
+            results: dir.join("results"),
+        })
+    }
+
+    /// The directory large results are written to.
+    pub fn results_dir(&self) -> &Path {
+        &self.results
+    }
+}
+
+impl JobStore for RedbStore {
+    fn put(&self, job: &Job) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(job)?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(JOBS)?.insert(job.id.as_str(), bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(JOBS)?;
+        let Some(v) = table.get(id)? else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_slice(v.value())?))
+    }
+
+    fn all(&self) -> Result<Vec<Job>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(JOBS)?;
+        let mut jobs = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            jobs.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(jobs)
+    }
+
+    fn remove(&self, job: &Job) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(JOBS)?.remove(job.id.as_str())?;
+        if let Some(k) = idem_key(job) {
+            tx.open_table(IDEMPOTENCY)?.remove(k.as_str())?;
+        }
+        tx.commit()?;
+        if let Some(crate::job::Stored::File { name, .. }) = &job.result {
+            let _ = std::fs::remove_file(self.results.join(name));
+        }
+        Ok(())
+    }
+
+    fn insert_idempotent(&self, job: &Job) -> Result<Job, StoreError> {
+        let bytes = serde_json::to_vec(job)?;
+        let tx = self.db.begin_write()?;
+        if let Some(k) = idem_key(job) {
+            let mut idem = tx.open_table(IDEMPOTENCY)?;
+            let earlier = idem.get(k.as_str())?.map(|v| v.value().to_owned());
+            if let Some(earlier) = earlier {
+                let jobs = tx.open_table(JOBS)?;
+                if let Some(v) = jobs.get(earlier.as_str())? {
+                    return Ok(serde_json::from_slice(v.value())?);
+                }
+            }
+            idem.insert(k.as_str(), job.id.as_str())?;
+        }
+        tx.open_table(JOBS)?.insert(job.id.as_str(), bytes.as_slice())?;
+        tx.commit()?;
+        Ok(job.clone())
+    }
+
+    fn first_sighting(&self, message_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let first = {
+            let mut seen = tx.open_table(SIGHTINGS)?;
+            if seen.get(message_id)?.is_some() {
+                false
+            } else {
+                seen.insert(message_id, now_ms)?;
+                true
+            }
+        };
+        tx.commit()?;
+        Ok(first)
+    }
+
+    fn disable_endpoint(&self, url: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(DISABLED)?
+            .insert(url, crate::runner::now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn endpoint_disabled(&self, url: &str) -> Result<bool, StoreError> {
+        Ok(self.disabled_at(url)?.is_some())
+    }
+
+    fn forget_sightings(&self, before_ms: i64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SIGHTINGS)?
+            .retain(|_, seen_ms| seen_ms >= before_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl RedbStore {
+    fn disabled_at(&self, url: &str) -> Result<Option<i64>, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(DISABLED)?.get(url)?.map(|v| v.value()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{Request, Status};
+    use serde_json::json;
+
+    fn job(id: &str, owner: &str, idem: Option<&str>) -> Job {
+        Job {
+            id: id.to_owned(),
+            owner: owner.to_owned(),
+            idempotency_key: idem.map(str::to_owned),
+            request: Request {
+                route: "/txt2txt".to_owned(),
+                body: json!({"model": "m"}),
+            },
+            status: Status::Queued,
+            attempts: 0,
+            created_ms: 1,
+            started_ms: None,
+            finished_ms: None,
+            result: None,
+            error: None,
+            webhook: None,
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "im-jobs-{name}-{}",
+            crate::signing::random_id("")
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn jobs_survive_reopening_the_store() {
+        let dir = temp_dir("reopen");
+        {
+            let store = RedbStore::open(&dir).expect("open");
+            store.put(&job("a", "k1", None)).expect("put");
+            let mut b = job("b", "k1", None);
+            b.status = Status::Succeeded;
+            store.put(&b).expect("put");
+        }
+        let store = RedbStore::open(&dir).expect("reopen");
+        let mut ids: Vec<_> = store
+            .all()
+            .expect("all")
+            .into_iter()
+            .map(|j| (j.id, j.status))
+            .collect();
+        ids.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            ids,
+            [("a".into(), Status::Queued), ("b".into(), Status::Succeeded)]
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_idempotency_key_returns_the_first_job_per_owner() {
+        let dir = temp_dir("idem");
+        let store = RedbStore::open(&dir).expect("open");
+        let first = store
+            .insert_idempotent(&job("a", "k1", Some("x")))
+            .expect("insert");
+        assert_eq!(first.id, "a");
+        let again = store
+            .insert_idempotent(&job("b", "k1", Some("x")))
+            .expect("insert");
+        assert_eq!(again.id, "a", "the same owner and key: the first job");
+        assert!(store.get("b").expect("get").is_none(), "no second job");
+        let other = store
+            .insert_idempotent(&job("c", "k2", Some("x")))
+            .expect("insert");
+        assert_eq!(other.id, "c", "another owner's key is another key");
+        store.remove(&first).expect("remove");
+        let after = store
+            .insert_idempotent(&job("d", "k1", Some("x")))
+            .expect("insert");
+        assert_eq!(after.id, "d", "a removed job frees its key");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_webhook_id_is_seen_once_until_forgotten() {
+        let dir = temp_dir("sightings");
+        let store = RedbStore::open(&dir).expect("open");
+        assert!(store.first_sighting("msg_1", 100).expect("db"));
+        assert!(!store.first_sighting("msg_1", 150).expect("db"));
+        store.forget_sightings(200).expect("db");
+        assert!(store.first_sighting("msg_1", 300).expect("db"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
