@@ -329,6 +329,37 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
         !kind("Secret").is_empty() && !kind("Service").is_empty(),
         "k8s: Secret and Service needed"
     );
+    // The job store must be on a volume (the root filesystem is read-only) that a claim backs.
+    let jobs_dir = im_app::config::ImConfig::from_toml(toml)?
+        .jobs
+        .dir
+        .context("k8s: ConfigMap im.toml must set [jobs] dir (on a volume)")?;
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    ensure!(
+        mounts.iter().any(|m| jobs_dir.starts_with(m)),
+        "k8s: [jobs] dir {jobs_dir} is on no volume mount ({mounts:?})"
+    );
+    let claims: Vec<String> = kind("PersistentVolumeClaim")
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    for v in dep["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
+            ensure!(
+                claims.iter().any(|c| c == claim),
+                "k8s: volume claim {claim} has no PersistentVolumeClaim"
+            );
+        }
+    }
     let svc = &kind("Service")[0];
     let target = &svc["spec"]["ports"][0]["targetPort"];
     let port_names: Vec<&Value> = c["ports"]
@@ -346,7 +377,7 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
             .into(),
     );
     done.push(
-        "k8s: one replica, /health liveness, /ready readiness, resources, Service → container port"
+        "k8s: one replica, /health liveness, /ready readiness, resources, Service → container port, the job store on a claimed volume"
             .into(),
     );
     if done.is_empty() {

@@ -34,7 +34,9 @@ struct Args {
 async fn serve(args: Args) -> anyhow::Result<()> {
     // Logs go to stderr: stdout belongs to the MCP stdio transport.
     run::logging("text", "warn");
-    let cfg = args.common.load()?;
+    let mut cfg = args.common.load()?;
+    // MCP has no job tools: no job store (it would compete with an im-http for the same one).
+    cfg.jobs.enabled = false;
     let (target, built) = match &args.remote {
         Some(url) => (Target::Remote(Remote::new(url, args.api_key.clone())), None),
         None => {

@@ -34,6 +34,17 @@ pub struct Built {
     pub config: ImConfig,
     /// The embedded simulator, kept alive as long as this value.
     pub sim: Option<SimServer>,
+    /// A job store made for this run only (simulating without `jobs.dir`), removed with it.
+    _scratch: Option<Scratch>,
+}
+
+/// A directory removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Why im could not start.
@@ -45,6 +56,14 @@ pub enum BuildError {
     /// The simulator could not start.
     #[error("starting the simulated LocalAI: {0}")]
     Sim(std::io::Error),
+    /// The job store could not be opened.
+    #[error("opening the job store in {dir}: {error} (set `jobs.dir`, or `jobs.enabled = false`)")]
+    Jobs {
+        /// Its directory.
+        dir: String,
+        /// What went wrong.
+        error: String,
+    },
     /// The upstream could not be reached for model discovery.
     #[error("discovering models from {url}: {error} (configure `models` to start without LocalAI)")]
     Discovery {
@@ -144,13 +163,50 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         tracing::warn!("no API keys configured: authentication is OFF");
     }
     let service = Service::new(engine.clone(), &config.service_settings());
+    let mut scratch = None;
+    let state = if config.jobs.enabled {
+        let dir = config.jobs.data_dir(sim.is_some());
+        if config.jobs.dir.is_none() && sim.is_some() {
+            scratch = Some(Scratch(dir.clone()));
+        }
+        start_jobs(&config, &dir, &service, engine.metrics().clone())?
+    } else {
+        AppState::new(service.clone())
+    };
     Ok(Built {
         engine,
-        state: AppState::new(service.clone()),
+        state,
         service,
         config,
         sim,
+        _scratch: scratch,
     })
+}
+
+/// Open the job store and start the job service; the HTTP state with it.
+fn start_jobs(
+    config: &ImConfig,
+    dir: &std::path::Path,
+    service: &Service,
+    metrics: Metrics,
+) -> Result<AppState, BuildError> {
+    let failed = |e: &dyn std::fmt::Display| BuildError::Jobs {
+        dir: dir.display().to_string(),
+        error: e.to_string(),
+    };
+    let store = im_jobs::RedbStore::open(dir).map_err(|e| failed(&e))?;
+    let secret = match &config.jobs.webhook_secret {
+        Some(_) => im_jobs::Secret::parse(&im_jobs::Secret::generate()).expect("generated"),
+        None => crate::config::stored_secret(dir).map_err(|e| failed(&e))?,
+    };
+    let settings = config.jobs.settings(secret)?;
+    let results = store.results_dir().to_path_buf();
+    let slot = im_http_api::jobs::RouterSlot::default();
+    let runner = Arc::new(im_http_api::jobs::RouterRunner(slot.clone()));
+    let jobs = im_jobs::Jobs::start(Arc::new(store), results, runner, settings, metrics)
+        .map_err(|e| failed(&e))?;
+    tracing::info!(dir = %dir.display(), "durable jobs on");
+    Ok(AppState::with_jobs(service.clone(), jobs, slot))
 }
 
 /// The models an upstream serves, with their kinds and slots learned from what it says: llama.cpp's

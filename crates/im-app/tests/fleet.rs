@@ -158,6 +158,7 @@ async fn a_server_dies_mid_run_its_work_moves_and_it_rejoins() {
     cfg.retry.cap_ms = 50;
     cfg.breaker.failure_threshold = 2;
     cfg.breaker.cooldown_s = 0.5;
+    cfg.jobs.enabled = false; // no job store: these tests share a working directory
     let built = app::build(cfg, None).await.expect("build");
     let app = im_http_api::router(built.state.clone());
 
@@ -277,6 +278,7 @@ async fn status_reports_each_backend() {
     // The failing server's breaker opens after two failures; retries then go to the other.
     cfg.breaker.failure_threshold = 2;
     cfg.routing.strategy = "least_loaded".into();
+    cfg.jobs.enabled = false; // no job store: these tests share a working directory
     let built = app::build(cfg, None).await.expect("build");
     let app = im_http_api::router(built.state.clone());
     let mut set = JoinSet::new();

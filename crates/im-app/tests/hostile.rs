@@ -43,6 +43,7 @@ async fn in_front_of(mode: SimMode, f: impl FnOnce(&mut ImConfig)) -> (SimServer
     cfg.retry.base_ms = 1;
     cfg.retry.cap_ms = 5;
     f(&mut cfg);
+    cfg.jobs.enabled = false; // no job store: these tests share a working directory
     let built = app::build(cfg, None).await.expect("build");
     (sim, built)
 }
@@ -474,6 +475,7 @@ async fn upstream_tracebacks_reach_no_caller() {
         aliases: vec![],
         ..Default::default()
     }];
+    cfg.jobs.enabled = false; // no job store: these tests share a working directory
     let built = app::build(cfg, None).await.expect("build");
     let router = im_http_api::router(built.state.clone());
     let body = json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}]});

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod error;
 pub mod infer;
+pub mod jobs;
 pub mod lifecycle;
 pub mod media;
 pub mod openai;
@@ -51,6 +52,7 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         media::rerank, media::speech, media::tts, media::transcriptions, media::images_edits,
         admin::relay, infer::infer, infer::infer_stream, infer::root,
         tasks::infer, tasks::infer_batch, tasks::models, lifecycle::load, lifecycle::unload, ws::ws,
+        jobs::create, jobs::list, jobs::get, jobs::result, jobs::cancel, jobs::ingest,
         ops::request_metrics, ops::error_metrics, ops::queue_status, ops::status, ops::placement, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
@@ -58,13 +60,15 @@ pub use state::{AppState, Arrived, key_of, request_id_of, require_key};
         schema::Role, schema::ChatCompletionRequest, schema::CompletionRequest, schema::EmbeddingRequest,
         schema::ImageGenerationRequest, schema::RerankRequest, schema::SpeechRequest, schema::TranscriptionForm,
         schema::ImageEditForm, infer::InferRequest, infer::InferParams, infer::InferResponse, infer::Timings,
-        tasks::TaskRequest, tasks::TaskBatch, lifecycle::LoadRequest, lifecycle::UnloadRequest)),
+        tasks::TaskRequest, tasks::TaskBatch, lifecycle::LoadRequest, lifecycle::UnloadRequest,
+        jobs::JobSubmission)),
     modifiers(&SecurityAddon, &PassThrough),
     tags((name = "seed", description = "The seed endpoints"), (name = "openai", description = "OpenAI-compatible endpoints"),
          (name = "operations", description = "Metrics, status, health"),
          (name = "admin", description = "LocalAI's management routes, relayed for `admin` keys"),
          (name = "infer", description = "The seeds' `/v1/infer` dialect"),
-         (name = "tasks", description = "Task models with versions: `/infer`, `/infer/batch`, `/models`"))
+         (name = "tasks", description = "Task models with versions: `/infer`, `/infer/batch`, `/models`"),
+         (name = "jobs", description = "Durable jobs and signed webhooks: `/v1/jobs`, `/webhooks/ingest`"))
 )]
 pub struct ApiDoc;
 
@@ -156,6 +160,10 @@ pub fn router_with(
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/jobs", post(jobs::create).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/v1/jobs/{id}/result", get(jobs::result))
+        .route("/webhooks/ingest", post(jobs::ingest))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
     let api = admin::ROUTES.iter().fold(api, |r, path| {
         r.route(path, axum::routing::any(admin::relay))
@@ -175,6 +183,11 @@ pub fn router_with(
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ));
-    api.layer(from_fn_with_state(state.clone(), state::caller))
-        .with_state(state)
+    let slot = state.job_router.clone();
+    let router = api
+        .layer(from_fn_with_state(state.clone(), state::caller))
+        .with_state(state);
+    // Jobs run through this router (the first one built from this state).
+    let _ = slot.set(router.clone());
+    router
 }

@@ -12,19 +12,46 @@ use im_service::{Caller, Keys, Scope, Service, provided_key, unauthorized};
 
 use crate::error::HttpError;
 
-/// What the handlers share: the service. Cheap to clone.
+/// What the handlers share: the service, and the durable jobs when they are on. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// The service (engine, keys, limits).
     pub service: Service,
+    /// Durable jobs (`/v1/jobs`), when configured.
+    pub jobs: Option<im_jobs::Jobs>,
+    /// The router jobs run through, set when [`crate::router`] builds it.
+    pub job_router: crate::jobs::RouterSlot,
 }
 
 impl AppState {
-    /// State over `service`.
+    /// State over `service`, without jobs.
     pub fn new(service: Service) -> AppState {
-        AppState { service }
+        AppState {
+            service,
+            jobs: None,
+            job_router: crate::jobs::RouterSlot::default(),
+        }
+    }
+
+    /// State over `service` with `jobs`, which run through the router built from this state
+    /// (`slot` is the one their [`crate::jobs::RouterRunner`] was made with).
+    pub fn with_jobs(
+        service: Service,
+        jobs: im_jobs::Jobs,
+        slot: crate::jobs::RouterSlot,
+    ) -> AppState {
+        AppState {
+            service,
+            jobs: Some(jobs),
+            job_router: slot,
+        }
     }
 }
+
+/// Marks a request a job makes through the router: its key was checked (and charged) when the
+/// job was submitted. Only im itself can set a request extension; nothing on the wire can.
+#[derive(Clone, Copy, Debug)]
+pub struct JobCall;
 
 /// When the request reached im, for the overhead figure.
 #[derive(Clone, Copy, Debug)]
@@ -45,10 +72,12 @@ pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
 
 /// Paths that need no key: what the API is (`/`), liveness, readiness (without a key it says only ready or not, so a
 /// Kubernetes probe needs no secret), and the API documentation (it holds no data; Swagger UI's
-/// "Authorize" button supplies the key for the calls it makes), and the WebSocket, which checks
-/// the key itself (in the upgrade's headers or in its first message).
+/// "Authorize" button supplies the key for the calls it makes), the WebSocket, which checks
+/// the key itself (in the upgrade's headers or in its first message), and inbound webhooks,
+/// which are authenticated by their signature.
 fn is_open(path: &str) -> bool {
     path == "/health"
+        || path == "/webhooks/ingest"
         || path.starts_with("/ws/")
         || path == "/"
         || path == "/ready"
@@ -86,7 +115,7 @@ pub fn scope_of(path: &str) -> Scope {
 pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let arrived = Arrived(Instant::now());
     let id = request_id_of(req.headers()).unwrap_or_else(|| st.service.new_request_id());
-    let key = if is_open(req.uri().path()) {
+    let key = if is_open(req.uri().path()) || req.extensions().get::<JobCall>().is_some() {
         Ok(None)
     } else {
         let scope = scope_of(req.uri().path());

@@ -48,6 +48,10 @@ pub struct TaskBatch {
     /// `http.max_batch_requests`, 32 by default).
     #[schema(value_type = Vec<TaskRequest>, min_items = 1, max_items = 32)]
     pub requests: Vec<Value>,
+    /// Run each request as a durable job (`/v1/jobs`) and answer their ids at once (for
+    /// callbacks, submit to `/v1/jobs` with a `callback_url`).
+    #[serde(default, rename = "async")]
+    pub run_async: bool,
 }
 
 /// An envelope: `{success, result | error, model_used, latency_ms, request_id, timestamp,
@@ -135,6 +139,7 @@ pub async fn infer(
 #[utoipa::path(post, path = "/infer/batch", tag = "tasks", request_body = TaskBatch,
     responses(
         (status = 200, description = "`{results: [envelope, ...], succeeded, failed, latency_ms}` in request order", body = Object),
+        (status = 202, description = "With `async: true`: `{jobs: [{id, status, status_url}]}` in request order", body = Object),
         QueuedErrors,
     ),
     security(("api_key" = []), ("bearer" = [])))]
@@ -151,6 +156,9 @@ pub async fn infer_batch(
             "requests",
             format!("must hold 1 to {max} requests"),
         ));
+    }
+    if batch.run_async {
+        return submit_batch(&st, &caller, batch).await;
     }
     let runs = batch.requests.into_iter().enumerate().map(|(i, raw)| {
         let caller = Caller {
@@ -173,6 +181,39 @@ pub async fn infer_batch(
         "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
     }))
     .into_response())
+}
+
+/// `async: true`: every item becomes a job on `/infer`; `{jobs: [{id, status, status_url}]}` in
+/// request order. Items are checked first, so either all become jobs or none does.
+async fn submit_batch(
+    st: &AppState,
+    caller: &Caller,
+    batch: TaskBatch,
+) -> Result<Response, HttpError> {
+    let jobs = st.jobs.as_ref().ok_or_else(|| {
+        HttpError::new(
+            im_service::ErrorType::NotFound,
+            "durable jobs are off on this server (see `[jobs]` in the configuration)",
+        )
+    })?;
+    for (i, raw) in batch.requests.iter().enumerate() {
+        serde_json::from_value::<TaskRequest>(raw.clone())
+            .map_err(|e| HttpError::invalid(format!("requests[{i}]"), e.to_string()))?;
+    }
+    let owner = st.service.keys().fingerprint(caller.key);
+    let mut out = Vec::with_capacity(batch.requests.len());
+    for raw in batch.requests {
+        let s = crate::jobs::JobSubmission {
+            kind: None,
+            route: Some("/infer".to_owned()),
+            body: raw,
+            callback_url: None,
+            idempotency_key: None,
+        };
+        let (job, _) = crate::jobs::submit(jobs, owner.clone(), &s, None).await?;
+        out.push(json!({"id": job.id, "status": job.status.as_str(), "status_url": format!("/v1/jobs/{}", job.id)}));
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"jobs": out}))).into_response())
 }
 
 /// The task models: names, versions, default version, kind, type and description.

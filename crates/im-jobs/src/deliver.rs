@@ -150,9 +150,11 @@ async fn send(inner: &Inner, job: &Job, url: &str) -> (Option<u16>, Option<Strin
         .await;
     match sent {
         Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None, "delivered"),
-        Ok(r) if r.status() == reqwest::StatusCode::GONE => {
-            (Some(410), Some("410 Gone: the endpoint is disabled".to_owned()), "gone")
-        }
+        Ok(r) if r.status() == reqwest::StatusCode::GONE => (
+            Some(410),
+            Some("410 Gone: the endpoint is disabled".to_owned()),
+            "gone",
+        ),
         Ok(r) => (Some(r.status().as_u16()), None, "failed"),
         Err(e) => (None, Some(e.to_string()), "failed"),
     }

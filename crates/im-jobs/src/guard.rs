@@ -164,7 +164,9 @@ mod tests {
                 "{url}"
             );
         }
-        let allowed = resolve("http://127.0.0.1:9/hook", true).await.expect("allowed");
+        let allowed = resolve("http://127.0.0.1:9/hook", true)
+            .await
+            .expect("allowed");
         assert_eq!(allowed.addr, "127.0.0.1:9".parse().expect("addr"));
     }
 

@@ -209,8 +209,8 @@ impl Jobs {
     }
 
     /// Accept a job. A callback URL is checked now (so a bad one is refused at once); a repeated
-    /// idempotency key answers the job it made first.
-    pub async fn submit(&self, s: Submission) -> Result<Job, JobError> {
+    /// idempotency key answers the job it made first. The job, and whether it is new.
+    pub async fn submit(&self, s: Submission) -> Result<(Job, bool), JobError> {
         if let Some(url) = &s.callback_url {
             guard::resolve(url, self.inner.cfg.allow_private_callbacks)
                 .await
@@ -238,12 +238,21 @@ impl Jobs {
             }),
         };
         let stored = self.inner.store.insert_idempotent(&job)?;
-        if stored.id == job.id {
+        let new = stored.id == job.id;
+        if new {
             self.inner.lock_pending().push_back(job.id.clone());
             self.inner.gauge();
             self.inner.wake.notify_one();
         }
-        Ok(stored)
+        Ok((stored, new))
+    }
+
+    /// Job `id`, whoever owns it (for `admin` keys).
+    pub fn get_any(&self, id: &str) -> Result<Job, JobError> {
+        self.inner
+            .store
+            .get(id)?
+            .ok_or_else(|| JobError::NotFound(id.to_owned()))
     }
 
     /// The owner's job `id`.
@@ -261,12 +270,26 @@ impl Jobs {
         status: Option<Status>,
         limit: usize,
     ) -> Result<Vec<Job>, JobError> {
+        self.list_where(|j| j.owner == owner, status, limit)
+    }
+
+    /// Everyone's jobs (for `admin` keys), as [`list`](Self::list).
+    pub fn list_all(&self, status: Option<Status>, limit: usize) -> Result<Vec<Job>, JobError> {
+        self.list_where(|_| true, status, limit)
+    }
+
+    fn list_where(
+        &self,
+        mine: impl Fn(&Job) -> bool,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<Job>, JobError> {
         let mut jobs: Vec<Job> = self
             .inner
             .store
             .all()?
             .into_iter()
-            .filter(|j| j.owner == owner && status.is_none_or(|s| j.status == s))
+            .filter(|j| mine(j) && status.is_none_or(|s| j.status == s))
             .collect();
         jobs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
         jobs.truncate(limit);

@@ -55,9 +55,7 @@ impl Secret {
     /// accept).
     pub fn parse(text: &str) -> Result<Secret, SigningError> {
         let b64 = text.trim().strip_prefix("whsec_").unwrap_or(text.trim());
-        let key = STANDARD
-            .decode(b64)
-            .map_err(|_| SigningError::BadSecret)?;
+        let key = STANDARD.decode(b64).map_err(|_| SigningError::BadSecret)?;
         if !(24..=64).contains(&key.len()) {
             return Err(SigningError::BadSecret);
         }
@@ -127,11 +125,7 @@ pub fn fill_random(buf: &mut [u8]) {
     if filled.is_err() {
         // No /dev/urandom: mix the clock and the address space layout through SHA-256.
         use sha2::Digest;
-        let seed = format!(
-            "{:?}{:p}",
-            std::time::SystemTime::now(),
-            &buf as *const _
-        );
+        let seed = format!("{:?}{:p}", std::time::SystemTime::now(), &buf as *const _);
         let mut out = sha2::Sha256::digest(seed.as_bytes()).to_vec();
         while out.len() < buf.len() {
             out.extend(sha2::Sha256::digest(&out).to_vec());
@@ -232,7 +226,10 @@ mod tests {
             s.verify(Some(ID), Some("soon"), Some(SIGNATURE), BODY, 1, 300),
             Err(SigningError::BadTimestamp)
         );
-        assert_eq!(Secret::parse("whsec_c2hvcnQ="), Err(SigningError::BadSecret));
+        assert_eq!(
+            Secret::parse("whsec_c2hvcnQ="),
+            Err(SigningError::BadSecret)
+        );
         assert_eq!(Secret::parse("whsec_!!"), Err(SigningError::BadSecret));
         assert!(Secret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
     }

@@ -123,7 +123,8 @@ impl JobStore for RedbStore {
     fn put(&self, job: &Job) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(job)?;
         let tx = self.db.begin_write()?;
-        tx.open_table(JOBS)?.insert(job.id.as_str(), bytes.as_slice())?;
+        tx.open_table(JOBS)?
+            .insert(job.id.as_str(), bytes.as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -175,7 +176,8 @@ impl JobStore for RedbStore {
             }
             idem.insert(k.as_str(), job.id.as_str())?;
         }
-        tx.open_table(JOBS)?.insert(job.id.as_str(), bytes.as_slice())?;
+        tx.open_table(JOBS)?
+            .insert(job.id.as_str(), bytes.as_slice())?;
         tx.commit()?;
         Ok(job.clone())
     }
@@ -250,10 +252,8 @@ mod tests {
     }
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "im-jobs-{name}-{}",
-            crate::signing::random_id("")
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("im-jobs-{name}-{}", crate::signing::random_id("")));
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir
     }
@@ -278,7 +278,10 @@ mod tests {
         ids.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(
             ids,
-            [("a".into(), Status::Queued), ("b".into(), Status::Succeeded)]
+            [
+                ("a".into(), Status::Queued),
+                ("b".into(), Status::Succeeded)
+            ]
         );
         let _ = std::fs::remove_dir_all(dir);
     }

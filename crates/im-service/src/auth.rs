@@ -128,6 +128,21 @@ impl Keys {
         ))
     }
 
+    /// A stable name for a key that does not reveal it: `key-` and the first 16 hex digits of
+    /// its SHA-256 (`anonymous` without a key). Stored with what a key owns (its jobs), so a
+    /// key keeps its jobs across restarts and config reloads that reorder the keys.
+    pub fn fingerprint(&self, key: Option<KeyId>) -> String {
+        use sha2::Digest;
+        match key.and_then(|k| self.0.get(k.0)) {
+            Some(e) => {
+                let digest = sha2::Sha256::digest(&e.secret);
+                let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+                format!("key-{hex}")
+            }
+            None => "anonymous".to_owned(),
+        }
+    }
+
     /// Whether there are none (auth off).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -17,6 +17,8 @@ pub const SD: &str = "stablediffusion";
 
 pub struct Server {
     pub child: Child,
+    /// The job store directory made for it, removed with it.
+    pub scratch: Option<PathBuf>,
     pub url: String,
     /// The embedded simulator's URL (with `--simulate`).
     pub sim: String,
@@ -26,15 +28,24 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
 pub fn start(extra: &[&str]) -> Server {
-    let mut args = vec!["--simulate", "--sim-time-scale", "0.01"];
+    start_scaled("0.01", extra)
+}
+
+/// `im-http --simulate` with its simulator's times scaled by `scale`.
+pub fn start_scaled(scale: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--simulate", "--sim-time-scale", scale];
     args.extend_from_slice(extra);
-    let (child, url, sim) = spawn_im_http(&args);
+    let (child, url, sim, scratch) = spawn_im_http(&args);
     Server {
         child,
+        scratch,
         url,
         sim: sim.expect("sim line"),
     }
@@ -45,19 +56,30 @@ pub fn start_in_front_of(upstreams: &[String], extra: &[&str]) -> Server {
     let list = upstreams.join(",");
     let mut args = vec!["--upstream", list.as_str()];
     args.extend_from_slice(extra);
-    let (child, url, _) = spawn_im_http(&args);
+    let (child, url, _, scratch) = spawn_im_http(&args);
     Server {
         child,
+        scratch,
         url,
         sim: String::new(),
     }
 }
 
 /// Start `im-http --listen 127.0.0.1:0 args...`; its URL (and its simulator's) from stderr.
-fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>) {
+fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>, Option<PathBuf>) {
+    // Each server its own job store unless the test gives one (a store is one process's).
+    let own_dir;
+    let mut scratch = None;
+    let mut args = args.to_vec();
+    if !args.iter().any(|a| a.starts_with("jobs.dir=")) {
+        let dir = temp_dir("im-http");
+        own_dir = format!("jobs.dir={}", dir.display());
+        args.extend(["--set", own_dir.as_str()]);
+        scratch = Some(dir);
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_im-http"))
         .args(["--listen", "127.0.0.1:0"])
-        .args(args)
+        .args(&args)
         .env_remove("IM_CONFIG")
         .env_remove("IM_API_KEYS")
         .env_remove("LOCALAI_URL")
@@ -80,7 +102,21 @@ fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>) {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    (child, url.expect("listening line"), sim)
+    (child, url.expect("listening line"), sim, scratch)
+}
+
+/// A fresh directory under the system's temporary directory.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
 
 /// The `localai-sim` binary next to `im-http`, built first if it is not there yet.

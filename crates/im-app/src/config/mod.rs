@@ -7,8 +7,10 @@ use std::time::Duration;
 use inference_queue::{Bounds, BreakerConfig, Config as CoreConfig, Kind, ModelSpec, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
+mod jobs;
 mod sections;
 
+pub use jobs::{JobsEntry, stored_secret};
 pub use sections::*;
 
 /// The whole file. See `deploy/im.example.toml` for a commented example.
@@ -68,6 +70,8 @@ pub struct ImConfig {
     pub shutdown_grace_s: f64,
     /// `text` or `json`.
     pub log_format: String,
+    /// Durable jobs and webhooks.
+    pub jobs: JobsEntry,
 }
 
 impl Default for ImConfig {
@@ -97,6 +101,7 @@ impl Default for ImConfig {
             routing: RoutingEntry::default(),
             shutdown_grace_s: 30.0,
             log_format: "text".into(),
+            jobs: JobsEntry::default(),
         }
     }
 }
@@ -398,6 +403,7 @@ impl ImConfig {
             return Err(invalid("upstreams", "at least one LocalAI URL"));
         }
         self.validate_registry()?;
+        self.jobs.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let url = u.url();
