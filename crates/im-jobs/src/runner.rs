@@ -490,7 +490,8 @@ async fn run_job(inner: &Inner, id: &str) -> Result<(), StoreError> {
 
 /// Forget final jobs past their keep time (and their result files), and old inbound message ids.
 async fn sweep(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let every = (inner.cfg.keep / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let now = now_ms();
