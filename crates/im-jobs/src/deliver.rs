@@ -14,36 +14,38 @@ use crate::job::{Delivery, Job};
 use crate::runner::{Inner, now_ms};
 use crate::signing::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
-/// Deliver due webhooks, woken by finished jobs or every second.
+/// Deliver due webhooks (the schedule is kept in memory, rebuilt from the store at start),
+/// woken by finished jobs or when the next one is due.
 pub(crate) async fn deliveries(inner: Arc<Inner>) {
     loop {
-        let due: Vec<Job> = match inner.store.all() {
-            Ok(all) => {
-                let now = now_ms();
-                all.into_iter()
-                    .filter(|j| {
-                        j.webhook_pending()
-                            && j.webhook
-                                .as_ref()
-                                .and_then(|w| w.next_at_ms)
-                                .is_some_and(|t| t <= now)
-                    })
-                    .collect()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "job store failed; webhooks wait");
-                Vec::new()
-            }
+        let now = now_ms();
+        let (due, next_at) = {
+            let mut schedule = inner.due.lock().unwrap_or_else(|p| p.into_inner());
+            let later = schedule.split_off(&(now + 1, String::new()));
+            let due = std::mem::replace(&mut *schedule, later);
+            (due, schedule.first().map(|(t, _)| *t))
         };
         let mut attempts = tokio::task::JoinSet::new();
-        for job in due {
+        for (_, id) in due {
             let inner = inner.clone();
-            attempts.spawn(async move { attempt(&inner, job).await });
+            attempts.spawn(async move {
+                match inner.store.get(&id) {
+                    Ok(Some(job)) if job.webhook_pending() => attempt(&inner, job).await,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(job = %id, error = %e, "job store failed; the delivery is retried");
+                        inner.schedule_delivery(now_ms() + 1000, &id);
+                    }
+                }
+            });
         }
         while attempts.join_next().await.is_some() {}
+        let wait = next_at.map_or(Duration::from_secs(1), |t| {
+            Duration::from_millis((t - now_ms()).clamp(1, 1000) as u64)
+        });
         tokio::select! {
             () = inner.wake_delivery.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -100,6 +102,9 @@ async fn attempt(inner: &Inner, mut job: Job) {
     }
     if let Err(e) = inner.store.put(&job) {
         tracing::error!(job = %job.id, error = %e, "job store failed; the delivery is retried");
+    }
+    if let Some(at) = job.webhook.as_ref().and_then(|w| w.next_at_ms) {
+        inner.schedule_delivery(at, &job.id);
     }
 }
 

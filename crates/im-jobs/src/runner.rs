@@ -140,6 +140,8 @@ pub(crate) struct Inner {
     pub(crate) cfg: JobsConfig,
     pub(crate) metrics: im_metrics::Metrics,
     pending: Mutex<VecDeque<String>>,
+    /// Webhook deliveries due: (when, job id).
+    pub(crate) due: Mutex<std::collections::BTreeSet<(i64, String)>>,
     running: DashMap<String, tokio::task::AbortHandle>,
     wake: Notify,
     pub(crate) wake_delivery: Notify,
@@ -171,6 +173,7 @@ impl Jobs {
             cfg,
             metrics,
             pending: Mutex::default(),
+            due: Mutex::default(),
             running: DashMap::new(),
             wake: Notify::new(),
             wake_delivery: Notify::new(),
@@ -186,13 +189,12 @@ impl Jobs {
 
     /// Queue again what was queued or running when the process stopped.
     fn recover(&self) -> Result<(), StoreError> {
-        let mut live: Vec<Job> = self
-            .inner
-            .store
-            .all()?
-            .into_iter()
-            .filter(|j| !j.status.is_final())
-            .collect();
+        let all = self.inner.store.all()?;
+        for job in all.iter().filter(|j| j.webhook_pending()) {
+            let at = job.webhook.as_ref().and_then(|w| w.next_at_ms).unwrap_or(0);
+            self.inner.schedule_delivery(at, &job.id);
+        }
+        let mut live: Vec<Job> = all.into_iter().filter(|j| !j.status.is_final()).collect();
         live.sort_by_key(|j| j.created_ms);
         let mut pending = self.inner.lock_pending();
         for mut job in live {
@@ -363,6 +365,14 @@ impl Inner {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Deliver job `id`'s webhook at `at_ms`.
+    pub(crate) fn schedule_delivery(&self, at_ms: i64, id: &str) {
+        self.due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((at_ms, id.to_owned()));
+    }
+
     fn gauge(&self) {
         let queued = self.lock_pending().len();
         self.metrics.jobs(queued, self.running.len());
@@ -370,10 +380,14 @@ impl Inner {
 
     /// Store a job that reached its final state and schedule its webhook.
     fn finish(&self, job: &mut Job, outcome: &'static str) -> Result<(), StoreError> {
+        let now = now_ms();
         if let Some(w) = &mut job.webhook {
-            w.next_at_ms = Some(now_ms());
+            w.next_at_ms = Some(now);
         }
         self.store.put(job)?;
+        if job.webhook.is_some() {
+            self.schedule_delivery(now, &job.id);
+        }
         self.metrics.job_completed(outcome);
         self.gauge();
         if job.webhook.is_some() {
