@@ -20,7 +20,12 @@ struct Args {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let cfg = args.common.load()?;
     run::logging(&cfg.log_format, "info");
-    let built = im_app::build(cfg, args.common.simulate()).await?;
+    let loaded = cfg.clone();
+    let mut built = im_app::build(cfg, args.common.simulate()).await?;
+    let common = args.common.clone();
+    let reloader = im_app::reload::Reloader::new(move || common.load(), loaded, &built);
+    built.state.reload = Some(std::sync::Arc::new(reloader.clone()));
+    tokio::spawn(run::reload_on_sighup(reloader));
     let addr: SocketAddr = built.config.listen.parse().context("listen address")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

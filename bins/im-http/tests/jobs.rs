@@ -102,12 +102,15 @@ fn start_jobs(scale: &str, dir: &std::path::Path, extra: &[&'static str]) -> Ser
 }
 
 async fn get(c: &reqwest::Client, url: &str, path: &str) -> (u16, Value) {
-    let r = c
-        .get(format!("{url}{path}"))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .expect("answered");
+    answer(c.get(format!("{url}{path}"))).await
+}
+
+async fn delete(c: &reqwest::Client, url: &str, path: &str) -> (u16, Value) {
+    answer(c.delete(format!("{url}{path}"))).await
+}
+
+async fn answer(r: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = r.header("x-api-key", KEY).send().await.expect("answered");
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
@@ -392,17 +395,8 @@ async fn inbound_webhooks_are_verified_and_replays_refused() {
     .expect("answered");
     assert_eq!(r.status(), 401);
     // The job it made runs (an admin would see it; the submitter holds no key).
-    let seen = c
-        .get(format!("{}/v1/jobs/{id}", s.url))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .expect("answered");
-    assert_eq!(
-        seen.status(),
-        404,
-        "an ordinary key does not see others' jobs"
-    );
+    let (status, _) = get(&c, &s.url, &format!("/v1/jobs/{id}")).await;
+    assert_eq!(status, 404, "an ordinary key does not see others' jobs");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -421,24 +415,13 @@ async fn jobs_are_cancelled_listed_per_key_and_batches_go_async() {
     )
     .await;
     let id = v["id"].as_str().expect("id").to_owned();
-    let r = c
-        .delete(format!("{}/v1/jobs/{id}", s.url))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .expect("answered");
-    assert_eq!(r.status(), 200);
+    let (status, cancelled) = delete(&c, &s.url, &format!("/v1/jobs/{id}")).await;
     assert_eq!(
-        r.json::<Value>().await.expect("json")["status"],
-        "cancelled"
+        (status, cancelled["status"].as_str()),
+        (200, Some("cancelled"))
     );
-    let r = c
-        .delete(format!("{}/v1/jobs/{id}", s.url))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .expect("answered");
-    assert_eq!(r.status(), 409, "a final job cannot be cancelled again");
+    let (status, _) = delete(&c, &s.url, &format!("/v1/jobs/{id}")).await;
+    assert_eq!(status, 409, "a final job cannot be cancelled again");
 
     let (status, v) = post(
         &c,

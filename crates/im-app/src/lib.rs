@@ -15,6 +15,7 @@
 pub mod build;
 pub mod cli;
 pub mod config;
+pub mod reload;
 pub mod run;
 
 pub use build::{BuildError, Built, DEMO_KEY, Simulate, build, discover, learn_slots};

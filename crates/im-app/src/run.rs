@@ -20,6 +20,26 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Reload the configuration on every SIGHUP, logging what changed or why nothing did.
+pub async fn reload_on_sighup(reloader: crate::reload::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload with POST /admin/reload");
+            return;
+        };
+        while hups.recv().await.is_some() {
+            match reloader.reload().await {
+                Ok(changed) => tracing::info!(?changed, "SIGHUP: configuration reloaded"),
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: configuration reload refused"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
+}
+
 /// A panic hook that logs where a panic happened but not its message: messages of panics in
 /// request handling can quote request data (a slice of the caller's string), which must not reach
 /// the logs. Panics are caught and answered as `internal` errors by the HTTP layer and the engine.

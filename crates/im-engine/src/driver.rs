@@ -66,6 +66,10 @@ pub(crate) enum Msg {
     Status {
         reply: oneshot::Sender<Status>,
     },
+    SetPolicy {
+        policy: inference_queue::Policy,
+        reply: oneshot::Sender<Result<(), inference_queue::ConfigError>>,
+    },
     LoadModel {
         model: String,
         lane: Option<LaneId>,
@@ -378,6 +382,9 @@ impl Driver {
             }
             Msg::Status { reply } => {
                 let _ = reply.send(self.core.status(now));
+            }
+            Msg::SetPolicy { policy, reply } => {
+                let _ = reply.send(self.core.set_policy(now, &policy));
             }
             Msg::LoadModel { model, lane, reply } => {
                 let _ = reply.send(self.core.load_model(now, &model, lane));

@@ -164,6 +164,19 @@ impl Engine {
             .map_err(|r| EngineError::from_rejection(r, kind))
     }
 
+    /// Change the scheduler's policy (priorities, bounds, limits, deadlines) while work waits
+    /// and runs; an invalid one is refused and the running one kept.
+    pub async fn set_policy(
+        &self,
+        policy: inference_queue::Policy,
+    ) -> Result<Result<(), inference_queue::ConfigError>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::SetPolicy { policy, reply })
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
     /// Load `model` on `lane` (or where its work would go) at the lane's next switch point.
     pub async fn load_model(
         &self,

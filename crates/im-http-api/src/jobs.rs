@@ -107,7 +107,8 @@ pub struct JobSubmission {
     pub idempotency_key: Option<String>,
 }
 
-fn jobs_of(st: &AppState) -> Result<&Jobs, HttpError> {
+/// The job service, or 404 when jobs are off.
+pub(crate) fn jobs_of(st: &AppState) -> Result<&Jobs, HttpError> {
     st.jobs.as_ref().ok_or_else(|| {
         HttpError::new(
             ErrorType::NotFound,

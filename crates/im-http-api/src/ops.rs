@@ -5,7 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::error::ErrorBody;
+use crate::error::{ErrorBody, HttpError};
 use crate::state::AppState;
 
 /// Request counts, queue wait and processing percentiles, throughput per kind and model.
@@ -122,4 +122,38 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         st.service.engine().metrics().render(),
     )
         .into_response()
+}
+
+/// Reload the configuration file (as SIGHUP does): keys, priorities, policy and bounds, limits,
+/// deadlines and rate limits change without dropping queued or running work. A file that does
+/// not validate, or changes what needs a restart, is refused and the running configuration
+/// stays. Needs an `admin` key.
+#[utoipa::path(post, path = "/admin/reload", tag = "operations",
+    responses(
+        (status = 200, description = "`{reloaded: true, changed: [setting, ...]}`", body = Object),
+        (status = 400, description = "Refused: the file is invalid or changes settings that need a restart (named); nothing changed", body = crate::ErrorBody),
+        (status = 401, description = "No or a wrong API key", body = crate::ErrorBody),
+        (status = 403, description = "The key lacks the `admin` scope", body = crate::ErrorBody),
+        (status = 404, description = "This server was not started from a configuration it can reload", body = crate::ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn reload(State(st): State<AppState>) -> Result<Response, HttpError> {
+    let Some(r) = &st.reload else {
+        return Err(HttpError::new(
+            im_service::ErrorType::NotFound,
+            "this server cannot reload its configuration",
+        ));
+    };
+    match r.reload().await {
+        Ok(changed) => {
+            tracing::info!(?changed, "configuration reloaded");
+            Ok(
+                axum::Json(serde_json::json!({"reloaded": true, "changed": changed}))
+                    .into_response(),
+            )
+        }
+        Err(why) => {
+            tracing::warn!(error = %why, "configuration reload refused");
+            Err(HttpError::invalid("config", why))
+        }
+    }
 }

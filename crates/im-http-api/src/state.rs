@@ -21,6 +21,16 @@ pub struct AppState {
     pub jobs: Option<im_jobs::Jobs>,
     /// The router jobs run through, set when [`crate::router`] builds it.
     pub job_router: crate::jobs::RouterSlot,
+    /// Reloads the configuration (`POST /admin/reload`), when the binary offers it.
+    pub reload: Option<std::sync::Arc<dyn Reload>>,
+}
+
+/// Reloads a running im's configuration.
+#[async_trait::async_trait]
+pub trait Reload: Send + Sync + std::fmt::Debug {
+    /// Read the configuration again and apply what may change live; the settings that changed,
+    /// or why nothing was (the running configuration stays).
+    async fn reload(&self) -> Result<Vec<String>, String>;
 }
 
 impl AppState {
@@ -30,6 +40,7 @@ impl AppState {
             service,
             jobs: None,
             job_router: crate::jobs::RouterSlot::default(),
+            reload: None,
         }
     }
 
@@ -44,6 +55,7 @@ impl AppState {
             service,
             jobs: Some(jobs),
             job_router: slot,
+            reload: None,
         }
     }
 }
@@ -102,7 +114,7 @@ pub fn scope_of(path: &str) -> Scope {
     if METRICS.contains(&path) {
         Scope::Metrics
     } else if crate::admin::is_management(path)
-        || ["/models/load", "/models/unload"].contains(&path)
+        || ["/models/load", "/models/unload", "/admin/reload"].contains(&path)
     {
         Scope::Admin
     } else {

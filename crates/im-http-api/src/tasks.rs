@@ -190,12 +190,7 @@ async fn submit_batch(
     caller: &Caller,
     batch: TaskBatch,
 ) -> Result<Response, HttpError> {
-    let jobs = st.jobs.as_ref().ok_or_else(|| {
-        HttpError::new(
-            im_service::ErrorType::NotFound,
-            "durable jobs are off on this server (see `[jobs]` in the configuration)",
-        )
-    })?;
+    let jobs = crate::jobs::jobs_of(st)?;
     for (i, raw) in batch.requests.iter().enumerate() {
         serde_json::from_value::<TaskRequest>(raw.clone())
             .map_err(|e| HttpError::invalid(format!("requests[{i}]"), e.to_string()))?;

@@ -47,7 +47,8 @@ impl Default for ServiceSettings {
 }
 
 struct Shared {
-    keys: Keys,
+    /// Swapped whole by a configuration reload.
+    keys: std::sync::RwLock<Keys>,
     limits: InputLimits,
     body_limit: usize,
     registry: Registry,
@@ -67,7 +68,7 @@ pub struct Service {
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
-            .field("keys", &self.shared.keys)
+            .field("keys", &self.keys())
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +83,10 @@ impl Service {
             batcher: Batcher::new(engine.clone(), settings.batch),
             engine,
             shared: Arc::new(Shared {
-                keys: Keys::with_scopes(&settings.keys, settings.rate_limit),
+                keys: std::sync::RwLock::new(Keys::with_scopes(
+                    &settings.keys,
+                    settings.rate_limit,
+                )),
                 limits: settings.limits.clone(),
                 body_limit: settings.body_limit,
                 registry: settings.registry.clone(),
@@ -120,12 +124,23 @@ impl Service {
 
     /// Whether callers need a key.
     pub fn auth_enabled(&self) -> bool {
-        !self.shared.keys.is_empty()
+        !self.keys().is_empty()
     }
 
-    /// The configured keys.
-    pub fn keys(&self) -> &Keys {
-        &self.shared.keys
+    /// The configured keys (a cheap handle: a reload swaps the set, this one stays as it was).
+    pub fn keys(&self) -> Keys {
+        self.shared
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the keys (a configuration reload): requests from now on are checked against
+    /// `keys`, with fresh rate limits; requests already admitted go on.
+    pub fn set_keys(&self, keys: &[KeySpec], default_rate: (u32, u32)) {
+        *self.shared.keys.write().unwrap_or_else(|p| p.into_inner()) =
+            Keys::with_scopes(keys, default_rate);
     }
 
     /// A fresh request id (`im-<instance>-<counter>`).
@@ -144,14 +159,15 @@ impl Service {
         provided: Option<&[u8]>,
         charge: bool,
     ) -> Result<Option<KeyId>, ServiceError> {
-        if !self.auth_enabled() {
+        let keys = self.keys();
+        if keys.is_empty() {
             return Ok(None);
         }
         let key = provided
-            .and_then(|k| self.shared.keys.check(k))
+            .and_then(|k| keys.check(k))
             .ok_or_else(unauthorized)?;
         if charge {
-            self.shared.keys.charge(key)?;
+            keys.charge(key)?;
         }
         Ok(Some(key))
     }
@@ -166,7 +182,7 @@ impl Service {
     ) -> Result<Option<KeyId>, ServiceError> {
         let key = self.authenticate(provided, charge)?;
         let allowed = match key {
-            Some(k) => self.shared.keys.allows(k, scope),
+            Some(k) => self.keys().allows(k, scope),
             None => scope != Scope::Admin,
         };
         if allowed {

@@ -336,6 +336,21 @@ impl Routing {
     }
 }
 
+/// The part of a [`Config`] that may change while requests wait and run
+/// ([`Scheduler::set_policy`](crate::Scheduler::set_policy)): the order and bounds of switching,
+/// admission limits and default deadlines. Models and lanes are the shape of the state and stay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// Kinds by priority.
+    pub priority: Vec<Kind>,
+    /// Anti-starvation bounds.
+    pub bounds: Bounds,
+    /// Admission limits (new requests only: what waits already stays).
+    pub limits: Limits,
+    /// Queue deadline per kind for requests submitted from now on.
+    pub default_deadline: [Duration; Kind::COUNT],
+}
+
 /// An invalid configuration, naming the offending field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid scheduler config: `{field}`: {message}")]
@@ -483,6 +498,27 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// This configuration with `policy`'s settings.
+    pub fn with_policy(&self, policy: &Policy) -> Config {
+        Config {
+            priority: policy.priority.clone(),
+            bounds: policy.bounds,
+            limits: policy.limits,
+            default_deadline: policy.default_deadline,
+            ..self.clone()
+        }
+    }
+
+    /// Its settings an operator may change while work is queued.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            priority: self.priority.clone(),
+            bounds: self.bounds,
+            limits: self.limits,
+            default_deadline: self.default_deadline,
+        }
     }
 
     /// The full priority order: the listed kinds, then the others in default order.

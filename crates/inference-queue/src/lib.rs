@@ -120,7 +120,8 @@ mod status;
 mod types;
 
 pub use config::{
-    Bounds, BreakerConfig, Config, ConfigError, LaneSpec, Limits, ModelSpec, RetryPolicy, Routing,
+    Bounds, BreakerConfig, Config, ConfigError, LaneSpec, Limits, ModelSpec, Policy, RetryPolicy,
+    Routing,
 };
 pub use rng::Rng;
 pub use scheduler::{

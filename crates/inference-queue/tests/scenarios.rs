@@ -69,6 +69,26 @@ fn custom_priority_order_is_honoured() {
 }
 
 #[test]
+fn a_policy_changed_while_work_waits_decides_the_next_choice_and_drops_nothing() {
+    let mut h = Harness::new(cfg(Bounds::strict()));
+    let busy = h.id(Kind::Img2Img, "sd");
+    let chat = h.id(Kind::Txt2Txt, "llm2");
+    let vision = h.id(Kind::Img2Txt, "vision");
+    let mut policy = h.core.config().policy();
+    policy.priority = vec![Kind::Img2Txt];
+    h.core.set_policy(h.now, &policy).expect("valid");
+    h.complete(busy, Outcome::Success);
+    assert_eq!(h.dispatched().last(), Some(&vision), "the new order");
+    h.complete(vision, Outcome::Success);
+    assert_eq!(h.dispatched().last(), Some(&chat), "nothing dropped");
+    // An invalid policy is refused and the running one stays.
+    let mut bad = h.core.config().policy();
+    bad.limits.max_queued_total = 0;
+    assert!(h.core.set_policy(h.now, &bad).is_err());
+    assert_eq!(h.core.config().policy(), policy);
+}
+
+#[test]
 fn inside_a_kind_the_loaded_model_wins_over_the_oldest() {
     let mut h = Harness::new(cfg(Bounds::strict()));
     let first = h.id(Kind::Txt2Txt, "llm2");

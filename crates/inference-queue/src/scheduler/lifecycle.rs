@@ -70,6 +70,19 @@ impl Scheduler {
         Ok((lane, outcome))
     }
 
+    /// Change the policy while work waits and runs: priorities and bounds decide from the next
+    /// choice on, limits the next admissions, deadlines the next submissions; nothing waiting
+    /// or running is dropped. Refused (the running policy kept) when the result is invalid.
+    pub fn set_policy(&mut self, now: Time, policy: &crate::Policy) -> Result<(), ConfigError> {
+        let next = self.cfg.with_policy(policy);
+        next.validate()?;
+        self.advance(now);
+        self.priority = next.full_priority();
+        self.cfg = next;
+        self.pump();
+        Ok(())
+    }
+
     /// Unload `model` from `lane`; refused while it has work unless `force`.
     pub fn unload_model(
         &mut self,
