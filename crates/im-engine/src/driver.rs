@@ -545,6 +545,12 @@ impl Driver {
                         (true, Some(_)) => "eviction",
                     };
                     self.metrics.placed(&self.lanes[lane.0], placement);
+                    self.metrics.lane_event(
+                        &self.lanes[lane.0],
+                        if model_changed { "load" } else { "switch" },
+                        to.kind.as_str(),
+                        self.core.model_name(to.model),
+                    );
                     if model_changed {
                         self.switch_started[lane.0] = Some(Instant::now());
                     }
@@ -554,10 +560,14 @@ impl Driver {
                 Event::BreakerOpened { lane } => {
                     tracing::warn!(lane = %self.lanes[lane.0], "breaker opened: upstream failing, holding the queue");
                     self.metrics.breaker(&self.lanes[lane.0], true);
+                    self.metrics
+                        .lane_event(&self.lanes[lane.0], "breaker_open", "", "");
                 }
                 Event::BreakerClosed { lane } => {
                     tracing::info!(lane = %self.lanes[lane.0], "breaker closed");
                     self.metrics.breaker(&self.lanes[lane.0], false);
+                    self.metrics
+                        .lane_event(&self.lanes[lane.0], "breaker_closed", "", "");
                 }
             }
         }

@@ -52,7 +52,7 @@ pub use state::{AppState, Arrived, Reload, key_of, request_id_of, require_key};
         media::rerank, media::speech, media::tts, media::transcriptions, media::images_edits,
         admin::relay, infer::infer, infer::infer_stream, infer::root,
         tasks::infer, tasks::infer_batch, tasks::models, lifecycle::load, lifecycle::unload, ws::ws,
-        jobs::create, jobs::list, jobs::get, jobs::result, jobs::cancel, jobs::ingest, ops::reload,
+        jobs::create, jobs::list, jobs::get, jobs::result, jobs::cancel, jobs::ingest, ops::reload, ops::dashboard,
         ops::request_metrics, ops::error_metrics, ops::queue_status, ops::status, ops::placement, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
@@ -165,6 +165,7 @@ pub fn router_with(
         .route("/v1/jobs/{id}/result", get(jobs::result))
         .route("/webhooks/ingest", post(jobs::ingest))
         .route("/admin/reload", post(ops::reload))
+        .route("/dashboard", get(ops::dashboard))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
     let api = admin::ROUTES.iter().fold(api, |r, path| {
         r.route(path, axum::routing::any(admin::relay))

@@ -157,3 +157,23 @@ pub async fn reload(State(st): State<AppState>) -> Result<Response, HttpError> {
         }
     }
 }
+
+/// The live dashboard: one page with its scripts and styles inside (no CDN, works offline). It
+/// asks for a key with the `metrics` scope, then follows the WebSocket topics `queue`, `lanes`,
+/// `requests`, `timeline` and `errors`. The page itself holds no data, so it needs no key.
+#[utoipa::path(get, path = "/dashboard", tag = "operations",
+    responses((status = 200, description = "The dashboard (HTML)", content_type = "text/html")))]
+pub async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
+            ),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}

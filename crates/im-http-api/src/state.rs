@@ -90,6 +90,7 @@ pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
 fn is_open(path: &str) -> bool {
     path == "/health"
         || path == "/webhooks/ingest"
+        || path == "/dashboard"
         || path.starts_with("/ws/")
         || path == "/"
         || path == "/ready"

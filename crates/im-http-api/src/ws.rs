@@ -25,6 +25,11 @@ use crate::state::{AppState, key_of};
 
 /// Messages a client may have waiting to be sent before it counts as too slow.
 pub const OUTBOX: usize = 256;
+
+/// What a client may subscribe to: `queue` (the `/queue-status` view), `lanes` (`/status`),
+/// `requests` (request metrics), `timeline` (the last lane events: switches, loads, breakers),
+/// `errors` (error counts and the last errors, sanitized).
+pub const TOPICS: [&str; 5] = ["queue", "lanes", "requests", "timeline", "errors"];
 /// Close code for a client that does not read its messages.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// Close code for a missing or wrong key.
@@ -182,8 +187,8 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
                     "subscribe" => {
                         let wanted: Vec<String> = v["topics"].as_array().into_iter().flatten()
                             .filter_map(|t| t.as_str().map(str::to_owned)).collect();
-                        if let Some(bad) = wanted.iter().find(|t| !["queue", "lanes", "requests"].contains(&t.as_str())) {
-                            out.send(error_message(None, &ServiceError::invalid("topics", format!("{:?} is not a topic; the topics: queue, lanes, requests", im_engine::truncate(bad, 32)))));
+                        if let Some(bad) = wanted.iter().find(|t| !TOPICS.contains(&t.as_str())) {
+                            out.send(error_message(None, &ServiceError::invalid("topics", format!("{:?} is not a topic; the topics: {}", im_engine::truncate(bad, 32), TOPICS.join(", ")))));
                             continue;
                         }
                         topics.extend(wanted);
@@ -250,6 +255,8 @@ async fn publish(
         let data = match t.as_str() {
             "queue" => service.queue_status().await,
             "lanes" => service.backend_status().await,
+            "timeline" => service.timeline(),
+            "errors" => service.error_metrics(),
             _ => service.request_metrics(),
         };
         if last.get(t) != Some(&data) {

@@ -188,7 +188,11 @@ struct State {
     errors_by: BTreeMap<(String, String, String), u64>,
     last_errors: VecDeque<ErrorEntry>,
     ws_closed: BTreeMap<&'static str, u64>,
+    timeline: VecDeque<Value>,
 }
+
+/// Lane events the timeline keeps (the dashboard shows the last minutes).
+pub const TIMELINE: usize = 512;
 
 /// The recorder of one im instance. Cheap to clone.
 #[derive(Clone)]
@@ -287,6 +291,26 @@ impl Metrics {
     pub fn rejected(&self, kind: &str, reason: &'static str) {
         metrics::counter!(names::REJECTIONS_TOTAL, "kind" => kind.to_owned(), "reason" => reason)
             .increment(1);
+    }
+
+    /// A lane event for the timeline: `what` is `switch` (another group, same model), `load`
+    /// (another model), `breaker_open` or `breaker_closed`.
+    pub fn lane_event(&self, lane: &str, what: &'static str, kind: &str, model: &str) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut s = self.lock();
+        if s.timeline.len() == TIMELINE {
+            s.timeline.pop_front();
+        }
+        s.timeline.push_back(
+            json!({"at_ms": at_ms, "lane": lane, "what": what, "kind": kind, "model": model}),
+        );
+    }
+
+    /// The last lane events, oldest first.
+    pub fn timeline(&self) -> Value {
+        Value::Array(self.lock().timeline.iter().cloned().collect())
     }
 
     /// im closed a WebSocket session for `reason` (see [`names::WS_CLOSED_TOTAL`]).

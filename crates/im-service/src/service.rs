@@ -369,6 +369,11 @@ impl Service {
         self.engine.metrics().request_metrics()
     }
 
+    /// The last lane events (switches, loads, breakers), oldest first.
+    pub fn timeline(&self) -> Value {
+        self.engine.metrics().timeline()
+    }
+
     /// Error counts and the last errors (sanitised).
     pub fn error_metrics(&self) -> Value {
         self.engine.metrics().error_metrics()
