@@ -72,11 +72,21 @@ async fn the_dashboard_shows_lanes_and_groups_under_load_without_console_errors(
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     let page = format!("{}/dashboard#key={KEY}", s.url);
-    let dom_url = page.clone();
-    let (dom, console) = tokio::task::spawn_blocking(move || browse(&dom_url, None))
-        .await
-        .expect("browser");
-    assert!(console.is_empty(), "console messages: {console:?}");
+    // The page renders what the WebSocket brings; on a loaded machine the first updates may
+    // come after the browser's snapshot, so look again (a fresh page each time) a few times.
+    let mut dom = String::new();
+    for _ in 0..10 {
+        let dom_url = page.clone();
+        let (seen, console) = tokio::task::spawn_blocking(move || browse(&dom_url, None))
+            .await
+            .expect("browser");
+        assert!(console.is_empty(), "console messages: {console:?}");
+        dom = seen;
+        if dom.contains(">default<") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     assert!(dom.contains(">live<"), "connected and authenticated");
     assert!(dom.contains(">default<"), "the lane is shown");
     assert!(
