@@ -58,20 +58,9 @@ async fn infer_answers_text_with_usage_and_timings() {
     );
 }
 
-#[tokio::test]
-async fn infer_stream_sends_tokens_then_done() {
-    let (app, _built) = app().await;
-    let body = json!({"model": LLM, "prompt": "Tell me", "params": {"max_new_tokens": 6}});
-    let (s, h, text) = post(&app, "/v1/infer/stream", &body).await;
-    assert_eq!(s, StatusCode::OK, "{text}");
-    assert!(
-        h["content-type"]
-            .to_str()
-            .expect("ascii")
-            .starts_with("text/event-stream")
-    );
-    let events: Vec<(&str, Value)> = text
-        .split("\n\n")
+/// The SSE events of a stream body as (event, data).
+fn sse_events(text: &str) -> Vec<(&str, Value)> {
+    text.split("\n\n")
         .filter_map(|block| {
             let mut event = "message";
             let mut data = None;
@@ -84,7 +73,74 @@ async fn infer_stream_sends_tokens_then_done() {
             }
             data.map(|d| (event, d))
         })
-        .collect();
+        .collect()
+}
+
+/// An upstream whose completion streams send one piece and then stop mid-answer.
+async fn upstream_that_stops_mid_stream() -> String {
+    use axum::routing::post;
+    async fn partial() -> impl axum::response::IntoResponse {
+        (
+            [("content-type", "text/event-stream")],
+            "data: {\"id\":\"c1\",\"object\":\"text_completion\",\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\"Once\",\"finish_reason\":null}]}\n\n",
+        )
+    }
+    let app = Router::new()
+        .route("/v1/completions", post(partial))
+        .route("/completions", post(partial));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_stream_cut_short_by_the_upstream_ends_with_an_error_event() {
+    let mut cfg = ImConfig::default();
+    cfg.upstreams = vec![upstream_that_stops_mid_stream().await.as_str().into()];
+    cfg.api_keys = vec![app::DEMO_KEY.into()];
+    cfg.models = vec![im_app::config::ModelEntry {
+        name: "m".into(),
+        kinds: vec!["txt2txt".into()],
+        max_in_flight: Some(1),
+        ..Default::default()
+    }];
+    cfg.check_model_echo = false;
+    cfg.jobs.enabled = false;
+    let built = app::build(cfg, None).await.expect("build");
+    let app = im_http_api::router(built.state.clone());
+    let body = json!({"model": "m", "prompt": "Tell me", "params": {"max_new_tokens": 6}});
+    let (s, _, text) = post(&app, "/v1/infer/stream", &body).await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    let events = sse_events(&text);
+    assert!(
+        events.iter().any(|(e, _)| *e == "token"),
+        "the piece that came: {text}"
+    );
+    let (last, error) = events.last().expect("events");
+    assert_eq!(
+        *last, "error",
+        "the stream ends with an error event: {text}"
+    );
+    assert!(error["error"]["message"].is_string(), "{error}");
+    assert!(!events.iter().any(|(e, _)| *e == "done"), "{text}");
+}
+
+#[tokio::test]
+async fn infer_stream_sends_tokens_then_done() {
+    let (app, _built) = app().await;
+    let body = json!({"model": LLM, "prompt": "Tell me", "params": {"max_new_tokens": 6}});
+    let (s, h, text) = post(&app, "/v1/infer/stream", &body).await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    assert!(
+        h["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/event-stream")
+    );
+    let events = sse_events(&text);
     let tokens: Vec<&Value> = events
         .iter()
         .filter(|(e, _)| *e == "token")
