@@ -107,9 +107,15 @@ async fn the_dashboard_shows_lanes_and_groups_under_load_without_console_errors(
         .expect("browser");
     assert!(console.is_empty(), "console messages: {console:?}");
     let png = std::fs::read(&shot).expect("a screenshot");
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "a real screenshot"
+    let dimension = |at: usize| {
+        png.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    assert_eq!(
+        (dimension(16), dimension(20)),
+        (Some(1400), Some(820)),
+        "the window's size"
     );
     let answers = load.await.expect("load");
     assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
