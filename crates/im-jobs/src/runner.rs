@@ -143,6 +143,9 @@ pub(crate) struct Inner {
     /// Webhook deliveries due: (when, job id).
     pub(crate) due: Mutex<std::collections::BTreeSet<(i64, String)>>,
     running: DashMap<String, tokio::task::AbortHandle>,
+    /// Held across each read-check-write of a job's status (start, cancel, finish), so that a
+    /// cancellation is never overwritten by a run starting or ending at the same moment.
+    transitions: Mutex<()>,
     wake: Notify,
     pub(crate) wake_delivery: Notify,
     slots: Arc<Semaphore>,
@@ -175,6 +178,7 @@ impl Jobs {
             pending: Mutex::default(),
             due: Mutex::default(),
             running: DashMap::new(),
+            transitions: Mutex::new(()),
             wake: Notify::new(),
             wake_delivery: Notify::new(),
             slots,
@@ -301,6 +305,7 @@ impl Jobs {
     /// Cancel the owner's live job `id`: a running one's request is dropped (the queue cancels
     /// it), and its webhook reports the cancellation.
     pub fn cancel(&self, owner: &str, id: &str) -> Result<Job, JobError> {
+        let _transition = self.inner.transition();
         let mut job = self.get(owner, id)?;
         if job.status.is_final() {
             return Err(JobError::Final {
@@ -376,6 +381,11 @@ impl Inner {
     fn gauge(&self) {
         let queued = self.lock_pending().len();
         self.metrics.jobs(queued, self.running.len());
+    }
+
+    /// The lock of status changes (see `transitions`).
+    fn transition(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.transitions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Store a job that reached its final state and schedule its webhook.
@@ -455,16 +465,20 @@ async fn run_one(inner: Arc<Inner>, id: String, _permit: tokio::sync::OwnedSemap
 }
 
 async fn run_job(inner: &Inner, id: &str) -> Result<(), StoreError> {
-    let Some(mut job) = inner.store.get(id)? else {
-        return Ok(());
+    let mut job = {
+        let _transition = inner.transition();
+        let Some(mut job) = inner.store.get(id)? else {
+            return Ok(());
+        };
+        if job.status.is_final() {
+            return Ok(());
+        }
+        job.status = Status::Running;
+        job.attempts += 1;
+        job.started_ms = Some(now_ms());
+        inner.store.put(&job)?;
+        job
     };
-    if job.status.is_final() {
-        return Ok(());
-    }
-    job.status = Status::Running;
-    job.attempts += 1;
-    job.started_ms = Some(now_ms());
-    inner.store.put(&job)?;
     let mut backoff = Duration::from_millis(200);
     let answer = loop {
         let answer = inner.runner.run(&job.request).await;
@@ -475,6 +489,7 @@ async fn run_job(inner: &Inner, id: &str) -> Result<(), StoreError> {
         backoff = (backoff * 2).min(Duration::from_secs(10));
     };
     // Cancelled while it ran? Then the cancellation is its end.
+    let _transition = inner.transition();
     if inner
         .store
         .get(id)?
