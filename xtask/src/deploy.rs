@@ -131,7 +131,7 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
     let services = compose["services"]
         .as_object()
         .context("compose: no services")?;
-    for s in ["localai", "im-http", "prometheus", "grafana"] {
+    for s in ["localai", "im-http", "prometheus", "grafana", "jaeger"] {
         ensure!(services.contains_key(s), "compose: service {s} missing");
     }
     let im = &services["im-http"];
@@ -147,6 +147,16 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
     ensure!(
         service_ports(&services[&host]).contains(&port),
         "compose: {host} does not expose {port}"
+    );
+    let otlp = im["environment"]["IM_OTLP_ENDPOINT"]
+        .as_str()
+        .context("compose: im-http exports no traces (IM_OTLP_ENDPOINT)")?;
+    let (otlp_host, otlp_port) =
+        host_port(otlp).context("compose: IM_OTLP_ENDPOINT is not http://host:port/…")?;
+    ensure!(
+        services.contains_key(&otlp_host)
+            && service_ports(&services[&otlp_host]).contains(&otlp_port),
+        "compose: IM_OTLP_ENDPOINT {otlp} is not a compose service port"
     );
     let listen = im["environment"]["IM_LISTEN"]
         .as_str()
@@ -183,7 +193,7 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
         "grafana's datasource {ds_url} is not a compose service port"
     );
     done.push(
-        "compose services, ports, Prometheus target and Grafana data source cross-check".into(),
+        "compose services, ports, Prometheus target, Grafana data source and OTLP endpoint cross-check".into(),
     );
 
     // Dashboard: every metric it queries is one im exports (the metrics crate's own list).

@@ -19,7 +19,7 @@ struct Args {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let cfg = args.common.load()?;
-    run::logging(&cfg.log_format, "info");
+    let mut telemetry = run::telemetry(&cfg, "info")?;
     let loaded = cfg.clone();
     let mut built = im_app::build(cfg, args.common.simulate()).await?;
     let common = args.common.clone();
@@ -58,6 +58,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     .await
     .context("serving")?;
     tracing::info!("stopped");
+    telemetry.shutdown();
     Ok(())
 }
 

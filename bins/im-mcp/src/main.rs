@@ -32,9 +32,9 @@ struct Args {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    // Logs go to stderr: stdout belongs to the MCP stdio transport.
-    run::logging("text", "warn");
     let mut cfg = args.common.load()?;
+    // Logs go to stderr: stdout belongs to the MCP stdio transport.
+    let _telemetry = run::telemetry(&cfg, "warn")?;
     // MCP has no job tools: no job store (it would compete with an im-http for the same one).
     cfg.jobs.enabled = false;
     let (target, built) = match &args.remote {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use im_engine::{Engine, LocalAiBackend, ModelEcho};
 use im_metrics::Metrics;
-use localai_client::{ClientConfig, LocalAiClient};
+use localai_client::{ClientConfig, HeaderHook, LocalAiClient};
 use localai_sim::{SimConfig, SimServer};
 
 use crate::config::{DiscoveryEntry, ImConfig, ModelEntry, guess_kinds};
@@ -122,6 +122,10 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
                 .api_key()
                 .map(str::to_owned)
                 .or_else(|| config.upstream_api_key.clone());
+            if config.tracing.otlp_endpoint.is_some() {
+                // Each upstream call carries its attempt span's context as `traceparent`.
+                c.header_hook = Some(HeaderHook::new(im_telemetry::inject_current));
+            }
             LocalAiClient::new(c).map_err(|e| BuildError::Discovery {
                 url: u.url().to_owned(),
                 error: e.to_string(),

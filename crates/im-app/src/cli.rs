@@ -37,6 +37,9 @@ pub struct CommonArgs {
     /// Log format: text or json.
     #[arg(long, env = "IM_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Export traces to this OTLP/HTTP endpoint (e.g. http://localhost:4318/v1/traces).
+    #[arg(long, env = "IM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Override any config field: --set bounds.max_batch=16 --set policy=strict (repeatable).
     #[arg(long = "set", env = "IM_SET", value_delimiter = ';')]
     pub sets: Vec<String>,
@@ -70,6 +73,9 @@ impl CommonArgs {
         }
         if let Some(f) = &self.log_format {
             cfg.log_format = f.clone();
+        }
+        if let Some(e) = &self.otlp_endpoint {
+            cfg.tracing.otlp_endpoint = Some(e.clone());
         }
         Ok(cfg.with_overrides(&self.sets)?)
     }

@@ -81,18 +81,25 @@ pub fn main_with<E: std::fmt::Display>(
 }
 
 /// Logs to stderr (stdout belongs to MCP's stdio transport), human or JSON, `RUST_LOG` or
-/// `default` as the filter. rmcp logs whole tool calls (images included) at debug: it stays at
-/// warn unless `RUST_LOG` asks for more.
-pub fn logging(format: &str, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| format!("{default},rmcp=warn").into());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    if format == "json" {
-        fmt.json().init();
-    } else {
-        fmt.init();
+/// `default_filter` as the filter; and the request-path spans to the OTLP endpoint of
+/// `[tracing]`, when one is set. Keep the result until exit: dropping it flushes the traces.
+pub fn telemetry(
+    cfg: &crate::config::ImConfig,
+    default_filter: &str,
+) -> anyhow::Result<im_telemetry::Telemetry> {
+    let settings = im_telemetry::Settings {
+        log_format: if cfg.log_format == "json" {
+            im_telemetry::LogFormat::Json
+        } else {
+            im_telemetry::LogFormat::Text
+        },
+        default_filter: default_filter.to_owned(),
+        otlp: cfg.tracing.otlp()?,
+        traced_target: im_engine::TRACE_TARGET,
+    };
+    let telemetry = im_telemetry::init(&settings)?;
+    if let Some(o) = &settings.otlp {
+        tracing::info!(endpoint = %o.endpoint, sample_ratio = o.sample_ratio, "exporting traces over OTLP/HTTP");
     }
+    Ok(telemetry)
 }

@@ -20,10 +20,12 @@ use inference_queue::{LaneId, RequestId};
 use localai_client::{ChatChunk, ChunkStream, ClientError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::backend::Backend;
 use crate::driver::Msg;
 use crate::job::{Job, Output, Payload};
+use crate::trace;
 
 /// Which model names an upstream may answer with for a requested model.
 #[derive(Clone, Debug, Default)]
@@ -69,6 +71,8 @@ pub(crate) struct Attempt {
     pub backend: Arc<dyn Backend>,
     pub tx: mpsc::UnboundedSender<Msg>,
     pub echo: Arc<ModelEcho>,
+    /// The attempt's `upstream` span: current while it runs.
+    pub span: tracing::Span,
 }
 
 impl Attempt {
@@ -77,10 +81,13 @@ impl Attempt {
         let (id, lane, tx) = (self.id, self.lane, self.tx.clone());
         let started = Instant::now();
         let mut stream_started = false;
+        let span = self.span.clone();
         let caught = AssertUnwindSafe(self.call(started, &mut stream_started))
             .catch_unwind()
+            .instrument(span.clone())
             .await;
         if caught.is_err() {
+            trace::attempt_ended(&span, Some("panic"));
             // The panic message may quote request data: it is not logged here (the process's
             // panic hook logs only the location).
             tracing::error!(request = %id, "an attempt panicked; answering it as an internal error");
@@ -152,12 +159,17 @@ impl Attempt {
                 }
             },
         };
+        self.ended(result.as_ref().err());
         let _ = self.tx.send(Msg::Attempt {
             id,
             lane,
             result,
             processing: started.elapsed(),
         });
+    }
+
+    fn ended(&self, error: Option<&ClientError>) {
+        trace::attempt_ended(&self.span, error.map(ClientError::label).as_deref());
     }
 
     /// Relay a stream to the caller; report its end.
@@ -180,6 +192,7 @@ impl Attempt {
         let first = match first {
             Ok(c) => c,
             Err(e) => {
+                self.ended(Some(&e));
                 let _ = self.tx.send(Msg::Attempt {
                     id,
                     lane,
@@ -227,6 +240,7 @@ impl Attempt {
                 }
             }
         }
+        self.ended(error.as_ref());
         let _ = self.tx.send(Msg::StreamEnded {
             id,
             lane,

@@ -19,6 +19,7 @@ use crate::attempt::{Attempt, ModelEcho};
 use crate::backend::Backend;
 use crate::clock::Clock;
 use crate::job::{Completion, EngineError, Job, Meta, Output};
+use crate::trace::RequestTrace;
 
 pub(crate) type Reply = oneshot::Sender<Result<Completion, EngineError>>;
 
@@ -27,6 +28,8 @@ pub(crate) enum Msg {
         ticket: u64,
         job: Job,
         reply: Reply,
+        /// The caller's span: the parent of the request's engine spans.
+        span: tracing::Span,
     },
     Cancel {
         ticket: u64,
@@ -108,6 +111,8 @@ struct Entry {
     cancelled: bool,
     /// A running stream's time to its first chunk.
     first_chunk: Duration,
+    /// Its spans.
+    trace: RequestTrace,
 }
 
 pub(crate) struct Driver {
@@ -236,7 +241,12 @@ impl Driver {
     fn handle(&mut self, msg: Msg) {
         let now = self.clock.now();
         match msg {
-            Msg::Submit { ticket, job, reply } => {
+            Msg::Submit {
+                ticket,
+                job,
+                reply,
+                span,
+            } => {
                 let sub = Submit {
                     kind: job.kind(),
                     model: job.model(),
@@ -247,6 +257,7 @@ impl Driver {
                 match self.core.submit(now, sub) {
                     Admission::Accepted(id) => {
                         self.tickets.insert(ticket, id);
+                        let trace = RequestTrace::accepted(span, job.kind().as_str(), job.model());
                         self.entries.insert(
                             id,
                             Entry {
@@ -260,6 +271,7 @@ impl Driver {
                                 last_error: None,
                                 cancelled: false,
                                 first_chunk: Duration::ZERO,
+                                trace,
                             },
                         );
                     }
@@ -629,6 +641,12 @@ impl Driver {
         e.waited = Some(waited);
         e.attempts = attempt;
         let job = e.job.clone();
+        let span = e.trace.dispatched(
+            &self.lanes[lane.0],
+            attempt,
+            job.kind().as_str(),
+            job.model(),
+        );
         let Some(tx) = self.tx.upgrade() else { return };
         let attempt = Attempt {
             id,
@@ -637,6 +655,7 @@ impl Driver {
             backend: self.backend.clone(),
             tx,
             echo: self.echo.clone(),
+            span,
         };
         let task = tokio::spawn(attempt.run());
         if let Some(e) = self.entries.get_mut(&id) {
@@ -687,6 +706,7 @@ impl Driver {
             label
         };
         self.tickets.remove(&e.ticket);
+        e.trace.left(label);
         let wait = e
             .waited
             .or_else(|| Some(self.clock.now().saturating_since(e.arrived)));

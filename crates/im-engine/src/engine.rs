@@ -123,7 +123,16 @@ impl Engine {
     pub async fn submit(&self, job: Job) -> Result<Completion, EngineError> {
         let ticket = self.shared.tickets.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::Submit { ticket, job, reply }).is_err() {
+        if self
+            .tx
+            .send(Msg::Submit {
+                ticket,
+                job,
+                reply,
+                span: tracing::Span::current(),
+            })
+            .is_err()
+        {
             return Err(EngineError::ShuttingDown);
         }
         let mut guard = CancelOnDrop {

@@ -38,6 +38,7 @@ mod clock;
 mod driver;
 mod engine;
 mod job;
+mod trace;
 
 pub use attempt::ModelEcho;
 pub use backend::{Backend, LocalAiBackend};
@@ -45,3 +46,4 @@ pub use batch::{BatchSettings, Batcher};
 pub use clock::Clock;
 pub use engine::{Engine, LaneReadiness};
 pub use job::{ChunkReceiver, Completion, EngineError, Job, Meta, Output, Payload, truncate};
+pub use trace::TRACE_TARGET;

@@ -3,12 +3,14 @@
 
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use im_engine::Completion;
+use im_engine::{Completion, TRACE_TARGET};
 use im_service::{Caller, Keys, Scope, Service, provided_key, unauthorized};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::error::HttpError;
 
@@ -128,27 +130,55 @@ pub fn scope_of(path: &str) -> Scope {
 pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let arrived = Arrived(Instant::now());
     let id = request_id_of(req.headers()).unwrap_or_else(|| st.service.new_request_id());
-    let key = if is_open(req.uri().path()) || req.extensions().get::<JobCall>().is_some() {
-        Ok(None)
-    } else {
-        let scope = scope_of(req.uri().path());
-        st.service.authorize(key_of(req.headers()), scope, true)
+    let span = request_span(&req, &id);
+    let admitted = {
+        let _admission =
+            tracing::info_span!(target: TRACE_TARGET, parent: &span, "admission").entered();
+        if is_open(req.uri().path()) || req.extensions().get::<JobCall>().is_some() {
+            Ok(None)
+        } else {
+            let scope = scope_of(req.uri().path());
+            st.service.authorize(key_of(req.headers()), scope, true)
+        }
     };
-    let mut resp = match key {
+    let mut resp = match admitted {
         Ok(key) => {
             req.extensions_mut().insert(Caller {
                 key,
                 request_id: id.clone(),
             });
             req.extensions_mut().insert(arrived);
-            next.run(req).await
+            next.run(req).instrument(span.clone()).await
         }
         Err(e) => HttpError(e).into_response(),
     };
+    let status = resp.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() || status == axum::http::StatusCode::TOO_MANY_REQUESTS {
+        span.record("otel.status_code", "ERROR");
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// The request's root span in im, continuing the client's trace when it sent `traceparent`.
+fn request_span(req: &Request, id: &str) -> tracing::Span {
+    let method = req.method().as_str();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let name = match route {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_owned(),
+    };
+    let span = tracing::info_span!(target: TRACE_TARGET, "request", otel.name = %name,
+        otel.kind = "server", http.request.method = method, http.route = route.unwrap_or(""),
+        request_id = id, http.response.status_code = Empty, otel.status_code = Empty);
+    im_telemetry::accept_parent(&span, req.headers());
+    span
 }
 
 /// Middleware for routers without a service (the standalone MCP server): a valid key with the

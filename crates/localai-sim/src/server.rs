@@ -70,7 +70,27 @@ pub fn router(state: SimState) -> Router {
     };
     r.fallback(|| async { error(StatusCode::NOT_FOUND, "route not found", "not_found") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record_traceparent,
+        ))
         .with_state(state)
+}
+
+/// Keep the `traceparent` a request carries (see [`SimState::traceparents`]).
+async fn record_traceparent(
+    State(state): State<SimState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(v) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        state.record_traceparent(v);
+    }
+    next.run(req).await
 }
 
 /// A running simulator on a loopback port. Stops when dropped.

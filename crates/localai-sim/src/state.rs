@@ -53,7 +53,12 @@ struct Inner {
     models: Vec<ModelState>,
     stats: Stats,
     rng: u64,
+    /// The `traceparent` headers of the last requests that carried one.
+    traceparents: std::collections::VecDeque<String>,
 }
+
+/// How many `traceparent` headers are kept.
+const TRACEPARENTS_KEPT: usize = 4096;
 
 /// Shared simulator state.
 #[derive(Clone)]
@@ -95,6 +100,7 @@ impl SimState {
                 models: vec![ModelState::default(); n],
                 stats: Stats::default(),
                 rng,
+                traceparents: Default::default(),
             })),
             changed: Arc::new(Notify::new()),
         }
@@ -162,6 +168,22 @@ impl SimState {
         g.models = vec![ModelState::default(); n];
         g.stats = Stats::default();
         g.rng = self.cfg.seed ^ 0x9E37_79B9_7F4A_7C15;
+        g.traceparents.clear();
+    }
+
+    /// Keep a request's W3C `traceparent` header (the last 4096 are kept).
+    pub fn record_traceparent(&self, value: &str) {
+        let mut g = self.lock();
+        if g.traceparents.len() == TRACEPARENTS_KEPT {
+            g.traceparents.pop_front();
+        }
+        g.traceparents.push_back(value.to_owned());
+    }
+
+    /// The `traceparent` headers received, oldest first: how a test sees that a caller's trace
+    /// reached the server.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.lock().traceparents.iter().cloned().collect()
     }
 
     /// Names of resident models.

@@ -84,6 +84,8 @@ fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>, Option<PathBu
         .env_remove("IM_API_KEYS")
         .env_remove("LOCALAI_URL")
         .env("RUST_LOG", "warn")
+        // Traces, when a test exports them, leave within 100 ms.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

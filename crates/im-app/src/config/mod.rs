@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 
 mod jobs;
 mod sections;
+mod telemetry;
 
 pub use jobs::{JobsEntry, stored_secret};
 pub use sections::*;
+pub use telemetry::TracingEntry;
 
 /// The whole file. See `deploy/im.example.toml` for a commented example.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -72,6 +74,8 @@ pub struct ImConfig {
     pub log_format: String,
     /// Durable jobs and webhooks.
     pub jobs: JobsEntry,
+    /// OpenTelemetry traces.
+    pub tracing: TracingEntry,
 }
 
 impl Default for ImConfig {
@@ -102,6 +106,7 @@ impl Default for ImConfig {
             shutdown_grace_s: 30.0,
             log_format: "text".into(),
             jobs: JobsEntry::default(),
+            tracing: TracingEntry::default(),
         }
     }
 }
@@ -404,6 +409,7 @@ impl ImConfig {
         }
         self.validate_registry()?;
         self.jobs.validate()?;
+        self.tracing.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let url = u.url();

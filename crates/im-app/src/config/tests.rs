@@ -6,6 +6,31 @@ mod fields {
     use super::*;
 
     #[test]
+    fn tracing_is_off_by_default_and_its_fields_are_checked_by_name() {
+        assert_eq!(ImConfig::default().tracing.otlp().expect("valid"), None);
+        let on = ImConfig::default()
+            .with_overrides(&["tracing.otlp_endpoint=http://jaeger:4318/v1/traces".into()])
+            .expect("ok");
+        let otlp = on.tracing.otlp().expect("valid").expect("on");
+        assert_eq!(
+            (otlp.endpoint.as_str(), otlp.service_name.as_str()),
+            ("http://jaeger:4318/v1/traces", "im")
+        );
+        for (set, field) in [
+            ("tracing.otlp_endpoint=jaeger:4318", "tracing.otlp_endpoint"),
+            ("tracing.sample_ratio=1.5", "tracing.sample_ratio"),
+            ("tracing.service_name=\"\"", "tracing.service_name"),
+            ("tracing.export_timeout_s=0", "tracing.export_timeout_s"),
+        ] {
+            let e = ImConfig::default()
+                .with_overrides(&[set.into()])
+                .and_then(|c| c.validate().map(|()| c))
+                .expect_err(set);
+            assert!(e.to_string().contains(field), "{set}: {e}");
+        }
+    }
+
+    #[test]
     fn defaults_validate_and_overrides_apply() {
         let c = ImConfig::default()
             .with_overrides(&["bounds.max_batch=8".into(), "policy=strict".into()])

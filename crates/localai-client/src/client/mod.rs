@@ -42,6 +42,27 @@ pub struct ClientConfig {
     pub stream_idle: Duration,
     /// The largest response body read (JSON answers, images); larger is a protocol error.
     pub max_body: usize,
+    /// Adds headers to every request, at the time it is built (im writes the caller's trace
+    /// context here). `None`: nothing is added.
+    pub header_hook: Option<HeaderHook>,
+}
+
+/// A function that adds headers to an upstream request (trace context, for instance); it runs
+/// in the task making the call, so it sees that task's current `tracing` span.
+#[derive(Clone)]
+pub struct HeaderHook(std::sync::Arc<dyn Fn(&mut reqwest::header::HeaderMap) + Send + Sync>);
+
+impl HeaderHook {
+    /// A hook calling `f`.
+    pub fn new(f: impl Fn(&mut reqwest::header::HeaderMap) + Send + Sync + 'static) -> HeaderHook {
+        HeaderHook(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for HeaderHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeaderHook")
+    }
 }
 
 /// The largest error body read from an upstream (the rest is not read).
@@ -66,6 +87,7 @@ impl ClientConfig {
             control_total: Duration::from_secs(60),
             stream_idle: Duration::from_secs(120),
             max_body: 256 * 1024 * 1024,
+            header_hook: None,
         }
     }
 }
@@ -145,17 +167,22 @@ impl LocalAiClient {
                 Err(_) => self.urls.chat.clone(),
             },
         };
-        let mut rb = self.http.post(url);
-        if let Some(k) = &self.cfg.api_key {
-            rb = rb.bearer_auth(k);
-        }
-        rb
+        self.decorate(self.http.post(url))
     }
 
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        let mut rb = self.http.get(format!("{}{path}", self.cfg.base_url));
+        self.decorate(self.http.get(format!("{}{path}", self.cfg.base_url)))
+    }
+
+    /// What every request carries: the key, and the hook's headers.
+    fn decorate(&self, mut rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if let Some(k) = &self.cfg.api_key {
             rb = rb.bearer_auth(k);
+        }
+        if let Some(hook) = &self.cfg.header_hook {
+            let mut headers = reqwest::header::HeaderMap::new();
+            (hook.0)(&mut headers);
+            rb = rb.headers(headers);
         }
         rb
     }
@@ -340,12 +367,10 @@ impl LocalAiClient {
         body: Bytes,
     ) -> Result<Forwarded, ClientError> {
         let total = self.cfg.control_total;
-        let mut rb = self
-            .http
-            .request(method, format!("{}{path_and_query}", self.cfg.base_url));
-        if let Some(k) = &self.cfg.api_key {
-            rb = rb.bearer_auth(k);
-        }
+        let mut rb = self.decorate(
+            self.http
+                .request(method, format!("{}{path_and_query}", self.cfg.base_url)),
+        );
         if let Some(ct) = content_type {
             rb = rb.header(CONTENT_TYPE, ct);
         }
