@@ -126,8 +126,8 @@ pub use config::{
 pub use rng::Rng;
 pub use scheduler::{
     Admission, Advice, CancelOutcome, Event, FailReason, GroupKey, LaneOption, LoadOutcome,
-    Outcome, QueueScope, Rejection, Resolution, Scheduler, Submit, UnloadOutcome, UnloadRefusal,
-    Why,
+    Outcome, QueueScope, Rejection, Resolution, Scheduler, Submit, TopologyChange, UnloadOutcome,
+    UnloadRefusal, Why,
 };
 pub use status::{BreakerState, Counters, GroupStatus, LaneStatus, ResidentModel, Status};
 pub use types::{Kind, LaneId, ModelId, ParseKindError, RequestId, Time};

@@ -49,15 +49,18 @@ pub enum BreakerState {
     },
     /// One probe request decides.
     HalfOpen,
+    /// The lane was removed from the configuration: it takes no new work.
+    Retired,
 }
 
 impl BreakerState {
-    /// `closed`, `open` or `half_open`.
+    /// `closed`, `open`, `half_open` or `retired`.
     pub fn as_str(&self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
             BreakerState::Open { .. } => "open",
             BreakerState::HalfOpen => "half_open",
+            BreakerState::Retired => "retired",
         }
     }
 }

@@ -43,6 +43,13 @@ enum Op {
         lane: usize,
         force: bool,
     },
+    /// A reload of models and lanes: keep the lanes whose bit is set in `keep` (at least one
+    /// stays), add one when `add`, drop the model `drop` (when in range).
+    Reshape {
+        keep: u8,
+        add: bool,
+        drop: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -57,6 +64,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..5usize, 0..4usize).prop_map(|(model, lane)| Op::Load { model, lane }),
         1 => (0..5usize, 0..3usize, any::<bool>())
             .prop_map(|(model, lane, force)| Op::Unload { model, lane, force }),
+        1 => (any::<u8>(), any::<bool>(), 0..8usize)
+            .prop_map(|(keep, add, drop)| Op::Reshape { keep, add, drop }),
     ]
 }
 
@@ -257,6 +266,29 @@ fn run(setup: &Setup, ops: &[Op]) {
                     .unload_model(h.now, MODELS[*model], LaneId(*lane), *force);
                 h.drain();
             }
+            // Retiring the one lane leaves its group on purpose: not under the strict check.
+            Op::Reshape { .. } if h.strict_check.is_some() => {}
+            Op::Reshape { keep, add, drop } => {
+                let cfg = h.core.config();
+                let mut lanes: Vec<LaneSpec> = cfg
+                    .lanes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| keep & (1 << (i % 8)) != 0)
+                    .map(|(_, l)| l.clone())
+                    .collect();
+                if *add || lanes.is_empty() {
+                    lanes.push(LaneSpec {
+                        name: format!("lane{}", cfg.lanes.len()),
+                        memory_mb: setup.memory_mb,
+                    });
+                }
+                let mut specs = models();
+                if *drop < specs.len() {
+                    specs.remove(*drop);
+                }
+                h.set_topology(&specs, &lanes, &[]);
+            }
         }
         check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);
     }
@@ -273,7 +305,7 @@ fn run(setup: &Setup, ops: &[Op]) {
         }
         // Check after each input: the strict check reads the status as of the decision.
         check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);
-        for lane in 0..setup.lanes {
+        for lane in 0..h.core.config().lanes.len() {
             h.core.lifecycle_done(h.now, LaneId(lane));
             h.drain();
             check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);

@@ -101,13 +101,7 @@ impl Scheduler {
         };
         if healthy && !matches!(before, Breaker::Closed { .. }) {
             // It may have restarted: what it had loaded is unknown, so keep only what runs.
-            let busy: Vec<ModelId> = self.lanes[lane.0]
-                .resident
-                .iter()
-                .copied()
-                .filter(|m| self.running_of(lane.0, *m) > 0)
-                .collect();
-            self.lanes[lane.0].resident = busy;
+            self.forget_residency(lane.0);
         }
         self.breaker_changed(lane.0, before);
         self.pump();

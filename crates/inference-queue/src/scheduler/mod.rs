@@ -20,6 +20,7 @@ mod placement;
 mod policy;
 mod queues;
 mod residency;
+mod topology;
 
 pub use advice::{Advice, LaneOption, Why};
 pub use api::*;
@@ -27,6 +28,7 @@ use breaker::Breaker;
 use ids::IdMap;
 pub use lifecycle::{LoadOutcome, UnloadOutcome, UnloadRefusal};
 use residency::{Costs, Ewma, Room};
+pub use topology::TopologyChange;
 
 use crate::config::{Config, ConfigError};
 use crate::rng::Rng;
@@ -112,6 +114,8 @@ struct Lane {
     batch: u32,
     drained: bool,
     breaker: Breaker,
+    /// Removed from the configuration: no new work; what runs here finishes.
+    retired: bool,
 }
 
 /// The scheduler core: a pure state machine. See the crate docs for the driving loop.
@@ -187,6 +191,7 @@ impl Scheduler {
                 batch: 0,
                 drained: true,
                 breaker: Breaker::Closed { failures: 0 },
+                retired: false,
             })
             .collect();
         Ok(Scheduler {
@@ -219,9 +224,14 @@ impl Scheduler {
         &self.cfg
     }
 
-    /// The model names, indexed by [`ModelId`].
+    /// The names of the models served (a reload may have retired others).
     pub fn models(&self) -> impl Iterator<Item = &str> {
-        self.cfg.models.iter().map(|m| m.name.as_str())
+        self.cfg
+            .models
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.serves(ModelId(*i)))
+            .map(|(_, m)| m.name.as_str())
     }
 
     /// The name of a model.
@@ -239,7 +249,9 @@ impl Scheduler {
         self.cfg
             .models
             .iter()
-            .filter(|m| m.kinds.contains(&kind))
+            .enumerate()
+            .filter(|(i, m)| m.kinds.contains(&kind) && self.serves(ModelId(*i)))
+            .map(|(_, m)| m)
             .map(|m| m.name.clone())
             .collect()
     }
@@ -317,6 +329,7 @@ impl Scheduler {
                     Phase::Preloading { .. } => "preloading",
                 },
                 breaker: match l.breaker {
+                    _ if l.retired => BreakerState::Retired,
                     Breaker::Closed { .. } => BreakerState::Closed,
                     Breaker::Open { until } => BreakerState::Open {
                         remaining: until.saturating_since(now),
@@ -349,7 +362,8 @@ impl Scheduler {
         if let Some((r, _)) = self.retries.first() {
             take(*r);
         }
-        for l in &self.lanes {
+        for l in self.lanes.iter().filter(|l| !l.retired) {
+            // A retired lane's breaker never half-opens: its pump returns at once.
             if let Breaker::Open { until } = l.breaker {
                 take(until);
             }
@@ -357,7 +371,7 @@ impl Scheduler {
         // A lane with a budget keeps an idle model as long as reloading it would take: wake up
         // when one may go.
         for (lane, l) in self.lanes.iter().enumerate() {
-            if self.cfg.lanes[lane].memory_mb.is_none() || self.waiting_total == 0 {
+            if self.cfg.lanes[lane].memory_mb.is_none() || self.waiting_total == 0 || l.retired {
                 continue;
             }
             for m in l

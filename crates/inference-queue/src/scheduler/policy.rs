@@ -134,19 +134,29 @@ impl Scheduler {
             return false;
         };
         (0..self.lanes.len())
-            .filter(|i| *i != lane && matches!(self.lanes[*i].breaker, Breaker::Closed { .. }))
+            .filter(|i| {
+                *i != lane
+                    && matches!(self.lanes[*i].breaker, Breaker::Closed { .. })
+                    && self.fits_lane(*i, model)
+            })
             .filter_map(|i| self.expected_service(LaneId(i), model))
             .min()
             .is_some_and(|best| here > best.mul_f64(SLOW_FACTOR))
     }
 
-    /// The lane a model belongs to under [`Routing::StickyHash`]: FNV-1a of its name.
+    /// The lane a model belongs to under [`Routing::StickyHash`]: FNV-1a of its name, over the
+    /// lanes in service.
     pub(super) fn sticky_lane(&self, model: ModelId) -> usize {
         let name = &self.cfg.models[model.0].name;
         let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-        (h % self.lanes.len() as u64) as usize
+        // Over the lanes in service: a reload that retires a lane rehashes its models.
+        let serving = || (0..self.lanes.len()).filter(|l| !self.lanes[*l].retired);
+        match serving().count() {
+            0 => 0,
+            n => serving().nth((h % n as u64) as usize).unwrap_or(0),
+        }
     }
 
     /// Affinity: `lane` leaves `g` to the healthy lanes that have its model loaded, unless `g` is
@@ -170,6 +180,7 @@ impl Scheduler {
                 *i != lane
                     && Some(*i) != failed_on
                     && self.holds(*i, model)
+                    && self.fits_lane(*i, model)
                     && !self.slow(*i, model)
                     && matches!(l.breaker, Breaker::Closed { .. })
             })
@@ -188,6 +199,10 @@ impl Scheduler {
     }
 
     pub(super) fn pump_lane(&mut self, lane: usize) {
+        if self.lanes[lane].retired {
+            // Removed by a reload: what runs there finishes; nothing new starts.
+            return;
+        }
         // Groups whose model has no free slot here: another resident model may still take work.
         let mut full: Vec<usize> = Vec::new();
         loop {

@@ -67,10 +67,11 @@ impl Scheduler {
 
     /// Whether `model` may ever run on `lane`: the lane is among its lanes and it fits there.
     pub(super) fn fits_lane(&self, lane: usize, model: ModelId) -> bool {
-        self.cfg.models[model.0]
-            .only_lanes
-            .as_ref()
-            .is_none_or(|o| o.contains(&lane))
+        !self.lanes[lane].retired
+            && self.cfg.models[model.0]
+                .only_lanes
+                .as_ref()
+                .is_none_or(|o| o.contains(&lane))
             && self.footprint(lane, model) <= self.capacity(lane)
     }
 

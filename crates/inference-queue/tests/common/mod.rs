@@ -40,7 +40,6 @@ pub struct Harness {
     /// Check "strict never leaves a non-empty group" on every event, right after the input that
     /// produced it (single-lane setups): `(strict, unload_on_switch, warm_up)`.
     pub strict_check: Option<(bool, bool)>,
-    limits: Vec<u32>,
     /// Payload bytes of the next submissions: 1,000 to 5,000 by turns when set.
     pub payload_bytes: bool,
     submitted: u64,
@@ -48,7 +47,6 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(cfg: Config) -> Harness {
-        let limits = cfg.models.iter().map(|m| m.max_in_flight).collect();
         Harness {
             core: Scheduler::new(cfg).expect("valid config"),
             now: Time::ZERO,
@@ -59,7 +57,6 @@ impl Harness {
             info: HashMap::new(),
             dispatch_order: Vec::new(),
             strict_check: None,
-            limits,
             payload_bytes: false,
             submitted: 0,
         }
@@ -116,7 +113,7 @@ impl Harness {
                         .filter(|(l, m)| l == lane && *m == model)
                         .count();
                     assert!(
-                        n < self.limits[model.0] as usize,
+                        n < self.core.config().models[model.0].max_in_flight as usize,
                         "max_in_flight exceeded for {id}"
                     );
                     self.in_flight.insert(*id, (*lane, model));
@@ -265,6 +262,21 @@ impl Harness {
         }
         self.drain();
         c
+    }
+
+    /// Change models and lanes (a reload), then drain.
+    pub fn set_topology(
+        &mut self,
+        models: &[ModelSpec],
+        lanes: &[LaneSpec],
+        restarted: &[String],
+    ) -> TopologyChange {
+        let change = self
+            .core
+            .set_topology(self.now, models, lanes, restarted)
+            .expect("valid topology");
+        self.drain();
+        change
     }
 
     pub fn dispatched(&self) -> Vec<RequestId> {
