@@ -132,3 +132,168 @@ async fn sighup_and_admin_reload_change_keys_and_priorities_under_load_and_lose_
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn fleet_config(upstream: &str, name: &str, models: &[(&str, &str, u32)]) -> String {
+    let mut s = format!(
+        "[[upstreams]]\nurl = \"{upstream}\"\nname = \"{name}\"\n[[keys]]\nkey = \"{STAY}\"\nscopes = [\"infer\", \"metrics\", \"admin\"]\n"
+    );
+    for (model, kind, slots) in models {
+        s += &format!(
+            "[[models]]\nname = \"{model}\"\nkinds = [\"{kind}\"]\nmax_in_flight = {slots}\n"
+        );
+    }
+    s
+}
+
+async fn chat(c: &reqwest::Client, url: &str, i: usize) -> u16 {
+    let (path, body) = body_for("txt2txt", i);
+    c.post(format!("{url}{path}"))
+        .header("x-api-key", STAY)
+        .json(&body)
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_work_to_a_new_upstream_and_changes_models_under_load_losing_nothing() {
+    let a = SimProcess::start(0, 0.05).await;
+    let b = SimProcess::start(0, 0.05).await;
+    let dir = temp_dir("im-reload-fleet");
+    let file = dir.join("im.toml");
+    let before = [(LLM, "txt2txt", 2), (SD, "txt2img", 1)];
+    std::fs::write(&file, fleet_config(&a.url(), "gpu-a", &before)).expect("write");
+    let path = file.to_str().expect("utf-8").to_owned();
+    let s = start_args(&["--config", &path]);
+    let c = client();
+
+    // A steady load of chats, before, during and after the reload.
+    let url = s.url.clone();
+    let load = tokio::spawn(async move {
+        let c = client();
+        let mut runs = Vec::new();
+        for i in 0..40 {
+            let (c, url) = (c.clone(), url.clone());
+            runs.push(tokio::spawn(async move { chat(&c, &url, i).await }));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let mut out = Vec::new();
+        for r in runs {
+            out.push(r.await.expect("request task"));
+        }
+        out
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!load.is_finished(), "the reload comes under load");
+
+    // gpu-a is replaced by gpu-b; stablediffusion goes, an embedding model comes.
+    let after = [(LLM, "txt2txt", 4), ("bge-small-en-v1.5", "embed", 8)];
+    std::fs::write(&file, fleet_config(&b.url(), "gpu-b", &after)).expect("write");
+    let (status, v) = call(&c, &s.url, STAY, "/admin/reload").await;
+    assert_eq!(status, 200, "{v}");
+    for field in ["models", "upstreams"] {
+        assert!(
+            v["changed"]
+                .as_array()
+                .is_some_and(|c| c.contains(&json!(field))),
+            "{v}"
+        );
+    }
+    let answers = load.await.expect("load");
+    assert!(
+        answers.iter().all(|s| *s == 200),
+        "every chat answered across the reload: {answers:?}"
+    );
+
+    // gpu-a is retired and gets nothing new; gpu-b serves.
+    let served_by_a = a.stats().await["requests_total"].as_u64().unwrap();
+    let served_by_b = b.stats().await["requests_total"].as_u64().unwrap();
+    assert!(
+        served_by_a > 0 && served_by_b > 0,
+        "a: {served_by_a}, b: {served_by_b}"
+    );
+    for i in 0..5 {
+        assert_eq!(chat(&c, &s.url, 100 + i).await, 200);
+    }
+
+    assert_eq!(
+        a.stats().await["requests_total"].as_u64().unwrap(),
+        served_by_a,
+        "the retired upstream took new work"
+    );
+    let status: Value = c
+        .get(format!("{}/status", s.url))
+        .header("x-api-key", STAY)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("JSON");
+    let health: Vec<(String, String)> = status["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_owned(),
+                b["health"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        health,
+        vec![
+            ("gpu-a".to_owned(), "retired".to_owned()),
+            ("gpu-b".to_owned(), "healthy".to_owned())
+        ]
+    );
+    let ready = c
+        .get(format!("{}/ready", s.url))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(
+        ready.status(),
+        200,
+        "a retired upstream does not make im unready"
+    );
+
+    // The removed model is refused by name; the new one serves.
+    let r = c
+        .post(format!("{}/txt2img", s.url))
+        .header("x-api-key", STAY)
+        .json(&json!({"model": SD, "prompt": "fox", "width": 16, "height": 16, "steps": 2}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), 404, "the removed model is unknown now");
+    let r = c
+        .post(format!("{}/v1/embeddings", s.url))
+        .header("x-api-key", STAY)
+        .json(&json!({"model": "bge-small-en-v1.5", "input": ["a", "b"]}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), 200);
+    let models: Value = c
+        .get(format!("{}/v1/models", s.url))
+        .header("x-api-key", STAY)
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("JSON");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"bge-small-en-v1.5") && !ids.contains(&SD),
+        "{ids:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -26,6 +26,8 @@ pub struct Simulate {
 pub struct Built {
     /// The engine.
     pub engine: Engine,
+    /// The upstream clients behind the engine's lanes (a reload adds and repoints them).
+    pub backend: Arc<LocalAiBackend>,
     /// The service over it (what every frontend runs calls through).
     pub service: Service,
     /// The HTTP state over the service.
@@ -116,21 +118,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
     let clients = config
         .upstreams
         .iter()
-        .map(|u| {
-            let mut c = ClientConfig::new(u.url().to_owned());
-            c.api_key = u
-                .api_key()
-                .map(str::to_owned)
-                .or_else(|| config.upstream_api_key.clone());
-            if config.tracing.otlp_endpoint.is_some() {
-                // Each upstream call carries its attempt span's context as `traceparent`.
-                c.header_hook = Some(HeaderHook::new(im_telemetry::inject_current));
-            }
-            LocalAiClient::new(c).map_err(|e| BuildError::Discovery {
-                url: u.url().to_owned(),
-                error: e.to_string(),
-            })
-        })
+        .map(|u| upstream_client(&config, u))
         .collect::<Result<Vec<_>, _>>()?;
     if config.models.is_empty() {
         config.models = discover(&clients[0], &config.discovery)
@@ -153,15 +141,12 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
             .collect(),
         disabled: !config.check_model_echo,
     };
-    let engine = Engine::start_with(
-        core,
-        Arc::new(LocalAiBackend::new(clients)),
-        Metrics::new(),
-        echo,
-    )
-    .map_err(|e| crate::config::ConfigError::Invalid {
-        field: e.field,
-        message: e.message,
+    let backend = Arc::new(LocalAiBackend::new(clients));
+    let engine = Engine::start_with(core, backend.clone(), Metrics::new(), echo).map_err(|e| {
+        crate::config::ConfigError::Invalid {
+            field: e.field,
+            message: e.message,
+        }
     })?;
     if !config.has_keys() {
         tracing::warn!("no API keys configured: authentication is OFF");
@@ -179,11 +164,33 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
     };
     Ok(Built {
         engine,
+        backend,
         state,
         service,
         config,
         sim,
         _scratch: scratch,
+    })
+}
+
+/// The client of one upstream, with its key (or the shared one) and, when traces are exported,
+/// the hook that passes each attempt's trace context on.
+pub(crate) fn upstream_client(
+    config: &ImConfig,
+    u: &crate::config::UpstreamEntry,
+) -> Result<LocalAiClient, BuildError> {
+    let mut c = ClientConfig::new(u.url().to_owned());
+    c.api_key = u
+        .api_key()
+        .map(str::to_owned)
+        .or_else(|| config.upstream_api_key.clone());
+    if config.tracing.otlp_endpoint.is_some() {
+        // Each upstream call carries its attempt span's context as `traceparent`.
+        c.header_hook = Some(HeaderHook::new(im_telemetry::inject_current));
+    }
+    LocalAiClient::new(c).map_err(|e| BuildError::Discovery {
+        url: u.url().to_owned(),
+        error: e.to_string(),
     })
 }
 

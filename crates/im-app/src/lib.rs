@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod reload;
 pub mod run;
+mod topology;
 
 pub use build::{BuildError, Built, DEMO_KEY, Simulate, build, discover, learn_slots};
 

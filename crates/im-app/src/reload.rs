@@ -1,9 +1,9 @@
 //! Configuration reload (SIGHUP, `POST /admin/reload`): the file is read and validated again, and
 //! what may change while requests wait and run is applied: keys and their scopes and rate limits,
-//! priorities, the policy and its bounds, admission limits and deadlines. Nothing queued or in
-//! flight is dropped. A file that does not load or validate, or that changes what only a restart
-//! can (listen address, upstreams, models, routing, ...), is refused whole and the running
-//! configuration stays; the refusal names the fields.
+//! priorities, the policy and its bounds, admission limits and deadlines, models and upstreams
+//! (see `topology`). Nothing queued or in flight is dropped. A file that does not load or
+//! validate, or that changes what only a restart can (listen address, routing, ...), is refused
+//! whole and the running configuration stays; the refusal names the fields.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +21,8 @@ pub const RELOADABLE: &[&str] = &[
     "bounds",
     "limits",
     "deadlines_s",
+    "models",
+    "upstreams",
 ];
 
 /// Settings inside `[http]` a reload applies.
@@ -51,6 +53,7 @@ pub struct Reloader {
     /// The configuration in force (models filled in).
     running: Arc<Mutex<ImConfig>>,
     engine: Engine,
+    backend: Arc<im_engine::LocalAiBackend>,
     service: Service,
     demo_key: bool,
 }
@@ -110,6 +113,7 @@ impl Reloader {
             loaded: Arc::new(Mutex::new(loaded)),
             running: Arc::new(Mutex::new(built.config.clone())),
             engine: built.engine.clone(),
+            backend: built.backend.clone(),
             service: built.service.clone(),
             demo_key: built.sim.is_some(),
         }
@@ -145,6 +149,15 @@ impl Reloader {
         next.deadlines_s = fresh.deadlines_s.clone();
         next.http.rate_limit_per_s = fresh.http.rate_limit_per_s;
         next.http.rate_limit_burst = fresh.http.rate_limit_burst;
+        // Models and upstreams change when the file changes them: otherwise the running ones stay
+        // (models discovered at start, the embedded simulator's URL). A file that stops listing
+        // models keeps the running ones (discovery runs at start only).
+        if fresh.models != before.models && !fresh.models.is_empty() {
+            next.models = fresh.models.clone();
+        }
+        if fresh.upstreams != before.upstreams {
+            next.upstreams = fresh.upstreams.clone();
+        }
         next.validate()
             .map_err(|e| ReloadError::Invalid(e.to_string()))?;
         let core = next
@@ -169,6 +182,12 @@ impl Reloader {
             if get(&old) != get(&new) {
                 changed.push(format!("http.{k}"));
             }
+        }
+        let topology = crate::topology::apply(&next, &self.engine, &self.backend)
+            .await
+            .map_err(ReloadError::Invalid)?;
+        if !topology.is_empty() {
+            tracing::info!(?topology, "reload: models and upstreams changed");
         }
         self.engine
             .set_policy(core.policy())

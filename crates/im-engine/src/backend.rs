@@ -91,21 +91,48 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
-/// LocalAI behind each lane: one client per upstream, in lane order.
-#[derive(Clone, Debug)]
+/// LocalAI behind each lane: one client per upstream, in lane order. A reload adds lanes and
+/// repoints them ([`LocalAiBackend::set_upstream`]); a call already made keeps its client.
+#[derive(Debug)]
 pub struct LocalAiBackend {
-    lanes: Vec<LocalAiClient>,
+    lanes: std::sync::RwLock<Vec<std::sync::Arc<LocalAiClient>>>,
 }
 
 impl LocalAiBackend {
     /// One client per lane.
     pub fn new(lanes: Vec<LocalAiClient>) -> LocalAiBackend {
         assert!(!lanes.is_empty(), "at least one upstream");
-        LocalAiBackend { lanes }
+        LocalAiBackend {
+            lanes: std::sync::RwLock::new(lanes.into_iter().map(std::sync::Arc::new).collect()),
+        }
     }
 
-    fn lane(&self, lane: LaneId) -> &LocalAiClient {
-        &self.lanes[lane.0.min(self.lanes.len() - 1)]
+    /// Serve `lane` with `client` from the next call on: a new lane when `lane` is the next id,
+    /// else a lane whose upstream changed. Ids past the next one are refused.
+    pub fn set_upstream(&self, lane: LaneId, client: LocalAiClient) -> Result<(), ClientError> {
+        let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+        match lane.0.cmp(&lanes.len()) {
+            std::cmp::Ordering::Less => lanes[lane.0] = std::sync::Arc::new(client),
+            std::cmp::Ordering::Equal => lanes.push(std::sync::Arc::new(client)),
+            std::cmp::Ordering::Greater => {
+                return Err(ClientError::Connect(format!(
+                    "lane {} is not the next lane ({})",
+                    lane.0,
+                    lanes.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each lane's client, by lane id.
+    pub fn clients(&self) -> Vec<std::sync::Arc<LocalAiClient>> {
+        self.lanes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn lane(&self, lane: LaneId) -> std::sync::Arc<LocalAiClient> {
+        let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
+        lanes[lane.0.min(lanes.len() - 1)].clone()
     }
 }
 

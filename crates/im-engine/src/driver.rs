@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use im_metrics::{ErrorEntry, Metrics, outcome};
 use inference_queue::{
-    Admission, Advice, CancelOutcome, Event, FailReason, Kind, LaneId, LoadOutcome, Outcome,
-    Rejection, RequestId, Resolution, Scheduler, Status, Submit, Time, UnloadOutcome,
-    UnloadRefusal,
+    Admission, Advice, CancelOutcome, Config, Event, FailReason, Kind, LaneId, LoadOutcome,
+    Outcome, Rejection, RequestId, Resolution, Scheduler, Status, Submit, Time, TopologyChange,
+    UnloadOutcome, UnloadRefusal,
 };
 use localai_client::{ClientError, ErrorClass};
 use tokio::sync::{mpsc, oneshot};
@@ -71,7 +71,13 @@ pub(crate) enum Msg {
     },
     SetPolicy {
         policy: inference_queue::Policy,
-        reply: oneshot::Sender<Result<(), inference_queue::ConfigError>>,
+        reply: oneshot::Sender<Result<Config, inference_queue::ConfigError>>,
+    },
+    SetTopology {
+        models: Vec<inference_queue::ModelSpec>,
+        lanes: Vec<inference_queue::LaneSpec>,
+        restarted: Vec<String>,
+        reply: oneshot::Sender<Result<(TopologyChange, Config), inference_queue::ConfigError>>,
     },
     LoadModel {
         model: String,
@@ -396,7 +402,29 @@ impl Driver {
                 let _ = reply.send(self.core.status(now));
             }
             Msg::SetPolicy { policy, reply } => {
-                let _ = reply.send(self.core.set_policy(now, &policy));
+                let result = self.core.set_policy(now, &policy);
+                let _ = reply.send(result.map(|()| self.served_config()));
+            }
+            Msg::SetTopology {
+                models,
+                lanes,
+                restarted,
+                reply,
+            } => {
+                let result = self.core.set_topology(now, &models, &lanes, &restarted);
+                if let Ok(change) = &result {
+                    for (name, id) in &change.lanes_added {
+                        if id.0 >= self.lanes.len() {
+                            self.lanes.push(name.clone());
+                            self.switch_started.push(None);
+                            self.checking.push(false);
+                            self.metrics.breaker(name, false);
+                            self.metrics.in_flight(name, 0);
+                        }
+                    }
+                    tracing::info!(?change, "models and lanes changed");
+                }
+                let _ = reply.send(result.map(|c| (c, self.served_config())));
             }
             Msg::LoadModel { model, lane, reply } => {
                 let _ = reply.send(self.core.load_model(now, &model, lane));
@@ -425,6 +453,13 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The core's configuration without the models a reload retired (lanes keep their ids).
+    fn served_config(&self) -> Config {
+        let mut c = self.core.config().clone();
+        c.models.retain(|m| self.core.model_id(&m.name).is_some());
+        c
     }
 
     fn attempt_done(
@@ -597,7 +632,11 @@ impl Driver {
         self.last_health = Instant::now();
         let status = self.core.status(self.clock.now());
         for (i, l) in status.lanes.iter().enumerate() {
-            if l.breaker == inference_queue::BreakerState::Closed || self.checking[i] {
+            if matches!(
+                l.breaker,
+                inference_queue::BreakerState::Closed | inference_queue::BreakerState::Retired
+            ) || self.checking[i]
+            {
                 continue;
             }
             self.checking[i] = true;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use im_metrics::Metrics;
 use inference_queue::{
     Advice, Config, ConfigError, Kind, LaneId, LoadOutcome, Rejection, Scheduler, Status,
-    UnloadOutcome, UnloadRefusal,
+    TopologyChange, UnloadOutcome, UnloadRefusal,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,7 +38,8 @@ impl LaneReadiness {
 }
 
 struct Shared {
-    config: Config,
+    /// The core's configuration as last changed (a reload changes policy, models and lanes).
+    config: std::sync::RwLock<Arc<Config>>,
     backend: Arc<dyn Backend>,
     metrics: Metrics,
     tickets: AtomicU64,
@@ -55,7 +56,7 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("lanes", &self.shared.config.lanes)
+            .field("lanes", &self.config().lanes)
             .finish_non_exhaustive()
     }
 }
@@ -110,7 +111,7 @@ impl Engine {
         Ok(Engine {
             tx,
             shared: Arc::new(Shared {
-                config,
+                config: std::sync::RwLock::new(Arc::new(config)),
                 backend,
                 metrics,
                 tickets: AtomicU64::new(1),
@@ -183,7 +184,42 @@ impl Engine {
         self.tx
             .send(Msg::SetPolicy { policy, reply })
             .map_err(|_| EngineError::ShuttingDown)?;
-        rx.await.map_err(|_| EngineError::ShuttingDown)
+        let result = rx.await.map_err(|_| EngineError::ShuttingDown)?;
+        Ok(result.map(|config| self.set_config(config)))
+    }
+
+    /// Serve `models` on `lanes` from now on, matched by name (see
+    /// [`inference_queue::Scheduler::set_topology`]): new lanes need their upstream in the backend
+    /// first, at the ids they get (appended in `lanes` order). Nothing waiting or running is
+    /// dropped; an invalid change is refused whole.
+    pub async fn set_topology(
+        &self,
+        models: Vec<inference_queue::ModelSpec>,
+        lanes: Vec<inference_queue::LaneSpec>,
+        restarted: Vec<String>,
+    ) -> Result<Result<TopologyChange, inference_queue::ConfigError>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::SetTopology {
+                models,
+                lanes,
+                restarted,
+                reply,
+            })
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let result = rx.await.map_err(|_| EngineError::ShuttingDown)?;
+        Ok(result.map(|(change, config)| {
+            self.set_config(config);
+            change
+        }))
+    }
+
+    fn set_config(&self, config: Config) {
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 
     /// Load `model` on `lane` (or where its work would go) at the lane's next switch point.
@@ -231,11 +267,19 @@ impl Engine {
         }
     }
 
-    /// Readiness of every lane: its upstream answers and its breaker is closed.
+    /// Readiness of every lane in service (a retired one is left out): its upstream answers and
+    /// its breaker is closed.
     pub async fn readiness(&self) -> Vec<LaneReadiness> {
         let status = self.status().await;
         let mut out = Vec::new();
-        for (i, name) in self.shared.config.lanes.iter().enumerate() {
+        for (i, name) in self.config().lanes.iter().enumerate() {
+            let retired = status
+                .as_ref()
+                .and_then(|s| s.lanes.get(i))
+                .is_some_and(|l| l.breaker == inference_queue::BreakerState::Retired);
+            if retired {
+                continue;
+            }
             let probe =
                 tokio::time::timeout(Duration::from_secs(3), self.shared.backend.ready(LaneId(i)))
                     .await;
@@ -258,15 +302,20 @@ impl Engine {
         out
     }
 
-    /// The scheduler configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.shared.config
+    /// The scheduler configuration in force (a snapshot: a reload may change it). Its models
+    /// are those served; its lanes are all lanes by id, retired ones included (their status says
+    /// `retired`).
+    pub fn config(&self) -> Arc<Config> {
+        self.shared
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Models serving `kind`.
     pub fn models_for(&self, kind: Kind) -> Vec<String> {
-        self.shared
-            .config
+        self.config()
             .models
             .iter()
             .filter(|m| m.kinds.contains(&kind))
@@ -274,14 +323,13 @@ impl Engine {
             .collect()
     }
 
-    /// The kinds `model` serves, if it is configured.
-    pub fn kinds_of(&self, model: &str) -> Option<&[Kind]> {
-        self.shared
-            .config
+    /// The kinds `model` serves, if it is served.
+    pub fn kinds_of(&self, model: &str) -> Option<Vec<Kind>> {
+        self.config()
             .models
             .iter()
             .find(|m| m.name == model)
-            .map(|m| m.kinds.as_slice())
+            .map(|m| m.kinds.clone())
     }
 
     /// The metrics recorder.

@@ -119,6 +119,19 @@ pub enum Output {
     Stream(ChunkReceiver),
 }
 
+impl Output {
+    /// A copy of a complete answer (a live stream cannot be copied).
+    pub fn try_clone(&self) -> Option<Output> {
+        Some(match self {
+            Output::Chat(c) => Output::Chat(c.clone()),
+            Output::Images(i) => Output::Images(i.clone()),
+            Output::Json(j) => Output::Json(j.clone()),
+            Output::Raw(r) => Output::Raw(r.clone()),
+            Output::Stream(_) => return None,
+        })
+    }
+}
+
 /// A request's result.
 #[derive(Debug)]
 pub struct Completion {

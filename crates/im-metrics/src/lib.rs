@@ -324,6 +324,13 @@ impl Metrics {
         self.lock().ws_closed.get(reason).copied().unwrap_or(0)
     }
 
+    /// A response cache lookup for `model`: a hit or a miss.
+    pub fn cache(&self, model: &str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        metrics::counter!(names::CACHE_TOTAL, "model" => model.to_owned(), "result" => result)
+            .increment(1);
+    }
+
     /// A lane changed its active group.
     pub fn switched(&self, lane: &str, from_kind: &str, to_kind: &str) {
         metrics::counter!(names::SWITCHES_TOTAL, "lane" => lane.to_owned(), "from_kind" => from_kind.to_owned(), "to_kind" => to_kind.to_owned())

@@ -43,6 +43,9 @@ pub const JOBS_COMPLETED_TOTAL: &str = "im_jobs_completed_total";
 /// (retried later), `gone` (410: the endpoint is disabled), `abandoned` (the schedule ran out),
 /// `refused` (a private address).
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "im_webhook_deliveries_total";
+/// `im_cache_total{model,result}`: lookups in the response cache: `hit` (answered from it) or
+/// `miss` (run, and kept when it succeeded).
+pub const CACHE_TOTAL: &str = "im_cache_total";
 
 /// All of them, for checks.
 pub const ALL: &[&str] = &[
@@ -63,4 +66,5 @@ pub const ALL: &[&str] = &[
     JOBS,
     JOBS_COMPLETED_TOTAL,
     WEBHOOK_DELIVERIES_TOTAL,
+    CACHE_TOTAL,
 ];

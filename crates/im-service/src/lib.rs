@@ -10,6 +10,7 @@
 //! except through the engine.
 
 mod auth;
+mod cache;
 mod call;
 mod error;
 mod models;
@@ -19,6 +20,7 @@ mod service;
 pub use auth::{
     Caller, KeyId, KeySpec, Keys, Scope, forbidden, provided_key, sane_request_id, unauthorized,
 };
+pub use cache::CacheSettings;
 pub use call::{
     Call, ChatInput, ChatKind, CompletionInput, EmbeddingInput, ImageParams, InputLimits,
     MAX_RERANK_DOCUMENTS, MAX_SPEECH_CHARS, RerankInput, SpeechInput, TRANSCRIPTION_FORMATS,

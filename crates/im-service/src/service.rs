@@ -30,6 +30,8 @@ pub struct ServiceSettings {
     pub registry: Registry,
     /// The most requests one `/infer/batch` may carry.
     pub max_batch_requests: usize,
+    /// The response cache (off unless models are listed).
+    pub cache: crate::CacheSettings,
 }
 
 impl Default for ServiceSettings {
@@ -42,6 +44,7 @@ impl Default for ServiceSettings {
             batch: BatchSettings::default(),
             registry: Registry::default(),
             max_batch_requests: 32,
+            cache: crate::CacheSettings::default(),
         }
     }
 }
@@ -62,6 +65,7 @@ struct Shared {
 pub struct Service {
     engine: Engine,
     batcher: Batcher,
+    cache: Option<crate::cache::ResponseCache>,
     shared: Arc<Shared>,
 }
 
@@ -81,6 +85,7 @@ impl Service {
             .map_or(0, |d| d.subsec_nanos());
         Service {
             batcher: Batcher::new(engine.clone(), settings.batch),
+            cache: crate::cache::ResponseCache::new(&settings.cache),
             engine,
             shared: Arc::new(Shared {
                 keys: std::sync::RwLock::new(Keys::with_scopes(
@@ -232,10 +237,27 @@ impl Service {
     /// Run `call` as `caller`: queue it (embeddings merged with others that arrive together),
     /// wait for it to leave. Dropping the future cancels it.
     pub async fn run(&self, call: Call, caller: &Caller) -> Result<Completion, ServiceError> {
-        Ok(self
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| Some((c, c.key(call.payload())?)));
+        if let Some((cache, key)) = &cached {
+            let hit = cache.get(key, call.payload(), &caller.request_id);
+            self.engine
+                .metrics()
+                .cache(call.payload().model(), hit.is_some());
+            if let Some(done) = hit {
+                return Ok(done);
+            }
+        }
+        let done = self
             .batcher
             .submit(call.into_job(caller.request_id.clone()))
-            .await?)
+            .await?;
+        if let Some((cache, key)) = cached {
+            cache.put(key, &done);
+        }
+        Ok(done)
     }
 
     /// The configured models with the kinds each serves, OpenAI-shaped.
@@ -275,6 +297,7 @@ impl Service {
                 let health = match l.breaker.as_str() {
                     "closed" => "healthy",
                     "half_open" => "recovering",
+                    "retired" => "retired",
                     _ => "unhealthy",
                 };
                 json!({

@@ -65,6 +65,17 @@ pub fn start_in_front_of(upstreams: &[String], extra: &[&str]) -> Server {
     }
 }
 
+/// `im-http` with exactly `args` (and its own job store).
+pub fn start_args(args: &[&str]) -> Server {
+    let (child, url, sim, scratch) = spawn_im_http(args);
+    Server {
+        child,
+        scratch,
+        url,
+        sim: sim.unwrap_or_default(),
+    }
+}
+
 /// Start `im-http --listen 127.0.0.1:0 args...`; its URL (and its simulator's) from stderr.
 fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>, Option<PathBuf>) {
     // Each server its own job store unless the test gives one (a store is one process's).

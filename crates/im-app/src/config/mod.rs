@@ -76,6 +76,8 @@ pub struct ImConfig {
     pub jobs: JobsEntry,
     /// OpenTelemetry traces.
     pub tracing: TracingEntry,
+    /// The response cache.
+    pub cache: CacheEntry,
 }
 
 impl Default for ImConfig {
@@ -107,6 +109,7 @@ impl Default for ImConfig {
             log_format: "text".into(),
             jobs: JobsEntry::default(),
             tracing: TracingEntry::default(),
+            cache: CacheEntry::default(),
         }
     }
 }
@@ -410,6 +413,7 @@ impl ImConfig {
         self.validate_registry()?;
         self.jobs.validate()?;
         self.tracing.validate()?;
+        self.validate_cache()?;
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let url = u.url();
@@ -547,7 +551,35 @@ impl ImConfig {
             },
             registry: self.registry_or_examples(),
             max_batch_requests: self.http.max_batch_requests,
+            cache: im_service::CacheSettings {
+                models: self.cache.models.clone(),
+                max_entries: self.cache.max_entries,
+                ttl: Duration::from_secs_f64(self.cache.ttl_s.clamp(0.001, MAX_SECONDS)),
+            },
         }
+    }
+
+    /// `[cache]`: a positive TTL and size; listed models configured (when models are listed).
+    fn validate_cache(&self) -> Result<(), ConfigError> {
+        let c = &self.cache;
+        if !(c.ttl_s.is_finite() && c.ttl_s > 0.0 && c.ttl_s <= MAX_SECONDS) {
+            return Err(invalid(
+                "cache.ttl_s",
+                "a positive number of seconds, at most a year",
+            ));
+        }
+        if c.max_entries == 0 {
+            return Err(invalid("cache.max_entries", "must be positive"));
+        }
+        for (i, m) in c.models.iter().enumerate() {
+            if !self.models.is_empty() && !self.models.iter().any(|e| &e.name == m) {
+                return Err(invalid(
+                    format!("cache.models[{i}]"),
+                    format!("{m:?} is not a configured model"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Each task model: a name without `:`, a version, once each, on a configured txt2txt model

@@ -396,3 +396,25 @@ impl Default for HttpEntry {
         }
     }
 }
+
+/// `[cache]`: the response cache (deterministic requests only; see `im_service::CacheSettings`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheEntry {
+    /// The models whose answers are kept; empty (the default): the cache is off.
+    pub models: Vec<String>,
+    /// The most answers kept (least recently used go first).
+    pub max_entries: u64,
+    /// Seconds an answer is kept.
+    pub ttl_s: f64,
+}
+
+impl Default for CacheEntry {
+    fn default() -> CacheEntry {
+        CacheEntry {
+            models: Vec::new(),
+            max_entries: 10_000,
+            ttl_s: 300.0,
+        }
+    }
+}

@@ -312,6 +312,11 @@ impl Call {
         )
     }
 
+    /// What it asks the upstream for.
+    pub(crate) fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
     /// The engine's job for it, known by `request_id`.
     pub fn into_job(self, request_id: String) -> Job {
         Job::new(request_id, self.payload, self.deadline)
