@@ -74,15 +74,7 @@ async fn mixed_load(url: &str, n: usize, concurrency: usize, done: Arc<AtomicUsi
 }
 
 async fn backend(url: &str, name: &str) -> Value {
-    let v: Value = client()
-        .get(format!("{url}/status"))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("JSON");
+    let v = get_json(url, "/status", KEY).await;
     v["backends"]
         .as_array()
         .and_then(|b| b.iter().find(|b| b["name"] == name).cloned())

@@ -221,15 +221,7 @@ async fn a_reload_moves_work_to_a_new_upstream_and_changes_models_under_load_los
         served_by_a,
         "the retired upstream took new work"
     );
-    let status: Value = c
-        .get(format!("{}/status", s.url))
-        .header("x-api-key", STAY)
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("JSON");
+    let status = get_json(&s.url, "/status", STAY).await;
     let health: Vec<(String, String)> = status["backends"]
         .as_array()
         .expect("backends")
@@ -276,15 +268,7 @@ async fn a_reload_moves_work_to_a_new_upstream_and_changes_models_under_load_los
         .await
         .expect("answered");
     assert_eq!(r.status(), 200);
-    let models: Value = c
-        .get(format!("{}/v1/models", s.url))
-        .header("x-api-key", STAY)
-        .send()
-        .await
-        .expect("models")
-        .json()
-        .await
-        .expect("JSON");
+    let models = get_json(&s.url, "/v1/models", STAY).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .expect("data")

@@ -263,4 +263,17 @@ pub async fn post(c: &reqwest::Client, url: &str, path: &str, body: &Value) -> (
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET url+path` with `key`: the JSON body.
+pub async fn get_json(url: &str, path: &str, key: &str) -> Value {
+    client()
+        .get(format!("{url}{path}"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 pub const KINDS: [&str; 4] = ["txt2txt", "txt2img", "img2img", "img2txt"];

@@ -30,7 +30,7 @@ pub use lifecycle::{LoadOutcome, UnloadOutcome, UnloadRefusal};
 use residency::{Costs, Ewma, Room};
 pub use topology::TopologyChange;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ModelSpec};
 use crate::rng::Rng;
 use crate::status::{BreakerState, Counters, GroupStatus, LaneStatus, ResidentModel, Status};
 use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
@@ -118,6 +118,37 @@ struct Lane {
     retired: bool,
 }
 
+impl Lane {
+    /// A lane that holds nothing, with the models' configured costs, as of `now`.
+    fn new(name: &str, models: &[ModelSpec], now: Time) -> Lane {
+        Lane {
+            name: name.to_owned(),
+            active: None,
+            resident: Vec::new(),
+            cold: Vec::new(),
+            in_flight: 0,
+            running: Vec::new(),
+            costs: models
+                .iter()
+                .map(|m| Costs {
+                    load: Ewma::seeded(m.expected_load()),
+                    service: None,
+                })
+                .collect(),
+            used_at: vec![Time::ZERO; models.len()],
+            phase_since: now,
+            preload: None,
+            draining: None,
+            phase: Phase::Ready,
+            activated_at: now,
+            batch: 0,
+            drained: true,
+            breaker: Breaker::Closed { failures: 0 },
+            retired: false,
+        }
+    }
+}
+
 /// The scheduler core: a pure state machine. See the crate docs for the driving loop.
 ///
 /// Method groups:
@@ -163,36 +194,10 @@ impl Scheduler {
             .enumerate()
             .map(|(i, m)| (m.name.clone(), ModelId(i)))
             .collect();
-        let costs: Vec<Costs> = cfg
-            .models
-            .iter()
-            .map(|m| Costs {
-                load: Ewma::seeded(m.expected_load()),
-                service: None,
-            })
-            .collect();
         let lanes = cfg
             .lanes
             .iter()
-            .map(|spec| Lane {
-                name: spec.name.clone(),
-                active: None,
-                resident: Vec::new(),
-                cold: Vec::new(),
-                in_flight: 0,
-                running: Vec::new(),
-                costs: costs.clone(),
-                used_at: vec![Time::ZERO; cfg.models.len()],
-                phase_since: Time::ZERO,
-                preload: None,
-                draining: None,
-                phase: Phase::Ready,
-                activated_at: Time::ZERO,
-                batch: 0,
-                drained: true,
-                breaker: Breaker::Closed { failures: 0 },
-                retired: false,
-            })
+            .map(|spec| Lane::new(&spec.name, &cfg.models, Time::ZERO))
             .collect();
         Ok(Scheduler {
             priority: cfg.full_priority(),

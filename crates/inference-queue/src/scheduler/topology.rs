@@ -8,7 +8,7 @@
 //! what it had loaded, except what still runs there.
 
 use super::*;
-use crate::config::{LaneSpec, ModelSpec};
+use crate::config::LaneSpec;
 
 /// What [`Scheduler::set_topology`] changed, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,7 +68,8 @@ impl Scheduler {
                 None => {
                     let i = self.lanes.len();
                     self.cfg.lanes.push(spec.clone());
-                    self.lanes.push(self.fresh_lane(&spec.name));
+                    self.lanes
+                        .push(Lane::new(&spec.name, &self.cfg.models, self.now));
                     change.lanes_added.push((spec.name.clone(), LaneId(i)));
                     i
                 }
@@ -139,37 +140,6 @@ impl Scheduler {
     /// Whether `model` is served (configured and not retired).
     pub(super) fn serves(&self, model: ModelId) -> bool {
         self.model_index.get(&self.cfg.models[model.0].name) == Some(&model)
-    }
-
-    fn fresh_lane(&self, name: &str) -> Lane {
-        let costs = self
-            .cfg
-            .models
-            .iter()
-            .map(|m| Costs {
-                load: Ewma::seeded(m.expected_load()),
-                service: None,
-            })
-            .collect();
-        Lane {
-            name: name.to_owned(),
-            active: None,
-            resident: Vec::new(),
-            cold: Vec::new(),
-            in_flight: 0,
-            running: Vec::new(),
-            costs,
-            used_at: vec![Time::ZERO; self.cfg.models.len()],
-            phase_since: self.now,
-            preload: None,
-            draining: None,
-            phase: Phase::Ready,
-            activated_at: self.now,
-            batch: 0,
-            drained: true,
-            breaker: Breaker::Closed { failures: 0 },
-            retired: false,
-        }
     }
 
     /// The lane's upstream may hold anything now: keep only the models running there.
