@@ -170,14 +170,17 @@ fn request_span(req: &Request, id: &str) -> tracing::Span {
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str);
-    let name = match route {
-        Some(r) => format!("{method} {r}"),
-        None => method.to_owned(),
-    };
-    let span = tracing::info_span!(target: TRACE_TARGET, "request", otel.name = %name,
+    let span = tracing::info_span!(target: TRACE_TARGET, "request", otel.name = Empty,
         otel.kind = "server", http.request.method = method, http.route = route.unwrap_or(""),
         request_id = id, http.response.status_code = Empty, otel.status_code = Empty);
-    im_telemetry::accept_parent(&span, req.headers());
+    // Without an exporter the span is off: nothing is formatted or parsed for it.
+    if !span.is_disabled() {
+        span.record(
+            "otel.name",
+            route.map_or_else(|| method.to_owned(), |r| format!("{method} {r}")),
+        );
+        im_telemetry::accept_parent(&span, req.headers());
+    }
     span
 }
 
