@@ -623,22 +623,7 @@ fn lanes_pin_groups_and_serve_in_parallel() {
     let b = h.id(Kind::Txt2Txt, "llm2");
     // Two lanes, two models: both run at once, each on its own lane.
     assert_eq!(h.dispatched(), vec![a, b]);
-    let pinned = h.core.submit(
-        h.now,
-        Submit {
-            kind: Kind::Txt2Img,
-            model: "sd",
-            lane: Some(LaneId(1)),
-            deadline: None,
-            bytes: 0,
-        },
-    );
-    let Admission::Accepted(p) = pinned else {
-        panic!()
-    };
-    h.info
-        .insert(p, (Kind::Txt2Img, h.core.model_id("sd").unwrap(), h.now));
-    h.drain();
+    let p = h.id_on(Kind::Txt2Img, "sd", 1);
     h.complete(a, Outcome::Success);
     assert!(
         !h.dispatched().contains(&p),

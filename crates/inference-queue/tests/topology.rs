@@ -51,16 +51,7 @@ fn a_retired_lane_finishes_its_work_takes_none_and_its_placed_requests_move() {
     assert!(h.left.values().all(|how| how == "finished"));
     // A request pinned to the retired lane is refused.
     assert!(matches!(
-        h.core.submit(
-            h.now,
-            Submit {
-                kind: Kind::Txt2Img,
-                model: "sd",
-                lane: Some(LaneId(1)),
-                deadline: None,
-                bytes: 0,
-            }
-        ),
+        h.submit_on(Kind::Txt2Img, "sd", 1),
         Admission::Rejected(Rejection::LaneCannotHost { .. })
     ));
 }

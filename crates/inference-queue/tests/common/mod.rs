@@ -212,8 +212,8 @@ impl Harness {
         a
     }
 
-    /// Submit pinned to `lane`; its id.
-    pub fn id_on(&mut self, kind: Kind, model: &str, lane: usize) -> RequestId {
+    /// Submit pinned to `lane`.
+    pub fn submit_on(&mut self, kind: Kind, model: &str, lane: usize) -> Admission {
         let a = self.core.submit(
             self.now,
             Submit {
@@ -224,14 +224,21 @@ impl Harness {
                 bytes: 0,
             },
         );
-        let Admission::Accepted(id) = a else {
-            panic!("expected acceptance, got {a:?}");
-        };
-        self.accepted.push(id);
-        let m = self.core.model_id(model).expect("accepted model exists");
-        self.info.insert(id, (kind, m, self.now));
+        if let Admission::Accepted(id) = a {
+            self.accepted.push(id);
+            let m = self.core.model_id(model).expect("accepted model exists");
+            self.info.insert(id, (kind, m, self.now));
+        }
         self.drain();
-        id
+        a
+    }
+
+    /// Submit pinned to `lane`; its id.
+    pub fn id_on(&mut self, kind: Kind, model: &str, lane: usize) -> RequestId {
+        match self.submit_on(kind, model, lane) {
+            Admission::Accepted(id) => id,
+            other => panic!("expected acceptance, got {other:?}"),
+        }
     }
 
     pub fn id(&mut self, kind: Kind, model: &str) -> RequestId {
