@@ -211,10 +211,9 @@ fn start_jobs(
         None => crate::config::stored_secret(dir).map_err(|e| failed(&e))?,
     };
     let settings = config.jobs.settings(secret)?;
-    let results = store.results_dir().to_path_buf();
     let slot = im_http_api::jobs::RouterSlot::default();
     let runner = Arc::new(im_http_api::jobs::RouterRunner(slot.clone()));
-    let jobs = im_jobs::Jobs::start(Arc::new(store), results, runner, settings, metrics)
+    let jobs = im_jobs::Jobs::start(Arc::new(store), runner, settings, metrics)
         .map_err(|e| failed(&e))?;
     tracing::info!(dir = %dir.display(), "durable jobs on");
     Ok(AppState::with_jobs(service.clone(), jobs, slot))

@@ -301,8 +301,10 @@ pub async fn result(
         Some(Stored::File {
             name, content_type, ..
         }) => {
-            let path = jobs_of(&st)?.result_path(name);
-            let bytes = tokio::fs::read(path).await.map_err(|_| none())?;
+            let bytes = jobs_of(&st)?
+                .result(name)
+                .map_err(job_error)?
+                .ok_or_else(none)?;
             Ok(([(header::CONTENT_TYPE, content_type.clone())], bytes).into_response())
         }
         None => Err(none()),

@@ -6,7 +6,6 @@
 //! job, and a job that reached a final state is never run again).
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -135,7 +134,6 @@ impl std::fmt::Debug for Jobs {
 
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn JobStore>,
-    pub(crate) results: PathBuf,
     runner: Arc<dyn Runner>,
     pub(crate) cfg: JobsConfig,
     pub(crate) metrics: im_metrics::Metrics,
@@ -159,11 +157,10 @@ pub fn now_ms() -> i64 {
 }
 
 impl Jobs {
-    /// Start the job service over `store` (results files under `results`): recover what a
+    /// Start the job service over `store`: recover what a
     /// previous run left, then run jobs and deliver webhooks in the background.
     pub fn start(
         store: Arc<dyn JobStore>,
-        results: PathBuf,
         runner: Arc<dyn Runner>,
         cfg: JobsConfig,
         metrics: im_metrics::Metrics,
@@ -171,7 +168,6 @@ impl Jobs {
         let slots = Arc::new(Semaphore::new(cfg.max_running.max(1)));
         let inner = Arc::new(Inner {
             store,
-            results,
             runner,
             cfg,
             metrics,
@@ -322,9 +318,9 @@ impl Jobs {
         Ok(job)
     }
 
-    /// The path of a job's result file.
-    pub fn result_path(&self, name: &str) -> PathBuf {
-        self.inner.results.join(name)
+    /// A result kept beside its job (see [`Stored::File`]).
+    pub fn result(&self, name: &str) -> Result<Option<Vec<u8>>, JobError> {
+        Ok(self.inner.store.result(name)?)
     }
 
     /// Verify an inbound Standard Webhooks message and queue the job it carries (as `owner`
@@ -417,9 +413,7 @@ impl Inner {
         }
         let ext = if json { "json" } else { "bin" };
         let name = format!("{id}.{ext}");
-        let tmp = self.results.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, &answer.body)?;
-        std::fs::rename(&tmp, self.results.join(&name))?;
+        self.store.put_result(&name, &answer.body)?;
         Ok(Stored::File {
             name,
             content_type: answer.content_type.clone(),

@@ -66,6 +66,10 @@ pub trait JobStore: Send + Sync + 'static {
     fn disable_endpoint(&self, url: &str) -> Result<(), StoreError>;
     /// Whether a callback URL was disabled.
     fn endpoint_disabled(&self, url: &str) -> Result<bool, StoreError>;
+    /// Keep a result too large or too binary to live in its job, under `name`.
+    fn put_result(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// The result kept under `name`, if there is one.
+    fn result(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
@@ -111,11 +115,6 @@ impl RedbStore {
             db,
             results: dir.join("results"),
         })
-    }
-
-    /// The directory large results are written to.
-    pub fn results_dir(&self) -> &Path {
-        &self.results
     }
 }
 
@@ -215,6 +214,22 @@ impl JobStore for RedbStore {
             .retain(|_, seen_ms| seen_ms >= before_ms)?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn put_result(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        // Written whole, then renamed: a reader never sees half a file.
+        let tmp = self.results.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, self.results.join(name))?;
+        Ok(())
+    }
+
+    fn result(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match std::fs::read(self.results.join(name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -82,10 +82,8 @@ fn dir(name: &str) -> std::path::PathBuf {
 
 fn start_on(store: RedbStore, runner: Arc<Script>, keep: Duration) -> (Jobs, Arc<RedbStore>) {
     let store = Arc::new(store);
-    let results = store.results_dir().to_path_buf();
     let jobs = Jobs::start(
         store.clone(),
-        results,
         runner,
         config(keep),
         im_metrics::Metrics::new(),
@@ -146,7 +144,7 @@ async fn small_json_is_kept_inline_and_binary_answers_as_files() {
     };
     assert_eq!((content_type.as_str(), bytes), ("audio/wav", 12));
     assert_eq!(
-        std::fs::read(jobs.result_path(&name)).expect("file"),
+        jobs.result(&name).expect("store").expect("kept"),
         b"RIFF....WAVE"
     );
     let _ = std::fs::remove_dir_all(d);

@@ -1,0 +1,333 @@
+//! The scheduler lease: which replica schedules the fleet, and the fencing token it writes with.
+//!
+//! One key holds the lease, `"<epoch> <replica> <url>"`, with an expiry; one counter holds the
+//! epoch. A replica takes the lease only when the key is absent, and taking it increments the
+//! epoch in the same script, so every holder has an epoch larger than every holder before it:
+//! the fencing token. The holder renews the expiry while the value is still its own, and gives
+//! up (the process stops, see [`Lease::run`]) when it cannot renew well before the expiry, so
+//! that by the time another replica can take the lease the old holder has stopped. Where a holder
+//! was paused (a long GC-like stall, a frozen VM) and resumes after losing the lease, its writes
+//! carry a token the store and the upstreams refuse: the job store checks it in Redis, the
+//! simulated LocalAI checks it on every call (`x-im-fence`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// The key names of one im cluster (all under one prefix, so several can share a Redis).
+#[derive(Clone, Debug)]
+pub struct Keys {
+    /// `<prefix>:scheduler:lease`.
+    pub lease: String,
+    /// `<prefix>:scheduler:epoch`.
+    pub epoch: String,
+    /// The prefix, for the job store's keys.
+    pub prefix: String,
+}
+
+impl Keys {
+    /// The keys under `prefix`.
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            lease: format!("{prefix}:scheduler:lease"),
+            epoch: format!("{prefix}:scheduler:epoch"),
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+/// Who schedules, as a replica knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The fencing token: larger for every new holder.
+    pub epoch: u64,
+    /// The holder's replica id.
+    pub replica: String,
+    /// Where the holder serves HTTP (what other replicas forward to).
+    pub url: String,
+}
+
+impl Holder {
+    fn parse(value: &str) -> Option<Holder> {
+        let mut parts = value.splitn(3, ' ');
+        Some(Holder {
+            epoch: parts.next()?.parse().ok()?,
+            replica: parts.next()?.to_owned(),
+            url: parts.next()?.to_owned(),
+        })
+    }
+
+    fn value(&self) -> String {
+        format!("{} {} {}", self.epoch, self.replica, self.url)
+    }
+}
+
+/// A replica's view of the lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Not known yet (starting, or Redis unreachable).
+    Unknown,
+    /// This replica holds the lease: it schedules.
+    Scheduler(Holder),
+    /// Another replica holds it.
+    Follower(Holder),
+}
+
+impl Role {
+    /// The holder, if one is known.
+    pub fn holder(&self) -> Option<&Holder> {
+        match self {
+            Role::Unknown => None,
+            Role::Scheduler(h) | Role::Follower(h) => Some(h),
+        }
+    }
+}
+
+/// How a replica takes part.
+#[derive(Clone, Debug)]
+pub struct LeaseSettings {
+    /// `redis://host:port/db`.
+    pub redis_url: String,
+    /// The key prefix.
+    pub prefix: String,
+    /// This replica's id (unique per process: a restarted replica is a new one).
+    pub replica: String,
+    /// Where this replica serves HTTP, as other replicas reach it.
+    pub url: String,
+    /// How long a lease lives without renewal: the longest a fleet waits for a dead scheduler.
+    pub ttl: Duration,
+}
+
+/// Why a Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Redis failed or was unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The lease value was not ours to parse.
+    #[error("the lease key holds {0:?}, not `<epoch> <replica> <url>`")]
+    Garbled(String),
+}
+
+const ACQUIRE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+local e = redis.call('INCR', KEYS[2])
+v = e .. ' ' .. ARGV[1]
+redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
+return v";
+
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// One replica's handle on the lease: take it, renew it, read it. Each call is one round trip on
+/// a blocking connection (the lease runs on its own thread, never on the async runtime, so a
+/// stalled runtime cannot stop it from renewing or giving up in time).
+pub struct Lease {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    keys: Keys,
+    settings: LeaseSettings,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("replica", &self.settings.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    /// A handle for `settings` (no connection is made yet).
+    pub fn new(settings: LeaseSettings) -> Result<Lease, LeaseError> {
+        Ok(Lease {
+            client: redis::Client::open(settings.redis_url.as_str())?,
+            conn: None,
+            keys: Keys::new(&settings.prefix),
+            settings,
+        })
+    }
+
+    /// The operation timeout: a sixth of the lease, so two failed renewals still end before it.
+    fn timeout(&self) -> Duration {
+        (self.settings.ttl / 6).max(Duration::from_millis(50))
+    }
+
+    fn conn(&mut self) -> Result<&mut redis::Connection, LeaseError> {
+        if self.conn.is_none() {
+            let c = self.client.get_connection_with_timeout(self.timeout())?;
+            c.set_read_timeout(Some(self.timeout()))?;
+            c.set_write_timeout(Some(self.timeout()))?;
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("just set"))
+    }
+
+    /// Run `f` on the connection; a failed connection is dropped (the next call reconnects).
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, LeaseError> {
+        let result = f(self.conn()?);
+        if result.is_err() {
+            self.conn = None;
+        }
+        Ok(result?)
+    }
+
+    /// Take the lease if nobody holds it; who holds it now either way.
+    pub fn acquire(&mut self) -> Result<Holder, LeaseError> {
+        let me = format!("{} {}", self.settings.replica, self.settings.url);
+        let ttl = self.settings.ttl.as_millis() as u64;
+        let keys = self.keys.clone();
+        let value: String = self.with(|c| {
+            redis::Script::new(ACQUIRE)
+                .key(&keys.lease)
+                .key(&keys.epoch)
+                .arg(me)
+                .arg(ttl)
+                .invoke(c)
+        })?;
+        Holder::parse(&value).ok_or(LeaseError::Garbled(value))
+    }
+
+    /// Extend `held`'s lease; false if it is not held by `held` any more.
+    pub fn renew(&mut self, held: &Holder) -> Result<bool, LeaseError> {
+        let ttl = self.settings.ttl.as_millis() as u64;
+        let key = self.keys.lease.clone();
+        let renewed: i64 = self.with(|c| {
+            redis::Script::new(RENEW)
+                .key(key)
+                .arg(held.value())
+                .arg(ttl)
+                .invoke(c)
+        })?;
+        Ok(renewed == 1)
+    }
+
+    /// Give `held`'s lease up at once (a clean shutdown), so another replica need not wait for it
+    /// to expire.
+    pub fn release(&mut self, held: &Holder) -> Result<(), LeaseError> {
+        let key = self.keys.lease.clone();
+        let _: i64 = self.with(|c| {
+            redis::Script::new(RELEASE)
+                .key(key)
+                .arg(held.value())
+                .invoke(c)
+        })?;
+        Ok(())
+    }
+
+    /// Whether `holder` is this replica.
+    pub fn is_me(&self, holder: &Holder) -> bool {
+        holder.replica == self.settings.replica
+    }
+
+    /// Take part until the process ends: every third of the lease, renew it (as the holder) or
+    /// try to take it (as a follower), publishing the role on `role`. On taking it, `promote`
+    /// runs with the new epoch before the role says so. A holder that cannot renew (the lease is
+    /// someone else's, or Redis did not confirm for two thirds of the lease) calls `lost`, which
+    /// must stop the process: a scheduler never goes back to following, so nothing it started can
+    /// outlive its lease. Returns only when `stop` is set (after releasing a held lease).
+    pub fn run(
+        mut self,
+        role: watch::Sender<Role>,
+        promote: impl FnOnce(&Holder),
+        lost: impl FnOnce(&str),
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let tick = self.settings.ttl / 3;
+        let mut promote = Some(promote);
+        let mut held: Option<(Holder, Instant)> = None;
+        loop {
+            if stop.load(Ordering::Acquire) {
+                if let Some((h, _)) = &held {
+                    let _ = self.release(h);
+                }
+                return;
+            }
+            match &mut held {
+                Some((holder, last_renewed)) => match self.renew(holder) {
+                    Ok(true) => *last_renewed = Instant::now(),
+                    Ok(false) => {
+                        return lost(&format!(
+                            "the scheduler lease (epoch {}) is held by another replica",
+                            holder.epoch
+                        ));
+                    }
+                    Err(e) if last_renewed.elapsed() >= self.settings.ttl * 2 / 3 => {
+                        return lost(&format!(
+                            "the scheduler lease (epoch {}) could not be renewed for {:?}: {e}",
+                            holder.epoch,
+                            last_renewed.elapsed()
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing the scheduler lease failed; retrying")
+                    }
+                },
+                None => match self.acquire() {
+                    Ok(holder) if self.is_me(&holder) => {
+                        let taken = Instant::now();
+                        tracing::info!(
+                            epoch = holder.epoch,
+                            "this replica schedules now (took the lease)"
+                        );
+                        if let Some(p) = promote.take() {
+                            p(&holder);
+                        }
+                        role.send_replace(Role::Scheduler(holder.clone()));
+                        held = Some((holder, taken));
+                    }
+                    Ok(holder) => {
+                        role.send_if_modified(|r| {
+                            let next = Role::Follower(holder);
+                            let changed = *r != next;
+                            *r = next;
+                            changed
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the scheduler lease failed");
+                        role.send_if_modified(|r| {
+                            let changed = *r != Role::Unknown;
+                            *r = Role::Unknown;
+                            changed
+                        });
+                    }
+                },
+            }
+            std::thread::sleep(tick);
+        }
+    }
+}
+
+/// The fencing token upstream calls carry (`x-im-fence`): 0 until this replica schedules.
+#[derive(Clone, Debug, Default)]
+pub struct Fence(Arc<AtomicU64>);
+
+impl Fence {
+    /// The header upstream calls carry it in.
+    pub const HEADER: &'static str = "x-im-fence";
+
+    /// The token, 0 when this replica does not schedule.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Set the token (on taking the lease).
+    pub fn set(&self, epoch: u64) {
+        self.0.store(epoch, Ordering::Release);
+    }
+}

@@ -1,0 +1,235 @@
+//! The scheduler lease and the fenced job store, against a real `redis-server`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use im_cluster::{Fence, Holder, Lease, LeaseSettings, RedisJobStore, RedisServer, Role};
+use im_jobs::{Job, JobStore, Request, Status, Stored};
+use serde_json::json;
+
+fn settings(redis: &RedisServer, replica: &str, ttl_ms: u64) -> LeaseSettings {
+    LeaseSettings {
+        redis_url: redis.url(),
+        prefix: "imtest".into(),
+        replica: replica.into(),
+        url: format!("http://{replica}.invalid:8080"),
+        ttl: Duration::from_millis(ttl_ms),
+    }
+}
+
+fn lease(redis: &RedisServer, replica: &str, ttl_ms: u64) -> Lease {
+    Lease::new(settings(redis, replica, ttl_ms)).expect("lease")
+}
+
+fn job(id: &str, owner: &str, idem: Option<&str>) -> Job {
+    Job {
+        id: id.into(),
+        owner: owner.into(),
+        idempotency_key: idem.map(str::to_owned),
+        request: Request {
+            route: "/txt2txt".into(),
+            body: json!({"model": "m"}),
+        },
+        status: Status::Queued,
+        attempts: 0,
+        created_ms: 1,
+        started_ms: None,
+        finished_ms: None,
+        result: None,
+        error: None,
+        webhook: None,
+    }
+}
+
+#[test]
+fn the_first_replica_takes_the_lease_and_the_others_learn_who_holds_it() {
+    let redis = RedisServer::start().expect("redis");
+    let (mut a, mut b) = (lease(&redis, "a", 5_000), lease(&redis, "b", 5_000));
+    let held = a.acquire().expect("acquire");
+    assert_eq!((held.epoch, held.replica.as_str()), (1, "a"));
+    assert_eq!(held.url, "http://a.invalid:8080");
+    assert!(a.is_me(&held));
+    let seen = b.acquire().expect("acquire");
+    assert_eq!(seen, held, "b follows a");
+    assert!(!b.is_me(&seen));
+    assert!(a.renew(&held).expect("renew"));
+    assert!(
+        !b.renew(&Holder {
+            replica: "b".into(),
+            ..held.clone()
+        })
+        .expect("renew")
+    );
+}
+
+#[test]
+fn a_lapsed_lease_goes_to_another_replica_with_a_larger_epoch_and_fences_the_old_holder() {
+    let redis = RedisServer::start().expect("redis");
+    let (mut a, mut b) = (lease(&redis, "a", 300), lease(&redis, "b", 300));
+    let old = a.acquire().expect("acquire");
+    let (old_fence, new_fence) = (Fence::default(), Fence::default());
+    old_fence.set(old.epoch);
+    let old_store = RedisJobStore::new(&redis.url(), "imtest", old_fence).expect("store");
+    old_store
+        .put(&job("j1", "k", None))
+        .expect("the holder writes");
+
+    // a stalls past its lease; b takes it.
+    std::thread::sleep(Duration::from_millis(450));
+    let new = b.acquire().expect("acquire");
+    assert_eq!((new.epoch, new.replica.as_str()), (old.epoch + 1, "b"));
+    assert!(!a.renew(&old).expect("renew"), "a's lease is gone");
+
+    // a wakes up and writes: refused, and nothing of it lands.
+    let mut late = job("j1", "k", None);
+    late.status = Status::Succeeded;
+    let refused = old_store.put(&late).expect_err("a stale token is fenced");
+    assert!(refused.to_string().contains("FENCED"), "{refused}");
+    assert!(old_store.put_result("j1.bin", b"late").is_err());
+    assert!(old_store.insert_idempotent(&job("j2", "k", None)).is_err());
+    assert!(old_store.remove(&job("j1", "k", None)).is_err());
+    new_fence.set(new.epoch);
+    let new_store = RedisJobStore::new(&redis.url(), "imtest", new_fence).expect("store");
+    let kept = new_store.get("j1").expect("get").expect("j1");
+    assert_eq!(kept.status, Status::Queued, "the stale write left no trace");
+    assert!(new_store.get("j2").expect("get").is_none());
+    assert!(new_store.result("j1.bin").expect("get").is_none());
+    new_store.put(&late).expect("the new holder writes");
+}
+
+#[test]
+fn a_scheduler_that_cannot_renew_gives_up_before_its_lease_could_be_taken() {
+    let redis = RedisServer::start().expect("redis");
+    let ttl = Duration::from_millis(600);
+    let (role_tx, mut role_rx) = tokio::sync::watch::channel(Role::Unknown);
+    let (lost_tx, lost_rx) = std::sync::mpsc::channel::<(String, Instant)>();
+    let promoted = Arc::new(std::sync::Mutex::new(None));
+    let seen = promoted.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let a = lease(&redis, "a", 600);
+    let thread = std::thread::spawn(move || {
+        a.run(
+            role_tx,
+            move |h: &Holder| *seen.lock().expect("lock") = Some(h.epoch),
+            move |why: &str| {
+                lost_tx
+                    .send((why.to_owned(), Instant::now()))
+                    .expect("send")
+            },
+            stop,
+        );
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            role_rx.wait_for(|r| matches!(r, Role::Scheduler(_))),
+        )
+        .await
+        .expect("a takes the lease")
+        .expect("role");
+    });
+    assert_eq!(
+        *promoted.lock().expect("lock"),
+        Some(1),
+        "promoted before the role said so"
+    );
+
+    // Redis goes away: a must give up within the lease, before anyone could take it over.
+    let gone = Instant::now();
+    drop(redis);
+    let (why, at) = lost_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a gives up");
+    assert!(why.contains("could not be renewed"), "{why}");
+    assert!(
+        at - gone < ttl,
+        "gave up after {:?}, the lease lives {ttl:?}",
+        at - gone
+    );
+    thread
+        .join()
+        .expect("the lease thread returns after giving up");
+}
+
+#[test]
+fn the_job_store_keeps_jobs_idempotency_keys_results_and_sightings() {
+    let redis = RedisServer::start().expect("redis");
+    let mut l = lease(&redis, "a", 5_000);
+    let fence = Fence::default();
+    fence.set(l.acquire().expect("acquire").epoch);
+    let store = RedisJobStore::new(&redis.url(), "imtest", fence).expect("store");
+
+    let first = store
+        .insert_idempotent(&job("a", "k1", Some("x")))
+        .expect("insert");
+    assert_eq!(first.id, "a");
+    let again = store
+        .insert_idempotent(&job("b", "k1", Some("x")))
+        .expect("insert");
+    assert_eq!(again.id, "a", "the same owner and key: the first job");
+    assert!(store.get("b").expect("get").is_none());
+    assert_eq!(
+        store
+            .insert_idempotent(&job("c", "k2", Some("x")))
+            .expect("insert")
+            .id,
+        "c"
+    );
+
+    let mut done = first.clone();
+    done.status = Status::Succeeded;
+    done.result = Some(Stored::File {
+        name: "a.bin".into(),
+        content_type: "audio/wav".into(),
+        bytes: 4,
+    });
+    store.put_result("a.bin", b"RIFF").expect("result");
+    store.put(&done).expect("put");
+    let mut all: Vec<(String, Status)> = store
+        .all()
+        .expect("all")
+        .into_iter()
+        .map(|j| (j.id, j.status))
+        .collect();
+    all.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        all,
+        [
+            ("a".into(), Status::Succeeded),
+            ("c".into(), Status::Queued)
+        ]
+    );
+    assert_eq!(
+        store.result("a.bin").expect("get").as_deref(),
+        Some(&b"RIFF"[..])
+    );
+
+    store.remove(&done).expect("remove");
+    assert!(store.get("a").expect("get").is_none());
+    assert!(
+        store.result("a.bin").expect("get").is_none(),
+        "its result goes with it"
+    );
+    assert_eq!(
+        store
+            .insert_idempotent(&job("d", "k1", Some("x")))
+            .expect("insert")
+            .id,
+        "d",
+        "a removed job frees its key"
+    );
+
+    assert!(store.first_sighting("msg_1", 100).expect("db"));
+    assert!(!store.first_sighting("msg_1", 150).expect("db"));
+    store.forget_sightings(200).expect("db");
+    assert!(store.first_sighting("msg_1", 300).expect("db"));
+
+    assert!(!store.endpoint_disabled("http://x.invalid/").expect("db"));
+    store.disable_endpoint("http://x.invalid/").expect("db");
+    assert!(store.endpoint_disabled("http://x.invalid/").expect("db"));
+}
