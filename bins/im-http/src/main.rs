@@ -43,7 +43,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         );
     }
     eprintln!("im-http: listening on http://{local}  (Swagger UI: http://{local}/docs)");
-    let app = im_app::http_app(&built);
+    let cluster = im_app::cluster::join(&built, local)?;
+    let app = im_app::http_app(&built, cluster.as_ref());
     let engine = built.engine.clone();
     let grace = built.config.shutdown_grace();
     let limits = built.config.serve_limits();
@@ -57,6 +58,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     })
     .await
     .context("serving")?;
+    if let Some(c) = cluster {
+        c.leave();
+    }
     tracing::info!("stopped");
     telemetry.shutdown();
     Ok(())

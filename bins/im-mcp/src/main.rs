@@ -37,6 +37,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let _telemetry = run::telemetry(&cfg, "warn")?;
     // MCP has no job tools: no job store (it would compete with an im-http for the same one).
     cfg.jobs.enabled = false;
+    if cfg.cluster.redis_url.is_some() && args.remote.is_none() {
+        // A second scheduler in front of the same upstreams is what the cluster's lease prevents.
+        anyhow::bail!(
+            "im-mcp does not join a cluster of replicas: point it at any replica with --remote \
+             <url> (or use the replicas' /mcp)"
+        );
+    }
     let (target, built) = match &args.remote {
         Some(url) => (Target::Remote(Remote::new(url, args.api_key.clone())), None),
         None => {

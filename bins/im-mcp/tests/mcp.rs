@@ -434,7 +434,7 @@ async fn im_http_with(time_scale: f64, f: impl FnOnce(&mut ImConfig)) -> (String
     let built = app::build(cfg, Some(Simulate { time_scale }))
         .await
         .expect("build");
-    let router = im_app::http_app(&built);
+    let router = im_app::http_app(&built, None);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

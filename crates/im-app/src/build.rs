@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use im_cluster::Fence;
 use im_engine::{Engine, LocalAiBackend, ModelEcho};
 use im_metrics::Metrics;
 use localai_client::{ClientConfig, HeaderHook, LocalAiClient};
@@ -36,6 +37,8 @@ pub struct Built {
     pub config: ImConfig,
     /// The embedded simulator, kept alive as long as this value.
     pub sim: Option<SimServer>,
+    /// The fencing token upstream calls carry in distributed mode (0 until this replica schedules).
+    pub fence: Fence,
     /// A job store made for this run only (simulating without `jobs.dir`), removed with it.
     _scratch: Option<Scratch>,
 }
@@ -66,6 +69,9 @@ pub enum BuildError {
         /// What went wrong.
         error: String,
     },
+    /// Joining the cluster failed.
+    #[error("joining the cluster: {0}")]
+    Cluster(String),
     /// The upstream could not be reached for model discovery.
     #[error("discovering models from {url}: {error} (configure `models` to start without LocalAI)")]
     Discovery {
@@ -85,6 +91,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
     } else {
         config.validate_outside_core()?;
     }
+    let fence = Fence::default();
     let sim = match simulate {
         Some(s) => {
             let sc = SimConfig {
@@ -118,7 +125,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
     let clients = config
         .upstreams
         .iter()
-        .map(|u| upstream_client(&config, u))
+        .map(|u| upstream_client(&config, u, &fence))
         .collect::<Result<Vec<_>, _>>()?;
     if config.models.is_empty() {
         config.models = discover(&clients[0], &config.discovery)
@@ -153,7 +160,10 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
     }
     let service = Service::new(engine.clone(), &config.service_settings());
     let mut scratch = None;
-    let state = if config.jobs.enabled {
+    let state = if config.cluster.redis_url.is_some() {
+        // Jobs start when this replica starts scheduling (`crate::cluster`).
+        AppState::new(service.clone())
+    } else if config.jobs.enabled {
         let dir = config.jobs.data_dir(sim.is_some());
         if config.jobs.dir.is_none() && sim.is_some() {
             scratch = Some(Scratch(dir.clone()));
@@ -169,6 +179,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         service,
         config,
         sim,
+        fence,
         _scratch: scratch,
     })
 }
@@ -178,20 +189,45 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
 pub(crate) fn upstream_client(
     config: &ImConfig,
     u: &crate::config::UpstreamEntry,
+    fence: &Fence,
 ) -> Result<LocalAiClient, BuildError> {
     let mut c = ClientConfig::new(u.url().to_owned());
     c.api_key = u
         .api_key()
         .map(str::to_owned)
         .or_else(|| config.upstream_api_key.clone());
-    if config.tracing.otlp_endpoint.is_some() {
-        // Each upstream call carries its attempt span's context as `traceparent`.
-        c.header_hook = Some(HeaderHook::new(im_telemetry::inject_current));
+    let traced = config.tracing.otlp_endpoint.is_some();
+    if traced || config.cluster.redis_url.is_some() {
+        let fence = fence.clone();
+        c.header_hook = Some(HeaderHook::new(move |headers| {
+            // Each upstream call carries its attempt span's context as `traceparent`...
+            if traced {
+                im_telemetry::inject_current(headers);
+            }
+            // ...and, from a replica that schedules, the fencing token of its lease.
+            let token = fence.get();
+            if token > 0 {
+                headers.insert(Fence::HEADER, token.into());
+            }
+        }));
     }
     LocalAiClient::new(c).map_err(|e| BuildError::Discovery {
         url: u.url().to_owned(),
         error: e.to_string(),
     })
+}
+
+/// The job service's settings; `stored` finds the signing secret every run shares (or keeps a
+/// new one where the next run finds it) when none is configured.
+pub(crate) fn jobs_settings(
+    config: &ImConfig,
+    stored: impl FnOnce() -> Result<im_jobs::Secret, String>,
+) -> Result<im_jobs::JobsConfig, String> {
+    let secret = match &config.jobs.webhook_secret {
+        Some(_) => im_jobs::Secret::parse(&im_jobs::Secret::generate()).expect("generated"),
+        None => stored()?,
+    };
+    config.jobs.settings(secret).map_err(|e| e.to_string())
 }
 
 /// Open the job store and start the job service; the HTTP state with it.
@@ -206,15 +242,14 @@ fn start_jobs(
         error: e.to_string(),
     };
     let store = im_jobs::RedbStore::open(dir).map_err(|e| failed(&e))?;
-    let secret = match &config.jobs.webhook_secret {
-        Some(_) => im_jobs::Secret::parse(&im_jobs::Secret::generate()).expect("generated"),
-        None => crate::config::stored_secret(dir).map_err(|e| failed(&e))?,
-    };
-    let settings = config.jobs.settings(secret)?;
+    let settings = jobs_settings(config, || {
+        crate::config::stored_secret(dir).map_err(|e| e.to_string())
+    })
+    .map_err(|e| failed(&e))?;
     let slot = im_http_api::jobs::RouterSlot::default();
     let runner = Arc::new(im_http_api::jobs::RouterRunner(slot.clone()));
-    let jobs = im_jobs::Jobs::start(Arc::new(store), runner, settings, metrics)
-        .map_err(|e| failed(&e))?;
+    let jobs =
+        im_jobs::Jobs::start(Arc::new(store), runner, settings, metrics).map_err(|e| failed(&e))?;
     tracing::info!(dir = %dir.display(), "durable jobs on");
     Ok(AppState::with_jobs(service.clone(), jobs, slot))
 }

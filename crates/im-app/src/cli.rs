@@ -40,6 +40,12 @@ pub struct CommonArgs {
     /// Export traces to this OTLP/HTTP endpoint (e.g. http://localhost:4318/v1/traces).
     #[arg(long, env = "IM_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Run as one of several replicas sharing this Redis (e.g. redis://redis:6379/0).
+    #[arg(long, env = "IM_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Where the other replicas reach this one (default: http://<hostname>:<listen port>).
+    #[arg(long, env = "IM_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Override any config field: --set bounds.max_batch=16 --set policy=strict (repeatable).
     #[arg(long = "set", env = "IM_SET", value_delimiter = ';')]
     pub sets: Vec<String>,
@@ -76,6 +82,12 @@ impl CommonArgs {
         }
         if let Some(e) = &self.otlp_endpoint {
             cfg.tracing.otlp_endpoint = Some(e.clone());
+        }
+        if let Some(u) = &self.redis_url {
+            cfg.cluster.redis_url = Some(u.clone());
+        }
+        if let Some(u) = &self.advertise_url {
+            cfg.cluster.advertise_url = Some(u.clone());
         }
         Ok(cfg.with_overrides(&self.sets)?)
     }

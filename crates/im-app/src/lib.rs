@@ -14,6 +14,7 @@
 
 pub mod build;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod reload;
 pub mod run;
@@ -21,11 +22,19 @@ mod topology;
 
 pub use build::{BuildError, Built, DEMO_KEY, Simulate, build, discover, learn_slots};
 
-/// The HTTP API with MCP mounted at `/mcp` over the same engine, behind the same keys.
-pub fn http_app(built: &Built) -> axum::Router {
-    im_mcp_api::http_router_with_mcp(
+/// The HTTP API with MCP mounted at `/mcp` over the same engine, behind the same keys; in a
+/// cluster, behind the layer that forwards to the scheduling replica.
+pub fn http_app(built: &Built, cluster: Option<&cluster::Cluster>) -> axum::Router {
+    let app = im_mcp_api::http_router_with_mcp(
         built.state.clone(),
         &built.config.http.mcp_allowed_hosts,
         built.config.http.body_limit_bytes,
-    )
+    );
+    match cluster {
+        Some(c) => app.layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(c.forwarder(built.config.http.body_limit_bytes)),
+            im_http_api::forward::forward,
+        )),
+        None => app,
+    }
 }

@@ -54,6 +54,7 @@ pub struct Reloader {
     running: Arc<Mutex<ImConfig>>,
     engine: Engine,
     backend: Arc<im_engine::LocalAiBackend>,
+    fence: im_cluster::Fence,
     service: Service,
     demo_key: bool,
 }
@@ -114,6 +115,7 @@ impl Reloader {
             running: Arc::new(Mutex::new(built.config.clone())),
             engine: built.engine.clone(),
             backend: built.backend.clone(),
+            fence: built.fence.clone(),
             service: built.service.clone(),
             demo_key: built.sim.is_some(),
         }
@@ -183,7 +185,7 @@ impl Reloader {
                 changed.push(format!("http.{k}"));
             }
         }
-        let topology = crate::topology::apply(&next, &self.engine, &self.backend)
+        let topology = crate::topology::apply(&next, &self.engine, &self.backend, &self.fence)
             .await
             .map_err(ReloadError::Invalid)?;
         if !topology.is_empty() {

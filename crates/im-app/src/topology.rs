@@ -15,6 +15,7 @@ pub(crate) async fn apply(
     next: &ImConfig,
     engine: &Engine,
     backend: &LocalAiBackend,
+    fence: &im_cluster::Fence,
 ) -> Result<TopologyChange, String> {
     let core = next.core().map_err(|e| e.to_string())?;
     let known: Vec<String> = engine
@@ -28,7 +29,7 @@ pub(crate) async fn apply(
     let mut next_id = known.len();
     for (i, u) in next.upstreams.iter().enumerate() {
         let name = u.name(i);
-        let client = crate::build::upstream_client(next, u).map_err(|e| e.to_string())?;
+        let client = crate::build::upstream_client(next, u, fence).map_err(|e| e.to_string())?;
         match known.iter().position(|k| *k == name) {
             Some(id) => {
                 let old = clients[id].config();

@@ -38,7 +38,7 @@ async fn start() -> (Client<OpenAIConfig>, Built) {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let router = app::http_app(&built);
+    let router = app::http_app(&built, None);
     tokio::spawn(async move { axum::serve(listener, router).await });
     let config = OpenAIConfig::new()
         .with_api_base(format!("http://{addr}/v1"))

@@ -140,6 +140,15 @@ impl RedisJobStore {
         })
     }
 
+    /// The webhook signing secret every scheduler signs with: the one in Redis, or `generated`
+    /// stored there first (by the first scheduler).
+    pub fn shared_secret(&self, generated: &str) -> Result<String, StoreError> {
+        let key = self.set_key("webhook_secret");
+        let _: redis::Value =
+            self.fenced(&[&[b"SET", key.as_bytes(), generated.as_bytes(), b"NX"]])?;
+        self.with(|c| redis::cmd("GET").arg(&key).query(c))
+    }
+
     fn idem_key(&self, job: &Job) -> Option<String> {
         job.idempotency_key
             .as_ref()

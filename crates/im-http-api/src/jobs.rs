@@ -109,7 +109,7 @@ pub struct JobSubmission {
 
 /// The job service, or 404 when jobs are off.
 pub(crate) fn jobs_of(st: &AppState) -> Result<&Jobs, HttpError> {
-    st.jobs.as_ref().ok_or_else(|| {
+    st.jobs.get().ok_or_else(|| {
         HttpError::new(
             ErrorType::NotFound,
             "durable jobs are off on this server (see `[jobs]` in the configuration)",

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod forward;
 pub mod infer;
 pub mod jobs;
 pub mod lifecycle;

@@ -19,12 +19,36 @@ use crate::error::HttpError;
 pub struct AppState {
     /// The service (engine, keys, limits).
     pub service: Service,
-    /// Durable jobs (`/v1/jobs`), when configured.
-    pub jobs: Option<im_jobs::Jobs>,
+    /// Durable jobs (`/v1/jobs`), when configured; set once (at start, or in distributed mode
+    /// when this replica starts scheduling).
+    pub jobs: JobsSlot,
     /// The router jobs run through, set when [`crate::router`] builds it.
     pub job_router: crate::jobs::RouterSlot,
     /// Reloads the configuration (`POST /admin/reload`), when the binary offers it.
     pub reload: Option<std::sync::Arc<dyn Reload>>,
+}
+
+/// Where the job service is, once it runs.
+#[derive(Clone, Debug, Default)]
+pub struct JobsSlot(std::sync::Arc<std::sync::OnceLock<im_jobs::Jobs>>);
+
+impl JobsSlot {
+    /// A slot holding `jobs`.
+    pub fn with(jobs: im_jobs::Jobs) -> JobsSlot {
+        let slot = JobsSlot::default();
+        slot.set(jobs);
+        slot
+    }
+
+    /// Put the job service in (the first one stays).
+    pub fn set(&self, jobs: im_jobs::Jobs) {
+        let _ = self.0.set(jobs);
+    }
+
+    /// The job service, once it runs.
+    pub fn get(&self) -> Option<&im_jobs::Jobs> {
+        self.0.get()
+    }
 }
 
 /// Reloads a running im's configuration.
@@ -40,7 +64,7 @@ impl AppState {
     pub fn new(service: Service) -> AppState {
         AppState {
             service,
-            jobs: None,
+            jobs: JobsSlot::default(),
             job_router: crate::jobs::RouterSlot::default(),
             reload: None,
         }
@@ -55,7 +79,7 @@ impl AppState {
     ) -> AppState {
         AppState {
             service,
-            jobs: Some(jobs),
+            jobs: JobsSlot::with(jobs),
             job_router: slot,
             reload: None,
         }

@@ -72,17 +72,31 @@ pub fn router(state: SimState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            record_traceparent,
+            check_headers,
         ))
         .with_state(state)
 }
 
-/// Keep the `traceparent` a request carries (see [`SimState::traceparents`]).
-async fn record_traceparent(
+/// Refuse a call whose fencing token (`x-im-fence`) is older than one seen before (see
+/// [`SimState::admit_fence`]); keep the `traceparent` a request carries (see
+/// [`SimState::traceparents`]).
+async fn check_headers(
     State(state): State<SimState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if let Some(token) = req
+        .headers()
+        .get("x-im-fence")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && let Err(newest) = state.admit_fence(token)
+    {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("stale fencing token {token}: a scheduler with token {newest} took over"),
+            "stale_fence",
+        );
+    }
     if let Some(v) = req
         .headers()
         .get("traceparent")

@@ -47,6 +47,11 @@ pub struct Stats {
     pub faults: BTreeMap<String, u64>,
     /// Models resident now.
     pub resident: Vec<String>,
+    /// The largest fencing token (`x-im-fence`) seen: the newest scheduler's epoch.
+    pub highest_fence: u64,
+    /// Calls refused with 409 because their fencing token was older than the largest seen (a
+    /// scheduler that lost its lease, still calling).
+    pub fenced: u64,
 }
 
 struct Inner {
@@ -169,6 +174,18 @@ impl SimState {
         g.stats = Stats::default();
         g.rng = self.cfg.seed ^ 0x9E37_79B9_7F4A_7C15;
         g.traceparents.clear();
+    }
+
+    /// Check a call's fencing token against the largest seen (which it raises): whether the call
+    /// may go on. A call with an older token comes from a scheduler that was replaced.
+    pub fn admit_fence(&self, token: u64) -> Result<(), u64> {
+        let mut g = self.lock();
+        if token < g.stats.highest_fence {
+            g.stats.fenced += 1;
+            return Err(g.stats.highest_fence);
+        }
+        g.stats.highest_fence = token;
+        Ok(())
     }
 
     /// Keep a request's W3C `traceparent` header (the last 4096 are kept).

@@ -207,3 +207,50 @@ async fn a_client_leaving_during_a_load_does_not_wedge_the_model() {
         "the abandoned load completed and is reused"
     );
 }
+
+#[tokio::test]
+async fn a_call_with_an_older_fencing_token_than_one_seen_is_refused() {
+    let sim = start(|_| {}).await;
+    let call = |token: Option<u64>| {
+        let mut r = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", sim.url()))
+            .json(&json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}));
+        if let Some(t) = token {
+            r = r.header("x-im-fence", t.to_string());
+        }
+        async move { r.send().await.expect("send") }
+    };
+    assert_eq!(call(Some(3)).await.status(), 200);
+    assert_eq!(
+        call(Some(3)).await.status(),
+        200,
+        "the same scheduler again"
+    );
+    assert_eq!(
+        call(None).await.status(),
+        200,
+        "clients without a token are not fenced"
+    );
+    let stale = call(Some(2)).await;
+    assert_eq!(stale.status(), 409);
+    let body: Value = stale.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stale fencing token 2")),
+        "{body}"
+    );
+    assert_eq!(
+        call(Some(4)).await.status(),
+        200,
+        "a newer scheduler takes over"
+    );
+    assert_eq!(
+        call(Some(3)).await.status(),
+        409,
+        "and the one before it is off"
+    );
+    let stats = sim.state().stats();
+    assert_eq!((stats.highest_fence, stats.fenced), (4, 2));
+    assert_eq!(stats.requests_total, 4, "refused calls never reach a model");
+}

@@ -7,10 +7,12 @@ use std::time::Duration;
 use inference_queue::{Bounds, BreakerConfig, Config as CoreConfig, Kind, ModelSpec, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod jobs;
 mod sections;
 mod telemetry;
 
+pub use cluster::ClusterEntry;
 pub use jobs::{JobsEntry, stored_secret};
 pub use sections::*;
 pub use telemetry::TracingEntry;
@@ -76,6 +78,8 @@ pub struct ImConfig {
     pub jobs: JobsEntry,
     /// OpenTelemetry traces.
     pub tracing: TracingEntry,
+    /// Several replicas on Redis (off: one process).
+    pub cluster: ClusterEntry,
     /// The response cache.
     pub cache: CacheEntry,
 }
@@ -109,6 +113,7 @@ impl Default for ImConfig {
             log_format: "text".into(),
             jobs: JobsEntry::default(),
             tracing: TracingEntry::default(),
+            cluster: ClusterEntry::default(),
             cache: CacheEntry::default(),
         }
     }
@@ -413,6 +418,7 @@ impl ImConfig {
         self.validate_registry()?;
         self.jobs.validate()?;
         self.tracing.validate()?;
+        self.cluster.validate()?;
         self.validate_cache()?;
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {

@@ -1,0 +1,338 @@
+//! Several `im-http` replicas on one real `redis-server`: one schedules, the others forward to it;
+//! when it dies (SIGKILL) or stalls (SIGSTOP), another takes the lease and the fencing token keeps
+//! the old one off the upstreams.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use im_cluster::RedisServer;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+const LEASE_S: f64 = 1.5;
+
+fn replica_args(redis: &RedisServer) -> Vec<String> {
+    vec![
+        "--api-keys".into(),
+        KEY.into(),
+        "--redis-url".into(),
+        redis.url(),
+        "--set".into(),
+        format!(
+            "cluster.lease_s={LEASE_S};cluster.failover_wait_s=30;breaker.failure_threshold=2;\
+             breaker.cooldown_s=1;breaker.health_check_s=0.5;retry.base_ms=20;retry.cap_ms=200"
+        ),
+    ]
+}
+
+fn start_replicas(n: usize, upstreams: &[String], redis: &RedisServer) -> Vec<Server> {
+    let args = replica_args(redis);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (0..n)
+        .map(|_| start_in_front_of(upstreams, &args))
+        .collect()
+}
+
+/// The lease as Redis holds it: (epoch, the holder's URL).
+fn lease(redis: &RedisServer) -> Option<(u64, String)> {
+    let mut c = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let v: Option<String> = redis::cmd("GET")
+        .arg("im:scheduler:lease")
+        .query(&mut c)
+        .expect("GET");
+    let v = v?;
+    let mut parts = v.split(' ');
+    let epoch = parts.next()?.parse().ok()?;
+    let url = parts.nth(1)?.to_owned();
+    Some((epoch, url))
+}
+
+async fn wait_for_lease(redis: &RedisServer, newer_than: u64) -> (u64, String) {
+    let start = Instant::now();
+    loop {
+        if let Some((e, url)) = lease(redis)
+            && e > newer_than
+        {
+            return (e, url);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no replica took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// What the clients of one replica saw.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: usize,
+    errors: Vec<String>,
+    connection_errors: usize,
+}
+
+/// `n` mixed requests to `url` from `workers` workers.
+async fn load(url: String, n: usize, workers: usize, done: Arc<AtomicUsize>) -> Seen {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..workers {
+        let (url, next, done) = (url.clone(), next.clone(), done.clone());
+        set.spawn(async move {
+            let c = client();
+            let mut seen = Seen::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n {
+                    return seen;
+                }
+                let (path, body) = body_for(["txt2txt", "txt2img", "img2txt", "txt2txt"][i % 4], i);
+                match c
+                    .post(format!("{url}{path}"))
+                    .header("x-api-key", KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => match r.json::<Value>().await {
+                        Ok(_) => seen.ok += 1,
+                        Err(e) => seen.errors.push(format!("request {i}: a broken body: {e}")),
+                    },
+                    Ok(r) => {
+                        let status = r.status();
+                        let v: Value = r.json().await.unwrap_or(Value::Null);
+                        seen.errors.push(format!("request {i}: {status} {v}"));
+                    }
+                    Err(e) if e.is_timeout() => seen.errors.push(format!("request {i} hung: {e}")),
+                    Err(_) => seen.connection_errors += 1,
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let mut all = Seen::default();
+    while let Some(s) = set.join_next().await {
+        let s = s.expect("worker");
+        all.ok += s.ok;
+        all.connection_errors += s.connection_errors;
+        all.errors.extend(s.errors);
+    }
+    all
+}
+
+async fn submit_jobs(url: &str, n: usize) -> Vec<String> {
+    let c = client();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (path, body) = body_for(if i % 2 == 0 { "txt2txt" } else { "txt2img" }, 1000 + i);
+        let (status, v) = post(&c, url, "/v1/jobs", &json!({"route": path, "body": body})).await;
+        assert_eq!(status, 202, "{v}");
+        ids.push(v["id"].as_str().expect("id").to_owned());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_scheduling_replica_loses_nothing_the_others_accepted_and_its_lanes_move_within_a_lease()
+ {
+    let redis = RedisServer::start().expect("redis-server");
+    let mut sims = Vec::new();
+    for _ in 0..3 {
+        sims.push(SimProcess::start(0, 0.02).await);
+    }
+    let upstreams: Vec<String> = sims.iter().map(SimProcess::url).collect();
+    let mut replicas = start_replicas(3, &upstreams, &redis);
+    let (epoch, holder) = wait_for_lease(&redis, 0).await;
+    let victim = replicas
+        .iter()
+        .position(|r| r.url == holder)
+        .unwrap_or_else(|| panic!("the holder {holder} is one of the replicas"));
+    let survivor = replicas[(victim + 1) % 3].url.clone();
+
+    // Every replica answers for the whole fleet: the scheduler's view.
+    for r in &replicas {
+        let s = get_json(&r.url, "/status", KEY).await;
+        assert_eq!(s["backends"].as_array().map(Vec::len), Some(3), "{s}");
+    }
+
+    let jobs = submit_jobs(&survivor, 8).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut loads = Vec::new();
+    for r in &replicas {
+        loads.push(tokio::spawn(load(r.url.clone(), 60, 4, done.clone())));
+    }
+    while done.load(Ordering::SeqCst) < 45 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed_at = Instant::now();
+    let _ = replicas[victim].child.kill();
+    let _ = replicas[victim].child.wait();
+    // A request sent right after the kill, through a survivor: served once the lease moves.
+    let probe = post(
+        &client(),
+        &survivor,
+        "/txt2txt",
+        &body_for("txt2txt", 9999).1,
+    )
+    .await;
+    let served_again = killed_at.elapsed();
+    assert_eq!(probe.0, 200, "{probe:?}");
+    let (new_epoch, new_holder) = wait_for_lease(&redis, epoch).await;
+    assert_ne!(new_holder, holder);
+
+    let mut seen = Vec::new();
+    for l in loads {
+        seen.push(l.await.expect("load"));
+    }
+    for (i, s) in seen.iter().enumerate() {
+        assert!(
+            s.errors.is_empty(),
+            "replica {i}: every request ends in 200 or (on the killed one) a connection error: {s:?}"
+        );
+        if i == victim {
+            assert_eq!(s.ok + s.connection_errors, 60, "{s:?}");
+        } else {
+            assert_eq!(
+                (s.ok, s.connection_errors),
+                (60, 0),
+                "replica {i} completes everything it accepted: {s:?}"
+            );
+        }
+    }
+    assert!(
+        seen[victim].connection_errors > 0,
+        "the victim was killed mid-run: {:?}",
+        seen[victim]
+    );
+
+    // Jobs the dead scheduler held run on the new one, each to one result.
+    let c = client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &jobs {
+        loop {
+            let v = get_json(&survivor, &format!("/v1/jobs/{id}"), KEY).await;
+            if v["status"] == "succeeded" {
+                assert!(
+                    v["attempts"].as_u64().is_some_and(|a| (1..=2).contains(&a)),
+                    "{v}"
+                );
+                let r = c
+                    .get(format!("{survivor}/v1/jobs/{id}/result"))
+                    .header("x-api-key", KEY)
+                    .send()
+                    .await
+                    .expect("result");
+                assert_eq!(r.status(), 200);
+                break;
+            }
+            assert!(
+                !["failed", "cancelled"].contains(&v["status"].as_str().unwrap_or("")),
+                "{v}"
+            );
+            assert!(Instant::now() < deadline, "job {id} never finished: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    for (i, s) in sims.iter().enumerate() {
+        let st = s.stats().await;
+        assert_eq!(st["overcommits"], 0, "sim {i}: {st}");
+        assert_eq!(st["fenced"], 0, "sim {i}: no stale scheduler called: {st}");
+        let fence = st["highest_fence"].as_u64().unwrap_or(0);
+        assert!(
+            fence == epoch || fence == new_epoch,
+            "sim {i}: calls carry the token: {st}"
+        );
+    }
+    let limit = Duration::from_secs_f64(LEASE_S)
+        + Duration::from_secs_f64(LEASE_S / 3.0)
+        + Duration::from_secs(2);
+    eprintln!("the lanes were served again {served_again:?} after the kill (lease {LEASE_S} s)");
+    assert!(
+        served_again < limit,
+        "served again after {served_again:?}, over the lease plus a retry ({limit:?})"
+    );
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_scheduler_is_replaced_and_fenced_off_the_upstream_when_it_resumes() {
+    let redis = RedisServer::start().expect("redis-server");
+    let sim = SimProcess::start(0, 0.02).await;
+    let mut replicas = start_replicas(2, &[sim.url()], &redis);
+    let (epoch, holder) = wait_for_lease(&redis, 0).await;
+    let a = replicas
+        .iter()
+        .position(|r| r.url == holder)
+        .expect("holder");
+    let b = 1 - a;
+    let (a_url, b_url) = (replicas[a].url.clone(), replicas[b].url.clone());
+    let chat = body_for("txt2txt", 1).1;
+    assert_eq!(post(&client(), &b_url, "/txt2txt", &chat).await.0, 200);
+    assert_eq!(sim.stats().await["highest_fence"], epoch);
+
+    // A stalls. A request through B waits for it, then for its lease to lapse, then B serves it.
+    signal(&replicas[a].child, "-STOP");
+    let through_b = tokio::spawn({
+        let (url, chat) = (b_url.clone(), chat.clone());
+        async move { post(&client(), &url, "/txt2txt", &chat).await }
+    });
+    // A request straight to the stalled A: its socket is accepted, nothing answers yet.
+    let to_a = tokio::spawn({
+        let (url, chat) = (a_url.clone(), chat.clone());
+        async move {
+            client()
+                .post(format!("{url}/txt2txt"))
+                .header("x-api-key", KEY)
+                .json(&chat)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    let (new_epoch, new_holder) = wait_for_lease(&redis, epoch).await;
+    assert_eq!(new_holder, b_url, "B took the lease");
+    let (status, v) = through_b.await.expect("task");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(sim.stats().await["highest_fence"], new_epoch);
+
+    // A resumes believing it schedules: whatever it sends the upstream is refused, and it stops.
+    signal(&replicas[a].child, "-CONT");
+    let answered = to_a.await.expect("task");
+    assert_ne!(
+        answered.ok(),
+        Some(200),
+        "the stale scheduler never gets an answer from the upstream"
+    );
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = replicas[a].child.try_wait().expect("wait") {
+            break s.code();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the stale scheduler stops"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(75), "it exits as one that lost its lease");
+    let st = sim.stats().await;
+    assert_eq!(st["overcommits"], 0, "{st}");
+    assert_eq!(st["highest_fence"], new_epoch, "{st}");
+    eprintln!("stale calls refused by the fence: {}", st["fenced"]);
+    // B goes on serving.
+    assert_eq!(post(&client(), &b_url, "/txt2txt", &chat).await.0, 200);
+}

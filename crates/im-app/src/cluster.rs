@@ -1,0 +1,158 @@
+//! Joining the replicas of a distributed im (`[cluster] redis_url`): take part in the scheduler
+//! lease on a thread of its own; on taking it, write with its fencing token and start the job
+//! service on the Redis store; on losing it, stop the process (see `im_cluster::lease`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use im_cluster::{Holder, Lease, LeaseSettings, RedisJobStore, Role};
+use tokio::sync::watch;
+
+use crate::build::{BuildError, Built};
+
+/// This replica's part in the cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Who schedules, as this replica knows it.
+    pub role: watch::Receiver<Role>,
+    /// This replica's id.
+    pub replica: String,
+    /// Where the other replicas reach this one.
+    pub url: String,
+    lease: Duration,
+    failover_wait: Duration,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The exit code of a replica that lost its scheduler lease (a supervisor restarts it as a new
+/// replica, which follows).
+pub const LOST_LEASE_EXIT: i32 = 75;
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Join the cluster when `[cluster] redis_url` is set (`local` is where this replica listens);
+/// `None` in the embedded mode.
+pub fn join(built: &Built, local: SocketAddr) -> Result<Option<Cluster>, BuildError> {
+    let cfg = &built.config.cluster;
+    let Some(redis_url) = cfg.redis_url.clone() else {
+        return Ok(None);
+    };
+    let host = hostname();
+    let replica = format!("{host}-{}", &im_jobs::signing::random_id("")[..8]);
+    let url = cfg.advertise_url.clone().unwrap_or_else(|| {
+        if local.ip().is_unspecified() {
+            format!("http://{host}:{}", local.port())
+        } else {
+            format!("http://{local}")
+        }
+    });
+    let failed = |e: &dyn std::fmt::Display| BuildError::Cluster(e.to_string());
+    let lease = Lease::new(LeaseSettings {
+        redis_url: redis_url.clone(),
+        prefix: cfg.key_prefix.clone(),
+        replica: replica.clone(),
+        url: url.clone(),
+        ttl: cfg.lease(),
+    })
+    .map_err(|e| failed(&e))?;
+    let (role_tx, role) = watch::channel(Role::Unknown);
+    let stop = Arc::new(AtomicBool::new(false));
+    let promote = promotion(built, redis_url);
+    let lost = |why: &str| {
+        tracing::error!(
+            reason = why,
+            "this replica lost the scheduler lease; stopping so that nothing it started outlives it"
+        );
+        eprintln!("im: lost the scheduler lease ({why}); exiting");
+        std::process::exit(LOST_LEASE_EXIT);
+    };
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("im-lease".into())
+        .spawn(move || lease.run(role_tx, promote, lost, flag))
+        .map_err(|e| failed(&e))?;
+    tracing::info!(%replica, %url, "joined the cluster");
+    Ok(Some(Cluster {
+        role,
+        replica,
+        url,
+        lease: cfg.lease(),
+        failover_wait: cfg.failover_wait(),
+        stop,
+        thread: Some(thread),
+    }))
+}
+
+/// What taking the lease starts: the fencing token on upstream calls and job writes, then the job
+/// service over the Redis store (recovering what the previous scheduler left).
+fn promotion(built: &Built, redis_url: String) -> impl FnOnce(&Holder) + Send + 'static {
+    let runtime = tokio::runtime::Handle::current();
+    let fence = built.fence.clone();
+    let config = built.config.clone();
+    let jobs = built.state.jobs.clone();
+    let slot = built.state.job_router.clone();
+    let metrics = built.engine.metrics().clone();
+    move |holder: &Holder| {
+        fence.set(holder.epoch);
+        if !config.jobs.enabled {
+            return;
+        }
+        let _in_runtime = runtime.enter();
+        let started = RedisJobStore::new(&redis_url, &config.cluster.key_prefix, fence)
+            .map_err(|e| e.to_string())
+            .and_then(|store| {
+                let settings = crate::build::jobs_settings(&config, || {
+                    let text = store
+                        .shared_secret(&im_jobs::Secret::generate())
+                        .map_err(|e| e.to_string())?;
+                    im_jobs::Secret::parse(&text).map_err(|e| e.to_string())
+                })?;
+                let runner = Arc::new(im_http_api::jobs::RouterRunner(slot));
+                im_jobs::Jobs::start(Arc::new(store), runner, settings, metrics)
+                    .map_err(|e| e.to_string())
+            });
+        match started {
+            Ok(j) => {
+                jobs.set(j);
+                tracing::info!("durable jobs on, in Redis");
+            }
+            Err(e) => {
+                // A scheduler without its jobs would leave them waiting: let another replica try.
+                tracing::error!(error = %e, "starting the job service on Redis failed");
+                eprintln!("im: starting the job service on Redis failed: {e}; exiting");
+                std::process::exit(LOST_LEASE_EXIT);
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// The HTTP layer that forwards to the scheduler.
+    pub fn forwarder(&self, body_limit: usize) -> im_http_api::forward::Forwarder {
+        im_http_api::forward::Forwarder::new(
+            self.role.clone(),
+            self.replica.clone(),
+            self.lease,
+            self.failover_wait,
+            body_limit,
+        )
+    }
+
+    /// Leave (a clean shutdown): a held lease is released, so another replica takes over at once.
+    pub fn leave(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Distributed mode's frontend: a replica that does not schedule forwards every request that
+//! needs the scheduler (inference, jobs, the fleet's views) to the replica that does, as it
+//! arrived, and passes the answer back as it comes (streams included). While no scheduler
+//! answers (the old one died, the lease has not lapsed yet) the request waits here, then goes to
+//! the new one: a request a surviving replica accepted is never lost to a failover; it runs
+//! again if the dead scheduler had started it.
+//!
+//! Local to every replica: health, readiness, its own metrics, the docs and the dashboard's page,
+//! a reload of its own configuration.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use im_cluster::Role;
+use im_service::ErrorType;
+use tokio::sync::watch;
+
+use crate::error::HttpError;
+
+/// Set on a forwarded request (to the sending replica's id): the receiver serves it or answers
+/// [`NOT_SCHEDULER`], never forwards it again.
+pub const FORWARDED: &str = "x-im-forwarded-by";
+/// Set on a 503 from a replica that was sent work but does not schedule (its sender's view of
+/// the lease was stale): the sender waits for the lease to settle and sends it again.
+pub const NOT_SCHEDULER: &str = "x-im-not-scheduler";
+
+/// What the forwarding layer needs.
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    role: watch::Receiver<Role>,
+    replica: String,
+    client: reqwest::Client,
+    /// How long a request waits for a scheduler before 503.
+    failover_wait: Duration,
+    /// How long to wait for the lease to change after a scheduler failed to answer, before
+    /// trying the same one again.
+    lease: Duration,
+    body_limit: usize,
+}
+
+impl Forwarder {
+    /// A forwarder for replica `replica` following `role`.
+    pub fn new(
+        role: watch::Receiver<Role>,
+        replica: String,
+        lease: Duration,
+        failover_wait: Duration,
+        body_limit: usize,
+    ) -> Forwarder {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .expect("an HTTP client without TLS or proxies builds");
+        Forwarder {
+            role,
+            replica,
+            client,
+            failover_wait,
+            lease,
+            body_limit,
+        }
+    }
+
+    /// Wait until the lease names a holder other than epoch `failed` (or any holder when `None`),
+    /// at most `limit`; the role then.
+    async fn settle(&self, failed: Option<u64>, limit: Duration) -> Role {
+        let mut role = self.role.clone();
+        let moved = |r: &Role| match (r.holder(), failed) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(h), Some(e)) => h.epoch != e,
+        };
+        let _ = tokio::time::timeout(limit, role.wait_for(moved)).await;
+        role.borrow().clone()
+    }
+}
+
+/// Served by every replica itself.
+fn local(path: &str) -> bool {
+    matches!(
+        path,
+        "/health" | "/ready" | "/metrics" | "/openapi.json" | "/dashboard" | "/admin/reload"
+    ) || path.starts_with("/docs")
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+fn end_to_end(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && *n != "content-length")
+}
+
+/// The middleware: serve here when this replica schedules (or the route is local), else forward.
+pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) -> Response {
+    if local(req.uri().path()) {
+        return next.run(req).await;
+    }
+    if req.headers().contains_key(FORWARDED) {
+        // Sent here by a replica that believes this one schedules.
+        if !f.schedules() {
+            return not_scheduler(&f.replica);
+        }
+        return next.run(req).await;
+    }
+    if req.headers().contains_key(axum::http::header::UPGRADE) && !f.schedules() {
+        return HttpError::new(
+            ErrorType::UpstreamUnavailable,
+            "WebSocket sessions are served by the scheduling replica only; connect again (the \
+             load balancer may pick it) or use the HTTP routes, which every replica forwards",
+        )
+        .into_response();
+    }
+    let deadline = Instant::now() + f.failover_wait;
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let mut buffered: Option<bytes::Bytes> = None;
+    let mut role = f.role.borrow().clone();
+    let mut last_error = String::from("no scheduler is known yet");
+    loop {
+        let failed = match &role {
+            Role::Scheduler(_) => {
+                let body = match buffered.take() {
+                    Some(b) => Body::from(b),
+                    None => body.take().unwrap_or_default(),
+                };
+                return next.run(Request::from_parts(parts, body)).await;
+            }
+            Role::Unknown => None,
+            Role::Follower(holder) => {
+                if buffered.is_none() {
+                    let raw = body.take().unwrap_or_default();
+                    match axum::body::to_bytes(raw, f.body_limit).await {
+                        Ok(b) => buffered = Some(b),
+                        Err(_) => {
+                            return HttpError::new(
+                                ErrorType::PayloadTooLarge,
+                                format!("the request body is over {} bytes", f.body_limit),
+                            )
+                            .into_response();
+                        }
+                    }
+                }
+                let bytes = buffered.clone().unwrap_or_default();
+                // A scheduler that stalls (paused, hung) is replaced when its lease lapses: stop
+                // waiting for it then and send the request to its successor.
+                let mut watch = f.role.clone();
+                let moved = watch.wait_for(|r| r.holder().is_some_and(|h| h.epoch != holder.epoch));
+                tokio::select! {
+                    sent = send(&f, &holder.url, &parts, bytes) => match sent {
+                        Ok(r) if !r.headers().contains_key(NOT_SCHEDULER) => return relay(r),
+                        Ok(_) => last_error = format!("{} no longer schedules", holder.url),
+                        Err(e) => {
+                            last_error = format!("the scheduler at {} did not answer: {e}", holder.url);
+                        }
+                    },
+                    _ = moved => {
+                        last_error = format!("the scheduler at {} was replaced while it held the request", holder.url);
+                    }
+                }
+                tracing::warn!(error = %last_error, epoch = holder.epoch, "forwarding failed; waiting for the scheduler lease");
+                Some(holder.epoch)
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return HttpError::new(
+                ErrorType::UpstreamUnavailable,
+                format!(
+                    "no scheduling replica answered within {:.0}s: {last_error}",
+                    f.failover_wait.as_secs_f64()
+                ),
+            )
+            .into_response();
+        }
+        role = f.settle(failed, left.min(f.lease)).await;
+    }
+}
+
+impl Forwarder {
+    fn schedules(&self) -> bool {
+        matches!(&*self.role.borrow(), Role::Scheduler(_))
+    }
+}
+
+fn not_scheduler(replica: &str) -> Response {
+    let mut r = HttpError::new(
+        ErrorType::UpstreamUnavailable,
+        format!("replica {replica} does not schedule; the sender retries on the one that does"),
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(NOT_SCHEDULER, HeaderValue::from_static("1"));
+    r
+}
+
+async fn send(
+    f: &Forwarder,
+    base: &str,
+    parts: &axum::http::request::Parts,
+    body: bytes::Bytes,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", axum::http::uri::PathAndQuery::as_str);
+    let mut req = f
+        .client
+        .request(
+            parts.method.clone(),
+            format!("{}{path}", base.trim_end_matches('/')),
+        )
+        .header(FORWARDED, &f.replica)
+        .body(body);
+    for (name, value) in end_to_end(&parts.headers) {
+        req = req.header(name, value);
+    }
+    req.send().await
+}
+
+fn relay(r: reqwest::Response) -> Response {
+    let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = Response::builder().status(status);
+    if let Some(h) = out.headers_mut() {
+        for (name, value) in end_to_end(r.headers()) {
+            h.append(name, value.clone());
+        }
+    }
+    out.body(Body::from_stream(r.bytes_stream()))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
