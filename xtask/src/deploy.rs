@@ -131,13 +131,21 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
     let services = compose["services"]
         .as_object()
         .context("compose: no services")?;
-    for s in ["localai", "im-http", "prometheus", "grafana", "jaeger"] {
+    for s in [
+        "localai",
+        "redis",
+        "im",
+        "proxy",
+        "prometheus",
+        "grafana",
+        "jaeger",
+    ] {
         ensure!(services.contains_key(s), "compose: service {s} missing");
     }
-    let im = &services["im-http"];
+    let im = &services["im"];
     let upstream = im["environment"]["LOCALAI_URL"]
         .as_str()
-        .context("compose: im-http has no LOCALAI_URL")?;
+        .context("compose: im has no LOCALAI_URL")?;
     let (host, port) =
         host_port(upstream).context("compose: LOCALAI_URL is not http://host:port")?;
     ensure!(
@@ -148,9 +156,26 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
         service_ports(&services[&host]).contains(&port),
         "compose: {host} does not expose {port}"
     );
+    let redis = im["environment"]["IM_REDIS_URL"]
+        .as_str()
+        .context("compose: im has no IM_REDIS_URL (the replicas share Redis)")?;
+    let (redis_host, redis_port) = redis
+        .strip_prefix("redis://")
+        .and_then(|r| host_port(&format!("http://{r}")))
+        .context("compose: IM_REDIS_URL is not redis://host:port/db")?;
+    ensure!(
+        services.contains_key(&redis_host)
+            && service_ports(&services[&redis_host]).contains(&redis_port),
+        "compose: IM_REDIS_URL {redis} is not a compose service port"
+    );
+    // `--scale im=3`: no fixed name, no published port (three replicas cannot publish one).
+    ensure!(
+        im.get("container_name").is_none() && im.get("ports").is_none(),
+        "compose: im must scale (no container_name, no published ports: the proxy publishes)"
+    );
     let otlp = im["environment"]["IM_OTLP_ENDPOINT"]
         .as_str()
-        .context("compose: im-http exports no traces (IM_OTLP_ENDPOINT)")?;
+        .context("compose: im exports no traces (IM_OTLP_ENDPOINT)")?;
     let (otlp_host, otlp_port) =
         host_port(otlp).context("compose: IM_OTLP_ENDPOINT is not http://host:port/…")?;
     ensure!(
@@ -160,24 +185,48 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
     );
     let listen = im["environment"]["IM_LISTEN"]
         .as_str()
-        .context("compose: im-http has no IM_LISTEN")?;
+        .context("compose: im has no IM_LISTEN")?;
     let (_, im_port) = host_port(listen).context("compose: IM_LISTEN")?;
     ensure!(
         service_ports(im).contains(&im_port),
-        "compose: im-http listens on {im_port} but does not publish it"
+        "compose: im listens on {im_port} but does not expose it"
+    );
+    let nginx = std::fs::read_to_string(deploy.join("proxy/nginx.conf"))?;
+    let (_, proxy_port) = nginx
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen "))
+        .and_then(|p| p.trim_end_matches(';').trim().parse::<u16>().ok())
+        .map(|p| ((), p))
+        .context("proxy/nginx.conf: no `listen <port>;`")?;
+    ensure!(
+        nginx.contains(&format!("http://im:{im_port}")) && nginx.contains("resolver "),
+        "proxy/nginx.conf must send to http://im:{im_port}, re-resolving the replicas"
+    );
+    ensure!(
+        service_ports(&services["proxy"]).contains(&proxy_port)
+            && services["proxy"]["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|v| v
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("./proxy/nginx.conf:"))),
+        "compose: the proxy must mount proxy/nginx.conf and publish {proxy_port}"
     );
     let prom = yaml_docs(&deploy.join("prometheus/prometheus.yml"))?.remove(0);
+    // Every replica is scraped: DNS discovery of the scaled service.
     let targets: Vec<String> = prom["scrape_configs"]
         .as_array()
         .into_iter()
         .flatten()
-        .flat_map(|j| j["static_configs"].as_array().cloned().unwrap_or_default())
-        .flat_map(|s| s["targets"].as_array().cloned().unwrap_or_default())
+        .flat_map(|j| j["dns_sd_configs"].as_array().cloned().unwrap_or_default())
+        .filter(|d| d["port"] == im_port)
+        .flat_map(|s| s["names"].as_array().cloned().unwrap_or_default())
         .filter_map(|t| t.as_str().map(str::to_owned))
         .collect();
     ensure!(
-        targets.contains(&format!("im-http:{im_port}")),
-        "prometheus does not scrape im-http:{im_port}: {targets:?}"
+        targets.iter().any(|t| t == "im"),
+        "prometheus does not discover the im replicas on port {im_port}: {targets:?}"
     );
     ensure!(
         prom.to_string().contains("credentials_file"),
@@ -193,7 +242,7 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
         "grafana's datasource {ds_url} is not a compose service port"
     );
     done.push(
-        "compose services, ports, Prometheus target, Grafana data source and OTLP endpoint cross-check".into(),
+        "compose services, ports, Redis, the scalable im behind the proxy, Prometheus discovery, Grafana data source and OTLP endpoint cross-check".into(),
     );
 
     // Dashboard: every metric it queries is one im exports (the metrics crate's own list).
@@ -316,11 +365,28 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
         .and_then(|c| c["data"]["im.toml"].as_str())
         .context("k8s: ConfigMap im.toml missing")?;
     load_config("k8s ConfigMap im.toml", toml, true)?;
-    let dep = kind("Deployment");
-    let dep = dep.first().context("k8s: Deployment missing")?;
+    let deps = kind("Deployment");
+    let dep = deps
+        .iter()
+        .find(|d| d["metadata"]["name"] == "im")
+        .context("k8s: Deployment im missing")?;
     ensure!(
-        dep["spec"]["replicas"] == 1,
-        "k8s: one im per LocalAI (replicas: 1)"
+        dep["spec"]["replicas"].as_u64().is_some_and(|n| n >= 2),
+        "k8s: im runs as several replicas"
+    );
+    ensure!(
+        dep["spec"]["strategy"]["type"] == "RollingUpdate",
+        "k8s: replicas are replaced one by one (RollingUpdate)"
+    );
+    let hpa = kind("HorizontalPodAutoscaler");
+    let hpa = hpa
+        .first()
+        .context("k8s: HorizontalPodAutoscaler missing")?;
+    ensure!(
+        hpa["spec"]["scaleTargetRef"]["name"] == "im"
+            && hpa["spec"]["minReplicas"] == 2
+            && hpa["spec"]["maxReplicas"] == 10,
+        "k8s: the autoscaler scales im from 2 to 10"
     );
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
     ensure!(
@@ -339,38 +405,68 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
         !kind("Secret").is_empty() && !kind("Service").is_empty(),
         "k8s: Secret and Service needed"
     );
-    // The job store must be on a volume (the root filesystem is read-only) that a claim backs.
-    let jobs_dir = im_app::config::ImConfig::from_toml(toml)?
-        .jobs
-        .dir
-        .context("k8s: ConfigMap im.toml must set [jobs] dir (on a volume)")?;
-    let mounts: Vec<&str> = c["volumeMounts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["mountPath"].as_str())
-        .collect();
+    // The replicas share Redis: a Service of that name, on that port, backed by a workload.
+    let redis_url = im_app::config::ImConfig::from_toml(toml)?
+        .cluster
+        .redis_url
+        .context(
+            "k8s: ConfigMap im.toml must set [cluster] redis_url (the replicas share Redis)",
+        )?;
+    let (redis_host, redis_port) = redis_url
+        .strip_prefix("redis://")
+        .and_then(|r| host_port(&format!("http://{r}")))
+        .context("k8s: [cluster] redis_url is not redis://host:port/db")?;
     ensure!(
-        mounts.iter().any(|m| jobs_dir.starts_with(m)),
-        "k8s: [jobs] dir {jobs_dir} is on no volume mount ({mounts:?})"
+        kind("Service")
+            .iter()
+            .any(|s| s["metadata"]["name"] == redis_host.as_str()
+                && s["spec"]["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["port"] == redis_port)),
+        "k8s: no Service {redis_host} on port {redis_port} for [cluster] redis_url"
+    );
+    ensure!(
+        kind("StatefulSet")
+            .iter()
+            .chain(&deps)
+            .any(|w| w["metadata"]["name"] == redis_host.as_str()),
+        "k8s: no workload runs {redis_host}"
+    );
+    // Each replica tells the others where it is: its pod IP.
+    ensure!(
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["name"] == "IM_ADVERTISE_URL"
+                && e["value"].as_str().is_some_and(|v| v.contains("$(POD_IP)"))),
+        "k8s: IM_ADVERTISE_URL must be the pod's IP (the downward API's status.podIP)"
     );
     let claims: Vec<String> = kind("PersistentVolumeClaim")
         .iter()
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
         .collect();
-    for v in dep["spec"]["template"]["spec"]["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
-            ensure!(
-                claims.iter().any(|c| c == claim),
-                "k8s: volume claim {claim} has no PersistentVolumeClaim"
-            );
+    for w in kind("StatefulSet").iter().chain(&deps) {
+        for v in w["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
+                ensure!(
+                    claims.iter().any(|c| c == claim),
+                    "k8s: volume claim {claim} has no PersistentVolumeClaim"
+                );
+            }
         }
     }
-    let svc = &kind("Service")[0];
+    let services = kind("Service");
+    let svc = services
+        .iter()
+        .find(|s| s["metadata"]["name"] == "im")
+        .context("k8s: Service im missing")?;
     let target = &svc["spec"]["ports"][0]["targetPort"];
     let port_names: Vec<&Value> = c["ports"]
         .as_array()
@@ -387,7 +483,7 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
             .into(),
     );
     done.push(
-        "k8s: one replica, /health liveness, /ready readiness, resources, Service → container port, the job store on a claimed volume"
+        "k8s: im replicas (rolling updates, 2-10 autoscaler) on a Redis Service, advertised pod IPs, /health liveness, /ready readiness, resources, Service → container port, claimed volumes"
             .into(),
     );
     if done.is_empty() {
