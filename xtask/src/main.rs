@@ -14,7 +14,7 @@ tasks:
   sim [--hours H] [--seed N] [--write]   the scheduling policy table (FIFO vs strict vs bounded)
                                           --write also stores it in benches/results/policy-table.md
   deploy-check                            check deploy/ statically (YAML/JSON, compose, dashboard metrics, Dockerfile, configs)
-  bench [--quick] [--only overhead|scheduling|memory] [--write]
+  bench [--quick] [--only overhead|scheduling|memory|batching|replicas] [--write]
                                          overhead (direct vs nginx vs im-http), scheduling end to end, memory;
                                           installs nginx-light and oha if missing; --write stores benches/results/bench.md
   load [--scenario normal|peak|sustained] [--users N] [--secs S] [--url URL --key KEY]
@@ -181,6 +181,12 @@ fn run_bench(args: &[String]) -> Result<()> {
         rt.block_on(bench::batching::batching(
             &mut more,
             if quick { 3 } else { 10 },
+        ))?;
+    }
+    if part("replicas") {
+        rt.block_on(bench::replicas::replicas(
+            &mut more,
+            if quick { 5 } else { 15 },
         ))?;
     }
     print!("{more}");

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`, split by what it measures: [`overhead`] (direct vs nginx vs im-http),
 //! [`scheduling`] (a mixed trace straight to LocalAI vs through im), [`memory`] (RSS with queued
-//! payloads), [`load`] (the seeds' load scenarios). This module holds what they share: processes,
+//! payloads), [`load`] (the seeds' load scenarios), [`replicas`] (embedded vs 3 replicas on Redis). This module holds what they share: processes,
 //! ports, readiness, the tools they install. Everything runs on loopback; every figure is a ratio
 //! measured side by side in one run.
 
@@ -8,6 +8,7 @@ pub mod batching;
 pub mod load;
 pub mod memory;
 pub mod overhead;
+pub mod replicas;
 pub mod scheduling;
 
 use std::io::{Read, Write};
@@ -136,6 +137,21 @@ pub fn release_bin(name: &str) -> PathBuf {
 
 /// Install what the benchmark needs: Debian's nginx and `oha` (a well-kept Rust load generator).
 pub fn ensure_tools() -> Result<()> {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("bench: installing redis-server (Debian)");
+        let _ = Command::new("apt-get").arg("update").status();
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "redis-server"])
+            .status()?
+            .success();
+        if !ok {
+            bail!("apt-get install redis-server failed");
+        }
+    }
     if Command::new("nginx").arg("-v").output().is_err() && !Path::new("/usr/sbin/nginx").exists() {
         eprintln!("bench: installing nginx-light (Debian)");
         let _ = Command::new("apt-get").arg("update").status();
