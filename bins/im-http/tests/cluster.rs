@@ -336,3 +336,173 @@ async fn a_stalled_scheduler_is_replaced_and_fenced_off_the_upstream_when_it_res
     // B goes on serving.
     assert_eq!(post(&client(), &b_url, "/txt2txt", &chat).await.0, 200);
 }
+
+/// The follower of two replicas, once the other holds the lease.
+async fn follower_of_two(
+    redis: &RedisServer,
+    sim: &SimProcess,
+    extra: &str,
+) -> (Vec<Server>, String, String) {
+    let mut args = replica_args(redis);
+    let set = args.last_mut().expect("--set value");
+    set.push(';');
+    set.push_str(extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let replicas: Vec<Server> = (0..2)
+        .map(|_| start_in_front_of(&[sim.url()], &args))
+        .collect();
+    let (_, holder) = wait_for_lease(redis, 0).await;
+    let follower = replicas
+        .iter()
+        .find(|r| r.url != holder)
+        .expect("a follower")
+        .url
+        .clone();
+    (replicas, holder, follower)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_answers_as_the_scheduler_streams_websockets_and_views_included() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = RedisServer::start().expect("redis-server");
+    let sim = SimProcess::start(0, 0.02).await;
+    let (_replicas, scheduler, follower) =
+        follower_of_two(&redis, &sim, "http.rate_limit_per_s=0").await;
+
+    // A stream through the follower arrives as the scheduler sends it: chunks, then [DONE].
+    let r = client()
+        .post(format!("{follower}/v1/chat/completions"))
+        .header("x-api-key", KEY)
+        .json(&json!({"model": LLM, "stream": true, "max_tokens": 8,
+                      "messages": [{"role": "user", "content": "count"}]}))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/event-stream")
+    );
+    let text = r.text().await.expect("body");
+    let chunks = text.lines().filter(|l| l.starts_with("data: {")).count();
+    assert!(
+        chunks >= 2 && text.trim_end().ends_with("data: [DONE]"),
+        "{text}"
+    );
+
+    // A WebSocket session through the follower: the scheduler authenticates it and answers.
+    let url = follower.replacen("http://", "ws://", 1) + "/ws/through-a-follower";
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    for m in [
+        json!({"type": "auth", "api_key": KEY}),
+        json!({"type": "inference", "model": LLM, "messages": [{"role": "user", "content": "hi"}]}),
+        json!({"type": "ping"}),
+    ] {
+        ws.send(Message::Text(m.to_string().into()))
+            .await
+            .expect("send");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while !["authenticated", "result", "pong"]
+        .iter()
+        .all(|w| seen.contains(*w))
+    {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {seen:?}"))
+            .expect("open")
+            .expect("frame");
+        let Message::Text(t) = msg else { continue };
+        let v: Value = serde_json::from_str(&t).expect("JSON");
+        assert_ne!(v["type"], "error", "{v}");
+        seen.insert(v["type"].as_str().unwrap_or("").to_owned());
+    }
+    // A session the scheduler refuses is closed through the follower with its code.
+    let (mut refused, _) = tokio_tungstenite::connect_async(
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            follower.replacen("http://", "ws://", 1) + "/ws/bad",
+        )
+        .map(|mut r| {
+            r.headers_mut()
+                .insert("x-api-key", "wrong".parse().expect("header"));
+            r
+        })
+        .expect("request"),
+    )
+    .await
+    .expect("upgrade");
+    let closed = tokio::time::timeout(Duration::from_secs(10), refused.next())
+        .await
+        .expect("closed in time");
+    match closed {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 4001, "{frame:?}");
+        }
+        other => panic!("a wrong key closes the session with 4001: {other:?}"),
+    }
+
+    // The views are the scheduler's: the same counters through either replica.
+    let via_follower = get_json(&follower, "/queue-status", KEY).await;
+    let via_scheduler = get_json(&scheduler, "/queue-status", KEY).await;
+    let accepted = via_scheduler["counters"]["accepted"].as_u64().unwrap_or(0);
+    assert!(accepted >= 2, "{via_scheduler}");
+    assert_eq!(
+        via_follower["counters"]["accepted"], accepted,
+        "{via_follower}"
+    );
+    let metrics = get_json(&follower, "/get_request_metrics", KEY).await;
+    assert!(
+        metrics.to_string().contains(LLM),
+        "the seed metrics are the fleet's: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rate_limit_holds_across_replicas() {
+    let redis = RedisServer::start().expect("redis-server");
+    let sim = SimProcess::start(0, 0.02).await;
+    let (_replicas, scheduler, follower) = follower_of_two(
+        &redis,
+        &sim,
+        "http.rate_limit_per_s=1;http.rate_limit_burst=3",
+    )
+    .await;
+    // Six requests at once, half through each replica: one budget of 3 for the key, not 3 each.
+    let c = client();
+    let mut set = JoinSet::new();
+    for i in 0..6 {
+        let (c, url) = (
+            c.clone(),
+            if i % 2 == 0 {
+                scheduler.clone()
+            } else {
+                follower.clone()
+            },
+        );
+        set.spawn(async move {
+            c.get(format!("{url}/v1/models"))
+                .header("x-api-key", KEY)
+                .send()
+                .await
+                .expect("answered")
+                .status()
+                .as_u16()
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(s) = set.join_next().await {
+        statuses.push(s.expect("task"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429, 429],
+        "one limit for the fleet"
+    );
+}

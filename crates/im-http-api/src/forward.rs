@@ -1,6 +1,7 @@
 //! Distributed mode's frontend: a replica that does not schedule forwards every request that
 //! needs the scheduler (inference, jobs, the fleet's views) to the replica that does, as it
-//! arrived, and passes the answer back as it comes (streams included). While no scheduler
+//! arrived, and passes the answer back as it comes (streams included; a WebSocket session is
+//! relayed message by message). While no scheduler
 //! answers (the old one died, the lease has not lapsed yet) the request waits here, then goes to
 //! the new one: a request a surviving replica accepted is never lost to a failover; it runs
 //! again if the dead scheduler had started it.
@@ -120,12 +121,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
         return next.run(req).await;
     }
     if req.headers().contains_key(axum::http::header::UPGRADE) && !f.schedules() {
-        return HttpError::new(
-            ErrorType::UpstreamUnavailable,
-            "WebSocket sessions are served by the scheduling replica only; connect again (the \
-             load balancer may pick it) or use the HTTP routes, which every replica forwards",
-        )
-        .into_response();
+        return websocket::relay(&f, req).await;
     }
     let deadline = Instant::now() + f.failover_wait;
     let (parts, body) = req.into_parts();
@@ -244,4 +240,129 @@ fn relay(r: reqwest::Response) -> Response {
     }
     out.body(Body::from_stream(r.bytes_stream()))
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// A WebSocket session through a follower: the follower opens one to the scheduler with the
+/// client's credentials (so the scheduler authenticates it, and refuses it with its own status),
+/// then passes messages both ways until either side closes. A failover ends the session; the
+/// client connects again.
+mod websocket {
+    use axum::extract::FromRequestParts;
+    use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+    use super::*;
+
+    pub(super) async fn relay(f: &Forwarder, req: Request) -> Response {
+        let Some(holder) = f.role.borrow().holder().cloned() else {
+            return HttpError::new(
+                ErrorType::UpstreamUnavailable,
+                "no scheduling replica is known yet; connect again shortly",
+            )
+            .into_response();
+        };
+        let (mut parts, _) = req.into_parts();
+        let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(u) => u,
+            Err(e) => return e.into_response(),
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let url = format!(
+            "ws{}{path}",
+            holder.url.trim_end_matches('/').trim_start_matches("http")
+        );
+        let Ok(mut request) = url.as_str().into_client_request() else {
+            return HttpError::new(
+                ErrorType::Internal,
+                format!("the scheduler's URL {url} is no WebSocket URL"),
+            )
+            .into_response();
+        };
+        for name in ["x-api-key", "authorization", "x-request-id", "traceparent"] {
+            if let Some(v) = parts.headers.get(name) {
+                request.headers_mut().insert(name, v.clone());
+            }
+        }
+        if let Ok(me) = HeaderValue::from_str(&f.replica) {
+            request.headers_mut().insert(FORWARDED, me);
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((upstream, _)) => upgrade.on_upgrade(move |client| pump(client, upstream)),
+            Err(tungstenite::Error::Http(refused)) => {
+                // The scheduler's own refusal (401, 429, ...), passed on as it said it.
+                let (head, body) = refused.into_parts();
+                let mut r = Response::new(Body::from(body.unwrap_or_default()));
+                *r.status_mut() = head.status;
+                *r.headers_mut() = head.headers;
+                r
+            }
+            Err(e) => HttpError::new(
+                ErrorType::UpstreamUnavailable,
+                format!(
+                    "the scheduling replica at {} did not take the WebSocket session: {e}",
+                    holder.url
+                ),
+            )
+            .into_response(),
+        }
+    }
+
+    type Upstream = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn pump(client: WebSocket, upstream: Upstream) {
+        let (mut to_client, mut from_client) = client.split();
+        let (mut to_upstream, mut from_upstream) = upstream.split();
+        let up = async {
+            while let Some(Ok(m)) = from_client.next().await {
+                let m = match m {
+                    ws::Message::Text(t) => tungstenite::Message::text(t.as_str()),
+                    ws::Message::Binary(b) => tungstenite::Message::binary(b),
+                    ws::Message::Ping(b) => tungstenite::Message::Ping(b),
+                    ws::Message::Pong(b) => tungstenite::Message::Pong(b),
+                    ws::Message::Close(c) => {
+                        let frame = c.map(|c| tungstenite::protocol::CloseFrame {
+                            code: c.code.into(),
+                            reason: c.reason.as_str().into(),
+                        });
+                        let _ = to_upstream.send(tungstenite::Message::Close(frame)).await;
+                        break;
+                    }
+                };
+                if to_upstream.send(m).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let down = async {
+            while let Some(Ok(m)) = from_upstream.next().await {
+                let m = match m {
+                    tungstenite::Message::Text(t) => ws::Message::text(t.as_str()),
+                    tungstenite::Message::Binary(b) => ws::Message::binary(b),
+                    tungstenite::Message::Ping(b) => ws::Message::Ping(b),
+                    tungstenite::Message::Pong(b) => ws::Message::Pong(b),
+                    tungstenite::Message::Close(c) => {
+                        // The scheduler's close code and reason reach the client (4001: a wrong key).
+                        let frame = c.map(|c| ws::CloseFrame {
+                            code: c.code.into(),
+                            reason: c.reason.as_str().into(),
+                        });
+                        let _ = to_client.send(ws::Message::Close(frame)).await;
+                        break;
+                    }
+                    tungstenite::Message::Frame(_) => continue,
+                };
+                if to_client.send(m).await.is_err() {
+                    break;
+                }
+            }
+        };
+        // Either side closing ends the session (the other side gets the close).
+        tokio::select! {
+            () = up => {}
+            () = down => {}
+        }
+    }
 }
