@@ -48,8 +48,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let engine = built.engine.clone();
     let grace = built.config.shutdown_grace();
     let limits = built.config.serve_limits();
+    let draining = cluster.as_ref().map(im_app::cluster::Cluster::draining);
     im_http_api::serve::serve(listener, app, limits, async move {
         run::shutdown_signal().await;
+        if let Some(d) = draining {
+            // A scheduler finishes its own work, not new work: followers hold that for the next.
+            d.store(true, std::sync::atomic::Ordering::Release);
+        }
         tracing::info!(
             grace_s = grace.as_secs_f64(),
             "shutting down: intake stopped, draining"

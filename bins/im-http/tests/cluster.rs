@@ -506,3 +506,42 @@ async fn a_key_rate_limit_holds_across_replicas() {
         "one limit for the fleet"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_stopped_for_a_rolling_update_hands_over_without_failing_a_request() {
+    let redis = RedisServer::start().expect("redis-server");
+    let sim = SimProcess::start(0, 0.02).await;
+    let (mut replicas, scheduler, follower) =
+        follower_of_two(&redis, &sim, "shutdown_grace_s=10").await;
+    let (epoch, _) = lease(&redis).expect("lease");
+    let done = Arc::new(AtomicUsize::new(0));
+    let through_follower = tokio::spawn(load(follower.clone(), 60, 4, done.clone()));
+    while done.load(Ordering::SeqCst) < 15 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let old = replicas
+        .iter_mut()
+        .find(|r| r.url == scheduler)
+        .expect("scheduler");
+    signal(&old.child, "-TERM");
+    let stopped = Instant::now();
+    let seen = through_follower.await.expect("load");
+    assert!(
+        seen.errors.is_empty() && seen.connection_errors == 0,
+        "{seen:?}"
+    );
+    assert_eq!(seen.ok, 60, "{seen:?}");
+    let code = old.child.wait().expect("wait").code();
+    assert_eq!(code, Some(0), "a clean stop");
+    let (new_epoch, holder) = wait_for_lease(&redis, epoch).await;
+    assert_eq!(
+        (new_epoch, holder),
+        (epoch + 1, follower),
+        "the follower schedules now"
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "released on stopping, not left to expire"
+    );
+    assert_eq!(sim.stats().await["overcommits"], 0);
+}

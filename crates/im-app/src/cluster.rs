@@ -24,6 +24,7 @@ pub struct Cluster {
     lease: Duration,
     failover_wait: Duration,
     stop: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -89,6 +90,7 @@ pub fn join(built: &Built, local: SocketAddr) -> Result<Option<Cluster>, BuildEr
         lease: cfg.lease(),
         failover_wait: cfg.failover_wait(),
         stop,
+        draining: Arc::new(AtomicBool::new(false)),
         thread: Some(thread),
     }))
 }
@@ -145,7 +147,16 @@ impl Cluster {
             self.lease,
             self.failover_wait,
             body_limit,
+            self.draining.clone(),
         )
+    }
+
+    /// The flag a shutdown sets first: from then on work the followers forward here is sent back
+    /// to them (they hold it until the next scheduler takes the lease, released by [`leave`]).
+    ///
+    /// [`leave`]: Cluster::leave
+    pub fn draining(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
     }
 
     /// Leave (a clean shutdown): a held lease is released, so another replica takes over at once.

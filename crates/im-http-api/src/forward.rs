@@ -42,6 +42,9 @@ pub struct Forwarder {
     /// trying the same one again.
     lease: Duration,
     body_limit: usize,
+    /// Set when this replica shuts down: work forwarded to it is sent back (it drains what it
+    /// has, then releases the lease, and the followers send that work to the next scheduler).
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Forwarder {
@@ -52,6 +55,7 @@ impl Forwarder {
         lease: Duration,
         failover_wait: Duration,
         body_limit: usize,
+        draining: Arc<std::sync::atomic::AtomicBool>,
     ) -> Forwarder {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
@@ -66,6 +70,7 @@ impl Forwarder {
             failover_wait,
             lease,
             body_limit,
+            draining,
         }
     }
 
@@ -115,7 +120,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
     }
     if req.headers().contains_key(FORWARDED) {
         // Sent here by a replica that believes this one schedules.
-        if !f.schedules() {
+        if !f.schedules() || f.draining.load(std::sync::atomic::Ordering::Acquire) {
             return not_scheduler(&f.replica);
         }
         return next.run(req).await;
