@@ -545,3 +545,56 @@ async fn a_scheduler_stopped_for_a_rolling_update_hands_over_without_failing_a_r
     );
     assert_eq!(sim.stats().await["overcommits"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_replica_is_alive_but_not_ready_and_refuses_work_after_the_failover_wait() {
+    let sim = SimProcess::start(0, 0.02).await;
+    let nowhere = format!("redis://127.0.0.1:{}/", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    });
+    let im = start_in_front_of(
+        &[sim.url()],
+        &[
+            "--api-keys",
+            KEY,
+            "--redis-url",
+            &nowhere,
+            "--set",
+            "cluster.lease_s=0.3;cluster.failover_wait_s=0.6",
+        ],
+    );
+    let c = client();
+    let health = c
+        .get(format!("{}/health", im.url))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    let ready = c
+        .get(format!("{}/ready", im.url))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.expect("json");
+    assert!(
+        body["cluster"]
+            .as_str()
+            .is_some_and(|m| m.contains("Redis")),
+        "{body}"
+    );
+    let (status, v) = post(&c, &im.url, "/txt2txt", &body_for("txt2txt", 1).1).await;
+    assert_eq!(status, 503, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no scheduling replica")),
+        "{v}"
+    );
+    assert_eq!(
+        sim.stats().await["requests_total"],
+        0,
+        "nothing reached the upstream"
+    );
+}

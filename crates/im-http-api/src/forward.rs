@@ -115,6 +115,15 @@ fn end_to_end(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &Header
 
 /// The middleware: serve here when this replica schedules (or the route is local), else forward.
 pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/ready" && *f.role.borrow() == Role::Unknown {
+        // Nothing queued here could be served: no replica is known to schedule.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"ready": false,
+                "cluster": "no scheduling replica is known (is Redis reachable?)"})),
+        )
+            .into_response();
+    }
     if local(req.uri().path()) {
         return next.run(req).await;
     }
