@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use im_cluster::{Fence, Holder, Lease, LeaseSettings, RedisJobStore, RedisServer, Role};
-use im_jobs::{Job, JobStore, Request, Status, Stored};
+use im_jobs::{Job, JobStore, Request, Status};
 use serde_json::json;
 
 fn settings(redis: &RedisServer, replica: &str, ttl_ms: u64) -> LeaseSettings {
@@ -157,79 +157,11 @@ fn a_scheduler_that_cannot_renew_gives_up_before_its_lease_could_be_taken() {
 }
 
 #[test]
-fn the_job_store_keeps_jobs_idempotency_keys_results_and_sightings() {
+fn the_redis_store_does_what_every_store_must() {
     let redis = RedisServer::start().expect("redis");
     let mut l = lease(&redis, "a", 5_000);
     let fence = Fence::default();
     fence.set(l.acquire().expect("acquire").epoch);
     let store = RedisJobStore::new(&redis.url(), "imtest", fence).expect("store");
-
-    let first = store
-        .insert_idempotent(&job("a", "k1", Some("x")))
-        .expect("insert");
-    assert_eq!(first.id, "a");
-    let again = store
-        .insert_idempotent(&job("b", "k1", Some("x")))
-        .expect("insert");
-    assert_eq!(again.id, "a", "the same owner and key: the first job");
-    assert!(store.get("b").expect("get").is_none());
-    assert_eq!(
-        store
-            .insert_idempotent(&job("c", "k2", Some("x")))
-            .expect("insert")
-            .id,
-        "c"
-    );
-
-    let mut done = first.clone();
-    done.status = Status::Succeeded;
-    done.result = Some(Stored::File {
-        name: "a.bin".into(),
-        content_type: "audio/wav".into(),
-        bytes: 4,
-    });
-    store.put_result("a.bin", b"RIFF").expect("result");
-    store.put(&done).expect("put");
-    let mut all: Vec<(String, Status)> = store
-        .all()
-        .expect("all")
-        .into_iter()
-        .map(|j| (j.id, j.status))
-        .collect();
-    all.sort_by(|x, y| x.0.cmp(&y.0));
-    assert_eq!(
-        all,
-        [
-            ("a".into(), Status::Succeeded),
-            ("c".into(), Status::Queued)
-        ]
-    );
-    assert_eq!(
-        store.result("a.bin").expect("get").as_deref(),
-        Some(&b"RIFF"[..])
-    );
-
-    store.remove(&done).expect("remove");
-    assert!(store.get("a").expect("get").is_none());
-    assert!(
-        store.result("a.bin").expect("get").is_none(),
-        "its result goes with it"
-    );
-    assert_eq!(
-        store
-            .insert_idempotent(&job("d", "k1", Some("x")))
-            .expect("insert")
-            .id,
-        "d",
-        "a removed job frees its key"
-    );
-
-    assert!(store.first_sighting("msg_1", 100).expect("db"));
-    assert!(!store.first_sighting("msg_1", 150).expect("db"));
-    store.forget_sightings(200).expect("db");
-    assert!(store.first_sighting("msg_1", 300).expect("db"));
-
-    assert!(!store.endpoint_disabled("http://x.invalid/").expect("db"));
-    store.disable_endpoint("http://x.invalid/").expect("db");
-    assert!(store.endpoint_disabled("http://x.invalid/").expect("db"));
+    im_jobs::conformance::check(&store);
 }

@@ -15,6 +15,7 @@
 //! job back instead of a second one. A webhook is delivered at least once, with the same
 //! `webhook-id` on every attempt.
 
+pub mod conformance;
 mod deliver;
 pub mod guard;
 pub mod job;

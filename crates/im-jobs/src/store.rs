@@ -302,38 +302,9 @@ mod tests {
     }
 
     #[test]
-    fn an_idempotency_key_returns_the_first_job_per_owner() {
-        let dir = temp_dir("idem");
-        let store = RedbStore::open(&dir).expect("open");
-        let first = store
-            .insert_idempotent(&job("a", "k1", Some("x")))
-            .expect("insert");
-        assert_eq!(first.id, "a");
-        let again = store
-            .insert_idempotent(&job("b", "k1", Some("x")))
-            .expect("insert");
-        assert_eq!(again.id, "a", "the same owner and key: the first job");
-        assert!(store.get("b").expect("get").is_none(), "no second job");
-        let other = store
-            .insert_idempotent(&job("c", "k2", Some("x")))
-            .expect("insert");
-        assert_eq!(other.id, "c", "another owner's key is another key");
-        store.remove(&first).expect("remove");
-        let after = store
-            .insert_idempotent(&job("d", "k1", Some("x")))
-            .expect("insert");
-        assert_eq!(after.id, "d", "a removed job frees its key");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_webhook_id_is_seen_once_until_forgotten() {
-        let dir = temp_dir("sightings");
-        let store = RedbStore::open(&dir).expect("open");
-        assert!(store.first_sighting("msg_1", 100).expect("db"));
-        assert!(!store.first_sighting("msg_1", 150).expect("db"));
-        store.forget_sightings(200).expect("db");
-        assert!(store.first_sighting("msg_1", 300).expect("db"));
+    fn the_embedded_store_does_what_every_store_must() {
+        let dir = temp_dir("conformance");
+        crate::conformance::check(&RedbStore::open(&dir).expect("open"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -32,8 +32,16 @@ fn start_replica(port: u16, upstreams: &str, redis: Option<&str>) -> Result<Proc
     Ok(p)
 }
 
-fn chat(i: usize) -> serde_json::Value {
-    json!({"model": LLM, "messages": [{"role": "user", "content": format!("q{i}")}], "max_tokens": 4})
+/// Chat request `i` to the im-http on `port`: whether it was answered 200.
+async fn chat(c: &reqwest::Client, port: u16, i: usize) -> bool {
+    let body = json!({"model": LLM, "messages": [{"role": "user", "content": format!("q{i}")}], "max_tokens": 4});
+    let r = c
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .header("x-api-key", KEY)
+        .json(&body)
+        .send()
+        .await;
+    answered_ok(r).await
 }
 
 /// `rate` requests per second for `secs`, round-robin over `ports`; latencies (ms) of the ones
@@ -47,13 +55,7 @@ async fn open_loop(ports: &[u16], rate: u32, secs: u64) -> (Vec<(u16, f64)>, usi
         let (c, port) = (c.clone(), ports[i % ports.len()]);
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let r = c
-                .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-                .header("x-api-key", KEY)
-                .json(&chat(i))
-                .send()
-                .await;
-            answered_ok(r)
+            chat(&c, port, i)
                 .await
                 .then(|| (port, t.elapsed().as_secs_f64() * 1000.0))
         }));
@@ -79,13 +81,7 @@ async fn throughput(ports: &[u16], workers: usize, secs: u64) -> f64 {
         tasks.push(tokio::spawn(async move {
             let mut i = w * 1_000_000;
             while Instant::now() < end {
-                let r = c
-                    .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-                    .header("x-api-key", KEY)
-                    .json(&chat(i))
-                    .send()
-                    .await;
-                if answered_ok(r).await {
+                if chat(&c, port, i).await {
                     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 i += 1;
