@@ -248,7 +248,12 @@ impl Lease {
         stop: Arc<std::sync::atomic::AtomicBool>,
     ) {
         let tick = self.settings.ttl / 3;
+        // A holder gives up once this long has passed since the last renewal Redis confirmed
+        // (counted from when it was sent): with operations bounded by a sixth of the lease, it has
+        // stopped before the key, renewed at most then, can expire.
+        let give_up_after = self.settings.ttl * 2 / 3;
         let mut promote = Some(promote);
+        // The holder, and when its last confirmed renewal (or the acquisition) was sent.
         let mut held: Option<(Holder, Instant)> = None;
         loop {
             if stop.load(Ordering::Acquire) {
@@ -257,60 +262,70 @@ impl Lease {
                 }
                 return;
             }
-            match &mut held {
-                Some((holder, last_renewed)) => match self.renew(holder) {
-                    Ok(true) => *last_renewed = Instant::now(),
+            let sent = Instant::now();
+            let next_at = match &mut held {
+                Some((holder, renewed)) => match self.renew(holder) {
+                    Ok(true) => {
+                        *renewed = sent;
+                        sent + tick
+                    }
                     Ok(false) => {
                         return lost(&format!(
                             "the scheduler lease (epoch {}) is held by another replica",
                             holder.epoch
                         ));
                     }
-                    Err(e) if last_renewed.elapsed() >= self.settings.ttl * 2 / 3 => {
+                    Err(e) if renewed.elapsed() >= give_up_after => {
                         return lost(&format!(
                             "the scheduler lease (epoch {}) could not be renewed for {:?}: {e}",
                             holder.epoch,
-                            last_renewed.elapsed()
+                            renewed.elapsed()
                         ));
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "renewing the scheduler lease failed; retrying")
+                        tracing::warn!(error = %e, "renewing the scheduler lease failed; retrying");
+                        // Try again by the give-up time at the latest.
+                        (sent + tick).min(*renewed + give_up_after)
                     }
                 },
-                None => match self.acquire() {
-                    Ok(holder) if self.is_me(&holder) => {
-                        let taken = Instant::now();
-                        tracing::info!(
-                            epoch = holder.epoch,
-                            "this replica schedules now (took the lease)"
-                        );
-                        if let Some(p) = promote.take() {
-                            p(&holder);
+                None => {
+                    match self.acquire() {
+                        Ok(holder) if self.is_me(&holder) => {
+                            tracing::info!(
+                                epoch = holder.epoch,
+                                "this replica schedules now (took the lease)"
+                            );
+                            if let Some(p) = promote.take() {
+                                p(&holder);
+                            }
+                            role.send_replace(Role::Scheduler(holder.clone()));
+                            held = Some((holder, sent));
                         }
-                        role.send_replace(Role::Scheduler(holder.clone()));
-                        held = Some((holder, taken));
+                        Ok(holder) => {
+                            role.send_if_modified(|r| replace(r, Role::Follower(holder)));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the scheduler lease failed");
+                            role.send_if_modified(|r| replace(r, Role::Unknown));
+                        }
                     }
-                    Ok(holder) => {
-                        role.send_if_modified(|r| {
-                            let next = Role::Follower(holder);
-                            let changed = *r != next;
-                            *r = next;
-                            changed
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the scheduler lease failed");
-                        role.send_if_modified(|r| {
-                            let changed = *r != Role::Unknown;
-                            *r = Role::Unknown;
-                            changed
-                        });
-                    }
-                },
-            }
-            std::thread::sleep(tick);
+                    sent + tick
+                }
+            };
+            std::thread::sleep(
+                next_at
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(5)),
+            );
         }
     }
+}
+
+/// Put `next` in `slot`; whether it changed.
+fn replace(slot: &mut Role, next: Role) -> bool {
+    let changed = *slot != next;
+    *slot = next;
+    changed
 }
 
 /// The fencing token upstream calls carry (`x-im-fence`): 0 until this replica schedules.
