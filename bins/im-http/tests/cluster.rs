@@ -249,6 +249,25 @@ async fn killing_the_scheduling_replica_loses_nothing_the_others_accepted_and_it
             "sim {i}: calls carry the token: {st}"
         );
     }
+    // The metrics say who schedules, and that followers sent work again after the kill.
+    let mut resent = 0.0;
+    for (i, r) in replicas.iter().enumerate().filter(|(i, _)| *i != victim) {
+        let text = metrics(&r.url).await;
+        let scheduler = if r.url == new_holder { 1 } else { 0 };
+        assert!(
+            text.contains(&format!("im_cluster_scheduler {scheduler}")),
+            "replica {i}: {text}"
+        );
+        assert!(
+            text.contains(&format!("im_cluster_epoch {new_epoch}")),
+            "replica {i}"
+        );
+        resent += sample(&text, "im_forwarded_total{outcome=\"resent\"}");
+    }
+    assert!(
+        resent >= 1.0,
+        "requests held through the failover were sent again"
+    );
     let limit = Duration::from_secs_f64(LEASE_S)
         + Duration::from_secs_f64(LEASE_S / 3.0)
         + Duration::from_secs(2);
@@ -257,6 +276,25 @@ async fn killing_the_scheduling_replica_loses_nothing_the_others_accepted_and_it
         served_again < limit,
         "served again after {served_again:?}, over the lease plus a retry ({limit:?})"
     );
+}
+
+async fn metrics(url: &str) -> String {
+    client()
+        .get(format!("{url}/metrics"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// The value of the Prometheus sample `series` (0 when absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn signal(child: &std::process::Child, sig: &str) {

@@ -23,6 +23,7 @@ pub struct Cluster {
     pub url: String,
     lease: Duration,
     failover_wait: Duration,
+    metrics: im_metrics::Metrics,
     stop: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -83,12 +84,14 @@ pub fn join(built: &Built, local: SocketAddr) -> Result<Option<Cluster>, BuildEr
         .spawn(move || lease.run(role_tx, promote, lost, flag))
         .map_err(|e| failed(&e))?;
     tracing::info!(%replica, %url, "joined the cluster");
+    tokio::spawn(export_role(role.clone(), built.engine.metrics().clone()));
     Ok(Some(Cluster {
         role,
         replica,
         url,
         lease: cfg.lease(),
         failover_wait: cfg.failover_wait(),
+        metrics: built.engine.metrics().clone(),
         stop,
         draining: Arc::new(AtomicBool::new(false)),
         thread: Some(thread),
@@ -138,6 +141,21 @@ fn promotion(built: &Built, redis_url: String) -> impl FnOnce(&Holder) + Send + 
     }
 }
 
+/// Keep `im_cluster_scheduler` and `im_cluster_epoch` on what the lease says.
+async fn export_role(mut role: watch::Receiver<Role>, metrics: im_metrics::Metrics) {
+    loop {
+        let (scheduler, epoch) = match &*role.borrow_and_update() {
+            Role::Scheduler(h) => (true, h.epoch),
+            Role::Follower(h) => (false, h.epoch),
+            Role::Unknown => (false, 0),
+        };
+        metrics.cluster_role(scheduler, epoch);
+        if role.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl Cluster {
     /// The HTTP layer that forwards to the scheduler.
     pub fn forwarder(&self, body_limit: usize) -> im_http_api::forward::Forwarder {
@@ -148,6 +166,7 @@ impl Cluster {
             self.failover_wait,
             body_limit,
             self.draining.clone(),
+            self.metrics.clone(),
         )
     }
 

@@ -45,6 +45,7 @@ pub struct Forwarder {
     /// Set when this replica shuts down: work forwarded to it is sent back (it drains what it
     /// has, then releases the lease, and the followers send that work to the next scheduler).
     draining: Arc<std::sync::atomic::AtomicBool>,
+    metrics: im_metrics::Metrics,
 }
 
 impl Forwarder {
@@ -56,6 +57,7 @@ impl Forwarder {
         failover_wait: Duration,
         body_limit: usize,
         draining: Arc<std::sync::atomic::AtomicBool>,
+        metrics: im_metrics::Metrics,
     ) -> Forwarder {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
@@ -71,6 +73,7 @@ impl Forwarder {
             lease,
             body_limit,
             draining,
+            metrics,
         }
     }
 
@@ -143,6 +146,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
     let mut buffered: Option<bytes::Bytes> = None;
     let mut role = f.role.borrow().clone();
     let mut last_error = String::from("no scheduler is known yet");
+    let mut sent = 0u32;
     loop {
         let failed = match &role {
             Role::Scheduler(_) => {
@@ -168,13 +172,20 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
                     }
                 }
                 let bytes = buffered.clone().unwrap_or_default();
+                if sent > 0 {
+                    f.metrics.forwarded("resent");
+                }
+                sent += 1;
                 // A scheduler that stalls (paused, hung) is replaced when its lease lapses: stop
                 // waiting for it then and send the request to its successor.
                 let mut watch = f.role.clone();
                 let moved = watch.wait_for(|r| r.holder().is_some_and(|h| h.epoch != holder.epoch));
                 tokio::select! {
                     sent = send(&f, &holder.url, &parts, bytes) => match sent {
-                        Ok(r) if !r.headers().contains_key(NOT_SCHEDULER) => return relay(r),
+                        Ok(r) if !r.headers().contains_key(NOT_SCHEDULER) => {
+                            f.metrics.forwarded("answered");
+                            return relay(r);
+                        }
                         Ok(_) => last_error = format!("{} no longer schedules", holder.url),
                         Err(e) => {
                             last_error = format!("the scheduler at {} did not answer: {e}", holder.url);
@@ -190,6 +201,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            f.metrics.forwarded("unavailable");
             return HttpError::new(
                 ErrorType::UpstreamUnavailable,
                 format!(

@@ -331,6 +331,17 @@ impl Metrics {
             .increment(1);
     }
 
+    /// This replica's part in a cluster: whether it schedules, and the lease epoch it knows.
+    pub fn cluster_role(&self, scheduler: bool, epoch: u64) {
+        metrics::gauge!(names::CLUSTER_SCHEDULER).set(if scheduler { 1.0 } else { 0.0 });
+        metrics::gauge!(names::CLUSTER_EPOCH).set(epoch as f64);
+    }
+
+    /// A follower's forwarding of one request: `answered`, `resent` or `unavailable`.
+    pub fn forwarded(&self, outcome: &'static str) {
+        metrics::counter!(names::FORWARDED_TOTAL, "outcome" => outcome).increment(1);
+    }
+
     /// A lane changed its active group.
     pub fn switched(&self, lane: &str, from_kind: &str, to_kind: &str) {
         metrics::counter!(names::SWITCHES_TOTAL, "lane" => lane.to_owned(), "from_kind" => from_kind.to_owned(), "to_kind" => to_kind.to_owned())

@@ -46,6 +46,15 @@ pub const WEBHOOK_DELIVERIES_TOTAL: &str = "im_webhook_deliveries_total";
 /// `im_cache_total{model,result}`: lookups in the response cache: `hit` (answered from it) or
 /// `miss` (run, and kept when it succeeded).
 pub const CACHE_TOTAL: &str = "im_cache_total";
+/// `im_cluster_scheduler`: 1 on the replica that holds the scheduler lease, 0 on the others
+/// (distributed mode only).
+pub const CLUSTER_SCHEDULER: &str = "im_cluster_scheduler";
+/// `im_cluster_epoch`: the scheduler lease's epoch (fencing token) this replica last saw.
+pub const CLUSTER_EPOCH: &str = "im_cluster_epoch";
+/// `im_forwarded_total{outcome}`: requests a follower forwarded to the scheduler: `answered`,
+/// `resent` (sent again after the scheduler failed or was replaced), `unavailable` (no scheduler
+/// answered within the failover wait).
+pub const FORWARDED_TOTAL: &str = "im_forwarded_total";
 
 /// All of them, for checks.
 pub const ALL: &[&str] = &[
@@ -67,4 +76,7 @@ pub const ALL: &[&str] = &[
     JOBS_COMPLETED_TOTAL,
     WEBHOOK_DELIVERIES_TOTAL,
     CACHE_TOTAL,
+    CLUSTER_SCHEDULER,
+    CLUSTER_EPOCH,
+    FORWARDED_TOTAL,
 ];
