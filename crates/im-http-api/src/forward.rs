@@ -146,7 +146,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
     let mut buffered: Option<bytes::Bytes> = None;
     let mut role = f.role.borrow().clone();
     let mut last_error = String::from("no scheduler is known yet");
-    let mut sent = 0u32;
+    let mut attempts = 0u32;
     loop {
         let failed = match &role {
             Role::Scheduler(_) => {
@@ -172,16 +172,16 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
                     }
                 }
                 let bytes = buffered.clone().unwrap_or_default();
-                if sent > 0 {
+                if attempts > 0 {
                     f.metrics.forwarded("resent");
                 }
-                sent += 1;
+                attempts += 1;
                 // A scheduler that stalls (paused, hung) is replaced when its lease lapses: stop
                 // waiting for it then and send the request to its successor.
                 let mut watch = f.role.clone();
                 let moved = watch.wait_for(|r| r.holder().is_some_and(|h| h.epoch != holder.epoch));
                 tokio::select! {
-                    sent = send(&f, &holder.url, &parts, bytes) => match sent {
+                    answer = send(&f, &holder.url, &parts, bytes) => match answer {
                         Ok(r) if !r.headers().contains_key(NOT_SCHEDULER) => {
                             f.metrics.forwarded("answered");
                             return relay(r);
