@@ -133,6 +133,7 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
         .context("compose: no services")?;
     for s in [
         "localai",
+        "fence",
         "redis",
         "im",
         "proxy",
@@ -156,6 +157,29 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
         service_ports(&services[&host]).contains(&port),
         "compose: {host} does not expose {port}"
     );
+    // Through the fencing gate, when there is one: it must gate a service port.
+    if let Some(gate) = services
+        .get(&host)
+        .filter(|s| s["entrypoint"][0] == "im-fence")
+    {
+        let args: Vec<&str> = gate["entrypoint"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let behind = args
+            .windows(2)
+            .find(|w| w[0] == "--upstream")
+            .map(|w| w[1])
+            .context("compose: the fencing gate has no --upstream")?;
+        let (gated, gated_port) =
+            host_port(behind).context("compose: the gate's --upstream is not http://host:port")?;
+        ensure!(
+            services.contains_key(&gated) && service_ports(&services[&gated]).contains(&gated_port),
+            "compose: the fencing gate's --upstream {behind} is not a compose service port"
+        );
+    }
     let redis = im["environment"]["IM_REDIS_URL"]
         .as_str()
         .context("compose: im has no IM_REDIS_URL (the replicas share Redis)")?;

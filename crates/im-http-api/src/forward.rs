@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use im_cluster::Role;
@@ -99,23 +99,6 @@ fn local(path: &str) -> bool {
     ) || path.starts_with("/docs")
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
-
-fn end_to_end(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-    headers
-        .iter()
-        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && *n != "content-length")
-}
-
 /// The middleware: serve here when this replica schedules (or the route is local), else forward.
 pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) -> Response {
     if req.uri().path() == "/ready" && *f.role.borrow() == Role::Unknown {
@@ -184,7 +167,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
                     answer = send(&f, &holder.url, &parts, bytes) => match answer {
                         Ok(r) if !r.headers().contains_key(NOT_SCHEDULER) => {
                             f.metrics.forwarded("answered");
-                            return relay(r);
+                            return crate::proxy::relay(r);
                         }
                         Ok(_) => last_error = format!("{} no longer schedules", holder.url),
                         Err(e) => {
@@ -238,34 +221,8 @@ async fn send(
     parts: &axum::http::request::Parts,
     body: bytes::Bytes,
 ) -> Result<reqwest::Response, reqwest::Error> {
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", axum::http::uri::PathAndQuery::as_str);
-    let mut req = f
-        .client
-        .request(
-            parts.method.clone(),
-            format!("{}{path}", base.trim_end_matches('/')),
-        )
-        .header(FORWARDED, &f.replica)
-        .body(body);
-    for (name, value) in end_to_end(&parts.headers) {
-        req = req.header(name, value);
-    }
-    req.send().await
-}
-
-fn relay(r: reqwest::Response) -> Response {
-    let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut out = Response::builder().status(status);
-    if let Some(h) = out.headers_mut() {
-        for (name, value) in end_to_end(r.headers()) {
-            h.append(name, value.clone());
-        }
-    }
-    out.body(Body::from_stream(r.bytes_stream()))
-        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+    let replica = HeaderValue::from_str(&f.replica).unwrap_or(HeaderValue::from_static("?"));
+    crate::proxy::send(&f.client, base, parts, body, Some((FORWARDED, replica))).await
 }
 
 /// A WebSocket session through a follower: the follower opens one to the scheduler with the

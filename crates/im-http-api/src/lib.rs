@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod fence;
 pub mod forward;
 pub mod infer;
 pub mod jobs;
@@ -20,6 +21,7 @@ pub mod lifecycle;
 pub mod media;
 pub mod openai;
 pub mod ops;
+mod proxy;
 pub mod schema;
 pub mod seed;
 pub mod serve;
