@@ -5,8 +5,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use im_cluster::{Fence, Holder, Lease, LeaseSettings, RedisJobStore, RedisServer, Role};
-use im_jobs::{Job, JobStore, Request, Status};
-use serde_json::json;
+use im_jobs::conformance::job;
+use im_jobs::{JobStore, Status};
 
 fn settings(redis: &RedisServer, replica: &str, ttl_ms: u64) -> LeaseSettings {
     LeaseSettings {
@@ -20,26 +20,6 @@ fn settings(redis: &RedisServer, replica: &str, ttl_ms: u64) -> LeaseSettings {
 
 fn lease(redis: &RedisServer, replica: &str, ttl_ms: u64) -> Lease {
     Lease::new(settings(redis, replica, ttl_ms)).expect("lease")
-}
-
-fn job(id: &str, owner: &str, idem: Option<&str>) -> Job {
-    Job {
-        id: id.into(),
-        owner: owner.into(),
-        idempotency_key: idem.map(str::to_owned),
-        request: Request {
-            route: "/txt2txt".into(),
-            body: json!({"model": "m"}),
-        },
-        status: Status::Queued,
-        attempts: 0,
-        created_ms: 1,
-        started_ms: None,
-        finished_ms: None,
-        result: None,
-        error: None,
-        webhook: None,
-    }
 }
 
 #[test]

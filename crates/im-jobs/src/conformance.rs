@@ -7,7 +7,8 @@ use serde_json::json;
 use crate::job::{Job, Request, Status, Stored};
 use crate::store::JobStore;
 
-fn job(id: &str, owner: &str, idem: Option<&str>) -> Job {
+/// A queued `/txt2txt` job of `owner`, with idempotency key `idem`: what store tests store.
+pub fn job(id: &str, owner: &str, idem: Option<&str>) -> Job {
     Job {
         id: id.into(),
         owner: owner.into(),

@@ -243,28 +243,8 @@ impl RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{Request, Status};
-    use serde_json::json;
-
-    fn job(id: &str, owner: &str, idem: Option<&str>) -> Job {
-        Job {
-            id: id.to_owned(),
-            owner: owner.to_owned(),
-            idempotency_key: idem.map(str::to_owned),
-            request: Request {
-                route: "/txt2txt".to_owned(),
-                body: json!({"model": "m"}),
-            },
-            status: Status::Queued,
-            attempts: 0,
-            created_ms: 1,
-            started_ms: None,
-            finished_ms: None,
-            result: None,
-            error: None,
-            webhook: None,
-        }
-    }
+    use crate::conformance::job;
+    use crate::job::Status;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir =
