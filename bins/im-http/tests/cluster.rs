@@ -252,7 +252,7 @@ async fn killing_the_scheduling_replica_loses_nothing_the_others_accepted_and_it
     // The metrics say who schedules, and that followers sent work again after the kill.
     let mut resent = 0.0;
     for (i, r) in replicas.iter().enumerate().filter(|(i, _)| *i != victim) {
-        let text = metrics(&r.url).await;
+        let text = get_text(&r.url, "/metrics", KEY).await;
         let scheduler = if r.url == new_holder { 1 } else { 0 };
         assert!(
             text.contains(&format!("im_cluster_scheduler {scheduler}")),
@@ -276,18 +276,6 @@ async fn killing_the_scheduling_replica_loses_nothing_the_others_accepted_and_it
         served_again < limit,
         "served again after {served_again:?}, over the lease plus a retry ({limit:?})"
     );
-}
-
-async fn metrics(url: &str) -> String {
-    client()
-        .get(format!("{url}/metrics"))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
 }
 
 /// The value of the Prometheus sample `series` (0 when absent).

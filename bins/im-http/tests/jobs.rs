@@ -296,15 +296,7 @@ async fn webhooks_are_retried_and_a_410_disables_the_endpoint() {
     let j = webhook_of(&c, &s.url, &next).await;
     assert_eq!(j["webhook"]["abandoned"], true, "{j}");
     assert_eq!(seen.lock().expect("lock").calls.get("gone"), Some(&1));
-    let metrics = c
-        .get(format!("{}/metrics", s.url))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(&s.url, "/metrics", KEY).await;
     for line in [
         "im_webhook_deliveries_total{outcome=\"failed\"} 2",
         "im_webhook_deliveries_total{outcome=\"gone\"} 2",

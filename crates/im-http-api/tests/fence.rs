@@ -32,6 +32,16 @@ fn chat(gate: &str, token: Option<u64>, stream: bool) -> reqwest::RequestBuilder
     }
 }
 
+/// The status of a short chat through the gate with `token`.
+async fn status(gate: &str, token: Option<u64>) -> u16 {
+    chat(gate, token, false)
+        .send()
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gate_refuses_older_tokens_and_cuts_their_running_calls() {
     let mut cfg = SimConfig::default();
@@ -42,23 +52,8 @@ async fn the_gate_refuses_older_tokens_and_cuts_their_running_calls() {
     let sim = SimServer::start(cfg).await.expect("sim");
     let gate = gate_in_front_of(&sim).await;
 
-    assert_eq!(
-        chat(&gate, Some(5), false)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200
-    );
-    assert_eq!(
-        chat(&gate, None, false)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200,
-        "unfenced callers pass"
-    );
+    assert_eq!(status(&gate, Some(5)).await, 200);
+    assert_eq!(status(&gate, None).await, 200, "unfenced callers pass");
     let stale = chat(&gate, Some(4), false).send().await.expect("send");
     assert_eq!(stale.status(), 409);
     let body: Value = stale.json().await.expect("json");
@@ -105,12 +100,5 @@ async fn the_gate_refuses_older_tokens_and_cuts_their_running_calls() {
         "cut at once, well before its 256 tokens"
     );
     assert_eq!(newer.await.expect("task").expect("send").status(), 200);
-    assert_eq!(
-        chat(&gate, Some(5), false)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        409
-    );
+    assert_eq!(status(&gate, Some(5)).await, 409);
 }

@@ -263,6 +263,19 @@ pub async fn post(c: &reqwest::Client, url: &str, path: &str, body: &Value) -> (
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET url+path` with `key`: the body as text (`/metrics`).
+pub async fn get_text(url: &str, path: &str, key: &str) -> String {
+    client()
+        .get(format!("{url}{path}"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("answered")
+        .text()
+        .await
+        .expect("text")
+}
+
 /// `GET url+path` with `key`: the JSON body.
 pub async fn get_json(url: &str, path: &str, key: &str) -> Value {
     client()
