@@ -393,9 +393,7 @@ impl Driver {
             Msg::Lifecycle { lane } => self.core.lifecycle_done(now, lane),
             Msg::Health { lane, healthy } => {
                 self.checking[lane.0] = false;
-                if healthy {
-                    tracing::info!(lane = %self.lanes[lane.0], "health check answered: lane rejoins");
-                }
+                tracing::debug!(lane = %self.lanes[lane.0], healthy, "health check");
                 self.core.lane_health(now, lane, healthy);
             }
             Msg::Status { reply } => {
@@ -620,8 +618,13 @@ impl Driver {
         }
     }
 
-    /// Check each lane whose breaker is open or half-open with its readiness route, at most once
-    /// per `breaker.health_check` and one check at a time; the answer goes to the core.
+    /// Check lanes with their readiness route, at most once per `breaker.health_check` and one
+    /// check at a time per lane; the answer goes to the core.
+    /// - A lane whose breaker is open or half-open rejoins when the route answers 200.
+    /// - An idle lane whose breaker is closed is checked too, so a server that died between
+    ///   requests is found before work is sent to it: only an unreachable server counts against
+    ///   it (any HTTP answer, such as llama.cpp's 503 while it loads a model, shows it is up).
+    ///   A lane with requests running is judged by them.
     fn health_checks(&mut self) {
         let Some(every) = self.core.config().breaker.health_check else {
             return;
@@ -632,19 +635,24 @@ impl Driver {
         self.last_health = Instant::now();
         let status = self.core.status(self.clock.now());
         for (i, l) in status.lanes.iter().enumerate() {
-            if matches!(
-                l.breaker,
-                inference_queue::BreakerState::Closed | inference_queue::BreakerState::Retired
-            ) || self.checking[i]
-            {
+            let closed = match l.breaker {
+                inference_queue::BreakerState::Retired => continue,
+                inference_queue::BreakerState::Closed => true,
+                _ => false,
+            };
+            if self.checking[i] || (closed && l.in_flight > 0) {
                 continue;
             }
             self.checking[i] = true;
             let (backend, tx, lane) = (self.backend.clone(), self.tx.clone(), LaneId(i));
             tokio::spawn(async move {
-                let healthy = tokio::time::timeout(Duration::from_secs(5), backend.ready(lane))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(5), backend.ready(lane)).await;
+                let healthy = match answer {
+                    Ok(Ok(())) => true,
+                    Ok(Err(ClientError::Status { .. })) => closed,
+                    Ok(Err(_)) | Err(_) => false,
+                };
                 if let Some(tx) = tx.upgrade() {
                     let _ = tx.send(Msg::Health { lane, healthy });
                 }

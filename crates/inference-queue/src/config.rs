@@ -158,9 +158,11 @@ pub struct BreakerConfig {
     pub failure_threshold: u32,
     /// How long an open breaker stays open before one probe request is let through.
     pub cooldown: Duration,
-    /// How often the driver checks a lane whose breaker is not closed with the upstream's
-    /// readiness route, reporting through [`crate::Scheduler::lane_health`] (a lane that answers
-    /// rejoins at once); `None`: only probe requests close a breaker.
+    /// How often the driver checks lanes with the upstream's readiness route, reporting through
+    /// [`crate::Scheduler::lane_health`]: a lane whose breaker is not closed rejoins at once when
+    /// it answers, and an idle lane that stops answering counts failures like a failing request,
+    /// so its breaker opens before work is sent to it. `None`: no checks, only probe requests
+    /// close a breaker.
     pub health_check: Option<Duration>,
 }
 

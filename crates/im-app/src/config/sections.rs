@@ -333,8 +333,8 @@ pub struct BreakerEntry {
     pub failure_threshold: u32,
     /// Seconds it stays open.
     pub cooldown_s: f64,
-    /// Seconds between active health checks of a lane whose breaker is open or half-open (its
-    /// readiness route); an answer closes the breaker. 0: off.
+    /// Seconds between active health checks of each lane (its readiness route): an answer
+    /// closes an open breaker; an idle lane that does not answer counts a failure. 0: off.
     pub health_check_s: f64,
 }
 

@@ -74,8 +74,10 @@ impl Scheduler {
 
 impl Scheduler {
     /// An active health check of `lane` answered (`healthy`) or failed. A healthy answer closes an
-    /// open or half-open breaker (the lane rejoins at once); a failure counts against a closed
-    /// breaker like an upstream fault and re-opens a half-open one.
+    /// open or half-open breaker (the lane rejoins at once). Failed checks of a closed breaker
+    /// are counted apart from failed requests, and open it at the same threshold: an idle lane
+    /// whose server died is taken out before work is sent to it, while checks that answer never
+    /// hide failing requests. A failed check re-opens a half-open breaker.
     pub fn lane_health(&mut self, now: Time, lane: LaneId, healthy: bool) {
         self.advance(now);
         let Some(l) = self.lanes.get_mut(lane.0) else {
@@ -83,17 +85,17 @@ impl Scheduler {
         };
         let before = l.breaker;
         let cfg = self.cfg.breaker;
+        l.failed_checks = if healthy { 0 } else { l.failed_checks + 1 };
         l.breaker = match (healthy, before) {
             (true, Breaker::Closed { failures }) => Breaker::Closed { failures },
             (true, _) => Breaker::Closed { failures: 0 },
-            (false, Breaker::Closed { failures }) if failures + 1 >= cfg.failure_threshold => {
+            (false, Breaker::Closed { .. }) if l.failed_checks >= cfg.failure_threshold => {
+                l.failed_checks = 0;
                 Breaker::Open {
                     until: self.now + cfg.cooldown,
                 }
             }
-            (false, Breaker::Closed { failures }) => Breaker::Closed {
-                failures: failures + 1,
-            },
+            (false, closed @ Breaker::Closed { .. }) => closed,
             (false, Breaker::HalfOpen { .. }) => Breaker::Open {
                 until: self.now + cfg.cooldown,
             },

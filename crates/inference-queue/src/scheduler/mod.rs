@@ -114,6 +114,9 @@ struct Lane {
     batch: u32,
     drained: bool,
     breaker: Breaker,
+    /// Active health checks failed in a row. Counted apart from request failures: a check
+    /// answered says the server is up, not that its requests succeed.
+    failed_checks: u32,
     /// Removed from the configuration: no new work; what runs here finishes.
     retired: bool,
 }
@@ -144,6 +147,7 @@ impl Lane {
             batch: 0,
             drained: true,
             breaker: Breaker::Closed { failures: 0 },
+            failed_checks: 0,
             retired: false,
         }
     }
