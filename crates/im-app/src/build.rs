@@ -127,16 +127,21 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         .iter()
         .map(|u| upstream_client(&config, u, &fence))
         .collect::<Result<Vec<_>, _>>()?;
+    let largest_budget_gib = config
+        .upstreams
+        .iter()
+        .filter_map(|u| u.memory_gib())
+        .reduce(f64::max);
     if config.models.is_empty() {
-        config.models = discover(&clients[0], &config.discovery)
+        config.models = discover(&clients[0], &config.discovery, largest_budget_gib)
             .await
             .map_err(|e| BuildError::Discovery {
                 url: config.upstreams[0].url().to_owned(),
                 error: e.to_string(),
             })?;
-        tracing::info!(models = ?config.models.iter().map(|m| (&m.name, &m.kinds, m.max_in_flight)).collect::<Vec<_>>(), "discovered models");
+        tracing::info!(models = ?config.models.iter().map(|m| (&m.name, &m.kinds, m.max_in_flight, m.size_gib)).collect::<Vec<_>>(), "discovered models");
     } else {
-        learn_slots(&clients[0], &mut config.models).await;
+        learn_from_upstream(&clients[0], &mut config.models, largest_budget_gib).await;
     }
     let core = config.core()?;
     let echo = ModelEcho {
@@ -257,9 +262,11 @@ fn start_jobs(
 /// The models an upstream serves, with their kinds and slots learned from what it says: llama.cpp's
 /// router lists modalities and load status, its `/props` the slots and vision; names are the last
 /// resort for kinds, and `discovery` the default for slots.
+/// Sizes come from `llama-server`'s `meta.size` where it lists one (see [`learn_from_upstream`]).
 pub async fn discover(
     client: &LocalAiClient,
     defaults: &DiscoveryEntry,
+    largest_budget_gib: Option<f64>,
 ) -> Result<Vec<ModelEntry>, localai_client::ClientError> {
     let infos = client.model_infos().await?;
     let mut out = Vec::with_capacity(infos.len());
@@ -288,6 +295,7 @@ pub async fn discover(
             .and_then(|p| p.slots)
             .unwrap_or_else(|| defaults.slots_for(&kinds));
         out.push(ModelEntry {
+            size_gib: learned_size(&info.id, info.size_bytes, largest_budget_gib),
             name: info.id,
             kinds,
             max_in_flight: Some(slots),
@@ -298,14 +306,47 @@ pub async fn discover(
     Ok(out)
 }
 
-/// Fill in `max_in_flight` of configured models that leave it out, where the upstream reports
-/// slots (llama.cpp's `/props`); the rest keep the `discovery` default.
-pub async fn learn_slots(client: &LocalAiClient, models: &mut [ModelEntry]) {
+/// A size an upstream reported for `model`, in GiB rounded up to the MiB (what a budget is
+/// counted in). One larger than every budget (`largest_gib`) is dropped with a warning: the server
+/// runs it (llama.cpp spills layers to the CPU), so it must not make the configuration invalid.
+fn learned_size(model: &str, bytes: Option<u64>, largest_gib: Option<f64>) -> Option<f64> {
+    let gib = bytes?.div_ceil(1 << 20) as f64 / 1024.0;
+    if largest_gib.is_some_and(|l| gib > l) {
+        tracing::warn!(%model, size_gib = gib, largest_budget_gib = ?largest_gib,
+            "the upstream reports a model larger than every memory budget; it is counted as filling one");
+        return None;
+    }
+    Some(gib)
+}
+
+/// Fill in what configured models leave out where the upstream reports it: `max_in_flight` from
+/// llama.cpp's `/props` slots (the rest keep the `discovery` default), and `size_gib` from
+/// `llama-server`'s `meta.size` in `/v1/models` (the weights: a declared size, which can count
+/// the context's cache too, wins).
+/// `largest_budget_gib` is the largest upstream `memory_gib`.
+pub async fn learn_from_upstream(
+    client: &LocalAiClient,
+    models: &mut [ModelEntry],
+    largest_budget_gib: Option<f64>,
+) {
     for m in models.iter_mut().filter(|m| m.max_in_flight.is_none()) {
         if let Ok(Some(p)) = client.props(&m.name).await
             && let Some(slots) = p.slots
         {
             m.max_in_flight = Some(slots);
         }
+    }
+    if models.iter().all(|m| m.size_gib.is_some()) {
+        return;
+    }
+    let Ok(infos) = client.model_infos().await else {
+        return;
+    };
+    for m in models.iter_mut().filter(|m| m.size_gib.is_none()) {
+        let bytes = infos
+            .iter()
+            .find(|i| i.id == m.name)
+            .and_then(|i| i.size_bytes);
+        m.size_gib = learned_size(&m.name, bytes, largest_budget_gib);
     }
 }

@@ -20,7 +20,7 @@ pub mod reload;
 pub mod run;
 mod topology;
 
-pub use build::{BuildError, Built, DEMO_KEY, Simulate, build, discover, learn_slots};
+pub use build::{BuildError, Built, DEMO_KEY, Simulate, build, discover, learn_from_upstream};
 
 /// The HTTP API with MCP mounted at `/mcp` over the same engine, behind the same keys; in a
 /// cluster, behind the layer that forwards to the scheduling replica.

@@ -537,3 +537,93 @@ proptest! {
         }
     }
 }
+
+/// A `llama-server` with one model, as its `/v1/models` lists it: `meta.size` is the weights in
+/// bytes.
+async fn llama_server_listing(models: &'static [(&'static str, u64)]) -> String {
+    let app = axum::Router::new().route(
+        "/v1/models",
+        get(move || async move {
+            let data: Vec<Value> = models
+                .iter()
+                .map(|(id, size)| {
+                    json!({"id": id, "object": "model", "owned_by": "llamacpp",
+                           "meta": {"vocab_type": 2, "n_ctx_train": 131072, "n_params": 3_212_749_888u64, "size": size}})
+                })
+                .collect();
+            axum::Json(json!({"object": "list", "data": data}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+#[tokio::test]
+async fn model_sizes_are_learned_where_llama_server_reports_them() {
+    const GIB: u64 = 1 << 30;
+    static LISTED: [(&str, u64); 3] = [
+        (LLM, 3 * GIB + GIB / 4),
+        ("qwen2.5-72b", 47 * GIB),
+        ("declared", 2 * GIB),
+    ];
+    let url = llama_server_listing(&LISTED).await;
+    let budgeted = |cfg: &mut ImConfig| {
+        cfg.upstreams = vec![im_app::config::UpstreamEntry::Table {
+            url: url.clone(),
+            name: None,
+            api_key: None,
+            memory_gib: Some(24.0),
+            labels: vec![],
+        }];
+        cfg.api_keys = vec![DEMO_KEY.into()];
+        cfg.jobs.enabled = false; // no job store: these tests share a working directory
+    };
+    let size = |built: &Built, name: &str| {
+        built
+            .config
+            .models
+            .iter()
+            .find(|m| m.name == name)
+            .expect(name)
+            .size_gib
+    };
+    // Discovered: every size as listed, except one no budget can hold (it counts as filling one).
+    let mut cfg = ImConfig::default();
+    budgeted(&mut cfg);
+    let built = app::build(cfg, None).await.expect("build");
+    assert_eq!(size(&built, LLM), Some(3.25));
+    assert_eq!(
+        size(&built, "qwen2.5-72b"),
+        None,
+        "larger than every budget"
+    );
+    // Configured: a declared size wins; one left out is learned.
+    let mut cfg = ImConfig::default();
+    budgeted(&mut cfg);
+    cfg.models = ["declared", LLM]
+        .map(|name| ModelEntry {
+            name: name.into(),
+            kinds: vec!["txt2txt".into()],
+            size_gib: (name == "declared").then_some(6.0),
+            ..Default::default()
+        })
+        .to_vec();
+    let built = app::build(cfg, None).await.expect("build");
+    assert_eq!(size(&built, "declared"), Some(6.0));
+    assert_eq!(size(&built, LLM), Some(3.25));
+    let core = built.state.service.engine().config();
+    let spec = core
+        .models
+        .iter()
+        .find(|m| m.name == LLM)
+        .expect("in the core");
+    assert_eq!(
+        spec.size_mb,
+        Some(3 * 1024 + 256),
+        "the core counts it against the budget"
+    );
+}

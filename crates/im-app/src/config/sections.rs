@@ -23,7 +23,8 @@ pub struct ModelEntry {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
     /// The memory it takes on a GPU, in GiB (what an upstream's `memory_gib` budget counts).
-    /// Absent: it fills an upstream's whole budget.
+    /// Absent: learned where the upstream lists it (`llama-server`'s `meta.size`, the weights),
+    /// else it fills an upstream's whole budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_gib: Option<f64>,
     /// What one load is expected to take, in seconds, until im has measured it (absent: from

@@ -166,6 +166,9 @@ pub struct ModelInfo {
     pub input: Vec<String>,
     /// Output modalities (`text`, `image`, `audio`, `embedding`), when reported.
     pub output: Vec<String>,
+    /// The size of its weights in bytes, where the server reports it: llama.cpp's `llama-server`
+    /// with one model lists `meta.size` (its router and LocalAI do not).
+    pub size_bytes: Option<u64>,
 }
 
 impl ModelInfo {
@@ -191,11 +194,17 @@ impl ModelInfo {
             list(modalities.and_then(|x| x.get("input").or_else(|| x.get("input_modalities"))));
         let output =
             list(modalities.and_then(|x| x.get("output").or_else(|| x.get("output_modalities"))));
+        let size_bytes = m
+            .get("meta")
+            .and_then(|meta| meta.get("size"))
+            .and_then(Value::as_u64)
+            .filter(|b| *b > 0);
         Some(ModelInfo {
             id,
             status,
             input,
             output,
+            size_bytes,
         })
     }
 }
