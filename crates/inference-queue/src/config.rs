@@ -269,8 +269,10 @@ impl Default for Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Routing {
     /// A lane leaves a group to another healthy lane that has the group's model loaded, unless the
-    /// group waits long enough to be starving or its queue is deeper than `replica_depth` requests
-    /// per slot of the lanes serving it (then a second copy of the model is worth its load).
+    /// group waits long enough to be starving (and nothing serves it, or this lane is spare) or
+    /// its queue is deeper than `replica_depth` requests per slot of the lanes serving it (then a
+    /// second copy of the model is worth its load). A group nobody holds goes to the lane whose
+    /// switch costs least, and until it starves not to one whose models have waiting work.
     Affinity {
         /// Waiting requests per slot of the serving lanes beyond which another lane may load the
         /// model too.

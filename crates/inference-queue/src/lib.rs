@@ -85,10 +85,14 @@
 //!   request can hold a slot upstream (its service time plus a model load). Starvation never
 //!   preempts the active group; it decides the next group at each switch point, and switch points
 //!   come at least every `D + T` while others wait (the dwell bound, then the barrier's drain).
-//!   With N lanes under `affinity` a starving group is served by the lanes that hold its model and
-//!   becomes routable on one more lane, the one whose switch costs least (idle first, then one
-//!   whose models are held elsewhere too); that lane's switch points come within `D + T` as
-//!   above, and an idle lane wakes when a group it left to another lane starts to starve. With
+//!   With N lanes under `affinity` a starving group is served by the lanes that hold its model.
+//!   One with no request running becomes routable on one more lane, the one whose switch costs
+//!   least (idle first, then one whose models are held elsewhere too); that lane's switch points
+//!   come within `D + T` as above, and an idle lane wakes when a group it left to another lane
+//!   starts to starve. One with requests running is being served: its front starts when one of
+//!   them frees its slot (within `T`), or, if its lanes leave it at a switch point, it has none
+//!   running and the rule before applies; it takes another lane early only if that lane is spare
+//!   (idle, its models unused for `S`). With
 //!   co-residency a starving group may also evict idle models at once (the ski-rental hold below
 //!   does not apply to it). The property test checks the bound for 1 to 3 lanes.
 //!   *Theorem:* once the oldest waiting request `R` of a lane has waited `S`, `R` is dispatched

@@ -186,16 +186,49 @@ impl Scheduler {
             })
             .count() as u64;
         if owners == 0 {
-            // Nobody holds it: the lane whose switch costs least takes it (or anyone once it
-            // starves), so that lanes do not all leave their models for it.
+            // Nobody holds it: the lane whose switch costs least takes it, so that lanes do not
+            // all leave their models for it. Until it starves it does not evict a model with
+            // waiting work when another lane could host it: a lane whose work runs dry soon is
+            // a cheaper home than one whose model must come back after it.
+            let evicts_wanted = self.lanes[lane]
+                .resident
+                .iter()
+                .any(|m| self.has_waiting(*m));
+            if evicts_wanted && !self.starving(g) && self.other_home(lane, model) {
+                return false;
+            }
             return self.cheapest_home(g) == Some(lane);
         }
         let slots = u64::from(self.cfg.models[model.0].max_in_flight) * owners;
         if g.depth as u64 >= u64::from(replica_depth) * slots {
             return true;
         }
-        // A starving group gets one more lane: the one whose switch costs least.
-        self.starving(g) && self.cheapest_home(g) == Some(lane)
+        // A starving group gets one more lane: the one whose switch costs least. One with
+        // requests running is being served (its oldest waiter waits for its own work ahead), so
+        // it takes only a spare lane; a busier one helps it only past `replica_depth`.
+        self.starving(g)
+            && (g.in_flight == 0 || self.spare(lane))
+            && self.cheapest_home(g) == Some(lane)
+    }
+
+    /// Whether `lane` is spare: idle, and none of its models has had work there for a
+    /// starvation period (so none is likely to want it back soon).
+    fn spare(&self, lane: usize) -> bool {
+        let l = &self.lanes[lane];
+        let quiet = self.cfg.bounds.starvation_after.unwrap_or_default();
+        l.in_flight == 0
+            && l.resident
+                .iter()
+                .all(|m| self.now.saturating_since(l.used_at[m.0]) >= quiet)
+    }
+
+    /// Whether a healthy lane other than `lane` could host `model`.
+    fn other_home(&self, lane: usize, model: ModelId) -> bool {
+        (0..self.lanes.len()).any(|o| {
+            o != lane
+                && self.fits_lane(o, model)
+                && matches!(self.lanes[o].breaker, Breaker::Closed { .. })
+        })
     }
 
     pub(super) fn pump_lane(&mut self, lane: usize) {
