@@ -55,6 +55,26 @@ fn browse(url: &str, screenshot: Option<&PathBuf>) -> (String, Vec<String>) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), console)
 }
 
+/// The page's DOM once it contains `awaited`, with no console message on any load. The page
+/// renders what its WebSocket brings, and on a loaded machine that may come after the browser's
+/// snapshot, so it is loaded again (a fresh page each time), up to 10 times.
+async fn browse_until(url: &str, awaited: &str) -> String {
+    let mut dom = String::new();
+    for _ in 0..10 {
+        let url = url.to_owned();
+        let (seen, console) = tokio::task::spawn_blocking(move || browse(&url, None))
+            .await
+            .expect("browser");
+        assert!(console.is_empty(), "console messages: {console:?}");
+        dom = seen;
+        if dom.contains(awaited) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    dom
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_lanes_and_groups_under_load_without_console_errors() {
     let s = start_scaled("0.2", &[]);
@@ -72,21 +92,7 @@ async fn the_dashboard_shows_lanes_and_groups_under_load_without_console_errors(
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     let page = format!("{}/dashboard#key={KEY}", s.url);
-    // The page renders what the WebSocket brings; on a loaded machine the first updates may
-    // come after the browser's snapshot, so look again (a fresh page each time) a few times.
-    let mut dom = String::new();
-    for _ in 0..10 {
-        let dom_url = page.clone();
-        let (seen, console) = tokio::task::spawn_blocking(move || browse(&dom_url, None))
-            .await
-            .expect("browser");
-        assert!(console.is_empty(), "console messages: {console:?}");
-        dom = seen;
-        if dom.contains(">default<") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let dom = browse_until(&page, ">default<").await;
     assert!(dom.contains(">live<"), "connected and authenticated");
     assert!(dom.contains(">default<"), "the lane is shown");
     assert!(
@@ -128,10 +134,8 @@ async fn without_a_valid_key_the_dashboard_shows_only_the_key_form() {
         (format!("{}/dashboard", s.url), false),
         (format!("{}/dashboard#key=wrong-key", s.url), true),
     ] {
-        let (dom, console) = tokio::task::spawn_blocking(move || browse(&url, None))
-            .await
-            .expect("browser");
-        assert!(console.is_empty(), "console messages: {console:?}");
+        // A refused key shows the form once the WebSocket's refusal arrives.
+        let dom = browse_until(&url, r#"<div id="login">"#).await;
         assert!(
             dom.contains(r#"<div id="app" hidden="">"#),
             "nothing shown: {dom}"

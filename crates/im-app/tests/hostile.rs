@@ -457,11 +457,7 @@ async fn upstream_tracebacks_reach_no_caller() {
             r
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(l, app).await });
+    let url = serve(app).await;
     let mut cfg = ImConfig::default();
     cfg.upstreams = vec![url.into()];
     cfg.api_keys = vec![DEMO_KEY.into()];
@@ -554,6 +550,11 @@ async fn llama_server_listing(models: &'static [(&'static str, u64)]) -> String 
             axum::Json(json!({"object": "list", "data": data}))
         }),
     );
+    serve(app).await
+}
+
+/// A hand-made upstream on loopback; its URL.
+async fn serve(app: Router) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -1,11 +1,13 @@
 //! The engine against the simulated LocalAI, in-process and time-scaled.
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
+use common::{GONE, Scripted, UP};
 use im_engine::*;
 use im_metrics::Metrics;
 use inference_queue::{Bounds, Config, Kind, LaneId, ModelSpec};
@@ -267,57 +269,10 @@ async fn transient_faults_are_retried_and_permanent_ones_are_not() {
     }
 }
 
-/// A backend that fails every call while `down` is set, and answers at once otherwise.
-struct Flaky {
-    down: AtomicBool,
-    calls: AtomicU32,
-}
-
-#[async_trait]
-impl Backend for Flaky {
-    async fn chat(&self, _: LaneId, req: &ChatRequest) -> Result<ChatResponse, ClientError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.down.load(Ordering::SeqCst) {
-            return Err(ClientError::Connect("connection refused".into()));
-        }
-        let raw = json!({"model": req.model, "choices": [{"message": {"content": "ok"}}]});
-        Ok(ChatResponse {
-            body: raw.to_string().into(),
-            raw,
-            content: "ok".into(),
-        })
-    }
-    async fn chat_stream(&self, _: LaneId, _: &ChatRequest) -> Result<ChunkStream, ClientError> {
-        Err(ClientError::Protocol("not in this test".into()))
-    }
-    async fn images(&self, _: LaneId, _: &ImageRequest) -> Result<ImagesResponse, ClientError> {
-        Err(ClientError::Protocol("not in this test".into()))
-    }
-    async fn unload(&self, _: LaneId, _: &str) -> Result<bool, ClientError> {
-        Ok(true)
-    }
-    async fn load(&self, _: LaneId, _: &str) -> Result<(), ClientError> {
-        Ok(())
-    }
-    async fn ready(&self, _: LaneId) -> Result<(), ClientError> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(ClientError::Connect("connection refused".into()))
-        } else {
-            Ok(())
-        }
-    }
-    async fn models(&self, _: LaneId) -> Result<Vec<String>, ClientError> {
-        Ok(vec![LLM.into()])
-    }
-}
-
 /// On a paused clock: every wait below is virtual time, so the counts are exact on any machine.
 #[tokio::test(start_paused = true)]
 async fn the_breaker_opens_holds_the_queue_and_closes() {
-    let flaky = Arc::new(Flaky {
-        down: AtomicBool::new(true),
-        calls: AtomicU32::new(0),
-    });
+    let flaky = Arc::new(Scripted::new([GONE, GONE]));
     let mut cfg = config(Bounds::default(), 4);
     cfg.breaker.failure_threshold = 3;
     cfg.breaker.cooldown = Duration::from_secs(10);
@@ -331,10 +286,10 @@ async fn the_breaker_opens_holds_the_queue_and_closes() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let st = engine.status().await.expect("status");
     assert_eq!(st.lanes[0].breaker.as_str(), "open");
-    assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "no calls while open");
+    assert_eq!(flaky.chats(0), 3, "no calls while open");
     let ready = engine.readiness().await;
     assert!(!ready[0].ready(), "readiness reports the open breaker");
-    flaky.down.store(false, Ordering::SeqCst);
+    flaky.set(0, UP);
     let done = pending
         .await
         .expect("join")

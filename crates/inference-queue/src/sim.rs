@@ -251,6 +251,14 @@ impl Upstream {
         self.budget.map_or(1, |_| models[model].size_mb)
     }
 
+    /// What its resident models take of its budget.
+    fn used(&self, models: &[SimModel]) -> u64 {
+        self.resident
+            .iter()
+            .map(|m| self.footprint(models, *m))
+            .sum()
+    }
+
     /// Make `model` resident, evicting the least recently used models until it fits (an eviction
     /// of a model with requests running counts as an overcommit); the time at which it is ready.
     fn ensure(&mut self, models: &[SimModel], model: usize, now: Time) -> Time {
@@ -259,15 +267,7 @@ impl Upstream {
         } else {
             let cap = self.budget.unwrap_or(1);
             let need = self.footprint(models, model);
-            while !self.resident.is_empty()
-                && self
-                    .resident
-                    .iter()
-                    .map(|m| self.footprint(models, *m))
-                    .sum::<u64>()
-                    + need
-                    > cap
-            {
+            while !self.resident.is_empty() && self.used(models) + need > cap {
                 let victim = self.resident.remove(0);
                 if self.running[victim] > 0 {
                     self.overcommits += 1;
@@ -504,14 +504,7 @@ impl PlainServer {
                     break;
                 }
                 // Room from the idle models, the least recently used first.
-                while up
-                    .resident
-                    .iter()
-                    .map(|m| up.footprint(models, *m))
-                    .sum::<u64>()
-                    + need
-                    > cap
-                {
+                while up.used(models) + need > cap {
                     let idle = up
                         .resident
                         .iter()
