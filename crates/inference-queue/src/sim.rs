@@ -7,7 +7,8 @@
 //! each resident model at once, and may fail an attempt transiently. Evicting a model that has
 //! requests running is an overcommit: what im must never cause. [`run_scheduler`] drives a real [`Scheduler`] against it;
 //! [`run_fifo`] replays the same trace the way users hit LocalAI today: requests start in arrival
-//! order, and a request for another model waits for the running ones, then triggers a load.
+//! order, and a request for another model waits for the running ones, then triggers a load;
+//! [`run_balanced`] does the same for a fleet of such servers behind an ordinary load balancer.
 //! Everything runs on a virtual clock, so a day of traffic takes milliseconds and a seed reproduces
 //! a run exactly. Tests, the `inference-queue` benchmarks and `cargo xtask sim` share this module.
 
