@@ -85,3 +85,23 @@ fn a_starving_group_being_served_takes_only_a_spare_lane() {
     // gpu1 has been idle for 99 s: it is spare, and the starving group takes it.
     assert_eq!(scenario(1_000), (Some(0), Some(1)));
 }
+
+#[test]
+fn a_new_model_that_fits_beside_wanted_ones_is_placed_at_once() {
+    let mut c = cfg(Bounds::default());
+    c.lanes = ["gpu0", "gpu1"]
+        .map(|name| LaneSpec {
+            name: name.into(),
+            memory_mb: Some(12_000),
+        })
+        .to_vec();
+    let mut h = Harness::new(c);
+    let sd = h.id(Kind::Txt2Img, "sd");
+    let _waiting_sd = h.id(Kind::Txt2Img, "sd");
+    let chats: Vec<_> = (0..3).map(|_| h.id(Kind::Txt2Txt, "llm2")).collect();
+    // Both lanes' models have work waiting, but vision (2 GB) fits beside either: nothing is
+    // evicted, so it need not wait to starve.
+    let vision = h.at(1_000).id(Kind::Img2Txt, "vision");
+    assert!(lane_of(&h, vision).is_some(), "placed beside a busy model");
+    assert!(lane_of(&h, sd).is_some() && lane_of(&h, chats[0]).is_some());
+}

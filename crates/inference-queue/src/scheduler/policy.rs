@@ -190,10 +190,14 @@ impl Scheduler {
             // all leave their models for it. Until it starves it does not evict a model with
             // waiting work when another lane could host it: a lane whose work runs dry soon is
             // a cheaper home than one whose model must come back after it.
-            let evicts_wanted = self.lanes[lane]
-                .resident
-                .iter()
-                .any(|m| self.has_waiting(*m));
+            let evicts_wanted = match self.room(lane, model, false) {
+                Room::Resident | Room::Fits => false,
+                Room::Evict(victims) => victims.iter().any(|m| self.has_waiting(*m)),
+                Room::Barrier => self.lanes[lane]
+                    .resident
+                    .iter()
+                    .any(|m| self.has_waiting(*m)),
+            };
             if evicts_wanted && !self.starving(g) && self.other_home(lane, model) {
                 return false;
             }
