@@ -278,15 +278,8 @@ pub async fn get_text(url: &str, path: &str, key: &str) -> String {
 
 /// `GET url+path` with `key`: the JSON body.
 pub async fn get_json(url: &str, path: &str, key: &str) -> Value {
-    client()
-        .get(format!("{url}{path}"))
-        .header("x-api-key", key)
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("JSON")
+    let text = get_text(url, path, key).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("JSON from {path}: {e}: {text}"))
 }
 
 pub const KINDS: [&str; 4] = ["txt2txt", "txt2img", "img2img", "img2txt"];
