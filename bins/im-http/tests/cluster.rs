@@ -13,62 +13,6 @@ use im_cluster::RedisServer;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-const LEASE_S: f64 = 1.5;
-
-fn replica_args(redis: &RedisServer) -> Vec<String> {
-    vec![
-        "--api-keys".into(),
-        KEY.into(),
-        "--redis-url".into(),
-        redis.url(),
-        "--set".into(),
-        format!(
-            "cluster.lease_s={LEASE_S};cluster.failover_wait_s=30;breaker.failure_threshold=2;\
-             breaker.cooldown_s=1;breaker.health_check_s=0.5;retry.base_ms=20;retry.cap_ms=200"
-        ),
-    ]
-}
-
-fn start_replicas(n: usize, upstreams: &[String], redis: &RedisServer) -> Vec<Server> {
-    let args = replica_args(redis);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    (0..n)
-        .map(|_| start_in_front_of(upstreams, &args))
-        .collect()
-}
-
-/// The lease as Redis holds it: (epoch, the holder's URL).
-fn lease(redis: &RedisServer) -> Option<(u64, String)> {
-    let mut c = redis::Client::open(redis.url())
-        .and_then(|c| c.get_connection())
-        .expect("redis");
-    let v: Option<String> = redis::cmd("GET")
-        .arg("im:scheduler:lease")
-        .query(&mut c)
-        .expect("GET");
-    let v = v?;
-    let mut parts = v.split(' ');
-    let epoch = parts.next()?.parse().ok()?;
-    let url = parts.nth(1)?.to_owned();
-    Some((epoch, url))
-}
-
-async fn wait_for_lease(redis: &RedisServer, newer_than: u64) -> (u64, String) {
-    let start = Instant::now();
-    loop {
-        if let Some((e, url)) = lease(redis)
-            && e > newer_than
-        {
-            return (e, url);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no replica took the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// What the clients of one replica saw.
 #[derive(Debug, Default)]
 struct Seen {
@@ -623,4 +567,57 @@ async fn without_redis_a_replica_is_alive_but_not_ready_and_refuses_work_after_t
         0,
         "nothing reached the upstream"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "every request through the surviving replica is served")]
+async fn redis_losing_its_data_does_not_lock_the_scheduler_out_of_its_gates() {
+    // Regression (issue 27.1): after `FLUSHALL` (a lost volume, a failover to a lagging replica)
+    // the next scheduler took epoch 1 while the gates had seen 2, and every call was refused.
+    let secret = [("IM_FENCE_SECRET", "a-shared-fence-secret")];
+    let redis = RedisServer::start().expect("redis-server");
+    let mut c = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    // Earlier schedulers came and went: the gates have seen epoch 5 and more.
+    let _: () = redis::cmd("SET")
+        .arg("im:scheduler:epoch")
+        .arg(5)
+        .query(&mut c)
+        .expect("SET");
+    let sim = SimProcess::start(0, 0.02).await;
+    let gate = FenceProcess::start(&sim.url(), &secret);
+    let args = replica_args(&redis);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut replicas: Vec<Server> = (0..2)
+        .map(|_| start_in_front_of_with_env(std::slice::from_ref(&gate.url), &args, &secret))
+        .collect();
+    let (epoch, holder) = wait_for_lease(&redis, 0).await;
+    let a = replicas
+        .iter()
+        .position(|r| r.url == holder)
+        .expect("holder");
+    let survivor = replicas[1 - a].url.clone();
+    let chat = body_for("txt2txt", 1).1;
+    assert_eq!(post(&client(), &survivor, "/txt2txt", &chat).await.0, 200);
+    assert!(epoch > 5);
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let load = tokio::spawn(load(survivor.clone(), 40, 4, done.clone()));
+    while done.load(Ordering::SeqCst) < 8 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).expect("FLUSHALL");
+    let flushed = Instant::now();
+    let seen = load.await.expect("load");
+    assert!(
+        seen.errors.is_empty() && seen.connection_errors == 0 && seen.ok == 40,
+        "every request through the surviving replica is served: {seen:?}"
+    );
+    // The new scheduler's calls pass the gate within a lease of it taking over.
+    let (_, holder) = wait_for_lease(&redis, 0).await;
+    assert_eq!(holder, survivor);
+    assert_eq!(post(&client(), &survivor, "/txt2txt", &chat).await.0, 200);
+    eprintln!("served again {:?} after FLUSHALL", flushed.elapsed());
+    let _ = replicas[a].child.wait();
 }

@@ -152,6 +152,30 @@ mod tests {
     }
 
     #[tokio::test]
+    #[should_panic(expected = "is refused")]
+    async fn ipv6_forms_of_private_ipv4_addresses_are_refused() {
+        // Regression (issue 27.4): IPv4-compatible, NAT64 and 6to4 forms of 127.0.0.1 passed.
+        for url in [
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[64:ff9b:1::7f00:1]/",
+            "http://[2002:7f00:1::1]/",
+            "http://[2002:a9fe:a9fe::1]/latest/meta-data",
+            "http://[::ffff:169.254.169.254]/",
+            // Teredo: the client address is the last 32 bits, inverted (127.0.0.1 here).
+            "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+        ] {
+            assert!(
+                matches!(resolve(url, false).await, Err(GuardError::Private(_))),
+                "{url} is refused"
+            );
+        }
+        for url in ["http://[64:ff9b::808:808]/", "http://[2002:808:808::1]/"] {
+            assert!(resolve(url, false).await.is_ok(), "{url} is public");
+        }
+    }
+
+    #[tokio::test]
     async fn loopback_and_metadata_urls_are_refused_unless_allowed() {
         for url in [
             "http://127.0.0.1:9/hook",

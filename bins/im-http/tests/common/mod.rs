@@ -65,6 +65,24 @@ pub fn start_in_front_of(upstreams: &[String], extra: &[&str]) -> Server {
     }
 }
 
+/// `im-http` in front of `upstreams`, with `extra` arguments and `envs` set.
+pub fn start_in_front_of_with_env(
+    upstreams: &[String],
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Server {
+    let list = upstreams.join(",");
+    let mut args = vec!["--upstream", list.as_str()];
+    args.extend_from_slice(extra);
+    let (child, url, _, scratch) = spawn_im_http_with(&args, envs);
+    Server {
+        child,
+        scratch,
+        url,
+        sim: String::new(),
+    }
+}
+
 /// `im-http` with exactly `args` (and its own job store).
 pub fn start_args(args: &[&str]) -> Server {
     let (child, url, sim, scratch) = spawn_im_http(args);
@@ -78,6 +96,14 @@ pub fn start_args(args: &[&str]) -> Server {
 
 /// Start `im-http --listen 127.0.0.1:0 args...`; its URL (and its simulator's) from stderr.
 fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>, Option<PathBuf>) {
+    spawn_im_http_with(args, &[])
+}
+
+/// [`spawn_im_http`] with `envs` set.
+fn spawn_im_http_with(
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Child, String, Option<String>, Option<PathBuf>) {
     // Each server its own job store unless the test gives one (a store is one process's).
     let own_dir;
     let mut scratch = None;
@@ -97,6 +123,7 @@ fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>, Option<PathBu
         .env("RUST_LOG", "warn")
         // Traces, when a test exports them, leave within 100 ms.
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -148,6 +175,64 @@ pub fn sim_binary() -> PathBuf {
         );
     }
     path
+}
+
+/// The `im-fence` binary next to `im-http`, built first if it is not there yet.
+pub fn fence_binary() -> PathBuf {
+    let im = PathBuf::from(env!("CARGO_BIN_EXE_im-http"));
+    let path = im.with_file_name(format!("im-fence{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-p", "im-fence", "--bin", "im-fence"]);
+        if im.parent().is_some_and(|d| d.ends_with("release")) {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("cargo runs").success(),
+            "building im-fence"
+        );
+    }
+    path
+}
+
+/// An `im-fence` process in front of `upstream`, with `envs` set.
+pub struct FenceProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl FenceProcess {
+    pub fn start(upstream: &str, envs: &[(&str, &str)]) -> FenceProcess {
+        let mut child = Command::new(fence_binary())
+            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .env_remove("IM_FENCE_SECRET")
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("im-fence starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let url = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("im-fence: listening on ")
+                    .and_then(|r| r.split(',').next())
+                    .map(str::to_owned)
+            })
+            .expect("the listening line");
+        std::thread::spawn(move || for _ in lines {});
+        FenceProcess { child, url }
+    }
+}
+
+impl Drop for FenceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A `localai-sim` process on a fixed port (so that it can be restarted there).
@@ -283,3 +368,66 @@ pub async fn get_json(url: &str, path: &str, key: &str) -> Value {
 }
 
 pub const KINDS: [&str; 4] = ["txt2txt", "txt2img", "img2img", "img2txt"];
+
+/// The lease of the replicas tests start, in seconds.
+pub const LEASE_S: f64 = 1.5;
+
+pub fn replica_args(redis: &im_cluster::RedisServer) -> Vec<String> {
+    vec![
+        "--api-keys".into(),
+        KEY.into(),
+        "--redis-url".into(),
+        redis.url(),
+        "--set".into(),
+        format!(
+            "cluster.lease_s={LEASE_S};cluster.failover_wait_s=30;breaker.failure_threshold=2;\
+             breaker.cooldown_s=1;breaker.health_check_s=0.5;retry.base_ms=20;retry.cap_ms=200"
+        ),
+    ]
+}
+
+/// `n` replicas on `redis` in front of `upstreams`.
+pub fn start_replicas(
+    n: usize,
+    upstreams: &[String],
+    redis: &im_cluster::RedisServer,
+) -> Vec<Server> {
+    let args = replica_args(redis);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (0..n)
+        .map(|_| start_in_front_of(upstreams, &args))
+        .collect()
+}
+
+/// The lease as Redis holds it: (epoch, the holder's URL).
+pub fn lease(redis: &im_cluster::RedisServer) -> Option<(u64, String)> {
+    let mut c = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let v: Option<String> = redis::cmd("GET")
+        .arg("im:scheduler:lease")
+        .query(&mut c)
+        .expect("GET");
+    let v = v?;
+    let mut parts = v.split(' ');
+    let epoch = parts.next()?.parse().ok()?;
+    let url = parts.nth(1)?.to_owned();
+    Some((epoch, url))
+}
+
+/// The lease once its epoch is above `newer_than` (within 20 s).
+pub async fn wait_for_lease(redis: &im_cluster::RedisServer, newer_than: u64) -> (u64, String) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some((e, url)) = lease(redis)
+            && e > newer_than
+        {
+            return (e, url);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no replica took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
