@@ -179,6 +179,28 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
             services.contains_key(&gated) && service_ports(&services[&gated]).contains(&gated_port),
             "compose: the fencing gate's --upstream {behind} is not a compose service port"
         );
+        // The gate and im share the cluster's secret (or anyone could forge a token).
+        for (name, svc) in [("the fencing gate", gate), ("im", im)] {
+            let file = svc["environment"]["IM_FENCE_SECRET_FILE"].as_str();
+            let mounted = svc["secrets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .any(|s| file == Some(format!("/run/secrets/{s}").as_str()));
+            ensure!(
+                mounted
+                    && compose["secrets"]
+                        .get(file.unwrap_or_default().trim_start_matches("/run/secrets/"))
+                        .is_some(),
+                "compose: {name} must read the cluster's secret from a compose secret (IM_FENCE_SECRET_FILE)"
+            );
+        }
+        ensure!(
+            gate["environment"]["IM_FENCE_SECRET_FILE"]
+                == im["environment"]["IM_FENCE_SECRET_FILE"],
+            "compose: the gate and im must read the same secret"
+        );
     }
     let redis = im["environment"]["IM_REDIS_URL"]
         .as_str()

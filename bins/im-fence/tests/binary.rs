@@ -1,4 +1,5 @@
-//! The `im-fence` binary gates a simulated LocalAI: the newest token passes, an older one is 409.
+//! The `im-fence` binary gates a simulated LocalAI: the newest token passes, an older one is 409;
+//! with the cluster's secret only signed tokens count; it listens by im's listener rules.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -20,28 +21,8 @@ async fn the_binary_passes_the_newest_token_and_refuses_an_older_one() {
     })
     .await
     .expect("sim");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_im-fence"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &sim.url().to_string(),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("im-fence starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let _guard = Kill(child);
-    let line = BufReader::new(stderr)
-        .lines()
-        .next()
-        .expect("a line")
-        .expect("utf-8");
-    let url = line
-        .strip_prefix("im-fence: listening on ")
-        .and_then(|r| r.split(',').next())
-        .expect("the listening line")
-        .to_owned();
+    // Without a secret (the gate warns): any numeric token counts.
+    let (_guard, url) = gate(&sim.url(), &[]);
     let call = |token: u64| {
         reqwest::Client::new()
             .post(format!("{url}/v1/chat/completions"))
@@ -107,7 +88,6 @@ fn chat(url: &str, token: Option<&str>) -> reqwest::RequestBuilder {
 }
 
 #[tokio::test]
-#[should_panic(expected = "a forged token is refused")]
 async fn a_forged_token_is_refused_and_the_real_schedulers_calls_keep_passing() {
     // Regression (issue 27.1): `x-im-fence: 18446744073709551615` from anyone made the gate refuse
     // every later call of the real scheduler (502 "stale fencing token") until it restarted.
@@ -179,7 +159,6 @@ async fn a_forged_token_is_refused_and_the_real_schedulers_calls_keep_passing() 
 }
 
 #[test]
-#[should_panic(expected = "loopback by default")]
 fn the_gate_listens_on_loopback_by_default() {
     // Regression (issue 27.1): it listened on 0.0.0.0 unless told otherwise.
     let out = Command::new(env!("CARGO_BIN_EXE_im-fence"))
@@ -194,7 +173,6 @@ fn the_gate_listens_on_loopback_by_default() {
 }
 
 #[tokio::test]
-#[should_panic(expected = "SIGTERM drains")]
 async fn sigterm_drains_the_gate() {
     // Regression (issue 27.1): it stopped only on Ctrl-C; SIGTERM (what Docker and Kubernetes
     // send) killed it with its calls.
@@ -232,7 +210,6 @@ async fn sigterm_drains_the_gate() {
 }
 
 #[tokio::test]
-#[should_panic(expected = "closed by the gate")]
 async fn idle_and_slow_connections_to_the_gate_are_closed() {
     // Regression (issue 27.1): plain `axum::serve`: no deadline for a first byte or headers.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

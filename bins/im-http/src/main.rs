@@ -49,7 +49,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let grace = built.config.shutdown_grace();
     let limits = built.config.serve_limits();
     let draining = cluster.as_ref().map(im_app::cluster::Cluster::draining);
-    im_http_api::serve::serve(listener, app, limits, async move {
+    im_edge::serve(listener, app, limits, built.config.peers(), async move {
         run::shutdown_signal().await;
         if let Some(d) = draining {
             // A scheduler finishes its own work, not new work: followers hold that for the next.

@@ -89,12 +89,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let engine = built
         .as_ref()
         .map(|b| (b.engine.clone(), b.config.shutdown_grace()));
-    im_http_api::serve::serve(listener, app, config.serve_limits(), async move {
-        run::shutdown_signal().await;
-        if let Some((engine, grace)) = engine {
-            engine.shutdown(grace).await;
-        }
-    })
+    im_edge::serve(
+        listener,
+        app,
+        config.serve_limits(),
+        config.peers(),
+        async move {
+            run::shutdown_signal().await;
+            if let Some((engine, grace)) = engine {
+                engine.shutdown(grace).await;
+            }
+        },
+    )
     .await?;
     Ok(())
 }

@@ -637,3 +637,52 @@ async fn an_mcp_call_keeps_the_callers_request_id() {
     assert!(text(&r).contains("request caller-id-42 on"), "{}", text(&r));
     c.cancel().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn im_mcp_over_http_keeps_the_listener_rules() {
+    // Issue 27: every binary that listens closes a socket that never sends a byte, and caps the
+    // connections of one peer.
+    use tokio::io::AsyncReadExt;
+    let mut child = bin()
+        .args(["--http", "127.0.0.1:0", "--simulate", "--api-keys", "k1"])
+        .args([
+            "--set",
+            "http.header_read_timeout_s=1;http.max_connections_per_peer=4",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut url = None;
+    while let Some(line) = lines.next_line().await.expect("read") {
+        if let Some(rest) = line.strip_prefix("im-mcp: streamable HTTP on ") {
+            url = Some(rest.trim().trim_end_matches("/mcp").to_owned());
+            break;
+        }
+    }
+    let addr = url
+        .expect("listening")
+        .trim_start_matches("http://")
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // The fifth is over the peer's cap: closed at once; the others at the first-byte deadline.
+    for mut s in idle {
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "closed by the server: {read:?}"
+        );
+    }
+}

@@ -91,7 +91,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
     } else {
         config.validate_outside_core()?;
     }
-    let fence = Fence::default();
+    let fence = Fence::new(config.cluster.secret());
     let sim = match simulate {
         Some(s) => {
             let sc = SimConfig {
@@ -210,10 +210,18 @@ pub(crate) fn upstream_client(
                 im_telemetry::inject_current(headers);
             }
             // ...and, from a replica that schedules, the fencing token of its lease.
-            let token = fence.get();
-            if token > 0 {
-                headers.insert(Fence::HEADER, token.into());
+            if let Some(token) = fence.token()
+                && let Ok(v) = token.parse()
+            {
+                headers.insert(Fence::HEADER, v);
             }
+        }));
+    }
+    if config.cluster.redis_url.is_some() {
+        // A gate that refused a call says the highest epoch it has seen: raise ours above it.
+        let fence = fence.clone();
+        c.fence_hook = Some(localai_client::FenceHook::new(move |highest| {
+            fence.saw_highest(highest);
         }));
     }
     LocalAiClient::new(c).map_err(|e| BuildError::Discovery {

@@ -46,6 +46,14 @@ pub struct CommonArgs {
     /// Where the other replicas reach this one (default: http://<hostname>:<listen port>).
     #[arg(long, env = "IM_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// The cluster's shared secret: signs the fencing token every upstream call of the scheduler
+    /// carries (the same secret every `im-fence` gate is given) and proves replicas to each other.
+    #[arg(long, env = "IM_FENCE_SECRET", hide_env_values = true)]
+    pub fence_secret: Option<String>,
+    /// A file holding the cluster's shared secret (a Docker or Kubernetes secret mounted as a
+    /// file), instead of `--fence-secret`.
+    #[arg(long, env = "IM_FENCE_SECRET_FILE", conflicts_with = "fence_secret")]
+    pub fence_secret_file: Option<PathBuf>,
     /// Override any config field: --set bounds.max_batch=16 --set policy=strict (repeatable).
     #[arg(long = "set", env = "IM_SET", value_delimiter = ';')]
     pub sets: Vec<String>,
@@ -88,6 +96,14 @@ impl CommonArgs {
         }
         if let Some(u) = &self.advertise_url {
             cfg.cluster.advertise_url = Some(u.clone());
+        }
+        if let Some(s) = &self.fence_secret {
+            cfg.cluster.fence_secret = Some(s.clone());
+        }
+        if let Some(p) = &self.fence_secret_file {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the fence secret from {}", p.display()))?;
+            cfg.cluster.fence_secret = Some(text.trim().to_owned());
         }
         Ok(cfg.with_overrides(&self.sets)?)
     }

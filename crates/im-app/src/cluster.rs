@@ -24,6 +24,8 @@ pub struct Cluster {
     lease: Duration,
     failover_wait: Duration,
     metrics: im_metrics::Metrics,
+    /// What this replica sends to prove itself to the scheduler (with a fence secret).
+    proof: Option<String>,
     stop: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -70,6 +72,7 @@ pub fn join(built: &Built, local: SocketAddr) -> Result<Option<Cluster>, BuildEr
     let (role_tx, role) = watch::channel(Role::Unknown);
     let stop = Arc::new(AtomicBool::new(false));
     let promote = promotion(built, redis_url);
+    let fence = built.fence.clone();
     let lost = |why: &str| {
         tracing::error!(
             reason = why,
@@ -81,9 +84,10 @@ pub fn join(built: &Built, local: SocketAddr) -> Result<Option<Cluster>, BuildEr
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
         .name("im-lease".into())
-        .spawn(move || lease.run(role_tx, promote, lost, flag))
+        .spawn(move || lease.run(role_tx, fence, promote, lost, flag))
         .map_err(|e| failed(&e))?;
     tracing::info!(%replica, %url, "joined the cluster");
+    let proof = cfg.secret().map(|s| s.prove(&replica));
     tokio::spawn(export_role(role.clone(), built.engine.metrics().clone()));
     Ok(Some(Cluster {
         role,
@@ -92,14 +96,15 @@ pub fn join(built: &Built, local: SocketAddr) -> Result<Option<Cluster>, BuildEr
         lease: cfg.lease(),
         failover_wait: cfg.failover_wait(),
         metrics: built.engine.metrics().clone(),
+        proof,
         stop,
         draining: Arc::new(AtomicBool::new(false)),
         thread: Some(thread),
     }))
 }
 
-/// What taking the lease starts: the fencing token on upstream calls and job writes, then the job
-/// service over the Redis store (recovering what the previous scheduler left).
+/// What taking the lease starts (the lease has set the fencing token upstream calls and job writes
+/// carry): the job service over the Redis store, recovering what the previous scheduler left.
 fn promotion(built: &Built, redis_url: String) -> impl FnOnce(&Holder) + Send + 'static {
     let runtime = tokio::runtime::Handle::current();
     let fence = built.fence.clone();
@@ -107,8 +112,7 @@ fn promotion(built: &Built, redis_url: String) -> impl FnOnce(&Holder) + Send + 
     let jobs = built.state.jobs.clone();
     let slot = built.state.job_router.clone();
     let metrics = built.engine.metrics().clone();
-    move |holder: &Holder| {
-        fence.set(holder.epoch);
+    move |_: &Holder| {
         if !config.jobs.enabled {
             return;
         }
@@ -157,9 +161,16 @@ async fn export_role(mut role: watch::Receiver<Role>, metrics: im_metrics::Metri
 }
 
 impl Cluster {
-    /// The HTTP layer that forwards to the scheduler.
-    pub fn forwarder(&self, body_limit: usize) -> im_http_api::forward::Forwarder {
+    /// The HTTP layer that forwards to the scheduler, checking keys with `service`'s.
+    pub fn forwarder(
+        &self,
+        service: &im_service::Service,
+        config: &crate::config::ImConfig,
+    ) -> im_http_api::forward::Forwarder {
+        let body_limit = config.http.body_limit_bytes;
         im_http_api::forward::Forwarder::new(
+            service.clone(),
+            config.jobs.ingest_body_limit_kib * 1024,
             self.role.clone(),
             self.replica.clone(),
             self.lease,
@@ -167,6 +178,7 @@ impl Cluster {
             body_limit,
             self.draining.clone(),
             self.metrics.clone(),
+            self.proof.clone(),
         )
     }
 

@@ -32,7 +32,7 @@ pub fn http_app(built: &Built, cluster: Option<&cluster::Cluster>) -> axum::Rout
     );
     match cluster {
         Some(c) => app.layer(axum::middleware::from_fn_with_state(
-            std::sync::Arc::new(c.forwarder(built.config.http.body_limit_bytes)),
+            std::sync::Arc::new(c.forwarder(&built.service, &built.config)),
             im_http_api::forward::forward,
         )),
         None => app,

@@ -1,24 +1,7 @@
 //! Around a binary's `main`: signals, a panic hook that never logs request data, logging, the
 //! runtime and exit codes.
 
-/// Resolves on Ctrl-C or SIGTERM (what Kubernetes and Docker send).
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
+pub use im_edge::listener::shutdown_signal;
 
 /// Reload the configuration on every SIGHUP, logging what changed or why nothing did.
 pub async fn reload_on_sighup(reloader: crate::reload::Reloader) {

@@ -127,7 +127,6 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 }
 
 #[tokio::test]
-#[should_panic(expected = "payload_too_large")]
 async fn a_request_larger_than_the_byte_budget_is_refused_as_too_large_not_queue_full() {
     // Regression (issue 27.4): it got 429 "retry after 2 s" forever, though it could never fit.
     let built = simulated(|c| {
@@ -164,7 +163,6 @@ async fn a_request_larger_than_the_byte_budget_is_refused_as_too_large_not_queue
 }
 
 #[test]
-#[should_panic(expected = "refused")]
 fn a_byte_budget_below_the_body_limit_is_refused_by_configuration() {
     // Regression (issue 27.4): validation accepted a budget a single allowed body could exceed.
     let mut cfg = ImConfig::default();
@@ -180,7 +178,6 @@ fn a_byte_budget_below_the_body_limit_is_refused_by_configuration() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[should_panic(expected = "the job fails")]
 async fn a_recovered_job_too_large_for_the_byte_budget_fails_instead_of_running_forever() {
     // Regression (issue 27.4): a job whose request can never fit stayed `running` forever (its
     // 429 was taken for "come back later") and held a job slot.
@@ -239,7 +236,6 @@ fn admin_keys(c: &mut ImConfig) {
 }
 
 #[tokio::test]
-#[should_panic(expected = "/system/../backend/shutdown:")]
 async fn dot_segments_in_relayed_management_paths_are_refused() {
     // Regression (issue 27.4): `POST /system/../backend/shutdown` with an admin key reached
     // LocalAI's `/backend/shutdown`, which the README says is never relayed.
@@ -274,7 +270,6 @@ fn signed(body: &str, id: &str) -> Vec<(&'static str, String)> {
 }
 
 #[tokio::test]
-#[should_panic(expected = "the fixed resend is taken")]
 async fn a_signed_webhook_with_an_invalid_body_does_not_use_up_its_id() {
     // Regression (issue 27.4): the sender fixed its body and resent it with the same
     // `webhook-id` (as Standard Webhooks senders do): 409, the id was spent on a 400.
@@ -323,7 +318,6 @@ async fn a_signed_webhook_with_an_invalid_body_does_not_use_up_its_id() {
 }
 
 #[tokio::test]
-#[should_panic(expected = "a reused key with another body is refused")]
 async fn an_idempotency_key_reused_with_another_body_is_refused() {
     // Regression (issue 27.4): the second submission silently got the first job back.
     let built = simulated(|_| {}).await;
@@ -351,7 +345,6 @@ async fn an_idempotency_key_reused_with_another_body_is_refused() {
 }
 
 #[tokio::test]
-#[should_panic(expected = "/v1/chat/completions n:")]
 async fn counts_that_drive_upstream_cost_have_bounds() {
     // Regression (issue 27.4): `n: 100000` and `max_tokens: 1e9` were passed upstream unbounded.
     let built = simulated(|_| {}).await;
@@ -445,6 +438,7 @@ gated! {
     remove(job: &im_jobs::Job) -> ();
     insert_idempotent(job: &im_jobs::Job) -> im_jobs::Job;
     first_sighting(message_id: &str, now_ms: i64) -> bool;
+    sighted(message_id: &str) -> bool;
     forget_sightings(before_ms: i64) -> ();
     disable_endpoint(url: &str) -> ();
     endpoint_disabled(url: &str) -> bool;
@@ -453,7 +447,6 @@ gated! {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[should_panic(expected = "a chat is served while the store is stalled")]
 async fn a_stalled_job_store_does_not_stall_requests_that_need_no_store() {
     // Regression (issue 27.5): store calls ran on the runtime's workers, so a slow disk or Redis
     // stalled every request.
@@ -467,12 +460,11 @@ async fn a_stalled_job_store_does_not_stall_requests_that_need_no_store() {
     store.set(false);
     // A watchdog on its own thread (the runtime's timers need a free worker): if the chat is not
     // served within 10 s, it opens the store and says so.
-    let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (served, watched) = std::sync::mpsc::channel::<()>();
     let watchdog = {
-        let (store, served) = (store.clone(), served.clone());
+        let store = store.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(10));
-            let stalled = !served.load(std::sync::atomic::Ordering::SeqCst);
+            let stalled = watched.recv_timeout(Duration::from_secs(10)).is_err();
             store.set(true);
             stalled
         })
@@ -489,7 +481,7 @@ async fn a_stalled_job_store_does_not_stall_requests_that_need_no_store() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let chat = json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}]});
     let (status, v) = post(&app, "/v1/chat/completions", &chat).await;
-    served.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = served.send(());
     store.set(true);
     assert_eq!(status, StatusCode::OK, "{v}");
     for s in stuck {

@@ -413,20 +413,29 @@ fn keys_with_spaces_around_them_still_match() {
 async fn queued_payload_bytes_are_budgeted() {
     // Regression (issue 11.11): limits counted requests, not bytes; ~30 queued image edits got the
     // pod OOM-killed.
-    let built = simulated(|c| {
-        c.limits.max_queued_bytes = 4096;
-        c.models = vec![ModelEntry {
-            name: SD.into(),
-            kinds: vec!["img2img".into()],
-            max_in_flight: Some(1),
-            aliases: vec![],
-            ..Default::default()
-        }];
-    })
-    .await;
+    // One image edit of ~7 KiB fits a 12 KiB budget; a second while the first still runs does
+    // not (the body limit lets each in).
+    let mut cfg = ImConfig::default();
+    cfg.limits.max_queued_bytes = 12 * 1024;
+    cfg.http.body_limit_bytes = 12 * 1024;
+    cfg.models = vec![ModelEntry {
+        name: SD.into(),
+        kinds: vec!["img2img".into()],
+        max_in_flight: Some(1),
+        aliases: vec![],
+        ..Default::default()
+    }];
+    let built = app::build(cfg, Some(Simulate { time_scale: 0.05 }))
+        .await
+        .expect("build");
     let app = im_http_api::router(built.state.clone());
-    let big = format!("{}{}", png_b64(), "A".repeat(8192));
+    let big = format!("{}{}", png_b64(), "A".repeat(7 * 1024));
     let body = json!({"model": SD, "file": big, "prompt": "p", "width": 8, "height": 8});
+    let first = tokio::spawn({
+        let (app, body) = (app.clone(), body.clone());
+        async move { post_json(&app, "/img2img", &body).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let (status, v) = post_json(&app, "/img2img", &body).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["error"]["type"], "queue_full");
@@ -437,6 +446,7 @@ async fn queued_payload_bytes_are_budgeted() {
             .contains("byte budget"),
         "{v}"
     );
+    assert_eq!(first.await.expect("task").0, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -235,6 +235,13 @@ impl JobStore for RedisJobStore {
         Ok(added == 1)
     }
 
+    fn sighted(&self, message_id: &str) -> Result<bool, StoreError> {
+        let key = self.set_key("sightings");
+        let at: Option<i64> =
+            self.with(|c| redis::cmd("ZSCORE").arg(&key).arg(message_id).query(c))?;
+        Ok(at.is_some())
+    }
+
     fn forget_sightings(&self, before_ms: i64) -> Result<(), StoreError> {
         let (key, before) = (self.set_key("sightings"), format!("({before_ms}"));
         let _: i64 = self.fenced(&[&[

@@ -126,6 +126,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Raise the holder's epoch above one a gate has seen (Redis lost the counter: a flush, a lost
+/// volume, a lagging replica promoted), only while the lease is still the caller's: a paused
+/// former holder can never push its token past the real one.
+const RAISE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local e = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[2])
+if e <= floor then
+  e = floor + 1
+  redis.call('SET', KEYS[2], e)
+end
+local v = e .. ' ' .. ARGV[3]
+redis.call('SET', KEYS[1], v, 'PX', ARGV[4])
+return v";
+
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
@@ -216,6 +231,28 @@ impl Lease {
         Ok(renewed == 1)
     }
 
+    /// Raise `held`'s epoch above `floor` if the lease is still `held`'s: the new holder value,
+    /// or `None` when the lease is someone else's (or nobody's).
+    pub fn raise(&mut self, held: &Holder, floor: u64) -> Result<Option<Holder>, LeaseError> {
+        let me = format!("{} {}", self.settings.replica, self.settings.url);
+        let ttl = self.settings.ttl.as_millis() as u64;
+        let keys = self.keys.clone();
+        let value: Option<String> = self.with(|c| {
+            redis::Script::new(RAISE)
+                .key(&keys.lease)
+                .key(&keys.epoch)
+                .arg(held.value())
+                .arg(floor)
+                .arg(me)
+                .arg(ttl)
+                .invoke(c)
+        })?;
+        match value {
+            None => Ok(None),
+            Some(v) => Holder::parse(&v).map(Some).ok_or(LeaseError::Garbled(v)),
+        }
+    }
+
     /// Give `held`'s lease up at once (a clean shutdown), so another replica need not wait for it
     /// to expire.
     pub fn release(&mut self, held: &Holder) -> Result<(), LeaseError> {
@@ -235,14 +272,17 @@ impl Lease {
     }
 
     /// Take part until the process ends: every third of the lease, renew it (as the holder) or
-    /// try to take it (as a follower), publishing the role on `role`. On taking it, `promote`
-    /// runs with the new epoch before the role says so. A holder that cannot renew (the lease is
+    /// try to take it (as a follower), publishing the role on `role`. On taking it, `fence` gets
+    /// the new epoch and `promote` runs before the role says so. Between ticks it waits for
+    /// `fence`'s raise requests (a gate has seen a higher epoch: Redis forgot the counter) and
+    /// raises the epoch above it while the lease is its own. A holder that cannot renew (the lease is
     /// someone else's, or Redis did not confirm for two thirds of the lease) calls `lost`, which
     /// must stop the process: a scheduler never goes back to following, so nothing it started can
     /// outlive its lease. Returns only when `stop` is set (after releasing a held lease).
     pub fn run(
         mut self,
         role: watch::Sender<Role>,
+        fence: Fence,
         promote: impl FnOnce(&Holder),
         lost: impl FnOnce(&str),
         stop: Arc<std::sync::atomic::AtomicBool>,
@@ -295,6 +335,7 @@ impl Lease {
                                 epoch = holder.epoch,
                                 "this replica schedules now (took the lease)"
                             );
+                            fence.set(holder.epoch);
                             if let Some(p) = promote.take() {
                                 p(&holder);
                             }
@@ -312,11 +353,42 @@ impl Lease {
                     sent + tick
                 }
             };
-            std::thread::sleep(
-                next_at
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(5)),
-            );
+            loop {
+                let left = next_at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let Some(floor) = fence.wait_raise(left) else {
+                    break;
+                };
+                let Some((holder, renewed)) = &mut held else {
+                    continue;
+                };
+                let sent = Instant::now();
+                match self.raise(holder, floor) {
+                    Ok(Some(raised)) => {
+                        tracing::warn!(
+                            from = holder.epoch,
+                            to = raised.epoch,
+                            gate_saw = floor,
+                            "a fencing gate has seen a higher epoch than Redis holds (Redis lost data?): raised this scheduler's epoch above it"
+                        );
+                        fence.set(raised.epoch);
+                        role.send_replace(Role::Scheduler(raised.clone()));
+                        *holder = raised;
+                        *renewed = sent;
+                    }
+                    Ok(None) => {
+                        return lost(&format!(
+                            "the scheduler lease (epoch {}) is no longer this replica's (a gate has seen epoch {floor})",
+                            holder.epoch
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "raising the fencing epoch failed; retrying at the next tick");
+                    }
+                }
+            }
         }
     }
 }
@@ -328,21 +400,90 @@ fn replace(slot: &mut Role, next: Role) -> bool {
     changed
 }
 
-/// The fencing token upstream calls carry (`x-im-fence`): 0 until this replica schedules.
+/// The fencing token this replica's upstream calls carry (`x-im-fence`): 0 until it schedules;
+/// signed with the cluster's secret when one is set. A gate that refuses a call tells the highest
+/// epoch it has seen ([`Fence::saw_highest`]); the lease thread then raises this replica's epoch
+/// above it, if the lease is still its own ([`Lease::run`]).
 #[derive(Clone, Debug, Default)]
-pub struct Fence(Arc<AtomicU64>);
+pub struct Fence(Arc<FenceState>);
+
+#[derive(Debug, Default)]
+struct FenceState {
+    epoch: AtomicU64,
+    secret: Option<im_edge::fence::FenceSecret>,
+    /// The token as sent, for `epoch` (signing once per epoch, not per call).
+    token: std::sync::RwLock<(u64, String)>,
+    /// The highest epoch a gate reported above ours, waiting for the lease thread.
+    wanted: std::sync::Mutex<u64>,
+    raise: std::sync::Condvar,
+}
 
 impl Fence {
     /// The header upstream calls carry it in.
-    pub const HEADER: &'static str = "x-im-fence";
+    pub const HEADER: &'static str = im_edge::fence::HEADER;
 
-    /// The token, 0 when this replica does not schedule.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+    /// A fence signing its tokens with `secret` (unsigned without one).
+    pub fn new(secret: Option<im_edge::fence::FenceSecret>) -> Fence {
+        Fence(Arc::new(FenceState {
+            secret,
+            ..FenceState::default()
+        }))
     }
 
-    /// Set the token (on taking the lease).
+    /// The epoch, 0 when this replica does not schedule.
+    pub fn get(&self) -> u64 {
+        self.0.epoch.load(Ordering::Acquire)
+    }
+
+    /// Set the epoch (on taking the lease, or raising it).
     pub fn set(&self, epoch: u64) {
-        self.0.store(epoch, Ordering::Release);
+        self.0.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// The token to send, `None` while this replica does not schedule.
+    pub fn token(&self) -> Option<String> {
+        let epoch = self.get();
+        if epoch == 0 {
+            return None;
+        }
+        {
+            let cached = self.0.token.read().unwrap_or_else(|p| p.into_inner());
+            if cached.0 == epoch {
+                return Some(cached.1.clone());
+            }
+        }
+        let token = match &self.0.secret {
+            Some(s) => s.sign(epoch),
+            None => epoch.to_string(),
+        };
+        *self.0.token.write().unwrap_or_else(|p| p.into_inner()) = (epoch, token.clone());
+        Some(token)
+    }
+
+    /// A gate refused a call and has seen `highest`: when that is not below this replica's
+    /// epoch, ask the lease thread to raise the epoch above it.
+    pub fn saw_highest(&self, highest: u64) {
+        let epoch = self.get();
+        if epoch == 0 || highest < epoch {
+            return;
+        }
+        let mut wanted = self.0.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        if highest > *wanted || *wanted == 0 {
+            *wanted = highest.max(*wanted);
+            self.0.raise.notify_all();
+        }
+    }
+
+    /// Wait at most `timeout` for a raise request; the highest epoch to go above, if one came.
+    fn wait_raise(&self, timeout: Duration) -> Option<u64> {
+        let guard = self.0.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut wanted, _) = self
+            .0
+            .raise
+            .wait_timeout_while(guard, timeout, |w| *w == 0)
+            .unwrap_or_else(|p| p.into_inner());
+        let out = (*wanted > 0).then_some(*wanted);
+        *wanted = 0;
+        out
     }
 }

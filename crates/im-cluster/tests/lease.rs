@@ -44,6 +44,49 @@ fn the_first_replica_takes_the_lease_and_the_others_learn_who_holds_it() {
 }
 
 #[test]
+fn an_epoch_redis_forgot_is_raised_above_the_gates_only_by_the_holder() {
+    // Redis lost its data: the next holder starts again at epoch 1 while gates have seen 7.
+    let redis = RedisServer::start().expect("redis");
+    let (mut a, mut b) = (lease(&redis, "a", 5_000), lease(&redis, "b", 5_000));
+    let held = a.acquire().expect("acquire");
+    assert_eq!(held.epoch, 1);
+    let raised = a
+        .raise(&held, 7)
+        .expect("raise")
+        .expect("a holds the lease");
+    assert_eq!((raised.epoch, raised.replica.as_str()), (8, "a"));
+    assert!(
+        a.renew(&raised).expect("renew"),
+        "the raised value is the lease"
+    );
+    assert!(!a.renew(&held).expect("renew"), "the old value is not");
+    // A replica that does not hold the lease (a paused former holder) cannot raise it.
+    assert_eq!(b.raise(&held, 100).expect("raise"), None);
+    assert_eq!(b.acquire().expect("read"), raised, "the epoch did not move");
+    // Raising above a lower floor still moves forward.
+    let again = a.raise(&raised, 3).expect("raise").expect("held");
+    assert_eq!(again.epoch, 9);
+}
+
+#[test]
+fn a_fence_signs_its_token_and_asks_for_a_raise_only_when_a_gate_saw_more() {
+    let secret = im_edge::fence::FenceSecret::new("a-cluster-secret-16").expect("secret");
+    let fence = Fence::new(Some(secret.clone()));
+    assert_eq!(fence.token(), None, "no token before it schedules");
+    fence.set(4);
+    let token = fence.token().expect("a token");
+    assert_eq!(secret.verify(&token), Some(4));
+    assert_eq!(Fence::default().token(), None);
+    let plain = Fence::default();
+    plain.set(3);
+    assert_eq!(
+        plain.token().as_deref(),
+        Some("3"),
+        "unsigned without a secret"
+    );
+}
+
+#[test]
 fn a_lapsed_lease_goes_to_another_replica_with_a_larger_epoch_and_fences_the_old_holder() {
     let redis = RedisServer::start().expect("redis");
     let (mut a, mut b) = (lease(&redis, "a", 300), lease(&redis, "b", 300));
@@ -91,6 +134,7 @@ fn a_scheduler_that_cannot_renew_gives_up_before_its_lease_could_be_taken() {
     let thread = std::thread::spawn(move || {
         a.run(
             role_tx,
+            Fence::default(),
             move |h: &Holder| *seen.lock().expect("lock") = Some(h.epoch),
             move |why: &str| {
                 lost_tx
@@ -144,4 +188,52 @@ fn the_redis_store_does_what_every_store_must() {
     fence.set(l.acquire().expect("acquire").epoch);
     let store = RedisJobStore::new(&redis.url(), "imtest", fence).expect("store");
     im_jobs::conformance::check(&store);
+}
+
+#[test]
+fn the_lease_thread_raises_the_epoch_a_gate_refused_while_it_holds_the_lease() {
+    let redis = RedisServer::start().expect("redis");
+    let (role_tx, role_rx) = tokio::sync::watch::channel(Role::Unknown);
+    let fence = Fence::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let a = lease(&redis, "a", 3_000);
+    let thread = std::thread::spawn({
+        let (fence, stop) = (fence.clone(), stop.clone());
+        move || {
+            a.run(
+                role_tx,
+                fence,
+                |_: &Holder| {},
+                |why: &str| panic!("lost: {why}"),
+                stop,
+            )
+        }
+    });
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !ok() {
+            assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait("a takes the lease", &|| fence.get() == 1);
+    fence.saw_highest(0);
+    fence.saw_highest(40);
+    wait("the epoch goes above what the gate saw", &|| {
+        fence.get() > 40
+    });
+    let epoch = fence.get();
+    assert_eq!(
+        role_rx.borrow().holder().map(|h| h.epoch),
+        Some(epoch),
+        "the role says the new epoch"
+    );
+    let mut probe = lease(&redis, "probe", 3_000);
+    assert_eq!(
+        probe.acquire().expect("read").epoch,
+        epoch,
+        "Redis holds it"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    thread.join().expect("lease thread");
 }

@@ -153,6 +153,16 @@ pub enum EngineError {
         /// When to retry.
         retry_after: Duration,
     },
+    /// The request alone holds more payload than the byte budget of the queues: it can never run.
+    #[error(
+        "the request holds {bytes} bytes of payload, more than the queues' whole budget of {budget} bytes (`limits.max_queued_bytes`)"
+    )]
+    TooLarge {
+        /// Its payload bytes.
+        bytes: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// The model is not configured.
     #[error("unknown model {model:?}; valid models for {kind}: {}", list(valid))]
     UnknownModel {
@@ -254,6 +264,7 @@ impl EngineError {
     pub fn error_type(&self) -> &'static str {
         match self {
             EngineError::QueueFull { .. } => "queue_full",
+            EngineError::TooLarge { .. } => "payload_too_large",
             EngineError::UnknownModel { .. } => "unknown_model",
             EngineError::UnsupportedKind { .. } => "unsupported_kind",
             EngineError::DeadlineExceeded { .. } => "deadline_exceeded",
@@ -307,6 +318,7 @@ impl EngineError {
                 kind,
                 valid: vec![],
             },
+            Rejection::TooLarge { bytes, budget } => EngineError::TooLarge { bytes, budget },
             Rejection::ShuttingDown => EngineError::ShuttingDown,
         }
     }

@@ -1,6 +1,7 @@
 //! LocalAI's management routes (model gallery, backends), relayed to an upstream for keys with the
 //! `admin` scope only. The routes that load or unload a model (`/backend/load`,
-//! `/backend/shutdown`) are not relayed: the scheduler owns what is resident.
+//! `/backend/shutdown`) are not relayed: the scheduler owns what is resident, and a path with
+//! dot-segments (which LocalAI would resolve to one of them) is refused.
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -79,6 +80,13 @@ pub async fn relay(
             .and_then(|s| s.trim().parse::<usize>().ok())
             .ok_or_else(|| ServiceError::invalid("x-im-lane", "must be an upstream index"))?,
     };
+    if !im_edge::proxy::is_clean_path(uri.path()) {
+        // LocalAI would resolve `/system/../backend/shutdown` to a route that is never relayed.
+        return Err(HttpError::invalid(
+            "path",
+            "dot-segments (`.`, `..`, also percent-encoded) and encoded separators are not relayed",
+        ));
+    }
     let bytes = body(b, st.service.body_limit())?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let content_type = headers

@@ -46,11 +46,25 @@ pub struct Forwarder {
     /// has, then releases the lease, and the followers send that work to the next scheduler).
     draining: Arc<std::sync::atomic::AtomicBool>,
     metrics: im_metrics::Metrics,
+    /// `x-im-replica`: proves this replica to the scheduler's listener (exempt from its per-peer
+    /// cap), when the cluster has a secret.
+    proof: Option<HeaderValue>,
+    /// The service, whose keys a follower checks before it reads a body.
+    service: im_service::Service,
+    /// The largest body of the open inbound-webhook route.
+    ingest_limit: usize,
 }
 
+/// The largest body a follower reads for an open route other than inbound webhooks (they take
+/// none; a body sent anyway is not worth holding for nobody).
+const OPEN_BODY_LIMIT: usize = 64 * 1024;
+
 impl Forwarder {
-    /// A forwarder for replica `replica` following `role`.
+    /// A forwarder for replica `replica` following `role`, checking keys with `service`'s.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        service: im_service::Service,
+        ingest_limit: usize,
         role: watch::Receiver<Role>,
         replica: String,
         lease: Duration,
@@ -58,6 +72,7 @@ impl Forwarder {
         body_limit: usize,
         draining: Arc<std::sync::atomic::AtomicBool>,
         metrics: im_metrics::Metrics,
+        proof: Option<String>,
     ) -> Forwarder {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
@@ -74,7 +89,32 @@ impl Forwarder {
             body_limit,
             draining,
             metrics,
+            proof: proof.and_then(|p| HeaderValue::from_str(&p).ok()),
+            service,
+            ingest_limit,
         }
+    }
+
+    /// Before a follower reads a byte of a body: the key and scope of a keyed route (401 or 403
+    /// answered here, the body never read), or the small limit of an open route; the most body
+    /// it may then buffer.
+    fn admit(&self, parts: &axum::http::request::Parts) -> Result<usize, HttpError> {
+        let path = parts.uri.path();
+        if crate::state::is_open(path) {
+            return Ok(if path == "/webhooks/ingest" {
+                self.ingest_limit
+            } else {
+                OPEN_BODY_LIMIT
+            });
+        }
+        self.service
+            .authorize(
+                crate::state::key_of(&parts.headers),
+                crate::state::scope_of(path),
+                false,
+            )
+            .map_err(HttpError)?;
+        Ok(self.body_limit)
     }
 
     /// Wait until the lease names a holder other than epoch `failed` (or any holder when `None`),
@@ -125,6 +165,16 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
     }
     let deadline = Instant::now() + f.failover_wait;
     let (parts, body) = req.into_parts();
+    // Whoever forwards reads no body before the key says who sends it (the scheduler checks it
+    // again, and charges its limits).
+    let body_limit = if f.schedules() {
+        f.body_limit
+    } else {
+        match f.admit(&parts) {
+            Ok(limit) => limit,
+            Err(refused) => return refused.into_response(),
+        }
+    };
     let mut body = Some(body);
     let mut buffered: Option<bytes::Bytes> = None;
     let mut role = f.role.borrow().clone();
@@ -142,13 +192,14 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
             Role::Unknown => None,
             Role::Follower(holder) => {
                 if buffered.is_none() {
+                    let limit = body_limit.min(f.body_limit);
                     let raw = body.take().unwrap_or_default();
-                    match axum::body::to_bytes(raw, f.body_limit).await {
+                    match axum::body::to_bytes(raw, limit).await {
                         Ok(b) => buffered = Some(b),
                         Err(_) => {
                             return HttpError::new(
                                 ErrorType::PayloadTooLarge,
-                                format!("the request body is over {} bytes", f.body_limit),
+                                format!("the request body is over {limit} bytes"),
                             )
                             .into_response();
                         }
@@ -167,7 +218,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
                     answer = send(&f, &holder.url, &parts, bytes) => match answer {
                         Ok(r) if !r.headers().contains_key(NOT_SCHEDULER) => {
                             f.metrics.forwarded("answered");
-                            return crate::proxy::relay(r);
+                            return im_edge::proxy::relay(r);
                         }
                         Ok(_) => last_error = format!("{} no longer schedules", holder.url),
                         Err(e) => {
@@ -222,7 +273,11 @@ async fn send(
     body: bytes::Bytes,
 ) -> Result<reqwest::Response, reqwest::Error> {
     let replica = HeaderValue::from_str(&f.replica).unwrap_or(HeaderValue::from_static("?"));
-    crate::proxy::send(&f.client, base, parts, body, Some((FORWARDED, replica))).await
+    let mut extra = vec![(FORWARDED, replica)];
+    if let Some(p) = &f.proof {
+        extra.push((im_edge::fence::REPLICA, p.clone()));
+    }
+    im_edge::proxy::send(&f.client, base, parts, body, &extra).await
 }
 
 /// A WebSocket session through a follower: the follower opens one to the scheduler with the
@@ -269,6 +324,11 @@ mod websocket {
         }
         if let Ok(me) = HeaderValue::from_str(&f.replica) {
             request.headers_mut().insert(FORWARDED, me);
+        }
+        if let Some(p) = &f.proof {
+            request
+                .headers_mut()
+                .insert(im_edge::fence::REPLICA, p.clone());
         }
         match tokio_tungstenite::connect_async(request).await {
             Ok((upstream, _)) => upgrade.on_upgrade(move |client| pump(client, upstream)),

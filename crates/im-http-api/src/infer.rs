@@ -93,7 +93,11 @@ pub struct Timings {
 }
 
 /// The call of an infer body, checked field by field.
-fn infer_call(b: &Bytes, stream: bool) -> Result<(Call, String), ServiceError> {
+fn infer_call(
+    b: &Bytes,
+    stream: bool,
+    limits: &im_service::InputLimits,
+) -> Result<(Call, String), ServiceError> {
     let r: InferRequest = types::parse(b)?;
     let p = r.params.unwrap_or_default();
     if p.max_new_tokens.is_some_and(|n| !(1..=4096).contains(&n)) {
@@ -127,9 +131,6 @@ fn infer_call(b: &Bytes, stream: bool) -> Result<(Call, String), ServiceError> {
         ));
     }
     let mut extra = Map::new();
-    if let Some(n) = p.max_new_tokens {
-        extra.insert("max_tokens".into(), n.into());
-    }
     if let Some(t) = p.top_p {
         extra.insert("top_p".into(), t.into());
     }
@@ -140,13 +141,24 @@ fn infer_call(b: &Bytes, stream: bool) -> Result<(Call, String), ServiceError> {
         extra.insert("seed".into(), s.into());
     }
     let model = r.model.clone();
-    let call = Call::completion(CompletionInput {
-        model: r.model,
-        prompt: Value::String(r.prompt),
-        temperature: p.temperature,
-        stream,
-        deadline_ms: p.deadline_ms,
-        extra,
+    let call = Call::completion(
+        CompletionInput {
+            model: r.model,
+            prompt: Value::String(r.prompt),
+            temperature: p.temperature,
+            max_tokens: p.max_new_tokens,
+            stream,
+            deadline_ms: p.deadline_ms,
+            extra,
+            ..CompletionInput::default()
+        },
+        limits,
+    )
+    .map_err(|mut e| {
+        if e.param.as_deref() == Some("max_tokens") {
+            e.param = Some("params.max_new_tokens".into());
+        }
+        e
     })?;
     Ok((call, model))
 }
@@ -169,7 +181,11 @@ pub async fn infer(
     Extension(arrived): Extension<Arrived>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let (call, model) = infer_call(&body(b, st.service.body_limit())?, false)?;
+    let (call, model) = infer_call(
+        &body(b, st.service.body_limit())?,
+        false,
+        st.service.limits(),
+    )?;
     let done = st.service.run(call, &caller).await?;
     let raw = match &done.output {
         Output::Json(j) => &j.raw,
@@ -222,7 +238,11 @@ pub async fn infer_stream(
     Extension(arrived): Extension<Arrived>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let (call, model) = infer_call(&body(b, st.service.body_limit())?, true)?;
+    let (call, model) = infer_call(
+        &body(b, st.service.body_limit())?,
+        true,
+        st.service.limits(),
+    )?;
     let done = st.service.run(call, &caller).await?;
     Ok(token_events(&st, done, arrived, caller.request_id, model))
 }

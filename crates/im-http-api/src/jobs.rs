@@ -125,6 +125,10 @@ fn job_error(e: JobError) -> HttpError {
         JobError::Final { .. } | JobError::Replayed(_) => {
             ServiceError::new(ErrorType::Conflict, e.to_string())
         }
+        JobError::IdempotencyKeyReused(_) => ServiceError {
+            param: Some("idempotency_key".into()),
+            ..ServiceError::new(ErrorType::IdempotencyKeyReused, e.to_string())
+        },
         JobError::Invalid { field, message } => ServiceError::invalid(*field, message.clone()),
         JobError::Unverified(_) => ServiceError::new(ErrorType::Unauthorized, e.to_string()),
         JobError::Store(_) => ServiceError::new(ErrorType::Internal, e.to_string()),
@@ -239,7 +243,16 @@ pub async fn create(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let jobs = jobs_of(&st)?;
-    let s: JobSubmission = types::parse(&body(b, st.service.body_limit())?)?;
+    let bytes = body(b, st.service.body_limit())?;
+    let budget = st.service.engine().config().limits.max_bytes_total;
+    if bytes.len() as u64 > budget {
+        // It could never be admitted to the queues: refused now, not left `running` forever.
+        return Err(HttpError::new(
+            ErrorType::PayloadTooLarge,
+            format!("the job's request is over the queues' byte budget of {budget} bytes"),
+        ));
+    }
+    let s: JobSubmission = types::parse(&bytes)?;
     let header_key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -248,13 +261,13 @@ pub async fn create(
     Ok(accepted(&job, new))
 }
 
-fn visible(st: &AppState, caller: &Caller, id: &str) -> Result<im_jobs::Job, HttpError> {
+async fn visible(st: &AppState, caller: &Caller, id: &str) -> Result<im_jobs::Job, HttpError> {
     let jobs = jobs_of(st)?;
     let (me, all) = owner(st, caller);
     let job = if all {
-        jobs.get_any(id)
+        jobs.get_any(id).await
     } else {
-        jobs.get(&me, id)
+        jobs.get(&me, id).await
     };
     job.map_err(job_error)
 }
@@ -272,7 +285,7 @@ pub async fn get(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
-    let job = visible(&st, &caller, &id)?;
+    let job = visible(&st, &caller, &id).await?;
     Ok(axum::Json(im_jobs::view(&job)).into_response())
 }
 
@@ -289,7 +302,7 @@ pub async fn result(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
-    let job = visible(&st, &caller, &id)?;
+    let job = visible(&st, &caller, &id).await?;
     let none = || {
         HttpError::new(
             ErrorType::NotFound,
@@ -303,6 +316,7 @@ pub async fn result(
         }) => {
             let bytes = jobs_of(&st)?
                 .result(name)
+                .await
                 .map_err(job_error)?
                 .ok_or_else(none)?;
             Ok(([(header::CONTENT_TYPE, content_type.clone())], bytes).into_response())
@@ -324,8 +338,11 @@ pub async fn cancel(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
-    let job = visible(&st, &caller, &id)?;
-    let job = jobs_of(&st)?.cancel(&job.owner, &id).map_err(job_error)?;
+    let job = visible(&st, &caller, &id).await?;
+    let job = jobs_of(&st)?
+        .cancel(&job.owner, &id)
+        .await
+        .map_err(job_error)?;
     Ok(axum::Json(im_jobs::view(&job)).into_response())
 }
 
@@ -367,9 +384,9 @@ pub async fn list(
     }
     let (me, all) = owner(&st, &caller);
     let found = if all {
-        jobs.list_all(status, limit)
+        jobs.list_all(status, limit).await
     } else {
-        jobs.list(&me, status, limit)
+        jobs.list(&me, status, limit).await
     }
     .map_err(job_error)?;
     let views: Vec<Value> = found.iter().map(im_jobs::view).collect();
@@ -378,31 +395,57 @@ pub async fn list(
 
 /// A job submitted by a signed webhook (Standard Webhooks: `webhook-id`, `webhook-timestamp`,
 /// `webhook-signature` over the raw body, with `jobs.inbound_secret`): the body is a
-/// `POST /v1/jobs` submission. Refused when the signature does not verify (401), the timestamp
-/// is over five minutes off (401) or the `webhook-id` was seen before (409).
+/// `POST /v1/jobs` submission. The headers are checked before the body is read (the route has no
+/// key: the signature is the credential), the body is read up to `jobs.ingest_body_limit_kib`,
+/// the signature verified, the submission validated, and only then is the `webhook-id` used up,
+/// so a sender that fixes an invalid body may resend it under the same id. Refused when the
+/// signature does not verify (401), the timestamp is over five minutes off (401), the
+/// `webhook-id` was accepted before (409) or the body is over the limit (413).
 #[utoipa::path(post, path = "/webhooks/ingest", tag = "jobs", request_body = JobSubmission,
     responses(
         (status = 202, description = "`{id, status: queued, status_url}`", body = Object),
         (status = 400, description = "Invalid submission", body = crate::ErrorBody),
         (status = 401, description = "The signature or timestamp does not verify", body = crate::ErrorBody),
         (status = 404, description = "Inbound webhooks are off (no `jobs.inbound_secret`)", body = crate::ErrorBody),
-        (status = 409, description = "This `webhook-id` was received already", body = crate::ErrorBody)))]
+        (status = 409, description = "This `webhook-id` was received already", body = crate::ErrorBody),
+        (status = 413, description = "The body is over `jobs.ingest_body_limit_kib`", body = crate::ErrorBody)))]
 pub async fn ingest(
     State(st): State<AppState>,
     headers: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
+    raw: Body,
 ) -> Result<Response, HttpError> {
     let jobs = jobs_of(&st)?;
-    let bytes = body(b, st.service.body_limit())?;
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    jobs.verify_inbound(
+    let (id, timestamp) = (
         h(im_jobs::signing::ID_HEADER),
         h(im_jobs::signing::TIMESTAMP_HEADER),
-        h(im_jobs::signing::SIGNATURE_HEADER),
-        &bytes,
-    )
-    .map_err(job_error)?;
+    );
+    jobs.check_inbound(id, timestamp).await.map_err(job_error)?;
+    let limit = jobs.ingest_body_limit();
+    let too_large = || {
+        HttpError::new(
+            ErrorType::PayloadTooLarge,
+            format!(
+                "an inbound webhook's body is at most {limit} bytes (`jobs.ingest_body_limit_kib`)"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(raw, limit)
+        .await
+        .map_err(|_| too_large())?;
+    jobs.verify_inbound(id, timestamp, h(im_jobs::signing::SIGNATURE_HEADER), &bytes)
+        .map_err(job_error)?;
     let s: JobSubmission = types::parse(&bytes)?;
+    job_request(&s)?;
+    jobs.accept_inbound(id.unwrap_or_default())
+        .await
+        .map_err(job_error)?;
     let (job, new) = submit(jobs, "webhook".to_owned(), &s, None).await?;
     Ok(accepted(&job, new))
 }

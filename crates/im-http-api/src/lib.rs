@@ -13,7 +13,6 @@
 
 pub mod admin;
 pub mod error;
-pub mod fence;
 pub mod forward;
 pub mod infer;
 pub mod jobs;
@@ -21,10 +20,8 @@ pub mod lifecycle;
 pub mod media;
 pub mod openai;
 pub mod ops;
-mod proxy;
 pub mod schema;
 pub mod seed;
-pub mod serve;
 mod state;
 mod stream;
 pub mod tasks;

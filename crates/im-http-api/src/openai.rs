@@ -101,14 +101,12 @@ pub(crate) const PASS_THROUGH: &[&str] = &[
     "typical_p",
     "stop",
     "seed",
-    "n",
     "presence_penalty",
     "frequency_penalty",
     "repeat_penalty",
     "logit_bias",
     "logprobs",
     "top_logprobs",
-    "max_completion_tokens",
     "response_format",
     "tools",
     "tool_choice",
@@ -165,6 +163,8 @@ fn chat_call(st: &AppState, b: &Bytes) -> Result<Call, ServiceError> {
     };
     let temperature: Option<f64> = opt(&mut o, "temperature")?;
     let max_tokens: Option<u32> = opt(&mut o, "max_tokens")?;
+    let max_completion_tokens: Option<u32> = opt(&mut o, "max_completion_tokens")?;
+    let n: Option<u32> = opt(&mut o, "n")?;
     let stream: bool = opt(&mut o, "stream")?.unwrap_or(false);
     let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
     o.remove("stream_options");
@@ -176,6 +176,8 @@ fn chat_call(st: &AppState, b: &Bytes) -> Result<Call, ServiceError> {
         messages,
         temperature,
         max_tokens,
+        max_completion_tokens,
+        n,
         stream,
         deadline_ms,
         extra: o,
@@ -185,11 +187,9 @@ fn chat_call(st: &AppState, b: &Bytes) -> Result<Call, ServiceError> {
 
 /// The text-completion fields passed to the upstream as they are, besides those im reads itself.
 pub(crate) const COMPLETION_PASS_THROUGH: &[&str] = &[
-    "max_tokens",
     "top_p",
     "top_k",
     "min_p",
-    "n",
     "stop",
     "seed",
     "presence_penalty",
@@ -198,7 +198,6 @@ pub(crate) const COMPLETION_PASS_THROUGH: &[&str] = &[
     "logit_bias",
     "logprobs",
     "echo",
-    "best_of",
     "suffix",
     "user",
     "grammar",
@@ -218,11 +217,11 @@ pub async fn completions(
     Extension(arrived): Extension<Arrived>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let call = completion_call(&body(b, st.service.body_limit())?)?;
+    let call = completion_call(&body(b, st.service.body_limit())?, st.service.limits())?;
     respond(&st, call, &caller, arrived).await
 }
 
-fn completion_call(b: &Bytes) -> Result<Call, ServiceError> {
+fn completion_call(b: &Bytes, limits: &im_service::InputLimits) -> Result<Call, ServiceError> {
     let mut o = object(b)?;
     let model = string_field(&mut o, "model")?;
     let prompt = o
@@ -230,18 +229,27 @@ fn completion_call(b: &Bytes) -> Result<Call, ServiceError> {
         .filter(|p| !p.is_null())
         .ok_or_else(|| ServiceError::invalid("prompt", "missing field `prompt`"))?;
     let temperature: Option<f64> = opt(&mut o, "temperature")?;
+    let max_tokens: Option<u32> = opt(&mut o, "max_tokens")?;
+    let n: Option<u32> = opt(&mut o, "n")?;
+    let best_of: Option<u32> = opt(&mut o, "best_of")?;
     let stream: bool = opt(&mut o, "stream")?.unwrap_or(false);
     let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
     o.remove("stream_options");
     refuse_unknown(&o, COMPLETION_PASS_THROUGH)?;
-    Call::completion(CompletionInput {
-        model,
-        prompt,
-        temperature,
-        stream,
-        deadline_ms,
-        extra: o,
-    })
+    Call::completion(
+        CompletionInput {
+            model,
+            prompt,
+            temperature,
+            max_tokens,
+            n,
+            best_of,
+            stream,
+            deadline_ms,
+            extra: o,
+        },
+        limits,
+    )
 }
 
 /// The embedding fields passed to the upstream as they are.

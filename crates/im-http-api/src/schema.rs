@@ -155,9 +155,15 @@ pub struct ChatCompletionRequest {
     /// 0.0 to 2.0.
     #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
-    /// Token limit.
-    #[schema(minimum = 0, maximum = 4294967295_u64)]
+    /// Token limit, at most `http.max_tokens` (or the model's own bound).
+    #[schema(minimum = 0, maximum = 32768)]
     pub max_tokens: Option<u64>,
+    /// OpenAI's newer name for the token limit, bounded the same way.
+    #[schema(minimum = 0, maximum = 32768)]
+    pub max_completion_tokens: Option<u64>,
+    /// Choices to generate, 1 to `http.max_choices` (or the model's own bound).
+    #[schema(minimum = 1, maximum = 8)]
+    pub n: Option<u64>,
     /// Stream chunks as server-sent events once dispatched.
     pub stream: Option<bool>,
     /// Queue deadline in milliseconds (only lowers the configured default).
@@ -180,6 +186,15 @@ pub struct CompletionRequest {
     /// 0.0 to 2.0.
     #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
+    /// Token limit, at most `http.max_tokens` (or the model's own bound).
+    #[schema(minimum = 0, maximum = 32768)]
+    pub max_tokens: Option<u64>,
+    /// Choices to return, 1 to `http.max_choices` (or the model's own bound).
+    #[schema(minimum = 1, maximum = 8)]
+    pub n: Option<u64>,
+    /// Choices generated server-side, bounded as `n`.
+    #[schema(minimum = 1, maximum = 8)]
+    pub best_of: Option<u64>,
     /// Stream chunks as server-sent events once dispatched.
     pub stream: Option<bool>,
     /// Queue deadline in milliseconds (only lowers the configured default).

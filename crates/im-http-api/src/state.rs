@@ -113,7 +113,7 @@ pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
 /// "Authorize" button supplies the key for the calls it makes), the WebSocket, which checks
 /// the key itself (in the upgrade's headers or in its first message), and inbound webhooks,
 /// which are authenticated by their signature.
-fn is_open(path: &str) -> bool {
+pub(crate) fn is_open(path: &str) -> bool {
     path == "/health"
         || path == "/webhooks/ingest"
         || path == "/dashboard"

@@ -35,8 +35,8 @@ pub struct Txt2TxtRequest {
     /// 0.0 to 2.0.
     #[schema(example = 0.7, minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
-    /// Token limit.
-    #[schema(maximum = 4294967295_u64)]
+    /// Token limit, at most `http.max_tokens` (or the model's own bound).
+    #[schema(maximum = 32768)]
     pub max_tokens: Option<u32>,
     /// Stream chunks as server-sent events once dispatched.
     #[serde(default)]
@@ -59,8 +59,8 @@ pub struct Img2TxtRequest {
     /// 0.0 to 2.0.
     #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
-    /// Token limit.
-    #[schema(maximum = 4294967295_u64)]
+    /// Token limit, at most `http.max_tokens` (or the model's own bound).
+    #[schema(maximum = 32768)]
     pub max_tokens: Option<u32>,
     /// Queue deadline in milliseconds.
     #[schema(minimum = 1)]
@@ -141,6 +141,8 @@ impl Txt2TxtRequest {
             messages: to_values(self.messages),
             temperature: self.temperature,
             max_tokens: self.max_tokens,
+            max_completion_tokens: None,
+            n: None,
             stream: self.stream,
             deadline_ms: self.deadline_ms,
             extra: Default::default(),
@@ -156,6 +158,8 @@ impl Img2TxtRequest {
             messages: to_values(self.messages),
             temperature: self.temperature,
             max_tokens: self.max_tokens,
+            max_completion_tokens: None,
+            n: None,
             stream: false,
             deadline_ms: self.deadline_ms,
             extra: Default::default(),

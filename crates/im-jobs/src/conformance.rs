@@ -101,7 +101,13 @@ fn jobs_and_their_results_are_kept_until_removed(store: &dyn JobStore) {
 }
 
 fn a_webhook_id_is_seen_once_until_forgotten(store: &dyn JobStore) {
+    assert!(!store.sighted("msg_1").expect("db"));
+    assert!(
+        !store.sighted("msg_1").expect("db"),
+        "looking does not record it"
+    );
     assert!(store.first_sighting("msg_1", 100).expect("db"));
+    assert!(store.sighted("msg_1").expect("db"));
     assert!(!store.first_sighting("msg_1", 150).expect("db"));
     store.forget_sightings(200).expect("db");
     assert!(store.first_sighting("msg_1", 300).expect("db"));

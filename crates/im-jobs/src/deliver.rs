@@ -29,7 +29,8 @@ pub(crate) async fn deliveries(inner: Arc<Inner>) {
         for (_, id) in due {
             let inner = inner.clone();
             attempts.spawn(async move {
-                match inner.store.get(&id) {
+                let key = id.clone();
+                match inner.call(move |s| s.get(&key)).await {
                     Ok(Some(job)) if job.webhook_pending() => attempt(&inner, job).await,
                     Ok(_) => {}
                     Err(e) => {
@@ -95,12 +96,14 @@ async fn attempt(inner: &Inner, mut job: Job) {
         }
     }
     inner.metrics.webhook_delivery(outcome);
-    if outcome == "gone"
-        && let Err(e) = inner.store.disable_endpoint(&hook.url)
-    {
-        tracing::error!(error = %e, "job store failed");
+    if outcome == "gone" {
+        let url = hook.url.clone();
+        if let Err(e) = inner.call(move |s| s.disable_endpoint(&url)).await {
+            tracing::error!(error = %e, "job store failed");
+        }
     }
-    if let Err(e) = inner.store.put(&job) {
+    let stored = job.clone();
+    if let Err(e) = inner.call(move |s| s.put(&stored)).await {
         tracing::error!(job = %job.id, error = %e, "job store failed; the delivery is retried");
     }
     if let Some(at) = job.webhook.as_ref().and_then(|w| w.next_at_ms) {
@@ -110,7 +113,8 @@ async fn attempt(inner: &Inner, mut job: Job) {
 
 /// One POST: (status, error, outcome).
 async fn send(inner: &Inner, job: &Job, url: &str) -> (Option<u16>, Option<String>, &'static str) {
-    match inner.store.endpoint_disabled(url) {
+    let key = url.to_owned();
+    match inner.call(move |s| s.endpoint_disabled(&key)).await {
         Ok(true) => {
             return (
                 None,

@@ -25,14 +25,41 @@ pub enum GuardError {
     Private(IpAddr),
 }
 
-/// Whether `ip` is a public unicast address.
+/// Whether `ip` is a public unicast address. An IPv6 address that carries an IPv4 one (mapped,
+/// compatible, NAT64, 6to4, Teredo) is judged by the IPv4 address it reaches.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => is_public_v4(v4),
             None => is_public_v6(v6),
         },
+    }
+}
+
+/// The IPv4 address an IPv6 address stands for or tunnels to, in the forms a network may route:
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated), NAT64
+/// (`64:ff9b::/96` and the local-use `64:ff9b:1::/48`), 6to4 (`2002:AABB:CCDD::/48`) and Teredo
+/// (`2001:0::/32`, the client address inverted in the last 32 bits).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let last = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match s {
+        // IPv4-compatible, but not :: and ::1 (judged as IPv6).
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(last(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] | [0x64, 0xff9b, 1, _, _, _, hi, lo] => {
+            Some(last(hi, lo))
+        }
+        [0x2002, hi, lo, ..] => Some(last(hi, lo)),
+        [0x2001, 0, _, _, _, _, hi, lo] => Some(last(!hi, !lo)),
+        _ => None,
     }
 }
 
@@ -152,7 +179,6 @@ mod tests {
     }
 
     #[tokio::test]
-    #[should_panic(expected = "is refused")]
     async fn ipv6_forms_of_private_ipv4_addresses_are_refused() {
         // Regression (issue 27.4): IPv4-compatible, NAT64 and 6to4 forms of 127.0.0.1 passed.
         for url in [

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,6 +59,8 @@ pub struct JobsConfig {
     pub inbound_secret: Option<Secret>,
     /// How far an inbound message's timestamp may be from now.
     pub tolerance_s: i64,
+    /// The largest inbound webhook body read (the route has no key: it must stay small).
+    pub ingest_body_limit: usize,
 }
 
 impl JobsConfig {
@@ -96,6 +99,11 @@ pub enum JobError {
     /// An inbound webhook was seen before.
     #[error("webhook message {0:?} was received already")]
     Replayed(String),
+    /// An idempotency key was used before for another request.
+    #[error(
+        "idempotency key {0:?} was used before with another request; use a new key for a new request"
+    )]
+    IdempotencyKeyReused(String),
     /// An inbound webhook did not verify.
     #[error("the webhook signature does not verify: {0}")]
     Unverified(#[from] crate::signing::SigningError),
@@ -143,7 +151,7 @@ pub(crate) struct Inner {
     running: DashMap<String, tokio::task::AbortHandle>,
     /// Held across each read-check-write of a job's status (start, cancel, finish), so that a
     /// cancellation is never overwritten by a run starting or ending at the same moment.
-    transitions: Mutex<()>,
+    transitions: tokio::sync::Mutex<()>,
     wake: Notify,
     pub(crate) wake_delivery: Notify,
     slots: Arc<Semaphore>,
@@ -157,8 +165,10 @@ pub fn now_ms() -> i64 {
 }
 
 impl Jobs {
-    /// Start the job service over `store`: recover what a
-    /// previous run left, then run jobs and deliver webhooks in the background.
+    /// Start the job service over `store`: recover what a previous run left (on the calling
+    /// thread, before anything is served), then run jobs and deliver webhooks in the background.
+    /// From then on every store call runs on the blocking pool ([`Inner::call`]): a slow disk or
+    /// a stalled Redis holds no runtime worker, so requests that need no store go on.
     pub fn start(
         store: Arc<dyn JobStore>,
         runner: Arc<dyn Runner>,
@@ -174,7 +184,7 @@ impl Jobs {
             pending: Mutex::default(),
             due: Mutex::default(),
             running: DashMap::new(),
-            transitions: Mutex::new(()),
+            transitions: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             wake_delivery: Notify::new(),
             slots,
@@ -239,8 +249,18 @@ impl Jobs {
                 ..Webhook::default()
             }),
         };
-        let stored = self.inner.store.insert_idempotent(&job)?;
+        let stored = {
+            let job = job.clone();
+            self.inner.call(move |s| s.insert_idempotent(&job)).await?
+        };
         let new = stored.id == job.id;
+        // A retry must ask for the same work (route and body); what it asks to be told (the
+        // callback) does not make it another request.
+        if !new && stored.request != job.request {
+            return Err(JobError::IdempotencyKeyReused(
+                job.idempotency_key.unwrap_or_default(),
+            ));
+        }
         if new {
             self.inner.lock_pending().push_back(job.id.clone());
             self.inner.gauge();
@@ -250,59 +270,71 @@ impl Jobs {
     }
 
     /// Job `id`, whoever owns it (for `admin` keys).
-    pub fn get_any(&self, id: &str) -> Result<Job, JobError> {
+    pub async fn get_any(&self, id: &str) -> Result<Job, JobError> {
+        let key = id.to_owned();
         self.inner
-            .store
-            .get(id)?
+            .call(move |s| s.get(&key))
+            .await?
             .ok_or_else(|| JobError::NotFound(id.to_owned()))
     }
 
     /// The owner's job `id`.
-    pub fn get(&self, owner: &str, id: &str) -> Result<Job, JobError> {
-        match self.inner.store.get(id)? {
-            Some(j) if j.owner == owner => Ok(j),
-            _ => Err(JobError::NotFound(id.to_owned())),
+    pub async fn get(&self, owner: &str, id: &str) -> Result<Job, JobError> {
+        match self.get_any(id).await {
+            Ok(j) if j.owner == owner => Ok(j),
+            Ok(_) => Err(JobError::NotFound(id.to_owned())),
+            Err(e) => Err(e),
         }
     }
 
     /// The owner's jobs, newest first, at most `limit`, optionally only those in `status`.
-    pub fn list(
+    pub async fn list(
         &self,
         owner: &str,
         status: Option<Status>,
         limit: usize,
     ) -> Result<Vec<Job>, JobError> {
-        self.list_where(|j| j.owner == owner, status, limit)
+        let owner = owner.to_owned();
+        self.list_where(move |j| j.owner == owner, status, limit)
+            .await
     }
 
     /// Everyone's jobs (for `admin` keys), as [`list`](Self::list).
-    pub fn list_all(&self, status: Option<Status>, limit: usize) -> Result<Vec<Job>, JobError> {
-        self.list_where(|_| true, status, limit)
-    }
-
-    fn list_where(
+    pub async fn list_all(
         &self,
-        mine: impl Fn(&Job) -> bool,
         status: Option<Status>,
         limit: usize,
     ) -> Result<Vec<Job>, JobError> {
-        let mut jobs: Vec<Job> = self
+        self.list_where(|_| true, status, limit).await
+    }
+
+    async fn list_where(
+        &self,
+        mine: impl Fn(&Job) -> bool + Send + 'static,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<Job>, JobError> {
+        let jobs = self
             .inner
-            .store
-            .all()?
-            .into_iter()
-            .filter(|j| mine(j) && status.is_none_or(|s| j.status == s))
-            .collect();
-        jobs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
-        jobs.truncate(limit);
+            .call(move |s| {
+                let mut jobs: Vec<Job> = s
+                    .all()?
+                    .into_iter()
+                    .filter(|j| mine(j) && status.is_none_or(|st| j.status == st))
+                    .collect();
+                jobs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+                jobs.truncate(limit);
+                Ok(jobs)
+            })
+            .await?;
         Ok(jobs)
     }
 
     /// Cancel the owner's live job `id`: a running one's request is dropped (the queue cancels
     /// it), and its webhook reports the cancellation.
-    pub fn cancel(&self, owner: &str, id: &str) -> Result<Job, JobError> {
-        let _transition = self.inner.transition();
-        let mut job = self.get(owner, id)?;
+    pub async fn cancel(&self, owner: &str, id: &str) -> Result<Job, JobError> {
+        let _transition = self.inner.transitions.lock().await;
+        let mut job = self.get(owner, id).await?;
         if job.status.is_final() {
             return Err(JobError::Final {
                 id: job.id,
@@ -314,18 +346,40 @@ impl Jobs {
         }
         job.status = Status::Cancelled;
         job.finished_ms = Some(now_ms());
-        self.inner.finish(&mut job, "cancelled")?;
+        self.inner.finish(&mut job, "cancelled").await?;
         Ok(job)
     }
 
     /// A result kept beside its job (see [`Stored::File`]).
-    pub fn result(&self, name: &str) -> Result<Option<Vec<u8>>, JobError> {
-        Ok(self.inner.store.result(name)?)
+    pub async fn result(&self, name: &str) -> Result<Option<Vec<u8>>, JobError> {
+        let name = name.to_owned();
+        Ok(self.inner.call(move |s| s.result(&name)).await?)
     }
 
-    /// Verify an inbound Standard Webhooks message and queue the job it carries (as `owner`
-    /// `webhook`): the signature against `jobs.inbound_secret`, the timestamp within the
-    /// tolerance, and the message id never seen before.
+    /// Check an inbound Standard Webhooks message's headers before its body is read: inbound
+    /// webhooks are on, the id and timestamp are there, the timestamp is within the tolerance,
+    /// and the id was not accepted before.
+    pub async fn check_inbound(
+        &self,
+        id: Option<&str>,
+        timestamp: Option<&str>,
+    ) -> Result<(), JobError> {
+        let secret = self
+            .inner
+            .cfg
+            .inbound_secret
+            .as_ref()
+            .ok_or(JobError::IngestOff)?;
+        secret.check_timestamp(id, timestamp, now_ms() / 1000, self.inner.cfg.tolerance_s)?;
+        let id = id.unwrap_or_default().to_owned();
+        let key = id.clone();
+        if self.inner.call(move |s| s.sighted(&key)).await? {
+            return Err(JobError::Replayed(id));
+        }
+        Ok(())
+    }
+
+    /// Verify an inbound message's signature over its body (after [`Self::check_inbound`]).
     pub fn verify_inbound(
         &self,
         id: Option<&str>,
@@ -339,20 +393,35 @@ impl Jobs {
             .inbound_secret
             .as_ref()
             .ok_or(JobError::IngestOff)?;
-        let now = now_ms();
         secret.verify(
             id,
             timestamp,
             signature,
             body,
-            now / 1000,
+            now_ms() / 1000,
             self.inner.cfg.tolerance_s,
         )?;
-        let id = id.unwrap_or_default();
-        if !self.inner.store.first_sighting(id, now)? {
+        Ok(())
+    }
+
+    /// Use up an inbound message's id, once its body was verified and validated: a sender that
+    /// fixed an invalid body may resend it under the same id, an accepted one is never taken
+    /// twice.
+    pub async fn accept_inbound(&self, id: &str) -> Result<(), JobError> {
+        let key = id.to_owned();
+        if !self
+            .inner
+            .call(move |s| s.first_sighting(&key, now_ms()))
+            .await?
+        {
             return Err(JobError::Replayed(id.to_owned()));
         }
         Ok(())
+    }
+
+    /// The largest inbound webhook body read.
+    pub fn ingest_body_limit(&self) -> usize {
+        self.inner.cfg.ingest_body_limit
     }
 
     /// Jobs queued and running now.
@@ -362,6 +431,18 @@ impl Jobs {
 }
 
 impl Inner {
+    /// Run a store call on the blocking pool: a slow disk or a stalled Redis holds no runtime
+    /// worker.
+    pub(crate) async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn JobStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&*store))
+            .await
+            .map_err(|e| StoreError::Db(format!("a job store call did not finish: {e}")))?
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -379,18 +460,14 @@ impl Inner {
         self.metrics.jobs(queued, self.running.len());
     }
 
-    /// The lock of status changes (see `transitions`).
-    fn transition(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.transitions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Store a job that reached its final state and schedule its webhook.
-    fn finish(&self, job: &mut Job, outcome: &'static str) -> Result<(), StoreError> {
+    async fn finish(&self, job: &mut Job, outcome: &'static str) -> Result<(), StoreError> {
         let now = now_ms();
         if let Some(w) = &mut job.webhook {
             w.next_at_ms = Some(now);
         }
-        self.store.put(job)?;
+        let stored = job.clone();
+        self.call(move |s| s.put(&stored)).await?;
         if job.webhook.is_some() {
             self.schedule_delivery(now, &job.id);
         }
@@ -403,7 +480,7 @@ impl Inner {
     }
 
     /// Keep an answer: JSON up to the inline limit in the store, anything else as a file.
-    fn keep(&self, id: &str, answer: &Answer) -> Result<Stored, StoreError> {
+    async fn keep(&self, id: &str, answer: &Answer) -> Result<Stored, StoreError> {
         let json = answer.content_type.starts_with("application/json");
         if json
             && answer.body.len() <= self.cfg.inline_max_bytes
@@ -413,7 +490,8 @@ impl Inner {
         }
         let ext = if json { "json" } else { "bin" };
         let name = format!("{id}.{ext}");
-        self.store.put_result(&name, &answer.body)?;
+        let (file, body) = (name.clone(), answer.body.clone());
+        self.call(move |s| s.put_result(&file, &body)).await?;
         Ok(Stored::File {
             name,
             content_type: answer.content_type.clone(),
@@ -460,8 +538,9 @@ async fn run_one(inner: Arc<Inner>, id: String, _permit: tokio::sync::OwnedSemap
 
 async fn run_job(inner: &Inner, id: &str) -> Result<(), StoreError> {
     let mut job = {
-        let _transition = inner.transition();
-        let Some(mut job) = inner.store.get(id)? else {
+        let _transition = inner.transitions.lock().await;
+        let key = id.to_owned();
+        let Some(mut job) = inner.call(move |s| s.get(&key)).await? else {
             return Ok(());
         };
         if job.status.is_final() {
@@ -470,7 +549,8 @@ async fn run_job(inner: &Inner, id: &str) -> Result<(), StoreError> {
         job.status = Status::Running;
         job.attempts += 1;
         job.started_ms = Some(now_ms());
-        inner.store.put(&job)?;
+        let stored = job.clone();
+        inner.call(move |s| s.put(&stored)).await?;
         job
     };
     let mut backoff = Duration::from_millis(200);
@@ -483,10 +563,11 @@ async fn run_job(inner: &Inner, id: &str) -> Result<(), StoreError> {
         backoff = (backoff * 2).min(Duration::from_secs(10));
     };
     // Cancelled while it ran? Then the cancellation is its end.
-    let _transition = inner.transition();
+    let _transition = inner.transitions.lock().await;
+    let key = id.to_owned();
     if inner
-        .store
-        .get(id)?
+        .call(move |s| s.get(&key))
+        .await?
         .is_none_or(|j| j.status == Status::Cancelled)
     {
         return Ok(());
@@ -494,7 +575,7 @@ async fn run_job(inner: &Inner, id: &str) -> Result<(), StoreError> {
     job.finished_ms = Some(now_ms());
     let outcome = if (200..300).contains(&answer.status) {
         job.status = Status::Succeeded;
-        job.result = Some(inner.keep(&job.id, &answer)?);
+        job.result = Some(inner.keep(&job.id, &answer).await?);
         "succeeded"
     } else {
         job.status = Status::Failed;
@@ -508,7 +589,7 @@ async fn run_job(inner: &Inner, id: &str) -> Result<(), StoreError> {
         job.error = Some(error);
         "failed"
     };
-    inner.finish(&mut job, outcome)
+    inner.finish(&mut job, outcome).await
 }
 
 /// Forget final jobs past their keep time (and their result files), and old inbound message ids.
@@ -519,16 +600,20 @@ async fn sweep(inner: Arc<Inner>) {
         tick.tick().await;
         let now = now_ms();
         let keep_ms = inner.cfg.keep.as_millis() as i64;
-        if let Ok(all) = inner.store.all() {
-            for job in all {
-                let old = job.finished_ms.is_some_and(|f| now - f > keep_ms);
-                if job.status.is_final() && old && !job.webhook_pending() {
-                    let _ = inner.store.remove(&job);
+        let forget_before = now - 2 * 1000 * inner.cfg.tolerance_s;
+        let swept = inner
+            .call(move |s| {
+                for job in s.all()? {
+                    let old = job.finished_ms.is_some_and(|f| now - f > keep_ms);
+                    if job.status.is_final() && old && !job.webhook_pending() {
+                        s.remove(&job)?;
+                    }
                 }
-            }
+                s.forget_sightings(forget_before)
+            })
+            .await;
+        if let Err(e) = swept {
+            tracing::warn!(error = %e, "sweeping expired jobs failed; trying again later");
         }
-        let _ = inner
-            .store
-            .forget_sightings(now - 2 * 1000 * inner.cfg.tolerance_s);
     }
 }

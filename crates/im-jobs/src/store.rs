@@ -60,6 +60,8 @@ pub trait JobStore: Send + Sync + 'static {
     fn insert_idempotent(&self, job: &Job) -> Result<Job, StoreError>;
     /// Record an inbound webhook's message id; false if it was seen already (a replay).
     fn first_sighting(&self, message_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Whether an inbound webhook's message id was recorded (without recording it).
+    fn sighted(&self, message_id: &str) -> Result<bool, StoreError>;
     /// Forget inbound message ids recorded before `before_ms`.
     fn forget_sightings(&self, before_ms: i64) -> Result<(), StoreError>;
     /// Disable a callback URL (its receiver answered 410 Gone).
@@ -194,6 +196,11 @@ impl JobStore for RedbStore {
         };
         tx.commit()?;
         Ok(first)
+    }
+
+    fn sighted(&self, message_id: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(SIGHTINGS)?.get(message_id)?.is_some())
     }
 
     fn disable_endpoint(&self, url: &str) -> Result<(), StoreError> {

@@ -68,6 +68,7 @@ fn config(keep: Duration) -> JobsConfig {
         delivery_timeout: Duration::from_secs(1),
         inbound_secret: None,
         tolerance_s: 300,
+        ingest_body_limit: 1 << 20,
     }
 }
 
@@ -110,7 +111,7 @@ fn submission(route: &str) -> Submission {
 
 async fn settle(jobs: &Jobs, id: &str) -> im_jobs::Job {
     for _ in 0..250 {
-        let j = jobs.get("key-a", id).expect("job");
+        let j = jobs.get("key-a", id).await.expect("job");
         if j.status.is_final() {
             return j;
         }
@@ -144,7 +145,7 @@ async fn small_json_is_kept_inline_and_binary_answers_as_files() {
     };
     assert_eq!((content_type.as_str(), bytes), ("audio/wav", 12));
     assert_eq!(
-        jobs.result(&name).expect("store").expect("kept"),
+        jobs.result(&name).await.expect("store").expect("kept"),
         b"RIFF....WAVE"
     );
     let _ = std::fs::remove_dir_all(d);
@@ -177,7 +178,7 @@ async fn after_a_restart_running_jobs_run_again_and_finished_ones_do_not() {
         settle(&jobs, &done.id).await;
         let (slow, _) = jobs.submit(submission("/slow")).await.expect("submit");
         for _ in 0..100 {
-            if jobs.get("key-a", &slow.id).expect("job").status == Status::Running {
+            if jobs.get("key-a", &slow.id).await.expect("job").status == Status::Running {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -196,7 +197,7 @@ async fn after_a_restart_running_jobs_run_again_and_finished_ones_do_not() {
     let (jobs, _) = start(&d.join("next"), script.clone(), Duration::from_secs(3600));
     let s = settle(&jobs, &slow_id).await;
     assert_eq!((s.status, s.attempts), (Status::Succeeded, 2), "run again");
-    let finished = jobs.get("key-a", &done_id).expect("job");
+    let finished = jobs.get("key-a", &done_id).await.expect("job");
     assert_eq!(finished.attempts, 1, "a finished job is not run again");
     assert_eq!(
         script.runs.load(Ordering::SeqCst),
@@ -212,15 +213,15 @@ async fn a_cancelled_running_job_stays_cancelled_and_finished_jobs_expire() {
     let (jobs, store) = start(&d, Arc::default(), Duration::from_millis(300));
     let (slow, _) = jobs.submit(submission("/slow")).await.expect("submit");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let c = jobs.cancel("key-a", &slow.id).expect("cancel");
+    let c = jobs.cancel("key-a", &slow.id).await.expect("cancel");
     assert_eq!(c.status, Status::Cancelled);
     assert!(matches!(
-        jobs.cancel("key-a", &slow.id),
+        jobs.cancel("key-a", &slow.id).await,
         Err(im_jobs::JobError::Final { .. })
     ));
     assert!(
         matches!(
-            jobs.get("key-b", &slow.id),
+            jobs.get("key-b", &slow.id).await,
             Err(im_jobs::JobError::NotFound(_))
         ),
         "another key does not see it"

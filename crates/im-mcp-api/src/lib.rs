@@ -367,6 +367,8 @@ impl ImMcp {
             model: a.model,
             temperature: a.temperature,
             max_tokens: a.max_tokens,
+            max_completion_tokens: None,
+            n: None,
             ..ChatInput::default()
         };
         // The JSON body is built only for a remote im-http.
@@ -400,6 +402,8 @@ impl ImMcp {
             messages,
             temperature: a.temperature,
             max_tokens: a.max_tokens,
+            max_completion_tokens: None,
+            n: None,
             ..ChatInput::default()
         };
         self.infer(

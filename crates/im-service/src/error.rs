@@ -30,6 +30,8 @@ pub enum ErrorType {
     Conflict,
     /// The body is over the limit.
     PayloadTooLarge,
+    /// An idempotency key was used before for another request.
+    IdempotencyKeyReused,
     /// The queue is full.
     QueueFull,
     /// The key's rate limit is reached.
@@ -48,7 +50,7 @@ pub enum ErrorType {
 
 impl ErrorType {
     /// Every type, in the table's order.
-    pub const ALL: [ErrorType; 16] = [
+    pub const ALL: [ErrorType; 17] = [
         ErrorType::InvalidRequest,
         ErrorType::Unauthorized,
         ErrorType::Forbidden,
@@ -58,6 +60,7 @@ impl ErrorType {
         ErrorType::Conflict,
         ErrorType::PayloadTooLarge,
         ErrorType::UnsupportedKind,
+        ErrorType::IdempotencyKeyReused,
         ErrorType::QueueFull,
         ErrorType::RateLimited,
         ErrorType::Internal,
@@ -94,7 +97,7 @@ impl ErrorType {
             ErrorType::MethodNotAllowed => 405,
             ErrorType::Conflict => 409,
             ErrorType::PayloadTooLarge => 413,
-            ErrorType::UnsupportedKind => 422,
+            ErrorType::UnsupportedKind | ErrorType::IdempotencyKeyReused => 422,
             ErrorType::QueueFull | ErrorType::RateLimited => 429,
             ErrorType::Internal => 500,
             ErrorType::UpstreamError => 502,
@@ -115,6 +118,7 @@ impl ErrorType {
             ErrorType::MethodNotAllowed => "method_not_allowed",
             ErrorType::Conflict => "conflict",
             ErrorType::PayloadTooLarge => "payload_too_large",
+            ErrorType::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorType::QueueFull => "queue_full",
             ErrorType::RateLimited => "rate_limited",
             ErrorType::DeadlineExceeded => "deadline_exceeded",
@@ -143,6 +147,9 @@ impl ErrorType {
                 "The model has work in flight or waiting; send `force: true` to unload it after the barrier"
             }
             ErrorType::PayloadTooLarge => "The body is over the limit",
+            ErrorType::IdempotencyKeyReused => {
+                "The idempotency key was used before with another request"
+            }
             ErrorType::QueueFull => {
                 "A queue limit (requests or payload bytes) is reached; see `Retry-After`"
             }
@@ -159,6 +166,7 @@ impl ErrorType {
     pub fn of_engine(e: &EngineError) -> ErrorType {
         match e {
             EngineError::QueueFull { .. } => ErrorType::QueueFull,
+            EngineError::TooLarge { .. } => ErrorType::PayloadTooLarge,
             EngineError::UnknownModel { .. } => ErrorType::UnknownModel,
             EngineError::UnsupportedKind { .. } => ErrorType::UnsupportedKind,
             EngineError::DeadlineExceeded { .. } => ErrorType::DeadlineExceeded,

@@ -22,9 +22,9 @@ pub use auth::{
 };
 pub use cache::CacheSettings;
 pub use call::{
-    Call, ChatInput, ChatKind, CompletionInput, EmbeddingInput, ImageParams, InputLimits,
-    MAX_RERANK_DOCUMENTS, MAX_SPEECH_CHARS, RerankInput, SpeechInput, TRANSCRIPTION_FORMATS,
-    TranscriptionInput, image_file,
+    Call, ChatInput, ChatKind, CompletionInput, DEFAULT_MAX_CHOICES, DEFAULT_MAX_TOKENS,
+    EmbeddingInput, ImageParams, InputLimits, MAX_RERANK_DOCUMENTS, MAX_SPEECH_CHARS, ModelBounds,
+    RerankInput, SpeechInput, TRANSCRIPTION_FORMATS, TranscriptionInput, image_file,
 };
 pub use error::{ErrorType, ServiceError};
 pub use registry::{MAX_TEXT_CHARS, Registry, RegistryEntry, TaskAnswer, Template};

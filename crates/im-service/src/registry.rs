@@ -274,6 +274,8 @@ impl Service {
                     messages,
                     temperature,
                     max_tokens,
+                    max_completion_tokens: None,
+                    n: None,
                     extra,
                     ..ChatInput::default()
                 },

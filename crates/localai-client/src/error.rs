@@ -21,6 +21,7 @@
 //! | an error inside a stream, after chunks reached the caller | no (cannot be undone) | yes |
 //! | a malformed answer (not the API) | no | yes |
 //! | an answer from another model than the one asked for | no | no (the upstream lacks that model) |
+//! | a fencing gate's refusal (409 stale or 401 unsigned, with `x-im-fence-highest`) | yes, once the scheduler raised its epoch (a 401 means im has no secret: not retried) | no |
 //!
 //! A failure "counts against the breaker" when it says the upstream itself is unwell; a failure that
 //! belongs to one request never takes the lane down for everyone.
@@ -97,6 +98,18 @@ pub enum ClientError {
         /// The model that answered.
         answered: String,
     },
+    /// A fencing gate refused the call: its token was older than the highest the gate has seen
+    /// (409), or it was missing or unsigned (401: im has no `cluster.fence_secret`).
+    #[error(
+        "the fencing gate refused the call ({status}): it has seen epoch {highest}{}",
+        if *status == 401 { "; im sends no signed token (set cluster.fence_secret)" } else { "" }
+    )]
+    Fenced {
+        /// 409 or 401.
+        status: u16,
+        /// The highest epoch the gate has seen.
+        highest: u64,
+    },
 }
 
 impl ClientError {
@@ -115,6 +128,13 @@ impl ClientError {
             }
             ClientError::Protocol(_) => ErrorClass::Protocol,
             ClientError::WrongModel { .. } => ErrorClass::Permanent,
+            ClientError::Fenced { status, .. } => {
+                if *status == 409 {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                }
+            }
             ClientError::Status {
                 status, message, ..
             } => match status {
@@ -140,7 +160,7 @@ impl ClientError {
             | ClientError::Timeout { .. }
             | ClientError::Stream(_)
             | ClientError::Protocol(_) => true,
-            ClientError::WrongModel { .. } => false,
+            ClientError::WrongModel { .. } | ClientError::Fenced { .. } => false,
             ClientError::Status {
                 status, message, ..
             } => match status {
@@ -175,7 +195,9 @@ impl ClientError {
     /// The upstream's status, if it answered with one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ClientError::Status { status, .. } => Some(*status),
+            ClientError::Status { status, .. } | ClientError::Fenced { status, .. } => {
+                Some(*status)
+            }
             _ => None,
         }
     }
@@ -195,6 +217,7 @@ impl ClientError {
             ClientError::Stream(_) => "stream".into(),
             ClientError::Protocol(_) => "protocol".into(),
             ClientError::WrongModel { .. } => "wrong_model".into(),
+            ClientError::Fenced { .. } => "fenced".into(),
         }
     }
 

@@ -85,17 +85,21 @@ async fn check_headers(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // The epoch of a token, signed (`<epoch>.<signature>`, not checked here) or not.
     if let Some(token) = req
         .headers()
         .get("x-im-fence")
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .and_then(|v| v.to_str().ok()?.split('.').next()?.parse::<u64>().ok())
         && let Err(newest) = state.admit_fence(token)
     {
-        return error(
+        let mut r = error(
             StatusCode::CONFLICT,
             &format!("stale fencing token {token}: a scheduler with token {newest} took over"),
             "stale_fence",
         );
+        r.headers_mut()
+            .insert("x-im-fence-highest", axum::http::HeaderValue::from(newest));
+        return r;
     }
     if let Some(v) = req
         .headers()

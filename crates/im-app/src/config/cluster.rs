@@ -24,6 +24,21 @@ pub struct ClusterEntry {
     /// Seconds a replica holds a client's request while no scheduler answers (a failover), before
     /// it answers 503.
     pub failover_wait_s: f64,
+    /// The cluster's shared secret (`IM_FENCE_SECRET`): the scheduler signs its fencing token
+    /// with it, every `im-fence` gate holding it accepts only signed tokens, and followers prove
+    /// themselves with it to the scheduler's listener. Pass it as a secret, never in the file
+    /// of a public repository. Absent: tokens are unsigned (anyone reaching a gate can forge one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fence_secret: Option<String>,
+}
+
+impl ClusterEntry {
+    /// The fence secret, when one is set.
+    pub fn secret(&self) -> Option<im_edge::fence::FenceSecret> {
+        self.fence_secret
+            .as_deref()
+            .and_then(im_edge::fence::FenceSecret::new)
+    }
 }
 
 impl Default for ClusterEntry {
@@ -34,6 +49,7 @@ impl Default for ClusterEntry {
             advertise_url: None,
             lease_s: 5.0,
             failover_wait_s: 30.0,
+            fence_secret: None,
         }
     }
 }
@@ -67,6 +83,16 @@ impl ClusterEntry {
             return Err(invalid(
                 "cluster.failover_wait_s",
                 "seconds, at least cluster.lease_s (a failover takes up to one lease)",
+            ));
+        }
+        if self
+            .fence_secret
+            .as_ref()
+            .is_some_and(|s| s.trim().len() < 16)
+        {
+            return Err(invalid(
+                "cluster.fence_secret",
+                "at least 16 characters (e.g. `openssl rand -hex 32`)",
             ));
         }
         Ok(())

@@ -38,6 +38,9 @@ pub struct JobsEntry {
     pub delivery_timeout_s: f64,
     /// Seconds an inbound webhook's timestamp may be off.
     pub tolerance_s: i64,
+    /// The largest inbound webhook body read, in KiB (the route has no key; its headers are
+    /// checked first, and this bounds what an unsigned sender can make im hold).
+    pub ingest_body_limit_kib: usize,
 }
 
 impl Default for JobsEntry {
@@ -57,6 +60,7 @@ impl Default for JobsEntry {
                 .collect(),
             delivery_timeout_s: 10.0,
             tolerance_s: im_jobs::signing::DEFAULT_TOLERANCE_S,
+            ingest_body_limit_kib: 1024,
         }
     }
 }
@@ -85,6 +89,9 @@ impl JobsEntry {
         }
         if !(1..=1024 * 1024).contains(&self.inline_max_kib) {
             return Err(invalid("jobs.inline_max_kib", "1 to 1048576"));
+        }
+        if !(1..=64 * 1024).contains(&self.ingest_body_limit_kib) {
+            return Err(invalid("jobs.ingest_body_limit_kib", "1 to 65536"));
         }
         if !(1..=86_400).contains(&self.tolerance_s) {
             return Err(invalid("jobs.tolerance_s", "1 to 86400 seconds"));
@@ -116,6 +123,7 @@ impl JobsEntry {
             delivery_timeout: seconds("jobs.delivery_timeout_s", self.delivery_timeout_s)?,
             inbound_secret,
             tolerance_s: self.tolerance_s,
+            ingest_body_limit: self.ingest_body_limit_kib * 1024,
         })
     }
 

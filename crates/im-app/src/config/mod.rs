@@ -458,6 +458,20 @@ impl ImConfig {
         if self.http.max_image_side < 8 {
             return Err(invalid("http.max_image_side", "at least 8"));
         }
+        if self.http.max_tokens == 0 {
+            return Err(invalid("http.max_tokens", "at least 1"));
+        }
+        if self.http.max_choices == 0 {
+            return Err(invalid("http.max_choices", "at least 1"));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if m.max_tokens == Some(0) {
+                return Err(invalid(format!("models[{i}].max_tokens"), "at least 1"));
+            }
+            if m.max_choices == Some(0) {
+                return Err(invalid(format!("models[{i}].max_choices"), "at least 1"));
+            }
+        }
         secs("shutdown_grace_s", self.shutdown_grace_s)?;
         for (field, v) in [
             (
@@ -471,6 +485,22 @@ impl ImConfig {
         }
         if self.http.max_connections == 0 {
             return Err(invalid("http.max_connections", "at least 1"));
+        }
+        if self.http.max_connections_per_peer == 0 {
+            return Err(invalid("http.max_connections_per_peer", "at least 1"));
+        }
+        secs("http.idle_timeout_s", self.http.idle_timeout_s)?
+            .ok_or_else(|| invalid("http.idle_timeout_s", "must be positive"))?;
+        im_edge::Peers::parse_proxies(&self.http.trusted_proxies)
+            .map_err(|e| invalid("http.trusted_proxies", e))?;
+        if self.limits.max_queued_bytes < self.http.body_limit_bytes as u64 {
+            return Err(invalid(
+                "limits.max_queued_bytes",
+                format!(
+                    "at least http.body_limit_bytes ({}): a request the body limit lets in must be able to queue",
+                    self.http.body_limit_bytes
+                ),
+            ));
         }
         if !(1..=2048).contains(&self.batch.max_inputs) {
             return Err(invalid("batch.max_inputs", "between 1 and 2048"));
@@ -549,6 +579,20 @@ impl ImConfig {
             limits: im_service::InputLimits {
                 max_image_side: self.http.max_image_side,
                 image_url_allowlist: self.http.image_url_allowlist.clone(),
+                max_tokens: self.http.max_tokens,
+                max_choices: self.http.max_choices,
+                models: self
+                    .models
+                    .iter()
+                    .filter(|m| m.max_tokens.is_some() || m.max_choices.is_some())
+                    .map(|m| {
+                        let bounds = im_service::ModelBounds {
+                            max_tokens: m.max_tokens,
+                            max_choices: m.max_choices,
+                        };
+                        (m.name.clone(), bounds)
+                    })
+                    .collect(),
             },
             body_limit: self.http.body_limit_bytes,
             batch: im_engine::BatchSettings {
@@ -638,15 +682,29 @@ impl ImConfig {
     }
 
     /// The listener's limits.
-    pub fn serve_limits(&self) -> im_http_api::serve::ServeLimits {
+    pub fn serve_limits(&self) -> im_edge::ServeLimits {
         let h = &self.http;
-        im_http_api::serve::ServeLimits {
+        im_edge::ServeLimits {
             header_read_timeout: Duration::from_secs_f64(h.header_read_timeout_s),
+            idle_timeout: Duration::from_secs_f64(h.idle_timeout_s),
             body_idle_timeout: Duration::from_secs_f64(h.body_idle_timeout_s),
             body_total_timeout: Duration::from_secs_f64(h.body_total_timeout_s),
             max_connections: h.max_connections,
-            ..im_http_api::serve::ServeLimits::default()
+            ..im_edge::ServeLimits::default()
         }
+    }
+
+    /// The listener's per-peer policy: the cap per client, the trusted proxies, and the secret
+    /// replicas prove themselves with.
+    pub fn peers(&self) -> std::sync::Arc<im_edge::Peers> {
+        let proxies = im_edge::Peers::parse_proxies(&self.http.trusted_proxies).unwrap_or_default();
+        std::sync::Arc::new(im_edge::Peers::new(
+            self.http
+                .max_connections_per_peer
+                .min(self.http.max_connections),
+            proxies,
+            self.cluster.secret(),
+        ))
     }
 
     /// Shutdown grace period.

@@ -37,6 +37,12 @@ pub struct ModelEntry {
     /// Labels an upstream must carry for it to run there (`["gpu-80g"]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// The most tokens a request may ask of it (absent: `http.max_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// The most choices (`n`) a request may ask of it (absent: `http.max_choices`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_choices: Option<u32>,
 }
 
 /// One key with its scopes and its own rate limit.
@@ -286,7 +292,8 @@ pub struct LimitsEntry {
     /// Requests waiting per kind.
     pub max_queued_per_kind: BTreeMap<String, usize>,
     /// Payload bytes (messages, images) all queued and running requests may hold together;
-    /// past it requests are refused with 429. Size it well under the process's memory limit.
+    /// past it requests are refused with 429 (one that could never fit: 413). At least
+    /// `http.body_limit_bytes`; size it well under the process's memory limit.
     pub max_queued_bytes: u64,
 }
 
@@ -358,6 +365,12 @@ pub struct HttpEntry {
     pub body_limit_bytes: usize,
     /// Largest image side accepted, pixels.
     pub max_image_side: u32,
+    /// The most tokens a chat or completion may ask for (`max_tokens`,
+    /// `max_completion_tokens`); a model's own `max_tokens` overrides it.
+    pub max_tokens: u32,
+    /// The most choices a chat or completion may ask for (`n`, `best_of`); a model's own
+    /// `max_choices` overrides it.
+    pub max_choices: u32,
     /// Per-key requests per second (0: no limit).
     pub rate_limit_per_s: u32,
     /// Burst above the rate.
@@ -376,6 +389,15 @@ pub struct HttpEntry {
     /// Open connections at most; keep it above `limits.max_queued_total` (each waiting request
     /// holds its connection).
     pub max_connections: usize,
+    /// Open connections one client may hold (a client behind `trusted_proxies`: requests in
+    /// flight), so that no single client can hold the server (at most `max_connections`).
+    pub max_connections_per_peer: usize,
+    /// Seconds a connection with no request in flight stays open (HTTP/1 keep-alive and HTTP/2).
+    pub idle_timeout_s: f64,
+    /// Proxies in front of im (CIDRs or addresses: the compose nginx, an ingress): their
+    /// connections are not counted per peer; each request counts against the client its
+    /// `X-Forwarded-For` names.
+    pub trusted_proxies: Vec<String>,
     /// The most requests one `POST /infer/batch` may carry.
     pub max_batch_requests: usize,
 }
@@ -385,6 +407,8 @@ impl Default for HttpEntry {
         HttpEntry {
             body_limit_bytes: 32 * 1024 * 1024,
             max_image_side: 2048,
+            max_tokens: im_service::DEFAULT_MAX_TOKENS,
+            max_choices: im_service::DEFAULT_MAX_CHOICES,
             rate_limit_per_s: 0,
             rate_limit_burst: 10,
             mcp_allowed_hosts: Vec::new(),
@@ -393,6 +417,9 @@ impl Default for HttpEntry {
             body_idle_timeout_s: 30.0,
             body_total_timeout_s: 300.0,
             max_connections: 16384,
+            max_connections_per_peer: 1024,
+            idle_timeout_s: 120.0,
+            trusted_proxies: Vec::new(),
             max_batch_requests: 32,
         }
     }

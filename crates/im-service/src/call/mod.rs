@@ -28,14 +28,88 @@ pub struct InputLimits {
     pub max_image_side: u32,
     /// URL prefixes an image URL may start with (the upstream fetches it); empty: none.
     pub image_url_allowlist: Vec<String>,
+    /// The most tokens a chat or completion may ask for (`max_tokens`,
+    /// `max_completion_tokens`), unless its model says otherwise.
+    pub max_tokens: u32,
+    /// The most choices a chat or completion may ask for (`n`, `best_of`), unless its model says
+    /// otherwise.
+    pub max_choices: u32,
+    /// Per-model overrides of the two above.
+    pub models: std::collections::BTreeMap<String, ModelBounds>,
 }
+
+/// A model's own bounds on what drives its cost (absent: the defaults of [`InputLimits`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelBounds {
+    /// Its `max_tokens` bound.
+    pub max_tokens: Option<u32>,
+    /// Its `n` bound.
+    pub max_choices: Option<u32>,
+}
+
+/// The default bound on `max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u32 = 32_768;
+/// The default bound on `n`.
+pub const DEFAULT_MAX_CHOICES: u32 = 8;
 
 impl Default for InputLimits {
     fn default() -> InputLimits {
         InputLimits {
             max_image_side: 2048,
             image_url_allowlist: Vec::new(),
+            max_tokens: DEFAULT_MAX_TOKENS,
+            max_choices: DEFAULT_MAX_CHOICES,
+            models: std::collections::BTreeMap::new(),
         }
+    }
+}
+
+impl InputLimits {
+    fn tokens_for(&self, model: &str) -> u32 {
+        self.models
+            .get(model)
+            .and_then(|b| b.max_tokens)
+            .unwrap_or(self.max_tokens)
+    }
+
+    fn choices_for(&self, model: &str) -> u32 {
+        self.models
+            .get(model)
+            .and_then(|b| b.max_choices)
+            .unwrap_or(self.max_choices)
+    }
+
+    /// Check the counts that drive an upstream's cost: `max_tokens`-like fields at most the
+    /// model's token bound, `n`-like fields from 1 to its choice bound.
+    fn check_counts(
+        &self,
+        model: &str,
+        tokens: &[(&str, Option<u32>)],
+        choices: &[(&str, Option<u32>)],
+    ) -> Result<(), ServiceError> {
+        let max = self.tokens_for(model);
+        for (field, v) in tokens {
+            if let Some(v) = v
+                && *v > max
+            {
+                return Err(ServiceError::invalid(
+                    *field,
+                    format!("must be at most {max} for this model, got {v}"),
+                ));
+            }
+        }
+        let max = self.choices_for(model);
+        for (field, v) in choices {
+            if let Some(v) = v
+                && !(1..=max).contains(v)
+            {
+                return Err(ServiceError::invalid(
+                    *field,
+                    format!("must be between 1 and {max} for this model, got {v}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -61,6 +135,10 @@ pub struct ChatInput {
     pub temperature: Option<f64>,
     /// Token limit.
     pub max_tokens: Option<u32>,
+    /// OpenAI's newer name for the token limit, passed on as it came.
+    pub max_completion_tokens: Option<u32>,
+    /// Choices to generate, passed on as it came.
+    pub n: Option<u32>,
     /// Stream chunks once dispatched.
     pub stream: bool,
     /// Queue deadline in milliseconds (only lowers the configured default; at least 1).
@@ -78,6 +156,12 @@ pub struct CompletionInput {
     pub prompt: Value,
     /// 0.0 to 2.0.
     pub temperature: Option<f64>,
+    /// Token limit.
+    pub max_tokens: Option<u32>,
+    /// Choices to return.
+    pub n: Option<u32>,
+    /// Choices to generate server-side, the best `n` returned.
+    pub best_of: Option<u32>,
     /// Stream chunks once dispatched.
     pub stream: bool,
     /// Queue deadline in milliseconds (only lowers the configured default; at least 1).
@@ -161,11 +245,26 @@ impl Call {
             mut messages,
             temperature,
             max_tokens,
+            max_completion_tokens,
+            n,
             stream,
             deadline_ms: deadline,
-            extra,
+            mut extra,
         } = input;
         nonempty("model", &model)?;
+        limits.check_counts(
+            &model,
+            &[
+                ("max_tokens", max_tokens),
+                ("max_completion_tokens", max_completion_tokens),
+            ],
+            &[("n", n)],
+        )?;
+        for (field, v) in [("max_completion_tokens", max_completion_tokens), ("n", n)] {
+            if let Some(v) = v {
+                extra.insert(field.into(), v.into());
+            }
+        }
         check_messages(&messages)?;
         if let Some(t) = temperature
             && !(0.0..=2.0).contains(&t)
@@ -207,17 +306,30 @@ impl Call {
     }
 
     /// A text completion (txt2txt), passed to the upstream's `/v1/completions` as it came, once
-    /// validated (model, prompt, temperature, deadline).
-    pub fn completion(input: CompletionInput) -> Result<Call, ServiceError> {
+    /// validated (model, prompt, temperature, counts within `limits`, deadline).
+    pub fn completion(input: CompletionInput, limits: &InputLimits) -> Result<Call, ServiceError> {
         let CompletionInput {
             model,
             prompt,
             temperature,
+            max_tokens,
+            n,
+            best_of,
             stream,
             deadline_ms: deadline,
             mut extra,
         } = input;
         nonempty("model", &model)?;
+        limits.check_counts(
+            &model,
+            &[("max_tokens", max_tokens)],
+            &[("n", n), ("best_of", best_of)],
+        )?;
+        for (field, v) in [("max_tokens", max_tokens), ("n", n), ("best_of", best_of)] {
+            if let Some(v) = v {
+                extra.insert(field.into(), v.into());
+            }
+        }
         if !text_or_list(&prompt, false) {
             return Err(ServiceError::invalid(
                 "prompt",

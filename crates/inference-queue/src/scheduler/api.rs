@@ -85,6 +85,14 @@ pub enum Rejection {
         /// The lane asked for.
         lane: usize,
     },
+    /// The request alone holds more payload bytes than the whole budget: it could never be
+    /// admitted, however long the caller waits.
+    TooLarge {
+        /// Its payload bytes.
+        bytes: u64,
+        /// The budget (`limits.max_bytes_total`).
+        budget: u64,
+    },
     /// Intake is stopped.
     ShuttingDown,
 }

@@ -481,6 +481,12 @@ impl Scheduler {
                 lane: l.0,
             });
         }
+        if req.bytes > self.cfg.limits.max_bytes_total {
+            return Admission::Rejected(Rejection::TooLarge {
+                bytes: req.bytes,
+                budget: self.cfg.limits.max_bytes_total,
+            });
+        }
         let retry_after = self.cfg.limits.retry_after_hint;
         if self.waiting_total >= self.cfg.limits.max_queued_total {
             return Admission::Rejected(Rejection::QueueFull {

@@ -45,7 +45,30 @@ pub struct ClientConfig {
     /// Adds headers to every request, at the time it is built (im writes the caller's trace
     /// context here). `None`: nothing is added.
     pub header_hook: Option<HeaderHook>,
+    /// Told the highest fencing epoch a gate has seen when it refuses a call as stale
+    /// (`409` with `x-im-fence-highest`): the scheduler raises its epoch above it.
+    pub fence_hook: Option<FenceHook>,
 }
+
+/// A function told the highest epoch a fencing gate has seen (see [`ClientConfig::fence_hook`]).
+#[derive(Clone)]
+pub struct FenceHook(std::sync::Arc<dyn Fn(u64) + Send + Sync>);
+
+impl FenceHook {
+    /// A hook calling `f`.
+    pub fn new(f: impl Fn(u64) + Send + Sync + 'static) -> FenceHook {
+        FenceHook(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for FenceHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FenceHook")
+    }
+}
+
+/// The header a fencing gate's refusal carries the highest epoch it has seen in.
+pub const FENCE_HIGHEST: &str = "x-im-fence-highest";
 
 /// A function that adds headers to an upstream request (trace context, for instance); it runs
 /// in the task making the call, so it sees that task's current `tracing` span.
@@ -88,6 +111,7 @@ impl ClientConfig {
             stream_idle: Duration::from_secs(120),
             max_body: 256 * 1024 * 1024,
             header_hook: None,
+            fence_hook: None,
         }
     }
 }
@@ -208,6 +232,16 @@ impl LocalAiClient {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
+        let fenced = resp
+            .headers()
+            .get(FENCE_HIGHEST)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        if let (409 | 401, Some(highest)) = (status, fenced) {
+            if let Some(hook) = &self.cfg.fence_hook {
+                (hook.0)(highest);
+            }
+            return Err(ClientError::Fenced { status, highest });
+        }
         let retry_after = resp
             .headers()
             .get(RETRY_AFTER)

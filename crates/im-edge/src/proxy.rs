@@ -1,5 +1,6 @@
 //! Passing an HTTP request on to another server and its answer back as it comes: what a follower
-//! does for the scheduler (`forward`) and the fencing gate for its LocalAI (`fence`).
+//! does for the scheduler and a fencing gate for its LocalAI. Paths with dot-segments are never
+//! passed on (the server behind would resolve them to a route the relay was not meant to reach).
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -17,19 +18,33 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// The headers that travel end to end (not the hop's own, nor a length the new hop sets).
-pub(crate) fn end_to_end(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+pub fn end_to_end(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
     headers
         .iter()
         .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && *n != "content-length")
 }
 
-/// Send the request `parts` with `body` to the server at `base`, with `extra` header added.
-pub(crate) async fn send(
+/// Whether `path` is safe to pass on: no `.` or `..` segment, written plainly or
+/// percent-encoded, and no encoded separator (`%2f`, `%5c`) or backslash that a server behind
+/// might treat as one.
+pub fn is_clean_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return false;
+    }
+    lower
+        .split('/')
+        .map(|seg| seg.replace("%2e", "."))
+        .all(|seg| seg != "." && seg != "..")
+}
+
+/// Send the request `parts` with `body` to the server at `base`, with the `extra` headers added.
+pub async fn send(
     client: &reqwest::Client,
     base: &str,
     parts: &axum::http::request::Parts,
     body: bytes::Bytes,
-    extra: Option<(&'static str, HeaderValue)>,
+    extra: &[(&'static str, HeaderValue)],
 ) -> Result<reqwest::Response, reqwest::Error> {
     let path = parts
         .uri
@@ -44,19 +59,19 @@ pub(crate) async fn send(
     for (name, value) in end_to_end(&parts.headers) {
         req = req.header(name, value);
     }
-    if let Some((name, value)) = extra {
-        req = req.header(name, value);
+    for (name, value) in extra {
+        req = req.header(*name, value.clone());
     }
     req.send().await
 }
 
 /// `r` as this server's answer, its body passed on as it arrives.
-pub(crate) fn relay(r: reqwest::Response) -> Response {
+pub fn relay(r: reqwest::Response) -> Response {
     relay_with(r, Body::from_stream)
 }
 
 /// [`relay`], with the body stream passed through `wrap` first.
-pub(crate) fn relay_with<S>(r: reqwest::Response, wrap: impl FnOnce(BodyStream) -> S) -> Response
+pub fn relay_with<S>(r: reqwest::Response, wrap: impl FnOnce(BodyStream) -> S) -> Response
 where
     S: Into<Body>,
 {
@@ -72,6 +87,35 @@ where
 }
 
 /// An answer's body, chunk by chunk.
-pub(crate) type BodyStream = std::pin::Pin<
+pub type BodyStream = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>,
 >;
+
+#[cfg(test)]
+mod tests {
+    use super::is_clean_path;
+
+    #[test]
+    fn dot_segments_in_any_spelling_are_not_clean() {
+        for p in [
+            "/system/../backend/shutdown",
+            "/system/%2e%2e/backend/shutdown",
+            "/system/%2E%2e/x",
+            "/a/./b",
+            "/a/%2e/b",
+            "/models/delete/..%2fbackend",
+            "/a\\..\\b",
+            "/..",
+        ] {
+            assert!(!is_clean_path(p), "{p}");
+        }
+        for p in [
+            "/system",
+            "/models/delete/my.model",
+            "/backends/a..b",
+            "/x/.hidden",
+        ] {
+            assert!(is_clean_path(p), "{p}");
+        }
+    }
+}

@@ -14,7 +14,11 @@ async fn gate_in_front_of(sim: &SimServer) -> String {
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = im_http_api::fence::gate(sim.url().to_owned(), 1 << 20);
+    let app = im_fence::gate(im_fence::GateSettings {
+        upstream: sim.url().to_owned(),
+        body_limit: 1 << 20,
+        secret: None,
+    });
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
 }

@@ -1,0 +1,458 @@
+//! Serving a router on a socket with the limits a public listener needs.
+//!
+//! - **First byte and headers.** A new connection must send its first byte within
+//!   `header_read_timeout` (hyper's own header timer starts only at the first byte), and every
+//!   request's headers within it (HTTP/1; hyper closes a keep-alive connection that starts no
+//!   next request in time the same way).
+//! - **Idle connections.** A connection with no request in flight for `idle_timeout` is closed
+//!   gracefully, HTTP/2 included (hyper has no idle timeout for it).
+//! - **Bodies.** A request body must keep arriving (no pause over `body_idle_timeout`) and arrive
+//!   whole within `body_total_timeout`; reading it fails otherwise.
+//! - **Caps.** At most `max_connections` connections; at most the per-peer cap of [`Peers`] per
+//!   client (counted by `X-Forwarded-For` behind a trusted proxy, replicas exempt); a connection
+//!   over a cap is closed at once, a request over it (behind a proxy) answered 429.
+//! - **Shutdown.** When `shutdown` resolves (the caller drains its own work inside it), open
+//!   connections are asked to finish, get `close_grace`, and the rest are closed.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::peers::{PeerPermit, Peers, canonical};
+
+/// Connection and body limits of a listener.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ServeLimits {
+    /// A new connection must send its first byte, and a request its whole header, within this
+    /// time; an idle HTTP/1 keep-alive connection is closed after it.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 too).
+    pub idle_timeout: Duration,
+    /// The longest pause between two pieces of a request body.
+    pub body_idle_timeout: Duration,
+    /// The longest time to receive a whole request body.
+    pub body_total_timeout: Duration,
+    /// Open connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// After shutdown drained the caller's work, how long open connections (streams) may take
+    /// to finish before they are closed.
+    pub close_grace: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> ServeLimits {
+        ServeLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            body_idle_timeout: Duration::from_secs(30),
+            body_total_timeout: Duration::from_secs(300),
+            max_connections: 16384,
+            close_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The client a request came from (its peer, or behind a trusted proxy the forwarded client):
+/// set on every request the listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// Requests in flight on one connection, and when it was last active.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` at the last request's start or end.
+    last_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection would have been idle for `idle`, if nothing is in flight.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + idle;
+        }
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+}
+
+/// One request in flight: counted on its connection (and, behind a proxy, against its client)
+/// until its response body ends or is dropped.
+struct InFlight {
+    activity: Arc<Activity>,
+    _client: Option<PeerPermit>,
+}
+
+impl InFlight {
+    fn new(activity: Arc<Activity>, client: Option<PeerPermit>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.touch();
+        InFlight {
+            activity,
+            _client: client,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.activity.touch();
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted until it ends.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Logs a refusal at most once a second (an attack must not flood the logs).
+struct Throttled(AtomicU64);
+
+impl Throttled {
+    fn warn(&self, epoch: Instant, what: &str, limit: usize) {
+        let now = epoch.elapsed().as_secs();
+        if self.0.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(limit, "{what}");
+        }
+    }
+}
+
+/// The answer to a request over its client's cap (behind a trusted proxy).
+fn too_many(limit: usize) -> Response {
+    let body = format!(
+        r#"{{"error":{{"type":"rate_limited","message":"this client holds {limit} requests already; retry when one has finished"}}}}"#
+    );
+    Response::builder()
+        .status(429)
+        .header("content-type", "application/json")
+        .header("retry-after", "1")
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+/// Serve `app` on `listener` with `limits` and the per-peer policy `peers` until `shutdown`
+/// resolves, then give open connections [`ServeLimits::close_grace`] and close the rest.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    peers: Arc<Peers>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let app = app.layer(axum::middleware::from_fn_with_state(limits, body_deadline));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut conns = JoinSet::new();
+    let epoch = Instant::now();
+    let (over_global, over_peer) = (
+        Throttled(AtomicU64::new(u64::MAX)),
+        Throttled(AtomicU64::new(u64::MAX)),
+    );
+    tokio::pin!(shutdown);
+    loop {
+        while conns.try_join_next().is_some() {}
+        let (socket, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            over_global.warn(
+                epoch,
+                "connection limit reached; closing new connections",
+                limits.max_connections,
+            );
+            continue;
+        };
+        let peer = canonical(addr.ip());
+        let counted = match peers.admit_connection(peer) {
+            Ok(p) => p,
+            Err(e) => {
+                over_peer.warn(
+                    epoch,
+                    "a client reached its connection cap; closing its new connections",
+                    e.limit,
+                );
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let conn = Connection {
+            app: app.clone(),
+            builder: builder.clone(),
+            peers: peers.clone(),
+            limits,
+            peer,
+            stop: stop.clone(),
+        };
+        conns.spawn(async move {
+            conn.run(socket).await;
+            drop((slot, counted));
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    let drained = tokio::time::timeout(limits.close_grace, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_s = limits.close_grace.as_secs_f64(),
+            open = conns.len(),
+            "connections still open after the grace period; closing them"
+        );
+        conns.abort_all();
+    }
+    Ok(())
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    app: Router,
+    builder: Arc<Builder<TokioExecutor>>,
+    peers: Arc<Peers>,
+    limits: ServeLimits,
+    peer: IpAddr,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Connection {
+    async fn run(self, socket: tokio::net::TcpStream) {
+        // Its first byte within the header deadline, or it is closed: a socket that never sends
+        // anything must not hold a slot.
+        let mut first = [0u8; 1];
+        tokio::select! {
+            peeked = tokio::time::timeout(self.limits.header_read_timeout, socket.peek(&mut first)) => {
+                if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                    return;
+                }
+            }
+            () = self.stop.cancelled() => return,
+        }
+        let activity = Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let svc = hyper::service::service_fn({
+            let (app, peers, peer, activity) = (
+                self.app.clone(),
+                self.peers.clone(),
+                self.peer,
+                activity.clone(),
+            );
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(Body::new);
+                let headers = req.headers();
+                if let Some(proof) = headers.get(crate::fence::REPLICA) {
+                    peers.note_replica(peer, proof.as_bytes());
+                }
+                let client =
+                    peers.client_of(peer, headers.get("x-forwarded-for").map(|v| v.as_bytes()));
+                let counted = if peers.is_trusted_proxy(peer) {
+                    peers.admit_request(client)
+                } else {
+                    Ok(None)
+                };
+                req.extensions_mut().insert(ClientAddr(client));
+                let app = app.clone();
+                let activity = activity.clone();
+                async move {
+                    let permit = match counted {
+                        Ok(p) => p,
+                        Err(e) => return Ok::<_, std::convert::Infallible>(too_many(e.limit)),
+                    };
+                    let in_flight = InFlight::new(activity, permit);
+                    let resp = match app.oneshot(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    };
+                    Ok(resp.map(|inner| {
+                        Body::new(Tracked {
+                            inner,
+                            _in_flight: in_flight,
+                        })
+                    }))
+                }
+            }
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(socket), svc)
+            .into_owned();
+        tokio::pin!(conn);
+        let idle = self.limits.idle_timeout;
+        let mut closing = false;
+        loop {
+            let idle_at = activity.idle_deadline(idle);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = self.stop.cancelled(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = tokio::time::sleep_until(idle_at), if !closing => {
+                    if activity.idle_deadline(idle) <= Instant::now() {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Middleware: a request body must keep arriving (no pause over the idle limit) and arrive whole
+/// within the total limit; otherwise reading it fails (answered 400 by the handler). A timer is
+/// armed only while the body is waiting for bytes, so a body that is already there costs none.
+pub async fn body_deadline(
+    State(limits): State<ServeLimits>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::http::Method;
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    if hyper::body::Body::is_end_stream(&body) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let body = DeadlineBody {
+        inner: body,
+        idle: limits.body_idle_timeout,
+        deadline: Instant::now() + limits.body_total_timeout,
+        timer: None,
+        failed: false,
+    };
+    next.run(Request::from_parts(parts, Body::new(body))).await
+}
+
+/// A request body with an idle and a total deadline.
+struct DeadlineBody {
+    inner: Body,
+    idle: Duration,
+    deadline: Instant,
+    /// Armed when the body first waits, dropped when bytes arrive (so it measures idleness).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    failed: bool,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            this.timer = None;
+            return Poll::Ready(frame);
+        }
+        let (idle, deadline) = (this.idle, this.deadline);
+        let timer = this.timer.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep_until(
+                (Instant::now() + idle).min(deadline),
+            ))
+        });
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                this.failed = true;
+                Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "reading the request body timed out",
+                )))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes and Docker send).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
