@@ -600,6 +600,16 @@ async fn redis_losing_its_data_does_not_lock_the_scheduler_out_of_its_gates() {
     let chat = body_for("txt2txt", 1).1;
     assert_eq!(post(&client(), &survivor, "/txt2txt", &chat).await.0, 200);
     assert!(epoch > 5);
+    // An outsider's forged maximal token is refused and moves nothing.
+    let forged = client()
+        .post(format!("{}/v1/chat/completions", gate.url))
+        .header("x-im-fence", "18446744073709551615")
+        .json(&json!({"model": LLM, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(forged.status(), 401);
+    assert_eq!(post(&client(), &survivor, "/txt2txt", &chat).await.0, 200);
 
     let done = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn(load(survivor.clone(), 40, 4, done.clone()));
