@@ -8,8 +8,8 @@ use axum::middleware::from_fn_with_state;
 use clap::Parser;
 use im_app::cli::CommonArgs;
 use im_app::run;
-use im_http_api::require_key;
-use im_mcp_api::{ImMcp, Remote, Target, http_service};
+
+use im_mcp_api::{ImMcp, Remote, Target, http_service, require_key};
 use im_service::Keys;
 use rmcp::ServiceExt;
 

@@ -259,12 +259,11 @@ fn start_jobs(
         crate::config::stored_secret(dir).map_err(|e| e.to_string())
     })
     .map_err(|e| failed(&e))?;
-    let slot = im_http_api::jobs::RouterSlot::default();
-    let runner = Arc::new(im_http_api::jobs::RouterRunner(slot.clone()));
+    let runner = Arc::new(crate::jobs::ServiceRunner(service.clone()));
     let jobs =
         im_jobs::Jobs::start(Arc::new(store), runner, settings, metrics).map_err(|e| failed(&e))?;
     tracing::info!(dir = %dir.display(), "durable jobs on");
-    Ok(AppState::with_jobs(service.clone(), jobs, slot))
+    Ok(AppState::with_jobs(service.clone(), jobs))
 }
 
 /// The models an upstream serves, with their kinds and slots learned from what it says: llama.cpp's

@@ -110,7 +110,7 @@ fn promotion(built: &Built, redis_url: String) -> impl FnOnce(&Holder) + Send + 
     let fence = built.fence.clone();
     let config = built.config.clone();
     let jobs = built.state.jobs.clone();
-    let slot = built.state.job_router.clone();
+    let service = built.service.clone();
     let metrics = built.engine.metrics().clone();
     move |_: &Holder| {
         if !config.jobs.enabled {
@@ -126,7 +126,7 @@ fn promotion(built: &Built, redis_url: String) -> impl FnOnce(&Holder) + Send + 
                         .map_err(|e| e.to_string())?;
                     im_jobs::Secret::parse(&text).map_err(|e| e.to_string())
                 })?;
-                let runner = Arc::new(im_http_api::jobs::RouterRunner(slot));
+                let runner = Arc::new(crate::jobs::ServiceRunner(service));
                 im_jobs::Jobs::start(Arc::new(store), runner, settings, metrics)
                     .map_err(|e| e.to_string())
             });

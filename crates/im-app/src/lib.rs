@@ -16,20 +16,22 @@ pub mod build;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod jobs;
 pub mod reload;
 pub mod run;
 mod topology;
 
 pub use build::{BuildError, Built, DEMO_KEY, Simulate, build, discover, learn_from_upstream};
 
-/// The HTTP API with MCP mounted at `/mcp` over the same engine, behind the same keys; in a
+/// The HTTP API with MCP mounted at `/mcp` over the same service, behind the same keys; in a
 /// cluster, behind the layer that forwards to the scheduling replica.
 pub fn http_app(built: &Built, cluster: Option<&cluster::Cluster>) -> axum::Router {
-    let app = im_mcp_api::http_router_with_mcp(
-        built.state.clone(),
+    let mcp = im_mcp_api::http_service(
+        im_mcp_api::ImMcp::new(im_mcp_api::Target::Local(built.service.clone())),
         &built.config.http.mcp_allowed_hosts,
         built.config.http.body_limit_bytes,
     );
+    let app = im_http_api::router_with(built.state.clone(), |r| r.route_service("/mcp", mcp));
     match cluster {
         Some(c) => app.layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::new(c.forwarder(&built.service, &built.config)),

@@ -100,15 +100,14 @@ async fn stack(
     )
     .expect("engine");
     let service = im_service::Service::new(engine.clone(), &cfg.service_settings());
-    let slot = im_http_api::jobs::RouterSlot::default();
-    let runner = Arc::new(im_http_api::jobs::RouterRunner(slot.clone()));
+    let runner = Arc::new(im_app::jobs::ServiceRunner(service.clone()));
     let settings = cfg
         .jobs
         .settings(im_jobs::Secret::parse(&im_jobs::Secret::generate()).expect("secret"))
         .expect("settings");
     let jobs =
         im_jobs::Jobs::start(store, runner, settings, engine.metrics().clone()).expect("jobs");
-    let app = im_http_api::router(im_http_api::AppState::with_jobs(service, jobs, slot));
+    let app = im_http_api::router(im_http_api::AppState::with_jobs(service, jobs));
     (sim, engine, app)
 }
 
@@ -138,14 +137,11 @@ async fn a_request_larger_than_the_byte_budget_is_refused_as_too_large_not_queue
     let file = im_service::image_file("file", format!("{}{}", png_b64(), "A".repeat(8192)).into())
         .expect("an image");
     let params = im_service::ImageParams {
-        req: localai_client::ImageRequest {
-            model: SD.into(),
-            prompt: "p".into(),
-            width: 8,
-            height: 8,
-            ..Default::default()
-        },
-        deadline_ms: None,
+        model: SD.into(),
+        prompt: "p".into(),
+        width: 8,
+        height: 8,
+        ..Default::default()
     };
     let limits = built.service.limits().clone();
     let call = im_service::Call::image(params, Some(file), &limits, None).expect("valid");

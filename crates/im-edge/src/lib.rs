@@ -22,3 +22,30 @@ pub mod proxy;
 
 pub use listener::{ClientAddr, ServeLimits, serve};
 pub use peers::{PeerLimitError, Peers};
+
+/// What a request's headers say about its caller, read the same way by every im listener: the
+/// key (`X-API-Key`, or `Authorization: Bearer`) and a sane caller-supplied request id.
+pub mod caller {
+    use http::{HeaderMap, HeaderValue};
+
+    /// The key a request's headers carry, if any: `X-API-Key`, else `Authorization: Bearer …`.
+    pub fn key_of(headers: &HeaderMap) -> Option<&[u8]> {
+        if let Some(k) = headers.get("x-api-key") {
+            return Some(k.as_bytes());
+        }
+        let auth = headers.get("authorization").map(HeaderValue::as_bytes)?;
+        let prefix = b"Bearer ";
+        (auth.len() > prefix.len() && auth[..prefix.len()].eq_ignore_ascii_case(prefix))
+            .then(|| &auth[prefix.len()..])
+    }
+
+    /// A sane caller-supplied `X-Request-Id`: 1 to 64 characters of `[A-Za-z0-9-_.:]`.
+    pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
+        let v = headers.get("x-request-id")?.as_bytes();
+        let ok = !v.is_empty()
+            && v.len() <= 64
+            && v.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+        ok.then(|| String::from_utf8_lossy(v).into_owned())
+    }
+}

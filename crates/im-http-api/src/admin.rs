@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use im_service::{Caller, ServiceError};
 
 use crate::error::HttpError;
-use crate::seed::body;
+use crate::respond::body;
 use crate::state::AppState;
 
 /// Path prefixes of LocalAI's management routes that im relays.

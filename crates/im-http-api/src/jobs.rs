@@ -1,91 +1,25 @@
 //! Durable jobs over HTTP: `POST /v1/jobs` (any JSON inference body im accepts, by `kind` or
 //! `route`), `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/result`, `DELETE /v1/jobs/{id}`,
-//! `GET /v1/jobs`, and signed job submissions on `POST /webhooks/ingest`. A job runs as the
-//! request it stands for, through this same router ([`RouterRunner`]), so it is validated,
-//! queued, retried and answered exactly like that request.
-
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+//! `GET /v1/jobs`, and signed job submissions on `POST /webhooks/ingest`. A job stands for one
+//! of the service's routes ([`im_service::Route`]) and runs through the service exactly as that
+//! route's HTTP request does (im-app's job runner), so it is validated, queued, retried and
+//! answered the same way.
 
 use axum::Extension;
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use im_jobs::{JobError, Jobs, Request as JobRequest, Status, Stored, Submission};
-use im_service::{Caller, ErrorType, Scope, ServiceError};
+use im_service::{Caller, ErrorType, Route, Scope, ServiceError};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use utoipa::ToSchema;
 
 use crate::error::HttpError;
-use crate::seed::body;
-use crate::state::{AppState, JobCall};
-use crate::types;
-
-/// Where the router a [`RouterRunner`] runs jobs through is put once it is built.
-pub type RouterSlot = Arc<OnceLock<Router>>;
-
-/// Runs a job's request through the HTTP router, as a client's request would run.
-#[derive(Debug, Default)]
-pub struct RouterRunner(pub RouterSlot);
-
-#[async_trait::async_trait]
-impl im_jobs::Runner for RouterRunner {
-    async fn run(&self, request: &JobRequest) -> im_jobs::Answer {
-        // The router is set right after start-up; jobs recovered at start-up wait for it.
-        let router = loop {
-            if let Some(r) = self.0.get() {
-                break r.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let mut req = axum::http::Request::post(&request.route)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(request.body.to_string()))
-            .expect("a route and a JSON body make a request");
-        req.extensions_mut().insert(JobCall);
-        let resp = match router.oneshot(req).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        };
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap_or_default();
-        im_jobs::Answer {
-            status,
-            content_type,
-            body,
-        }
-    }
-}
-
-/// The routes a job may stand for (JSON bodies; streams and multipart uploads are not jobs),
-/// and the kind each serves by default.
-pub const JOB_ROUTES: &[(&str, &str)] = &[
-    ("/txt2txt", "txt2txt"),
-    ("/txt2img", "txt2img"),
-    ("/img2img", "img2img"),
-    ("/img2txt", "img2txt"),
-    ("/v1/embeddings", "embed"),
-    ("/v1/rerank", "rerank"),
-    ("/v1/audio/speech", "tts"),
-    ("/v1/chat/completions", ""),
-    ("/v1/completions", ""),
-    ("/v1/images/generations", ""),
-    ("/infer", ""),
-    ("/v1/infer", ""),
-];
+use crate::respond::body;
+use crate::state::AppState;
 
 /// `POST /v1/jobs`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -138,21 +72,21 @@ fn job_error(e: JobError) -> HttpError {
 
 /// Turn a submission into the request a job runs, or a 400 naming the field.
 pub fn job_request(s: &JobSubmission) -> Result<JobRequest, ServiceError> {
+    let kinds = || {
+        Route::jobs()
+            .filter_map(Route::job_kind)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let route = match (&s.kind, &s.route) {
         (Some(_), Some(_)) => return Err(ServiceError::invalid("route", "give `kind` or `route`, not both")),
-        (None, None) => return Err(ServiceError::invalid("kind", "give `kind` (txt2txt, txt2img, img2img, img2txt, embed, rerank, tts) or `route`")),
-        (Some(kind), None) => JOB_ROUTES
-            .iter()
-            .find(|(_, k)| !k.is_empty() && k == kind)
-            .map(|(r, _)| (*r).to_owned())
-            .ok_or_else(|| ServiceError::invalid("kind", format!("{:?} is not a kind a job can run; the kinds: txt2txt, txt2img, img2img, img2txt, embed, rerank, tts (stt takes a file upload: not a job)", im_engine::truncate(kind, 32))))?,
-        (None, Some(route)) => {
-            if !JOB_ROUTES.iter().any(|(r, _)| r == route) {
-                let routes: Vec<&str> = JOB_ROUTES.iter().map(|(r, _)| *r).collect();
-                return Err(ServiceError::invalid("route", format!("{:?} is not a route a job can run; the routes: {}", im_engine::truncate(route, 64), routes.join(", "))));
-            }
-            route.clone()
-        }
+        (None, None) => return Err(ServiceError::invalid("kind", format!("give `kind` ({}) or `route`", kinds()))),
+        (Some(kind), None) => Route::for_job_kind(kind)
+            .ok_or_else(|| ServiceError::invalid("kind", format!("{:?} is not a kind a job can run; the kinds: {} (stt takes a file upload: not a job)", im_service::truncate(kind, 32), kinds())))?,
+        (None, Some(route)) => Route::at(route).filter(|r| r.runs_as_job()).ok_or_else(|| {
+            let routes: Vec<&str> = Route::jobs().map(Route::path).collect();
+            ServiceError::invalid("route", format!("{:?} is not a route a job can run; the routes: {}", im_service::truncate(route, 64), routes.join(", ")))
+        })?,
     };
     if !s.body.is_object() {
         return Err(ServiceError::invalid(
@@ -180,7 +114,7 @@ pub fn job_request(s: &JobSubmission) -> Result<JobRequest, ServiceError> {
         ));
     }
     Ok(JobRequest {
-        route,
+        route: route.path().to_owned(),
         body: s.body.clone(),
     })
 }
@@ -252,7 +186,7 @@ pub async fn create(
             format!("the job's request is over the queues' byte budget of {budget} bytes"),
         ));
     }
-    let s: JobSubmission = types::parse(&bytes)?;
+    let s: JobSubmission = im_service::api::parse(&bytes)?;
     let header_key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -441,7 +375,7 @@ pub async fn ingest(
         .map_err(|_| too_large())?;
     jobs.verify_inbound(id, timestamp, h(im_jobs::signing::SIGNATURE_HEADER), &bytes)
         .map_err(job_error)?;
-    let s: JobSubmission = types::parse(&bytes)?;
+    let s: JobSubmission = im_service::api::parse(&bytes)?;
     job_request(&s)?;
     jobs.accept_inbound(id.unwrap_or_default())
         .await

@@ -1,7 +1,8 @@
 //! `im-http-api`: im's HTTP frontend (SPEC §3), on axum.
 //!
-//! [`router`] builds the whole API over an [`AppState`] (an `im_engine::Engine` plus HTTP
-//! settings); serving it is the binary's job, so tests call `router(state).oneshot(request)`.
+//! [`router`] builds the whole API over an [`AppState`] (the service plus HTTP settings);
+//! serving it is the binary's job (with `im-edge`'s listener), so tests call
+//! `router(state).oneshot(request)`.
 //! Handlers are split by concern: [`seed`] (the seeds' routes), [`openai`] (OpenAI-compatible
 //! routes on the same queues), [`media`] (rerank, speech, transcription, image edits), [`ops`] (metrics, queue status, health, readiness). [`error`] holds
 //! the single error table used for JSON bodies and SSE error events (and by `im-mcp`). Every
@@ -20,12 +21,11 @@ pub mod lifecycle;
 pub mod media;
 pub mod openai;
 pub mod ops;
-pub mod schema;
+pub mod respond;
 pub mod seed;
 mod state;
 mod stream;
 pub mod tasks;
-pub mod types;
 pub mod ws;
 
 use axum::Router;
@@ -39,8 +39,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ErrorBody, HttpError};
-use schema::PassThrough;
-pub use state::{AppState, Arrived, Reload, key_of, request_id_of, require_key};
+use im_service::api::PassThrough;
+use im_service::api::bodies as b;
+pub use state::{AppState, Arrived, JobsSlot, Reload, key_of, request_id_of};
 
 /// The OpenAPI document of every route.
 #[derive(OpenApi)]
@@ -55,13 +56,13 @@ pub use state::{AppState, Arrived, Reload, key_of, request_id_of, require_key};
         jobs::create, jobs::list, jobs::get, jobs::result, jobs::cancel, jobs::ingest, ops::reload, ops::dashboard,
         ops::request_metrics, ops::error_metrics, ops::queue_status, ops::status, ops::placement, ops::health, ops::ready, ops::metrics,
     ),
-    components(schemas(ErrorBody, error::ErrorDetail, types::Message, types::Txt2TxtRequest, types::Img2TxtRequest,
-        types::Txt2ImgRequest, types::Img2ImgRequest, types::Figures, types::TextResult, types::ImageResult,
-        schema::Role, schema::ChatCompletionRequest, schema::CompletionRequest, schema::EmbeddingRequest,
-        schema::ImageGenerationRequest, schema::RerankRequest, schema::SpeechRequest, schema::TranscriptionForm,
-        schema::ImageEditForm, infer::InferRequest, infer::InferParams, infer::InferResponse, infer::Timings,
-        tasks::TaskRequest, tasks::TaskBatch, lifecycle::LoadRequest, lifecycle::UnloadRequest,
-        jobs::JobSubmission)),
+    components(schemas(ErrorBody, error::ErrorDetail, b::Message, b::Txt2TxtRequest, b::Img2TxtRequest,
+        b::Txt2ImgRequest, b::Img2ImgRequest, im_service::api::SeedFigures, im_service::api::TextResult,
+        im_service::api::ImageResult, b::Role, b::ChatCompletionRequest, b::CompletionRequest,
+        b::EmbeddingRequest, b::ImageGenerationRequest, b::RerankRequest, b::SpeechRequest,
+        media::TranscriptionForm, media::ImageEditForm, b::InferRequest, b::InferParams,
+        b::InferResponse, b::Timings, b::TaskRequest, tasks::TaskBatch, lifecycle::LoadRequest,
+        lifecycle::UnloadRequest, jobs::JobSubmission)),
     modifiers(&SecurityAddon, &PassThrough),
     tags((name = "seed", description = "The seed endpoints"), (name = "openai", description = "OpenAI-compatible endpoints"),
          (name = "operations", description = "Metrics, status, health"),
@@ -185,11 +186,6 @@ pub fn router_with(
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ));
-    let slot = state.job_router.clone();
-    let router = api
-        .layer(from_fn_with_state(state.clone(), state::caller))
-        .with_state(state);
-    // Jobs run through this router (the first one built from this state).
-    let _ = slot.set(router.clone());
-    router
+    api.layer(from_fn_with_state(state.clone(), state::caller))
+        .with_state(state)
 }

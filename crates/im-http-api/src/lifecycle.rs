@@ -9,9 +9,8 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::error::HttpError;
-use crate::seed::body;
+use crate::respond::body;
 use crate::state::AppState;
-use crate::types;
 
 /// `POST /models/load`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -51,7 +50,7 @@ pub async fn load(
     State(st): State<AppState>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let r: LoadRequest = types::parse(&body(b, st.service.body_limit())?)?;
+    let r: LoadRequest = im_service::api::parse(&body(b, st.service.body_limit())?)?;
     let v = st
         .service
         .load_model(&r.model, r.backend.as_deref())
@@ -73,7 +72,7 @@ pub async fn unload(
     State(st): State<AppState>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let r: UnloadRequest = types::parse(&body(b, st.service.body_limit())?)?;
+    let r: UnloadRequest = im_service::api::parse(&body(b, st.service.body_limit())?)?;
     let v = st
         .service
         .unload_model(&r.model, r.backend.as_deref(), r.force)

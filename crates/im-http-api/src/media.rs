@@ -9,34 +9,18 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Multipart, State};
 use axum::response::Response;
 use base64::Engine as _;
+use im_service::api::bodies::{RerankRequest, SpeechRequest, parse_size};
 use im_service::{
-    Call, Caller, ErrorType, ImageParams, RerankInput, ServiceError, SpeechInput,
-    TranscriptionInput, image_file,
+    Call, Caller, ErrorType, ImageParams, Route, ServiceError, TranscriptionInput, image_file,
 };
-use localai_client::{ImageRequest, Upload};
-use serde_json::Value;
 
 use crate::error::{HttpError, QueuedErrors};
-use crate::openai::{object, opt, parse_size, refuse_unknown, respond, string_field};
-use crate::seed::body;
+use crate::respond::{json_route, write};
 use crate::state::{AppState, Arrived};
-
-/// The rerank fields passed to the upstream as they are.
-pub(crate) const RERANK_PASS_THROUGH: &[&str] = &["return_documents"];
-
-/// The speech fields passed to the upstream as they are.
-pub(crate) const SPEECH_PASS_THROUGH: &[&str] = &[
-    "voice",
-    "response_format",
-    "speed",
-    "instructions",
-    "backend",
-    "language",
-];
 
 /// LocalAI's rerank (Jina-style): documents ordered by relevance to the query.
 #[utoipa::path(post, path = "/v1/rerank", tag = "openai",
-    request_body(content = crate::schema::RerankRequest, description = "LocalAI's Jina-style rerank request"),
+    request_body(content = RerankRequest, description = "LocalAI's Jina-style rerank request"),
     responses(
         (status = 200, description = "`{\"model\", \"usage\", \"results\": [{\"index\", \"document\": {\"text\"}, \"relevance_score\"}]}` as the upstream answered", body = Object),
         QueuedErrors,
@@ -48,45 +32,12 @@ pub async fn rerank(
     Extension(arrived): Extension<Arrived>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let call = rerank_call(&body(b, st.service.body_limit())?)?;
-    respond(&st, call, &caller, arrived).await
-}
-
-fn rerank_call(b: &Bytes) -> Result<Call, ServiceError> {
-    let mut o = object(b)?;
-    let model = string_field(&mut o, "model")?;
-    let query = string_field(&mut o, "query")?;
-    let documents = match o.remove("documents") {
-        Some(Value::Array(d)) => d,
-        None | Some(Value::Null) => {
-            return Err(ServiceError::invalid(
-                "documents",
-                "missing field `documents`",
-            ));
-        }
-        Some(_) => {
-            return Err(ServiceError::invalid(
-                "documents",
-                "must be a list of strings",
-            ));
-        }
-    };
-    let top_n: Option<u64> = opt(&mut o, "top_n")?;
-    let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
-    refuse_unknown(&o, RERANK_PASS_THROUGH)?;
-    Call::rerank(RerankInput {
-        model,
-        query,
-        documents,
-        top_n,
-        deadline_ms,
-        extra: o,
-    })
+    json_route(Route::Rerank, &st, &caller, arrived, b).await
 }
 
 /// OpenAI's text to speech: the upstream's audio, passed on as it came.
 #[utoipa::path(post, path = "/v1/audio/speech", tag = "openai",
-    request_body(content = crate::schema::SpeechRequest, description = "OpenAI's speech request"),
+    request_body(content = SpeechRequest, description = "OpenAI's speech request"),
     responses(
         (status = 200, description = "The audio (the upstream's content type, `audio/wav` from LocalAI)", content_type = "audio/wav", body = Vec<u8>),
         QueuedErrors,
@@ -98,13 +49,12 @@ pub async fn speech(
     Extension(arrived): Extension<Arrived>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let call = speech_call(&body(b, st.service.body_limit())?)?;
-    respond(&st, call, &caller, arrived).await
+    json_route(Route::Speech, &st, &caller, arrived, b).await
 }
 
 /// LocalAI's `/tts`: the same call as `/v1/audio/speech`.
 #[utoipa::path(post, path = "/tts", tag = "openai",
-    request_body(content = crate::schema::SpeechRequest, description = "LocalAI's tts request (`model`, `input`, optional `voice`, `backend`, `language`)"),
+    request_body(content = SpeechRequest, description = "LocalAI's tts request (`model`, `input`, optional `voice`, `backend`, `language`)"),
     responses(
         (status = 200, description = "The audio (the upstream's content type)", content_type = "audio/wav", body = Vec<u8>),
         QueuedErrors,
@@ -119,24 +69,15 @@ pub async fn tts(
     speech(st, caller, arrived, b).await
 }
 
-fn speech_call(b: &Bytes) -> Result<Call, ServiceError> {
-    let mut o = object(b)?;
-    let model = string_field(&mut o, "model")?;
-    let input = match o.remove("input") {
-        Some(Value::String(s)) => s,
-        None | Some(Value::Null) => {
-            return Err(ServiceError::invalid("input", "missing field `input`"));
-        }
-        Some(_) => return Err(ServiceError::invalid("input", "must be a string")),
-    };
-    let deadline_ms: Option<u64> = opt(&mut o, "deadline_ms")?;
-    refuse_unknown(&o, SPEECH_PASS_THROUGH)?;
-    Call::speech(SpeechInput {
-        model,
-        input,
-        deadline_ms,
-        extra: o,
-    })
+/// Run a call built from a form and answer it as the OpenAI routes do.
+async fn run_form_call(
+    st: &AppState,
+    call: Call,
+    caller: &Caller,
+    arrived: Arrived,
+) -> Result<Response, HttpError> {
+    let answer = st.service.answer_call(call, caller, arrived.0).await?;
+    Ok(write(st, Route::ChatCompletions, answer, caller, arrived))
 }
 
 /// One multipart form read whole: text fields in order, and the file fields.
@@ -245,7 +186,7 @@ impl Form {
             if !allowed.contains(&n) {
                 return Err(ServiceError::invalid(
                     n,
-                    format!("unsupported field `{}`", im_engine::truncate(n, 64)),
+                    format!("unsupported field `{}`", im_service::truncate(n, 64)),
                 ));
             }
         }
@@ -255,7 +196,7 @@ impl Form {
 
 /// OpenAI's transcription: a multipart upload of the audio.
 #[utoipa::path(post, path = "/v1/audio/transcriptions", tag = "openai",
-    request_body(content = crate::schema::TranscriptionForm, content_type = "multipart/form-data"),
+    request_body(content = TranscriptionForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "`{\"text\"}` (or the format asked for) as the upstream answered", body = Object),
         QueuedErrors,
@@ -281,21 +222,19 @@ pub async fn transcriptions(
         "timestamp_granularities[]",
     ])?;
     let call = Call::transcription(TranscriptionInput {
-        upload: Upload {
-            fields: form.fields,
-            file_field: file.field,
-            file_name: file.name,
-            file_type: file.content_type,
-            file: file.bytes,
-        },
+        fields: form.fields,
+        file_field: file.field,
+        file_name: file.name,
+        file_type: file.content_type,
+        file: file.bytes,
         deadline_ms,
     })?;
-    respond(&st, call, &caller, arrived).await
+    run_form_call(&st, call, &caller, arrived).await
 }
 
 /// OpenAI's image edit (multipart, `image` and `prompt`), queued as img2img.
 #[utoipa::path(post, path = "/v1/images/edits", tag = "openai",
-    request_body(content = crate::schema::ImageEditForm, content_type = "multipart/form-data"),
+    request_body(content = ImageEditForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "`{\"created\", \"data\": [{\"b64_json\"}]}`", body = Object),
         QueuedErrors,
@@ -342,17 +281,14 @@ pub async fn images_edits(
         .into());
     }
     let params = ImageParams {
-        req: ImageRequest {
-            model,
-            prompt,
-            negative_prompt: form.take_field("negative_prompt"),
-            width,
-            height,
-            steps: form.number("step")?.or(form.number("steps")?),
-            seed: form.number("seed")?,
-            n: form.number("n")?,
-            file: None,
-        },
+        model,
+        prompt,
+        negative_prompt: form.take_field("negative_prompt"),
+        width,
+        height,
+        steps: form.number("step")?.or(form.number("steps")?),
+        seed: form.number("seed")?,
+        n: form.number("n")?,
         deadline_ms: form.number("deadline_ms")?,
     };
     form.refuse_unknown(&["user", "quality", "background", "output_format"])?;
@@ -361,5 +297,67 @@ pub async fn images_edits(
     drop(image);
     let file = image_file("image", std::borrow::Cow::Owned(b64))?;
     let call = Call::image(params, Some(file), st.service.limits(), Some("size"))?;
-    respond(&st, call, &caller, arrived).await
+    run_form_call(&st, call, &caller, arrived).await
+}
+
+/// `POST /v1/audio/transcriptions` (multipart form); the handler reads the form field by field
+/// with these rules.
+#[derive(utoipa::ToSchema)]
+pub struct TranscriptionForm {
+    /// The audio file.
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+    /// A model serving stt.
+    #[schema(min_length = 1)]
+    pub model: String,
+    /// The spoken language (ISO-639-1), passed to the upstream.
+    pub language: Option<String>,
+    /// Text to guide the model, passed to the upstream.
+    pub prompt: Option<String>,
+    /// `json`, `text`, `srt`, `verbose_json` or `vtt`.
+    #[schema(
+        pattern = "^(json|text|srt|verbose_json|vtt)$",
+        examples("json", "text")
+    )]
+    pub response_format: Option<String>,
+    /// 0 to 1.
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub temperature: Option<f64>,
+    /// Queue deadline in milliseconds (only lowers the configured default).
+    #[schema(minimum = 1)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// `POST /v1/images/edits` (multipart form), queued as img2img; the handler reads the form field
+/// by field with these rules.
+#[derive(utoipa::ToSchema)]
+pub struct ImageEditForm {
+    /// The image to edit (PNG, JPEG, WebP or GIF).
+    #[schema(value_type = String, format = Binary)]
+    pub image: Vec<u8>,
+    /// What to make of it.
+    #[schema(min_length = 1)]
+    pub prompt: String,
+    /// A model serving img2img.
+    #[schema(min_length = 1)]
+    pub model: String,
+    /// `"WxH"`.
+    #[schema(schema_with = im_service::api::bodies::size_schema)]
+    pub size: Option<String>,
+    /// Images, 1 to 4.
+    #[schema(minimum = 1, maximum = 4)]
+    pub n: Option<u32>,
+    /// Only `b64_json`.
+    #[schema(pattern = "^b64_json$", examples("b64_json"))]
+    pub response_format: Option<String>,
+    /// What not to draw.
+    pub negative_prompt: Option<String>,
+    /// Diffusion steps, 1 to 150.
+    #[schema(minimum = 1, maximum = 150)]
+    pub step: Option<u32>,
+    /// Seed.
+    pub seed: Option<i64>,
+    /// Queue deadline in milliseconds (only lowers the configured default).
+    #[schema(minimum = 1)]
+    pub deadline_ms: Option<u64>,
 }

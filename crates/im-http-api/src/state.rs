@@ -7,8 +7,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use im_engine::{Completion, TRACE_TARGET};
-use im_service::{Caller, Keys, Scope, Service, provided_key, unauthorized};
+use im_service::{Caller, Figures, Scope, Service, TRACE_TARGET};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -22,8 +21,6 @@ pub struct AppState {
     /// Durable jobs (`/v1/jobs`), when configured; set once (at start, or in distributed mode
     /// when this replica starts scheduling).
     pub jobs: JobsSlot,
-    /// The router jobs run through, set when [`crate::router`] builds it.
-    pub job_router: crate::jobs::RouterSlot,
     /// Reloads the configuration (`POST /admin/reload`), when the binary offers it.
     pub reload: Option<std::sync::Arc<dyn Reload>>,
 }
@@ -65,48 +62,25 @@ impl AppState {
         AppState {
             service,
             jobs: JobsSlot::default(),
-            job_router: crate::jobs::RouterSlot::default(),
             reload: None,
         }
     }
 
-    /// State over `service` with `jobs`, which run through the router built from this state
-    /// (`slot` is the one their [`crate::jobs::RouterRunner`] was made with).
-    pub fn with_jobs(
-        service: Service,
-        jobs: im_jobs::Jobs,
-        slot: crate::jobs::RouterSlot,
-    ) -> AppState {
+    /// State over `service` with `jobs`.
+    pub fn with_jobs(service: Service, jobs: im_jobs::Jobs) -> AppState {
         AppState {
             service,
             jobs: JobsSlot::with(jobs),
-            job_router: slot,
             reload: None,
         }
     }
 }
-
-/// Marks a request a job makes through the router: its key was checked (and charged) when the
-/// job was submitted. Only im itself can set a request extension; nothing on the wire can.
-#[derive(Clone, Copy, Debug)]
-pub struct JobCall;
 
 /// When the request reached im, for the overhead figure.
 #[derive(Clone, Copy, Debug)]
 pub struct Arrived(pub Instant);
 
-/// The key a request's headers carry, if any.
-pub fn key_of(headers: &HeaderMap) -> Option<&[u8]> {
-    provided_key(
-        headers.get("x-api-key").map(HeaderValue::as_bytes),
-        headers.get("authorization").map(HeaderValue::as_bytes),
-    )
-}
-
-/// A sane caller-supplied `X-Request-Id`, if any.
-pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
-    im_service::sane_request_id(headers.get("x-request-id").map(HeaderValue::as_bytes))
-}
+pub use im_edge::caller::{key_of, request_id_of};
 
 /// Paths that need no key: what the API is (`/`), liveness, readiness (without a key it says only ready or not, so a
 /// Kubernetes probe needs no secret), and the API documentation (it holds no data; Swagger UI's
@@ -158,7 +132,7 @@ pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) ->
     let admitted = {
         let _admission =
             tracing::info_span!(target: TRACE_TARGET, parent: &span, "admission").entered();
-        if is_open(req.uri().path()) || req.extensions().get::<JobCall>().is_some() {
+        if is_open(req.uri().path()) {
             Ok(None)
         } else {
             let scope = scope_of(req.uri().path());
@@ -208,21 +182,8 @@ fn request_span(req: &Request, id: &str) -> tracing::Span {
     span
 }
 
-/// Middleware for routers without a service (the standalone MCP server): a valid key with the
-/// `infer` scope, or 401 (no or a wrong key) or 403 (another scope).
-pub async fn require_key(State(keys): State<Keys>, req: Request, next: Next) -> Response {
-    match key_of(req.headers()).and_then(|k| keys.check(k)) {
-        None => HttpError(unauthorized()).into_response(),
-        Some(k) if !keys.allows(k, Scope::Infer) => {
-            HttpError(im_service::forbidden(Scope::Infer)).into_response()
-        }
-        Some(_) => next.run(req).await,
-    }
-}
-
 /// Set the figures headers (`X-Request-Id` is set by the middleware) and record the overhead.
-pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, done: &Completion, arrived: Arrived) {
-    let m = &done.meta;
+pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, m: &Figures, arrived: Arrived) {
     let total = arrived.0.elapsed();
     let overhead = total.saturating_sub(m.queue_wait + m.processing);
     st.service.engine().metrics().overhead(overhead);

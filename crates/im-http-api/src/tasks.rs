@@ -11,34 +11,15 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use im_service::{Caller, RegistryEntry, Service, ServiceError, TaskAnswer};
+use im_service::api::bodies::TaskRequest;
+use im_service::{Caller, Route, ServiceError};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::error::{HttpError, QueuedErrors};
-use crate::seed::body;
-use crate::state::AppState;
-use crate::types;
-
-/// `POST /infer`: one text for one task model.
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TaskRequest {
-    /// The input text.
-    #[schema(min_length = 1, max_length = 100000)]
-    pub text: String,
-    /// The task model: `name`, `name:version` or an alias (see `GET /models`).
-    #[schema(example = "summarizer:v1")]
-    pub model: String,
-    /// Its version, when `model` does not carry one (default: the model's default version).
-    pub version: Option<String>,
-    /// The template's parameters (`max_length`, `min_length`, `num_return_sequences`,
-    /// `temperature`).
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Map<String, Value>>,
-}
+use crate::respond::{body, json_route};
+use crate::state::{AppState, Arrived};
 
 /// `POST /infer/batch`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -54,67 +35,6 @@ pub struct TaskBatch {
     pub run_async: bool,
 }
 
-/// An envelope: `{success, result | error, model_used, latency_ms, request_id, timestamp,
-/// metadata}`, and the status of the error table when it failed.
-fn envelope(
-    request_id: &str,
-    started: Instant,
-    entry: Option<&RegistryEntry>,
-    outcome: Result<TaskAnswer, ServiceError>,
-) -> (StatusCode, Value) {
-    let mut v = json!({
-        "model_used": entry.map(RegistryEntry::id),
-        "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
-        "request_id": request_id,
-        "timestamp": timestamp(),
-    });
-    let status = match outcome {
-        Ok(a) => {
-            v["success"] = true.into();
-            v["result"] = a.result;
-            v["metadata"] = json!({
-                "model_type": entry.map(|e| e.template.as_str()),
-                "kind": "txt2txt",
-                "queue_wait_ms": a.queue_wait.as_secs_f64() * 1000.0,
-                "processing_ms": a.processing.as_secs_f64() * 1000.0,
-            });
-            StatusCode::OK
-        }
-        Err(e) => {
-            v["success"] = false.into();
-            v["error"] = e.body()["error"].clone();
-            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-        }
-    };
-    (status, v)
-}
-
-/// Now in ISO 8601, UTC, with milliseconds.
-fn timestamp() -> String {
-    chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Run one request body (already parsed as JSON) as `caller`; its envelope.
-async fn run_one(
-    service: &Service,
-    raw: Result<TaskRequest, ServiceError>,
-    caller: &Caller,
-) -> (StatusCode, Value) {
-    let started = Instant::now();
-    let r = match raw {
-        Ok(r) => r,
-        Err(e) => return envelope(&caller.request_id, started, None, Err(e)),
-    };
-    let entry = match service.registry().resolve(&r.model, r.version.as_deref()) {
-        Ok(e) => e,
-        Err(e) => return envelope(&caller.request_id, started, None, Err(e)),
-    };
-    let params = r.parameters.unwrap_or_default();
-    let outcome = service.run_task(entry, &r.text, &params, caller).await;
-    envelope(&caller.request_id, started, Some(entry), outcome)
-}
-
 /// Run a task model on one text: a summary, a sentiment label with its score, generated text.
 /// Scheduled on the txt2txt queue like any request.
 #[utoipa::path(post, path = "/infer", tag = "tasks", request_body = TaskRequest,
@@ -126,12 +46,10 @@ async fn run_one(
 pub async fn infer(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(arrived): Extension<Arrived>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let bytes = body(b, st.service.body_limit())?;
-    let parsed = types::parse::<TaskRequest>(&bytes);
-    let (status, v) = run_one(&st.service, parsed, &caller).await;
-    Ok((status, axum::Json(v)).into_response())
+    json_route(Route::Task, &st, &caller, arrived, b).await
 }
 
 /// Run several task requests: each is queued in its group like any request (a batch does not
@@ -149,7 +67,7 @@ pub async fn infer_batch(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let started = Instant::now();
-    let batch: TaskBatch = types::parse(&body(b, st.service.body_limit())?)?;
+    let batch: TaskBatch = im_service::api::parse(&body(b, st.service.body_limit())?)?;
     let max = st.service.max_batch_requests();
     if batch.requests.is_empty() || batch.requests.len() > max {
         return Err(HttpError::invalid(
@@ -169,7 +87,8 @@ pub async fn infer_batch(
         async move {
             let parsed = serde_json::from_value::<TaskRequest>(raw)
                 .map_err(|e| ServiceError::invalid(format!("requests[{i}]"), e.to_string()));
-            run_one(&service, parsed, &caller).await.1
+            let (_, envelope) = service.task(parsed, &caller, Instant::now()).await;
+            serde_json::to_value(envelope).unwrap_or(Value::Null)
         }
     });
     let results = futures_util::future::join_all(runs).await;

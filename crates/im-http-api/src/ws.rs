@@ -15,8 +15,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use im_engine::Output;
-use im_service::{Call, Caller, ChatInput, ChatKind, Scope, ServiceError};
+use im_service::{Call, Caller, ChatInput, ChatKind, Reply, Scope, ServiceError, StreamItem};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -188,7 +187,7 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
                         let wanted: Vec<String> = v["topics"].as_array().into_iter().flatten()
                             .filter_map(|t| t.as_str().map(str::to_owned)).collect();
                         if let Some(bad) = wanted.iter().find(|t| !TOPICS.contains(&t.as_str())) {
-                            out.send(error_message(None, &ServiceError::invalid("topics", format!("{:?} is not a topic; the topics: {}", im_engine::truncate(bad, 32), TOPICS.join(", ")))));
+                            out.send(error_message(None, &ServiceError::invalid("topics", format!("{:?} is not a topic; the topics: {}", im_service::truncate(bad, 32), TOPICS.join(", ")))));
                             continue;
                         }
                         topics.extend(wanted);
@@ -206,7 +205,7 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
                     }
                     other => out.send(error_message(None, &ServiceError::invalid(
                         "type",
-                        format!("{:?} is not a message type; the types: auth, subscribe, inference, status, ping", im_engine::truncate(other, 32)),
+                        format!("{:?} is not a message type; the types: auth, subscribe, inference, status, ping", im_service::truncate(other, 32)),
                     ))),
                 }
             }
@@ -307,28 +306,29 @@ async fn inference(service: &im_service::Service, caller: &Caller, v: &Value, ou
             return;
         }
     };
+    let f = &done.figures;
     let figures = |content: String| {
-        json!({"type": "result", "id": id, "content": content, "model": done.meta.model,
-               "queue_wait_ms": done.meta.queue_wait.as_secs_f64() * 1000.0,
-               "processing_ms": done.meta.processing.as_secs_f64() * 1000.0})
+        json!({"type": "result", "id": id, "content": content, "model": f.model,
+               "queue_wait_ms": f.queue_wait.as_secs_f64() * 1000.0,
+               "processing_ms": f.processing.as_secs_f64() * 1000.0})
     };
-    match done.output {
-        Output::Chat(c) => out.send(figures(c.content)),
-        Output::Stream(mut rx) => {
+    match done.reply {
+        Reply::Chat { content, .. } => out.send(figures(content)),
+        Reply::Stream(mut stream) => {
             let mut text = String::new();
-            while let Some(chunk) = rx.recv().await {
-                match chunk {
-                    Ok(c) if !c.delta.is_empty() => {
-                        out.send(json!({"type": "token", "id": id, "text": c.delta}));
-                        text.push_str(&c.delta);
+            while let Some(item) = stream.next().await {
+                match item {
+                    StreamItem::Chunk { delta, .. } if !delta.is_empty() => {
+                        out.send(json!({"type": "token", "id": id, "text": delta}));
+                        text.push_str(&delta);
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let e =
-                            ServiceError::new(im_service::ErrorType::UpstreamError, e.to_string());
+                    StreamItem::Chunk { .. } => {}
+                    // The service's one mapping of a stream's failure (sanitised).
+                    StreamItem::Failed(e) => {
                         out.send(error_message(Some(&id), &e));
                         return;
                     }
+                    StreamItem::End => break,
                 }
             }
             out.send(figures(text));

@@ -19,11 +19,12 @@ mod remote;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::http::Method;
-use im_engine::{Completion, Output};
+use axum::response::IntoResponse;
+use im_edge::caller::{key_of, request_id_of};
 use im_service::{
-    Call, Caller, ChatInput, ChatKind, ImageParams, Service, ServiceError, image_file,
+    Call, Caller, ChatInput, ChatKind, Done, ImageParams, Keys, Reply, Scope, Service,
+    ServiceError, image_file,
 };
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -88,14 +89,10 @@ fn service_error(e: &ServiceError) -> CallToolResult {
 fn caller_of(ctx: &RequestContext<RoleServer>, service: &Service) -> Result<Caller, ServiceError> {
     let parts = ctx.extensions.get::<axum::http::request::Parts>();
     let request_id = parts
-        .and_then(|p| im_http_api::request_id_of(&p.headers))
+        .and_then(|p| request_id_of(&p.headers))
         .unwrap_or_else(|| service.new_request_id());
     let key = match parts {
-        Some(p) => service.authorize(
-            im_http_api::key_of(&p.headers),
-            im_service::Scope::Infer,
-            false,
-        )?,
+        Some(p) => service.authorize(key_of(&p.headers), im_service::Scope::Infer, false)?,
         None => None,
     };
     Ok(Caller { key, request_id })
@@ -114,8 +111,8 @@ async fn unless_cancelled<T>(
 }
 
 /// A completed call as tool content: the text or the PNG images, then the figures.
-fn completion(done: Completion) -> CallToolResult {
-    let m = &done.meta;
+fn completion(done: Done) -> CallToolResult {
+    let m = &done.figures;
     let fig = figures_line(
         &m.request_id,
         &m.model,
@@ -124,21 +121,20 @@ fn completion(done: Completion) -> CallToolResult {
         m.processing.as_secs_f64() * 1000.0,
         u64::from(m.attempts),
     );
-    let mut out: Vec<ContentBlock> = match done.output {
-        Output::Chat(c) => vec![ContentBlock::text(c.content)],
-        Output::Images(i) => i
-            .images
+    let mut out: Vec<ContentBlock> = match done.reply {
+        Reply::Chat { content, .. } => vec![ContentBlock::text(content)],
+        Reply::Images { images, .. } => images
             .into_iter()
             .map(|b| ContentBlock::image(b, "image/png"))
             .collect(),
-        Output::Json(j) => vec![ContentBlock::text(String::from_utf8_lossy(&j.body))],
-        Output::Raw(r) if r.content_type.starts_with("audio/") => {
+        Reply::Json { body, .. } => vec![ContentBlock::text(String::from_utf8_lossy(&body))],
+        Reply::Raw { content_type, body } if content_type.starts_with("audio/") => {
             use base64::Engine as _;
-            let data = base64::engine::general_purpose::STANDARD.encode(&r.body);
-            vec![ContentBlock::audio(data, r.content_type)]
+            let data = base64::engine::general_purpose::STANDARD.encode(&body);
+            vec![ContentBlock::audio(data, content_type)]
         }
-        Output::Raw(r) => vec![ContentBlock::text(String::from_utf8_lossy(&r.body))],
-        Output::Stream(_) => vec![],
+        Reply::Raw { body, .. } => vec![ContentBlock::text(String::from_utf8_lossy(&body))],
+        Reply::Stream(_) => vec![],
     };
     out.push(ContentBlock::text(fig));
     CallToolResult::success(out)
@@ -198,7 +194,7 @@ impl ImMcp {
                 let id = ctx
                     .extensions
                     .get::<axum::http::request::Parts>()
-                    .and_then(|p| im_http_api::request_id_of(&p.headers));
+                    .and_then(|p| request_id_of(&p.headers));
                 let call = remote.call(Method::POST, path, Some(drop_none(body())), id.as_deref());
                 let (status, v) = unless_cancelled(ctx, call).await?;
                 Ok(if status == 200 {
@@ -318,7 +314,7 @@ fn backend_named(status: Value, name: &str) -> Result<Value, String> {
             let names: Vec<&str> = backends.iter().filter_map(|b| b["name"].as_str()).collect();
             format!(
                 "invalid_request (400): no backend named {:?}; the backends: {}",
-                im_engine::truncate(name, 64),
+                im_service::truncate(name, 64),
                 names.join(", ")
             )
         })
@@ -338,17 +334,14 @@ fn image_params(
     (steps, seed, n): (Option<u32>, Option<i64>, Option<u32>),
 ) -> ImageParams {
     ImageParams {
-        req: localai_client::ImageRequest {
-            model,
-            prompt,
-            negative_prompt,
-            width,
-            height,
-            steps,
-            seed,
-            n,
-            file: None,
-        },
+        model,
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        steps,
+        seed,
+        n,
         deadline_ms: None,
     }
 }
@@ -452,7 +445,7 @@ impl ImMcp {
             (a.steps, a.seed, a.n),
         );
         let body = || {
-            let r = &params.req;
+            let r = &params;
             json!({"model": r.model, "file": file, "prompt": r.prompt, "width": r.width,
                    "height": r.height, "steps": r.steps, "seed": r.seed,
                    "negative_prompt": r.negative_prompt, "n": r.n})
@@ -613,7 +606,7 @@ impl ImMcp {
             other => {
                 return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
                     "invalid_request (400): `task`: {:?} cannot be routed by this tool; use txt2txt, img2txt, txt2img or img2img",
-                    im_engine::truncate(other, 32)
+                    im_service::truncate(other, 32)
                 ))]));
             }
         };
@@ -682,14 +675,19 @@ pub fn http_service(
     StreamableHttpService::new(move || Ok(server.clone()), Default::default(), config)
 }
 
-/// im-http's full router: the HTTP API plus MCP at `/mcp`, on the same engine and queues, behind
-/// the same key (what `im-http` serves).
-pub fn http_router_with_mcp(
-    state: im_http_api::AppState,
-    allowed_hosts: &[String],
-    max_body: usize,
-) -> Router {
-    let mcp = ImMcp::new(Target::Local(state.service.clone()));
-    let mcp = http_service(mcp, allowed_hosts, max_body);
-    im_http_api::router_with(state, |r| r.route_service("/mcp", mcp))
+/// Middleware for MCP served alone (`im-mcp --http`, no HTTP API beside it): a valid key with the
+/// `infer` scope, or 401 (no or a wrong key) or 403 (another scope), in the error table's shape.
+pub async fn require_key(
+    axum::extract::State(keys): axum::extract::State<Keys>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let refused = match key_of(req.headers()).and_then(|k| keys.check(k)) {
+        None => im_service::unauthorized(),
+        Some(k) if !keys.allows(k, Scope::Infer) => im_service::forbidden(Scope::Infer),
+        Some(_) => return next.run(req).await,
+    };
+    let status = axum::http::StatusCode::from_u16(refused.status())
+        .unwrap_or(axum::http::StatusCode::UNAUTHORIZED);
+    (status, axum::Json(refused.body())).into_response()
 }

@@ -175,30 +175,6 @@ impl Keys {
     }
 }
 
-/// The key in `X-API-Key` or `Authorization: Bearer`, from header values.
-pub fn provided_key<'a>(
-    x_api_key: Option<&'a [u8]>,
-    authorization: Option<&'a [u8]>,
-) -> Option<&'a [u8]> {
-    if let Some(k) = x_api_key {
-        return Some(k);
-    }
-    let auth = authorization?;
-    let prefix = b"Bearer ";
-    (auth.len() > prefix.len() && auth[..prefix.len()].eq_ignore_ascii_case(prefix))
-        .then(|| &auth[prefix.len()..])
-}
-
-/// A caller-supplied request id, if it is sane: 1 to 64 characters of `[A-Za-z0-9-_.:]`.
-pub fn sane_request_id(given: Option<&[u8]>) -> Option<String> {
-    let v = given?;
-    let ok = !v.is_empty()
-        && v.len() <= 64
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
-    ok.then(|| String::from_utf8_lossy(v).into_owned())
-}
-
 /// One key's requests per second (0: off) and the burst above it.
 #[derive(Clone)]
 struct RateLimit(Option<Arc<DefaultDirectRateLimiter>>);

@@ -9,23 +9,27 @@
 //! This crate knows no transport: no HTTP types, no JSON-RPC. It never talks to an upstream
 //! except through the engine.
 
+pub mod api;
 mod auth;
 mod cache;
 mod call;
+mod done;
 mod error;
 mod models;
 mod registry;
 mod service;
 
-pub use auth::{
-    Caller, KeyId, KeySpec, Keys, Scope, forbidden, provided_key, sane_request_id, unauthorized,
-};
+pub use api::{Answer, Request, Route};
+pub use auth::{Caller, KeyId, KeySpec, Keys, Scope, forbidden, unauthorized};
 pub use cache::CacheSettings;
 pub use call::{
     Call, ChatInput, ChatKind, CompletionInput, DEFAULT_MAX_CHOICES, DEFAULT_MAX_TOKENS,
     EmbeddingInput, ImageParams, InputLimits, MAX_RERANK_DOCUMENTS, MAX_SPEECH_CHARS, ModelBounds,
     RerankInput, SpeechInput, TRANSCRIPTION_FORMATS, TranscriptionInput, image_file,
 };
+pub use done::{ChunkStream, Done, Figures, Reply, StreamItem};
 pub use error::{ErrorType, ServiceError};
+pub use im_engine::{TRACE_TARGET, truncate};
+pub use inference_queue::Kind;
 pub use registry::{MAX_TEXT_CHARS, Registry, RegistryEntry, TaskAnswer, Template};
 pub use service::{Service, ServiceSettings};

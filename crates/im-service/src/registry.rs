@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use im_engine::{Completion, Output};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
 use crate::call::{Call, ChatInput, ChatKind};
+use crate::done::{Done, Reply};
 use crate::error::{ErrorType, ServiceError};
 use crate::service::Service;
 
@@ -233,9 +233,9 @@ fn number(
     }
 }
 
-fn content(done: &Completion) -> Result<String, ServiceError> {
-    match &done.output {
-        Output::Chat(c) => Ok(c.content.clone()),
+fn content(done: &Done) -> Result<String, ServiceError> {
+    match &done.reply {
+        Reply::Chat { content, .. } => Ok(content.clone()),
         _ => Err(ServiceError::new(
             ErrorType::Internal,
             "expected a chat answer from the upstream",
@@ -301,8 +301,8 @@ impl Service {
                     .await?;
                 Ok(TaskAnswer {
                     result: json!({"summary_text": content(&done)?.trim()}),
-                    queue_wait: done.meta.queue_wait,
-                    processing: done.meta.processing,
+                    queue_wait: done.figures.queue_wait,
+                    processing: done.figures.processing,
                 })
             }
             Template::Sentiment => {
@@ -338,8 +338,8 @@ impl Service {
                 };
                 Ok(TaskAnswer {
                     result: json!({"label": label, "score": score}),
-                    queue_wait: done.meta.queue_wait,
-                    processing: done.meta.processing,
+                    queue_wait: done.figures.queue_wait,
+                    processing: done.figures.processing,
                 })
             }
             Template::Generate => {
@@ -355,8 +355,8 @@ impl Service {
                 let (mut wait, mut processing) = (Duration::ZERO, Duration::ZERO);
                 for done in futures_util::future::join_all(runs).await {
                     let done = done?;
-                    wait = wait.max(done.meta.queue_wait);
-                    processing = processing.max(done.meta.processing);
+                    wait = wait.max(done.figures.queue_wait);
+                    processing = processing.max(done.figures.processing);
                     texts.push(json!({"generated_text": content(&done)?}));
                 }
                 Ok(TaskAnswer {
@@ -369,8 +369,8 @@ impl Service {
                 let done = self.run(chat(None, None, Map::new())?, caller).await?;
                 Ok(TaskAnswer {
                     result: json!({"text": content(&done)?}),
-                    queue_wait: done.meta.queue_wait,
-                    processing: done.meta.processing,
+                    queue_wait: done.figures.queue_wait,
+                    processing: done.figures.processing,
                 })
             }
         }

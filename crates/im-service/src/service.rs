@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Caller, KeyId, KeySpec, Keys, Scope, forbidden, unauthorized};
 use crate::call::{Call, InputLimits};
+use crate::done::Done;
 use crate::error::ServiceError;
 use crate::registry::Registry;
 
@@ -236,7 +237,16 @@ impl Service {
 
     /// Run `call` as `caller`: queue it (embeddings merged with others that arrive together),
     /// wait for it to leave. Dropping the future cancels it.
-    pub async fn run(&self, call: Call, caller: &Caller) -> Result<Completion, ServiceError> {
+    pub async fn run(&self, call: Call, caller: &Caller) -> Result<Done, ServiceError> {
+        self.run_completion(call, caller).await.map(Done::from)
+    }
+
+    /// [`Self::run`], answered in the engine's terms (what the cache keeps).
+    async fn run_completion(
+        &self,
+        call: Call,
+        caller: &Caller,
+    ) -> Result<Completion, ServiceError> {
         let cached = self
             .cache
             .as_ref()

@@ -48,11 +48,20 @@ pub struct SpeechInput {
     pub extra: Map<String, Value>,
 }
 
-/// A transcription as a frontend received it: the multipart form's fields and file.
+/// A transcription as a frontend received it: the multipart form's fields and file, passed to
+/// the upstream as a form again.
 #[derive(Clone, Debug, Default)]
 pub struct TranscriptionInput {
-    /// The form as the upstream gets it (`model` among its fields, the audio as its file).
-    pub upload: Upload,
+    /// Text fields, in order (`model` among them).
+    pub fields: Vec<(String, String)>,
+    /// The file field's name (`file`).
+    pub file_field: String,
+    /// The file name sent.
+    pub file_name: String,
+    /// The file's content type.
+    pub file_type: String,
+    /// The audio.
+    pub file: bytes::Bytes,
     /// Queue deadline in milliseconds.
     pub deadline_ms: Option<u64>,
 }
@@ -137,9 +146,20 @@ impl Call {
     /// `response_format`, a `temperature` within 0 to 1.
     pub fn transcription(input: TranscriptionInput) -> Result<Call, ServiceError> {
         let TranscriptionInput {
-            upload,
+            fields,
+            file_field,
+            file_name,
+            file_type,
+            file,
             deadline_ms: deadline,
         } = input;
+        let upload = Upload {
+            fields,
+            file_field,
+            file_name,
+            file_type,
+            file,
+        };
         match upload.field("model") {
             None => return Err(ServiceError::invalid("model", "missing field `model`")),
             Some(m) => nonempty("model", m)?,

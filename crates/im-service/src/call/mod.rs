@@ -183,13 +183,25 @@ pub struct EmbeddingInput {
     pub extra: Map<String, Value>,
 }
 
-/// The parameters of an image generation or edit: the upstream request (its `file` is set by
-/// [`Call::image`]) and the queue deadline.
+/// The parameters of an image generation or edit (its file, if any, is given to [`Call::image`]).
 #[derive(Clone, Debug, Default)]
 pub struct ImageParams {
-    /// Model, prompt, negative prompt, size (positive multiples of 8, at most the configured
-    /// maximum), steps (1 to 150), seed, n (1 to 4).
-    pub req: ImageRequest,
+    /// The model.
+    pub model: String,
+    /// What to draw.
+    pub prompt: String,
+    /// What not to draw.
+    pub negative_prompt: Option<String>,
+    /// Pixels: a positive multiple of 8, at most the configured maximum.
+    pub width: u32,
+    /// Pixels: a positive multiple of 8, at most the configured maximum.
+    pub height: u32,
+    /// Diffusion steps, 1 to 150.
+    pub steps: Option<u32>,
+    /// The seed.
+    pub seed: Option<i64>,
+    /// Images, 1 to 4.
+    pub n: Option<u32>,
     /// Queue deadline in milliseconds.
     pub deadline_ms: Option<u64>,
 }
@@ -198,14 +210,13 @@ impl ImageParams {
     /// Check every field; `size` names the field the frontend took width and height from
     /// (`"size"` for OpenAI's `"WxH"`, else `width` and `height` are named).
     pub fn validate(&self, limits: &InputLimits, size: Option<&str>) -> Result<(), ServiceError> {
-        let r = &self.req;
-        nonempty("model", &r.model)?;
-        if r.prompt.is_empty() {
+        nonempty("model", &self.model)?;
+        if self.prompt.is_empty() {
             return Err(ServiceError::invalid("prompt", "must not be empty"));
         }
-        side(size.unwrap_or("width"), r.width, limits.max_image_side)?;
-        side(size.unwrap_or("height"), r.height, limits.max_image_side)?;
-        if let Some(s) = r.steps
+        side(size.unwrap_or("width"), self.width, limits.max_image_side)?;
+        side(size.unwrap_or("height"), self.height, limits.max_image_side)?;
+        if let Some(s) = self.steps
             && !(1..=150).contains(&s)
         {
             return Err(ServiceError::invalid(
@@ -213,7 +224,7 @@ impl ImageParams {
                 format!("must be between 1 and 150, got {s}"),
             ));
         }
-        if let Some(n) = r.n
+        if let Some(n) = self.n
             && !(1..=4).contains(&n)
         {
             return Err(ServiceError::invalid(
@@ -401,10 +412,27 @@ impl Call {
     ) -> Result<Call, ServiceError> {
         params.validate(limits, size_field)?;
         let ImageParams {
-            mut req,
+            model,
+            prompt,
+            negative_prompt,
+            width,
+            height,
+            steps,
+            seed,
+            n,
             deadline_ms,
         } = params;
-        req.file = file;
+        let req = ImageRequest {
+            model,
+            prompt,
+            negative_prompt,
+            width,
+            height,
+            steps,
+            seed,
+            n,
+            file,
+        };
         Ok(Call {
             payload: Payload::Images(req),
             deadline: deadline_ms.map(Duration::from_millis),
@@ -414,6 +442,11 @@ impl Call {
     /// Its kind.
     pub fn kind(&self) -> Kind {
         self.payload.kind()
+    }
+
+    /// Its model.
+    pub fn model(&self) -> &str {
+        self.payload.model()
     }
 
     /// Whether it streams.

@@ -1,0 +1,82 @@
+//! The one path of a JSON route over HTTP: the body read within its limit, handed to the service
+//! ([`im_service::Service::respond`]: parsed, validated, run, answered in the route's shape), and
+//! the answer written out: its bytes with im's figures as headers, or a stream as server-sent
+//! events. Handlers are one line each over [`json_route`].
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use im_service::{Answer, Caller, ErrorType, Route, ServiceError};
+
+use crate::error::HttpError;
+use crate::state::{AppState, Arrived, figure_headers};
+
+/// The body, or the error for a body that could not be read (413 over the limit).
+pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ServiceError> {
+    b.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServiceError::new(
+                ErrorType::PayloadTooLarge,
+                format!("the body is over the limit of {limit} bytes"),
+            )
+        } else {
+            ServiceError::invalid("body", r.body_text())
+        }
+    })
+}
+
+/// Serve `route`: its body as the service's request, run as `caller`, answered.
+pub(crate) async fn json_route(
+    route: Route,
+    st: &AppState,
+    caller: &Caller,
+    arrived: Arrived,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let bytes = body(b, st.service.body_limit())?;
+    let answer = st.service.respond(route, &bytes, caller, arrived.0).await?;
+    Ok(write(st, route, answer, caller, arrived))
+}
+
+/// An answer as an HTTP response.
+pub(crate) fn write(
+    st: &AppState,
+    route: Route,
+    answer: Answer,
+    caller: &Caller,
+    arrived: Arrived,
+) -> Response {
+    match answer {
+        Answer::Body {
+            status,
+            content_type,
+            body,
+            figures,
+        } => {
+            let ct = HeaderValue::from_str(&content_type)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut resp = (status, [(header::CONTENT_TYPE, ct)], body).into_response();
+            if let Some(f) = figures {
+                figure_headers(st, resp.headers_mut(), &f, arrived);
+            }
+            resp
+        }
+        Answer::Stream {
+            stream,
+            figures,
+            model,
+        } => {
+            let mut headers = axum::http::HeaderMap::new();
+            figure_headers(st, &mut headers, &figures, arrived);
+            let mut resp = if route == Route::InferStream {
+                crate::infer::token_events(stream, &figures, arrived, &caller.request_id, model)
+            } else {
+                crate::stream::chunk_events(stream)
+            };
+            resp.headers_mut().extend(headers);
+            resp
+        }
+    }
+}
