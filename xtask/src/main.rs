@@ -6,55 +6,107 @@ mod sim;
 mod tidy;
 
 use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
 
-const HELP: &str = "cargo xtask <task>
+/// Developer tasks: `cargo xtask <task>` (`cargo xtask <task> --help` for each).
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
 
-tasks:
-  ci                                      what CI runs: fmt --check, clippy -D warnings, every test
-  sim [--hours H] [--seed N] [--write]   the scheduling policy table (FIFO vs strict vs bounded)
-                                          --write also stores it in benches/results/policy-table.md
-  deploy-check                            check deploy/ statically (YAML/JSON, compose, dashboard metrics, Dockerfile, configs)
-  bench [--quick] [--only overhead|scheduling|memory|batching|replicas] [--write]
-                                         overhead (direct vs nginx vs im-http), scheduling end to end, memory;
-                                          installs nginx-light and oha if missing; --write stores benches/results/bench.md
-  load [--scenario normal|peak|sustained] [--users N] [--secs S] [--url URL --key KEY]
-                                          the seeds' load scenarios (no Python needed); without --url it starts
-                                          im-http --simulate
-  help                                    this text
-";
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// What CI runs: fmt --check, clippy -D warnings, deploy-check, the release build without
+    /// the simulator, every test.
+    Ci,
+    /// The scheduling policy table (FIFO vs strict vs bounded, and the fleet table).
+    Sim(SimArgs),
+    /// Check deploy/ statically (YAML/JSON, compose, dashboard metrics, Dockerfile, configs, k8s).
+    DeployCheck,
+    /// Benchmarks: overhead (direct vs nginx vs im-http), scheduling end to end, memory,
+    /// batching, replicas. Installs nginx-light and oha when missing.
+    Bench(BenchArgs),
+    /// The seeds' load scenarios against an im-http (without --url it starts im-http --simulate).
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    /// Simulated hours per trace.
+    #[arg(long, default_value_t = 8.0)]
+    hours: f64,
+    /// The traces' seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Also store the tables in benches/results/policy-table.md.
+    #[arg(long)]
+    write: bool,
+}
+
+/// A part of `cargo xtask bench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchPart {
+    Overhead,
+    Scheduling,
+    Memory,
+    Batching,
+    Replicas,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Shorter runs (one round).
+    #[arg(long)]
+    quick: bool,
+    /// Run one part only.
+    #[arg(long, value_enum)]
+    only: Option<BenchPart>,
+    /// Also store the results in benches/results/bench.md.
+    #[arg(long)]
+    write: bool,
+}
+
+/// A load scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Normal,
+    Peak,
+    Sustained,
+}
+
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// One scenario (default: all three).
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
+    /// Simulated users.
+    #[arg(long, default_value_t = 20)]
+    users: usize,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 30)]
+    secs: u64,
+    /// An im-http to load (default: start one with its simulator).
+    #[arg(long)]
+    url: Option<String>,
+    /// Its API key.
+    #[arg(long, default_value = bench::KEY)]
+    key: String,
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("sim") => run_sim(&args[1..]),
-        Some("ci") => run_ci(),
-        Some("deploy-check") => run_deploy_check(),
-        Some("bench") => run_bench(&args[1..]),
-        Some("load") => run_load(&args[1..]),
-        Some("help") | None => {
-            print!("{HELP}");
-            Ok(())
-        }
-        Some(other) => bail!("unknown task {other:?}\n\n{HELP}"),
+    match Cli::parse().task {
+        Task::Sim(a) => run_sim(&a),
+        Task::Ci => run_ci(),
+        Task::DeployCheck => run_deploy_check(),
+        Task::Bench(a) => run_bench(&a),
+        Task::Load(a) => run_load(&a),
     }
 }
 
-fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => {
-            let v = args
-                .get(i + 1)
-                .with_context(|| format!("{name} needs a value"))?;
-            v.parse()
-                .map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}"))
-        }
-        None => Ok(default),
-    }
-}
-
-fn run_sim(args: &[String]) -> Result<()> {
-    let hours: f64 = flag(args, "--hours", 8.0)?;
-    let seed: u64 = flag(args, "--seed", 42)?;
+fn run_sim(args: &SimArgs) -> Result<()> {
+    let (hours, seed) = (args.hours, args.seed);
     let started = std::time::Instant::now();
     let (table, mut failures) = sim::table(hours, seed);
     let (fleet, fleet_failures) = sim::fleet_table(hours, seed);
@@ -63,7 +115,7 @@ fn run_sim(args: &[String]) -> Result<()> {
     let elapsed = started.elapsed();
     print!("{table}");
     println!("(simulated in {:.2} s of wall time)", elapsed.as_secs_f64());
-    if args.iter().any(|a| a == "--write") {
+    if args.write {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let path = root.join("benches/results/policy-table.md");
         let doc = format!(
@@ -92,7 +144,52 @@ fn run_ci() -> Result<()> {
         "warnings",
     ])?;
     run_deploy_check()?;
+    released_without_the_simulator()?;
     cargo(&["test", "--workspace"])?;
+    Ok(())
+}
+
+/// The binaries as released (`--no-default-features`): they build without the simulator
+/// (`cargo tree` shows none), and `im-http --simulate` is refused with exit 2 and how to get it.
+fn released_without_the_simulator() -> Result<()> {
+    cargo(&[
+        "build",
+        "-p",
+        "im-http",
+        "-p",
+        "im-mcp",
+        "--no-default-features",
+    ])?;
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let tree = std::process::Command::new(&cargo_bin)
+        .args([
+            "tree",
+            "-p",
+            "im-http",
+            "-e",
+            "normal",
+            "--no-default-features",
+        ])
+        .output()
+        .context("cargo tree")?;
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    if tree.contains("localai-sim") {
+        bail!("im-http built as released depends on localai-sim:\n{tree}");
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = root.join("target/debug/im-http");
+    let out = std::process::Command::new(&bin)
+        .arg("--simulate")
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(2) || !said.contains("simulate") {
+        bail!(
+            "im-http without the simulator answered --simulate with {:?}: {said}",
+            out.status
+        );
+    }
+    eprintln!("released binaries: no simulator inside; --simulate refused with exit 2");
     Ok(())
 }
 
@@ -147,8 +244,8 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
-fn run_bench(args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
+fn run_bench(args: &BenchArgs) -> Result<()> {
+    let quick = args.quick;
     bench::ensure_tools()?;
     let mut out = String::new();
     let cmd = format!("cargo xtask bench{}", if quick { " --quick" } else { "" });
@@ -157,10 +254,9 @@ fn run_bench(args: &[String]) -> Result<()> {
         machine(),
         today()
     ));
-    let only: String = flag(args, "--only", String::new())?;
-    let part = |p: &str| only.is_empty() || only == p;
+    let part = |p: BenchPart| args.only.is_none_or(|o| o == p);
     let (secs, rounds) = if quick { (3, 1) } else { (5, 3) };
-    if part("overhead") {
+    if part(BenchPart::Overhead) {
         bench::overhead::overhead(&mut out, secs, rounds)?;
     }
     print!("{out}");
@@ -169,21 +265,21 @@ fn run_bench(args: &[String]) -> Result<()> {
         .build()?;
     let mut more = String::new();
     let (hours, scale) = if quick { (0.25, 0.02) } else { (0.5, 0.02) };
-    if part("scheduling") {
+    if part(BenchPart::Scheduling) {
         rt.block_on(bench::scheduling::scheduling(
             &mut more, hours, scale, 0.9, 42,
         ))?;
     }
-    if part("memory") {
+    if part(BenchPart::Memory) {
         rt.block_on(bench::memory::memory(&mut more))?;
     }
-    if part("batching") {
+    if part(BenchPart::Batching) {
         rt.block_on(bench::batching::batching(
             &mut more,
             if quick { 3 } else { 10 },
         ))?;
     }
-    if part("replicas") {
+    if part(BenchPart::Replicas) {
         rt.block_on(bench::replicas::replicas(
             &mut more,
             if quick { 5 } else { 15 },
@@ -191,7 +287,7 @@ fn run_bench(args: &[String]) -> Result<()> {
     }
     print!("{more}");
     out.push_str(&more);
-    if args.iter().any(|a| a == "--write") {
+    if args.write {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/results/bench.md");
         std::fs::write(&path, &out).with_context(|| format!("writing {}", path.display()))?;
@@ -200,15 +296,15 @@ fn run_bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn run_load(args: &[String]) -> Result<()> {
-    let scenarios: Vec<String> = match args.iter().position(|a| a == "--scenario") {
-        Some(i) => vec![args.get(i + 1).context("--scenario needs a value")?.clone()],
-        None => vec!["normal".into(), "peak".into(), "sustained".into()],
+fn run_load(args: &LoadArgs) -> Result<()> {
+    let scenarios: Vec<&str> = match args.scenario {
+        Some(Scenario::Normal) => vec!["normal"],
+        Some(Scenario::Peak) => vec!["peak"],
+        Some(Scenario::Sustained) => vec!["sustained"],
+        None => vec!["normal", "peak", "sustained"],
     };
-    let users: usize = flag(args, "--users", 20)?;
-    let secs: u64 = flag(args, "--secs", 30)?;
-    let url: String = flag(args, "--url", String::new())?;
-    let key: String = flag(args, "--key", bench::KEY.to_owned())?;
+    let (users, secs, key) = (args.users, args.secs, args.key.clone());
+    let url = args.url.clone().unwrap_or_default();
     let _own = if url.is_empty() {
         let ok = std::process::Command::new("cargo")
             .args(["build", "--release", "-p", "im-http"])
@@ -233,4 +329,26 @@ fn run_load(args: &[String]) -> Result<()> {
     }
     print!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use clap::error::ErrorKind;
+
+    use super::Cli;
+
+    #[test]
+    fn every_task_has_help_and_unknown_flags_are_refused() {
+        for task in ["ci", "sim", "deploy-check", "bench", "load"] {
+            let e = Cli::try_parse_from(["xtask", task, "--help"]).expect_err("help");
+            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{task} --help");
+            let e = Cli::try_parse_from(["xtask", task, "--frobnicate"]).expect_err("refused");
+            assert_eq!(e.kind(), ErrorKind::UnknownArgument, "{task} --frobnicate");
+        }
+        assert!(Cli::try_parse_from(["xtask", "bench", "--only", "memory", "--quick"]).is_ok());
+        let e = Cli::try_parse_from(["xtask", "bench", "--only", "nothing"]).expect_err("refused");
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+        assert!(Cli::try_parse_from(["xtask", "frobnicate"]).is_err());
+    }
 }

@@ -102,4 +102,159 @@ mod tests {
             unused.join("\n")
         );
     }
+
+    /// The workspace's members, from its manifest.
+    fn members(root: &Path) -> Vec<String> {
+        let workspace = std::fs::read_to_string(root.join("Cargo.toml")).expect("manifest");
+        workspace
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with('"') && l.ends_with("\","))
+            .map(|l| l.trim_matches(|c| c == '"' || c == ',').to_owned())
+            .collect()
+    }
+
+    /// Every file name under `dir`.
+    fn file_names(dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                out.push(format!("{name}/"));
+                file_names(&p, out);
+            } else {
+                out.push(name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_and_the_codemap_match_the_tree() {
+        let root = root();
+        let members = members(&root);
+        let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+        let arch = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE");
+        let table: Vec<&str> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .filter(|p| p.starts_with("crates/") || p.starts_with("bins/") || *p == "xtask")
+            .collect();
+        let headings: Vec<&str> = arch
+            .lines()
+            .filter_map(|l| l.strip_prefix("### "))
+            .collect();
+        let mut wrong = Vec::new();
+        for m in &members {
+            if !table.contains(&m.as_str()) {
+                wrong.push(format!("README's crate table lacks `{m}`"));
+            }
+            if !headings.iter().any(|h| h.contains(&format!("`{m}`"))) {
+                wrong.push(format!(
+                    "ARCHITECTURE.md's codemap has no heading for `{m}`"
+                ));
+            }
+        }
+        for t in &table {
+            if !members.iter().any(|m| m == t) {
+                wrong.push(format!(
+                    "README's crate table names `{t}`, which is no member"
+                ));
+            }
+        }
+        // Each crate's section names only files and folders that exist in it.
+        let sections: Vec<&str> = arch.split("\n### ").skip(1).collect();
+        for section in sections {
+            let heading = section.lines().next().unwrap_or("");
+            let Some(m) = members.iter().find(|m| heading == format!("`{m}`")) else {
+                continue;
+            };
+            let mut names = Vec::new();
+            file_names(&root.join(m), &mut names);
+            for token in section.split('`').skip(1).step_by(2) {
+                let is_path = (token.ends_with(".rs") || token.ends_with('/'))
+                    && !token.contains(' ')
+                    && !token.starts_with("crates/")
+                    && !token.starts_with("bins/");
+                let name = token.rsplit('/').find(|s| !s.is_empty()).unwrap_or(token);
+                let name = if token.ends_with('/') {
+                    format!("{name}/")
+                } else {
+                    name.to_owned()
+                };
+                if is_path && !names.contains(&name) {
+                    wrong.push(format!(
+                        "ARCHITECTURE.md's `{m}` names `{token}`, which is not in it"
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn the_crates_depend_on_each_other_as_the_layers_say() {
+        let root = root();
+        // (crate, what it must not depend on, why)
+        let rules: &[(&str, &[&str], &str)] = &[
+            (
+                "crates/im-http-api",
+                &[
+                    "im-engine",
+                    "localai-client",
+                    "localai-sim",
+                    "im-mcp-api",
+                    "inference-queue",
+                ],
+                "a frontend runs everything through the service",
+            ),
+            (
+                "crates/im-mcp-api",
+                &[
+                    "im-engine",
+                    "localai-client",
+                    "localai-sim",
+                    "im-http-api",
+                    "inference-queue",
+                ],
+                "a frontend runs everything through the service",
+            ),
+            (
+                "crates/im-service",
+                &[
+                    "axum",
+                    "hyper",
+                    "http",
+                    "reqwest",
+                    "im-http-api",
+                    "im-mcp-api",
+                    "im-edge",
+                ],
+                "the service knows no transport",
+            ),
+            (
+                "bins/im-fence",
+                &["im-http-api", "im-service", "im-engine", "im-app"],
+                "the gate is im-edge and a proxy, nothing of im's API",
+            ),
+            (
+                "crates/inference-queue",
+                &["tokio", "reqwest", "im-engine"],
+                "the core does no IO",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (krate, forbidden, why) in rules {
+            let manifest =
+                std::fs::read_to_string(root.join(krate).join("Cargo.toml")).expect("manifest");
+            for d in deps(&manifest, "[dependencies]") {
+                if forbidden.contains(&d.as_str()) {
+                    wrong.push(format!("{krate} depends on {d}: {why}"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
 }

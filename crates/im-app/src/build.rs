@@ -7,7 +7,6 @@ use im_cluster::Fence;
 use im_engine::{Engine, LocalAiBackend, ModelEcho};
 use im_metrics::Metrics;
 use localai_client::{ClientConfig, HeaderHook, LocalAiClient};
-use localai_sim::{SimConfig, SimServer};
 
 use crate::config::{DiscoveryEntry, ImConfig, ModelEntry, guess_kinds};
 use im_http_api::AppState;
@@ -36,7 +35,7 @@ pub struct Built {
     /// The configuration in force (models filled in, simulator URL set).
     pub config: ImConfig,
     /// The embedded simulator, kept alive as long as this value.
-    pub sim: Option<SimServer>,
+    pub sim: Option<crate::simulate::Simulator>,
     /// The fencing token upstream calls carry in distributed mode (0 until this replica schedules).
     pub fence: Fence,
     /// A job store made for this run only (simulating without `jobs.dir`), removed with it.
@@ -61,6 +60,11 @@ pub enum BuildError {
     /// The simulator could not start.
     #[error("starting the simulated LocalAI: {0}")]
     Sim(std::io::Error),
+    /// `--simulate` in a build without the simulator.
+    #[error(
+        "this build has no simulated LocalAI (built without the `simulate` feature); build with default features (`cargo run -p im-http -- --simulate`) or point im at a LocalAI with --upstream"
+    )]
+    NoSimulator,
     /// The job store could not be opened.
     #[error("opening the job store in {dir}: {error} (set `jobs.dir`, or `jobs.enabled = false`)")]
     Jobs {
@@ -92,34 +96,8 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         config.validate_outside_core()?;
     }
     let fence = Fence::new(config.cluster.secret());
-    let sim = match simulate {
-        Some(s) => {
-            let sc = SimConfig {
-                time_scale: s.time_scale,
-                ..SimConfig::default()
-            };
-            let server = SimServer::start(sc.clone())
-                .await
-                .map_err(BuildError::Sim)?;
-            config.upstreams = vec![server.url().into()];
-            if config.models.is_empty() {
-                config.models = sc
-                    .models
-                    .iter()
-                    .map(|m| ModelEntry {
-                        name: m.name.clone(),
-                        kinds: m.kinds.clone(),
-                        max_in_flight: Some(m.slots),
-                        aliases: Vec::new(),
-                        ..Default::default()
-                    })
-                    .collect();
-            }
-            if !config.has_keys() {
-                config.api_keys = vec![DEMO_KEY.to_owned()];
-            }
-            Some(server)
-        }
+    let sim = match &simulate {
+        Some(s) => Some(crate::simulate::start(&mut config, s).await?),
         None => None,
     };
     let clients = config

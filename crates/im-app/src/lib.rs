@@ -19,6 +19,7 @@ pub mod config;
 pub mod jobs;
 pub mod reload;
 pub mod run;
+pub mod simulate;
 mod topology;
 
 pub use build::{BuildError, Built, DEMO_KEY, Simulate, build, discover, learn_from_upstream};

@@ -69,7 +69,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn forward(
         &self,
         _lane: LaneId,
-        _method: reqwest::Method,
+        _method: &str,
         path_and_query: &str,
         _content_type: Option<&str>,
         _body: bytes::Bytes,
@@ -202,11 +202,13 @@ impl Backend for LocalAiBackend {
     async fn forward(
         &self,
         lane: LaneId,
-        method: reqwest::Method,
+        method: &str,
         path_and_query: &str,
         content_type: Option<&str>,
         body: bytes::Bytes,
     ) -> Result<Forwarded, ClientError> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| ClientError::Protocol(format!("{method:?} is not an HTTP method")))?;
         self.lane(lane)
             .forward(method, path_and_query, content_type, body)
             .await

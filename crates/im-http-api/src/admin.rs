@@ -92,12 +92,17 @@ pub async fn relay(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let method =
-        reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
     let answer = st
         .service
-        .manage(lane, method, path, content_type, bytes)
-        .await?;
+        .manage(lane, method.as_str(), path, content_type, bytes)
+        .await
+        .map_err(|mut e| {
+            // The lane is the `X-Im-Lane` header here.
+            if e.param.as_deref() == Some("lane") {
+                e.param = Some("x-im-lane".into());
+            }
+            e
+        })?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let ct = HeaderValue::from_str(&answer.content_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));

@@ -32,4 +32,4 @@ pub use error::{ErrorType, ServiceError};
 pub use im_engine::{TRACE_TARGET, truncate};
 pub use inference_queue::Kind;
 pub use registry::{MAX_TEXT_CHARS, Registry, RegistryEntry, TaskAnswer, Template};
-pub use service::{Service, ServiceSettings};
+pub use service::{Relayed, Service, ServiceSettings};

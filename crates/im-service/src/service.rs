@@ -61,6 +61,17 @@ struct Shared {
     id_prefix: u32,
 }
 
+/// An upstream's answer to a relayed management request, whatever its status.
+#[derive(Clone, Debug)]
+pub struct Relayed {
+    /// The upstream's status.
+    pub status: u16,
+    /// Its content type.
+    pub content_type: String,
+    /// Its body.
+    pub body: bytes::Bytes,
+}
+
 /// im's service: cheap to clone, shared by every frontend.
 #[derive(Clone)]
 pub struct Service {
@@ -201,20 +212,27 @@ impl Service {
     /// Relay a management request (LocalAI's model gallery and backend routes) to upstream
     /// `lane` and pass its answer back whatever its status. It is not queued: these routes
     /// install and list, they load nothing into memory (the routes that load and unload models
-    /// are not relayed; the scheduler owns what is resident).
+    /// are not relayed; the scheduler owns what is resident). `method` is the verb (`GET`,
+    /// `POST`, `PUT`, `PATCH`, `DELETE`); a wrong `lane` is refused naming `lane`.
     pub async fn manage(
         &self,
         lane: usize,
-        method: reqwest::Method,
+        method: &str,
         path_and_query: &str,
         content_type: Option<&str>,
         body: bytes::Bytes,
-    ) -> Result<localai_client::Forwarded, ServiceError> {
+    ) -> Result<Relayed, ServiceError> {
         let lanes = self.engine.config().lanes.len();
         if lane >= lanes {
             return Err(ServiceError::invalid(
-                "x-im-lane",
+                "lane",
                 format!("must be an upstream index below {lanes}, got {lane}"),
+            ));
+        }
+        if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) {
+            return Err(ServiceError::invalid(
+                "method",
+                format!("{} is not relayed", crate::truncate(method, 16)),
             ));
         }
         self.engine
@@ -227,6 +245,11 @@ impl Service {
                 body,
             )
             .await
+            .map(|f| Relayed {
+                status: f.status,
+                content_type: f.content_type,
+                body: f.body,
+            })
             .map_err(|e| {
                 ServiceError::new(
                     crate::error::ErrorType::UpstreamUnavailable,

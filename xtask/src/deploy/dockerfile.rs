@@ -1,0 +1,62 @@
+//! The Dockerfile: builds (as released, without the simulator) and copies binaries that exist;
+//! runs non-root; checks /health.
+
+use anyhow::{Result, ensure};
+
+use super::Deploy;
+use super::workspace_bins;
+
+pub(super) fn check(d: &Deploy) -> Result<String> {
+    // Dockerfile: builds and copies binaries that exist; non-root; health check.
+    let docker = std::fs::read_to_string(d.dir.join("Dockerfile"))?;
+    let bins = workspace_bins(&d.root)?;
+    let mut built = 0;
+    let build_cmd: String = docker
+        .split("cargo build")
+        .skip(1)
+        .map(|rest| rest.split("&&").next().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for w in build_cmd.split_whitespace().collect::<Vec<_>>().windows(2) {
+        if w[0] == "-p" {
+            ensure!(
+                bins.contains(&format!("pkg:{}", w[1])),
+                "Dockerfile builds package {}, which has no binary",
+                w[1]
+            );
+            built += 1;
+        }
+    }
+    for word in docker.split_whitespace() {
+        if let Some(bin) = word.strip_prefix("target/release/") {
+            ensure!(
+                bins.contains(bin),
+                "Dockerfile copies target/release/{bin}, which no package builds"
+            );
+        }
+        if let Some(src) = word.strip_prefix("deploy/") {
+            ensure!(
+                d.dir.join(src).exists(),
+                "Dockerfile copies deploy/{src}, which does not exist"
+            );
+        }
+    }
+    ensure!(built >= 2, "Dockerfile should build im-http and im-mcp");
+    ensure!(
+        build_cmd.contains("--no-default-features"),
+        "Dockerfile must build the binaries as released: --no-default-features (no simulator inside)"
+    );
+    ensure!(
+        docker.contains("USER ") && !docker.contains("USER root"),
+        "Dockerfile must run as a non-root user"
+    );
+    ensure!(
+        docker.contains("HEALTHCHECK") && docker.contains("/health"),
+        "Dockerfile needs a HEALTHCHECK on /health"
+    );
+    ensure!(
+        d.root.join(".dockerignore").exists(),
+        ".dockerignore missing"
+    );
+    Ok("Dockerfile builds and copies existing binaries as released (no simulator), runs non-root, checks /health".into())
+}
