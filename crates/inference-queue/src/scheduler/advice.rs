@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use super::*;
+use super::Scheduler;
+use super::api::Rejection;
+use super::residency::Room;
+use crate::types::{Kind, LaneId, ModelId};
 
 /// Why [`Advice::lane`] was chosen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,13 +107,13 @@ impl Scheduler {
             }
         }
         let holders: Vec<usize> = (0..self.lanes.len())
-            .filter(|l| self.holds(*l, m) && self.healthy(*l))
+            .filter(|l| self.lanes[*l].holds(m) && self.healthy(*l))
             .collect();
         let waiting: usize = self
-            .groups
-            .iter()
-            .filter(|g| g.key.model == m)
-            .map(|g| g.depth)
+            .queues
+            .groups()
+            .filter(|(_, g)| g.key.model == m)
+            .map(|(_, g)| g.depth())
             .sum();
         let slots = self.cfg.models[m.0].max_in_flight as usize;
         // Affinity sends a group to the lanes holding its model until it is deep enough for a
@@ -134,13 +137,13 @@ impl Scheduler {
                         crate::config::Routing::StickyHash => self.sticky_lane(m) == l,
                         _ => true,
                     };
-                let ahead = waiting + self.running_of(l, m) as usize;
+                let ahead = waiting + self.lanes[l].running_of(m) as usize;
                 LaneOption {
                     lane: LaneId(l),
                     name: self.lanes[l].name.clone(),
                     healthy,
                     can_host,
-                    resident: self.holds(l, m),
+                    resident: self.lanes[l].holds(m),
                     routable,
                     ahead,
                     expected_start: (can_host && healthy).then(|| self.expected_start(l, m, ahead)),
@@ -181,7 +184,7 @@ impl Scheduler {
     }
 
     fn healthy(&self, lane: usize) -> bool {
-        !matches!(self.lanes[lane].breaker, Breaker::Open { .. })
+        !matches!(self.lanes[lane].breaker, super::lane::Breaker::Open { .. })
     }
 
     /// When a request of `m` with `ahead` before it would start on `lane`: the wait for a slot
@@ -199,9 +202,8 @@ impl Scheduler {
             Room::Fits | Room::Evict(_) => queue + self.expected_load(LaneId(lane), m),
             Room::Barrier => {
                 let drain = self.lanes[lane]
-                    .running
-                    .iter()
-                    .map(|(x, _)| service(*x))
+                    .running()
+                    .map(service)
                     .max()
                     .unwrap_or_default();
                 drain + queue + self.expected_load(LaneId(lane), m)

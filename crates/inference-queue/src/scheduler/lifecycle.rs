@@ -4,7 +4,12 @@
 //! new work for the model on that lane and unloads it once its work in flight is done (the
 //! barrier).
 
-use super::*;
+use super::Scheduler;
+use super::api::{Event, Rejection};
+use super::lane::Phase;
+use super::residency::Room;
+use crate::config::ConfigError;
+use crate::types::{Kind, LaneId, ModelId, Time};
 
 /// What [`Scheduler::load_model`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,12 +62,12 @@ impl Scheduler {
             .map_or(Kind::Txt2Txt, |m| self.cfg.models[m.0].kinds[0]);
         let lane = self.advise(kind, model, lane)?.lane;
         let m = self.model_id(model).expect("advise knows it");
-        if self.holds(lane.0, m) {
+        if self.lanes[lane.0].holds(m) {
             return Ok((lane, LoadOutcome::Loaded));
         }
         self.lanes[lane.0].preload = Some(m);
         self.pump();
-        let outcome = if self.holds(lane.0, m) {
+        let outcome = if self.lanes[lane.0].holds(m) {
             LoadOutcome::Loaded
         } else {
             LoadOutcome::Scheduled
@@ -102,7 +107,7 @@ impl Scheduler {
             return Err(UnloadRefusal::Rejected(Rejection::UnknownLane(lane.0)));
         }
         let asked = self.lanes[lane.0].preload.take() == Some(m);
-        if !self.holds(lane.0, m) {
+        if !self.lanes[lane.0].holds(m) {
             if matches!(self.lanes[lane.0].phase, Phase::Preloading { model } if model == m) {
                 // Loading now: unloaded as soon as the load ends.
                 self.lanes[lane.0].draining = Some(m);
@@ -114,12 +119,12 @@ impl Scheduler {
                 UnloadOutcome::NotLoaded
             });
         }
-        let in_flight = self.running_of(lane.0, m);
+        let in_flight = self.lanes[lane.0].running_of(m);
         let waiting: usize = self
-            .groups
-            .iter()
-            .filter(|g| g.key.model == m && self.eligible(lane.0, g))
-            .map(|g| g.depth)
+            .queues
+            .groups()
+            .filter(|(_, g)| g.key.model == m && self.eligible(lane.0, g))
+            .map(|(_, g)| g.depth())
             .sum();
         if (in_flight > 0 || waiting > 0) && !force {
             return Err(UnloadRefusal::Busy { in_flight, waiting });
@@ -137,10 +142,10 @@ impl Scheduler {
     /// the lane dispatches nothing until the phase ends).
     pub(super) fn manage(&mut self, lane: usize) -> bool {
         if let Some(m) = self.lanes[lane].draining
-            && self.running_of(lane, m) == 0
+            && self.lanes[lane].running_of(m) == 0
         {
             self.lanes[lane].draining = None;
-            if self.holds(lane, m) {
+            if self.lanes[lane].holds(m) {
                 self.evict(lane, m);
                 self.unload(lane, None, &[m]);
                 return true;
@@ -150,14 +155,14 @@ impl Scheduler {
         let Some(m) = l.preload else {
             return false;
         };
-        if self.holds(lane, m) {
+        if self.lanes[lane].holds(m) {
             self.lanes[lane].preload = None;
             return false;
         }
         // The next switch point: nothing in flight, and the active group drained or due to yield.
         let active_continues = l.active.is_some_and(|a| {
-            self.groups[a].depth > 0
-                && self.lanes[lane].draining != Some(self.groups[a].key.model)
+            self.queues.group(a).depth() > 0
+                && self.lanes[lane].draining != Some(self.queues.group(a).key.model)
                 && self.may_continue_alone(lane)
         });
         if l.in_flight > 0 || active_continues {

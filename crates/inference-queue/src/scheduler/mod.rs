@@ -1,20 +1,26 @@
-//! The state machine: [`Scheduler`], one room per concern:
+//! The state machine: [`Scheduler`] composes the state of its parts, each a type that owns its
+//! state and one room per concern:
 //! - `api`: what goes in and comes out (submissions, outcomes, events);
-//! - `queues`: per-group FIFO bookkeeping, deadlines, retries, the byte budget;
-//! - `policy`: which group a lane serves next, the switch barrier, dispatch;
-//! - `residency`: what each lane holds, what fits, what to evict, learned costs;
+//! - `queues`: [`Queues`](queues::Queues), every request in the system and the groups' queues
+//!   (which request is served next, which has waited longest), deadlines, retries, the byte
+//!   budget;
+//! - `lane`: [`Lane`](lane::Lane), one upstream: its residency, running work, learned costs,
+//!   lifecycle phase and breaker;
+//! - `policy`: which group a lane serves next, the bounds, the switch barrier, dispatch;
+//! - `residency`: what fits on a lane under its budget, what to evict; the learned costs' types;
 //! - `placement`: balancer routings, placing requests and moving them off a failing lane;
 //! - `advice`: where a request would go and why, without queueing it;
-//! - `breaker`: the per-lane circuit breaker;
+//! - `breaker`: what a breaker's change means (events, requests moved);
+//! - `lifecycle`: operators' loads and unloads; `topology`: a reload's models and lanes;
 //! - `ids`: the request-id hasher.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
 
 mod advice;
 mod api;
 mod breaker;
 mod ids;
+mod lane;
 mod lifecycle;
 mod placement;
 mod policy;
@@ -24,134 +30,15 @@ mod topology;
 
 pub use advice::{Advice, LaneOption, Why};
 pub use api::*;
-use breaker::Breaker;
-use ids::IdMap;
+use lane::{Breaker, Lane, Phase};
 pub use lifecycle::{LoadOutcome, UnloadOutcome, UnloadRefusal};
-use residency::{Costs, Ewma, Room};
+use queues::{Queues, Req, ReqState};
 pub use topology::TopologyChange;
 
-use crate::config::{Config, ConfigError, ModelSpec};
+use crate::config::{Config, ConfigError};
 use crate::rng::Rng;
 use crate::status::{BreakerState, Counters, GroupStatus, LaneStatus, ResidentModel, Status};
 use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ReqState {
-    Queued,
-    Backoff { until: Time },
-    InFlight { lane: usize },
-    CancelledInFlight { lane: usize },
-}
-
-#[derive(Debug)]
-struct Req {
-    group: usize,
-    bytes: u64,
-    arrival: Time,
-    deadline: Time,
-    attempts: u32,
-    state: ReqState,
-    /// The lane its last attempt failed on (transiently): its retry goes elsewhere if it can.
-    failed_on: Option<usize>,
-    /// When its current attempt started.
-    started: Time,
-    /// Whether its current attempt loads the model (the first after a load without warm-up).
-    cold: bool,
-    /// Whether a balancer routing chose its lane (it moves when that lane fails); a caller's pin
-    /// never moves.
-    placed: bool,
-}
-
-#[derive(Debug)]
-struct Group {
-    key: GroupKey,
-    /// Waiting ids, oldest first. May hold tombstones (ids no longer queued) except at the front.
-    queue: VecDeque<RequestId>,
-    depth: usize,
-    in_flight: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Ready,
-    /// Waiting for `left` unloads before `next` starts (`None`: a management unload).
-    Unloading {
-        next: Option<usize>,
-        left: u32,
-    },
-    /// Loading `model` because an operator asked for it (`POST /models/load`).
-    Preloading {
-        model: ModelId,
-    },
-    WarmingUp {
-        next: usize,
-    },
-}
-
-#[derive(Debug)]
-struct Lane {
-    name: String,
-    active: Option<usize>,
-    /// Resident models, least recently used first. Every model with work in flight is here.
-    resident: Vec<ModelId>,
-    /// Models loaded without a warm-up whose first request has not started yet.
-    cold: Vec<ModelId>,
-    in_flight: u32,
-    /// Requests in flight per model.
-    running: Vec<(ModelId, u32)>,
-    /// Learned per model (indexed by [`ModelId`]).
-    costs: Vec<Costs>,
-    /// Per model: when a request of it last started or ended here.
-    used_at: Vec<Time>,
-    /// When the current lifecycle phase began.
-    phase_since: Time,
-    /// A model an operator asked to load here, at the lane's next idle moment.
-    preload: Option<ModelId>,
-    /// A model an operator asked to unload here: no new work for it, unloaded once idle.
-    draining: Option<ModelId>,
-    phase: Phase,
-    activated_at: Time,
-    batch: u32,
-    drained: bool,
-    breaker: Breaker,
-    /// Active health checks failed in a row. Counted apart from request failures: a check
-    /// answered says the server is up, not that its requests succeed.
-    failed_checks: u32,
-    /// Removed from the configuration: no new work; what runs here finishes.
-    retired: bool,
-}
-
-impl Lane {
-    /// A lane that holds nothing, with the models' configured costs, as of `now`.
-    fn new(name: &str, models: &[ModelSpec], now: Time) -> Lane {
-        Lane {
-            name: name.to_owned(),
-            active: None,
-            resident: Vec::new(),
-            cold: Vec::new(),
-            in_flight: 0,
-            running: Vec::new(),
-            costs: models
-                .iter()
-                .map(|m| Costs {
-                    load: Ewma::seeded(m.expected_load()),
-                    service: None,
-                })
-                .collect(),
-            used_at: vec![Time::ZERO; models.len()],
-            phase_since: now,
-            preload: None,
-            draining: None,
-            phase: Phase::Ready,
-            activated_at: now,
-            batch: 0,
-            drained: true,
-            breaker: Breaker::Closed { failures: 0 },
-            failed_checks: 0,
-            retired: false,
-        }
-    }
-}
 
 /// The scheduler core: a pure state machine. See the crate docs for the driving loop.
 ///
@@ -171,16 +58,8 @@ pub struct Scheduler {
     next_id: u64,
     accepting: bool,
     model_index: HashMap<String, ModelId>,
-    requests: IdMap<Req>,
-    groups: Vec<Group>,
-    group_index: HashMap<GroupKey, usize>,
+    queues: Queues,
     lanes: Vec<Lane>,
-    deadlines: BTreeSet<(Time, RequestId)>,
-    retries: BTreeSet<(Time, RequestId)>,
-    waiting_total: usize,
-    /// Payload bytes held by the requests in the system (waiting or in flight).
-    bytes_held: u64,
-    waiting_per_kind: [usize; Kind::COUNT],
     events: VecDeque<Event>,
     counters: Counters,
     rng: Rng,
@@ -211,15 +90,8 @@ impl Scheduler {
             next_id: 1,
             accepting: true,
             model_index,
-            requests: IdMap::default(),
-            groups: Vec::new(),
-            group_index: HashMap::new(),
+            queues: Queues::default(),
             lanes,
-            deadlines: BTreeSet::new(),
-            retries: BTreeSet::new(),
-            waiting_total: 0,
-            bytes_held: 0,
-            waiting_per_kind: [0; Kind::COUNT],
             events: VecDeque::new(),
             counters: Counters::default(),
             round_robin: usize::MAX,
@@ -272,12 +144,12 @@ impl Scheduler {
 
     /// Payload bytes held by the requests in the system (never above `limits.max_bytes_total`).
     pub fn bytes_held(&self) -> u64 {
-        self.bytes_held
+        self.queues.bytes_held()
     }
 
     /// Requests currently waiting (queued or backing off) plus running.
     pub fn in_system(&self) -> usize {
-        self.requests.len()
+        self.queues.len()
     }
 
     /// Whether intake is open.
@@ -292,21 +164,24 @@ impl Scheduler {
 
     /// The key of a request's group, if the request is in the system.
     pub fn group_of(&self, id: RequestId) -> Option<GroupKey> {
-        self.requests.get(&id).map(|r| self.groups[r.group].key)
+        self.queues.get(id).map(|r| self.queues.group(r.group).key)
     }
 
     /// A snapshot of every group and lane, with waits measured at `now`.
     pub fn status(&self, now: Time) -> Status {
         let now = now.max(self.now);
         let groups = self
-            .groups
-            .iter()
-            .map(|g| GroupStatus {
+            .queues
+            .groups()
+            .map(|(_, g)| GroupStatus {
                 kind: g.key.kind,
                 model: self.model_name(g.key.model).to_owned(),
                 lane: g.key.lane.map(|l| l.0),
-                depth: g.depth,
-                oldest_wait: self.front_arrival(g).map(|a| now.saturating_since(a)),
+                depth: g.depth(),
+                oldest_wait: self
+                    .queues
+                    .oldest_arrival(g)
+                    .map(|a| now.saturating_since(a)),
                 in_flight: g.in_flight,
             })
             .collect();
@@ -317,7 +192,7 @@ impl Scheduler {
             .map(|(i, l)| LaneStatus {
                 name: l.name.clone(),
                 active: l.active.map(|g| {
-                    let k = self.groups[g].key;
+                    let k = self.queues.group(g).key;
                     (k.kind, self.model_name(k.model).to_owned())
                 }),
                 resident: l
@@ -325,7 +200,7 @@ impl Scheduler {
                     .iter()
                     .map(|m| ResidentModel {
                         model: self.model_name(*m).to_owned(),
-                        in_flight: self.running_of(i, *m),
+                        in_flight: l.running_of(*m),
                         memory_mb: self.cfg.lanes[i].memory_mb.map(|_| self.footprint(i, *m)),
                     })
                     .collect(),
@@ -350,7 +225,7 @@ impl Scheduler {
         Status {
             groups,
             lanes,
-            waiting: self.waiting_total,
+            waiting: self.queues.waiting(),
             in_flight: self.lanes.iter().map(|l| l.in_flight as usize).sum(),
             accepting: self.accepting,
             counters: self.counters.clone(),
@@ -366,11 +241,8 @@ impl Scheduler {
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next, if anything is timed.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let mut t = self.deadlines.first().map(|(t, _)| *t);
+        let mut t = self.queues.next_due();
         let mut take = |c: Time| t = Some(t.map_or(c, |x| x.min(c)));
-        if let Some((r, _)) = self.retries.first() {
-            take(*r);
-        }
         for l in self.lanes.iter().filter(|l| !l.retired) {
             // A retired lane's breaker never half-opens: its pump returns at once.
             if let Breaker::Open { until } = l.breaker {
@@ -380,15 +252,11 @@ impl Scheduler {
         // A lane with a budget keeps an idle model as long as reloading it would take: wake up
         // when one may go.
         for (lane, l) in self.lanes.iter().enumerate() {
-            if self.cfg.lanes[lane].memory_mb.is_none() || self.waiting_total == 0 || l.retired {
+            if self.cfg.lanes[lane].memory_mb.is_none() || self.queues.waiting() == 0 || l.retired {
                 continue;
             }
-            for m in l
-                .resident
-                .iter()
-                .filter(|m| self.running_of(lane, **m) == 0)
-            {
-                let t = l.used_at[m.0] + l.costs[m.0].load.get();
+            for m in l.resident.iter().filter(|m| l.running_of(**m) == 0) {
+                let t = l.used_at[m.0] + l.expected_load(*m);
                 if t > self.now {
                     take(t);
                 }
@@ -400,13 +268,13 @@ impl Scheduler {
                 if l.phase != Phase::Ready {
                     continue;
                 }
-                for g in self.groups.iter().filter(|g| g.depth > 0) {
-                    if self.holds(lane, g.key.model) || !self.fits_lane(lane, g.key.model) {
+                for (_, g) in self.queues.groups().filter(|(_, g)| g.depth() > 0) {
+                    if l.holds(g.key.model) || !self.fits_lane(lane, g.key.model) {
                         continue;
                     }
-                    if let Some(f) = self.front_arrival(g) {
+                    if let Some(f) = self.queues.oldest_arrival(g) {
                         let cost = self.switch_cost(lane, g.key.model);
-                        let due = f + cost.div_f64(g.depth as f64);
+                        let due = f + cost.div_f64(g.depth() as f64);
                         if due > self.now {
                             take(due);
                         }
@@ -421,8 +289,8 @@ impl Scheduler {
             && self.lanes.len() > 1
             && self.lanes.iter().any(|l| l.in_flight == 0)
         {
-            for g in self.groups.iter().filter(|g| g.depth > 0) {
-                if let Some(f) = self.front_arrival(g)
+            for (_, g) in self.queues.groups().filter(|(_, g)| g.depth() > 0) {
+                if let Some(f) = self.queues.oldest_arrival(g)
                     && f + s > self.now
                 {
                     take(f + s);
@@ -488,7 +356,7 @@ impl Scheduler {
             });
         }
         let retry_after = self.cfg.limits.retry_after_hint;
-        if self.waiting_total >= self.cfg.limits.max_queued_total {
+        if self.queues.waiting() >= self.cfg.limits.max_queued_total {
             return Admission::Rejected(Rejection::QueueFull {
                 scope: QueueScope::Total,
                 retry_after,
@@ -496,14 +364,14 @@ impl Scheduler {
         }
         let ki = req.kind.index();
         if let Some(limit) = self.cfg.limits.max_queued_per_kind[ki]
-            && self.waiting_per_kind[ki] >= limit
+            && self.queues.waiting_of(req.kind) >= limit
         {
             return Admission::Rejected(Rejection::QueueFull {
                 scope: QueueScope::Kind(req.kind),
                 retry_after,
             });
         }
-        if self.bytes_held.saturating_add(req.bytes) > self.cfg.limits.max_bytes_total {
+        if self.queues.bytes_held().saturating_add(req.bytes) > self.cfg.limits.max_bytes_total {
             return Admission::Rejected(Rejection::QueueFull {
                 scope: QueueScope::Bytes,
                 retry_after,
@@ -515,7 +383,7 @@ impl Scheduler {
         } else {
             req.lane
         };
-        let group = self.group_for(GroupKey {
+        let group = self.queues.group_for(GroupKey {
             kind: req.kind,
             model,
             lane,
@@ -524,7 +392,7 @@ impl Scheduler {
         self.next_id += 1;
         let default = self.cfg.default_deadline[ki];
         let deadline = self.now + req.deadline.map_or(default, |d| d.min(default));
-        self.requests.insert(
+        self.queues.enqueue(
             id,
             Req {
                 group,
@@ -539,12 +407,6 @@ impl Scheduler {
                 placed,
             },
         );
-        self.deadlines.insert((deadline, id));
-        self.bytes_held += req.bytes;
-        self.groups[group].queue.push_back(id);
-        self.groups[group].depth += 1;
-        self.waiting_total += 1;
-        self.waiting_per_kind[ki] += 1;
         self.counters.accepted += 1;
         Admission::Accepted(id)
     }
@@ -552,17 +414,17 @@ impl Scheduler {
     /// The caller of `id` went away.
     pub fn cancel(&mut self, now: Time, id: RequestId) -> CancelOutcome {
         self.advance(now);
-        let Some(state) = self.requests.get(&id).map(|r| r.state) else {
+        let Some(state) = self.queues.get(id).map(|r| r.state) else {
             return CancelOutcome::Unknown;
         };
         let outcome = match state {
             ReqState::Queued | ReqState::Backoff { .. } => {
-                self.remove_waiting(id);
+                self.queues.remove_waiting(id);
                 self.counters.cancelled += 1;
                 CancelOutcome::Removed
             }
             ReqState::InFlight { lane } => {
-                if let Some(r) = self.requests.get_mut(&id) {
+                if let Some(r) = self.queues.get_mut(id) {
                     r.state = ReqState::CancelledInFlight { lane };
                 }
                 CancelOutcome::InFlight
@@ -576,7 +438,7 @@ impl Scheduler {
     /// An attempt of `id` ended with `outcome`.
     pub fn complete(&mut self, now: Time, id: RequestId, outcome: Outcome) -> Resolution {
         self.advance(now);
-        let Some(req) = self.requests.get(&id) else {
+        let Some(req) = self.queues.get(id) else {
             self.counters.ignored += 1;
             return Resolution::Ignored;
         };
@@ -588,43 +450,33 @@ impl Scheduler {
                 return Resolution::Ignored;
             }
         };
-        let group = req.group;
-        let attempts = req.attempts;
+        let (group, attempts, deadline, placed) =
+            (req.group, req.attempts, req.deadline, req.placed);
         let (started, cold) = (req.started, req.cold);
-        let model = self.groups[group].key.model;
-        self.lanes[lane].in_flight -= 1;
-        self.lanes[lane].used_at[model.0] = self.now;
-        self.remove_running(lane, model);
+        let model = self.queues.group(group).key.model;
+        let l = &mut self.lanes[lane.0];
+        l.end(model, self.now);
         if outcome == Outcome::Success {
-            self.learn(lane, model, self.now.saturating_since(started), cold);
+            l.learn(model, self.now.saturating_since(started), cold);
         }
-        self.groups[group].in_flight -= 1;
-        self.update_breaker(lane, id, outcome);
+        self.queues.attempt_ended(group);
+        self.update_breaker(lane.0, id, outcome);
 
         let resolution = match outcome {
             Outcome::Transient { retry_after, .. } if !cancelled => {
                 let delay = self.backoff(attempts).max(retry_after.unwrap_or_default());
                 let at = self.now + delay;
-                let deadline = self.requests.get(&id).map_or(self.now, |r| r.deadline);
                 // No retry past the queue deadline: the caller gets the upstream's error now
                 // rather than a deadline error later.
                 if attempts > self.cfg.retry.max_retries || at >= deadline {
-                    self.release(id);
+                    self.queues.release(id);
                     self.counters.exhausted += 1;
                     Resolution::Exhausted { attempts }
                 } else {
-                    let kind = self.groups[group].key.kind;
-                    if let Some(r) = self.requests.get_mut(&id) {
-                        r.state = ReqState::Backoff { until: at };
-                        r.failed_on = Some(lane);
-                        self.deadlines.insert((r.deadline, id));
-                    }
-                    self.retries.insert((at, id));
-                    self.waiting_total += 1;
-                    self.waiting_per_kind[kind.index()] += 1;
+                    self.queues.back_off(id, at, lane);
                     self.counters.retried += 1;
-                    if self.requests.get(&id).is_some_and(|r| r.placed) {
-                        self.move_placed(id, lane);
+                    if placed {
+                        self.move_placed(id, lane.0);
                     }
                     Resolution::Retry {
                         at,
@@ -633,7 +485,7 @@ impl Scheduler {
                 }
             }
             _ => {
-                self.release(id);
+                self.queues.release(id);
                 if cancelled || outcome == Outcome::Aborted {
                     self.counters.cancelled += 1;
                 } else {
@@ -674,17 +526,17 @@ impl Scheduler {
             }
             Phase::Preloading { model } => {
                 let took = self.now.saturating_since(l.phase_since);
-                self.lanes[lane.0].costs[model.0].load.observe(took);
-                self.touch(lane.0, model);
                 let l = &mut self.lanes[lane.0];
+                l.learn_load(model, took);
+                l.touch(model);
                 l.phase = Phase::Ready;
                 l.preload = None;
                 l.used_at[model.0] = self.now;
             }
             Phase::WarmingUp { next } => {
-                let model = self.groups[next].key.model;
+                let model = self.queues.group(next).key.model;
                 let took = self.now.saturating_since(l.phase_since);
-                self.lanes[lane.0].costs[model.0].load.observe(took);
+                self.lanes[lane.0].learn_load(model, took);
                 self.lanes[lane.0].phase = Phase::Ready;
                 self.activate(lane.0, next);
                 self.lanes[lane.0].cold.retain(|m| *m != model);
@@ -710,19 +562,46 @@ impl Scheduler {
     /// is untouched: the driver completes or aborts it.
     pub fn abort_waiting(&mut self, now: Time, reason: FailReason) {
         self.advance(now);
-        let ids: Vec<RequestId> = self
-            .requests
-            .iter()
+        let mut ids: Vec<RequestId> = self
+            .queues
+            .requests()
             .filter(|(_, r)| matches!(r.state, ReqState::Queued | ReqState::Backoff { .. }))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
-        let mut ids = ids;
         ids.sort();
         for id in ids {
-            self.remove_waiting(id);
+            self.queues.remove_waiting(id);
             self.counters.failed += 1;
             self.events.push_back(Event::Failed { id, reason });
         }
+    }
+}
+
+impl Scheduler {
+    /// Time passes to `now` (never backwards): deadlines due expire, retries due go back to the
+    /// head of their groups.
+    pub(super) fn advance(&mut self, now: Time) {
+        if now > self.now {
+            self.now = now;
+        }
+        let now = self.now;
+        while let Some((id, arrival)) = self.queues.pop_expired(now) {
+            self.counters.expired += 1;
+            self.events.push_back(Event::Expired {
+                id,
+                waited: now.saturating_since(arrival),
+            });
+        }
+        self.queues.due(now);
+    }
+
+    /// The backoff before retry `attempts + 1`: capped exponential, with seeded jitter.
+    pub(super) fn backoff(&mut self, attempts: u32) -> std::time::Duration {
+        let r = self.cfg.retry;
+        let exp = attempts.saturating_sub(1).min(30);
+        let raw = r.base.saturating_mul(1u32 << exp).min(r.cap);
+        let keep = 1.0 - r.jitter * self.rng.next_f64();
+        raw.mul_f64(keep)
     }
 }
 
@@ -730,8 +609,8 @@ impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scheduler")
             .field("now", &self.now)
-            .field("in_system", &self.requests.len())
-            .field("waiting", &self.waiting_total)
+            .field("in_system", &self.queues.len())
+            .field("waiting", &self.queues.waiting())
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }

@@ -2,8 +2,11 @@
 //! request gets a lane when it arrives, and moves to another when its lane fails (a retry after a
 //! failure there, or its breaker opening).
 
-use super::*;
+use super::Scheduler;
+use super::api::GroupKey;
+use super::queues::ReqState;
 use crate::config::Routing;
+use crate::types::{LaneId, ModelId, RequestId};
 
 impl Scheduler {
     /// The lane a balancer routing gives a request of `model`, avoiding `avoid`: among the
@@ -25,7 +28,8 @@ impl Scheduler {
             .iter()
             .copied()
             .filter(|l| {
-                Some(*l) != avoid && !matches!(self.lanes[*l].breaker, Breaker::Open { .. })
+                Some(*l) != avoid
+                    && !matches!(self.lanes[*l].breaker, super::lane::Breaker::Open { .. })
             })
             .collect();
         let pool = if healthy.is_empty() { hosts } else { healthy };
@@ -49,10 +53,10 @@ impl Scheduler {
     /// Requests placed on or pinned to `lane` that wait, plus those running there.
     fn outstanding(&self, lane: usize) -> usize {
         let waiting: usize = self
-            .groups
-            .iter()
-            .filter(|g| g.key.lane == Some(LaneId(lane)))
-            .map(|g| g.depth)
+            .queues
+            .groups()
+            .filter(|(_, g)| g.key.lane == Some(LaneId(lane)))
+            .map(|(_, g)| g.depth())
             .sum();
         waiting + self.lanes[lane].in_flight as usize
     }
@@ -60,80 +64,39 @@ impl Scheduler {
     /// Seconds until `lane` would finish one more request: what it holds, plus one, times its
     /// mean learned service time (1 s before it learned any).
     fn expected_finish(&self, lane: usize) -> f64 {
-        let learned: Vec<f64> = self.lanes[lane]
-            .costs
-            .iter()
-            .filter_map(|c| c.service.map(|s| s.get().as_secs_f64()))
-            .collect();
-        let mean = if learned.is_empty() {
-            1.0
-        } else {
-            learned.iter().sum::<f64>() / learned.len() as f64
-        };
-        (self.outstanding(lane) + 1) as f64 * mean
+        (self.outstanding(lane) + 1) as f64 * self.lanes[lane].mean_service_secs()
     }
 
     /// The group `(kind, model, lane)`, created if new.
-    pub(super) fn group_for(&mut self, key: GroupKey) -> usize {
-        if let Some(g) = self.group_index.get(&key) {
-            return *g;
-        }
-        self.groups.push(Group {
-            key,
-            queue: VecDeque::new(),
-            depth: 0,
-            in_flight: 0,
-        });
-        self.group_index.insert(key, self.groups.len() - 1);
-        self.groups.len() - 1
-    }
-
-    /// Move a waiting request the routing placed to another lane (not `from`).
     pub(super) fn move_placed(&mut self, id: RequestId, from: usize) {
-        let Some(r) = self.requests.get(&id) else {
+        let Some(r) = self.queues.get(id) else {
             return;
         };
-        let (old, state) = (r.group, r.state);
-        let key = self.groups[old].key;
+        let key = self.queues.group(r.group).key;
         let to = self.place(key.model, Some(from));
         if to == from {
             return;
         }
-        let new = self.group_for(GroupKey {
+        let new = self.queues.group_for(GroupKey {
             lane: Some(LaneId(to)),
             ..key
         });
-        if state == ReqState::Queued {
-            let g = &mut self.groups[old];
-            g.queue.retain(|x| *x != id);
-            g.depth -= 1;
-            Self::clean_front(&mut self.groups[old], &self.requests);
-            let g = &mut self.groups[new];
-            // Keep the group in arrival (id) order.
-            let at = g.queue.partition_point(|x| *x < id);
-            g.queue.insert(at, id);
-            g.depth += 1;
-            Self::clean_front(&mut self.groups[new], &self.requests);
-        }
-        if let Some(r) = self.requests.get_mut(&id) {
-            r.group = new;
-        }
+        self.queues.regroup(id, new);
     }
 
-    /// `lane`'s breaker opened: move the waiting requests the routing placed there to other lanes.
     pub(super) fn replace_from(&mut self, lane: usize) {
         if !self.cfg.routing.places_requests() {
             return;
         }
         let mut ids: Vec<RequestId> = self
-            .requests
-            .iter()
+            .queues
+            .requests()
             .filter(|(_, r)| {
                 r.placed
                     && matches!(r.state, ReqState::Queued | ReqState::Backoff { .. })
-                    && self.groups[r.group].key.lane == Some(LaneId(lane))
+                    && self.queues.group(r.group).key.lane == Some(LaneId(lane))
             })
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         ids.sort();
         for id in ids {

@@ -1,8 +1,15 @@
 //! The policy: which group each lane serves next (starving, priority, loaded model, oldest), the
 //! bounds, the switch barrier and lifecycle calls, and dispatch within `max_in_flight`.
 
-use super::*;
+use std::time::Duration;
+
+use super::Scheduler;
+use super::api::Event;
+use super::lane::Phase;
+use super::queues::{Group, GroupId, ReqState};
+use super::residency::Room;
 use crate::config::Routing;
+use crate::types::{LaneId, ModelId};
 
 /// How many times slower than the fastest other lane a lane must be to count as slow.
 pub const SLOW_FACTOR: f64 = 3.0;
@@ -17,7 +24,7 @@ impl Scheduler {
     /// Whether `lane` may take work from `g`: it has work, is not pinned elsewhere, and the
     /// routing lets this lane serve it.
     pub(super) fn eligible(&self, lane: usize, g: &Group) -> bool {
-        if g.depth == 0
+        if g.depth() == 0
             || g.key.lane.is_some_and(|l| l.0 != lane)
             || !self.fits_lane(lane, g.key.model)
             || self.lanes[lane].draining == Some(g.key.model)
@@ -37,13 +44,13 @@ impl Scheduler {
     /// Under cost-aware switching: whether `g` may make `lane` load its model now (always when
     /// the model is resident or `g` starves; else once its waiting outweighs the switch).
     pub(super) fn worth_loading(&self, lane: usize, g: &Group) -> bool {
-        if !self.cfg.cost_aware || self.holds(lane, g.key.model) || self.starving(g) {
+        if !self.cfg.cost_aware || self.lanes[lane].holds(g.key.model) || self.starving(g) {
             return true;
         }
-        let Some(front) = self.front_arrival(g) else {
+        let Some(front) = self.queues.oldest_arrival(g) else {
             return true;
         };
-        let pressure = g.depth as f64 * self.now.saturating_since(front).as_secs_f64();
+        let pressure = g.depth() as f64 * self.now.saturating_since(front).as_secs_f64();
         pressure >= self.switch_cost(lane, g.key.model).as_secs_f64()
     }
 
@@ -62,7 +69,8 @@ impl Scheduler {
     /// Whether the oldest waiter of `g` has waited past the starvation bound.
     pub(super) fn starving(&self, g: &Group) -> bool {
         self.cfg.bounds.starvation_after.is_some_and(|s| {
-            self.front_arrival(g)
+            self.queues
+                .oldest_arrival(g)
                 .is_some_and(|f| self.now.saturating_since(f) >= s)
         })
     }
@@ -71,18 +79,17 @@ impl Scheduler {
     /// routing lets serve its group and that can start it soon (it is idle or has the model), when
     /// there is one; else it stays with `lane` rather than wait on a busy one.
     pub(super) fn retry_goes_elsewhere(&self, lane: usize, g: &Group) -> bool {
-        let front_failed_here = g
-            .queue
-            .front()
-            .and_then(|id| self.requests.get(id))
-            .is_some_and(|r| r.failed_on == Some(lane));
-        front_failed_here
+        let next_failed_here = self
+            .queues
+            .next_of(g)
+            .is_some_and(|r| r.failed_on == Some(LaneId(lane)));
+        next_failed_here
             && (0..self.lanes.len()).any(|m| {
                 let l = &self.lanes[m];
                 m != lane
-                    && matches!(l.breaker, Breaker::Closed { .. })
+                    && l.is_closed()
                     && self.fits_lane(m, g.key.model)
-                    && (l.in_flight == 0 || self.holds(m, g.key.model))
+                    && (l.in_flight == 0 || l.holds(g.key.model))
                     && self.routable(m, g)
             })
     }
@@ -105,16 +112,14 @@ impl Scheduler {
         let model = g.key.model;
         (0..self.lanes.len())
             .filter(|l| {
-                matches!(self.lanes[*l].breaker, Breaker::Closed { .. })
-                    && self.fits_lane(*l, model)
-                    && !self.slow(*l, model)
+                self.lanes[*l].is_closed() && self.fits_lane(*l, model) && !self.slow(*l, model)
             })
             .min_by_key(|l| {
                 let lane = &self.lanes[*l];
                 let sole = lane
                     .resident
                     .iter()
-                    .any(|m| (0..self.lanes.len()).all(|o| o == *l || !self.holds(o, *m)));
+                    .any(|m| (0..self.lanes.len()).all(|o| o == *l || !self.lanes[o].holds(*m)));
                 let wanted = lane.resident.iter().any(|m| self.has_waiting(*m));
                 (
                     lane.in_flight > 0,
@@ -134,11 +139,7 @@ impl Scheduler {
             return false;
         };
         (0..self.lanes.len())
-            .filter(|i| {
-                *i != lane
-                    && matches!(self.lanes[*i].breaker, Breaker::Closed { .. })
-                    && self.fits_lane(*i, model)
-            })
+            .filter(|i| *i != lane && self.lanes[*i].is_closed() && self.fits_lane(*i, model))
             .filter_map(|i| self.expected_service(LaneId(i), model))
             .min()
             .is_some_and(|best| here > best.mul_f64(SLOW_FACTOR))
@@ -163,15 +164,15 @@ impl Scheduler {
     /// starving or waits deeper than `replica_depth` requests per slot of those lanes.
     fn affine(&self, lane: usize, g: &Group, replica_depth: u32) -> bool {
         let model = g.key.model;
-        if self.holds(lane, model) && !self.slow(lane, model) {
+        if self.lanes[lane].holds(model) && !self.slow(lane, model) {
             return true;
         }
-        // A lane that just failed the front request does not count as a home for its retry.
-        let failed_on = g
-            .queue
-            .front()
-            .and_then(|id| self.requests.get(id))
-            .and_then(|r| r.failed_on);
+        // A lane that just failed the next request does not count as a home for its retry.
+        let failed_on = self
+            .queues
+            .next_of(g)
+            .and_then(|r| r.failed_on)
+            .map(|l| l.0);
         let owners = self
             .lanes
             .iter()
@@ -179,10 +180,10 @@ impl Scheduler {
             .filter(|(i, l)| {
                 *i != lane
                     && Some(*i) != failed_on
-                    && self.holds(*i, model)
+                    && self.lanes[*i].holds(model)
                     && self.fits_lane(*i, model)
                     && !self.slow(*i, model)
-                    && matches!(l.breaker, Breaker::Closed { .. })
+                    && l.is_closed()
             })
             .count() as u64;
         if owners == 0 {
@@ -204,7 +205,7 @@ impl Scheduler {
             return self.cheapest_home(g) == Some(lane);
         }
         let slots = u64::from(self.cfg.models[model.0].max_in_flight) * owners;
-        if g.depth as u64 >= u64::from(replica_depth) * slots {
+        if g.depth() as u64 >= u64::from(replica_depth) * slots {
             return true;
         }
         // A starving group gets one more lane: the one whose switch costs least. One with
@@ -218,21 +219,14 @@ impl Scheduler {
     /// Whether `lane` is spare: idle, and none of its models has had work there for a
     /// starvation period (so none is likely to want it back soon).
     fn spare(&self, lane: usize) -> bool {
-        let l = &self.lanes[lane];
         let quiet = self.cfg.bounds.starvation_after.unwrap_or_default();
-        l.in_flight == 0
-            && l.resident
-                .iter()
-                .all(|m| self.now.saturating_since(l.used_at[m.0]) >= quiet)
+        self.lanes[lane].spare(self.now, quiet)
     }
 
     /// Whether a healthy lane other than `lane` could host `model`.
     fn other_home(&self, lane: usize, model: ModelId) -> bool {
-        (0..self.lanes.len()).any(|o| {
-            o != lane
-                && self.fits_lane(o, model)
-                && matches!(self.lanes[o].breaker, Breaker::Closed { .. })
-        })
+        (0..self.lanes.len())
+            .any(|o| o != lane && self.fits_lane(o, model) && self.lanes[o].is_closed())
     }
 
     pub(super) fn pump_lane(&mut self, lane: usize) {
@@ -241,28 +235,23 @@ impl Scheduler {
             return;
         }
         // Groups whose model has no free slot here: another resident model may still take work.
-        let mut full: Vec<usize> = Vec::new();
+        let mut full: Vec<GroupId> = Vec::new();
         loop {
+            let now = self.now;
             let l = &mut self.lanes[lane];
-            match l.breaker {
-                Breaker::Open { until } if self.now < until => return,
-                Breaker::Open { .. } => l.breaker = Breaker::HalfOpen { probe: None },
-                Breaker::HalfOpen { probe: Some(_) } => return,
-                _ => {}
-            }
-            if l.phase != Phase::Ready || self.manage(lane) {
+            if !l.admits_work(now) || l.phase != Phase::Ready || self.manage(lane) {
                 return;
             }
             let Some(target) = self.decide(lane, &full) else {
                 return;
             };
-            let model = self.groups[target].key.model;
-            if self.running_of(lane, model) >= self.cfg.models[model.0].max_in_flight {
+            let model = self.queues.group(target).key.model;
+            if self.lanes[lane].running_of(model) >= self.cfg.models[model.0].max_in_flight {
                 full.push(target);
                 continue;
             }
             if self.lanes[lane].active != Some(target) {
-                let urgent = self.starving(&self.groups[target]);
+                let urgent = self.starving(self.queues.group(target));
                 match self.room(lane, model, urgent) {
                     Room::Resident => {}
                     // The switch barrier: wait for the work of the models that must make room.
@@ -291,12 +280,12 @@ impl Scheduler {
                 }
                 self.activate(lane, target);
             }
-            self.dispatch_front(lane, target);
+            self.dispatch_next(lane, target);
         }
     }
 
     /// Enter the unloading phase: unload `victims`, then start `next` (if any).
-    pub(super) fn unload(&mut self, lane: usize, next: Option<usize>, victims: &[ModelId]) {
+    pub(super) fn unload(&mut self, lane: usize, next: Option<GroupId>, victims: &[ModelId]) {
         let l = &mut self.lanes[lane];
         l.phase = Phase::Unloading {
             next,
@@ -312,8 +301,8 @@ impl Scheduler {
     }
 
     /// Enter the warm-up phase: load `next`'s model, then start `next`.
-    pub(super) fn warm_up(&mut self, lane: usize, next: usize) {
-        let model = self.groups[next].key.model;
+    pub(super) fn warm_up(&mut self, lane: usize, next: GroupId) {
+        let model = self.queues.group(next).key.model;
         let l = &mut self.lanes[lane];
         l.phase = Phase::WarmingUp { next };
         l.phase_since = self.now;
@@ -324,16 +313,16 @@ impl Scheduler {
     }
 
     /// Make `group` the lane's active group.
-    pub(super) fn activate(&mut self, lane: usize, group: usize) {
+    pub(super) fn activate(&mut self, lane: usize, group: GroupId) {
         let now = self.now;
-        let key = self.groups[group].key;
-        let model_changed = !self.holds(lane, key.model);
-        self.touch(lane, key.model);
+        let key = self.queues.group(group).key;
         let l = &mut self.lanes[lane];
+        let model_changed = !l.holds(key.model);
+        l.touch(key.model);
         if model_changed {
             l.cold.push(key.model);
         }
-        let from = l.active.map(|g| self.groups[g].key);
+        let from = l.active.map(|g| self.queues.group(g).key);
         l.active = Some(group);
         l.activated_at = now;
         l.batch = 0;
@@ -352,41 +341,23 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn dispatch_front(&mut self, lane: usize, group: usize) {
-        let g = &mut self.groups[group];
-        let Some(id) = g.queue.pop_front() else {
+    /// Dispatch the request `group` serves next on `lane`.
+    pub(super) fn dispatch_next(&mut self, lane: usize, group: GroupId) {
+        let Some(id) = self.queues.take_next(group) else {
             return;
         };
-        g.depth -= 1;
-        g.in_flight += 1;
-        let kind = g.key.kind;
-        let model = g.key.model;
-        let cold = {
-            let l = &mut self.lanes[lane];
-            let cold = l.cold.contains(&model);
-            l.cold.retain(|m| *m != model);
-            cold
-        };
-        let r = self.requests.get_mut(&id).expect("queue fronts are live");
-        r.state = ReqState::InFlight { lane };
-        r.started = self.now;
+        let model = self.queues.group(group).key.model;
+        let now = self.now;
+        let l = &mut self.lanes[lane];
+        let cold = l.start(model, now);
+        l.probe_with(id);
+        let r = self.queues.get_mut(id).expect("queue heads are live");
+        r.state = ReqState::InFlight { lane: LaneId(lane) };
+        r.started = now;
         r.cold = cold;
         r.attempts += 1;
         let attempt = r.attempts;
-        let waited = self.now.saturating_since(r.arrival);
-        self.deadlines.remove(&(r.deadline, id));
-        Self::clean_front(&mut self.groups[group], &self.requests);
-        self.waiting_total -= 1;
-        self.waiting_per_kind[kind.index()] -= 1;
-        self.add_running(lane, model);
-        self.touch(lane, model);
-        self.lanes[lane].used_at[model.0] = self.now;
-        let l = &mut self.lanes[lane];
-        l.in_flight += 1;
-        l.batch += 1;
-        if let Breaker::HalfOpen { probe } = &mut l.breaker {
-            *probe = Some(id);
-        }
+        let waited = now.saturating_since(r.arrival);
         self.counters.dispatched += 1;
         self.events.push_back(Event::Dispatch {
             id,
@@ -398,13 +369,13 @@ impl Scheduler {
 
     /// The group the lane should dispatch from next, if any has work, leaving out `full` (groups
     /// whose model has no free slot on the lane).
-    pub(super) fn decide(&mut self, lane: usize, full: &[usize]) -> Option<usize> {
+    pub(super) fn decide(&mut self, lane: usize, full: &[GroupId]) -> Option<GroupId> {
         let active = self.lanes[lane].active;
         if let Some(a) = active
-            && self.groups[a].depth > 0
+            && self.queues.group(a).depth() > 0
             && !full.contains(&a)
-            && self.lanes[lane].draining != Some(self.groups[a].key.model)
-            && !self.retry_goes_elsewhere(lane, &self.groups[a])
+            && self.lanes[lane].draining != Some(self.queues.group(a).key.model)
+            && !self.retry_goes_elsewhere(lane, self.queues.group(a))
         {
             if self.lanes[lane].drained {
                 // The group ran dry and got new work: a fresh activation for the bounds.
@@ -428,15 +399,14 @@ impl Scheduler {
     /// Whether the lane may dispatch another request of its active group `a`: always, unless other
     /// groups wait and a dwell or batch bound is hit. Starvation never preempts the active group;
     /// it decides the choice at the next switch point (SPEC §2.4), so a busy lane keeps its batches.
-    pub(super) fn may_continue(&self, lane: usize, a: usize) -> bool {
+    pub(super) fn may_continue(&self, lane: usize, a: GroupId) -> bool {
         let b = self.cfg.bounds;
         if b == crate::config::Bounds::strict() {
             return true;
         }
         let others_waiting = self
-            .groups
-            .iter()
-            .enumerate()
+            .queues
+            .groups()
             .any(|(i, g)| i != a && self.eligible(lane, g));
         if !others_waiting {
             return true;
@@ -458,17 +428,16 @@ impl Scheduler {
     pub(super) fn choose_next(
         &self,
         lane: usize,
-        exclude: Option<usize>,
-        full: &[usize],
-    ) -> Option<usize> {
+        exclude: Option<GroupId>,
+        full: &[GroupId],
+    ) -> Option<GroupId> {
         let candidates = || {
-            self.groups
-                .iter()
-                .enumerate()
+            self.queues
+                .groups()
                 .filter(move |(i, g)| {
                     Some(*i) != exclude && !full.contains(i) && self.eligible(lane, g)
                 })
-                .filter_map(|(i, g)| self.front_arrival(g).map(|f| (i, g, f)))
+                .filter_map(|(i, g)| self.queues.oldest_arrival(g).map(|f| (i, g, f)))
         };
         if let Some(s) = self.cfg.bounds.starvation_after {
             let starving = candidates()
@@ -481,7 +450,7 @@ impl Scheduler {
         for kind in &self.priority {
             let best = candidates()
                 .filter(|(_, g, _)| g.key.kind == *kind)
-                .min_by_key(|(i, g, f)| (!self.holds(lane, g.key.model), *f, *i));
+                .min_by_key(|(i, g, f)| (!self.lanes[lane].holds(g.key.model), *f, *i));
             if let Some((i, _, _)) = best {
                 return Some(i);
             }

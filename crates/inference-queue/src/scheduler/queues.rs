@@ -1,32 +1,335 @@
-//! Queue bookkeeping: leaving the system, deadlines and retries coming due, FIFO fronts, backoff.
+//! The requests in the system and the queues they wait in: [`Queues`] owns every request, every
+//! group with its [`GroupQueue`], the deadline and retry calendars, the waiting counts and the
+//! payload bytes held. It knows nothing of lanes or of the policy.
+//!
+//! A group's queue answers two questions, kept apart: which request is served next
+//! ([`GroupQueue::next`], what dispatch takes) and which has waited longest
+//! ([`GroupQueue::oldest`], what the starvation bound, cost-aware loading and wake-ups read).
+//! Today both are the head of a FIFO (retries go back to the head); an order that serves
+//! requests in another order than they arrived changes `next` alone, and the starvation bound,
+//! stated on `oldest`, still holds.
 
-use super::*;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
-impl Scheduler {
-    /// Remove `id` from the map and give back its bytes.
+use super::api::GroupKey;
+use super::ids::IdMap;
+use crate::types::{Kind, LaneId, RequestId, Time};
+
+/// A group's index in [`Queues`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct GroupId(pub(super) usize);
+
+/// Where a request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReqState {
+    Queued,
+    Backoff { until: Time },
+    InFlight { lane: LaneId },
+    CancelledInFlight { lane: LaneId },
+}
+
+/// A request in the system.
+#[derive(Debug)]
+pub(super) struct Req {
+    pub(super) group: GroupId,
+    pub(super) bytes: u64,
+    pub(super) arrival: Time,
+    pub(super) deadline: Time,
+    pub(super) attempts: u32,
+    pub(super) state: ReqState,
+    /// The lane its last attempt failed on (transiently): its retry goes elsewhere if it can.
+    pub(super) failed_on: Option<LaneId>,
+    /// When its current attempt started.
+    pub(super) started: Time,
+    /// Whether its current attempt loads the model (the first after a load without warm-up).
+    pub(super) cold: bool,
+    /// Whether a balancer routing chose its lane (it moves when that lane fails); a caller's pin
+    /// never moves.
+    pub(super) placed: bool,
+}
+
+/// The waiting requests of one group. Ids may be tombstones (no longer queued) except at the
+/// head, which is always live.
+#[derive(Debug, Default)]
+pub(super) struct GroupQueue {
+    ids: VecDeque<RequestId>,
+    depth: usize,
+}
+
+impl GroupQueue {
+    /// Requests waiting.
+    pub(super) fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// The request dispatch serves next.
+    pub(super) fn next(&self) -> Option<RequestId> {
+        self.ids.front().copied()
+    }
+
+    /// The request that has waited longest (what the starvation bound reads).
+    pub(super) fn oldest(&self) -> Option<RequestId> {
+        self.ids.front().copied()
+    }
+
+    fn push_back(&mut self, id: RequestId) {
+        self.ids.push_back(id);
+        self.depth += 1;
+    }
+
+    /// A retry goes back to the head.
+    fn push_front(&mut self, id: RequestId) {
+        self.ids.push_front(id);
+        self.depth += 1;
+    }
+
+    /// Insert in arrival (id) order: a request moved here from another lane's group.
+    fn insert_in_order(&mut self, id: RequestId) {
+        let at = self.ids.partition_point(|x| *x < id);
+        self.ids.insert(at, id);
+        self.depth += 1;
+    }
+
+    fn remove(&mut self, id: RequestId) {
+        self.ids.retain(|x| *x != id);
+        self.depth -= 1;
+    }
+
+    /// One waiting request left (it was taken out of the map: a tombstone until it reaches the
+    /// head).
+    fn left(&mut self) {
+        self.depth -= 1;
+    }
+
+    fn pop_next(&mut self) -> Option<RequestId> {
+        let id = self.ids.pop_front()?;
+        self.depth -= 1;
+        Some(id)
+    }
+
+    /// Drop tombstones at the head, so that the head is always live.
+    fn clean(&mut self, requests: &IdMap<Req>) {
+        while let Some(front) = self.ids.front() {
+            match requests.get(front) {
+                Some(r) if r.state == ReqState::Queued => break,
+                _ => {
+                    self.ids.pop_front();
+                }
+            }
+        }
+    }
+}
+
+/// One group: its key, its queue and what it runs.
+#[derive(Debug)]
+pub(super) struct Group {
+    pub(super) key: GroupKey,
+    pub(super) queue: GroupQueue,
+    pub(super) in_flight: u32,
+}
+
+impl Group {
+    /// Requests waiting.
+    pub(super) fn depth(&self) -> usize {
+        self.queue.depth()
+    }
+}
+
+/// Every request in the system and the queues it waits in.
+#[derive(Debug, Default)]
+pub(super) struct Queues {
+    requests: IdMap<Req>,
+    groups: Vec<Group>,
+    index: HashMap<GroupKey, GroupId>,
+    /// Queue deadlines of waiting requests, soonest first.
+    deadlines: BTreeSet<(Time, RequestId)>,
+    /// Retries backing off, soonest first.
+    retries: BTreeSet<(Time, RequestId)>,
+    waiting: usize,
+    waiting_per_kind: [usize; Kind::COUNT],
+    /// Payload bytes held by the requests in the system (waiting or in flight).
+    bytes_held: u64,
+}
+
+impl Queues {
+    // ----- reading -----
+
+    /// A request.
+    pub(super) fn get(&self, id: RequestId) -> Option<&Req> {
+        self.requests.get(&id)
+    }
+
+    /// A request, to change.
+    pub(super) fn get_mut(&mut self, id: RequestId) -> Option<&mut Req> {
+        self.requests.get_mut(&id)
+    }
+
+    /// Every request in the system.
+    pub(super) fn requests(&self) -> impl Iterator<Item = (RequestId, &Req)> {
+        self.requests.iter().map(|(id, r)| (*id, r))
+    }
+
+    /// Requests in the system (waiting or running).
+    pub(super) fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// A group.
+    pub(super) fn group(&self, g: GroupId) -> &Group {
+        &self.groups[g.0]
+    }
+
+    /// Every group with its id.
+    pub(super) fn groups(&self) -> impl Iterator<Item = (GroupId, &Group)> {
+        self.groups.iter().enumerate().map(|(i, g)| (GroupId(i), g))
+    }
+
+    /// Requests waiting (queued or backing off).
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Requests of `kind` waiting.
+    pub(super) fn waiting_of(&self, kind: Kind) -> usize {
+        self.waiting_per_kind[kind.index()]
+    }
+
+    /// Payload bytes held by the requests in the system.
+    pub(super) fn bytes_held(&self) -> u64 {
+        self.bytes_held
+    }
+
+    /// When the group's oldest waiter arrived.
+    pub(super) fn oldest_arrival(&self, g: &Group) -> Option<Time> {
+        g.queue
+            .oldest()
+            .and_then(|id| self.requests.get(&id))
+            .map(|r| r.arrival)
+    }
+
+    /// The request `g` serves next.
+    pub(super) fn next_of(&self, g: &Group) -> Option<&Req> {
+        g.queue.next().and_then(|id| self.requests.get(&id))
+    }
+
+    /// The soonest deadline or retry, if any.
+    pub(super) fn next_due(&self) -> Option<Time> {
+        let d = self.deadlines.first().map(|(t, _)| *t);
+        let r = self.retries.first().map(|(t, _)| *t);
+        match (d, r) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- changing -----
+
+    /// The group of `key`, made on first use.
+    pub(super) fn group_for(&mut self, key: GroupKey) -> GroupId {
+        if let Some(g) = self.index.get(&key) {
+            return *g;
+        }
+        let id = GroupId(self.groups.len());
+        self.groups.push(Group {
+            key,
+            queue: GroupQueue::default(),
+            in_flight: 0,
+        });
+        self.index.insert(key, id);
+        id
+    }
+
+    /// Queue a new request `id` at the back of its group.
+    pub(super) fn enqueue(&mut self, id: RequestId, req: Req) {
+        let (g, kind) = (req.group, self.groups[req.group.0].key.kind);
+        self.deadlines.insert((req.deadline, id));
+        self.bytes_held += req.bytes;
+        self.requests.insert(id, req);
+        self.groups[g.0].queue.push_back(id);
+        self.waiting += 1;
+        self.waiting_per_kind[kind.index()] += 1;
+    }
+
+    /// Take the request `g` serves next out of its queue to run it: it keeps its bytes until it
+    /// leaves the system.
+    pub(super) fn take_next(&mut self, g: GroupId) -> Option<RequestId> {
+        let group = &mut self.groups[g.0];
+        let id = group.queue.pop_next()?;
+        group.in_flight += 1;
+        let kind = group.key.kind;
+        if let Some(r) = self.requests.get(&id) {
+            self.deadlines.remove(&(r.deadline, id));
+        }
+        self.waiting -= 1;
+        self.waiting_per_kind[kind.index()] -= 1;
+        self.groups[g.0].queue.clean(&self.requests);
+        Some(id)
+    }
+
+    /// A running request of `g` ended its attempt.
+    pub(super) fn attempt_ended(&mut self, g: GroupId) {
+        self.groups[g.0].in_flight -= 1;
+    }
+
+    /// A running request's attempt failed: it backs off until `until`, then goes back to the head
+    /// of its group ([`Self::due`]).
+    pub(super) fn back_off(&mut self, id: RequestId, until: Time, failed_on: LaneId) {
+        let Some(r) = self.requests.get_mut(&id) else {
+            return;
+        };
+        r.state = ReqState::Backoff { until };
+        r.failed_on = Some(failed_on);
+        let kind = self.groups[r.group.0].key.kind;
+        self.deadlines.insert((r.deadline, id));
+        self.retries.insert((until, id));
+        self.waiting += 1;
+        self.waiting_per_kind[kind.index()] += 1;
+    }
+
+    /// Remove `id` from the system (it left) and give back its bytes.
     pub(super) fn release(&mut self, id: RequestId) -> Option<Req> {
         let r = self.requests.remove(&id)?;
         self.bytes_held -= r.bytes;
         Some(r)
     }
 
-    pub(super) fn advance(&mut self, now: Time) {
-        if now > self.now {
-            self.now = now;
-        }
-        let now = self.now;
-        while let Some(&(t, id)) = self.deadlines.first() {
-            if t > now {
-                break;
+    /// Take a waiting (queued or backing-off) request out of the queues and the system.
+    pub(super) fn remove_waiting(&mut self, id: RequestId) -> Option<Req> {
+        let r = self.release(id)?;
+        self.deadlines.remove(&(r.deadline, id));
+        let kind = self.groups[r.group.0].key.kind;
+        self.waiting -= 1;
+        self.waiting_per_kind[kind.index()] -= 1;
+        match r.state {
+            ReqState::Queued => {
+                let g = &mut self.groups[r.group.0].queue;
+                g.left();
+                g.clean(&self.requests);
             }
-            let arrival = self.requests.get(&id).map_or(now, |r| r.arrival);
-            self.remove_waiting(id);
-            self.counters.expired += 1;
-            self.events.push_back(Event::Expired {
-                id,
-                waited: now.saturating_since(arrival),
-            });
+            ReqState::Backoff { until } => {
+                self.retries.remove(&(until, id));
+            }
+            _ => {}
         }
+        Some(r)
+    }
+
+    /// The first deadline due at `now`, taken out of the system: the expired request's id and
+    /// arrival.
+    pub(super) fn pop_expired(&mut self, now: Time) -> Option<(RequestId, Time)> {
+        let &(t, id) = self.deadlines.first()?;
+        if t > now {
+            return None;
+        }
+        let arrival = self.requests.get(&id).map_or(now, |r| r.arrival);
+        if self.remove_waiting(id).is_none() {
+            self.deadlines.remove(&(t, id));
+        }
+        Some((id, arrival))
+    }
+
+    /// Retries due at `now` go back to the head of their groups.
+    pub(super) fn due(&mut self, now: Time) {
         while let Some(&(t, id)) = self.retries.first() {
             if t > now {
                 break;
@@ -34,59 +337,26 @@ impl Scheduler {
             self.retries.pop_first();
             if let Some(r) = self.requests.get_mut(&id) {
                 r.state = ReqState::Queued;
-                let g = &mut self.groups[r.group];
-                g.queue.push_front(id);
-                g.depth += 1;
+                self.groups[r.group.0].queue.push_front(id);
             }
         }
     }
 
-    /// Take a waiting (queued or backing-off) request out of the system's queues and its map.
-    pub(super) fn remove_waiting(&mut self, id: RequestId) {
-        let Some(r) = self.release(id) else {
+    /// Move the request `id` to group `to` (a placed request leaving a failing lane), in arrival
+    /// order there when it is queued.
+    pub(super) fn regroup(&mut self, id: RequestId, to: GroupId) {
+        let Some(r) = self.requests.get(&id) else {
             return;
         };
-        self.deadlines.remove(&(r.deadline, id));
-        let kind = self.groups[r.group].key.kind;
-        self.waiting_total -= 1;
-        self.waiting_per_kind[kind.index()] -= 1;
-        match r.state {
-            ReqState::Queued => {
-                let g = &mut self.groups[r.group];
-                g.depth -= 1;
-                Self::clean_front(g, &self.requests);
-            }
-            ReqState::Backoff { until } => {
-                self.retries.remove(&(until, id));
-            }
-            _ => {}
+        let (from, state) = (r.group, r.state);
+        if state == ReqState::Queued {
+            self.groups[from.0].queue.remove(id);
+            self.groups[from.0].queue.clean(&self.requests);
+            self.groups[to.0].queue.insert_in_order(id);
+            self.groups[to.0].queue.clean(&self.requests);
         }
-    }
-
-    /// Pop ids at the front that are no longer queued, so that the front is always live.
-    pub(super) fn clean_front(g: &mut Group, requests: &IdMap<Req>) {
-        while let Some(front) = g.queue.front() {
-            match requests.get(front) {
-                Some(r) if r.state == ReqState::Queued => break,
-                _ => {
-                    g.queue.pop_front();
-                }
-            }
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.group = to;
         }
-    }
-
-    pub(super) fn front_arrival(&self, g: &Group) -> Option<Time> {
-        g.queue
-            .front()
-            .and_then(|id| self.requests.get(id))
-            .map(|r| r.arrival)
-    }
-
-    pub(super) fn backoff(&mut self, attempts: u32) -> Duration {
-        let r = self.cfg.retry;
-        let exp = attempts.saturating_sub(1).min(30);
-        let raw = r.base.saturating_mul(1u32 << exp).min(r.cap);
-        let keep = 1.0 - r.jitter * self.rng.next_f64();
-        raw.mul_f64(keep)
     }
 }

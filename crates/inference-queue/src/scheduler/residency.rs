@@ -5,7 +5,11 @@
 //! which is how a plain LocalAI or llama.cpp server behaves. A lane with a budget holds models
 //! while their sizes fit; a model of unknown size takes the whole budget.
 
-use super::*;
+use std::time::Duration;
+
+use super::Scheduler;
+use crate::config::ModelSpec;
+use crate::types::{LaneId, ModelId};
 
 /// An exponentially weighted average of durations (each observation weighs 1/4).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -35,6 +39,16 @@ pub(super) struct Costs {
     pub(super) load: Ewma,
     /// `None` until a request of the model completed on the lane.
     pub(super) service: Option<Ewma>,
+}
+
+impl Costs {
+    /// What is known of `model` before it ran: its configured (or estimated) load time.
+    pub(super) fn seeded(model: &ModelSpec) -> Costs {
+        Costs {
+            load: Ewma::seeded(model.expected_load()),
+            service: None,
+        }
+    }
 }
 
 /// What it takes to run a model on a lane.
@@ -84,26 +98,13 @@ impl Scheduler {
             .sum()
     }
 
-    /// Requests of `model` running on `lane`.
-    pub(super) fn running_of(&self, lane: usize, model: ModelId) -> u32 {
-        self.lanes[lane]
-            .running
-            .iter()
-            .find(|(m, _)| *m == model)
-            .map_or(0, |(_, n)| *n)
-    }
-
-    /// Whether `model` is resident on `lane` (a model with work in flight always is).
-    pub(super) fn holds(&self, lane: usize, model: ModelId) -> bool {
-        self.lanes[lane].resident.contains(&model)
-    }
-
     /// What running `model` on `lane` takes now. On a lane with a budget an idle model is kept at
     /// least as long as reloading it would take since it was last used (the ski-rental rule,
     /// against thrashing between co-resident sets), unless the work that needs room is `urgent`
     /// (starving).
     pub(super) fn room(&self, lane: usize, model: ModelId, urgent: bool) -> Room {
-        if self.holds(lane, model) {
+        let l = &self.lanes[lane];
+        if l.holds(model) {
             return Room::Resident;
         }
         let need = self.footprint(lane, model);
@@ -111,13 +112,13 @@ impl Scheduler {
         if need <= free {
             return Room::Fits;
         }
-        let l = &self.lanes[lane];
+        let budgeted = self.cfg.lanes[lane].memory_mb.is_some();
         let mut idle: Vec<(bool, Duration, usize, ModelId)> = l
             .resident
             .iter()
             .enumerate()
             .filter(|(_, m)| {
-                self.running_of(lane, **m) == 0 && (urgent || self.may_evict(lane, **m))
+                l.running_of(**m) == 0 && (urgent || l.may_evict(**m, budgeted, self.now))
             })
             .map(|(lru, m)| (self.has_waiting(*m), l.costs[m.0].load.get(), lru, *m))
             .collect();
@@ -139,72 +140,26 @@ impl Scheduler {
         }
     }
 
-    /// Whether the idle `model` has been idle on `lane` as long as reloading it would take (always
-    /// on a lane without a budget, which swaps as soon as its model is idle).
-    fn may_evict(&self, lane: usize, model: ModelId) -> bool {
-        let l = &self.lanes[lane];
-        self.cfg.lanes[lane].memory_mb.is_none()
-            || self.now >= l.used_at[model.0] + l.costs[model.0].load.get()
-    }
-
     /// Whether any request for `model` waits.
     pub(super) fn has_waiting(&self, model: ModelId) -> bool {
-        self.groups
-            .iter()
-            .any(|g| g.key.model == model && g.depth > 0)
+        self.queues
+            .groups()
+            .any(|(_, g)| g.key.model == model && g.depth() > 0)
     }
 
-    /// Make `model` the lane's most recently used resident model.
-    pub(super) fn touch(&mut self, lane: usize, model: ModelId) {
-        let r = &mut self.lanes[lane].resident;
-        r.retain(|m| *m != model);
-        r.push(model);
-    }
-
-    /// Forget that `model` is resident on `lane` (it was evicted).
+    /// Evict `model` from `lane` (it is idle).
     pub(super) fn evict(&mut self, lane: usize, model: ModelId) {
-        debug_assert_eq!(self.running_of(lane, model), 0, "evicting a busy model");
-        self.lanes[lane].resident.retain(|m| *m != model);
+        self.lanes[lane].forget(model);
         self.counters.evictions += 1;
-    }
-
-    pub(super) fn add_running(&mut self, lane: usize, model: ModelId) {
-        let running = &mut self.lanes[lane].running;
-        match running.iter_mut().find(|(m, _)| *m == model) {
-            Some((_, n)) => *n += 1,
-            None => running.push((model, 1)),
-        }
-    }
-
-    pub(super) fn remove_running(&mut self, lane: usize, model: ModelId) {
-        let running = &mut self.lanes[lane].running;
-        if let Some(i) = running.iter().position(|(m, _)| *m == model) {
-            running[i].1 -= 1;
-            if running[i].1 == 0 {
-                running.swap_remove(i);
-            }
-        }
-    }
-
-    /// A request of `model` that ran `took` on `lane` succeeded: learn from it. The first request
-    /// after a load that was not a separate warm-up carries the load.
-    pub(super) fn learn(&mut self, lane: usize, model: ModelId, took: Duration, cold: bool) {
-        let c = &mut self.lanes[lane].costs[model.0];
-        match (cold, &mut c.service) {
-            (true, Some(s)) => c.load.observe(took.saturating_sub(s.get())),
-            (true, None) => c.load.observe(took),
-            (false, Some(s)) => s.observe(took),
-            (false, None) => c.service = Some(Ewma::seeded(took)),
-        }
     }
 
     /// The learned (or seeded) load time of `model` on `lane`.
     pub fn expected_load(&self, lane: LaneId, model: ModelId) -> Duration {
-        self.lanes[lane.0].costs[model.0].load.get()
+        self.lanes[lane.0].expected_load(model)
     }
 
     /// The learned service time of `model` on `lane`, once one request completed there.
     pub fn expected_service(&self, lane: LaneId, model: ModelId) -> Option<Duration> {
-        self.lanes[lane.0].costs[model.0].service.map(Ewma::get)
+        self.lanes[lane.0].expected_service(model)
     }
 }

@@ -7,8 +7,10 @@
 //! a name that comes back is brought back under its old id. A lane whose upstream changed forgets
 //! what it had loaded, except what still runs there.
 
-use super::*;
-use crate::config::LaneSpec;
+use super::Scheduler;
+use super::lane::Lane;
+use crate::config::{ConfigError, LaneSpec, ModelSpec};
+use crate::types::{LaneId, ModelId, Time};
 
 /// What [`Scheduler::set_topology`] changed, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -110,13 +112,8 @@ impl Scheduler {
                     let i = self.cfg.models.len();
                     self.model_index.insert(spec.name.clone(), ModelId(i));
                     change.models_added.push(spec.name.clone());
-                    let costs = Costs {
-                        load: Ewma::seeded(spec.expected_load()),
-                        service: None,
-                    };
                     for l in &mut self.lanes {
-                        l.costs.push(costs);
-                        l.used_at.push(Time::ZERO);
+                        l.add_model(&spec);
                     }
                     self.cfg.models.push(spec);
                     kept.push(true);
@@ -144,12 +141,15 @@ impl Scheduler {
 
     /// The lane's upstream may hold anything now: keep only the models running there.
     pub(super) fn forget_residency(&mut self, lane: usize) {
-        let busy: Vec<ModelId> = self.lanes[lane]
+        let l = &mut self.lanes[lane];
+        let idle: Vec<ModelId> = l
             .resident
             .iter()
             .copied()
-            .filter(|m| self.running_of(lane, *m) > 0)
+            .filter(|m| l.running_of(*m) == 0)
             .collect();
-        self.lanes[lane].resident = busy;
+        for m in idle {
+            l.forget(m);
+        }
     }
 }
