@@ -257,4 +257,68 @@ mod tests {
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
+
+    /// The functions of `dir`'s Rust files longer than `max` lines (a function's first line to
+    /// the closing brace at its indentation).
+    fn long_functions(dir: &Path, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let mut i = 0;
+            while i < lines.len() {
+                let l = lines[i];
+                let trimmed = l.trim_start();
+                let is_fn = [
+                    "fn ",
+                    "pub fn ",
+                    "pub(super) fn ",
+                    "pub(crate) fn ",
+                    "async fn ",
+                    "pub(crate) async fn ",
+                ]
+                .iter()
+                .any(|p| trimmed.starts_with(p));
+                // A body, not a declaration: its signature ends with `{` (maybe lines later).
+                let body_opens = (i..lines.len())
+                    .take_while(|j| *j == i || !lines[*j].trim_end().ends_with(';'))
+                    .find(|j| lines[*j].trim_end().ends_with('{'));
+                if let (true, Some(open)) = (is_fn, body_opens) {
+                    let indent = &l[..l.len() - trimmed.len()];
+                    let close = format!("{indent}}}");
+                    let end = (open + 1..lines.len())
+                        .find(|j| lines[*j].starts_with(&close) && lines[*j].trim() == "}")
+                        .unwrap_or(i);
+                    if end - i + 1 > max {
+                        out.push(format!(
+                            "{}: {} ({} lines)",
+                            p.display(),
+                            trimmed,
+                            end - i + 1
+                        ));
+                    }
+                    i = end;
+                }
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_function_of_the_driver_is_over_80_lines() {
+        let long = long_functions(&root().join("crates/im-engine/src/driver"), 80);
+        assert!(
+            long.is_empty(),
+            "split these by input:\n{}",
+            long.join("\n")
+        );
+    }
 }

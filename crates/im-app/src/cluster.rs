@@ -153,7 +153,7 @@ async fn export_role(mut role: watch::Receiver<Role>, metrics: im_metrics::Metri
             Role::Follower(h) => (false, h.epoch),
             Role::Unknown => (false, 0),
         };
-        metrics.cluster_role(scheduler, epoch);
+        metrics.cluster().role(scheduler, epoch);
         if role.changed().await.is_err() {
             return;
         }

@@ -211,7 +211,7 @@ async fn a_client_that_does_not_read_is_closed_not_waited_for() {
     let metrics = built.engine.metrics().clone();
     let mut closed = 0;
     for _ in 0..1200 {
-        closed = metrics.ws_closed_count("slow");
+        closed = metrics.ws().closed_count("slow");
         if closed > 0 {
             break;
         }

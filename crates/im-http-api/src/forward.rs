@@ -207,7 +207,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
                 }
                 let bytes = buffered.clone().unwrap_or_default();
                 if attempts > 0 {
-                    f.metrics.forwarded("resent");
+                    f.metrics.cluster().forwarded("resent");
                 }
                 attempts += 1;
                 // A scheduler that stalls (paused, hung) is replaced when its lease lapses: stop
@@ -217,7 +217,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
                 tokio::select! {
                     answer = send(&f, &holder.url, &parts, bytes) => match answer {
                         Ok(r) if !r.headers().contains_key(NOT_SCHEDULER) => {
-                            f.metrics.forwarded("answered");
+                            f.metrics.cluster().forwarded("answered");
                             return im_edge::proxy::relay(r);
                         }
                         Ok(_) => last_error = format!("{} no longer schedules", holder.url),
@@ -235,7 +235,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            f.metrics.forwarded("unavailable");
+            f.metrics.cluster().forwarded("unavailable");
             return HttpError::new(
                 ErrorType::UpstreamUnavailable,
                 format!(

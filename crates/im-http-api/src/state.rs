@@ -186,7 +186,7 @@ fn request_span(req: &Request, id: &str) -> tracing::Span {
 pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, m: &Figures, arrived: Arrived) {
     let total = arrived.0.elapsed();
     let overhead = total.saturating_sub(m.queue_wait + m.processing);
-    st.service.engine().metrics().overhead(overhead);
+    st.service.engine().metrics().http().overhead(overhead);
     let pairs = [
         (
             "x-queue-wait-ms",

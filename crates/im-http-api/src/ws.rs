@@ -73,7 +73,7 @@ struct Outbox {
 impl Outbox {
     fn close(&self, code: u16, reason: &'static str) {
         if self.close.try_send((code, reason)).is_ok() {
-            self.metrics.ws_closed(match code {
+            self.metrics.ws().closed(match code {
                 CLOSE_TOO_SLOW => "slow",
                 _ => "unauthorized",
             });

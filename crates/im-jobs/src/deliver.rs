@@ -90,12 +90,12 @@ async fn attempt(inner: &Inner, mut job: Job) {
                 None => {
                     w.abandoned = true;
                     w.next_at_ms = None;
-                    inner.metrics.webhook_delivery("abandoned");
+                    inner.metrics.jobs().delivery("abandoned");
                 }
             }
         }
     }
-    inner.metrics.webhook_delivery(outcome);
+    inner.metrics.jobs().delivery(outcome);
     if outcome == "gone" {
         let url = hook.url.clone();
         if let Err(e) = inner.call(move |s| s.disable_endpoint(&url)).await {

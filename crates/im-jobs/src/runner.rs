@@ -457,7 +457,7 @@ impl Inner {
 
     fn gauge(&self) {
         let queued = self.lock_pending().len();
-        self.metrics.jobs(queued, self.running.len());
+        self.metrics.jobs().counts(queued, self.running.len());
     }
 
     /// Store a job that reached its final state and schedule its webhook.
@@ -471,7 +471,7 @@ impl Inner {
         if job.webhook.is_some() {
             self.schedule_delivery(now, &job.id);
         }
-        self.metrics.job_completed(outcome);
+        self.metrics.jobs().completed(outcome);
         self.gauge();
         if job.webhook.is_some() {
             self.wake_delivery.notify_one();

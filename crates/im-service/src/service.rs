@@ -278,7 +278,8 @@ impl Service {
             let hit = cache.get(key, call.payload(), &caller.request_id);
             self.engine
                 .metrics()
-                .cache(call.payload().model(), hit.is_some());
+                .cache()
+                .lookup(call.payload().model(), hit.is_some());
             if let Some(done) = hit {
                 return Ok(done);
             }
@@ -315,7 +316,7 @@ impl Service {
         let Some(s) = self.engine.status().await else {
             return json!({"accepting": false, "queue_size": 0, "backends": []});
         };
-        let stats = self.engine.metrics().lanes();
+        let stats = self.engine.metrics().engine().lanes();
         let backends: Vec<Value> = s
             .lanes
             .iter()
