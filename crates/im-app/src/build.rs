@@ -147,7 +147,13 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         // Jobs start when this replica starts scheduling (`crate::cluster`).
         AppState::new(service.clone())
     } else if config.jobs.enabled {
-        let dir = config.jobs.data_dir(sim.is_some());
+        let dir = config
+            .jobs
+            .data_dir(sim.is_some())
+            .ok_or_else(|| BuildError::Jobs {
+                dir: "$XDG_DATA_HOME/im".into(),
+                error: "neither XDG_DATA_HOME nor HOME names a directory".into(),
+            })?;
         if config.jobs.dir.is_none() && sim.is_some() {
             scratch = Some(Scratch(dir.clone()));
         }

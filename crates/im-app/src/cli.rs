@@ -36,7 +36,7 @@ pub struct CommonArgs {
     pub sim_time_scale: f64,
     /// Log format: text or json.
     #[arg(long, env = "IM_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    pub log_format: Option<crate::config::LogFormat>,
     /// Export traces to this OTLP/HTTP endpoint (e.g. http://localhost:4318/v1/traces).
     #[arg(long, env = "IM_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -54,6 +54,9 @@ pub struct CommonArgs {
     /// file), instead of `--fence-secret`.
     #[arg(long, env = "IM_FENCE_SECRET_FILE", conflicts_with = "fence_secret")]
     pub fence_secret_file: Option<PathBuf>,
+    /// Where durable jobs are kept (`jobs.dir`; default: `$XDG_DATA_HOME/im`).
+    #[arg(long, env = "IM_JOBS_DIR")]
+    pub jobs_dir: Option<String>,
     /// Override any config field: --set bounds.max_batch=16 --set policy=strict (repeatable).
     #[arg(long = "set", env = "IM_SET", value_delimiter = ';')]
     pub sets: Vec<String>,
@@ -86,7 +89,7 @@ impl CommonArgs {
             cfg.api_keys = keys;
         }
         if let Some(f) = &self.log_format {
-            cfg.log_format = f.clone();
+            cfg.log_format = *f;
         }
         if let Some(e) = &self.otlp_endpoint {
             cfg.tracing.otlp_endpoint = Some(e.clone());
@@ -96,6 +99,9 @@ impl CommonArgs {
         }
         if let Some(u) = &self.advertise_url {
             cfg.cluster.advertise_url = Some(u.clone());
+        }
+        if let Some(d) = &self.jobs_dir {
+            cfg.jobs.dir = Some(d.clone());
         }
         if let Some(s) = &self.fence_secret {
             cfg.cluster.fence_secret = Some(s.clone());

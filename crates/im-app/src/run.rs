@@ -71,10 +71,9 @@ pub fn telemetry(
     default_filter: &str,
 ) -> anyhow::Result<im_telemetry::Telemetry> {
     let settings = im_telemetry::Settings {
-        log_format: if cfg.log_format == "json" {
-            im_telemetry::LogFormat::Json
-        } else {
-            im_telemetry::LogFormat::Text
+        log_format: match cfg.log_format {
+            crate::config::LogFormat::Json => im_telemetry::LogFormat::Json,
+            crate::config::LogFormat::Text => im_telemetry::LogFormat::Text,
         },
         default_filter: default_filter.to_owned(),
         otlp: cfg.tracing.otlp()?,

@@ -158,7 +158,7 @@ async fn a_server_dies_mid_run_its_work_moves_and_it_rejoins() {
     cfg.retry.cap_ms = 50;
     cfg.breaker.failure_threshold = 2;
     cfg.breaker.cooldown_s = 0.5;
-    cfg.jobs.enabled = false; // no job store: these tests share a working directory
+    cfg.jobs.enabled = false; // no job store: these tests would share the data directory
     let built = app::build(cfg, None).await.expect("build");
     let app = im_http_api::router(built.state.clone());
 
@@ -256,20 +256,16 @@ async fn status_reports_each_backend() {
     .expect("sim");
     let mut cfg = ImConfig::default();
     cfg.upstreams = vec![
-        im_app::config::UpstreamEntry::Table {
+        im_app::config::UpstreamEntry::Table(im_app::config::UpstreamTable {
             url: good.url(),
             name: Some("good".into()),
-            api_key: None,
-            memory_gib: None,
-            labels: Vec::new(),
-        },
-        im_app::config::UpstreamEntry::Table {
+            ..Default::default()
+        }),
+        im_app::config::UpstreamEntry::Table(im_app::config::UpstreamTable {
             url: bad.url(),
             name: Some("bad".into()),
-            api_key: None,
-            memory_gib: None,
-            labels: Vec::new(),
-        },
+            ..Default::default()
+        }),
     ];
     cfg.api_keys = vec![DEMO_KEY.into()];
     cfg.retry.base_ms = 1;
@@ -277,8 +273,8 @@ async fn status_reports_each_backend() {
     cfg.retry.max_retries = 6;
     // The failing server's breaker opens after two failures; retries then go to the other.
     cfg.breaker.failure_threshold = 2;
-    cfg.routing.strategy = "least_loaded".into();
-    cfg.jobs.enabled = false; // no job store: these tests share a working directory
+    cfg.routing.strategy = im_app::config::Strategy::LeastLoaded;
+    cfg.jobs.enabled = false; // no job store: these tests would share the data directory
     let built = app::build(cfg, None).await.expect("build");
     let app = im_http_api::router(built.state.clone());
     let mut set = JoinSet::new();

@@ -43,7 +43,7 @@ async fn in_front_of(mode: SimMode, f: impl FnOnce(&mut ImConfig)) -> (SimServer
     cfg.retry.base_ms = 1;
     cfg.retry.cap_ms = 5;
     f(&mut cfg);
-    cfg.jobs.enabled = false; // no job store: these tests share a working directory
+    cfg.jobs.enabled = false; // no job store: these tests would share the data directory
     let built = app::build(cfg, None).await.expect("build");
     (sim, built)
 }
@@ -481,7 +481,7 @@ async fn upstream_tracebacks_reach_no_caller() {
         aliases: vec![],
         ..Default::default()
     }];
-    cfg.jobs.enabled = false; // no job store: these tests share a working directory
+    cfg.jobs.enabled = false; // no job store: these tests would share the data directory
     let built = app::build(cfg, None).await.expect("build");
     let router = im_http_api::router(built.state.clone());
     let body = json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}]});
@@ -583,15 +583,15 @@ async fn model_sizes_are_learned_where_llama_server_reports_them() {
     ];
     let url = llama_server_listing(&LISTED).await;
     let budgeted = |cfg: &mut ImConfig| {
-        cfg.upstreams = vec![im_app::config::UpstreamEntry::Table {
-            url: url.clone(),
-            name: None,
-            api_key: None,
-            memory_gib: Some(24.0),
-            labels: vec![],
-        }];
+        cfg.upstreams = vec![im_app::config::UpstreamEntry::Table(
+            im_app::config::UpstreamTable {
+                url: url.clone(),
+                memory_gib: Some(24.0),
+                ..Default::default()
+            },
+        )];
         cfg.api_keys = vec![DEMO_KEY.into()];
-        cfg.jobs.enabled = false; // no job store: these tests share a working directory
+        cfg.jobs.enabled = false; // no job store: these tests would share the data directory
     };
     let size = |built: &Built, name: &str| {
         built

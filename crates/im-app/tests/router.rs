@@ -456,7 +456,7 @@ async fn upstream_unavailable_and_rate_limited() {
     cfg.retry.max_retries = 0;
     cfg.http.rate_limit_per_s = 1;
     cfg.http.rate_limit_burst = 2;
-    cfg.jobs.enabled = false; // no job store: these tests share a working directory
+    cfg.jobs.enabled = false; // no job store: these tests would share the data directory
     let built = app::build(cfg, None).await.expect("build");
     let app = im_http_api::router(built.state.clone());
     let req = |key: &str| {

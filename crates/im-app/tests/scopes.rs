@@ -279,7 +279,7 @@ async fn without_keys_management_stays_closed() {
     let mut cfg = ImConfig::default();
     cfg.upstreams = vec![sim.url().into()];
     assert!(!cfg.has_keys());
-    cfg.jobs.enabled = false; // no job store: these tests share a working directory
+    cfg.jobs.enabled = false; // no job store: these tests would share the data directory
     let built = app::build(cfg, None).await.expect("build");
     let app = im_http_api::router(built.state.clone());
     assert_eq!(

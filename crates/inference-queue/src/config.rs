@@ -298,27 +298,6 @@ impl Default for Routing {
 }
 
 impl Routing {
-    /// Every routing's name, the default first.
-    pub const NAMES: [&'static str; 5] = [
-        "affinity",
-        "least_loaded",
-        "round_robin",
-        "best_performance",
-        "sticky_hash",
-    ];
-
-    /// The routing called `name` (one of [`Self::NAMES`]).
-    pub fn from_name(name: &str, replica_depth: u32) -> Option<Routing> {
-        Some(match name {
-            "affinity" => Routing::Affinity { replica_depth },
-            "least_loaded" => Routing::LeastLoaded,
-            "round_robin" => Routing::RoundRobin,
-            "best_performance" => Routing::BestPerformance,
-            "sticky_hash" => Routing::StickyHash,
-            _ => return None,
-        })
-    }
-
     /// Its name in configuration and reports.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -50,6 +50,15 @@ pub(super) fn check(d: &Deploy) -> Result<String> {
         docker.contains("USER ") && !docker.contains("USER root"),
         "Dockerfile must run as a non-root user"
     );
+    let jobs_dir = docker
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("IM_JOBS_DIR="))
+        .ok_or_else(|| anyhow::anyhow!("Dockerfile must set IM_JOBS_DIR (jobs are kept there)"))?;
+    ensure!(
+        docker.contains(&format!("VOLUME {jobs_dir}"))
+            && docker.contains(&format!("chown 10001:10001 {jobs_dir}")),
+        "Dockerfile: the jobs directory {jobs_dir} must be a VOLUME owned by the image's user"
+    );
     ensure!(
         docker.contains("HEALTHCHECK") && docker.contains("/health"),
         "Dockerfile needs a HEALTHCHECK on /health"
@@ -58,5 +67,5 @@ pub(super) fn check(d: &Deploy) -> Result<String> {
         d.root.join(".dockerignore").exists(),
         ".dockerignore missing"
     );
-    Ok("Dockerfile builds and copies existing binaries as released (no simulator), runs non-root, checks /health".into())
+    Ok("Dockerfile builds and copies existing binaries as released (no simulator), runs non-root, keeps jobs in a volume, checks /health".into())
 }

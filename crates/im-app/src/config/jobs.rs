@@ -13,8 +13,10 @@ use super::{ConfigError, MAX_SECONDS, invalid};
 pub struct JobsEntry {
     /// Serve `/v1/jobs` and `/webhooks/ingest`.
     pub enabled: bool,
-    /// Where the job store (`jobs.redb`) and large results live. Default: `im-data` in the
-    /// working directory; under `--simulate`, a fresh temporary directory.
+    /// Where the job store (`jobs.redb`) and large results live (`--jobs-dir`, `IM_JOBS_DIR`).
+    /// Default: the platform's data directory, `$XDG_DATA_HOME/im` (`~/.local/share/im`), never
+    /// the working directory; `/var/lib/im` in the Docker image; under `--simulate`, a fresh
+    /// temporary directory.
     pub dir: Option<String>,
     /// Jobs running at once; the rest wait as `queued` (they are queued requests like any other
     /// once they run, so this only bounds how many a burst of jobs puts in the queues).
@@ -127,16 +129,24 @@ impl JobsEntry {
         })
     }
 
-    /// The data directory: `dir`, else `im-data`, else (simulating) a fresh temporary one.
-    pub fn data_dir(&self, simulating: bool) -> PathBuf {
+    /// The data directory: `dir`, else (simulating) a fresh temporary one, else the platform's
+    /// (`None` when the environment names none).
+    pub fn data_dir(&self, simulating: bool) -> Option<PathBuf> {
         match &self.dir {
-            Some(d) => PathBuf::from(d),
-            None if simulating => {
-                std::env::temp_dir().join(format!("im-sim-{}", im_jobs::signing::random_id("")))
-            }
-            None => PathBuf::from("im-data"),
+            Some(d) => Some(PathBuf::from(d)),
+            None if simulating => Some(
+                std::env::temp_dir().join(format!("im-sim-{}", im_jobs::signing::random_id(""))),
+            ),
+            None => platform_data_dir(|name| std::env::var_os(name)).map(|d| d.join("im")),
         }
     }
+}
+
+/// The user's data directory by the XDG base directory rule: `$XDG_DATA_HOME` when it is an
+/// absolute path, else `$HOME/.local/share`.
+pub fn platform_data_dir(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let absolute = |name: &str| env(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    absolute("XDG_DATA_HOME").or_else(|| absolute("HOME").map(|home| home.join(".local/share")))
 }
 
 /// The outbound signing secret kept in `dir/webhook_secret`, made on first use.

@@ -13,7 +13,7 @@ mod sections;
 mod telemetry;
 
 pub use cluster::ClusterEntry;
-pub use jobs::{JobsEntry, stored_secret};
+pub use jobs::{JobsEntry, platform_data_dir, stored_secret};
 pub use sections::*;
 pub use telemetry::TracingEntry;
 
@@ -49,7 +49,7 @@ pub struct ImConfig {
     /// Kind priority, highest first.
     pub priority: Vec<String>,
     /// `strict` (the seeds' rule) or `bounded` (the default).
-    pub policy: String,
+    pub policy: PolicyName,
     /// Bounds for the bounded policy.
     pub bounds: BoundsEntry,
     /// Queue limits.
@@ -73,7 +73,7 @@ pub struct ImConfig {
     /// Seconds that shutdown waits for queued and running work.
     pub shutdown_grace_s: f64,
     /// `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Durable jobs and webhooks.
     pub jobs: JobsEntry,
     /// OpenTelemetry traces.
@@ -98,7 +98,7 @@ impl Default for ImConfig {
             models: Vec::new(),
             registry: Vec::new(),
             priority: Kind::ALL.iter().map(|k| k.to_string()).collect(),
-            policy: "bounded".into(),
+            policy: PolicyName::Bounded,
             bounds: BoundsEntry::default(),
             limits: LimitsEntry::default(),
             deadlines_s: BTreeMap::new(),
@@ -110,7 +110,7 @@ impl Default for ImConfig {
             batch: BatchEntry::default(),
             routing: RoutingEntry::default(),
             shutdown_grace_s: 30.0,
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             jobs: JobsEntry::default(),
             tracing: TracingEntry::default(),
             cluster: ClusterEntry::default(),
@@ -253,9 +253,9 @@ impl ImConfig {
             .enumerate()
             .map(|(i, k)| kind(&format!("priority[{i}]"), k))
             .collect::<Result<_, _>>()?;
-        c.bounds = match self.policy.as_str() {
-            "strict" => Bounds::strict(),
-            "bounded" => Bounds {
+        c.bounds = match self.policy {
+            PolicyName::Strict => Bounds::strict(),
+            PolicyName::Bounded => Bounds {
                 max_dwell: secs("bounds.max_dwell_s", self.bounds.max_dwell_s)?,
                 max_batch: (self.bounds.max_batch > 0).then_some(self.bounds.max_batch),
                 starvation_after: secs(
@@ -263,12 +263,6 @@ impl ImConfig {
                     self.bounds.starvation_after_s,
                 )?,
             },
-            other => {
-                return Err(invalid(
-                    "policy",
-                    format!("{other:?}: expected \"strict\" or \"bounded\""),
-                ));
-            }
         };
         c.limits.max_queued_total = self.limits.max_queued_total;
         c.limits.max_bytes_total = self.limits.max_queued_bytes;
@@ -292,18 +286,7 @@ impl ImConfig {
             cooldown: secs("breaker.cooldown_s", self.breaker.cooldown_s)?.unwrap_or_default(),
             health_check: secs("breaker.health_check_s", self.breaker.health_check_s)?,
         };
-        c.routing =
-            inference_queue::Routing::from_name(&self.routing.strategy, self.routing.replica_depth)
-                .ok_or_else(|| {
-                    invalid(
-                        "routing.strategy",
-                        format!(
-                            "{:?} is not one of {:?}",
-                            im_engine::truncate(&self.routing.strategy, 32),
-                            inference_queue::Routing::NAMES
-                        ),
-                    )
-                })?;
+        c.routing = self.routing.strategy.routing(self.routing.replica_depth);
         c.cost_aware = self.routing.cost_aware;
         c.unload_on_switch = self.unload_on_switch;
         c.warm_up = self.warm_up;
@@ -448,9 +431,6 @@ impl ImConfig {
                 "listen",
                 format!("{:?} is not an address like 127.0.0.1:8000", self.listen),
             ));
-        }
-        if !["text", "json"].contains(&self.log_format.as_str()) {
-            return Err(invalid("log_format", "\"text\" or \"json\""));
         }
         if self.http.body_limit_bytes < 1024 {
             return Err(invalid("http.body_limit_bytes", "at least 1024"));
@@ -757,5 +737,7 @@ pub fn guess_kinds(name: &str) -> Vec<String> {
     }
 }
 
+#[cfg(test)]
+mod key_trace;
 #[cfg(test)]
 mod tests;

@@ -77,51 +77,46 @@ fn ordinary_scopes() -> Vec<im_service::Scope> {
 }
 
 /// One upstream (a lane): its base URL, or a table naming it and its key.
-#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum UpstreamEntry {
     /// Just the base URL.
     Url(String),
-    /// URL, name and key.
-    Table {
-        /// Base URL (`http://host:8080`).
-        url: String,
-        /// The lane's name in status, metrics and logs (default: `default`, `lane1`, ...).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-        /// The key this server needs (default: `upstream_api_key`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        api_key: Option<String>,
-        /// The memory its models may take together, in GiB: models whose `size_gib` fit stay
-        /// loaded side by side (LocalAI's `--max-active-backends`, llama.cpp's `--models-max`).
-        /// Absent: one model at a time.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        memory_gib: Option<f64>,
-        /// Labels models can ask for (`["gpu-80g", "fast"]`).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        labels: Vec<String>,
-    },
+    /// URL, name, key, memory and labels.
+    Table(UpstreamTable),
 }
 
-impl std::fmt::Debug for UpstreamEntry {
+/// An upstream given as a table.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTable {
+    /// Base URL (`http://host:8080`).
+    pub url: String,
+    /// The lane's name in status, metrics and logs (default: `default`, `lane1`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The key this server needs (default: `upstream_api_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// The memory its models may take together, in GiB: models whose `size_gib` fit stay
+    /// loaded side by side (LocalAI's `--max-active-backends`, llama.cpp's `--models-max`).
+    /// Absent: one model at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_gib: Option<f64>,
+    /// Labels models can ask for (`["gpu-80g", "fast"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+impl std::fmt::Debug for UpstreamTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamEntry::Url(u) => write!(f, "{u:?}"),
-            UpstreamEntry::Table {
-                url,
-                name,
-                api_key,
-                memory_gib,
-                labels,
-            } => f
-                .debug_struct("Upstream")
-                .field("url", url)
-                .field("name", name)
-                .field("api_key", &api_key.as_ref().map(|_| "<set>"))
-                .field("memory_gib", memory_gib)
-                .field("labels", labels)
-                .finish(),
-        }
+        f.debug_struct("Upstream")
+            .field("url", &self.url)
+            .field("name", &self.name)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("memory_gib", &self.memory_gib)
+            .field("labels", &self.labels)
+            .finish()
     }
 }
 
@@ -141,14 +136,14 @@ impl UpstreamEntry {
     /// Its base URL.
     pub fn url(&self) -> &str {
         match self {
-            UpstreamEntry::Url(u) | UpstreamEntry::Table { url: u, .. } => u,
+            UpstreamEntry::Url(u) | UpstreamEntry::Table(UpstreamTable { url: u, .. }) => u,
         }
     }
 
     /// Its lane name, given or made from its position `i`.
     pub fn name(&self, i: usize) -> String {
         match self {
-            UpstreamEntry::Table { name: Some(n), .. } => n.clone(),
+            UpstreamEntry::Table(UpstreamTable { name: Some(n), .. }) => n.clone(),
             _ if i == 0 => "default".to_owned(),
             _ => format!("lane{i}"),
         }
@@ -157,7 +152,7 @@ impl UpstreamEntry {
     /// Its memory budget in GiB, if it has one.
     pub fn memory_gib(&self) -> Option<f64> {
         match self {
-            UpstreamEntry::Table { memory_gib, .. } => *memory_gib,
+            UpstreamEntry::Table(t) => t.memory_gib,
             UpstreamEntry::Url(_) => None,
         }
     }
@@ -165,7 +160,7 @@ impl UpstreamEntry {
     /// Its labels.
     pub fn labels(&self) -> &[String] {
         match self {
-            UpstreamEntry::Table { labels, .. } => labels,
+            UpstreamEntry::Table(t) => &t.labels,
             UpstreamEntry::Url(_) => &[],
         }
     }
@@ -173,8 +168,61 @@ impl UpstreamEntry {
     /// Its own key, if it has one.
     pub fn api_key(&self) -> Option<&str> {
         match self {
-            UpstreamEntry::Table { api_key, .. } => api_key.as_deref(),
+            UpstreamEntry::Table(t) => t.api_key.as_deref(),
             UpstreamEntry::Url(_) => None,
+        }
+    }
+}
+
+/// The scheduling policy.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    /// The seeds' rule: drain each queue completely before switching.
+    Strict,
+    /// The default: the seeds' rule within `[bounds]`, so nothing starves.
+    #[default]
+    Bounded,
+}
+
+/// Where log lines go.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How groups are spread over lanes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Groups go where their model is loaded, or where loading it costs least.
+    #[default]
+    Affinity,
+    /// A balancer: each request to the lane with the least outstanding work when it arrives.
+    LeastLoaded,
+    /// A balancer: each request to the next lane in turn.
+    RoundRobin,
+    /// A balancer: each request to the lane expected to finish it first.
+    BestPerformance,
+    /// Each model has one lane (a hash of its name).
+    StickyHash,
+}
+
+impl Strategy {
+    /// The core's routing.
+    pub fn routing(self, replica_depth: u32) -> inference_queue::Routing {
+        use inference_queue::Routing;
+        match self {
+            Strategy::Affinity => Routing::Affinity { replica_depth },
+            Strategy::LeastLoaded => Routing::LeastLoaded,
+            Strategy::RoundRobin => Routing::RoundRobin,
+            Strategy::BestPerformance => Routing::BestPerformance,
+            Strategy::StickyHash => Routing::StickyHash,
         }
     }
 }
@@ -187,7 +235,7 @@ pub struct RoutingEntry {
     /// least), or a balancer to compare with: `least_loaded`, `round_robin`, `best_performance`
     /// (each request placed when it arrives, whatever is loaded), `sticky_hash` (each model has
     /// one lane).
-    pub strategy: String,
+    pub strategy: Strategy,
     /// Under affinity: waiting requests per serving slot beyond which another lane loads the model
     /// too.
     pub replica_depth: u32,
@@ -203,7 +251,7 @@ impl Default for RoutingEntry {
             _ => 12,
         };
         RoutingEntry {
-            strategy: "affinity".into(),
+            strategy: Strategy::Affinity,
             replica_depth,
             cost_aware: inference_queue::Config::default().cost_aware,
         }

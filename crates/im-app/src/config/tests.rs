@@ -35,7 +35,7 @@ mod fields {
         let c = ImConfig::default()
             .with_overrides(&["bounds.max_batch=8".into(), "policy=strict".into()])
             .expect("ok");
-        assert_eq!((c.bounds.max_batch, c.policy.as_str()), (8, "strict"));
+        assert_eq!((c.bounds.max_batch, c.policy), (8, PolicyName::Strict));
         c.validate().expect("valid");
     }
 
@@ -80,15 +80,16 @@ mod fields {
             core.routing,
             inference_queue::Routing::Affinity { replica_depth: 12 }
         );
-        c.routing.strategy = "sticky_hash".into();
+        c.routing.strategy = Strategy::StickyHash;
         assert_eq!(
             c.core().expect("valid").routing,
             inference_queue::Routing::StickyHash
         );
-        c.routing.strategy = "random".into();
-        let e = c.core().expect_err("unknown strategy").to_string();
-        assert!(e.contains("routing.strategy"), "{e}");
-        c.routing.strategy = "affinity".into();
+        let e = ImConfig::from_toml("[routing]\nstrategy = \"random\"")
+            .expect_err("unknown strategy")
+            .to_string();
+        assert!(e.contains("strategy") && e.contains("least_loaded"), "{e}");
+        c.routing.strategy = Strategy::Affinity;
         c.routing.replica_depth = 0;
         let e = c.core().expect_err("zero depth").to_string();
         assert!(e.contains("routing.replica_depth"), "{e}");
@@ -234,6 +235,52 @@ mod fields {
     }
 }
 
+mod jobs_dir {
+    use super::*;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn jobs_live_in_the_platform_data_directory_never_the_working_one() {
+        assert_eq!(
+            platform_data_dir(env(&[("XDG_DATA_HOME", "/data"), ("HOME", "/home/u")])),
+            Some(PathBuf::from("/data"))
+        );
+        assert_eq!(
+            platform_data_dir(env(&[("HOME", "/home/u")])),
+            Some(PathBuf::from("/home/u/.local/share"))
+        );
+        // The XDG rule: a relative XDG_DATA_HOME is ignored, and so is a relative HOME.
+        assert_eq!(
+            platform_data_dir(env(&[("XDG_DATA_HOME", "data"), ("HOME", "/home/u")])),
+            Some(PathBuf::from("/home/u/.local/share"))
+        );
+        assert_eq!(platform_data_dir(env(&[("HOME", ".")])), None);
+        let dir = ImConfig::default().jobs.data_dir(false);
+        assert!(
+            dir.as_deref()
+                .is_none_or(|d| d.is_absolute() && d.ends_with("im")),
+            "{dir:?}"
+        );
+        let given = ImConfig::default()
+            .with_overrides(&["jobs.dir=/srv/im".into()])
+            .expect("ok");
+        assert_eq!(given.jobs.data_dir(false), Some(PathBuf::from("/srv/im")));
+    }
+}
+
 mod example {
     use super::*;
 
@@ -247,5 +294,96 @@ mod example {
         expected.deadlines_s = cfg.deadlines_s.clone();
         assert_eq!(cfg, expected, "the example documents the defaults");
         assert_eq!(cfg.core().expect("core").models.len(), 7);
+    }
+
+    /// The example's text under each table header (`[http]`, `[[models]]`, also commented out as
+    /// `# [[registry]]`), the part before the first header under `""`.
+    fn blocks(text: &str) -> BTreeMap<String, String> {
+        let mut blocks = BTreeMap::<String, String>::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            let bare = line.trim_start_matches('#').trim();
+            let header = bare
+                .strip_prefix('[')
+                .and_then(|h| h.split_once(']'))
+                .map(|(name, rest)| (name.trim_matches(['[', ']']), rest.trim_start_matches(']')));
+            match header {
+                Some((name, rest))
+                    if !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '.')
+                        && (rest.is_empty() || rest.trim_start().starts_with('#')) =>
+                {
+                    current = name.to_owned();
+                }
+                _ => {
+                    let block = blocks.entry(current.clone()).or_default();
+                    block.push_str(line);
+                    block.push('\n');
+                }
+            }
+        }
+        blocks
+    }
+
+    /// Whether `block` sets or shows `key` (`key = `, as a line or in an inline table).
+    fn mentions(block: &str, key: &str) -> bool {
+        block.match_indices(key).any(|(at, _)| {
+            let before = block[..at].chars().next_back();
+            let after = block[at + key.len()..].trim_start();
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '_') && after.starts_with('=')
+        })
+    }
+
+    #[test]
+    fn the_committed_example_shows_every_key() {
+        let mut keys = super::super::key_trace::Keys::default();
+        super::super::key_trace::trace::<ImConfig>("", &mut keys);
+        // The untagged upstream entry is a URL or this table.
+        super::super::key_trace::trace::<UpstreamTable>("upstreams[]", &mut keys);
+        assert!(
+            keys.opaque.iter().all(|p| p == "upstreams[]"),
+            "a type that decides its shape from the input needs its table traced: {:?}",
+            keys.opaque
+        );
+        assert!(
+            keys.paths.len() > 100,
+            "the tracer sees the sections: {keys:?}"
+        );
+
+        let blocks = blocks(include_str!("../../../../deploy/im.example.toml"));
+        let missing: Vec<&String> = keys
+            .paths
+            .iter()
+            .filter(|path| {
+                if blocks.contains_key(path.trim_end_matches("[]")) {
+                    return false; // a section, shown by its header
+                }
+                let (section, key) = match path.split_once('.') {
+                    Some((first, _)) if blocks.contains_key(first.trim_end_matches("[]")) => (
+                        first.trim_end_matches("[]"),
+                        path.rsplit('.').next().unwrap_or(path),
+                    ),
+                    _ => ("", path.rsplit('.').next().unwrap_or(path)),
+                };
+                !mentions(&blocks[section], key.trim_end_matches("[]"))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/im.example.toml lacks {missing:?}"
+        );
+    }
+
+    #[test]
+    fn a_key_left_out_of_the_example_is_noticed() {
+        let text = include_str!("../../../../deploy/im.example.toml");
+        let example = blocks(text);
+        assert!(mentions(&example["http"], "max_tokens"));
+        let without = text.replace("max_tokens = 32768", "");
+        assert!(!mentions(&blocks(&without)["http"], "max_tokens"));
+        assert!(mentions(&example[""], "memory_gib"), "inline tables count");
+        assert!(!mentions(&example["http"], "tokens"), "whole keys only");
     }
 }
