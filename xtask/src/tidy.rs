@@ -246,6 +246,24 @@ mod tests {
             ),
         ];
         let mut wrong = Vec::new();
+        for member in ["crates", "bins"].iter().flat_map(|d| {
+            std::fs::read_dir(root.join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+        }) {
+            let manifest =
+                std::fs::read_to_string(member.path().join("Cargo.toml")).unwrap_or_default();
+            if deps(&manifest, "[dependencies]")
+                .iter()
+                .any(|d| d == "im-testkit")
+            {
+                wrong.push(format!(
+                    "{} depends on im-testkit: it is for tests only",
+                    member.path().display()
+                ));
+            }
+        }
         for (krate, forbidden, why) in rules {
             let manifest =
                 std::fs::read_to_string(root.join(krate).join("Cargo.toml")).expect("manifest");
@@ -319,6 +337,61 @@ mod tests {
             long.is_empty(),
             "split these by input:\n{}",
             long.join("\n")
+        );
+    }
+
+    /// Every `.rs` file under a `tests/` folder of the workspace's members.
+    fn test_files(root: &Path) -> Vec<PathBuf> {
+        fn walk(dir: &Path, inside_tests: bool, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                let name = e.file_name();
+                if p.is_dir() && name != "target" && name != ".git" {
+                    walk(&p, inside_tests || name == "tests", out);
+                } else if inside_tests && p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for top in ["crates", "bins", "tests", "xtask"] {
+            walk(&root.join(top), top == "tests", &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn tests_wait_for_events_and_sleep_only_where_time_is_under_test() {
+        // A sleep that orders events passes on an idle machine and fails on a loaded one: tests
+        // wait with `im_testkit` (a condition polled until a deadline). A sleep that is itself
+        // the behaviour under test (a slow upstream, a stall past a lease, arrivals spread over
+        // time) or virtual time on a paused clock says so within the two lines above it.
+        let mut bare = Vec::new();
+        let files = test_files(&root());
+        assert!(files.len() > 20, "the walk finds the test files: {files:?}");
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                if !line.contains("sleep(") || line.trim_start().starts_with("//") {
+                    continue;
+                }
+                let said = lines[i.saturating_sub(2)..=i]
+                    .iter()
+                    .any(|l| l.contains("under test") || l.contains("virtual time"));
+                if !said {
+                    bare.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            bare.is_empty(),
+            "wait for the event (im_testkit::eventually/until), or say why the sleep is under \
+             test:\n{}",
+            bare.join("\n")
         );
     }
 }

@@ -192,7 +192,12 @@ async fn sigterm_drains_the_gate() {
             .header("content-type", "application/json")
             .send(),
     );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    im_testkit::eventually(
+        "the call passed on to LocalAI",
+        std::time::Duration::from_secs(20),
+        || async { sim.state().stats().requests_total >= 1 },
+    )
+    .await;
     let pid = gate.0.id().to_string();
     assert!(
         Command::new("kill")

@@ -110,9 +110,10 @@ async fn killing_the_scheduling_replica_loses_nothing_the_others_accepted_and_it
     for r in &replicas {
         loads.push(tokio::spawn(load(r.url.clone(), 60, 4, done.clone())));
     }
-    while done.load(Ordering::SeqCst) < 45 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    im_testkit::eventually("45 requests answered", Duration::from_secs(120), || async {
+        done.load(Ordering::SeqCst) >= 45
+    })
+    .await;
     let killed_at = Instant::now();
     let _ = replicas[victim].child.kill();
     let _ = replicas[victim].child.wait();
@@ -156,31 +157,29 @@ async fn killing_the_scheduling_replica_loses_nothing_the_others_accepted_and_it
 
     // Jobs the dead scheduler held run on the new one, each to one result.
     let c = client();
-    let deadline = Instant::now() + Duration::from_secs(30);
     for id in &jobs {
-        loop {
-            let v = get_json(&survivor, &format!("/v1/jobs/{id}"), KEY).await;
-            if v["status"] == "succeeded" {
-                assert!(
-                    v["attempts"].as_u64().is_some_and(|a| (1..=2).contains(&a)),
-                    "{v}"
-                );
-                let r = c
-                    .get(format!("{survivor}/v1/jobs/{id}/result"))
-                    .header("x-api-key", KEY)
-                    .send()
-                    .await
-                    .expect("result");
-                assert_eq!(r.status(), 200);
-                break;
-            }
-            assert!(
-                !["failed", "cancelled"].contains(&v["status"].as_str().unwrap_or("")),
-                "{v}"
-            );
-            assert!(Instant::now() < deadline, "job {id} never finished: {v}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let path = format!("/v1/jobs/{id}");
+        let v = im_testkit::until(
+            &format!("job {id} to end"),
+            Duration::from_secs(30),
+            || async {
+                let v = get_json(&survivor, &path, KEY).await;
+                (!["queued", "running"].contains(&v["status"].as_str().unwrap_or(""))).then_some(v)
+            },
+        )
+        .await;
+        assert_eq!(v["status"], "succeeded", "{v}");
+        assert!(
+            v["attempts"].as_u64().is_some_and(|a| (1..=2).contains(&a)),
+            "{v}"
+        );
+        let r = c
+            .get(format!("{survivor}/v1/jobs/{id}/result"))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .expect("result");
+        assert_eq!(r.status(), 200);
     }
 
     for (i, s) in sims.iter().enumerate() {
@@ -287,17 +286,20 @@ async fn a_stalled_scheduler_is_replaced_and_fenced_off_the_upstream_when_it_res
         Some(200),
         "the stale scheduler never gets an answer from the upstream"
     );
-    let start = Instant::now();
-    let code = loop {
-        if let Some(s) = replicas[a].child.try_wait().expect("wait") {
-            break s.code();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the stale scheduler stops"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let code = im_testkit::until(
+        "the stale scheduler to stop",
+        Duration::from_secs(20),
+        || {
+            std::future::ready(
+                replicas[a]
+                    .child
+                    .try_wait()
+                    .expect("wait")
+                    .map(|s| s.code()),
+            )
+        },
+    )
+    .await;
     assert_eq!(code, Some(75), "it exits as one that lost its lease");
     let st = sim.stats().await;
     assert_eq!(st["overcommits"], 0, "{st}");
@@ -486,9 +488,10 @@ async fn a_scheduler_stopped_for_a_rolling_update_hands_over_without_failing_a_r
     let (epoch, _) = lease(&redis).expect("lease");
     let done = Arc::new(AtomicUsize::new(0));
     let through_follower = tokio::spawn(load(follower.clone(), 60, 4, done.clone()));
-    while done.load(Ordering::SeqCst) < 15 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    im_testkit::eventually("15 requests answered", Duration::from_secs(120), || async {
+        done.load(Ordering::SeqCst) >= 15
+    })
+    .await;
     let old = replicas
         .iter_mut()
         .find(|r| r.url == scheduler)
@@ -613,20 +616,21 @@ async fn redis_losing_its_data_does_not_lock_the_scheduler_out_of_its_gates() {
 
     let done = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn(load(survivor.clone(), 40, 4, done.clone()));
-    while done.load(Ordering::SeqCst) < 8 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    im_testkit::eventually("8 requests answered", Duration::from_secs(120), || async {
+        done.load(Ordering::SeqCst) >= 8
+    })
+    .await;
     let _: () = redis::cmd("FLUSHALL").query(&mut c).expect("FLUSHALL");
     // The next scheduler takes the lease with epoch 1 (Redis forgot 6 and more); its calls pass
     // the gate within a lease of its taking over: refused once, its epoch raised above the gate's.
-    let took_over = loop {
-        if let Some((_, url)) = lease(&redis)
-            && url == survivor
-        {
-            break Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let took_over = im_testkit::until("the survivor's lease", Duration::from_secs(20), || {
+        std::future::ready(
+            lease(&redis)
+                .filter(|(_, url)| *url == survivor)
+                .map(|_| Instant::now()),
+        )
+    })
+    .await;
     assert_eq!(post(&client(), &survivor, "/txt2txt", &chat).await.0, 200);
     let passed = took_over.elapsed();
     eprintln!("the new scheduler's calls passed the gate {passed:?} after it took over");

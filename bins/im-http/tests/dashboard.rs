@@ -57,22 +57,18 @@ fn browse(url: &str, screenshot: Option<&PathBuf>) -> (String, Vec<String>) {
 
 /// The page's DOM once it contains `awaited`, with no console message on any load. The page
 /// renders what its WebSocket brings, and on a loaded machine that may come after the browser's
-/// snapshot, so it is loaded again (a fresh page each time), up to 10 times.
+/// snapshot, so it is loaded again (a fresh page each time) until it does, for up to two minutes.
 async fn browse_until(url: &str, awaited: &str) -> String {
-    let mut dom = String::new();
-    for _ in 0..10 {
+    let what = format!("the page to show {awaited}");
+    im_testkit::until(&what, Duration::from_secs(120), || async {
         let url = url.to_owned();
         let (seen, console) = tokio::task::spawn_blocking(move || browse(&url, None))
             .await
             .expect("browser");
         assert!(console.is_empty(), "console messages: {console:?}");
-        dom = seen;
-        if dom.contains(awaited) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    dom
+        seen.contains(awaited).then_some(seen)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +85,12 @@ async fn the_dashboard_shows_lanes_and_groups_under_load_without_console_errors(
         });
         futures_util::future::join_all(runs).await
     });
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    im_testkit::eventually("the load under way", Duration::from_secs(20), || async {
+        get_json(&s.url, "/queue-status", KEY).await["counters"]["accepted"]
+            .as_u64()
+            .is_some_and(|n| n >= 10)
+    })
+    .await;
 
     let page = format!("{}/dashboard#key={KEY}", s.url);
     let dom = browse_until(&page, ">default<").await;

@@ -130,7 +130,12 @@ async fn sigterm_under_load_leaves_no_request_unanswered() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    im_testkit::eventually("the 40 requests in im", Duration::from_secs(30), || async {
+        get_json(&s.url, "/queue-status", KEY).await["counters"]["accepted"]
+            .as_u64()
+            .is_some_and(|n| n >= 40)
+    })
+    .await;
     let pid = s.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -409,17 +414,12 @@ async fn sigterm_stops_im_http_while_an_mcp_event_stream_is_open() {
         .status()
         .expect("kill runs");
     assert!(killed.success());
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = s.child.try_wait().expect("wait") {
-            break st;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "still running with the MCP stream open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = im_testkit::until(
+        "im to exit with the MCP stream open",
+        Duration::from_secs(15),
+        || std::future::ready(s.child.try_wait().expect("wait")),
+    )
+    .await;
     assert!(status.success(), "{status:?}");
     drop(stream);
 }

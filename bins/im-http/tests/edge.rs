@@ -38,23 +38,18 @@ async fn sockets_that_never_send_a_byte_cannot_hold_the_server() {
     for _ in 0..50 {
         idle.push(TcpStream::connect(addr(&s.url)).await.expect("connect"));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = Instant::now();
+    // The server accepts connections in the order they came: /health's comes after the 50.
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .expect("client");
-    let mut served = false;
-    while started.elapsed() < Duration::from_secs(6) {
-        if let Ok(r) = c.get(format!("{}/health", s.url)).send().await
-            && r.status() == 200
-        {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(served, "/health is served while idle sockets are open");
+    let health = format!("{}/health", s.url);
+    im_testkit::eventually(
+        "/health served while idle sockets are open",
+        Duration::from_secs(6),
+        || async { c.get(&health).send().await.is_ok_and(|r| r.status() == 200) },
+    )
+    .await;
     drop(idle);
 }
 
@@ -81,6 +76,7 @@ async fn slow_bodies(url: &str, path: &str, headers: &str, n: usize) -> Vec<Stri
                         return;
                     }
                     sent += piece.len();
+                    // A body trickling in is under test.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             };
@@ -151,6 +147,7 @@ async fn slow_keyless_bodies_on_open_routes_are_not_buffered() {
             tokio::spawn(async move {
                 loop {
                     sampled.fetch_max(rss(pid), std::sync::atomic::Ordering::Relaxed);
+                    // Sampling RSS every 10 ms is the measurement under test.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             })
@@ -199,6 +196,7 @@ async fn a_follower_reads_no_body_before_the_key() {
         tokio::spawn(async move {
             loop {
                 sampled.fetch_max(rss(pid), std::sync::atomic::Ordering::Relaxed);
+                // Sampling RSS every 10 ms is the measurement under test.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -308,7 +306,16 @@ async fn clients_behind_a_trusted_proxy_are_counted_each_by_its_forwarded_addres
             running.push(tokio::spawn(send(client)));
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    im_testkit::eventually(
+        "the six requests in im",
+        Duration::from_secs(20),
+        || async {
+            get_json(&s.url, "/queue-status", KEY).await["counters"]["accepted"]
+                .as_u64()
+                .is_some_and(|n| n >= 6)
+        },
+    )
+    .await;
     // A third request of the first client is over its cap.
     let over = send("198.51.100.1").await.expect("answered");
     assert_eq!(over.status(), 429);
@@ -324,7 +331,7 @@ async fn clients_behind_a_trusted_proxy_are_counted_each_by_its_forwarded_addres
             .expect("write");
         held.push(c);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Accepted in the order they came: the third after the two held ones.
     let mut third = connect_from("127.0.0.5", &s.url).await.expect("connect");
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;

@@ -103,14 +103,18 @@ async fn a_killed_server_loses_no_request_its_work_moves_and_it_rejoins() {
         let (url, done) = (im.url.clone(), done.clone());
         async move { mixed_load(&url, 240, 12, done).await }
     });
-    while done.load(Ordering::SeqCst) < 60 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    im_testkit::eventually("60 requests answered", Duration::from_secs(120), || async {
+        done.load(Ordering::SeqCst) >= 60
+    })
+    .await;
     let before_kill = sims[1].stats().await;
     sims[1].kill();
-    while done.load(Ordering::SeqCst) < 150 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    im_testkit::eventually(
+        "150 requests answered",
+        Duration::from_secs(120),
+        || async { done.load(Ordering::SeqCst) >= 150 },
+    )
+    .await;
     let port = sims[1].port;
     sims[1] = SimProcess::start(port, 0.02).await;
     let tally = load.await.expect("load");
@@ -120,15 +124,10 @@ async fn a_killed_server_loses_no_request_its_work_moves_and_it_rejoins() {
         "the others took the dead server's work: {tally:?}"
     );
     // It rejoins: its health check answers, its breaker closes, and it serves again.
-    let mut rejoined = false;
-    for _ in 0..100 {
-        if backend(&im.url, "lane1").await["health"] == "healthy" {
-            rejoined = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(rejoined, "{}", backend(&im.url, "lane1").await);
+    im_testkit::eventually("lane1 healthy again", Duration::from_secs(30), || async {
+        backend(&im.url, "lane1").await["health"] == "healthy"
+    })
+    .await;
     let again = mixed_load(&im.url, 90, 12, Arc::new(AtomicUsize::new(0))).await;
     assert_eq!(again.ok, 90, "{again:?}");
     let after = sims[1].stats().await;

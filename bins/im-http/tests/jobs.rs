@@ -127,21 +127,19 @@ fn final_status(j: &Value) -> bool {
     )
 }
 
-/// Wait until `done` holds of the job list (polling), up to `secs`.
+/// The job list once `done` holds of it (`what`), within `secs`.
 async fn wait_for(
     c: &reqwest::Client,
     url: &str,
     secs: u64,
+    what: &str,
     done: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let until = std::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let jobs = all_jobs(c, url).await;
-        if done(&jobs) || std::time::Instant::now() > until {
-            return jobs;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = &done;
+    im_testkit::until(what, Duration::from_secs(secs), move || async move {
+        Some(all_jobs(c, url).await).filter(|jobs| done(jobs))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +163,7 @@ async fn a_sigkill_with_200_jobs_in_flight_loses_none_and_reruns_no_finished_one
         ids.push(v["id"].as_str().expect("id").to_owned());
     }
     // Some finish, most do not: then the process dies without a chance to save anything.
-    let before = wait_for(&c, &s.url, 120, |jobs| {
+    let before = wait_for(&c, &s.url, 120, "20 jobs succeeded", |jobs| {
         jobs.iter().filter(|j| j["status"] == "succeeded").count() >= 20
     })
     .await;
@@ -184,11 +182,17 @@ async fn a_sigkill_with_200_jobs_in_flight_loses_none_and_reruns_no_finished_one
     );
 
     let s = start_jobs("0.05", &dir, &[]);
-    let after = wait_for(&c, &s.url, 300, |jobs| {
-        jobs.len() == 200
-            && jobs.iter().all(final_status)
-            && jobs.iter().all(|j| j["webhook"]["delivered"] == true)
-    })
+    let after = wait_for(
+        &c,
+        &s.url,
+        300,
+        "all 200 jobs ended and delivered",
+        |jobs| {
+            jobs.len() == 200
+                && jobs.iter().all(final_status)
+                && jobs.iter().all(|j| j["webhook"]["delivered"] == true)
+        },
+    )
     .await;
     assert_eq!(after.len(), 200, "none lost");
     let mut after_ids: Vec<String> = after
@@ -262,15 +266,17 @@ async fn one_job_with_callback(c: &reqwest::Client, url: &str, hook: &str) -> St
 }
 
 async fn webhook_of(c: &reqwest::Client, url: &str, id: &str) -> Value {
-    for _ in 0..300 {
-        let (_, j) = get(c, url, &format!("/v1/jobs/{id}")).await;
-        let w = &j["webhook"];
-        if w["delivered"] == true || w["abandoned"] == true {
-            return j;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {id}'s webhook did not settle");
+    let path = format!("/v1/jobs/{id}");
+    im_testkit::until(
+        &format!("job {id}'s webhook to settle"),
+        Duration::from_secs(20),
+        || async {
+            let (_, j) = get(c, url, &path).await;
+            let w = &j["webhook"];
+            (w["delivered"] == true || w["abandoned"] == true).then_some(j)
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,14 +36,38 @@ async fn call(c: &reqwest::Client, url: &str, key: &str, path: &str) -> (u16, Va
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn sighup(s: &Server) {
+/// Waits until im has taken `n` requests of a load.
+async fn until_accepted(s: &Server, n: u64) {
+    im_testkit::eventually("the load under way", Duration::from_secs(20), || async {
+        get_json(&s.url, "/queue-status", STAY).await["counters"]["accepted"]
+            .as_u64()
+            .is_some_and(|a| a >= n)
+    })
+    .await
+}
+
+/// Reloads so far, applied or refused (`im_config_reloads_total`).
+async fn reloads(s: &Server, key: &str) -> u64 {
+    get_text(&s.url, "/metrics", key)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("im_config_reloads_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Sends SIGHUP and waits until im has reloaded (or refused to), as its metrics say.
+async fn sighup(s: &Server, key: &str) {
+    let before = reloads(s, key).await;
     let sent = Command::new("kill")
         .args(["-HUP", &s.child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(sent.success());
-    // The reload runs on im's side; give it a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    im_testkit::eventually("the reload", Duration::from_secs(20), || async {
+        reloads(s, key).await > before
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,12 +97,12 @@ async fn sighup_and_admin_reload_change_keys_and_priorities_under_load_and_lose_
         });
         futures_util::future::join_all(runs).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_accepted(&s, 10).await;
 
     // SIGHUP: a new admin key and another priority order, while the load runs.
     assert!(!load.is_finished(), "the reload comes under load");
     std::fs::write(&file, config("new-admin", r#""img2txt", "txt2img""#)).expect("write");
-    sighup(&s).await;
+    sighup(&s, STAY).await;
     assert_eq!(call(&c, &s.url, "old-admin", "/admin/reload").await.0, 401);
     let (status, v) = call(&c, &s.url, "new-admin", "/admin/reload").await;
     assert_eq!(status, 200, "the new key is in force: {v}");
@@ -95,7 +119,7 @@ async fn sighup_and_admin_reload_change_keys_and_priorities_under_load_and_lose_
 
     // An invalid file: refused, by SIGHUP and by the route; the running configuration stays.
     std::fs::write(&file, "priority = [\"teleport\"]\n").expect("write");
-    sighup(&s).await;
+    sighup(&s, STAY).await;
     let (status, v) = call(&c, &s.url, "new-admin", "/admin/reload").await;
     assert_eq!(status, 400, "{v}");
     assert!(
@@ -175,6 +199,7 @@ async fn a_reload_moves_work_to_a_new_upstream_and_changes_models_under_load_los
         for i in 0..40 {
             let (c, url) = (c.clone(), url.clone());
             runs.push(tokio::spawn(async move { chat(&c, &url, i).await }));
+            // Arrivals spread over time are the load under test: before, during and after.
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let mut out = Vec::new();
@@ -183,7 +208,7 @@ async fn a_reload_moves_work_to_a_new_upstream_and_changes_models_under_load_los
         }
         out
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_accepted(&s, 5).await;
     assert!(!load.is_finished(), "the reload comes under load");
 
     // gpu-a is replaced by gpu-b; stablediffusion goes, an embedding model comes.

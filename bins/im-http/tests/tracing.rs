@@ -164,19 +164,21 @@ async fn each_request_is_one_span_tree_under_the_callers_trace_with_a_span_per_a
 
     // The batch exporter sends every 100 ms; an attempt's span may end just after its request's.
     let want = asked.len() + 1;
-    for _ in 0..100 {
-        let roots = spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.name.starts_with("POST "))
-            .count();
-        if roots >= want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let traced: usize = asked.iter().map(|(_, _, a)| 4 + a).sum();
+    im_testkit::eventually(
+        "every request's and attempt's span exported",
+        Duration::from_secs(20),
+        || {
+            let spans = spans.lock().unwrap();
+            let roots = spans.iter().filter(|s| s.name.starts_with("POST ")).count();
+            let in_asked = spans
+                .iter()
+                .filter(|s| asked.iter().any(|(t, _, _)| *t == s.trace))
+                .count();
+            std::future::ready(roots >= want && in_asked >= traced)
+        },
+    )
+    .await;
     drop(im);
     let spans = spans.lock().unwrap().clone();
     let received: HashSet<String> = sim.state().traceparents().into_iter().collect();

@@ -375,7 +375,7 @@ async fn remote_mode_uses_im_http_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_tool_calls_run_in_the_scheduler_order() {
-    let (url, _built) = im_http().await;
+    let (url, built) = im_http().await;
     let c = http_client(&format!("{url}/mcp"), DEMO_KEY).await;
     let peer = c.peer().clone();
     // A long image job holds the lane (150 steps x 4 images at time scale 0.01: ~1.8 s).
@@ -390,9 +390,9 @@ async fn concurrent_tool_calls_run_in_the_scheduler_order() {
             p.call_tool(params).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_status(&built, "the image running", |s| s.in_flight == 1).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for (tool, args) in [
+    for (queued, (tool, args)) in [
         (
             "img2txt",
             json!({"model": VLM, "prompt": "?", "image": png_b64()}),
@@ -402,7 +402,10 @@ async fn concurrent_tool_calls_run_in_the_scheduler_order() {
             json!({"model": SD, "prompt": "p", "width": 8, "height": 8, "steps": 1, "file": png_b64()}),
         ),
         ("txt2txt", json!({"model": LLM, "prompt": "first"})),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let (p, tx) = (peer.clone(), tx.clone());
         tokio::spawn(async move {
             let mut params = CallToolRequestParams::new(tool);
@@ -410,7 +413,8 @@ async fn concurrent_tool_calls_run_in_the_scheduler_order() {
             let r = p.call_tool(params).await.expect("answered");
             let _ = tx.send((tool, r.is_error));
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // In this order: each queued before the next is sent.
+        until_status(&built, "the call queued", |s| s.waiting == queued + 1).await;
     }
     drop(tx);
     assert_ne!(
@@ -458,16 +462,25 @@ fn hold_the_lane(url: &str) -> tokio::task::JoinHandle<reqwest::Result<reqwest::
     })
 }
 
-/// Wait until the engine counted `n` cancellations (at most `within`).
+/// The engine's counters once it counted `n` cancellations (within `within`).
 async fn cancelled(built: &im_app::Built, n: u64, within: Duration) -> inference_queue::Counters {
-    let end = tokio::time::Instant::now() + within;
-    loop {
-        let c = built.engine.status().await.expect("running").counters;
-        if c.cancelled >= n || tokio::time::Instant::now() > end {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    im_testkit::until("the cancellations", within, || async {
+        Some(built.engine.status().await.expect("running").counters).filter(|c| c.cancelled >= n)
+    })
+    .await
+}
+
+/// Waits until the engine's status shows `what`.
+async fn until_status(
+    built: &im_app::Built,
+    what: &str,
+    cond: impl Fn(&inference_queue::Status) -> bool,
+) {
+    let cond = &cond;
+    im_testkit::eventually(what, Duration::from_secs(20), move || async move {
+        built.engine.status().await.is_some_and(|s| cond(&s))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,7 +490,7 @@ async fn an_mcp_cancellation_takes_the_call_out_of_the_queue() {
     use rmcp::service::PeerRequestOptions;
     let (url, built) = im_http_with(0.01, |_| {}).await;
     let busy = hold_the_lane(&url);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_status(&built, "the image running", |s| s.in_flight == 1).await;
     let c = http_client(&format!("{url}/mcp"), DEMO_KEY).await;
     let mut p = CallToolRequestParams::new("txt2txt");
     p.arguments = json!({"model": LLM, "prompt": "hi"}).as_object().cloned();
@@ -489,7 +502,7 @@ async fn an_mcp_cancellation_takes_the_call_out_of_the_queue() {
         )
         .await
         .expect("sent");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    until_status(&built, "the call queued", |s| s.waiting == 1).await;
     handle
         .cancel(Some("changed my mind".into()))
         .await
@@ -511,7 +524,7 @@ async fn a_vanished_mcp_client_cancels_its_queued_call() {
     // gives a closed session's handlers 5 s to answer, then cancels them.
     let (url, built) = im_http_with(0.04, |_| {}).await; // the image job holds the lane ~7 s
     let busy = hold_the_lane(&url);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_status(&built, "the image running", |s| s.in_flight == 1).await;
     let c = http_client(&format!("{url}/mcp"), DEMO_KEY).await;
     let mut p = CallToolRequestParams::new("txt2txt");
     p.arguments = json!({"model": LLM, "prompt": "hi"}).as_object().cloned();

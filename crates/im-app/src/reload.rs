@@ -121,8 +121,15 @@ impl Reloader {
         }
     }
 
-    /// Read the configuration again and apply it; the settings that changed.
+    /// Read the configuration again and apply it; the settings that changed. Counted in
+    /// `im_config_reloads_total` either way.
     pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        let outcome = self.apply().await;
+        self.engine.metrics().config().reloaded(outcome.is_ok());
+        outcome
+    }
+
+    async fn apply(&self) -> Result<Vec<String>, ReloadError> {
         let mut fresh = (self.load)().map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
         let before = self
             .loaded
@@ -145,7 +152,7 @@ impl Reloader {
         next.api_keys = fresh.api_keys.clone();
         next.keys = fresh.keys.clone();
         next.priority = fresh.priority.clone();
-        next.policy = fresh.policy.clone();
+        next.policy = fresh.policy;
         next.bounds = fresh.bounds.clone();
         next.limits = fresh.limits.clone();
         next.deadlines_s = fresh.deadlines_s.clone();

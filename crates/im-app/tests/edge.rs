@@ -200,15 +200,11 @@ async fn a_recovered_job_too_large_for_the_byte_budget_fails_instead_of_running_
     };
     im_jobs::JobStore::put(&store, &job).expect("put");
     let (_sim, _engine, app) = stack(8192, Arc::new(store)).await;
-    let mut last = Value::Null;
-    for _ in 0..200 {
+    let last = im_testkit::until("the job to end", Duration::from_secs(20), || async {
         let (_, v) = call(&app, "GET", "/v1/jobs/job_big", "", &[], Vec::new()).await;
-        last = v;
-        if last["status"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        (v["status"] == "failed" || v["status"] == "succeeded").then_some(v)
+    })
+    .await;
     assert_eq!(last["status"], "failed", "the job fails: {last}");
     assert_eq!(last["error"]["status"], 413, "{last}");
     let _ = std::fs::remove_dir_all(dir);
@@ -400,10 +396,13 @@ struct GatedStore {
     inner: im_jobs::RedbStore,
     open: std::sync::Mutex<bool>,
     changed: std::sync::Condvar,
+    /// Calls that came to the gate, open or shut.
+    calls: std::sync::atomic::AtomicUsize,
 }
 
 impl GatedStore {
     fn wait(&self) {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut open = self.open.lock().expect("lock");
         while !*open {
             open = self.changed.wait(open).expect("wait");
@@ -451,6 +450,7 @@ async fn a_stalled_job_store_does_not_stall_requests_that_need_no_store() {
         inner: im_jobs::RedbStore::open(&dir).expect("store"),
         open: std::sync::Mutex::new(true),
         changed: std::sync::Condvar::new(),
+        calls: Default::default(),
     });
     let (_sim, _engine, app) = stack(1 << 30, store.clone()).await;
     store.set(false);
@@ -466,6 +466,7 @@ async fn a_stalled_job_store_does_not_stall_requests_that_need_no_store() {
         })
     };
     // More job submissions than the runtime has workers, each stuck in the store.
+    let before = store.calls.load(std::sync::atomic::Ordering::SeqCst);
     let mut stuck = Vec::new();
     for i in 0..4 {
         let app = app.clone();
@@ -474,7 +475,12 @@ async fn a_stalled_job_store_does_not_stall_requests_that_need_no_store() {
             async move { post(&app, "/v1/jobs", &body).await },
         ));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    im_testkit::eventually(
+        "four submissions at the shut store",
+        Duration::from_secs(20),
+        || async { store.calls.load(std::sync::atomic::Ordering::SeqCst) >= before + 4 },
+    )
+    .await;
     let chat = json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}]});
     let (status, v) = post(&app, "/v1/chat/completions", &chat).await;
     let _ = served.send(());

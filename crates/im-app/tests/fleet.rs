@@ -109,6 +109,7 @@ async fn load(app: &axum::Router, from: usize, n: usize) -> Vec<(StatusCode, Val
     for i in from..from + n {
         let app = app.clone();
         set.spawn(async move {
+            // Arrivals spread over time are the load under test, not a wait for an event.
             tokio::time::sleep(Duration::from_millis((i - from) as u64 * 3)).await;
             let (path, body) = body_for(i);
             tokio::time::timeout(Duration::from_secs(60), call(&app, path, &body))
@@ -167,7 +168,12 @@ async fn a_server_dies_mid_run_its_work_moves_and_it_rejoins() {
         let app = app.clone();
         tokio::spawn(async move { load(&app, 0, 120).await })
     };
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    im_testkit::eventually(
+        "lane 1 serving the load",
+        Duration::from_secs(20),
+        || async { sims[1].state().stats().requests_total > 0 },
+    )
+    .await;
     relays[1].cut().await;
     let mut answers = first.await.expect("load");
     answers.extend(load(&app, 120, 60).await);
@@ -178,6 +184,7 @@ async fn a_server_dies_mid_run_its_work_moves_and_it_rejoins() {
 
     // Back on the same address: after the breaker's cooldown it takes work again.
     relays[1].restore().await;
+    // The breaker's cooldown (0.5 s) passing is under test: only then may it take work again.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let before = sims[1].state().stats().requests_total;
     // Enough image work at once that affinity puts the model on a second server too.

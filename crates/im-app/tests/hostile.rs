@@ -435,7 +435,18 @@ async fn queued_payload_bytes_are_budgeted() {
         let (app, body) = (app.clone(), body.clone());
         async move { post_json(&app, "/img2img", &body).await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    im_testkit::eventually(
+        "the first edit in the engine",
+        std::time::Duration::from_secs(20),
+        || async {
+            built
+                .engine
+                .status()
+                .await
+                .is_some_and(|s| s.in_flight + s.waiting == 1)
+        },
+    )
+    .await;
     let (status, v) = post_json(&app, "/img2img", &body).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["error"]["type"], "queue_full");

@@ -136,15 +136,15 @@ async fn as_job(app: &Router, route: Route, body: &Value) -> (u16, String, Vec<u
         .as_str()
         .expect("id")
         .to_owned();
-    let mut job = Value::Null;
-    for _ in 0..400 {
-        let (_, _, b) = send(app, "GET", &format!("/v1/jobs/{id}"), None).await;
-        job = serde_json::from_slice(&b).expect("json");
-        if ["succeeded", "failed"].contains(&job["status"].as_str().unwrap_or("")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let path = format!("/v1/jobs/{id}");
+    let job = im_testkit::until("the job to end", Duration::from_secs(20), || async {
+        let (_, _, b) = send(app, "GET", &path, None).await;
+        let job: Value = serde_json::from_slice(&b).expect("json");
+        ["succeeded", "failed"]
+            .contains(&job["status"].as_str().unwrap_or(""))
+            .then_some(job)
+    })
+    .await;
     match job["status"].as_str() {
         Some("succeeded") => {
             let (status, ct, b) = send(app, "GET", &format!("/v1/jobs/{id}/result"), None).await;

@@ -31,6 +31,15 @@ async fn app() -> (Router, Built) {
     app_with(|_| {}).await
 }
 
+/// Waits until the engine's status shows `what`.
+async fn until_status(b: &Built, what: &str, cond: impl Fn(&inference_queue::Status) -> bool) {
+    let cond = &cond;
+    im_testkit::eventually(what, Duration::from_secs(20), move || async move {
+        b.engine.status().await.is_some_and(|s| cond(&s))
+    })
+    .await
+}
+
 fn post(path: &str, body: impl Into<String>) -> Request<Body> {
     Request::post(path)
         .header("x-api-key", DEMO_KEY)
@@ -407,7 +416,7 @@ async fn every_error_type_of_the_table() {
         let app = app.clone();
         async move { send(&app, post("/txt2img", slow)).await }
     });
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    until_status(&b, "the image running", |s| s.in_flight == 1).await;
     let body =
         json!({"model": LLM, "messages": [{"role": "user", "content": "x"}], "deadline_ms": 1})
             .to_string();
@@ -420,7 +429,7 @@ async fn every_error_type_of_the_table() {
             tokio::spawn(async move { send(&app, post("/txt2txt", chat_body(LLM))).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    until_status(&b, "two chats waiting", |s| s.waiting == 2).await;
     let r = send(&app, post("/txt2txt", chat_body(LLM))).await;
     is_error(&r, 429, "queue_full", None);
     assert!(r.1.contains_key("retry-after"));

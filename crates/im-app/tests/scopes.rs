@@ -335,15 +335,13 @@ async fn resident(app: &Router) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Whether `model` becomes resident (or not, `want`) within two seconds.
-async fn resident_becomes(app: &Router, model: &str, want: bool) -> bool {
-    for _ in 0..100 {
-        if resident(app).await.iter().any(|m| m == model) == want {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    false
+/// Waits until `model` is resident (or not, `want`).
+async fn resident_becomes(app: &Router, model: &str, want: bool) {
+    let what = format!("{model} resident: {want}");
+    im_testkit::eventually(&what, std::time::Duration::from_secs(20), || async {
+        resident(app).await.iter().any(|m| m == model) == want
+    })
+    .await
 }
 
 #[tokio::test]
@@ -356,10 +354,7 @@ async fn operators_load_and_unload_models_through_the_scheduler() {
     let (s, v) = call(&app, "POST", "/models/load", Some("root"), load).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["backend"], "default");
-    assert!(
-        resident_becomes(&app, SD, true).await,
-        "the lane warmed it up"
-    );
+    resident_becomes(&app, SD, true).await; // the lane warmed it up
     let (s, v) = call(
         &app,
         "POST",
@@ -370,7 +365,7 @@ async fn operators_load_and_unload_models_through_the_scheduler() {
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["backends"][0]["status"], "unloading", "{v}");
-    assert!(resident_becomes(&app, SD, false).await, "unloaded");
+    resident_becomes(&app, SD, false).await;
     let (s, v) = call(
         &app,
         "POST",

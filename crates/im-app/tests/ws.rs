@@ -209,14 +209,12 @@ async fn a_client_that_does_not_read_is_closed_not_waited_for() {
         while tx.send(Message::Text(ask.clone().into())).await.is_ok() {}
     });
     let metrics = built.engine.metrics().clone();
-    let mut closed = 0;
-    for _ in 0..1200 {
-        closed = metrics.ws().closed_count("slow");
-        if closed > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let closed = im_testkit::until(
+        "the slow client closed",
+        Duration::from_secs(60),
+        || async { Some(metrics.ws().closed_count("slow")).filter(|n| *n > 0) },
+    )
+    .await;
     assert_eq!(closed, 1, "the server closed the client as too slow");
     // Its connection ends: with the 4008 close frame if the frame gets through the backlog in
     // time, or by the server dropping the socket; either way, it is not held open.
@@ -262,15 +260,12 @@ async fn a_client_that_goes_away_cancels_its_requests() {
     assert_eq!(next(&mut ws).await["type"], "pong", "the request was taken");
     drop(ws);
     // A running request keeps its slot until its attempt ends (the model's load), then leaves.
-    let mut cancelled = 0;
-    for _ in 0..750 {
+    let cancelled = im_testkit::until("the request gone", Duration::from_secs(20), || async {
         let st = built.engine.status().await.expect("running");
-        cancelled = st.counters.cancelled;
-        if cancelled >= 1 && st.in_flight == 0 && st.waiting == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (st.counters.cancelled >= 1 && st.in_flight == 0 && st.waiting == 0)
+            .then_some(st.counters.cancelled)
+    })
+    .await;
     assert_eq!(
         cancelled, 1,
         "its request left as cancelled, not answered into the void"

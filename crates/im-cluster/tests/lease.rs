@@ -98,7 +98,7 @@ fn a_lapsed_lease_goes_to_another_replica_with_a_larger_epoch_and_fences_the_old
         .put(&job("j1", "k", None))
         .expect("the holder writes");
 
-    // a stalls past its lease; b takes it.
+    // a stalls past its lease (the stall is under test); b takes it.
     std::thread::sleep(Duration::from_millis(450));
     let new = b.acquire().expect("acquire");
     assert_eq!((new.epoch, new.replica.as_str()), (old.epoch + 1, "b"));
@@ -210,11 +210,7 @@ fn the_lease_thread_raises_the_epoch_a_gate_refused_while_it_holds_the_lease() {
         }
     });
     let wait = |what: &str, ok: &dyn Fn() -> bool| {
-        let start = Instant::now();
-        while !ok() {
-            assert!(start.elapsed() < Duration::from_secs(5), "{what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        im_testkit::eventually_blocking(what, Duration::from_secs(10), ok)
     };
     wait("a takes the lease", &|| fence.get() == 1);
     fence.saw_highest(0);

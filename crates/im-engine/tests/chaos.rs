@@ -177,6 +177,7 @@ async fn every_request_leaves_once_under_chaos() {
                             // Some readers are slow; every reader reads to the end.
                             while rx.recv().await.is_some() {
                                 if i.is_multiple_of(5) {
+                                    // A slow reader is under test.
                                     tokio::time::sleep(Duration::from_millis(2)).await;
                                 }
                             }
@@ -196,6 +197,7 @@ async fn every_request_leaves_once_under_chaos() {
             }
         }));
         if i.is_multiple_of(50) {
+            // Arrivals spread over time are the load under test.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -210,14 +212,11 @@ async fn every_request_leaves_once_under_chaos() {
     assert_eq!(outcomes.values().sum::<usize>(), N);
 
     // The system empties: cancelled attempts finish in the background, then nothing is left.
-    let mut status = engine.status().await.expect("running");
-    for _ in 0..300 {
-        if status.in_flight == 0 && status.waiting == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        status = engine.status().await.expect("running");
-    }
+    let status = im_testkit::until("the engine empty", Duration::from_secs(30), || async {
+        let status = engine.status().await.expect("running");
+        (status.in_flight == 0 && status.waiting == 0).then_some(status)
+    })
+    .await;
     let c = &status.counters;
     assert_eq!((status.in_flight, status.waiting), (0, 0), "{outcomes:?}");
     assert_eq!(

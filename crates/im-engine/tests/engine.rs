@@ -282,7 +282,8 @@ async fn the_breaker_opens_holds_the_queue_and_closes() {
         let e = engine.clone();
         tokio::spawn(async move { e.submit(job(1, Kind::Txt2Txt)).await })
     };
-    // Three failures (retries 2-20 ms apart) open the breaker; then nothing is sent for 10 s.
+    // Three failures (retries 2-20 ms apart) open the breaker; then nothing is sent for 10 s
+    // (virtual time).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let st = engine.status().await.expect("status");
     assert_eq!(st.lanes[0].breaker.as_str(), "open");
@@ -348,14 +349,11 @@ async fn thousands_of_jobs_with_cancels_deadlines_and_faults_all_get_one_answer(
     }
     assert_eq!(answered + dropped, n);
     // Let cancellations land, then the books must balance.
-    let mut st = engine.status().await.expect("status");
-    for _ in 0..100 {
-        if st.waiting == 0 && st.in_flight == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        st = engine.status().await.expect("status");
-    }
+    let st = im_testkit::until("the engine empty", Duration::from_secs(20), || async {
+        let st = engine.status().await.expect("status");
+        (st.waiting == 0 && st.in_flight == 0).then_some(st)
+    })
+    .await;
     let c = &st.counters;
     assert_eq!((st.waiting, st.in_flight), (0, 0));
     assert_eq!(c.accepted, n as u64);
@@ -392,7 +390,13 @@ async fn shutdown_with_work_queued_answers_every_job() {
             tokio::spawn(async move { e.submit(job(i, MIX[i % 4])).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    im_testkit::eventually("the 30 jobs queued", Duration::from_secs(20), || async {
+        engine
+            .status()
+            .await
+            .is_some_and(|s| s.counters.accepted == 30)
+    })
+    .await;
     engine.shutdown(Duration::from_millis(100)).await;
     let mut ok = 0;
     let mut shut = 0;
@@ -445,11 +449,7 @@ async fn metrics_text_parses_and_the_error_list_is_clean() {
         engine.submit(unknown).await,
         Err(EngineError::UnknownModel { .. })
     ));
-    tokio::time::sleep(Duration::from_millis(1100)).await; // one upkeep tick for the gauges
-    let text = engine.metrics().render();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("valid text format");
-    for name in [
+    const NAMES: [&str; 10] = [
         "im_requests_total",
         "im_queue_depth",
         "im_queue_wait_seconds",
@@ -460,15 +460,26 @@ async fn metrics_text_parses_and_the_error_list_is_clean() {
         "im_rejections_total",
         "im_upstream_errors_total",
         "im_breaker_open",
-    ] {
-        assert!(
-            scrape
-                .samples
-                .iter()
-                .any(|s| s.metric == name || s.metric.starts_with(&format!("{name}_"))),
-            "{name} missing"
-        );
-    }
+    ];
+    let missing = || {
+        let text = engine.metrics().render();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("valid text format");
+        NAMES
+            .into_iter()
+            .filter(|name| {
+                !scrape
+                    .samples
+                    .iter()
+                    .any(|s| s.metric == *name || s.metric.starts_with(&format!("{name}_")))
+            })
+            .collect::<Vec<_>>()
+    };
+    // The gauges come with the engine's upkeep tick (once a second).
+    im_testkit::eventually("every metric exported", Duration::from_secs(20), || async {
+        missing().is_empty()
+    })
+    .await;
     let errors = engine.metrics().error_metrics().to_string();
     assert!(
         !errors.contains(&big[..64]) && !errors.contains("sk-secret"),
@@ -521,9 +532,9 @@ async fn deadlines_follow_the_paused_clock() {
         let e = engine.clone();
         tokio::spawn(async move { e.submit(job(2, Kind::Txt2Txt)).await })
     };
-    tokio::time::sleep(Duration::from_secs(599)).await;
+    tokio::time::sleep(Duration::from_secs(599)).await; // virtual time
     assert!(!queued.is_finished(), "not before its deadline");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // virtual time
     match queued.await.expect("join") {
         Err(EngineError::DeadlineExceeded { waited, .. }) => assert_eq!(waited.as_secs(), 600),
         other => panic!("{other:?}"),

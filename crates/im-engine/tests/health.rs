@@ -63,7 +63,7 @@ async fn an_idle_lane_that_dies_is_taken_out_before_work_reaches_it_and_rejoins_
     let engine = engine(&fleet);
     // Checks at 2, 4 and 6 s: three refused connections open gpu1's breaker; gpu0's 503s show a
     // server that is up, so it stays in.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await; // virtual time
     assert_eq!(breakers(&engine).await, ["closed", "open"]);
     fleet.set(0, UP);
     for i in 0..8 {
@@ -74,7 +74,7 @@ async fn an_idle_lane_that_dies_is_taken_out_before_work_reaches_it_and_rejoins_
     assert_eq!(fleet.chats(0), 8);
     // It comes back: the next check closes its breaker long before the 600 s cooldown.
     fleet.set(1, UP);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // virtual time
     assert_eq!(breakers(&engine).await, ["closed", "closed"]);
 }
 
@@ -84,12 +84,12 @@ async fn a_check_that_fails_once_does_not_take_a_lane_out() {
     let engine = engine(&fleet);
     // Two failed checks (2 and 4 s), then an answer: below the threshold, and the count starts
     // again.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await; // virtual time
     fleet.set(1, UP);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // virtual time
     fleet.set(1, GONE);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await; // virtual time
     assert_eq!(breakers(&engine).await, ["closed", "closed"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // virtual time
     assert_eq!(breakers(&engine).await, ["closed", "open"]);
 }

@@ -76,16 +76,12 @@ fn chunk(text: &str) -> String {
     )
 }
 
-async fn until_idle(engine: &Engine, within: Duration) -> bool {
-    let end = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < end {
+async fn until_idle(engine: &Engine, within: Duration) {
+    im_testkit::eventually("the engine idle", within, || async {
         let s = engine.status().await.expect("running");
-        if s.in_flight == 0 && s.waiting == 0 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
+        s.in_flight == 0 && s.waiting == 0
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,14 +163,14 @@ async fn a_stalled_stream_frees_its_slot_after_the_idle_limit_with_or_without_it
         .expect("an error item")
         .expect_err("stalled");
     assert!(err.to_string().contains("stream idle"), "{err}");
-    assert!(until_idle(&engine, Duration::from_secs(2)).await);
+    until_idle(&engine, Duration::from_secs(10)).await;
     // A caller that leaves after the first chunk: the slot is freed by the same limit.
     let done = engine
         .submit(chat_job("b", LLM, "hi", true))
         .await
         .expect("started");
     drop(done);
-    assert!(until_idle(&engine, Duration::from_secs(2)).await);
+    until_idle(&engine, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,6 +248,7 @@ async fn a_deadline_that_passes_after_a_retry_keeps_the_upstream_error() {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
                 return r;
             }
+            // A slow upstream is under test: it holds the only slot past the retry's deadline.
             tokio::time::sleep(Duration::from_millis(600)).await;
             axum::Json(json!({"model": LLM, "choices": [{"message": {"content": "slow"}}]}))
                 .into_response()
@@ -271,7 +268,17 @@ async fn a_deadline_that_passes_after_a_retry_keeps_the_upstream_error() {
         let e = engine.clone();
         tokio::spawn(async move { e.submit(failing).await })
     };
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    im_testkit::eventually(
+        "the failing request tried",
+        Duration::from_secs(10),
+        || async {
+            engine
+                .status()
+                .await
+                .is_some_and(|s| s.counters.dispatched >= 1)
+        },
+    )
+    .await;
     let s = {
         let e = engine.clone();
         tokio::spawn(async move { e.submit(chat_job("s", LLM, "slow", false)).await })

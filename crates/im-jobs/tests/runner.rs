@@ -33,6 +33,7 @@ impl Runner for Script {
         match request.route.as_str() {
             "/audio" => answer(200, "audio/wav", Bytes::from_static(b"RIFF....WAVE")),
             "/slow" => {
+                // A job that never ends is under test.
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 answer(200, "application/json", Bytes::from_static(b"{}"))
             }
@@ -110,14 +111,23 @@ fn submission(route: &str) -> Submission {
 }
 
 async fn settle(jobs: &Jobs, id: &str) -> im_jobs::Job {
-    for _ in 0..250 {
-        let j = jobs.get("key-a", id).await.expect("job");
-        if j.status.is_final() {
-            return j;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("job {id} did not finish");
+    im_testkit::until(
+        &format!("job {id} to finish"),
+        Duration::from_secs(20),
+        || async {
+            Some(jobs.get("key-a", id).await.expect("job")).filter(|j| j.status.is_final())
+        },
+    )
+    .await
+}
+
+async fn until_running(jobs: &Jobs, id: &str) {
+    im_testkit::eventually(
+        &format!("job {id} running"),
+        Duration::from_secs(20),
+        || async { jobs.get("key-a", id).await.expect("job").status == Status::Running },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -177,12 +187,7 @@ async fn after_a_restart_running_jobs_run_again_and_finished_ones_do_not() {
         let (done, _) = jobs.submit(submission("/json")).await.expect("submit");
         settle(&jobs, &done.id).await;
         let (slow, _) = jobs.submit(submission("/slow")).await.expect("submit");
-        for _ in 0..100 {
-            if jobs.get("key-a", &slow.id).await.expect("job").status == Status::Running {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_running(&jobs, &slow.id).await;
         let mut left = store.get(&slow.id).expect("db").expect("job");
         assert_eq!(left.status, Status::Running);
         // Copy the store's state into a fresh directory, as the next process would find it.
@@ -212,7 +217,7 @@ async fn a_cancelled_running_job_stays_cancelled_and_finished_jobs_expire() {
     let d = dir("cancel");
     let (jobs, store) = start(&d, Arc::default(), Duration::from_millis(300));
     let (slow, _) = jobs.submit(submission("/slow")).await.expect("submit");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_running(&jobs, &slow.id).await;
     let c = jobs.cancel("key-a", &slow.id).await.expect("cancel");
     assert_eq!(c.status, Status::Cancelled);
     assert!(matches!(
@@ -228,12 +233,9 @@ async fn a_cancelled_running_job_stays_cancelled_and_finished_jobs_expire() {
     );
     assert_eq!(jobs.counts(), (0, 0), "nothing queued or running");
     // Kept for 300 ms, then gone.
-    for _ in 0..100 {
-        if store.get(&slow.id).expect("db").is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(store.get(&slow.id).expect("db").is_none(), "expired");
+    im_testkit::eventually("the job expired", Duration::from_secs(20), || async {
+        store.get(&slow.id).expect("db").is_none()
+    })
+    .await;
     let _ = std::fs::remove_dir_all(d);
 }

@@ -25,7 +25,9 @@ mod subsystems;
 
 pub use engine::EngineMetrics;
 pub use lanes::{LaneFigures, LaneStats};
-pub use subsystems::{CacheMetrics, ClusterMetrics, HttpMetrics, JobMetrics, WsMetrics};
+pub use subsystems::{
+    CacheMetrics, ClusterMetrics, ConfigMetrics, HttpMetrics, JobMetrics, WsMetrics,
+};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -246,6 +248,11 @@ impl Metrics {
     /// What a replica records: the lease, forwarding.
     pub fn cluster(&self) -> ClusterMetrics<'_> {
         ClusterMetrics(self)
+    }
+
+    /// What configuration reloads record.
+    pub fn config(&self) -> ConfigMetrics<'_> {
+        ConfigMetrics(self)
     }
 
     /// What the response cache records: hits and misses.

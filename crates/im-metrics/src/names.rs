@@ -55,6 +55,9 @@ pub const CLUSTER_EPOCH: &str = "im_cluster_epoch";
 /// `resent` (sent again after the scheduler failed or was replaced), `unavailable` (no scheduler
 /// answered within the failover wait).
 pub const FORWARDED_TOTAL: &str = "im_forwarded_total";
+/// `im_config_reloads_total{outcome}`: configuration reloads (SIGHUP, `POST /admin/reload`):
+/// `applied`, or `refused` (an invalid file, or a change only a restart can make).
+pub const CONFIG_RELOADS_TOTAL: &str = "im_config_reloads_total";
 
 /// All of them, for checks.
 pub const ALL: &[&str] = &[
@@ -79,4 +82,5 @@ pub const ALL: &[&str] = &[
     CLUSTER_SCHEDULER,
     CLUSTER_EPOCH,
     FORWARDED_TOTAL,
+    CONFIG_RELOADS_TOTAL,
 ];

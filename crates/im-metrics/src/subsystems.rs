@@ -97,6 +97,24 @@ impl ClusterMetrics<'_> {
     }
 }
 
+/// What configuration reloads record (see [`Metrics::config`]).
+#[derive(Clone, Copy)]
+pub struct ConfigMetrics<'a>(pub(crate) &'a Metrics);
+
+impl ConfigMetrics<'_> {
+    /// A reload: applied, or refused.
+    pub fn reloaded(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "refused" };
+        self.0
+            .registry
+            .counter(
+                names::CONFIG_RELOADS_TOTAL,
+                &[("outcome", outcome.to_owned())],
+            )
+            .increment(1);
+    }
+}
+
 /// The response cache's metrics (see [`Metrics::cache`]).
 #[derive(Clone, Copy)]
 pub struct CacheMetrics<'a>(pub(crate) &'a Metrics);

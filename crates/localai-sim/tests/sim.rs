@@ -80,7 +80,14 @@ async fn loading_while_the_resident_model_is_busy_is_an_overcommit() {
         let url = url.clone();
         async move { image(&url, "8x8").await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await; // sd loaded (120 ms) and busy
+    im_testkit::eventually("sd loaded and busy", Duration::from_secs(20), || async {
+        s.state()
+            .stats()
+            .peak_concurrent_requests
+            .get(SD)
+            .is_some_and(|n| *n >= 1)
+    })
+    .await;
     assert!(chat(&url, LLM).await.status().is_success());
     busy.await.expect("join");
     let st = s.state().stats();

@@ -265,14 +265,12 @@ impl SimProcess {
             .spawn()
             .expect("localai-sim starts");
         let sim = SimProcess { child, port };
-        let c = client();
-        for _ in 0..200 {
-            if c.get(format!("{}/readyz", sim.url())).send().await.is_ok() {
-                return sim;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("localai-sim on port {port} never answered");
+        let (c, ready) = (client(), format!("{}/readyz", sim.url()));
+        im_testkit::eventually(&ready, Duration::from_secs(20), || async {
+            c.get(&ready).send().await.is_ok()
+        })
+        .await;
+        sim
     }
 
     pub fn url(&self) -> String {
@@ -417,17 +415,10 @@ pub fn lease(redis: &im_cluster::RedisServer) -> Option<(u64, String)> {
 
 /// The lease once its epoch is above `newer_than` (within 20 s).
 pub async fn wait_for_lease(redis: &im_cluster::RedisServer, newer_than: u64) -> (u64, String) {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some((e, url)) = lease(redis)
-            && e > newer_than
-        {
-            return (e, url);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no replica took the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    im_testkit::until(
+        "a replica to take the lease",
+        Duration::from_secs(20),
+        || std::future::ready(lease(redis).filter(|(e, _)| *e > newer_than)),
+    )
+    .await
 }
