@@ -18,8 +18,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Task {
-    /// What CI runs: fmt --check, clippy -D warnings, deploy-check, the release build without
-    /// the simulator, every test.
+    /// What CI runs: fmt --check, clippy -D warnings, the docs without a broken link,
+    /// deploy-check, the release build without the simulator, every test.
     Ci,
     /// The scheduling policy table (FIFO vs strict vs bounded, and the fleet table).
     Sim(SimArgs),
@@ -143,6 +143,11 @@ fn run_ci() -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    // The crates' documentation is their API for embedders: no broken or private links.
+    cargo_with(
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     run_deploy_check()?;
     released_without_the_simulator()?;
     cargo(&["test", "--workspace"])?;
@@ -194,10 +199,15 @@ fn released_without_the_simulator() -> Result<()> {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with(args, &[])
+}
+
+fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     eprintln!("+ cargo {}", args.join(" "));
     let status = std::process::Command::new(cargo)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {

@@ -1,4 +1,4 @@
-//! `im-fence`: the fencing gate in front of one LocalAI ([`gate`]): it refuses and cuts the calls
+//! `im-fence`: the fencing gate in front of one LocalAI ([`gate()`]): it refuses and cuts the calls
 //! of a scheduler whose lease was taken over, so the GPU never runs two schedulers' work. Point
 //! im's `upstreams` at the gate, the gate at LocalAI, and give both the cluster's secret.
 //!

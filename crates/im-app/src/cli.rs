@@ -43,7 +43,7 @@ pub struct CommonArgs {
     /// Run as one of several replicas sharing this Redis (e.g. redis://redis:6379/0).
     #[arg(long, env = "IM_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Where the other replicas reach this one (default: http://<hostname>:<listen port>).
+    /// Where the other replicas reach this one (default: http://HOSTNAME:PORT, the port of --listen).
     #[arg(long, env = "IM_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
     /// The cluster's shared secret: signs the fencing token every upstream call of the scheduler

@@ -1,7 +1,7 @@
 //! The one path of a JSON route over HTTP: the body read within its limit, handed to the service
 //! ([`im_service::Service::respond`]: parsed, validated, run, answered in the route's shape), and
 //! the answer written out: its bytes with im's figures as headers, or a stream as server-sent
-//! events. Handlers are one line each over [`json_route`].
+//! events. Handlers are one line each over `json_route`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;

@@ -167,7 +167,7 @@ pub fn now_ms() -> i64 {
 impl Jobs {
     /// Start the job service over `store`: recover what a previous run left (on the calling
     /// thread, before anything is served), then run jobs and deliver webhooks in the background.
-    /// From then on every store call runs on the blocking pool ([`Inner::call`]): a slow disk or
+    /// From then on every store call runs on the blocking pool (`Inner::call`): a slow disk or
     /// a stalled Redis holds no runtime worker, so requests that need no store go on.
     pub fn start(
         store: Arc<dyn JobStore>,

@@ -95,11 +95,19 @@
 //!   (idle, its models unused for `S`). With
 //!   co-residency a starving group may also evict idle models at once (the ski-rental hold below
 //!   does not apply to it). The property test checks the bound for 1 to 3 lanes.
-//!   *Theorem:* once the oldest waiting request `R` of a lane has waited `S`, `R` is dispatched
-//!   within `2·(D + T) + T`. *Proof:* the current group stops dispatching within `D` and drains
-//!   within `T`; at that switch point the oldest starving group is chosen, which is `R`'s group
-//!   (FIFO puts `R` at its front) unless `R`'s group is the one being left, in which case one more
-//!   turn (`D + T`) passes first; `R`, at the front, then starts within one more slot time `T`.
+//!   Inside a group two questions are kept apart: which request dispatch serves next
+//!   (`GroupQueue::next`) and which has waited longest (`GroupQueue::oldest`). Starvation,
+//!   cost-aware loading and wake-ups read only `oldest`; a group starves when its `oldest` has
+//!   waited `S`. Today `next` is `oldest` (arrival order, retries back at the head); an order
+//!   that changes `next` (fair shares, priority classes, prefix matches) must serve a starving
+//!   group's `oldest` first, which is what the theorem below needs of it.
+//!   *Theorem:* once the oldest waiting request `R` of a lane (the `oldest` of its group, and the
+//!   earliest of all groups' `oldest`) has waited `S`, `R` is dispatched within `2·(D + T) + T`.
+//!   *Proof:* the current group stops dispatching within `D` and drains within `T`; at that
+//!   switch point the group whose `oldest` has waited longest among the starving is chosen, which
+//!   is `R`'s group unless it is the one being left, in which case one more turn (`D + T`) passes
+//!   first; a starving group serves its `oldest` first, so `R` starts within one more slot time
+//!   `T`.
 //!   Every request eventually becomes the oldest waiter, so every wait is bounded by `S` plus that
 //!   term per request ahead of it (at most `limits.max_queued_total`), and in practice by far less
 //!   (`cargo xtask sim` prints the measured maxima). The property test

@@ -30,7 +30,7 @@ pub struct Submit<'a> {
     pub bytes: u64,
 }
 
-/// The answer to [`Scheduler::submit`].
+/// The answer to [`Scheduler::submit`](crate::Scheduler::submit).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
     /// Queued under this id.
@@ -137,11 +137,11 @@ pub enum Resolution {
         /// Attempts made.
         attempts: u32,
     },
-    /// The id was unknown or not in flight; counted in [`Counters::ignored`].
+    /// The id was unknown or not in flight; counted in [`Counters::ignored`](crate::Counters::ignored).
     Ignored,
 }
 
-/// The answer to [`Scheduler::cancel`].
+/// The answer to [`Scheduler::cancel`](crate::Scheduler::cancel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
     /// It was waiting; it left the queue and will never be dispatched.
@@ -159,7 +159,7 @@ pub enum FailReason {
     ShuttingDown,
 }
 
-/// The core's decisions, drained with [`Scheduler::poll_event`].
+/// The core's decisions, drained with [`Scheduler::poll_event`](crate::Scheduler::poll_event).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Start this request on this lane now.
@@ -187,14 +187,14 @@ pub enum Event {
         /// Why.
         reason: FailReason,
     },
-    /// Ask the lane's upstream to unload `model`, then call [`Scheduler::lifecycle_done`].
+    /// Ask the lane's upstream to unload `model`, then call [`Scheduler::lifecycle_done`](crate::Scheduler::lifecycle_done).
     Unload {
         /// The lane.
         lane: LaneId,
         /// The model to unload.
         model: ModelId,
     },
-    /// Ask the lane's upstream to load `model`, then call [`Scheduler::lifecycle_done`].
+    /// Ask the lane's upstream to load `model`, then call [`Scheduler::lifecycle_done`](crate::Scheduler::lifecycle_done).
     WarmUp {
         /// The lane.
         lane: LaneId,

@@ -65,6 +65,8 @@ pub struct Scheduler {
     rng: Rng,
     /// The round-robin routing's turn.
     round_robin: usize,
+    /// What a decision learns about models' homes (memory kept, contents not).
+    homes: policy::Homes,
 }
 
 impl Scheduler {
@@ -95,6 +97,7 @@ impl Scheduler {
             events: VecDeque::new(),
             counters: Counters::default(),
             round_robin: usize::MAX,
+            homes: policy::Homes::default(),
         })
     }
 

@@ -14,6 +14,79 @@ use crate::types::{LaneId, ModelId};
 /// How many times slower than the fastest other lane a lane must be to count as slow.
 pub const SLOW_FACTOR: f64 = 3.0;
 
+/// What one decision learns about models, each computed once however many groups ask: a
+/// group's eligibility depends on its model's homes, and a lane weighs every group at each
+/// switch point. Valid while the state does not change (one `choose_next`, one `may_continue`);
+/// [`Homes::reset`] forgets it all at once (a new generation), keeping the memory.
+#[derive(Default)]
+pub(super) struct Homes {
+    generation: u32,
+    /// Per model: the lane whose switch to it costs least.
+    cheapest: Memo<Option<usize>>,
+    /// Per (lane, model): whether loading it there evicts a model with waiting work, and
+    /// whether another lane could host it.
+    leaving: Memo<(bool, bool)>,
+    /// Per (lane, model): whether the lane is a fast home of the model (holds it, not slow), and
+    /// how many other healthy lanes are (for a group whose next request is no retry).
+    owned: Memo<(bool, u64)>,
+}
+
+/// Values by index, each valid for the generation it was computed in.
+struct Memo<T>(Vec<(u32, T)>);
+
+impl<T> Default for Memo<T> {
+    fn default() -> Memo<T> {
+        Memo(Vec::new())
+    }
+}
+
+impl<T: Copy + Default> Memo<T> {
+    fn get(&mut self, generation: u32, at: usize, f: impl FnOnce() -> T) -> T {
+        if self.0.len() <= at {
+            // Generation 0 is never current (a memo starts at 1): new entries are stale.
+            self.0.resize(at + 1, (0, T::default()));
+        }
+        let entry = &mut self.0[at];
+        if entry.0 != generation {
+            *entry = (generation, f());
+        }
+        entry.1
+    }
+}
+
+impl Homes {
+    /// An empty memo.
+    fn new() -> Homes {
+        let mut homes = Homes::default();
+        homes.reset();
+        homes
+    }
+
+    /// Forget everything (the state changed).
+    fn reset(&mut self) {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        if self.generation == 1 {
+            // Wrapped (or new): no entry may look current.
+            *self = Homes {
+                generation: 1,
+                ..Homes::default()
+            };
+        }
+    }
+
+    fn cheapest(&mut self, model: ModelId, f: impl FnOnce() -> Option<usize>) -> Option<usize> {
+        self.cheapest.get(self.generation, model.0, f)
+    }
+
+    fn leaving(&mut self, at: usize, f: impl FnOnce() -> (bool, bool)) -> (bool, bool) {
+        self.leaving.get(self.generation, at, f)
+    }
+
+    fn owned(&mut self, at: usize, f: impl FnOnce() -> (bool, u64)) -> (bool, u64) {
+        self.owned.get(self.generation, at, f)
+    }
+}
+
 impl Scheduler {
     pub(super) fn pump(&mut self) {
         for lane in 0..self.lanes.len() {
@@ -24,6 +97,16 @@ impl Scheduler {
     /// Whether `lane` may take work from `g`: it has work, is not pinned elsewhere, and the
     /// routing lets this lane serve it.
     pub(super) fn eligible(&self, lane: usize, g: &Group) -> bool {
+        self.eligible_in(lane, g, &mut self.homes())
+    }
+
+    /// A memo for one decision.
+    fn homes(&self) -> Homes {
+        Homes::new()
+    }
+
+    /// [`Self::eligible`], with what is known of the models' homes in this decision.
+    fn eligible_in(&self, lane: usize, g: &Group, homes: &mut Homes) -> bool {
         if g.depth() == 0
             || g.key.lane.is_some_and(|l| l.0 != lane)
             || !self.fits_lane(lane, g.key.model)
@@ -35,10 +118,10 @@ impl Scheduler {
             // Pinned here: the pin overrides the routing.
             return true;
         }
-        if self.retry_goes_elsewhere(lane, g) {
+        if self.retry_goes_elsewhere(lane, g, homes) {
             return false;
         }
-        self.routable(lane, g) && self.worth_loading(lane, g)
+        self.routable(lane, g, homes) && self.worth_loading(lane, g)
     }
 
     /// Under cost-aware switching: whether `g` may make `lane` load its model now (always when
@@ -78,11 +161,8 @@ impl Scheduler {
     /// A request whose last attempt failed on `lane` is retried on another healthy lane that the
     /// routing lets serve its group and that can start it soon (it is idle or has the model), when
     /// there is one; else it stays with `lane` rather than wait on a busy one.
-    pub(super) fn retry_goes_elsewhere(&self, lane: usize, g: &Group) -> bool {
-        let next_failed_here = self
-            .queues
-            .next_of(g)
-            .is_some_and(|r| r.failed_on == Some(LaneId(lane)));
+    fn retry_goes_elsewhere(&self, lane: usize, g: &Group, homes: &mut Homes) -> bool {
+        let next_failed_here = g.queue.next_failed_on() == Some(LaneId(lane));
         next_failed_here
             && (0..self.lanes.len()).any(|m| {
                 let l = &self.lanes[m];
@@ -90,18 +170,18 @@ impl Scheduler {
                     && l.is_closed()
                     && self.fits_lane(m, g.key.model)
                     && (l.in_flight == 0 || l.holds(g.key.model))
-                    && self.routable(m, g)
+                    && self.routable(m, g, homes)
             })
     }
 
     /// Whether the routing lets `lane` serve `g` (an unpinned group with work).
-    fn routable(&self, lane: usize, g: &Group) -> bool {
+    fn routable(&self, lane: usize, g: &Group, homes: &mut Homes) -> bool {
         match self.cfg.routing {
             // Balancers place every request on a lane when it arrives: a group without a lane
             // exists only under another routing (a configuration reload), and any lane may take it.
             Routing::LeastLoaded | Routing::RoundRobin | Routing::BestPerformance => true,
             Routing::StickyHash => self.sticky_lane(g.key.model) == lane,
-            Routing::Affinity { replica_depth } => self.affine(lane, g, replica_depth),
+            Routing::Affinity { replica_depth } => self.affine(lane, g, replica_depth, homes),
         }
     }
 
@@ -110,25 +190,30 @@ impl Scheduler {
     /// waiting work; then the cheapest load; then the lowest index.
     pub(super) fn cheapest_home(&self, g: &Group) -> Option<usize> {
         let model = g.key.model;
-        (0..self.lanes.len())
-            .filter(|l| {
+        let homes = || {
+            (0..self.lanes.len()).filter(move |l| {
                 self.lanes[*l].is_closed() && self.fits_lane(*l, model) && !self.slow(*l, model)
             })
-            .min_by_key(|l| {
-                let lane = &self.lanes[*l];
-                let sole = lane
-                    .resident
-                    .iter()
-                    .any(|m| (0..self.lanes.len()).all(|o| o == *l || !self.lanes[o].holds(*m)));
-                let wanted = lane.resident.iter().any(|m| self.has_waiting(*m));
-                (
-                    lane.in_flight > 0,
-                    sole && wanted,
-                    wanted,
-                    self.switch_cost(*l, model),
-                    *l,
-                )
-            })
+        };
+        let mut only = homes();
+        if let (Some(one), None) = (only.next(), only.next()) {
+            return Some(one); // nothing to weigh
+        }
+        homes().min_by_key(|l| {
+            let lane = &self.lanes[*l];
+            let sole = lane
+                .resident
+                .iter()
+                .any(|m| (0..self.lanes.len()).all(|o| o == *l || !self.lanes[o].holds(*m)));
+            let wanted = lane.resident.iter().any(|m| self.has_waiting(*m));
+            (
+                lane.in_flight > 0,
+                sole && wanted,
+                wanted,
+                self.switch_cost(*l, model),
+                *l,
+            )
+        })
     }
 
     /// Whether `lane` is slow for `model`: its learned service time is more than
@@ -162,47 +247,61 @@ impl Scheduler {
 
     /// Affinity: `lane` leaves `g` to the healthy lanes that have its model loaded, unless `g` is
     /// starving or waits deeper than `replica_depth` requests per slot of those lanes.
-    fn affine(&self, lane: usize, g: &Group, replica_depth: u32) -> bool {
+    fn affine(&self, lane: usize, g: &Group, replica_depth: u32, homes: &mut Homes) -> bool {
         let model = g.key.model;
-        if self.lanes[lane].holds(model) && !self.slow(lane, model) {
+        let at = lane * self.cfg.models.len() + model.0;
+        let owners_but = |failed_on: Option<usize>| {
+            self.lanes
+                .iter()
+                .enumerate()
+                .filter(|(i, l)| {
+                    *i != lane
+                        && Some(*i) != failed_on
+                        && self.lanes[*i].holds(model)
+                        && self.fits_lane(*i, model)
+                        && !self.slow(*i, model)
+                        && l.is_closed()
+                })
+                .count() as u64
+        };
+        let (home, owners) = homes.owned(at, || {
+            (
+                self.lanes[lane].holds(model) && !self.slow(lane, model),
+                owners_but(None),
+            )
+        });
+        if home {
             return true;
         }
         // A lane that just failed the next request does not count as a home for its retry.
-        let failed_on = self
-            .queues
-            .next_of(g)
-            .and_then(|r| r.failed_on)
-            .map(|l| l.0);
-        let owners = self
-            .lanes
-            .iter()
-            .enumerate()
-            .filter(|(i, l)| {
-                *i != lane
-                    && Some(*i) != failed_on
-                    && self.lanes[*i].holds(model)
-                    && self.fits_lane(*i, model)
-                    && !self.slow(*i, model)
-                    && l.is_closed()
-            })
-            .count() as u64;
+        let owners = match g.queue.next_failed_on() {
+            None => owners,
+            failed_on => owners_but(failed_on.map(|l| l.0)),
+        };
         if owners == 0 {
             // Nobody holds it: the lane whose switch costs least takes it, so that lanes do not
             // all leave their models for it. Until it starves it does not evict a model with
             // waiting work when another lane could host it: a lane whose work runs dry soon is
             // a cheaper home than one whose model must come back after it.
-            let evicts_wanted = match self.room(lane, model, false) {
-                Room::Resident | Room::Fits => false,
-                Room::Evict(victims) => victims.iter().any(|m| self.has_waiting(*m)),
-                Room::Barrier => self.lanes[lane]
-                    .resident
-                    .iter()
-                    .any(|m| self.has_waiting(*m)),
-            };
-            if evicts_wanted && !self.starving(g) && self.other_home(lane, model) {
+            let (evicts_wanted, other_home) = homes.leaving(at, || {
+                // Without another home, whether it evicts wanted work does not matter.
+                if !self.other_home(lane, model) {
+                    return (false, false);
+                }
+                let evicts_wanted = match self.room(lane, model, false) {
+                    Room::Resident | Room::Fits => false,
+                    Room::Evict(victims) => victims.iter().any(|m| self.has_waiting(*m)),
+                    Room::Barrier => self.lanes[lane]
+                        .resident
+                        .iter()
+                        .any(|m| self.has_waiting(*m)),
+                };
+                (evicts_wanted, true)
+            });
+            if evicts_wanted && other_home && !self.starving(g) {
                 return false;
             }
-            return self.cheapest_home(g) == Some(lane);
+            return homes.cheapest(model, || self.cheapest_home(g)) == Some(lane);
         }
         let slots = u64::from(self.cfg.models[model.0].max_in_flight) * owners;
         if g.depth() as u64 >= u64::from(replica_depth) * slots {
@@ -213,7 +312,7 @@ impl Scheduler {
         // it takes only a spare lane; a busier one helps it only past `replica_depth`.
         self.starving(g)
             && (g.in_flight == 0 || self.spare(lane))
-            && self.cheapest_home(g) == Some(lane)
+            && homes.cheapest(model, || self.cheapest_home(g)) == Some(lane)
     }
 
     /// Whether `lane` is spare: idle, and none of its models has had work there for a
@@ -247,7 +346,17 @@ impl Scheduler {
             };
             let model = self.queues.group(target).key.model;
             if self.lanes[lane].running_of(model) >= self.cfg.models[model.0].max_in_flight {
+                // Every group of the model is full here too (the slots are the model's): leave
+                // them all out at once rather than find them one choice at a time. The active
+                // group is left out only when it is the one chosen, as one at a time would.
+                let active = self.lanes[lane].active;
                 full.push(target);
+                full.extend(self.queues.groups_of(model).filter(|h| {
+                    *h != target && Some(*h) != active && self.queues.group(*h).depth() > 0
+                }));
+                if self.saturated(lane, model, active, &full) {
+                    return;
+                }
                 continue;
             }
             if self.lanes[lane].active != Some(target) {
@@ -282,6 +391,25 @@ impl Scheduler {
             }
             self.dispatch_next(lane, target);
         }
+    }
+
+    /// Whether nothing more can start on `lane` now that `model`'s slots are all taken: a lane
+    /// without a memory budget holds `model` alone and runs work of it, so any other model waits
+    /// at the switch barrier; and the active group is among the `full` ones, so the next choice
+    /// changes nothing of the lane's state. What the rest of the loop would decide, without
+    /// weighing every group to find it out.
+    fn saturated(
+        &self,
+        lane: usize,
+        model: ModelId,
+        active: Option<GroupId>,
+        full: &[GroupId],
+    ) -> bool {
+        let l = &self.lanes[lane];
+        self.cfg.lanes[lane].memory_mb.is_none()
+            && l.resident.as_slice() == [model]
+            && l.running_of(model) > 0
+            && active.is_some_and(|a| full.contains(&a))
     }
 
     /// Enter the unloading phase: unload `victims`, then start `next` (if any).
@@ -370,12 +498,23 @@ impl Scheduler {
     /// The group the lane should dispatch from next, if any has work, leaving out `full` (groups
     /// whose model has no free slot on the lane).
     pub(super) fn decide(&mut self, lane: usize, full: &[GroupId]) -> Option<GroupId> {
+        // The memo's memory is kept between decisions; its contents never are.
+        let mut homes = std::mem::take(&mut self.homes);
+        let next = self.decide_with(lane, full, &mut homes);
+        self.homes = homes;
+        next
+    }
+
+    fn decide_with(&mut self, lane: usize, full: &[GroupId], homes: &mut Homes) -> Option<GroupId> {
         let active = self.lanes[lane].active;
         if let Some(a) = active
             && self.queues.group(a).depth() > 0
             && !full.contains(&a)
             && self.lanes[lane].draining != Some(self.queues.group(a).key.model)
-            && !self.retry_goes_elsewhere(lane, self.queues.group(a))
+            && !{
+                homes.reset();
+                self.retry_goes_elsewhere(lane, self.queues.group(a), homes)
+            }
         {
             if self.lanes[lane].drained {
                 // The group ran dry and got new work: a fresh activation for the bounds.
@@ -384,12 +523,15 @@ impl Scheduler {
                 l.activated_at = self.now;
                 l.batch = 0;
             }
-            if self.may_continue(lane, a) {
+            homes.reset();
+            if self.may_continue(lane, a, homes) {
                 return Some(a);
             }
-            return self.choose_next(lane, Some(a), full).or(Some(a));
+            homes.reset();
+            return self.choose_next(lane, Some(a), full, homes).or(Some(a));
         }
-        let next = self.choose_next(lane, None, full);
+        homes.reset();
+        let next = self.choose_next(lane, None, full, homes);
         if next.is_none() && active.is_none_or(|a| !full.contains(&a)) {
             self.lanes[lane].drained = true;
         }
@@ -399,7 +541,7 @@ impl Scheduler {
     /// Whether the lane may dispatch another request of its active group `a`: always, unless other
     /// groups wait and a dwell or batch bound is hit. Starvation never preempts the active group;
     /// it decides the choice at the next switch point (SPEC §2.4), so a busy lane keeps its batches.
-    pub(super) fn may_continue(&self, lane: usize, a: GroupId) -> bool {
+    fn may_continue(&self, lane: usize, a: GroupId, homes: &mut Homes) -> bool {
         let b = self.cfg.bounds;
         if b == crate::config::Bounds::strict() {
             return true;
@@ -407,7 +549,7 @@ impl Scheduler {
         let others_waiting = self
             .queues
             .groups()
-            .any(|(i, g)| i != a && self.eligible(lane, g));
+            .any(|(i, g)| i != a && self.eligible_in(lane, g, homes));
         if !others_waiting {
             return true;
         }
@@ -425,36 +567,70 @@ impl Scheduler {
 
     /// SPEC §2.3: first a starving group (oldest waiter first), else the highest-priority kind with
     /// work; inside it, the group whose model is loaded, else the oldest waiter.
-    pub(super) fn choose_next(
+    fn choose_next(
         &self,
         lane: usize,
         exclude: Option<GroupId>,
         full: &[GroupId],
+        homes: &mut Homes,
     ) -> Option<GroupId> {
-        let candidates = || {
-            self.queues
-                .groups()
-                .filter(move |(i, g)| {
-                    Some(*i) != exclude && !full.contains(i) && self.eligible(lane, g)
-                })
-                .filter_map(|(i, g)| self.queues.oldest_arrival(g).map(|f| (i, g, f)))
+        let considered =
+            |i: GroupId, g: &Group, homes: &mut Homes| -> Option<(GroupId, crate::Time)> {
+                if Some(i) == exclude || full.contains(&i) || !self.eligible_in(lane, g, homes) {
+                    return None;
+                }
+                self.queues.oldest_arrival(g).map(|f| (i, f))
+            };
+        // Per kind, the group whose model is loaded, else the oldest waiter.
+        let key = |i: GroupId, f: crate::Time| {
+            (
+                !self.lanes[lane].holds(self.queues.group(i).key.model),
+                f,
+                i,
+            )
         };
-        if let Some(s) = self.cfg.bounds.starvation_after {
-            let starving = candidates()
-                .filter(|(_, _, f)| self.now.saturating_since(*f) >= s)
-                .min_by_key(|(i, _, f)| (*f, *i));
-            if let Some((i, _, _)) = starving {
-                return Some(i);
+        let starve_after = self.cfg.bounds.starvation_after;
+        let none_starves = starve_after.is_none_or(|s| {
+            self.queues
+                .oldest_arrival_of_all()
+                .is_none_or(|f| self.now.saturating_since(f) < s)
+        });
+        if none_starves {
+            // Kind by kind in priority order, each group weighed only when its kind's turn comes.
+            return self.priority.iter().find_map(|kind| {
+                self.queues
+                    .groups_of_kind(*kind)
+                    .filter_map(|(i, g)| considered(i, g, homes))
+                    .map(|(i, f)| key(i, f))
+                    .min()
+                    .map(|(_, _, i)| i)
+            });
+        }
+        // One pass: each group's eligibility once (the costly part), the oldest starving group,
+        // and per kind the best.
+        let mut starving: Option<(crate::Time, GroupId)> = None;
+        let mut best: [Option<(bool, crate::Time, GroupId)>; crate::Kind::COUNT] =
+            [None; crate::Kind::COUNT];
+        for (i, g) in self.queues.groups() {
+            let Some((i, f)) = considered(i, g, homes) else {
+                continue;
+            };
+            if starve_after.is_some_and(|s| self.now.saturating_since(f) >= s)
+                && starving.is_none_or(|b| (f, i) < b)
+            {
+                starving = Some((f, i));
+            }
+            let key = key(i, f);
+            let slot = &mut best[g.key.kind.index()];
+            if slot.is_none_or(|b| key < b) {
+                *slot = Some(key);
             }
         }
-        for kind in &self.priority {
-            let best = candidates()
-                .filter(|(_, g, _)| g.key.kind == *kind)
-                .min_by_key(|(i, g, f)| (!self.lanes[lane].holds(g.key.model), *f, *i));
-            if let Some((i, _, _)) = best {
-                return Some(i);
-            }
+        if let Some((_, i)) = starving {
+            return Some(i);
         }
-        None
+        self.priority
+            .iter()
+            .find_map(|kind| best[kind.index()].map(|(_, _, i)| i))
     }
 }

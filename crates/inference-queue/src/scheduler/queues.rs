@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use super::api::GroupKey;
 use super::ids::IdMap;
-use crate::types::{Kind, LaneId, RequestId, Time};
+use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
 
 /// A group's index in [`Queues`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,11 +48,31 @@ pub(super) struct Req {
     pub(super) placed: bool,
 }
 
-/// The waiting requests of one group. Ids may be tombstones (no longer queued) except at the
-/// head, which is always live.
+/// A place in a group's queue: the request and what the policy reads of it without looking it
+/// up (neither changes while it waits).
+#[derive(Clone, Copy, Debug)]
+struct Waiter {
+    id: RequestId,
+    arrival: Time,
+    /// The lane its last attempt failed on, for a retry.
+    failed_on: Option<LaneId>,
+}
+
+impl Waiter {
+    fn of(id: RequestId, r: &Req) -> Waiter {
+        Waiter {
+            id,
+            arrival: r.arrival,
+            failed_on: r.failed_on,
+        }
+    }
+}
+
+/// The waiting requests of one group. Entries may be tombstones (no longer queued) except at
+/// the head, which is always live.
 #[derive(Debug, Default)]
 pub(super) struct GroupQueue {
-    ids: VecDeque<RequestId>,
+    waiters: VecDeque<Waiter>,
     depth: usize,
 }
 
@@ -62,36 +82,42 @@ impl GroupQueue {
         self.depth
     }
 
-    /// The request dispatch serves next.
-    pub(super) fn next(&self) -> Option<RequestId> {
-        self.ids.front().copied()
+    /// The request dispatch serves next (today the head: arrival order, retries first).
+    fn next(&self) -> Option<&Waiter> {
+        self.waiters.front()
     }
 
-    /// The request that has waited longest (what the starvation bound reads).
-    pub(super) fn oldest(&self) -> Option<RequestId> {
-        self.ids.front().copied()
+    /// The lane the next request's last attempt failed on, if it is a retry.
+    pub(super) fn next_failed_on(&self) -> Option<LaneId> {
+        self.next().and_then(|w| w.failed_on)
     }
 
-    fn push_back(&mut self, id: RequestId) {
-        self.ids.push_back(id);
+    /// The request that has waited longest, and when it arrived (what the starvation bound,
+    /// cost-aware loading and wake-ups read).
+    pub(super) fn oldest(&self) -> Option<(RequestId, Time)> {
+        self.waiters.front().map(|w| (w.id, w.arrival))
+    }
+
+    fn push_back(&mut self, w: Waiter) {
+        self.waiters.push_back(w);
         self.depth += 1;
     }
 
     /// A retry goes back to the head.
-    fn push_front(&mut self, id: RequestId) {
-        self.ids.push_front(id);
+    fn push_front(&mut self, w: Waiter) {
+        self.waiters.push_front(w);
         self.depth += 1;
     }
 
     /// Insert in arrival (id) order: a request moved here from another lane's group.
-    fn insert_in_order(&mut self, id: RequestId) {
-        let at = self.ids.partition_point(|x| *x < id);
-        self.ids.insert(at, id);
+    fn insert_in_order(&mut self, w: Waiter) {
+        let at = self.waiters.partition_point(|x| x.id < w.id);
+        self.waiters.insert(at, w);
         self.depth += 1;
     }
 
     fn remove(&mut self, id: RequestId) {
-        self.ids.retain(|x| *x != id);
+        self.waiters.retain(|x| x.id != id);
         self.depth -= 1;
     }
 
@@ -101,19 +127,21 @@ impl GroupQueue {
         self.depth -= 1;
     }
 
+    /// Take [`Self::next`] out.
     fn pop_next(&mut self) -> Option<RequestId> {
-        let id = self.ids.pop_front()?;
+        let id = self.next()?.id;
+        self.waiters.pop_front();
         self.depth -= 1;
         Some(id)
     }
 
     /// Drop tombstones at the head, so that the head is always live.
     fn clean(&mut self, requests: &IdMap<Req>) {
-        while let Some(front) = self.ids.front() {
-            match requests.get(front) {
+        while let Some(front) = self.waiters.front() {
+            match requests.get(&front.id) {
                 Some(r) if r.state == ReqState::Queued => break,
                 _ => {
-                    self.ids.pop_front();
+                    self.waiters.pop_front();
                 }
             }
         }
@@ -141,6 +169,10 @@ pub(super) struct Queues {
     requests: IdMap<Req>,
     groups: Vec<Group>,
     index: HashMap<GroupKey, GroupId>,
+    /// The groups of each model (by `ModelId`): a group's key never changes.
+    of_model: Vec<Vec<GroupId>>,
+    /// The groups of each kind (by `Kind::index`).
+    of_kind: [Vec<GroupId>; Kind::COUNT],
     /// Queue deadlines of waiting requests, soonest first.
     deadlines: BTreeSet<(Time, RequestId)>,
     /// Retries backing off, soonest first.
@@ -184,6 +216,32 @@ impl Queues {
         self.groups.iter().enumerate().map(|(i, g)| (GroupId(i), g))
     }
 
+    /// Whether any request for `model` waits in a queue.
+    pub(super) fn model_has_waiting(&self, model: ModelId) -> bool {
+        self.groups_of(model).any(|g| self.groups[g.0].depth() > 0)
+    }
+
+    /// The groups of `kind`, with their ids.
+    pub(super) fn groups_of_kind(&self, kind: Kind) -> impl Iterator<Item = (GroupId, &Group)> {
+        self.of_kind[kind.index()]
+            .iter()
+            .map(|g| (*g, &self.groups[g.0]))
+    }
+
+    /// When the request that has waited longest of all arrived (`None`: nothing waits).
+    pub(super) fn oldest_arrival_of_all(&self) -> Option<Time> {
+        self.groups
+            .iter()
+            .filter(|g| g.depth() > 0)
+            .filter_map(|g| g.queue.oldest().map(|(_, arrival)| arrival))
+            .min()
+    }
+
+    /// The groups of `model`.
+    pub(super) fn groups_of(&self, model: ModelId) -> impl Iterator<Item = GroupId> + '_ {
+        self.of_model.get(model.0).into_iter().flatten().copied()
+    }
+
     /// Requests waiting (queued or backing off).
     pub(super) fn waiting(&self) -> usize {
         self.waiting
@@ -201,15 +259,7 @@ impl Queues {
 
     /// When the group's oldest waiter arrived.
     pub(super) fn oldest_arrival(&self, g: &Group) -> Option<Time> {
-        g.queue
-            .oldest()
-            .and_then(|id| self.requests.get(&id))
-            .map(|r| r.arrival)
-    }
-
-    /// The request `g` serves next.
-    pub(super) fn next_of(&self, g: &Group) -> Option<&Req> {
-        g.queue.next().and_then(|id| self.requests.get(&id))
+        g.queue.oldest().map(|(_, arrival)| arrival)
     }
 
     /// The soonest deadline or retry, if any.
@@ -230,6 +280,12 @@ impl Queues {
             return *g;
         }
         let id = GroupId(self.groups.len());
+        let model = key.model.0;
+        if self.of_model.len() <= model {
+            self.of_model.resize_with(model + 1, Vec::new);
+        }
+        self.of_model[model].push(id);
+        self.of_kind[key.kind.index()].push(id);
         self.groups.push(Group {
             key,
             queue: GroupQueue::default(),
@@ -244,8 +300,8 @@ impl Queues {
         let (g, kind) = (req.group, self.groups[req.group.0].key.kind);
         self.deadlines.insert((req.deadline, id));
         self.bytes_held += req.bytes;
+        self.groups[g.0].queue.push_back(Waiter::of(id, &req));
         self.requests.insert(id, req);
-        self.groups[g.0].queue.push_back(id);
         self.waiting += 1;
         self.waiting_per_kind[kind.index()] += 1;
     }
@@ -337,7 +393,7 @@ impl Queues {
             self.retries.pop_first();
             if let Some(r) = self.requests.get_mut(&id) {
                 r.state = ReqState::Queued;
-                self.groups[r.group.0].queue.push_front(id);
+                self.groups[r.group.0].queue.push_front(Waiter::of(id, r));
             }
         }
     }
@@ -348,11 +404,11 @@ impl Queues {
         let Some(r) = self.requests.get(&id) else {
             return;
         };
-        let (from, state) = (r.group, r.state);
+        let (from, state, waiter) = (r.group, r.state, Waiter::of(id, r));
         if state == ReqState::Queued {
             self.groups[from.0].queue.remove(id);
             self.groups[from.0].queue.clean(&self.requests);
-            self.groups[to.0].queue.insert_in_order(id);
+            self.groups[to.0].queue.insert_in_order(waiter);
             self.groups[to.0].queue.clean(&self.requests);
         }
         if let Some(r) = self.requests.get_mut(&id) {

@@ -15,21 +15,26 @@ use crate::types::{LaneId, ModelId};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Ewma {
     secs: f64,
+    /// `secs` as a duration, kept beside it: the policy reads it far more often than it changes.
+    value: Duration,
 }
 
 impl Ewma {
     pub(super) fn seeded(d: Duration) -> Ewma {
+        let secs = d.as_secs_f64();
         Ewma {
-            secs: d.as_secs_f64(),
+            secs,
+            value: Duration::from_secs_f64(secs.max(0.0)),
         }
     }
 
     pub(super) fn observe(&mut self, d: Duration) {
         self.secs += (d.as_secs_f64() - self.secs) * 0.25;
+        self.value = Duration::from_secs_f64(self.secs.max(0.0));
     }
 
     pub(super) fn get(self) -> Duration {
-        Duration::from_secs_f64(self.secs.max(0.0))
+        self.value
     }
 }
 
@@ -142,9 +147,7 @@ impl Scheduler {
 
     /// Whether any request for `model` waits.
     pub(super) fn has_waiting(&self, model: ModelId) -> bool {
-        self.queues
-            .groups()
-            .any(|(_, g)| g.key.model == model && g.depth() > 0)
+        self.queues.model_has_waiting(model)
     }
 
     /// Evict `model` from `lane` (it is idle).
