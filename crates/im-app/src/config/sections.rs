@@ -62,6 +62,18 @@ pub struct KeyEntry {
     pub rate_limit_burst: Option<u32>,
 }
 
+impl Default for KeyEntry {
+    /// An empty key with the ordinary scopes and the default rate limit.
+    fn default() -> KeyEntry {
+        KeyEntry {
+            key: String::new(),
+            scopes: ordinary_scopes(),
+            rate_limit_per_s: None,
+            rate_limit_burst: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for KeyEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyEntry")
