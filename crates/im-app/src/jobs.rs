@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use im_service::{Answer, Caller, Route, Service};
+use im_service::{Answer, Caller, Service};
 
 /// Runs jobs through the service.
 #[derive(Clone, Debug)]
@@ -12,10 +12,13 @@ pub struct ServiceRunner(pub Service);
 
 #[async_trait::async_trait]
 impl im_jobs::Runner for ServiceRunner {
-    async fn run(&self, request: &im_jobs::Request) -> im_jobs::Answer {
+    async fn run(&self, owner: &str, request: &im_jobs::Request) -> im_jobs::Answer {
         let service = &self.0;
+        // As its tenant (charged to it, its quotas and figures), checked at submission: a job
+        // is a unit of work its `POST /v1/jobs` paid for.
         let caller = Caller {
             key: None,
+            tenant: im_service::TenantId::new(owner),
             request_id: service.new_request_id(),
         };
         let refused = |e: im_service::ServiceError| im_jobs::Answer {
@@ -23,7 +26,8 @@ impl im_jobs::Runner for ServiceRunner {
             content_type: "application/json".to_owned(),
             body: bytes::Bytes::from(e.body().to_string()),
         };
-        let Some(route) = Route::at(&request.route).filter(|r| r.runs_as_job()) else {
+        let Some(route) = im_http_api::routes::job_routes().find(|r| r.path() == request.route)
+        else {
             return refused(im_service::ServiceError::invalid(
                 "route",
                 "not a route a job can run",

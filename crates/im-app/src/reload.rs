@@ -16,6 +16,7 @@ use crate::config::ImConfig;
 pub const RELOADABLE: &[&str] = &[
     "api_keys",
     "keys",
+    "tenants",
     "priority",
     "policy",
     "bounds",
@@ -151,6 +152,7 @@ impl Reloader {
         }
         next.api_keys = fresh.api_keys.clone();
         next.keys = fresh.keys.clone();
+        next.tenants = fresh.tenants.clone();
         next.priority = fresh.priority.clone();
         next.policy = fresh.policy;
         next.bounds = fresh.bounds.clone();
@@ -206,6 +208,7 @@ impl Reloader {
         self.service.set_keys(
             &next.key_specs(),
             (next.http.rate_limit_per_s, next.http.rate_limit_burst),
+            &next.tenant_specs(),
         );
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = next;
         *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = fresh;

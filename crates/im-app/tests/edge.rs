@@ -145,10 +145,7 @@ async fn a_request_larger_than_the_byte_budget_is_refused_as_too_large_not_queue
     };
     let limits = built.service.limits().clone();
     let call = im_service::Call::image(params, Some(file), &limits, None).expect("valid");
-    let caller = im_service::Caller {
-        key: None,
-        request_id: "too-large".into(),
-    };
+    let caller = im_service::Caller::new(&im_service::Principal::anonymous(), "too-large");
     let e = built.service.run(call, &caller).await.expect_err("refused");
     assert_eq!(
         (e.status(), e.kind.as_str()),
@@ -217,12 +214,14 @@ fn admin_keys(c: &mut ImConfig) {
             scopes: vec![Scope::Admin, Scope::Infer, Scope::Metrics],
             rate_limit_per_s: None,
             rate_limit_burst: None,
+            tenant: None,
         },
         KeyEntry {
             key: DEMO_KEY.into(),
             scopes: vec![Scope::Infer, Scope::Metrics],
             rate_limit_per_s: None,
             rate_limit_burst: None,
+            tenant: None,
         },
     ];
 }

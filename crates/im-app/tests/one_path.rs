@@ -176,7 +176,7 @@ async fn every_job_route_answers_as_a_job_exactly_as_over_http() {
         .expect("build");
     let app = im_http_api::router(built.state.clone());
     let mut compared = 0;
-    for route in Route::jobs() {
+    for route in im_http_api::routes::job_routes() {
         let body = body_for(route);
         let (status, ct, http_body) = send(&app, "POST", route.path(), Some(&body)).await;
         let (job_status, job_ct, job_body) = as_job(&app, route, &body).await;
@@ -199,7 +199,7 @@ async fn every_job_route_answers_as_a_job_exactly_as_over_http() {
         );
         compared += 1;
     }
-    assert_eq!(compared, Route::jobs().count());
+    assert_eq!(compared, im_http_api::routes::job_routes().count());
     // A refusal too: the same status and error as over HTTP.
     let bad = json!({"model": LLM, "messages": []});
     let (status, ct, http_body) = send(&app, "POST", "/txt2txt", Some(&bad)).await;

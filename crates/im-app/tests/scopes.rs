@@ -19,6 +19,7 @@ fn key(k: &str, scopes: &[Scope], rate: Option<u32>) -> KeyEntry {
         scopes: scopes.to_vec(),
         rate_limit_per_s: rate,
         rate_limit_burst: rate,
+        tenant: None,
     }
 }
 

@@ -146,6 +146,16 @@ impl Engine {
         result
     }
 
+    /// Take the waiting requests known by `request_ids` out of the queues, each answered
+    /// [`EngineError::Withdrawn`]; the ones running go on. How many were taken out.
+    pub async fn withdraw(&self, request_ids: std::collections::HashSet<String>) -> usize {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Withdraw { request_ids, reply }).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
     /// A snapshot of the queues and lanes; `None` once the engine stopped.
     pub async fn status(&self) -> Option<Status> {
         let (reply, rx) = oneshot::channel();

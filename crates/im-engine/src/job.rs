@@ -80,6 +80,9 @@ pub struct Job {
     pub deadline: Option<Duration>,
     /// The call.
     pub payload: Payload,
+    /// Who it is for (its tenant), as the error log records it so that a tenant sees its own
+    /// errors; `None` for work of no one tenant (a merged embedding batch).
+    pub owner: Option<std::sync::Arc<str>>,
 }
 
 /// Figures about a finished request.
@@ -212,6 +215,9 @@ pub enum EngineError {
     /// A bug in im (a panic was caught); the request did not complete.
     #[error("internal error in im while running the request; it was not completed")]
     Internal,
+    /// Taken out of the queue before it ran: the key it was sent with was revoked.
+    #[error("the API key this request was sent with was revoked while it waited")]
+    Withdrawn,
     /// The upstream refused or failed it for good.
     #[error("upstream error after {attempts} attempt(s): {error}")]
     Upstream {
@@ -273,6 +279,7 @@ impl EngineError {
             EngineError::ShuttingDown => "shutting_down",
             EngineError::Refused { .. } => "invalid_request",
             EngineError::Internal => "internal",
+            EngineError::Withdrawn => "unauthorized",
         }
     }
 
@@ -359,6 +366,7 @@ impl Job {
             request_id: request_id.into(),
             deadline,
             payload,
+            owner: None,
         }
     }
 

@@ -122,6 +122,7 @@ fn job(i: usize) -> Job {
         request_id: format!("c{i}"),
         deadline: Some(Duration::from_secs(20)),
         payload,
+        owner: None,
     }
 }
 

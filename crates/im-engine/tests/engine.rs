@@ -80,6 +80,7 @@ fn job(i: usize, kind: Kind) -> Job {
         request_id: format!("r{i}"),
         deadline: None,
         payload,
+        owner: None,
     }
 }
 

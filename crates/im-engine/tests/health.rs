@@ -49,6 +49,7 @@ fn job(i: usize) -> Job {
             stream: false,
             kind: Kind::Txt2Txt,
         },
+        owner: None,
     }
 }
 

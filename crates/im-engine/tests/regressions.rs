@@ -52,6 +52,7 @@ fn chat_job(id: &str, model: &str, text: &str, stream: bool) -> Job {
             stream,
             kind: Kind::Txt2Txt,
         },
+        owner: None,
     }
 }
 
@@ -114,6 +115,7 @@ async fn a_caller_leaving_during_a_load_keeps_the_slot_until_the_upstream_finish
             steps: Some(1),
             ..ImageRequest::default()
         }),
+        owner: None,
     };
     let gave_up = tokio::time::timeout(Duration::from_millis(60), engine.submit(image)).await;
     assert!(gave_up.is_err(), "the caller left during the load");

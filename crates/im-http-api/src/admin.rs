@@ -15,45 +15,8 @@ use crate::error::HttpError;
 use crate::respond::body;
 use crate::state::AppState;
 
-/// Path prefixes of LocalAI's management routes that im relays.
-const MANAGEMENT: [&str; 8] = [
-    "/models/available",
-    "/models/galleries",
-    "/models/apply",
-    "/models/delete/",
-    "/models/jobs",
-    "/backends",
-    "/backend/monitor",
-    "/system",
-];
-
-/// Whether `path` is one of LocalAI's management routes im relays.
-pub fn is_management(path: &str) -> bool {
-    MANAGEMENT.iter().any(|p| {
-        path == *p
-            || path
-                .strip_prefix(p)
-                .is_some_and(|rest| p.ends_with('/') || rest.starts_with('/'))
-    })
-}
-
-/// The routes, for the router (axum path syntax).
-pub const ROUTES: [&str; 11] = [
-    "/models/available",
-    "/models/galleries",
-    "/models/apply",
-    "/models/delete/{name}",
-    "/models/jobs",
-    "/models/jobs/{uuid}",
-    "/backends",
-    "/backends/{*rest}",
-    "/backend/monitor",
-    "/system",
-    "/system/{*rest}",
-];
-
-/// Relay a management request to the upstream named by `X-Im-Lane` (default 0) and its answer
-/// back as it came, status included.
+/// Relay a management request to an upstream (`X-Im-Lane`, default 0) and pass its answer back
+/// whatever its status. The routes are the table's (`crate::routes`) with this handler.
 #[utoipa::path(post, path = "/models/apply", tag = "admin",
     description = "LocalAI's management routes are relayed to the upstream (`X-Im-Lane`, default 0) for `admin` keys: `/models/available`, `/models/galleries`, `/models/apply`, `/models/delete/{name}`, `/models/jobs[/{uuid}]`, `/backends[/...]`, `/backend/monitor`, `/system`. Any method; the answer is the upstream's, status included.",
     request_body(content = Object, description = "As LocalAI takes it"),

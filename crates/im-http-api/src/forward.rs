@@ -99,22 +99,17 @@ impl Forwarder {
     /// answered here, the body never read), or the small limit of an open route; the most body
     /// it may then buffer.
     fn admit(&self, parts: &axum::http::request::Parts) -> Result<usize, HttpError> {
-        let path = parts.uri.path();
-        if crate::state::is_open(path) {
-            return Ok(if path == "/webhooks/ingest" {
-                self.ingest_limit
-            } else {
-                OPEN_BODY_LIMIT
-            });
+        use crate::routes::Access;
+        match crate::routes::access(parts.uri.path()) {
+            Access::Signed => Ok(self.ingest_limit),
+            Access::Open | Access::Session => Ok(OPEN_BODY_LIMIT),
+            Access::Key { scope, .. } => {
+                self.service
+                    .authorize(crate::state::key_of(&parts.headers), scope, false)
+                    .map_err(HttpError)?;
+                Ok(self.body_limit)
+            }
         }
-        self.service
-            .authorize(
-                crate::state::key_of(&parts.headers),
-                crate::state::scope_of(path),
-                false,
-            )
-            .map_err(HttpError)?;
-        Ok(self.body_limit)
     }
 
     /// Wait until the lease names a holder other than epoch `failed` (or any holder when `None`),
@@ -131,14 +126,6 @@ impl Forwarder {
     }
 }
 
-/// Served by every replica itself.
-fn local(path: &str) -> bool {
-    matches!(
-        path,
-        "/health" | "/ready" | "/metrics" | "/openapi.json" | "/dashboard" | "/admin/reload"
-    ) || path.starts_with("/docs")
-}
-
 /// The middleware: serve here when this replica schedules (or the route is local), else forward.
 pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) -> Response {
     if req.uri().path() == "/ready" && *f.role.borrow() == Role::Unknown {
@@ -150,7 +137,7 @@ pub async fn forward(State(f): State<Arc<Forwarder>>, req: Request, next: Next) 
         )
             .into_response();
     }
-    if local(req.uri().path()) {
+    if crate::routes::runs_here(req.uri().path()) {
         return next.run(req).await;
     }
     if req.headers().contains_key(FORWARDED) {
@@ -280,10 +267,11 @@ async fn send(
     im_edge::proxy::send(&f.client, base, parts, body, &extra).await
 }
 
-/// A WebSocket session through a follower: the follower opens one to the scheduler with the
-/// client's credentials (so the scheduler authenticates it, and refuses it with its own status),
-/// then passes messages both ways until either side closes. A failover ends the session; the
-/// client connects again.
+/// A WebSocket session through a follower: the follower checks the client's key against its own
+/// keys (in the upgrade's headers, or in the `auth` message that opens the session), opens a
+/// session to the scheduler with the client's credentials (the scheduler checks each message's
+/// scope and charges it), then passes messages both ways until either side closes, or until a
+/// reload here revokes the key. A failover ends the session; the client connects again.
 mod websocket {
     use axum::extract::FromRequestParts;
     use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
@@ -301,9 +289,28 @@ mod websocket {
             .into_response();
         };
         let (mut parts, _) = req.into_parts();
+        // This replica's keys are in force here, whatever the scheduler's say.
         let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(u) => u,
             Err(e) => return e.into_response(),
+        };
+        let who = match crate::state::key_of(&parts.headers) {
+            Some(k) => match f.service.authenticate(Some(k), false) {
+                Ok(who) => Some(who),
+                // As the scheduler answers it: the session opens and closes with 4001.
+                Err(_) => {
+                    return upgrade.on_upgrade(|client| async move {
+                        let mut client = client;
+                        let frame = ws::CloseFrame {
+                            code: crate::ws::CLOSE_UNAUTHORIZED,
+                            reason: "wrong API key".into(),
+                        };
+                        let _ = client.send(ws::Message::Close(Some(frame))).await;
+                    });
+                }
+            },
+            None if !f.service.auth_enabled() => Some(im_service::Principal::anonymous()),
+            None => None,
         };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let url = format!(
@@ -331,7 +338,10 @@ mod websocket {
                 .insert(im_edge::fence::REPLICA, p.clone());
         }
         match tokio_tungstenite::connect_async(request).await {
-            Ok((upstream, _)) => upgrade.on_upgrade(move |client| pump(client, upstream)),
+            Ok((upstream, _)) => {
+                let service = f.service.clone();
+                upgrade.on_upgrade(move |client| pump(client, upstream, service, who))
+            }
             Err(tungstenite::Error::Http(refused)) => {
                 // The scheduler's own refusal (401, 429, ...), passed on as it said it.
                 let (head, body) = refused.into_parts();
@@ -355,11 +365,56 @@ mod websocket {
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >;
 
-    async fn pump(client: WebSocket, upstream: Upstream) {
-        let (mut to_client, mut from_client) = client.split();
+    /// The key an `auth` message carries, checked here: who it is, or `None` (refused).
+    fn auth_message(service: &im_service::Service, text: &str) -> Option<im_service::Principal> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        if v["type"] != "auth" {
+            return None;
+        }
+        service
+            .authenticate(v["api_key"].as_str().map(str::as_bytes), false)
+            .ok()
+    }
+
+    async fn pump(
+        client: WebSocket,
+        upstream: Upstream,
+        service: im_service::Service,
+        mut who: Option<im_service::Principal>,
+    ) {
+        let (to_client, mut from_client) = client.split();
+        let to_client = tokio::sync::Mutex::new(to_client);
         let (mut to_upstream, mut from_upstream) = upstream.split();
+        let refuse = |reason: &'static str| async {
+            let frame = ws::CloseFrame {
+                code: crate::ws::CLOSE_UNAUTHORIZED,
+                reason: reason.into(),
+            };
+            let _ = to_client
+                .lock()
+                .await
+                .send(ws::Message::Close(Some(frame)))
+                .await;
+        };
+        let mut keys_changed = service.watch_keys();
+        let checked = std::sync::Mutex::new(who.clone());
         let up = async {
             while let Some(Ok(m)) = from_client.next().await {
+                if who.is_none() {
+                    // The session's first message must be `auth`, with a key in force here.
+                    let ws::Message::Text(t) = &m else {
+                        refuse("send auth first").await;
+                        break;
+                    };
+                    match auth_message(&service, t.as_str()) {
+                        Some(k) => who = Some(k),
+                        None => {
+                            refuse("wrong API key").await;
+                            break;
+                        }
+                    }
+                }
+                *checked.lock().unwrap_or_else(|p| p.into_inner()) = who.clone();
                 let m = match m {
                     ws::Message::Text(t) => tungstenite::Message::text(t.as_str()),
                     ws::Message::Binary(b) => tungstenite::Message::binary(b),
@@ -392,20 +447,32 @@ mod websocket {
                             code: c.code.into(),
                             reason: c.reason.as_str().into(),
                         });
-                        let _ = to_client.send(ws::Message::Close(frame)).await;
+                        let _ = to_client.lock().await.send(ws::Message::Close(frame)).await;
                         break;
                     }
                     tungstenite::Message::Frame(_) => continue,
                 };
-                if to_client.send(m).await.is_err() {
+                if to_client.lock().await.send(m).await.is_err() {
                     break;
                 }
             }
+        };
+        // A reload here that removes the session's key ends it.
+        let revoked = async {
+            while keys_changed.changed().await.is_ok() {
+                let current = checked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if current.is_some_and(|who| service.check_key(&who).is_err()) {
+                    refuse("API key revoked").await;
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
         };
         // Either side closing ends the session (the other side gets the close).
         tokio::select! {
             () = up => {}
             () = down => {}
+            () = revoked => {}
         }
     }
 }

@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use im_jobs::{JobError, Jobs, Request as JobRequest, Status, Stored, Submission};
-use im_service::{Caller, ErrorType, Route, Scope, ServiceError};
+use im_service::{Caller, ErrorType, Route, ServiceError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -73,7 +73,7 @@ fn job_error(e: JobError) -> HttpError {
 /// Turn a submission into the request a job runs, or a 400 naming the field.
 pub fn job_request(s: &JobSubmission) -> Result<JobRequest, ServiceError> {
     let kinds = || {
-        Route::jobs()
+        crate::routes::job_routes()
             .filter_map(Route::job_kind)
             .collect::<Vec<_>>()
             .join(", ")
@@ -83,8 +83,8 @@ pub fn job_request(s: &JobSubmission) -> Result<JobRequest, ServiceError> {
         (None, None) => return Err(ServiceError::invalid("kind", format!("give `kind` ({}) or `route`", kinds()))),
         (Some(kind), None) => Route::for_job_kind(kind)
             .ok_or_else(|| ServiceError::invalid("kind", format!("{:?} is not a kind a job can run; the kinds: {} (stt takes a file upload: not a job)", im_service::truncate(kind, 32), kinds())))?,
-        (None, Some(route)) => Route::at(route).filter(|r| r.runs_as_job()).ok_or_else(|| {
-            let routes: Vec<&str> = Route::jobs().map(Route::path).collect();
+        (None, Some(route)) => crate::routes::job_routes().find(|r| r.path() == route).ok_or_else(|| {
+            let routes: Vec<&str> = crate::routes::job_routes().map(Route::path).collect();
             ServiceError::invalid("route", format!("{:?} is not a route a job can run; the routes: {}", im_service::truncate(route, 64), routes.join(", ")))
         })?,
     };
@@ -119,11 +119,13 @@ pub fn job_request(s: &JobSubmission) -> Result<JobRequest, ServiceError> {
     })
 }
 
-/// Who owns what `caller` submits, and whether it sees every job (an `admin` key).
+/// Who owns what `caller` submits (its tenant), and whether it sees every tenant's jobs (an
+/// `admin` or `operator` key).
 fn owner(st: &AppState, caller: &Caller) -> (String, bool) {
-    let keys = st.service.keys();
-    let all = caller.key.is_some_and(|k| keys.allows(k, Scope::Admin));
-    (keys.fingerprint(caller.key), all)
+    (
+        caller.tenant.to_string(),
+        st.service.sees_all(&caller.principal()),
+    )
 }
 
 fn accepted(job: &im_jobs::Job, new: bool) -> Response {

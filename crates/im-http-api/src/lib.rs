@@ -9,8 +9,10 @@
 //! handler is annotated for utoipa; [`ApiDoc`] collects them, Swagger UI serves at `/docs` and the
 //! document at `/openapi.json` (the committed copy is checked by a test).
 //!
-//! The middleware stack, outermost first: request id → auth (+ per-key rate limit) → body limit →
-//! handler. This crate knows JSON and HTTP; it never talks to LocalAI except through the engine.
+//! Every route is one line of [`routes::ROUTES`]: its path, handler, scope, where it runs and
+//! whether a job may stand for it; the router, authentication, forwarding and the job runner read
+//! it. The middleware stack, outermost first: request id → auth (the route's scope, the key's and
+//! tenant's rates) → body limit → handler. This crate knows JSON and HTTP; it never talks to LocalAI except through the engine.
 
 pub mod admin;
 pub mod error;
@@ -22,6 +24,7 @@ pub mod media;
 pub mod openai;
 pub mod ops;
 pub mod respond;
+pub mod routes;
 pub mod seed;
 mod state;
 mod stream;
@@ -32,7 +35,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use im_service::ErrorType;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -117,60 +119,11 @@ pub fn router_with(
     extra: impl FnOnce(Router<AppState>) -> Router<AppState>,
 ) -> Router {
     let limit = state.service.body_limit();
-    let api = Router::new()
-        .route("/txt2txt", post(seed::txt2txt))
-        .route("/txt2img", post(seed::txt2img))
-        .route("/img2img", post(seed::img2img))
-        .route("/img2txt", post(seed::img2txt))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/embeddings", post(openai::embeddings))
-        // LocalAI also accepts its OpenAI routes without the `/v1` prefix (`GET /models` is left
-        // for the model registry of the seeds' dialect).
-        .route("/chat/completions", post(openai::chat_completions))
-        .route("/completions", post(openai::completions))
-        .route("/embeddings", post(openai::embeddings))
-        .route("/images/generations", post(openai::images_generations))
-        .route("/v1/images/generations", post(openai::images_generations))
-        .route("/v1/models", get(openai::models))
-        .route("/infer", post(tasks::infer))
-        .route("/infer/batch", post(tasks::infer_batch))
-        .route("/models", get(tasks::models))
-        .route("/ws/{client_id}", get(ws::ws))
-        .route("/models/load", post(lifecycle::load))
-        .route("/models/unload", post(lifecycle::unload))
-        .route("/v1/infer", post(infer::infer))
-        .route("/v1/infer/stream", post(infer::infer_stream))
-        .route("/", get(infer::root))
-        .route("/v1/rerank", post(media::rerank))
-        .route("/rerank", post(media::rerank))
-        .route("/v1/audio/speech", post(media::speech))
-        .route("/audio/speech", post(media::speech))
-        .route("/tts", post(media::tts))
-        .route("/v1/audio/transcriptions", post(media::transcriptions))
-        .route("/audio/transcriptions", post(media::transcriptions))
-        .route("/v1/images/edits", post(media::images_edits))
-        .route("/images/edits", post(media::images_edits))
-        .route("/get_request_metrics", get(ops::request_metrics))
-        .route("/get_error_metrics", get(ops::error_metrics))
-        .route("/mcp/get_request_metrics", get(ops::request_metrics))
-        .route("/mcp/get_error_metrics", get(ops::error_metrics))
-        .route("/queue-status", get(ops::queue_status))
-        .route("/status", get(ops::status))
-        .route("/placement", get(ops::placement))
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
-        .route("/v1/jobs", post(jobs::create).get(jobs::list))
-        .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
-        .route("/v1/jobs/{id}/result", get(jobs::result))
-        .route("/webhooks/ingest", post(jobs::ingest))
-        .route("/admin/reload", post(ops::reload))
-        .route("/dashboard", get(ops::dashboard))
+    let api = routes::ROUTES
+        .iter()
+        .filter_map(|e| Some((e.path, e.handler?)))
+        .fold(Router::new(), |r, (path, handler)| r.route(path, handler()))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
-    let api = admin::ROUTES.iter().fold(api, |r, path| {
-        r.route(path, axum::routing::any(admin::relay))
-    });
     let api = extra(api)
         .fallback(|| async {
             HttpError::new(ErrorType::NotFound, "no such route; see /docs").into_response()

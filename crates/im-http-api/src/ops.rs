@@ -16,12 +16,16 @@ pub async fn request_metrics(State(st): State<AppState>) -> Response {
     axum::Json(st.service.request_metrics()).into_response()
 }
 
-/// Error counts by kind, model and class, and the last 100 errors (sanitized).
+/// Error counts by kind, model and class, and the last 100 errors (sanitized): every tenant's
+/// for an `admin` or `operator` key, the caller's own tenant's for the rest.
 #[utoipa::path(get, path = "/get_error_metrics", tag = "operations",
     responses((status = 200, description = "Error metrics", body = Object), (status = 401, description = "No or a wrong API key", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
-pub async fn error_metrics(State(st): State<AppState>) -> Response {
-    axum::Json(st.service.error_metrics()).into_response()
+pub async fn error_metrics(
+    State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<im_service::Caller>,
+) -> Response {
+    axum::Json(st.service.error_metrics(&caller.principal())).into_response()
 }
 
 /// Per group: depth, oldest wait, in flight; per lane: active group, loaded model, state, breaker.

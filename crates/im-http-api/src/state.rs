@@ -7,11 +7,12 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use im_service::{Caller, Figures, Scope, Service, TRACE_TARGET};
+use im_service::{Caller, Figures, Principal, Service, TRACE_TARGET};
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::error::HttpError;
+use crate::routes::{self, Access};
 
 /// What the handlers share: the service, and the durable jobs when they are on. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -82,49 +83,10 @@ pub struct Arrived(pub Instant);
 
 pub use im_edge::caller::{key_of, request_id_of};
 
-/// Paths that need no key: what the API is (`/`), liveness, readiness (without a key it says only ready or not, so a
-/// Kubernetes probe needs no secret), and the API documentation (it holds no data; Swagger UI's
-/// "Authorize" button supplies the key for the calls it makes), the WebSocket, which checks
-/// the key itself (in the upgrade's headers or in its first message), and inbound webhooks,
-/// which are authenticated by their signature.
-pub(crate) fn is_open(path: &str) -> bool {
-    path == "/health"
-        || path == "/webhooks/ingest"
-        || path == "/dashboard"
-        || path.starts_with("/ws/")
-        || path == "/"
-        || path == "/ready"
-        || path == "/openapi.json"
-        || path == "/docs"
-        || path.starts_with("/docs/")
-}
-
-/// The scope a path needs: `metrics` for metrics and status, `admin` for LocalAI's management
-/// routes, `infer` for everything else.
-pub fn scope_of(path: &str) -> Scope {
-    const METRICS: [&str; 8] = [
-        "/status",
-        "/placement",
-        "/metrics",
-        "/get_request_metrics",
-        "/get_error_metrics",
-        "/mcp/get_request_metrics",
-        "/mcp/get_error_metrics",
-        "/queue-status",
-    ];
-    if METRICS.contains(&path) {
-        Scope::Metrics
-    } else if crate::admin::is_management(path)
-        || ["/models/load", "/models/unload", "/admin/reload"].contains(&path)
-    {
-        Scope::Admin
-    } else {
-        Scope::Infer
-    }
-}
-
-/// Middleware: the request's id (echoed as `X-Request-Id` on every response), then its key, the
-/// scope the path needs ([`scope_of`]) and the key's rate limit; the handlers receive the [`Caller`] and when it [`Arrived`].
+/// Middleware: the request's id (echoed as `X-Request-Id` on every response), then what its
+/// route needs ([`crate::routes::access`]): for a keyed route the key, its scope and (unless the
+/// route charges its units one by one) the key's and tenant's rates; the handlers receive the
+/// [`Caller`] and when it [`Arrived`].
 pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let arrived = Arrived(Instant::now());
     let id = request_id_of(req.headers()).unwrap_or_else(|| st.service.new_request_id());
@@ -132,19 +94,17 @@ pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) ->
     let admitted = {
         let _admission =
             tracing::info_span!(target: TRACE_TARGET, parent: &span, "admission").entered();
-        if is_open(req.uri().path()) {
-            Ok(None)
-        } else {
-            let scope = scope_of(req.uri().path());
-            st.service.authorize(key_of(req.headers()), scope, true)
+        match routes::access(req.uri().path()) {
+            Access::Key { scope, charge } => {
+                st.service.authorize(key_of(req.headers()), scope, charge)
+            }
+            // Checked by the session, the signature or not at all.
+            Access::Open | Access::Session | Access::Signed => Ok(Principal::anonymous()),
         }
     };
     let mut resp = match admitted {
-        Ok(key) => {
-            req.extensions_mut().insert(Caller {
-                key,
-                request_id: id.clone(),
-            });
+        Ok(who) => {
+            req.extensions_mut().insert(Caller::new(&who, id.clone()));
             req.extensions_mut().insert(arrived);
             next.run(req).instrument(span.clone()).await
         }

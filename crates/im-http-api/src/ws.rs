@@ -119,9 +119,9 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
         }
     });
     let service = st.service.clone();
-    let mut key = match &header_key {
-        Some(k) => match service.authorize(Some(k), Scope::Infer, false) {
-            Ok(k) => Some(k),
+    let mut who = match &header_key {
+        Some(k) => match service.authenticate(Some(k), false) {
+            Ok(who) => Some(who),
             Err(_) => {
                 out.close(CLOSE_UNAUTHORIZED, "wrong API key");
                 let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
@@ -129,7 +129,7 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
                 return;
             }
         },
-        None if !service.auth_enabled() => Some(None),
+        None if !service.auth_enabled() => Some(im_service::Principal::anonymous()),
         None => None,
     };
     let deadline = tokio::time::Instant::now() + AUTH_WITHIN;
@@ -138,6 +138,7 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
     let mut work: JoinSet<()> = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u32;
+    let mut keys_changed = service.watch_keys();
     loop {
         if out.slow.load(Ordering::SeqCst) {
             // Too slow to read: close, and drop its work (cancelling its queued requests).
@@ -161,15 +162,14 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
                     }
                 };
                 let kind = v["type"].as_str().unwrap_or_default().to_owned();
-                if key.is_none() {
+                let Some(session_of) = who.clone() else {
                     if kind != "auth" {
                         out.close(CLOSE_UNAUTHORIZED, "send auth first");
                         break;
                     }
-                    let provided = v["api_key"].as_str().map(str::as_bytes);
-                    match service.authorize(provided, Scope::Infer, false) {
+                    match service.authenticate(v["api_key"].as_str().map(str::as_bytes), false) {
                         Ok(k) => {
-                            key = Some(k);
+                            who = Some(k);
                             out.send(json!({"type": "authenticated", "client_id": client_id}));
                         }
                         Err(_) => {
@@ -177,6 +177,29 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
                             break;
                         }
                     }
+                    continue;
+                };
+                let Some(needs) = message_scope(&kind) else {
+                    out.send(error_message(None, &ServiceError::invalid(
+                        "type",
+                        format!("{:?} is not a message type; the types: {}", im_service::truncate(&kind, 32),
+                            MESSAGES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")),
+                    )));
+                    continue;
+                };
+                // Each message is a unit of work: checked (and, for work, charged) as an HTTP
+                // request of its kind would be.
+                let checked = match needs {
+                    Some(scope) => service.check(&session_of, scope, true),
+                    None => service.check_key(&session_of),
+                };
+                if let Err(e) = checked {
+                    if e.status() == 401 {
+                        work.abort_all();
+                        out.close(CLOSE_UNAUTHORIZED, "API key revoked");
+                        break;
+                    }
+                    out.send(error_message(v.get("id"), &e));
                     continue;
                 }
                 match kind.as_str() {
@@ -193,32 +216,38 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
                         topics.extend(wanted);
                         last.clear();
                         out.send(json!({"type": "subscribed", "topics": topics}));
-                        publish(&service, &topics, &mut last, &out).await;
+                        publish(&service, &session_of, &topics, &mut last, &out).await;
                     }
-                    "inference" => {
-                        let caller = Caller {
-                            key: key.flatten(),
-                            request_id: service.new_request_id(),
-                        };
+                    _ => {
+                        let caller = Caller::new(&session_of, service.new_request_id());
                         let (service, out) = (service.clone(), out.clone());
                         work.spawn(async move { inference(&service, &caller, &v, &out).await });
                     }
-                    other => out.send(error_message(None, &ServiceError::invalid(
-                        "type",
-                        format!("{:?} is not a message type; the types: auth, subscribe, inference, status, ping", im_service::truncate(other, 32)),
-                    ))),
+                }
+            }
+            Ok(()) = keys_changed.changed() => {
+                // A reload: a session whose key was removed (or moved) closes now.
+                if let Some(session_of) = &who
+                    && service.check_key(session_of).is_err()
+                {
+                    work.abort_all();
+                    out.close(CLOSE_UNAUTHORIZED, "API key revoked");
+                    break;
                 }
             }
             _ = tick.tick() => {
-                if key.is_none() && tokio::time::Instant::now() >= deadline {
-                    out.close(CLOSE_UNAUTHORIZED, "no auth in time");
-                    break;
-                }
+                let Some(session_of) = &who else {
+                    if tokio::time::Instant::now() >= deadline {
+                        out.close(CLOSE_UNAUTHORIZED, "no auth in time");
+                        break;
+                    }
+                    continue;
+                };
                 ticks += 1;
                 if ticks.is_multiple_of(REFRESH_EVERY_TICKS) {
                     last.clear();
                 }
-                publish(&service, &topics, &mut last, &out).await;
+                publish(&service, session_of, &topics, &mut last, &out).await;
             }
             Some(_) = work.join_next(), if !work.is_empty() => {}
         }
@@ -243,9 +272,26 @@ async fn session(st: AppState, client_id: String, header_key: Option<Vec<u8>>, s
     writer.abort();
 }
 
-/// Send each subscribed topic that changed since it was last sent.
+/// The message types a client sends, each with the scope it needs (`None`: a key in force is
+/// enough). The same scopes as the HTTP routes of the same views and work.
+pub const MESSAGES: [(&str, Option<Scope>); 5] = [
+    ("auth", None),
+    ("ping", None),
+    ("status", Some(Scope::Metrics)),
+    ("subscribe", Some(Scope::Metrics)),
+    ("inference", Some(Scope::Infer)),
+];
+
+/// The scope message type `kind` needs (`None` inside: none but a key in force); `None`: no such
+/// type.
+fn message_scope(kind: &str) -> Option<Option<Scope>> {
+    MESSAGES.iter().find(|(t, _)| *t == kind).map(|(_, s)| *s)
+}
+
+/// Send each subscribed topic that changed since it was last sent, as `who` may see it.
 async fn publish(
     service: &im_service::Service,
+    who: &im_service::Principal,
     topics: &BTreeSet<String>,
     last: &mut std::collections::HashMap<String, Value>,
     out: &Outbox,
@@ -255,7 +301,7 @@ async fn publish(
             "queue" => service.queue_status().await,
             "lanes" => service.backend_status().await,
             "timeline" => service.timeline(),
-            "errors" => service.error_metrics(),
+            "errors" => service.error_metrics(who),
             _ => service.request_metrics(),
         };
         if last.get(t) != Some(&data) {

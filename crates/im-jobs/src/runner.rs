@@ -34,8 +34,9 @@ pub struct Answer {
 /// Runs one job's request.
 #[async_trait::async_trait]
 pub trait Runner: Send + Sync + 'static {
-    /// Run `request` to its answer (dropping the future cancels it).
-    async fn run(&self, request: &Request) -> Answer;
+    /// Run `request` for `owner` (the tenant that submitted it: what it is charged to) to its
+    /// answer (dropping the future cancels it).
+    async fn run(&self, owner: &str, request: &Request) -> Answer;
 }
 
 /// The jobs' settings (`[jobs]` in im's config).
@@ -555,7 +556,7 @@ async fn run_job(inner: &Inner, id: &str) -> Result<(), StoreError> {
     };
     let mut backoff = Duration::from_millis(200);
     let answer = loop {
-        let answer = inner.runner.run(&job.request).await;
+        let answer = inner.runner.run(&job.owner, &job.request).await;
         if !come_back_later(answer.status) {
             break answer;
         }

@@ -23,7 +23,7 @@ struct Script {
 
 #[async_trait::async_trait]
 impl Runner for Script {
-    async fn run(&self, request: &Request) -> Answer {
+    async fn run(&self, _owner: &str, request: &Request) -> Answer {
         self.runs.fetch_add(1, Ordering::SeqCst);
         let answer = |status: u16, content_type: &str, body: Bytes| Answer {
             status,

@@ -83,19 +83,51 @@ fn service_error(e: &ServiceError) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(e.line())])
 }
 
-/// The MCP caller of the request `ctx` belongs to: over streamable HTTP its key (checked, and
-/// already charged to its rate limit by the `/mcp` request that carried the call) and its request
-/// id; over stdio (a local process) no key and a fresh id.
-fn caller_of(ctx: &RequestContext<RoleServer>, service: &Service) -> Result<Caller, ServiceError> {
+/// Every tool with the scope it needs: the same scopes as the HTTP routes of the same work and
+/// views (the golden list `crates/im-http-api/scopes.golden` names them).
+pub const TOOLS: [(&str, Scope); 13] = [
+    ("txt2txt", Scope::Infer),
+    ("img2txt", Scope::Infer),
+    ("txt2img", Scope::Infer),
+    ("img2img", Scope::Infer),
+    ("route_inference_request", Scope::Infer),
+    ("list_models", Scope::Infer),
+    ("get_supported_tasks", Scope::Infer),
+    ("get_request_metrics", Scope::Metrics),
+    ("get_error_metrics", Scope::Metrics),
+    ("queue_status", Scope::Metrics),
+    ("list_inference_backends", Scope::Metrics),
+    ("get_backend_status", Scope::Metrics),
+    ("select_backend_for_inference", Scope::Metrics),
+];
+
+/// The scope tool `name` needs (an unknown name needs `admin`: nothing is open by omission).
+fn scope_of_tool(name: &str) -> Scope {
+    TOOLS
+        .iter()
+        .find(|(t, _)| *t == name)
+        .map_or(Scope::Admin, |(_, s)| *s)
+}
+
+/// The MCP caller of the tool call `tool` that `ctx` belongs to, checked: over streamable HTTP
+/// its key, the tool's scope and (when `charge`) its rates, each tool call one unit of work (the
+/// `/mcp` request that carried it is not charged); and its request id. Over stdio (a local
+/// process, the operator's own) no key and a fresh id.
+fn caller_of(
+    ctx: &RequestContext<RoleServer>,
+    service: &Service,
+    tool: &str,
+    charge: bool,
+) -> Result<Caller, ServiceError> {
     let parts = ctx.extensions.get::<axum::http::request::Parts>();
     let request_id = parts
         .and_then(|p| request_id_of(&p.headers))
         .unwrap_or_else(|| service.new_request_id());
-    let key = match parts {
-        Some(p) => service.authorize(key_of(&p.headers), im_service::Scope::Infer, false)?,
-        None => None,
+    let who = match parts {
+        Some(p) => service.authorize(key_of(&p.headers), scope_of_tool(tool), charge)?,
+        None => im_service::Principal::anonymous(),
     };
-    Ok(Caller { key, request_id })
+    Ok(Caller::new(&who, request_id))
 }
 
 /// Run a tool's work unless the MCP client cancels the call (a `notifications/cancelled`, or its
@@ -165,6 +197,15 @@ impl ImMcp {
         }
     }
 
+    /// The names of the tools it serves.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.tool_router
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect()
+    }
+
     fn is_remote(&self) -> bool {
         matches!(*self.target, Target::Remote(_))
     }
@@ -174,6 +215,7 @@ impl ImMcp {
     async fn infer(
         &self,
         ctx: &RequestContext<RoleServer>,
+        tool: &str,
         make: impl FnOnce(&Service) -> Result<Call, ServiceError>,
         path: &str,
         body: impl FnOnce() -> Value,
@@ -181,7 +223,7 @@ impl ImMcp {
         match &*self.target {
             Target::Local(service) => {
                 let run = async {
-                    let caller = caller_of(ctx, service)?;
+                    let caller = caller_of(ctx, service, tool, true)?;
                     let call = make(service)?;
                     service.run(call, &caller).await
                 };
@@ -210,15 +252,20 @@ impl ImMcp {
     async fn placement(
         &self,
         ctx: &RequestContext<RoleServer>,
+        tool: &str,
+        charge: bool,
         kind: &str,
         model: &str,
         backend: Option<&str>,
     ) -> Result<Result<Value, CallToolResult>, ErrorData> {
         Ok(match &*self.target {
-            Target::Local(service) => service
-                .placement(kind, model, backend)
-                .await
-                .map_err(|e| service_error(&e)),
+            Target::Local(service) => match caller_of(ctx, service, tool, charge) {
+                Ok(_) => service
+                    .placement(kind, model, backend)
+                    .await
+                    .map_err(|e| service_error(&e)),
+                Err(e) => Err(service_error(&e)),
+            },
             Target::Remote(remote) => {
                 let mut params = vec![("kind", kind), ("model", model)];
                 if let Some(b) = backend {
@@ -242,13 +289,18 @@ impl ImMcp {
     async fn fetch(
         &self,
         ctx: &RequestContext<RoleServer>,
+        tool: &str,
         path: &str,
     ) -> Result<(u16, Value), ErrorData> {
         Ok(match &*self.target {
             Target::Local(service) => {
+                let caller = match caller_of(ctx, service, tool, true) {
+                    Ok(c) => c,
+                    Err(e) => return Ok((e.status(), e.body())),
+                };
                 let v = match path {
                     "/get_request_metrics" => service.request_metrics(),
-                    "/get_error_metrics" => service.error_metrics(),
+                    "/get_error_metrics" => service.error_metrics(&caller.principal()),
                     "/queue-status" => service.queue_status().await,
                     "/status" => service.backend_status().await,
                     _ => service.models(),
@@ -265,10 +317,11 @@ impl ImMcp {
     async fn view_with(
         &self,
         ctx: &RequestContext<RoleServer>,
+        tool: &str,
         path: &str,
         shape: impl FnOnce(Value) -> Result<Value, String>,
     ) -> Result<CallToolResult, ErrorData> {
-        let (status, v) = self.fetch(ctx, path).await?;
+        let (status, v) = self.fetch(ctx, tool, path).await?;
         if status != 200 {
             return Ok(remote::tool_error(status, &v));
         }
@@ -284,9 +337,10 @@ impl ImMcp {
     async fn view(
         &self,
         ctx: &RequestContext<RoleServer>,
+        tool: &str,
         path: &str,
     ) -> Result<CallToolResult, ErrorData> {
-        self.view_with(ctx, path, Ok).await
+        self.view_with(ctx, tool, path, Ok).await
     }
 }
 
@@ -368,6 +422,7 @@ impl ImMcp {
         let body = self.is_remote().then(|| json!({"model": input.model, "messages": input.messages, "temperature": input.temperature, "max_tokens": input.max_tokens}));
         self.infer(
             &ctx,
+            "txt2txt",
             |s| Call::chat(input, ChatKind::Text, s.limits()),
             "/txt2txt",
             || body.unwrap_or_default(),
@@ -401,6 +456,7 @@ impl ImMcp {
         };
         self.infer(
             &ctx,
+            "img2txt",
             |s| Call::chat(input, ChatKind::Vision, s.limits()),
             "/img2txt",
             || body.unwrap_or_default(),
@@ -424,6 +480,7 @@ impl ImMcp {
         );
         self.infer(
             &ctx,
+            "txt2img",
             |s| Call::image(params, None, s.limits(), None),
             "/txt2img",
             || body,
@@ -457,8 +514,10 @@ impl ImMcp {
             let file = image_file("file", Cow::Borrowed(file.as_str()))?;
             Call::image(params, Some(file), s.limits(), None)
         };
-        self.infer(&ctx, make, "/img2img", || body.unwrap_or_default())
-            .await
+        self.infer(&ctx, "img2img", make, "/img2img", || {
+            body.unwrap_or_default()
+        })
+        .await
     }
 
     /// Request metrics.
@@ -468,7 +527,8 @@ impl ImMcp {
         ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.view(&ctx, "/get_request_metrics").await
+        self.view(&ctx, "get_request_metrics", "/get_request_metrics")
+            .await
     }
 
     /// Error metrics.
@@ -478,7 +538,8 @@ impl ImMcp {
         ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.view(&ctx, "/get_error_metrics").await
+        self.view(&ctx, "get_error_metrics", "/get_error_metrics")
+            .await
     }
 
     /// Queue status.
@@ -488,7 +549,7 @@ impl ImMcp {
         ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.view(&ctx, "/queue-status").await
+        self.view(&ctx, "queue_status", "/queue-status").await
     }
 
     /// The backends (lanes).
@@ -498,7 +559,7 @@ impl ImMcp {
         ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.view(&ctx, "/status").await
+        self.view(&ctx, "list_inference_backends", "/status").await
     }
 
     /// One backend.
@@ -508,8 +569,10 @@ impl ImMcp {
         ctx: RequestContext<RoleServer>,
         Parameters(args): Parameters<BackendArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.view_with(&ctx, "/status", |v| backend_named(v, &args.name))
-            .await
+        self.view_with(&ctx, "get_backend_status", "/status", |v| {
+            backend_named(v, &args.name)
+        })
+        .await
     }
 
     /// Kinds and their models.
@@ -519,7 +582,8 @@ impl ImMcp {
         ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.view_with(&ctx, "/v1/models", tasks_of).await
+        self.view_with(&ctx, "get_supported_tasks", "/v1/models", tasks_of)
+            .await
     }
 
     /// Where a request would go.
@@ -531,7 +595,14 @@ impl ImMcp {
     ) -> Result<CallToolResult, ErrorData> {
         Ok(
             match self
-                .placement(&ctx, &a.task, &a.model, a.backend.as_deref())
+                .placement(
+                    &ctx,
+                    "select_backend_for_inference",
+                    true,
+                    &a.task,
+                    &a.model,
+                    a.backend.as_deref(),
+                )
                 .await?
             {
                 Ok(v) => CallToolResult::success(vec![ContentBlock::text(
@@ -549,7 +620,18 @@ impl ImMcp {
         ctx: RequestContext<RoleServer>,
         Parameters(a): Parameters<RouteArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let placed = match self.placement(&ctx, &a.task, &a.model, None).await? {
+        // Where it goes is part of the call (its inference is what is charged).
+        let placed = match self
+            .placement(
+                &ctx,
+                "route_inference_request",
+                false,
+                &a.task,
+                &a.model,
+                None,
+            )
+            .await?
+        {
             Ok(v) => v,
             Err(e) => return Ok(e),
         };
@@ -625,7 +707,7 @@ impl ImMcp {
         ctx: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.view(&ctx, "/v1/models").await
+        self.view(&ctx, "list_models", "/v1/models").await
     }
 }
 

@@ -164,6 +164,9 @@ pub struct ErrorEntry {
     pub message: String,
     /// The request's parameters, sanitized.
     pub params: Value,
+    /// Whose request it was (its tenant): a tenant's views show its own errors only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Default)]
@@ -290,8 +293,15 @@ impl Metrics {
         json!({"uptime_s": uptime, "total": total, "groups": groups})
     }
 
-    /// The JSON of `GET /get_error_metrics`.
+    /// The JSON of `GET /get_error_metrics`, every tenant's errors.
     pub fn error_metrics(&self) -> Value {
+        self.error_metrics_of(None)
+    }
+
+    /// The JSON of `GET /get_error_metrics` as `tenant` sees it (`None`: as an operator sees
+    /// it): the counts of all (aggregates, by known models), the last errors of its own
+    /// requests only.
+    pub fn error_metrics_of(&self, tenant: Option<&str>) -> Value {
         let s = self.lock();
         let counts: Vec<Value> = s
             .errors_by
@@ -299,7 +309,12 @@ impl Metrics {
             .map(|((kind, model, class), n)| json!({"kind": kind, "model": model, "class": class, "count": n}))
             .collect();
         let total: u64 = s.errors_by.values().sum();
-        json!({"total": total, "counts": counts, "last_errors": s.last_errors})
+        let last: Vec<&ErrorEntry> = s
+            .last_errors
+            .iter()
+            .filter(|e| tenant.is_none_or(|t| e.tenant.as_deref() == Some(t)))
+            .collect();
+        json!({"total": total, "counts": counts, "last_errors": last})
     }
 }
 
@@ -343,6 +358,7 @@ mod tests {
                 class: "upstream_error".into(),
                 message: "boom".into(),
                 params: json!({"file": "QUJD".repeat(40)}),
+                tenant: Some(if i % 2 == 0 { "even" } else { "odd" }.into()),
             });
         }
         let e = m.error_metrics();
@@ -350,6 +366,12 @@ mod tests {
         assert_eq!(e["last_errors"].as_array().unwrap().len(), 100);
         assert_eq!(e["last_errors"][0]["request_id"], "r50");
         assert_eq!(e["last_errors"][0]["params"]["file"], "<base64: 160 bytes>");
+        // A tenant sees the counts of all and its own last errors only.
+        let odd = m.error_metrics_of(Some("odd"));
+        assert_eq!(odd["total"], 150);
+        let own = odd["last_errors"].as_array().unwrap();
+        assert_eq!(own.len(), 50);
+        assert!(own.iter().all(|e| e["tenant"] == "odd"));
     }
 
     #[test]

@@ -175,6 +175,7 @@ impl ErrorType {
             EngineError::ShuttingDown => ErrorType::ShuttingDown,
             EngineError::Refused { .. } => ErrorType::InvalidRequest,
             EngineError::Internal => ErrorType::Internal,
+            EngineError::Withdrawn => ErrorType::Unauthorized,
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Every frontend (HTTP, MCP; later WebSocket and the job runner) turns its input into a typed,
 //! validated [`Call`] ([`Call::chat`] from a [`ChatInput`], [`Call::image`] from [`ImageParams`])
-//! and runs it with [`Service::run`] as a [`Caller`] (its key and request id), getting an
+//! and runs it with [`Service::run`] as a [`Caller`] (its key, tenant and request id), getting an
 //! `im_engine::Completion` or a [`ServiceError`]. One error table ([`ErrorType`]) gives every
 //! cause its stable type and status for every frontend.
 //!
@@ -18,9 +18,12 @@ mod error;
 mod models;
 mod registry;
 mod service;
+mod tenancy;
 
 pub use api::{Answer, Request, Route};
-pub use auth::{Caller, KeyId, KeySpec, Keys, Scope, forbidden, unauthorized};
+pub use auth::{
+    Caller, KeyId, KeySpec, Keys, Principal, Scope, TenantId, forbidden, revoked, unauthorized,
+};
 pub use cache::CacheSettings;
 pub use call::{
     Call, ChatInput, ChatKind, CompletionInput, DEFAULT_MAX_CHOICES, DEFAULT_MAX_TOKENS,
@@ -33,3 +36,4 @@ pub use im_engine::{TRACE_TARGET, truncate};
 pub use inference_queue::Kind;
 pub use registry::{MAX_TEXT_CHARS, Registry, RegistryEntry, TaskAnswer, Template};
 pub use service::{Relayed, Service, ServiceSettings};
+pub use tenancy::{TenantPolicy, TenantSpec, quota};

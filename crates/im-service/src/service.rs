@@ -8,17 +8,24 @@ use im_engine::{BatchSettings, Batcher, Completion, Engine};
 use inference_queue::Kind;
 use serde_json::{Value, json};
 
-use crate::auth::{Caller, KeyId, KeySpec, Keys, Scope, forbidden, unauthorized};
+use crate::auth::{
+    Caller, KeyId, KeySpec, Keys, Principal, Scope, TenantId, forbidden, revoked, unauthorized,
+};
 use crate::call::{Call, InputLimits};
 use crate::done::Done;
 use crate::error::ServiceError;
 use crate::registry::Registry;
+use crate::tenancy::{Meters, TenantPolicy, TenantSpec};
 
 /// How a [`Service`] is set up.
 #[derive(Clone, Debug)]
 pub struct ServiceSettings {
-    /// Accepted API keys with their scopes; none turns authentication off.
+    /// Accepted API keys with their scopes and tenants; none turns authentication off.
     pub keys: Vec<KeySpec>,
+    /// The configured tenants (`[[tenants]]`).
+    pub tenants: Vec<TenantSpec>,
+    /// The stored-jobs quota of a tenant not configured (jobs, bytes).
+    pub default_job_quota: (usize, u64),
     /// Per-key requests per second (0: off) and burst, for keys without their own.
     pub rate_limit: (u32, u32),
     /// What inputs must respect besides their types.
@@ -39,6 +46,8 @@ impl Default for ServiceSettings {
     fn default() -> ServiceSettings {
         ServiceSettings {
             keys: Vec::new(),
+            tenants: Vec::new(),
+            default_job_quota: (1000, 128 << 20),
             rate_limit: (0, 10),
             limits: InputLimits::default(),
             body_limit: 32 * 1024 * 1024,
@@ -53,6 +62,17 @@ impl Default for ServiceSettings {
 struct Shared {
     /// Swapped whole by a configuration reload.
     keys: std::sync::RwLock<Keys>,
+    /// Swapped with the keys.
+    tenants: std::sync::RwLock<TenantPolicy>,
+    /// Rates and usage of every key and tenant, kept across reloads.
+    meters: Meters,
+    /// The stored-jobs quota of a tenant not configured.
+    default_job_quota: (usize, u64),
+    /// Bumped by every change of keys or tenants: open sessions check their key again.
+    version: tokio::sync::watch::Sender<u64>,
+    /// The requests in the system by the key they came with (request id), so that a key's
+    /// waiting requests leave when a reload revokes it.
+    live: dashmap::DashMap<String, KeyId>,
     limits: InputLimits,
     body_limit: usize,
     registry: Registry,
@@ -104,6 +124,14 @@ impl Service {
                     &settings.keys,
                     settings.rate_limit,
                 )),
+                tenants: std::sync::RwLock::new(TenantPolicy::new(
+                    &settings.tenants,
+                    settings.default_job_quota,
+                )),
+                default_job_quota: settings.default_job_quota,
+                meters: Meters::default(),
+                version: tokio::sync::watch::Sender::new(0),
+                live: dashmap::DashMap::new(),
                 limits: settings.limits.clone(),
                 body_limit: settings.body_limit,
                 registry: settings.registry.clone(),
@@ -153,11 +181,54 @@ impl Service {
             .clone()
     }
 
-    /// Replace the keys (a configuration reload): requests from now on are checked against
-    /// `keys`, with fresh rate limits; requests already admitted go on.
-    pub fn set_keys(&self, keys: &[KeySpec], default_rate: (u32, u32)) {
-        *self.shared.keys.write().unwrap_or_else(|p| p.into_inner()) =
-            Keys::with_scopes(keys, default_rate);
+    /// The tenants in force.
+    pub fn tenants(&self) -> TenantPolicy {
+        self.shared
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the keys and tenants (a configuration reload): work from now on is checked
+    /// against them; a key removed or narrowed is refused from its next unit of work on, its
+    /// open sessions are told ([`Self::watch_keys`]). Rate limiters and usage carry over.
+    pub fn set_keys(&self, keys: &[KeySpec], default_rate: (u32, u32), tenants: &[TenantSpec]) {
+        let fresh = Keys::with_scopes(keys, default_rate);
+        let old = std::mem::replace(
+            &mut *self.shared.keys.write().unwrap_or_else(|p| p.into_inner()),
+            fresh.clone(),
+        );
+        // Keys gone, or moved to another tenant: their waiting requests leave with 401.
+        let revoked: Vec<KeyId> = old
+            .ids()
+            .filter(|k| fresh.tenant_of(*k) != old.tenant_of(*k))
+            .collect();
+        let waiting: std::collections::HashSet<String> = self
+            .shared
+            .live
+            .iter()
+            .filter(|e| revoked.contains(e.value()))
+            .map(|e| e.key().clone())
+            .collect();
+        if !waiting.is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let engine = self.engine.clone();
+            rt.spawn(async move { engine.withdraw(waiting).await });
+        }
+        *self
+            .shared
+            .tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) =
+            TenantPolicy::new(tenants, self.shared.default_job_quota);
+        self.shared.version.send_modify(|v| *v += 1);
+    }
+
+    /// Changes whenever keys or tenants change: a session holding a key checks it again.
+    pub fn watch_keys(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.version.subscribe()
     }
 
     /// A fresh request id (`im-<instance>-<counter>`).
@@ -169,43 +240,106 @@ impl Service {
         )
     }
 
-    /// Authenticate the key a caller presented (`None` when auth is off), charging its rate
-    /// limit unless `charge` is false (the request that carried this call was charged already).
+    /// Authenticate the key a caller presented: who it is (anonymous when auth is off),
+    /// charging its rates unless `charge` is false (a follower checks, the scheduler charges).
     pub fn authenticate(
         &self,
         provided: Option<&[u8]>,
         charge: bool,
-    ) -> Result<Option<KeyId>, ServiceError> {
+    ) -> Result<Principal, ServiceError> {
         let keys = self.keys();
         if keys.is_empty() {
-            return Ok(None);
+            return Ok(Principal::anonymous());
         }
         let key = provided
             .and_then(|k| keys.check(k))
             .ok_or_else(unauthorized)?;
+        let who = Principal {
+            key: Some(key),
+            tenant: keys.tenant_of(key).unwrap_or_else(TenantId::anonymous),
+        };
         if charge {
-            keys.charge(key)?;
+            self.charge(&keys, &who)?;
         }
-        Ok(Some(key))
+        Ok(who)
     }
 
-    /// [`Self::authenticate`], then check the key has `scope`. With authentication off every
-    /// scope is open except `admin`: management routes always need a key that says so.
+    /// [`Self::authenticate`], then [`Self::check`] the scope.
     pub fn authorize(
         &self,
         provided: Option<&[u8]>,
         scope: Scope,
         charge: bool,
-    ) -> Result<Option<KeyId>, ServiceError> {
-        let key = self.authenticate(provided, charge)?;
-        let allowed = match key {
-            Some(k) => self.keys().allows(k, scope),
-            None => scope != Scope::Admin,
+    ) -> Result<Principal, ServiceError> {
+        let keys = self.keys();
+        let who = self.authenticate(provided, false)?;
+        self.check_in(&keys, &who, scope, charge)?;
+        Ok(who)
+    }
+
+    /// The one check every unit of work passes, whatever carried it (an HTTP request, a
+    /// WebSocket message, an MCP tool call, a job): `who`'s key is still in force (a reload may
+    /// have removed it: 401), has `scope` (403), and, when `charge`, is within its key's and its
+    /// tenant's rates (429). With authentication off every scope is open except `admin`.
+    pub fn check(&self, who: &Principal, scope: Scope, charge: bool) -> Result<(), ServiceError> {
+        self.check_in(&self.keys(), who, scope, charge)
+    }
+
+    /// Whether `who`'s key is still in force for its tenant (a session checks this whenever the
+    /// keys change, and closes when it is not).
+    pub fn check_key(&self, who: &Principal) -> Result<(), ServiceError> {
+        let keys = self.keys();
+        match who.key {
+            Some(k) => match keys.get(k) {
+                // Moved to another tenant by a reload: what it holds was another's.
+                Some(entry) if entry.tenant == who.tenant => Ok(()),
+                _ => Err(revoked()),
+            },
+            None if keys.is_empty() => Ok(()),
+            None => Err(unauthorized()),
+        }
+    }
+
+    fn check_in(
+        &self,
+        keys: &Keys,
+        who: &Principal,
+        scope: Scope,
+        charge: bool,
+    ) -> Result<(), ServiceError> {
+        let allowed = match who.key {
+            Some(k) => match keys.get(k) {
+                Some(entry) if entry.tenant == who.tenant => entry.allows(scope),
+                _ => return Err(revoked()),
+            },
+            None if keys.is_empty() => scope != Scope::Admin,
+            None => return Err(unauthorized()),
         };
-        if allowed {
-            Ok(key)
-        } else {
-            Err(forbidden(scope))
+        if !allowed {
+            return Err(forbidden(scope));
+        }
+        if charge {
+            self.charge(keys, who)?;
+        }
+        Ok(())
+    }
+
+    /// Charge one unit of work to `who`: its key's rate, its tenant's rate and token balance.
+    fn charge(&self, keys: &Keys, who: &Principal) -> Result<(), ServiceError> {
+        let key = who.key.and_then(|k| keys.get(k)).map(|e| (e.id, e.rate));
+        let tenants = self.tenants();
+        self.shared
+            .meters
+            .charge(key, &who.tenant, tenants.spec(&who.tenant))
+    }
+
+    /// Whether `who` sees every tenant's details (an `admin` or `operator` key, or no keys at
+    /// all); else it sees aggregates and its own tenant's details.
+    pub fn sees_all(&self, who: &Principal) -> bool {
+        let keys = self.keys();
+        match who.key {
+            Some(k) => keys.allows(k, Scope::Admin) || keys.allows(k, Scope::Operator),
+            None => keys.is_empty(),
         }
     }
 
@@ -264,12 +398,28 @@ impl Service {
         self.run_completion(call, caller).await.map(Done::from)
     }
 
-    /// [`Self::run`], answered in the engine's terms (what the cache keeps).
+    /// [`Self::run`], answered in the engine's terms (what the cache keeps). The tenant's model
+    /// allow-list and queue quotas are checked here, once per unit of work, and its tokens
+    /// debited when it ends.
     async fn run_completion(
         &self,
         call: Call,
         caller: &Caller,
     ) -> Result<Completion, ServiceError> {
+        let tenants = self.tenants();
+        let spec = tenants.spec(&caller.tenant);
+        let model = call.payload().model();
+        if let Some(allowed) = spec.and_then(|s| s.models.as_ref())
+            && !allowed.iter().any(|m| m == model)
+        {
+            return Err(ServiceError::new(
+                crate::error::ErrorType::Forbidden,
+                format!(
+                    "this tenant may not use model {:?} (`tenants.models`)",
+                    crate::truncate(model, 64)
+                ),
+            ));
+        }
         let cached = self
             .cache
             .as_ref()
@@ -284,10 +434,22 @@ impl Service {
                 return Ok(done);
             }
         }
-        let done = self
-            .batcher
-            .submit(call.into_job(caller.request_id.clone()))
-            .await?;
+        let max_tokens = max_tokens(call.payload());
+        let mut job = call.into_job(caller.request_id.clone());
+        job.owner = Some(caller.tenant.shared());
+        let _live = caller
+            .key
+            .map(|k| Live::enter(&self.shared.live, &caller.request_id, k));
+        let _held = self
+            .shared
+            .meters
+            .hold(&caller.tenant, spec, job.payload_bytes())?;
+        let done = self.batcher.submit(job).await;
+        let tokens = done.as_ref().ok().and_then(tokens_used).or(max_tokens);
+        if let Some(t) = tokens {
+            self.shared.meters.debit_tokens(&caller.tenant, spec, t);
+        }
+        let done = done?;
         if let Some((cache, key)) = cached {
             cache.put(key, &done);
         }
@@ -431,9 +593,13 @@ impl Service {
         self.engine.metrics().timeline()
     }
 
-    /// Error counts and the last errors (sanitised).
-    pub fn error_metrics(&self) -> Value {
-        self.engine.metrics().error_metrics()
+    /// Error counts and the last errors (sanitised), as `who` may see them: every tenant's, or
+    /// the counts and its own tenant's last errors.
+    pub fn error_metrics(&self, who: &Principal) -> Value {
+        let all = self.sees_all(who);
+        self.engine
+            .metrics()
+            .error_metrics_of((!all).then(|| who.tenant.as_str()))
     }
 
     /// Readiness: accepting (not draining), every upstream reachable, every breaker closed. The
@@ -449,5 +615,46 @@ impl Service {
             json!({ "ready": ok })
         };
         (ok, body)
+    }
+}
+
+/// A request in the system, by the key it came with; forgotten when it leaves.
+struct Live<'a> {
+    map: &'a dashmap::DashMap<String, KeyId>,
+    id: String,
+}
+
+impl<'a> Live<'a> {
+    fn enter(map: &'a dashmap::DashMap<String, KeyId>, id: &str, key: KeyId) -> Live<'a> {
+        map.insert(id.to_owned(), key);
+        Live {
+            map,
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.map.remove(&self.id);
+    }
+}
+
+/// The tokens an answer says it used (`usage.total_tokens`), when it says.
+fn tokens_used(done: &Completion) -> Option<u64> {
+    let raw = match &done.output {
+        im_engine::Output::Chat(c) => &c.raw,
+        im_engine::Output::Json(j) => &j.raw,
+        _ => return None,
+    };
+    raw["usage"]["total_tokens"].as_u64()
+}
+
+/// The most tokens a request asked for (`max_tokens`), what a stream without usage is debited.
+fn max_tokens(payload: &im_engine::Payload) -> Option<u64> {
+    match payload {
+        im_engine::Payload::Chat { req, .. } => req.max_tokens.map(u64::from),
+        im_engine::Payload::Json { body, .. } => body.get("max_tokens").and_then(Value::as_u64),
+        _ => None,
     }
 }

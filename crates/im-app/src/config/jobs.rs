@@ -43,6 +43,11 @@ pub struct JobsEntry {
     /// The largest inbound webhook body read, in KiB (the route has no key; its headers are
     /// checked first, and this bounds what an unsigned sender can make im hold).
     pub ingest_body_limit_kib: usize,
+    /// Jobs a tenant may have stored at once, unless `tenants[].max_jobs` says otherwise.
+    pub max_jobs_per_tenant: usize,
+    /// MiB of stored jobs (requests and results) a tenant may hold, unless
+    /// `tenants[].max_job_bytes` says otherwise.
+    pub max_bytes_per_tenant_mib: u64,
 }
 
 impl Default for JobsEntry {
@@ -54,6 +59,8 @@ impl Default for JobsEntry {
             keep_hours: 24.0,
             inline_max_kib: 64,
             allow_private_callbacks: false,
+            max_jobs_per_tenant: 1000,
+            max_bytes_per_tenant_mib: 128,
             webhook_secret: None,
             inbound_secret: None,
             retry_schedule_s: im_jobs::JobsConfig::standard_schedule()
@@ -127,6 +134,14 @@ impl JobsEntry {
             tolerance_s: self.tolerance_s,
             ingest_body_limit: self.ingest_body_limit_kib * 1024,
         })
+    }
+
+    /// A tenant's stored-jobs quota unless its own says otherwise: jobs, bytes.
+    pub fn tenant_quota(&self) -> (usize, u64) {
+        (
+            self.max_jobs_per_tenant,
+            self.max_bytes_per_tenant_mib.saturating_mul(1 << 20),
+        )
     }
 
     /// The data directory: `dir`, else (simulating) a fresh temporary one, else the platform's

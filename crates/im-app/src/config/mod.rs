@@ -11,11 +11,13 @@ mod cluster;
 mod jobs;
 mod sections;
 mod telemetry;
+mod tenants;
 
 pub use cluster::ClusterEntry;
 pub use jobs::{JobsEntry, platform_data_dir, stored_secret};
 pub use sections::*;
 pub use telemetry::TracingEntry;
+pub use tenants::TenantEntry;
 
 /// The whole file. See `deploy/im.example.toml` for a commented example.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -30,9 +32,12 @@ pub struct ImConfig {
     /// API keys clients must send. Empty: auth is off, which is refused on a non-loopback
     /// `listen` address unless `allow_unauthenticated` is set.
     pub api_keys: Vec<String>,
-    /// Keys with scopes (`infer`, `admin`, `metrics`) and their own rate limits, besides
-    /// `api_keys` (which are `infer` and `metrics` keys with the default limit).
+    /// Keys with scopes (`infer`, `admin`, `metrics`, `operator`), their own rate limits and
+    /// their tenants, besides `api_keys` (which are `infer` and `metrics` keys with the default
+    /// limit, each its own tenant).
     pub keys: Vec<KeyEntry>,
+    /// Who shares im: each tenant's weight, class, rates, quotas and models.
+    pub tenants: Vec<TenantEntry>,
     /// Serve without keys on a non-loopback address (a trusted network only).
     pub allow_unauthenticated: bool,
     /// Refuse an upstream answer that names another model than the one asked for (a server that
@@ -92,6 +97,7 @@ impl Default for ImConfig {
             upstream_api_key: None,
             api_keys: Vec::new(),
             keys: Vec::new(),
+            tenants: Vec::new(),
             allow_unauthenticated: false,
             check_model_echo: true,
             discovery: DiscoveryEntry::default(),
@@ -499,10 +505,11 @@ impl ImConfig {
             if k.scopes.is_empty() {
                 return Err(invalid(
                     format!("keys[{i}].scopes"),
-                    "at least one of \"infer\", \"admin\", \"metrics\"",
+                    "at least one of \"infer\", \"admin\", \"metrics\", \"operator\"",
                 ));
             }
         }
+        tenants::validate(&self.tenants, &self.keys)?;
         let mut seen = std::collections::HashSet::new();
         for k in self.api_keys.iter().chain(self.keys.iter().map(|k| &k.key)) {
             if !k.trim().is_empty() && !seen.insert(k.trim()) {
@@ -530,6 +537,7 @@ impl ImConfig {
             .map(im_service::KeySpec::ordinary)
             .chain(self.keys.iter().map(|k| im_service::KeySpec {
                 key: k.key.clone(),
+                tenant: k.tenant.clone(),
                 scopes: k.scopes.clone(),
                 rate_limit: (k.rate_limit_per_s.is_some() || k.rate_limit_burst.is_some()).then(
                     || {
@@ -551,10 +559,20 @@ impl ImConfig {
             .any(|k| !k.trim().is_empty())
     }
 
-    /// The service's settings: keys, rate limit, input limits, body limit.
+    /// The tenants as the service takes them.
+    pub fn tenant_specs(&self) -> Vec<im_service::TenantSpec> {
+        self.tenants
+            .iter()
+            .map(|t| tenants::spec(t, self.http.rate_limit_burst, self.jobs.tenant_quota()))
+            .collect()
+    }
+
+    /// The service's settings: keys, tenants, rate limit, input limits, body limit.
     pub fn service_settings(&self) -> im_service::ServiceSettings {
         im_service::ServiceSettings {
             keys: self.key_specs(),
+            tenants: self.tenant_specs(),
+            default_job_quota: self.jobs.tenant_quota(),
             rate_limit: (self.http.rate_limit_per_s, self.http.rate_limit_burst),
             limits: im_service::InputLimits {
                 max_image_side: self.http.max_image_side,

@@ -60,6 +60,9 @@ pub struct KeyEntry {
     /// Its burst (absent: `http.rate_limit_burst`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<u32>,
+    /// The tenant it belongs to (`[[tenants]] name`; absent: its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl Default for KeyEntry {
@@ -70,6 +73,7 @@ impl Default for KeyEntry {
             scopes: ordinary_scopes(),
             rate_limit_per_s: None,
             rate_limit_burst: None,
+            tenant: None,
         }
     }
 }
@@ -80,6 +84,7 @@ impl std::fmt::Debug for KeyEntry {
             .field("scopes", &self.scopes)
             .field("rate_limit_per_s", &self.rate_limit_per_s)
             .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }

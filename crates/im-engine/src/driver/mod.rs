@@ -42,6 +42,12 @@ pub(crate) enum Msg {
     Cancel {
         ticket: u64,
     },
+    /// Take the waiting requests known by these ids out, answered `Withdrawn`; running ones go
+    /// on. How many were taken out.
+    Withdraw {
+        request_ids: std::collections::HashSet<String>,
+        reply: oneshot::Sender<usize>,
+    },
     Attempt {
         id: RequestId,
         lane: LaneId,
@@ -264,6 +270,9 @@ impl Driver {
                 span,
             } => self.on_submit(now, ticket, job, reply, span),
             Msg::Cancel { ticket } => self.on_cancel(now, ticket),
+            Msg::Withdraw { request_ids, reply } => {
+                let _ = reply.send(self.on_withdraw(now, &request_ids));
+            }
             Msg::Attempt {
                 id,
                 lane,

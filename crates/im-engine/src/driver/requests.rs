@@ -85,6 +85,28 @@ impl Driver {
         }
     }
 
+    /// Take the waiting requests known by `request_ids` out, each answered `Withdrawn`.
+    pub(super) fn on_withdraw(
+        &mut self,
+        now: Time,
+        request_ids: &std::collections::HashSet<String>,
+    ) -> usize {
+        let ids: Vec<RequestId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| request_ids.contains(&e.job.request_id))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut taken = 0;
+        for id in ids {
+            if self.core.withdraw(now, id) {
+                self.fail(id, EngineError::Withdrawn, outcome::CANCELLED);
+                taken += 1;
+            }
+        }
+        taken
+    }
+
     /// An attempt's stream gave its first chunk: the caller gets the stream.
     pub(super) fn on_stream_started(
         &mut self,
@@ -307,6 +329,7 @@ impl Driver {
             class: err.error_type().to_owned(),
             message: err.to_string(),
             params: job.params(),
+            tenant: job.owner.as_deref().map(str::to_owned),
         });
     }
 

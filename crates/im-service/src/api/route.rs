@@ -1,4 +1,5 @@
-//! The JSON routes: their paths (and LocalAI's aliases), and which a durable job may stand for.
+//! The JSON routes: their paths (and LocalAI's aliases), and the kinds jobs name them by. Which
+//! a durable job may stand for is the HTTP route table's to say (`im_http_api::routes`).
 
 /// A route whose body is one JSON document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,16 +94,6 @@ impl Route {
             Route::Speech => Some("tts"),
             _ => None,
         }
-    }
-
-    /// Whether a durable job may stand for it (a stream may not).
-    pub const fn runs_as_job(self) -> bool {
-        !matches!(self, Route::InferStream)
-    }
-
-    /// The routes a job may stand for, by their paths.
-    pub fn jobs() -> impl Iterator<Item = Route> {
-        Route::ALL.into_iter().filter(|r| r.runs_as_job())
     }
 
     /// The route at `path` (its own path only, not an alias).

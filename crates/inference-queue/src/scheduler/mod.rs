@@ -438,6 +438,16 @@ impl Scheduler {
         outcome
     }
 
+    /// Take `id` out if it is still waiting (queued or backing off), as a cancel would; leave it
+    /// be if it runs. Whether it was taken out.
+    pub fn withdraw(&mut self, now: Time, id: RequestId) -> bool {
+        let waiting = self
+            .queues
+            .get(id)
+            .is_some_and(|r| matches!(r.state, ReqState::Queued | ReqState::Backoff { .. }));
+        waiting && self.cancel(now, id) == CancelOutcome::Removed
+    }
+
     /// An attempt of `id` ended with `outcome`.
     pub fn complete(&mut self, now: Time, id: RequestId, outcome: Outcome) -> Resolution {
         self.advance(now);
