@@ -46,6 +46,8 @@ pub const WEBHOOK_DELIVERIES_TOTAL: &str = "im_webhook_deliveries_total";
 /// `im_cache_total{model,result}`: lookups in the response cache: `hit` (answered from it) or
 /// `miss` (run, and kept when it succeeded).
 pub const CACHE_TOTAL: &str = "im_cache_total";
+/// `im_cache_bytes`: the size in memory of the answers the response cache keeps.
+pub const CACHE_BYTES: &str = "im_cache_bytes";
 /// `im_cluster_scheduler`: 1 on the replica that holds the scheduler lease, 0 on the others
 /// (distributed mode only).
 pub const CLUSTER_SCHEDULER: &str = "im_cluster_scheduler";
@@ -79,6 +81,7 @@ pub const ALL: &[&str] = &[
     JOBS_COMPLETED_TOTAL,
     WEBHOOK_DELIVERIES_TOTAL,
     CACHE_TOTAL,
+    CACHE_BYTES,
     CLUSTER_SCHEDULER,
     CLUSTER_EPOCH,
     FORWARDED_TOTAL,

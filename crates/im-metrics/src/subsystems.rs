@@ -131,4 +131,12 @@ impl CacheMetrics<'_> {
             )
             .increment(1);
     }
+
+    /// The cache keeps `bytes` of answers now.
+    pub fn bytes(&self, bytes: u64) {
+        self.0
+            .registry
+            .gauge(names::CACHE_BYTES, &[])
+            .set(bytes as f64);
+    }
 }

@@ -6,11 +6,14 @@
 //! - Only complete answers of deterministic requests are kept: a chat or text completion with
 //!   `temperature` 0 or a fixed `seed`, an embedding or a rerank; never a stream, an image, audio
 //!   or a transcription.
-//! - The key is a SHA-256 of the request as the upstream gets it (kind, model, body), so two
-//!   requests that differ in any field are two entries. The model name is in the key: a model
-//!   reloaded under another name starts cold.
-//! - Entries live `ttl` at most, the least recently used go first past `max_entries`; only
-//!   successes are kept.
+//! - The key is a SHA-256 of the request as the upstream gets it (kind, model, body) and of the
+//!   tenant asking, so two requests that differ in any field are two entries, and no tenant is
+//!   answered with another's answer (nor can it learn what another asked by timing a hit);
+//!   `shared` drops the tenant from the key, for deployments whose tenants trust each other. The
+//!   model name is in the key: a model reloaded under another name starts cold.
+//! - Entries live `ttl` at most; the least recently used go first past `max_bytes` (each answer
+//!   weighs its size in memory, at least `max_bytes / max_entries`, so `max_entries` bounds the
+//!   count too); an answer larger than `max_answer_bytes` is not kept. Only successes are kept.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -26,6 +29,12 @@ pub struct CacheSettings {
     pub models: Vec<String>,
     /// The most answers kept.
     pub max_entries: u64,
+    /// The most bytes of answers kept (their size in memory).
+    pub max_bytes: u64,
+    /// The largest answer kept.
+    pub max_answer_bytes: u64,
+    /// One cache for all tenants (else each tenant's answers are its own).
+    pub shared: bool,
     /// How long an answer is kept.
     pub ttl: Duration,
 }
@@ -34,6 +43,8 @@ pub struct CacheSettings {
 struct Entry {
     output: Output,
     lane: usize,
+    /// Its weight: its size in memory, at least the count bound's share.
+    weight: u32,
 }
 
 /// The cache. Cheap to clone.
@@ -41,6 +52,23 @@ struct Entry {
 pub(crate) struct ResponseCache {
     entries: moka::sync::Cache<[u8; 32], Arc<Entry>>,
     models: Arc<HashSet<String>>,
+    shared: bool,
+    max_answer_bytes: u64,
+    /// What every entry weighs at least: `max_bytes / max_entries`.
+    least: u64,
+}
+
+/// What an answer takes in memory: its bytes, and its parsed JSON (a `serde_json::Value` takes
+/// a few times its text).
+fn size(output: &Output) -> u64 {
+    const PARSED: u64 = 4;
+    match output {
+        Output::Chat(c) => c.body.len() as u64 * (1 + PARSED) + c.content.len() as u64,
+        Output::Json(j) => j.body.len() as u64 * (1 + PARSED),
+        Output::Images(i) => i.images.iter().map(|b| b.len() as u64).sum(),
+        Output::Raw(r) => r.body.len() as u64,
+        Output::Stream(_) => 0,
+    }
 }
 
 impl ResponseCache {
@@ -51,19 +79,27 @@ impl ResponseCache {
         }
         Some(ResponseCache {
             entries: moka::sync::Cache::builder()
-                .max_capacity(settings.max_entries)
+                .max_capacity(settings.max_bytes)
+                .weigher(|_, e: &Arc<Entry>| e.weight)
                 .time_to_live(settings.ttl)
                 .build(),
             models: Arc::new(settings.models.iter().cloned().collect()),
+            shared: settings.shared,
+            max_answer_bytes: settings.max_answer_bytes,
+            least: (settings.max_bytes / settings.max_entries).max(1),
         })
     }
 
-    /// The key of `payload` when its answer may be kept.
-    pub fn key(&self, payload: &Payload) -> Option<[u8; 32]> {
+    /// The key of `payload` asked by `tenant`, when its answer may be kept.
+    pub fn key(&self, payload: &Payload, tenant: &str) -> Option<[u8; 32]> {
         if !self.models.contains(payload.model()) || !deterministic(payload) {
             return None;
         }
         let mut h = Sha256::new();
+        if !self.shared {
+            h.update(tenant.as_bytes());
+            h.update([0]);
+        }
         h.update(payload.kind().as_str().as_bytes());
         h.update([0]);
         match payload {
@@ -95,17 +131,29 @@ impl ResponseCache {
         })
     }
 
-    /// Keep `done` under `key` (a live stream is not kept).
+    /// Keep `done` under `key` (a live stream, or an answer over the largest kept, is not).
     pub fn put(&self, key: [u8; 32], done: &Completion) {
+        let bytes = size(&done.output);
+        if bytes > self.max_answer_bytes {
+            return;
+        }
         if let Some(output) = done.output.try_clone() {
+            let weight = u32::try_from(bytes.max(self.least)).unwrap_or(u32::MAX);
             self.entries.insert(
                 key,
                 Arc::new(Entry {
                     output,
                     lane: done.meta.lane,
+                    weight,
                 }),
             );
         }
+    }
+
+    /// The bytes of answers kept now.
+    pub fn bytes(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
     }
 }
 
@@ -164,6 +212,9 @@ mod tests {
         ResponseCache::new(&CacheSettings {
             models: models.iter().map(|m| (*m).to_owned()).collect(),
             max_entries: 100,
+            max_bytes: 1 << 20,
+            max_answer_bytes: 1 << 16,
+            shared: false,
             ttl: Duration::from_secs(60),
         })
         .expect("on")
@@ -172,23 +223,23 @@ mod tests {
     #[test]
     fn only_deterministic_complete_requests_of_listed_models_have_a_key() {
         let c = cache(&["llm"]);
-        assert!(c.key(&chat(Some(0.0), None, false, "a")).is_some());
-        assert!(c.key(&chat(Some(0.7), Some(3), false, "a")).is_some());
+        assert!(c.key(&chat(Some(0.0), None, false, "a"), "t").is_some());
+        assert!(c.key(&chat(Some(0.7), Some(3), false, "a"), "t").is_some());
         assert!(
-            c.key(&chat(Some(0.7), None, false, "a")).is_none(),
+            c.key(&chat(Some(0.7), None, false, "a"), "t").is_none(),
             "sampled"
         );
         assert!(
-            c.key(&chat(None, None, false, "a")).is_none(),
+            c.key(&chat(None, None, false, "a"), "t").is_none(),
             "default sampling"
         );
         assert!(
-            c.key(&chat(Some(0.0), None, true, "a")).is_none(),
+            c.key(&chat(Some(0.0), None, true, "a"), "t").is_none(),
             "streamed"
         );
         assert!(
             cache(&["other"])
-                .key(&chat(Some(0.0), None, false, "a"))
+                .key(&chat(Some(0.0), None, false, "a"), "t")
                 .is_none()
         );
         let embed = Payload::Json {
@@ -200,10 +251,15 @@ mod tests {
             stream: false,
             kind: Kind::Embed,
         };
-        assert!(c.key(&embed).is_some(), "embeddings are deterministic");
+        assert!(c.key(&embed, "t").is_some(), "embeddings are deterministic");
         assert_ne!(
-            c.key(&chat(Some(0.0), None, false, "a")),
-            c.key(&chat(Some(0.0), None, false, "b")),
+            c.key(&embed, "t"),
+            c.key(&embed, "u"),
+            "another tenant, another entry"
+        );
+        assert_ne!(
+            c.key(&chat(Some(0.0), None, false, "a"), "t"),
+            c.key(&chat(Some(0.0), None, false, "b"), "t"),
             "another prompt, another entry"
         );
         assert!(

@@ -423,7 +423,7 @@ impl Service {
         let cached = self
             .cache
             .as_ref()
-            .and_then(|c| Some((c, c.key(call.payload())?)));
+            .and_then(|c| Some((c, c.key(call.payload(), caller.tenant.as_str())?)));
         if let Some((cache, key)) = &cached {
             let hit = cache.get(key, call.payload(), &caller.request_id);
             self.engine
@@ -452,6 +452,7 @@ impl Service {
         let done = done?;
         if let Some((cache, key)) = cached {
             cache.put(key, &done);
+            self.engine.metrics().cache().bytes(cache.bytes());
         }
         Ok(done)
     }
@@ -591,6 +592,11 @@ impl Service {
     /// The last lane events (switches, loads, breakers), oldest first.
     pub fn timeline(&self) -> Value {
         self.engine.metrics().timeline()
+    }
+
+    /// The bytes of answers the response cache keeps now (0 when it is off).
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.bytes())
     }
 
     /// Error counts and the last errors (sanitised), as `who` may see them: every tenant's, or

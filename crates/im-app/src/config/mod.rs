@@ -602,6 +602,9 @@ impl ImConfig {
             cache: im_service::CacheSettings {
                 models: self.cache.models.clone(),
                 max_entries: self.cache.max_entries,
+                max_bytes: self.cache.max_mib.saturating_mul(1 << 20),
+                max_answer_bytes: self.cache.max_answer_kib.saturating_mul(1 << 10),
+                shared: self.cache.shared,
                 ttl: Duration::from_secs_f64(self.cache.ttl_s.clamp(0.001, MAX_SECONDS)),
             },
         }
@@ -618,6 +621,15 @@ impl ImConfig {
         }
         if c.max_entries == 0 {
             return Err(invalid("cache.max_entries", "must be positive"));
+        }
+        if c.max_mib == 0 || c.max_mib > 1 << 20 {
+            return Err(invalid("cache.max_mib", "1 to 1048576 (1 TiB)"));
+        }
+        if c.max_answer_kib == 0 || c.max_answer_kib > c.max_mib.saturating_mul(1024) {
+            return Err(invalid(
+                "cache.max_answer_kib",
+                "positive, and at most cache.max_mib",
+            ));
         }
         for (i, m) in c.models.iter().enumerate() {
             if !self.models.is_empty() && !self.models.iter().any(|e| &e.name == m) {

@@ -498,6 +498,13 @@ pub struct CacheEntry {
     pub models: Vec<String>,
     /// The most answers kept (least recently used go first).
     pub max_entries: u64,
+    /// The most MiB of answers kept (their size in memory; least recently used go first).
+    pub max_mib: u64,
+    /// The largest answer kept, in KiB.
+    pub max_answer_kib: u64,
+    /// One cache for every tenant (off: each tenant's answers are its own, so no tenant learns
+    /// what another asked).
+    pub shared: bool,
     /// Seconds an answer is kept.
     pub ttl_s: f64,
 }
@@ -507,6 +514,9 @@ impl Default for CacheEntry {
         CacheEntry {
             models: Vec::new(),
             max_entries: 10_000,
+            max_mib: 64,
+            max_answer_kib: 1024,
+            shared: false,
             ttl_s: 300.0,
         }
     }
