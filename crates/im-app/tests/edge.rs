@@ -429,6 +429,9 @@ gated! {
     put(job: &im_jobs::Job) -> ();
     get(id: &str) -> Option<im_jobs::Job>;
     all() -> Vec<im_jobs::Job>;
+    page(owner: Option<&str>, cursor: Option<&str>, limit: usize) -> Vec<im_jobs::Job>;
+    usage(owner: &str) -> (usize, u64);
+    finished_before(before_ms: i64, limit: usize) -> Vec<im_jobs::Job>;
     remove(job: &im_jobs::Job) -> ();
     insert_idempotent(job: &im_jobs::Job) -> im_jobs::Job;
     first_sighting(message_id: &str, now_ms: i64) -> bool;

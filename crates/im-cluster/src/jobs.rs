@@ -6,6 +6,8 @@
 //! refuses a scheduler that lost its lease while paused. Reads are plain.
 //!
 //! Keys under the cluster prefix: `job:<id>` (the job as JSON), `jobs` (the set of ids),
+//! `owned:<owner>` and `by_time` (each job's cursor in creation order, sorted sets read by
+//! range), `finished` (final jobs by when they finished), `usage:<owner>` (jobs and bytes),
 //! `idem:<owner>\n<key>` (an idempotency key's job id), `result:<name>` (large results),
 //! `sightings` (inbound message ids by time) and `disabled` (callback URLs answered 410).
 
@@ -149,6 +151,54 @@ impl RedisJobStore {
         self.with(|c| redis::cmd("GET").arg(&key).query(c))
     }
 
+    /// The commands that index `job` (replacing `old`'s entries), and its owner's usage.
+    fn index(&self, job: &Job, old: Option<&Job>) -> Result<(), StoreError> {
+        let owned = self.key("owned", &job.owner);
+        let by_time = self.set_key("by_time");
+        let finished = self.set_key("finished");
+        let usage = self.key("usage", &job.owner);
+        let cursor = job.cursor();
+        let size =
+            |j: &Job| -> Result<u64, StoreError> { Ok(j.footprint(serde_json::to_vec(j)?.len())) };
+        let grown = size(job)? as i64 - old.map(size).transpose()?.unwrap_or(0) as i64;
+        let (grown, added) = (grown.to_string(), if old.is_some() { "0" } else { "1" });
+        let finished_at = job
+            .finished_ms
+            .filter(|_| job.status.is_final())
+            .map(|f| f.to_string());
+        let mut commands: Vec<Vec<&[u8]>> = vec![
+            vec![b"ZADD", owned.as_bytes(), b"0", cursor.as_bytes()],
+            vec![b"ZADD", by_time.as_bytes(), b"0", cursor.as_bytes()],
+            vec![b"HINCRBY", usage.as_bytes(), b"n", added.as_bytes()],
+            vec![b"HINCRBY", usage.as_bytes(), b"bytes", grown.as_bytes()],
+            vec![b"ZREM", finished.as_bytes(), job.id.as_bytes()],
+        ];
+        if let Some(at) = &finished_at {
+            commands.push(vec![
+                b"ZADD",
+                finished.as_bytes(),
+                at.as_bytes(),
+                job.id.as_bytes(),
+            ]);
+        }
+        let refs: Vec<&[&[u8]]> = commands.iter().map(Vec::as_slice).collect();
+        let _: redis::Value = self.fenced(&refs)?;
+        Ok(())
+    }
+
+    /// The jobs of `ids`, in that order (an id without its job is skipped).
+    fn jobs(&self, ids: &[String]) -> Result<Vec<Job>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.key("job", id)).collect();
+        let raws: Vec<Option<Vec<u8>>> = self.with(|c| redis::cmd("MGET").arg(&keys).query(c))?;
+        raws.into_iter()
+            .flatten()
+            .map(|raw| Ok(serde_json::from_slice(&raw)?))
+            .collect()
+    }
+
     fn idem_key(&self, job: &Job) -> Option<String> {
         job.idempotency_key
             .as_ref()
@@ -158,6 +208,7 @@ impl RedisJobStore {
 
 impl JobStore for RedisJobStore {
     fn put(&self, job: &Job) -> Result<(), StoreError> {
+        let old = self.get(&job.id)?;
         let json = serde_json::to_vec(job)?;
         let (key, ids) = (self.key("job", &job.id), self.set_key("jobs"));
         let _: i64 = self.fenced(&[
@@ -165,7 +216,57 @@ impl JobStore for RedisJobStore {
             &[b"SET", key.as_bytes(), &json],
             &[b"EXISTS", key.as_bytes()],
         ])?;
-        Ok(())
+        self.index(job, old.as_ref())
+    }
+
+    fn page(
+        &self,
+        owner: Option<&str>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let index = owner.map_or_else(|| self.set_key("by_time"), |o| self.key("owned", o));
+        let max = cursor.map_or_else(|| "+".to_owned(), |c| format!("({c}"));
+        let cursors: Vec<String> = self.with(|c| {
+            redis::cmd("ZREVRANGEBYLEX")
+                .arg(&index)
+                .arg(&max)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query(c)
+        })?;
+        let ids: Vec<String> = cursors
+            .iter()
+            .map(|c| c.rsplit('.').next().unwrap_or("").to_owned())
+            .collect();
+        self.jobs(&ids)
+    }
+
+    fn usage(&self, owner: &str) -> Result<(usize, u64), StoreError> {
+        let key = self.key("usage", owner);
+        let (n, bytes): (Option<i64>, Option<i64>) =
+            self.with(|c| redis::cmd("HMGET").arg(&key).arg("n").arg("bytes").query(c))?;
+        Ok((
+            n.unwrap_or(0).max(0) as usize,
+            bytes.unwrap_or(0).max(0) as u64,
+        ))
+    }
+
+    fn finished_before(&self, before_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let key = self.set_key("finished");
+        let ids: Vec<String> = self.with(|c| {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(format!("({before_ms}"))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query(c)
+        })?;
+        self.jobs(&ids)
     }
 
     fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -191,6 +292,19 @@ impl JobStore for RedisJobStore {
     }
 
     fn remove(&self, job: &Job) -> Result<(), StoreError> {
+        if let Some(stored) = self.get(&job.id)? {
+            let size = stored.footprint(serde_json::to_vec(&stored)?.len());
+            let (owned, by_time) = (self.key("owned", &stored.owner), self.set_key("by_time"));
+            let (finished, usage) = (self.set_key("finished"), self.key("usage", &stored.owner));
+            let (cursor, shrunk) = (stored.cursor(), format!("-{size}"));
+            let _: redis::Value = self.fenced(&[
+                &[b"ZREM", owned.as_bytes(), cursor.as_bytes()],
+                &[b"ZREM", by_time.as_bytes(), cursor.as_bytes()],
+                &[b"ZREM", finished.as_bytes(), stored.id.as_bytes()],
+                &[b"HINCRBY", usage.as_bytes(), b"n", b"-1"],
+                &[b"HINCRBY", usage.as_bytes(), b"bytes", shrunk.as_bytes()],
+            ])?;
+        }
         let (key, ids) = (self.key("job", &job.id), self.set_key("jobs"));
         let mut doomed = vec![key];
         doomed.extend(self.idem_key(job));
@@ -220,7 +334,11 @@ impl JobStore for RedisJobStore {
                 .arg(self.key("job", ""))
                 .invoke(c)
         })?;
-        Ok(serde_json::from_str(&held)?)
+        let held: Job = serde_json::from_str(&held)?;
+        if held.id == job.id {
+            self.index(job, None)?;
+        }
+        Ok(held)
     }
 
     fn first_sighting(&self, message_id: &str, now_ms: i64) -> Result<bool, StoreError> {

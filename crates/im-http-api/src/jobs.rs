@@ -65,6 +65,8 @@ fn job_error(e: JobError) -> HttpError {
         },
         JobError::Invalid { field, message } => ServiceError::invalid(*field, message.clone()),
         JobError::Unverified(_) => ServiceError::new(ErrorType::Unauthorized, e.to_string()),
+        JobError::Quota(_) => ServiceError::new(ErrorType::QueueFull, e.to_string())
+            .retry_after(std::time::Duration::from_secs(60)),
         JobError::Store(_) => ServiceError::new(ErrorType::Internal, e.to_string()),
     };
     HttpError(err)
@@ -143,15 +145,22 @@ fn accepted(job: &im_jobs::Job, new: bool) -> Response {
         .into_response()
 }
 
-/// Submit `s` as `owner`; the job and whether it is new (not an idempotent repeat).
+/// Submit `s` as `owner` (a tenant, within its stored-jobs quota); the job and whether it is
+/// new (not an idempotent repeat).
 pub async fn submit(
+    st: &AppState,
     jobs: &Jobs,
     owner: String,
     s: &JobSubmission,
     idempotency_header: Option<String>,
 ) -> Result<(im_jobs::Job, bool), HttpError> {
     let request = job_request(s)?;
+    let quota = st
+        .service
+        .tenants()
+        .job_quota(&im_service::TenantId::new(&owner));
     let sub = Submission {
+        quota: Some(quota),
         owner,
         request,
         callback_url: s.callback_url.clone(),
@@ -193,7 +202,7 @@ pub async fn create(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (job, new) = submit(jobs, owner(&st, &caller).0, &s, header_key).await?;
+    let (job, new) = submit(&st, jobs, owner(&st, &caller).0, &s, header_key).await?;
     Ok(accepted(&job, new))
 }
 
@@ -290,12 +299,14 @@ pub struct ListQuery {
     pub status: Option<String>,
     /// At most this many (1-1000, default 100), newest first.
     pub limit: Option<usize>,
+    /// The page after this one: `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// The caller's jobs, newest first (an `admin` key sees everyone's).
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
     responses(
-        (status = 200, description = "`{jobs: [job, ...]}`", body = Object),
+        (status = 200, description = "`{jobs: [job, ...], next_cursor}`: `next_cursor` (when not null) asks for the next page", body = Object),
         (status = 400, description = "Invalid filter", body = crate::ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn list(
@@ -318,15 +329,19 @@ pub async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(HttpError::invalid("limit", "1 to 1000"));
     }
-    let (me, all) = owner(&st, &caller);
-    let found = if all {
-        jobs.list_all(status, limit).await
-    } else {
-        jobs.list(&me, status, limit).await
+    if q.cursor.as_ref().is_some_and(|c| c.len() > 128) {
+        return Err(HttpError::invalid(
+            "cursor",
+            "not a cursor this server gave",
+        ));
     }
-    .map_err(job_error)?;
+    let (me, all) = owner(&st, &caller);
+    let (found, next) = jobs
+        .list((!all).then_some(me.as_str()), status, limit, q.cursor)
+        .await
+        .map_err(job_error)?;
     let views: Vec<Value> = found.iter().map(im_jobs::view).collect();
-    Ok(axum::Json(json!({"jobs": views})).into_response())
+    Ok(axum::Json(json!({"jobs": views, "next_cursor": next})).into_response())
 }
 
 /// A job submitted by a signed webhook (Standard Webhooks: `webhook-id`, `webhook-timestamp`,
@@ -382,6 +397,6 @@ pub async fn ingest(
     jobs.accept_inbound(id.unwrap_or_default())
         .await
         .map_err(job_error)?;
-    let (job, new) = submit(jobs, "webhook".to_owned(), &s, None).await?;
+    let (job, new) = submit(&st, jobs, "webhook".to_owned(), &s, None).await?;
     Ok(accepted(&job, new))
 }

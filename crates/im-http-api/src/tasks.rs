@@ -114,7 +114,7 @@ async fn submit_batch(
         serde_json::from_value::<TaskRequest>(raw.clone())
             .map_err(|e| HttpError::invalid(format!("requests[{i}]"), e.to_string()))?;
     }
-    let owner = st.service.keys().fingerprint(caller.key);
+    let owner = caller.tenant.to_string();
     let mut out = Vec::with_capacity(batch.requests.len());
     for raw in batch.requests {
         let s = crate::jobs::JobSubmission {
@@ -124,7 +124,7 @@ async fn submit_batch(
             callback_url: None,
             idempotency_key: None,
         };
-        let (job, _) = crate::jobs::submit(jobs, owner.clone(), &s, None).await?;
+        let (job, _) = crate::jobs::submit(st, jobs, owner.clone(), &s, None).await?;
         out.push(json!({"id": job.id, "status": job.status.as_str(), "status_url": format!("/v1/jobs/{}", job.id)}));
     }
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"jobs": out}))).into_response())

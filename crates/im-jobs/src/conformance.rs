@@ -34,6 +34,58 @@ pub fn check(store: &dyn JobStore) {
     jobs_and_their_results_are_kept_until_removed(store);
     a_webhook_id_is_seen_once_until_forgotten(store);
     a_disabled_endpoint_stays_disabled(store);
+    pages_usage_and_the_sweep_read_indexes(store);
+}
+
+fn pages_usage_and_the_sweep_read_indexes(store: &dyn JobStore) {
+    let made = |id: &str, owner: &str, at: i64| {
+        let mut j = job(id, owner, None);
+        j.created_ms = at;
+        j
+    };
+    for (i, owner) in ["a", "b", "a", "a", "b", "a"].iter().enumerate() {
+        store
+            .insert_idempotent(&made(&format!("j{i}"), owner, 100 + i as i64))
+            .expect("insert");
+    }
+    let ids = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    let first = store.page(Some("a"), None, 2).expect("page");
+    let cursor = first.last().expect("a page").cursor();
+    assert_eq!(ids(first), ["j5", "j3"], "newest first, the owner's only");
+    assert_eq!(
+        ids(store.page(Some("a"), Some(&cursor), 10).expect("page")),
+        ["j2", "j0"],
+        "after the cursor"
+    );
+    assert_eq!(
+        ids(store.page(None, None, 3).expect("page")),
+        ["j5", "j4", "j3"]
+    );
+    let (n, bytes) = store.usage("a").expect("usage");
+    assert_eq!(n, 4);
+    assert!(bytes > 4 * 100, "the records' bytes: {bytes}");
+    // Finishing one moves it into the sweep's index; removing gives its bytes back.
+    let mut done = made("j3", "a", 103);
+    done.status = Status::Succeeded;
+    done.finished_ms = Some(500);
+    store.put(&done).expect("put");
+    assert!(store.finished_before(500, 10).expect("swept").is_empty());
+    assert_eq!(ids(store.finished_before(501, 10).expect("swept")), ["j3"]);
+    store.remove(&done).expect("remove");
+    assert_eq!(store.usage("a").expect("usage").0, 3);
+    assert!(
+        store
+            .finished_before(i64::MAX, 10)
+            .expect("swept")
+            .is_empty()
+    );
+    for i in 0..6 {
+        store
+            .remove(&made(&format!("j{i}"), "x", 0))
+            .expect("remove");
+    }
+    assert_eq!(store.usage("a").expect("usage"), (0, 0));
+    assert!(store.page(None, None, 10).expect("page").is_empty());
 }
 
 fn idempotency_keys_name_the_first_job_per_owner(store: &dyn JobStore) {

@@ -126,6 +126,22 @@ pub struct Job {
 }
 
 impl Job {
+    /// Its place in creation order, `<created ms, 20 digits>.<id>`: what listings page by (an
+    /// id has no `.`).
+    pub fn cursor(&self) -> String {
+        format!("{:020}.{}", self.created_ms.max(0), self.id)
+    }
+
+    /// The bytes it takes in a store whose record of it is `record` bytes long: the record and
+    /// its result file.
+    pub fn footprint(&self, record: usize) -> u64 {
+        let file = match &self.result {
+            Some(Stored::File { bytes, .. }) => *bytes,
+            _ => 0,
+        };
+        record as u64 + file
+    }
+
     /// Whether its webhook still has an attempt to make.
     pub fn webhook_pending(&self) -> bool {
         self.webhook

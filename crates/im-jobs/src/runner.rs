@@ -111,6 +111,9 @@ pub enum JobError {
     /// Inbound webhooks are not configured.
     #[error("inbound webhooks are off: set `jobs.inbound_secret`")]
     IngestOff,
+    /// The owner's stored jobs are at its quota.
+    #[error("{0}")]
+    Quota(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -119,8 +122,10 @@ pub enum JobError {
 /// A submission.
 #[derive(Clone, Debug)]
 pub struct Submission {
-    /// Who submits (a key fingerprint).
+    /// Who submits (its tenant).
     pub owner: String,
+    /// What the owner may store: jobs, bytes (`None`: no quota).
+    pub quota: Option<(usize, u64)>,
     /// What to run.
     pub request: Request,
     /// Where to report the end.
@@ -232,6 +237,21 @@ impl Jobs {
                     message: e.to_string(),
                 })?;
         }
+        if let Some((max_jobs, max_bytes)) = s.quota {
+            let owner = s.owner.clone();
+            let (jobs, bytes) = self.inner.call(move |st| st.usage(&owner)).await?;
+            let adding = serde_json::to_vec(&s.request).map_or(0, |b| b.len() as u64);
+            if jobs >= max_jobs {
+                return Err(JobError::Quota(format!(
+                    "this tenant has {jobs} jobs stored, its quota (`tenants.max_jobs`, default `jobs.max_jobs_per_tenant`); jobs are kept until they expire or are cancelled"
+                )));
+            }
+            if bytes + adding > max_bytes {
+                return Err(JobError::Quota(format!(
+                    "this tenant's stored jobs take {bytes} bytes and this one {adding} more, over its quota of {max_bytes} (`tenants.max_job_bytes`, default `jobs.max_bytes_per_tenant_mib`)"
+                )));
+            }
+        }
         let job = Job {
             id: random_id("job_"),
             owner: s.owner,
@@ -288,47 +308,53 @@ impl Jobs {
         }
     }
 
-    /// The owner's jobs, newest first, at most `limit`, optionally only those in `status`.
+    /// A page of `owner`'s jobs (everyone's when `None`, for operators), newest first, after
+    /// `cursor`, at most `limit`, optionally only those in `status`; and the cursor of the next
+    /// page when there may be one. Read through the store's index by owner: a page reads its
+    /// jobs (and one more to know whether another page follows), not every tenant's.
     pub async fn list(
         &self,
-        owner: &str,
+        owner: Option<&str>,
         status: Option<Status>,
         limit: usize,
-    ) -> Result<Vec<Job>, JobError> {
-        let owner = owner.to_owned();
-        self.list_where(move |j| j.owner == owner, status, limit)
-            .await
-    }
-
-    /// Everyone's jobs (for `admin` keys), as [`list`](Self::list).
-    pub async fn list_all(
-        &self,
-        status: Option<Status>,
-        limit: usize,
-    ) -> Result<Vec<Job>, JobError> {
-        self.list_where(|_| true, status, limit).await
-    }
-
-    async fn list_where(
-        &self,
-        mine: impl Fn(&Job) -> bool + Send + 'static,
-        status: Option<Status>,
-        limit: usize,
-    ) -> Result<Vec<Job>, JobError> {
-        let jobs = self
+        cursor: Option<String>,
+    ) -> Result<(Vec<Job>, Option<String>), JobError> {
+        let owner = owner.map(str::to_owned);
+        let page = self
             .inner
             .call(move |s| {
-                let mut jobs: Vec<Job> = s
-                    .all()?
-                    .into_iter()
-                    .filter(|j| mine(j) && status.is_none_or(|st| j.status == st))
-                    .collect();
-                jobs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
-                jobs.truncate(limit);
-                Ok(jobs)
+                let mut found = Vec::new();
+                let mut after = cursor;
+                loop {
+                    // Without a filter one read of limit + 1 answers; with one, read on.
+                    let want = if status.is_none() {
+                        limit + 1
+                    } else {
+                        limit.max(64)
+                    };
+                    let batch = s.page(owner.as_deref(), after.as_deref(), want)?;
+                    let exhausted = batch.len() < want;
+                    after = batch.last().map(Job::cursor);
+                    found.extend(
+                        batch
+                            .into_iter()
+                            .filter(|j| status.is_none_or(|st| j.status == st)),
+                    );
+                    if found.len() > limit || exhausted {
+                        break;
+                    }
+                }
+                let more = found.len() > limit;
+                found.truncate(limit);
+                let next = if more {
+                    found.last().map(Job::cursor)
+                } else {
+                    None
+                };
+                Ok((found, next))
             })
             .await?;
-        Ok(jobs)
+        Ok(page)
     }
 
     /// Cancel the owner's live job `id`: a running one's request is dropped (the queue cancels
@@ -602,12 +628,17 @@ async fn sweep(inner: Arc<Inner>) {
         let now = now_ms();
         let keep_ms = inner.cfg.keep.as_millis() as i64;
         let forget_before = now - 2 * 1000 * inner.cfg.tolerance_s;
+        // Through the index of finished jobs: the expired ones, a batch at a time.
         let swept = inner
             .call(move |s| {
-                for job in s.all()? {
-                    let old = job.finished_ms.is_some_and(|f| now - f > keep_ms);
-                    if job.status.is_final() && old && !job.webhook_pending() {
-                        s.remove(&job)?;
+                loop {
+                    let expired = s.finished_before(now - keep_ms, 256)?;
+                    let last = expired.len() < 256;
+                    for job in expired.iter().filter(|j| !j.webhook_pending()) {
+                        s.remove(job)?;
+                    }
+                    if last || expired.iter().all(Job::webhook_pending) {
+                        break;
                     }
                 }
                 s.forget_sightings(forget_before)

@@ -51,8 +51,22 @@ pub trait JobStore: Send + Sync + 'static {
     fn put(&self, job: &Job) -> Result<(), StoreError>;
     /// A job by id.
     fn get(&self, id: &str) -> Result<Option<Job>, StoreError>;
-    /// Every job (for recovery after a restart, listings and the retention sweep).
+    /// Every job (for recovery after a restart only: listings and the sweep read indexes).
     fn all(&self) -> Result<Vec<Job>, StoreError>;
+    /// A page of `owner`'s jobs (every owner's when `None`), newest first, those after
+    /// `cursor` ([`Job::cursor`] of the last one of the previous page), at most `limit`:
+    /// read through an index by owner, so it reads the page, not the store.
+    fn page(
+        &self,
+        owner: Option<&str>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
+    /// How many jobs `owner` has stored, and their bytes ([`Job::footprint`]).
+    fn usage(&self, owner: &str) -> Result<(usize, u64), StoreError>;
+    /// Final jobs finished before `before_ms`, oldest first, at most `limit` (the retention
+    /// sweep reads these, not the store).
+    fn finished_before(&self, before_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
     /// Remove a job and its idempotency entry.
     fn remove(&self, job: &Job) -> Result<(), StoreError>;
     /// Insert `job` unless its owner already has a job under the same idempotency key; the job
@@ -75,6 +89,14 @@ pub trait JobStore: Send + Sync + 'static {
 }
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// `owner \0 cursor` → (): each owner's jobs in creation order.
+const BY_OWNER: TableDefinition<&str, ()> = TableDefinition::new("jobs_by_owner");
+/// `cursor` → (): every job in creation order.
+const BY_TIME: TableDefinition<&str, ()> = TableDefinition::new("jobs_by_time");
+/// `finished ms (20 digits) \0 id` → (): final jobs by when they finished.
+const FINISHED: TableDefinition<&str, ()> = TableDefinition::new("jobs_finished");
+/// owner → (jobs, bytes) stored.
+const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("jobs_usage");
 /// `owner \n idempotency key` → job id.
 const IDEMPOTENCY: TableDefinition<&str, &str> = TableDefinition::new("idempotency");
 /// Inbound webhook message id → when first seen (Unix ms).
@@ -109,6 +131,10 @@ impl RedbStore {
         let db = Database::create(dir.join("jobs.redb"))?;
         let tx = db.begin_write()?;
         tx.open_table(JOBS)?;
+        tx.open_table(BY_OWNER)?;
+        tx.open_table(BY_TIME)?;
+        tx.open_table(FINISHED)?;
+        tx.open_table(USAGE)?;
         tx.open_table(IDEMPOTENCY)?;
         tx.open_table(SIGHTINGS)?;
         tx.open_table(DISABLED)?;
@@ -120,14 +146,151 @@ impl RedbStore {
     }
 }
 
-impl JobStore for RedbStore {
-    fn put(&self, job: &Job) -> Result<(), StoreError> {
+/// The index entries of a job: by owner, by time, and (once final) by when it finished.
+fn owner_key(job: &Job) -> String {
+    format!("{}\0{}", job.owner, job.cursor())
+}
+
+/// The id at the end of an index key (after its last `.` or NUL).
+fn id_of(key: &str) -> &str {
+    key.rsplit(['.', '\0']).next().unwrap_or("")
+}
+
+fn finished_key(job: &Job) -> Option<String> {
+    job.finished_ms
+        .filter(|_| job.status.is_final())
+        .map(|f| format!("{f:020}\0{}", job.id))
+}
+
+impl RedbStore {
+    /// Write `job` (replacing `old`, when there was one) with its indexes and its owner's usage,
+    /// in `tx`.
+    fn write(
+        &self,
+        tx: &redb::WriteTransaction,
+        job: &Job,
+        old: Option<&Job>,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(job)?;
-        let tx = self.db.begin_write()?;
         tx.open_table(JOBS)?
             .insert(job.id.as_str(), bytes.as_slice())?;
+        tx.open_table(BY_OWNER)?
+            .insert(owner_key(job).as_str(), ())?;
+        tx.open_table(BY_TIME)?.insert(job.cursor().as_str(), ())?;
+        let mut finished = tx.open_table(FINISHED)?;
+        if let Some(k) = old.and_then(finished_key) {
+            finished.remove(k.as_str())?;
+        }
+        if let Some(k) = finished_key(job) {
+            finished.insert(k.as_str(), ())?;
+        }
+        let mut usage = tx.open_table(USAGE)?;
+        let (n, b) = usage.get(job.owner.as_str())?.map_or((0, 0), |v| v.value());
+        let (n, b) = match old {
+            Some(o) => (
+                n,
+                (b + job.footprint(bytes.len()))
+                    .saturating_sub(o.footprint(serde_json::to_vec(o)?.len())),
+            ),
+            None => (n + 1, b + job.footprint(bytes.len())),
+        };
+        usage.insert(job.owner.as_str(), (n, b))?;
+        Ok(())
+    }
+
+    fn read(
+        table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+        id: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        Ok(table
+            .get(id)?
+            .map(|v| serde_json::from_slice(v.value()))
+            .transpose()?)
+    }
+}
+
+impl JobStore for RedbStore {
+    fn put(&self, job: &Job) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        let old = Self::read(&tx.open_table(JOBS)?, &job.id)?;
+        self.write(&tx, job, old.as_ref())?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn page(
+        &self,
+        owner: Option<&str>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let jobs = tx.open_table(JOBS)?;
+        let mut out = Vec::new();
+        let ids: Vec<String> = match owner {
+            Some(owner) => {
+                let index = tx.open_table(BY_OWNER)?;
+                let lo = format!("{owner}\0");
+                let hi = match cursor {
+                    Some(c) => format!("{owner}\0{c}"),
+                    None => format!("{owner}\u{1}"),
+                };
+                index
+                    .range(lo.as_str()..hi.as_str())?
+                    .rev()
+                    .take(limit)
+                    .map(|e| e.map(|(k, _)| id_of(k.value()).to_owned()))
+                    .collect::<Result<_, _>>()?
+            }
+            None => {
+                let index = tx.open_table(BY_TIME)?;
+                let entries: Vec<String> = match cursor {
+                    Some(c) => index
+                        .range(..c)?
+                        .rev()
+                        .take(limit)
+                        .map(|e| e.map(|(k, _)| k.value().to_owned()))
+                        .collect::<Result<_, _>>()?,
+                    None => index
+                        .iter()?
+                        .rev()
+                        .take(limit)
+                        .map(|e| e.map(|(k, _)| k.value().to_owned()))
+                        .collect::<Result<_, _>>()?,
+                };
+                entries.iter().map(|k| id_of(k).to_owned()).collect()
+            }
+        };
+        for id in ids {
+            out.extend(Self::read(&jobs, &id)?);
+        }
+        Ok(out)
+    }
+
+    fn usage(&self, owner: &str) -> Result<(usize, u64), StoreError> {
+        let tx = self.db.begin_read()?;
+        let (n, b) = tx
+            .open_table(USAGE)?
+            .get(owner)?
+            .map_or((0, 0), |v| v.value());
+        Ok((n as usize, b))
+    }
+
+    fn finished_before(&self, before_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let jobs = tx.open_table(JOBS)?;
+        let hi = format!("{:020}", before_ms.max(0));
+        let ids: Vec<String> = tx
+            .open_table(FINISHED)?
+            .range(..hi.as_str())?
+            .take(limit)
+            .map(|e| e.map(|(k, _)| id_of(k.value()).to_owned()))
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(Self::read(&jobs, &id)?);
+        }
+        Ok(out)
     }
 
     fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -152,7 +315,25 @@ impl JobStore for RedbStore {
 
     fn remove(&self, job: &Job) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
+        let stored = Self::read(&tx.open_table(JOBS)?, &job.id)?;
         tx.open_table(JOBS)?.remove(job.id.as_str())?;
+        if let Some(stored) = &stored {
+            tx.open_table(BY_OWNER)?
+                .remove(owner_key(stored).as_str())?;
+            tx.open_table(BY_TIME)?.remove(stored.cursor().as_str())?;
+            if let Some(k) = finished_key(stored) {
+                tx.open_table(FINISHED)?.remove(k.as_str())?;
+            }
+            let mut usage = tx.open_table(USAGE)?;
+            let (n, b) = usage
+                .get(stored.owner.as_str())?
+                .map_or((0, 0), |v| v.value());
+            let gone = stored.footprint(serde_json::to_vec(stored)?.len());
+            usage.insert(
+                stored.owner.as_str(),
+                (n.saturating_sub(1), b.saturating_sub(gone)),
+            )?;
+        }
         if let Some(k) = idem_key(job) {
             tx.open_table(IDEMPOTENCY)?.remove(k.as_str())?;
         }
@@ -164,7 +345,6 @@ impl JobStore for RedbStore {
     }
 
     fn insert_idempotent(&self, job: &Job) -> Result<Job, StoreError> {
-        let bytes = serde_json::to_vec(job)?;
         let tx = self.db.begin_write()?;
         if let Some(k) = idem_key(job) {
             let mut idem = tx.open_table(IDEMPOTENCY)?;
@@ -177,8 +357,7 @@ impl JobStore for RedbStore {
             }
             idem.insert(k.as_str(), job.id.as_str())?;
         }
-        tx.open_table(JOBS)?
-            .insert(job.id.as_str(), bytes.as_slice())?;
+        self.write(&tx, job, None)?;
         tx.commit()?;
         Ok(job.clone())
     }

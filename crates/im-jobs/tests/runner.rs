@@ -101,6 +101,7 @@ fn start(dir: &std::path::Path, runner: Arc<Script>, keep: Duration) -> (Jobs, A
 fn submission(route: &str) -> Submission {
     Submission {
         owner: "key-a".into(),
+        quota: None,
         request: Request {
             route: route.into(),
             body: json!({"n": 1}),
