@@ -532,7 +532,6 @@ async fn receiver(delay: Duration) -> (String, Arc<std::sync::Mutex<Vec<Instant>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[should_panic(expected = "waited for another tenant's slow receiver")]
 async fn a_slow_webhook_receiver_delays_only_its_own_deliveries() {
     // Regression (issue 30): three jobs whose receiver took 7 s delayed another tenant's fast
     // receiver by 6.5-14 s.

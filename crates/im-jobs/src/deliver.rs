@@ -15,7 +15,9 @@ use crate::runner::{Inner, now_ms};
 use crate::signing::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 /// Deliver due webhooks (the schedule is kept in memory, rebuilt from the store at start),
-/// woken by finished jobs or when the next one is due.
+/// woken by finished jobs or when the next one is due. Each delivery waits in its destination
+/// origin's queue (at most `deliveries_per_origin` in progress there) and never holds up the
+/// schedule or another origin's deliveries.
 pub(crate) async fn deliveries(inner: Arc<Inner>) {
     loop {
         let now = now_ms();
@@ -25,13 +27,33 @@ pub(crate) async fn deliveries(inner: Arc<Inner>) {
             let due = std::mem::replace(&mut *schedule, later);
             (due, schedule.first().map(|(t, _)| *t))
         };
-        let mut attempts = tokio::task::JoinSet::new();
         for (_, id) in due {
             let inner = inner.clone();
-            attempts.spawn(async move {
+            tokio::spawn(async move {
                 let key = id.clone();
                 match inner.call(move |s| s.get(&key)).await {
-                    Ok(Some(job)) if job.webhook_pending() => attempt(&inner, job).await,
+                    Ok(Some(job)) if job.webhook_pending() => {
+                        let origin = job
+                            .webhook
+                            .as_ref()
+                            .map_or_else(String::new, |w| origin(&w.url));
+                        let queue = inner
+                            .origins
+                            .entry(origin)
+                            .or_insert_with(|| {
+                                Arc::new(tokio::sync::Semaphore::new(
+                                    inner.cfg.deliveries_per_origin.max(1),
+                                ))
+                            })
+                            .clone();
+                        let (Ok(_mine), Ok(_any)) = (
+                            queue.acquire_owned().await,
+                            inner.delivering.clone().acquire_owned().await,
+                        ) else {
+                            return;
+                        };
+                        attempt(&inner, job).await;
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(job = %id, error = %e, "job store failed; the delivery is retried");
@@ -40,7 +62,6 @@ pub(crate) async fn deliveries(inner: Arc<Inner>) {
                 }
             });
         }
-        while attempts.join_next().await.is_some() {}
         let wait = next_at.map_or(Duration::from_secs(1), |t| {
             Duration::from_millis((t - now_ms()).clamp(1, 1000) as u64)
         });
@@ -48,6 +69,19 @@ pub(crate) async fn deliveries(inner: Arc<Inner>) {
             () = inner.wake_delivery.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// The origin of `url` (`scheme://host:port`): what deliveries queue by.
+fn origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_owned(),
     }
 }
 

@@ -62,6 +62,9 @@ pub struct JobsConfig {
     pub tolerance_s: i64,
     /// The largest inbound webhook body read (the route has no key: it must stay small).
     pub ingest_body_limit: usize,
+    /// Deliveries in progress at once per destination origin (scheme, host, port): a slow or
+    /// dead receiver holds only its own deliveries back.
+    pub deliveries_per_origin: usize,
 }
 
 impl JobsConfig {
@@ -161,6 +164,10 @@ pub(crate) struct Inner {
     wake: Notify,
     pub(crate) wake_delivery: Notify,
     slots: Arc<Semaphore>,
+    /// Each destination origin's delivery permits.
+    pub(crate) origins: DashMap<String, Arc<Semaphore>>,
+    /// Deliveries in progress at once, over all origins.
+    pub(crate) delivering: Arc<Semaphore>,
 }
 
 /// Now, in Unix milliseconds.
@@ -194,6 +201,8 @@ impl Jobs {
             wake: Notify::new(),
             wake_delivery: Notify::new(),
             slots,
+            origins: DashMap::new(),
+            delivering: Arc::new(Semaphore::new(256)),
         });
         let jobs = Jobs { inner };
         jobs.recover()?;

@@ -70,6 +70,7 @@ fn config(keep: Duration) -> JobsConfig {
         inbound_secret: None,
         tolerance_s: 300,
         ingest_body_limit: 1 << 20,
+        deliveries_per_origin: 4,
     }
 }
 

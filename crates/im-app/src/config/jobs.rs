@@ -43,6 +43,9 @@ pub struct JobsEntry {
     /// The largest inbound webhook body read, in KiB (the route has no key; its headers are
     /// checked first, and this bounds what an unsigned sender can make im hold).
     pub ingest_body_limit_kib: usize,
+    /// Webhook deliveries in progress at once per destination (scheme, host, port): a slow or
+    /// dead receiver delays only its own deliveries.
+    pub deliveries_per_origin: usize,
     /// Jobs a tenant may have stored at once, unless `tenants[].max_jobs` says otherwise.
     pub max_jobs_per_tenant: usize,
     /// MiB of stored jobs (requests and results) a tenant may hold, unless
@@ -59,6 +62,7 @@ impl Default for JobsEntry {
             keep_hours: 24.0,
             inline_max_kib: 64,
             allow_private_callbacks: false,
+            deliveries_per_origin: 4,
             max_jobs_per_tenant: 1000,
             max_bytes_per_tenant_mib: 128,
             webhook_secret: None,
@@ -102,6 +106,9 @@ impl JobsEntry {
         if !(1..=64 * 1024).contains(&self.ingest_body_limit_kib) {
             return Err(invalid("jobs.ingest_body_limit_kib", "1 to 65536"));
         }
+        if !(1..=256).contains(&self.deliveries_per_origin) {
+            return Err(invalid("jobs.deliveries_per_origin", "1 to 256"));
+        }
         if !(1..=86_400).contains(&self.tolerance_s) {
             return Err(invalid("jobs.tolerance_s", "1 to 86400 seconds"));
         }
@@ -133,6 +140,7 @@ impl JobsEntry {
             inbound_secret,
             tolerance_s: self.tolerance_s,
             ingest_body_limit: self.ingest_body_limit_kib * 1024,
+            deliveries_per_origin: self.deliveries_per_origin,
         })
     }
 
