@@ -679,3 +679,71 @@ async fn the_cache_stays_within_its_byte_bound_under_large_distinct_answers() {
         "answers are kept up to the bound: at most {most} bytes were"
     );
 }
+
+/// The rows of the first `tenants` update `k` receives over a WebSocket subscription.
+async fn tenant_rows(url: &str, k: &str) -> Vec<Value> {
+    let mut s = ws(url, k).await;
+    send(&mut s, json!({"type": "subscribe", "topics": ["tenants"]})).await;
+    while let Some(m) = next_within(&mut s, Duration::from_secs(5)).await {
+        if m["type"] == "update" && m["topic"] == "tenants" {
+            return m["data"]["tenants"].as_array().cloned().unwrap_or_default();
+        }
+    }
+    panic!("no tenants update for {k}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_sees_its_own_figures_and_an_operator_sees_all() {
+    let (url, _built) = serve(|c| {
+        c.tenants = ["team-a", "team-b"]
+            .iter()
+            .map(|n| im_app::config::TenantEntry {
+                name: (*n).into(),
+                ..Default::default()
+            })
+            .collect();
+        c.keys[0].tenant = Some("team-a".into());
+        c.keys[1].tenant = Some("team-b".into());
+        let mut op = key("op", &["infer", "metrics", "operator"], None);
+        op.tenant = Some("team-a".into());
+        c.keys.push(op);
+    })
+    .await;
+    for (k, n) in [("k1", 2), ("k2", 1)] {
+        for i in 0..n {
+            let (status, _) =
+                post(&url, k, "/v1/chat/completions", &chat(&format!("{k} {i}"))).await;
+            assert_eq!(status, 200);
+        }
+    }
+    let unknown = json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]});
+    assert_ne!(
+        post(&url, "k2", "/v1/chat/completions", &unknown).await.0,
+        200
+    );
+
+    let own = tenant_rows(&url, "k2").await;
+    assert_eq!(own.len(), 1, "k2 sees other tenants' figures: {own:?}");
+    assert_eq!(own[0]["tenant"], "team-b");
+    assert_eq!(
+        (own[0]["requests"].as_u64(), own[0]["errors"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert!(own[0]["tokens"].as_u64().unwrap_or(0) > 0, "{own:?}");
+
+    let all = tenant_rows(&url, "op").await;
+    let names: Vec<&str> = all.iter().filter_map(|r| r["tenant"].as_str()).collect();
+    assert_eq!(names, ["team-a", "team-b"]);
+    assert_eq!(all[0]["requests"], 2);
+
+    let (status, text) = get(&url, "op", "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        r#"im_tenant_requests_total{tenant="team-a",outcome="ok"} 2"#,
+        r#"im_tenant_requests_total{tenant="team-b",outcome="ok"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line}");
+    }
+    assert!(text.contains(r#"im_tenant_tokens_total{tenant="team-b"}"#));
+    assert!(text.contains(r#"im_tenant_queue_wait_seconds_count{tenant="team-a"} 2"#));
+}

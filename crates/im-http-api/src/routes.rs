@@ -1,6 +1,6 @@
 //! The route table: every HTTP route im serves, once, with what it needs and where it runs.
 //!
-//! The router ([`crate::router_with`]), authentication ([`crate::state::caller`]), a follower's
+//! The router ([`crate::router_with`]), authentication (the `caller` extractor), a follower's
 //! forwarding ([`crate::forward`]: what it serves itself, what it checks before reading a body),
 //! the routes a job may stand for ([`job_routes`]) and the management relay are all read from
 //! [`ROUTES`]; none keeps a list of its own. `scopes.golden` (beside this crate's manifest) is the

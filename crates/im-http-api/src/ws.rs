@@ -27,8 +27,11 @@ pub const OUTBOX: usize = 256;
 
 /// What a client may subscribe to: `queue` (the `/queue-status` view), `lanes` (`/status`),
 /// `requests` (request metrics), `timeline` (the last lane events: switches, loads, breakers),
-/// `errors` (error counts and the last errors, sanitized).
-pub const TOPICS: [&str; 5] = ["queue", "lanes", "requests", "timeline", "errors"];
+/// `errors` (error counts and the last errors, sanitized: the subscriber's own tenant's unless
+/// its key sees all), `tenants` (what each tenant used: its own row unless its key sees all).
+pub const TOPICS: [&str; 6] = [
+    "queue", "lanes", "requests", "timeline", "errors", "tenants",
+];
 /// Close code for a client that does not read its messages.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// Close code for a missing or wrong key.
@@ -302,6 +305,7 @@ async fn publish(
             "lanes" => service.backend_status().await,
             "timeline" => service.timeline(),
             "errors" => service.error_metrics(who),
+            "tenants" => service.tenant_metrics(who),
             _ => service.request_metrics(),
         };
         if last.get(t) != Some(&data) {

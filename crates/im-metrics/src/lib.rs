@@ -22,12 +22,14 @@ pub mod names;
 mod registry;
 mod sanitize;
 mod subsystems;
+mod tenants;
 
 pub use engine::EngineMetrics;
 pub use lanes::{LaneFigures, LaneStats};
 pub use subsystems::{
     CacheMetrics, ClusterMetrics, ConfigMetrics, HttpMetrics, JobMetrics, WsMetrics,
 };
+pub use tenants::TenantMetrics;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -177,6 +179,7 @@ struct State {
     last_errors: VecDeque<ErrorEntry>,
     ws_closed: BTreeMap<&'static str, u64>,
     timeline: VecDeque<Value>,
+    tenants: tenants::Tenants,
 }
 
 /// Lane events the timeline keeps (the dashboard shows the last minutes).
@@ -251,6 +254,11 @@ impl Metrics {
     /// What a replica records: the lease, forwarding.
     pub fn cluster(&self) -> ClusterMetrics<'_> {
         ClusterMetrics(self)
+    }
+
+    /// What each tenant used.
+    pub fn tenants(&self) -> TenantMetrics<'_> {
+        TenantMetrics(self)
     }
 
     /// What configuration reloads record.

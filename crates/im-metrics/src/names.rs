@@ -57,6 +57,13 @@ pub const CLUSTER_EPOCH: &str = "im_cluster_epoch";
 /// `resent` (sent again after the scheduler failed or was replaced), `unavailable` (no scheduler
 /// answered within the failover wait).
 pub const FORWARDED_TOTAL: &str = "im_forwarded_total";
+/// `im_tenant_requests_total{tenant,outcome}`: units of work by tenant (configured tenants by
+/// name, the rest as `other`) and outcome (`ok` or the error type).
+pub const TENANT_REQUESTS_TOTAL: &str = "im_tenant_requests_total";
+/// `im_tenant_queue_wait_seconds{tenant}`: how long a tenant's work waited in the queue.
+pub const TENANT_QUEUE_WAIT_SECONDS: &str = "im_tenant_queue_wait_seconds";
+/// `im_tenant_tokens_total{tenant}`: tokens a tenant's work used (as debited from its balance).
+pub const TENANT_TOKENS_TOTAL: &str = "im_tenant_tokens_total";
 /// `im_config_reloads_total{outcome}`: configuration reloads (SIGHUP, `POST /admin/reload`):
 /// `applied`, or `refused` (an invalid file, or a change only a restart can make).
 pub const CONFIG_RELOADS_TOTAL: &str = "im_config_reloads_total";
@@ -86,4 +93,7 @@ pub const ALL: &[&str] = &[
     CLUSTER_EPOCH,
     FORWARDED_TOTAL,
     CONFIG_RELOADS_TOTAL,
+    TENANT_REQUESTS_TOTAL,
+    TENANT_QUEUE_WAIT_SECONDS,
+    TENANT_TOKENS_TOTAL,
 ];

@@ -407,6 +407,29 @@ impl Service {
         caller: &Caller,
     ) -> Result<Completion, ServiceError> {
         let tenants = self.tenants();
+        let mut tokens = None;
+        let result = self.run_as(call, caller, &tenants, &mut tokens).await;
+        let (outcome, wait) = match &result {
+            Ok(done) => ("ok", Some(done.meta.queue_wait)),
+            Err(e) => (e.kind.as_str(), None),
+        };
+        self.engine.metrics().tenants().request(
+            &tenants.label(&caller.tenant),
+            outcome,
+            wait,
+            tokens,
+        );
+        result
+    }
+
+    /// [`Self::run_completion`] within `caller`'s tenant's policy; `tokens`: what it used.
+    async fn run_as(
+        &self,
+        call: Call,
+        caller: &Caller,
+        tenants: &TenantPolicy,
+        tokens: &mut Option<u64>,
+    ) -> Result<Completion, ServiceError> {
         let spec = tenants.spec(&caller.tenant);
         let model = call.payload().model();
         if let Some(allowed) = spec.and_then(|s| s.models.as_ref())
@@ -445,8 +468,8 @@ impl Service {
             .meters
             .hold(&caller.tenant, spec, job.payload_bytes())?;
         let done = self.batcher.submit(job).await;
-        let tokens = done.as_ref().ok().and_then(tokens_used).or(max_tokens);
-        if let Some(t) = tokens {
+        *tokens = done.as_ref().ok().and_then(tokens_used).or(max_tokens);
+        if let Some(t) = *tokens {
             self.shared.meters.debit_tokens(&caller.tenant, spec, t);
         }
         let done = done?;
@@ -592,6 +615,16 @@ impl Service {
     /// The last lane events (switches, loads, breakers), oldest first.
     pub fn timeline(&self) -> Value {
         self.engine.metrics().timeline()
+    }
+
+    /// What each tenant used, as `who` may see it: every tenant's, or its own.
+    pub fn tenant_metrics(&self, who: &Principal) -> Value {
+        let label = self.tenants().label(&who.tenant);
+        let all = self.sees_all(who);
+        self.engine
+            .metrics()
+            .tenants()
+            .snapshot((!all).then_some(&*label))
     }
 
     /// The bytes of answers the response cache keeps now (0 when it is off).

@@ -1,0 +1,78 @@
+//! What each tenant used: requests by outcome, queue wait, tokens. Labelled by tenant name for
+//! configured tenants and `other` for the rest (the service decides the label), so the label
+//! set stays bounded.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{Metrics, names};
+
+/// One tenant's figures for the dashboard.
+#[derive(Default)]
+pub(crate) struct TenantStats {
+    requests: u64,
+    errors: u64,
+    tokens: u64,
+    wait_ms_total: f64,
+    waited: u64,
+}
+
+/// The tenants' metrics (see [`Metrics::tenants`]).
+#[derive(Clone, Copy)]
+pub struct TenantMetrics<'a>(pub(crate) &'a Metrics);
+
+impl TenantMetrics<'_> {
+    /// A unit of work of tenant `label` ended with `outcome` (`ok` or an error type), after
+    /// waiting `wait` in the queue and using `tokens`.
+    pub fn request(&self, label: &str, outcome: &str, wait: Option<Duration>, tokens: Option<u64>) {
+        let m = self.0;
+        let tenant = ("tenant", label.to_owned());
+        m.registry
+            .counter(
+                names::TENANT_REQUESTS_TOTAL,
+                &[tenant.clone(), ("outcome", outcome.to_owned())],
+            )
+            .increment(1);
+        if let Some(w) = wait {
+            m.registry
+                .histogram(
+                    names::TENANT_QUEUE_WAIT_SECONDS,
+                    std::slice::from_ref(&tenant),
+                )
+                .record(w.as_secs_f64());
+        }
+        if let Some(t) = tokens {
+            m.registry
+                .counter(names::TENANT_TOKENS_TOTAL, &[tenant])
+                .increment(t);
+        }
+        let mut s = m.lock();
+        let stats = s.tenants.entry(label.to_owned()).or_default();
+        stats.requests += 1;
+        stats.errors += u64::from(outcome != "ok");
+        stats.tokens += tokens.unwrap_or(0);
+        if let Some(w) = wait {
+            stats.wait_ms_total += w.as_secs_f64() * 1000.0;
+            stats.waited += 1;
+        }
+    }
+
+    /// Every tenant's figures (`only`: that one's), for the dashboard.
+    pub fn snapshot(&self, only: Option<&str>) -> Value {
+        let s = self.0.lock();
+        let rows: Vec<Value> = s
+            .tenants
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
+            .map(|(name, t)| {
+                json!({"tenant": name, "requests": t.requests, "errors": t.errors, "tokens": t.tokens,
+                       "mean_wait_ms": (t.waited > 0).then(|| t.wait_ms_total / t.waited as f64)})
+            })
+            .collect();
+        json!({ "tenants": rows })
+    }
+}
+
+pub(crate) type Tenants = BTreeMap<String, TenantStats>;
