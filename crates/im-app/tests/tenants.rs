@@ -267,34 +267,86 @@ async fn the_response_cache_answers_no_tenant_with_anothers_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ordinary_key_sees_no_other_tenants_errors() {
+async fn an_ordinary_key_sees_no_other_tenants_details_in_any_view() {
     // Regression (issue 30): every key had the `metrics` scope, and with it the last 100
-    // errors of every tenant.
-    let (url, _built) = serve(|_| {}).await;
+    // errors of every tenant. Now a key with `infer` and `metrics` reads aggregate counts and
+    // its own tenant's details, over every transport.
+    let (url, _built) = serve(|c| {
+        c.tenants = ["team-a", "team-b"]
+            .iter()
+            .map(|n| im_app::config::TenantEntry {
+                name: (*n).into(),
+                ..Default::default()
+            })
+            .collect();
+        c.keys[0].tenant = Some("team-a".into());
+        c.keys[1].tenant = Some("team-b".into());
+    })
+    .await;
     let secret =
         json!({"model": "project-nightingale-7b", "messages": [{"role": "user", "content": "x"}]});
-    assert_ne!(
-        post(&url, "k1", "/v1/chat/completions", &secret).await.0,
-        200
-    );
-    let (status, errors) = get(&url, "k2", "/get_error_metrics").await;
-    assert_eq!(status, 200);
+    for body in [secret, chat("hello")] {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .header("x-api-key", "k1")
+            .header("x-request-id", "req-of-team-a")
+            .json(&body)
+            .send()
+            .await
+            .expect("answered");
+        assert!(r.status().as_u16() < 500);
+    }
+
+    let mut views: Vec<(String, String)> = Vec::new();
+    for path in [
+        "/get_error_metrics",
+        "/get_request_metrics",
+        "/queue-status",
+        "/status",
+        "/metrics",
+        &format!("/placement?kind=txt2txt&model={LLM}"),
+    ] {
+        let (status, text) = get(&url, "k2", path).await;
+        assert_eq!(status, 200, "{path}");
+        views.push((format!("HTTP {path}"), text));
+    }
     let mut s = ws(&url, "k2").await;
-    send(&mut s, json!({"type": "subscribe", "topics": ["errors"]})).await;
-    let mut seen = String::new();
-    while let Some(m) = next_within(&mut s, Duration::from_secs(2)).await {
-        if m["type"] == "update" {
-            seen = m.to_string();
-            break;
-        }
+    send(&mut s, json!({"type": "status"})).await;
+    let topics = [
+        "queue", "lanes", "requests", "timeline", "errors", "tenants",
+    ];
+    send(&mut s, json!({"type": "subscribe", "topics": topics})).await;
+    let mut unseen: std::collections::BTreeSet<&str> = topics.into();
+    let mut status_seen = false;
+    while !unseen.is_empty() || !status_seen {
+        let m = next_within(&mut s, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("no update for {unseen:?}"));
+        status_seen |= m["type"] == "status";
+        unseen.remove(m["topic"].as_str().unwrap_or_default());
+        views.push((format!("WebSocket {}", m["type"]), m.to_string()));
     }
     let c = mcp(&url, "k2").await;
-    let (_, via_mcp) = tool(&c, "get_error_metrics", json!({})).await;
-    for (how, view) in [("HTTP", &errors), ("WebSocket", &seen), ("MCP", &via_mcp)] {
-        assert!(
-            !view.contains("nightingale"),
-            "k2 sees another tenant's errors over {how}: {view}"
-        );
+    for (name, args) in [
+        ("get_error_metrics", json!({})),
+        ("get_request_metrics", json!({})),
+        ("queue_status", json!({})),
+        ("list_inference_backends", json!({})),
+        ("get_backend_status", json!({"name": "default"})),
+        (
+            "select_backend_for_inference",
+            json!({"task": "txt2txt", "model": LLM}),
+        ),
+    ] {
+        views.push((format!("MCP {name}"), tool(&c, name, args).await.1));
+    }
+    for (how, view) in &views {
+        for theirs in ["nightingale", "req-of-team-a", "team-a"] {
+            assert!(
+                !view.contains(theirs),
+                "k2 reads {theirs:?} over {how}: {view}"
+            );
+        }
     }
 }
 
@@ -746,4 +798,13 @@ async fn each_tenant_sees_its_own_figures_and_an_operator_sees_all() {
     }
     assert!(text.contains(r#"im_tenant_tokens_total{tenant="team-b"}"#));
     assert!(text.contains(r#"im_tenant_queue_wait_seconds_count{tenant="team-a"} 2"#));
+
+    let (status, text) = get(&url, "k2", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains(r#"im_tenant_requests_total{tenant="team-b",outcome="ok"} 1"#));
+    assert!(
+        text.contains("im_requests_total"),
+        "aggregates stay visible"
+    );
+    assert!(!text.contains("team-a"), "k2 reads team-a's series");
 }

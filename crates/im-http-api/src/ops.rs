@@ -115,15 +115,19 @@ pub async fn ready(State(st): State<AppState>, headers: axum::http::HeaderMap) -
     (status, axum::Json(body)).into_response()
 }
 
-/// Prometheus text (metric names in the README).
+/// Prometheus text (metric names in the README); series labelled by tenant: every tenant's for
+/// an `admin` or `operator` key, the caller's own tenant's for the rest.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
               (status = 401, description = "No or a wrong API key", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
-pub async fn metrics(State(st): State<AppState>) -> Response {
+pub async fn metrics(
+    State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<im_service::Caller>,
+) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.service.engine().metrics().render(),
+        st.service.prometheus(&caller.principal()),
     )
         .into_response()
 }

@@ -59,6 +59,21 @@ impl TenantMetrics<'_> {
         }
     }
 
+    /// The Prometheus text with only tenant `only`'s labelled series (`None`: every tenant's):
+    /// what a key that does not see every tenant reads at `/metrics`.
+    pub fn render_for(&self, only: Option<&str>) -> String {
+        let text = self.0.render();
+        let Some(own) = only else { return text };
+        let own = format!(
+            "tenant=\"{}\"",
+            own.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        text.lines()
+            .filter(|l| l.starts_with('#') || !l.contains("tenant=\"") || l.contains(&own))
+            .flat_map(|l| [l, "\n"])
+            .collect()
+    }
+
     /// Every tenant's figures (`only`: that one's), for the dashboard.
     pub fn snapshot(&self, only: Option<&str>) -> Value {
         let s = self.0.lock();

@@ -627,6 +627,16 @@ impl Service {
             .snapshot((!all).then_some(&*label))
     }
 
+    /// The Prometheus text as `who` may read it: every tenant's labelled series, or its own.
+    pub fn prometheus(&self, who: &Principal) -> String {
+        let label = self.tenants().label(&who.tenant);
+        let all = self.sees_all(who);
+        self.engine
+            .metrics()
+            .tenants()
+            .render_for((!all).then_some(&*label))
+    }
+
     /// The bytes of answers the response cache keeps now (0 when it is off).
     pub fn cache_bytes(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| c.bytes())
