@@ -383,6 +383,20 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_is_in_the_readmes_table() {
+        let readme = include_str!("../../../README.md");
+        let missing: Vec<&str> = names::ALL
+            .iter()
+            .copied()
+            .filter(|n| !readme.contains(&format!("| `{n}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README's metrics table lacks {missing:?}"
+        );
+    }
+
+    #[test]
     fn rendered_text_parses_and_names_are_ours() {
         let m = Metrics::new();
         m.engine().request_done(
