@@ -154,9 +154,19 @@ fn run_ci() -> Result<()> {
     Ok(())
 }
 
+/// The workspace's root.
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where [`released_without_the_simulator`] builds, under the root.
+const RELEASED_TARGET: &str = "target/released";
+
 /// The binaries as released (`--no-default-features`): they build without the simulator
 /// (`cargo tree` shows none), and `im-http --simulate` is refused with exit 2 and how to get it.
 fn released_without_the_simulator() -> Result<()> {
+    // In a target directory of their own: built into `target/debug`, they would replace the
+    // binaries the tests run (cargo does not copy a fresh binary back over the other build's).
     cargo(&[
         "build",
         "-p",
@@ -164,6 +174,8 @@ fn released_without_the_simulator() -> Result<()> {
         "-p",
         "im-mcp",
         "--no-default-features",
+        "--target-dir",
+        &root().join(RELEASED_TARGET).to_string_lossy(),
     ])?;
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let tree = std::process::Command::new(&cargo_bin)
@@ -181,8 +193,7 @@ fn released_without_the_simulator() -> Result<()> {
     if tree.contains("localai-sim") {
         bail!("im-http built as released depends on localai-sim:\n{tree}");
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = root.join("target/debug/im-http");
+    let bin = root().join(RELEASED_TARGET).join("debug/im-http");
     let out = std::process::Command::new(&bin)
         .arg("--simulate")
         .output()
