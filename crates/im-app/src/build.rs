@@ -38,6 +38,8 @@ pub struct Built {
     pub sim: Option<crate::simulate::Simulator>,
     /// The fencing token upstream calls carry in distributed mode (0 until this replica schedules).
     pub fence: Fence,
+    /// The fleet's models, read from the upstreams, and the configuration in force.
+    pub fleet: Arc<crate::fleet::Fleet>,
     /// A job store made for this run only (simulating without `jobs.dir`), removed with it.
     _scratch: Option<Scratch>,
 }
@@ -110,17 +112,20 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         .iter()
         .filter_map(|u| u.memory_gib())
         .reduce(f64::max);
-    if config.models.is_empty() {
-        config.models = discover(&clients[0], &config.discovery, largest_budget_gib)
-            .await
-            .map_err(|e| BuildError::Discovery {
-                url: config.upstreams[0].url().to_owned(),
-                error: e.to_string(),
-            })?;
-        tracing::info!(models = ?config.models.iter().map(|m| (&m.name, &m.kinds, m.max_in_flight, m.size_gib)).collect::<Vec<_>>(), "discovered models");
-    } else {
-        learn_from_upstream(&clients[0], &mut config.models, largest_budget_gib).await;
+    // Every upstream's catalogue, at once; one that does not answer joins when it does.
+    let names = crate::fleet::lane_names(&config);
+    let mut set = crate::fleet::read_at_start(&clients, &names, &config, largest_budget_gib).await;
+    if !config.models.is_empty()
+        && let Some(i) = set
+            .catalogues()
+            .iter()
+            .position(|(_, c)| *c != crate::fleet::Catalogue::Unreached)
+    {
+        learn_from_upstream(&clients[i], &mut config.models, largest_budget_gib).await;
+        set.set_configured(config.models.clone());
     }
+    config.models = set.merged();
+    tracing::info!(models = ?config.models.iter().map(|m| (&m.name, &m.kinds, m.max_in_flight, m.size_gib, &m.upstreams)).collect::<Vec<_>>(), "models");
     let core = config.core()?;
     let echo = ModelEcho {
         aliases: config
@@ -142,6 +147,22 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         tracing::warn!("no API keys configured: authentication is OFF");
     }
     let service = Service::new(engine.clone(), &config.service_settings());
+    let fleet = crate::fleet::Fleet::new(
+        engine.clone(),
+        backend.clone(),
+        fence.clone(),
+        config.clone(),
+        set,
+    );
+    service.set_discovery(Arc::new(crate::fleet::FleetDiscovery(Arc::downgrade(
+        &fleet,
+    ))));
+    if config.discovery.refresh_s > 0.0 {
+        crate::fleet::Fleet::spawn_refresh(
+            &fleet,
+            std::time::Duration::from_secs_f64(config.discovery.refresh_s),
+        );
+    }
     let mut scratch = None;
     let state = if config.cluster.redis_url.is_some() {
         // Jobs start when this replica starts scheduling (`crate::cluster`).
@@ -169,6 +190,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         config,
         sim,
         fence,
+        fleet,
         _scratch: scratch,
     })
 }
@@ -250,16 +272,20 @@ fn start_jobs(
     Ok(AppState::with_jobs(service.clone(), jobs))
 }
 
-/// The models an upstream serves, with their kinds and slots learned from what it says: llama.cpp's
-/// router lists modalities and load status, its `/props` the slots and vision; names are the last
-/// resort for kinds, and `discovery` the default for slots.
+/// The models an upstream serves, with their kinds and slots learned from what it says: LocalAI
+/// describes each model's capabilities (`/v1/models/capabilities`), llama.cpp's router lists
+/// modalities and load status, its `/props` the slots and vision; names are the last resort for
+/// kinds (and never grant vision), and `discovery` the default for slots.
 /// Sizes come from `llama-server`'s `meta.size` where it lists one (see [`learn_from_upstream`]).
 pub async fn discover(
     client: &LocalAiClient,
     defaults: &DiscoveryEntry,
     largest_budget_gib: Option<f64>,
 ) -> Result<Vec<ModelEntry>, localai_client::ClientError> {
-    let infos = client.model_infos().await?;
+    let infos = match client.model_capabilities().await {
+        Ok(Some(described)) => described,
+        _ => client.model_infos().await?,
+    };
     let mut out = Vec::with_capacity(infos.len());
     for info in infos {
         let has = |list: &[String], m: &str| list.iter().any(|x| x == m);
@@ -270,7 +296,9 @@ pub async fn discover(
             _ => None,
         };
         let vision = has(&info.input, "image") || props.is_some_and(|p| p.vision);
-        let mut kinds = if has(&info.output, "embedding") {
+        let mut kinds = if !info.capabilities.is_empty() {
+            kinds_of_capabilities(&info.capabilities)
+        } else if has(&info.output, "embedding") {
             vec!["embed".to_owned()]
         } else if has(&info.output, "image") {
             vec!["txt2img".to_owned(), "img2img".to_owned()]
@@ -282,6 +310,9 @@ pub async fn discover(
             guess_kinds(&info.id)
         };
         kinds.dedup();
+        if kinds.is_empty() {
+            continue;
+        }
         let slots = props
             .and_then(|p| p.slots)
             .unwrap_or_else(|| defaults.slots_for(&kinds));
@@ -295,6 +326,32 @@ pub async fn discover(
         });
     }
     Ok(out)
+}
+
+/// Kinds from LocalAI's capabilities of a model (unknown ones, as `vad`, ignored: a model with
+/// none im serves is not offered).
+fn kinds_of_capabilities(caps: &[String]) -> Vec<String> {
+    const TABLE: [(&str, &[&str]); 8] = [
+        ("vision", &["img2txt", "txt2txt"]),
+        ("chat", &["txt2txt"]),
+        ("completion", &["txt2txt"]),
+        ("image", &["txt2img", "img2img"]),
+        ("embeddings", &["embed"]),
+        ("rerank", &["rerank"]),
+        ("tts", &["tts"]),
+        ("transcript", &["stt"]),
+    ];
+    let mut kinds: Vec<String> = Vec::new();
+    for (cap, ks) in TABLE {
+        if caps.iter().any(|c| c == cap) {
+            for k in ks {
+                if !kinds.iter().any(|x| x == k) {
+                    kinds.push((*k).to_owned());
+                }
+            }
+        }
+    }
+    kinds
 }
 
 /// A size an upstream reported for `model`, in GiB rounded up to the MiB (what a budget is

@@ -16,6 +16,7 @@ pub mod build;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod fleet;
 pub mod jobs;
 pub mod reload;
 pub mod run;

@@ -51,11 +51,9 @@ pub struct Reloader {
     load: Arc<Loader>,
     /// What the loader gave at start-up or at the last reload (before `build` filled in models).
     loaded: Arc<Mutex<ImConfig>>,
-    /// The configuration in force (models filled in).
-    running: Arc<Mutex<ImConfig>>,
+    /// The configuration in force and the model set.
+    fleet: Arc<crate::fleet::Fleet>,
     engine: Engine,
-    backend: Arc<im_engine::LocalAiBackend>,
-    fence: im_cluster::Fence,
     service: Service,
     demo_key: bool,
 }
@@ -113,10 +111,8 @@ impl Reloader {
         Reloader {
             load: Arc::new(load),
             loaded: Arc::new(Mutex::new(loaded)),
-            running: Arc::new(Mutex::new(built.config.clone())),
+            fleet: built.fleet.clone(),
             engine: built.engine.clone(),
-            backend: built.backend.clone(),
-            fence: built.fence.clone(),
             service: built.service.clone(),
             demo_key: built.sim.is_some(),
         }
@@ -142,11 +138,8 @@ impl Reloader {
             return Err(ReloadError::NeedsRestart(restart));
         }
         // What would run: the running configuration with the reloadable settings of the file.
-        let mut next = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let running = self.fleet.running();
+        let mut next = running.clone();
         if self.demo_key && !fresh.has_keys() {
             fresh.api_keys = vec![crate::DEMO_KEY.to_owned()];
         }
@@ -161,24 +154,26 @@ impl Reloader {
         next.http.rate_limit_per_s = fresh.http.rate_limit_per_s;
         next.http.rate_limit_burst = fresh.http.rate_limit_burst;
         // Models and upstreams change when the file changes them: otherwise the running ones stay
-        // (models discovered at start, the embedded simulator's URL). A file that stops listing
-        // models keeps the running ones (discovery runs at start only).
-        if fresh.models != before.models && !fresh.models.is_empty() {
-            next.models = fresh.models.clone();
-        }
+        // (the embedded simulator's URL and catalogue). The file's models are the configured
+        // part of the fleet's model set; with none, the upstreams' catalogues are the models.
+        next.models = if fresh.models != before.models {
+            fresh.models.clone()
+        } else {
+            self.fleet.configured().await
+        };
         if fresh.upstreams != before.upstreams {
             next.upstreams = fresh.upstreams.clone();
         }
         next.validate()
             .map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        let (next, topology) = self
+            .fleet
+            .reconfigure(next)
+            .await
+            .map_err(ReloadError::Invalid)?;
         let core = next
             .core()
             .map_err(|e| ReloadError::Invalid(e.to_string()))?;
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         let mut changed = Vec::new();
         let as_table = |c: &ImConfig| toml::Value::try_from(c).ok();
         let (old, new) = (as_table(&running), as_table(&next));
@@ -194,9 +189,6 @@ impl Reloader {
                 changed.push(format!("http.{k}"));
             }
         }
-        let topology = crate::topology::apply(&next, &self.engine, &self.backend, &self.fence)
-            .await
-            .map_err(ReloadError::Invalid)?;
         if !topology.is_empty() {
             tracing::info!(?topology, "reload: models and upstreams changed");
         }
@@ -210,7 +202,6 @@ impl Reloader {
             (next.http.rate_limit_per_s, next.http.rate_limit_burst),
             &next.tenant_specs(),
         );
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = next;
         *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(changed)
     }

@@ -363,31 +363,31 @@ async fn in_front_of_llama_cpp_router_kinds_slots_and_readiness_are_learned() {
 #[tokio::test]
 async fn in_front_of_llama_cpp_python_ready_and_a_wrong_model_is_detected() {
     // Regression (issue 11.14, 11.16): no /readyz or /health; unknown names answered by the
-    // default model with 200.
-    let (_sim, built) = in_front_of(SimMode::LlamaCppPython, |c| {
-        c.models = vec![
-            ModelEntry {
-                name: LLM.into(),
+    // default model with 200. A configured model no upstream lists is not offered (issue 31);
+    // one removed upstream since the catalogues were read is answered by llama-cpp-python's
+    // default model, which im detects.
+    const GONE: &str = "llava-1.6-mistral-7b";
+    let (sim, built) = in_front_of(SimMode::LlamaCppPython, |c| {
+        c.discovery.refresh_s = 0.0;
+        c.models = [LLM, GONE, "ghost"]
+            .iter()
+            .map(|n| ModelEntry {
+                name: (*n).into(),
                 kinds: vec!["txt2txt".into()],
                 max_in_flight: Some(1),
-                aliases: vec![],
                 ..Default::default()
-            },
-            ModelEntry {
-                name: "ghost".into(),
-                kinds: vec!["txt2txt".into()],
-                max_in_flight: Some(1),
-                aliases: vec![],
-                ..Default::default()
-            },
-        ];
+            })
+            .collect();
     })
     .await;
     let ready = built.engine.readiness().await;
     assert!(ready.iter().all(|l| l.ready()), "{ready:?}");
     let app = im_http_api::router(built.state.clone());
-    let body = json!({"model": "ghost", "messages": [{"role": "user", "content": "hi"}]});
-    let (status, v) = post_json(&app, "/txt2txt", &body).await;
+    let chat = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, v) = post_json(&app, "/txt2txt", &chat("ghost")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "listed nowhere: {v}");
+    assert!(sim.state().set_installed(GONE, false));
+    let (status, v) = post_json(&app, "/txt2txt", &chat(GONE)).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
     assert!(
         v["error"]["message"]
@@ -396,8 +396,10 @@ async fn in_front_of_llama_cpp_python_ready_and_a_wrong_model_is_detected() {
             .contains("instead of"),
         "{v}"
     );
-    let ok = json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}]});
-    assert_eq!(post_json(&app, "/txt2txt", &ok).await.0, StatusCode::OK);
+    assert_eq!(
+        post_json(&app, "/txt2txt", &chat(LLM)).await.0,
+        StatusCode::OK
+    );
 }
 
 #[test]

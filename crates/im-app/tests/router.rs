@@ -338,6 +338,9 @@ async fn bad_input_gets_a_clear_4xx_naming_the_field() {
     }
 }
 
+/// A model of the simulator's catalogue that a test removes from it.
+const GONE: &str = "llava-1.6-mistral-7b";
+
 #[tokio::test]
 async fn every_error_type_of_the_table() {
     let (app, b) = app_with(|c| {
@@ -357,13 +360,14 @@ async fn every_error_type_of_the_table() {
                 ..Default::default()
             },
             ModelEntry {
-                name: "ghost".into(),
+                name: GONE.into(),
                 kinds: vec!["txt2txt".into()],
                 max_in_flight: Some(1),
                 aliases: Vec::new(),
                 ..Default::default()
             },
         ];
+        c.discovery.refresh_s = 0.0;
         c.http.body_limit_bytes = 64 * 1024;
         c.limits.max_queued_total = 2;
     })
@@ -401,8 +405,16 @@ async fn every_error_type_of_the_table() {
         "payload_too_large",
         None,
     );
-    // upstream_error: the simulator does not know "ghost" (404 upstream → 502, not retried)
-    let r = send(&app, post("/txt2txt", chat_body("ghost"))).await;
+    // upstream_error: the simulator no longer has GONE, removed after im read its catalogue
+    // (404 upstream → 502, not retried)
+    let sim = b.sim.as_ref().expect("simulated").url().to_owned();
+    let removed = reqwest::Client::new()
+        .post(format!("{sim}/models/delete/{GONE}"))
+        .send()
+        .await
+        .expect("sim answers");
+    assert!(removed.status().is_success());
+    let r = send(&app, post("/txt2txt", chat_body(GONE))).await;
     is_error(&r, 502, "upstream_error", None);
     assert!(
         r.2["error"]["message"]

@@ -13,6 +13,7 @@ pub mod api;
 mod auth;
 mod cache;
 mod call;
+mod discovery;
 mod done;
 mod error;
 mod models;
@@ -30,6 +31,7 @@ pub use call::{
     EmbeddingInput, ImageParams, InputLimits, MAX_RERANK_DOCUMENTS, MAX_SPEECH_CHARS, ModelBounds,
     RerankInput, SpeechInput, TRANSCRIPTION_FORMATS, TranscriptionInput, image_file,
 };
+pub use discovery::{Discovery, Lookup};
 pub use done::{ChunkStream, Done, Figures, Reply, StreamItem};
 pub use error::{ErrorType, ServiceError};
 pub use im_engine::{TRACE_TARGET, truncate};

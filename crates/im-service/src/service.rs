@@ -79,6 +79,8 @@ struct Shared {
     max_batch_requests: usize,
     ids: AtomicU64,
     id_prefix: u32,
+    /// Where a model the scheduler does not know is looked for (set once, after start).
+    discovery: std::sync::OnceLock<Arc<dyn crate::Discovery>>,
 }
 
 /// An upstream's answer to a relayed management request, whatever its status.
@@ -138,6 +140,7 @@ impl Service {
                 max_batch_requests: settings.max_batch_requests,
                 ids: AtomicU64::new(1),
                 id_prefix,
+                discovery: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -398,6 +401,33 @@ impl Service {
         self.run_completion(call, caller).await.map(Done::from)
     }
 
+    /// Where models the scheduler does not know are looked for (once; later calls are ignored).
+    pub fn set_discovery(&self, discovery: Arc<dyn crate::Discovery>) {
+        let _ = self.shared.discovery.set(discovery);
+    }
+
+    /// A model the scheduler does not know is looked for before its request is refused; one
+    /// that may be on an upstream not reached yet is answered 503 with a `Retry-After`.
+    async fn look_for(&self, model: &str) -> Result<(), ServiceError> {
+        let Some(d) = self.shared.discovery.get() else {
+            return Ok(());
+        };
+        if self.engine.config().models.iter().any(|m| m.name == model) {
+            return Ok(());
+        }
+        match d.missed(model).await {
+            crate::Lookup::Found | crate::Lookup::Unknown => Ok(()),
+            crate::Lookup::NotYet => Err(ServiceError::new(
+                crate::error::ErrorType::UpstreamUnavailable,
+                format!(
+                    "model {:?} is listed by no upstream reached so far, and some are not reachable yet",
+                    crate::truncate(model, 64)
+                ),
+            )
+            .retry_after(std::time::Duration::from_secs(5))),
+        }
+    }
+
     /// [`Self::run`], answered in the engine's terms (what the cache keeps). The tenant's model
     /// allow-list and queue quotas are checked here, once per unit of work, and its tokens
     /// debited when it ends.
@@ -432,6 +462,7 @@ impl Service {
     ) -> Result<Completion, ServiceError> {
         let spec = tenants.spec(&caller.tenant);
         let model = call.payload().model();
+        self.look_for(model).await?;
         if let Some(allowed) = spec.and_then(|s| s.models.as_ref())
             && !allowed.iter().any(|m| m == model)
         {

@@ -162,6 +162,10 @@ pub struct SimConfig {
     /// Context size in tokens (a token is 4 characters of prompt); longer prompts are refused
     /// with 400 in the dialect of the mode.
     pub context_tokens: usize,
+    /// The catalogue's models installed at start (`None`: all). The rest are in the gallery:
+    /// `POST /models/apply` installs one, `POST /models/delete/{name}` removes one, as on
+    /// LocalAI; only installed models are listed and served.
+    pub installed: Option<Vec<String>>,
 }
 
 impl Default for SimConfig {
@@ -182,6 +186,7 @@ impl Default for SimConfig {
             body_limit: 15 * 1024 * 1024,
             mode: SimMode::LocalAi,
             context_tokens: 8192,
+            installed: None,
         }
     }
 }
@@ -288,6 +293,14 @@ impl SimConfig {
         let bad = |f: &str, m: &str| Err(ConfigError::Invalid(f.into(), m.into()));
         if self.models.is_empty() {
             return bad("models", "at least one model");
+        }
+        if let Some(unknown) = self
+            .installed
+            .iter()
+            .flatten()
+            .find(|n| self.model(n).is_none())
+        {
+            return bad("installed", &format!("{unknown:?} is not in the catalogue"));
         }
         for (i, m) in self.models.iter().enumerate() {
             if m.slots == 0 {

@@ -25,6 +25,10 @@ struct Args {
     /// Seed for faults and outputs.
     #[arg(long, env = "SIM_SEED")]
     seed: Option<u64>,
+    /// The catalogue's models installed at start, comma-separated (default: all); the others
+    /// can be installed with `POST /models/apply`.
+    #[arg(long, env = "SIM_INSTALLED", value_delimiter = ',')]
+    installed: Option<Vec<String>>,
 }
 
 #[tokio::main]
@@ -46,6 +50,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(s) = args.seed {
         cfg.seed = s;
+    }
+    if let Some(list) = args.installed {
+        cfg.installed = Some(list);
     }
     cfg.validate()?;
     let sim = SimServer::spawn(cfg, SocketAddr::new(args.host, args.port)).await?;

@@ -52,8 +52,10 @@ pub fn router(state: SimState) -> Router {
     let r = match mode {
         SimMode::LocalAi => r
             .route("/tts", post(audio::speech))
+            .route("/v1/models/capabilities", get(capabilities))
             .route("/models/available", get(gallery::available))
             .route("/models/apply", post(gallery::apply))
+            .route("/models/delete/{name}", post(gallery::delete))
             .route("/models/jobs/{uuid}", get(gallery::job))
             .route("/system", get(system))
             .route("/backend/shutdown", post(shutdown))
@@ -224,7 +226,6 @@ pub(crate) fn model_of<'a>(
     if state.cfg.mode == SimMode::LlamaCppPython {
         // One model behind every name: unknown (or missing) names get the default model.
         return Ok(state
-            .cfg
             .model(name.unwrap_or(""))
             .unwrap_or((0, &state.cfg.models[0])));
     }
@@ -235,7 +236,7 @@ pub(crate) fn model_of<'a>(
             "invalid_request_error",
         ));
     };
-    state.cfg.model(name).ok_or_else(|| {
+    state.model(name).ok_or_else(|| {
         error(
             StatusCode::NOT_FOUND,
             &format!("model {name:?} not found"),
@@ -749,7 +750,9 @@ async fn models(State(state): State<SimState>) -> Response {
         .cfg
         .models
         .iter()
-        .map(|m| match state.cfg.mode {
+        .enumerate()
+        .filter(|(i, _)| state.installed(*i))
+        .map(|(_, m)| match state.cfg.mode {
             SimMode::LlamaCppRouter => {
                 let status = if resident.contains(&m.name) {
                     "loaded"
@@ -810,13 +813,60 @@ async fn load(State(state): State<SimState>, body: Bytes) -> Response {
     axum::Json(json!({"message": "model loaded"})).into_response()
 }
 
+/// LocalAI's `GET /v1/models/capabilities`: each installed model's capabilities and
+/// modalities, as LocalAI derives them from the model's configuration.
+async fn capabilities(State(state): State<SimState>) -> Response {
+    const CAPS: [(&str, &str); 8] = [
+        ("txt2txt", "chat"),
+        ("img2txt", "vision"),
+        ("txt2img", "image"),
+        ("img2img", "image"),
+        ("embed", "embeddings"),
+        ("rerank", "rerank"),
+        ("tts", "tts"),
+        ("stt", "transcript"),
+    ];
+    let data: Vec<Value> = state
+        .cfg
+        .models
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| state.installed(*i))
+        .map(|(_, m)| {
+            let mut caps: Vec<&str> = Vec::new();
+            for (kind, cap) in CAPS {
+                if m.serves(kind) && !caps.contains(&cap) {
+                    caps.push(cap);
+                }
+            }
+            let mut input = vec!["text"];
+            if m.serves("img2txt") || m.serves("img2img") {
+                input.push("image");
+            }
+            if m.serves("stt") {
+                input = vec!["audio"];
+            }
+            let output = if m.serves("txt2img") {
+                vec!["image"]
+            } else if m.serves("tts") {
+                vec!["audio"]
+            } else {
+                vec!["text"]
+            };
+            json!({"id": m.name, "object": "model", "capabilities": caps,
+                   "input_modalities": input, "output_modalities": output, "context_size": state.cfg.context_tokens})
+        })
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
 /// llama.cpp's `/props?model=…`: the model's parallel slots and modalities.
 async fn props(
     State(state): State<SimState>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     let name = q.get("model").map_or("", String::as_str);
-    match state.cfg.model(name) {
+    match state.model(name) {
         Some((_, m)) => axum::Json(json!({"total_slots": m.slots, "model_alias": m.name,
             "modalities": {"vision": m.serves("img2txt"), "audio": false}}))
         .into_response(),

@@ -11,6 +11,8 @@ use crate::config::SimConfig;
 
 #[derive(Clone, Debug, Default)]
 struct ModelState {
+    /// Listed and served (see [`SimConfig::installed`]).
+    installed: bool,
     resident: bool,
     loading: bool,
     busy: u32,
@@ -94,21 +96,61 @@ impl Drop for Slot {
     }
 }
 
+/// Each catalogue model's state at start: installed as `cfg.installed` says.
+fn installed_at_start(cfg: &SimConfig) -> Vec<ModelState> {
+    cfg.models
+        .iter()
+        .map(|m| ModelState {
+            installed: cfg
+                .installed
+                .as_ref()
+                .is_none_or(|list| list.contains(&m.name)),
+            ..ModelState::default()
+        })
+        .collect()
+}
+
 impl SimState {
     /// Fresh state for `cfg`.
     pub fn new(cfg: SimConfig) -> SimState {
-        let n = cfg.models.len();
         let rng = cfg.seed ^ 0x9E37_79B9_7F4A_7C15;
+        let models = installed_at_start(&cfg);
         SimState {
             cfg: Arc::new(cfg),
             inner: Arc::new(Mutex::new(Inner {
-                models: vec![ModelState::default(); n],
+                models,
                 stats: Stats::default(),
                 rng,
                 traceparents: Default::default(),
             })),
             changed: Arc::new(Notify::new()),
         }
+    }
+
+    /// An installed model by name.
+    pub fn model(&self, name: &str) -> Option<(usize, &crate::config::ModelCfg)> {
+        let (i, m) = self.cfg.model(name)?;
+        self.lock().models[i].installed.then_some((i, m))
+    }
+
+    /// Whether catalogue model `i` is installed.
+    pub fn installed(&self, i: usize) -> bool {
+        self.lock().models[i].installed
+    }
+
+    /// Install `name` from the gallery (true), or remove it (false; it is unloaded). Whether
+    /// the catalogue has it.
+    pub fn set_installed(&self, name: &str, on: bool) -> bool {
+        let Some((i, _)) = self.cfg.model(name) else {
+            return false;
+        };
+        let mut g = self.lock();
+        let m = &mut g.models[i];
+        m.installed = on;
+        if !on {
+            m.resident = false;
+        }
+        true
     }
 
     /// The configuration.
@@ -169,8 +211,7 @@ impl SimState {
     /// Forget everything: no model resident, counters at zero.
     pub fn reset(&self) {
         let mut g = self.lock();
-        let n = g.models.len();
-        g.models = vec![ModelState::default(); n];
+        g.models = installed_at_start(&self.cfg);
         g.stats = Stats::default();
         g.rng = self.cfg.seed ^ 0x9E37_79B9_7F4A_7C15;
         g.traceparents.clear();

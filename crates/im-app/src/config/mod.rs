@@ -723,8 +723,11 @@ impl ImConfig {
     }
 }
 
-/// Kinds for a discovered model name, by what LocalAI model names usually say. Configure
-/// `models` explicitly when the guess is wrong.
+/// Kinds for a discovered model name, by what LocalAI model names usually say: the last resort,
+/// when the server says nothing of the model. A name never grants vision (`img2txt`): a text
+/// model sent an image answers without an error (llama-cpp-python drops the image), so vision
+/// needs evidence (the server's modalities, `/props`, or the configuration). Configure `models`
+/// explicitly when the guess is wrong.
 pub fn guess_kinds(name: &str) -> Vec<String> {
     let n = name.to_ascii_lowercase();
     let image = [
@@ -736,15 +739,6 @@ pub fn guess_kinds(name: &str) -> Vec<String> {
         "flux",
         "dreamshaper",
         "stablediffusion",
-    ];
-    let vision = [
-        "llava",
-        "vision",
-        "-vl",
-        "moondream",
-        "bakllava",
-        "minicpm-v",
-        "gemma-3",
     ];
     // LocalAI's usual names for its other kinds (checked first: "bge-reranker" is a reranker).
     let others: [(&[&str], &str); 4] = [
@@ -760,8 +754,6 @@ pub fn guess_kinds(name: &str) -> Vec<String> {
         vec![(*kind).to_owned()]
     } else if image.iter().any(|p| n.contains(p)) {
         vec!["txt2img".into(), "img2img".into()]
-    } else if vision.iter().any(|p| n.contains(p)) {
-        vec!["img2txt".into(), "txt2txt".into()]
     } else {
         vec!["txt2txt".into()]
     }

@@ -295,7 +295,8 @@ impl Default for BatchEntry {
     }
 }
 
-/// Defaults for what discovery cannot learn.
+/// How the fleet's models are found (each upstream's `/v1/models`), and defaults for what
+/// discovery cannot learn.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoveryEntry {
@@ -303,6 +304,13 @@ pub struct DiscoveryEntry {
     pub llm_slots: u32,
     /// Requests at once for an image model (diffusers serve one).
     pub image_slots: u32,
+    /// Seconds between two readings of every upstream's catalogue (0: only at start and on a
+    /// miss).
+    pub refresh_s: f64,
+    /// How long a request naming a model no upstream lists waits for the catalogues to be read
+    /// again, in milliseconds (one reading at a time; a name missed recently is not looked for
+    /// again for `refresh_s`).
+    pub miss_wait_ms: u64,
 }
 
 impl Default for DiscoveryEntry {
@@ -310,6 +318,8 @@ impl Default for DiscoveryEntry {
         DiscoveryEntry {
             llm_slots: 4,
             image_slots: 1,
+            refresh_s: 30.0,
+            miss_wait_ms: 2_000,
         }
     }
 }

@@ -222,10 +222,9 @@ mod fields {
     #[test]
     fn kinds_are_guessed_from_names() {
         assert_eq!(guess_kinds("stablediffusion"), vec!["txt2img", "img2img"]);
-        assert_eq!(
-            guess_kinds("llava-1.6-mistral-7b"),
-            vec!["img2txt", "txt2txt"]
-        );
+        // A name is no evidence of vision: a text model would answer an image wrongly.
+        assert_eq!(guess_kinds("llava-1.6-mistral-7b"), vec!["txt2txt"]);
+        assert_eq!(guess_kinds("gemma-3-270m"), vec!["txt2txt"]);
         assert_eq!(guess_kinds("qwen3-8b"), vec!["txt2txt"]);
         assert_eq!(guess_kinds("bge-reranker-v2-m3"), vec!["rerank"]);
         assert_eq!(guess_kinds("whisper-1"), vec!["stt"]);

@@ -674,6 +674,24 @@ impl LocalAiClient {
         Ok(data.iter().filter_map(ModelInfo::from_json).collect())
     }
 
+    /// LocalAI's own description of its models (`GET /v1/models/capabilities`: each model's
+    /// capabilities and modalities); `None` when the upstream has no such route.
+    pub async fn model_capabilities(&self) -> Result<Option<Vec<ModelInfo>>, ClientError> {
+        match self.control(self.get("/v1/models/capabilities")).await {
+            Ok(v) => {
+                let data = v.get("data").and_then(Value::as_array).ok_or_else(|| {
+                    ClientError::Protocol("no data[] in /v1/models/capabilities".into())
+                })?;
+                Ok(Some(data.iter().filter_map(ModelInfo::from_json).collect()))
+            }
+            Err(ClientError::Status {
+                status: 404 | 405 | 501,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Parallel slots and modalities of `model` from llama.cpp's `GET /props?model=…`; `None`
     /// when the upstream has no such route.
     pub async fn props(&self, model: &str) -> Result<Option<Props>, ClientError> {

@@ -169,6 +169,9 @@ pub struct ModelInfo {
     /// The size of its weights in bytes, where the server reports it: llama.cpp's `llama-server`
     /// with one model lists `meta.size` (its router and LocalAI do not).
     pub size_bytes: Option<u64>,
+    /// What LocalAI says the model can do (`chat`, `vision`, `image`, `embeddings`, `rerank`,
+    /// `tts`, `transcript`, ...) in `/v1/models/capabilities`; empty elsewhere.
+    pub capabilities: Vec<String>,
 }
 
 impl ModelInfo {
@@ -189,11 +192,22 @@ impl ModelInfo {
                 })
                 .unwrap_or_default()
         };
-        let modalities = m.get("modalities").or_else(|| m.get("architecture"));
-        let input =
-            list(modalities.and_then(|x| x.get("input").or_else(|| x.get("input_modalities"))));
-        let output =
-            list(modalities.and_then(|x| x.get("output").or_else(|| x.get("output_modalities"))));
+        // llama.cpp's `modalities` or `architecture`, or LocalAI's fields at the top level.
+        let modalities = m
+            .get("modalities")
+            .or_else(|| m.get("architecture"))
+            .unwrap_or(m);
+        let input = list(
+            modalities
+                .get("input")
+                .or_else(|| modalities.get("input_modalities")),
+        );
+        let output = list(
+            modalities
+                .get("output")
+                .or_else(|| modalities.get("output_modalities")),
+        );
+        let capabilities = list(m.get("capabilities"));
         let size_bytes = m
             .get("meta")
             .and_then(|meta| meta.get("size"))
@@ -205,6 +219,7 @@ impl ModelInfo {
             input,
             output,
             size_bytes,
+            capabilities,
         })
     }
 }

@@ -1,0 +1,312 @@
+//! The fleet as it is: which upstream serves which model, read from each upstream at start,
+//! every `discovery.refresh_s`, and when a request names a model no upstream lists.
+//!
+//! [`Fleet`] owns the configuration in force and the [`ModelSet`]; a reload changes the set's
+//! configured part and the upstreams (through [`Fleet::reconfigure`]), a reading the lanes'
+//! catalogues; both hand the scheduler the merged models through one path
+//! ([`crate::topology::apply`]). In cluster mode only the replica holding the scheduler lease
+//! reads.
+
+mod models;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use im_cluster::Fence;
+use im_engine::{Engine, LocalAiBackend};
+use im_service::{Discovery, Lookup};
+use localai_client::{ClientError, LocalAiClient};
+
+pub use models::{Catalogue, ModelSet};
+
+use crate::config::ImConfig;
+
+/// How long one upstream's catalogue may take to read.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Readings a miss may cause: at most one per this interval, whatever the names.
+const MISS_READ_INTERVAL: Duration = Duration::from_secs(1);
+/// Names remembered as recently missed (a full table looks for nothing new until it ages).
+const MISSES_KEPT: usize = 4096;
+
+/// The fleet's models and the configuration in force.
+pub struct Fleet {
+    engine: Engine,
+    backend: Arc<LocalAiBackend>,
+    fence: Fence,
+    /// The configuration in force (models merged).
+    running: Mutex<ImConfig>,
+    /// Held for a whole reading or reconfiguration, so they apply one at a time.
+    set: tokio::sync::Mutex<ModelSet>,
+    /// Readings completed since start.
+    readings: std::sync::atomic::AtomicU64,
+    /// Whether some upstream was never reached (as of the last reading).
+    unreached: std::sync::atomic::AtomicBool,
+    misses: Mutex<Misses>,
+}
+
+#[derive(Default)]
+struct Misses {
+    /// Names missed recently, and when.
+    names: HashMap<String, Instant>,
+    /// When a miss last caused a reading.
+    last_read: Option<Instant>,
+}
+
+impl Fleet {
+    /// The fleet of a built im: `running` is its configuration (models already merged from
+    /// `set`).
+    pub(crate) fn new(
+        engine: Engine,
+        backend: Arc<LocalAiBackend>,
+        fence: Fence,
+        running: ImConfig,
+        set: ModelSet,
+    ) -> Arc<Fleet> {
+        let unreached = set.has_unreached().into();
+        Arc::new(Fleet {
+            engine,
+            backend,
+            fence,
+            running: Mutex::new(running),
+            set: tokio::sync::Mutex::new(set),
+            readings: Default::default(),
+            unreached,
+            misses: Mutex::new(Misses::default()),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn running(&self) -> ImConfig {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The configured part of the model set.
+    pub async fn configured(&self) -> Vec<crate::config::ModelEntry> {
+        self.set.lock().await.configured().to_vec()
+    }
+
+    /// Catalogue readings done since start (each reads every upstream once).
+    pub fn readings(&self) -> u64 {
+        self.readings.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Apply `next` (a reload): its models become the configured part, its upstreams the
+    /// lanes; the merged models and the lanes go to the scheduler. Nothing changes when the
+    /// scheduler refuses them.
+    pub(crate) async fn reconfigure(
+        &self,
+        mut next: ImConfig,
+    ) -> Result<(ImConfig, inference_queue::TopologyChange), String> {
+        let mut set = self.set.lock().await;
+        let mut trial = set.clone();
+        trial.set_configured(next.models.clone());
+        trial.set_lanes(&lane_names(&next));
+        next.models = trial.merged();
+        next.validate().map_err(|e| e.to_string())?;
+        let change =
+            crate::topology::apply(&next, &self.engine, &self.backend, &self.fence).await?;
+        self.unreached
+            .store(trial.has_unreached(), std::sync::atomic::Ordering::SeqCst);
+        *set = trial;
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        Ok((next, change))
+    }
+
+    /// Read every upstream's catalogue and apply what changed.
+    pub async fn refresh(&self) {
+        let mut set = self.set.lock().await;
+        self.read_all(&mut set).await;
+    }
+
+    async fn read_all(&self, set: &mut ModelSet) {
+        let running = self.running();
+        let lanes = self.engine.config().lanes.clone();
+        let clients = self.backend.clients();
+        let largest = running
+            .upstreams
+            .iter()
+            .filter_map(|u| u.memory_gib())
+            .reduce(f64::max);
+        let reads = lane_names(&running).into_iter().filter_map(|name: String| {
+            let id = lanes.iter().position(|l| l.name == name)?;
+            let client = clients.get(id)?.clone();
+            let defaults = running.discovery.clone();
+            Some(async move {
+                let read = tokio::time::timeout(
+                    READ_TIMEOUT,
+                    crate::build::discover(&client, &defaults, largest),
+                )
+                .await;
+                (name, catalogue_of(read))
+            })
+        });
+        for (name, found) in futures_util::future::join_all(reads).await {
+            set.read(&name, found);
+        }
+        self.unreached
+            .store(set.has_unreached(), std::sync::atomic::Ordering::SeqCst);
+        let merged = set.merged();
+        if merged != running.models {
+            let mut next = running;
+            next.models = merged;
+            match crate::topology::apply(&next, &self.engine, &self.backend, &self.fence).await {
+                Ok(change) => {
+                    tracing::info!(?change, models = ?next.models.iter().map(|m| &m.name).collect::<Vec<_>>(),
+                        "the upstreams' catalogues changed");
+                    *self.running.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the upstreams' catalogues could not be applied")
+                }
+            }
+        }
+        self.readings
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this replica reads the catalogues: alone, or holding the scheduler lease.
+    fn reads(&self) -> bool {
+        let clustered = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cluster
+            .redis_url
+            .is_some();
+        !clustered || self.fence.token().is_some()
+    }
+
+    /// Read every `refresh` until the fleet is dropped.
+    pub(crate) fn spawn_refresh(fleet: &Arc<Fleet>, refresh: Duration) {
+        let weak: Weak<Fleet> = Arc::downgrade(fleet);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(refresh);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(fleet) = weak.upgrade() else { return };
+                if fleet.reads() {
+                    fleet.refresh().await;
+                }
+            }
+        });
+    }
+
+    /// Look for `model` after a request named it and the scheduler did not know it.
+    async fn look_for(self: Arc<Fleet>, model: String) -> Lookup {
+        let now = Instant::now();
+        let (refresh, wait) = {
+            let r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                Duration::from_secs_f64(r.discovery.refresh_s.max(1.0)),
+                Duration::from_millis(r.discovery.miss_wait_ms),
+            )
+        };
+        let read = {
+            let mut m = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+            m.names.retain(|_, at| now.duration_since(*at) < refresh);
+            let recent = m.names.contains_key(&model) || m.names.len() >= MISSES_KEPT;
+            let allowed = m
+                .last_read
+                .is_none_or(|at| now.duration_since(at) >= MISS_READ_INTERVAL);
+            if !recent {
+                m.names.insert(model.clone(), now);
+            }
+            let read = !recent && allowed && self.reads();
+            if read {
+                m.last_read = Some(now);
+            }
+            read
+        };
+        if read {
+            let before = self.readings.load(std::sync::atomic::Ordering::SeqCst);
+            let this = self.clone();
+            // The reading runs to its end even when the wait is over.
+            let reading = tokio::spawn(async move {
+                let mut set = this.set.lock().await;
+                if this.readings.load(std::sync::atomic::Ordering::SeqCst) == before {
+                    this.read_all(&mut set).await;
+                }
+            });
+            let _ = tokio::time::timeout(wait, reading).await;
+        }
+        if self.engine.config().models.iter().any(|m| m.name == model) {
+            Lookup::Found
+        } else if self.unreached.load(std::sync::atomic::Ordering::SeqCst) {
+            Lookup::NotYet
+        } else {
+            Lookup::Unknown
+        }
+    }
+}
+
+/// The service's seam, over a fleet it does not keep alive.
+pub(crate) struct FleetDiscovery(pub(crate) Weak<Fleet>);
+
+impl Discovery for FleetDiscovery {
+    fn missed(&self, model: &str) -> BoxFuture<'static, Lookup> {
+        let fleet = self.0.upgrade();
+        let model = model.to_owned();
+        Box::pin(async move {
+            match fleet {
+                Some(f) => f.look_for(model).await,
+                None => Lookup::Unknown,
+            }
+        })
+    }
+}
+
+/// The lanes' names, in the upstreams' order.
+pub(crate) fn lane_names(config: &ImConfig) -> Vec<String> {
+    config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| u.name(i))
+        .collect()
+}
+
+/// What a reading of one upstream's catalogue says.
+pub(crate) fn catalogue_of(
+    read: Result<Result<Vec<crate::config::ModelEntry>, ClientError>, tokio::time::error::Elapsed>,
+) -> Catalogue {
+    match read {
+        Ok(Ok(list)) => Catalogue::Listed(list),
+        Ok(Err(ClientError::Status {
+            status: 404 | 405 | 501,
+            ..
+        })) => Catalogue::Unlisted,
+        Ok(Err(_)) | Err(_) => Catalogue::Unreached,
+    }
+}
+
+/// Read every client's catalogue at start, at once.
+pub(crate) async fn read_at_start(
+    clients: &[LocalAiClient],
+    names: &[String],
+    config: &ImConfig,
+    largest: Option<f64>,
+) -> ModelSet {
+    let mut set = ModelSet::new(config.models.clone(), names);
+    let reads = clients.iter().zip(names).map(|(c, name)| async move {
+        let read = tokio::time::timeout(
+            READ_TIMEOUT,
+            crate::build::discover(c, &config.discovery, largest),
+        )
+        .await;
+        (name.clone(), catalogue_of(read))
+    });
+    for (name, found) in futures_util::future::join_all(reads).await {
+        if found == Catalogue::Unreached {
+            tracing::warn!(upstream = %name, "upstream not reachable at start: it joins when it answers");
+        }
+        set.read(&name, found);
+    }
+    set
+}
