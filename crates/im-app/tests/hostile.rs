@@ -651,3 +651,31 @@ async fn model_sizes_are_learned_where_llama_server_reports_them() {
         "the core counts it against the budget"
     );
 }
+
+#[tokio::test]
+async fn a_name_that_suggests_vision_grants_none_without_the_servers_word() {
+    // Regression (issue 31): `gemma-3-270m` (text only) was listed as img2txt from its name, and
+    // an image sent to it was answered 200 by a model that never saw it (llama-cpp-python drops
+    // it). llama-cpp-python lists names only: vision needs evidence, so none is granted.
+    const VLM: &str = "llava-1.6-mistral-7b";
+    let (_sim, built) = in_front_of(SimMode::LlamaCppPython, |_| {}).await;
+    let kinds = |b: &Built| {
+        b.config
+            .models
+            .iter()
+            .find(|m| m.name == VLM)
+            .map(|m| m.kinds.clone())
+    };
+    assert_eq!(kinds(&built), Some(vec!["txt2txt".to_owned()]));
+    let app = im_http_api::router(built.state.clone());
+    let image = json!({"model": VLM, "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", png_b64())}}]}]});
+    let (status, v) = post_json(&app, "/img2txt", &image).await;
+    assert!(status.is_client_error(), "{status}: {v}");
+    // LocalAI says what each model can do (`/v1/models/capabilities`): there the same name is
+    // granted vision, on the server's word.
+    let (_sim, built) = in_front_of(SimMode::LocalAi, |_| {}).await;
+    assert_eq!(
+        kinds(&built),
+        Some(vec!["img2txt".to_owned(), "txt2txt".to_owned()])
+    );
+}

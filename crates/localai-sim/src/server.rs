@@ -237,6 +237,7 @@ pub(crate) fn model_of<'a>(
         ));
     };
     state.model(name).ok_or_else(|| {
+        state.count_unknown_model();
         error(
             StatusCode::NOT_FOUND,
             &format!("model {name:?} not found"),
@@ -745,6 +746,7 @@ fn too_long(state: &SimState, messages: &[Value]) -> Option<Response> {
 }
 
 async fn models(State(state): State<SimState>) -> Response {
+    state.count_catalogue_read();
     let resident = state.resident();
     let data: Vec<Value> = state
         .cfg
@@ -816,6 +818,7 @@ async fn load(State(state): State<SimState>, body: Bytes) -> Response {
 /// LocalAI's `GET /v1/models/capabilities`: each installed model's capabilities and
 /// modalities, as LocalAI derives them from the model's configuration.
 async fn capabilities(State(state): State<SimState>) -> Response {
+    state.count_catalogue_read();
     const CAPS: [(&str, &str); 8] = [
         ("txt2txt", "chat"),
         ("img2txt", "vision"),

@@ -54,6 +54,10 @@ pub struct Stats {
     /// Calls refused with 409 because their fencing token was older than the largest seen (a
     /// scheduler that lost its lease, still calling).
     pub fenced: u64,
+    /// Inference calls naming a model this server does not have (answered 404).
+    pub unknown_model: u64,
+    /// Readings of the catalogue (`/v1/models`, `/v1/models/capabilities`).
+    pub catalogue_reads: u64,
 }
 
 struct Inner {
@@ -187,6 +191,16 @@ impl SimState {
         let mut g = self.lock();
         g.stats.requests_total += 1;
         *g.stats.requests.entry(model.to_owned()).or_default() += 1;
+    }
+
+    /// Count a call naming a model this server does not have.
+    pub fn count_unknown_model(&self) {
+        self.lock().stats.unknown_model += 1;
+    }
+
+    /// Count a reading of the catalogue.
+    pub fn count_catalogue_read(&self) {
+        self.lock().stats.catalogue_reads += 1;
     }
 
     /// Count the inputs of one embedding or rerank call.

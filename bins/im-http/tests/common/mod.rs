@@ -244,21 +244,35 @@ pub struct SimProcess {
 impl SimProcess {
     /// Start one on `port` (0: a free port) with `time_scale`; returns once it answers.
     pub async fn start(port: u16, time_scale: f64) -> SimProcess {
+        SimProcess::start_with(port, time_scale, None).await
+    }
+
+    /// A free port on loopback (for a server started later).
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    /// [`SimProcess::start`] with only the catalogue's models `installed` (`None`: all).
+    pub async fn start_with(port: u16, time_scale: f64, installed: Option<&[&str]>) -> SimProcess {
         let port = if port == 0 {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port()
+            SimProcess::free_port()
         } else {
             port
         };
+        let mut args = vec![
+            "--port".to_owned(),
+            port.to_string(),
+            "--time-scale".to_owned(),
+            time_scale.to_string(),
+        ];
+        if let Some(list) = installed {
+            args.push(format!("--installed={}", list.join(",")));
+        }
         let child = Command::new(sim_binary())
-            .args([
-                "--port",
-                &port.to_string(),
-                "--time-scale",
-                &time_scale.to_string(),
-            ])
+            .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -41,6 +41,8 @@ pub struct Fleet {
     set: tokio::sync::Mutex<ModelSet>,
     /// Readings completed since start.
     readings: std::sync::atomic::AtomicU64,
+    /// When the last completed reading started.
+    last_started: Mutex<Option<Instant>>,
     /// Whether some upstream was never reached (as of the last reading).
     unreached: std::sync::atomic::AtomicBool,
     misses: Mutex<Misses>,
@@ -50,7 +52,7 @@ pub struct Fleet {
 struct Misses {
     /// Names missed recently, and when.
     names: HashMap<String, Instant>,
-    /// When a miss last caused a reading.
+    /// When the last reading a miss asked for starts (it may be ahead).
     last_read: Option<Instant>,
 }
 
@@ -72,6 +74,7 @@ impl Fleet {
             running: Mutex::new(running),
             set: tokio::sync::Mutex::new(set),
             readings: Default::default(),
+            last_started: Mutex::new(None),
             unreached,
             misses: Mutex::new(Misses::default()),
         })
@@ -124,6 +127,7 @@ impl Fleet {
     }
 
     async fn read_all(&self, set: &mut ModelSet) {
+        let started = Instant::now();
         let running = self.running();
         let lanes = self.engine.config().lanes.clone();
         let clients = self.backend.clients();
@@ -165,6 +169,7 @@ impl Fleet {
                 }
             }
         }
+        *self.last_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         self.readings
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
@@ -198,7 +203,11 @@ impl Fleet {
         });
     }
 
-    /// Look for `model` after a request named it and the scheduler did not know it.
+    /// Look for `model` after a request named it and the scheduler did not know it: a name
+    /// not missed recently waits (at most `discovery.miss_wait_ms`) for a reading that starts
+    /// after it was missed. Readings a miss causes are at least [`MISS_READ_INTERVAL`] apart and
+    /// shared by every miss waiting for them, so unknown names cannot drive discovery; a name
+    /// missed again within `refresh_s` (at least a second) waits for nothing.
     async fn look_for(self: Arc<Fleet>, model: String) -> Lookup {
         let now = Instant::now();
         let (refresh, wait) = {
@@ -208,29 +217,41 @@ impl Fleet {
                 Duration::from_millis(r.discovery.miss_wait_ms),
             )
         };
-        let read = {
+        let read_at = {
             let mut m = self.misses.lock().unwrap_or_else(|p| p.into_inner());
             m.names.retain(|_, at| now.duration_since(*at) < refresh);
             let recent = m.names.contains_key(&model) || m.names.len() >= MISSES_KEPT;
-            let allowed = m
-                .last_read
-                .is_none_or(|at| now.duration_since(at) >= MISS_READ_INTERVAL);
-            if !recent {
+            if recent || !self.reads() {
+                None
+            } else {
                 m.names.insert(model.clone(), now);
+                // The next reading a miss may start: now, or a scheduled one, or one spaced
+                // after the last.
+                let at = match m.last_read {
+                    Some(at) if at >= now => at,
+                    Some(at) if now.duration_since(at) < MISS_READ_INTERVAL => {
+                        at + MISS_READ_INTERVAL
+                    }
+                    _ => now,
+                };
+                (at.duration_since(now) < wait).then(|| {
+                    m.last_read = Some(at);
+                    at
+                })
             }
-            let read = !recent && allowed && self.reads();
-            if read {
-                m.last_read = Some(now);
-            }
-            read
         };
-        if read {
-            let before = self.readings.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(at) = read_at {
             let this = self.clone();
-            // The reading runs to its end even when the wait is over.
+            // The reading runs to its end even when this request stops waiting for it.
             let reading = tokio::spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
                 let mut set = this.set.lock().await;
-                if this.readings.load(std::sync::atomic::Ordering::SeqCst) == before {
+                let started = this
+                    .last_started
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some_and(|s| s >= now);
+                if !started {
                     this.read_all(&mut set).await;
                 }
             });

@@ -1,0 +1,222 @@
+//! The fleet as it is (issue 31), with real processes: `im-http` in front of `localai-sim`
+//! processes whose catalogues differ, one of them down when im starts, models installed and
+//! removed while im runs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+async fn call(url: &str, path: &str, body: &Value) -> (u16, Value) {
+    post(&client(), url, path, body).await
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+}
+
+fn image(model: &str) -> Value {
+    json!({"model": model, "prompt": "fox", "width": 16, "height": 16, "steps": 2})
+}
+
+/// The lanes `/placement` says may host `model` for `kind`.
+async fn hosts(url: &str, kind: &str, model: &str) -> Vec<String> {
+    let v: Value = client()
+        .get(format!("{url}/placement?kind={kind}&model={model}"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .unwrap_or(Value::Null);
+    v["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["can_host"] == true)
+        .filter_map(|b| b["backend"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn models(url: &str) -> Vec<String> {
+    let v: Value = client()
+        .get(format!("{url}/v1/models"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON");
+    v["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_with_a_box_down_starts_serves_each_model_where_it_is_and_takes_the_box_in() {
+    // Box 0 carries both kinds of model but is down when im starts; box 1 carries only the
+    // image model, box 2 only the LLM. No `[[models]]`: everything is discovered.
+    let down_port = SimProcess::free_port();
+    let images = SimProcess::start_with(0, 0.001, Some(&[SD])).await;
+    let llms = SimProcess::start_with(0, 0.001, Some(&[LLM])).await;
+    let upstreams = [
+        format!("http://127.0.0.1:{down_port}"),
+        images.url(),
+        llms.url(),
+    ];
+    let im = start_in_front_of(
+        &upstreams,
+        &[
+            "--api-keys",
+            KEY,
+            "--set",
+            "discovery.refresh_s=0.3;breaker.health_check_s=0.2;breaker.cooldown_s=0.2;retry.base_ms=10;retry.cap_ms=50",
+        ],
+    );
+    let listed = models(&im.url).await;
+    assert!(
+        listed.contains(&LLM.to_owned()) && listed.contains(&SD.to_owned()),
+        "{listed:?}"
+    );
+    for _ in 0..6 {
+        assert_eq!(
+            call(&im.url, "/v1/chat/completions", &chat(LLM)).await.0,
+            200
+        );
+        assert_eq!(call(&im.url, "/txt2img", &image(SD)).await.0, 200);
+    }
+    assert_eq!(hosts(&im.url, "txt2img", SD).await, ["lane1"]);
+    assert_eq!(hosts(&im.url, "txt2txt", LLM).await, ["lane2"]);
+
+    // Box 0 comes up with both models: it joins within a reading.
+    let both = SimProcess::start_with(down_port, 0.001, Some(&[LLM, SD])).await;
+    im_testkit::eventually("box 0 taken in", Duration::from_secs(20), || async {
+        hosts(&im.url, "txt2img", SD).await == ["default", "lane1"]
+            && hosts(&im.url, "txt2txt", LLM).await == ["default", "lane2"]
+    })
+    .await;
+    for _ in 0..6 {
+        assert_eq!(
+            call(&im.url, "/v1/chat/completions", &chat(LLM)).await.0,
+            200
+        );
+        assert_eq!(call(&im.url, "/txt2img", &image(SD)).await.0, 200);
+    }
+    let (i, l, b) = (images.stats().await, llms.stats().await, both.stats().await);
+    for (name, s) in [("images", &i), ("llms", &l), ("both", &b)] {
+        assert_eq!(
+            s["unknown_model"], 0,
+            "{name} was asked for a model it lacks: {s}"
+        );
+    }
+    assert!(i["requests"].get(LLM).is_none(), "{i}");
+    assert!(l["requests"].get(SD).is_none(), "{l}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_installed_is_served_at_once_and_one_removed_leaves_after_its_work() {
+    let sim = SimProcess::start_with(0, 0.02, Some(&[LLM])).await;
+    let im = start_in_front_of(
+        &[sim.url()],
+        &["--api-keys", KEY, "--set", "discovery.refresh_s=1"],
+    );
+    assert!(
+        !models(&im.url).await.contains(&SD.to_owned()),
+        "not installed yet"
+    );
+    // Installed from the gallery while im runs: served on its first request after that.
+    let applied = client()
+        .post(format!("{}/models/apply", sim.url()))
+        .json(&json!({"id": format!("localai@{SD}")}))
+        .send()
+        .await
+        .expect("apply");
+    assert!(applied.status().is_success());
+    let (status, v) = call(&im.url, "/txt2img", &image(SD)).await;
+    assert_eq!(status, 200, "{v}");
+
+    // Removed while a request for it runs: that one completes, later ones get 404 within a
+    // reading.
+    let slow = json!({"model": SD, "prompt": "fox", "width": 16, "height": 16, "steps": 40});
+    let running = tokio::spawn({
+        let url = im.url.clone();
+        async move { call(&url, "/txt2img", &slow).await.0 }
+    });
+    im_testkit::eventually(
+        "the slow image running",
+        Duration::from_secs(10),
+        || async { sim.stats().await["requests"][SD].as_u64() >= Some(2) },
+    )
+    .await;
+    let removed = client()
+        .post(format!("{}/models/delete/{SD}", sim.url()))
+        .send()
+        .await
+        .expect("delete");
+    assert!(removed.status().is_success());
+    let at = Instant::now();
+    im_testkit::eventually(
+        "the removed model refused",
+        Duration::from_secs(10),
+        || async { call(&im.url, "/txt2img", &image(SD)).await.0 == 404 },
+    )
+    .await;
+    assert!(
+        at.elapsed() < Duration::from_secs(3),
+        "refused within a reading (refresh_s = 1): {:?}",
+        at.elapsed()
+    );
+    assert_eq!(
+        running.await.expect("joined"),
+        200,
+        "accepted work completes"
+    );
+    assert!(!models(&im.url).await.contains(&SD.to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_random_model_names_cause_a_handful_of_readings() {
+    let sim = SimProcess::start_with(0, 0.0, Some(&[LLM])).await;
+    // No periodic readings: every reading here is one a miss caused.
+    let im = start_in_front_of(
+        &[sim.url()],
+        &["--api-keys", KEY, "--set", "discovery.refresh_s=0"],
+    );
+    let before = sim.stats().await["catalogue_reads"].as_u64().unwrap_or(0);
+    let started = Instant::now();
+    // Each miss waits for the next reading (at most one a second), shared by every miss
+    // waiting then: 250 clients asking 4 names each take some four seconds.
+    let mut set = tokio::task::JoinSet::new();
+    for worker in 0..250 {
+        let url = im.url.clone();
+        set.spawn(async move {
+            for i in 0..4 {
+                let name = format!("random-{worker}-{i}-{}", 7919 * i + worker);
+                let (status, _) = call(&url, "/v1/chat/completions", &chat(&name)).await;
+                assert_eq!(status, 404, "{name}");
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("worker");
+    }
+    let took = started.elapsed();
+    let reads = sim.stats().await["catalogue_reads"].as_u64().unwrap_or(0) - before;
+    // At most one miss-driven reading a second (each reads `/v1/models/capabilities` once).
+    let bound = 2 + took.as_secs();
+    assert!(
+        reads <= bound,
+        "{reads} readings for 1,000 unknown names in {took:?} (bound {bound})"
+    );
+    assert_eq!(
+        call(&im.url, "/v1/chat/completions", &chat(LLM)).await.0,
+        200
+    );
+}
