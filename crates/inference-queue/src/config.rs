@@ -23,6 +23,9 @@ pub struct ModelSpec {
     pub load_time: Option<Duration>,
     /// The lanes it may run on (indexes into [`Config::lanes`]); `None`: any lane it fits.
     pub only_lanes: Option<Vec<usize>>,
+    /// Slots on particular lanes where they differ from `max_in_flight` (servers of a fleet
+    /// configured differently): `(lane, slots)`.
+    pub slots_on: Vec<(usize, u32)>,
 }
 
 impl ModelSpec {
@@ -35,7 +38,16 @@ impl ModelSpec {
             size_mb: None,
             load_time: None,
             only_lanes: None,
+            slots_on: Vec::new(),
         }
+    }
+
+    /// The requests it runs at once on `lane`.
+    pub fn slots(&self, lane: usize) -> u32 {
+        self.slots_on
+            .iter()
+            .find(|(l, _)| *l == lane)
+            .map_or(self.max_in_flight, |(_, s)| *s)
     }
 
     /// With a memory size in MiB.
@@ -446,6 +458,18 @@ impl Config {
             }
             if m.size_mb == Some(0) {
                 return Err(err(format!("models[{i}].size_mb"), "must be at least 1"));
+            }
+            if let Some((lane, slots)) = m
+                .slots_on
+                .iter()
+                .find(|(l, s)| *l >= self.lanes.len() || *s == 0)
+            {
+                return Err(err(
+                    format!("models[{i}].slots_on"),
+                    format!(
+                        "{slots} slots on lane {lane}: the lane must exist, the slots be at least 1"
+                    ),
+                ));
             }
             if let Some(only) = &m.only_lanes {
                 if only.is_empty() {

@@ -34,6 +34,9 @@ pub struct SimModel {
     pub slots: u32,
     /// Its memory in MiB (what a lane's budget is counted in).
     pub size_mb: u64,
+    /// The lanes whose catalogue lists it (`None`: every lane): a fleet whose boxes carry
+    /// different models.
+    pub lanes: Option<Vec<usize>>,
 }
 
 /// The catalogue of SPEC-like costs: an LLM (6 s load, 4 slots, 8 GiB), a vision LLM (6 s, 4 slots,
@@ -47,6 +50,7 @@ pub fn localai_catalogue() -> Vec<SimModel> {
             load: Duration::from_secs(6),
             slots: 4,
             size_mb: 8 * 1024,
+            lanes: None,
         },
         SimModel {
             name: "vision".into(),
@@ -54,6 +58,7 @@ pub fn localai_catalogue() -> Vec<SimModel> {
             load: Duration::from_secs(6),
             slots: 4,
             size_mb: 8 * 1024,
+            lanes: None,
         },
         SimModel {
             name: "sd".into(),
@@ -61,6 +66,7 @@ pub fn localai_catalogue() -> Vec<SimModel> {
             load: Duration::from_secs(12),
             slots: 1,
             size_mb: 12 * 1024,
+            lanes: None,
         },
     ]
 }
@@ -71,9 +77,11 @@ pub fn model_specs(models: &[SimModel]) -> Vec<ModelSpec> {
     models
         .iter()
         .map(|m| {
-            ModelSpec::new(m.name.clone(), &m.kinds, m.slots)
+            let mut spec = ModelSpec::new(m.name.clone(), &m.kinds, m.slots)
                 .with_size_mb(m.size_mb)
-                .with_load_time(m.load)
+                .with_load_time(m.load);
+            spec.only_lanes = m.lanes.clone();
+            spec
         })
         .collect()
 }
@@ -580,13 +588,23 @@ pub fn run_balanced(
             }
             (_, a) => {
                 let now = a.expect("an arrival is next");
+                // The servers whose catalogue has the model (a balancer configured per model).
+                let serving: Vec<usize> = (0..servers.len())
+                    .filter(|s| {
+                        models[trace[next_arrival].model]
+                            .lanes
+                            .as_ref()
+                            .is_none_or(|l| l.contains(s))
+                    })
+                    .collect();
                 let s = match balancer {
-                    Balancer::LeastLoaded => (0..servers.len())
-                        .min_by_key(|s| servers[*s].queue.len() + servers[*s].running.len())
+                    Balancer::LeastLoaded => *serving
+                        .iter()
+                        .min_by_key(|s| servers[**s].queue.len() + servers[**s].running.len())
                         .expect("at least one server"),
                     Balancer::RoundRobin => {
                         turn += 1;
-                        (turn - 1) % servers.len()
+                        serving[(turn - 1) % serving.len()]
                     }
                 };
                 servers[s].queue.push_back(next_arrival);

@@ -331,6 +331,17 @@ impl ImConfig {
                         Some(secs(&field, s)?.ok_or_else(|| invalid(&field, "must be positive"))?);
                 }
                 spec.only_lanes = self.lanes_for(i, m)?;
+                let names: Vec<String> = self
+                    .upstreams
+                    .iter()
+                    .enumerate()
+                    .map(|(j, u)| u.name(j))
+                    .collect();
+                spec.slots_on = m
+                    .slots_on
+                    .iter()
+                    .filter_map(|(lane, s)| Some((names.iter().position(|n| n == lane)?, *s)))
+                    .collect();
                 Ok(spec)
             })
             .collect::<Result<_, ConfigError>>()?;

@@ -43,6 +43,10 @@ pub struct ModelEntry {
     /// The most choices (`n`) a request may ask of it (absent: `http.max_choices`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_choices: Option<u32>,
+    /// Slots on particular upstreams (by name) where their servers report other than
+    /// `max_in_flight`: learned from the catalogues, never configured.
+    #[serde(skip)]
+    pub slots_on: Vec<(String, u32)>,
 }
 
 /// One key with its scopes and its own rate limit.

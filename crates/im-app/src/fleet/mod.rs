@@ -2,9 +2,9 @@
 //! every `discovery.refresh_s`, and when a request names a model no upstream lists.
 //!
 //! [`Fleet`] owns the configuration in force and the [`ModelSet`]; a reload changes the set's
-//! configured part and the upstreams (through [`Fleet::reconfigure`]), a reading the lanes'
+//! configured part and the upstreams (through `Fleet::reconfigure`), a reading the lanes'
 //! catalogues; both hand the scheduler the merged models through one path
-//! ([`crate::topology::apply`]). In cluster mode only the replica holding the scheduler lease
+//! (`topology::apply`). In cluster mode only the replica holding the scheduler lease
 //! reads.
 
 mod models;

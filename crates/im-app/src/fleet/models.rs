@@ -126,8 +126,20 @@ impl ModelSet {
             out.upstreams = serving.iter().map(|s| (*s).to_owned()).collect();
         }
         if let Some((_, e)) = self.listing(m).next() {
-            out.max_in_flight = out.max_in_flight.or(e.max_in_flight);
             out.size_gib = out.size_gib.or(e.size_gib);
+        }
+        if m.max_in_flight.is_none() {
+            // Slots as each listing lane reports them: the fewest as the default, the others
+            // where they differ.
+            let listed: Vec<(String, u32)> = self
+                .listing(m)
+                .filter(|(l, _)| serving.contains(l))
+                .filter_map(|(l, e)| Some((l.to_owned(), e.max_in_flight?)))
+                .collect();
+            if let Some(fewest) = listed.iter().map(|(_, s)| *s).min() {
+                out.max_in_flight = Some(fewest);
+                out.slots_on = listed.into_iter().filter(|(_, s)| *s != fewest).collect();
+            }
         }
         Some(out)
     }
@@ -147,10 +159,9 @@ impl ModelSet {
                         merged.kinds.push(k.clone());
                     }
                 }
-                merged.max_in_flight = match (merged.max_in_flight, e.max_in_flight) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                if let Some(s) = e.max_in_flight {
+                    merged.slots_on.push((lane.clone(), s));
+                }
                 merged.size_gib = match (merged.size_gib, e.size_gib) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
@@ -164,6 +175,11 @@ impl ModelSet {
             .map(|(mut m, lanes)| {
                 if lanes.len() < self.lanes.len() {
                     m.upstreams = lanes;
+                }
+                // The fewest slots as the default, the others where they differ.
+                if let Some(fewest) = m.slots_on.iter().map(|(_, s)| *s).min() {
+                    m.max_in_flight = Some(fewest);
+                    m.slots_on.retain(|(_, s)| *s != fewest);
                 }
                 m
             })
@@ -262,6 +278,18 @@ mod tests {
         set.read("a", Catalogue::Listed(vec![model("llm", &["txt2txt"])]));
         set.read("b", Catalogue::Listed(vec![model("llm", &["txt2txt"])]));
         assert_eq!(names(&set.merged()), [("llm", vec!["b"])]);
+    }
+
+    #[test]
+    fn each_lane_keeps_the_slots_its_server_reports() {
+        let mut set = ModelSet::new(Vec::new(), &lanes(&["a", "b"]));
+        let mut wide = model("llm", &["txt2txt"]);
+        wide.max_in_flight = Some(8);
+        set.read("a", Catalogue::Listed(vec![model("llm", &["txt2txt"])]));
+        set.read("b", Catalogue::Listed(vec![wide]));
+        let merged = set.merged();
+        assert_eq!(merged[0].max_in_flight, Some(2));
+        assert_eq!(merged[0].slots_on, [("b".to_owned(), 8)]);
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl Scheduler {
             self.expected_service(LaneId(lane), x)
                 .unwrap_or(Duration::from_secs(1))
         };
-        let slots = self.cfg.models[m.0].max_in_flight.max(1);
+        let slots = self.cfg.models[m.0].slots(lane).max(1);
         let queue = service(m).mul_f64(ahead as f64 / f64::from(slots));
         match self.room(lane, m, false) {
             Room::Resident => queue,

@@ -345,7 +345,7 @@ impl Scheduler {
                 return;
             };
             let model = self.queues.group(target).key.model;
-            if self.lanes[lane].running_of(model) >= self.cfg.models[model.0].max_in_flight {
+            if self.lanes[lane].running_of(model) >= self.cfg.models[model.0].slots(lane) {
                 // Every group of the model is full here too (the slots are the model's): leave
                 // them all out at once rather than find them one choice at a time. The active
                 // group is left out only when it is the one chosen, as one at a time would.

@@ -113,8 +113,8 @@ impl Harness {
                         .filter(|(l, m)| l == lane && *m == model)
                         .count();
                     assert!(
-                        n < self.core.config().models[model.0].max_in_flight as usize,
-                        "max_in_flight exceeded for {id}"
+                        n < self.core.config().models[model.0].slots(lane.0) as usize,
+                        "the model's slots on {lane:?} exceeded for {id}"
                     );
                     self.in_flight.insert(*id, (*lane, model));
                     self.dispatch_order.push(*id);
