@@ -21,17 +21,22 @@ fn image(model: &str) -> Value {
     json!({"model": model, "prompt": "fox", "width": 16, "height": 16, "steps": 2})
 }
 
-/// The lanes `/placement` says may host `model` for `kind`.
-async fn hosts(url: &str, kind: &str, model: &str) -> Vec<String> {
-    let v: Value = client()
-        .get(format!("{url}/placement?kind={kind}&model={model}"))
+/// `GET url` with the key, as JSON (null when it is not).
+async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
         .header("x-api-key", KEY)
         .send()
         .await
         .expect("answered")
         .json()
         .await
-        .unwrap_or(Value::Null);
+        .unwrap_or(Value::Null)
+}
+
+/// The lanes `/placement` says may host `model` for `kind`.
+async fn hosts(url: &str, kind: &str, model: &str) -> Vec<String> {
+    let v = get_json(&format!("{url}/placement?kind={kind}&model={model}")).await;
     v["backends"]
         .as_array()
         .into_iter()
@@ -42,15 +47,7 @@ async fn hosts(url: &str, kind: &str, model: &str) -> Vec<String> {
 }
 
 async fn models(url: &str) -> Vec<String> {
-    let v: Value = client()
-        .get(format!("{url}/v1/models"))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("JSON");
+    let v = get_json(&format!("{url}/v1/models")).await;
     v["data"]
         .as_array()
         .into_iter()

@@ -113,7 +113,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         .filter_map(|u| u.memory_gib())
         .reduce(f64::max);
     // Every upstream's catalogue, at once; one that does not answer joins when it does.
-    let names = crate::fleet::lane_names(&config);
+    let names = config.lane_names();
     let mut set = crate::fleet::read_at_start(&clients, &names, &config, largest_budget_gib).await;
     if !config.models.is_empty()
         && let Some(i) = set

@@ -56,6 +56,19 @@ async fn serve(f: impl FnOnce(&mut ImConfig)) -> (String, Built) {
     (url, built)
 }
 
+/// Tenants `team-a` (key k1) and `team-b` (key k2).
+fn two_teams(c: &mut ImConfig) {
+    c.tenants = ["team-a", "team-b"]
+        .iter()
+        .map(|n| im_app::config::TenantEntry {
+            name: (*n).into(),
+            ..Default::default()
+        })
+        .collect();
+    c.keys[0].tenant = Some("team-a".into());
+    c.keys[1].tenant = Some("team-b".into());
+}
+
 async fn ws(url: &str, k: &str) -> Socket {
     let mut req = format!("{}/ws/tenant", url.replace("http://", "ws://"))
         .into_client_request()
@@ -272,15 +285,7 @@ async fn an_ordinary_key_sees_no_other_tenants_details_in_any_view() {
     // errors of every tenant. Now a key with `infer` and `metrics` reads aggregate counts and
     // its own tenant's details, over every transport.
     let (url, _built) = serve(|c| {
-        c.tenants = ["team-a", "team-b"]
-            .iter()
-            .map(|n| im_app::config::TenantEntry {
-                name: (*n).into(),
-                ..Default::default()
-            })
-            .collect();
-        c.keys[0].tenant = Some("team-a".into());
-        c.keys[1].tenant = Some("team-b".into());
+        two_teams(c);
     })
     .await;
     let secret =
@@ -747,15 +752,7 @@ async fn tenant_rows(url: &str, k: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tenant_sees_its_own_figures_and_an_operator_sees_all() {
     let (url, _built) = serve(|c| {
-        c.tenants = ["team-a", "team-b"]
-            .iter()
-            .map(|n| im_app::config::TenantEntry {
-                name: (*n).into(),
-                ..Default::default()
-            })
-            .collect();
-        c.keys[0].tenant = Some("team-a".into());
-        c.keys[1].tenant = Some("team-b".into());
+        two_teams(c);
         let mut op = key("op", &["infer", "metrics", "operator"], None);
         op.tenant = Some("team-a".into());
         c.keys.push(op);

@@ -648,24 +648,21 @@ impl Service {
         self.engine.metrics().timeline()
     }
 
+    /// The tenant label `who`'s views are limited to; `None` for a key that sees every tenant.
+    fn own_label(&self, who: &Principal) -> Option<Arc<str>> {
+        (!self.sees_all(who)).then(|| self.tenants().label(&who.tenant))
+    }
+
     /// What each tenant used, as `who` may see it: every tenant's, or its own.
     pub fn tenant_metrics(&self, who: &Principal) -> Value {
-        let label = self.tenants().label(&who.tenant);
-        let all = self.sees_all(who);
-        self.engine
-            .metrics()
-            .tenants()
-            .snapshot((!all).then_some(&*label))
+        let own = self.own_label(who);
+        self.engine.metrics().tenants().snapshot(own.as_deref())
     }
 
     /// The Prometheus text as `who` may read it: every tenant's labelled series, or its own.
     pub fn prometheus(&self, who: &Principal) -> String {
-        let label = self.tenants().label(&who.tenant);
-        let all = self.sees_all(who);
-        self.engine
-            .metrics()
-            .tenants()
-            .render_for((!all).then_some(&*label))
+        let own = self.own_label(who);
+        self.engine.metrics().tenants().render_for(own.as_deref())
     }
 
     /// The bytes of answers the response cache keeps now (0 when it is off).

@@ -20,13 +20,6 @@ fn two_lanes(max_batch: Option<u32>) -> Harness {
     Harness::new(c)
 }
 
-fn lane_of(h: &Harness, id: RequestId) -> Option<usize> {
-    h.events.iter().find_map(|e| match e {
-        Event::Dispatch { id: d, lane, .. } if *d == id => Some(lane.0),
-        _ => None,
-    })
-}
-
 #[test]
 fn a_new_model_does_not_evict_one_people_wait_for_until_it_starves() {
     // gpu0 serves sd, gpu1 serves llm2 with more waiting than a batch: both models are wanted.
@@ -34,8 +27,8 @@ fn a_new_model_does_not_evict_one_people_wait_for_until_it_starves() {
     let sd = h.id(Kind::Txt2Img, "sd");
     let chats: Vec<_> = (0..6).map(|_| h.id(Kind::Txt2Txt, "llm2")).collect();
     let _more_sd = h.id(Kind::Txt2Img, "sd");
-    assert_eq!(lane_of(&h, sd), Some(0));
-    assert_eq!(lane_of(&h, chats[0]), Some(1));
+    assert_eq!(h.lane_of(sd), Some(0));
+    assert_eq!(h.lane_of(chats[0]), Some(1));
     // A vision request arrives; nobody holds vision.
     let vision = h.at(1_000).id(Kind::Img2Txt, "vision");
     // gpu1 reaches its batch bound twice, but llm2 still has waiting work: it keeps llm2 rather
@@ -44,12 +37,12 @@ fn a_new_model_does_not_evict_one_people_wait_for_until_it_starves() {
         h.at(2_000 + i as u64 * 1_000)
             .complete(*c, Outcome::Success);
     }
-    assert_eq!(lane_of(&h, vision), None, "not placed before it starves");
-    assert_eq!(lane_of(&h, chats[4]), Some(1), "llm2 kept its lane");
+    assert_eq!(h.lane_of(vision), None, "not placed before it starves");
+    assert_eq!(h.lane_of(chats[4]), Some(1), "llm2 kept its lane");
     // Once it starves it takes the lane whose switch costs least at its next switch point.
     h.at(92_000).complete(chats[4], Outcome::Success);
-    assert_eq!(lane_of(&h, vision), Some(1), "a starving group is placed");
-    assert_eq!(lane_of(&h, chats[5]), None);
+    assert_eq!(h.lane_of(vision), Some(1), "a starving group is placed");
+    assert_eq!(h.lane_of(chats[5]), None);
 }
 
 #[test]
@@ -59,11 +52,11 @@ fn a_new_model_takes_a_lane_whose_work_ran_dry() {
     let _waiting_sd = h.id(Kind::Txt2Img, "sd");
     let chat = h.id(Kind::Txt2Txt, "llm2");
     let vision = h.at(1_000).id(Kind::Img2Txt, "vision");
-    assert_eq!(lane_of(&h, vision), None, "both lanes busy");
+    assert_eq!(h.lane_of(vision), None, "both lanes busy");
     // llm2 runs dry on gpu1: vision goes there at once, long before it starves.
     h.at(2_000).complete(chat, Outcome::Success);
-    assert_eq!(lane_of(&h, vision), Some(1));
-    assert_eq!(lane_of(&h, sd), Some(0));
+    assert_eq!(h.lane_of(vision), Some(1));
+    assert_eq!(h.lane_of(sd), Some(0));
 }
 
 #[test]
@@ -77,7 +70,7 @@ fn a_starving_group_being_served_takes_only_a_spare_lane() {
         h.at(last_chat_ms).complete(chat, Outcome::Success);
         // sd's oldest waiter starves at 90 s; the next input lets the lanes decide.
         h.at(100_000).id(Kind::Txt2Img, "sd");
-        (lane_of(&h, running), lane_of(&h, waiting))
+        (h.lane_of(running), h.lane_of(waiting))
     };
     // gpu1's model worked 5 s ago: more of its work is likely, so sd, which is being served,
     // waits for its own lane rather than make gpu1 reload twice.
@@ -102,6 +95,6 @@ fn a_new_model_that_fits_beside_wanted_ones_is_placed_at_once() {
     // Both lanes' models have work waiting, but vision (2 GB) fits beside either: nothing is
     // evicted, so it need not wait to starve.
     let vision = h.at(1_000).id(Kind::Img2Txt, "vision");
-    assert!(lane_of(&h, vision).is_some(), "placed beside a busy model");
-    assert!(lane_of(&h, sd).is_some() && lane_of(&h, chats[0]).is_some());
+    assert!(h.lane_of(vision).is_some(), "placed beside a busy model");
+    assert!(h.lane_of(sd).is_some() && h.lane_of(chats[0]).is_some());
 }

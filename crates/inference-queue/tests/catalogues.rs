@@ -6,13 +6,6 @@ mod common;
 use common::*;
 use inference_queue::*;
 
-fn lane_of(h: &Harness, id: RequestId) -> Option<usize> {
-    h.events.iter().find_map(|e| match e {
-        Event::Dispatch { id: d, lane, .. } if *d == id => Some(lane.0),
-        _ => None,
-    })
-}
-
 #[test]
 fn a_model_runs_only_on_the_lanes_that_list_it_with_the_slots_it_has_there() {
     let mut c = cfg(Bounds::default());
@@ -31,16 +24,16 @@ fn a_model_runs_only_on_the_lanes_that_list_it_with_the_slots_it_has_there() {
     let mut h = Harness::new(c);
     let chats: Vec<RequestId> = (0..4).map(|_| h.id(Kind::Txt2Txt, "llm2")).collect();
     let image = h.id(Kind::Txt2Img, "sd");
-    let placed: Vec<Option<usize>> = chats.iter().map(|c| lane_of(&h, *c)).collect();
+    let placed: Vec<Option<usize>> = chats.iter().map(|c| h.lane_of(*c)).collect();
     assert_eq!(
         placed,
         [Some(1), Some(1), Some(1), None],
         "three slots on gpu1"
     );
-    assert_eq!(lane_of(&h, image), Some(0), "sd only where it is listed");
+    assert_eq!(h.lane_of(image), Some(0), "sd only where it is listed");
     h.at(1_000).complete(chats[0], Outcome::Success);
     assert_eq!(
-        lane_of(&h, chats[3]),
+        h.lane_of(chats[3]),
         Some(1),
         "the freed slot takes the fourth"
     );

@@ -749,12 +749,9 @@ async fn models(State(state): State<SimState>) -> Response {
     state.count_catalogue_read();
     let resident = state.resident();
     let data: Vec<Value> = state
-        .cfg
-        .models
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| state.installed(*i))
-        .map(|(_, m)| match state.cfg.mode {
+        .installed_models()
+        .into_iter()
+        .map(|m| match state.cfg.mode {
             SimMode::LlamaCppRouter => {
                 let status = if resident.contains(&m.name) {
                     "loaded"
@@ -830,12 +827,9 @@ async fn capabilities(State(state): State<SimState>) -> Response {
         ("stt", "transcript"),
     ];
     let data: Vec<Value> = state
-        .cfg
-        .models
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| state.installed(*i))
-        .map(|(_, m)| {
+        .installed_models()
+        .into_iter()
+        .map(|m| {
             let mut caps: Vec<&str> = Vec::new();
             for (kind, cap) in CAPS {
                 if m.serves(kind) && !caps.contains(&cap) {

@@ -137,6 +137,18 @@ impl SimState {
         self.lock().models[i].installed.then_some((i, m))
     }
 
+    /// The installed models, in the catalogue's order.
+    pub fn installed_models(&self) -> Vec<&crate::config::ModelCfg> {
+        let g = self.lock();
+        self.cfg
+            .models
+            .iter()
+            .zip(&g.models)
+            .filter(|(_, s)| s.installed)
+            .map(|(m, _)| m)
+            .collect()
+    }
+
     /// Whether catalogue model `i` is installed.
     pub fn installed(&self, i: usize) -> bool {
         self.lock().models[i].installed

@@ -331,12 +331,7 @@ impl ImConfig {
                         Some(secs(&field, s)?.ok_or_else(|| invalid(&field, "must be positive"))?);
                 }
                 spec.only_lanes = self.lanes_for(i, m)?;
-                let names: Vec<String> = self
-                    .upstreams
-                    .iter()
-                    .enumerate()
-                    .map(|(j, u)| u.name(j))
-                    .collect();
+                let names = self.lane_names();
                 spec.slots_on = m
                     .slots_on
                     .iter()
@@ -350,17 +345,21 @@ impl ImConfig {
         Ok(c)
     }
 
+    /// The upstreams' (lanes') names, in order.
+    pub fn lane_names(&self) -> Vec<String> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .map(|(j, u)| u.name(j))
+            .collect()
+    }
+
     /// The upstreams model `i` may use, by its `upstreams` and `labels`; `None`: any.
     fn lanes_for(&self, i: usize, m: &ModelEntry) -> Result<Option<Vec<usize>>, ConfigError> {
         if m.upstreams.is_empty() && m.labels.is_empty() {
             return Ok(None);
         }
-        let names: Vec<String> = self
-            .upstreams
-            .iter()
-            .enumerate()
-            .map(|(j, u)| u.name(j))
-            .collect();
+        let names = self.lane_names();
         if let Some(bad) = m.upstreams.iter().find(|n| !names.contains(n)) {
             return Err(invalid(
                 format!("models[{i}].upstreams"),

@@ -108,7 +108,7 @@ impl Fleet {
         let mut set = self.set.lock().await;
         let mut trial = set.clone();
         trial.set_configured(next.models.clone());
-        trial.set_lanes(&lane_names(&next));
+        trial.set_lanes(&next.lane_names());
         next.models = trial.merged();
         next.validate().map_err(|e| e.to_string())?;
         let change =
@@ -136,7 +136,7 @@ impl Fleet {
             .iter()
             .filter_map(|u| u.memory_gib())
             .reduce(f64::max);
-        let reads = lane_names(&running).into_iter().filter_map(|name: String| {
+        let reads = running.lane_names().into_iter().filter_map(|name: String| {
             let id = lanes.iter().position(|l| l.name == name)?;
             let client = clients.get(id)?.clone();
             let defaults = running.discovery.clone();
@@ -281,16 +281,6 @@ impl Discovery for FleetDiscovery {
             }
         })
     }
-}
-
-/// The lanes' names, in the upstreams' order.
-pub(crate) fn lane_names(config: &ImConfig) -> Vec<String> {
-    config
-        .upstreams
-        .iter()
-        .enumerate()
-        .map(|(i, u)| u.name(i))
-        .collect()
 }
 
 /// What a reading of one upstream's catalogue says.

@@ -62,6 +62,14 @@ impl Harness {
         }
     }
 
+    /// The lane `id` was dispatched to first, if any.
+    pub fn lane_of(&self, id: RequestId) -> Option<usize> {
+        self.events.iter().find_map(|e| match e {
+            Event::Dispatch { id: d, lane, .. } if *d == id => Some(lane.0),
+            _ => None,
+        })
+    }
+
     fn leave(&mut self, id: RequestId, how: &str) {
         let prev = self.left.insert(id, how.to_owned());
         assert!(prev.is_none(), "{id} left twice: {prev:?} then {how}");
