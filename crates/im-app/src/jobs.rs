@@ -15,11 +15,13 @@ impl im_jobs::Runner for ServiceRunner {
     async fn run(&self, owner: &str, request: &im_jobs::Request) -> im_jobs::Answer {
         let service = &self.0;
         // As its tenant (charged to it, its quotas and figures), checked at submission: a job
-        // is a unit of work its `POST /v1/jobs` paid for.
+        // is a unit of work its `POST /v1/jobs` paid for. Nobody waits on the connection:
+        // batch work inside its group.
         let caller = Caller {
             key: None,
             tenant: im_service::TenantId::new(owner),
             request_id: service.new_request_id(),
+            batch: true,
         };
         let refused = |e: im_service::ServiceError| im_jobs::Answer {
             status: e.status(),

@@ -83,6 +83,10 @@ pub struct Job {
     /// Who it is for (its tenant), as the error log records it so that a tenant sees its own
     /// errors; `None` for work of no one tenant (a merged embedding batch).
     pub owner: Option<std::sync::Arc<str>>,
+    /// Its owner's weight in fair share inside its group (1 unless configured).
+    pub weight: u32,
+    /// Its priority class inside its group.
+    pub class: inference_queue::Class,
 }
 
 /// Figures about a finished request.
@@ -367,6 +371,8 @@ impl Job {
             deadline,
             payload,
             owner: None,
+            weight: 1,
+            class: inference_queue::Class::Interactive,
         }
     }
 

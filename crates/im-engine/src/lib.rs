@@ -45,5 +45,6 @@ pub use backend::{Backend, LocalAiBackend};
 pub use batch::{BatchSettings, Batcher};
 pub use clock::Clock;
 pub use engine::{Engine, LaneReadiness};
+pub use inference_queue::Class;
 pub use job::{ChunkReceiver, Completion, EngineError, Job, Meta, Output, Payload, truncate};
 pub use trace::TRACE_TARGET;

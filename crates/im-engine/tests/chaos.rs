@@ -123,6 +123,8 @@ fn job(i: usize) -> Job {
         deadline: Some(Duration::from_secs(20)),
         payload,
         owner: None,
+        weight: 1,
+        class: Default::default(),
     }
 }
 

@@ -81,6 +81,8 @@ fn job(i: usize, kind: Kind) -> Job {
         deadline: None,
         payload,
         owner: None,
+        weight: 1,
+        class: Default::default(),
     }
 }
 

@@ -50,6 +50,8 @@ fn job(i: usize) -> Job {
             kind: Kind::Txt2Txt,
         },
         owner: None,
+        weight: 1,
+        class: Default::default(),
     }
 }
 

@@ -53,6 +53,8 @@ fn chat_job(id: &str, model: &str, text: &str, stream: bool) -> Job {
             kind: Kind::Txt2Txt,
         },
         owner: None,
+        weight: 1,
+        class: Default::default(),
     }
 }
 
@@ -116,6 +118,8 @@ async fn a_caller_leaving_during_a_load_keeps_the_slot_until_the_upstream_finish
             ..ImageRequest::default()
         }),
         owner: None,
+        weight: 1,
+        class: Default::default(),
     };
     let gave_up = tokio::time::timeout(Duration::from_millis(60), engine.submit(image)).await;
     assert!(gave_up.is_err(), "the caller left during the load");

@@ -102,9 +102,21 @@ pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) ->
             Access::Open | Access::Session | Access::Signed => Ok(Principal::anonymous()),
         }
     };
+    let batch = match req.headers().get("x-im-priority").map(HeaderValue::to_str) {
+        None => Ok(false),
+        Some(Ok(v)) if v.eq_ignore_ascii_case("batch") => Ok(true),
+        Some(Ok(v)) if v.eq_ignore_ascii_case("interactive") => Ok(false),
+        Some(_) => Err(im_service::ServiceError::invalid(
+            "X-Im-Priority",
+            "must be `interactive` or `batch` (a request may lower its tenant's class)",
+        )),
+    };
+    let admitted = admitted.and_then(|who| batch.map(|b| (who, b)));
     let mut resp = match admitted {
-        Ok(who) => {
-            req.extensions_mut().insert(Caller::new(&who, id.clone()));
+        Ok((who, batch)) => {
+            let mut caller = Caller::new(&who, id.clone());
+            caller.batch = batch;
+            req.extensions_mut().insert(caller);
             req.extensions_mut().insert(arrived);
             next.run(req).instrument(span.clone()).await
         }

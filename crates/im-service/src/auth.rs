@@ -275,6 +275,9 @@ pub struct Caller {
     pub tenant: TenantId,
     /// The id it is known by in logs, errors and responses.
     pub request_id: String,
+    /// It asked to be served as batch work (`X-Im-Priority: batch`; jobs are): a request may
+    /// lower its tenant's class, never raise it.
+    pub batch: bool,
 }
 
 impl Caller {
@@ -284,6 +287,7 @@ impl Caller {
             key: who.key,
             tenant: who.tenant.clone(),
             request_id: request_id.into(),
+            batch: false,
         }
     }
 

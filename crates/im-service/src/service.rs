@@ -491,6 +491,11 @@ impl Service {
         let max_tokens = max_tokens(call.payload());
         let mut job = call.into_job(caller.request_id.clone());
         job.owner = Some(caller.tenant.shared());
+        job.weight = spec.map_or(1, |s| s.weight.max(1));
+        let tenant_batch = spec.and_then(|s| s.class.as_deref()) == Some("batch");
+        if caller.batch || tenant_batch {
+            job.class = im_engine::Class::Batch;
+        }
         let _live = caller
             .key
             .map(|k| Live::enter(&self.shared.live, &caller.request_id, k));

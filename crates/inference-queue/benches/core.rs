@@ -1,4 +1,5 @@
-//! Core throughput: submit + dispatch + complete with N requests queued across 64 groups.
+//! Core throughput: submit + dispatch + complete with N requests queued across 64 groups, of
+//! one tenant and of 64 (fair share inside every group).
 //! One iteration = one submit, one completion, and the dispatch it triggers (3 operations).
 
 use std::hint::black_box;
@@ -6,12 +7,13 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use inference_queue::{
-    Admission, Config, Event, Kind, ModelSpec, Outcome, RequestId, Scheduler, Submit, Time,
+    Admission, Config, Event, Kind, ModelSpec, Outcome, RequestId, Scheduler, Submit, TenantId,
+    Time,
 };
 
 const GROUPS: usize = 64;
 
-fn setup(queued: usize) -> (Scheduler, Vec<String>, Vec<RequestId>, Time) {
+fn setup(queued: usize, tenants: usize) -> (Scheduler, Vec<String>, Vec<RequestId>, Time) {
     // 16 models x 4 kinds = 64 groups.
     let names: Vec<String> = (0..GROUPS / 4).map(|i| format!("m{i}")).collect();
     let cfg = Config {
@@ -37,6 +39,9 @@ fn setup(queued: usize) -> (Scheduler, Vec<String>, Vec<RequestId>, Time) {
             lane: None,
             deadline: None,
             bytes: 0,
+            tenant: TenantId((i % tenants) as u32),
+            class: Default::default(),
+            cost: None,
         };
         assert!(matches!(core.submit(now, sub), Admission::Accepted(_)));
     }
@@ -50,35 +55,44 @@ fn setup(queued: usize) -> (Scheduler, Vec<String>, Vec<RequestId>, Time) {
 
 fn cycle(c: &mut Criterion) {
     let mut g = c.benchmark_group("submit_dispatch_complete");
-    for &queued in &[1_000usize, 10_000, 100_000] {
+    for (queued, tenants) in [
+        (1_000usize, 1usize),
+        (10_000, 1),
+        (100_000, 1),
+        (10_000, 64),
+    ] {
         g.throughput(Throughput::Elements(3));
-        g.bench_with_input(
-            BenchmarkId::from_parameter(queued),
-            &queued,
-            |b, &queued| {
-                let (mut core, names, mut running, mut now) = setup(queued);
-                let mut i = 0usize;
-                b.iter(|| {
-                    now += Duration::from_micros(10);
-                    i += 1;
-                    let sub = Submit {
-                        kind: Kind::SEEDS[i % 4],
-                        model: &names[(i / 4) % names.len()],
-                        lane: None,
-                        deadline: None,
-                        bytes: 0,
-                    };
-                    black_box(core.submit(now, sub));
-                    let id = running.pop().expect("something runs");
-                    black_box(core.complete(now, id, Outcome::Success));
-                    while let Some(ev) = core.poll_event() {
-                        if let Event::Dispatch { id, .. } = ev {
-                            running.push(id);
-                        }
+        let id = if tenants == 1 {
+            BenchmarkId::from_parameter(queued)
+        } else {
+            BenchmarkId::new(format!("{tenants}_tenants"), queued)
+        };
+        g.bench_with_input(id, &(queued, tenants), |b, &(queued, tenants)| {
+            let (mut core, names, mut running, mut now) = setup(queued, tenants);
+            let mut i = 0usize;
+            b.iter(|| {
+                now += Duration::from_micros(10);
+                i += 1;
+                let sub = Submit {
+                    kind: Kind::SEEDS[i % 4],
+                    model: &names[(i / 4) % names.len()],
+                    lane: None,
+                    deadline: None,
+                    bytes: 0,
+                    tenant: TenantId((i % tenants) as u32),
+                    class: Default::default(),
+                    cost: None,
+                };
+                black_box(core.submit(now, sub));
+                let id = running.pop().expect("something runs");
+                black_box(core.complete(now, id, Outcome::Success));
+                while let Some(ev) = core.poll_event() {
+                    if let Event::Dispatch { id, .. } = ev {
+                        running.push(id);
                     }
-                });
-            },
-        );
+                }
+            });
+        });
     }
     g.finish();
 }

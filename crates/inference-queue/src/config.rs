@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::types::Kind;
+use crate::types::{Kind, TenantId};
 
 /// One upstream model the scheduler may dispatch to.
 #[derive(Clone, Debug, PartialEq)]
@@ -244,6 +244,9 @@ pub struct Config {
     pub cost_aware: bool,
     /// Seed of the core's jitter generator.
     pub seed: u64,
+    /// Tenants' weights in fair share, where not 1: a tenant of weight 2 is served twice the
+    /// cost of one of weight 1 while both wait.
+    pub tenant_weights: Vec<(TenantId, u32)>,
 }
 
 impl Default for Config {
@@ -272,6 +275,7 @@ impl Default for Config {
             routing: Routing::default(),
             cost_aware: false,
             seed: 0x1D_5EED,
+            tenant_weights: Vec::new(),
         }
     }
 }

@@ -31,7 +31,8 @@
 //! let mut now = Time::ZERO;
 //!
 //! // Input: a request arrives. The payload stays with you; the core keeps the id.
-//! let sub = Submit { kind: Kind::Txt2Img, model: "sdxl", lane: None, deadline: None, bytes: 0 };
+//! let sub = Submit { kind: Kind::Txt2Img, model: "sdxl", lane: None, deadline: None, bytes: 0,
+//!                    tenant: Default::default(), class: Default::default(), cost: None };
 //! let Admission::Accepted(id) = core.submit(now, sub) else { panic!("refused") };
 //!
 //! // Output: drain decisions after every input.
@@ -142,4 +143,4 @@ pub use scheduler::{
     UnloadRefusal, Why,
 };
 pub use status::{BreakerState, Counters, GroupStatus, LaneStatus, ResidentModel, Status};
-pub use types::{Kind, LaneId, ModelId, ParseKindError, RequestId, Time};
+pub use types::{Class, Kind, LaneId, ModelId, ParseKindError, RequestId, TenantId, Time};

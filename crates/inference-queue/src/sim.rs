@@ -375,6 +375,9 @@ pub fn run_scheduler_observed(
                             lane: None,
                             deadline: None,
                             bytes: 0,
+                            tenant: Default::default(),
+                            class: Default::default(),
+                            cost: None,
                         };
                         match core.submit(t, sub) {
                             Admission::Accepted(id) => {

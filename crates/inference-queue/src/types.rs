@@ -174,6 +174,21 @@ pub struct LaneId(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ModelId(pub usize);
 
+/// Who a request is for: the unit of fair share inside a group. Without tenants everyone is
+/// tenant 0, and a group is served first come, first served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TenantId(pub u32);
+
+/// A request's priority class inside its group: interactive work is served before batch work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// Someone waits for it (the default).
+    #[default]
+    Interactive,
+    /// It may wait (a job, a bulk run).
+    Batch,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,9 @@ enum Op {
         kind: usize,
         model: usize,
         deadline_ms: Option<u64>,
+        /// Whose it is (0..4) and whether it is batch work.
+        tenant: u32,
+        batch: bool,
     },
     Complete {
         pick: usize,
@@ -54,8 +57,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..4usize, 0..5usize, prop::option::of(1..20_000u64))
-            .prop_map(|(kind, model, deadline_ms)| Op::Submit { kind, model, deadline_ms }),
+        4 => (0..4usize, 0..5usize, prop::option::of(1..20_000u64), 0..4u32, any::<bool>())
+            .prop_map(|(kind, model, deadline_ms, tenant, batch)| Op::Submit { kind, model, deadline_ms, tenant, batch }),
         4 => (any::<usize>(), 0..10u8, 0..3_000u64)
             .prop_map(|(pick, outcome, retry_after_ms)| Op::Complete { pick, outcome, retry_after_ms }),
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
@@ -159,7 +162,8 @@ fn run(setup: &Setup, ops: &[Op]) {
         h.strict_check = Some((setup.unload, setup.warm));
     }
     let mut deadline: HashMap<RequestId, (Time, Time)> = HashMap::new();
-    let mut last_first_attempt: HashMap<(Kind, ModelId), RequestId> = HashMap::new();
+    let mut last_first_attempt: HashMap<(Kind, ModelId, TenantId, Class), RequestId> =
+        HashMap::new();
     let mut t = 0u64;
     let mut seen = 0usize;
 
@@ -167,7 +171,7 @@ fn run(setup: &Setup, ops: &[Op]) {
         |h: &mut Harness,
          seen: &mut usize,
          deadline: &HashMap<RequestId, (Time, Time)>,
-         last: &mut HashMap<(Kind, ModelId), RequestId>| {
+         last: &mut HashMap<(Kind, ModelId, TenantId, Class), RequestId>| {
             for ev in &h.events[*seen..] {
                 match ev {
                     Event::Dispatch {
@@ -179,11 +183,13 @@ fn run(setup: &Setup, ops: &[Op]) {
                         let (arrival, dl) = deadline[id];
                         let at = arrival + *waited;
                         assert!(at < dl, "{id} dispatched at {at}, deadline {dl}");
-                        // A balancer keeps FIFO per lane, and a failing lane's requests move.
+                        // FIFO inside each tenant's line of a class (a balancer keeps it per
+                        // lane, and a failing lane's requests move).
                         if *attempt == 1 && !h.core.config().routing.places_requests() {
                             let (kind, model, _) = h.info[id];
-                            if let Some(prev) = last.insert((kind, model), *id) {
-                                assert!(prev < *id, "FIFO broken in group: {prev} after {id}");
+                            let (tenant, class) = h.lines[id];
+                            if let Some(prev) = last.insert((kind, model, tenant, class), *id) {
+                                assert!(prev < *id, "FIFO broken in a line: {prev} after {id}");
                             }
                         }
                     }
@@ -204,7 +210,15 @@ fn run(setup: &Setup, ops: &[Op]) {
                 kind,
                 model,
                 deadline_ms,
+                tenant,
+                batch,
             } => {
+                let class = if *batch {
+                    Class::Batch
+                } else {
+                    Class::Interactive
+                };
+                h.as_tenant(*tenant, class);
                 let kind = Kind::SEEDS[*kind];
                 let d = deadline_ms.map(Duration::from_millis);
                 if let Admission::Accepted(id) = h.submit_with(kind, MODELS[*model], d) {

@@ -245,6 +245,9 @@ fn unknown_model_and_wrong_kind_list_the_valid_models() {
             lane: Some(LaneId(7)),
             deadline: None,
             bytes: 0,
+            tenant: Default::default(),
+            class: Default::default(),
+            cost: None,
         },
     );
     assert_eq!(bad_lane, Admission::Rejected(Rejection::UnknownLane(7)));
@@ -708,6 +711,9 @@ fn the_byte_budget_refuses_what_would_not_fit_and_frees_on_leave() {
         lane: None,
         deadline: None,
         bytes,
+        tenant: Default::default(),
+        class: Default::default(),
+        cost: None,
     };
     let Admission::Accepted(a) = core.submit(now, sub(60)) else {
         panic!("fits");

@@ -87,8 +87,11 @@ pub(super) fn validate(tenants: &[TenantEntry], keys: &[KeyEntry]) -> Result<(),
         if t.weight == 0 || t.weight > 1000 {
             return Err(invalid(field("weight"), "1 to 1000"));
         }
-        if t.class.as_deref().is_some_and(|c| c.trim().is_empty()) {
-            return Err(invalid(field("class"), "must not be empty"));
+        if t.class
+            .as_deref()
+            .is_some_and(|c| c != "interactive" && c != "batch")
+        {
+            return Err(invalid(field("class"), "`interactive` or `batch`"));
         }
         if t.models.as_ref().is_some_and(Vec::is_empty) {
             return Err(invalid(

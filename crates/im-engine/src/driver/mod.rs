@@ -153,6 +153,8 @@ pub(crate) struct Driver {
     last_health: Instant,
     /// Per lane: a health check is under way.
     checking: Vec<bool>,
+    /// The core's id and weight of each owner seen (owners are tenants: a bounded set).
+    tenants: HashMap<Arc<str>, (inference_queue::TenantId, u32)>,
 }
 
 impl Driver {
@@ -183,6 +185,7 @@ impl Driver {
             last_gauges: Instant::now(),
             last_health: Instant::now(),
             checking: vec![false; n],
+            tenants: HashMap::new(),
         }
     }
 

@@ -17,6 +17,22 @@ use crate::trace::RequestTrace;
 
 impl Driver {
     /// A caller submits `job`.
+    /// The core's tenant for `job`'s owner (0 for work of no one tenant), its weight kept in
+    /// step with the job's.
+    fn tenant_of(&mut self, job: &Job) -> inference_queue::TenantId {
+        let Some(owner) = &job.owner else {
+            return inference_queue::TenantId::default();
+        };
+        let next = inference_queue::TenantId(self.tenants.len() as u32 + 1);
+        let entry = self.tenants.entry(owner.clone()).or_insert((next, 1));
+        let (id, weight) = *entry;
+        if weight != job.weight {
+            entry.1 = job.weight;
+            self.core.set_weight(id, job.weight);
+        }
+        id
+    }
+
     pub(super) fn on_submit(
         &mut self,
         now: Time,
@@ -25,12 +41,16 @@ impl Driver {
         reply: Reply,
         span: tracing::Span,
     ) {
+        let tenant = self.tenant_of(&job);
         let sub = Submit {
             kind: job.kind(),
             model: job.model(),
             lane: None,
             deadline: job.deadline,
             bytes: job.payload_bytes(),
+            tenant,
+            class: job.class,
+            cost: None,
         };
         match self.core.submit(now, sub) {
             Admission::Accepted(id) => {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
+use crate::types::{Class, Kind, LaneId, ModelId, RequestId, TenantId, Time};
 
 /// A group: the unit that is queued, activated and drained. `lane` pins it to one lane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,6 +28,14 @@ pub struct Submit<'a> {
     pub deadline: Option<Duration>,
     /// The payload's size in bytes, held until the request leaves (for the byte budget).
     pub bytes: u64,
+    /// Whose it is: inside its group, tenants are served by fair share.
+    pub tenant: TenantId,
+    /// Its priority class inside its group.
+    pub class: Class,
+    /// What serving it is expected to cost, in the units fair share counts (tokens in and out
+    /// where known); `None`: the model's learned service time in seconds, corrected by what it
+    /// took.
+    pub cost: Option<f64>,
 }
 
 /// The answer to [`Scheduler::submit`](crate::Scheduler::submit).

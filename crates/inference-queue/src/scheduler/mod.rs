@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 mod advice;
 mod api;
 mod breaker;
+mod fairness;
 mod ids;
 mod lane;
 mod lifecycle;
@@ -84,6 +85,7 @@ impl Scheduler {
             .iter()
             .map(|spec| Lane::new(&spec.name, &cfg.models, Time::ZERO))
             .collect();
+        let queues = Queues::with_weights(&cfg.tenant_weights);
         Ok(Scheduler {
             priority: cfg.full_priority(),
             rng: Rng::new(cfg.seed),
@@ -92,7 +94,7 @@ impl Scheduler {
             next_id: 1,
             accepting: true,
             model_index,
-            queues: Queues::default(),
+            queues,
             lanes,
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -408,6 +410,10 @@ impl Scheduler {
                 started: Time::ZERO,
                 cold: false,
                 placed,
+                tenant: req.tenant,
+                class: req.class,
+                cost: req.cost,
+                charged: 0.0,
             },
         );
         self.counters.accepted += 1;
@@ -449,6 +455,11 @@ impl Scheduler {
     }
 
     /// An attempt of `id` ended with `outcome`.
+    /// Tenant `t` weighs `weight` in fair share from now on.
+    pub fn set_weight(&mut self, t: crate::types::TenantId, weight: u32) {
+        self.queues.fair.set_weight(t, weight);
+    }
+
     pub fn complete(&mut self, now: Time, id: RequestId, outcome: Outcome) -> Resolution {
         self.advance(now);
         let Some(req) = self.queues.get(id) else {
@@ -466,11 +477,24 @@ impl Scheduler {
         let (group, attempts, deadline, placed) =
             (req.group, req.attempts, req.deadline, req.placed);
         let (started, cold) = (req.started, req.cold);
+        let (tenant, charged, estimated) = (req.tenant, req.charged, req.cost.is_some());
         let model = self.queues.group(group).key.model;
         let l = &mut self.lanes[lane.0];
         l.end(model, self.now);
         if outcome == Outcome::Success {
             l.learn(model, self.now.saturating_since(started), cold);
+        }
+        if !estimated {
+            // Fair share counts service time when the caller gave no cost: what the attempt
+            // took replaces what was charged for it. A load is not the tenant's service (it
+            // serves whoever uses the model next): a cold attempt counts the learned service.
+            let took = if cold {
+                self.expected_service(lane, model)
+                    .map_or(0.0, |d| d.as_secs_f64())
+            } else {
+                self.now.saturating_since(started).as_secs_f64()
+            };
+            self.queues.fair.served(tenant, took - charged);
         }
         self.queues.attempt_ended(group);
         self.update_breaker(lane.0, id, outcome);

@@ -162,7 +162,7 @@ impl Scheduler {
     /// routing lets serve its group and that can start it soon (it is idle or has the model), when
     /// there is one; else it stays with `lane` rather than wait on a busy one.
     fn retry_goes_elsewhere(&self, lane: usize, g: &Group, homes: &mut Homes) -> bool {
-        let next_failed_here = g.queue.next_failed_on() == Some(LaneId(lane));
+        let next_failed_here = self.queues.next_failed_on(g) == Some(LaneId(lane));
         next_failed_here
             && (0..self.lanes.len()).any(|m| {
                 let l = &self.lanes[m];
@@ -274,7 +274,7 @@ impl Scheduler {
             return true;
         }
         // A lane that just failed the next request does not count as a home for its retry.
-        let owners = match g.queue.next_failed_on() {
+        let owners = match self.queues.next_failed_on(g) {
             None => owners,
             failed_on => owners_but(failed_on.map(|l| l.0)),
         };
@@ -479,13 +479,21 @@ impl Scheduler {
         let l = &mut self.lanes[lane];
         let cold = l.start(model, now);
         l.probe_with(id);
+        let expected = self
+            .expected_service(LaneId(lane), model)
+            .map_or(1.0, |d| d.as_secs_f64());
         let r = self.queues.get_mut(id).expect("queue heads are live");
+        // Its tenant is charged at dispatch (its estimate, else the learned service time) and
+        // corrected when the attempt ends.
+        let (tenant, cost) = (r.tenant, r.cost.unwrap_or(expected));
+        r.charged = cost;
         r.state = ReqState::InFlight { lane: LaneId(lane) };
         r.started = now;
         r.cold = cold;
         r.attempts += 1;
         let attempt = r.attempts;
         let waited = now.saturating_since(r.arrival);
+        self.queues.fair.charged(tenant, cost);
         self.counters.dispatched += 1;
         self.events.push_back(Event::Dispatch {
             id,

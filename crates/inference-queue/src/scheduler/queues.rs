@@ -5,15 +5,18 @@
 //! A group's queue answers two questions, kept apart: which request is served next
 //! ([`GroupQueue::next`], what dispatch takes) and which has waited longest
 //! ([`GroupQueue::oldest`], what the starvation bound, cost-aware loading and wake-ups read).
-//! Today both are the head of a FIFO (retries go back to the head); an order that serves
-//! requests in another order than they arrived changes `next` alone, and the starvation bound,
-//! stated on `oldest`, still holds.
+//! A group keeps one line (a FIFO, retries back at its head) per priority class and tenant:
+//! `next` is the head of the line of the highest class, then of the tenant with the least
+//! virtual service ([`Fairness`]), then the earliest arrival; `oldest` is the earliest head of
+//! all lines. With one tenant and one class there is one line: first come, first served. The
+//! starvation bound, stated on `oldest`, holds whatever order `next` follows.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use super::api::GroupKey;
+use super::fairness::Fairness;
 use super::ids::IdMap;
-use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
+use crate::types::{Class, Kind, LaneId, ModelId, RequestId, TenantId, Time};
 
 /// A group's index in [`Queues`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,6 +49,14 @@ pub(super) struct Req {
     /// Whether a balancer routing chose its lane (it moves when that lane fails); a caller's pin
     /// never moves.
     pub(super) placed: bool,
+    /// Whose it is.
+    pub(super) tenant: TenantId,
+    /// Its priority class.
+    pub(super) class: Class,
+    /// Its cost as the caller estimated it (`None`: its service time).
+    pub(super) cost: Option<f64>,
+    /// What its tenant was charged when its current attempt started.
+    pub(super) charged: f64,
 }
 
 /// A place in a group's queue: the request and what the policy reads of it without looking it
@@ -56,6 +67,8 @@ struct Waiter {
     arrival: Time,
     /// The lane its last attempt failed on, for a retry.
     failed_on: Option<LaneId>,
+    /// Its line.
+    line: (Class, TenantId),
 }
 
 impl Waiter {
@@ -64,15 +77,24 @@ impl Waiter {
             id,
             arrival: r.arrival,
             failed_on: r.failed_on,
+            line: (r.class, r.tenant),
         }
     }
 }
 
-/// The waiting requests of one group. Entries may be tombstones (no longer queued) except at
-/// the head, which is always live.
+/// One class and tenant's waiting requests in a group, in order.
+#[derive(Debug)]
+struct Line {
+    key: (Class, TenantId),
+    waiters: VecDeque<Waiter>,
+}
+
+/// The waiting requests of one group, a line per class and tenant. Entries may be tombstones
+/// (no longer queued) except at the head of a line, which is always live; a line with none is
+/// dropped.
 #[derive(Debug, Default)]
 pub(super) struct GroupQueue {
-    waiters: VecDeque<Waiter>,
+    lines: Vec<Line>,
     depth: usize,
 }
 
@@ -82,42 +104,77 @@ impl GroupQueue {
         self.depth
     }
 
-    /// The request dispatch serves next (today the head: arrival order, retries first).
-    fn next(&self) -> Option<&Waiter> {
-        self.waiters.front()
-    }
-
-    /// The lane the next request's last attempt failed on, if it is a retry.
-    pub(super) fn next_failed_on(&self) -> Option<LaneId> {
-        self.next().and_then(|w| w.failed_on)
+    /// The request dispatch serves next: the head of a line of the highest class waiting,
+    /// among those the tenant with the least virtual service (counters within one typical
+    /// request of the least are level: of those, the tenant with less waiting goes first, so a
+    /// tenant that just became backlogged does not wait behind a flood), then the earliest.
+    fn next(&self, fair: &Fairness) -> Option<&Waiter> {
+        if let [one] = self.lines.as_slice() {
+            return one.waiters.front();
+        }
+        let heads = || self.lines.iter().filter_map(|l| l.waiters.front());
+        let class = heads().map(|w| w.line.0).min()?;
+        let least = heads()
+            .filter(|w| w.line.0 == class)
+            .map(|w| fair.counter(w.line.1))
+            .reduce(f64::min)?;
+        let level = least + fair.quantum();
+        heads()
+            .filter(|w| w.line.0 == class && fair.counter(w.line.1) <= level)
+            .min_by(|a, b| {
+                fair.waiting(a.line.1)
+                    .cmp(&fair.waiting(b.line.1))
+                    .then((a.arrival, a.id).cmp(&(b.arrival, b.id)))
+            })
     }
 
     /// The request that has waited longest, and when it arrived (what the starvation bound,
-    /// cost-aware loading and wake-ups read).
+    /// cost-aware loading and wake-ups read): the earliest head of all lines.
     pub(super) fn oldest(&self) -> Option<(RequestId, Time)> {
-        self.waiters.front().map(|w| (w.id, w.arrival))
+        self.lines
+            .iter()
+            .filter_map(|l| l.waiters.front())
+            .map(|w| (w.arrival, w.id))
+            .min()
+            .map(|(arrival, id)| (id, arrival))
+    }
+
+    /// The line of `key`, made on first use.
+    fn line(&mut self, key: (Class, TenantId)) -> &mut VecDeque<Waiter> {
+        let i = match self.lines.iter().position(|l| l.key == key) {
+            Some(i) => i,
+            None => {
+                self.lines.push(Line {
+                    key,
+                    waiters: VecDeque::new(),
+                });
+                self.lines.len() - 1
+            }
+        };
+        &mut self.lines[i].waiters
     }
 
     fn push_back(&mut self, w: Waiter) {
-        self.waiters.push_back(w);
+        self.line(w.line).push_back(w);
         self.depth += 1;
     }
 
-    /// A retry goes back to the head.
+    /// A retry goes back to the head of its line.
     fn push_front(&mut self, w: Waiter) {
-        self.waiters.push_front(w);
+        self.line(w.line).push_front(w);
         self.depth += 1;
     }
 
-    /// Insert in arrival (id) order: a request moved here from another lane's group.
+    /// Insert in arrival (id) order in its line: a request moved here from another lane's group.
     fn insert_in_order(&mut self, w: Waiter) {
-        let at = self.waiters.partition_point(|x| x.id < w.id);
-        self.waiters.insert(at, w);
+        let line = self.line(w.line);
+        let at = line.partition_point(|x| x.id < w.id);
+        line.insert(at, w);
         self.depth += 1;
     }
 
-    fn remove(&mut self, id: RequestId) {
-        self.waiters.retain(|x| x.id != id);
+    fn remove(&mut self, id: RequestId, key: (Class, TenantId)) {
+        self.line(key).retain(|x| x.id != id);
         self.depth -= 1;
     }
 
@@ -128,23 +185,26 @@ impl GroupQueue {
     }
 
     /// Take [`Self::next`] out.
-    fn pop_next(&mut self) -> Option<RequestId> {
-        let id = self.next()?.id;
-        self.waiters.pop_front();
+    fn pop_next(&mut self, fair: &Fairness) -> Option<RequestId> {
+        let (id, key) = self.next(fair).map(|w| (w.id, w.line))?;
+        self.line(key).pop_front();
         self.depth -= 1;
         Some(id)
     }
 
-    /// Drop tombstones at the head, so that the head is always live.
+    /// Drop tombstones at the heads, so that every head is live, and the lines left empty.
     fn clean(&mut self, requests: &IdMap<Req>) {
-        while let Some(front) = self.waiters.front() {
-            match requests.get(&front.id) {
-                Some(r) if r.state == ReqState::Queued => break,
-                _ => {
-                    self.waiters.pop_front();
+        for line in &mut self.lines {
+            while let Some(front) = line.waiters.front() {
+                match requests.get(&front.id) {
+                    Some(r) if r.state == ReqState::Queued => break,
+                    _ => {
+                        line.waiters.pop_front();
+                    }
                 }
             }
         }
+        self.lines.retain(|l| !l.waiters.is_empty());
     }
 }
 
@@ -181,9 +241,18 @@ pub(super) struct Queues {
     waiting_per_kind: [usize; Kind::COUNT],
     /// Payload bytes held by the requests in the system (waiting or in flight).
     bytes_held: u64,
+    /// The tenants' virtual service and backlogs.
+    pub(super) fair: Fairness,
 }
 
 impl Queues {
+    /// Empty queues whose tenants weigh `weights` in fair share.
+    pub(super) fn with_weights(weights: &[(TenantId, u32)]) -> Queues {
+        let mut q = Queues::default();
+        q.fair.set_weights(weights);
+        q
+    }
+
     // ----- reading -----
 
     /// A request.
@@ -257,6 +326,11 @@ impl Queues {
         self.bytes_held
     }
 
+    /// The lane the request `g` serves next last failed on, if it is a retry.
+    pub(super) fn next_failed_on(&self, g: &Group) -> Option<LaneId> {
+        g.queue.next(&self.fair).and_then(|w| w.failed_on)
+    }
+
     /// When the group's oldest waiter arrived.
     pub(super) fn oldest_arrival(&self, g: &Group) -> Option<Time> {
         g.queue.oldest().map(|(_, arrival)| arrival)
@@ -301,6 +375,7 @@ impl Queues {
         self.deadlines.insert((req.deadline, id));
         self.bytes_held += req.bytes;
         self.groups[g.0].queue.push_back(Waiter::of(id, &req));
+        self.fair.waits(req.tenant);
         self.requests.insert(id, req);
         self.waiting += 1;
         self.waiting_per_kind[kind.index()] += 1;
@@ -310,11 +385,12 @@ impl Queues {
     /// leaves the system.
     pub(super) fn take_next(&mut self, g: GroupId) -> Option<RequestId> {
         let group = &mut self.groups[g.0];
-        let id = group.queue.pop_next()?;
+        let id = group.queue.pop_next(&self.fair)?;
         group.in_flight += 1;
         let kind = group.key.kind;
         if let Some(r) = self.requests.get(&id) {
             self.deadlines.remove(&(r.deadline, id));
+            self.fair.stops_waiting(r.tenant);
         }
         self.waiting -= 1;
         self.waiting_per_kind[kind.index()] -= 1;
@@ -336,6 +412,7 @@ impl Queues {
         r.state = ReqState::Backoff { until };
         r.failed_on = Some(failed_on);
         let kind = self.groups[r.group.0].key.kind;
+        self.fair.waits(r.tenant);
         self.deadlines.insert((r.deadline, id));
         self.retries.insert((until, id));
         self.waiting += 1;
@@ -353,6 +430,7 @@ impl Queues {
     pub(super) fn remove_waiting(&mut self, id: RequestId) -> Option<Req> {
         let r = self.release(id)?;
         self.deadlines.remove(&(r.deadline, id));
+        self.fair.stops_waiting(r.tenant);
         let kind = self.groups[r.group.0].key.kind;
         self.waiting -= 1;
         self.waiting_per_kind[kind.index()] -= 1;
@@ -406,7 +484,7 @@ impl Queues {
         };
         let (from, state, waiter) = (r.group, r.state, Waiter::of(id, r));
         if state == ReqState::Queued {
-            self.groups[from.0].queue.remove(id);
+            self.groups[from.0].queue.remove(id, waiter.line);
             self.groups[from.0].queue.clean(&self.requests);
             self.groups[to.0].queue.insert_in_order(waiter);
             self.groups[to.0].queue.clean(&self.requests);

@@ -42,6 +42,11 @@ pub struct Harness {
     pub strict_check: Option<(bool, bool)>,
     /// Payload bytes of the next submissions: 1,000 to 5,000 by turns when set.
     pub payload_bytes: bool,
+    /// Whose the next submissions are, and their class.
+    pub tenant: TenantId,
+    pub class: Class,
+    /// Whose each accepted request is, and its class.
+    pub lines: HashMap<RequestId, (TenantId, Class)>,
     submitted: u64,
 }
 
@@ -58,6 +63,9 @@ impl Harness {
             dispatch_order: Vec::new(),
             strict_check: None,
             payload_bytes: false,
+            tenant: TenantId::default(),
+            class: Class::default(),
+            lines: HashMap::new(),
             submitted: 0,
         }
     }
@@ -208,10 +216,14 @@ impl Harness {
                 } else {
                     0
                 },
+                tenant: self.tenant,
+                class: self.class,
+                cost: None,
             },
         );
         self.submitted += 1;
         if let Admission::Accepted(id) = a {
+            self.lines.insert(id, (self.tenant, self.class));
             self.accepted.push(id);
             let m = self.core.model_id(model).expect("accepted model exists");
             self.info.insert(id, (kind, m, self.now));
@@ -230,6 +242,9 @@ impl Harness {
                 lane: Some(LaneId(lane)),
                 deadline: None,
                 bytes: 0,
+                tenant: Default::default(),
+                class: Default::default(),
+                cost: None,
             },
         );
         if let Admission::Accepted(id) = a {
@@ -247,6 +262,13 @@ impl Harness {
             Admission::Accepted(id) => id,
             other => panic!("expected acceptance, got {other:?}"),
         }
+    }
+
+    /// The next submissions are `tenant`'s, of `class`.
+    pub fn as_tenant(&mut self, tenant: u32, class: Class) -> &mut Self {
+        self.tenant = TenantId(tenant);
+        self.class = class;
+        self
     }
 
     pub fn id(&mut self, kind: Kind, model: &str) -> RequestId {

@@ -1,0 +1,116 @@
+//! Fair share inside a group (issue 32): tenants are served by virtual service, interactive
+//! work before batch work, and with one tenant nothing changes.
+
+mod common;
+
+use common::*;
+use inference_queue::*;
+
+/// One lane, `llm2` with one slot: every request of the group waits its turn.
+fn one_slot() -> Harness {
+    Harness::new(cfg(Bounds::default()))
+}
+
+/// Complete whatever runs, 1 s after now, until `id` was dispatched; how many went before it.
+fn served_before(h: &mut Harness, id: RequestId) -> usize {
+    let mut before = 0;
+    while h.lane_of(id).is_none() {
+        let running: Vec<RequestId> = h.in_flight.keys().copied().collect();
+        assert!(!running.is_empty(), "{id} never dispatched");
+        let now = h.now.since_epoch().as_millis() as u64 + 1_000;
+        for r in running {
+            h.at(now).complete(r, Outcome::Success);
+            before += 1;
+        }
+    }
+    before
+}
+
+#[test]
+fn a_light_tenant_does_not_wait_behind_a_flood() {
+    let mut h = one_slot();
+    let flood: Vec<RequestId> = (0..20)
+        .map(|_| h.as_tenant(1, Class::Interactive).id(Kind::Txt2Txt, "llm2"))
+        .collect();
+    let light = h.as_tenant(2, Class::Interactive).id(Kind::Txt2Txt, "llm2");
+    // First come, first served would run the 20 first; fair share runs the light one as soon
+    // as the flooder has had its share.
+    let before = served_before(&mut h, light);
+    assert!(before <= 1, "{before} of the flood went first");
+    assert!(h.lane_of(flood[19]).is_none(), "the flood still waits");
+}
+
+#[test]
+fn weights_share_the_slot_in_proportion() {
+    let mut c = cfg(Bounds::default());
+    c.tenant_weights = vec![(TenantId(1), 3)];
+    let mut h = Harness::new(c);
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push((
+            1,
+            h.as_tenant(1, Class::Interactive).id(Kind::Txt2Txt, "llm2"),
+        ));
+        ids.push((
+            2,
+            h.as_tenant(2, Class::Interactive).id(Kind::Txt2Txt, "llm2"),
+        ));
+    }
+    // Serve 20 one at a time: tenant 1 (weight 3) gets about three of every four.
+    for _ in 0..20 {
+        let running: Vec<RequestId> = h.in_flight.keys().copied().collect();
+        let now = h.now.since_epoch().as_millis() as u64 + 1_000;
+        for r in running {
+            h.at(now).complete(r, Outcome::Success);
+        }
+    }
+    let served = |t: u32| {
+        ids.iter()
+            .filter(|(owner, id)| *owner == t && h.lane_of(*id).is_some())
+            .count()
+    };
+    let (heavy, light) = (served(1), served(2));
+    assert!(
+        (14..=17).contains(&heavy) && (4..=7).contains(&light),
+        "{heavy} : {light}"
+    );
+}
+
+#[test]
+fn interactive_work_goes_before_batch_work_of_the_group() {
+    let mut h = one_slot();
+    let batch: Vec<RequestId> = (0..5)
+        .map(|_| h.as_tenant(1, Class::Batch).id(Kind::Txt2Txt, "llm2"))
+        .collect();
+    let chat = h.as_tenant(1, Class::Interactive).id(Kind::Txt2Txt, "llm2");
+    assert_eq!(
+        h.lane_of(batch[0]),
+        Some(0),
+        "the first batch request took the idle slot"
+    );
+    assert_eq!(
+        served_before(&mut h, chat),
+        1,
+        "only the running batch request went first"
+    );
+}
+
+#[test]
+fn one_tenant_is_served_first_come_first_served() {
+    let mut h = one_slot();
+    let ids: Vec<RequestId> = (0..6).map(|_| h.id(Kind::Txt2Txt, "llm2")).collect();
+    for _ in 0..6 {
+        let running: Vec<RequestId> = h.in_flight.keys().copied().collect();
+        let now = h.now.since_epoch().as_millis() as u64 + 1_000;
+        for r in running {
+            h.at(now).complete(r, Outcome::Success);
+        }
+    }
+    let order: Vec<RequestId> = h
+        .dispatch_order
+        .iter()
+        .copied()
+        .filter(|id| ids.contains(id))
+        .collect();
+    assert_eq!(order, ids);
+}
