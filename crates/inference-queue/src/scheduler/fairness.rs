@@ -6,72 +6,102 @@
 //! stay backlogged, the service each receives (weighted) differs by at most about the largest
 //! cost of one request.
 
-use std::collections::HashMap;
-
 use crate::types::TenantId;
 
-/// The tenants' counters and backlogs.
+/// One tenant's share.
+#[derive(Clone, Copy, Debug)]
+struct Share {
+    /// Virtual service: what it was served, divided by its weight.
+    service: f64,
+    /// Its requests waiting (queued or backing off), over every group.
+    waiting: usize,
+    weight: u32,
+}
+
+impl Default for Share {
+    fn default() -> Share {
+        Share {
+            service: 0.0,
+            waiting: 0,
+            weight: 1,
+        }
+    }
+}
+
+/// The tenants' counters and backlogs, by tenant id (ids are small and dense: the engine
+/// numbers tenants as it meets them).
 #[derive(Debug, Default)]
 pub(super) struct Fairness {
-    /// Virtual service: what each tenant was served, divided by its weight.
-    service: HashMap<TenantId, f64>,
-    /// Requests waiting per tenant (queued or backing off), over every group.
-    backlog: HashMap<TenantId, usize>,
-    /// Weights other than 1.
-    weights: HashMap<TenantId, u32>,
+    shares: Vec<Share>,
+    /// Tenants with requests waiting.
+    backlogged: usize,
     /// The typical cost of one request (a moving average of the charges): counters closer than
     /// this are level, and the tenant with less waiting goes first.
     quantum: f64,
 }
 
 impl Fairness {
+    fn share(&mut self, t: TenantId) -> &mut Share {
+        let i = t.0 as usize;
+        if self.shares.len() <= i {
+            self.shares.resize(i + 1, Share::default());
+        }
+        &mut self.shares[i]
+    }
+
     /// Tenant `t`'s virtual service.
     pub(super) fn counter(&self, t: TenantId) -> f64 {
-        self.service.get(&t).copied().unwrap_or(0.0)
+        self.shares.get(t.0 as usize).map_or(0.0, |s| s.service)
     }
 
     /// Requests of `t` waiting, over every group.
     pub(super) fn waiting(&self, t: TenantId) -> usize {
-        self.backlog.get(&t).copied().unwrap_or(0)
+        self.shares.get(t.0 as usize).map_or(0, |s| s.waiting)
     }
 
     /// Weights from now on (absent tenants weigh 1).
     pub(super) fn set_weights(&mut self, weights: &[(TenantId, u32)]) {
-        self.weights = weights.iter().map(|(t, w)| (*t, (*w).max(1))).collect();
+        for s in &mut self.shares {
+            s.weight = 1;
+        }
+        for (t, w) in weights {
+            self.set_weight(*t, *w);
+        }
     }
 
     /// `t` weighs `weight` from now on.
     pub(super) fn set_weight(&mut self, t: TenantId, weight: u32) {
-        if weight <= 1 {
-            self.weights.remove(&t);
-        } else {
-            self.weights.insert(t, weight);
-        }
+        self.share(t).weight = weight.max(1);
     }
 
     /// A request of `t` starts waiting. A tenant that had nothing waiting is lifted to the
     /// smallest counter of those that have.
     pub(super) fn waits(&mut self, t: TenantId) {
-        let n = self.backlog.entry(t).or_default();
-        *n += 1;
-        if *n == 1 {
+        let first = self.share(t).waiting == 0;
+        if first && self.backlogged > 0 {
             let floor = self
-                .backlog
+                .shares
                 .iter()
-                .filter(|(u, n)| **u != t && **n > 0)
-                .map(|(u, _)| self.counter(*u))
+                .filter(|s| s.waiting > 0)
+                .map(|s| s.service)
                 .reduce(f64::min);
             if let Some(floor) = floor {
-                let own = self.service.entry(t).or_default();
+                let own = &mut self.share(t).service;
                 *own = own.max(floor);
             }
         }
+        self.backlogged += usize::from(first);
+        self.share(t).waiting += 1;
     }
 
     /// A request of `t` stops waiting (dispatched, cancelled, expired).
     pub(super) fn stops_waiting(&mut self, t: TenantId) {
-        if let Some(n) = self.backlog.get_mut(&t) {
-            *n = n.saturating_sub(1);
+        let s = self.share(t);
+        if s.waiting > 0 {
+            s.waiting -= 1;
+            if s.waiting == 0 {
+                self.backlogged -= 1;
+            }
         }
     }
 
@@ -92,9 +122,8 @@ impl Fairness {
 
     /// `t` was served `cost` (negative: a correction of an estimate that was too high).
     pub(super) fn served(&mut self, t: TenantId, cost: f64) {
-        let w = f64::from(self.weights.get(&t).copied().unwrap_or(1));
-        let s = self.service.entry(t).or_default();
-        *s = (*s + cost / w).max(0.0);
+        let s = self.share(t);
+        s.service = (s.service + cost / f64::from(s.weight)).max(0.0);
     }
 }
 

@@ -131,6 +131,9 @@ impl GroupQueue {
     /// The request that has waited longest, and when it arrived (what the starvation bound,
     /// cost-aware loading and wake-ups read): the earliest head of all lines.
     pub(super) fn oldest(&self) -> Option<(RequestId, Time)> {
+        if let [one] = self.lines.as_slice() {
+            return one.waiters.front().map(|w| (w.id, w.arrival));
+        }
         self.lines
             .iter()
             .filter_map(|l| l.waiters.front())
@@ -194,6 +197,7 @@ impl GroupQueue {
 
     /// Drop tombstones at the heads, so that every head is live, and the lines left empty.
     fn clean(&mut self, requests: &IdMap<Req>) {
+        let mut emptied = false;
         for line in &mut self.lines {
             while let Some(front) = line.waiters.front() {
                 match requests.get(&front.id) {
@@ -203,8 +207,11 @@ impl GroupQueue {
                     }
                 }
             }
+            emptied |= line.waiters.is_empty();
         }
-        self.lines.retain(|l| !l.waiters.is_empty());
+        if emptied {
+            self.lines.retain(|l| !l.waiters.is_empty());
+        }
     }
 }
 
