@@ -2,6 +2,7 @@
 
 mod bench;
 mod deploy;
+mod fairness;
 mod sim;
 mod tidy;
 
@@ -111,7 +112,9 @@ fn run_sim(args: &SimArgs) -> Result<()> {
     let (table, mut failures) = sim::table(hours, seed);
     let (fleet, fleet_failures) = sim::fleet_table(hours, seed);
     failures.extend(fleet_failures);
-    let table = format!("{table}\n{fleet}");
+    let (fairness, fairness_failures) = fairness::table(hours, seed);
+    failures.extend(fairness_failures);
+    let table = format!("{table}\n{fleet}{fairness}");
     let elapsed = started.elapsed();
     print!("{table}");
     println!("(simulated in {:.2} s of wall time)", elapsed.as_secs_f64());

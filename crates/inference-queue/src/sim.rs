@@ -99,6 +99,8 @@ pub struct TraceItem {
     pub service: Duration,
     /// Transient failures of its first attempts (each costs `service / 4` before failing).
     pub failures: u32,
+    /// Whose it is (fair share inside its group; 0 for everyone: first come, first served).
+    pub tenant: u32,
 }
 
 /// What a trace looks like.
@@ -180,6 +182,7 @@ impl TraceSpec {
                 model,
                 service,
                 failures,
+                tenant: 0,
             });
         }
         out
@@ -203,6 +206,10 @@ pub struct Report {
     pub makespan: Duration,
     /// Per kind: every request's wait from arrival to the start of its service.
     pub waits: HashMap<Kind, Vec<Duration>>,
+    /// Per tenant: every request's wait from arrival to the start of its service.
+    pub tenant_waits: HashMap<u32, Vec<Duration>>,
+    /// Per tenant: requests that finished successfully.
+    pub tenant_completed: HashMap<u32, usize>,
 }
 
 impl Report {
@@ -214,16 +221,26 @@ impl Report {
         self.completed as f64 * 3600.0 / self.makespan.as_secs_f64()
     }
 
+    /// The `q` quantile (0..=1) of a tenant's waits.
+    pub fn tenant_wait_quantile(&self, tenant: u32, q: f64) -> Option<Duration> {
+        quantile(self.tenant_waits.get(&tenant)?, q)
+    }
+
     /// The `q` quantile (0..=1) of a kind's waits.
     pub fn wait_quantile(&self, kind: Kind, q: f64) -> Option<Duration> {
-        let mut w = self.waits.get(&kind)?.clone();
-        if w.is_empty() {
-            return None;
-        }
-        w.sort();
-        let idx = ((w.len() - 1) as f64 * q).round() as usize;
-        Some(w[idx])
+        quantile(self.waits.get(&kind)?, q)
     }
+}
+
+/// The `q` quantile (0..=1) of `waits`.
+fn quantile(waits: &[Duration], q: f64) -> Option<Duration> {
+    let mut w = waits.to_vec();
+    if w.is_empty() {
+        return None;
+    }
+    w.sort();
+    let idx = ((w.len() - 1) as f64 * q).round() as usize;
+    Some(w[idx])
 }
 
 /// The simulated upstream: resident models within a memory budget (one model without one), slots,
@@ -318,10 +335,26 @@ pub fn run_scheduler(cfg: Config, models: &[SimModel], trace: &[TraceItem]) -> R
 /// [`run_scheduler`], calling `observe` with every event the core emits and, with `None`, after
 /// every step (so tests can check invariants on [`Scheduler::status`] at every step).
 pub fn run_scheduler_observed(
+    cfg: Config,
+    models: &[SimModel],
+    trace: &[TraceItem],
+    observe: &mut dyn FnMut(&Scheduler, Option<&Event>),
+) -> Report {
+    replay(cfg, models, trace, observe, false)
+}
+
+/// [`run_scheduler`] with every request submitted as one tenant's (each group first come, first
+/// served, as before fair share), its figures still counted by the trace's tenants.
+pub fn run_scheduler_one_tenant(cfg: Config, models: &[SimModel], trace: &[TraceItem]) -> Report {
+    replay(cfg, models, trace, &mut |_, _| {}, true)
+}
+
+fn replay(
     mut cfg: Config,
     models: &[SimModel],
     trace: &[TraceItem],
     observe: &mut dyn FnMut(&Scheduler, Option<&Event>),
+    one_tenant: bool,
 ) -> Report {
     cfg.models = model_specs(models);
     let mut ups: Vec<Upstream> = cfg
@@ -375,7 +408,11 @@ pub fn run_scheduler_observed(
                             lane: None,
                             deadline: None,
                             bytes: 0,
-                            tenant: Default::default(),
+                            tenant: crate::types::TenantId(if one_tenant {
+                                0
+                            } else {
+                                item.tenant
+                            }),
                             class: Default::default(),
                             cost: None,
                         };
@@ -400,6 +437,10 @@ pub fn run_scheduler_observed(
                         match core.complete(t, id, outcome) {
                             Resolution::Finished => {
                                 report.completed += 1;
+                                *report
+                                    .tenant_completed
+                                    .entry(trace[item_of[&id]].tenant)
+                                    .or_default() += 1;
                                 last = last.max(t);
                             }
                             Resolution::Exhausted { .. } => report.not_completed += 1,
@@ -435,8 +476,13 @@ pub fn run_scheduler_observed(
                     let left = failures_left.get_mut(&id).expect("known id");
                     let ok = *left == 0;
                     if ok {
-                        let waits = report.waits.entry(item.kind).or_default();
-                        waits.push(start.saturating_since(item.at));
+                        let wait = start.saturating_since(item.at);
+                        report.waits.entry(item.kind).or_default().push(wait);
+                        report
+                            .tenant_waits
+                            .entry(item.tenant)
+                            .or_default()
+                            .push(wait);
                         push(&mut heap, start + service, Ev::Done(id, true, lane.0));
                     } else {
                         *left -= 1;

@@ -49,6 +49,7 @@ pub async fn load(
                     model: 0,
                     service: Duration::from_secs(2),
                     failures: 0,
+                    tenant: 0,
                 };
                 let (path, mut body) = request_for(&item, &img);
                 if body.get("max_tokens").is_some() {
