@@ -35,9 +35,8 @@ pub(super) struct Fairness {
     shares: Vec<Share>,
     /// Tenants with requests waiting.
     backlogged: usize,
-    /// The typical cost of one request (a moving average of the charges): counters closer than
-    /// this are level, and the tenant with less waiting goes first.
-    quantum: f64,
+    /// The typical cost of one request (a moving average of the charges).
+    typical: f64,
 }
 
 impl Fairness {
@@ -74,8 +73,11 @@ impl Fairness {
         self.share(t).weight = weight.max(1);
     }
 
-    /// A request of `t` starts waiting. A tenant that had nothing waiting is lifted to the
-    /// smallest counter of those that have.
+    /// A request of `t` starts waiting. A tenant that had nothing waiting starts one typical
+    /// request below the least counter of those that have: lifted there from below (idleness
+    /// earns no more credit than one request), brought there from less than one typical
+    /// request above (a tenant that sends one request at a time goes next, not behind the
+    /// flood it is level with, whatever the corrections of the running request's estimate).
     pub(super) fn waits(&mut self, t: TenantId) {
         let first = self.share(t).waiting == 0;
         if first && self.backlogged > 0 {
@@ -86,8 +88,11 @@ impl Fairness {
                 .map(|s| s.service)
                 .reduce(f64::min);
             if let Some(floor) = floor {
+                let typical = self.typical;
                 let own = &mut self.share(t).service;
-                *own = own.max(floor);
+                if *own <= floor + typical {
+                    *own = (floor - typical).max(0.0);
+                }
             }
         }
         self.backlogged += usize::from(first);
@@ -105,17 +110,12 @@ impl Fairness {
         }
     }
 
-    /// How far apart two counters may be and still count as level.
-    pub(super) fn quantum(&self) -> f64 {
-        self.quantum
-    }
-
     /// `t` is charged `cost` for a request it starts.
     pub(super) fn charged(&mut self, t: TenantId, cost: f64) {
-        self.quantum = if self.quantum == 0.0 {
+        self.typical = if self.typical == 0.0 {
             cost
         } else {
-            0.9 * self.quantum + 0.1 * cost
+            0.9 * self.typical + 0.1 * cost
         };
         self.served(t, cost);
     }
@@ -136,11 +136,17 @@ mod tests {
         let mut f = Fairness::default();
         let (a, b) = (TenantId(1), TenantId(2));
         f.waits(a);
-        f.served(a, 100.0);
+        f.charged(a, 100.0);
         f.waits(a);
-        // b arrives while a is backlogged: it starts at a's counter, not at 0.
+        // b arrives while a is backlogged: it starts one typical request (100) below a's
+        // counter, not at 0.
         f.waits(b);
-        assert_eq!(f.counter(b), 100.0);
+        assert_eq!(f.counter(b), 0.0);
+        f.charged(b, 100.0);
+        f.charged(a, 100.0);
+        f.stops_waiting(b);
+        f.waits(b);
+        assert_eq!(f.counter(b), 100.0, "level with a, less a typical request");
     }
 
     #[test]

@@ -104,26 +104,23 @@ impl GroupQueue {
         self.depth
     }
 
-    /// The request dispatch serves next: the head of a line of the highest class waiting,
-    /// among those the tenant with the least virtual service (counters within one typical
-    /// request of the least are level: of those, the tenant with less waiting goes first, so a
-    /// tenant that just became backlogged does not wait behind a flood), then the earliest.
+    /// The request dispatch serves next: the head of the line of the highest class, then of
+    /// the tenant with the least virtual service (on a tie, the one with less waiting: a tenant
+    /// that just became backlogged starts level with the least, and goes first rather than
+    /// behind the flood it is level with), then the earliest.
     fn next(&self, fair: &Fairness) -> Option<&Waiter> {
         if let [one] = self.lines.as_slice() {
             return one.waiters.front();
         }
-        let heads = || self.lines.iter().filter_map(|l| l.waiters.front());
-        let class = heads().map(|w| w.line.0).min()?;
-        let least = heads()
-            .filter(|w| w.line.0 == class)
-            .map(|w| fair.counter(w.line.1))
-            .reduce(f64::min)?;
-        let level = least + fair.quantum();
-        heads()
-            .filter(|w| w.line.0 == class && fair.counter(w.line.1) <= level)
+        self.lines
+            .iter()
+            .filter_map(|l| l.waiters.front())
             .min_by(|a, b| {
-                fair.waiting(a.line.1)
-                    .cmp(&fair.waiting(b.line.1))
+                a.line
+                    .0
+                    .cmp(&b.line.0)
+                    .then(fair.counter(a.line.1).total_cmp(&fair.counter(b.line.1)))
+                    .then(fair.waiting(a.line.1).cmp(&fair.waiting(b.line.1)))
                     .then((a.arrival, a.id).cmp(&(b.arrival, b.id)))
             })
     }
