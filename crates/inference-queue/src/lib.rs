@@ -7,7 +7,10 @@
 //! runtime, testable on a virtual clock, and fast enough to simulate millions of events a second.
 //!
 //! # The rule
-//! Requests queue per *group* `(kind, model)`, FIFO inside a group. Each *lane* (one upstream)
+//! Requests queue per *group* `(kind, model)`. Inside a group, interactive requests go before
+//! batch ones, then the tenant with the least virtual service (fair share, VTC: the service it
+//! received divided by its weight), then the earliest; with one tenant and one class that is
+//! first come, first served. Each *lane* (one upstream)
 //! serves one active group and drains it before switching; it runs up to `max_in_flight` requests
 //! of one model at once and never starts a request of another model until the old model's
 //! in-flight count is zero (the *switch barrier*). The next group is: a starving group (oldest
@@ -74,7 +77,10 @@
 //! - **N lanes.** Each invariant holds per lane. A request is dispatched on one lane at a time; a
 //!   retry after a failure on a lane goes to another lane that can start it soon when there is
 //!   one; a balancer-placed request waiting on a lane whose breaker opens moves to another lane.
-//! - FIFO inside a group (a retry goes back to the head of its group).
+//! - FIFO inside each tenant's line of a class in a group (a retry goes back to the head of its
+//!   line); the starvation bound reads a group's oldest waiter, whatever the order inside it.
+//! - While tenants stay backlogged, the service each receives divided by its weight stays within
+//!   a few requests' cost of every other's (VTC's guarantee; checked by a property test).
 //! - Deadlines are honoured to the tick: a request is never dispatched at or after its deadline.
 //! - Under [`Bounds::strict`], a lane never leaves a non-empty active group.
 //! - The payload bytes held by the requests in the system never exceed
