@@ -96,6 +96,21 @@ fn interactive_work_goes_before_batch_work_of_the_group() {
 }
 
 #[test]
+fn within_a_kind_a_group_with_interactive_work_goes_before_batch_only_groups() {
+    let mut h = one_slot();
+    let image = h.id(Kind::Txt2Img, "sd");
+    // Both chat groups wait while sd runs; the batch one arrived first.
+    let batch = h.as_tenant(1, Class::Batch).id(Kind::Txt2Txt, "llm2");
+    let chat = h.as_tenant(2, Class::Interactive).id(Kind::Txt2Txt, "llm");
+    h.at(1_000).complete(image, Outcome::Success);
+    assert!(
+        h.lane_of(chat).is_some(),
+        "the interactive group is served first"
+    );
+    assert_eq!(h.lane_of(batch), None);
+}
+
+#[test]
 fn one_tenant_is_served_first_come_first_served() {
     let mut h = one_slot();
     let ids: Vec<RequestId> = (0..6).map(|_| h.id(Kind::Txt2Txt, "llm2")).collect();

@@ -574,7 +574,8 @@ impl Scheduler {
     }
 
     /// SPEC §2.3: first a starving group (oldest waiter first), else the highest-priority kind with
-    /// work; inside it, the group whose model is loaded, else the oldest waiter.
+    /// work; inside it, a group with interactive work before one with batch work only, then the
+    /// group whose model is loaded, else the oldest waiter.
     fn choose_next(
         &self,
         lane: usize,
@@ -589,10 +590,13 @@ impl Scheduler {
                 }
                 self.queues.oldest_arrival(g).map(|f| (i, f))
             };
-        // Per kind, the group whose model is loaded, else the oldest waiter.
+        // Per kind, interactive work first, then the group whose model is loaded, else the
+        // oldest waiter.
         let key = |i: GroupId, f: crate::Time| {
+            let g = self.queues.group(i);
             (
-                !self.lanes[lane].holds(self.queues.group(i).key.model),
+                !g.queue.has_interactive(),
+                !self.lanes[lane].holds(g.key.model),
                 f,
                 i,
             )
@@ -611,13 +615,13 @@ impl Scheduler {
                     .filter_map(|(i, g)| considered(i, g, homes))
                     .map(|(i, f)| key(i, f))
                     .min()
-                    .map(|(_, _, i)| i)
+                    .map(|(_, _, _, i)| i)
             });
         }
         // One pass: each group's eligibility once (the costly part), the oldest starving group,
         // and per kind the best.
         let mut starving: Option<(crate::Time, GroupId)> = None;
-        let mut best: [Option<(bool, crate::Time, GroupId)>; crate::Kind::COUNT] =
+        let mut best: [Option<(bool, bool, crate::Time, GroupId)>; crate::Kind::COUNT] =
             [None; crate::Kind::COUNT];
         for (i, g) in self.queues.groups() {
             let Some((i, f)) = considered(i, g, homes) else {
@@ -639,6 +643,6 @@ impl Scheduler {
         }
         self.priority
             .iter()
-            .find_map(|kind| best[kind.index()].map(|(_, _, i)| i))
+            .find_map(|kind| best[kind.index()].map(|(_, _, _, i)| i))
     }
 }

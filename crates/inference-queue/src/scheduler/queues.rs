@@ -139,6 +139,11 @@ impl GroupQueue {
             .map(|(arrival, id)| (id, arrival))
     }
 
+    /// Whether interactive requests wait here (not only batch work).
+    pub(super) fn has_interactive(&self) -> bool {
+        self.lines.iter().any(|l| l.key.0 == Class::Interactive)
+    }
+
     /// The line of `key`, made on first use.
     fn line(&mut self, key: (Class, TenantId)) -> &mut VecDeque<Waiter> {
         let i = match self.lines.iter().position(|l| l.key == key) {
