@@ -91,6 +91,22 @@ async fn a_fleet_with_a_box_down_starts_serves_each_model_where_it_is_and_takes_
     }
     assert_eq!(hosts(&im.url, "txt2img", SD).await, ["lane1"]);
     assert_eq!(hosts(&im.url, "txt2txt", LLM).await, ["lane2"]);
+    // `/status` says what each backend serves.
+    let status = get_json(&format!("{}/status", im.url)).await;
+    let serves = |name: &str| -> Vec<String> {
+        status["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["name"] == name)
+            .and_then(|b| b["models"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(serves("lane1"), [SD]);
+    assert_eq!(serves("lane2"), [LLM]);
 
     // Box 0 comes up with both models: it joins within a reading.
     let both = SimProcess::start_with(down_port, 0.001, Some(&[LLM, SD])).await;

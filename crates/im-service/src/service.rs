@@ -539,11 +539,24 @@ impl Service {
             return json!({"accepting": false, "queue_size": 0, "backends": []});
         };
         let stats = self.engine.metrics().engine().lanes();
+        let config = self.engine.config();
         let backends: Vec<Value> = s
             .lanes
             .iter()
             .map(|l| {
                 let f = stats.figures(&l.name);
+                // The models it serves: those whose catalogue places them here (by lane name:
+                // the configuration's lane indices are not the status's after a reload).
+                let here = |o: &Vec<usize>| {
+                    o.iter()
+                        .any(|j| config.lanes.get(*j).is_some_and(|c| c.name == l.name))
+                };
+                let models: Vec<&str> = config
+                    .models
+                    .iter()
+                    .filter(|m| m.only_lanes.as_ref().is_none_or(here))
+                    .map(|m| m.name.as_str())
+                    .collect();
                 let queue_size: usize = s
                     .groups
                     .iter()
@@ -562,6 +575,7 @@ impl Service {
                     "avg_latency_ms": f.avg_latency_ms, "p95_latency_ms": f.p95_latency_ms,
                     "queue_size": queue_size, "in_flight": l.in_flight,
                     "loaded_models": l.resident.iter().map(|r| &r.model).collect::<Vec<_>>(),
+                    "models": models,
                     "memory_mb": l.memory_mb, "memory_used_mb": l.memory_used_mb(),
                     "active": l.active.as_ref().map(|(k, m)| json!({"kind": k.as_str(), "model": m})),
                 })
