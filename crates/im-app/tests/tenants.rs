@@ -795,6 +795,17 @@ async fn each_tenant_sees_its_own_figures_and_an_operator_sees_all() {
     }
     assert!(text.contains(r#"im_tenant_tokens_total{tenant="team-b"}"#));
     assert!(text.contains(r#"im_tenant_queue_wait_seconds_count{tenant="team-a"} 2"#));
+    assert!(
+        text.contains(r#"im_tenant_service_seconds_count{tenant="team-a",class="interactive"} 2"#)
+    );
+    assert!(
+        text.contains(r#"im_tenant_in_flight{tenant="team-a"} 0"#),
+        "all answered"
+    );
+    assert!(
+        all[0]["served_s"].as_f64().is_some_and(|s| s > 0.0),
+        "{all:?}"
+    );
 
     let (status, text) = get(&url, "k2", "/metrics").await;
     assert_eq!(status, 200);

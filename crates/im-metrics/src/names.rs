@@ -64,6 +64,12 @@ pub const TENANT_REQUESTS_TOTAL: &str = "im_tenant_requests_total";
 pub const TENANT_QUEUE_WAIT_SECONDS: &str = "im_tenant_queue_wait_seconds";
 /// `im_tenant_tokens_total{tenant}`: tokens a tenant's work used (as debited from its balance).
 pub const TENANT_TOKENS_TOTAL: &str = "im_tenant_tokens_total";
+/// `im_tenant_service_seconds{tenant,class}`: histogram of the upstream time each unit of a
+/// tenant's work took, by priority class (`interactive`, `batch`); its `_sum` is the service a
+/// tenant received, what fair share divides.
+pub const TENANT_SERVICE_SECONDS: &str = "im_tenant_service_seconds";
+/// `im_tenant_in_flight{tenant}`: a tenant's units of work in im now (waiting or running).
+pub const TENANT_IN_FLIGHT: &str = "im_tenant_in_flight";
 /// `im_config_reloads_total{outcome}`: configuration reloads (SIGHUP, `POST /admin/reload`):
 /// `applied`, or `refused` (an invalid file, or a change only a restart can make).
 pub const CONFIG_RELOADS_TOTAL: &str = "im_config_reloads_total";
@@ -96,4 +102,6 @@ pub const ALL: &[&str] = &[
     TENANT_REQUESTS_TOTAL,
     TENANT_QUEUE_WAIT_SECONDS,
     TENANT_TOKENS_TOTAL,
+    TENANT_SERVICE_SECONDS,
+    TENANT_IN_FLIGHT,
 ];

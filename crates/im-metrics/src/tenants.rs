@@ -17,6 +17,26 @@ pub(crate) struct TenantStats {
     tokens: u64,
     wait_ms_total: f64,
     waited: u64,
+    served_s: f64,
+    in_flight: i64,
+}
+
+/// A tenant's unit of work in im: counted in `im_tenant_in_flight` until dropped.
+pub struct InSystem {
+    metrics: Metrics,
+    label: String,
+}
+
+impl Drop for InSystem {
+    fn drop(&mut self) {
+        let m = &self.metrics;
+        m.registry
+            .gauge(names::TENANT_IN_FLIGHT, &[("tenant", self.label.clone())])
+            .decrement(1.0);
+        if let Some(t) = m.lock().tenants.get_mut(&self.label) {
+            t.in_flight -= 1;
+        }
+    }
 }
 
 /// The tenants' metrics (see [`Metrics::tenants`]).
@@ -24,6 +44,38 @@ pub(crate) struct TenantStats {
 pub struct TenantMetrics<'a>(pub(crate) &'a Metrics);
 
 impl TenantMetrics<'_> {
+    /// A unit of work of tenant `label` entered im; it counts as in flight until the guard is
+    /// dropped (answered, failed or abandoned).
+    pub fn entered(&self, label: &str) -> InSystem {
+        let m = self.0;
+        m.registry
+            .gauge(names::TENANT_IN_FLIGHT, &[("tenant", label.to_owned())])
+            .increment(1.0);
+        m.lock()
+            .tenants
+            .entry(label.to_owned())
+            .or_default()
+            .in_flight += 1;
+        InSystem {
+            metrics: m.clone(),
+            label: label.to_owned(),
+        }
+    }
+
+    /// Tenant `label` was served `took` of upstream time in priority class `class`.
+    pub fn served(&self, label: &str, class: &str, took: Duration) {
+        let m = self.0;
+        let labels = [("tenant", label.to_owned()), ("class", class.to_owned())];
+        m.registry
+            .histogram(names::TENANT_SERVICE_SECONDS, &labels)
+            .record(took.as_secs_f64());
+        m.lock()
+            .tenants
+            .entry(label.to_owned())
+            .or_default()
+            .served_s += took.as_secs_f64();
+    }
+
     /// A unit of work of tenant `label` ended with `outcome` (`ok` or an error type), after
     /// waiting `wait` in the queue and using `tokens`.
     pub fn request(&self, label: &str, outcome: &str, wait: Option<Duration>, tokens: Option<u64>) {
@@ -83,7 +135,8 @@ impl TenantMetrics<'_> {
             .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
             .map(|(name, t)| {
                 json!({"tenant": name, "requests": t.requests, "errors": t.errors, "tokens": t.tokens,
-                       "mean_wait_ms": (t.waited > 0).then(|| t.wait_ms_total / t.waited as f64)})
+                       "mean_wait_ms": (t.waited > 0).then(|| t.wait_ms_total / t.waited as f64),
+                       "served_s": t.served_s, "in_flight": t.in_flight})
             })
             .collect();
         json!({ "tenants": rows })

@@ -437,18 +437,21 @@ impl Service {
         caller: &Caller,
     ) -> Result<Completion, ServiceError> {
         let tenants = self.tenants();
+        let label = tenants.label(&caller.tenant);
+        let figures = self.engine.metrics().tenants();
+        let _in_system = figures.entered(&label);
         let mut tokens = None;
         let result = self.run_as(call, caller, &tenants, &mut tokens).await;
         let (outcome, wait) = match &result {
-            Ok(done) => ("ok", Some(done.meta.queue_wait)),
+            Ok(done) => {
+                let batch = is_batch(caller, tenants.spec(&caller.tenant));
+                let class = if batch { "batch" } else { "interactive" };
+                figures.served(&label, class, done.meta.processing);
+                ("ok", Some(done.meta.queue_wait))
+            }
             Err(e) => (e.kind.as_str(), None),
         };
-        self.engine.metrics().tenants().request(
-            &tenants.label(&caller.tenant),
-            outcome,
-            wait,
-            tokens,
-        );
+        figures.request(&label, outcome, wait, tokens);
         result
     }
 
@@ -492,8 +495,7 @@ impl Service {
         let mut job = call.into_job(caller.request_id.clone());
         job.owner = Some(caller.tenant.shared());
         job.weight = spec.map_or(1, |s| s.weight.max(1));
-        let tenant_batch = spec.and_then(|s| s.class.as_deref()) == Some("batch");
-        if caller.batch || tenant_batch {
+        if is_batch(caller, spec) {
             job.class = im_engine::Class::Batch;
         }
         let _live = caller
@@ -744,6 +746,12 @@ fn tokens_used(done: &Completion) -> Option<u64> {
         _ => return None,
     };
     raw["usage"]["total_tokens"].as_u64()
+}
+
+/// Whether `caller`'s work is batch work: it asked (`X-Im-Priority: batch`, a job), or its
+/// tenant's class is batch.
+fn is_batch(caller: &Caller, spec: Option<&crate::TenantSpec>) -> bool {
+    caller.batch || spec.and_then(|s| s.class.as_deref()) == Some("batch")
 }
 
 /// The most tokens a request asked for (`max_tokens`), what a stream without usage is debited.
