@@ -200,6 +200,9 @@ pub struct Limits {
     /// Payload bytes all requests in the system may hold together (queued or in flight): a byte
     /// budget, so that queued images cannot exhaust the process's memory.
     pub max_bytes_total: u64,
+    /// Requests of one tenant running at once over the fleet (`None`: no cap): one tenant cannot
+    /// hold every slot of a model while others wait.
+    pub max_in_flight_per_tenant: Option<u32>,
 }
 
 impl Default for Limits {
@@ -209,6 +212,7 @@ impl Default for Limits {
             max_queued_per_kind: [None; Kind::COUNT],
             retry_after_hint: Duration::from_secs(2),
             max_bytes_total: 256 * 1024 * 1024,
+            max_in_flight_per_tenant: None,
         }
     }
 }
@@ -394,6 +398,12 @@ impl Config {
         }
         if self.limits.max_bytes_total == 0 {
             return Err(err("limits.max_bytes_total", "must be at least 1"));
+        }
+        if self.limits.max_in_flight_per_tenant == Some(0) {
+            return Err(err(
+                "limits.max_in_flight_per_tenant",
+                "must be at least 1 (leave it out for no cap)",
+            ));
         }
         if self.limits.max_queued_total == 0 {
             return Err(err("limits.max_queued_total", "must be at least 1"));

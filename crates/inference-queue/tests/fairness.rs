@@ -111,6 +111,29 @@ fn within_a_kind_a_group_with_interactive_work_goes_before_batch_only_groups() {
 }
 
 #[test]
+fn a_tenant_at_its_in_flight_cap_leaves_the_other_slots_to_others() {
+    let mut c = cfg(Bounds::default());
+    c.limits.max_in_flight_per_tenant = Some(1);
+    let mut h = Harness::new(c);
+    // llm runs two at once; tenant 1 asks for three.
+    let mine: Vec<RequestId> = (0..3)
+        .map(|_| h.as_tenant(1, Class::Interactive).id(Kind::Txt2Txt, "llm"))
+        .collect();
+    assert_eq!(h.in_flight.len(), 1, "one of tenant 1's at a time");
+    let other = h.as_tenant(2, Class::Interactive).id(Kind::Txt2Txt, "llm");
+    assert!(
+        h.lane_of(other).is_some(),
+        "the free slot is another tenant's"
+    );
+    h.at(1_000).complete(mine[0], Outcome::Success);
+    assert!(
+        h.lane_of(mine[1]).is_some(),
+        "the next of tenant 1's once its first ended"
+    );
+    assert_eq!(h.lane_of(mine[2]), None);
+}
+
+#[test]
 fn one_tenant_is_served_first_come_first_served() {
     let mut h = one_slot();
     let ids: Vec<RequestId> = (0..6).map(|_| h.id(Kind::Txt2Txt, "llm2")).collect();

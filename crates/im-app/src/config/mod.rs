@@ -272,6 +272,7 @@ impl ImConfig {
         };
         c.limits.max_queued_total = self.limits.max_queued_total;
         c.limits.max_bytes_total = self.limits.max_queued_bytes;
+        c.limits.max_in_flight_per_tenant = self.limits.max_in_flight_per_tenant;
         for (k, v) in &self.limits.max_queued_per_kind {
             let field = format!("limits.max_queued_per_kind.{k}");
             c.limits.max_queued_per_kind[kind(&field, k)?.index()] = Some(*v);

@@ -374,6 +374,10 @@ pub struct LimitsEntry {
     /// past it requests are refused with 429 (one that could never fit: 413). At least
     /// `http.body_limit_bytes`; size it well under the process's memory limit.
     pub max_queued_bytes: u64,
+    /// Requests of one tenant running at once over the fleet (absent: no cap), so that one
+    /// tenant cannot hold every slot of a model while others wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_tenant: Option<u32>,
 }
 
 impl Default for LimitsEntry {
@@ -382,6 +386,7 @@ impl Default for LimitsEntry {
             max_queued_total: Limits::default().max_queued_total,
             max_queued_per_kind: BTreeMap::new(),
             max_queued_bytes: Limits::default().max_bytes_total,
+            max_in_flight_per_tenant: None,
         }
     }
 }

@@ -15,6 +15,8 @@ struct Share {
     service: f64,
     /// Its requests waiting (queued or backing off), over every group.
     waiting: usize,
+    /// Its requests running, over the fleet.
+    running: u32,
     weight: u32,
 }
 
@@ -23,6 +25,7 @@ impl Default for Share {
         Share {
             service: 0.0,
             waiting: 0,
+            running: 0,
             weight: 1,
         }
     }
@@ -56,6 +59,22 @@ impl Fairness {
     /// Requests of `t` waiting, over every group.
     pub(super) fn waiting(&self, t: TenantId) -> usize {
         self.shares.get(t.0 as usize).map_or(0, |s| s.waiting)
+    }
+
+    /// Whether `t` may start another request under `cap` running at once.
+    pub(super) fn may_start(&self, t: TenantId, cap: Option<u32>) -> bool {
+        cap.is_none_or(|c| self.shares.get(t.0 as usize).is_none_or(|s| s.running < c))
+    }
+
+    /// A request of `t` started running.
+    pub(super) fn started(&mut self, t: TenantId) {
+        self.share(t).running += 1;
+    }
+
+    /// A request of `t` stopped running (its attempt ended).
+    pub(super) fn ended(&mut self, t: TenantId) {
+        let s = self.share(t);
+        s.running = s.running.saturating_sub(1);
     }
 
     /// Weights from now on (absent tenants weigh 1).

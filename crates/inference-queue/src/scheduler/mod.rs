@@ -479,6 +479,7 @@ impl Scheduler {
         let (started, cold) = (req.started, req.cold);
         let (tenant, charged, estimated) = (req.tenant, req.charged, req.cost.is_some());
         let model = self.queues.group(group).key.model;
+        self.queues.fair.ended(tenant);
         let l = &mut self.lanes[lane.0];
         l.end(model, self.now);
         if outcome == Outcome::Success {

@@ -107,7 +107,9 @@ impl Scheduler {
 
     /// [`Self::eligible`], with what is known of the models' homes in this decision.
     fn eligible_in(&self, lane: usize, g: &Group, homes: &mut Homes) -> bool {
-        if g.depth() == 0
+        if !self
+            .queues
+            .dispatchable(g, self.cfg.limits.max_in_flight_per_tenant)
             || g.key.lane.is_some_and(|l| l.0 != lane)
             || !self.fits_lane(lane, g.key.model)
             || self.lanes[lane].draining == Some(g.key.model)
@@ -162,7 +164,8 @@ impl Scheduler {
     /// routing lets serve its group and that can start it soon (it is idle or has the model), when
     /// there is one; else it stays with `lane` rather than wait on a busy one.
     fn retry_goes_elsewhere(&self, lane: usize, g: &Group, homes: &mut Homes) -> bool {
-        let next_failed_here = self.queues.next_failed_on(g) == Some(LaneId(lane));
+        let cap = self.cfg.limits.max_in_flight_per_tenant;
+        let next_failed_here = self.queues.next_failed_on(g, cap) == Some(LaneId(lane));
         next_failed_here
             && (0..self.lanes.len()).any(|m| {
                 let l = &self.lanes[m];
@@ -274,7 +277,10 @@ impl Scheduler {
             return true;
         }
         // A lane that just failed the next request does not count as a home for its retry.
-        let owners = match self.queues.next_failed_on(g) {
+        let owners = match self
+            .queues
+            .next_failed_on(g, self.cfg.limits.max_in_flight_per_tenant)
+        {
             None => owners,
             failed_on => owners_but(failed_on.map(|l| l.0)),
         };
@@ -471,7 +477,8 @@ impl Scheduler {
 
     /// Dispatch the request `group` serves next on `lane`.
     pub(super) fn dispatch_next(&mut self, lane: usize, group: GroupId) {
-        let Some(id) = self.queues.take_next(group) else {
+        let cap = self.cfg.limits.max_in_flight_per_tenant;
+        let Some(id) = self.queues.take_next(group, cap) else {
             return;
         };
         let model = self.queues.group(group).key.model;
@@ -494,6 +501,7 @@ impl Scheduler {
         let attempt = r.attempts;
         let waited = now.saturating_since(r.arrival);
         self.queues.fair.charged(tenant, cost);
+        self.queues.fair.started(tenant);
         self.counters.dispatched += 1;
         self.events.push_back(Event::Dispatch {
             id,
@@ -516,7 +524,10 @@ impl Scheduler {
     fn decide_with(&mut self, lane: usize, full: &[GroupId], homes: &mut Homes) -> Option<GroupId> {
         let active = self.lanes[lane].active;
         if let Some(a) = active
-            && self.queues.group(a).depth() > 0
+            && self.queues.dispatchable(
+                self.queues.group(a),
+                self.cfg.limits.max_in_flight_per_tenant,
+            )
             && !full.contains(&a)
             && self.lanes[lane].draining != Some(self.queues.group(a).key.model)
             && !{

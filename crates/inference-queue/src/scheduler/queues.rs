@@ -108,13 +108,17 @@ impl GroupQueue {
     /// the tenant with the least virtual service (on a tie, the one with less waiting: a tenant
     /// that just became backlogged starts level with the least, and goes first rather than
     /// behind the flood it is level with), then the earliest.
-    fn next(&self, fair: &Fairness) -> Option<&Waiter> {
-        if let [one] = self.lines.as_slice() {
+    /// Lines of tenants at their in-flight `cap` wait.
+    fn next(&self, fair: &Fairness, cap: Option<u32>) -> Option<&Waiter> {
+        if let [one] = self.lines.as_slice()
+            && cap.is_none()
+        {
             return one.waiters.front();
         }
         self.lines
             .iter()
             .filter_map(|l| l.waiters.front())
+            .filter(|w| fair.may_start(w.line.1, cap))
             .min_by(|a, b| {
                 a.line
                     .0
@@ -190,8 +194,8 @@ impl GroupQueue {
     }
 
     /// Take [`Self::next`] out.
-    fn pop_next(&mut self, fair: &Fairness) -> Option<RequestId> {
-        let (id, key) = self.next(fair).map(|w| (w.id, w.line))?;
+    fn pop_next(&mut self, fair: &Fairness, cap: Option<u32>) -> Option<RequestId> {
+        let (id, key) = self.next(fair, cap).map(|w| (w.id, w.line))?;
         self.line(key).pop_front();
         self.depth -= 1;
         Some(id)
@@ -336,8 +340,13 @@ impl Queues {
     }
 
     /// The lane the request `g` serves next last failed on, if it is a retry.
-    pub(super) fn next_failed_on(&self, g: &Group) -> Option<LaneId> {
-        g.queue.next(&self.fair).and_then(|w| w.failed_on)
+    pub(super) fn next_failed_on(&self, g: &Group, cap: Option<u32>) -> Option<LaneId> {
+        g.queue.next(&self.fair, cap).and_then(|w| w.failed_on)
+    }
+
+    /// Whether `g` has a request that may start now (waiting, and of a tenant under `cap`).
+    pub(super) fn dispatchable(&self, g: &Group, cap: Option<u32>) -> bool {
+        g.depth() > 0 && (cap.is_none() || g.queue.next(&self.fair, cap).is_some())
     }
 
     /// When the group's oldest waiter arrived.
@@ -392,9 +401,9 @@ impl Queues {
 
     /// Take the request `g` serves next out of its queue to run it: it keeps its bytes until it
     /// leaves the system.
-    pub(super) fn take_next(&mut self, g: GroupId) -> Option<RequestId> {
+    pub(super) fn take_next(&mut self, g: GroupId, cap: Option<u32>) -> Option<RequestId> {
         let group = &mut self.groups[g.0];
-        let id = group.queue.pop_next(&self.fair)?;
+        let id = group.queue.pop_next(&self.fair, cap)?;
         group.in_flight += 1;
         let kind = group.key.kind;
         if let Some(r) = self.requests.get(&id) {
