@@ -1,6 +1,8 @@
 //! Fair share between tenants inside a group (issue 32), through the whole stack: a key that
 //! floods a model does not make another key of that model wait behind all of its work.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -53,12 +55,7 @@ async fn serve() -> (String, im_app::Built) {
     let built = app::build(cfg, Some(Simulate { time_scale: 0.5 }))
         .await
         .expect("build");
-    let router = im_app::http_app(&built, None);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(l, router).await });
+    let url = common::listen(&built).await;
     (url, built)
 }
 

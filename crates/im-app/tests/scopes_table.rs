@@ -3,6 +3,8 @@
 //! of them, and a key without the scope is refused on every transport that reaches the entry:
 //! HTTP, WebSocket, MCP and jobs (a follower's forwarding: `bins/im-http/tests/tenants.rs`).
 
+mod common;
+
 #[path = "support/refusals.rs"]
 mod refusals;
 
@@ -99,12 +101,7 @@ async fn serve() -> (String, Built) {
     let built = app::build(cfg, Some(Simulate { time_scale: 0.001 }))
         .await
         .expect("build");
-    let router = im_app::http_app(&built, None);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(l, router).await });
+    let url = common::listen(&built).await;
     (url, built)
 }
 

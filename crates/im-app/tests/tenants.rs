@@ -2,6 +2,8 @@
 //! WebSocket, MCP, a job), and no tenant reads or slows another's work. Each reproduction of the
 //! issue is a test here.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -47,12 +49,7 @@ async fn serve(f: impl FnOnce(&mut ImConfig)) -> (String, Built) {
     let built = app::build(cfg, Some(Simulate { time_scale: 0.001 }))
         .await
         .expect("build");
-    let router = im_app::http_app(&built, None);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(l, router).await });
+    let url = common::listen(&built).await;
     (url, built)
 }
 

@@ -1,4 +1,5 @@
-//! What the router tests share: a JSON POST with the demo key, answered in full.
+//! What the router tests share: a JSON POST with the demo key, answered in full; im on a
+//! loopback socket.
 
 #![allow(dead_code)]
 
@@ -21,4 +22,15 @@ pub async fn post_json(app: &Router, path: &str, body: &Value) -> (StatusCode, H
     let (status, headers) = (resp.status(), resp.headers().clone());
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     (status, headers, bytes)
+}
+
+/// `built` served over HTTP (with MCP mounted) on a free loopback port; its base URL.
+pub async fn listen(built: &im_app::Built) -> String {
+    let router = im_app::http_app(built, None);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, router).await });
+    url
 }
