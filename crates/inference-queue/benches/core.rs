@@ -13,6 +13,20 @@ use inference_queue::{
 
 const GROUPS: usize = 64;
 
+/// The `i`th request: kinds and models in turn, tenant `i % tenants`.
+fn nth(i: usize, names: &[String], tenants: usize) -> Submit<'_> {
+    Submit {
+        kind: Kind::SEEDS[i % 4],
+        model: &names[(i / 4) % names.len()],
+        lane: None,
+        deadline: None,
+        bytes: 0,
+        tenant: TenantId((i % tenants) as u32),
+        class: Default::default(),
+        cost: None,
+    }
+}
+
 fn setup(queued: usize, tenants: usize) -> (Scheduler, Vec<String>, Vec<RequestId>, Time) {
     // 16 models x 4 kinds = 64 groups.
     let names: Vec<String> = (0..GROUPS / 4).map(|i| format!("m{i}")).collect();
@@ -33,16 +47,7 @@ fn setup(queued: usize, tenants: usize) -> (Scheduler, Vec<String>, Vec<RequestI
     let mut running = Vec::new();
     for i in 0..queued {
         now += Duration::from_micros(10);
-        let sub = Submit {
-            kind: Kind::SEEDS[i % 4],
-            model: &names[(i / 4) % names.len()],
-            lane: None,
-            deadline: None,
-            bytes: 0,
-            tenant: TenantId((i % tenants) as u32),
-            class: Default::default(),
-            cost: None,
-        };
+        let sub = nth(i, &names, tenants);
         assert!(matches!(core.submit(now, sub), Admission::Accepted(_)));
     }
     while let Some(ev) = core.poll_event() {
@@ -73,16 +78,7 @@ fn cycle(c: &mut Criterion) {
             b.iter(|| {
                 now += Duration::from_micros(10);
                 i += 1;
-                let sub = Submit {
-                    kind: Kind::SEEDS[i % 4],
-                    model: &names[(i / 4) % names.len()],
-                    lane: None,
-                    deadline: None,
-                    bytes: 0,
-                    tenant: TenantId((i % tenants) as u32),
-                    class: Default::default(),
-                    cost: None,
-                };
+                let sub = nth(i, &names, tenants);
                 black_box(core.submit(now, sub));
                 let id = running.pop().expect("something runs");
                 black_box(core.complete(now, id, Outcome::Success));
