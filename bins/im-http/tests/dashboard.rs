@@ -102,11 +102,12 @@ async fn the_dashboard_shows_lanes_and_groups_under_load_without_console_errors(
     );
     assert!(dom.contains("healthy"), "lane health");
 
+    let scratch = im_testkit::scratch_dir("im-dashboard");
     let shot = match std::env::var("UPDATE_SCREENSHOT") {
         Ok(_) => {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../benches/results/dashboard.png")
         }
-        Err(_) => temp_dir("im-dashboard").join("dashboard.png"),
+        Err(_) => scratch.path().join("dashboard.png"),
     };
     let target = shot.clone();
     let (_, console) = tokio::task::spawn_blocking(move || browse(&page, Some(&target)))

@@ -145,9 +145,10 @@ async fn wait_for(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_with_200_jobs_in_flight_loses_none_and_reruns_no_finished_one() {
     let (hooks, seen) = receiver().await;
-    let dir = temp_dir("im-jobs-crash");
+    let scratch = im_testkit::scratch_dir("im-jobs-crash");
+    let dir = scratch.path();
     let c = client();
-    let mut s = start_jobs("0.05", &dir, &["--set", "jobs.max_running=16"]);
+    let mut s = start_jobs("0.05", dir, &["--set", "jobs.max_running=16"]);
     let mut ids = Vec::new();
     for i in 0..200 {
         let (path, body) = body_for(KINDS[i % KINDS.len()], i);
@@ -181,7 +182,7 @@ async fn a_sigkill_with_200_jobs_in_flight_loses_none_and_reruns_no_finished_one
         finished_before.len()
     );
 
-    let s = start_jobs("0.05", &dir, &[]);
+    let s = start_jobs("0.05", dir, &[]);
     let after = wait_for(
         &c,
         &s.url,
@@ -249,7 +250,6 @@ async fn a_sigkill_with_200_jobs_in_flight_loses_none_and_reruns_no_finished_one
     // A result is there to read, inline or as the route answered it.
     let (status, r) = get(&c, &s.url, &format!("/v1/jobs/{}/result", ids[0])).await;
     assert_eq!(status, 200, "{r}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 async fn one_job_with_callback(c: &reqwest::Client, url: &str, hook: &str) -> String {
@@ -282,9 +282,10 @@ async fn webhook_of(c: &reqwest::Client, url: &str, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_retried_and_a_410_disables_the_endpoint() {
     let (hooks, seen) = receiver().await;
-    let dir = temp_dir("im-jobs-hooks");
+    let scratch = im_testkit::scratch_dir("im-jobs-hooks");
+    let dir = scratch.path();
     let c = client();
-    let s = start_jobs("0.01", &dir, &[]);
+    let s = start_jobs("0.01", dir, &[]);
 
     let flaky = one_job_with_callback(&c, &s.url, &format!("{hooks}/flaky")).await;
     let j = webhook_of(&c, &s.url, &flaky).await;
@@ -310,12 +311,12 @@ async fn webhooks_are_retried_and_a_410_disables_the_endpoint() {
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_callbacks_are_refused_unless_allowed() {
-    let dir = temp_dir("im-jobs-private");
+    let scratch = im_testkit::scratch_dir("im-jobs-private");
+    let dir = scratch.path();
     let c = client();
     let s = start(&["--set", &format!("jobs.dir={}", dir.display())]);
     for url in [
@@ -334,7 +335,6 @@ async fn private_callbacks_are_refused_unless_allowed() {
         assert_eq!(status, 400, "{url}: {v}");
         assert_eq!(v["error"]["param"], "callback_url", "{v}");
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn signed(body: &str, id: &str, ts: i64) -> reqwest::header::HeaderMap {
@@ -351,9 +351,10 @@ fn signed(body: &str, id: &str, ts: i64) -> reqwest::header::HeaderMap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_webhooks_are_verified_and_replays_refused() {
-    let dir = temp_dir("im-jobs-ingest");
+    let scratch = im_testkit::scratch_dir("im-jobs-ingest");
+    let dir = scratch.path();
     let c = client();
-    let s = start_jobs("0.01", &dir, &[]);
+    let s = start_jobs("0.01", dir, &[]);
     let (path, body) = body_for("txt2txt", 3);
     let submission = json!({"route": path, "body": body}).to_string();
     let now = im_jobs::now_ms() / 1000;
@@ -395,12 +396,12 @@ async fn inbound_webhooks_are_verified_and_replays_refused() {
     // The job it made runs (an admin would see it; the submitter holds no key).
     let (status, _) = get(&c, &s.url, &format!("/v1/jobs/{id}")).await;
     assert_eq!(status, 404, "an ordinary key does not see others' jobs");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_are_cancelled_listed_per_key_and_batches_go_async() {
-    let dir = temp_dir("im-jobs-api");
+    let scratch = im_testkit::scratch_dir("im-jobs-api");
+    let dir = scratch.path();
     let c = client();
     // Slow enough that a job is still waiting when it is cancelled.
     let s = start_scaled("1.0", &["--set", &format!("jobs.dir={}", dir.display())]);
@@ -452,5 +453,4 @@ async fn jobs_are_cancelled_listed_per_key_and_batches_go_async() {
         (status, bad["error"]["param"].as_str()),
         (400, Some("body.stream"))
     );
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -72,7 +72,8 @@ async fn sighup(s: &Server, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_admin_reload_change_keys_and_priorities_under_load_and_lose_nothing() {
-    let dir = temp_dir("im-reload");
+    let scratch = im_testkit::scratch_dir("im-reload");
+    let dir = scratch.path();
     let file = dir.join("im.toml");
     std::fs::write(&file, config("old-admin", r#""txt2txt""#)).expect("write");
     let path = file.to_str().expect("utf-8").to_owned();
@@ -154,7 +155,6 @@ async fn sighup_and_admin_reload_change_keys_and_priorities_under_load_and_lose_
             "every request answered: {answers:?}"
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn fleet_config(upstream: &str, name: &str, models: &[(&str, &str, u32)]) -> String {
@@ -183,7 +183,8 @@ async fn chat(c: &reqwest::Client, url: &str, i: usize) -> u16 {
 async fn a_reload_moves_work_to_a_new_upstream_and_changes_models_under_load_losing_nothing() {
     let a = SimProcess::start(0, 0.05).await;
     let b = SimProcess::start(0, 0.05).await;
-    let dir = temp_dir("im-reload-fleet");
+    let scratch = im_testkit::scratch_dir("im-reload-fleet");
+    let dir = scratch.path();
     let file = dir.join("im.toml");
     let before = [(LLM, "txt2txt", 2), (SD, "txt2img", 1)];
     std::fs::write(&file, fleet_config(&a.url(), "gpu-a", &before)).expect("write");
@@ -304,5 +305,4 @@ async fn a_reload_moves_work_to_a_new_upstream_and_changes_models_under_load_los
         ids.contains(&"bge-small-en-v1.5") && !ids.contains(&SD),
         "{ids:?}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }

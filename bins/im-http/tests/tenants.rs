@@ -63,13 +63,13 @@ async fn a_follower_refuses_a_key_without_the_scope_on_every_entry() {
     // message and MCP tool reached through a follower refuses a key that lacks its scope.
     let redis = im_cluster::RedisServer::start().expect("redis-server");
     let sim = SimProcess::start(0, 0.0).await;
-    let dir = temp_dir("im-tenants-follower");
+    let scratch = im_testkit::scratch_dir("im-tenants-follower");
+    let dir = scratch.path();
     let (_files, replicas, scheduler) =
-        cluster(&redis, &sim.url(), &dir, 2, &lacking_config()).await;
+        cluster(&redis, &sim.url(), dir, 2, &lacking_config()).await;
     let follower = &replicas[1 - scheduler];
     let checked = refusals::refused_everywhere(&follower.url).await;
     assert!(checked > 80, "{checked} checks");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A replica's configuration with the keys `keys` (each ordinary; `op` reads metrics).
@@ -153,9 +153,10 @@ async fn a_key_a_follower_dropped_is_refused_there_though_the_scheduler_still_ha
     // k2's requests, and the scheduler answered 200.
     let redis = im_cluster::RedisServer::start().expect("redis-server");
     let sim = SimProcess::start(0, 0.0).await;
-    let dir = temp_dir("im-tenants-cluster");
+    let scratch = im_testkit::scratch_dir("im-tenants-cluster");
+    let dir = scratch.path();
     let (files, replicas, scheduler) =
-        cluster(&redis, &sim.url(), &dir, 2, &keys_config(&["k1", "k2"])).await;
+        cluster(&redis, &sim.url(), dir, 2, &keys_config(&["k1", "k2"])).await;
     let follower = 1 - scheduler;
     assert_eq!(chat_status(&replicas[follower].url, "k2").await, 200);
     std::fs::write(&files[follower], keys_config(&["k1"])).expect("write");
@@ -168,7 +169,6 @@ async fn a_key_a_follower_dropped_is_refused_there_though_the_scheduler_still_ha
         ws_refused(&replicas[follower].url, "k2").await,
         "k2 is refused over WebSocket once the follower reloaded"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 type Socket =
@@ -220,9 +220,10 @@ async fn a_key_removed_replica_by_replica_is_refused_by_each_once_it_reloaded() 
     // reloaded, and k2's session open on it is closed; k1 goes on being served.
     let redis = im_cluster::RedisServer::start().expect("redis-server");
     let sim = SimProcess::start(0, 0.0).await;
-    let dir = temp_dir("im-tenants-revoke");
+    let scratch = im_testkit::scratch_dir("im-tenants-revoke");
+    let dir = scratch.path();
     let (files, replicas, scheduler) =
-        cluster(&redis, &sim.url(), &dir, 3, &keys_config(&["k1", "k2"])).await;
+        cluster(&redis, &sim.url(), dir, 3, &keys_config(&["k1", "k2"])).await;
     let mut sessions = Vec::new();
     for r in &replicas {
         assert_eq!(chat_status(&r.url, "k2").await, 200);
@@ -256,5 +257,4 @@ async fn a_key_removed_replica_by_replica_is_refused_by_each_once_it_reloaded() 
         );
         assert_eq!(chat_status(&r.url, "k1").await, 200, "k1 on the {role} {i}");
     }
-    let _ = std::fs::remove_dir_all(dir);
 }

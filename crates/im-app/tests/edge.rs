@@ -116,15 +116,6 @@ fn png_b64() -> String {
     base64::engine::general_purpose::STANDARD.encode(localai_sim::image::png(8, 8, 2))
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "im-edge-{name}-{}",
-        im_jobs::signing::random_id("")
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 #[tokio::test]
 async fn a_request_larger_than_the_byte_budget_is_refused_as_too_large_not_queue_full() {
     // Regression (issue 27.4): it got 429 "retry after 2 s" forever, though it could never fit.
@@ -174,8 +165,9 @@ fn a_byte_budget_below_the_body_limit_is_refused_by_configuration() {
 async fn a_recovered_job_too_large_for_the_byte_budget_fails_instead_of_running_forever() {
     // Regression (issue 27.4): a job whose request can never fit stayed `running` forever (its
     // 429 was taken for "come back later") and held a job slot.
-    let dir = temp_dir("too-large-job");
-    let store = im_jobs::RedbStore::open(&dir).expect("store");
+    let scratch = im_testkit::scratch_dir("im-edge-too-large-job");
+    let dir = scratch.path();
+    let store = im_jobs::RedbStore::open(dir).expect("store");
     // Left by a run with a larger budget.
     let big = format!("{}{}", png_b64(), "A".repeat(16 * 1024));
     let job = im_jobs::Job {
@@ -204,7 +196,6 @@ async fn a_recovered_job_too_large_for_the_byte_budget_fails_instead_of_running_
     .await;
     assert_eq!(last["status"], "failed", "the job fails: {last}");
     assert_eq!(last["error"]["status"], 413, "{last}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn admin_keys(c: &mut ImConfig) {
@@ -447,9 +438,10 @@ gated! {
 async fn a_stalled_job_store_does_not_stall_requests_that_need_no_store() {
     // Regression (issue 27.5): store calls ran on the runtime's workers, so a slow disk or Redis
     // stalled every request.
-    let dir = temp_dir("gated");
+    let scratch = im_testkit::scratch_dir("im-edge-gated");
+    let dir = scratch.path();
     let store = Arc::new(GatedStore {
-        inner: im_jobs::RedbStore::open(&dir).expect("store"),
+        inner: im_jobs::RedbStore::open(dir).expect("store"),
         open: std::sync::Mutex::new(true),
         changed: std::sync::Condvar::new(),
         calls: Default::default(),
@@ -494,5 +486,4 @@ async fn a_stalled_job_store_does_not_stall_requests_that_need_no_store() {
     }
     let stalled = watchdog.join().expect("watchdog");
     assert!(!stalled, "a chat is served while the store is stalled");
-    let _ = std::fs::remove_dir_all(dir);
 }

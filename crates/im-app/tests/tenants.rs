@@ -426,15 +426,6 @@ impl im_jobs::JobStore for Counting {
     }
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "im-tenants-{name}-{}",
-        im_jobs::signing::random_id("")
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 /// im with its jobs in `store`, over a socket; its base URL.
 async fn serve_jobs(
     store: Arc<dyn im_jobs::JobStore>,
@@ -482,9 +473,10 @@ async fn settled(url: &str, k: &str, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_a_page_of_jobs_reads_only_that_page() {
     // Regression (issue 30): every `GET /v1/jobs` of any key loaded every tenant's jobs.
-    let dir = temp_dir("listing");
+    let scratch = im_testkit::scratch_dir("im-tenants-listing");
+    let dir = scratch.path();
     let store = Arc::new(Counting {
-        inner: im_jobs::RedbStore::open(&dir).expect("store"),
+        inner: im_jobs::RedbStore::open(dir).expect("store"),
         read: AtomicUsize::new(0),
     });
     let (url, _built) = serve_jobs(store.clone(), |_| {}).await;
@@ -524,14 +516,14 @@ async fn listing_a_page_of_jobs_reads_only_that_page() {
         read <= 11,
         "a page of 10 reads every tenant's jobs: {read} read"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_cannot_fill_the_job_store() {
     // Regression (issue 30): one key stored 50 jobs of 4 MiB (409 MB on disk for a day).
-    let dir = temp_dir("quota");
-    let store = Arc::new(im_jobs::RedbStore::open(&dir).expect("store"));
+    let scratch = im_testkit::scratch_dir("im-tenants-quota");
+    let dir = scratch.path();
+    let store = Arc::new(im_jobs::RedbStore::open(dir).expect("store"));
     let (url, _built) = serve_jobs(store, |c| c.http.body_limit_bytes = 8 << 20).await;
     let big = "x".repeat(4 << 20);
     let mut refused = None;
@@ -558,7 +550,6 @@ async fn one_tenant_cannot_fill_the_job_store() {
                 .is_some_and(|m| m.contains("quota")),
         "{why}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A webhook receiver answering after `delay`; the times deliveries arrived.
@@ -589,8 +580,9 @@ async fn receiver(delay: Duration) -> (String, Arc<std::sync::Mutex<Vec<Instant>
 async fn a_slow_webhook_receiver_delays_only_its_own_deliveries() {
     // Regression (issue 30): three jobs whose receiver took 7 s delayed another tenant's fast
     // receiver by 6.5-14 s.
-    let dir = temp_dir("hol");
-    let store = Arc::new(im_jobs::RedbStore::open(&dir).expect("store"));
+    let scratch = im_testkit::scratch_dir("im-tenants-hol");
+    let dir = scratch.path();
+    let store = Arc::new(im_jobs::RedbStore::open(dir).expect("store"));
     let (url, _built) = serve_jobs(store, |_| {}).await;
     let (slow, _) = receiver(Duration::from_secs(4)).await;
     let (fast, fast_seen) = receiver(Duration::ZERO).await;
@@ -618,7 +610,6 @@ async fn a_slow_webhook_receiver_delays_only_its_own_deliveries() {
         late < Duration::from_secs(2),
         "the fast receiver waited for another tenant's slow receiver: {late:?}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -432,24 +432,18 @@ mod tests {
     use crate::conformance::job;
     use crate::job::Status;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("im-jobs-{name}-{}", crate::signing::random_id("")));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        dir
-    }
-
     #[test]
     fn jobs_survive_reopening_the_store() {
-        let dir = temp_dir("reopen");
+        let scratch = im_testkit::scratch_dir("im-jobs-reopen");
+        let dir = scratch.path();
         {
-            let store = RedbStore::open(&dir).expect("open");
+            let store = RedbStore::open(dir).expect("open");
             store.put(&job("a", "k1", None)).expect("put");
             let mut b = job("b", "k1", None);
             b.status = Status::Succeeded;
             store.put(&b).expect("put");
         }
-        let store = RedbStore::open(&dir).expect("reopen");
+        let store = RedbStore::open(dir).expect("reopen");
         let mut ids: Vec<_> = store
             .all()
             .expect("all")
@@ -464,13 +458,12 @@ mod tests {
                 ("b".into(), Status::Succeeded)
             ]
         );
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn the_embedded_store_does_what_every_store_must() {
-        let dir = temp_dir("conformance");
-        crate::conformance::check(&RedbStore::open(&dir).expect("open"));
-        let _ = std::fs::remove_dir_all(dir);
+        let scratch = im_testkit::scratch_dir("im-jobs-conformance");
+        let dir = scratch.path();
+        crate::conformance::check(&RedbStore::open(dir).expect("open"));
     }
 }

@@ -6,6 +6,8 @@
 //! behaviour under test (a slow upstream, a stall past a lease) stays a sleep, with a comment
 //! that says so (`cargo xtask`'s tidy test holds every test file to this).
 
+pub use tempfile::TempDir;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -55,6 +57,16 @@ pub fn eventually_blocking(what: &str, within: Duration, mut check: impl FnMut()
         );
         std::thread::sleep(POLL);
     }
+}
+
+/// A fresh directory under the system's temporary directory, named after `prefix`, removed with
+/// everything in it when the returned guard is dropped: a test's job store, config files or
+/// screenshots do not outlive it (a CI machine's disk is not unbounded).
+pub fn scratch_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}-"))
+        .tempdir()
+        .expect("a scratch directory under the system's temporary directory")
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub const SD: &str = "stablediffusion";
 pub struct Server {
     pub child: Child,
     /// The job store directory made for it, removed with it.
-    pub scratch: Option<PathBuf>,
+    pub scratch: Option<im_testkit::TempDir>,
     pub url: String,
     /// The embedded simulator's URL (with `--simulate`).
     pub sim: String,
@@ -28,9 +28,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(dir) = &self.scratch {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 
@@ -95,7 +92,7 @@ pub fn start_args(args: &[&str]) -> Server {
 }
 
 /// Start `im-http --listen 127.0.0.1:0 args...`; its URL (and its simulator's) from stderr.
-fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>, Option<PathBuf>) {
+fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>, Option<im_testkit::TempDir>) {
     spawn_im_http_with(args, &[])
 }
 
@@ -103,14 +100,14 @@ fn spawn_im_http(args: &[&str]) -> (Child, String, Option<String>, Option<PathBu
 fn spawn_im_http_with(
     args: &[&str],
     envs: &[(&str, &str)],
-) -> (Child, String, Option<String>, Option<PathBuf>) {
+) -> (Child, String, Option<String>, Option<im_testkit::TempDir>) {
     // Each server its own job store unless the test gives one (a store is one process's).
     let own_dir;
     let mut scratch = None;
     let mut args = args.to_vec();
     if !args.iter().any(|a| a.starts_with("jobs.dir=")) {
-        let dir = temp_dir("im-http");
-        own_dir = format!("jobs.dir={}", dir.display());
+        let dir = im_testkit::scratch_dir("im-http");
+        own_dir = format!("jobs.dir={}", dir.path().display());
         args.extend(["--set", own_dir.as_str()]);
         scratch = Some(dir);
     }
@@ -143,20 +140,6 @@ fn spawn_im_http_with(
     }
     std::thread::spawn(move || for _ in lines {});
     (child, url.expect("listening line"), sim, scratch)
-}
-
-/// A fresh directory under the system's temporary directory.
-pub fn temp_dir(prefix: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 /// The `localai-sim` binary next to `im-http`, built first if it is not there yet.
