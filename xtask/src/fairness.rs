@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use inference_queue::sim::{self, Report, TraceSpec};
-use inference_queue::{Config, LaneSpec, Rng};
+use inference_queue::{Class, Config, LaneSpec, Rng};
 
 use crate::sim::bounded;
 
@@ -148,6 +148,83 @@ pub fn table(hours: f64, seed: u64) -> (String, Vec<String>) {
                     ));
                 }
             }
+        }
+    }
+    (out, failures)
+}
+
+/// The interactive tenant of the priority rows.
+const INTERACTIVE: u32 = 1;
+
+/// The interactive tenant's p99 wait, in seconds.
+fn interactive_p99(r: &Report) -> f64 {
+    r.tenant_wait_quantile(INTERACTIVE, 0.99)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `a` and `b` as one trace, in arrival order.
+fn merged(a: Vec<sim::TraceItem>, b: Vec<sim::TraceItem>) -> Vec<sim::TraceItem> {
+    let mut all: Vec<_> = a.into_iter().chain(b).collect();
+    all.sort_by_key(|i| i.at);
+    all
+}
+
+/// The priority rows: one model's chat traffic, an interactive tenant at 40 % of the lanes'
+/// capacity, alone and beside a batch flood of another tenant at 100 % (140 % in all: the
+/// batch backlog only grows). The target: the interactive p99 wait with the flood at most twice
+/// its p99 alone, or one batch request's longest service (3 s) if that is more (service is not
+/// preemptive: an interactive request may wait for the batch one running).
+pub fn priority_table(hours: f64, seed: u64) -> (String, Vec<String>) {
+    let models = sim::localai_catalogue();
+    let duration = Duration::from_secs_f64(hours * 3600.0);
+    let mut out = String::from(
+        "\n## Priority: interactive work beside a batch flood of its model\n\n\
+         One model's chat traffic (1-3 s a request): tenant 1 sends interactive requests at 40 % \
+         of the lanes' capacity; beside it, tenant 0 floods the same model with batch requests \
+         at 100 % (140 % in all: the batch backlog only grows; once a batch request \
+         has waited `batch_starvation_after` = 600 s, the group starts one overdue batch request \
+         ahead of interactive work per 600 s). Target: the \
+         interactive p99 wait with the flood at most twice its p99 alone, or one batch \
+         request's longest service (3 s) if that is more.\n\n\
+         | lanes | interactive p99 wait alone (s) | with the batch flood (s) | batch completed/h |\n\
+         |---|---|---|---|\n",
+    );
+    let mut failures = Vec::new();
+    let cap = one_model(1.0, duration, seed).capacity(&models);
+    for lanes in [1usize, 4] {
+        let tagged = |rate: f64, seed: u64, tenant: u32, class: Class| {
+            one_model(cap * rate * lanes as f64, duration, seed)
+                .generate()
+                .into_iter()
+                .map(|i| sim::TraceItem { tenant, class, ..i })
+                .collect::<Vec<_>>()
+        };
+        let interactive = tagged(0.4, seed, INTERACTIVE, Class::Interactive);
+        let flood = tagged(1.0, seed ^ 0xBA7C, 0, Class::Batch);
+        let cfg = || Config {
+            lanes: (0..lanes)
+                .map(|i| LaneSpec {
+                    name: format!("gpu{i}"),
+                    memory_mb: None,
+                })
+                .collect(),
+            ..bounded()
+        };
+        let alone = sim::run_scheduler(cfg(), &models, &interactive);
+        let both = sim::run_scheduler(cfg(), &models, &merged(interactive, flood));
+        let batch_per_hour = both.tenant_completed.get(&0).copied().unwrap_or(0) as f64
+            / duration.as_secs_f64()
+            * 3600.0;
+        let (p_alone, p_both) = (interactive_p99(&alone), interactive_p99(&both));
+        let _ = writeln!(
+            out,
+            "| {lanes} | {p_alone:.1} | {p_both:.1} | {batch_per_hour:.0} |"
+        );
+        if p_both > (2.0 * p_alone).max(3.0) {
+            failures.push(format!(
+                "priority, {lanes} lanes: interactive p99 {p_both:.1} s with the flood, \
+                 {p_alone:.1} s alone"
+            ));
         }
     }
     (out, failures)

@@ -114,7 +114,9 @@ fn run_sim(args: &SimArgs) -> Result<()> {
     failures.extend(fleet_failures);
     let (fairness, fairness_failures) = fairness::table(hours, seed);
     failures.extend(fairness_failures);
-    let table = format!("{table}\n{fleet}{fairness}");
+    let (priority, priority_failures) = fairness::priority_table(hours, seed);
+    failures.extend(priority_failures);
+    let table = format!("{table}\n{fleet}{fairness}{priority}");
     let elapsed = started.elapsed();
     print!("{table}");
     println!("(simulated in {:.2} s of wall time)", elapsed.as_secs_f64());

@@ -782,7 +782,11 @@ async fn each_tenant_sees_its_own_figures_and_an_operator_sees_all() {
         assert!(text.contains(line), "missing {line}");
     }
     assert!(text.contains(r#"im_tenant_tokens_total{tenant="team-b"}"#));
-    assert!(text.contains(r#"im_tenant_queue_wait_seconds_count{tenant="team-a"} 2"#));
+    assert!(
+        text.contains(
+            r#"im_tenant_queue_wait_seconds_count{tenant="team-a",class="interactive"} 2"#
+        )
+    );
     assert!(
         text.contains(r#"im_tenant_service_seconds_count{tenant="team-a",class="interactive"} 2"#)
     );

@@ -60,7 +60,8 @@ pub const FORWARDED_TOTAL: &str = "im_forwarded_total";
 /// `im_tenant_requests_total{tenant,outcome}`: units of work by tenant (configured tenants by
 /// name, the rest as `other`) and outcome (`ok` or the error type).
 pub const TENANT_REQUESTS_TOTAL: &str = "im_tenant_requests_total";
-/// `im_tenant_queue_wait_seconds{tenant}`: how long a tenant's work waited in the queue.
+/// `im_tenant_queue_wait_seconds{tenant,class}`: how long a tenant's work waited in the queue,
+/// by priority class (`interactive`, `batch`).
 pub const TENANT_QUEUE_WAIT_SECONDS: &str = "im_tenant_queue_wait_seconds";
 /// `im_tenant_tokens_total{tenant}`: tokens a tenant's work used (as debited from its balance).
 pub const TENANT_TOKENS_TOTAL: &str = "im_tenant_tokens_total";

@@ -76,9 +76,16 @@ impl TenantMetrics<'_> {
             .served_s += took.as_secs_f64();
     }
 
-    /// A unit of work of tenant `label` ended with `outcome` (`ok` or an error type), after
-    /// waiting `wait` in the queue and using `tokens`.
-    pub fn request(&self, label: &str, outcome: &str, wait: Option<Duration>, tokens: Option<u64>) {
+    /// A unit of work of tenant `label` in priority class `class` ended with `outcome` (`ok` or
+    /// an error type), after waiting `wait` in the queue and using `tokens`.
+    pub fn request(
+        &self,
+        label: &str,
+        class: &str,
+        outcome: &str,
+        wait: Option<Duration>,
+        tokens: Option<u64>,
+    ) {
         let m = self.0;
         let tenant = ("tenant", label.to_owned());
         m.registry
@@ -91,7 +98,7 @@ impl TenantMetrics<'_> {
             m.registry
                 .histogram(
                     names::TENANT_QUEUE_WAIT_SECONDS,
-                    std::slice::from_ref(&tenant),
+                    &[tenant.clone(), ("class", class.to_owned())],
                 )
                 .record(w.as_secs_f64());
         }

@@ -442,16 +442,16 @@ impl Service {
         let _in_system = figures.entered(&label);
         let mut tokens = None;
         let result = self.run_as(call, caller, &tenants, &mut tokens).await;
+        let batch = is_batch(caller, tenants.spec(&caller.tenant));
+        let class = if batch { "batch" } else { "interactive" };
         let (outcome, wait) = match &result {
             Ok(done) => {
-                let batch = is_batch(caller, tenants.spec(&caller.tenant));
-                let class = if batch { "batch" } else { "interactive" };
                 figures.served(&label, class, done.meta.processing);
                 ("ok", Some(done.meta.queue_wait))
             }
             Err(e) => (e.kind.as_str(), None),
         };
-        figures.request(&label, outcome, wait, tokens);
+        figures.request(&label, class, outcome, wait, tokens);
         result
     }
 

@@ -115,6 +115,10 @@ pub struct Bounds {
     /// A request waiting this long makes its group starving: starving groups are served oldest first
     /// and take the lane from a group whose oldest waiter is younger.
     pub starvation_after: Option<Duration>,
+    /// A batch request waiting this long goes before its group's interactive work (inside a
+    /// group, interactive requests otherwise always go first): batch work is delayed, never
+    /// starved.
+    pub batch_starvation_after: Option<Duration>,
 }
 
 impl Bounds {
@@ -124,17 +128,20 @@ impl Bounds {
             max_dwell: None,
             max_batch: None,
             starvation_after: None,
+            batch_starvation_after: None,
         }
     }
 }
 
 impl Default for Bounds {
-    /// The bounded default: 120 s dwell, 64 requests a batch, starving after 90 s.
+    /// The bounded default: 120 s dwell, 64 requests a batch, starving after 90 s, batch work
+    /// going first after 600 s.
     fn default() -> Bounds {
         Bounds {
             max_dwell: Some(Duration::from_secs(120)),
             max_batch: Some(64),
             starvation_after: Some(Duration::from_secs(90)),
+            batch_starvation_after: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -393,6 +400,12 @@ impl Config {
         if b.starvation_after == Some(Duration::ZERO) {
             return Err(err(
                 "bounds.starvation_after",
+                "must be positive (or unbounded)",
+            ));
+        }
+        if b.batch_starvation_after == Some(Duration::ZERO) {
+            return Err(err(
+                "bounds.batch_starvation_after",
                 "must be positive (or unbounded)",
             ));
         }

@@ -10,13 +10,16 @@
 //! Requests queue per *group* `(kind, model)`. Inside a group, interactive requests go before
 //! batch ones, then the tenant with the least virtual service (fair share, VTC: the service it
 //! received divided by its weight), then the earliest; with one tenant and one class that is
-//! first come, first served. Each *lane* (one upstream)
+//! first come, first served. Batch work has a bound of its own
+//! ([`Bounds::batch_starvation_after`]): once a batch request has waited it, the group starts one
+//! overdue batch request ahead of its interactive work, then again at most once per bound, so
+//! batch work is delayed, never starved. Each *lane* (one upstream)
 //! serves one active group and drains it before switching; it runs up to `max_in_flight` requests
 //! of one model at once and never starts a request of another model until the old model's
 //! in-flight count is zero (the *switch barrier*). The next group is: a starving group (oldest
 //! waiter first), else the highest-priority kind with work, and inside it the group whose model is
-//! loaded, else the oldest waiter. [`Bounds`] (`max_dwell`, `max_batch`, `starvation_after`)
-//! keep anything from starving; [`Bounds::strict`] reproduces "process each queue completely before
+//! loaded, else the oldest waiter. [`Bounds`] (`max_dwell`, `max_batch`, `starvation_after`,
+//! `batch_starvation_after`) keep anything from starving; [`Bounds::strict`] reproduces "process each queue completely before
 //! switching" exactly.
 //!
 //! # Driving it

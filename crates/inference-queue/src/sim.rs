@@ -101,6 +101,8 @@ pub struct TraceItem {
     pub failures: u32,
     /// Whose it is (fair share inside its group; 0 for everyone: first come, first served).
     pub tenant: u32,
+    /// Its priority class.
+    pub class: crate::types::Class,
 }
 
 /// What a trace looks like.
@@ -183,6 +185,7 @@ impl TraceSpec {
                 service,
                 failures,
                 tenant: 0,
+                class: Default::default(),
             });
         }
         out
@@ -343,8 +346,9 @@ pub fn run_scheduler_observed(
     replay(cfg, models, trace, observe, false)
 }
 
-/// [`run_scheduler`] with every request submitted as one tenant's (each group first come, first
-/// served, as before fair share), its figures still counted by the trace's tenants.
+/// [`run_scheduler`] with every request submitted as one tenant's interactive work (each group
+/// first come, first served, as before fair share), its figures still counted by the trace's
+/// tenants.
 pub fn run_scheduler_one_tenant(cfg: Config, models: &[SimModel], trace: &[TraceItem]) -> Report {
     replay(cfg, models, trace, &mut |_, _| {}, true)
 }
@@ -413,7 +417,11 @@ fn replay(
                             } else {
                                 item.tenant
                             }),
-                            class: Default::default(),
+                            class: if one_tenant {
+                                Default::default()
+                            } else {
+                                item.class
+                            },
                             cost: None,
                         };
                         match core.submit(t, sub) {

@@ -15,6 +15,7 @@ fn two_lanes(max_batch: Option<u32>) -> Harness {
         starvation_after: Some(Duration::from_secs(90)),
         max_batch,
         max_dwell: None,
+        batch_starvation_after: None,
     });
     c.lanes = vec!["gpu0".into(), "gpu1".into()];
     Harness::new(c)

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use inference_queue::*;
+use std::time::Duration;
 
 /// One lane, `llm2` with one slot: every request of the group waits its turn.
 fn one_slot() -> Harness {
@@ -92,6 +93,36 @@ fn interactive_work_goes_before_batch_work_of_the_group() {
         served_before(&mut h, chat),
         1,
         "only the running batch request went first"
+    );
+}
+
+#[test]
+fn batch_work_is_delayed_never_starved_by_a_steady_interactive_stream() {
+    let mut c = cfg(Bounds {
+        batch_starvation_after: Some(Duration::from_secs(60)),
+        ..Bounds::default()
+    });
+    c.default_deadline = [Duration::from_secs(3_600); Kind::COUNT];
+    let mut h = Harness::new(c);
+    let mut running = h.as_tenant(2, Class::Interactive).id(Kind::Txt2Txt, "llm2");
+    let batch = h.as_tenant(1, Class::Batch).id(Kind::Txt2Txt, "llm2");
+    // An interactive request always waits behind the running one: without a bound of its own,
+    // the batch request would never go.
+    let mut next = h.as_tenant(2, Class::Interactive).id(Kind::Txt2Txt, "llm2");
+    let mut second = 0;
+    while h.lane_of(batch).is_none() {
+        second += 10;
+        assert!(
+            second <= 120,
+            "the batch request still waits after {second} s"
+        );
+        h.at(second * 1_000).complete(running, Outcome::Success);
+        running = next;
+        next = h.as_tenant(2, Class::Interactive).id(Kind::Txt2Txt, "llm2");
+    }
+    assert!(
+        (60..=70).contains(&second),
+        "it went at {second} s: at the first completion after its 60 s bound"
     );
 }
 

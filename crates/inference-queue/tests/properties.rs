@@ -126,6 +126,8 @@ fn config(s: &Setup) -> Config {
             max_dwell: Some(Duration::from_secs(5)),
             max_batch: Some(3),
             starvation_after: Some(Duration::from_secs(10)),
+            // Under the 15 s deadlines: overdue batch work happens.
+            batch_starvation_after: Some(BATCH_BOUND),
         }
     };
     let mut c = cfg(bounds);
@@ -153,6 +155,9 @@ fn config(s: &Setup) -> Config {
 
 const MODELS: [&str; 5] = ["llm", "llm2", "sd", "vision", "nope"];
 
+/// `bounds.batch_starvation_after` of the bounded setups.
+const BATCH_BOUND: Duration = Duration::from_secs(5);
+
 fn run(setup: &Setup, ops: &[Op]) {
     let cfg = config(setup);
     let defaults = cfg.default_deadline;
@@ -167,7 +172,10 @@ fn run(setup: &Setup, ops: &[Op]) {
     let mut t = 0u64;
     let mut seen = 0usize;
 
-    let check_new_events =
+    let batch_bound = (!setup.strict).then_some(BATCH_BOUND);
+    let mut ever_dispatched: std::collections::HashSet<RequestId> = Default::default();
+    let mut overdue_started: HashMap<(Kind, ModelId), Time> = HashMap::new();
+    let mut check_new_events =
         |h: &mut Harness,
          seen: &mut usize,
          deadline: &HashMap<RequestId, (Time, Time)>,
@@ -183,6 +191,38 @@ fn run(setup: &Setup, ops: &[Op]) {
                         let (arrival, dl) = deadline[id];
                         let at = arrival + *waited;
                         assert!(at < dl, "{id} dispatched at {at}, deadline {dl}");
+                        ever_dispatched.insert(*id);
+                        // Batch work's own bound: while a batch request of a group has waited
+                        // it, the group starts an interactive request only if it started an
+                        // overdue batch request within the bound (one group per kind and
+                        // model unless a balancer places requests on lanes).
+                        let (kind, model, _) = h.info[id];
+                        let class = h.lines[id].1;
+                        if let Some(bound) = batch_bound
+                            && !h.core.config().routing.places_requests()
+                        {
+                            if class == Class::Batch && arrival + bound <= at {
+                                overdue_started.insert((kind, model), at);
+                            }
+                            let overdue = deadline.iter().find(|(b, (arrived, _))| {
+                                h.lines.get(*b).is_some_and(|l| l.1 == Class::Batch)
+                                    && h.info[*b].0 == kind
+                                    && h.info[*b].1 == model
+                                    && *arrived + bound <= at
+                                    && !ever_dispatched.contains(*b)
+                                    && !h.left.contains_key(*b)
+                            });
+                            let recent = overdue_started
+                                .get(&(kind, model))
+                                .is_some_and(|t| *t + bound > at);
+                            assert!(
+                                class == Class::Batch || overdue.is_none() || recent,
+                                "{id} (interactive) started at {at} before overdue batch {:?}, \
+                                 the group's last overdue batch start {:?}",
+                                overdue.map(|(b, _)| b),
+                                overdue_started.get(&(kind, model))
+                            );
+                        }
                         // FIFO inside each tenant's line of a class (a balancer keeps it per
                         // lane, and a failing lane's requests move).
                         if *attempt == 1 && !h.core.config().routing.places_requests() {

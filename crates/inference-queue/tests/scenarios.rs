@@ -177,6 +177,7 @@ fn a_starving_group_goes_first_at_the_next_switch_point() {
         starvation_after: Some(Duration::from_secs(30)),
         max_batch: Some(2),
         max_dwell: None,
+        batch_starvation_after: None,
     };
     let mut h = Harness::new(cfg(bounds));
     let busy = h.id(Kind::Txt2Txt, "llm2");

@@ -50,6 +50,7 @@ pub async fn load(
                     service: Duration::from_secs(2),
                     failures: 0,
                     tenant: 0,
+                    class: Default::default(),
                 };
                 let (path, mut body) = request_for(&item, &img);
                 if body.get("max_tokens").is_some() {

@@ -184,6 +184,10 @@ fn toml_key(core_field: &str) -> String {
     const KEYS: &[(&str, &str)] = &[
         ("bounds.max_dwell", "bounds.max_dwell_s"),
         ("bounds.starvation_after", "bounds.starvation_after_s"),
+        (
+            "bounds.batch_starvation_after",
+            "bounds.batch_starvation_after_s",
+        ),
         ("retry.base", "retry.base_ms"),
         ("retry.cap", "retry.cap_ms"),
         ("breaker.cooldown", "breaker.cooldown_s"),
@@ -268,8 +272,14 @@ impl ImConfig {
                     "bounds.starvation_after_s",
                     self.bounds.starvation_after_s,
                 )?,
+                batch_starvation_after: None,
             },
         };
+        // Inside a group, under either policy: batch work is delayed, never starved.
+        c.bounds.batch_starvation_after = secs(
+            "bounds.batch_starvation_after_s",
+            self.bounds.batch_starvation_after_s,
+        )?;
         c.limits.max_queued_total = self.limits.max_queued_total;
         c.limits.max_bytes_total = self.limits.max_queued_bytes;
         c.limits.max_in_flight_per_tenant = self.limits.max_in_flight_per_tenant;

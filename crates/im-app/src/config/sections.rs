@@ -349,6 +349,9 @@ pub struct BoundsEntry {
     pub max_batch: u32,
     /// Seconds after which a waiting request's group goes first at the next switch (0: never).
     pub starvation_after_s: f64,
+    /// Seconds after which a waiting batch request goes before its group's interactive work
+    /// (0: never; batch work then waits while interactive work of its model does).
+    pub batch_starvation_after_s: f64,
 }
 
 impl Default for BoundsEntry {
@@ -358,6 +361,7 @@ impl Default for BoundsEntry {
             max_dwell_s: b.max_dwell.map_or(0.0, |d| d.as_secs_f64()),
             max_batch: b.max_batch.unwrap_or(0),
             starvation_after_s: b.starvation_after.map_or(0.0, |d| d.as_secs_f64()),
+            batch_starvation_after_s: b.batch_starvation_after.map_or(0.0, |d| d.as_secs_f64()),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::Scheduler;
 use super::api::Event;
 use super::lane::Phase;
-use super::queues::{Group, GroupId, ReqState};
+use super::queues::{Group, GroupId, ReqState, Turn};
 use super::residency::Room;
 use crate::config::Routing;
 use crate::types::{LaneId, ModelId};
@@ -107,9 +107,7 @@ impl Scheduler {
 
     /// [`Self::eligible`], with what is known of the models' homes in this decision.
     fn eligible_in(&self, lane: usize, g: &Group, homes: &mut Homes) -> bool {
-        if !self
-            .queues
-            .dispatchable(g, self.cfg.limits.max_in_flight_per_tenant)
+        if !self.queues.dispatchable(g, self.turn())
             || g.key.lane.is_some_and(|l| l.0 != lane)
             || !self.fits_lane(lane, g.key.model)
             || self.lanes[lane].draining == Some(g.key.model)
@@ -151,6 +149,18 @@ impl Scheduler {
         load(model) + evicted
     }
 
+    /// Whose turn it is inside a group, now.
+    pub(super) fn turn(&self) -> Turn {
+        Turn {
+            cap: self.cfg.limits.max_in_flight_per_tenant,
+            batch_bound: self
+                .cfg
+                .bounds
+                .batch_starvation_after
+                .map(|b| (b, self.now)),
+        }
+    }
+
     /// Whether the oldest waiter of `g` has waited past the starvation bound.
     pub(super) fn starving(&self, g: &Group) -> bool {
         self.cfg.bounds.starvation_after.is_some_and(|s| {
@@ -164,8 +174,7 @@ impl Scheduler {
     /// routing lets serve its group and that can start it soon (it is idle or has the model), when
     /// there is one; else it stays with `lane` rather than wait on a busy one.
     fn retry_goes_elsewhere(&self, lane: usize, g: &Group, homes: &mut Homes) -> bool {
-        let cap = self.cfg.limits.max_in_flight_per_tenant;
-        let next_failed_here = self.queues.next_failed_on(g, cap) == Some(LaneId(lane));
+        let next_failed_here = self.queues.next_failed_on(g, self.turn()) == Some(LaneId(lane));
         next_failed_here
             && (0..self.lanes.len()).any(|m| {
                 let l = &self.lanes[m];
@@ -277,10 +286,7 @@ impl Scheduler {
             return true;
         }
         // A lane that just failed the next request does not count as a home for its retry.
-        let owners = match self
-            .queues
-            .next_failed_on(g, self.cfg.limits.max_in_flight_per_tenant)
-        {
+        let owners = match self.queues.next_failed_on(g, self.turn()) {
             None => owners,
             failed_on => owners_but(failed_on.map(|l| l.0)),
         };
@@ -477,8 +483,7 @@ impl Scheduler {
 
     /// Dispatch the request `group` serves next on `lane`.
     pub(super) fn dispatch_next(&mut self, lane: usize, group: GroupId) {
-        let cap = self.cfg.limits.max_in_flight_per_tenant;
-        let Some(id) = self.queues.take_next(group, cap) else {
+        let Some(id) = self.queues.take_next(group, self.turn()) else {
             return;
         };
         let model = self.queues.group(group).key.model;
@@ -524,10 +529,7 @@ impl Scheduler {
     fn decide_with(&mut self, lane: usize, full: &[GroupId], homes: &mut Homes) -> Option<GroupId> {
         let active = self.lanes[lane].active;
         if let Some(a) = active
-            && self.queues.dispatchable(
-                self.queues.group(a),
-                self.cfg.limits.max_in_flight_per_tenant,
-            )
+            && self.queues.dispatchable(self.queues.group(a), self.turn())
             && !full.contains(&a)
             && self.lanes[lane].draining != Some(self.queues.group(a).key.model)
             && !{

@@ -9,9 +9,11 @@
 //! `next` is the head of the line of the highest class, then of the tenant with the least
 //! virtual service ([`Fairness`]), then the earliest arrival; `oldest` is the earliest head of
 //! all lines. With one tenant and one class there is one line: first come, first served. The
-//! starvation bound, stated on `oldest`, holds whatever order `next` follows.
+//! starvation bound, stated on `oldest`, holds whatever order `next` follows; batch work has a
+//! bound of its own ([`GroupQueue::next`]).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
 
 use super::api::GroupKey;
 use super::fairness::Fairness;
@@ -89,6 +91,26 @@ struct Line {
     waiters: VecDeque<Waiter>,
 }
 
+/// What decides whose turn it is in a group, besides the tenants' virtual service: the
+/// per-tenant in-flight cap, and batch work's own starvation bound.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Turn {
+    /// Lines of tenants with this many requests in flight wait.
+    pub(super) cap: Option<u32>,
+    /// `bounds.batch_starvation_after`, and now.
+    pub(super) batch_bound: Option<(Duration, Time)>,
+}
+
+impl Turn {
+    /// Whether `w` is a batch request that has waited its class's bound.
+    fn overdue(&self, w: &Waiter) -> bool {
+        w.line.0 == Class::Batch
+            && self
+                .batch_bound
+                .is_some_and(|(after, now)| w.arrival + after <= now)
+    }
+}
+
 /// The waiting requests of one group, a line per class and tenant. Entries may be tombstones
 /// (no longer queued) except at the head of a line, which is always live; a line with none is
 /// dropped.
@@ -96,6 +118,8 @@ struct Line {
 pub(super) struct GroupQueue {
     lines: Vec<Line>,
     depth: usize,
+    /// When the group last started a batch request that had waited its bound.
+    overdue_batch_started: Option<Time>,
 }
 
 impl GroupQueue {
@@ -107,22 +131,37 @@ impl GroupQueue {
     /// The request dispatch serves next: the head of the line of the highest class, then of
     /// the tenant with the least virtual service (on a tie, the one with less waiting: a tenant
     /// that just became backlogged starts level with the least, and goes first rather than
-    /// behind the flood it is level with), then the earliest.
-    /// Lines of tenants at their in-flight `cap` wait.
-    fn next(&self, fair: &Fairness, cap: Option<u32>) -> Option<&Waiter> {
+    /// behind the flood it is level with), then the earliest. Lines of tenants at their
+    /// in-flight cap wait.
+    ///
+    /// Batch work's own bound: once a batch request has waited `batch_starvation_after`, the
+    /// group's overdue batch requests go before its interactive work, for one start, then not
+    /// again until the bound has passed since (when the group started an overdue batch request
+    /// last). So a batch flood gets at least one start per bound and group even under
+    /// interactive work that fills the model (delayed, never starved), and costs interactive
+    /// work at most that one service per bound.
+    fn next(&self, fair: &Fairness, turn: Turn) -> Option<&Waiter> {
         if let [one] = self.lines.as_slice()
-            && cap.is_none()
+            && turn.cap.is_none()
         {
             return one.waiters.front();
         }
+        let promote = turn.batch_bound.is_some_and(|(after, now)| {
+            self.overdue_batch_started
+                .is_none_or(|last| last + after <= now)
+        });
+        let rank = |w: &Waiter| match w.line.0 {
+            Class::Batch if promote && turn.overdue(w) => 0,
+            Class::Interactive => 1,
+            Class::Batch => 2,
+        };
         self.lines
             .iter()
             .filter_map(|l| l.waiters.front())
-            .filter(|w| fair.may_start(w.line.1, cap))
+            .filter(|w| fair.may_start(w.line.1, turn.cap))
             .min_by(|a, b| {
-                a.line
-                    .0
-                    .cmp(&b.line.0)
+                rank(a)
+                    .cmp(&rank(b))
                     .then(fair.counter(a.line.1).total_cmp(&fair.counter(b.line.1)))
                     .then(fair.waiting(a.line.1).cmp(&fair.waiting(b.line.1)))
                     .then((a.arrival, a.id).cmp(&(b.arrival, b.id)))
@@ -194,8 +233,12 @@ impl GroupQueue {
     }
 
     /// Take [`Self::next`] out.
-    fn pop_next(&mut self, fair: &Fairness, cap: Option<u32>) -> Option<RequestId> {
-        let (id, key) = self.next(fair, cap).map(|w| (w.id, w.line))?;
+    fn pop_next(&mut self, fair: &Fairness, turn: Turn) -> Option<RequestId> {
+        let w = *self.next(fair, turn)?;
+        if turn.overdue(&w) {
+            self.overdue_batch_started = turn.batch_bound.map(|(_, now)| now);
+        }
+        let (id, key) = (w.id, w.line);
         self.line(key).pop_front();
         self.depth -= 1;
         Some(id)
@@ -340,13 +383,13 @@ impl Queues {
     }
 
     /// The lane the request `g` serves next last failed on, if it is a retry.
-    pub(super) fn next_failed_on(&self, g: &Group, cap: Option<u32>) -> Option<LaneId> {
-        g.queue.next(&self.fair, cap).and_then(|w| w.failed_on)
+    pub(super) fn next_failed_on(&self, g: &Group, turn: Turn) -> Option<LaneId> {
+        g.queue.next(&self.fair, turn).and_then(|w| w.failed_on)
     }
 
     /// Whether `g` has a request that may start now (waiting, and of a tenant under `cap`).
-    pub(super) fn dispatchable(&self, g: &Group, cap: Option<u32>) -> bool {
-        g.depth() > 0 && (cap.is_none() || g.queue.next(&self.fair, cap).is_some())
+    pub(super) fn dispatchable(&self, g: &Group, turn: Turn) -> bool {
+        g.depth() > 0 && (turn.cap.is_none() || g.queue.next(&self.fair, turn).is_some())
     }
 
     /// When the group's oldest waiter arrived.
@@ -401,9 +444,9 @@ impl Queues {
 
     /// Take the request `g` serves next out of its queue to run it: it keeps its bytes until it
     /// leaves the system.
-    pub(super) fn take_next(&mut self, g: GroupId, cap: Option<u32>) -> Option<RequestId> {
+    pub(super) fn take_next(&mut self, g: GroupId, turn: Turn) -> Option<RequestId> {
         let group = &mut self.groups[g.0];
-        let id = group.queue.pop_next(&self.fair, cap)?;
+        let id = group.queue.pop_next(&self.fair, turn)?;
         group.in_flight += 1;
         let kind = group.key.kind;
         if let Some(r) = self.requests.get(&id) {
