@@ -233,3 +233,97 @@ async fn a_thousand_random_model_names_cause_a_handful_of_readings() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_name_is_a_lane_per_address_and_follows_the_addresses() {
+    // `localai.test` resolves (through a hosts file the test writes) to two, then three, then
+    // two boxes on loopback addresses, one port for all: an LLM box, an image box, then one
+    // with both, which then replaces the LLM box.
+    let scratch = im_testkit::scratch_dir("im-dns");
+    let hosts_file = scratch.path().join("hosts");
+    let write_hosts = |ips: &[&str]| {
+        let lines: String = ips
+            .iter()
+            .map(|ip| format!("{ip} localai.test\n"))
+            .collect();
+        std::fs::write(&hosts_file, lines).expect("hosts file");
+    };
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let llms = SimProcess::start_at("127.0.0.2", port, 0.01, Some(&[LLM])).await;
+    let images = SimProcess::start_at("127.0.0.3", port, 0.001, Some(&[SD])).await;
+    write_hosts(&["127.0.0.2", "127.0.0.3"]);
+    let im = start_in_front_of(
+        &[format!("dns+http://localai.test:{port}")],
+        &[
+            "--api-keys",
+            KEY,
+            "--set",
+            &format!(
+                "discovery.refresh_s=0.3;discovery.hosts_file={};breaker.health_check_s=0.2",
+                hosts_file.display()
+            ),
+        ],
+    );
+    assert_eq!(hosts(&im.url, "txt2txt", LLM).await, ["default#0"]);
+    assert_eq!(hosts(&im.url, "txt2img", SD).await, ["default#1"]);
+    assert_eq!(
+        call(&im.url, "/v1/chat/completions", &chat(LLM)).await.0,
+        200
+    );
+    assert_eq!(call(&im.url, "/txt2img", &image(SD)).await.0, 200);
+
+    // A third address joins within a reading.
+    let both = SimProcess::start_at("127.0.0.4", port, 0.01, Some(&[LLM, SD])).await;
+    write_hosts(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    im_testkit::eventually(
+        "the third box is a lane",
+        Duration::from_secs(20),
+        || async { hosts(&im.url, "txt2txt", LLM).await == ["default#0", "default#2"] },
+    )
+    .await;
+
+    // The LLM box leaves while chats run and queue: none is lost, the lane is retired.
+    let url = im.url.clone();
+    let chats: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { call(&url, "/v1/chat/completions", &chat(LLM)).await.0 })
+        })
+        .collect();
+    write_hosts(&["127.0.0.3", "127.0.0.4"]);
+    for c in chats {
+        assert_eq!(c.await.expect("chat"), 200);
+    }
+    im_testkit::eventually("the LLM box retired", Duration::from_secs(20), || async {
+        hosts(&im.url, "txt2txt", LLM).await == ["default#2"]
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(
+            call(&im.url, "/v1/chat/completions", &chat(LLM)).await.0,
+            200
+        );
+    }
+    // A new address takes the freed slot: the lane table does not grow.
+    let again = SimProcess::start_at("127.0.0.5", port, 0.01, Some(&[LLM])).await;
+    write_hosts(&["127.0.0.3", "127.0.0.4", "127.0.0.5"]);
+    im_testkit::eventually(
+        "the new box takes slot 0",
+        Duration::from_secs(20),
+        || async { hosts(&im.url, "txt2txt", LLM).await == ["default#0", "default#2"] },
+    )
+    .await;
+    let status = get_json(&format!("{}/status", im.url)).await;
+    let lanes = status["backends"].as_array().map_or(0, Vec::len);
+    assert_eq!(lanes, 3, "{status}");
+    for s in [&llms, &images, &both, &again] {
+        let stats = s.stats().await;
+        assert_eq!(
+            stats["unknown_model"], 0,
+            "asked for a model it lacks: {stats}"
+        );
+    }
+}

@@ -102,6 +102,10 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         Some(s) => Some(crate::simulate::start(&mut config, s).await?),
         None => None,
     };
+    // A `dns+` upstream is a lane per address its name resolves to now.
+    let declared = config.upstreams.clone();
+    let mut dns = crate::fleet::DnsLanes::default();
+    let mut config = dns.expand(&config).await;
     let clients = config
         .upstreams
         .iter()
@@ -153,6 +157,7 @@ pub async fn build(mut config: ImConfig, simulate: Option<Simulate>) -> Result<B
         fence.clone(),
         config.clone(),
         set,
+        (declared, dns),
     );
     service.set_discovery(Arc::new(crate::fleet::FleetDiscovery(Arc::downgrade(
         &fleet,

@@ -161,9 +161,11 @@ impl Reloader {
         } else {
             self.fleet.configured().await
         };
-        if fresh.upstreams != before.upstreams {
-            next.upstreams = fresh.upstreams.clone();
-        }
+        next.upstreams = if fresh.upstreams != before.upstreams {
+            fresh.upstreams.clone()
+        } else {
+            self.fleet.declared_upstreams()
+        };
         next.validate()
             .map_err(|e| ReloadError::Invalid(e.to_string()))?;
         let (next, topology) = self

@@ -140,8 +140,85 @@ pub(super) fn check(d: &Deploy) -> Result<String> {
         port_names.contains(&target),
         "k8s: Service targetPort {target} is no container port"
     );
+    check_dns_upstreams(toml, &kind("Service"), &kind("StatefulSet"))?;
     Ok(
-        "k8s: im replicas (rolling updates, 2-10 autoscaler) on a Redis Service, advertised pod IPs, /health liveness, /ready readiness, resources, Service → container port, claimed volumes"
+        "k8s: im replicas (rolling updates, 2-10 autoscaler) on a Redis Service, advertised pod IPs, /health liveness, /ready readiness, resources, Service → container port, claimed volumes, LocalAI pods behind a headless Service each with its fencing gate"
             .into(),
     )
+}
+
+/// Each `dns+http://name:port` upstream of the ConfigMap is a headless Service `name` with that
+/// port, over a StatefulSet whose pods run their fencing gate on the port's target, in front of
+/// a LocalAI on the pod's loopback (every call from im passes the gate).
+fn check_dns_upstreams(toml: &str, services: &[Value], sets: &[Value]) -> Result<()> {
+    let config = im_app::config::ImConfig::from_toml(toml)?;
+    let dns: Vec<(String, u16)> = config
+        .upstreams
+        .iter()
+        .filter_map(|u| u.url().strip_prefix("dns+"))
+        .filter_map(host_port)
+        .collect();
+    ensure!(
+        !dns.is_empty(),
+        "k8s: ConfigMap im.toml names LocalAI by its headless Service (dns+http://localai:8081)"
+    );
+    for (host, port) in dns {
+        let svc = services
+            .iter()
+            .find(|s| s["metadata"]["name"] == host.as_str())
+            .with_context(|| {
+                format!("k8s: no Service {host} for the upstream dns+http://{host}:{port}")
+            })?;
+        ensure!(
+            svc["spec"]["clusterIP"] == "None",
+            "k8s: Service {host} must be headless (clusterIP: None): its name must resolve to every pod"
+        );
+        let target = svc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["port"] == port)
+            .map(|p| p["targetPort"].clone())
+            .with_context(|| format!("k8s: Service {host} has no port {port}"))?;
+        let set = sets
+            .iter()
+            .find(|w| w["spec"]["serviceName"] == host.as_str())
+            .with_context(|| format!("k8s: no StatefulSet behind the Service {host}"))?;
+        let containers = set["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let gate = containers
+            .iter()
+            .find(|c| {
+                c["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["name"] == target || p["containerPort"] == target)
+            })
+            .with_context(|| format!("k8s: no container of {host}'s pods serves {target}"))?;
+        let command: Vec<&str> = gate["command"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        ensure!(
+            command.first() == Some(&"im-fence")
+                && command
+                    .windows(2)
+                    .any(|w| w[0] == "--upstream" && w[1].starts_with("http://127.0.0.1:")),
+            "k8s: {host}'s pods must serve port {port} through im-fence in front of LocalAI on loopback"
+        );
+        ensure!(
+            gate["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["name"] == "IM_FENCE_SECRET"),
+            "k8s: {host}'s fencing gate needs IM_FENCE_SECRET (only tokens im signed pass)"
+        );
+    }
+    Ok(())
 }

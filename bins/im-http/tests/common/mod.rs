@@ -221,6 +221,7 @@ impl Drop for FenceProcess {
 /// A `localai-sim` process on a fixed port (so that it can be restarted there).
 pub struct SimProcess {
     pub child: Child,
+    pub host: String,
     pub port: u16,
 }
 
@@ -240,12 +241,24 @@ impl SimProcess {
 
     /// [`SimProcess::start`] with only the catalogue's models `installed` (`None`: all).
     pub async fn start_with(port: u16, time_scale: f64, installed: Option<&[&str]>) -> SimProcess {
+        SimProcess::start_at("127.0.0.1", port, time_scale, installed).await
+    }
+
+    /// [`SimProcess::start_with`] on loopback address `host` (any of 127.0.0.0/8).
+    pub async fn start_at(
+        host: &str,
+        port: u16,
+        time_scale: f64,
+        installed: Option<&[&str]>,
+    ) -> SimProcess {
         let port = if port == 0 {
             SimProcess::free_port()
         } else {
             port
         };
         let mut args = vec![
+            "--host".to_owned(),
+            host.to_owned(),
             "--port".to_owned(),
             port.to_string(),
             "--time-scale".to_owned(),
@@ -261,7 +274,11 @@ impl SimProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("localai-sim starts");
-        let sim = SimProcess { child, port };
+        let sim = SimProcess {
+            child,
+            host: host.to_owned(),
+            port,
+        };
         let (c, ready) = (client(), format!("{}/readyz", sim.url()));
         im_testkit::eventually(&ready, Duration::from_secs(20), || async {
             c.get(&ready).send().await.is_ok()
@@ -271,7 +288,7 @@ impl SimProcess {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// Kill it with SIGKILL, like a machine that dies.

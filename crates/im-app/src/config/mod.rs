@@ -371,7 +371,12 @@ impl ImConfig {
             return Ok(None);
         }
         let names = self.lane_names();
-        if let Some(bad) = m.upstreams.iter().find(|n| !names.contains(n)) {
+        let of = |lane: &str, n: &str| crate::fleet::lane_of_upstream(lane, n);
+        if let Some(bad) = m
+            .upstreams
+            .iter()
+            .find(|n| !names.iter().any(|lane| of(lane, n)))
+        {
             return Err(invalid(
                 format!("models[{i}].upstreams"),
                 format!(
@@ -385,7 +390,7 @@ impl ImConfig {
             .iter()
             .enumerate()
             .filter(|(j, u)| {
-                (m.upstreams.is_empty() || m.upstreams.contains(&names[*j]))
+                (m.upstreams.is_empty() || m.upstreams.iter().any(|n| of(&names[*j], n)))
                     && m.labels.iter().all(|l| u.labels().contains(l))
             })
             .map(|(j, _)| j)
@@ -433,11 +438,17 @@ impl ImConfig {
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let url = u.url();
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(
-                    format!("upstreams[{i}]"),
-                    "must be an http:// or https:// URL",
-                ));
+            match crate::fleet::DnsUrl::parse(url) {
+                Some(Err(e)) => return Err(invalid(format!("upstreams[{i}]"), e)),
+                Some(Ok(_)) => {}
+                None if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(invalid(
+                        format!("upstreams[{i}]"),
+                        "must be an http:// or https:// URL (or dns+http://name:port: a lane \
+                         per address the name resolves to)",
+                    ));
+                }
+                None => {}
             }
             let name = u.name(i);
             if name.trim().is_empty() || name.len() > 64 {
@@ -446,6 +457,7 @@ impl ImConfig {
                     "1 to 64 characters",
                 ));
             }
+
             if !names.insert(name) {
                 return Err(invalid(
                     format!("upstreams[{i}].name"),

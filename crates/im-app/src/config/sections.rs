@@ -111,7 +111,8 @@ pub enum UpstreamEntry {
 #[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTable {
-    /// Base URL (`http://host:8080`).
+    /// Base URL (`http://host:8080`), or `dns+http://name:port`: one lane per address the name
+    /// resolves to (a Kubernetes headless Service), resolved again at every catalogue reading.
     pub url: String,
     /// The lane's name in status, metrics and logs (default: `default`, `lane1`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -315,6 +316,10 @@ pub struct DiscoveryEntry {
     /// again, in milliseconds (one reading at a time; a name missed recently is not looked for
     /// again for `refresh_s`).
     pub miss_wait_ms: u64,
+    /// A hosts(5) file where the names of `dns+http://` upstreams are looked up before the
+    /// system resolver, read at every resolution (addresses a tool writes; tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_file: Option<String>,
 }
 
 impl Default for DiscoveryEntry {
@@ -324,6 +329,7 @@ impl Default for DiscoveryEntry {
             image_slots: 1,
             refresh_s: 30.0,
             miss_wait_ms: 2_000,
+            hosts_file: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! (`topology::apply`). In cluster mode only the replica holding the scheduler lease
 //! reads.
 
+mod dns;
 mod models;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use im_engine::{Engine, LocalAiBackend};
 use im_service::{Discovery, Lookup};
 use localai_client::{ClientError, LocalAiClient};
 
+pub use dns::{DnsLanes, DnsUrl, lane_of_upstream};
 pub use models::{Catalogue, ModelSet};
 
 use crate::config::ImConfig;
@@ -39,6 +41,10 @@ pub struct Fleet {
     running: Mutex<ImConfig>,
     /// Held for a whole reading or reconfiguration, so they apply one at a time.
     set: tokio::sync::Mutex<ModelSet>,
+    /// The upstreams as configured (`dns+` ones not yet expanded into their addresses).
+    declared: Mutex<Vec<crate::config::UpstreamEntry>>,
+    /// The lanes of the `dns+` upstreams (locked only under `set`).
+    dns: tokio::sync::Mutex<DnsLanes>,
     /// Readings completed since start.
     readings: std::sync::atomic::AtomicU64,
     /// When the last completed reading started.
@@ -65,6 +71,7 @@ impl Fleet {
         fence: Fence,
         running: ImConfig,
         set: ModelSet,
+        (declared, dns): (Vec<crate::config::UpstreamEntry>, DnsLanes),
     ) -> Arc<Fleet> {
         let unreached = set.has_unreached().into();
         Arc::new(Fleet {
@@ -73,6 +80,8 @@ impl Fleet {
             fence,
             running: Mutex::new(running),
             set: tokio::sync::Mutex::new(set),
+            declared: Mutex::new(declared),
+            dns: tokio::sync::Mutex::new(dns),
             readings: Default::default(),
             last_started: Mutex::new(None),
             unreached,
@@ -98,16 +107,40 @@ impl Fleet {
         self.readings.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Apply `next` (a reload): its models become the configured part, its upstreams the
-    /// lanes; the merged models and the lanes go to the scheduler. Nothing changes when the
-    /// scheduler refuses them.
+    /// The upstreams as configured (a `dns+` one as one upstream).
+    pub fn declared_upstreams(&self) -> Vec<crate::config::UpstreamEntry> {
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Apply `next` (a reload; its upstreams as configured): its models become the configured
+    /// part, its upstreams (their addresses, for `dns+` ones) the lanes; the merged models and
+    /// the lanes go to the scheduler. Nothing changes when the scheduler refuses them.
     pub(crate) async fn reconfigure(
         &self,
-        mut next: ImConfig,
+        next: ImConfig,
     ) -> Result<(ImConfig, inference_queue::TopologyChange), String> {
         let mut set = self.set.lock().await;
+        let declared = next.upstreams.clone();
+        let next = self.dns.lock().await.expand(&next).await;
         let mut trial = set.clone();
         trial.set_configured(next.models.clone());
+        let applied = self.apply(&mut set, trial, next).await?;
+        *self.declared.lock().unwrap_or_else(|p| p.into_inner()) = declared;
+        Ok(applied)
+    }
+
+    /// Make `next` the configuration in force, with `trial` (the set it changes) taking its
+    /// lanes: the merged models and the lanes go to the scheduler; nothing changes when it
+    /// refuses them.
+    async fn apply(
+        &self,
+        set: &mut ModelSet,
+        mut trial: ModelSet,
+        mut next: ImConfig,
+    ) -> Result<(ImConfig, inference_queue::TopologyChange), String> {
         trial.set_lanes(&next.lane_names());
         next.models = trial.merged();
         next.validate().map_err(|e| e.to_string())?;
@@ -120,6 +153,38 @@ impl Fleet {
         Ok((next, change))
     }
 
+    /// Resolve the `dns+` upstreams again; addresses that came join as lanes, those that went
+    /// are retired.
+    async fn follow_dns(&self, set: &mut ModelSet) {
+        let declared = self.declared_upstreams();
+        if !declared
+            .iter()
+            .any(|u| u.url().starts_with(dns::DNS_PREFIX))
+        {
+            return;
+        }
+        let running = self.running();
+        let next = self
+            .dns
+            .lock()
+            .await
+            .expand(&ImConfig {
+                upstreams: declared,
+                ..running.clone()
+            })
+            .await;
+        if next.upstreams == running.upstreams {
+            return;
+        }
+        let trial = set.clone();
+        match self.apply(set, trial, next).await {
+            Ok((_, change)) => tracing::info!(?change, "the upstreams' addresses changed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the upstreams' new addresses could not be applied")
+            }
+        }
+    }
+
     /// Read every upstream's catalogue and apply what changed.
     pub async fn refresh(&self) {
         let mut set = self.set.lock().await;
@@ -128,6 +193,7 @@ impl Fleet {
 
     async fn read_all(&self, set: &mut ModelSet) {
         let started = Instant::now();
+        self.follow_dns(set).await;
         let running = self.running();
         let lanes = self.engine.config().lanes.clone();
         let clients = self.backend.clients();
