@@ -301,18 +301,19 @@ pub async fn discover(
             _ => None,
         };
         let vision = has(&info.input, "image") || props.is_some_and(|p| p.vision);
-        let mut kinds = if !info.capabilities.is_empty() {
-            kinds_of_capabilities(&info.capabilities)
+        // From the server's word where it gives one; from the name (marked as guessed) else.
+        let (mut kinds, guessed) = if !info.capabilities.is_empty() {
+            (kinds_of_capabilities(&info.capabilities), false)
         } else if has(&info.output, "embedding") {
-            vec!["embed".to_owned()]
+            (vec!["embed".to_owned()], false)
         } else if has(&info.output, "image") {
-            vec!["txt2img".to_owned(), "img2img".to_owned()]
+            (vec!["txt2img".to_owned(), "img2img".to_owned()], false)
         } else if vision {
-            vec!["img2txt".to_owned(), "txt2txt".to_owned()]
+            (vec!["img2txt".to_owned(), "txt2txt".to_owned()], false)
         } else if !info.output.is_empty() || !info.input.is_empty() {
-            vec!["txt2txt".to_owned()]
+            (vec!["txt2txt".to_owned()], false)
         } else {
-            guess_kinds(&info.id)
+            (guess_kinds(&info.id), true)
         };
         kinds.dedup();
         if kinds.is_empty() {
@@ -325,6 +326,7 @@ pub async fn discover(
             size_gib: learned_size(&info.id, info.size_bytes, largest_budget_gib),
             name: info.id,
             kinds,
+            kinds_guessed: guessed,
             max_in_flight: Some(slots),
             aliases: Vec::new(),
             ..Default::default()

@@ -671,6 +671,22 @@ async fn a_name_that_suggests_vision_grants_none_without_the_servers_word() {
     let image = json!({"model": VLM, "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", png_b64())}}]}]});
     let (status, v) = post_json(&app, "/img2txt", &image).await;
     assert!(status.is_client_error(), "{status}: {v}");
+    // The kinds it has are marked as guessed, in /v1/models and /status.
+    let guessed = |app: Router| async move {
+        let (_, listed) = call(&app, "GET", "/v1/models", Vec::new()).await;
+        let (_, status) = call(&app, "GET", "/status", Vec::new()).await;
+        let listed = listed["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["id"] == VLM)
+            .map(|m| m["kinds_guessed"].clone());
+        let in_status = status["backends"][0]["kinds_guessed"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|m| m == VLM));
+        (listed, in_status)
+    };
+    assert_eq!(guessed(app).await, (Some(json!(true)), true));
     // LocalAI says what each model can do (`/v1/models/capabilities`): there the same name is
     // granted vision, on the server's word.
     let (_sim, built) = in_front_of(SimMode::LocalAi, |_| {}).await;
@@ -678,4 +694,56 @@ async fn a_name_that_suggests_vision_grants_none_without_the_servers_word() {
         kinds(&built),
         Some(vec!["img2txt".to_owned(), "txt2txt".to_owned()])
     );
+    let app = im_http_api::router(built.state.clone());
+    assert_eq!(guessed(app).await, (Some(json!(false)), false));
+}
+
+#[tokio::test]
+async fn a_kind_the_upstream_refuses_is_refused_by_im_until_the_catalogue_is_read_again() {
+    // Issue 31: llama-server answers an embeddings call to a chat model with 501
+    // `not_supported_error`. The first such request gets the upstream's answer; the next is im's
+    // own 422 `unsupported_kind`, without a call upstream; chats go on.
+    const LLM: &str = "llama-3.2-3b-instruct";
+    let (sim, built) = in_front_of(SimMode::LlamaCppRouter, |c| {
+        c.models = vec![ModelEntry {
+            name: LLM.into(),
+            kinds: vec!["txt2txt".into(), "embed".into()],
+            max_in_flight: Some(2),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let app = im_http_api::router(built.state.clone());
+    let embed = json!({"model": LLM, "input": "hello"});
+    let (status, v) = post_json(&app, "/v1/embeddings", &embed).await;
+    assert_eq!(
+        status.as_u16(),
+        502,
+        "the upstream's refusal, passed on: {v}"
+    );
+    assert!(v.to_string().contains("does not support"), "{v}");
+    assert_eq!(sim.state().stats().kind_not_served, 1);
+    let (status, v) = post_json(&app, "/v1/embeddings", &embed).await;
+    assert_eq!(status.as_u16(), 422, "{v}");
+    assert_eq!(v["error"]["type"], "unsupported_kind", "{v}");
+    assert_eq!(
+        sim.state().stats().kind_not_served,
+        1,
+        "im refused it without a call upstream"
+    );
+    let chat =
+        json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    assert_eq!(post_json(&app, "/v1/chat/completions", &chat).await.0, 200);
+    // A reading of the catalogues tries the kind again (and the server refuses it again).
+    built.fleet.refresh().await;
+    im_testkit::eventually(
+        "the kind restored",
+        std::time::Duration::from_secs(10),
+        || {
+            let app = app.clone();
+            let embed = embed.clone();
+            async move { post_json(&app, "/v1/embeddings", &embed).await.0.as_u16() == 502 }
+        },
+    )
+    .await;
 }

@@ -198,6 +198,12 @@ impl Engine {
         Ok(result.map(|config| self.set_config(config)))
     }
 
+    /// The upstreams' catalogues were read again: kinds an upstream refused for a model (501)
+    /// are sent there again (see [`inference_queue::Scheduler::restore_kinds`]).
+    pub fn restore_kinds(&self) {
+        let _ = self.tx.send(Msg::RestoreKinds);
+    }
+
     /// Serve `models` on `lanes` from now on, matched by name (see
     /// [`inference_queue::Scheduler::set_topology`]): new lanes need their upstream in the backend
     /// first, at the ids they get (appended in `lanes` order). Nothing waiting or running is

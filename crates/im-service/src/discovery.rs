@@ -18,4 +18,10 @@ pub enum Lookup {
 pub trait Discovery: Send + Sync {
     /// `model` is not known: look for it, waiting a bounded time.
     fn missed(&self, model: &str) -> BoxFuture<'static, Lookup>;
+
+    /// The models whose kinds were guessed from their names (their servers said nothing of
+    /// what they do).
+    fn kinds_guessed(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

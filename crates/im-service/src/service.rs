@@ -518,8 +518,10 @@ impl Service {
         Ok(done)
     }
 
-    /// The configured models with the kinds each serves, OpenAI-shaped.
+    /// The configured models with the kinds each serves, OpenAI-shaped; `kinds_guessed` marks
+    /// those whose kinds come from their names (their servers said nothing).
     pub fn models(&self) -> Value {
+        let guessed = self.kinds_guessed();
         let data: Vec<Value> = self
             .engine
             .config()
@@ -527,10 +529,20 @@ impl Service {
             .iter()
             .map(|m| {
                 json!({"id": m.name, "object": "model", "created": 0, "owned_by": "localai",
-                            "kinds": m.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>()})
+                       "kinds": m.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                       "kinds_guessed": guessed.contains(&m.name)})
             })
             .collect();
         json!({"object": "list", "data": data})
+    }
+
+    /// The models whose kinds were guessed from their names.
+    fn kinds_guessed(&self) -> Vec<String> {
+        self.shared
+            .discovery
+            .get()
+            .map(|d| d.kinds_guessed())
+            .unwrap_or_default()
     }
 
     /// `GET /status`: a report per backend (lane): health (from its breaker), upstream attempts,
@@ -542,6 +554,7 @@ impl Service {
         };
         let stats = self.engine.metrics().engine().lanes();
         let config = self.engine.config();
+        let guessed = self.kinds_guessed();
         let backends: Vec<Value> = s
             .lanes
             .iter()
@@ -578,6 +591,7 @@ impl Service {
                     "queue_size": queue_size, "in_flight": l.in_flight,
                     "loaded_models": l.resident.iter().map(|r| &r.model).collect::<Vec<_>>(),
                     "models": models,
+                    "kinds_guessed": models.iter().filter(|m| guessed.iter().any(|g| g == *m)).collect::<Vec<_>>(),
                     "memory_mb": l.memory_mb, "memory_used_mb": l.memory_used_mb(),
                     "active": l.active.as_ref().map(|(k, m)| json!({"kind": k.as_str(), "model": m})),
                 })

@@ -46,3 +46,42 @@ fn slots_on_a_lane_that_does_not_exist_are_refused() {
     let e = Scheduler::new(c).expect_err("lane 3 of 1");
     assert_eq!(e.field, "models[0].slots_on");
 }
+
+#[test]
+fn a_kind_one_lane_refuses_goes_to_the_others_and_one_every_lane_refuses_is_not_served() {
+    let mut c = cfg(Bounds::default());
+    c.lanes = vec!["gpu0".into(), "gpu1".into()];
+    let mut h = Harness::new(c);
+    // gpu0's server answered an img2txt call to `llm` with 501 not_supported_error.
+    h.core.refuse_kind(h.now, LaneId(0), "llm", Kind::Img2Txt);
+    h.drain();
+    let first = h.id(Kind::Img2Txt, "llm");
+    let second = h.id(Kind::Img2Txt, "llm");
+    let third = h.id(Kind::Img2Txt, "llm");
+    assert_eq!(h.lane_of(first), Some(1), "only gpu1 serves it");
+    assert_eq!(h.lane_of(second), Some(1));
+    assert_eq!(h.lane_of(third), None, "gpu1's two slots are taken");
+
+    // gpu1 refuses it too: the waiting one fails, new ones are refused, the running ones end.
+    h.core.refuse_kind(h.now, LaneId(1), "llm", Kind::Img2Txt);
+    h.drain();
+    assert_eq!(h.left.get(&third).map(String::as_str), Some("failed"));
+    assert!(h.events.contains(&Event::Failed {
+        id: third,
+        reason: FailReason::KindRefused
+    }));
+    assert!(matches!(
+        h.submit(Kind::Img2Txt, "llm"),
+        Admission::Rejected(Rejection::KindNotServed { .. })
+    ));
+    assert!(!h.core.models_for(Kind::Img2Txt).contains(&"llm".to_owned()));
+    h.at(1_000).complete(first, Outcome::Success);
+
+    // A reading of the catalogues reports it again.
+    h.core.restore_kinds(h.now);
+    h.drain();
+    assert!(matches!(
+        h.submit(Kind::Img2Txt, "llm"),
+        Admission::Accepted(_)
+    ));
+}

@@ -46,6 +46,14 @@ enum Op {
         lane: usize,
         force: bool,
     },
+    /// `lane`'s upstream refuses a kind of a model (501 `not_supported_error`); `restore`: a
+    /// reading of the catalogues restores every refused kind instead.
+    Refuse {
+        lane: usize,
+        model: usize,
+        kind: usize,
+        restore: bool,
+    },
     /// A reload of models and lanes: keep the lanes whose bit is set in `keep` (at least one
     /// stays), add one when `add`, drop the model `drop` (when in range).
     Reshape {
@@ -69,6 +77,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(model, lane, force)| Op::Unload { model, lane, force }),
         1 => (any::<u8>(), any::<bool>(), 0..8usize)
             .prop_map(|(keep, add, drop)| Op::Reshape { keep, add, drop }),
+        1 => (0..3usize, 0..5usize, 0..4usize, any::<bool>())
+            .prop_map(|(lane, model, kind, restore)| Op::Refuse { lane, model, kind, restore }),
     ]
 }
 
@@ -298,6 +308,20 @@ fn run(setup: &Setup, ops: &[Op]) {
                         h.complete(id, Outcome::Aborted);
                     }
                 }
+            }
+            Op::Refuse {
+                lane,
+                model,
+                kind,
+                restore,
+            } => {
+                if *restore {
+                    h.core.restore_kinds(h.now);
+                } else {
+                    h.core
+                        .refuse_kind(h.now, LaneId(*lane), MODELS[*model], Kind::SEEDS[*kind]);
+                }
+                h.drain();
             }
             Op::Lifecycle { lane } => {
                 h.core.lifecycle_done(h.now, LaneId(*lane));

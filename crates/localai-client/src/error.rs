@@ -152,6 +152,13 @@ impl ClientError {
         self.class() == ErrorClass::Transient
     }
 
+    /// Whether the upstream says it does not do this kind of work for this model: 501 Not
+    /// Implemented (llama-server's `not_supported_error`: an embeddings call to a server started
+    /// without `--embeddings`, a completion to an embedding server).
+    pub fn refuses_kind(&self) -> bool {
+        matches!(self, ClientError::Status { status: 501, .. })
+    }
+
     /// Whether it says the upstream itself is unwell (it counts against the lane's breaker).
     pub fn blames_upstream(&self) -> bool {
         match self {

@@ -82,7 +82,7 @@ pub async fn speech(State(state): State<SimState>, body: Bytes) -> Response {
     };
     let model = &state.cfg.models[idx];
     if !model.serves("tts") {
-        return not_served(&model.name, "tts");
+        return not_served(&state, &model.name, "tts");
     }
     let Some(text) = body.get("input").and_then(Value::as_str) else {
         return error(
@@ -147,7 +147,7 @@ pub async fn transcriptions(State(state): State<SimState>, mut form: Multipart) 
         Err(r) => return r,
     };
     if !model.serves("stt") {
-        return not_served(&model.name, "stt");
+        return not_served(&state, &model.name, "stt");
     }
     let seconds = wav_seconds(&file).unwrap_or(file.len() as f64 / 16_384.0);
     let (slot, _) = match begin(&state, idx, false).await {

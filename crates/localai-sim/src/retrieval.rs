@@ -77,7 +77,7 @@ pub async fn embeddings(State(state): State<SimState>, body: Bytes) -> Response 
     };
     let model = &state.cfg.models[idx];
     if !model.serves("embed") {
-        return not_served(&model.name, "embeddings");
+        return not_served(&state, &model.name, "embeddings");
     }
     let owned = match embedding_inputs(&body) {
         Ok(i) => i,
@@ -119,7 +119,7 @@ pub async fn rerank(State(state): State<SimState>, body: Bytes) -> Response {
     };
     let model = &state.cfg.models[idx];
     if !model.serves("rerank") {
-        return not_served(&model.name, "rerank");
+        return not_served(&state, &model.name, "rerank");
     }
     let Some(query) = body.get("query").and_then(Value::as_str) else {
         return error(

@@ -427,7 +427,7 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
         "txt2txt"
     };
     if !(model.serves(kind) || kind == "txt2txt" && model.serves("img2txt")) {
-        return not_served(&model.name, kind);
+        return not_served(&state, &model.name, kind);
     }
     let streaming = wants_stream(&body);
     let (slot, fault) = match begin(&state, idx, streaming).await {
@@ -522,7 +522,18 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
 }
 
 /// LocalAI's answer to a model asked for a kind it does not serve.
-pub(crate) fn not_served(model: &str, kind: &str) -> Response {
+/// The answer to `kind` of work a model does not do: llama-server says 501
+/// `not_supported_error` ("This server does not support embeddings. Start it with
+/// `--embeddings`"); LocalAI and llama-cpp-python a 400.
+pub(crate) fn not_served(state: &SimState, model: &str, kind: &str) -> Response {
+    state.count_kind_not_served();
+    if state.cfg.mode == SimMode::LlamaCppRouter {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            &format!("This server does not support {kind} for model {model:?}"),
+            "not_supported_error",
+        );
+    }
     error(
         StatusCode::BAD_REQUEST,
         &format!("model {model:?} does not serve {kind}"),
@@ -551,7 +562,7 @@ async fn completions(State(state): State<SimState>, body: Bytes) -> Response {
     };
     let model = &state.cfg.models[idx];
     if !model.serves("txt2txt") {
-        return not_served(&model.name, "txt2txt");
+        return not_served(&state, &model.name, "txt2txt");
     }
     let prompt = match body.get("prompt") {
         Some(Value::String(p)) => p.clone(),
@@ -682,7 +693,7 @@ async fn images(State(state): State<SimState>, body: Bytes) -> Response {
         }
     };
     if !model.serves(kind) {
-        return not_served(&model.name, kind);
+        return not_served(&state, &model.name, kind);
     }
     let (slot, _) = match begin(&state, idx, false).await {
         Ok(b) => b,

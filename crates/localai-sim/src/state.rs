@@ -56,6 +56,8 @@ pub struct Stats {
     pub fenced: u64,
     /// Inference calls naming a model this server does not have (answered 404).
     pub unknown_model: u64,
+    /// Inference calls asking a model for a kind of work it does not do (llama-server: 501).
+    pub kind_not_served: u64,
     /// Readings of the catalogue (`/v1/models`, `/v1/models/capabilities`).
     pub catalogue_reads: u64,
 }
@@ -208,6 +210,11 @@ impl SimState {
     /// Count a call naming a model this server does not have.
     pub fn count_unknown_model(&self) {
         self.lock().stats.unknown_model += 1;
+    }
+
+    /// Count a call asking a model for a kind of work it does not do.
+    pub fn count_kind_not_served(&self) {
+        self.lock().stats.kind_not_served += 1;
     }
 
     /// Count a reading of the catalogue.

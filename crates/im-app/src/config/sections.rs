@@ -47,6 +47,10 @@ pub struct ModelEntry {
     /// `max_in_flight`: learned from the catalogues, never configured.
     #[serde(skip)]
     pub slots_on: Vec<(String, u32)>,
+    /// Discovered: its kinds were guessed from its name (its server said nothing of what it
+    /// does); shown in `/v1/models` and `/status`. A guess never grants vision.
+    #[serde(skip)]
+    pub kinds_guessed: bool,
 }
 
 /// One key with its scopes and its own rate limit.

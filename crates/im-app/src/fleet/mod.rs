@@ -215,8 +215,14 @@ impl Fleet {
                 (name, catalogue_of(read))
             })
         });
+        let mut listed = false;
         for (name, found) in futures_util::future::join_all(reads).await {
+            listed |= matches!(found, Catalogue::Listed(_));
             set.read(&name, found);
+        }
+        if listed {
+            // The catalogues report their kinds again: a kind refused since is tried again.
+            self.engine.restore_kinds();
         }
         self.unreached
             .store(set.has_unreached(), std::sync::atomic::Ordering::SeqCst);
@@ -337,6 +343,19 @@ impl Fleet {
 pub(crate) struct FleetDiscovery(pub(crate) Weak<Fleet>);
 
 impl Discovery for FleetDiscovery {
+    fn kinds_guessed(&self) -> Vec<String> {
+        self.0.upgrade().map_or_else(Vec::new, |f| {
+            f.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .models
+                .iter()
+                .filter(|m| m.kinds_guessed)
+                .map(|m| m.name.clone())
+                .collect()
+        })
+    }
+
     fn missed(&self, model: &str) -> BoxFuture<'static, Lookup> {
         let fleet = self.0.upgrade();
         let model = model.to_owned();

@@ -115,7 +115,9 @@ impl ModelSet {
                 !matches!(c, Catalogue::Listed(_)) || self.listing(m).any(|(l, _)| l == n)
             })
             .map(|(n, _)| n.as_str())
-            .filter(|n| m.upstreams.is_empty() || m.upstreams.iter().any(|u| u == n))
+            .filter(|n| {
+                m.upstreams.is_empty() || m.upstreams.iter().any(|u| super::lane_of_upstream(n, u))
+            })
             .collect();
         if serving.is_empty() {
             tracing::warn!(model = %m.name, "no upstream lists this configured model: not offered");
@@ -159,6 +161,8 @@ impl ModelSet {
                         merged.kinds.push(k.clone());
                     }
                 }
+                // Guessed only while no lane's server said what it does.
+                merged.kinds_guessed &= e.kinds_guessed;
                 if let Some(s) = e.max_in_flight {
                     merged.slots_on.push((lane.clone(), s));
                 }

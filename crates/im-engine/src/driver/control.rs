@@ -38,6 +38,7 @@ impl Driver {
                 }
                 let _ = reply.send(result.map(|c| (c, self.served_config())));
             }
+            Msg::RestoreKinds => self.core.restore_kinds(now),
             Msg::LoadModel { model, lane, reply } => {
                 let _ = reply.send(self.core.load_model(now, &model, lane));
             }

@@ -35,6 +35,21 @@ impl Driver {
                     id,
                     reason: FailReason::ShuttingDown,
                 } => self.fail(id, EngineError::ShuttingDown, outcome::SHUTDOWN),
+                Event::Failed {
+                    id,
+                    reason: FailReason::KindRefused,
+                } => {
+                    let Some((model, kind)) = self
+                        .entries
+                        .get(&id)
+                        .map(|e| (e.job.model().to_owned(), e.job.kind()))
+                    else {
+                        continue;
+                    };
+                    let valid = self.core.models_for(kind);
+                    let err = EngineError::UnsupportedKind { model, kind, valid };
+                    self.fail(id, err, outcome::REFUSED);
+                }
                 Event::Unload { lane, model } => {
                     self.lifecycle(lane, self.core.model_name(model).to_owned(), true);
                 }

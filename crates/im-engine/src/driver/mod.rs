@@ -87,6 +87,8 @@ pub(crate) enum Msg {
         policy: inference_queue::Policy,
         reply: oneshot::Sender<Result<Config, inference_queue::ConfigError>>,
     },
+    /// A reading of the catalogues: the kinds upstreams refused are served again.
+    RestoreKinds,
     SetTopology {
         models: Vec<inference_queue::ModelSpec>,
         lanes: Vec<inference_queue::LaneSpec>,

@@ -245,7 +245,15 @@ impl Driver {
                 }
             }
         };
-        match self.core.complete(now, id, outcome) {
+        let refused = match &result {
+            Err(e) if e.refuses_kind() => self.entries.get(&id).map(|e| e.job.clone()),
+            _ => None,
+        };
+        let resolution = self.core.complete(now, id, outcome);
+        if let Some(job) = refused {
+            self.kind_refused(now, lane, &job);
+        }
+        match resolution {
             Resolution::Finished => match result {
                 Ok(output) => {
                     if let Some(e) = self.entries.get_mut(&id) {
@@ -289,6 +297,16 @@ impl Driver {
             }
             Resolution::Ignored => {}
         }
+    }
+
+    /// `lane`'s upstream said it does not do `job`'s kind of work for its model (501): such
+    /// work goes to other lanes, or is refused by im itself, until a reading of the catalogues
+    /// restores it.
+    fn kind_refused(&mut self, now: Time, lane: LaneId, job: &Job) {
+        let (model, kind) = (job.model(), job.kind());
+        tracing::warn!(lane = %self.lanes[lane.0], %model, %kind,
+            "the upstream does not serve this kind of work for this model (501): not sent there again until its catalogue is read");
+        self.core.refuse_kind(now, lane, model, kind);
     }
 
     pub(super) fn dispatch(&mut self, id: RequestId, lane: LaneId, attempt: u32, waited: Duration) {

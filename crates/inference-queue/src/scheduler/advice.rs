@@ -88,7 +88,7 @@ impl Scheduler {
                 valid: self.models_for(kind),
             });
         };
-        if !self.cfg.models[m.0].kinds.contains(&kind) {
+        if !self.serves_kind(m, kind) {
             return Err(Rejection::KindNotServed {
                 model: model.to_owned(),
                 kind,
@@ -154,7 +154,7 @@ impl Scheduler {
             (l, Why::Pinned)
         } else if self.cfg.routing.places_requests() {
             (
-                LaneId(self.peek_place(m, None)),
+                LaneId(self.peek_place(m, kind, None)),
                 Why::Balancer(self.cfg.routing.as_str()),
             )
         } else {

@@ -165,6 +165,9 @@ pub enum CancelOutcome {
 pub enum FailReason {
     /// Shutdown ended before the request could run.
     ShuttingDown,
+    /// Every lane that could serve it refused its kind for its model
+    /// ([`Scheduler::refuse_kind`](crate::Scheduler::refuse_kind)).
+    KindRefused,
 }
 
 /// The core's decisions, drained with [`Scheduler::poll_event`](crate::Scheduler::poll_event).

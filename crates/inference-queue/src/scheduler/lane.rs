@@ -9,7 +9,7 @@ use super::api::Outcome;
 use super::queues::GroupId;
 use super::residency::{Costs, Ewma};
 use crate::config::{BreakerConfig, ModelSpec};
-use crate::types::{ModelId, RequestId, Time};
+use crate::types::{Kind, ModelId, RequestId, Time};
 
 /// A lane's circuit breaker: only failures that blame the upstream count; a half-open lane lets
 /// one probe through.
@@ -69,6 +69,9 @@ pub(super) struct Lane {
     failed_checks: u32,
     /// Removed from the configuration: no new work; what runs here finishes.
     pub(super) retired: bool,
+    /// The kinds its upstream refused for a model (501 `not_supported_error`): no such work
+    /// goes here until a reading of its catalogue restores them.
+    pub(super) refused: Vec<(ModelId, Kind)>,
 }
 
 impl Lane {
@@ -93,6 +96,7 @@ impl Lane {
             breaker: Breaker::Closed { failures: 0 },
             failed_checks: 0,
             retired: false,
+            refused: Vec::new(),
         }
     }
 
@@ -103,6 +107,11 @@ impl Lane {
     }
 
     // ----- residency -----
+
+    /// Whether its upstream refused `kind` for `model`.
+    pub(super) fn refuses(&self, model: ModelId, kind: Kind) -> bool {
+        !self.refused.is_empty() && self.refused.contains(&(model, kind))
+    }
 
     /// Whether `model` is resident (a model with work in flight always is).
     pub(super) fn holds(&self, model: ModelId) -> bool {

@@ -136,7 +136,7 @@ impl Scheduler {
             .models
             .iter()
             .enumerate()
-            .filter(|(i, m)| m.kinds.contains(&kind) && self.serves(ModelId(*i)))
+            .filter(|(i, _)| self.serves(ModelId(*i)) && self.serves_kind(ModelId(*i), kind))
             .map(|(_, m)| m)
             .map(|m| m.name.clone())
             .collect()
@@ -334,7 +334,7 @@ impl Scheduler {
                 valid: self.models_for(req.kind),
             });
         };
-        if !self.cfg.models[model.0].kinds.contains(&req.kind) {
+        if !self.serves_kind(model, req.kind) {
             return Admission::Rejected(Rejection::KindNotServed {
                 model: req.model.to_owned(),
                 kind: req.kind,
@@ -384,7 +384,7 @@ impl Scheduler {
         }
         let placed = req.lane.is_none() && self.cfg.routing.places_requests();
         let lane = if placed {
-            Some(LaneId(self.place(model, None)))
+            Some(LaneId(self.place(model, req.kind, None)))
         } else {
             req.lane
         };
@@ -600,10 +600,73 @@ impl Scheduler {
     /// is untouched: the driver completes or aborts it.
     pub fn abort_waiting(&mut self, now: Time, reason: FailReason) {
         self.advance(now);
+        self.fail_waiting(reason, |_| true);
+    }
+
+    /// `lane`'s upstream refused `kind` for `model` (llama-server's 501 `not_supported_error`:
+    /// an embeddings call to a chat model): no more such work goes there. When no lane that
+    /// could serve the model serves the kind any more, the model no longer serves it (new
+    /// requests are refused with [`Rejection::KindNotServed`]) and the waiting ones fail with
+    /// [`FailReason::KindRefused`]. Until [`Self::restore_kinds`].
+    pub fn refuse_kind(&mut self, now: Time, lane: LaneId, model: &str, kind: Kind) {
+        self.advance(now);
+        let (Some(m), Some(l)) = (self.model_id(model), self.lanes.get_mut(lane.0)) else {
+            return;
+        };
+        if !l.refuses(m, kind) {
+            l.refused.push((m, kind));
+        }
+        // What a balancer placed there goes elsewhere (when some lane still serves it).
+        if self.serves_kind(m, kind) {
+            self.replace_from_where(lane.0, |k| k.model == m && k.kind == kind);
+        }
+        if !self.serves_kind(m, kind) {
+            let groups: Vec<queues::GroupId> = self
+                .queues
+                .groups()
+                .filter(|(_, g)| g.key.model == m && g.key.kind == kind)
+                .map(|(i, _)| i)
+                .collect();
+            self.fail_waiting(FailReason::KindRefused, |r| groups.contains(&r.group));
+        }
+        self.pump();
+    }
+
+    /// A reading of the upstreams' catalogues reported their kinds again: the kinds refused by
+    /// [`Self::refuse_kind`] are served again.
+    pub fn restore_kinds(&mut self, now: Time) {
+        self.advance(now);
+        for l in &mut self.lanes {
+            l.refused.clear();
+        }
+        self.pump();
+    }
+
+    /// Whether `model` serves `kind`: configured so, and some lane that may host it has not
+    /// refused it (with no such lane at all, configured is enough).
+    pub(super) fn serves_kind(&self, model: ModelId, kind: Kind) -> bool {
+        if !self.cfg.models[model.0].kinds.contains(&kind) {
+            return false;
+        }
+        if self.lanes.iter().all(|l| l.refused.is_empty()) {
+            return true;
+        }
+        let mut hosts = (0..self.lanes.len()).filter(|l| self.fits_lane(*l, model));
+        let mut any = false;
+        let open = hosts.any(|l| {
+            any = true;
+            self.serves_on(l, model, kind)
+        });
+        open || !any
+    }
+
+    /// Fail the waiting requests `which` picks with `reason`.
+    fn fail_waiting(&mut self, reason: FailReason, which: impl Fn(&queues::Req) -> bool) {
         let mut ids: Vec<RequestId> = self
             .queues
             .requests()
             .filter(|(_, r)| matches!(r.state, ReqState::Queued | ReqState::Backoff { .. }))
+            .filter(|(_, r)| which(r))
             .map(|(id, _)| id)
             .collect();
         ids.sort();

@@ -6,13 +6,13 @@ use super::Scheduler;
 use super::api::GroupKey;
 use super::queues::ReqState;
 use crate::config::Routing;
-use crate::types::{LaneId, ModelId, RequestId};
+use crate::types::{Kind, LaneId, ModelId, RequestId};
 
 impl Scheduler {
     /// The lane a balancer routing gives a request of `model`, avoiding `avoid`: among the
     /// healthy lanes that can host it (all that can host it when none is healthy).
-    pub(super) fn place(&mut self, model: ModelId, avoid: Option<usize>) -> usize {
-        let lane = self.peek_place(model, avoid);
+    pub(super) fn place(&mut self, model: ModelId, kind: Kind, avoid: Option<usize>) -> usize {
+        let lane = self.peek_place(model, kind, avoid);
         if self.cfg.routing == Routing::RoundRobin {
             self.round_robin = self.round_robin.wrapping_add(1);
         }
@@ -20,10 +20,17 @@ impl Scheduler {
     }
 
     /// [`place`](Self::place) without taking a round-robin turn.
-    pub(super) fn peek_place(&self, model: ModelId, avoid: Option<usize>) -> usize {
-        let hosts: Vec<usize> = (0..self.lanes.len())
-            .filter(|l| self.fits_lane(*l, model))
+    pub(super) fn peek_place(&self, model: ModelId, kind: Kind, avoid: Option<usize>) -> usize {
+        let mut hosts: Vec<usize> = (0..self.lanes.len())
+            .filter(|l| self.serves_on(*l, model, kind))
             .collect();
+        if hosts.is_empty() {
+            // Every lane refuses the kind (a reload retired the one that did not): it waits
+            // where the model fits, until a reading restores the kind or its deadline passes.
+            hosts = (0..self.lanes.len())
+                .filter(|l| self.fits_lane(*l, model))
+                .collect();
+        }
         let healthy: Vec<usize> = hosts
             .iter()
             .copied()
@@ -73,7 +80,7 @@ impl Scheduler {
             return;
         };
         let key = self.queues.group(r.group).key;
-        let to = self.place(key.model, Some(from));
+        let to = self.place(key.model, key.kind, Some(from));
         if to == from {
             return;
         }
@@ -85,6 +92,11 @@ impl Scheduler {
     }
 
     pub(super) fn replace_from(&mut self, lane: usize) {
+        self.replace_from_where(lane, |_| true);
+    }
+
+    /// [`Self::replace_from`] for the requests of the groups `which` picks.
+    pub(super) fn replace_from_where(&mut self, lane: usize, which: impl Fn(&GroupKey) -> bool) {
         if !self.cfg.routing.places_requests() {
             return;
         }
@@ -92,9 +104,11 @@ impl Scheduler {
             .queues
             .requests()
             .filter(|(_, r)| {
+                let key = self.queues.group(r.group).key;
                 r.placed
                     && matches!(r.state, ReqState::Queued | ReqState::Backoff { .. })
-                    && self.queues.group(r.group).key.lane == Some(LaneId(lane))
+                    && key.lane == Some(LaneId(lane))
+                    && which(&key)
             })
             .map(|(id, _)| id)
             .collect();

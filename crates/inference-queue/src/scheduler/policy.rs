@@ -9,7 +9,7 @@ use super::lane::Phase;
 use super::queues::{Group, GroupId, ReqState, Turn};
 use super::residency::Room;
 use crate::config::Routing;
-use crate::types::{LaneId, ModelId};
+use crate::types::{Kind, LaneId, ModelId};
 
 /// How many times slower than the fastest other lane a lane must be to count as slow.
 pub const SLOW_FACTOR: f64 = 3.0;
@@ -74,8 +74,9 @@ impl Homes {
         }
     }
 
-    fn cheapest(&mut self, model: ModelId, f: impl FnOnce() -> Option<usize>) -> Option<usize> {
-        self.cheapest.get(self.generation, model.0, f)
+    /// Per group key (model and kind, without the lane).
+    fn cheapest(&mut self, at: usize, f: impl FnOnce() -> Option<usize>) -> Option<usize> {
+        self.cheapest.get(self.generation, at, f)
     }
 
     fn leaving(&mut self, at: usize, f: impl FnOnce() -> (bool, bool)) -> (bool, bool) {
@@ -109,7 +110,7 @@ impl Scheduler {
     fn eligible_in(&self, lane: usize, g: &Group, homes: &mut Homes) -> bool {
         if !self.queues.dispatchable(g, self.turn())
             || g.key.lane.is_some_and(|l| l.0 != lane)
-            || !self.fits_lane(lane, g.key.model)
+            || !self.serves_on(lane, g.key.model, g.key.kind)
             || self.lanes[lane].draining == Some(g.key.model)
         {
             return false;
@@ -180,7 +181,7 @@ impl Scheduler {
                 let l = &self.lanes[m];
                 m != lane
                     && l.is_closed()
-                    && self.fits_lane(m, g.key.model)
+                    && self.serves_on(m, g.key.model, g.key.kind)
                     && (l.in_flight == 0 || l.holds(g.key.model))
                     && self.routable(m, g, homes)
             })
@@ -201,10 +202,12 @@ impl Scheduler {
     /// first, then one whose models are all held elsewhere too, then one whose models have no
     /// waiting work; then the cheapest load; then the lowest index.
     pub(super) fn cheapest_home(&self, g: &Group) -> Option<usize> {
-        let model = g.key.model;
+        let (model, kind) = (g.key.model, g.key.kind);
         let homes = || {
             (0..self.lanes.len()).filter(move |l| {
-                self.lanes[*l].is_closed() && self.fits_lane(*l, model) && !self.slow(*l, model)
+                self.lanes[*l].is_closed()
+                    && self.serves_on(*l, model, kind)
+                    && !self.slow(*l, model)
             })
         };
         let mut only = homes();
@@ -260,8 +263,10 @@ impl Scheduler {
     /// Affinity: `lane` leaves `g` to the healthy lanes that have its model loaded, unless `g` is
     /// starving or waits deeper than `replica_depth` requests per slot of those lanes.
     fn affine(&self, lane: usize, g: &Group, replica_depth: u32, homes: &mut Homes) -> bool {
-        let model = g.key.model;
-        let at = lane * self.cfg.models.len() + model.0;
+        let (model, kind) = (g.key.model, g.key.kind);
+        // Memos per (model, kind): lanes may refuse a kind of a model.
+        let of_key = model.0 * Kind::COUNT + kind.index();
+        let at = lane * self.cfg.models.len() * Kind::COUNT + of_key;
         let owners_but = |failed_on: Option<usize>| {
             self.lanes
                 .iter()
@@ -270,7 +275,7 @@ impl Scheduler {
                     *i != lane
                         && Some(*i) != failed_on
                         && self.lanes[*i].holds(model)
-                        && self.fits_lane(*i, model)
+                        && self.serves_on(*i, model, kind)
                         && !self.slow(*i, model)
                         && l.is_closed()
                 })
@@ -297,7 +302,7 @@ impl Scheduler {
             // a cheaper home than one whose model must come back after it.
             let (evicts_wanted, other_home) = homes.leaving(at, || {
                 // Without another home, whether it evicts wanted work does not matter.
-                if !self.other_home(lane, model) {
+                if !self.other_home(lane, model, kind) {
                     return (false, false);
                 }
                 let evicts_wanted = match self.room(lane, model, false) {
@@ -313,7 +318,7 @@ impl Scheduler {
             if evicts_wanted && other_home && !self.starving(g) {
                 return false;
             }
-            return homes.cheapest(model, || self.cheapest_home(g)) == Some(lane);
+            return homes.cheapest(of_key, || self.cheapest_home(g)) == Some(lane);
         }
         let slots = u64::from(self.cfg.models[model.0].max_in_flight) * owners;
         if g.depth() as u64 >= u64::from(replica_depth) * slots {
@@ -324,7 +329,7 @@ impl Scheduler {
         // it takes only a spare lane; a busier one helps it only past `replica_depth`.
         self.starving(g)
             && (g.in_flight == 0 || self.spare(lane))
-            && homes.cheapest(model, || self.cheapest_home(g)) == Some(lane)
+            && homes.cheapest(of_key, || self.cheapest_home(g)) == Some(lane)
     }
 
     /// Whether `lane` is spare: idle, and none of its models has had work there for a
@@ -334,10 +339,10 @@ impl Scheduler {
         self.lanes[lane].spare(self.now, quiet)
     }
 
-    /// Whether a healthy lane other than `lane` could host `model`.
-    fn other_home(&self, lane: usize, model: ModelId) -> bool {
+    /// Whether a healthy lane other than `lane` could serve `kind` of `model`.
+    fn other_home(&self, lane: usize, model: ModelId, kind: Kind) -> bool {
         (0..self.lanes.len())
-            .any(|o| o != lane && self.fits_lane(o, model) && self.lanes[o].is_closed())
+            .any(|o| o != lane && self.serves_on(o, model, kind) && self.lanes[o].is_closed())
     }
 
     pub(super) fn pump_lane(&mut self, lane: usize) {

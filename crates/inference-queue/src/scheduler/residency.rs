@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::Scheduler;
 use crate::config::ModelSpec;
-use crate::types::{LaneId, ModelId};
+use crate::types::{Kind, LaneId, ModelId};
 
 /// An exponentially weighted average of durations (each observation weighs 1/4).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -92,6 +92,12 @@ impl Scheduler {
                 .as_ref()
                 .is_none_or(|o| o.contains(&lane))
             && self.footprint(lane, model) <= self.capacity(lane)
+    }
+
+    /// Whether `lane` may serve `kind` of `model`: the model fits it and its upstream has not
+    /// refused the kind.
+    pub(super) fn serves_on(&self, lane: usize, model: ModelId, kind: Kind) -> bool {
+        self.fits_lane(lane, model) && !self.lanes[lane].refuses(model, kind)
     }
 
     /// The memory the lane's resident models take.

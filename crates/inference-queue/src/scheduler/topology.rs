@@ -88,6 +88,7 @@ impl Scheduler {
         }
         for name in restarted {
             if let Some(i) = self.cfg.lanes.iter().position(|l| &l.name == name) {
+                self.lanes[i].refused.clear();
                 self.forget_residency(i);
             }
         }
