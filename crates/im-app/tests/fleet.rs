@@ -346,3 +346,52 @@ async fn status_reports_each_backend() {
         "its first model was a cold load: {placed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_churning_through_new_addresses_keep_the_lane_table_bounded() {
+    // Issue 31: a dns+ upstream whose name (a hosts file the test writes) resolves to one
+    // steady pod and one or two others that come and go, each time on a new address, 500
+    // times. New addresses take freed lanes: the scheduler never has more than three.
+    let steady = SimServer::spawn(
+        SimConfig {
+            time_scale: 0.0,
+            ..SimConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 2], 0)),
+    )
+    .await
+    .expect("sim");
+    let port = steady.addr().port();
+    let scratch = im_testkit::scratch_dir("im-dns-churn");
+    let hosts = scratch.path().join("hosts");
+    let write = |ips: &[String]| {
+        let lines: String = ips.iter().map(|ip| format!("{ip} pods.test\n")).collect();
+        std::fs::write(&hosts, lines).expect("hosts file");
+    };
+    write(&["127.0.0.2".to_owned()]);
+    let mut cfg = ImConfig::default();
+    cfg.upstreams = vec![format!("dns+http://pods.test:{port}").into()];
+    cfg.api_keys = vec![DEMO_KEY.into()];
+    cfg.discovery.refresh_s = 0.0;
+    cfg.discovery.hosts_file = Some(hosts.display().to_string());
+    cfg.jobs.enabled = false;
+    let built = app::build(cfg, None).await.expect("build");
+    let app = im_http_api::router(built.state.clone());
+    let chat = json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let mut most = 0;
+    for cycle in 0..500u32 {
+        // Nobody listens on the churning addresses: each is a lane that is down.
+        let churn = 1 + cycle % 2;
+        let mut ips = vec!["127.0.0.2".to_owned()];
+        ips.extend((0..churn).map(|p| format!("127.1.{}.{}", cycle % 250, 10 + p)));
+        write(&ips);
+        built.fleet.refresh().await;
+        let lanes = built.engine.config().lanes.len();
+        most = most.max(lanes);
+        assert!(lanes <= 3, "cycle {cycle}: {lanes} lanes");
+        if cycle % 100 == 0 {
+            assert_eq!(call(&app, "/v1/chat/completions", &chat).await.0, 200);
+        }
+    }
+    assert_eq!(most, 3, "the steady pod and at most two others at once");
+}
