@@ -377,7 +377,8 @@ async fn pods_churning_through_new_addresses_keep_the_lane_table_bounded() {
     cfg.jobs.enabled = false;
     let built = app::build(cfg, None).await.expect("build");
     let app = im_http_api::router(built.state.clone());
-    let chat = json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let chat =
+        json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
     let mut most = 0;
     for cycle in 0..500u32 {
         // Nobody listens on the churning addresses: each is a lane that is down.

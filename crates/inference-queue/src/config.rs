@@ -26,6 +26,9 @@ pub struct ModelSpec {
     /// Slots on particular lanes where they differ from `max_in_flight` (servers of a fleet
     /// configured differently): `(lane, slots)`.
     pub slots_on: Vec<(usize, u32)>,
+    /// The kinds it serves on particular lanes where they are fewer than `kinds` (servers of a
+    /// fleet that say different things of one model): `(lane, kinds)`.
+    pub kinds_on: Vec<(usize, Vec<Kind>)>,
 }
 
 impl ModelSpec {
@@ -39,6 +42,15 @@ impl ModelSpec {
             load_time: None,
             only_lanes: None,
             slots_on: Vec::new(),
+            kinds_on: Vec::new(),
+        }
+    }
+
+    /// Whether it serves `kind` on `lane`.
+    pub fn serves_on(&self, lane: usize, kind: Kind) -> bool {
+        match self.kinds_on.iter().find(|(l, _)| *l == lane) {
+            Some((_, kinds)) => kinds.contains(&kind),
+            None => self.kinds.contains(&kind),
         }
     }
 
@@ -495,6 +507,16 @@ impl Config {
                     format!("models[{i}].slots_on"),
                     format!(
                         "{slots} slots on lane {lane}: the lane must exist, the slots be at least 1"
+                    ),
+                ));
+            }
+            if let Some((lane, kinds)) = m.kinds_on.iter().find(|(l, kinds)| {
+                *l >= self.lanes.len() || kinds.iter().any(|k| !m.kinds.contains(k))
+            }) {
+                return Err(err(
+                    format!("models[{i}].kinds_on"),
+                    format!(
+                        "{kinds:?} on lane {lane}: the lane must exist, the kinds be among the model's"
                     ),
                 ));
             }

@@ -85,3 +85,31 @@ fn a_kind_one_lane_refuses_goes_to_the_others_and_one_every_lane_refuses_is_not_
         Admission::Accepted(_)
     ));
 }
+
+#[test]
+fn a_kind_only_one_lane_lists_goes_only_there() {
+    let mut c = cfg(Bounds::default());
+    c.lanes = vec!["gpu0".into(), "gpu1".into()];
+    // gpu0's server lists `llm` without vision; gpu1's with.
+    c.models[0].kinds_on = vec![(0, vec![Kind::Txt2Txt])];
+    let mut h = Harness::new(c);
+    let images: Vec<RequestId> = (0..3).map(|_| h.id(Kind::Img2Txt, "llm")).collect();
+    let placed: Vec<Option<usize>> = images.iter().map(|i| h.lane_of(*i)).collect();
+    assert_eq!(
+        placed,
+        [Some(1), Some(1), None],
+        "gpu1's two slots, never gpu0"
+    );
+    h.at(1_000).complete(images[0], Outcome::Success);
+    assert_eq!(
+        h.lane_of(images[2]),
+        Some(1),
+        "the freed slot on gpu1 takes it"
+    );
+    let bad = {
+        let mut c = cfg(Bounds::default());
+        c.models[1].kinds_on = vec![(0, vec![Kind::Txt2Img])];
+        Scheduler::new(c).expect_err("llm2 does not serve txt2img")
+    };
+    assert_eq!(bad.field, "models[1].kinds_on");
+}

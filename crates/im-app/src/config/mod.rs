@@ -348,6 +348,16 @@ impl ImConfig {
                     .iter()
                     .filter_map(|(lane, s)| Some((names.iter().position(|n| n == lane)?, *s)))
                     .collect();
+                for (lane, kinds) in &m.kinds_on {
+                    if let Some(at) = names.iter().position(|n| n == lane) {
+                        let field = format!("models[{i}].kinds");
+                        let kinds = kinds
+                            .iter()
+                            .map(|k| kind(&field, k))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        spec.kinds_on.push((at, kinds));
+                    }
+                }
                 Ok(spec)
             })
             .collect::<Result<_, ConfigError>>()?;

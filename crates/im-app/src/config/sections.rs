@@ -51,6 +51,10 @@ pub struct ModelEntry {
     /// does); shown in `/v1/models` and `/status`. A guess never grants vision.
     #[serde(skip)]
     pub kinds_guessed: bool,
+    /// Discovered: the kinds it serves on the upstreams (by name) whose catalogues list fewer
+    /// than `kinds` (one server reports vision, another the same model without).
+    #[serde(skip)]
+    pub kinds_on: Vec<(String, Vec<String>)>,
 }
 
 /// One key with its scopes and its own rate limit.

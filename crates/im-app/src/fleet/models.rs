@@ -166,6 +166,7 @@ impl ModelSet {
                 if let Some(s) = e.max_in_flight {
                     merged.slots_on.push((lane.clone(), s));
                 }
+                merged.kinds_on.push((lane.clone(), e.kinds.clone()));
                 merged.size_gib = match (merged.size_gib, e.size_gib) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
@@ -185,6 +186,10 @@ impl ModelSet {
                     m.max_in_flight = Some(fewest);
                     m.slots_on.retain(|(_, s)| *s != fewest);
                 }
+                // Every kind some lane lists; the lanes that list fewer say which.
+                let all = m.kinds.clone();
+                m.kinds_on
+                    .retain(|(_, kinds)| all.iter().any(|k| !kinds.contains(k)));
                 m
             })
             .collect()
@@ -232,6 +237,23 @@ mod tests {
             [("sd", vec!["a", "b"]), ("llm", vec!["b"])]
         );
         assert!(set.has_unreached(), "c was never read");
+    }
+
+    #[test]
+    fn a_kind_only_some_lanes_list_is_served_only_there() {
+        let mut set = ModelSet::new(Vec::new(), &lanes(&["a", "b"]));
+        set.read("a", Catalogue::Listed(vec![model("llava", &["txt2txt"])]));
+        set.read(
+            "b",
+            Catalogue::Listed(vec![model("llava", &["txt2txt", "img2txt"])]),
+        );
+        let merged = set.merged();
+        assert_eq!(merged[0].kinds, ["txt2txt", "img2txt"]);
+        assert_eq!(
+            merged[0].kinds_on,
+            [("a".to_owned(), vec!["txt2txt".to_owned()])],
+            "a's server said nothing of vision: no image goes there"
+        );
     }
 
     #[test]

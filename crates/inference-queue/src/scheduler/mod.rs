@@ -648,7 +648,9 @@ impl Scheduler {
         if !self.cfg.models[model.0].kinds.contains(&kind) {
             return false;
         }
-        if self.lanes.iter().all(|l| l.refused.is_empty()) {
+        if self.cfg.models[model.0].kinds_on.is_empty()
+            && self.lanes.iter().all(|l| l.refused.is_empty())
+        {
             return true;
         }
         let mut hosts = (0..self.lanes.len()).filter(|l| self.fits_lane(*l, model));

@@ -100,6 +100,12 @@ impl Scheduler {
             spec.only_lanes = spec
                 .only_lanes
                 .map(|ls| ls.iter().map(|l| lane_ids[*l]).collect());
+            for (l, _) in &mut spec.slots_on {
+                *l = lane_ids[*l];
+            }
+            for (l, _) in &mut spec.kinds_on {
+                *l = lane_ids[*l];
+            }
             match self.cfg.models.iter().position(|m| m.name == spec.name) {
                 Some(i) => {
                     if !self.model_index.contains_key(&spec.name) {
