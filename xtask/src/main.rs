@@ -3,6 +3,7 @@
 mod bench;
 mod deploy;
 mod fairness;
+mod prediction;
 mod sim;
 mod tidy;
 
@@ -116,7 +117,9 @@ fn run_sim(args: &SimArgs) -> Result<()> {
     failures.extend(fairness_failures);
     let (priority, priority_failures) = fairness::priority_table(hours, seed);
     failures.extend(priority_failures);
-    let table = format!("{table}\n{fleet}{fairness}{priority}");
+    let (prediction, prediction_failures) = prediction::table(hours, seed);
+    failures.extend(prediction_failures);
+    let table = format!("{table}\n{fleet}{fairness}{priority}{prediction}");
     let elapsed = started.elapsed();
     print!("{table}");
     println!("(simulated in {:.2} s of wall time)", elapsed.as_secs_f64());

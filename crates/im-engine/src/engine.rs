@@ -184,6 +184,22 @@ impl Engine {
             .map_err(|r| EngineError::from_rejection(r, kind))
     }
 
+    /// The predicted wait of a request of `kind` for `model` submitted now
+    /// ([`inference_queue::Scheduler::predicted_wait`]); `None` when no lane may serve it now.
+    pub async fn estimate(&self, kind: Kind, model: &str) -> Result<Option<Duration>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Estimate {
+                kind,
+                model: model.to_owned(),
+                reply,
+            })
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await
+            .map_err(|_| EngineError::ShuttingDown)?
+            .map_err(|r| EngineError::from_rejection(r, kind))
+    }
+
     /// Change the scheduler's policy (priorities, bounds, limits, deadlines) while work waits
     /// and runs; an invalid one is refused and the running one kept.
     pub async fn set_policy(

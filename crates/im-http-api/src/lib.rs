@@ -56,7 +56,7 @@ pub use state::{AppState, Arrived, JobsSlot, Reload, key_of, request_id_of};
         admin::relay, infer::infer, infer::infer_stream, infer::root,
         tasks::infer, tasks::infer_batch, tasks::models, lifecycle::load, lifecycle::unload, ws::ws,
         jobs::create, jobs::list, jobs::get, jobs::result, jobs::cancel, jobs::ingest, ops::reload, ops::dashboard,
-        ops::request_metrics, ops::error_metrics, ops::queue_status, ops::status, ops::placement, ops::health, ops::ready, ops::metrics,
+        ops::request_metrics, ops::error_metrics, ops::queue_status, ops::status, ops::placement, ops::estimate, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(ErrorBody, error::ErrorDetail, b::Message, b::Txt2TxtRequest, b::Img2TxtRequest,
         b::Txt2ImgRequest, b::Img2ImgRequest, im_service::api::SeedFigures, im_service::api::TextResult,

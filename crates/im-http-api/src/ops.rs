@@ -91,6 +91,45 @@ pub async fn placement(
     }
 }
 
+/// The query of `GET /v1/queue/estimate`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EstimateQuery {
+    /// The kind of work: txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt.
+    pub kind: String,
+    /// The model.
+    pub model: String,
+}
+
+/// The predicted wait of a request sent now: what runs, the groups the policy serves first and
+/// the model's own queue, at learned service and load times. Nothing is queued.
+#[utoipa::path(get, path = "/v1/queue/estimate", tag = "operations", params(EstimateQuery),
+    responses((status = 200, description = "`{kind, model, predicted_wait_ms}` (null: no backend may serve it now)", body = Object),
+              (status = 400, description = "An unknown kind", body = ErrorBody),
+              (status = 401, description = "No or a wrong API key", body = ErrorBody),
+              (status = 404, description = "An unknown model", body = ErrorBody),
+              (status = 422, description = "The model does not serve the kind", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn estimate(
+    State(st): State<AppState>,
+    query: Result<axum::extract::Query<EstimateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(q) => q.0,
+        Err(e) => {
+            return crate::error::HttpError::from(im_service::ServiceError::invalid(
+                "query",
+                format!("{} (needs kind and model)", e.body_text()),
+            ))
+            .into_response();
+        }
+    };
+    match st.service.estimate(&q.kind, &q.model).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => crate::error::HttpError::from(e).into_response(),
+    }
+}
+
 #[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "Alive", body = Object)))]
 pub async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()

@@ -212,6 +212,14 @@ pub static ROUTES: &[Entry] = &[
         get(openai::models)
     ),
     route!(
+        "/v1/queue/estimate",
+        "GET",
+        infer(),
+        Scheduler,
+        None,
+        get(ops::estimate)
+    ),
+    route!(
         "/v1/rerank",
         "POST",
         infer(),

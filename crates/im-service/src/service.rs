@@ -601,6 +601,17 @@ impl Service {
                "backends": backends})
     }
 
+    /// `GET /v1/queue/estimate`: the predicted wait of a request of `kind` for `model` sent now
+    /// (`predicted_wait_ms` null when no backend may serve it now); nothing is queued.
+    pub async fn estimate(&self, kind: &str, model: &str) -> Result<Value, ServiceError> {
+        let kind = kind_named(kind)?;
+        let wait = self.engine.estimate(kind, model).await?;
+        Ok(json!({
+            "kind": kind.as_str(), "model": model,
+            "predicted_wait_ms": wait.map(|d| d.as_millis() as u64),
+        }))
+    }
+
     /// `GET /placement`: where a request of `kind` for `model` (optionally on the backend named
     /// `backend`) would go now and why, with every backend considered; nothing is queued.
     pub async fn placement(
@@ -609,16 +620,7 @@ impl Service {
         model: &str,
         backend: Option<&str>,
     ) -> Result<Value, ServiceError> {
-        let kind: Kind = kind.parse().map_err(|_| {
-            ServiceError::invalid(
-                "kind",
-                format!(
-                    "{:?} is not a kind; the kinds: {}",
-                    im_engine::truncate(kind, 32),
-                    Kind::ALL.map(|k| k.as_str()).join(", ")
-                ),
-            )
-        })?;
+        let kind = kind_named(kind)?;
         let lane = backend.map(|b| self.lane_named("backend", b)).transpose()?;
         let a = self.engine.advise(kind, model, lane).await?;
         let options: Vec<Value> = a
@@ -775,4 +777,18 @@ fn max_tokens(payload: &im_engine::Payload) -> Option<u64> {
         im_engine::Payload::Json { body, .. } => body.get("max_tokens").and_then(Value::as_u64),
         _ => None,
     }
+}
+
+/// The kind named `name` (a query's `kind`), or a 400 that lists the kinds.
+fn kind_named(name: &str) -> Result<Kind, ServiceError> {
+    name.parse().map_err(|_| {
+        ServiceError::invalid(
+            "kind",
+            format!(
+                "{:?} is not a kind; the kinds: {}",
+                im_engine::truncate(name, 32),
+                Kind::ALL.map(|k| k.as_str()).join(", ")
+            ),
+        )
+    })
 }

@@ -213,6 +213,9 @@ pub struct Report {
     pub tenant_waits: HashMap<u32, Vec<Duration>>,
     /// Per tenant: requests that finished successfully.
     pub tenant_completed: HashMap<u32, usize>,
+    /// With [`run_scheduler_predicting`]: per request that started, its kind, its predicted wait
+    /// when it arrived ([`Scheduler::predicted_wait`]) and its actual wait.
+    pub predictions: Vec<(Kind, Duration, Duration)>,
 }
 
 impl Report {
@@ -343,14 +346,20 @@ pub fn run_scheduler_observed(
     trace: &[TraceItem],
     observe: &mut dyn FnMut(&Scheduler, Option<&Event>),
 ) -> Report {
-    replay(cfg, models, trace, observe, false)
+    replay(cfg, models, trace, observe, false, false)
 }
 
 /// [`run_scheduler`] with every request submitted as one tenant's interactive work (each group
 /// first come, first served, as before fair share), its figures still counted by the trace's
 /// tenants.
 pub fn run_scheduler_one_tenant(cfg: Config, models: &[SimModel], trace: &[TraceItem]) -> Report {
-    replay(cfg, models, trace, &mut |_, _| {}, true)
+    replay(cfg, models, trace, &mut |_, _| {}, true, false)
+}
+
+/// [`run_scheduler`], recording each request's predicted wait when it arrived next to its actual
+/// wait ([`Report::predictions`]).
+pub fn run_scheduler_predicting(cfg: Config, models: &[SimModel], trace: &[TraceItem]) -> Report {
+    replay(cfg, models, trace, &mut |_, _| {}, false, true)
 }
 
 fn replay(
@@ -359,6 +368,7 @@ fn replay(
     trace: &[TraceItem],
     observe: &mut dyn FnMut(&Scheduler, Option<&Event>),
     one_tenant: bool,
+    predict: bool,
 ) -> Report {
     cfg.models = model_specs(models);
     let mut ups: Vec<Upstream> = cfg
@@ -379,6 +389,7 @@ fn replay(
     }
     let mut item_of: HashMap<RequestId, usize> = HashMap::new();
     let mut failures_left: HashMap<RequestId, u32> = HashMap::new();
+    let mut predicted_of: HashMap<RequestId, Duration> = HashMap::new();
     let first = trace.first().map_or(Time::ZERO, |t| t.at);
     let mut last = first;
     let mut steps = 0usize;
@@ -424,10 +435,16 @@ fn replay(
                             },
                             cost: None,
                         };
+                        let predicted = predict
+                            .then(|| core.predicted_wait(t, item.kind, sub.model).ok().flatten())
+                            .flatten();
                         match core.submit(t, sub) {
                             Admission::Accepted(id) => {
                                 item_of.insert(id, i);
                                 failures_left.insert(id, item.failures);
+                                if let Some(p) = predicted {
+                                    predicted_of.insert(id, p);
+                                }
                             }
                             Admission::Rejected(_) => report.not_completed += 1,
                         }
@@ -463,9 +480,14 @@ fn replay(
         while let Some(ev) = core.poll_event() {
             observe(&core, Some(&ev));
             match ev {
-                Event::Dispatch { id, lane, .. } => {
+                Event::Dispatch {
+                    id, lane, waited, ..
+                } => {
                     let i = item_of[&id];
                     let item = &trace[i];
+                    if let Some(p) = predicted_of.remove(&id) {
+                        report.predictions.push((item.kind, p, waited));
+                    }
                     let up = &mut ups[lane.0];
                     let start = up.ensure(models, item.model, now);
                     // Models side by side share the GPU's compute: a request that starts while

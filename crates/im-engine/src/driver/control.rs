@@ -39,6 +39,9 @@ impl Driver {
                 let _ = reply.send(result.map(|c| (c, self.served_config())));
             }
             Msg::RestoreKinds => self.core.restore_kinds(now),
+            Msg::Estimate { kind, model, reply } => {
+                let _ = reply.send(self.core.predicted_wait(now, kind, &model));
+            }
             Msg::LoadModel { model, lane, reply } => {
                 let _ = reply.send(self.core.load_model(now, &model, lane));
             }

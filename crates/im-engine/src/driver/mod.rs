@@ -112,6 +112,12 @@ pub(crate) enum Msg {
         lane: Option<LaneId>,
         reply: oneshot::Sender<Result<Advice, Rejection>>,
     },
+    /// The predicted wait of a new request.
+    Estimate {
+        kind: Kind,
+        model: String,
+        reply: oneshot::Sender<Result<Option<std::time::Duration>, Rejection>>,
+    },
     Shutdown {
         grace: Duration,
         done: oneshot::Sender<()>,

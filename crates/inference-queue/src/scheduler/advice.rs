@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Scheduler;
 use super::api::Rejection;
 use super::residency::Room;
-use crate::types::{Kind, LaneId, ModelId};
+use crate::types::{Kind, LaneId};
 
 /// Why [`Advice::lane`] was chosen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,7 +146,9 @@ impl Scheduler {
                     resident: self.lanes[l].holds(m),
                     routable,
                     ahead,
-                    expected_start: (can_host && healthy).then(|| self.expected_start(l, m, ahead)),
+                    expected_start: healthy
+                        .then(|| self.predicted_start_on(self.now, LaneId(l), kind, m))
+                        .flatten(),
                 }
             })
             .collect();
@@ -185,29 +187,5 @@ impl Scheduler {
 
     fn healthy(&self, lane: usize) -> bool {
         !matches!(self.lanes[lane].breaker, super::lane::Breaker::Open { .. })
-    }
-
-    /// When a request of `m` with `ahead` before it would start on `lane`: the wait for a slot
-    /// among those ahead, plus, when `m` is not resident, the running work that must finish and
-    /// the load.
-    fn expected_start(&self, lane: usize, m: ModelId, ahead: usize) -> Duration {
-        let service = |x: ModelId| {
-            self.expected_service(LaneId(lane), x)
-                .unwrap_or(Duration::from_secs(1))
-        };
-        let slots = self.cfg.models[m.0].slots(lane).max(1);
-        let queue = service(m).mul_f64(ahead as f64 / f64::from(slots));
-        match self.room(lane, m, false) {
-            Room::Resident => queue,
-            Room::Fits | Room::Evict(_) => queue + self.expected_load(LaneId(lane), m),
-            Room::Barrier => {
-                let drain = self.lanes[lane]
-                    .running()
-                    .map(service)
-                    .max()
-                    .unwrap_or_default();
-                drain + queue + self.expected_load(LaneId(lane), m)
-            }
-        }
     }
 }

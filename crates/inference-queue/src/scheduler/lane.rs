@@ -126,11 +126,6 @@ impl Lane {
             .map_or(0, |(_, n)| *n)
     }
 
-    /// The models with work running here.
-    pub(super) fn running(&self) -> impl Iterator<Item = ModelId> + '_ {
-        self.running.iter().map(|(m, _)| *m)
-    }
-
     /// Make `model` the most recently used resident model.
     pub(super) fn touch(&mut self, model: ModelId) {
         self.resident.retain(|m| *m != model);

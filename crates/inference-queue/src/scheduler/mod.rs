@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 mod advice;
 mod api;
 mod breaker;
+mod estimate;
 mod fairness;
 mod ids;
 mod lane;

@@ -1,0 +1,179 @@
+//! Predicted waits: when a request of a group submitted now would start, from the state alone
+//! (a pure function of the queues, the lanes and `now`).
+//!
+//! The model is a fluid one, per lane that may serve the group: the lane first finishes what runs
+//! there (each running request's learned service time less what it has run, spread over the
+//! model's slots) and drains its active group (within `max_batch` and `max_dwell`), then the
+//! work of the groups the policy serves before this one (every waiting
+//! group of a kind earlier in the priority order, and of the same kind those whose oldest waiter
+//! is older, and lower-priority groups whose oldest waiter, older than this one's, will have
+//! starved by then), each group's work shared by the lanes that may serve it, with a load for a group
+//! whose model no lane holds; then the group's own waiting requests, and a load when no lane
+//! holds its model. The prediction is the least over the lanes. It ignores what the bounds do
+//! (a switch forced by `max_dwell`, a starving group's turn) and work that arrives after: `cargo
+//! xtask sim` measures its error on the policy table's traces.
+
+use std::time::Duration;
+
+use super::Scheduler;
+use super::api::Rejection;
+use super::queues::{Group, ReqState};
+use crate::types::{Kind, LaneId, ModelId, Time};
+
+impl Scheduler {
+    /// The predicted wait of a request of `kind` for `model` submitted at `now`: the least over
+    /// the healthy lanes that may serve it (see `predicted_start_on`); `None` when no lane may
+    /// serve it now. The same refusals as [`submit`](Self::submit) for unknown models and kinds.
+    pub fn predicted_wait(
+        &self,
+        now: Time,
+        kind: Kind,
+        model: &str,
+    ) -> Result<Option<Duration>, Rejection> {
+        let Some(m) = self.model_id(model) else {
+            return Err(Rejection::UnknownModel {
+                model: model.to_owned(),
+                valid: self.models_for(kind),
+            });
+        };
+        if !self.serves_kind(m, kind) {
+            return Err(Rejection::KindNotServed {
+                model: model.to_owned(),
+                kind,
+                valid: self.models_for(kind),
+            });
+        }
+        Ok((0..self.lanes.len())
+            .filter(|l| self.lanes[*l].is_closed())
+            .filter_map(|l| self.predicted_start_on(now, LaneId(l), kind, m))
+            .min())
+    }
+
+    /// When a request of `kind` for `m` submitted at `now` would start on `lane`, from now
+    /// (`None`: the lane may not serve it).
+    pub(super) fn predicted_start_on(
+        &self,
+        now: Time,
+        lane: LaneId,
+        kind: Kind,
+        m: ModelId,
+    ) -> Option<Duration> {
+        let (l, now) = (lane.0, now.max(self.now));
+        if !self.serves_on(l, m, kind) {
+            return None;
+        }
+        let own = self
+            .queues
+            .groups()
+            .find(|(_, g)| g.key.kind == kind && g.key.model == m && g.key.lane.is_none())
+            .map(|(_, g)| g);
+        let since = own
+            .and_then(|g| self.queues.oldest_arrival(g))
+            .unwrap_or(now);
+        let rank = |k: Kind| self.priority.iter().position(|p| *p == k);
+        let our_rank = rank(kind)?;
+        let ahead = |g: &Group| {
+            g.depth() > 0
+                && !(g.key.kind == kind && g.key.model == m)
+                && match rank(g.key.kind) {
+                    Some(r) if r < our_rank => true,
+                    Some(r) if r == our_rank => {
+                        self.queues.oldest_arrival(g).is_some_and(|f| f < since)
+                    }
+                    _ => false,
+                }
+        };
+        let held_anywhere = |model: ModelId| self.lanes.iter().any(|x| x.holds(model));
+        let serving = |g: &Group| {
+            (0..self.lanes.len())
+                .filter(|x| {
+                    self.lanes[*x].is_closed()
+                        && g.key.lane.is_none_or(|p| p.0 == *x)
+                        && self.serves_on(*x, g.key.model, g.key.kind)
+                })
+                .count()
+                .max(1) as f64
+        };
+        let here = |g: &Group| {
+            g.key.lane.is_none_or(|p| p.0 == l) && self.serves_on(l, g.key.model, g.key.kind)
+        };
+        let secs = |model: ModelId| self.service_secs(l, model);
+        let slots = |model: ModelId| f64::from(self.cfg.models[model.0].slots(l).max(1));
+        let load = |model: ModelId| self.expected_load(lane, model).as_secs_f64();
+        let work = |g: &Group| {
+            let mut w = g.depth() as f64 * secs(g.key.model) / slots(g.key.model);
+            if !held_anywhere(g.key.model) {
+                w += load(g.key.model);
+            }
+            w / serving(g)
+        };
+        let mut t = self.running_left(l, now);
+        // The active group drains first (within the bounds), whatever its priority.
+        let active = self.lanes[l].active.filter(|a| {
+            let g = self.queues.group(*a);
+            g.depth() > 0 && !ahead(g) && !(g.key.kind == kind && g.key.model == m)
+        });
+        if let Some(a) = active {
+            let g = self.queues.group(a);
+            let b = self.cfg.bounds;
+            let x = &self.lanes[l];
+            let left = b.max_batch.map_or(g.depth(), |mb| {
+                g.depth().min(mb.saturating_sub(x.batch) as usize)
+            });
+            let mut drain = left as f64 * secs(g.key.model) / slots(g.key.model);
+            if let Some(d) = b.max_dwell {
+                let dwelt = now.saturating_since(x.activated_at);
+                drain = drain.min(d.saturating_sub(dwelt).as_secs_f64());
+            }
+            t += drain;
+        }
+        for (_, g) in self.queues.groups().filter(|(_, g)| ahead(g) && here(g)) {
+            t += work(g);
+        }
+        // Lower-priority groups whose oldest waiter, older than ours, starves before our turn
+        // come first too.
+        if let Some(starve) = self.cfg.bounds.starvation_after {
+            let base = t;
+            for (_, g) in self.queues.groups() {
+                let skip = g.depth() == 0
+                    || ahead(g)
+                    || Some(g.key) == own.map(|o| o.key)
+                    || active.is_some_and(|a| self.queues.group(a).key == g.key)
+                    || !here(g);
+                let Some(oldest) = self.queues.oldest_arrival(g).filter(|_| !skip) else {
+                    continue;
+                };
+                let waited = now.saturating_since(oldest).as_secs_f64() + base;
+                if oldest < since && waited >= starve.as_secs_f64() {
+                    t += work(g);
+                }
+            }
+        }
+        let own_depth = own.map_or(0, Group::depth) as f64;
+        t += own_depth * secs(m) / slots(m) / own.map_or(1.0, serving);
+        if !self.lanes[l].holds(m) {
+            t += load(m);
+        }
+        Some(Duration::from_secs_f64(t))
+    }
+
+    /// Seconds from `now` until what runs on `lane` is done, spread over its slots.
+    fn running_left(&self, lane: usize, now: Time) -> f64 {
+        self.queues
+            .requests()
+            .filter(|(_, r)| r.state == ReqState::InFlight { lane: LaneId(lane) })
+            .map(|(_, r)| {
+                let model = self.queues.group(r.group).key.model;
+                let ran = now.saturating_since(r.started).as_secs_f64();
+                let slots = f64::from(self.cfg.models[model.0].slots(lane).max(1));
+                (self.service_secs(lane, model) - ran).max(0.0) / slots
+            })
+            .sum()
+    }
+
+    /// The learned service time of `model` on `lane`, else the lane's mean, in seconds.
+    fn service_secs(&self, lane: usize, model: ModelId) -> f64 {
+        self.expected_service(LaneId(lane), model)
+            .map_or_else(|| self.lanes[lane].mean_service_secs(), |d| d.as_secs_f64())
+    }
+}

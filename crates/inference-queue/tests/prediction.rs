@@ -1,0 +1,70 @@
+//! Predicted waits (issue 33): a pure function of the core's state and `now`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use inference_queue::*;
+
+/// One lane where llm2 (one slot) is resident and has learned a service time: its first
+/// request loads it, the next two take 2 s each.
+fn learned() -> Harness {
+    let mut h = Harness::new(cfg(Bounds::default()));
+    for at in [10_000, 12_000, 14_000] {
+        let id = h.id(Kind::Txt2Txt, "llm2");
+        h.at(at).complete(id, Outcome::Success);
+    }
+    h
+}
+
+fn secs(d: Result<Option<Duration>, Rejection>) -> f64 {
+    d.expect("known").expect("a prediction").as_secs_f64()
+}
+
+#[test]
+fn a_new_request_waits_for_what_runs_and_its_group_ahead_of_it() {
+    let mut h = learned();
+    let running = h.id(Kind::Txt2Txt, "llm2");
+    let _waiting: Vec<RequestId> = (0..3).map(|_| h.id(Kind::Txt2Txt, "llm2")).collect();
+    assert!(h.lane_of(running).is_some());
+    // 1 s into the running one: 1 s left, then three of about the learned service each.
+    let now = h.now + Duration::from_secs(1);
+    let service = h
+        .core
+        .expected_service(LaneId(0), h.core.model_id("llm2").expect("known"))
+        .expect("learned")
+        .as_secs_f64();
+    let predicted = secs(h.core.predicted_wait(now, Kind::Txt2Txt, "llm2"));
+    let expected = (service - 1.0) + 3.0 * service;
+    assert!(
+        (predicted - expected).abs() < 0.01,
+        "{predicted} s predicted, {expected} s expected"
+    );
+    // Another model waits for all that, then its load.
+    let other = secs(h.core.predicted_wait(now, Kind::Txt2Img, "sd"));
+    assert!(other > predicted + service, "{other} s");
+    // What the core does not serve has no prediction.
+    assert!(matches!(
+        h.core.predicted_wait(now, Kind::Txt2Img, "llm2"),
+        Err(Rejection::KindNotServed { .. })
+    ));
+    assert!(matches!(
+        h.core.predicted_wait(now, Kind::Txt2Txt, "nope"),
+        Err(Rejection::UnknownModel { .. })
+    ));
+}
+
+#[test]
+fn the_prediction_shrinks_as_the_queue_moves() {
+    let mut h = learned();
+    let ids: Vec<RequestId> = (0..5).map(|_| h.id(Kind::Txt2Txt, "llm2")).collect();
+    let before = secs(h.core.predicted_wait(h.now, Kind::Txt2Txt, "llm2"));
+    h.at(16_000).complete(ids[0], Outcome::Success);
+    h.at(18_000).complete(ids[1], Outcome::Success);
+    let after = secs(h.core.predicted_wait(h.now, Kind::Txt2Txt, "llm2"));
+    assert!(
+        after < before,
+        "{after} s after two finished, {before} s before"
+    );
+}
