@@ -119,7 +119,9 @@ fn run_sim(args: &SimArgs) -> Result<()> {
     failures.extend(priority_failures);
     let (prediction, prediction_failures) = prediction::table(hours, seed);
     failures.extend(prediction_failures);
-    let table = format!("{table}\n{fleet}{fairness}{priority}{prediction}");
+    let (refusal, refusal_failures) = prediction::refusal_table(hours, seed);
+    failures.extend(refusal_failures);
+    let table = format!("{table}\n{fleet}{fairness}{priority}{prediction}{refusal}");
     let elapsed = started.elapsed();
     print!("{table}");
     println!("(simulated in {:.2} s of wall time)", elapsed.as_secs_f64());

@@ -160,6 +160,18 @@ pub enum EngineError {
         /// When to retry.
         retry_after: Duration,
     },
+    /// The work ahead of it would outlast its queue deadline by a margin (the core's predicted
+    /// wait): refused at once rather than left to wait and expire.
+    #[error(
+        "the work queued ahead would take about {}s, past this request's queue deadline of {}s: retry after {}s, or with a longer deadline",
+        predicted.as_secs().max(1), deadline.as_secs(), predicted.as_secs().max(1)
+    )]
+    WouldExpire {
+        /// The predicted wait.
+        predicted: Duration,
+        /// Its queue deadline.
+        deadline: Duration,
+    },
     /// The request alone holds more payload than the byte budget of the queues: it can never run.
     #[error(
         "the request holds {bytes} bytes of payload, more than the queues' whole budget of {budget} bytes (`limits.max_queued_bytes`)"
@@ -273,7 +285,7 @@ impl EngineError {
     /// The stable type of im's error table.
     pub fn error_type(&self) -> &'static str {
         match self {
-            EngineError::QueueFull { .. } => "queue_full",
+            EngineError::QueueFull { .. } | EngineError::WouldExpire { .. } => "queue_full",
             EngineError::TooLarge { .. } => "payload_too_large",
             EngineError::UnknownModel { .. } => "unknown_model",
             EngineError::UnsupportedKind { .. } => "unsupported_kind",
@@ -291,6 +303,7 @@ impl EngineError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             EngineError::QueueFull { retry_after, .. } => Some(*retry_after),
+            EngineError::WouldExpire { predicted, .. } => Some(*predicted),
             EngineError::UpstreamUnavailable { error, .. } => {
                 error.retry_after().or(Some(Duration::from_secs(5)))
             }
@@ -331,6 +344,13 @@ impl EngineError {
             },
             Rejection::TooLarge { bytes, budget } => EngineError::TooLarge { bytes, budget },
             Rejection::ShuttingDown => EngineError::ShuttingDown,
+            Rejection::WouldExpire {
+                predicted,
+                deadline,
+            } => EngineError::WouldExpire {
+                predicted,
+                deadline,
+            },
         }
     }
 

@@ -165,7 +165,7 @@ impl ErrorType {
     /// The type of an engine error: one exhaustive match, checked by the compiler.
     pub fn of_engine(e: &EngineError) -> ErrorType {
         match e {
-            EngineError::QueueFull { .. } => ErrorType::QueueFull,
+            EngineError::QueueFull { .. } | EngineError::WouldExpire { .. } => ErrorType::QueueFull,
             EngineError::TooLarge { .. } => ErrorType::PayloadTooLarge,
             EngineError::UnknownModel { .. } => ErrorType::UnknownModel,
             EngineError::UnsupportedKind { .. } => ErrorType::UnsupportedKind,

@@ -222,6 +222,10 @@ pub struct Limits {
     /// Requests of one tenant running at once over the fleet (`None`: no cap): one tenant cannot
     /// hold every slot of a model while others wait.
     pub max_in_flight_per_tenant: Option<u32>,
+    /// Refuse at admission a request whose predicted wait ([`crate::Scheduler::predicted_wait`])
+    /// misses its deadline by more than this many percent (50: the prediction is over 1.5 times
+    /// the deadline), rather than let it wait and expire. `None`: never.
+    pub early_refusal_pct: Option<u32>,
 }
 
 impl Default for Limits {
@@ -232,6 +236,7 @@ impl Default for Limits {
             retry_after_hint: Duration::from_secs(2),
             max_bytes_total: 256 * 1024 * 1024,
             max_in_flight_per_tenant: None,
+            early_refusal_pct: None,
         }
     }
 }

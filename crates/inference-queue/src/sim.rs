@@ -103,6 +103,8 @@ pub struct TraceItem {
     pub tenant: u32,
     /// Its priority class.
     pub class: crate::types::Class,
+    /// Its queue deadline (`None`: the kind's default).
+    pub deadline: Option<Duration>,
 }
 
 /// What a trace looks like.
@@ -186,6 +188,7 @@ impl TraceSpec {
                 failures,
                 tenant: 0,
                 class: Default::default(),
+                deadline: None,
             });
         }
         out
@@ -216,6 +219,11 @@ pub struct Report {
     /// With [`run_scheduler_predicting`]: per request that started, its kind, its predicted wait
     /// when it arrived ([`Scheduler::predicted_wait`]) and its actual wait.
     pub predictions: Vec<(Kind, Duration, Duration)>,
+    /// The trace's requests (by index) that waited past their deadline in the queue.
+    pub expired: Vec<usize>,
+    /// The trace's requests (by index) refused at admission because they would have expired
+    /// (`limits.early_refusal_pct`).
+    pub refused_early: Vec<usize>,
 }
 
 impl Report {
@@ -421,7 +429,7 @@ fn replay(
                             kind: item.kind,
                             model: &models[item.model].name,
                             lane: None,
-                            deadline: None,
+                            deadline: item.deadline,
                             bytes: 0,
                             tenant: crate::types::TenantId(if one_tenant {
                                 0
@@ -446,7 +454,12 @@ fn replay(
                                     predicted_of.insert(id, p);
                                 }
                             }
-                            Admission::Rejected(_) => report.not_completed += 1,
+                            Admission::Rejected(r) => {
+                                report.not_completed += 1;
+                                if matches!(r, crate::Rejection::WouldExpire { .. }) {
+                                    report.refused_early.push(i);
+                                }
+                            }
                         }
                     }
                     Ev::Done(id, ok, lane) => {
@@ -519,7 +532,13 @@ fn replay(
                         push(&mut heap, start + service / 4, Ev::Done(id, false, lane.0));
                     }
                 }
-                Event::Expired { .. } | Event::Failed { .. } => report.not_completed += 1,
+                Event::Expired { id, .. } => {
+                    report.not_completed += 1;
+                    if let Some(i) = item_of.get(&id) {
+                        report.expired.push(*i);
+                    }
+                }
+                Event::Failed { .. } => report.not_completed += 1,
                 Event::Unload { lane, model } => {
                     ups[lane.0].unload(model.0);
                     push(&mut heap, now, Ev::Lifecycle(lane.0));

@@ -68,3 +68,38 @@ fn the_prediction_shrinks_as_the_queue_moves() {
         "{after} s after two finished, {before} s before"
     );
 }
+
+#[test]
+fn a_request_the_queue_would_make_expire_is_refused_at_once_when_asked() {
+    let mut h = learned();
+    for _ in 0..10 {
+        h.id(Kind::Txt2Txt, "llm2");
+    }
+    // About 20 s of work ahead; a 5 s deadline cannot be met.
+    let short = Some(Duration::from_secs(5));
+    assert!(
+        matches!(
+            h.submit_with(Kind::Txt2Txt, "llm2", short),
+            Admission::Accepted(_)
+        ),
+        "off by default: it waits (and will expire)"
+    );
+    let mut c = h.core.config().clone();
+    c.limits.early_refusal_pct = Some(50);
+    h.core.set_policy(h.now, &c.policy()).expect("valid");
+    match h.submit_with(Kind::Txt2Txt, "llm2", short) {
+        Admission::Rejected(Rejection::WouldExpire {
+            predicted,
+            deadline,
+        }) => {
+            assert_eq!(deadline, Duration::from_secs(5));
+            assert!(predicted > Duration::from_secs(15), "{predicted:?}");
+        }
+        other => panic!("expected an early refusal, got {other:?}"),
+    }
+    // One whose deadline the queue leaves room for is queued.
+    assert!(matches!(
+        h.submit_with(Kind::Txt2Txt, "llm2", Some(Duration::from_secs(120))),
+        Admission::Accepted(_)
+    ));
+}

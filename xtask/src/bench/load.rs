@@ -51,6 +51,7 @@ pub async fn load(
                     failures: 0,
                     tenant: 0,
                     class: Default::default(),
+                    deadline: None,
                 };
                 let (path, mut body) = request_for(&item, &img);
                 if body.get("max_tokens").is_some() {

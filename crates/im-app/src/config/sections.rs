@@ -396,6 +396,11 @@ pub struct LimitsEntry {
     /// tenant cannot hold every slot of a model while others wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_tenant: Option<u32>,
+    /// Refuse at once (429 with `Retry-After`) a request whose predicted wait misses its queue
+    /// deadline by more than this many percent, rather than let it wait and expire (0, the
+    /// default: never; the prediction under overload is not yet good enough to be on by default,
+    /// see the early-refusal rows of `benches/results/policy-table.md`).
+    pub early_refusal_pct: u32,
 }
 
 impl Default for LimitsEntry {
@@ -405,6 +410,7 @@ impl Default for LimitsEntry {
             max_queued_per_kind: BTreeMap::new(),
             max_queued_bytes: Limits::default().max_bytes_total,
             max_in_flight_per_tenant: None,
+            early_refusal_pct: 0,
         }
     }
 }

@@ -103,6 +103,14 @@ pub enum Rejection {
     },
     /// Intake is stopped.
     ShuttingDown,
+    /// Its predicted wait misses its deadline by more than `limits.early_refusal_pct`: it would
+    /// wait and expire. Try again after `predicted` (when the work ahead should be done).
+    WouldExpire {
+        /// The predicted wait.
+        predicted: Duration,
+        /// Its queue deadline.
+        deadline: Duration,
+    },
 }
 
 /// How an attempt ended, as the driver reports it.

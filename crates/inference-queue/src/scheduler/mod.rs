@@ -383,6 +383,18 @@ impl Scheduler {
                 retry_after,
             });
         }
+        let default = self.cfg.default_deadline[ki];
+        let within = req.deadline.map_or(default, |d| d.min(default));
+        if let Some(pct) = self.cfg.limits.early_refusal_pct
+            && self.queues.waiting() > 0
+            && let Ok(Some(predicted)) = self.predicted_wait(self.now, req.kind, req.model)
+            && predicted.as_secs_f64() > within.as_secs_f64() * (1.0 + f64::from(pct) / 100.0)
+        {
+            return Admission::Rejected(Rejection::WouldExpire {
+                predicted,
+                deadline: within,
+            });
+        }
         let placed = req.lane.is_none() && self.cfg.routing.places_requests();
         let lane = if placed {
             Some(LaneId(self.place(model, req.kind, None)))
@@ -396,8 +408,7 @@ impl Scheduler {
         });
         let id = RequestId(self.next_id);
         self.next_id += 1;
-        let default = self.cfg.default_deadline[ki];
-        let deadline = self.now + req.deadline.map_or(default, |d| d.min(default));
+        let deadline = self.now + within;
         self.queues.enqueue(
             id,
             Req {
