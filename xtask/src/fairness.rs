@@ -38,6 +38,19 @@ fn with_tenants(trace: &[sim::TraceItem], seed: u64) -> Vec<sim::TraceItem> {
         .collect()
 }
 
+/// The bounded default on `lanes` lanes without memory budgets.
+fn on_lanes(lanes: usize) -> Config {
+    Config {
+        lanes: (0..lanes)
+            .map(|i| LaneSpec {
+                name: format!("gpu{i}"),
+                memory_mb: None,
+            })
+            .collect(),
+        ..bounded()
+    }
+}
+
 /// The light tenants' worst p99 wait, in seconds.
 fn light_p99(r: &Report) -> f64 {
     LIGHT
@@ -100,17 +113,8 @@ pub fn table(hours: f64, seed: u64) -> (String, Vec<String>) {
             for load in [0.5, 0.9, 1.2] {
                 let base = spec(cap * load * lanes as f64, duration, seed).generate();
                 let trace = with_tenants(&base, seed);
-                let cfg = || Config {
-                    lanes: (0..lanes)
-                        .map(|i| LaneSpec {
-                            name: format!("gpu{i}"),
-                            memory_mb: None,
-                        })
-                        .collect(),
-                    ..bounded()
-                };
-                let fifo = sim::run_scheduler_one_tenant(cfg(), &models, &trace);
-                let fair = sim::run_scheduler(cfg(), &models, &trace);
+                let fifo = sim::run_scheduler_one_tenant(on_lanes(lanes), &models, &trace);
+                let fair = sim::run_scheduler(on_lanes(lanes), &models, &trace);
                 for (name, r) in [("FIFO", &fifo), ("fair share", &fair)] {
                     let _ = writeln!(
                         out,
@@ -207,17 +211,8 @@ pub fn priority_table(hours: f64, seed: u64) -> (String, Vec<String>) {
         };
         let interactive = tagged(0.4, seed, INTERACTIVE, Class::Interactive);
         let flood = tagged(1.0, seed ^ 0xBA7C, 0, Class::Batch);
-        let cfg = || Config {
-            lanes: (0..lanes)
-                .map(|i| LaneSpec {
-                    name: format!("gpu{i}"),
-                    memory_mb: None,
-                })
-                .collect(),
-            ..bounded()
-        };
-        let alone = sim::run_scheduler(cfg(), &models, &interactive);
-        let both = sim::run_scheduler(cfg(), &models, &merged(interactive, flood));
+        let alone = sim::run_scheduler(on_lanes(lanes), &models, &interactive);
+        let both = sim::run_scheduler(on_lanes(lanes), &models, &merged(interactive, flood));
         let batch_per_hour = both.tenant_completed.get(&0).copied().unwrap_or(0) as f64
             / duration.as_secs_f64()
             * 3600.0;

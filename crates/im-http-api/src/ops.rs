@@ -71,15 +71,9 @@ pub async fn placement(
     State(st): State<AppState>,
     query: Result<axum::extract::Query<PlacementQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let q = match query {
-        Ok(q) => q.0,
-        Err(e) => {
-            return crate::error::HttpError::from(im_service::ServiceError::invalid(
-                "query",
-                format!("{} (needs kind and model)", e.body_text()),
-            ))
-            .into_response();
-        }
+    let q = match kind_and_model(query) {
+        Ok(q) => q,
+        Err(e) => return crate::error::HttpError::from(e).into_response(),
     };
     match st
         .service
@@ -89,6 +83,18 @@ pub async fn placement(
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => crate::error::HttpError::from(e).into_response(),
     }
+}
+
+/// A query that names a kind and a model, or the error (400) that says so.
+fn kind_and_model<Q>(
+    query: Result<axum::extract::Query<Q>, axum::extract::rejection::QueryRejection>,
+) -> Result<Q, im_service::ServiceError> {
+    query.map(|q| q.0).map_err(|e| {
+        im_service::ServiceError::invalid(
+            "query",
+            format!("{} (needs kind and model)", e.body_text()),
+        )
+    })
 }
 
 /// The query of `GET /v1/queue/estimate`.
@@ -114,15 +120,9 @@ pub async fn estimate(
     State(st): State<AppState>,
     query: Result<axum::extract::Query<EstimateQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let q = match query {
-        Ok(q) => q.0,
-        Err(e) => {
-            return crate::error::HttpError::from(im_service::ServiceError::invalid(
-                "query",
-                format!("{} (needs kind and model)", e.body_text()),
-            ))
-            .into_response();
-        }
+    let q = match kind_and_model(query) {
+        Ok(q) => q,
+        Err(e) => return crate::error::HttpError::from(e).into_response(),
     };
     match st.service.estimate(&q.kind, &q.model).await {
         Ok(v) => axum::Json(v).into_response(),

@@ -82,19 +82,7 @@ impl Scheduler {
         model: &str,
         lane: Option<LaneId>,
     ) -> Result<Advice, Rejection> {
-        let Some(m) = self.model_id(model) else {
-            return Err(Rejection::UnknownModel {
-                model: model.to_owned(),
-                valid: self.models_for(kind),
-            });
-        };
-        if !self.serves_kind(m, kind) {
-            return Err(Rejection::KindNotServed {
-                model: model.to_owned(),
-                kind,
-                valid: self.models_for(kind),
-            });
-        }
+        let m = self.serving(kind, model)?;
         if let Some(l) = lane {
             if l.0 >= self.lanes.len() {
                 return Err(Rejection::UnknownLane(l.0));

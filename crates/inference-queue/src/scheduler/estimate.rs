@@ -30,19 +30,7 @@ impl Scheduler {
         kind: Kind,
         model: &str,
     ) -> Result<Option<Duration>, Rejection> {
-        let Some(m) = self.model_id(model) else {
-            return Err(Rejection::UnknownModel {
-                model: model.to_owned(),
-                valid: self.models_for(kind),
-            });
-        };
-        if !self.serves_kind(m, kind) {
-            return Err(Rejection::KindNotServed {
-                model: model.to_owned(),
-                kind,
-                valid: self.models_for(kind),
-            });
-        }
+        let m = self.serving(kind, model)?;
         Ok((0..self.lanes.len())
             .filter(|l| self.lanes[*l].is_closed())
             .filter_map(|l| self.predicted_start_on(now, LaneId(l), kind, m))

@@ -329,19 +329,10 @@ impl Scheduler {
         if !self.accepting {
             return Admission::Rejected(Rejection::ShuttingDown);
         }
-        let Some(model) = self.model_id(req.model) else {
-            return Admission::Rejected(Rejection::UnknownModel {
-                model: req.model.to_owned(),
-                valid: self.models_for(req.kind),
-            });
+        let model = match self.serving(req.kind, req.model) {
+            Ok(m) => m,
+            Err(r) => return Admission::Rejected(r),
         };
-        if !self.serves_kind(model, req.kind) {
-            return Admission::Rejected(Rejection::KindNotServed {
-                model: req.model.to_owned(),
-                kind: req.kind,
-                valid: self.models_for(req.kind),
-            });
-        }
         if let Some(l) = req.lane
             && l.0 >= self.lanes.len()
         {
@@ -652,6 +643,26 @@ impl Scheduler {
             l.refused.clear();
         }
         self.pump();
+    }
+
+    /// The model named `model`, when it is known and serves `kind`; else the refusal
+    /// ([`Rejection::UnknownModel`], [`Rejection::KindNotServed`], each listing the models that
+    /// serve the kind).
+    pub(super) fn serving(&self, kind: Kind, model: &str) -> Result<ModelId, Rejection> {
+        let Some(m) = self.model_id(model) else {
+            return Err(Rejection::UnknownModel {
+                model: model.to_owned(),
+                valid: self.models_for(kind),
+            });
+        };
+        if !self.serves_kind(m, kind) {
+            return Err(Rejection::KindNotServed {
+                model: model.to_owned(),
+                kind,
+                valid: self.models_for(kind),
+            });
+        }
+        Ok(m)
     }
 
     /// Whether `model` serves `kind`: configured so, and some lane that may host it has not
