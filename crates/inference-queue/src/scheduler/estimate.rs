@@ -1,17 +1,17 @@
 //! Predicted waits: when a request of a group submitted now would start, from the state alone
 //! (a pure function of the queues, the lanes and `now`).
 //!
-//! The model is a fluid one, per lane that may serve the group: the lane first finishes what runs
-//! there (each running request's learned service time less what it has run, spread over the
-//! model's slots) and drains its active group (within `max_batch` and `max_dwell`), then the
-//! work of the groups the policy serves before this one (every waiting
-//! group of a kind earlier in the priority order, and of the same kind those whose oldest waiter
-//! is older, and lower-priority groups whose oldest waiter, older than this one's, will have
-//! starved by then), each group's work shared by the lanes that may serve it, with a load for a group
-//! whose model no lane holds; then the group's own waiting requests, and a load when no lane
-//! holds its model. The prediction is the least over the lanes. It ignores what the bounds do
-//! (a switch forced by `max_dwell`, a starving group's turn) and work that arrives after: `cargo
-//! xtask sim` measures its error on the policy table's traces.
+//! The model is a fluid one, per lane that may serve the group: the lane first finishes what
+//! runs there (each running request's learned service time less what it has run, spread over
+//! the model's slots) and drains its active group (within `max_batch` and `max_dwell`); then
+//! come the groups the policy serves before this one: every waiting group of a kind earlier in
+//! the priority order, those of the same kind whose oldest waiter is older, and lower-priority
+//! groups whose oldest waiter, older than this one's, will have starved by then. Each group's
+//! work is shared by the lanes that may serve it, with a load for a group whose model no lane
+//! holds. Then the group's own waiting requests, and a load when the lane does not hold its
+//! model. The prediction is the least over the lanes. It does not foresee work that arrives
+//! later (higher-priority groups, arrivals that lengthen a drain): `cargo xtask sim` measures
+//! its error on the policy table's traces.
 
 use std::time::Duration;
 
