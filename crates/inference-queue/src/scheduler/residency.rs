@@ -94,11 +94,12 @@ impl Scheduler {
             && self.footprint(lane, model) <= self.capacity(lane)
     }
 
-    /// Whether `lane` may serve `kind` of `model`: the model fits it, its catalogue there lists
-    /// the kind, and its upstream has not refused the kind.
+    /// Whether `lane` may serve `kind` of `model`, a kind the model serves: the model fits the
+    /// lane, its catalogue there lists the kind, and its upstream has not refused the kind.
     pub(super) fn serves_on(&self, lane: usize, model: ModelId, kind: Kind) -> bool {
+        let spec = &self.cfg.models[model.0];
         self.fits_lane(lane, model)
-            && self.cfg.models[model.0].serves_on(lane, kind)
+            && (spec.kinds_on.is_empty() || spec.serves_on(lane, kind))
             && !self.lanes[lane].refuses(model, kind)
     }
 
