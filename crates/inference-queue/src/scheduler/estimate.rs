@@ -31,10 +31,15 @@ impl Scheduler {
         model: &str,
     ) -> Result<Option<Duration>, Rejection> {
         let m = self.serving(kind, model)?;
-        Ok((0..self.lanes.len())
+        Ok(self.wait_of(now, kind, m))
+    }
+
+    /// [`Self::predicted_wait`] of a model already resolved (admission has it).
+    pub(super) fn wait_of(&self, now: Time, kind: Kind, m: ModelId) -> Option<Duration> {
+        (0..self.lanes.len())
             .filter(|l| self.lanes[*l].is_closed())
             .filter_map(|l| self.predicted_start_on(now, LaneId(l), kind, m))
-            .min())
+            .min()
     }
 
     /// When a request of `kind` for `m` submitted at `now` would start on `lane`, from now

@@ -378,7 +378,7 @@ impl Scheduler {
         let within = req.deadline.map_or(default, |d| d.min(default));
         if let Some(pct) = self.cfg.limits.early_refusal_pct
             && self.queues.waiting() > 0
-            && let Ok(Some(predicted)) = self.predicted_wait(self.now, req.kind, req.model)
+            && let Some(predicted) = self.wait_of(self.now, req.kind, model)
             && predicted.as_secs_f64() > within.as_secs_f64() * (1.0 + f64::from(pct) / 100.0)
         {
             return Admission::Rejected(Rejection::WouldExpire {
@@ -619,11 +619,10 @@ impl Scheduler {
         if !l.refuses(m, kind) {
             l.refused.push((m, kind));
         }
-        // What a balancer placed there goes elsewhere (when some lane still serves it).
         if self.serves_kind(m, kind) {
+            // What a balancer placed there goes to a lane that still serves it.
             self.replace_from_where(lane.0, |k| k.model == m && k.kind == kind);
-        }
-        if !self.serves_kind(m, kind) {
+        } else {
             let groups: Vec<queues::GroupId> = self
                 .queues
                 .groups()
