@@ -29,7 +29,9 @@ pub fn table(hours: f64, seed: u64) -> (String, Vec<String>) {
         "\n## Predicted waits\n\n\
          The policy table's mixed traces under the bounded default: each request's predicted \
          wait when it arrived (`Scheduler::predicted_wait`: what runs, the groups served before \
-         it and its own group's queue, at learned service and load times) against the wait it \
+         it and its own group's queue, at learned service and load times, the wait for its \
+         group's turn stretched by the load of higher-priority arrivals up to the starvation \
+         bound) against the wait it \
          had. Error: the median of |predicted - actual| / actual over the requests that waited \
          over a second (target: at most 25 %); also the median actual wait of those.\n\n\
          | load | kind | requests waiting > 1 s | median actual wait (s) | median predicted / actual | median relative error |\n\

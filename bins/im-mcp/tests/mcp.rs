@@ -18,7 +18,7 @@ use tokio::io::AsyncBufReadExt;
 const LLM: &str = "llama-3.2-3b-instruct";
 const VLM: &str = "llava-1.6-mistral-7b";
 const SD: &str = "stablediffusion";
-const TOOLS: [&str; 13] = [
+const TOOLS: [&str; 14] = [
     "txt2txt",
     "txt2img",
     "img2img",
@@ -32,6 +32,7 @@ const TOOLS: [&str; 13] = [
     "get_supported_tasks",
     "select_backend_for_inference",
     "route_inference_request",
+    "estimate_wait",
 ];
 
 type Client = RunningService<RoleClient, ()>;
@@ -207,6 +208,20 @@ async fn exercise(c: &Client) {
     .await;
     assert_eq!(r.is_error, Some(true));
     assert!(text(&r).contains("kind"), "names the field: {}", text(&r));
+    // How long a chat sent now would wait, without sending it; what cannot be served is refused.
+    let estimate: Value = serde_json::from_str(&text(
+        &call(c, "estimate_wait", json!({"task": "txt2txt", "model": LLM})).await,
+    ))
+    .expect("JSON");
+    assert!(estimate["predicted_wait_ms"].is_u64(), "{estimate}");
+    let r = call(
+        c,
+        "estimate_wait",
+        json!({"task": "txt2txt", "model": "gpt-9"}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("unknown_model"), "{}", text(&r));
     // Routed and run: the placement first, then the answer.
     let r = call(
         c,

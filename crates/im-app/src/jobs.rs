@@ -22,6 +22,7 @@ impl im_jobs::Runner for ServiceRunner {
             tenant: im_service::TenantId::new(owner),
             request_id: service.new_request_id(),
             batch: true,
+            progress: None,
         };
         let refused = |e: im_service::ServiceError| im_jobs::Answer {
             status: e.status(),

@@ -87,7 +87,32 @@ pub struct Job {
     pub weight: u32,
     /// Its priority class inside its group.
     pub class: inference_queue::Class,
+    /// Where to tell its caller how its wait goes (opt-in): its place at admission and every
+    /// second while it waits, a load of its model; closed once it is dispatched or left.
+    pub progress: Option<ProgressSink>,
 }
+
+/// What a waiting request's caller is told ([`Job::progress`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Waiting: `position` 1 is served next in its group; `eta` its predicted start.
+    Queued {
+        /// Its place in its group's order.
+        position: usize,
+        /// Its predicted start from now, when a lane may serve it.
+        eta: Option<Duration>,
+    },
+    /// A lane is loading its model (told once per lane).
+    Loading {
+        /// The model.
+        model: String,
+        /// The lane loading it.
+        lane: String,
+    },
+}
+
+/// The sending half of a job's progress.
+pub type ProgressSink = mpsc::UnboundedSender<Progress>;
 
 /// Figures about a finished request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -299,6 +324,15 @@ impl EngineError {
         }
     }
 
+    /// Why admission refused it, as `im_rejections_total` labels it: its error type, or
+    /// `would_expire` for a request the prediction says would miss its deadline.
+    pub fn refusal_reason(&self) -> &'static str {
+        match self {
+            EngineError::WouldExpire { .. } => "would_expire",
+            other => other.error_type(),
+        }
+    }
+
     /// `Retry-After` to send with it, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -393,6 +427,7 @@ impl Job {
             owner: None,
             weight: 1,
             class: inference_queue::Class::Interactive,
+            progress: None,
         }
     }
 

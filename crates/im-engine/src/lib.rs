@@ -46,5 +46,8 @@ pub use batch::{BatchSettings, Batcher};
 pub use clock::Clock;
 pub use engine::{Engine, LaneReadiness};
 pub use inference_queue::Class;
-pub use job::{ChunkReceiver, Completion, EngineError, Job, Meta, Output, Payload, truncate};
+pub use job::{
+    ChunkReceiver, Completion, EngineError, Job, Meta, Output, Payload, Progress, ProgressSink,
+    truncate,
+};
 pub use trace::TRACE_TARGET;

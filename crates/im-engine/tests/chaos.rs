@@ -125,6 +125,7 @@ fn job(i: usize) -> Job {
         owner: None,
         weight: 1,
         class: Default::default(),
+        progress: None,
     }
 }
 

@@ -83,6 +83,7 @@ fn job(i: usize, kind: Kind) -> Job {
         owner: None,
         weight: 1,
         class: Default::default(),
+        progress: None,
     }
 }
 

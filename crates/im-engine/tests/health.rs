@@ -52,6 +52,7 @@ fn job(i: usize) -> Job {
         owner: None,
         weight: 1,
         class: Default::default(),
+        progress: None,
     }
 }
 

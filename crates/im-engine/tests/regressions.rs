@@ -55,6 +55,7 @@ fn chat_job(id: &str, model: &str, text: &str, stream: bool) -> Job {
         owner: None,
         weight: 1,
         class: Default::default(),
+        progress: None,
     }
 }
 
@@ -120,6 +121,7 @@ async fn a_caller_leaving_during_a_load_keeps_the_slot_until_the_upstream_finish
         owner: None,
         weight: 1,
         class: Default::default(),
+        progress: None,
     };
     let gave_up = tokio::time::timeout(Duration::from_millis(60), engine.submit(image)).await;
     assert!(gave_up.is_err(), "the caller left during the load");

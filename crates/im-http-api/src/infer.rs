@@ -3,13 +3,11 @@
 //! documentation lives. The routes are the service's (see [`crate::respond`]); this module only
 //! writes `/v1/infer/stream`'s events.
 
-use std::convert::Infallible;
-
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use im_service::api::bodies::{InferRequest, InferResponse};
 use im_service::{Caller, ChunkStream, Figures, Route, StreamItem};
@@ -67,13 +65,14 @@ pub async fn infer_stream(
     json_route(Route::InferStream, &st, &caller, arrived, b).await
 }
 
-struct Progress {
+struct Tokens {
     stream: ChunkStream,
     tokens: u64,
     finish: Option<String>,
+    before_done: Option<Event>,
 }
 
-/// `/v1/infer/stream`'s events for `stream`.
+/// `/v1/infer/stream`'s response for `stream`.
 pub(crate) fn token_events(
     stream: ChunkStream,
     figures: &Figures,
@@ -81,18 +80,33 @@ pub(crate) fn token_events(
     id: &str,
     model: String,
 ) -> Response {
+    crate::stream::sse(token_event_stream(
+        stream, figures, arrived, id, model, None,
+    ))
+}
+
+/// `/v1/infer/stream`'s events for `stream`; `before_done` goes just before `done`.
+pub(crate) fn token_event_stream(
+    stream: ChunkStream,
+    figures: &Figures,
+    arrived: Arrived,
+    id: &str,
+    model: String,
+    before_done: Option<Event>,
+) -> impl futures_util::Stream<Item = Event> + Send + 'static {
     let (queue_wait, processing) = (figures.queue_wait, figures.processing);
-    let started = arrived.0;
+    let started = arrived.at;
     let id = id.to_owned();
-    let state = Progress {
+    let state = Tokens {
         stream,
         tokens: 0,
         finish: None,
+        before_done,
     };
     let events = futures_util::stream::unfold(state, move |mut p| {
         let (id, model) = (id.clone(), model.clone());
         async move {
-            let event = match p.stream.next().await? {
+            let events = match p.stream.next().await? {
                 StreamItem::Chunk {
                     raw, finish_reason, ..
                 } => {
@@ -101,18 +115,18 @@ pub(crate) fn token_events(
                     }
                     let text = chunk_text(&raw);
                     if text.is_empty() {
-                        None
+                        Vec::new()
                     } else {
                         p.tokens += 1;
-                        Some(
+                        vec![
                             Event::default()
                                 .event("token")
                                 .data(json!({"text": text}).to_string()),
-                        )
+                        ]
                     }
                 }
                 StreamItem::Failed(err) => {
-                    Some(Event::default().event("error").data(err.body().to_string()))
+                    vec![Event::default().event("error").data(err.body().to_string())]
                 }
                 StreamItem::End => {
                     let done = json!({
@@ -121,17 +135,15 @@ pub(crate) fn token_events(
                         "timings": {"queue_wait_ms": ms(queue_wait), "processing_ms": ms(processing),
                                     "total_ms": ms(started.elapsed())},
                     });
-                    Some(Event::default().event("done").data(done.to_string()))
+                    let mut events: Vec<Event> = p.before_done.take().into_iter().collect();
+                    events.push(Event::default().event("done").data(done.to_string()));
+                    events
                 }
             };
-            Some((event, p))
+            Some((events, p))
         }
     });
-    let events =
-        futures_util::StreamExt::filter_map(events, |e| async move { e.map(Ok::<_, Infallible>) });
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    futures_util::StreamExt::flat_map(events, futures_util::stream::iter)
 }
 
 /// What this API is: its name, version, routes and where its documentation lives. Needs no key.

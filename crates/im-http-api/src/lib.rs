@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod media;
 pub mod openai;
 pub mod ops;
+pub mod progress;
 pub mod respond;
 pub mod routes;
 pub mod seed;

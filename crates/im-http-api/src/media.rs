@@ -76,7 +76,7 @@ async fn run_form_call(
     caller: &Caller,
     arrived: Arrived,
 ) -> Result<Response, HttpError> {
-    let answer = st.service.answer_call(call, caller, arrived.0).await?;
+    let answer = st.service.answer_call(call, caller, arrived.at).await?;
     Ok(write(st, Route::ChatCompletions, answer, caller, arrived))
 }
 

@@ -35,7 +35,13 @@ pub(crate) async fn json_route(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let bytes = body(b, st.service.body_limit())?;
-    let answer = st.service.respond(route, &bytes, caller, arrived.0).await?;
+    if arrived.progress {
+        return crate::progress::respond(route, st, caller, arrived, bytes).await;
+    }
+    let answer = st
+        .service
+        .respond(route, &bytes, caller, arrived.at)
+        .await?;
     Ok(write(st, route, answer, caller, arrived))
 }
 

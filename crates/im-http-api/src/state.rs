@@ -77,9 +77,15 @@ impl AppState {
     }
 }
 
-/// When the request reached im, for the overhead figure.
+/// The request's arrival: when it reached im (for the overhead figure), and whether it asked to
+/// hear how its wait goes (`X-Im-Progress`, or its tenant's `progress`).
 #[derive(Clone, Copy, Debug)]
-pub struct Arrived(pub Instant);
+pub struct Arrived {
+    /// When it reached im.
+    pub at: Instant,
+    /// A stream in progress mode ([`crate::progress`]).
+    pub progress: bool,
+}
 
 pub use im_edge::caller::{key_of, request_id_of};
 
@@ -88,7 +94,7 @@ pub use im_edge::caller::{key_of, request_id_of};
 /// route charges its units one by one) the key's and tenant's rates; the handlers receive the
 /// [`Caller`] and when it [`Arrived`].
 pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let arrived = Arrived(Instant::now());
+    let at = Instant::now();
     let id = request_id_of(req.headers()).unwrap_or_else(|| st.service.new_request_id());
     let span = request_span(&req, &id);
     let admitted = {
@@ -112,8 +118,13 @@ pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) ->
         )),
     };
     let admitted = admitted.and_then(|who| batch.map(|b| (who, b)));
+    let admitted = admitted.and_then(|(who, b)| {
+        let progress = crate::progress::wanted(req.headers(), &st.service, &who)?;
+        Ok((who, b, progress))
+    });
     let mut resp = match admitted {
-        Ok((who, batch)) => {
+        Ok((who, batch, progress)) => {
+            let arrived = Arrived { at, progress };
             let mut caller = Caller::new(&who, id.clone());
             caller.batch = batch;
             req.extensions_mut().insert(caller);
@@ -156,7 +167,7 @@ fn request_span(req: &Request, id: &str) -> tracing::Span {
 
 /// Set the figures headers (`X-Request-Id` is set by the middleware) and record the overhead.
 pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, m: &Figures, arrived: Arrived) {
-    let total = arrived.0.elapsed();
+    let total = arrived.at.elapsed();
     let overhead = total.saturating_sub(m.queue_wait + m.processing);
     st.service.engine().metrics().http().overhead(overhead);
     let pairs = [

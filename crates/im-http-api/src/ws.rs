@@ -1,7 +1,8 @@
 //! The seeds' WebSocket, `/ws/{client_id}`: `auth` (or a key in the upgrade's headers),
 //! `subscribe` (topics `queue`, `lanes`, `requests`: sent when they change, checked every
 //! second, and every 15 s regardless), `inference` (`model`, `inputs` or `messages`, `stream`: token events then a final
-//! result), `status`, `ping`/`pong`. Every message out goes through a bounded queue: a client
+//! result; with `"progress": true` also `queued` and `loading` messages while it waits), `status`,
+//! `ping`/`pong`. Every message out goes through a bounded queue: a client
 //! too slow to read it is closed with code 4008 rather than allowed to hold anything up, and a
 //! client that goes away cancels its requests (their futures are dropped, which takes them out
 //! of the queue).
@@ -45,7 +46,7 @@ const AUTH_WITHIN: Duration = Duration::from_secs(10);
 /// first `{"type": "auth", "api_key": "..."}` message.
 #[utoipa::path(get, path = "/ws/{client_id}", tag = "operations",
     params(("client_id" = String, Path, description = "The client's own name, echoed in messages")),
-    responses((status = 101, description = "Switching protocols: messages `auth`, `subscribe` {topics: [queue, lanes, requests]}, `inference` {id?, model, inputs | messages, stream?}, `status`, `ping`; answers `authenticated`, `subscribed`, `update` {topic, data}, `token` {id, text}, `result` {id, content, queue_wait_ms, processing_ms}, `error` {id?, error}, `status` {data}, `pong`")))]
+    responses((status = 101, description = "Switching protocols: messages `auth`, `subscribe` {topics: [queue, lanes, requests]}, `inference` {id?, model, inputs | messages, stream?, progress?}, `status`, `ping`; answers `authenticated`, `subscribed`, `update` {topic, data}, `queued` {id, position, eta_ms}, `loading` {id, model, lane}, `token` {id, text}, `result` {id, content, queue_wait_ms, processing_ms}, `error` {id?, error}, `status` {data}, `pong`")))]
 pub async fn ws(
     State(st): State<AppState>,
     Path(client_id): Path<String>,
@@ -319,6 +320,45 @@ fn error_message(id: Option<&Value>, e: &ServiceError) -> Value {
     json!({"type": "error", "id": id, "error": e.body()["error"]})
 }
 
+/// Run `call`; a stream whose message asked (`"progress": true`, or its tenant's `progress`)
+/// is told how its wait goes meanwhile: `queued` `{id, position, eta_ms}` and `loading`
+/// `{id, model, lane}` messages.
+async fn run_telling_progress(
+    service: &im_service::Service,
+    call: Call,
+    caller: &Caller,
+    v: &Value,
+    id: &Value,
+    out: &Outbox,
+) -> Result<im_service::Done, ServiceError> {
+    let wanted = v["progress"].as_bool().unwrap_or_else(|| {
+        service
+            .tenants()
+            .spec(&caller.tenant)
+            .is_some_and(|s| s.progress)
+    });
+    if !wanted {
+        return service.run(call, caller).await;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut caller = caller.clone();
+    caller.progress = Some(tx);
+    let run = service.run(call, &caller);
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut run => return done,
+            Some(p) = rx.recv() => out.send(match p {
+                im_service::Progress::Queued { position, eta } => json!({"type": "queued", "id": id,
+                    "position": position, "eta_ms": eta.map(|e| e.as_millis() as u64)}),
+                im_service::Progress::Loading { model, lane } => json!({"type": "loading", "id": id,
+                    "model": model, "lane": lane}),
+            }),
+        }
+    }
+}
+
 /// Run one `inference` message: a chat on the queue; tokens then the result, or an error.
 async fn inference(service: &im_service::Service, caller: &Caller, v: &Value, out: &Outbox) {
     let id = v.get("id").cloned().unwrap_or(json!(caller.request_id));
@@ -349,7 +389,7 @@ async fn inference(service: &im_service::Service, caller: &Caller, v: &Value, ou
             return;
         }
     };
-    let done = match service.run(call, caller).await {
+    let done = match run_telling_progress(service, call, caller, v, &id, out).await {
         Ok(d) => d,
         Err(e) => {
             out.send(error_message(Some(&id), &e));

@@ -100,6 +100,15 @@ pub struct SelectArgs {
     pub backend: Option<String>,
 }
 
+/// Arguments of `estimate_wait`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct EstimateArgs {
+    /// The task (kind): txt2txt, txt2img, img2img, img2txt, embed, rerank, tts or stt.
+    pub task: String,
+    /// The model (see `get_supported_tasks`).
+    pub model: String,
+}
+
 /// Arguments of `route_inference_request`: the task and the arguments of its tool.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct RouteArgs {

@@ -36,7 +36,8 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router
 use serde_json::{Value, json};
 
 pub use args::{
-    BackendArgs, ChatArgs, EditArgs, ImageArgs, NoArgs, RouteArgs, SelectArgs, VisionArgs,
+    BackendArgs, ChatArgs, EditArgs, EstimateArgs, ImageArgs, NoArgs, RouteArgs, SelectArgs,
+    VisionArgs,
 };
 pub use remote::Remote;
 
@@ -85,7 +86,7 @@ fn service_error(e: &ServiceError) -> CallToolResult {
 
 /// Every tool with the scope it needs: the same scopes as the HTTP routes of the same work and
 /// views (the golden list `crates/im-http-api/scopes.golden` names them).
-pub const TOOLS: [(&str, Scope); 13] = [
+pub const TOOLS: [(&str, Scope); 14] = [
     ("txt2txt", Scope::Infer),
     ("img2txt", Scope::Infer),
     ("txt2img", Scope::Infer),
@@ -99,6 +100,7 @@ pub const TOOLS: [(&str, Scope); 13] = [
     ("list_inference_backends", Scope::Metrics),
     ("get_backend_status", Scope::Metrics),
     ("select_backend_for_inference", Scope::Metrics),
+    ("estimate_wait", Scope::Infer),
 ];
 
 /// The scope tool `name` needs (an unknown name needs `admin`: nothing is open by omission).
@@ -140,6 +142,24 @@ async fn unless_cancelled<T>(
         () = ctx.ct.cancelled() => Err(ErrorData::internal_error("the call was cancelled", None)),
         r = work => Ok(r),
     }
+}
+
+/// `GET path?params` of a running im-http: its JSON, or the tool error of its failure.
+async fn remote_query(
+    ctx: &RequestContext<RoleServer>,
+    remote: &remote::Remote,
+    path: &str,
+    params: &[(&str, &str)],
+) -> Result<Result<Value, CallToolResult>, ErrorData> {
+    let url = reqwest::Url::parse_with_params(&format!("http://im{path}"), params)
+        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    let (status, v) = unless_cancelled(ctx, remote.call(Method::GET, &path, None, None)).await?;
+    Ok(if status == 200 {
+        Ok(v)
+    } else {
+        Err(remote::tool_error(status, &v))
+    })
 }
 
 /// A completed call as tool content: the text or the PNG images, then the figures.
@@ -271,16 +291,30 @@ impl ImMcp {
                 if let Some(b) = backend {
                     params.push(("backend", b));
                 }
-                let url = reqwest::Url::parse_with_params("http://im/placement", &params)
-                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-                let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
-                let (status, v) =
-                    unless_cancelled(ctx, remote.call(Method::GET, &path, None, None)).await?;
-                if status == 200 {
-                    Ok(v)
-                } else {
-                    Err(remote::tool_error(status, &v))
-                }
+                remote_query(ctx, remote, "/placement", &params).await?
+            }
+        })
+    }
+
+    /// The predicted wait of a request sent now (`/v1/queue/estimate`), or the tool error
+    /// saying why there is none.
+    async fn estimate(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        kind: &str,
+        model: &str,
+    ) -> Result<Result<Value, CallToolResult>, ErrorData> {
+        Ok(match &*self.target {
+            Target::Local(service) => match caller_of(ctx, service, "estimate_wait", true) {
+                Ok(_) => service
+                    .estimate(kind, model)
+                    .await
+                    .map_err(|e| service_error(&e)),
+                Err(e) => Err(service_error(&e)),
+            },
+            Target::Remote(remote) => {
+                let params = [("kind", kind), ("model", model)];
+                remote_query(ctx, remote, "/v1/queue/estimate", &params).await?
             }
         })
     }
@@ -613,6 +647,21 @@ impl ImMcp {
         )
     }
 
+    /// How long a request sent now would wait.
+    #[tool(description = ESTIMATE_WAIT)]
+    async fn estimate_wait(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(a): Parameters<EstimateArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(match self.estimate(&ctx, &a.task, &a.model).await? {
+            Ok(v) => CallToolResult::success(vec![ContentBlock::text(
+                serde_json::to_string_pretty(&v).unwrap_or_default(),
+            )]),
+            Err(e) => e,
+        })
+    }
+
     /// Run a request of any task through the queue, saying where it was placed.
     #[tool(description = ROUTE_INFERENCE_REQUEST)]
     async fn route_inference_request(
@@ -724,6 +773,7 @@ const GET_BACKEND_STATUS: &str = "One backend's status by `name` (see list_infer
 const GET_SUPPORTED_TASKS: &str = "The tasks (kinds: txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt) im serves, each with the models that serve it, as JSON.";
 const SELECT_BACKEND_FOR_INFERENCE: &str = "Where im would run a request now and why, without running it: give `task` (txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt) and `model`, optionally `backend`. Returns the backend, the reason (model already loaded there, a load, or which models it would unload), the expected start in ms, and every backend considered (health, whether it can host the model, has it loaded, requests ahead).";
 const ROUTE_INFERENCE_REQUEST: &str = "Run one request of any task through im's queue and say where it was placed: give `task` (txt2txt, img2txt, txt2img, img2img), `model` and the task's arguments (`prompt` or `messages`; `image` for img2txt; `file` for img2img; `width`/`height` for images, default 512). Returns the placement (backend and reason) first, then the task's result.";
+const ESTIMATE_WAIT: &str = "How long a request would wait in im's queue if sent now, without sending it: give `task` (txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt) and `model`. Returns `predicted_wait_ms` (null when no backend may serve it now), from what runs, the queues ahead and learned service and load times.";
 const LIST_MODELS: &str = "The models im serves and the kinds each serves (txt2txt, txt2img, img2img, img2txt), as JSON. Call this first to pick a `model` for the other tools.";
 
 #[tool_handler]

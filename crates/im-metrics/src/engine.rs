@@ -144,6 +144,17 @@ impl<'a> EngineMetrics<'a> {
             .increment(1);
     }
 
+    /// A request of `kind` first started `error` away from its predicted start.
+    pub fn prediction_error(&self, kind: &str, error: Duration) {
+        self.0
+            .registry
+            .histogram(
+                names::PREDICTION_ERROR_SECONDS,
+                &[("kind", kind.to_owned())],
+            )
+            .record(error.as_secs_f64());
+    }
+
     /// A model switch took `d` until the new model's first answer.
     pub fn switch_seconds(&self, lane: &str, d: Duration) {
         self.0

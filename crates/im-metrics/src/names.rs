@@ -17,8 +17,12 @@ pub const SWITCHES_TOTAL: &str = "im_switches_total";
 pub const SWITCH_SECONDS: &str = "im_switch_seconds";
 /// `im_retries_total{kind,model,reason}`: retries scheduled.
 pub const RETRIES_TOTAL: &str = "im_retries_total";
-/// `im_rejections_total{kind,reason}`: requests refused at admission.
+/// `im_rejections_total{kind,reason}`: requests refused at admission, by reason (the error
+/// type, or `would_expire` for an early refusal).
 pub const REJECTIONS_TOTAL: &str = "im_rejections_total";
+/// `im_prediction_error_seconds{kind}`: how far a request's predicted start (at admission) was
+/// from its first dispatch (histogram of the absolute error; one request in 8 is sampled).
+pub const PREDICTION_ERROR_SECONDS: &str = "im_prediction_error_seconds";
 /// `im_upstream_errors_total{lane,class}`: failed upstream attempts.
 pub const UPSTREAM_ERRORS_TOTAL: &str = "im_upstream_errors_total";
 /// `im_breaker_open{lane}`: 1 while the lane's breaker is open.
@@ -86,6 +90,7 @@ pub const ALL: &[&str] = &[
     SWITCH_SECONDS,
     RETRIES_TOTAL,
     REJECTIONS_TOTAL,
+    PREDICTION_ERROR_SECONDS,
     UPSTREAM_ERRORS_TOTAL,
     BREAKER_OPEN,
     PLACEMENTS_TOTAL,

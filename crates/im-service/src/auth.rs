@@ -278,6 +278,8 @@ pub struct Caller {
     /// It asked to be served as batch work (`X-Im-Priority: batch`; jobs are): a request may
     /// lower its tenant's class, never raise it.
     pub batch: bool,
+    /// Where to tell it how its wait goes (a streaming request in progress mode).
+    pub progress: Option<im_engine::ProgressSink>,
 }
 
 impl Caller {
@@ -288,6 +290,7 @@ impl Caller {
             tenant: who.tenant.clone(),
             request_id: request_id.into(),
             batch: false,
+            progress: None,
         }
     }
 

@@ -34,7 +34,7 @@ pub use call::{
 pub use discovery::{Discovery, Lookup};
 pub use done::{ChunkStream, Done, Figures, Reply, StreamItem};
 pub use error::{ErrorType, ServiceError};
-pub use im_engine::{TRACE_TARGET, truncate};
+pub use im_engine::{Progress, TRACE_TARGET, truncate};
 pub use inference_queue::Kind;
 pub use registry::{MAX_TEXT_CHARS, Registry, RegistryEntry, TaskAnswer, Template};
 pub use service::{Relayed, Service, ServiceSettings};

@@ -492,9 +492,12 @@ impl Service {
             }
         }
         let max_tokens = max_tokens(call.payload());
+        // Only a stream can tell its client how its wait goes.
+        let progress = caller.progress.clone().filter(|_| call.streams());
         let mut job = call.into_job(caller.request_id.clone());
         job.owner = Some(caller.tenant.shared());
         job.weight = spec.map_or(1, |s| s.weight.max(1));
+        job.progress = progress;
         if is_batch(caller, spec) {
             job.class = im_engine::Class::Batch;
         }
@@ -650,12 +653,14 @@ impl Service {
         let Some(s) = self.engine.status().await else {
             return json!({"accepting": false, "groups": [], "lanes": []});
         };
-        let groups: Vec<Value> = s
-            .groups
-            .iter()
-            .map(|g| json!({"kind": g.kind.as_str(), "model": g.model, "depth": g.depth,
-                            "oldest_wait_ms": g.oldest_wait.map(|w| w.as_secs_f64() * 1000.0), "in_flight": g.in_flight}))
-            .collect();
+        let mut groups: Vec<Value> = Vec::with_capacity(s.groups.len());
+        for g in &s.groups {
+            // What a request of the group sent now would wait.
+            let predicted = self.engine.estimate(g.kind, &g.model).await.ok().flatten();
+            groups.push(json!({"kind": g.kind.as_str(), "model": g.model, "depth": g.depth,
+                "oldest_wait_ms": g.oldest_wait.map(|w| w.as_secs_f64() * 1000.0), "in_flight": g.in_flight,
+                "predicted_wait_ms": predicted.map(|w| w.as_millis() as u64)}));
+        }
         let lanes: Vec<Value> = s
             .lanes
             .iter()

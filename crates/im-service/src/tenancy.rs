@@ -51,6 +51,8 @@ pub struct TenantSpec {
     pub max_job_bytes: Option<u64>,
     /// The models it may use (`None`: all).
     pub models: Option<Vec<String>>,
+    /// Its streams report their wait's progress unless a request says otherwise.
+    pub progress: bool,
 }
 
 /// The tenants in force: their specs by name. A reload makes a new one.

@@ -1,5 +1,6 @@
 //! Core throughput: submit + dispatch + complete with N requests queued across 64 groups, of
-//! one tenant and of 64 (fair share inside every group).
+//! one tenant and of 64 (fair share inside every group); and with a predicted wait asked for at
+//! one submit in 8, as the engine samples them.
 //! One iteration = one submit, one completion, and the dispatch it triggers (3 operations).
 
 use std::hint::black_box;
@@ -24,6 +25,7 @@ fn nth(i: usize, names: &[String], tenants: usize) -> Submit<'_> {
         tenant: TenantId((i % tenants) as u32),
         class: Default::default(),
         cost: None,
+        prefix: None,
     }
 }
 
@@ -60,17 +62,20 @@ fn setup(queued: usize, tenants: usize) -> (Scheduler, Vec<String>, Vec<RequestI
 
 fn cycle(c: &mut Criterion) {
     let mut g = c.benchmark_group("submit_dispatch_complete");
-    for (queued, tenants) in [
-        (1_000usize, 1usize),
-        (10_000, 1),
-        (100_000, 1),
-        (10_000, 64),
+    // `predicting`: one submit in 8 also asks for the predicted wait, as the engine's driver
+    // does at admission (for `im_prediction_error_seconds`).
+    for (queued, tenants, predicting) in [
+        (1_000usize, 1usize, false),
+        (10_000, 1, false),
+        (100_000, 1, false),
+        (10_000, 64, false),
+        (10_000, 1, true),
     ] {
         g.throughput(Throughput::Elements(3));
-        let id = if tenants == 1 {
-            BenchmarkId::from_parameter(queued)
-        } else {
-            BenchmarkId::new(format!("{tenants}_tenants"), queued)
+        let id = match (tenants, predicting) {
+            (1, false) => BenchmarkId::from_parameter(queued),
+            (1, true) => BenchmarkId::new("predicting", queued),
+            _ => BenchmarkId::new(format!("{tenants}_tenants"), queued),
         };
         g.bench_with_input(id, &(queued, tenants), |b, &(queued, tenants)| {
             let (mut core, names, mut running, mut now) = setup(queued, tenants);
@@ -79,6 +84,9 @@ fn cycle(c: &mut Criterion) {
                 now += Duration::from_micros(10);
                 i += 1;
                 let sub = nth(i, &names, tenants);
+                if predicting && i.is_multiple_of(8) {
+                    black_box(core.predicted_wait(now, sub.kind, sub.model).ok());
+                }
                 black_box(core.submit(now, sub));
                 let id = running.pop().expect("something runs");
                 black_box(core.complete(now, id, Outcome::Success));

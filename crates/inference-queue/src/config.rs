@@ -275,6 +275,8 @@ pub struct Config {
     /// Tenants' weights in fair share, where not 1: a tenant of weight 2 is served twice the
     /// cost of one of weight 1 while both wait.
     pub tenant_weights: Vec<(TenantId, u32)>,
+    /// Prefix-aware placement of requests that carry their prompt's chain (`None`: off).
+    pub prefix: Option<crate::PrefixConfig>,
 }
 
 impl Default for Config {
@@ -304,6 +306,7 @@ impl Default for Config {
             cost_aware: false,
             seed: 0x1D_5EED,
             tenant_weights: Vec::new(),
+            prefix: Some(crate::PrefixConfig::default()),
         }
     }
 }

@@ -38,7 +38,8 @@
 //!
 //! // Input: a request arrives. The payload stays with you; the core keeps the id.
 //! let sub = Submit { kind: Kind::Txt2Img, model: "sdxl", lane: None, deadline: None, bytes: 0,
-//!                    tenant: Default::default(), class: Default::default(), cost: None };
+//!                    tenant: Default::default(), class: Default::default(), cost: None,
+//!                    prefix: None };
 //! let Admission::Accepted(id) = core.submit(now, sub) else { panic!("refused") };
 //!
 //! // Output: drain decisions after every input.
@@ -149,7 +150,8 @@ pub use rng::Rng;
 pub use scheduler::{
     Admission, Advice, CancelOutcome, Event, FailReason, GroupKey, LaneOption, LoadOutcome,
     Outcome, QueueScope, Rejection, Resolution, Scheduler, Submit, TopologyChange, UnloadOutcome,
-    UnloadRefusal, Why,
+    UnloadRefusal, Waiting, Why,
 };
+pub use scheduler::{PrefixChain, PrefixConfig};
 pub use status::{BreakerState, Counters, GroupStatus, LaneStatus, ResidentModel, Status};
 pub use types::{Class, Kind, LaneId, ModelId, ParseKindError, RequestId, TenantId, Time};

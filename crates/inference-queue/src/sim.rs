@@ -442,6 +442,7 @@ fn replay(
                                 item.class
                             },
                             cost: None,
+                            prefix: None,
                         };
                         let predicted = predict
                             .then(|| core.predicted_wait(t, item.kind, sub.model).ok().flatten())

@@ -56,6 +56,51 @@ fn a_new_request_waits_for_what_runs_and_its_group_ahead_of_it() {
 }
 
 #[test]
+fn a_waiting_request_knows_its_place_and_when_it_starts() {
+    let mut h = learned();
+    let running = h.id(Kind::Txt2Txt, "llm2");
+    let waiting: Vec<RequestId> = (0..3).map(|_| h.id(Kind::Txt2Txt, "llm2")).collect();
+    let places: Vec<Waiting> = waiting
+        .iter()
+        .map(|id| h.core.waiting(h.now, *id).expect("waiting"))
+        .collect();
+    assert_eq!(
+        places.iter().map(|w| w.position).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let etas: Vec<f64> = places
+        .iter()
+        .map(|w| w.eta.expect("a lane serves it").as_secs_f64())
+        .collect();
+    assert!(etas.windows(2).all(|p| p[0] < p[1]), "{etas:?}");
+    // The last one starts when a new one would, less the new one's own service.
+    let new = secs(h.core.predicted_wait(h.now, Kind::Txt2Txt, "llm2"));
+    assert!(etas[2] < new, "{etas:?} then {new}");
+    // A running request is not waiting; once the first left, the others move up.
+    assert_eq!(h.core.waiting(h.now, running), None);
+    h.at(16_000).complete(running, Outcome::Success);
+    assert_eq!(h.core.waiting(h.now, waiting[0]), None);
+    assert_eq!(
+        h.core.waiting(h.now, waiting[2]).map(|w| w.position),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_request_behind_its_models_load_is_told_the_model_is_loading() {
+    let mut h = Harness::new(cfg(Bounds::default()));
+    let first = h.id(Kind::Txt2Txt, "llm2");
+    let second = h.id(Kind::Txt2Txt, "llm2");
+    assert!(h.core.carries_load(first), "the first request loads llm2");
+    let w = h.core.waiting(h.now, second).expect("waiting");
+    assert_eq!((w.position, w.loading), (1, Some(LaneId(0))));
+    h.at(10_000).complete(first, Outcome::Success);
+    assert!(!h.core.carries_load(second));
+    let third = h.id(Kind::Txt2Txt, "llm2");
+    assert_eq!(h.core.waiting(h.now, third).and_then(|w| w.loading), None);
+}
+
+#[test]
 fn the_prediction_shrinks_as_the_queue_moves() {
     let mut h = learned();
     let ids: Vec<RequestId> = (0..5).map(|_| h.id(Kind::Txt2Txt, "llm2")).collect();

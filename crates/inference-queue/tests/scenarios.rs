@@ -249,6 +249,7 @@ fn unknown_model_and_wrong_kind_list_the_valid_models() {
             tenant: Default::default(),
             class: Default::default(),
             cost: None,
+            prefix: None,
         },
     );
     assert_eq!(bad_lane, Admission::Rejected(Rejection::UnknownLane(7)));
@@ -715,6 +716,7 @@ fn the_byte_budget_refuses_what_would_not_fit_and_frees_on_leave() {
         tenant: Default::default(),
         class: Default::default(),
         cost: None,
+        prefix: None,
     };
     let Admission::Accepted(a) = core.submit(now, sub(60)) else {
         panic!("fits");

@@ -43,6 +43,10 @@ pub struct TenantEntry {
     /// The models it may use (absent: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
+    /// Its streaming requests get their wait's progress as SSE comments unless one says
+    /// `X-Im-Progress: false` (without it: only those that say `X-Im-Progress: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub progress: bool,
 }
 
 fn one() -> u32 {
@@ -63,6 +67,7 @@ impl Default for TenantEntry {
             max_jobs: None,
             max_job_bytes: None,
             models: None,
+            progress: false,
         }
     }
 }
@@ -147,5 +152,6 @@ pub(super) fn spec(
         max_jobs: Some(t.max_jobs.unwrap_or(jobs.0)),
         max_job_bytes: Some(t.max_job_bytes.unwrap_or(jobs.1)),
         models: t.models.clone(),
+        progress: t.progress,
     }
 }

@@ -1,11 +1,12 @@
 //! The driver: one tokio task that owns the scheduler core, runs its decisions and answers callers.
 //! Its loop is here; a request's life in `requests`, the core's decisions carried out in
 //! `events`, their translation into metrics and logs in `report`, health checks in `health`,
-//! control messages in `control`.
+//! control messages in `control`, what waiting callers are told in `progress`.
 
 mod control;
 mod events;
 mod health;
+mod progress;
 mod report;
 mod requests;
 
@@ -141,6 +142,8 @@ struct Entry {
     first_chunk: Duration,
     /// Its spans.
     trace: RequestTrace,
+    /// Its predicted wait at admission, until its first dispatch measures it.
+    predicted: Option<Duration>,
 }
 
 pub(crate) struct Driver {
@@ -163,6 +166,8 @@ pub(crate) struct Driver {
     checking: Vec<bool>,
     /// The core's id and weight of each owner seen (owners are tenants: a bounded set).
     tenants: HashMap<Arc<str>, (inference_queue::TenantId, u32)>,
+    /// The waiting requests whose callers follow their wait (`progress`).
+    watchers: progress::Watchers,
 }
 
 impl Driver {
@@ -194,6 +199,7 @@ impl Driver {
             last_health: Instant::now(),
             checking: vec![false; n],
             tenants: HashMap::new(),
+            watchers: progress::Watchers::default(),
         }
     }
 
@@ -248,6 +254,7 @@ impl Driver {
                     self.core.handle_timeout(now);
                 }
                 _ = upkeep.tick() => {
+                    self.tell_watchers();
                     self.metrics.run_upkeep();
                     self.update_gauges();
                     self.health_checks();

@@ -15,8 +15,10 @@ use crate::attempt::Attempt;
 use crate::job::{Completion, EngineError, Job, Output};
 use crate::trace::RequestTrace;
 
+/// One admitted request in this many has its predicted wait measured against its start.
+const PREDICTION_SAMPLE: u64 = 8;
+
 impl Driver {
-    /// A caller submits `job`.
     /// The core's tenant for `job`'s owner (0 for work of no one tenant), its weight kept in
     /// step with the job's.
     fn tenant_of(&mut self, job: &Job) -> inference_queue::TenantId {
@@ -33,15 +35,27 @@ impl Driver {
         id
     }
 
+    /// A caller submits `job`: admitted (and followed, when it asked for progress) or refused.
     pub(super) fn on_submit(
         &mut self,
         now: Time,
         ticket: u64,
-        job: Job,
+        mut job: Job,
         reply: Reply,
         span: tracing::Span,
     ) {
+        let progress = job.progress.take();
         let tenant = self.tenant_of(&job);
+        // What admission predicts, to measure against its first dispatch: one request in
+        // `PREDICTION_SAMPLE` (a prediction costs about what the core's whole cycle does).
+        let predicted = if ticket.is_multiple_of(PREDICTION_SAMPLE) {
+            self.core
+                .predicted_wait(now, job.kind(), job.model())
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
         let sub = Submit {
             kind: job.kind(),
             model: job.model(),
@@ -51,10 +65,14 @@ impl Driver {
             tenant,
             class: job.class,
             cost: None,
+            prefix: None,
         };
         match self.core.submit(now, sub) {
             Admission::Accepted(id) => {
                 self.tickets.insert(ticket, id);
+                if let Some(sink) = progress {
+                    self.watchers.watch(id, sink);
+                }
                 let trace = RequestTrace::accepted(span, job.kind().as_str(), job.model());
                 self.entries.insert(
                     id,
@@ -70,14 +88,16 @@ impl Driver {
                         cancelled: false,
                         first_chunk: Duration::ZERO,
                         trace,
+                        predicted,
                     },
                 );
+                self.tell(now, id);
             }
             Admission::Rejected(r) => {
                 let err = EngineError::from_rejection(r, job.kind());
                 self.metrics
                     .engine()
-                    .rejected(job.kind().as_str(), err.error_type());
+                    .rejected(job.kind().as_str(), err.refusal_reason());
                 // Keyed by a configured model only: a caller's made-up name is not a key.
                 let known = self.core.model_id(job.model()).is_some();
                 self.record_error(&job, &err, known);
@@ -310,11 +330,18 @@ impl Driver {
     }
 
     pub(super) fn dispatch(&mut self, id: RequestId, lane: LaneId, attempt: u32, waited: Duration) {
+        self.dispatched_watcher(id, lane);
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
         e.waited = Some(waited);
         e.attempts = attempt;
+        if let Some(predicted) = e.predicted.take() {
+            let error = predicted.abs_diff(waited);
+            self.metrics
+                .engine()
+                .prediction_error(e.job.kind().as_str(), error);
+        }
         let job = e.job.clone();
         let span = e.trace.dispatched(
             &self.lanes[lane.0],
@@ -378,6 +405,7 @@ impl Driver {
         label: &'static str,
         processing: Option<Duration>,
     ) {
+        self.watchers.forget(id);
         let Some(e) = self.entries.remove(&id) else {
             return;
         };

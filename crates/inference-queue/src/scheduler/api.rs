@@ -36,6 +36,8 @@ pub struct Submit<'a> {
     /// where known); `None`: the model's learned service time in seconds, corrected by what it
     /// took.
     pub cost: Option<f64>,
+    /// Its prompt's blocks, for prefix-aware placement (`None`: not a prompt, or not known).
+    pub prefix: Option<&'a crate::PrefixChain>,
 }
 
 /// The answer to [`Scheduler::submit`](crate::Scheduler::submit).

@@ -8,17 +8,30 @@
 //! the priority order, those of the same kind whose oldest waiter is older, and lower-priority
 //! groups whose oldest waiter, older than this one's, will have starved by then. Each group's
 //! work is shared by the lanes that may serve it, with a load for a group whose model no lane
-//! holds. Then the group's own waiting requests, and a load when the lane does not hold its
-//! model. The prediction is the least over the lanes. It does not foresee work that arrives
-//! later (higher-priority groups, arrivals that lengthen a drain): `cargo xtask sim` measures
-//! its error on the policy table's traces.
+//! holds. The wait for the group's turn is stretched by the load of the higher-priority work
+//! that will arrive meanwhile (each group's arrival rate times its service: 1 / (1 - load), as
+//! in a priority queue), never past the starvation bound. Then the group's own waiting
+//! requests, and a load when the lane does not hold its model. The prediction is the least over
+//! the lanes. `cargo xtask sim` measures its error on the policy table's traces.
 
 use std::time::Duration;
 
 use super::Scheduler;
 use super::api::Rejection;
 use super::queues::{Group, ReqState};
-use crate::types::{Kind, LaneId, ModelId, Time};
+use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
+
+/// A waiting request's place, as its client may be told it ([`Scheduler::waiting`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// 1 for the next request its group serves.
+    pub position: usize,
+    /// Its predicted start, from now; `None` when no lane may serve it now.
+    pub eta: Option<Duration>,
+    /// A lane loading its model now (a warm-up, an operator's load, or the first request
+    /// after a switch carrying the load).
+    pub loading: Option<LaneId>,
+}
 
 impl Scheduler {
     /// The predicted wait of a request of `kind` for `model` submitted at `now`: the least over
@@ -32,6 +45,53 @@ impl Scheduler {
     ) -> Result<Option<Duration>, Rejection> {
         let m = self.serving(kind, model)?;
         Ok(self.wait_of(now, kind, m))
+    }
+
+    /// Where the waiting request `id` stands at `now`: its position in its group's order and
+    /// its predicted start (as [`Self::predicted_wait`], with only the requests its group
+    /// serves before it ahead of it); `None` when it is not waiting (running, backing off,
+    /// gone).
+    pub fn waiting(&self, now: Time, id: RequestId) -> Option<Waiting> {
+        let ahead = self.queues.ahead_in_group(id)?;
+        let key = self.queues.group(self.queues.get(id)?.group).key;
+        let eta = (0..self.lanes.len())
+            .filter(|l| self.lanes[*l].is_closed() && key.lane.is_none_or(|p| p.0 == *l))
+            .filter_map(|l| self.start_on(now, LaneId(l), key.kind, key.model, Some(ahead)))
+            .min();
+        Some(Waiting {
+            position: ahead + 1,
+            eta,
+            loading: self.loading(key.model),
+        })
+    }
+
+    /// Whether the running request `id`'s attempt carries its model's load (the first on its
+    /// lane after a switch without warm-up).
+    pub fn carries_load(&self, id: RequestId) -> bool {
+        self.queues
+            .get(id)
+            .is_some_and(|r| r.cold && matches!(r.state, ReqState::InFlight { .. }))
+    }
+
+    /// A lane loading `m` now: warming it up, preloading it, or running the request that
+    /// carries its load.
+    fn loading(&self, m: ModelId) -> Option<LaneId> {
+        use super::lane::Phase;
+        let phased = self.lanes.iter().position(|x| match x.phase {
+            Phase::Preloading { model } => model == m,
+            Phase::WarmingUp { next } => self.queues.group(next).key.model == m,
+            _ => false,
+        });
+        phased.map(LaneId).or_else(|| {
+            self.queues.requests().find_map(|(_, r)| match r.state {
+                ReqState::InFlight { lane }
+                    if r.cold && self.queues.group(r.group).key.model == m =>
+                {
+                    Some(lane)
+                }
+                _ => None,
+            })
+        })
     }
 
     /// [`Self::predicted_wait`] of a model already resolved (admission has it).
@@ -50,6 +110,19 @@ impl Scheduler {
         lane: LaneId,
         kind: Kind,
         m: ModelId,
+    ) -> Option<Duration> {
+        self.start_on(now, lane, kind, m, None)
+    }
+
+    /// When a request of `kind` for `m` would start on `lane`, from `now`, with `ahead` of its
+    /// group's waiting requests `before` it (`None`: all of them, a new request).
+    fn start_on(
+        &self,
+        now: Time,
+        lane: LaneId,
+        kind: Kind,
+        m: ModelId,
+        before: Option<usize>,
     ) -> Option<Duration> {
         let (l, now) = (lane.0, now.max(self.now));
         if !self.serves_on(l, m, kind) {
@@ -142,7 +215,27 @@ impl Scheduler {
                 }
             }
         }
-        let own_depth = own.map_or(0, Group::depth) as f64;
+        // Work of higher priority that arrives while this one waits for its group's turn goes
+        // first too: as in a priority queue, that wait stretches by 1 / (1 - its load)
+        // (Cobham), the load capped so that a saturated lane predicts long waits, not infinite
+        // ones; and never past the starvation bound, which gives the group its turn.
+        let higher: f64 = self
+            .queues
+            .groups()
+            .filter(|(_, g)| rank(g.key.kind).is_some_and(|r| r < our_rank) && here(g))
+            .map(|(_, g)| {
+                g.arrivals.per_sec(now) * secs(g.key.model) / slots(g.key.model) / serving(g)
+            })
+            .sum();
+        let stretched = t / (1.0 - higher.min(0.9));
+        t = match self.cfg.bounds.starvation_after {
+            Some(starve) => {
+                let left = starve.as_secs_f64() - now.saturating_since(since).as_secs_f64();
+                stretched.min(t.max(left))
+            }
+            None => stretched,
+        };
+        let own_depth = before.unwrap_or_else(|| own.map_or(0, Group::depth)) as f64;
         t += own_depth * secs(m) / slots(m) / own.map_or(1.0, serving);
         if !self.lanes[l].holds(m) {
             t += load(m);
@@ -150,16 +243,18 @@ impl Scheduler {
         Some(Duration::from_secs_f64(t))
     }
 
-    /// Seconds from `now` until what runs on `lane` is done, spread over its slots.
+    /// Seconds from `now` until what runs on `lane` is done, spread over its slots: per model,
+    /// its running requests' learned service less what they have run (from the lane's sums,
+    /// without a walk over the requests).
     fn running_left(&self, lane: usize, now: Time) -> f64 {
-        self.queues
-            .requests()
-            .filter(|(_, r)| r.state == ReqState::InFlight { lane: LaneId(lane) })
-            .map(|(_, r)| {
-                let model = self.queues.group(r.group).key.model;
-                let ran = now.saturating_since(r.started).as_secs_f64();
+        let now = now.saturating_since(Time::ZERO).as_secs_f64();
+        self.lanes[lane]
+            .running()
+            .map(|(model, count, started_sum)| {
+                let n = f64::from(count);
+                let ran = n * now - started_sum;
                 let slots = f64::from(self.cfg.models[model.0].slots(lane).max(1));
-                (self.service_secs(lane, model) - ran).max(0.0) / slots
+                (n * self.service_secs(lane, model) - ran).max(0.0) / slots
             })
             .sum()
     }

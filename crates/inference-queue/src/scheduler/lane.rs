@@ -38,6 +38,15 @@ pub(super) enum Phase {
     },
 }
 
+/// The requests of one model running on a lane.
+#[derive(Debug)]
+struct Running {
+    model: ModelId,
+    count: u32,
+    /// Their start times' sum, in seconds since the epoch.
+    started_sum: f64,
+}
+
 #[derive(Debug)]
 pub(super) struct Lane {
     pub(super) name: String,
@@ -48,7 +57,7 @@ pub(super) struct Lane {
     pub(super) cold: Vec<ModelId>,
     pub(super) in_flight: u32,
     /// Requests in flight per model.
-    running: Vec<(ModelId, u32)>,
+    running: Vec<Running>,
     /// Learned per model (indexed by [`ModelId`]).
     pub(super) costs: Vec<Costs>,
     /// Per model: when a request of it last started or ended here.
@@ -57,6 +66,8 @@ pub(super) struct Lane {
     pub(super) phase_since: Time,
     /// A model an operator asked to load here, at the lane's next idle moment.
     pub(super) preload: Option<ModelId>,
+    /// The prompt blocks sent here (prefix-aware placement).
+    pub(super) prefixes: super::prefix::PrefixIndex,
     /// A model an operator asked to unload here: no new work for it, unloaded once idle.
     pub(super) draining: Option<ModelId>,
     pub(super) phase: Phase,
@@ -88,6 +99,7 @@ impl Lane {
             used_at: vec![Time::ZERO; models.len()],
             phase_since: now,
             preload: None,
+            prefixes: super::prefix::PrefixIndex::default(),
             draining: None,
             phase: Phase::Ready,
             activated_at: now,
@@ -122,8 +134,16 @@ impl Lane {
     pub(super) fn running_of(&self, model: ModelId) -> u32 {
         self.running
             .iter()
-            .find(|(m, _)| *m == model)
-            .map_or(0, |(_, n)| *n)
+            .find(|r| r.model == model)
+            .map_or(0, |r| r.count)
+    }
+
+    /// What runs here: each model with its count and the sum of their start times (seconds
+    /// since the epoch), for the predicted waits.
+    pub(super) fn running(&self) -> impl Iterator<Item = (ModelId, u32, f64)> + '_ {
+        self.running
+            .iter()
+            .map(|r| (r.model, r.count, r.started_sum))
     }
 
     /// Make `model` the most recently used resident model.
@@ -134,6 +154,8 @@ impl Lane {
 
     /// Forget that `model` is resident (evicted, or unknown after a restart).
     pub(super) fn forget(&mut self, model: ModelId) {
+        // Its server's prompt cache went with it.
+        self.prefixes.clear();
         debug_assert_eq!(self.running_of(model), 0, "forgetting a busy model");
         self.resident.retain(|m| *m != model);
     }
@@ -143,9 +165,17 @@ impl Lane {
     pub(super) fn start(&mut self, model: ModelId, now: Time) -> bool {
         let cold = self.cold.contains(&model);
         self.cold.retain(|m| *m != model);
-        match self.running.iter_mut().find(|(m, _)| *m == model) {
-            Some((_, n)) => *n += 1,
-            None => self.running.push((model, 1)),
+        let at = now.saturating_since(Time::ZERO).as_secs_f64();
+        match self.running.iter_mut().find(|r| r.model == model) {
+            Some(r) => {
+                r.count += 1;
+                r.started_sum += at;
+            }
+            None => self.running.push(Running {
+                model,
+                count: 1,
+                started_sum: at,
+            }),
         }
         self.touch(model);
         self.used_at[model.0] = now;
@@ -154,13 +184,15 @@ impl Lane {
         cold
     }
 
-    /// A request of `model` ended here at `now`.
-    pub(super) fn end(&mut self, model: ModelId, now: Time) {
+    /// A request of `model` started at `started` ended here at `now`.
+    pub(super) fn end(&mut self, model: ModelId, started: Time, now: Time) {
         self.in_flight -= 1;
         self.used_at[model.0] = now;
-        if let Some(i) = self.running.iter().position(|(m, _)| *m == model) {
-            self.running[i].1 -= 1;
-            if self.running[i].1 == 0 {
+        if let Some(i) = self.running.iter().position(|r| r.model == model) {
+            let r = &mut self.running[i];
+            r.count -= 1;
+            r.started_sum -= started.saturating_since(Time::ZERO).as_secs_f64();
+            if r.count == 0 {
                 self.running.swap_remove(i);
             }
         }

@@ -26,14 +26,17 @@ mod lane;
 mod lifecycle;
 mod placement;
 mod policy;
+mod prefix;
 mod queues;
 mod residency;
 mod topology;
 
 pub use advice::{Advice, LaneOption, Why};
 pub use api::*;
+pub use estimate::Waiting;
 use lane::{Breaker, Lane, Phase};
 pub use lifecycle::{LoadOutcome, UnloadOutcome, UnloadRefusal};
+pub use prefix::{PrefixChain, PrefixConfig};
 use queues::{Queues, Req, ReqState};
 pub use topology::TopologyChange;
 
@@ -417,6 +420,7 @@ impl Scheduler {
                 class: req.class,
                 cost: req.cost,
                 charged: 0.0,
+                prefix: req.prefix.cloned(),
             },
         );
         self.counters.accepted += 1;
@@ -484,7 +488,7 @@ impl Scheduler {
         let model = self.queues.group(group).key.model;
         self.queues.fair.ended(tenant);
         let l = &mut self.lanes[lane.0];
-        l.end(model, self.now);
+        l.end(model, started, self.now);
         if outcome == Outcome::Success {
             l.learn(model, self.now.saturating_since(started), cold);
         }

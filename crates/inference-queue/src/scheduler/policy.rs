@@ -488,9 +488,16 @@ impl Scheduler {
 
     /// Dispatch the request `group` serves next on `lane`.
     pub(super) fn dispatch_next(&mut self, lane: usize, group: GroupId) {
-        let Some(id) = self.queues.take_next(group, self.turn()) else {
+        let chosen = self.pick_for(lane, group, self.now);
+        let Some(id) = self.queues.take(group, self.turn(), chosen) else {
             return;
         };
+        if let (Some(p), Some(chain)) = (
+            self.cfg.prefix,
+            self.queues.get(id).and_then(|r| r.prefix.clone()),
+        ) {
+            self.lanes[lane].prefixes.sent(&chain, p.blocks_per_lane);
+        }
         let model = self.queues.group(group).key.model;
         let now = self.now;
         let l = &mut self.lanes[lane];

@@ -59,6 +59,8 @@ pub(super) struct Req {
     pub(super) cost: Option<f64>,
     /// What its tenant was charged when its current attempt started.
     pub(super) charged: f64,
+    /// Its prompt's blocks (prefix-aware placement).
+    pub(super) prefix: Option<super::PrefixChain>,
 }
 
 /// A place in a group's queue: the request and what the policy reads of it without looking it
@@ -182,6 +184,44 @@ impl GroupQueue {
             .map(|(arrival, id)| (id, arrival))
     }
 
+    /// How many waiting requests go before `id` (of line `key`) in the order [`Self::next`]
+    /// follows: those ahead of it in its own line, every waiter of a higher class, and of the
+    /// other lines of its class as many as it has ahead of it plus one (fair share between
+    /// equals, tenants' weights aside); `None` when it is not waiting here.
+    fn ahead_of(
+        &self,
+        id: RequestId,
+        key: (Class, TenantId),
+        requests: &IdMap<Req>,
+    ) -> Option<usize> {
+        let live = |w: &&Waiter| {
+            requests
+                .get(&w.id)
+                .is_some_and(|r| r.state == ReqState::Queued)
+        };
+        let own = self.lines.iter().find(|l| l.key == key)?;
+        let at = own.waiters.iter().position(|w| w.id == id)?;
+        let mine = own.waiters.iter().take(at).filter(live).count();
+        let rank = |c: Class| match c {
+            Class::Interactive => 0,
+            Class::Batch => 1,
+        };
+        let others: usize = self
+            .lines
+            .iter()
+            .filter(|l| l.key != key)
+            .map(|l| {
+                let n = l.waiters.iter().filter(live).count();
+                match rank(l.key.0).cmp(&rank(key.0)) {
+                    std::cmp::Ordering::Less => n,
+                    std::cmp::Ordering::Equal => n.min(mine + 1),
+                    std::cmp::Ordering::Greater => 0,
+                }
+            })
+            .sum();
+        Some(mine + others)
+    }
+
     /// Whether interactive requests wait here (not only batch work).
     pub(super) fn has_interactive(&self) -> bool {
         self.lines.iter().any(|l| l.key.0 == Class::Interactive)
@@ -270,12 +310,48 @@ pub(super) struct Group {
     pub(super) key: GroupKey,
     pub(super) queue: GroupQueue,
     pub(super) in_flight: u32,
+    /// How often requests arrive, for the predicted waits.
+    pub(super) arrivals: Arrivals,
 }
 
 impl Group {
     /// Requests waiting.
     pub(super) fn depth(&self) -> usize {
         self.queue.depth()
+    }
+}
+
+/// A group's arrival rate: a moving mean of the gaps between its arrivals.
+#[derive(Debug, Default)]
+pub(super) struct Arrivals {
+    last: Option<Time>,
+    /// The mean gap in seconds (`None` until two arrivals).
+    gap: Option<f64>,
+}
+
+impl Arrivals {
+    /// Weight of the newest gap in the mean.
+    const ALPHA: f64 = 0.05;
+
+    /// A request arrived at `now`.
+    fn arrived(&mut self, now: Time) {
+        if let Some(last) = self.last {
+            let g = now.saturating_since(last).as_secs_f64();
+            self.gap = Some(self.gap.map_or(g, |m| m + Self::ALPHA * (g - m)));
+        }
+        self.last = Some(now);
+    }
+
+    /// Arrivals per second at `now`: the mean gap's inverse, falling once the group has been
+    /// silent for longer than its mean gap.
+    pub(super) fn per_sec(&self, now: Time) -> f64 {
+        match (self.last, self.gap) {
+            (Some(last), Some(gap)) => {
+                let silent = now.saturating_since(last).as_secs_f64();
+                1.0 / gap.max(silent).max(1e-3)
+            }
+            _ => 0.0,
+        }
     }
 }
 
@@ -314,6 +390,15 @@ impl Queues {
     /// A request.
     pub(super) fn get(&self, id: RequestId) -> Option<&Req> {
         self.requests.get(&id)
+    }
+
+    /// How many waiting requests its group serves before the waiting request `id`
+    /// ([`GroupQueue`]'s order); `None` when `id` is not waiting.
+    pub(super) fn ahead_in_group(&self, id: RequestId) -> Option<usize> {
+        let r = self.get(id).filter(|r| r.state == ReqState::Queued)?;
+        self.group(r.group)
+            .queue
+            .ahead_of(id, (r.class, r.tenant), &self.requests)
     }
 
     /// A request, to change.
@@ -424,6 +509,7 @@ impl Queues {
         self.groups.push(Group {
             key,
             queue: GroupQueue::default(),
+            arrivals: Arrivals::default(),
             in_flight: 0,
         });
         self.index.insert(key, id);
@@ -436,17 +522,30 @@ impl Queues {
         self.deadlines.insert((req.deadline, id));
         self.bytes_held += req.bytes;
         self.groups[g.0].queue.push_back(Waiter::of(id, &req));
+        self.groups[g.0].arrivals.arrived(req.arrival);
         self.fair.waits(req.tenant);
         self.requests.insert(id, req);
         self.waiting += 1;
         self.waiting_per_kind[kind.index()] += 1;
     }
 
-    /// Take the request `g` serves next out of its queue to run it: it keeps its bytes until it
-    /// leaves the system.
-    pub(super) fn take_next(&mut self, g: GroupId, turn: Turn) -> Option<RequestId> {
+    /// Take the request `g` serves next (or `chosen`, one of [`Self::candidates`], in its place)
+    /// out of its queue to run it: it keeps its bytes until it leaves the system.
+    pub(super) fn take(
+        &mut self,
+        g: GroupId,
+        turn: Turn,
+        chosen: Option<RequestId>,
+    ) -> Option<RequestId> {
+        let key = chosen.and_then(|id| self.requests.get(&id).map(|r| (id, (r.class, r.tenant))));
         let group = &mut self.groups[g.0];
-        let id = group.queue.pop_next(&self.fair, turn)?;
+        let id = match key {
+            Some((id, line)) => {
+                group.queue.remove(id, line);
+                id
+            }
+            None => group.queue.pop_next(&self.fair, turn)?,
+        };
         group.in_flight += 1;
         let kind = group.key.kind;
         if let Some(r) = self.requests.get(&id) {
@@ -457,6 +556,43 @@ impl Queues {
         self.waiting_per_kind[kind.index()] -= 1;
         self.groups[g.0].queue.clean(&self.requests);
         Some(id)
+    }
+
+    /// The requests `g` would serve next, with their prompts: its next one, then up to
+    /// `window - 1` more of the same class in arrival order (from the lines that may start).
+    pub(super) fn candidates(
+        &self,
+        g: GroupId,
+        turn: Turn,
+        window: usize,
+    ) -> Vec<(RequestId, Option<super::PrefixChain>)> {
+        let q = &self.groups[g.0].queue;
+        let Some(first) = q.next(&self.fair, turn).copied() else {
+            return Vec::new();
+        };
+        let live = |w: &&Waiter| {
+            w.id != first.id
+                && w.line.0 == first.line.0
+                && self
+                    .requests
+                    .get(&w.id)
+                    .is_some_and(|r| r.state == ReqState::Queued)
+        };
+        let mut rest: Vec<&Waiter> = q
+            .lines
+            .iter()
+            .filter(|l| self.fair.may_start(l.key.1, turn.cap))
+            .flat_map(|l| l.waiters.iter().filter(live).take(window))
+            .collect();
+        rest.sort_by_key(|w| (w.arrival, w.id));
+        std::iter::once(first.id)
+            .chain(
+                rest.into_iter()
+                    .take(window.saturating_sub(1))
+                    .map(|w| w.id),
+            )
+            .map(|id| (id, self.requests.get(&id).and_then(|r| r.prefix.clone())))
+            .collect()
     }
 
     /// A running request of `g` ended its attempt.

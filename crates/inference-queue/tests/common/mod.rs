@@ -219,6 +219,7 @@ impl Harness {
                 tenant: self.tenant,
                 class: self.class,
                 cost: None,
+                prefix: None,
             },
         );
         self.submitted += 1;
@@ -245,6 +246,7 @@ impl Harness {
                 tenant: Default::default(),
                 class: Default::default(),
                 cost: None,
+                prefix: None,
             },
         );
         if let Admission::Accepted(id) = a {
