@@ -4,6 +4,7 @@ mod bench;
 mod deploy;
 mod fairness;
 mod prediction;
+mod prefix;
 mod sim;
 mod tidy;
 
@@ -43,8 +44,21 @@ struct SimArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Also store the tables in benches/results/policy-table.md.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "only")]
     write: bool,
+    /// Print one table only.
+    #[arg(long, value_enum)]
+    only: Option<SimPart>,
+}
+
+/// A table of `cargo xtask sim`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SimPart {
+    Policy,
+    Fleet,
+    Fairness,
+    Prediction,
+    Prefix,
 }
 
 /// A part of `cargo xtask bench`.
@@ -110,18 +124,24 @@ fn main() -> Result<()> {
 fn run_sim(args: &SimArgs) -> Result<()> {
     let (hours, seed) = (args.hours, args.seed);
     let started = std::time::Instant::now();
-    let (table, mut failures) = sim::table(hours, seed);
-    let (fleet, fleet_failures) = sim::fleet_table(hours, seed);
-    failures.extend(fleet_failures);
-    let (fairness, fairness_failures) = fairness::table(hours, seed);
-    failures.extend(fairness_failures);
-    let (priority, priority_failures) = fairness::priority_table(hours, seed);
-    failures.extend(priority_failures);
-    let (prediction, prediction_failures) = prediction::table(hours, seed);
-    failures.extend(prediction_failures);
-    let (refusal, refusal_failures) = prediction::refusal_table(hours, seed);
-    failures.extend(refusal_failures);
-    let table = format!("{table}\n{fleet}{fairness}{priority}{prediction}{refusal}");
+    let wanted = |part: SimPart| args.only.is_none_or(|o| o == part);
+    let mut failures = Vec::new();
+    let mut part = |part: SimPart, t: fn(f64, u64) -> (String, Vec<String>)| {
+        if !wanted(part) {
+            return String::new();
+        }
+        let (table, missed) = t(hours, seed);
+        failures.extend(missed);
+        table
+    };
+    let policy = part(SimPart::Policy, sim::table);
+    let fleet = part(SimPart::Fleet, sim::fleet_table);
+    let fairness = part(SimPart::Fairness, fairness::table);
+    let priority = part(SimPart::Fairness, fairness::priority_table);
+    let prediction = part(SimPart::Prediction, prediction::table);
+    let refusal = part(SimPart::Prediction, prediction::refusal_table);
+    let prefix = part(SimPart::Prefix, prefix::table);
+    let table = format!("{policy}\n{fleet}{fairness}{priority}{prediction}{refusal}{prefix}");
     let elapsed = started.elapsed();
     print!("{table}");
     println!("(simulated in {:.2} s of wall time)", elapsed.as_secs_f64());

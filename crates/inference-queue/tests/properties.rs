@@ -20,6 +20,8 @@ enum Op {
         /// Whose it is (0..4) and whether it is batch work.
         tenant: u32,
         batch: bool,
+        /// One of a few prompts sharing prefixes (prefix-aware placement), or none.
+        prompt: Option<usize>,
     },
     Complete {
         pick: usize,
@@ -63,10 +65,13 @@ enum Op {
     },
 }
 
+/// Prompts as block chains, sharing beginnings.
+const PROMPTS: [&[u64]; 4] = [&[1, 2, 3], &[1, 2, 4], &[1, 5], &[9]];
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..4usize, 0..5usize, prop::option::of(1..20_000u64), 0..4u32, any::<bool>())
-            .prop_map(|(kind, model, deadline_ms, tenant, batch)| Op::Submit { kind, model, deadline_ms, tenant, batch }),
+        4 => (0..4usize, 0..5usize, prop::option::of(1..20_000u64), 0..4u32, any::<bool>(), prop::option::of(0..PROMPTS.len()))
+            .prop_map(|(kind, model, deadline_ms, tenant, batch, prompt)| Op::Submit { kind, model, deadline_ms, tenant, batch, prompt }),
         4 => (any::<usize>(), 0..10u8, 0..3_000u64)
             .prop_map(|(pick, outcome, retry_after_ms)| Op::Complete { pick, outcome, retry_after_ms }),
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
@@ -234,8 +239,12 @@ fn run(setup: &Setup, ops: &[Op]) {
                             );
                         }
                         // FIFO inside each tenant's line of a class (a balancer keeps it per
-                        // lane, and a failing lane's requests move).
-                        if *attempt == 1 && !h.core.config().routing.places_requests() {
+                        // lane, and a failing lane's requests move), among the requests without
+                        // a prompt: prefix-aware placement reorders those with one.
+                        if *attempt == 1
+                            && !h.core.config().routing.places_requests()
+                            && !h.prefixed.contains(id)
+                        {
                             let (kind, model, _) = h.info[id];
                             let (tenant, class) = h.lines[id];
                             if let Some(prev) = last.insert((kind, model, tenant, class), *id) {
@@ -262,7 +271,9 @@ fn run(setup: &Setup, ops: &[Op]) {
                 deadline_ms,
                 tenant,
                 batch,
+                prompt,
             } => {
+                h.prefix = prompt.map(|p| PrefixChain::from(PROMPTS[p]));
                 let class = if *batch {
                     Class::Batch
                 } else {

@@ -52,6 +52,7 @@ pub async fn load(
                     tenant: 0,
                     class: Default::default(),
                     deadline: None,
+                    prompt: None,
                 };
                 let (path, mut body) = request_for(&item, &img);
                 if body.get("max_tokens").is_some() {

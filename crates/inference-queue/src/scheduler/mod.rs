@@ -26,7 +26,7 @@ mod lane;
 mod lifecycle;
 mod placement;
 mod policy;
-mod prefix;
+pub(crate) mod prefix;
 mod queues;
 mod residency;
 mod topology;

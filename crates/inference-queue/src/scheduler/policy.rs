@@ -6,10 +6,11 @@ use std::time::Duration;
 use super::Scheduler;
 use super::api::Event;
 use super::lane::Phase;
+use super::prefix::Pick;
 use super::queues::{Group, GroupId, ReqState, Turn};
 use super::residency::Room;
 use crate::config::Routing;
-use crate::types::{Kind, LaneId, ModelId};
+use crate::types::{Kind, LaneId, ModelId, RequestId};
 
 /// How many times slower than the fastest other lane a lane must be to count as slow.
 pub const SLOW_FACTOR: f64 = 3.0;
@@ -290,6 +291,15 @@ impl Scheduler {
         if home {
             return true;
         }
+        // The load guard of prefix-aware placement: a spare lane takes a model's prompts once a
+        // slot's worth of them waits, rather than idle while they queue behind busy replicas.
+        if self.cfg.prefix.is_some()
+            && self.queues.next_has_prompt(g, self.turn())
+            && self.spare(lane)
+            && g.depth() as u64 >= u64::from(self.cfg.models[model.0].slots(lane))
+        {
+            return true;
+        }
         // A lane that just failed the next request does not count as a home for its retry.
         let owners = match self.queues.next_failed_on(g, self.turn()) {
             None => owners,
@@ -376,6 +386,15 @@ impl Scheduler {
                 }
                 continue;
             }
+            // Prefix-aware placement may leave what waits to a lane holding its prompt.
+            let chosen = match self.pick_for(lane, target, now) {
+                Pick::Next => None,
+                Pick::Take(id) => Some(id),
+                Pick::Leave => {
+                    full.push(target);
+                    continue;
+                }
+            };
             if self.lanes[lane].active != Some(target) {
                 let urgent = self.starving(self.queues.group(target));
                 match self.room(lane, model, urgent) {
@@ -406,7 +425,7 @@ impl Scheduler {
                 }
                 self.activate(lane, target);
             }
-            self.dispatch_next(lane, target);
+            self.dispatch_next(lane, target, chosen);
         }
     }
 
@@ -487,8 +506,8 @@ impl Scheduler {
     }
 
     /// Dispatch the request `group` serves next on `lane`.
-    pub(super) fn dispatch_next(&mut self, lane: usize, group: GroupId) {
-        let chosen = self.pick_for(lane, group, self.now);
+    /// Start `group`'s next request on `lane` (or `chosen`, one of its next ones).
+    pub(super) fn dispatch_next(&mut self, lane: usize, group: GroupId, chosen: Option<RequestId>) {
         let Some(id) = self.queues.take(group, self.turn(), chosen) else {
             return;
         };

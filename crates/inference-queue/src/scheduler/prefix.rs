@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use super::Scheduler;
 use super::queues::GroupId;
-use crate::types::{RequestId, Time};
+use crate::types::{ModelId, RequestId, Time};
 
 /// A prompt as the chain of its blocks' hashes (each covering its block and all before it).
 pub type PrefixChain = Arc<[u64]>;
@@ -36,21 +36,25 @@ pub struct PrefixConfig {
     pub max_skip: Duration,
     /// Blocks remembered per lane (what its server's cache holds, roughly).
     pub blocks_per_lane: usize,
+    /// The prefill time of one block a server has not cached: what a lane that lacks a prompt
+    /// adds against the lane that holds it.
+    pub prefill_per_block: Duration,
 }
 
 impl Default for PrefixConfig {
     fn default() -> PrefixConfig {
         PrefixConfig {
             window: 8,
-            max_skip: Duration::from_secs(10),
+            max_skip: Duration::from_secs(30),
             blocks_per_lane: 16_384,
+            prefill_per_block: Duration::from_millis(4),
         }
     }
 }
 
 /// The blocks recently sent to one lane, least recently used out first.
 #[derive(Debug, Default)]
-pub(super) struct PrefixIndex {
+pub(crate) struct PrefixIndex {
     stamp_of: HashMap<u64, u64>,
     by_stamp: BTreeMap<u64, u64>,
     clock: u64,
@@ -58,7 +62,7 @@ pub(super) struct PrefixIndex {
 
 impl PrefixIndex {
     /// How many leading blocks of `chain` are here.
-    pub(super) fn matched(&self, chain: &[u64]) -> usize {
+    pub(crate) fn matched(&self, chain: &[u64]) -> usize {
         chain
             .iter()
             .take_while(|h| self.stamp_of.contains_key(h))
@@ -67,7 +71,7 @@ impl PrefixIndex {
 
     /// `chain` was sent here: its blocks become the most recently used (its first block the
     /// newest, so that its tail leaves first), the oldest leave beyond `capacity` blocks.
-    pub(super) fn sent(&mut self, chain: &[u64], capacity: usize) {
+    pub(crate) fn sent(&mut self, chain: &[u64], capacity: usize) {
         for h in chain.iter().rev() {
             self.clock += 1;
             if let Some(old) = self.stamp_of.insert(*h, self.clock) {
@@ -90,42 +94,128 @@ impl PrefixIndex {
     }
 }
 
+/// What a lane takes from a group under prefix-aware placement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pick {
+    /// The group's own order: its next request.
+    Next,
+    /// This request.
+    Take(RequestId),
+    /// Nothing now: what waits is better served by another lane.
+    Leave,
+}
+
 impl Scheduler {
-    /// Which of `group`'s next requests `lane` takes: the group's next one, unless prefix
-    /// placement is on and, within the window, another waiting request has more of its prompt
-    /// cached here than elsewhere (see the module's docs).
-    pub(super) fn pick_for(&self, lane: usize, group: GroupId, now: Time) -> Option<RequestId> {
-        let cfg = self.cfg.prefix?;
+    /// Which of `group`'s waiting requests `lane` takes (see the module's docs): going through
+    /// the group's next `window` requests in its order, the first whose best lane is this one
+    /// (the lane holding most of its prompt; on a tie, one with a free slot, then the least
+    /// busy: misses spread), or whose best lane is busy for longer than the prefill this lane
+    /// would add. A request without a prompt is taken as today.
+    pub(super) fn pick_for(&self, lane: usize, group: GroupId, now: Time) -> Pick {
+        let Some(cfg) = self.cfg.prefix else {
+            return Pick::Next;
+        };
         let g = self.queues.group(group);
         if self
             .queues
             .oldest_arrival(g)
             .is_some_and(|oldest| now.saturating_since(oldest) > cfg.max_skip)
         {
-            return None;
+            return Pick::Next;
         }
-        let model = g.key.model;
-        let others: Vec<usize> = (0..self.lanes.len())
-            .filter(|o| *o != lane && self.lanes[*o].holds(model) && self.lanes[*o].is_closed())
+        let (model, kind) = (g.key.model, g.key.kind);
+        let holders: Vec<usize> = (0..self.lanes.len())
+            .filter(|o| {
+                *o == lane
+                    || (self.lanes[*o].holds(model)
+                        && self.lanes[*o].is_closed()
+                        && !self.lanes[*o].retired
+                        && self.serves_on(*o, model, kind))
+            })
             .collect();
-        let gain = |chain: &[u64]| {
-            let here = self.lanes[lane].prefixes.matched(chain) as i64;
-            let elsewhere = others
-                .iter()
-                .map(|o| self.lanes[*o].prefixes.matched(chain))
-                .max()
-                .unwrap_or(0) as i64;
-            here - elsewhere.max(0)
-        };
+        let free = |o: usize| o == lane || self.free_slot(o, model);
+        // The group's next one is taken in the group's own way (its turn's bookkeeping).
+        let take = |i: usize, id: RequestId| if i == 0 { Pick::Next } else { Pick::Take(id) };
         let candidates = self.queues.candidates(group, self.turn(), cfg.window);
-        let mut best: Option<(i64, RequestId)> = None;
-        for (id, chain) in &candidates {
-            let score = chain.as_deref().map_or(0, gain);
-            if best.is_none_or(|(s, _)| score > s) {
-                best = Some((score, *id));
+        // Per lane: the requests before this one that wait for it.
+        let mut waiting_for = vec![0u32; self.lanes.len()];
+        for (i, (id, chain)) in candidates.into_iter().enumerate() {
+            let Some(chain) = chain else {
+                return take(i, id);
+            };
+            let matched: Vec<(usize, usize)> = holders
+                .iter()
+                .map(|o| (*o, self.lanes[*o].prefixes.matched(&chain)))
+                .collect();
+            let best = matched
+                .iter()
+                .max_by_key(|(o, m)| {
+                    (
+                        *m,
+                        free(*o),
+                        std::cmp::Reverse(self.lanes[*o].in_flight),
+                        std::cmp::Reverse(*o),
+                    )
+                })
+                .map(|(o, m)| (*o, *m));
+            let Some((best, best_matched)) = best else {
+                return take(i, id);
+            };
+            if best == lane {
+                return take(i, id);
             }
+            let here = matched
+                .iter()
+                .find(|(o, _)| *o == lane)
+                .map_or(0, |(_, m)| *m);
+            let extra_prefill = cfg.prefill_per_block * (best_matched - here) as u32;
+            // Its wait there: until a slot frees, and the slots the requests before it that wait
+            // for the same lane take.
+            let wait_there = if free(best) && waiting_for[best] == 0 {
+                Duration::ZERO
+            } else {
+                self.slot_wait(best, model, now) + self.turn_of(best, model) * waiting_for[best]
+            };
+            if extra_prefill < wait_there {
+                return take(i, id);
+            }
+            waiting_for[best] += 1;
         }
-        best.map(|(_, id)| id)
+        Pick::Leave
+    }
+
+    /// How long one more request of `model` holds up `lane`: its learned service over its slots.
+    fn turn_of(&self, lane: usize, model: ModelId) -> Duration {
+        let secs = self
+            .expected_service(super::LaneId(lane), model)
+            .map_or_else(|| self.lanes[lane].mean_service_secs(), |d| d.as_secs_f64());
+        let slots = f64::from(self.cfg.models[model.0].slots(lane).max(1));
+        Duration::from_secs_f64(secs / slots)
+    }
+
+    /// Whether `lane` could start a request of `model` now.
+    fn free_slot(&self, lane: usize, model: ModelId) -> bool {
+        let l = &self.lanes[lane];
+        l.phase == super::lane::Phase::Ready
+            && l.holds(model)
+            && l.running_of(model) < self.cfg.models[model.0].slots(lane)
+    }
+
+    /// How long until a slot of `model` frees on `lane`: its running requests' mean learned
+    /// time left, spread over them.
+    fn slot_wait(&self, lane: usize, model: ModelId, now: Time) -> Duration {
+        let now = now.saturating_since(Time::ZERO).as_secs_f64();
+        let secs = self
+            .expected_service(super::LaneId(lane), model)
+            .map_or_else(|| self.lanes[lane].mean_service_secs(), |d| d.as_secs_f64());
+        self.lanes[lane]
+            .running()
+            .find(|(m, _, _)| *m == model)
+            .map_or(Duration::ZERO, |(_, n, started_sum)| {
+                let n = f64::from(n);
+                let left = (secs - (now - started_sum / n)).max(0.0);
+                Duration::from_secs_f64(left / n)
+            })
     }
 }
 

@@ -472,6 +472,14 @@ impl Queues {
         g.queue.next(&self.fair, turn).and_then(|w| w.failed_on)
     }
 
+    /// Whether the request `g` serves next carries a prompt chain.
+    pub(super) fn next_has_prompt(&self, g: &Group, turn: Turn) -> bool {
+        g.queue
+            .next(&self.fair, turn)
+            .and_then(|w| self.requests.get(&w.id))
+            .is_some_and(|r| r.prefix.is_some())
+    }
+
     /// Whether `g` has a request that may start now (waiting, and of a tenant under `cap`).
     pub(super) fn dispatchable(&self, g: &Group, turn: Turn) -> bool {
         g.depth() > 0 && (turn.cap.is_none() || g.queue.next(&self.fair, turn).is_some())

@@ -47,6 +47,10 @@ pub struct Harness {
     pub class: Class,
     /// Whose each accepted request is, and its class.
     pub lines: HashMap<RequestId, (TenantId, Class)>,
+    /// The prompt chain of the next submissions (prefix-aware placement).
+    pub prefix: Option<PrefixChain>,
+    /// The accepted requests that carried a prompt chain.
+    pub prefixed: std::collections::HashSet<RequestId>,
     submitted: u64,
 }
 
@@ -66,6 +70,8 @@ impl Harness {
             tenant: TenantId::default(),
             class: Class::default(),
             lines: HashMap::new(),
+            prefix: None,
+            prefixed: Default::default(),
             submitted: 0,
         }
     }
@@ -219,11 +225,14 @@ impl Harness {
                 tenant: self.tenant,
                 class: self.class,
                 cost: None,
-                prefix: None,
+                prefix: self.prefix.as_ref(),
             },
         );
         self.submitted += 1;
         if let Admission::Accepted(id) = a {
+            if self.prefix.is_some() {
+                self.prefixed.insert(id);
+            }
             self.lines.insert(id, (self.tenant, self.class));
             self.accepted.push(id);
             let m = self.core.model_id(model).expect("accepted model exists");

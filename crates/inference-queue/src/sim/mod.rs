@@ -17,6 +17,8 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::config::{Config, ModelSpec};
+pub mod prompts;
+
 use crate::rng::Rng;
 use crate::scheduler::{Admission, Event, Outcome, Resolution, Scheduler, Submit};
 use crate::types::{Kind, LaneId, RequestId, Time};
@@ -37,6 +39,8 @@ pub struct SimModel {
     /// The lanes whose catalogue lists it (`None`: every lane): a fleet whose boxes carry
     /// different models.
     pub lanes: Option<Vec<usize>>,
+    /// A chat model's prompt costs and cache (`None`: requests take their trace's service time).
+    pub prompt: Option<prompts::PromptCosts>,
 }
 
 /// The catalogue of SPEC-like costs: an LLM (6 s load, 4 slots, 8 GiB), a vision LLM (6 s, 4 slots,
@@ -51,6 +55,7 @@ pub fn localai_catalogue() -> Vec<SimModel> {
             slots: 4,
             size_mb: 8 * 1024,
             lanes: None,
+            prompt: None,
         },
         SimModel {
             name: "vision".into(),
@@ -59,6 +64,7 @@ pub fn localai_catalogue() -> Vec<SimModel> {
             slots: 4,
             size_mb: 8 * 1024,
             lanes: None,
+            prompt: None,
         },
         SimModel {
             name: "sd".into(),
@@ -67,6 +73,7 @@ pub fn localai_catalogue() -> Vec<SimModel> {
             slots: 1,
             size_mb: 12 * 1024,
             lanes: None,
+            prompt: None,
         },
     ]
 }
@@ -105,6 +112,9 @@ pub struct TraceItem {
     pub class: crate::types::Class,
     /// Its queue deadline (`None`: the kind's default).
     pub deadline: Option<Duration>,
+    /// A chat's prompt: its service is then its model's prefill of what the lane's server has
+    /// not cached, and its decode ([`prompts`]).
+    pub prompt: Option<prompts::Prompt>,
 }
 
 /// What a trace looks like.
@@ -189,6 +199,7 @@ impl TraceSpec {
                 tenant: 0,
                 class: Default::default(),
                 deadline: None,
+                prompt: None,
             });
         }
         out
@@ -224,6 +235,12 @@ pub struct Report {
     /// The trace's requests (by index) refused at admission because they would have expired
     /// (`limits.early_refusal_pct`).
     pub refused_early: Vec<usize>,
+    /// Per request with a prompt that succeeded: its time to first token (wait, load, prefill).
+    pub ttft: Vec<Duration>,
+    /// Prompt blocks the servers had cached, and prompt blocks sent.
+    pub prefix_blocks: (u64, u64),
+    /// Per lane: the service time it ran (slot-seconds).
+    pub lane_busy: Vec<Duration>,
 }
 
 impl Report {
@@ -272,6 +289,10 @@ struct Upstream {
     loads: u64,
     load_time: Duration,
     overcommits: u64,
+    /// Its chat server's prompt cache.
+    prompts: prompts::PromptCache,
+    /// When its GPU is done with the prefills it has started.
+    prefill_free_at: Time,
 }
 
 impl Upstream {
@@ -284,6 +305,8 @@ impl Upstream {
             loads: 0,
             load_time: Duration::ZERO,
             overcommits: 0,
+            prompts: prompts::PromptCache::default(),
+            prefill_free_at: Time::ZERO,
         }
     }
 
@@ -442,7 +465,7 @@ fn replay(
                                 item.class
                             },
                             cost: None,
-                            prefix: None,
+                            prefix: item.prompt.as_ref().map(|p| &p.chain),
                         };
                         let predicted = predict
                             .then(|| core.predicted_wait(t, item.kind, sub.model).ok().flatten())
@@ -511,11 +534,30 @@ fn replay(
                         .iter()
                         .enumerate()
                         .any(|(m, n)| m != item.model && *n > 0);
-                    let service = if shared {
-                        item.service.mul_f64(1.5)
-                    } else {
-                        item.service
+                    // A prompt costs its prefill of what this server has not cached, which holds
+                    // the GPU's compute (prefills run one after another), then its decode, which
+                    // the slots share; its first token comes after the prefill.
+                    let (prefill, service) = match (&item.prompt, &models[item.model].prompt) {
+                        (Some(p), Some(costs)) => {
+                            let matched = up.prompts.serve(p, costs);
+                            report.prefix_blocks.0 += matched as u64;
+                            report.prefix_blocks.1 += p.chain.len() as u64;
+                            let (prefill, whole) = costs.service(p, matched);
+                            let queued = up.prefill_free_at.max(start).saturating_since(start);
+                            up.prefill_free_at = start + queued + prefill;
+                            (queued + prefill, queued + whole)
+                        }
+                        _ => (Duration::ZERO, item.service),
                     };
+                    let (prefill, service) = if shared {
+                        (prefill.mul_f64(1.5), service.mul_f64(1.5))
+                    } else {
+                        (prefill, service)
+                    };
+                    if report.lane_busy.len() <= lane.0 {
+                        report.lane_busy.resize(lane.0 + 1, Duration::ZERO);
+                    }
+                    report.lane_busy[lane.0] += service;
                     up.running[item.model] += 1;
                     let left = failures_left.get_mut(&id).expect("known id");
                     let ok = *left == 0;
@@ -527,6 +569,9 @@ fn replay(
                             .entry(item.tenant)
                             .or_default()
                             .push(wait);
+                        if item.prompt.is_some() {
+                            report.ttft.push(wait + prefill);
+                        }
                         push(&mut heap, start + service, Ev::Done(id, true, lane.0));
                     } else {
                         *left -= 1;
