@@ -90,6 +90,8 @@ pub struct Job {
     /// Where to tell its caller how its wait goes (opt-in): its place at admission and every
     /// second while it waits, a load of its model; closed once it is dispatched or left.
     pub progress: Option<ProgressSink>,
+    /// Its prompt's block chain, for prefix-aware placement (chats and completions).
+    pub prefix: Option<inference_queue::PrefixChain>,
 }
 
 /// What a waiting request's caller is told ([`Job::progress`]).
@@ -428,6 +430,7 @@ impl Job {
             weight: 1,
             class: inference_queue::Class::Interactive,
             progress: None,
+            prefix: None,
         }
     }
 

@@ -126,6 +126,7 @@ fn job(i: usize) -> Job {
         weight: 1,
         class: Default::default(),
         progress: None,
+        prefix: None,
     }
 }
 

@@ -84,6 +84,7 @@ fn job(i: usize, kind: Kind) -> Job {
         weight: 1,
         class: Default::default(),
         progress: None,
+        prefix: None,
     }
 }
 

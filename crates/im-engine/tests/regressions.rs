@@ -56,6 +56,7 @@ fn chat_job(id: &str, model: &str, text: &str, stream: bool) -> Job {
         weight: 1,
         class: Default::default(),
         progress: None,
+        prefix: None,
     }
 }
 
@@ -122,6 +123,7 @@ async fn a_caller_leaving_during_a_load_keeps_the_slot_until_the_upstream_finish
         weight: 1,
         class: Default::default(),
         progress: None,
+        prefix: None,
     };
     let gave_up = tokio::time::timeout(Duration::from_millis(60), engine.submit(image)).await;
     assert!(gave_up.is_err(), "the caller left during the load");

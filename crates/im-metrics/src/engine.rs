@@ -144,6 +144,23 @@ impl<'a> EngineMetrics<'a> {
             .increment(1);
     }
 
+    /// A prompt of `blocks` blocks went to `lane`, `cached` of them sent there before.
+    pub fn prefix(&self, lane: &str, model: &str, cached: usize, blocks: usize) {
+        for (is_cached, n) in [("true", cached), ("false", blocks.saturating_sub(cached))] {
+            self.0
+                .registry
+                .counter(
+                    names::PREFIX_BLOCKS_TOTAL,
+                    &[
+                        ("lane", lane.to_owned()),
+                        ("model", model.to_owned()),
+                        ("cached", is_cached.to_owned()),
+                    ],
+                )
+                .increment(n as u64);
+        }
+    }
+
     /// A request of `kind` first started `error` away from its predicted start.
     pub fn prediction_error(&self, kind: &str, error: Duration) {
         self.0

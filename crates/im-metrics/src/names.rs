@@ -20,6 +20,9 @@ pub const RETRIES_TOTAL: &str = "im_retries_total";
 /// `im_rejections_total{kind,reason}`: requests refused at admission, by reason (the error
 /// type, or `would_expire` for an early refusal).
 pub const REJECTIONS_TOTAL: &str = "im_rejections_total";
+/// `im_prefix_blocks_total{lane,model,cached}`: prompt blocks (64 characters) of chats sent
+/// to a lane, `cached="true"` for those it was sent before (its server likely had them cached).
+pub const PREFIX_BLOCKS_TOTAL: &str = "im_prefix_blocks_total";
 /// `im_prediction_error_seconds{kind}`: how far a request's predicted start (at admission) was
 /// from its first dispatch (histogram of the absolute error; one request in 8 is sampled).
 pub const PREDICTION_ERROR_SECONDS: &str = "im_prediction_error_seconds";
@@ -91,6 +94,7 @@ pub const ALL: &[&str] = &[
     RETRIES_TOTAL,
     REJECTIONS_TOTAL,
     PREDICTION_ERROR_SECONDS,
+    PREFIX_BLOCKS_TOTAL,
     UPSTREAM_ERRORS_TOTAL,
     BREAKER_OPEN,
     PLACEMENTS_TOTAL,

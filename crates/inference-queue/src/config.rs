@@ -477,6 +477,11 @@ impl Config {
         if self.lanes.is_empty() {
             return Err(err("lanes", "at least one lane (upstream) is needed"));
         }
+        if let Some(p) = &self.prefix
+            && !(1..=64).contains(&p.window)
+        {
+            return Err(err("routing.prefix_window", "1 to 64 requests"));
+        }
         if let Routing::Affinity { replica_depth: 0 } = self.routing {
             return Err(err("routing.replica_depth", "must be at least 1"));
         }

@@ -307,6 +307,14 @@ impl ImConfig {
         };
         c.routing = self.routing.strategy.routing(self.routing.replica_depth);
         c.cost_aware = self.routing.cost_aware;
+        c.prefix = self
+            .routing
+            .prefix_aware
+            .then(|| inference_queue::PrefixConfig {
+                window: self.routing.prefix_window,
+                max_skip: Duration::from_millis(self.routing.prefix_max_skip_ms),
+                ..inference_queue::PrefixConfig::default()
+            });
         c.unload_on_switch = self.unload_on_switch;
         c.warm_up = self.warm_up;
         c.lanes = self

@@ -272,6 +272,13 @@ pub struct RoutingEntry {
     /// Load a model for a group that is not starving only once the group's depth times its
     /// oldest wait outweighs the learned cost of the switch (see `benches/results/policy-table.md`).
     pub cost_aware: bool,
+    /// Under affinity: chats go to the lane whose server holds most of their prompt (a
+    /// conversation's history, a shared system prompt), see `benches/results/policy-table.md`.
+    pub prefix_aware: bool,
+    /// How many of a group's next requests a free lane chooses among.
+    pub prefix_window: usize,
+    /// Past this wait of a group's oldest request, the group's own order holds.
+    pub prefix_max_skip_ms: u64,
 }
 
 impl Default for RoutingEntry {
@@ -280,10 +287,14 @@ impl Default for RoutingEntry {
             inference_queue::Routing::Affinity { replica_depth } => replica_depth,
             _ => 12,
         };
+        let prefix = inference_queue::PrefixConfig::default();
         RoutingEntry {
             strategy: Strategy::Affinity,
             replica_depth,
             cost_aware: inference_queue::Config::default().cost_aware,
+            prefix_aware: true,
+            prefix_window: prefix.window,
+            prefix_max_skip_ms: prefix.max_skip.as_millis() as u64,
         }
     }
 }

@@ -65,7 +65,7 @@ impl Driver {
             tenant,
             class: job.class,
             cost: None,
-            prefix: None,
+            prefix: job.prefix.as_ref(),
         };
         match self.core.submit(now, sub) {
             Admission::Accepted(id) => {
@@ -331,6 +331,13 @@ impl Driver {
 
     pub(super) fn dispatch(&mut self, id: RequestId, lane: LaneId, attempt: u32, waited: Duration) {
         self.dispatched_watcher(id, lane);
+        if let (Some((cached, blocks)), Some(e)) =
+            (self.core.prefix_match(id), self.entries.get(&id))
+        {
+            self.metrics
+                .engine()
+                .prefix(&self.lanes[lane.0], e.job.model(), cached, blocks);
+        }
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };

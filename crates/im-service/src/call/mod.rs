@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::error::ServiceError;
 
 mod media;
+pub mod prompt;
 
 pub use media::{
     MAX_RERANK_DOCUMENTS, MAX_SPEECH_CHARS, RerankInput, SpeechInput, TRANSCRIPTION_FORMATS,
@@ -462,9 +463,13 @@ impl Call {
         &self.payload
     }
 
-    /// The engine's job for it, known by `request_id`.
+    /// The engine's job for it, known by `request_id`, with its prompt's chain for prefix-aware
+    /// placement ([`prompt`]).
     pub fn into_job(self, request_id: String) -> Job {
-        Job::new(request_id, self.payload, self.deadline)
+        let prefix = prompt::chain_of(&self.payload);
+        let mut job = Job::new(request_id, self.payload, self.deadline);
+        job.prefix = prefix;
+        job
     }
 }
 

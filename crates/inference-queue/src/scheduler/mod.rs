@@ -421,6 +421,7 @@ impl Scheduler {
                 cost: req.cost,
                 charged: 0.0,
                 prefix: req.prefix.cloned(),
+                prefix_matched: 0,
             },
         );
         self.counters.accepted += 1;

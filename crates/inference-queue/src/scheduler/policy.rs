@@ -515,7 +515,11 @@ impl Scheduler {
             self.cfg.prefix,
             self.queues.get(id).and_then(|r| r.prefix.clone()),
         ) {
+            let matched = self.lanes[lane].prefixes.matched(&chain);
             self.lanes[lane].prefixes.sent(&chain, p.blocks_per_lane);
+            if let Some(r) = self.queues.get_mut(id) {
+                r.prefix_matched = matched;
+            }
         }
         let model = self.queues.group(group).key.model;
         let now = self.now;

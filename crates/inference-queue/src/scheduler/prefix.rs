@@ -116,10 +116,12 @@ impl Scheduler {
             return Pick::Next;
         };
         let g = self.queues.group(group);
-        if self
-            .queues
-            .oldest_arrival(g)
-            .is_some_and(|oldest| now.saturating_since(oldest) > cfg.max_skip)
+        // A group pinned to a lane (by a balancer, or the caller) has no other lane to go to.
+        if g.key.lane.is_some()
+            || self
+                .queues
+                .oldest_arrival(g)
+                .is_some_and(|oldest| now.saturating_since(oldest) > cfg.max_skip)
         {
             return Pick::Next;
         }
@@ -182,6 +184,13 @@ impl Scheduler {
             waiting_for[best] += 1;
         }
         Pick::Leave
+    }
+
+    /// Of the running request `id`'s prompt blocks, how many its lane was sent before (what its
+    /// server likely had cached), and how many it has; `None` without a prompt.
+    pub fn prefix_match(&self, id: RequestId) -> Option<(usize, usize)> {
+        let r = self.queues.get(id)?;
+        Some((r.prefix_matched, r.prefix.as_ref()?.len()))
     }
 
     /// How long one more request of `model` holds up `lane`: its learned service over its slots.

@@ -61,6 +61,8 @@ pub(super) struct Req {
     pub(super) charged: f64,
     /// Its prompt's blocks (prefix-aware placement).
     pub(super) prefix: Option<super::PrefixChain>,
+    /// Of its prompt's blocks, how many its current attempt's lane was sent before.
+    pub(super) prefix_matched: usize,
 }
 
 /// A place in a group's queue: the request and what the policy reads of it without looking it
