@@ -39,7 +39,7 @@ fn with_tenants(trace: &[sim::TraceItem], seed: u64) -> Vec<sim::TraceItem> {
 }
 
 /// The bounded default on `lanes` lanes without memory budgets.
-fn on_lanes(lanes: usize) -> Config {
+pub(crate) fn on_lanes(lanes: usize) -> Config {
     Config {
         lanes: (0..lanes)
             .map(|i| LaneSpec {

@@ -8,25 +8,24 @@ use std::time::Duration;
 
 use inference_queue::sim::prompts::{PromptCosts, PromptShape, PromptTraceSpec};
 use inference_queue::sim::{self, Report, SimModel, TraceItem};
-use inference_queue::{Config, Kind, LaneSpec, PrefixConfig, Routing};
-
-use crate::sim::bounded;
+use inference_queue::{Config, Kind, PrefixConfig, Routing};
 
 /// The placements compared.
 const STRATEGIES: [&str; 4] = ["prefix-aware", "affinity", "least_loaded", "round_robin"];
 /// The p90 queue wait under which a rate counts as sustained.
 const SUSTAINED_P90_WAIT: Duration = Duration::from_secs(10);
 
-/// One chat model (4 slots, a 6 s load) on llama.cpp-like servers.
+/// The catalogue's chat model (4 slots, a 6 s load) on llama.cpp-like servers.
 fn chat_model() -> Vec<SimModel> {
+    let llm = sim::localai_catalogue().swap_remove(0);
+    assert_eq!(
+        llm.kinds,
+        [Kind::Txt2Txt],
+        "the catalogue's first model chats"
+    );
     vec![SimModel {
-        name: "llm".into(),
-        kinds: vec![Kind::Txt2Txt],
-        load: Duration::from_secs(6),
-        slots: 4,
-        size_mb: 8 * 1024,
-        lanes: None,
         prompt: Some(PromptCosts::llama_server()),
+        ..llm
     }]
 }
 
@@ -44,15 +43,9 @@ fn config(strategy: &str, lanes: usize) -> Config {
         _ => (Routing::RoundRobin, None),
     };
     Config {
-        lanes: (0..lanes)
-            .map(|i| LaneSpec {
-                name: format!("gpu{i}"),
-                memory_mb: None,
-            })
-            .collect(),
         routing,
         prefix,
-        ..bounded()
+        ..crate::fairness::on_lanes(lanes)
     }
 }
 

@@ -464,7 +464,8 @@ impl Call {
     }
 
     /// The engine's job for it, known by `request_id`, with its prompt's chain for prefix-aware
-    /// placement ([`prompt`]).
+    /// placement (64-character blocks of the prompt as the upstream sees it, each hashed with
+    /// those before it).
     pub fn into_job(self, request_id: String) -> Job {
         let prefix = prompt::chain_of(&self.payload);
         let mut job = Job::new(request_id, self.payload, self.deadline);

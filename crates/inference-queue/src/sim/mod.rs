@@ -344,6 +344,14 @@ impl Upstream {
         self.ready_at[model].max(now)
     }
 
+    /// Whether a model other than `model` has requests running (they share the GPU's compute).
+    fn runs_other_than(&self, model: usize) -> bool {
+        self.running
+            .iter()
+            .enumerate()
+            .any(|(m, n)| m != model && *n > 0)
+    }
+
     /// Unload `model`: an overcommit if it has requests running.
     fn unload(&mut self, model: usize) {
         if self.running[model] > 0 {
@@ -529,11 +537,7 @@ fn replay(
                     let start = up.ensure(models, item.model, now);
                     // Models side by side share the GPU's compute: a request that starts while
                     // another model runs takes 1.5x as long.
-                    let shared = up
-                        .running
-                        .iter()
-                        .enumerate()
-                        .any(|(m, n)| m != item.model && *n > 0);
+                    let shared = up.runs_other_than(item.model);
                     // A prompt costs its prefill of what this server has not cached, which holds
                     // the GPU's compute (prefills run one after another), then its decode, which
                     // the slots share; its first token comes after the prefill.
@@ -668,11 +672,7 @@ impl PlainServer {
             }
             self.queue.pop_front();
             let start = up.ensure(models, item.model, now);
-            let shared = up
-                .running
-                .iter()
-                .enumerate()
-                .any(|(m, n)| m != item.model && *n > 0);
+            let shared = up.runs_other_than(item.model);
             let service = item.service + (item.service / 4) * item.failures;
             let busy = if shared {
                 service.mul_f64(1.5)
