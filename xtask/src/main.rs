@@ -69,6 +69,7 @@ enum BenchPart {
     Memory,
     Batching,
     Replicas,
+    Prefix,
 }
 
 #[derive(clap::Args, Debug)]
@@ -339,9 +340,25 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
             if quick { 5 } else { 15 },
         ))?;
     }
+    if part(BenchPart::Prefix) {
+        // Its own file: it compares placements, not im against the alternatives.
+        let mut p = String::new();
+        rt.block_on(bench::prefix::prefix(
+            &mut p,
+            if quick { 6 } else { 12 },
+            if quick { 4 } else { 6 },
+        ))?;
+        print!("{p}");
+        if args.write {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../benches/results/prefix.md");
+            std::fs::write(&path, format!("# Prefix-aware placement\n\nCommand: `cargo xtask bench --only prefix --write`\n\n{p}"))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     print!("{more}");
     out.push_str(&more);
-    if args.write {
+    if args.write && args.only != Some(BenchPart::Prefix) {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/results/bench.md");
         std::fs::write(&path, &out).with_context(|| format!("writing {}", path.display()))?;

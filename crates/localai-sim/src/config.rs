@@ -39,6 +39,10 @@ pub struct ModelCfg {
     /// Service time per character of synthesized speech, in ms.
     #[serde(default)]
     pub per_char_ms: f64,
+    /// Prefill time per prompt token the server has not cached (chat), in ms; prefills run one
+    /// at a time on the server (compute-bound).
+    #[serde(default)]
+    pub prefill_per_token_ms: f64,
 }
 
 fn default_load_ms() -> u64 {
@@ -72,6 +76,7 @@ impl ModelCfg {
             per_input_ms: 0.0,
             per_audio_second_ms: 0.0,
             per_char_ms: 0.0,
+            prefill_per_token_ms: 0.0,
         }
     }
 
@@ -166,6 +171,9 @@ pub struct SimConfig {
     /// `POST /models/apply` installs one, `POST /models/delete/{name}` removes one, as on
     /// LocalAI; only installed models are listed and served.
     pub installed: Option<Vec<String>>,
+    /// Tokens of prompt each chat model keeps cached (0: none; every prompt is prefilled in
+    /// full). With a cache, chat answers carry `usage.prompt_tokens_details.cached_tokens`.
+    pub prompt_cache_tokens: usize,
 }
 
 impl Default for SimConfig {
@@ -186,6 +194,7 @@ impl Default for SimConfig {
             body_limit: 15 * 1024 * 1024,
             mode: SimMode::LocalAi,
             context_tokens: 8192,
+            prompt_cache_tokens: 0,
             installed: None,
         }
     }

@@ -33,6 +33,7 @@ pub mod audio;
 mod config;
 mod gallery;
 pub mod image;
+pub mod prompt_cache;
 mod retrieval;
 mod server;
 mod state;

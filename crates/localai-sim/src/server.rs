@@ -435,6 +435,9 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
         Err(r) => return r,
     };
     let tokens = max_tokens(&body);
+    let cached = state
+        .prefill(idx, &crate::prompt_cache::rendered(messages))
+        .await;
     let prompt = last_text(messages);
     let seen = match image {
         Some(n) => format!("I see an image of {n} bytes. "),
@@ -456,13 +459,16 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
     if !streaming {
         sleep(per_token * tokens as u32).await;
         drop(slot);
-        let body = json!({
+        let mut body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": name,
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": reply}}],
             "usage": {"prompt_tokens": prompt.len() / 4, "completion_tokens": tokens,
                       "total_tokens": prompt.len() / 4 + tokens}
         });
+        if state.cfg.prompt_cache_tokens > 0 {
+            body["usage"]["prompt_tokens_details"] = json!({"cached_tokens": cached});
+        }
         return axum::Json(body).into_response();
     }
     let dialect = state.cfg.stream_error_dialect;

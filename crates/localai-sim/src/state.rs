@@ -60,10 +60,16 @@ pub struct Stats {
     pub kind_not_served: u64,
     /// Readings of the catalogue (`/v1/models`, `/v1/models/capabilities`).
     pub catalogue_reads: u64,
+    /// Chat prompt tokens received.
+    pub prompt_tokens: u64,
+    /// Of those, the tokens the prompt cache held.
+    pub cached_prompt_tokens: u64,
 }
 
 struct Inner {
     models: Vec<ModelState>,
+    /// Per model: its prompt cache.
+    prompts: Vec<crate::prompt_cache::PromptCache>,
     stats: Stats,
     rng: u64,
     /// The `traceparent` headers of the last requests that carried one.
@@ -79,6 +85,8 @@ pub struct SimState {
     pub(crate) cfg: Arc<SimConfig>,
     inner: Arc<Mutex<Inner>>,
     changed: Arc<Notify>,
+    /// The GPU's compute: one prefill at a time.
+    prefilling: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A held slot of a model; frees it on drop.
@@ -124,12 +132,14 @@ impl SimState {
         SimState {
             cfg: Arc::new(cfg),
             inner: Arc::new(Mutex::new(Inner {
+                prompts: (0..models.len()).map(|_| Default::default()).collect(),
                 models,
                 stats: Stats::default(),
                 rng,
                 traceparents: Default::default(),
             })),
             changed: Arc::new(Notify::new()),
+            prefilling: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -227,6 +237,31 @@ impl SimState {
         self.lock().stats.inputs_total += n as u64;
     }
 
+    /// Prefill `prompt` on `model`: what its cache lacks, one prefill at a time on this server;
+    /// how many of its tokens were cached.
+    pub async fn prefill(&self, model: usize, prompt: &str) -> usize {
+        let capacity = self.cfg.prompt_cache_tokens;
+        let cached = {
+            let mut g = self.lock();
+            let cached = if capacity > 0 {
+                g.prompts[model].serve(prompt, capacity)
+            } else {
+                0
+            };
+            let tokens = prompt.len() / crate::prompt_cache::CHARS_PER_TOKEN;
+            g.stats.prompt_tokens += tokens as u64;
+            g.stats.cached_prompt_tokens += cached.min(tokens) as u64;
+            cached.min(tokens)
+        };
+        let uncached = prompt.len() / crate::prompt_cache::CHARS_PER_TOKEN - cached;
+        let per_token = self.cfg.models[model].prefill_per_token_ms;
+        if per_token > 0.0 && uncached > 0 {
+            let _gpu = self.prefilling.lock().await;
+            tokio::time::sleep(self.cfg.scaled(per_token * uncached as f64)).await;
+        }
+        cached
+    }
+
     /// The counters, with the resident list filled in.
     pub fn stats(&self) -> Stats {
         let g = self.lock();
@@ -245,6 +280,7 @@ impl SimState {
     pub fn reset(&self) {
         let mut g = self.lock();
         g.models = installed_at_start(&self.cfg);
+        g.prompts = (0..g.models.len()).map(|_| Default::default()).collect();
         g.stats = Stats::default();
         g.rng = self.cfg.seed ^ 0x9E37_79B9_7F4A_7C15;
         g.traceparents.clear();

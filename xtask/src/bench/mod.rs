@@ -1,6 +1,6 @@
 //! `cargo xtask bench`, split by what it measures: [`overhead`] (direct vs nginx vs im-http),
 //! [`scheduling`] (a mixed trace straight to LocalAI vs through im), [`memory`] (RSS with queued
-//! payloads), [`load`] (the seeds' load scenarios), [`replicas`] (embedded vs 3 replicas on Redis). This module holds what they share: processes,
+//! payloads), [`load`] (the seeds' load scenarios), [`replicas`] (embedded vs 3 replicas on Redis), [`prefix`] (prefix-aware placement over two servers with prompt caches). This module holds what they share: processes,
 //! ports, readiness, the tools they install. Everything runs on loopback; every figure is a ratio
 //! measured side by side in one run.
 
@@ -8,6 +8,7 @@ pub mod batching;
 pub mod load;
 pub mod memory;
 pub mod overhead;
+pub mod prefix;
 pub mod replicas;
 pub mod scheduling;
 

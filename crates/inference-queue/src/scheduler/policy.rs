@@ -291,12 +291,13 @@ impl Scheduler {
         if home {
             return true;
         }
-        // The load guard of prefix-aware placement: a spare lane takes a model's prompts once a
-        // slot's worth of them waits, rather than idle while they queue behind busy replicas.
+        // The load guard of prefix-aware placement: a spare lane takes a model's prompts once
+        // more of them wait than the lanes holding it can start now, rather than idle while
+        // they queue behind busy replicas.
         if self.cfg.prefix.is_some()
             && self.queues.next_has_prompt(g, self.turn())
             && self.spare(lane)
-            && g.depth() as u64 >= u64::from(self.cfg.models[model.0].slots(lane))
+            && g.depth() > self.free_slots_elsewhere(lane, model)
         {
             return true;
         }
@@ -340,6 +341,17 @@ impl Scheduler {
         self.starving(g)
             && (g.in_flight == 0 || self.spare(lane))
             && homes.cheapest(of_key, || self.cheapest_home(g)) == Some(lane)
+    }
+
+    /// Slots of `model` free now on the other healthy lanes that hold it.
+    fn free_slots_elsewhere(&self, lane: usize, model: ModelId) -> usize {
+        (0..self.lanes.len())
+            .filter(|o| *o != lane && self.lanes[*o].holds(model) && self.lanes[*o].is_closed())
+            .map(|o| {
+                let slots = self.cfg.models[model.0].slots(o);
+                slots.saturating_sub(self.lanes[o].running_of(model)) as usize
+            })
+            .sum()
     }
 
     /// Whether `lane` is spare: idle, and none of its models has had work there for a
