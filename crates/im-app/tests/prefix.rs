@@ -1,8 +1,8 @@
 //! Prefix-aware placement end to end (issue 34): im in front of two simulated servers serving
 //! one chat model; concurrent multi-turn conversations, each turn re-sending its history. The
 //! turns of a conversation go back to the lane that saw its beginning, so more of each prompt
-//! was sent there before (`im_prefix_blocks_total{cached="true"}`) than when a balancer
-//! alternates the lanes.
+//! was sent there before (`im_prefix_blocks_total{cached="true"}`, each lane's `prefix` in
+//! `/status`) than when a balancer alternates the lanes.
 
 mod common;
 
@@ -91,6 +91,23 @@ async fn cached_share(strategy: Strategy, rounds: usize) -> f64 {
     };
     let (hit, miss) = (sum("true"), sum("false"));
     assert!(hit + miss > 0.0, "prompt blocks are counted: {metrics}");
+    // `/status` shows each lane's share too.
+    let status: Value = client
+        .get(format!("{url}/status"))
+        .header("x-api-key", DEMO_KEY)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    let lanes_cached: f64 = status["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["prefix"]["blocks_cached"].as_f64().unwrap_or(0.0))
+        .sum();
+    assert_eq!(lanes_cached, hit, "{status}");
     hit / (hit + miss)
 }
 

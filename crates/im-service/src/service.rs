@@ -597,6 +597,7 @@ impl Service {
                     "kinds_guessed": models.iter().filter(|m| guessed.iter().any(|g| g == *m)).collect::<Vec<_>>(),
                     "memory_mb": l.memory_mb, "memory_used_mb": l.memory_used_mb(),
                     "active": l.active.as_ref().map(|(k, m)| json!({"kind": k.as_str(), "model": m})),
+                    "prefix": prefix_view(l.prefix_blocks),
                 })
             })
             .collect();
@@ -667,7 +668,8 @@ impl Service {
             .map(|l| json!({"name": l.name, "active": l.active.as_ref().map(|(k, m)| json!({"kind": k.as_str(), "model": m})),
                             "loaded": l.loaded(), "in_flight": l.in_flight, "state": l.phase, "breaker": l.breaker.as_str(),
                             "resident": l.resident.iter().map(|r| json!({"model": r.model, "in_flight": r.in_flight, "memory_mb": r.memory_mb})).collect::<Vec<_>>(),
-                            "memory_mb": l.memory_mb, "memory_used_mb": l.memory_used_mb()}))
+                            "memory_mb": l.memory_mb, "memory_used_mb": l.memory_used_mb(),
+                            "prefix": prefix_view(l.prefix_blocks)}))
             .collect();
         let c = &s.counters;
         json!({
@@ -796,4 +798,11 @@ fn kind_named(name: &str) -> Result<Kind, ServiceError> {
             ),
         )
     })
+}
+
+/// A lane's prompt blocks (prefix-aware placement) as `/status` and `/queue-status` show them:
+/// sent there, sent there before, and the share (the hit rate; `null` before any).
+fn prefix_view((sent, cached): (u64, u64)) -> Value {
+    json!({"blocks_sent": sent, "blocks_cached": cached,
+           "hit_rate": (sent > 0).then(|| cached as f64 / sent as f64)})
 }

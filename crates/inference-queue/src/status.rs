@@ -99,6 +99,9 @@ pub struct LaneStatus {
     pub phase: &'static str,
     /// Its breaker.
     pub breaker: BreakerState,
+    /// Prompt blocks sent here (prefix-aware placement), and how many of them had been sent
+    /// here before (what its server likely had cached).
+    pub prefix_blocks: (u64, u64),
 }
 
 impl LaneStatus {

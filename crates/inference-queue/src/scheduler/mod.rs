@@ -215,6 +215,7 @@ impl Scheduler {
                     .collect(),
                 memory_mb: self.cfg.lanes[i].memory_mb,
                 in_flight: l.in_flight,
+                prefix_blocks: l.prefixes.counts(),
                 phase: match l.phase {
                     Phase::Ready => "ready",
                     Phase::Unloading { .. } => "unloading",

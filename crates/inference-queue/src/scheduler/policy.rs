@@ -528,6 +528,7 @@ impl Scheduler {
             self.queues.get(id).and_then(|r| r.prefix.clone()),
         ) {
             let matched = self.lanes[lane].prefixes.matched(&chain);
+            self.lanes[lane].prefixes.count(matched, chain.len());
             self.lanes[lane].prefixes.sent(&chain, p.blocks_per_lane);
             if let Some(r) = self.queues.get_mut(id) {
                 r.prefix_matched = matched;

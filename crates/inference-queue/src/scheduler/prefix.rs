@@ -58,6 +58,9 @@ pub(crate) struct PrefixIndex {
     stamp_of: HashMap<u64, u64>,
     by_stamp: BTreeMap<u64, u64>,
     clock: u64,
+    /// Blocks sent here, and of them those sent here before.
+    sent: u64,
+    matched: u64,
 }
 
 impl PrefixIndex {
@@ -85,6 +88,17 @@ impl PrefixIndex {
             };
             self.stamp_of.remove(&h);
         }
+    }
+
+    /// A prompt of `blocks` blocks, `matched` of them here before, went to this lane.
+    pub(super) fn count(&mut self, matched: usize, blocks: usize) {
+        self.sent += blocks as u64;
+        self.matched += matched as u64;
+    }
+
+    /// Blocks sent here, and of them those sent here before.
+    pub(super) fn counts(&self) -> (u64, u64) {
+        (self.sent, self.matched)
     }
 
     /// Forget everything (the lane's server restarted, or changed model).
