@@ -130,8 +130,10 @@ impl Scheduler {
             return Pick::Next;
         };
         let g = self.queues.group(group);
-        // A group pinned to a lane (by a balancer, or the caller) has no other lane to go to.
+        // A group pinned to a lane (by a balancer, or the caller) has no other lane to go to;
+        // a next request without a prompt is taken as it comes (the common case: no choosing).
         if g.key.lane.is_some()
+            || !self.queues.next_has_prompt(g, self.turn())
             || self
                 .queues
                 .oldest_arrival(g)
