@@ -24,7 +24,7 @@ const TIME_SCALE: f64 = 0.25;
 const PLACEMENTS: [(&str, &str); 3] = [
     (
         "prefix-aware",
-        "strategy = \"affinity\"\nprefix_aware = true",
+        "strategy = \"affinity\"\nprefix_aware = true\nprefix_cache_tokens = 32768",
     ),
     (
         "affinity alone",

@@ -313,6 +313,8 @@ impl ImConfig {
             .then(|| inference_queue::PrefixConfig {
                 window: self.routing.prefix_window,
                 max_skip: Duration::from_millis(self.routing.prefix_max_skip_ms),
+                blocks_per_lane: (self.routing.prefix_cache_tokens / TOKENS_PER_PREFIX_BLOCK).max(1)
+                    as usize,
                 ..inference_queue::PrefixConfig::default()
             });
         c.unload_on_switch = self.unload_on_switch;

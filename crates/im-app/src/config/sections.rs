@@ -257,6 +257,9 @@ impl Strategy {
     }
 }
 
+/// Tokens in one block of a prompt's chain (64 characters).
+pub const TOKENS_PER_PREFIX_BLOCK: u64 = 16;
+
 /// How groups are spread over lanes (upstreams).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -279,6 +282,9 @@ pub struct RoutingEntry {
     pub prefix_window: usize,
     /// Past this wait of a group's oldest request, the group's own order holds.
     pub prefix_max_skip_ms: u64,
+    /// Tokens of prompt each upstream keeps cached, as im assumes (its prompt cache: llama.cpp's
+    /// `--cache-ram`, or its slots' context): what im remembers per lane.
+    pub prefix_cache_tokens: u64,
 }
 
 impl Default for RoutingEntry {
@@ -295,6 +301,7 @@ impl Default for RoutingEntry {
             prefix_aware: true,
             prefix_window: prefix.window,
             prefix_max_skip_ms: prefix.max_skip.as_millis() as u64,
+            prefix_cache_tokens: prefix.blocks_per_lane as u64 * TOKENS_PER_PREFIX_BLOCK,
         }
     }
 }
