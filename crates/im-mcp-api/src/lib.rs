@@ -14,7 +14,10 @@
 //! speaks stdio.
 
 mod args;
+mod descriptions;
 mod remote;
+
+use descriptions::*;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -142,24 +145,6 @@ async fn unless_cancelled<T>(
         () = ctx.ct.cancelled() => Err(ErrorData::internal_error("the call was cancelled", None)),
         r = work => Ok(r),
     }
-}
-
-/// `GET path?params` of a running im-http: its JSON, or the tool error of its failure.
-async fn remote_query(
-    ctx: &RequestContext<RoleServer>,
-    remote: &remote::Remote,
-    path: &str,
-    params: &[(&str, &str)],
-) -> Result<Result<Value, CallToolResult>, ErrorData> {
-    let url = reqwest::Url::parse_with_params(&format!("http://im{path}"), params)
-        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
-    let (status, v) = unless_cancelled(ctx, remote.call(Method::GET, &path, None, None)).await?;
-    Ok(if status == 200 {
-        Ok(v)
-    } else {
-        Err(remote::tool_error(status, &v))
-    })
 }
 
 /// A completed call as tool content: the text or the PNG images, then the figures.
@@ -291,7 +276,7 @@ impl ImMcp {
                 if let Some(b) = backend {
                     params.push(("backend", b));
                 }
-                remote_query(ctx, remote, "/placement", &params).await?
+                remote.query(ctx, "/placement", &params).await?
             }
         })
     }
@@ -314,7 +299,7 @@ impl ImMcp {
             },
             Target::Remote(remote) => {
                 let params = [("kind", kind), ("model", model)];
-                remote_query(ctx, remote, "/v1/queue/estimate", &params).await?
+                remote.query(ctx, "/v1/queue/estimate", &params).await?
             }
         })
     }
@@ -761,20 +746,6 @@ impl ImMcp {
 }
 
 // The tools' descriptions: what a model reads to pick a tool and call it.
-const TXT2TXT: &str = "Chat with a language model (txt2txt) through im's queue. Give `model` (call list_models for the models that serve txt2txt) and either `messages` or a single `prompt`. Returns the answer text and the request's queue figures. Requests are queued and run in im's scheduling order; a busy GPU means a wait, not an error.";
-const IMG2TXT: &str = "Ask a vision model about an image (img2txt). Give `model` (a model serving img2txt, see list_models), `prompt` and `image` (base64 PNG/JPEG/WebP/GIF or a data URI), or full `messages` with image_url parts. Returns the answer text.";
-const TXT2IMG: &str = "Generate images from text (txt2img). Give `model` (a model serving txt2img, see list_models), `prompt`, `width` and `height` (positive multiples of 8, e.g. 512), optionally `steps` (1-150), `seed`, `negative_prompt`, `n` (1-4). Returns PNG image content.";
-const IMG2IMG: &str = "Edit an image (img2img). Give `model` (a model serving img2img, see list_models), `file` (the source image as base64 or a data URI), `prompt`, `width` and `height` (positive multiples of 8), optionally `steps`, `seed`, `negative_prompt`, `n`. Returns PNG image content.";
-const GET_REQUEST_METRICS: &str = "im's request metrics as JSON: per kind and model, counts by outcome, queue wait and processing time percentiles (ms), throughput.";
-const GET_ERROR_METRICS: &str = "im's error metrics as JSON: counts by kind, model and class, and the last 100 errors (payloads and keys removed).";
-const QUEUE_STATUS: &str = "im's queues now as JSON: per (kind, model) group its depth, oldest wait and requests in flight; per upstream lane its active group, loaded model, state and breaker. Use it to judge how long a request will wait.";
-const LIST_INFERENCE_BACKENDS: &str = "The inference backends (LocalAI servers, one lane each) as JSON: per backend its health, upstream requests, success rate, average and p95 latency, the requests waiting for its loaded model, requests in flight and loaded models.";
-const GET_BACKEND_STATUS: &str = "One backend's status by `name` (see list_inference_backends): health, requests, success rate, latency, queue, in flight, loaded models.";
-const GET_SUPPORTED_TASKS: &str = "The tasks (kinds: txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt) im serves, each with the models that serve it, as JSON.";
-const SELECT_BACKEND_FOR_INFERENCE: &str = "Where im would run a request now and why, without running it: give `task` (txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt) and `model`, optionally `backend`. Returns the backend, the reason (model already loaded there, a load, or which models it would unload), the expected start in ms, and every backend considered (health, whether it can host the model, has it loaded, requests ahead).";
-const ROUTE_INFERENCE_REQUEST: &str = "Run one request of any task through im's queue and say where it was placed: give `task` (txt2txt, img2txt, txt2img, img2img), `model` and the task's arguments (`prompt` or `messages`; `image` for img2txt; `file` for img2img; `width`/`height` for images, default 512). Returns the placement (backend and reason) first, then the task's result.";
-const ESTIMATE_WAIT: &str = "How long a request would wait in im's queue if sent now, without sending it: give `task` (txt2txt, txt2img, img2img, img2txt, embed, rerank, tts, stt) and `model`. Returns `predicted_wait_ms` (null when no backend may serve it now), from what runs, the queues ahead and learned service and load times.";
-const LIST_MODELS: &str = "The models im serves and the kinds each serves (txt2txt, txt2img, img2img, img2txt), as JSON. Call this first to pick a `model` for the other tools.";
 
 #[tool_handler]
 impl ServerHandler for ImMcp {

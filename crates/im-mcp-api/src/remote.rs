@@ -14,6 +14,26 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// `GET path?params`: its JSON, or the tool error of its failure (unless the MCP client
+    /// cancels the call first).
+    pub async fn query(
+        &self,
+        ctx: &rmcp::service::RequestContext<rmcp::RoleServer>,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Result<Value, CallToolResult>, rmcp::ErrorData> {
+        let url = reqwest::Url::parse_with_params(&format!("http://im{path}"), params)
+            .map_err(|e| rmcp::ErrorData::internal_error(e.to_string(), None))?;
+        let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+        let (status, v) =
+            crate::unless_cancelled(ctx, self.call(Method::GET, &path, None, None)).await?;
+        Ok(if status == 200 {
+            Ok(v)
+        } else {
+            Err(tool_error(status, &v))
+        })
+    }
+
     /// im-http at `url`, called with `key`.
     pub fn new(url: &str, key: Option<String>) -> Remote {
         Remote {
