@@ -9,6 +9,9 @@ use clap::Parser;
 use im_app::cli::CommonArgs;
 use im_app::run;
 
+#[cfg(feature = "count-allocations")]
+mod allocations;
+
 /// im: an inference manager for LocalAI (HTTP API, OpenAI-compatible routes, Swagger UI at /docs).
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -72,5 +75,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "count-allocations")]
+    allocations::report();
     run::main_with("im-http", serve(Args::parse()))
 }

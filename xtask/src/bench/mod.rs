@@ -174,16 +174,28 @@ pub fn ensure_tools() -> Result<()> {
             bail!("could not install oha");
         }
     }
-    let ok = Command::new("cargo")
-        .args(["build", "--release", "-p", "im-http", "-p", "localai-sim"])
-        .current_dir(root())
-        .status()?
-        .success();
-    if !ok {
-        bail!("release build failed");
-    }
-    Ok(())
+    // The allocation-counting im-http first (kept under its own name), then the real one: the
+    // two differ only in the binary crate, so the second build relinks it.
+    let build = |features: &[&str]| -> Result<()> {
+        let ok = Command::new("cargo")
+            .args(["build", "--release", "-p", "im-http", "-p", "localai-sim"])
+            .args(features)
+            .current_dir(root())
+            .status()?
+            .success();
+        if !ok {
+            bail!("release build failed");
+        }
+        Ok(())
+    };
+    build(&["--features", "im-http/count-allocations"])?;
+    std::fs::copy(release_bin("im-http"), release_bin(COUNTING_IM))
+        .context("keeping the allocation-counting im-http")?;
+    build(&[])
 }
+
+/// The im-http built with `count-allocations` ([`ensure_tools`] keeps it beside the real one).
+pub const COUNTING_IM: &str = "im-http-count-allocations";
 
 pub fn start_sim(port: u16, time_scale: f64, config: Option<&Path>) -> Result<Proc> {
     let mut cmd = Command::new(release_bin("localai-sim"));
@@ -219,10 +231,25 @@ pub fn start_im_env(
     config: &str,
     tunables: Option<String>,
 ) -> Result<Proc> {
+    let env: Vec<(String, String)> = tunables
+        .map(|t| ("GLIBC_TUNABLES".to_owned(), t))
+        .into_iter()
+        .collect();
+    start_im_with(&release_bin("im-http"), port, upstream_port, config, &env)
+}
+
+/// Start the im-http binary at `bin` with `env` set.
+pub fn start_im_with(
+    bin: &Path,
+    port: u16,
+    upstream_port: u16,
+    config: &str,
+    env: &[(String, String)],
+) -> Result<Proc> {
     let path = std::env::temp_dir().join(format!("im-bench-{port}.toml"));
     std::fs::write(&path, config)?;
     let p = Proc(
-        Command::new(release_bin("im-http"))
+        Command::new(bin)
             .arg("--config")
             .arg(&path)
             .args([
@@ -234,7 +261,7 @@ pub fn start_im_env(
             .args(["--api-keys", KEY])
             .env("RUST_LOG", "error")
             .env_remove("IM_CONFIG")
-            .envs(tunables.map(|t| ("GLIBC_TUNABLES", t)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
