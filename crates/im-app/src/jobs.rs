@@ -36,9 +36,9 @@ impl im_jobs::Runner for ServiceRunner {
                 "not a route a job can run",
             ));
         };
-        let body = request.body.to_string();
+        let body = bytes::Bytes::from(request.body.to_string());
         match service
-            .respond(route, body.as_bytes(), &caller, Instant::now())
+            .respond(route, body, &caller, Instant::now())
             .await
         {
             Ok(Answer::Body {

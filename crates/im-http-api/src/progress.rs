@@ -70,7 +70,7 @@ pub(crate) async fn respond(
     let run = {
         let (st, mut caller) = (st.clone(), caller.clone());
         caller.progress = Some(tx);
-        async move { st.service.respond(route, &bytes, &caller, arrived.at).await }
+        async move { st.service.respond(route, bytes, &caller, arrived.at).await }
     };
     let mut run = Box::pin(run);
     // Until the queue took it, the request is answered as without progress.

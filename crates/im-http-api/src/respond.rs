@@ -40,7 +40,7 @@ pub(crate) async fn json_route(
     }
     let answer = st
         .service
-        .respond(route, &bytes, caller, arrived.at)
+        .respond(route, bytes, caller, arrived.at)
         .await?;
     Ok(write(st, route, answer, caller, arrived))
 }

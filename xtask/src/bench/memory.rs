@@ -79,9 +79,10 @@ pub async fn memory(out: &mut String) -> Result<()> {
         rlimit::Resource::NOFILE.set(want, hard)?;
     }
     let up = stalled_upstream()?;
+    // Every client is on loopback: the per-peer connection cap is raised with the total.
     let cfg = format!(
         "[limits]\nmax_queued_total = 20000\nmax_queued_bytes = 1073741824\n[deadlines_s]\ntxt2txt = 3600.0\ntxt2img = 3600.0\nimg2img = 3600.0\nimg2txt = 3600.0\n\
-         [http]\nbody_limit_bytes = 8388608\n{}",
+         [http]\nbody_limit_bytes = 8388608\nmax_connections = 20000\nmax_connections_per_peer = 20000\n{}",
         models_toml(1)
     );
     let _ = writeln!(out, "### 3. Memory (RSS of im-http)\n");

@@ -95,15 +95,18 @@ impl Service {
 
     /// Parse `body` as `route`'s request, run it as `caller` and answer it: [`Self::request`]
     /// then [`Self::answer`], what every carrier of a JSON route calls. The task route answers
-    /// its refusals in its own envelope too.
+    /// its refusals in its own envelope too. `body` is dropped once parsed, before the request
+    /// waits: a body read from a connection may hold that connection's whole read buffer.
     pub async fn respond(
         &self,
         route: Route,
-        body: &[u8],
+        body: bytes::Bytes,
         caller: &Caller,
         arrived: Instant,
     ) -> Result<Answer, ServiceError> {
-        match self.request(route, body) {
+        let parsed = self.request(route, &body);
+        drop(body);
+        match parsed {
             Ok(r) => self.answer(r, caller, arrived).await,
             Err(e) if route == Route::Task => {
                 Ok(answer::task(&caller.request_id, arrived, None, Err(e)))
