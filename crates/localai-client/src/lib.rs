@@ -17,6 +17,7 @@
 
 mod client;
 mod error;
+mod pool;
 pub mod sse;
 pub mod vision;
 

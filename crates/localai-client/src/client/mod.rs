@@ -1,12 +1,10 @@
 //! The client: chat (plain and streaming), images, lifecycle and discovery calls.
 
-use std::pin::Pin;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -15,7 +13,10 @@ use crate::error::{ClientError, parse_retry_after, summarize};
 use crate::sse::SseParser;
 use crate::vision::normalize_messages;
 
+mod exchange;
 mod types;
+
+use exchange::{Outgoing, Response};
 
 pub use types::*;
 
@@ -134,6 +135,8 @@ struct ChatBody<'a> {
 #[derive(Clone, Debug)]
 pub struct LocalAiClient {
     http: reqwest::Client,
+    /// The hot path's connections, for a plain `http://` upstream.
+    pool: Option<std::sync::Arc<crate::pool::Pool>>,
     cfg: ClientConfig,
     urls: Urls,
 }
@@ -166,7 +169,14 @@ impl LocalAiClient {
             completions: parse("/v1/completions")?,
             embeddings: parse("/v1/embeddings")?,
         };
-        Ok(LocalAiClient { http, cfg, urls })
+        let pool =
+            crate::pool::Pool::new(&cfg.base_url, cfg.api_key.as_deref(), cfg.connect_timeout);
+        Ok(LocalAiClient {
+            http,
+            pool,
+            cfg,
+            urls,
+        })
     }
 
     /// The base URL.
@@ -194,6 +204,36 @@ impl LocalAiClient {
         self.decorate(self.http.post(url))
     }
 
+    /// `POST path` with `body` as JSON: on the pool when there is one.
+    fn post_json<'a>(
+        &self,
+        path: &'a str,
+        body: &impl Serialize,
+    ) -> Result<Outgoing<'a>, ClientError> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Protocol(format!("cannot serialise the request: {e}")))?;
+        Ok(match &self.pool {
+            Some(_) => Outgoing::Pooled {
+                path,
+                body: Bytes::from(bytes),
+            },
+            None => Outgoing::general(
+                self.post(path)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(bytes),
+            ),
+        })
+    }
+
+    /// The header hook's headers, when there is a hook.
+    fn hooked_headers(&self) -> Option<reqwest::header::HeaderMap> {
+        self.cfg.header_hook.as_ref().map(|hook| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            (hook.0)(&mut headers);
+            headers
+        })
+    }
+
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.decorate(self.http.get(format!("{}{path}", self.cfg.base_url)))
     }
@@ -203,9 +243,7 @@ impl LocalAiClient {
         if let Some(k) = &self.cfg.api_key {
             rb = rb.bearer_auth(k);
         }
-        if let Some(hook) = &self.cfg.header_hook {
-            let mut headers = reqwest::header::HeaderMap::new();
-            (hook.0)(&mut headers);
+        if let Some(headers) = self.hooked_headers() {
             rb = rb.headers(headers);
         }
         rb
@@ -213,27 +251,43 @@ impl LocalAiClient {
 
     /// Send and wait for the response head within `first_byte`; turn error statuses into errors
     /// (reading at most [`MAX_ERROR_BODY`] bytes of the error body, within `first_byte`).
-    async fn send(
-        &self,
-        rb: reqwest::RequestBuilder,
-        first_byte: Duration,
-    ) -> Result<reqwest::Response, ClientError> {
-        let resp = match tokio::time::timeout(first_byte, rb.send()).await {
+    async fn send(&self, out: Outgoing<'_>, first_byte: Duration) -> Result<Response, ClientError> {
+        let sent = async {
+            match (out, &self.pool) {
+                (Outgoing::Pooled { path, body }, Some(pool)) => pool
+                    .post_json(path, body, self.hooked_headers().as_ref())
+                    .await
+                    .map(Response::pooled),
+                (Outgoing::Pooled { path, body }, None) => self
+                    .post(path)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(Response::general)
+                    .map_err(|e| ClientError::from_reqwest(e, first_byte, "first byte")),
+                (Outgoing::General(rb), _) => (*rb)
+                    .send()
+                    .await
+                    .map(Response::general)
+                    .map_err(|e| ClientError::from_reqwest(e, first_byte, "first byte")),
+            }
+        };
+        let resp = match tokio::time::timeout(first_byte, sent).await {
             Err(_) => {
                 return Err(ClientError::Timeout {
                     after: first_byte,
                     phase: "first byte",
                 });
             }
-            Ok(Err(e)) => return Err(ClientError::from_reqwest(e, first_byte, "first byte")),
-            Ok(Ok(r)) => r,
+            Ok(r) => r?,
         };
-        if resp.status().is_success() {
+        if resp.status.is_success() {
             return Ok(resp);
         }
-        let status = resp.status().as_u16();
+        let status = resp.status.as_u16();
         let fenced = resp
-            .headers()
+            .headers
             .get(FENCE_HIGHEST)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         if let (409 | 401, Some(highest)) = (status, fenced) {
@@ -243,11 +297,11 @@ impl LocalAiClient {
             return Err(ClientError::Fenced { status, highest });
         }
         let retry_after = resp
-            .headers()
+            .headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let text = tokio::time::timeout(first_byte, read_capped(resp, MAX_ERROR_BODY))
+        let text = tokio::time::timeout(first_byte, resp.read_capped(MAX_ERROR_BODY))
             .await
             .ok()
             .and_then(Result::ok)
@@ -265,22 +319,22 @@ impl LocalAiClient {
 
     /// Read a JSON body within `total` (measured from the call's start by the caller), at most
     /// `max_body` bytes.
-    async fn json(&self, resp: reqwest::Response, total: Duration) -> Result<Value, ClientError> {
+    async fn json(&self, resp: Response, total: Duration) -> Result<Value, ClientError> {
         self.json_and_body(resp, total).await.map(|(v, _)| v)
     }
 
     /// [`Self::json`], and the body's bytes as they came (to pass on without re-serialising).
     async fn json_and_body(
         &self,
-        resp: reqwest::Response,
+        resp: Response,
         total: Duration,
     ) -> Result<(Value, Bytes), ClientError> {
         let is_json = resp
-            .headers()
+            .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/json"));
-        let body = match tokio::time::timeout(total, read_capped(resp, self.cfg.max_body)).await {
+        let body = match tokio::time::timeout(total, resp.read_capped(self.cfg.max_body)).await {
             Err(_) => {
                 return Err(ClientError::Timeout {
                     after: total,
@@ -325,8 +379,7 @@ impl LocalAiClient {
         let work = async {
             let resp = self
                 .send(
-                    self.post("/v1/chat/completions")
-                        .json(&Self::chat_body(req, false)),
+                    self.post_json("/v1/chat/completions", &Self::chat_body(req, false))?,
                     self.cfg.chat_first_byte,
                 )
                 .await?;
@@ -353,10 +406,8 @@ impl LocalAiClient {
     /// `Internal error:` chunk inside the stream, a dropped connection, a stream cut without
     /// `[DONE]`).
     pub async fn chat_stream(&self, req: &ChatRequest) -> Result<ChunkStream, ClientError> {
-        let rb = self
-            .post("/v1/chat/completions")
-            .json(&Self::chat_body(req, true));
-        self.stream(rb).await
+        self.stream(self.post_json("/v1/chat/completions", &Self::chat_body(req, true))?)
+            .await
     }
 
     /// An OpenAI-shaped call passed through as JSON (`POST path` with `body`), under the chat
@@ -369,7 +420,7 @@ impl LocalAiClient {
         let total = self.cfg.chat_total;
         let work = async {
             let resp = self
-                .send(self.post(path).json(body), self.cfg.chat_first_byte)
+                .send(self.post_json(path, body)?, self.cfg.chat_first_byte)
                 .await?;
             let (raw, body) = self.json_and_body(resp, total).await?;
             Ok(JsonResponse { raw, body })
@@ -383,12 +434,13 @@ impl LocalAiClient {
         path: &str,
         body: &serde_json::Map<String, Value>,
     ) -> Result<RawResponse, ClientError> {
-        self.raw(self.post(path).json(body)).await
+        self.raw(self.post_json(path, body)?).await
     }
 
     /// `POST path` with a multipart upload whose answer is passed on as bytes (a transcription).
     pub async fn upload(&self, path: &str, upload: &Upload) -> Result<RawResponse, ClientError> {
-        self.raw(self.post(path).multipart(upload.form()?)).await
+        self.raw(Outgoing::general(self.post(path).multipart(upload.form()?)))
+            .await
     }
 
     /// Relay a request to `path_and_query` (a management route) and its answer whatever its
@@ -414,9 +466,10 @@ impl LocalAiClient {
                 .send()
                 .await
                 .map_err(|e| ClientError::from_reqwest(e, total, "first byte"))?;
-            let status = resp.status().as_u16();
-            let content_type = content_type_of(&resp);
-            let body = read_capped(resp, self.cfg.max_body).await?;
+            let resp = Response::general(resp);
+            let status = resp.status.as_u16();
+            let content_type = resp.content_type();
+            let body = resp.read_capped(self.cfg.max_body).await?;
             Ok(Forwarded {
                 status,
                 content_type,
@@ -427,12 +480,12 @@ impl LocalAiClient {
     }
 
     /// Send `rb` and read its answer as bytes within the chat limits.
-    async fn raw(&self, rb: reqwest::RequestBuilder) -> Result<RawResponse, ClientError> {
+    async fn raw(&self, out: Outgoing<'_>) -> Result<RawResponse, ClientError> {
         let total = self.cfg.chat_total;
         let work = async {
-            let resp = self.send(rb, self.cfg.chat_first_byte).await?;
-            let content_type = content_type_of(&resp);
-            let body = read_capped(resp, self.cfg.max_body).await?;
+            let resp = self.send(out, self.cfg.chat_first_byte).await?;
+            let content_type = resp.content_type();
+            let body = resp.read_capped(self.cfg.max_body).await?;
             Ok(RawResponse {
                 content_type,
                 body: Bytes::from(body),
@@ -447,14 +500,14 @@ impl LocalAiClient {
         path: &str,
         body: &serde_json::Map<String, Value>,
     ) -> Result<ChunkStream, ClientError> {
-        self.stream(self.post(path).json(body)).await
+        self.stream(self.post_json(path, body)?).await
     }
 
     /// Send `rb` and read its answer as an event stream of chunks, within the stream limits.
-    async fn stream(&self, rb: reqwest::RequestBuilder) -> Result<ChunkStream, ClientError> {
-        let resp = self.send(rb, self.cfg.chat_first_byte).await?;
+    async fn stream(&self, out: Outgoing<'_>) -> Result<ChunkStream, ClientError> {
+        let resp = self.send(out, self.cfg.chat_first_byte).await?;
         let ct = resp
-            .headers()
+            .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
@@ -469,7 +522,7 @@ impl LocalAiClient {
         let deadline = tokio::time::Instant::now() + self.cfg.chat_total;
         let total = self.cfg.chat_total;
         let state = StreamState {
-            bytes: Box::pin(resp.bytes_stream()),
+            bytes: resp,
             parser: SseParser::default(),
             done: false,
             seen_chunk: false,
@@ -506,7 +559,7 @@ impl LocalAiClient {
                             continue;
                         }
                     }
-                    Ok(Some(Err(e))) => ClientError::from_reqwest(e, Duration::ZERO, "stream"),
+                    Ok(Some(Err(e))) => e,
                     Ok(None) => ClientError::Protocol("the stream ended without [DONE]".into()),
                     Err(_) if until >= deadline => ClientError::Timeout {
                         after: total,
@@ -548,7 +601,7 @@ impl LocalAiClient {
         let work = async {
             let resp = self
                 .send(
-                    self.post("/v1/images/generations").json(&body),
+                    self.post_json("/v1/images/generations", &body)?,
                     self.cfg.image_first_byte,
                 )
                 .await?;
@@ -571,10 +624,10 @@ impl LocalAiClient {
         within(total, work).await
     }
 
-    async fn control(&self, rb: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+    async fn control(&self, out: Outgoing<'_>) -> Result<Value, ClientError> {
         let total = self.cfg.control_total;
         let work = async {
-            let resp = self.send(rb, total).await?;
+            let resp = self.send(out, total).await?;
             self.json(resp, total).await
         };
         within(total, work).await
@@ -582,7 +635,9 @@ impl LocalAiClient {
 
     /// Installed models (`GET /v1/models`).
     pub async fn models(&self) -> Result<Vec<String>, ClientError> {
-        let v = self.control(self.get("/v1/models")).await?;
+        let v = self
+            .control(Outgoing::general(self.get("/v1/models")))
+            .await?;
         let data = v
             .get("data")
             .and_then(Value::as_array)
@@ -595,7 +650,7 @@ impl LocalAiClient {
 
     /// Loaded models (`GET /system`, `loaded_models[].id`).
     pub async fn loaded_models(&self) -> Result<Vec<String>, ClientError> {
-        let v = self.control(self.get("/system")).await?;
+        let v = self.control(Outgoing::general(self.get("/system"))).await?;
         let list = v
             .get("loaded_models")
             .and_then(Value::as_array)
@@ -610,10 +665,7 @@ impl LocalAiClient {
     /// Unload a model (`POST /backend/shutdown`). `Ok(false)` when it was not loaded (404).
     pub async fn unload(&self, model: &str) -> Result<bool, ClientError> {
         match self
-            .control(
-                self.post("/backend/shutdown")
-                    .json(&json!({"model": model})),
-            )
+            .control(self.post_json("/backend/shutdown", &json!({"model": model}))?)
             .await
         {
             Ok(_) => Ok(true),
@@ -627,11 +679,11 @@ impl LocalAiClient {
         let total = self.cfg.image_first_byte;
         let resp = self
             .send(
-                self.post("/backend/load").json(&json!({"model": model})),
+                self.post_json("/backend/load", &json!({"model": model}))?,
                 total,
             )
             .await?;
-        let _ = read_capped(resp, MAX_ERROR_BODY).await;
+        let _ = resp.read_capped(MAX_ERROR_BODY).await;
         Ok(())
     }
 
@@ -642,9 +694,9 @@ impl LocalAiClient {
         let limit = self.cfg.connect_timeout * 2;
         let mut last = None;
         for path in ["/readyz", "/health", "/v1/models"] {
-            match self.send(self.get(path), limit).await {
+            match self.send(Outgoing::general(self.get(path)), limit).await {
                 Ok(resp) => {
-                    let _ = tokio::time::timeout(limit, read_capped(resp, MAX_ERROR_BODY)).await;
+                    let _ = tokio::time::timeout(limit, resp.read_capped(MAX_ERROR_BODY)).await;
                     return Ok(());
                 }
                 Err(ClientError::Status {
@@ -666,7 +718,9 @@ impl LocalAiClient {
     /// What the upstream says about its models (`GET /v1/models`): names, and where the server
     /// reports them (llama.cpp's router), load status and modalities.
     pub async fn model_infos(&self) -> Result<Vec<ModelInfo>, ClientError> {
-        let v = self.control(self.get("/v1/models")).await?;
+        let v = self
+            .control(Outgoing::general(self.get("/v1/models")))
+            .await?;
         let data = v
             .get("data")
             .and_then(Value::as_array)
@@ -677,7 +731,10 @@ impl LocalAiClient {
     /// LocalAI's own description of its models (`GET /v1/models/capabilities`: each model's
     /// capabilities and modalities); `None` when the upstream has no such route.
     pub async fn model_capabilities(&self) -> Result<Option<Vec<ModelInfo>>, ClientError> {
-        match self.control(self.get("/v1/models/capabilities")).await {
+        match self
+            .control(Outgoing::general(self.get("/v1/models/capabilities")))
+            .await
+        {
             Ok(v) => {
                 let data = v.get("data").and_then(Value::as_array).ok_or_else(|| {
                     ClientError::Protocol("no data[] in /v1/models/capabilities".into())
@@ -706,7 +763,7 @@ impl LocalAiClient {
             })
             .collect();
         let rb = self.get(&format!("/props?model={encoded}"));
-        match self.control(rb).await {
+        match self.control(Outgoing::general(rb)).await {
             Ok(v) => Ok(Some(Props::from_json(&v))),
             Err(ClientError::Status {
                 status: 404 | 405 | 501,
@@ -718,13 +775,12 @@ impl LocalAiClient {
 }
 
 struct StreamState {
-    bytes: Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>,
+    bytes: Response,
     parser: SseParser,
     done: bool,
     seen_chunk: bool,
 }
 
-/// Read a body up to `limit` bytes; more is a protocol error (the rest is not read).
 /// `work` within `total`, else a response timeout.
 async fn within<T>(
     total: Duration,
@@ -736,36 +792,6 @@ async fn within<T>(
             after: total,
             phase: "response",
         }))
-}
-
-/// A response's `Content-Type`, `application/octet-stream` when it sent none.
-fn content_type_of(resp: &reqwest::Response) -> String {
-    resp.headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .to_owned()
-}
-
-async fn read_capped(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, ClientError> {
-    let declared = resp.content_length().unwrap_or(0);
-    if declared > limit as u64 {
-        return Err(ClientError::Protocol(format!(
-            "the upstream's body of {declared} bytes is over the limit of {limit}"
-        )));
-    }
-    let mut out = Vec::with_capacity(declared as usize);
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ClientError::from_reqwest(e, Duration::ZERO, "response"))?;
-        if out.len() + chunk.len() > limit {
-            return Err(ClientError::Protocol(format!(
-                "the upstream's body is over the limit of {limit} bytes"
-            )));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// An upstream error body: LocalAI's or OpenAI's envelope, or text.
