@@ -37,10 +37,7 @@ impl im_jobs::Runner for ServiceRunner {
             ));
         };
         let body = bytes::Bytes::from(request.body.to_string());
-        match service
-            .respond(route, body, &caller, Instant::now())
-            .await
-        {
+        match service.respond(route, body, &caller, Instant::now()).await {
             Ok(Answer::Body {
                 status,
                 content_type,

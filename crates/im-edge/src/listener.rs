@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -180,7 +179,6 @@ pub async fn serve(
     peers: Arc<Peers>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let app = app.layer(axum::middleware::from_fn_with_state(limits, body_deadline));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -297,8 +295,9 @@ impl Connection {
                 self.peer,
                 activity.clone(),
             );
+            let limits = self.limits;
             move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut req = req.map(Body::new);
+                let mut req = with_body_deadline(req, &limits);
                 let headers = req.headers();
                 if let Some(proof) = headers.get(crate::fence::REPLICA) {
                     peers.note_replica(peer, proof.as_bytes());
@@ -358,30 +357,26 @@ impl Connection {
     }
 }
 
-/// Middleware: a request body must keep arriving (no pause over the idle limit) and arrive whole
-/// within the total limit; otherwise reading it fails (answered 400 by the handler). A timer is
-/// armed only while the body is waiting for bytes, so a body that is already there costs none.
-pub async fn body_deadline(
-    State(limits): State<ServeLimits>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// A request body must keep arriving (no pause over the idle limit) and arrive whole within the
+/// total limit; otherwise reading it fails (answered 400 by the handler). A timer is armed only
+/// while the body is waiting for bytes, so a body that is already there costs none.
+fn with_body_deadline(req: hyper::Request<hyper::body::Incoming>, limits: &ServeLimits) -> Request {
     use axum::http::Method;
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        return next.run(req).await;
+    if req.method() == Method::GET
+        || req.method() == Method::HEAD
+        || hyper::body::Body::is_end_stream(req.body())
+    {
+        return req.map(Body::new);
     }
-    let (parts, body) = req.into_parts();
-    if hyper::body::Body::is_end_stream(&body) {
-        return next.run(Request::from_parts(parts, body)).await;
-    }
-    let body = DeadlineBody {
-        inner: body,
-        idle: limits.body_idle_timeout,
-        deadline: Instant::now() + limits.body_total_timeout,
-        timer: None,
-        failed: false,
-    };
-    next.run(Request::from_parts(parts, Body::new(body))).await
+    req.map(|inner| {
+        Body::new(DeadlineBody {
+            inner: Body::new(inner),
+            idle: limits.body_idle_timeout,
+            deadline: Instant::now() + limits.body_total_timeout,
+            timer: None,
+            failed: false,
+        })
+    })
 }
 
 /// A request body with an idle and a total deadline.

@@ -38,10 +38,7 @@ pub(crate) async fn json_route(
     if arrived.progress {
         return crate::progress::respond(route, st, caller, arrived, bytes).await;
     }
-    let answer = st
-        .service
-        .respond(route, bytes, caller, arrived.at)
-        .await?;
+    let answer = st.service.respond(route, bytes, caller, arrived.at).await?;
     Ok(write(st, route, answer, caller, arrived))
 }
 

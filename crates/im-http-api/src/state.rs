@@ -138,7 +138,7 @@ pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) ->
     if status.is_server_error() || status == axum::http::StatusCode::TOO_MANY_REQUESTS {
         span.record("otel.status_code", "ERROR");
     }
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(axum::body::Bytes::from(id)) {
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
@@ -186,7 +186,8 @@ pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, m: &Figures, arriv
         ),
     ];
     for (k, v) in pairs {
-        if let Ok(v) = HeaderValue::from_str(&v) {
+        // The string's buffer becomes the value's (no second copy).
+        if let Ok(v) = HeaderValue::from_maybe_shared(axum::body::Bytes::from(v)) {
             headers.insert(k, v);
         }
     }

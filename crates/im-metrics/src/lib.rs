@@ -29,7 +29,7 @@ pub use lanes::{LaneFigures, LaneStats};
 pub use subsystems::{
     CacheMetrics, ClusterMetrics, ConfigMetrics, HttpMetrics, JobMetrics, WsMetrics,
 };
-pub use tenants::TenantMetrics;
+pub use tenants::{InSystem, TenantFigures, TenantMetrics};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -179,7 +179,6 @@ struct State {
     last_errors: VecDeque<ErrorEntry>,
     ws_closed: BTreeMap<&'static str, u64>,
     timeline: VecDeque<Value>,
-    tenants: tenants::Tenants,
 }
 
 /// Lane events the timeline keeps (the dashboard shows the last minutes).
@@ -189,6 +188,9 @@ pub const TIMELINE: usize = 512;
 #[derive(Clone)]
 pub struct Metrics {
     state: Arc<Mutex<State>>,
+    tenants: Arc<tenants::Tenants>,
+    /// `im_overhead_seconds`, registered when first recorded.
+    overhead: Arc<std::sync::OnceLock<metrics::Histogram>>,
     started: Instant,
     registry: registry::Registry,
     lanes: LaneStats,
@@ -211,6 +213,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         Metrics {
             state: Arc::default(),
+            tenants: Arc::default(),
+            overhead: Arc::default(),
             started: Instant::now(),
             registry: registry::Registry::new(),
             lanes: LaneStats::default(),
@@ -219,6 +223,12 @@ impl Metrics {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tenants_read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<tenants::TenantFigures>>> {
+        self.tenants.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Prometheus text for `GET /metrics`.

@@ -11,9 +11,9 @@ pub struct HttpMetrics<'a>(pub(crate) &'a Metrics);
 impl HttpMetrics<'_> {
     /// Time im added to one request outside queue wait and upstream time.
     pub fn overhead(&self, d: Duration) {
-        self.0
-            .registry
-            .histogram(names::OVERHEAD_SECONDS, &[])
+        let m = self.0;
+        m.overhead
+            .get_or_init(|| m.registry.histogram(names::OVERHEAD_SECONDS, &[]))
             .record(d.as_secs_f64());
     }
 }

@@ -438,20 +438,20 @@ impl Service {
     ) -> Result<Completion, ServiceError> {
         let tenants = self.tenants();
         let label = tenants.label(&caller.tenant);
-        let figures = self.engine.metrics().tenants();
-        let _in_system = figures.entered(&label);
+        let figures = self.engine.metrics().tenants().of(&label);
+        let _in_system = figures.entered();
         let mut tokens = None;
         let result = self.run_as(call, caller, &tenants, &mut tokens).await;
         let batch = is_batch(caller, tenants.spec(&caller.tenant));
         let class = if batch { "batch" } else { "interactive" };
         let (outcome, wait) = match &result {
             Ok(done) => {
-                figures.served(&label, class, done.meta.processing);
+                figures.served(class, done.meta.processing);
                 ("ok", Some(done.meta.queue_wait))
             }
             Err(e) => (e.kind.as_str(), None),
         };
-        figures.request(&label, class, outcome, wait, tokens);
+        figures.request(class, outcome, wait, tokens);
         result
     }
 

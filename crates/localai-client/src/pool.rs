@@ -8,9 +8,9 @@
 //!
 //! Rules:
 //! - A pooled connection the upstream has closed is noticed when taken (it is polled once) and
-//!   dropped; one that fails before its answer started (a keep-alive the upstream closed as the
-//!   request left) is retried once on a new connection. Nothing else is retried here: retries
-//!   of failed attempts are the engine's.
+//!   dropped; a request a pooled connection could not send (closed as it was taken) is sent
+//!   once more on a new connection. Nothing that left is retried here: a request the upstream
+//!   may have received is the engine's to retry (its attempts are counted).
 //! - At most [`MAX_IDLE`] connections wait in the pool; one idle for [`IDLE_FOR`] is closed.
 
 use std::future::{Future, poll_fn};
@@ -175,9 +175,9 @@ impl Pool {
                 Err(mut e) => {
                     let unsent = e.take_message().is_some();
                     let e = e.into_error();
-                    // A keep-alive the upstream closed as the request left: once, anew.
-                    let stale = unsent || e.is_canceled() || e.is_incomplete_message();
-                    if reused && stale && !retried {
+                    // A keep-alive the upstream had closed before the request left: once, anew.
+                    // A request that left may have been served: its failure is the engine's.
+                    if reused && (unsent || e.is_canceled()) && !retried {
                         retried = true;
                         continue;
                     }

@@ -300,10 +300,7 @@ pub fn allocations(out: &mut String, requests: u32) -> Result<()> {
     let (sim_p, im_p) = (free_port(), free_port());
     let _sim = start_sim(sim_p, 0.0, None)?;
     let file = std::env::temp_dir().join(format!("im-bench-allocations-{im_p}"));
-    let env = [(
-        "IM_ALLOCATIONS_FILE".to_owned(),
-        file.display().to_string(),
-    )];
+    let env = [("IM_ALLOCATIONS_FILE".to_owned(), file.display().to_string())];
     let _im = start_im_with(&release_bin(COUNTING_IM), im_p, sim_p, &config(), &env)?;
     let url = format!("http://127.0.0.1:{im_p}/v1/chat/completions");
     let body =
@@ -323,7 +320,15 @@ pub fn allocations(out: &mut String, requests: u32) -> Result<()> {
     let started = std::time::Instant::now();
     let before = count()?;
     let ok = Command::new("oha")
-        .args(["--no-tui", "-n", &requests.to_string(), "-c", "16", "-m", "POST"])
+        .args([
+            "--no-tui",
+            "-n",
+            &requests.to_string(),
+            "-c",
+            "16",
+            "-m",
+            "POST",
+        ])
         .args(["-H", "content-type: application/json"])
         .args(["-H", &format!("x-api-key: {TENANT_KEY}")])
         .args(["-d", &body, &url])
