@@ -52,8 +52,9 @@ impl ModelEcho {
             .any(|(m, names)| m == asked && names.iter().any(|n| n == answered || n == base))
     }
 
-    fn check(&self, asked: &str, raw: &serde_json::Value) -> Result<(), ClientError> {
-        match raw.get("model").and_then(serde_json::Value::as_str) {
+    /// An answer naming `answered` (its `model`, when it names one) for a request for `asked`.
+    fn check(&self, asked: &str, answered: Option<&str>) -> Result<(), ClientError> {
+        match answered {
             Some(answered) if !self.accepts(asked, answered) => Err(ClientError::WrongModel {
                 asked: asked.to_owned(),
                 answered: localai_client::summarize(answered),
@@ -108,7 +109,7 @@ impl Attempt {
             } => match self.backend.chat(lane, req).await {
                 Ok(c) => self
                     .echo
-                    .check(&req.model, &c.raw)
+                    .check(&req.model, c.raw.model())
                     .map(|()| Output::Chat(c)),
                 Err(e) => Err(e),
             },
@@ -132,7 +133,7 @@ impl Attempt {
             } => match self.backend.json(lane, path, body).await {
                 Ok(j) => self
                     .echo
-                    .check(self.job.model(), &j.raw)
+                    .check(self.job.model(), j.raw.model())
                     .map(|()| Output::Json(j)),
                 Err(e) => Err(e),
             },
@@ -183,7 +184,13 @@ impl Attempt {
         let (id, lane) = (self.id, self.lane);
         // Nothing reaches the caller before the first chunk: an error here can be retried.
         let first: Result<ChatChunk, ClientError> = match stream.next().await {
-            Some(Ok(chunk)) => self.echo.check(model, &chunk.raw).map(|()| chunk),
+            Some(Ok(chunk)) => self
+                .echo
+                .check(
+                    model,
+                    chunk.raw.get("model").and_then(serde_json::Value::as_str),
+                )
+                .map(|()| chunk),
             Some(Err(e)) => Err(e),
             None => Err(ClientError::Protocol(
                 "the stream ended before its first chunk".into(),

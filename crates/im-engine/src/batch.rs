@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use inference_queue::Kind;
 use localai_client::JsonResponse;
 use serde_json::{Map, Value};
@@ -253,10 +252,13 @@ impl Batcher {
                     let mut meta = done.meta.clone();
                     meta.request_id = item.job.request_id.clone();
                     meta.queue_wait += closed.saturating_duration_since(item.arrived);
-                    let body = Bytes::from(raw.to_string());
+                    let raw = localai_client::JsonBody::from_value(raw);
                     let _ = item.reply.send(Ok(Completion {
                         meta,
-                        output: Output::Json(JsonResponse { raw, body }),
+                        output: Output::Json(JsonResponse {
+                            body: raw.bytes().clone(),
+                            raw,
+                        }),
                     }));
                 }
             }

@@ -37,8 +37,8 @@ pub enum Reply {
     Chat {
         /// `choices[0].message.content`.
         content: String,
-        /// The completion, parsed.
-        raw: Value,
+        /// The completion (parsed when read).
+        raw: localai_client::JsonBody,
         /// The completion's bytes, to pass on unchanged.
         body: Bytes,
     },
@@ -51,8 +51,8 @@ pub enum Reply {
     },
     /// An OpenAI-shaped answer passed through as JSON.
     Json {
-        /// Parsed.
-        raw: Value,
+        /// The answer (parsed when read).
+        raw: localai_client::JsonBody,
         /// Its bytes, to pass on unchanged.
         body: Bytes,
     },

@@ -763,12 +763,11 @@ impl Drop for Live<'_> {
 
 /// The tokens an answer says it used (`usage.total_tokens`), when it says.
 fn tokens_used(done: &Completion) -> Option<u64> {
-    let raw = match &done.output {
-        im_engine::Output::Chat(c) => &c.raw,
-        im_engine::Output::Json(j) => &j.raw,
-        _ => return None,
-    };
-    raw["usage"]["total_tokens"].as_u64()
+    match &done.output {
+        im_engine::Output::Chat(c) => c.raw.total_tokens(),
+        im_engine::Output::Json(j) => j.raw.total_tokens(),
+        _ => None,
+    }
 }
 
 /// Whether `caller`'s work is batch work: it asked (`X-Im-Priority: batch`, a job), or its

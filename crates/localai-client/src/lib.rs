@@ -17,6 +17,7 @@
 
 mod client;
 mod error;
+mod json_body;
 mod pool;
 pub mod sse;
 pub mod vision;
@@ -30,3 +31,4 @@ pub use client::{
 pub use error::{
     ClientError, ErrorClass, MAX_MESSAGE_CHARS, MAX_RETRY_AFTER, parse_retry_after, summarize,
 };
+pub use json_body::JsonBody;

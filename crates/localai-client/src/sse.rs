@@ -88,18 +88,18 @@ fn parse_chunk(data: &str) -> Result<Option<ChatChunk>, ClientError> {
         return Err(ClientError::Stream(msg));
     }
     // A chat chunk's `delta.content`, or a text completion chunk's `text`.
-    let delta = raw
-        .pointer("/choices/0/delta/content")
-        .or_else(|| raw.pointer("/choices/0/text"))
-        .and_then(Value::as_str)
+    // (Indexing, not `pointer`: a pointer allocates a string per step.)
+    let choice = &raw["choices"][0];
+    let delta = choice["delta"]["content"]
+        .as_str()
+        .or_else(|| choice["text"].as_str())
         .unwrap_or("")
         .to_owned();
     if let Some(msg) = delta.strip_prefix("Internal error:") {
         return Err(ClientError::Stream(msg.trim().to_owned()));
     }
-    let finish_reason = raw
-        .pointer("/choices/0/finish_reason")
-        .and_then(Value::as_str)
+    let finish_reason = raw["choices"][0]["finish_reason"]
+        .as_str()
         .map(str::to_owned);
     Ok(Some(ChatChunk {
         raw,

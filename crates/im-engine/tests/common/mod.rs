@@ -55,9 +55,11 @@ impl Backend for Scripted {
         if self.gone(lane) {
             return Err(ClientError::Connect("connection refused".into()));
         }
-        let raw = json!({"model": req.model, "choices": [{"message": {"content": "ok"}}]});
+        let raw = localai_client::JsonBody::from_value(
+            json!({"model": req.model, "choices": [{"message": {"content": "ok"}}]}),
+        );
         Ok(ChatResponse {
-            body: raw.to_string().into(),
+            body: raw.bytes().clone(),
             raw,
             content: "ok".into(),
         })

@@ -154,7 +154,7 @@ fn seed(reply: Reply, figures: Figures) -> Result<Answer, ServiceError> {
             &TextResult {
                 figures: SeedFigures::from(&figures),
                 content,
-                completion: raw,
+                completion: raw.into_value(),
             },
             figures,
         ),

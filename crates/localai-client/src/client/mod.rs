@@ -9,6 +9,7 @@ use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::JsonBody;
 use crate::error::{ClientError, parse_retry_after, summarize};
 use crate::sse::SseParser;
 use crate::vision::normalize_messages;
@@ -320,15 +321,18 @@ impl LocalAiClient {
     /// Read a JSON body within `total` (measured from the call's start by the caller), at most
     /// `max_body` bytes.
     async fn json(&self, resp: Response, total: Duration) -> Result<Value, ClientError> {
-        self.json_and_body(resp, total).await.map(|(v, _)| v)
+        self.json_and_body(resp, total)
+            .await
+            .map(|(body, _)| body.into_value())
     }
 
-    /// [`Self::json`], and the body's bytes as they came (to pass on without re-serialising).
+    /// The answer as a [`JsonBody`] (its bytes, passed on without re-serialising, and what im
+    /// reads of it), with a chat's `choices[0].message.content` when it is text.
     async fn json_and_body(
         &self,
         resp: Response,
         total: Duration,
-    ) -> Result<(Value, Bytes), ClientError> {
+    ) -> Result<(JsonBody, Option<String>), ClientError> {
         let is_json = resp
             .headers
             .get(CONTENT_TYPE)
@@ -350,9 +354,7 @@ impl LocalAiClient {
                 body.len()
             )));
         }
-        let v = serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))?;
-        Ok((v, Bytes::from(body)))
+        JsonBody::read(Bytes::from(body))
     }
 
     /// The upstream body: the request as it is (serialised straight from it, nothing copied),
@@ -383,20 +385,18 @@ impl LocalAiClient {
                     self.cfg.chat_first_byte,
                 )
                 .await?;
-            let (raw, body) = self.json_and_body(resp, total).await?;
-            let content = raw
-                .pointer("/choices/0/message/content")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    ClientError::Protocol(
-                        "no choices[0].message.content in the chat response".into(),
-                    )
-                })?
-                .to_owned();
+            let (raw, content) = self.json_and_body(resp, total).await?;
+            let content = content.ok_or_else(|| {
+                ClientError::Protocol("no choices[0].message.content in the chat response".into())
+            })?;
             if let Some(msg) = content.strip_prefix("Internal error:") {
                 return Err(ClientError::Stream(msg.trim().to_owned()));
             }
-            Ok(ChatResponse { raw, body, content })
+            Ok(ChatResponse {
+                body: raw.bytes().clone(),
+                raw,
+                content,
+            })
         };
         within(total, work).await
     }
@@ -422,8 +422,11 @@ impl LocalAiClient {
             let resp = self
                 .send(self.post_json(path, body)?, self.cfg.chat_first_byte)
                 .await?;
-            let (raw, body) = self.json_and_body(resp, total).await?;
-            Ok(JsonResponse { raw, body })
+            let (raw, _) = self.json_and_body(resp, total).await?;
+            Ok(JsonResponse {
+                body: raw.bytes().clone(),
+                raw,
+            })
         };
         within(total, work).await
     }

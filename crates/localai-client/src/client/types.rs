@@ -31,8 +31,8 @@ pub struct ChatRequest {
 /// An answer passed through as JSON: parsed, and its bytes as they came.
 #[derive(Clone, Debug)]
 pub struct JsonResponse {
-    /// The body, parsed.
-    pub raw: Value,
+    /// The body: parsed when read.
+    pub raw: crate::JsonBody,
     /// The same body's bytes, to pass on unchanged.
     pub body: Bytes,
 }
@@ -101,8 +101,8 @@ impl Upload {
 /// A completed chat: LocalAI's OpenAI-shaped body and the answer text.
 #[derive(Clone, Debug)]
 pub struct ChatResponse {
-    /// The body as LocalAI sent it (`chat.completion`), parsed.
-    pub raw: Value,
+    /// The body as LocalAI sent it (`chat.completion`): parsed when read.
+    pub raw: crate::JsonBody,
     /// The same body's bytes, to pass on unchanged.
     pub body: Bytes,
     /// `choices[0].message.content`.
