@@ -36,7 +36,8 @@ pub(crate) async fn json_route(
 ) -> Result<Response, HttpError> {
     let bytes = body(b, st.service.body_limit())?;
     if arrived.progress {
-        return crate::progress::respond(route, st, caller, arrived, bytes).await;
+        // Boxed: only a request in progress mode holds that future.
+        return Box::pin(crate::progress::respond(route, st, caller, arrived, bytes)).await;
     }
     let answer = st.service.respond(route, bytes, caller, arrived.at).await?;
     Ok(write(st, route, answer, caller, arrived))

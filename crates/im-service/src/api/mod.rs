@@ -142,7 +142,8 @@ impl Service {
                 text,
                 params,
             } => {
-                let outcome = self.run_task(&entry, &text, &params, caller).await;
+                // Boxed: a waiting request holds the larger task future only when it is one.
+                let outcome = Box::pin(self.run_task(&entry, &text, &params, caller)).await;
                 Ok(answer::task(
                     &caller.request_id,
                     arrived,
