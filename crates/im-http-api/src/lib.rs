@@ -114,7 +114,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The whole HTTP API, with `extra` routes (the binary mounts MCP at `/mcp` this way) behind the
-/// same middleware: request id, auth, body limit.
+/// same middleware: request id, auth, panic catching, body limit.
 pub fn router_with(
     state: AppState,
     extra: impl FnOnce(Router<AppState>) -> Router<AppState>,
@@ -136,10 +136,15 @@ pub fn router_with(
             )
             .into_response()
         })
-        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state.clone());
+    // The middleware wraps the router once, outside it, rather than every route inside it: a
+    // request then clones one stack, not a boxed stack per layer per route.
+    let stack = tower::ServiceBuilder::new()
+        .layer(from_fn_with_state(state, state::caller))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
-        ));
-    api.layer(from_fn_with_state(state.clone(), state::caller))
-        .with_state(state)
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .service(api);
+    Router::new().fallback_service(stack)
 }

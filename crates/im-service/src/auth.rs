@@ -88,7 +88,14 @@ impl TenantId {
 
     /// The tenant of a caller without a key (authentication off, or a local process).
     pub fn anonymous() -> TenantId {
-        TenantId::new("anonymous")
+        static ANONYMOUS: std::sync::LazyLock<TenantId> =
+            std::sync::LazyLock::new(|| TenantId::new("anonymous"));
+        ANONYMOUS.clone()
+    }
+
+    /// Whether it is [`Self::anonymous`].
+    pub fn is_anonymous(&self) -> bool {
+        &*self.0 == "anonymous"
     }
 
     /// Its name.

@@ -80,10 +80,12 @@ impl TenantPolicy {
     /// The label `tenant` is counted under in metrics: its name when configured (or the one
     /// anonymous tenant), `other` for the rest, so the label set stays bounded.
     pub fn label(&self, tenant: &TenantId) -> Arc<str> {
-        if self.specs.contains_key(tenant.as_str()) || *tenant == TenantId::anonymous() {
+        static OTHER: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from("other"));
+        if self.specs.contains_key(tenant.as_str()) || tenant.is_anonymous() {
             tenant.shared()
         } else {
-            Arc::from("other")
+            OTHER.clone()
         }
     }
 
