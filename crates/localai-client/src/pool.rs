@@ -360,6 +360,15 @@ mod tests {
         (port, conns)
     }
 
+    fn pool_at(port: u16) -> Arc<Pool> {
+        Pool::new(
+            &format!("http://127.0.0.1:{port}"),
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    }
+
     async fn read_all(mut b: PooledBody) -> Vec<u8> {
         let mut out = Vec::new();
         while let Some(chunk) = b.next().await {
@@ -371,12 +380,7 @@ mod tests {
     #[tokio::test]
     async fn answers_read_to_their_end_reuse_one_connection() {
         let (port, conns) = server("{\"ok\":true}", usize::MAX).await;
-        let pool = Pool::new(
-            &format!("http://127.0.0.1:{port}"),
-            None,
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let pool = pool_at(port);
         for _ in 0..5 {
             let a = pool
                 .post_json("/v1/x", Bytes::from_static(b"{}"), None)
@@ -393,12 +397,7 @@ mod tests {
         // One answer per connection, then the server closes it: every call finds the pooled
         // connection dead (or dying) and succeeds on a new one.
         let (port, conns) = server("{}", 1).await;
-        let pool = Pool::new(
-            &format!("http://127.0.0.1:{port}"),
-            None,
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let pool = pool_at(port);
         for _ in 0..4 {
             let a = pool
                 .post_json("/v1/x", Bytes::from_static(b"{}"), None)
@@ -414,12 +413,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_half_read_does_not_go_back_to_the_pool() {
         let (port, conns) = server("{\"long\":\"answer\"}", usize::MAX).await;
-        let pool = Pool::new(
-            &format!("http://127.0.0.1:{port}"),
-            None,
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let pool = pool_at(port);
         let a = pool
             .post_json("/v1/x", Bytes::from_static(b"{}"), None)
             .await
