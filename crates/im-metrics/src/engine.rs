@@ -146,10 +146,17 @@ impl<'a> EngineMetrics<'a> {
 
     /// A prompt of `blocks` blocks went to `lane`, `cached` of them sent there before.
     pub fn prefix(&self, lane: &str, model: &str, cached: usize, blocks: usize) {
-        for (is_cached, n) in [("true", cached), ("false", blocks.saturating_sub(cached))] {
-            self.0
-                .registry
-                .counter(
+        let m = self.0;
+        let known = m
+            .prefix_blocks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(lane)
+            .and_then(|by_model| by_model.get(model))
+            .cloned();
+        let [hit, miss] = known.unwrap_or_else(|| {
+            let counter = |is_cached: &str| {
+                m.registry.counter(
                     names::PREFIX_BLOCKS_TOTAL,
                     &[
                         ("lane", lane.to_owned()),
@@ -157,8 +164,18 @@ impl<'a> EngineMetrics<'a> {
                         ("cached", is_cached.to_owned()),
                     ],
                 )
-                .increment(n as u64);
-        }
+            };
+            let pair = [counter("true"), counter("false")];
+            m.prefix_blocks
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(lane.to_owned())
+                .or_default()
+                .insert(model.to_owned(), pair.clone());
+            pair
+        });
+        hit.increment(cached as u64);
+        miss.increment(blocks.saturating_sub(cached) as u64);
     }
 
     /// A request of `kind` first started `error` away from its predicted start.

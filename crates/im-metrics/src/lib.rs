@@ -184,6 +184,9 @@ struct State {
 /// Lane events the timeline keeps (the dashboard shows the last minutes).
 pub const TIMELINE: usize = 512;
 
+/// Lane → model → the prefix-block counters (cached, uncached).
+type PrefixCounters = BTreeMap<String, BTreeMap<String, [metrics::Counter; 2]>>;
+
 /// The metrics of one im instance. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -191,6 +194,9 @@ pub struct Metrics {
     tenants: Arc<tenants::Tenants>,
     /// `im_overhead_seconds`, registered when first recorded.
     overhead: Arc<std::sync::OnceLock<metrics::Histogram>>,
+    /// `im_prefix_blocks_total` by lane, then model: cached, uncached (a dispatch adds to them
+    /// without building labels).
+    prefix_blocks: Arc<std::sync::RwLock<PrefixCounters>>,
     started: Instant,
     registry: registry::Registry,
     lanes: LaneStats,
@@ -215,6 +221,7 @@ impl Metrics {
             state: Arc::default(),
             tenants: Arc::default(),
             overhead: Arc::default(),
+            prefix_blocks: Arc::default(),
             started: Instant::now(),
             registry: registry::Registry::new(),
             lanes: LaneStats::default(),
