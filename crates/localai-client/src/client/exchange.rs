@@ -15,8 +15,9 @@ use crate::pool::PooledBody;
 
 /// A request ready to go.
 pub(super) enum Outgoing<'a> {
-    /// `POST path` with a JSON body, on the pool.
-    Pooled { path: &'a str, body: Bytes },
+    /// `POST path` with a JSON body: on the pool when the upstream has one, else the general
+    /// client.
+    Json { path: &'a str, body: Bytes },
     /// Anything else, on the general client.
     General(Box<reqwest::RequestBuilder>),
 }

@@ -205,7 +205,7 @@ impl LocalAiClient {
         self.decorate(self.http.post(url))
     }
 
-    /// `POST path` with `body` as JSON: on the pool when there is one.
+    /// `POST path` with `body` as JSON: on the pool when there is one ([`Self::send`] decides).
     fn post_json<'a>(
         &self,
         path: &'a str,
@@ -213,16 +213,9 @@ impl LocalAiClient {
     ) -> Result<Outgoing<'a>, ClientError> {
         let bytes = serde_json::to_vec(body)
             .map_err(|e| ClientError::Protocol(format!("cannot serialise the request: {e}")))?;
-        Ok(match &self.pool {
-            Some(_) => Outgoing::Pooled {
-                path,
-                body: Bytes::from(bytes),
-            },
-            None => Outgoing::general(
-                self.post(path)
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(bytes),
-            ),
+        Ok(Outgoing::Json {
+            path,
+            body: Bytes::from(bytes),
         })
     }
 
@@ -255,11 +248,11 @@ impl LocalAiClient {
     async fn send(&self, out: Outgoing<'_>, first_byte: Duration) -> Result<Response, ClientError> {
         let sent = async {
             match (out, &self.pool) {
-                (Outgoing::Pooled { path, body }, Some(pool)) => pool
+                (Outgoing::Json { path, body }, Some(pool)) => pool
                     .post_json(path, body, self.hooked_headers().as_ref())
                     .await
                     .map(Response::pooled),
-                (Outgoing::Pooled { path, body }, None) => self
+                (Outgoing::Json { path, body }, None) => self
                     .post(path)
                     .header(CONTENT_TYPE, "application/json")
                     .body(body)
