@@ -311,12 +311,12 @@ impl LocalAiClient {
         })
     }
 
-    /// Read a JSON body within `total` (measured from the call's start by the caller), at most
-    /// `max_body` bytes.
+    /// A JSON body parsed whole (control calls, images), read within `total` (measured from the
+    /// call's start by the caller), at most `max_body` bytes.
     async fn json(&self, resp: Response, total: Duration) -> Result<Value, ClientError> {
-        self.json_and_body(resp, total)
-            .await
-            .map(|(body, _)| body.into_value())
+        let body = self.json_bytes(resp, total).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))
     }
 
     /// The answer as a [`JsonBody`] (its bytes, passed on without re-serialising, and what im
@@ -326,6 +326,11 @@ impl LocalAiClient {
         resp: Response,
         total: Duration,
     ) -> Result<(JsonBody, Option<String>), ClientError> {
+        JsonBody::read(Bytes::from(self.json_bytes(resp, total).await?))
+    }
+
+    /// A JSON answer's bytes, read within `total` and `max_body`.
+    async fn json_bytes(&self, resp: Response, total: Duration) -> Result<Vec<u8>, ClientError> {
         let is_json = resp
             .headers
             .get(CONTENT_TYPE)
@@ -347,7 +352,7 @@ impl LocalAiClient {
                 body.len()
             )));
         }
-        JsonBody::read(Bytes::from(body))
+        Ok(body)
     }
 
     /// The upstream body: the request as it is (serialised straight from it, nothing copied),
