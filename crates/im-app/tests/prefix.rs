@@ -120,3 +120,181 @@ async fn a_conversations_turns_return_to_the_lane_that_holds_its_history() {
         "cached share: prefix-aware {prefix_aware:.2}, round_robin {round_robin:.2}"
     );
 }
+
+/// A key of `tenant` with `scopes`.
+fn key(k: &str, scopes: &[&str], tenant: &str) -> im_app::config::KeyEntry {
+    im_app::config::KeyEntry {
+        key: k.into(),
+        scopes: scopes
+            .iter()
+            .map(|s| serde_json::from_value(json!(s)).expect("scope"))
+            .collect(),
+        rate_limit_per_s: None,
+        rate_limit_burst: None,
+        tenant: Some(tenant.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_probe_tells_a_tenant_only_what_it_sent_itself() {
+    let mut sims = Vec::new();
+    for seed in 0..2 {
+        sims.push(
+            SimServer::start(SimConfig {
+                time_scale: 0.01,
+                seed,
+                ..SimConfig::default()
+            })
+            .await
+            .expect("sim"),
+        );
+    }
+    let mut cfg = ImConfig::default();
+    cfg.upstreams = sims
+        .iter()
+        .map(|s| format!("http://{}", s.addr()).into())
+        .collect();
+    cfg.tenants = ["alice", "bob", "ops"]
+        .iter()
+        .map(|n| im_app::config::TenantEntry {
+            name: (*n).into(),
+            ..Default::default()
+        })
+        .collect();
+    cfg.keys = vec![
+        key("alice-key", &["infer", "metrics"], "alice"),
+        key("bob-key", &["infer", "metrics"], "bob"),
+        key("ops-key", &["infer", "metrics", "operator"], "ops"),
+    ];
+    cfg.jobs.enabled = false;
+    cfg.models = vec![ModelEntry {
+        name: LLM.into(),
+        kinds: vec!["txt2txt".into()],
+        max_in_flight: Some(2),
+        ..Default::default()
+    }];
+    let built = app::build(cfg, None).await.expect("build");
+    let url = common::listen(&built).await;
+    let client = reqwest::Client::new();
+    let messages = json!([
+        {"role": "system", "content": "You keep the accounts of a small bakery. ".repeat(20)},
+        {"role": "user", "content": "What did we sell on Tuesday, and to whom?"},
+    ]);
+    let resp = client
+        .post(format!("{url}/v1/chat/completions"))
+        .header("x-api-key", "alice-key")
+        .json(&json!({"model": LLM, "messages": messages, "max_tokens": 8}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let probe = |key: &'static str, messages: String| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let resp = client
+                .get(format!("{url}/placement"))
+                .header("x-api-key", key)
+                .query(&[("kind", "txt2txt"), ("model", LLM), ("messages", &messages)])
+                .send()
+                .await
+                .expect("probe");
+            let status = resp.status();
+            (status, resp.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, alice) = probe("alice-key", messages.to_string()).await;
+    assert_eq!(status, 200, "{alice}");
+    let prompt_chars = alice["prompt"]["prompt_chars"]
+        .as_u64()
+        .expect("prompt_chars");
+    assert!(prompt_chars >= 800, "{alice}");
+    assert_eq!(
+        alice["prompt"]["cached_chars"], prompt_chars,
+        "the tenant that sent it sees all of it cached: {alice}"
+    );
+    assert_eq!(alice["prompt"]["own_tenant_only"], true);
+    let holder = alice["prompt"]["backend"]
+        .as_str()
+        .expect("backend")
+        .to_owned();
+    let held: Vec<u64> = alice["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["prompt_cached_chars"].as_u64().expect("per backend"))
+        .collect();
+    assert_eq!(held.iter().filter(|c| **c > 0).count(), 1, "{alice}");
+    // Another tenant probing the same prompt learns nothing of it.
+    let (_, bob) = probe("bob-key", messages.to_string()).await;
+    assert_eq!(bob["prompt"]["cached_chars"], 0, "{bob}");
+    assert!(
+        bob["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .all(|b| b["prompt_cached_chars"] == 0),
+        "{bob}"
+    );
+    // An operator sees every tenant's.
+    let (_, ops) = probe("ops-key", messages.to_string()).await;
+    assert_eq!(ops["prompt"]["cached_chars"], prompt_chars, "{ops}");
+    assert_eq!(ops["prompt"]["backend"], holder.as_str());
+    assert_eq!(ops["prompt"]["own_tenant_only"], false);
+    // A malformed list is a 400 naming the field.
+    let (status, bad) = probe("alice-key", "{not json".into()).await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["param"], "messages", "{bad}");
+}
+
+/// Two turns of one conversation sent to `url` (with `key`, if any): the prompt tokens the
+/// server found cached on the second.
+async fn second_turn_cached(client: &reqwest::Client, url: &str, key: Option<&str>) -> u64 {
+    let mut messages = vec![
+        json!({"role": "system", "content": "You answer questions about the tides. ".repeat(30)}),
+        json!({"role": "user", "content": "When is high water at Brest today?"}),
+    ];
+    let mut cached = 0;
+    for _ in 0..2 {
+        let mut req = client
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&json!({"model": LLM, "messages": messages, "max_tokens": 4}));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        let resp = req.send().await.expect("send");
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.expect("json");
+        cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .expect("cached_tokens");
+        messages.push(v["choices"][0]["message"].clone());
+        messages.push(json!({"role": "user", "content": "And tomorrow?"}));
+    }
+    cached
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llama_cpp_server_is_asked_to_keep_the_prompt_cached() {
+    // A llama-server of before late 2024: it reuses a cached prompt only when asked.
+    let sim = SimServer::start(SimConfig {
+        time_scale: 0.0,
+        mode: localai_sim::SimMode::LlamaCppRouter,
+        prompt_cache_tokens: 32_768,
+        cache_prompt_by_default: false,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let client = reqwest::Client::new();
+    // Sent as it is, the second turn finds nothing reused.
+    assert_eq!(second_turn_cached(&client, &sim.url(), None).await, 0);
+    let mut cfg = ImConfig::default();
+    cfg.upstreams = vec![sim.url().into()];
+    cfg.api_keys = vec![DEMO_KEY.into()];
+    cfg.jobs.enabled = false;
+    let built = app::build(cfg, None).await.expect("build");
+    let url = common::listen(&built).await;
+    // Through im, which learned the server's dialect, it reuses the first turn's prompt.
+    let cached = second_turn_cached(&client, &url, Some(DEMO_KEY)).await;
+    assert!(cached > 100, "cached tokens on the second turn: {cached}");
+}

@@ -184,6 +184,30 @@ impl Engine {
             .map_err(|r| EngineError::from_rejection(r, kind))
     }
 
+    /// For each lane that may serve `model`: how many leading blocks of `chain` it was sent, by
+    /// `owner` only (`None`: by anyone, an operator's view). An empty answer: nothing of the
+    /// owner's anywhere, or the engine stopped.
+    pub async fn prefix_probe(
+        &self,
+        kind: Kind,
+        model: &str,
+        chain: inference_queue::PrefixChain,
+        owner: Option<Arc<str>>,
+    ) -> Vec<(LaneId, usize)> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::PrefixProbe {
+            kind,
+            model: model.to_owned(),
+            chain,
+            owner,
+            reply,
+        };
+        if self.tx.send(msg).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// The predicted wait of a request of `kind` for `model` submitted now
     /// ([`inference_queue::Scheduler::predicted_wait`]); `None` when no lane may serve it now.
     pub async fn estimate(&self, kind: Kind, model: &str) -> Result<Option<Duration>, EngineError> {

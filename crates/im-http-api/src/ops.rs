@@ -56,28 +56,57 @@ pub struct PlacementQuery {
     pub model: String,
     /// Only this backend (a pinned request).
     pub backend: Option<String>,
+    /// A completion's prompt to look up in each backend's prompt cache (prefix-aware placement):
+    /// how much of it each was sent, counting only your own tenant's requests (every tenant's
+    /// for an admin or operator key).
+    pub prompt: Option<String>,
+    /// A chat's messages to look up likewise: a JSON array as a chat request sends it.
+    pub messages: Option<String>,
 }
 
 /// Where a request would go now and why (the fleet's `select_backend_for_inference`): the
 /// backend, the reason (model loaded there, a load, the models it would unload), its expected
-/// start, and every backend considered. Nothing is queued.
+/// start, and every backend considered. With `prompt` or `messages`, also which backend holds
+/// most of that prompt and how much (`prompt`, and `prompt_cached_chars` per backend), as far as
+/// the caller's own tenant sent it. Nothing is queued.
 #[utoipa::path(get, path = "/placement", tag = "operations", params(PlacementQuery),
-    responses((status = 200, description = "`{kind, model, backend, routing, reason, model_loaded, expected_start_ms, evicts, backends: [{backend, healthy, can_host, model_loaded, eligible, ahead, expected_start_ms}]}`", body = Object),
-              (status = 400, description = "An unknown kind or backend", body = ErrorBody),
+    responses((status = 200, description = "`{kind, model, backend, routing, reason, model_loaded, expected_start_ms, evicts, backends: [{backend, healthy, can_host, model_loaded, eligible, ahead, expected_start_ms, prompt_cached_chars?}], prompt?: {backend, cached_chars, prompt_chars, cached_share, own_tenant_only}}`", body = Object),
+              (status = 400, description = "An unknown kind or backend, or `messages` that is not a JSON array", body = ErrorBody),
               (status = 401, description = "No or a wrong API key", body = ErrorBody),
               (status = 404, description = "An unknown model", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn placement(
     State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<im_service::Caller>,
     query: Result<axum::extract::Query<PlacementQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let q = match kind_and_model(query) {
         Ok(q) => q,
         Err(e) => return crate::error::HttpError::from(e).into_response(),
     };
+    let probe = match (q.prompt, q.messages.as_deref()) {
+        (_, Some(m)) => match serde_json::from_str::<Vec<serde_json::Value>>(m) {
+            Ok(list) => Some(im_service::PromptProbe::Messages(list)),
+            Err(e) => {
+                let e = im_service::ServiceError::invalid(
+                    "messages",
+                    format!("not a JSON array of messages: {e}"),
+                );
+                return crate::error::HttpError::from(e).into_response();
+            }
+        },
+        (Some(p), None) => Some(im_service::PromptProbe::Text(p)),
+        (None, None) => None,
+    };
     match st
         .service
-        .placement(&q.kind, &q.model, q.backend.as_deref())
+        .placement(
+            &caller.principal(),
+            &q.kind,
+            &q.model,
+            q.backend.as_deref(),
+            probe.as_ref(),
+        )
         .await
     {
         Ok(v) => axum::Json(v).into_response(),

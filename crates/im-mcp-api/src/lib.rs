@@ -265,8 +265,8 @@ impl ImMcp {
     ) -> Result<Result<Value, CallToolResult>, ErrorData> {
         Ok(match &*self.target {
             Target::Local(service) => match caller_of(ctx, service, tool, charge) {
-                Ok(_) => service
-                    .placement(kind, model, backend)
+                Ok(caller) => service
+                    .placement(&caller.principal(), kind, model, backend, None)
                     .await
                     .map_err(|e| service_error(&e)),
                 Err(e) => Err(service_error(&e)),

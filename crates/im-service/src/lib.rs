@@ -37,5 +37,5 @@ pub use error::{ErrorType, ServiceError};
 pub use im_engine::{Progress, TRACE_TARGET, truncate};
 pub use inference_queue::Kind;
 pub use registry::{MAX_TEXT_CHARS, Registry, RegistryEntry, TaskAnswer, Template};
-pub use service::{Relayed, Service, ServiceSettings};
+pub use service::{PromptProbe, Relayed, Service, ServiceSettings};
 pub use tenancy::{TenantPolicy, TenantSpec, quota};

@@ -174,6 +174,10 @@ pub struct SimConfig {
     /// Tokens of prompt each chat model keeps cached (0: none; every prompt is prefilled in
     /// full). With a cache, chat answers carry `usage.prompt_tokens_details.cached_tokens`.
     pub prompt_cache_tokens: usize,
+    /// Whether a chat reuses the cached beginning of its prompt when it does not say
+    /// (`cache_prompt`, llama.cpp's request field): `true` as llama-server since late 2024,
+    /// `false` as before.
+    pub cache_prompt_by_default: bool,
 }
 
 impl Default for SimConfig {
@@ -195,6 +199,7 @@ impl Default for SimConfig {
             mode: SimMode::LocalAi,
             context_tokens: 8192,
             prompt_cache_tokens: 0,
+            cache_prompt_by_default: true,
             installed: None,
         }
     }

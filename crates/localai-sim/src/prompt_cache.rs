@@ -24,9 +24,9 @@ pub struct PromptCache {
 }
 
 impl PromptCache {
-    /// Serve `text` with room for `capacity_tokens`: how many of its tokens were cached; it is
-    /// cached now.
-    pub fn serve(&mut self, text: &str, capacity_tokens: usize) -> usize {
+    /// Serve `text` with room for `capacity_tokens`: how many of its tokens were cached and
+    /// reused (none unless `reuse`: a request with `cache_prompt: false`); it is cached now.
+    pub fn serve(&mut self, text: &str, capacity_tokens: usize, reuse: bool) -> usize {
         let mut h = DefaultHasher::new();
         let chain: Vec<u64> = text
             .as_bytes()
@@ -36,10 +36,14 @@ impl PromptCache {
                 h.finish()
             })
             .collect();
-        let cached = chain
-            .iter()
-            .take_while(|b| self.stamp_of.contains_key(b))
-            .count();
+        let cached = if reuse {
+            chain
+                .iter()
+                .take_while(|b| self.stamp_of.contains_key(b))
+                .count()
+        } else {
+            0
+        };
         for b in chain.iter().rev() {
             self.clock += 1;
             if let Some(old) = self.stamp_of.insert(*b, self.clock) {
@@ -86,13 +90,13 @@ mod tests {
     fn a_longer_prompt_with_the_same_start_finds_it_cached() {
         let mut c = PromptCache::default();
         let first = "s".repeat(640);
-        assert_eq!(c.serve(&first, 10_000), 0);
+        assert_eq!(c.serve(&first, 10_000, true), 0);
         let next = format!("{first}{}", "q".repeat(128));
-        assert_eq!(c.serve(&next, 10_000), 640 / CHARS_PER_TOKEN);
+        assert_eq!(c.serve(&next, 10_000, true), 640 / CHARS_PER_TOKEN);
         // Too small a cache keeps only the most recent blocks: the first prompt's head is gone.
         let mut small = PromptCache::default();
-        small.serve(&first, 32);
-        small.serve(&"x".repeat(640), 32);
-        assert_eq!(small.serve(&first, 32), 0);
+        small.serve(&first, 32, true);
+        small.serve(&"x".repeat(640), 32, true);
+        assert_eq!(small.serve(&first, 32, true), 0);
     }
 }

@@ -435,8 +435,12 @@ async fn chat(State(state): State<SimState>, body: Bytes) -> Response {
         Err(r) => return r,
     };
     let tokens = max_tokens(&body);
+    let reuse = body
+        .get("cache_prompt")
+        .and_then(Value::as_bool)
+        .unwrap_or(state.cfg.cache_prompt_by_default);
     let cached = state
-        .prefill(idx, &crate::prompt_cache::rendered(messages))
+        .prefill(idx, &crate::prompt_cache::rendered(messages), reuse)
         .await;
     let prompt = last_text(messages);
     let seen = match image {

@@ -237,14 +237,14 @@ impl SimState {
         self.lock().stats.inputs_total += n as u64;
     }
 
-    /// Prefill `prompt` on `model`: what its cache lacks, one prefill at a time on this server;
-    /// how many of its tokens were cached.
-    pub async fn prefill(&self, model: usize, prompt: &str) -> usize {
+    /// Prefill `prompt` on `model`: what its cache lacks (all of it unless `reuse`), one prefill
+    /// at a time on this server; how many of its tokens were cached and reused.
+    pub async fn prefill(&self, model: usize, prompt: &str, reuse: bool) -> usize {
         let capacity = self.cfg.prompt_cache_tokens;
         let cached = {
             let mut g = self.lock();
             let cached = if capacity > 0 {
-                g.prompts[model].serve(prompt, capacity)
+                g.prompts[model].serve(prompt, capacity, reuse)
             } else {
                 0
             };

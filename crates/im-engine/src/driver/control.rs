@@ -61,6 +61,15 @@ impl Driver {
             } => {
                 let _ = reply.send(self.core.advise(kind, &model, lane));
             }
+            Msg::PrefixProbe {
+                kind,
+                model,
+                chain,
+                owner,
+                reply,
+            } => {
+                let _ = reply.send(self.prefix_probe(kind, &model, &chain, owner));
+            }
             Msg::Shutdown { grace, done } => {
                 self.core.shutdown(now);
                 match &mut self.shutdown {
@@ -70,5 +79,24 @@ impl Driver {
             }
             _ => unreachable!("requests are handled before"),
         }
+    }
+
+    /// A cache probe as `owner` may see it (`None`: every tenant's blocks); an owner the core
+    /// never saw sent nothing anywhere.
+    fn prefix_probe(
+        &self,
+        kind: inference_queue::Kind,
+        model: &str,
+        chain: &[u64],
+        owner: Option<std::sync::Arc<str>>,
+    ) -> Vec<(inference_queue::LaneId, usize)> {
+        let tenant = match owner {
+            None => None,
+            Some(o) => match self.tenants.get(&o) {
+                Some((id, _)) => Some(*id),
+                None => return Vec::new(),
+            },
+        };
+        self.core.prefix_probe(kind, model, chain, tenant)
     }
 }

@@ -113,6 +113,15 @@ pub(crate) enum Msg {
         lane: Option<LaneId>,
         reply: oneshot::Sender<Result<Advice, Rejection>>,
     },
+    /// A cache probe ([`inference_queue::Scheduler::prefix_probe`]): `owner` `None` sees every
+    /// tenant's blocks.
+    PrefixProbe {
+        kind: Kind,
+        model: String,
+        chain: inference_queue::PrefixChain,
+        owner: Option<Arc<str>>,
+        reply: oneshot::Sender<Vec<(LaneId, usize)>>,
+    },
     /// The predicted wait of a new request.
     Estimate {
         kind: Kind,

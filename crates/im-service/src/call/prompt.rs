@@ -18,27 +18,37 @@ pub const BLOCK_CHARS: usize = 64;
 /// The chain of `payload`'s prompt, for a chat or a text completion; `None` for other work or a
 /// prompt shorter than a block.
 pub fn chain_of(payload: &Payload) -> Option<PrefixChain> {
-    let mut text = String::new();
     match payload {
-        Payload::Chat { req, .. } => {
-            for m in &req.messages {
-                text.push_str(m["role"].as_str().unwrap_or_default());
-                text.push('\n');
-                push_content(&mut text, &m["content"]);
-                text.push('\n');
-            }
-        }
+        Payload::Chat { req, .. } => chain_of_messages(payload.model(), &req.messages),
         Payload::Json { path, body, .. } if path.ends_with("/completions") => {
+            let mut text = String::new();
             push_content(&mut text, body.get("prompt")?);
+            chain_of_text(payload.model(), &text)
         }
-        _ => return None,
+        _ => None,
     }
+}
+
+/// The chain of a chat's `messages` for `model` (each message's role and text, in order).
+pub fn chain_of_messages(model: &str, messages: &[Value]) -> Option<PrefixChain> {
+    let mut text = String::new();
+    for m in messages {
+        text.push_str(m["role"].as_str().unwrap_or_default());
+        text.push('\n');
+        push_content(&mut text, &m["content"]);
+        text.push('\n');
+    }
+    chain_of_text(model, &text)
+}
+
+/// The chain of a completion's prompt `text` for `model`; `None` when shorter than a block.
+pub fn chain_of_text(model: &str, text: &str) -> Option<PrefixChain> {
     let blocks = text.len() / BLOCK_CHARS;
     if blocks == 0 {
         return None;
     }
     let mut h = std::hash::DefaultHasher::new();
-    payload.model().hash(&mut h);
+    model.hash(&mut h);
     let mut chain = Vec::with_capacity(blocks);
     for block in text.as_bytes().chunks_exact(BLOCK_CHARS) {
         block.hash(&mut h);

@@ -523,13 +523,17 @@ impl Scheduler {
         let Some(id) = self.queues.take(group, self.turn(), chosen) else {
             return;
         };
-        if let (Some(p), Some(chain)) = (
+        if let (Some(p), Some((chain, tenant))) = (
             self.cfg.prefix,
-            self.queues.get(id).and_then(|r| r.prefix.clone()),
+            self.queues
+                .get(id)
+                .and_then(|r| Some((r.prefix.clone()?, r.tenant))),
         ) {
             let matched = self.lanes[lane].prefixes.matched(&chain);
             self.lanes[lane].prefixes.count(matched, chain.len());
-            self.lanes[lane].prefixes.sent(&chain, p.blocks_per_lane);
+            self.lanes[lane]
+                .prefixes
+                .sent(&chain, tenant, p.blocks_per_lane);
             if let Some(r) = self.queues.get_mut(id) {
                 r.prefix_matched = matched;
             }

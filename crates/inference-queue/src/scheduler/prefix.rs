@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use super::Scheduler;
 use super::queues::GroupId;
-use crate::types::{ModelId, RequestId, Time};
+use crate::types::{Kind, LaneId, ModelId, RequestId, TenantId, Time};
 
 /// A prompt as the chain of its blocks' hashes (each covering its block and all before it).
 pub type PrefixChain = Arc<[u64]>;
@@ -52,10 +52,36 @@ impl Default for PrefixConfig {
     }
 }
 
+/// How many tenants a block remembers as having sent it: a block sent by more is counted, in a
+/// probe ([`Scheduler::prefix_probe`]), only for the first ones (a probe under-reports; it never
+/// shows a tenant what only others sent).
+const OWNERS: usize = 4;
+
+/// One remembered block: when it was last sent, and the first tenants that sent it.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    stamp: u64,
+    owners: [TenantId; OWNERS],
+    n_owners: u8,
+}
+
+impl Block {
+    fn owned_by(&self, tenant: TenantId) -> bool {
+        self.owners[..usize::from(self.n_owners)].contains(&tenant)
+    }
+
+    fn add_owner(&mut self, tenant: TenantId) {
+        if !self.owned_by(tenant) && usize::from(self.n_owners) < OWNERS {
+            self.owners[usize::from(self.n_owners)] = tenant;
+            self.n_owners += 1;
+        }
+    }
+}
+
 /// The blocks recently sent to one lane, least recently used out first.
 #[derive(Debug, Default)]
 pub(crate) struct PrefixIndex {
-    stamp_of: HashMap<u64, u64>,
+    block: HashMap<u64, Block>,
     by_stamp: BTreeMap<u64, u64>,
     clock: u64,
     /// Blocks sent here, and of them those sent here before.
@@ -68,25 +94,47 @@ impl PrefixIndex {
     pub(crate) fn matched(&self, chain: &[u64]) -> usize {
         chain
             .iter()
-            .take_while(|h| self.stamp_of.contains_key(h))
+            .take_while(|h| self.block.contains_key(h))
             .count()
     }
 
-    /// `chain` was sent here: its blocks become the most recently used (its first block the
-    /// newest, so that its tail leaves first), the oldest leave beyond `capacity` blocks.
-    pub(crate) fn sent(&mut self, chain: &[u64], capacity: usize) {
+    /// How many leading blocks of `chain` are here and were sent by `tenant` itself.
+    pub(crate) fn matched_for(&self, chain: &[u64], tenant: TenantId) -> usize {
+        chain
+            .iter()
+            .take_while(|h| self.block.get(h).is_some_and(|b| b.owned_by(tenant)))
+            .count()
+    }
+
+    /// `chain` was sent here for `tenant`: its blocks become the most recently used (its first
+    /// block the newest, so that its tail leaves first), the oldest leave beyond `capacity`
+    /// blocks.
+    pub(crate) fn sent(&mut self, chain: &[u64], tenant: TenantId, capacity: usize) {
         for h in chain.iter().rev() {
             self.clock += 1;
-            if let Some(old) = self.stamp_of.insert(*h, self.clock) {
-                self.by_stamp.remove(&old);
+            let fresh = Block {
+                stamp: self.clock,
+                owners: [tenant; OWNERS],
+                n_owners: 1,
+            };
+            match self.block.entry(*h) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let b = e.get_mut();
+                    self.by_stamp.remove(&b.stamp);
+                    b.stamp = self.clock;
+                    b.add_owner(tenant);
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(fresh);
+                }
             }
             self.by_stamp.insert(self.clock, *h);
         }
-        while self.stamp_of.len() > capacity {
+        while self.block.len() > capacity {
             let Some((_, h)) = self.by_stamp.pop_first() else {
                 break;
             };
-            self.stamp_of.remove(&h);
+            self.block.remove(&h);
         }
     }
 
@@ -103,7 +151,7 @@ impl PrefixIndex {
 
     /// Forget everything (the lane's server restarted, or changed model).
     pub(super) fn clear(&mut self) {
-        self.stamp_of.clear();
+        self.block.clear();
         self.by_stamp.clear();
     }
 }
@@ -202,6 +250,32 @@ impl Scheduler {
         Pick::Leave
     }
 
+    /// A cache probe: for each lane that may serve `model`, how many leading blocks of `chain` it
+    /// was sent: all of them for `tenant` `None` (an operator), else only those `tenant` itself
+    /// sent there, so that a probe never tells one tenant what another sent. Nothing changes.
+    pub fn prefix_probe(
+        &self,
+        kind: Kind,
+        model: &str,
+        chain: &[u64],
+        tenant: Option<TenantId>,
+    ) -> Vec<(LaneId, usize)> {
+        let Some(model) = self.model_id(model) else {
+            return Vec::new();
+        };
+        (0..self.lanes.len())
+            .filter(|l| !self.lanes[*l].retired && self.serves_on(*l, model, kind))
+            .map(|l| {
+                let ix = &self.lanes[l].prefixes;
+                let matched = match tenant {
+                    None => ix.matched(chain),
+                    Some(t) => ix.matched_for(chain, t),
+                };
+                (LaneId(l), matched)
+            })
+            .collect()
+    }
+
     /// Of the running request `id`'s prompt blocks, how many its lane was sent before (what its
     /// server likely had cached), and how many it has; `None` without a prompt.
     pub fn prefix_match(&self, id: RequestId) -> Option<(usize, usize)> {
@@ -248,10 +322,13 @@ impl Scheduler {
 mod tests {
     use super::*;
 
+    const T1: TenantId = TenantId(1);
+    const T2: TenantId = TenantId(2);
+
     #[test]
     fn a_chain_matches_as_far_as_its_blocks_were_sent() {
         let mut ix = PrefixIndex::default();
-        ix.sent(&[1, 2, 3], 100);
+        ix.sent(&[1, 2, 3], T1, 100);
         assert_eq!(ix.matched(&[1, 2, 3, 4]), 3);
         assert_eq!(ix.matched(&[1, 2, 9]), 2);
         assert_eq!(ix.matched(&[7, 8, 9]), 0);
@@ -260,14 +337,41 @@ mod tests {
     #[test]
     fn the_tails_of_the_least_recent_prompts_leave_first() {
         let mut ix = PrefixIndex::default();
-        ix.sent(&[1, 2, 3], 4);
-        ix.sent(&[10, 11], 4);
+        ix.sent(&[1, 2, 3], T1, 4);
+        ix.sent(&[10, 11], T1, 4);
         // Five blocks for four places: the first prompt's last block left.
         assert_eq!(ix.matched(&[1, 2, 3]), 2);
         assert_eq!(ix.matched(&[10, 11]), 2);
         // A shared beginning sent again is recent again.
-        ix.sent(&[1, 20], 4);
+        ix.sent(&[1, 20], T1, 4);
         assert_eq!(ix.matched(&[1, 2]), 1, "{ix:?}");
         assert_eq!(ix.matched(&[1, 20]), 2);
+    }
+
+    #[test]
+    fn a_tenant_is_shown_only_the_blocks_it_sent_itself() {
+        let mut ix = PrefixIndex::default();
+        ix.sent(&[1, 2, 3], T1, 100);
+        ix.sent(&[1, 2, 9], T2, 100);
+        // Placement sees everything a server holds.
+        assert_eq!(ix.matched(&[1, 2, 3]), 3);
+        // A probe shows each tenant its own: T2 learns nothing of block 3, which only T1 sent,
+        // and T1's view of what it sent does not change because T2 sent some of it too.
+        assert_eq!(ix.matched_for(&[1, 2, 3], T2), 2);
+        assert_eq!(ix.matched_for(&[1, 2, 9], T1), 2);
+        assert_eq!(ix.matched_for(&[1, 2, 3], T1), 3);
+        assert_eq!(ix.matched_for(&[1, 2, 3], TenantId(3)), 0);
+    }
+
+    #[test]
+    fn a_block_sent_by_many_tenants_is_shown_to_the_first_ones_only() {
+        let mut ix = PrefixIndex::default();
+        for t in 1..=(OWNERS as u32 + 1) {
+            ix.sent(&[7], TenantId(t), 100);
+        }
+        assert_eq!(ix.matched_for(&[7], TenantId(1)), 1);
+        assert_eq!(ix.matched_for(&[7], TenantId(OWNERS as u32)), 1);
+        // Under-reported, never over-reported.
+        assert_eq!(ix.matched_for(&[7], TenantId(OWNERS as u32 + 1)), 0);
     }
 }

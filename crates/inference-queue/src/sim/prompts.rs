@@ -81,7 +81,11 @@ impl PromptCache {
     /// Serve `p`: how many of its blocks were cached; it is cached now.
     pub(crate) fn serve(&mut self, p: &Prompt, costs: &PromptCosts) -> usize {
         let matched = self.index.matched(&p.chain);
-        self.index.sent(&p.chain, costs.cache_blocks());
+        self.index.sent(
+            &p.chain,
+            crate::types::TenantId::default(),
+            costs.cache_blocks(),
+        );
         matched
     }
 }

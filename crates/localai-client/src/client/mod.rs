@@ -14,6 +14,7 @@ use crate::error::{ClientError, parse_retry_after, summarize};
 use crate::sse::SseParser;
 use crate::vision::normalize_messages;
 
+mod control;
 mod exchange;
 mod types;
 
@@ -130,6 +131,18 @@ struct ChatBody<'a> {
     #[serde(flatten)]
     extra: &'a serde_json::Map<String, Value>,
     stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_prompt: Option<bool>,
+}
+
+/// An OpenAI-shaped body as the caller gave it, with `cache_prompt` added where
+/// [`LocalAiClient::cache_prompt`] says.
+#[derive(Serialize)]
+struct PassedBody<'a> {
+    #[serde(flatten)]
+    body: &'a serde_json::Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_prompt: Option<bool>,
 }
 
 /// A typed client for LocalAI's API.
@@ -140,6 +153,9 @@ pub struct LocalAiClient {
     pool: Option<std::sync::Arc<crate::pool::Pool>>,
     cfg: ClientConfig,
     urls: Urls,
+    /// Set once the server showed itself a llama.cpp server (its `/health` answer, its
+    /// `/props`): shared by the client's clones.
+    llama_cpp: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The URLs of the hot paths, parsed once.
@@ -177,6 +193,7 @@ impl LocalAiClient {
             pool,
             cfg,
             urls,
+            llama_cpp: Default::default(),
         })
     }
 
@@ -188,6 +205,43 @@ impl LocalAiClient {
     /// The configuration.
     pub fn config(&self) -> &ClientConfig {
         &self.cfg
+    }
+
+    /// Whether the upstream showed itself a llama.cpp server (`llama-server`, its router).
+    pub fn is_llama_cpp(&self) -> bool {
+        self.llama_cpp.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The upstream is a llama.cpp server.
+    fn learned_llama_cpp(&self) {
+        self.llama_cpp
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `cache_prompt` to add to a prompt-carrying body (`extra`: what the caller sent besides
+    /// the typed fields): `true` for a llama.cpp server where the caller did not say, so that the
+    /// server keeps the prompt's KV cache for the next request sharing its beginning (what
+    /// prefix-aware placement counts on; llama-server before late 2024 defaulted to `false`).
+    /// Nothing for other servers, which do not know the field.
+    fn cache_prompt(&self, extra: &serde_json::Map<String, Value>) -> Option<bool> {
+        (self.is_llama_cpp() && !extra.contains_key("cache_prompt")).then_some(true)
+    }
+
+    /// `body` for `path`, with `cache_prompt` where [`Self::cache_prompt`] says (prompts only:
+    /// chats and text completions).
+    fn passed<'a>(&self, path: &str, body: &'a serde_json::Map<String, Value>) -> PassedBody<'a> {
+        let prompted = matches!(
+            path,
+            "/v1/chat/completions" | "/v1/completions" | "/completion" | "/completions"
+        );
+        PassedBody {
+            body,
+            cache_prompt: if prompted {
+                self.cache_prompt(body)
+            } else {
+                None
+            },
+        }
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
@@ -357,7 +411,7 @@ impl LocalAiClient {
 
     /// The upstream body: the request as it is (serialised straight from it, nothing copied),
     /// its images in LocalAI's form (normalised here only if the caller has not done it).
-    fn chat_body(req: &ChatRequest, stream: bool) -> ChatBody<'_> {
+    fn chat_body<'a>(&self, req: &'a ChatRequest, stream: bool) -> ChatBody<'a> {
         let messages = if crate::vision::needs_normalizing(&req.messages) {
             std::borrow::Cow::Owned(normalize_messages(&req.messages))
         } else {
@@ -370,6 +424,7 @@ impl LocalAiClient {
             max_tokens: req.max_tokens,
             extra: &req.extra,
             stream,
+            cache_prompt: self.cache_prompt(&req.extra),
         }
     }
 
@@ -379,7 +434,7 @@ impl LocalAiClient {
         let work = async {
             let resp = self
                 .send(
-                    self.post_json("/v1/chat/completions", &Self::chat_body(req, false))?,
+                    self.post_json("/v1/chat/completions", &self.chat_body(req, false))?,
                     self.cfg.chat_first_byte,
                 )
                 .await?;
@@ -404,7 +459,7 @@ impl LocalAiClient {
     /// `Internal error:` chunk inside the stream, a dropped connection, a stream cut without
     /// `[DONE]`).
     pub async fn chat_stream(&self, req: &ChatRequest) -> Result<ChunkStream, ClientError> {
-        self.stream(self.post_json("/v1/chat/completions", &Self::chat_body(req, true))?)
+        self.stream(self.post_json("/v1/chat/completions", &self.chat_body(req, true))?)
             .await
     }
 
@@ -418,7 +473,10 @@ impl LocalAiClient {
         let total = self.cfg.chat_total;
         let work = async {
             let resp = self
-                .send(self.post_json(path, body)?, self.cfg.chat_first_byte)
+                .send(
+                    self.post_json(path, &self.passed(path, body))?,
+                    self.cfg.chat_first_byte,
+                )
                 .await?;
             let (raw, _) = self.json_and_body(resp, total).await?;
             Ok(JsonResponse {
@@ -501,7 +559,8 @@ impl LocalAiClient {
         path: &str,
         body: &serde_json::Map<String, Value>,
     ) -> Result<ChunkStream, ClientError> {
-        self.stream(self.post_json(path, body)?).await
+        self.stream(self.post_json(path, &self.passed(path, body))?)
+            .await
     }
 
     /// Send `rb` and read its answer as an event stream of chunks, within the stream limits.
@@ -632,146 +691,6 @@ impl LocalAiClient {
             self.json(resp, total).await
         };
         within(total, work).await
-    }
-
-    /// Installed models (`GET /v1/models`).
-    pub async fn models(&self) -> Result<Vec<String>, ClientError> {
-        let v = self
-            .control(Outgoing::general(self.get("/v1/models")))
-            .await?;
-        let data = v
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or_else(|| ClientError::Protocol("no data[] in /v1/models".into()))?;
-        Ok(data
-            .iter()
-            .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
-            .collect())
-    }
-
-    /// Loaded models (`GET /system`, `loaded_models[].id`).
-    pub async fn loaded_models(&self) -> Result<Vec<String>, ClientError> {
-        let v = self.control(Outgoing::general(self.get("/system"))).await?;
-        let list = v
-            .get("loaded_models")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        Ok(list
-            .iter()
-            .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
-            .collect())
-    }
-
-    /// Unload a model (`POST /backend/shutdown`). `Ok(false)` when it was not loaded (404).
-    pub async fn unload(&self, model: &str) -> Result<bool, ClientError> {
-        match self
-            .control(self.post_json("/backend/shutdown", &json!({"model": model}))?)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(ClientError::Status { status: 404, .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Load a model ahead of its first request (`POST /backend/load`, LocalAI v4.6+).
-    pub async fn load(&self, model: &str) -> Result<(), ClientError> {
-        let total = self.cfg.image_first_byte;
-        let resp = self
-            .send(
-                self.post_json("/backend/load", &json!({"model": model}))?,
-                total,
-            )
-            .await?;
-        let _ = resp.read_capped(MAX_ERROR_BODY).await;
-        Ok(())
-    }
-
-    /// Whether the upstream is up. Probes what the server offers: LocalAI's `/readyz`, else
-    /// llama.cpp's `/health`, else `/v1/models` (llama-cpp-python has neither); a 404 on a probe
-    /// path means "try the next one", not "unreachable". Says nothing about models.
-    pub async fn ready(&self) -> Result<(), ClientError> {
-        let limit = self.cfg.connect_timeout * 2;
-        let mut last = None;
-        for path in ["/readyz", "/health", "/v1/models"] {
-            match self.send(Outgoing::general(self.get(path)), limit).await {
-                Ok(resp) => {
-                    let _ = tokio::time::timeout(limit, resp.read_capped(MAX_ERROR_BODY)).await;
-                    return Ok(());
-                }
-                Err(ClientError::Status {
-                    status: 404 | 405, ..
-                }) => continue,
-                Err(e) => last = Some(e),
-            }
-            if last.is_some() {
-                break;
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            ClientError::Protocol(
-                "no readiness probe answered (/readyz, /health, /v1/models)".into(),
-            )
-        }))
-    }
-
-    /// What the upstream says about its models (`GET /v1/models`): names, and where the server
-    /// reports them (llama.cpp's router), load status and modalities.
-    pub async fn model_infos(&self) -> Result<Vec<ModelInfo>, ClientError> {
-        let v = self
-            .control(Outgoing::general(self.get("/v1/models")))
-            .await?;
-        let data = v
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or_else(|| ClientError::Protocol("no data[] in /v1/models".into()))?;
-        Ok(data.iter().filter_map(ModelInfo::from_json).collect())
-    }
-
-    /// LocalAI's own description of its models (`GET /v1/models/capabilities`: each model's
-    /// capabilities and modalities); `None` when the upstream has no such route.
-    pub async fn model_capabilities(&self) -> Result<Option<Vec<ModelInfo>>, ClientError> {
-        match self
-            .control(Outgoing::general(self.get("/v1/models/capabilities")))
-            .await
-        {
-            Ok(v) => {
-                let data = v.get("data").and_then(Value::as_array).ok_or_else(|| {
-                    ClientError::Protocol("no data[] in /v1/models/capabilities".into())
-                })?;
-                Ok(Some(data.iter().filter_map(ModelInfo::from_json).collect()))
-            }
-            Err(ClientError::Status {
-                status: 404 | 405 | 501,
-                ..
-            }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Parallel slots and modalities of `model` from llama.cpp's `GET /props?model=…`; `None`
-    /// when the upstream has no such route.
-    pub async fn props(&self, model: &str) -> Result<Option<Props>, ClientError> {
-        let encoded: String = model
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let rb = self.get(&format!("/props?model={encoded}"));
-        match self.control(Outgoing::general(rb)).await {
-            Ok(v) => Ok(Some(Props::from_json(&v))),
-            Err(ClientError::Status {
-                status: 404 | 405 | 501,
-                ..
-            }) => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 }
 
