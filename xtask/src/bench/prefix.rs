@@ -1,9 +1,11 @@
 //! `cargo xtask bench --only prefix`: im-http in front of two `localai-sim` processes serving one
 //! chat model whose servers keep a prompt cache and prefill only what it lacks (one prefill at a
 //! time per server). Concurrent multi-turn conversations, streamed, each turn re-sending its
-//! history: prefix-aware placement against affinity alone and `least_loaded`. Figures: the
-//! prompt tokens the servers had cached (their own count, `/sim/stats`) and the time to the
-//! first token as the client sees it.
+//! history: prefix-aware placement against affinity alone and `least_loaded`, in two regimes:
+//! each server's cache holds every conversation (no placement can lose much), and it holds
+//! about half of them (the conversations must stay apart to stay cached). Figures: the prompt
+//! tokens the servers had cached (their own count, `/sim/stats`) and the time to the first token
+//! as the client sees it.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -14,17 +16,45 @@ use serde_json::{Value, json};
 
 use super::{KEY, LLM, Proc, client, free_port, q, release_bin, start_sim, wait_ready};
 
-/// Tokens each server's prompt cache holds: less than every conversation's history together,
-/// more than half of it.
-const CACHE_TOKENS: usize = 32_768;
 /// Simulated time runs at this fraction of real time.
 const TIME_SCALE: f64 = 0.25;
+/// The servers' prefill time per uncached prompt token, in simulated milliseconds.
+const PREFILL_MS_PER_TOKEN: f64 = 0.25;
 
-/// The placements compared: (name, `[routing]` section).
+/// One regime: how much each server caches, and the conversations.
+#[derive(Clone, Copy)]
+struct Regime {
+    name: &'static str,
+    /// Tokens each server's prompt cache holds.
+    cache_tokens: usize,
+    /// How many times each conversation's ~64-character opening line is repeated (its system
+    /// prompt, or the document it is about).
+    opening: usize,
+}
+
+/// The regimes: every history fits each server's cache (12 conversations of ~1k-token system
+/// prompts, ~59k tokens together by the last turn, 32k cached per server: alternating servers
+/// loses only the turn in between); and a cache that holds about half the conversations (~3k-
+/// token documents, ~50-70k tokens together, 40k cached per server: alternating servers evicts
+/// what the next turn needs).
+const REGIMES: [Regime; 2] = [
+    Regime {
+        name: "every history fits each server's cache",
+        cache_tokens: 32_768,
+        opening: 60,
+    },
+    Regime {
+        name: "each server's cache holds about half the conversations",
+        cache_tokens: 40_960,
+        opening: 200,
+    },
+];
+
+/// The placements compared: (name, `[routing]` section without the cache size).
 const PLACEMENTS: [(&str, &str); 3] = [
     (
         "prefix-aware",
-        "strategy = \"affinity\"\nprefix_aware = true\nprefix_cache_tokens = 32768",
+        "strategy = \"affinity\"\nprefix_aware = true",
     ),
     (
         "affinity alone",
@@ -36,10 +66,10 @@ const PLACEMENTS: [(&str, &str); 3] = [
     ),
 ];
 
-fn sim_toml() -> String {
+fn sim_toml(cache_tokens: usize) -> String {
     format!(
-        "prompt_cache_tokens = {CACHE_TOKENS}\n\n[[models]]\nname = \"{LLM}\"\nkinds = [\"txt2txt\"]\n\
-         load_ms = 6000\nmemory_mb = 4000\nper_token_ms = 15.0\nslots = 4\nprefill_per_token_ms = 0.25\n"
+        "prompt_cache_tokens = {cache_tokens}\n\n[[models]]\nname = \"{LLM}\"\nkinds = [\"txt2txt\"]\n\
+         load_ms = 6000\nmemory_mb = 4000\nper_token_ms = 15.0\nslots = 4\nprefill_per_token_ms = {PREFILL_MS_PER_TOKEN}\n"
     )
 }
 
@@ -55,18 +85,29 @@ fn im_toml(upstreams: &[u16], routing: &str) -> String {
 }
 
 /// One placement's run: the share of prompt tokens cached, and every time to first token (s).
-async fn run(routing: &str, conversations: usize, turns: usize) -> Result<(f64, Vec<f64>)> {
+async fn run(
+    regime: Regime,
+    routing: &str,
+    conversations: usize,
+    turns: usize,
+) -> Result<(f64, Vec<f64>)> {
     let dir = std::env::temp_dir().join(format!("im-bench-prefix-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let sim_cfg = dir.join("sim.toml");
-    std::fs::write(&sim_cfg, sim_toml())?;
+    std::fs::write(&sim_cfg, sim_toml(regime.cache_tokens))?;
+    // im is told each server's cache size and prefill rate (in real time), as an operator would.
+    let routing = format!(
+        "{routing}\nprefix_cache_tokens = {}\nprefix_prefill_ms_per_1k_tokens = {}",
+        regime.cache_tokens,
+        (PREFILL_MS_PER_TOKEN * 1_000.0 * TIME_SCALE).round()
+    );
     let ports = [free_port(), free_port()];
     let _sims: Vec<Proc> = ports
         .iter()
         .map(|p| start_sim(*p, TIME_SCALE, Some(&sim_cfg)))
         .collect::<Result<_>>()?;
     let im_cfg = dir.join("im.toml");
-    std::fs::write(&im_cfg, im_toml(&ports, routing))?;
+    std::fs::write(&im_cfg, im_toml(&ports, &routing))?;
     let port = free_port();
     let _im = Proc(
         std::process::Command::new(release_bin("im-http"))
@@ -85,7 +126,7 @@ async fn run(routing: &str, conversations: usize, turns: usize) -> Result<(f64, 
     let http = client();
     let runs = (0..conversations).map(|c| {
         let (http, url) = (http.clone(), url.clone());
-        tokio::spawn(async move { conversation(&http, &url, c, turns).await })
+        tokio::spawn(async move { conversation(&http, &url, c, turns, regime.opening).await })
     });
     let mut ttfts = Vec::new();
     for r in futures_util::future::join_all(runs).await {
@@ -112,12 +153,21 @@ async fn conversation(
     url: &str,
     c: usize,
     turns: usize,
+    opening: usize,
 ) -> Result<Vec<f64>> {
     let system =
-        format!("You are assistant {c}, who answers about topic {c} at length. ").repeat(60);
+        format!("You are assistant {c}, who answers about topic {c} at length. ").repeat(opening);
     let mut messages = vec![json!({"role": "system", "content": system})];
     let mut ttfts = Vec::new();
+    // Conversations start apart, and people read an answer before the next question (a few
+    // seconds of simulated time): a closed loop of instant turns would return each turn to the
+    // lane that just freed a slot, which no real traffic does.
+    tokio::time::sleep(Duration::from_millis(150 * c as u64)).await;
     for turn in 0..turns {
+        if turn > 0 {
+            let think = 300 + (c * 7_919 + turn * 104_729) % 1_200;
+            tokio::time::sleep(Duration::from_millis(think as u64)).await;
+        }
         let question =
             format!("Turn {turn} of conversation {c}: go on with more detail. ").repeat(10);
         messages.push(json!({"role": "user", "content": question}));
@@ -158,35 +208,45 @@ async fn conversation(
     Ok(ttfts)
 }
 
-/// The bench: one run per placement, side by side.
+/// The bench: one run per placement, side by side, in each regime.
 pub async fn prefix(out: &mut String, conversations: usize, turns: usize) -> Result<()> {
     let _ = writeln!(
         out,
         "## Prefix-aware placement end to end\n\n\
          im-http in front of two `localai-sim` processes serving `{LLM}` (4 slots each), each \
-         keeping a prompt cache of {CACHE_TOKENS} tokens and prefilling only what it lacks \
-         (0.25 ms per token, one prefill at a time; decode 15 ms per token; time scale \
-         {TIME_SCALE}). {conversations} concurrent conversations of {turns} streamed turns, each \
-         with its own ~1.3k-token system prompt and re-sending its history (about \
-         {:.0}k tokens together by the last turn). Cached: prompt tokens the servers held, by \
-         their own count. TTFT: from the request to its first content chunk, as the client \
-         sees it (simulated time, so {:.0}x these in real time).\n\n\
-         | placement | prompt tokens cached | TTFT mean (ms) | TTFT p90 (ms) |\n|---|---|---|---|",
-        conversations as f64 * (1.3 + turns as f64 * 0.6),
+         keeping a prompt cache and prefilling only what it lacks (0.25 ms per token, one \
+         prefill at a time; decode 15 ms per token; time scale {TIME_SCALE}). {conversations} \
+         conversations of {turns} streamed turns, started 150 ms apart, each with its own opening \
+         (a system prompt, or a document it is about), re-sending its history, and 0.3-1.5 s \
+         between an answer and the next question; im is told the servers' cache size and \
+         prefill rate (`prefix_cache_tokens`, `prefix_prefill_ms_per_1k_tokens`). Cached: prompt \
+         tokens the servers held, by their own count. TTFT: from the request to its first \
+         content chunk, as the client sees it, in real time (the servers' time runs {:.0}x \
+         faster than a real server's).\n",
         1.0 / TIME_SCALE
     );
-    for (name, routing) in PLACEMENTS {
-        let (cached, ttfts) = run(routing, conversations, turns).await?;
-        let mean = ttfts.iter().sum::<f64>() / ttfts.len().max(1) as f64;
+    for regime in REGIMES {
         let _ = writeln!(
             out,
-            "| {name} | {:.0}% | {:.0} | {:.0} |",
-            cached * 100.0,
-            mean * 1000.0,
-            q(&ttfts, 0.9) * 1000.0
+            "### {} ({} tokens cached per server; openings of ~{} tokens)\n\n\
+             | placement | prompt tokens cached | TTFT mean (ms) | TTFT p90 (ms) |\n|---|---|---|---|",
+            regime.name,
+            regime.cache_tokens,
+            regime.opening * 64 / 4
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        for (name, routing) in PLACEMENTS {
+            let (cached, ttfts) = run(regime, routing, conversations, turns).await?;
+            let mean = ttfts.iter().sum::<f64>() / ttfts.len().max(1) as f64;
+            let _ = writeln!(
+                out,
+                "| {name} | {:.0}% | {:.0} | {:.0} |",
+                cached * 100.0,
+                mean * 1000.0,
+                q(&ttfts, 0.9) * 1000.0
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        out.push('\n');
     }
-    out.push('\n');
     Ok(())
 }

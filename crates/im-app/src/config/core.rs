@@ -124,7 +124,9 @@ impl ImConfig {
                 max_skip: Duration::from_millis(self.routing.prefix_max_skip_ms),
                 blocks_per_lane: (self.routing.prefix_cache_tokens / TOKENS_PER_PREFIX_BLOCK).max(1)
                     as usize,
-                ..inference_queue::PrefixConfig::default()
+                prefill_per_block: Duration::from_micros(
+                    self.routing.prefix_prefill_ms_per_1k_tokens * TOKENS_PER_PREFIX_BLOCK,
+                ),
             });
         c.unload_on_switch = self.unload_on_switch;
         c.warm_up = self.warm_up;

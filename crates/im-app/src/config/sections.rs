@@ -285,6 +285,10 @@ pub struct RoutingEntry {
     /// Tokens of prompt each upstream keeps cached, as im assumes (its prompt cache: llama.cpp's
     /// `--cache-ram`, or its slots' context): what im remembers per lane.
     pub prefix_cache_tokens: u64,
+    /// Milliseconds an upstream spends prefilling 1,000 prompt tokens it has not cached: what a
+    /// lane that lacks a prompt adds against the lane that holds it (default 250: llama.cpp on a
+    /// GPU at about 4,000 tokens a second).
+    pub prefix_prefill_ms_per_1k_tokens: u64,
 }
 
 impl Default for RoutingEntry {
@@ -302,6 +306,9 @@ impl Default for RoutingEntry {
             prefix_window: prefix.window,
             prefix_max_skip_ms: prefix.max_skip.as_millis() as u64,
             prefix_cache_tokens: prefix.blocks_per_lane as u64 * TOKENS_PER_PREFIX_BLOCK,
+            prefix_prefill_ms_per_1k_tokens: (prefix.prefill_per_block.as_micros() as u64 * 1_000
+                / TOKENS_PER_PREFIX_BLOCK)
+                / 1_000,
         }
     }
 }

@@ -415,6 +415,8 @@ fn replay(
         .iter()
         .map(|l| Upstream::new(models, l.memory_mb))
         .collect();
+    // The cache every server shares when the costs say so (an oracle, see `PromptCosts::shared`).
+    let mut oracle_prompts = prompts::PromptCache::default();
     let mut core = Scheduler::new(cfg).expect("valid simulation config");
     let mut report = Report::default();
     let mut heap: BinaryHeap<Reverse<(Time, u64, Ev)>> = BinaryHeap::new();
@@ -543,7 +545,12 @@ fn replay(
                     // the slots share; its first token comes after the prefill.
                     let (prefill, service) = match (&item.prompt, &models[item.model].prompt) {
                         (Some(p), Some(costs)) => {
-                            let matched = up.prompts.serve(p, costs);
+                            let cache = if costs.shared {
+                                &mut oracle_prompts
+                            } else {
+                                &mut up.prompts
+                            };
+                            let matched = cache.serve(p, costs);
                             report.prefix_blocks.0 += matched as u64;
                             report.prefix_blocks.1 += p.chain.len() as u64;
                             let (prefill, whole) = costs.service(p, matched);

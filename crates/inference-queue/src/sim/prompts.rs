@@ -35,6 +35,10 @@ pub struct PromptCosts {
     pub decode_per_token: Duration,
     /// Tokens its prompt cache holds.
     pub cache_tokens: u64,
+    /// An oracle, not a server: one unbounded cache shared by every server, so a prompt is
+    /// cached wherever any part of it was ever sent. No fleet has it; what a placement achieves
+    /// with it bounds what any placement can gain from caching.
+    pub shared: bool,
 }
 
 impl PromptCosts {
@@ -45,6 +49,7 @@ impl PromptCosts {
             prefill_per_token: Duration::from_micros(250),
             decode_per_token: Duration::from_micros(16_667),
             cache_tokens: 65_536,
+            shared: false,
         }
     }
 
@@ -58,7 +63,11 @@ impl PromptCosts {
 
     /// Its cache's capacity in blocks.
     fn cache_blocks(&self) -> usize {
-        (self.cache_tokens / u64::from(BLOCK_TOKENS)) as usize
+        if self.shared {
+            usize::MAX
+        } else {
+            (self.cache_tokens / u64::from(BLOCK_TOKENS)) as usize
+        }
     }
 }
 
