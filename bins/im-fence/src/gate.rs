@@ -7,7 +7,8 @@
 //! call with an older one is refused (409 `stale_fence`) and never reaches LocalAI, and a call
 //! already running for an older epoch is cut (its upstream connection dropped, which stops the
 //! generation; its client sees the body end in an error) the moment a newer epoch arrives. So
-//! LocalAI never runs the work of two schedulers at once. Every refusal carries the highest epoch
+//! LocalAI never runs the work of two schedulers at once (reads, `GET` and `HEAD`, pass with an
+//! older token: they change nothing). Every refusal carries the highest epoch
 //! seen (`x-im-fence-highest`): a scheduler whose epoch went backwards because Redis lost its data
 //! raises its epoch above it (ARCHITECTURE.md, "Fencing").
 //!
@@ -112,19 +113,29 @@ async fn pass(State(g): State<Gate>, req: Request) -> Response {
             );
         }
     };
-    if let Some(t) = token {
-        g.newest.send_if_modified(|n| {
-            let newer = t > *n;
-            if newer {
-                *n = t;
+    // A read changes nothing upstream: refusing an older scheduler's health check or model
+    // listing would only make it think its upstream down (its first calls after it took over
+    // from a Redis that lost its data). It passes as an unfenced read; the scheduler's next
+    // write is refused and raises its epoch.
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let token = match token {
+        Some(t) => {
+            g.newest.send_if_modified(|n| {
+                let newer = t > *n;
+                if newer {
+                    *n = t;
+                }
+                newer
+            });
+            let newest = *g.newest.borrow();
+            match (t < newest, read) {
+                (true, true) => None,
+                (true, false) => return stale(t, newest),
+                (false, _) => Some(t),
             }
-            newer
-        });
-        let newest = *g.newest.borrow();
-        if t < newest {
-            return stale(t, newest);
         }
-    }
+        None => None,
+    };
     let limit = if token.is_some() {
         g.settings.body_limit
     } else {

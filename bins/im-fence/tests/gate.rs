@@ -67,6 +67,19 @@ async fn the_gate_refuses_older_tokens_and_cuts_their_running_calls() {
         2,
         "the stale call never reached LocalAI"
     );
+    // A read with an older token passes: it changes nothing, and refusing a new scheduler's
+    // health check before its epoch is raised would only mark its upstream down.
+    for path in ["/readyz", "/v1/models"] {
+        let read = reqwest::Client::new()
+            .get(format!("{gate}{path}"))
+            .header("x-im-fence", "4")
+            .send()
+            .await
+            .expect("send");
+        let st = read.status();
+        assert_eq!(st, 200, "{path}: {}", read.text().await.unwrap_or_default());
+    }
+    assert_eq!(status(&gate, Some(4)).await, 409, "writes stay refused");
 
     // A stream of token 5 runs (256 tokens, 10 ms each); token 6 arrives: the stream is cut.
     let started = Instant::now();

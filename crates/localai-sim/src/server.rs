@@ -79,7 +79,7 @@ pub fn router(state: SimState) -> Router {
         .with_state(state)
 }
 
-/// Refuse a call whose fencing token (`x-im-fence`) is older than one seen before (see
+/// Refuse a write whose fencing token (`x-im-fence`) is older than one seen before (see
 /// [`SimState::admit_fence`]); keep the `traceparent` a request carries (see
 /// [`SimState::traceparents`]).
 async fn check_headers(
@@ -87,12 +87,18 @@ async fn check_headers(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    // The epoch of a token, signed (`<epoch>.<signature>`, not checked here) or not.
+    // The epoch of a token, signed (`<epoch>.<signature>`, not checked here) or not. A read
+    // (`GET`, `HEAD`) with an older token passes, as through im-fence: it changes nothing.
+    let read = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
     if let Some(token) = req
         .headers()
         .get("x-im-fence")
         .and_then(|v| v.to_str().ok()?.split('.').next()?.parse::<u64>().ok())
         && let Err(newest) = state.admit_fence(token)
+        && !read
     {
         let mut r = error(
             StatusCode::CONFLICT,
