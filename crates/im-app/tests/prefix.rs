@@ -240,6 +240,19 @@ async fn a_cache_probe_tells_a_tenant_only_what_it_sent_itself() {
     assert_eq!(ops["prompt"]["cached_chars"], prompt_chars, "{ops}");
     assert_eq!(ops["prompt"]["backend"], holder.as_str());
     assert_eq!(ops["prompt"]["own_tenant_only"], false);
+    // The MCP tool answers the same, as the caller's tenant may see it.
+    for (key, expected) in [("bob-key", 0), ("alice-key", prompt_chars)] {
+        let c = common::mcp(&url, key).await;
+        let (is_error, text) = common::tool(
+            &c,
+            "select_backend_for_inference",
+            json!({"task": "txt2txt", "model": LLM, "messages": messages}),
+        )
+        .await;
+        assert!(!is_error, "{text}");
+        let v: Value = serde_json::from_str(&text).expect("the placement as JSON");
+        assert_eq!(v["prompt"]["cached_chars"], expected, "{key}: {v}");
+    }
     // A malformed list is a 400 naming the field.
     let (status, bad) = probe("alice-key", "{not json".into()).await;
     assert_eq!(status, 400, "{bad}");

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{mcp, tool};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,10 +13,6 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use im_app::config::{ImConfig, KeyEntry};
 use im_app::{self as app, Built, Simulate};
-use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, ContentBlock};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -99,34 +97,6 @@ async fn next_within(ws: &mut Socket, within: Duration) -> Option<Value> {
             Some(Err(_)) | None => return Some(json!({"close": null})),
         }
     }
-}
-
-async fn mcp(url: &str, k: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
-    let mut cfg = StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp"));
-    cfg.auth_header = Some(k.to_owned());
-    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), cfg);
-    ().serve(transport).await.expect("initialize")
-}
-
-/// A tool's answer: whether it is an error, and its text.
-async fn tool(
-    c: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
-    name: &'static str,
-    args: Value,
-) -> (bool, String) {
-    let mut p = CallToolRequestParams::new(name);
-    p.arguments = args.as_object().cloned();
-    let r = c.call_tool(p).await.expect("tools/call answered");
-    let text = r
-        .content
-        .iter()
-        .filter_map(|c| match c {
-            ContentBlock::Text(t) => Some(t.text.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    (r.is_error == Some(true), text)
 }
 
 async fn post(url: &str, k: &str, path: &str, body: &Value) -> (u16, Value) {

@@ -98,6 +98,11 @@ pub struct SelectArgs {
     pub model: String,
     /// Only consider this backend (see `list_inference_backends`).
     pub backend: Option<String>,
+    /// A chat's messages to look up in each backend's prompt cache (your own tenant's prompts
+    /// only).
+    pub messages: Option<Vec<serde_json::Value>>,
+    /// A completion's prompt to look up likewise.
+    pub prompt: Option<String>,
 }
 
 /// Arguments of `estimate_wait`.

@@ -61,6 +61,15 @@ pub struct ImMcp {
     tool_router: ToolRouter<Self>,
 }
 
+/// What a placement question names: the kind, the model, a backend to keep to, and a prompt to
+/// look up in the backends' caches.
+struct PlacementAsk<'a> {
+    kind: &'a str,
+    model: &'a str,
+    backend: Option<&'a str>,
+    probe: Option<&'a im_service::PromptProbe>,
+}
+
 /// The figures line every result ends with.
 fn figures_line(
     request_id: &str,
@@ -259,22 +268,38 @@ impl ImMcp {
         ctx: &RequestContext<RoleServer>,
         tool: &str,
         charge: bool,
-        kind: &str,
-        model: &str,
-        backend: Option<&str>,
+        ask: PlacementAsk<'_>,
     ) -> Result<Result<Value, CallToolResult>, ErrorData> {
+        let PlacementAsk {
+            kind,
+            model,
+            backend,
+            probe,
+        } = ask;
         Ok(match &*self.target {
             Target::Local(service) => match caller_of(ctx, service, tool, charge) {
                 Ok(caller) => service
-                    .placement(&caller.principal(), kind, model, backend, None)
+                    .placement(&caller.principal(), kind, model, backend, probe)
                     .await
                     .map_err(|e| service_error(&e)),
                 Err(e) => Err(service_error(&e)),
             },
             Target::Remote(remote) => {
+                let messages = match probe {
+                    Some(im_service::PromptProbe::Messages(m)) => {
+                        Some(Value::from(m.clone()).to_string())
+                    }
+                    _ => None,
+                };
                 let mut params = vec![("kind", kind), ("model", model)];
                 if let Some(b) = backend {
                     params.push(("backend", b));
+                }
+                if let Some(m) = &messages {
+                    params.push(("messages", m));
+                }
+                if let Some(im_service::PromptProbe::Text(t)) = probe {
+                    params.push(("prompt", t));
                 }
                 remote.query(ctx, "/placement", &params).await?
             }
@@ -618,9 +643,17 @@ impl ImMcp {
                     &ctx,
                     "select_backend_for_inference",
                     true,
-                    &a.task,
-                    &a.model,
-                    a.backend.as_deref(),
+                    PlacementAsk {
+                        kind: &a.task,
+                        model: &a.model,
+                        backend: a.backend.as_deref(),
+                        probe: match (a.messages, a.prompt) {
+                            (Some(m), _) => Some(im_service::PromptProbe::Messages(m)),
+                            (None, Some(p)) => Some(im_service::PromptProbe::Text(p)),
+                            (None, None) => None,
+                        }
+                        .as_ref(),
+                    },
                 )
                 .await?
             {
@@ -660,9 +693,12 @@ impl ImMcp {
                 &ctx,
                 "route_inference_request",
                 false,
-                &a.task,
-                &a.model,
-                None,
+                PlacementAsk {
+                    kind: &a.task,
+                    model: &a.model,
+                    backend: None,
+                    probe: None,
+                },
             )
             .await?
         {

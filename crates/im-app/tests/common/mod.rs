@@ -34,3 +34,32 @@ pub async fn listen(built: &im_app::Built) -> String {
     tokio::spawn(async move { axum::serve(l, router).await });
     url
 }
+
+/// An MCP client of im at `url` with key `k`.
+pub async fn mcp(url: &str, k: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
+    let mut cfg = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp"));
+    cfg.auth_header = Some(k.to_owned());
+    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(reqwest::Client::new(), cfg);
+    rmcp::ServiceExt::serve((), transport).await.expect("initialize")
+}
+
+/// A tool's answer: whether it is an error, and its text.
+pub async fn tool(
+    c: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    name: &'static str,
+    args: Value,
+) -> (bool, String) {
+    let mut p = rmcp::model::CallToolRequestParams::new(name);
+    p.arguments = args.as_object().cloned();
+    let r = c.call_tool(p).await.expect("tools/call answered");
+    let text = r
+        .content
+        .iter()
+        .filter_map(|c| match c {
+            rmcp::model::ContentBlock::Text(t) => Some(t.text.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (r.is_error == Some(true), text)
+}
