@@ -13,34 +13,42 @@ use serde_json::{Value, json};
 
 const LLM: &str = "llama-3.2-3b-instruct";
 
-/// The share of prompt blocks sent to a lane that had been sent there before, over `rounds`
-/// turns of six concurrent conversations, under `strategy`.
-async fn cached_share(strategy: Strategy, rounds: usize) -> f64 {
+/// Two simulated servers, and im's configuration in front of them serving one chat model (two
+/// slots each), without jobs or keys.
+async fn two_servers_of_one_chat_model() -> (Vec<SimServer>, ImConfig) {
     let mut sims = Vec::new();
     for seed in 0..2 {
-        let sim = SimServer::start(SimConfig {
-            time_scale: 0.01,
-            seed,
-            ..SimConfig::default()
-        })
-        .await
-        .expect("sim");
-        sims.push(sim);
+        sims.push(
+            SimServer::start(SimConfig {
+                time_scale: 0.01,
+                seed,
+                ..SimConfig::default()
+            })
+            .await
+            .expect("sim"),
+        );
     }
     let mut cfg = ImConfig::default();
     cfg.upstreams = sims
         .iter()
         .map(|s| format!("http://{}", s.addr()).into())
         .collect();
-    cfg.api_keys = vec![DEMO_KEY.into()];
     cfg.jobs.enabled = false;
-    cfg.routing.strategy = strategy;
     cfg.models = vec![ModelEntry {
         name: LLM.into(),
         kinds: vec!["txt2txt".into()],
         max_in_flight: Some(2),
         ..Default::default()
     }];
+    (sims, cfg)
+}
+
+/// The share of prompt blocks sent to a lane that had been sent there before, over `rounds`
+/// turns of six concurrent conversations, under `strategy`.
+async fn cached_share(strategy: Strategy, rounds: usize) -> f64 {
+    let (_sims, mut cfg) = two_servers_of_one_chat_model().await;
+    cfg.api_keys = vec![DEMO_KEY.into()];
+    cfg.routing.strategy = strategy;
     let built = app::build(cfg, None).await.expect("build");
     let url = common::listen(&built).await;
     let client = reqwest::Client::new();
@@ -137,23 +145,7 @@ fn key(k: &str, scopes: &[&str], tenant: &str) -> im_app::config::KeyEntry {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_probe_tells_a_tenant_only_what_it_sent_itself() {
-    let mut sims = Vec::new();
-    for seed in 0..2 {
-        sims.push(
-            SimServer::start(SimConfig {
-                time_scale: 0.01,
-                seed,
-                ..SimConfig::default()
-            })
-            .await
-            .expect("sim"),
-        );
-    }
-    let mut cfg = ImConfig::default();
-    cfg.upstreams = sims
-        .iter()
-        .map(|s| format!("http://{}", s.addr()).into())
-        .collect();
+    let (_sims, mut cfg) = two_servers_of_one_chat_model().await;
     cfg.tenants = ["alice", "bob", "ops"]
         .iter()
         .map(|n| im_app::config::TenantEntry {
@@ -166,13 +158,6 @@ async fn a_cache_probe_tells_a_tenant_only_what_it_sent_itself() {
         key("bob-key", &["infer", "metrics"], "bob"),
         key("ops-key", &["infer", "metrics", "operator"], "ops"),
     ];
-    cfg.jobs.enabled = false;
-    cfg.models = vec![ModelEntry {
-        name: LLM.into(),
-        kinds: vec!["txt2txt".into()],
-        max_in_flight: Some(2),
-        ..Default::default()
-    }];
     let built = app::build(cfg, None).await.expect("build");
     let url = common::listen(&built).await;
     let client = reqwest::Client::new();

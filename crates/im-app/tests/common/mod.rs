@@ -37,10 +37,16 @@ pub async fn listen(built: &im_app::Built) -> String {
 
 /// An MCP client of im at `url` with key `k`.
 pub async fn mcp(url: &str, k: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
-    let mut cfg = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp"));
+    let mut cfg =
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            format!("{url}/mcp"),
+        );
     cfg.auth_header = Some(k.to_owned());
-    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(reqwest::Client::new(), cfg);
-    rmcp::ServiceExt::serve((), transport).await.expect("initialize")
+    let transport =
+        rmcp::transport::StreamableHttpClientTransport::with_client(reqwest::Client::new(), cfg);
+    rmcp::ServiceExt::serve((), transport)
+        .await
+        .expect("initialize")
 }
 
 /// A tool's answer: whether it is an error, and its text.

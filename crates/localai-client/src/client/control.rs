@@ -9,15 +9,20 @@ use super::{LocalAiClient, MAX_ERROR_BODY, ModelInfo, Props};
 use crate::error::ClientError;
 
 impl LocalAiClient {
-    /// Installed models (`GET /v1/models`).
-    pub async fn models(&self) -> Result<Vec<String>, ClientError> {
-        let v = self
+    /// The entries of `GET /v1/models`' `data`.
+    async fn listed_models(&self) -> Result<Vec<Value>, ClientError> {
+        let mut v = self
             .control(Outgoing::general(self.get("/v1/models")))
             .await?;
-        let data = v
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or_else(|| ClientError::Protocol("no data[] in /v1/models".into()))?;
+        match v.get_mut("data").map(Value::take) {
+            Some(Value::Array(data)) => Ok(data),
+            _ => Err(ClientError::Protocol("no data[] in /v1/models".into())),
+        }
+    }
+
+    /// Installed models (`GET /v1/models`).
+    pub async fn models(&self) -> Result<Vec<String>, ClientError> {
+        let data = self.listed_models().await?;
         Ok(data
             .iter()
             .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
@@ -102,13 +107,7 @@ impl LocalAiClient {
     /// What the upstream says about its models (`GET /v1/models`): names, and where the server
     /// reports them (llama.cpp's router), load status and modalities.
     pub async fn model_infos(&self) -> Result<Vec<ModelInfo>, ClientError> {
-        let v = self
-            .control(Outgoing::general(self.get("/v1/models")))
-            .await?;
-        let data = v
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or_else(|| ClientError::Protocol("no data[] in /v1/models".into()))?;
+        let data = self.listed_models().await?;
         Ok(data.iter().filter_map(ModelInfo::from_json).collect())
     }
 
