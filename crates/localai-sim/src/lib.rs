@@ -31,6 +31,7 @@
 
 pub mod audio;
 mod config;
+mod control;
 mod gallery;
 pub mod image;
 pub mod prompt_cache;
