@@ -66,8 +66,18 @@ pub(crate) struct Pool {
     host_header: HeaderValue,
     authorization: Option<HeaderValue>,
     connect_timeout: Duration,
+    /// The request URIs of the hot paths, parsed once.
+    hot: Vec<(&'static str, Uri)>,
     idle: Mutex<Vec<Conn>>,
 }
+
+/// The paths whose request URIs a pool parses once.
+const HOT_PATHS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/images/generations",
+];
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -104,10 +114,16 @@ impl Pool {
             Some(k) => Some(HeaderValue::from_str(&format!("Bearer {k}")).ok()?),
             None => None,
         };
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        let hot = HOT_PATHS
+            .iter()
+            .map(|p| Some((*p, format!("{prefix}{p}").parse().ok()?)))
+            .collect::<Option<Vec<_>>>()?;
         Some(Arc::new(Pool {
             host: host.to_owned(),
             port,
-            prefix: uri.path().trim_end_matches('/').to_owned(),
+            prefix,
+            hot,
             host_header: HeaderValue::from_str(authority).ok()?,
             authorization,
             connect_timeout,
@@ -123,9 +139,12 @@ impl Pool {
         body: Bytes,
         extra: Option<&HeaderMap>,
     ) -> Result<Answer, ClientError> {
-        let uri: Uri = format!("{}{path}", self.prefix)
-            .parse()
-            .map_err(|e| ClientError::Connect(format!("invalid upstream path: {e}")))?;
+        let uri: Uri = match self.hot.iter().find(|(p, _)| *p == path) {
+            Some((_, u)) => u.clone(),
+            None => format!("{}{path}", self.prefix)
+                .parse()
+                .map_err(|e| ClientError::Connect(format!("invalid upstream path: {e}")))?,
+        };
         let request = || {
             let mut req = Request::new(Full::new(body.clone()));
             *req.method_mut() = Method::POST;

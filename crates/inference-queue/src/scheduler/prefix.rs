@@ -112,11 +112,6 @@ impl PrefixIndex {
     pub(crate) fn sent(&mut self, chain: &[u64], tenant: TenantId, capacity: usize) {
         for h in chain.iter().rev() {
             self.clock += 1;
-            let fresh = Block {
-                stamp: self.clock,
-                owners: [tenant; OWNERS],
-                n_owners: 1,
-            };
             match self.block.entry(*h) {
                 std::collections::hash_map::Entry::Occupied(mut e) => {
                     let b = e.get_mut();
@@ -125,7 +120,11 @@ impl PrefixIndex {
                     b.add_owner(tenant);
                 }
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(fresh);
+                    e.insert(Block {
+                        stamp: self.clock,
+                        owners: [tenant; OWNERS],
+                        n_owners: 1,
+                    });
                 }
             }
             self.by_stamp.insert(self.clock, *h);
