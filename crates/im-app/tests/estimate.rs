@@ -65,8 +65,8 @@ async fn the_estimate_grows_with_the_queue_and_refuses_what_the_queue_would() {
     assert_eq!(status, StatusCode::OK, "{idle}");
     let idle = wait_ms(&idle);
 
-    // Twenty chats queue (the model runs a few at a time): a new one would wait behind them.
-    let running: Vec<_> = (0..20)
+    // Forty chats queue (the model runs a few at a time): a new one would wait behind them.
+    let running: Vec<_> = (0..40)
         .map(|_| {
             let (app, chat) = (app.clone(), chat.clone());
             tokio::spawn(async move {
@@ -100,8 +100,8 @@ async fn the_estimate_grows_with_the_queue_and_refuses_what_the_queue_would() {
     for r in running {
         assert_eq!(r.await.expect("chat"), StatusCode::OK);
     }
-    // Refusals by reason, and the predictions measured against the starts (one in 8 sampled:
-    // 24 chats admitted).
+    // Refusals by reason, and the predictions measured against the starts (one in 32 sampled:
+    // 44 chats admitted).
     let (_, metrics) = get(&app, "/metrics").await;
     let metrics = metrics.as_str().unwrap_or_default();
     assert!(

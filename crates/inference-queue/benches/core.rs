@@ -1,6 +1,7 @@
 //! Core throughput: submit + dispatch + complete with N requests queued across 64 groups, of
 //! one tenant and of 64 (fair share inside every group); and with a predicted wait asked for at
-//! one submit in 8, as the engine samples them.
+//! one submit in 8 (the engine samples one in 32): at 10k queued the fluid model, at 100 and
+//! 1,000 a replay of the policy on a copy of the state.
 //! One iteration = one submit, one completion, and the dispatch it triggers (3 operations).
 
 use std::hint::black_box;
@@ -63,13 +64,16 @@ fn setup(queued: usize, tenants: usize) -> (Scheduler, Vec<String>, Vec<RequestI
 fn cycle(c: &mut Criterion) {
     let mut g = c.benchmark_group("submit_dispatch_complete");
     // `predicting`: one submit in 8 also asks for the predicted wait, as the engine's driver
-    // does at admission (for `im_prediction_error_seconds`).
+    // does at admission (for `im_prediction_error_seconds`, one in 32) and early refusal does
+    // for every request with a deadline.
     for (queued, tenants, predicting) in [
         (1_000usize, 1usize, false),
         (10_000, 1, false),
         (100_000, 1, false),
         (10_000, 64, false),
         (10_000, 1, true),
+        (100, 1, true),
+        (1_000, 1, true),
     ] {
         g.throughput(Throughput::Elements(3));
         let id = match (tenants, predicting) {

@@ -1,24 +1,29 @@
 //! Predicted waits: when a request of a group submitted now would start, from the state alone
 //! (a pure function of the queues, the lanes and `now`).
 //!
+//! A new request's wait is replayed ([`super::replay`]) while the system is small enough to copy;
+//! past that, and for a waiting request's place (its client's progress, every second), the fluid
+//! model here predicts.
+//!
 //! The model is a fluid one, per lane that may serve the group: the lane first finishes what
 //! runs there (each running request's learned service time less what it has run, spread over
-//! the model's slots) and drains its active group (within `max_batch` and `max_dwell`); then
-//! come the groups the policy serves before this one: every waiting group of a kind earlier in
-//! the priority order, those of the same kind whose oldest waiter is older, and lower-priority
-//! groups whose oldest waiter, older than this one's, will have starved by then. Each group's
-//! work is shared by the lanes that may serve it, with a load for a group whose model no lane
-//! holds. The wait for the group's turn is stretched by the load of the higher-priority work
-//! that will arrive meanwhile (each group's arrival rate times its service: 1 / (1 - load), as
-//! in a priority queue), never past the starvation bound. Then the group's own waiting
-//! requests, and a load when the lane does not hold its model. The prediction is the least over
-//! the lanes. `cargo xtask sim` measures its error on the policy table's traces.
+//! the model's slots) and drains its active group (with what arrives for it meanwhile, within
+//! `max_batch` and `max_dwell`); then come the groups the policy serves before this one: every
+//! waiting group of a kind earlier in the priority order, those of the same kind whose oldest
+//! waiter is older, and lower-priority groups whose oldest waiter, older than this one's, will
+//! have starved by then. Each group's work is shared by the lanes that may serve it, with a
+//! load for a group whose model no lane holds. The wait for the group's turn is stretched by
+//! the load of the higher-priority work that will arrive meanwhile (each group's arrival rate
+//! times its service: 1 / (1 - load), as in a priority queue), never past the starvation
+//! bound. Then the group's own waiting requests, and a load when the lane does not hold its
+//! model. The prediction is the least over the lanes. `cargo xtask sim` measures its error on the policy table's traces.
 
 use std::time::Duration;
 
 use super::Scheduler;
 use super::api::Rejection;
 use super::queues::{Group, ReqState};
+use super::replay::REPLAY_BELOW;
 use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
 
 /// A waiting request's place, as its client may be told it ([`Scheduler::waiting`]).
@@ -34,9 +39,11 @@ pub struct Waiting {
 }
 
 impl Scheduler {
-    /// The predicted wait of a request of `kind` for `model` submitted at `now`: the least over
-    /// the healthy lanes that may serve it (see `predicted_start_on`); `None` when no lane may
-    /// serve it now. The same refusals as [`submit`](Self::submit) for unknown models and kinds.
+    /// The predicted wait of a request of `kind` for `model` submitted at `now`: the policy
+    /// replayed on a copy of the state ([`super::replay`]) while the system holds fewer than
+    /// [`REPLAY_BELOW`] requests, else the fluid model (the least over the healthy lanes that may
+    /// serve it, see `predicted_start_on`); `None` when no lane may serve it now. The same
+    /// refusals as [`submit`](Self::submit) for unknown models and kinds.
     pub fn predicted_wait(
         &self,
         now: Time,
@@ -94,8 +101,18 @@ impl Scheduler {
         })
     }
 
-    /// [`Self::predicted_wait`] of a model already resolved (admission has it).
+    /// [`Self::predicted_wait`] of a model already resolved (admission has it): a replay while
+    /// the system holds fewer than [`REPLAY_BELOW`] requests, the fluid model beyond.
     pub(super) fn wait_of(&self, now: Time, kind: Kind, m: ModelId) -> Option<Duration> {
+        if self.queues.len() < REPLAY_BELOW {
+            self.replayed_wait(now, kind, m)
+        } else {
+            self.fluid_wait(now, kind, m)
+        }
+    }
+
+    /// The fluid model's prediction: the least over the lanes.
+    pub(super) fn fluid_wait(&self, now: Time, kind: Kind, m: ModelId) -> Option<Duration> {
         (0..self.lanes.len())
             .filter(|l| self.lanes[*l].is_closed())
             .filter_map(|l| self.predicted_start_on(now, LaneId(l), kind, m))
@@ -183,10 +200,14 @@ impl Scheduler {
             let g = self.queues.group(a);
             let b = self.cfg.bounds;
             let x = &self.lanes[l];
-            let left = b.max_batch.map_or(g.depth(), |mb| {
-                g.depth().min(mb.saturating_sub(x.batch) as usize)
-            });
-            let mut drain = left as f64 * secs(g.key.model) / slots(g.key.model);
+            let turn = secs(g.key.model) / slots(g.key.model);
+            // What arrives for it meanwhile joins the drain (a fluid queue: its depth over one
+            // less its load), within the batch bound.
+            let busy = (g.arrivals.per_sec(now) * turn / serving(g)).min(0.95);
+            let mut drain = g.depth() as f64 * turn / (1.0 - busy);
+            if let Some(mb) = b.max_batch {
+                drain = drain.min(mb.saturating_sub(x.batch) as f64 * turn);
+            }
             if let Some(d) = b.max_dwell {
                 let dwelt = now.saturating_since(x.activated_at);
                 drain = drain.min(d.saturating_sub(dwelt).as_secs_f64());

@@ -33,7 +33,7 @@ impl Default for Share {
 
 /// The tenants' counters and backlogs, by tenant id (ids are small and dense: the engine
 /// numbers tenants as it meets them).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Fairness {
     shares: Vec<Share>,
     /// Tenants with requests waiting.

@@ -39,7 +39,7 @@ pub(super) enum Phase {
 }
 
 /// The requests of one model running on a lane.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Running {
     model: ModelId,
     count: u32,
@@ -47,7 +47,7 @@ struct Running {
     started_sum: f64,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Lane {
     pub(super) name: String,
     pub(super) active: Option<GroupId>,

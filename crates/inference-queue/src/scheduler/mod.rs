@@ -28,6 +28,7 @@ mod placement;
 mod policy;
 pub(crate) mod prefix;
 mod queues;
+mod replay;
 mod residency;
 mod topology;
 
@@ -56,6 +57,7 @@ use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
 ///   [`poll_timeout`](Self::poll_timeout) (the next wake-up, re-read after every input);
 /// - **getters**: [`status`](Self::status), [`counters`](Self::counters), [`models`](Self::models),
 ///   [`model_id`](Self::model_id), [`models_for`](Self::models_for).
+#[derive(Clone)]
 pub struct Scheduler {
     cfg: Config,
     priority: Vec<Kind>,

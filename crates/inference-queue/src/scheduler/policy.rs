@@ -19,7 +19,7 @@ pub const SLOW_FACTOR: f64 = 3.0;
 /// group's eligibility depends on its model's homes, and a lane weighs every group at each
 /// switch point. Valid while the state does not change (one `choose_next`, one `may_continue`);
 /// [`Homes::reset`] forgets it all at once (a new generation), keeping the memory.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct Homes {
     generation: u32,
     /// Per model: the lane whose switch to it costs least.
@@ -33,6 +33,7 @@ pub(super) struct Homes {
 }
 
 /// Values by index, each valid for the generation it was computed in.
+#[derive(Clone)]
 struct Memo<T>(Vec<(u32, T)>);
 
 impl<T> Default for Memo<T> {

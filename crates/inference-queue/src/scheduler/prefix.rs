@@ -79,7 +79,7 @@ impl Block {
 }
 
 /// The blocks recently sent to one lane, least recently used out first.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct PrefixIndex {
     block: HashMap<u64, Block>,
     by_stamp: BTreeMap<u64, u64>,

@@ -34,7 +34,7 @@ pub(super) enum ReqState {
 }
 
 /// A request in the system.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Req {
     pub(super) group: GroupId,
     pub(super) bytes: u64,
@@ -89,7 +89,7 @@ impl Waiter {
 }
 
 /// One class and tenant's waiting requests in a group, in order.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Line {
     key: (Class, TenantId),
     waiters: VecDeque<Waiter>,
@@ -118,7 +118,7 @@ impl Turn {
 /// The waiting requests of one group, a line per class and tenant. Entries may be tombstones
 /// (no longer queued) except at the head of a line, which is always live; a line with none is
 /// dropped.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct GroupQueue {
     lines: Vec<Line>,
     depth: usize,
@@ -307,7 +307,7 @@ impl GroupQueue {
 }
 
 /// One group: its key, its queue and what it runs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Group {
     pub(super) key: GroupKey,
     pub(super) queue: GroupQueue,
@@ -324,7 +324,7 @@ impl Group {
 }
 
 /// A group's arrival rate: a moving mean of the gaps between its arrivals.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Arrivals {
     last: Option<Time>,
     /// The mean gap in seconds (`None` until two arrivals).
@@ -358,7 +358,7 @@ impl Arrivals {
 }
 
 /// Every request in the system and the queues it waits in.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Queues {
     requests: IdMap<Req>,
     groups: Vec<Group>,

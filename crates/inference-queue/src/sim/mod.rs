@@ -227,9 +227,12 @@ pub struct Report {
     pub tenant_waits: HashMap<u32, Vec<Duration>>,
     /// Per tenant: requests that finished successfully.
     pub tenant_completed: HashMap<u32, usize>,
-    /// With [`run_scheduler_predicting`]: per request that started, its kind, its predicted wait
-    /// when it arrived ([`Scheduler::predicted_wait`]) and its actual wait.
-    pub predictions: Vec<(Kind, Duration, Duration)>,
+    /// With [`run_scheduler_predicting`]: per request that started, its predicted wait when it
+    /// arrived ([`Scheduler::predicted_wait`]) and its actual wait.
+    pub predictions: Vec<Prediction>,
+    /// Per request dispatched: its index in the trace and its wait to the start of its first
+    /// attempt's service.
+    pub first_dispatch: Vec<(usize, Duration)>,
     /// The trace's requests (by index) that waited past their deadline in the queue.
     pub expired: Vec<usize>,
     /// The trace's requests (by index) refused at admission because they would have expired
@@ -241,6 +244,19 @@ pub struct Report {
     pub prefix_blocks: (u64, u64),
     /// Per lane: the service time it ran (slot-seconds).
     pub lane_busy: Vec<Duration>,
+}
+
+/// A request's predicted wait when it arrived, and the wait it had ([`Report::predictions`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Prediction {
+    /// The request: its index in the trace.
+    pub item: usize,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its wait as [`Scheduler::predicted_wait`] predicted it at its arrival.
+    pub predicted: Duration,
+    /// From its arrival to the start of its service (after the load its attempt carried).
+    pub actual: Duration,
 }
 
 impl Report {
@@ -528,15 +544,25 @@ fn replay(
             observe(&core, Some(&ev));
             match ev {
                 Event::Dispatch {
-                    id, lane, waited, ..
+                    id, lane, attempt, ..
                 } => {
                     let i = item_of[&id];
                     let item = &trace[i];
-                    if let Some(p) = predicted_of.remove(&id) {
-                        report.predictions.push((item.kind, p, waited));
-                    }
                     let up = &mut ups[lane.0];
                     let start = up.ensure(models, item.model, now);
+                    if attempt == 1 {
+                        report
+                            .first_dispatch
+                            .push((i, start.saturating_since(item.at)));
+                    }
+                    if let Some(p) = predicted_of.remove(&id) {
+                        report.predictions.push(Prediction {
+                            item: i,
+                            kind: item.kind,
+                            predicted: p,
+                            actual: start.saturating_since(item.at),
+                        });
+                    }
                     // Models side by side share the GPU's compute: a request that starts while
                     // another model runs takes 1.5x as long.
                     let shared = up.runs_other_than(item.model);
