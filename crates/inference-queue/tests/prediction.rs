@@ -148,3 +148,23 @@ fn a_request_the_queue_would_make_expire_is_refused_at_once_when_asked() {
         Admission::Accepted(_)
     ));
 }
+
+#[test]
+fn an_attempt_that_starts_while_its_model_loads_teaches_no_service_time() {
+    // llm (two slots) loads with the first of two chats: the second starts beside it and waits
+    // for the load too, so both end 7 s in (a 6 s load, 1 s of service).
+    let mut h = Harness::new(cfg(Bounds::default()));
+    let carrier = h.id(Kind::Txt2Txt, "llm");
+    let beside = h.id(Kind::Txt2Txt, "llm");
+    assert!(h.lane_of(carrier).is_some() && h.lane_of(beside).is_some());
+    h.at(7_000).complete(carrier, Outcome::Success);
+    h.complete(beside, Outcome::Success);
+    // A warm chat then takes 1 s: that is the service time learned, not the 7 s the one beside
+    // the load took.
+    let warm = h.id(Kind::Txt2Txt, "llm");
+    let lane = LaneId(h.lane_of(warm).expect("dispatched"));
+    h.at(8_000).complete(warm, Outcome::Success);
+    let llm = h.core.model_id("llm").expect("known");
+    let learned = h.core.expected_service(lane, llm).expect("learned");
+    assert_eq!(learned, Duration::from_secs(1), "{learned:?}");
+}

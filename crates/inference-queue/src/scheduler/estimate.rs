@@ -39,10 +39,11 @@ pub struct Waiting {
 }
 
 impl Scheduler {
-    /// The predicted wait of a request of `kind` for `model` submitted at `now`: the policy
-    /// replayed on a copy of the state ([`super::replay`]) while the system holds fewer than
-    /// [`REPLAY_BELOW`] requests, else the fluid model (the least over the healthy lanes that may
-    /// serve it, see `predicted_start_on`); `None` when no lane may serve it now. The same
+    /// The predicted wait of a request of `kind` for `model` submitted at `now`, until it starts
+    /// (after the load it waits for, if any): the policy replayed on a copy of the state (at
+    /// learned service and load times, with arrivals at each group's learned rate) while the
+    /// system holds fewer than 1,024 requests, else a fluid model of the policy (the least over
+    /// the healthy lanes that may serve it); `None` when no lane may serve it now. The same
     /// refusals as [`submit`](Self::submit) for unknown models and kinds.
     pub fn predicted_wait(
         &self,

@@ -55,6 +55,9 @@ pub(super) struct Lane {
     pub(super) resident: Vec<ModelId>,
     /// Models loaded without a warm-up whose first request has not started yet.
     pub(super) cold: Vec<ModelId>,
+    /// Models whose load rides on an attempt in flight here (the first after a load without
+    /// warm-up): the attempts that start beside it wait for the load too.
+    loading: Vec<ModelId>,
     pub(super) in_flight: u32,
     /// Requests in flight per model.
     running: Vec<Running>,
@@ -93,6 +96,7 @@ impl Lane {
             active: None,
             resident: Vec::new(),
             cold: Vec::new(),
+            loading: Vec::new(),
             in_flight: 0,
             running: Vec::new(),
             costs: models.iter().map(Costs::seeded).collect(),
@@ -156,15 +160,21 @@ impl Lane {
     pub(super) fn forget(&mut self, model: ModelId) {
         // Its server's prompt cache went with it.
         self.prefixes.clear();
+        self.loading.retain(|m| *m != model);
         debug_assert_eq!(self.running_of(model), 0, "forgetting a busy model");
         self.resident.retain(|m| *m != model);
     }
 
     /// A request of `model` starts here at `now`; whether it is the first after a load without
-    /// warm-up (it carries the load).
-    pub(super) fn start(&mut self, model: ModelId, now: Time) -> bool {
+    /// warm-up (it carries the load), and whether it starts while that load is under way (it
+    /// waits for part of it).
+    pub(super) fn start(&mut self, model: ModelId, now: Time) -> (bool, bool) {
         let cold = self.cold.contains(&model);
         self.cold.retain(|m| *m != model);
+        let behind = !cold && self.loading.contains(&model);
+        if cold {
+            self.loading.push(model);
+        }
         let at = now.saturating_since(Time::ZERO).as_secs_f64();
         match self.running.iter_mut().find(|r| r.model == model) {
             Some(r) => {
@@ -181,12 +191,15 @@ impl Lane {
         self.used_at[model.0] = now;
         self.in_flight += 1;
         self.batch += 1;
-        cold
+        (cold, behind)
     }
 
     /// A request of `model` started at `started` ended here at `now`.
-    pub(super) fn end(&mut self, model: ModelId, started: Time, now: Time) {
+    pub(super) fn end(&mut self, model: ModelId, started: Time, now: Time, cold: bool) {
         self.in_flight -= 1;
+        if cold {
+            self.loading.retain(|m| *m != model);
+        }
         self.used_at[model.0] = now;
         if let Some(i) = self.running.iter().position(|r| r.model == model) {
             let r = &mut self.running[i];

@@ -418,6 +418,7 @@ impl Scheduler {
                 failed_on: None,
                 started: Time::ZERO,
                 cold: false,
+                behind_load: false,
                 placed,
                 tenant: req.tenant,
                 class: req.class,
@@ -487,13 +488,13 @@ impl Scheduler {
         };
         let (group, attempts, deadline, placed) =
             (req.group, req.attempts, req.deadline, req.placed);
-        let (started, cold) = (req.started, req.cold);
+        let (started, cold, behind_load) = (req.started, req.cold, req.behind_load);
         let (tenant, charged, estimated) = (req.tenant, req.charged, req.cost.is_some());
         let model = self.queues.group(group).key.model;
         self.queues.fair.ended(tenant);
         let l = &mut self.lanes[lane.0];
-        l.end(model, started, self.now);
-        if outcome == Outcome::Success {
+        l.end(model, started, self.now, cold);
+        if outcome == Outcome::Success && !behind_load {
             l.learn(model, self.now.saturating_since(started), cold);
         }
         if !estimated {

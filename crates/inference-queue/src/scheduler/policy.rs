@@ -542,7 +542,7 @@ impl Scheduler {
         let model = self.queues.group(group).key.model;
         let now = self.now;
         let l = &mut self.lanes[lane];
-        let cold = l.start(model, now);
+        let (cold, behind_load) = l.start(model, now);
         l.probe_with(id);
         let expected = self
             .expected_service(LaneId(lane), model)
@@ -555,6 +555,7 @@ impl Scheduler {
         r.state = ReqState::InFlight { lane: LaneId(lane) };
         r.started = now;
         r.cold = cold;
+        r.behind_load = behind_load;
         r.attempts += 1;
         let attempt = r.attempts;
         let waited = now.saturating_since(r.arrival);

@@ -48,6 +48,9 @@ pub(super) struct Req {
     pub(super) started: Time,
     /// Whether its current attempt loads the model (the first after a load without warm-up).
     pub(super) cold: bool,
+    /// Whether its current attempt started while another carried its model's load (it waited
+    /// for part of the load: its time says nothing of the service).
+    pub(super) behind_load: bool,
     /// Whether a balancer routing chose its lane (it moves when that lane fails); a caller's pin
     /// never moves.
     pub(super) placed: bool,
