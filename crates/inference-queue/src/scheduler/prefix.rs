@@ -79,14 +79,23 @@ impl Block {
 }
 
 /// The blocks recently sent to one lane, least recently used out first.
+///
+/// Its blocks sit behind an `Arc`: a copy of the scheduler (a predicted wait's replay) shares
+/// them, and the scheduler's own writes find them unshared (a replay's copy writes none).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PrefixIndex {
-    block: HashMap<u64, Block>,
-    by_stamp: BTreeMap<u64, u64>,
-    clock: u64,
+    blocks: Arc<Blocks>,
     /// Blocks sent here, and of them those sent here before.
     sent: u64,
     matched: u64,
+}
+
+/// The blocks of a [`PrefixIndex`], and their recency.
+#[derive(Clone, Debug, Default)]
+struct Blocks {
+    block: HashMap<u64, Block>,
+    by_stamp: BTreeMap<u64, u64>,
+    clock: u64,
 }
 
 impl PrefixIndex {
@@ -94,7 +103,7 @@ impl PrefixIndex {
     pub(crate) fn matched(&self, chain: &[u64]) -> usize {
         chain
             .iter()
-            .take_while(|h| self.block.contains_key(h))
+            .take_while(|h| self.blocks.block.contains_key(h))
             .count()
     }
 
@@ -102,7 +111,7 @@ impl PrefixIndex {
     pub(crate) fn matched_for(&self, chain: &[u64], tenant: TenantId) -> usize {
         chain
             .iter()
-            .take_while(|h| self.block.get(h).is_some_and(|b| b.owned_by(tenant)))
+            .take_while(|h| self.blocks.block.get(h).is_some_and(|b| b.owned_by(tenant)))
             .count()
     }
 
@@ -110,30 +119,31 @@ impl PrefixIndex {
     /// block the newest, so that its tail leaves first), the oldest leave beyond `capacity`
     /// blocks.
     pub(crate) fn sent(&mut self, chain: &[u64], tenant: TenantId, capacity: usize) {
+        let b = Arc::make_mut(&mut self.blocks);
         for h in chain.iter().rev() {
-            self.clock += 1;
-            match self.block.entry(*h) {
+            b.clock += 1;
+            match b.block.entry(*h) {
                 std::collections::hash_map::Entry::Occupied(mut e) => {
-                    let b = e.get_mut();
-                    self.by_stamp.remove(&b.stamp);
-                    b.stamp = self.clock;
-                    b.add_owner(tenant);
+                    let block = e.get_mut();
+                    b.by_stamp.remove(&block.stamp);
+                    block.stamp = b.clock;
+                    block.add_owner(tenant);
                 }
                 std::collections::hash_map::Entry::Vacant(e) => {
                     e.insert(Block {
-                        stamp: self.clock,
+                        stamp: b.clock,
                         owners: [tenant; OWNERS],
                         n_owners: 1,
                     });
                 }
             }
-            self.by_stamp.insert(self.clock, *h);
+            b.by_stamp.insert(b.clock, *h);
         }
-        while self.block.len() > capacity {
-            let Some((_, h)) = self.by_stamp.pop_first() else {
+        while b.block.len() > capacity {
+            let Some((_, h)) = b.by_stamp.pop_first() else {
                 break;
             };
-            self.block.remove(&h);
+            b.block.remove(&h);
         }
     }
 
@@ -150,8 +160,7 @@ impl PrefixIndex {
 
     /// Forget everything (the lane's server restarted, or changed model).
     pub(super) fn clear(&mut self) {
-        self.block.clear();
-        self.by_stamp.clear();
+        self.blocks = Arc::default();
     }
 }
 

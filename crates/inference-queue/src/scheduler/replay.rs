@@ -11,8 +11,10 @@
 //! replay cannot know (the true service times, what arrives) costs far less than what a formula
 //! leaves out.
 //!
-//! A replay costs a step per dispatch before the phantom's: [`REPLAY_STEPS`] bound it, and past
-//! them the fluid model predicts the rest from the replayed state.
+//! A replay costs a copy of the requests (the lanes' prefix indexes are shared, not copied:
+//! prompts are placed in it as affinity alone places them) and a step per dispatch before the
+//! phantom's: [`REPLAY_STEPS`] bound those, and past them the fluid model predicts the rest from
+//! the replayed state.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -49,6 +51,9 @@ impl Scheduler {
         copy.events.clear();
         copy.cfg.limits.early_refusal_pct = None;
         copy.cfg.limits.max_queued_total = usize::MAX;
+        // Prompts are placed as affinity places them: the copy shares the lanes' prefix indexes
+        // and must not write to them.
+        copy.cfg.prefix = None;
         let mut due: BinaryHeap<Reverse<(Time, Due)>> = BinaryHeap::new();
         let mut loads = Loads::default();
         for (id, r) in self.queues.requests() {
