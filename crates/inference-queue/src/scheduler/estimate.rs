@@ -1,9 +1,8 @@
 //! Predicted waits: when a request of a group submitted now would start, from the state alone
 //! (a pure function of the queues, the lanes and `now`).
 //!
-//! A new request's wait is replayed ([`super::replay`]) while the system is small enough to copy;
-//! past that, and for a waiting request's place (its client's progress, every second), the fluid
-//! model here predicts.
+//! A wait is replayed ([`super::replay`]) while the system is small enough to copy; past that,
+//! the fluid model here predicts.
 //!
 //! The model is a fluid one, per lane that may serve the group: the lane first finishes what
 //! runs there (each running request's learned service time less what it has run, spread over
@@ -23,7 +22,7 @@ use std::time::Duration;
 use super::Scheduler;
 use super::api::Rejection;
 use super::queues::{Group, ReqState};
-use super::replay::REPLAY_BELOW;
+use super::replay::{REPLAY_BELOW, Whose};
 use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
 
 /// A waiting request's place, as its client may be told it ([`Scheduler::waiting`]).
@@ -56,21 +55,32 @@ impl Scheduler {
     }
 
     /// Where the waiting request `id` stands at `now`: its position in its group's order and
-    /// its predicted start (as [`Self::predicted_wait`], with only the requests its group
-    /// serves before it ahead of it); `None` when it is not waiting (running, backing off,
-    /// gone).
+    /// its predicted start (as [`Self::predicted_wait`] predicts a new request's, for this one
+    /// where it stands); `None` when it is not waiting (running, backing off, gone).
     pub fn waiting(&self, now: Time, id: RequestId) -> Option<Waiting> {
         let ahead = self.queues.ahead_in_group(id)?;
         let key = self.queues.group(self.queues.get(id)?.group).key;
-        let eta = (0..self.lanes.len())
-            .filter(|l| self.lanes[*l].is_closed() && key.lane.is_none_or(|p| p.0 == *l))
-            .filter_map(|l| self.start_on(now, LaneId(l), key.kind, key.model, Some(ahead)))
-            .min();
+        let eta = if self.queues.len() < REPLAY_BELOW {
+            self.replayed_wait(now, Whose::Waiting(id))
+        } else {
+            self.fluid_eta(now, id)
+        };
         Some(Waiting {
             position: ahead + 1,
             eta,
             loading: self.loading(key.model),
         })
+    }
+
+    /// The fluid model's predicted start of the waiting request `id`: the least over the lanes
+    /// that may serve it, with only the requests its group serves before it ahead of it.
+    pub(super) fn fluid_eta(&self, now: Time, id: RequestId) -> Option<Duration> {
+        let ahead = self.queues.ahead_in_group(id)?;
+        let key = self.queues.group(self.queues.get(id)?.group).key;
+        (0..self.lanes.len())
+            .filter(|l| self.lanes[*l].is_closed() && key.lane.is_none_or(|p| p.0 == *l))
+            .filter_map(|l| self.start_on(now, LaneId(l), key.kind, key.model, Some(ahead)))
+            .min()
     }
 
     /// Whether the running request `id`'s attempt carries its model's load (the first on its
@@ -106,7 +116,7 @@ impl Scheduler {
     /// the system holds fewer than [`REPLAY_BELOW`] requests, the fluid model beyond.
     pub(super) fn wait_of(&self, now: Time, kind: Kind, m: ModelId) -> Option<Duration> {
         if self.queues.len() < REPLAY_BELOW {
-            self.replayed_wait(now, kind, m)
+            self.replayed_wait(now, Whose::New(kind, m))
         } else {
             self.fluid_wait(now, kind, m)
         }

@@ -42,10 +42,19 @@ enum Due {
     Arrival(GroupId),
 }
 
+/// Whose start a replay predicts.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Whose {
+    /// A request of this kind for this model, submitted now.
+    New(Kind, ModelId),
+    /// This waiting request.
+    Waiting(RequestId),
+}
+
 impl Scheduler {
-    /// The wait of a request of `kind` for `m` submitted at `now`, by replay (see the module's
-    /// docs): `None` when no lane may serve it now.
-    pub(super) fn replayed_wait(&self, now: Time, kind: Kind, m: ModelId) -> Option<Duration> {
+    /// When `whose` starts, from `now`, by replay (see the module's docs): `None` when no lane
+    /// may serve it now.
+    pub(super) fn replayed_wait(&self, now: Time, whose: Whose) -> Option<Duration> {
         let now = now.max(self.now);
         let mut copy = self.clone();
         copy.events.clear();
@@ -86,10 +95,15 @@ impl Scheduler {
                 due.push(Reverse((ends.max(now), Due::Lifecycle(LaneId(l)))));
             }
         }
-        let phantom = match copy.submit(now, stand_in(kind, self.model_name(m), None)) {
-            Admission::Accepted(id) => id,
-            // Refused as no real request would be (a lane filter, a bound on bytes): the model.
-            Admission::Rejected(_) => return self.fluid_wait(now, kind, m),
+        let phantom = match whose {
+            Whose::Waiting(id) => id,
+            Whose::New(kind, m) => match copy.submit(now, stand_in(kind, self.model_name(m), None))
+            {
+                Admission::Accepted(id) => id,
+                // Refused as no real request would be (a lane filter, a bound on bytes): the
+                // fluid model.
+                Admission::Rejected(_) => return self.fluid_wait(now, kind, m),
+            },
         };
         // What keeps arriving meanwhile: each group's requests at its learned rate, evenly.
         let gap = |g: GroupId| {
@@ -158,9 +172,7 @@ impl Scheduler {
         }
         // Past the budget, the fluid model from where the replay got to.
         let elapsed = at.saturating_since(now);
-        copy.waiting(at, phantom)
-            .and_then(|w| w.eta)
-            .map(|eta| elapsed + eta)
+        copy.fluid_eta(at, phantom).map(|eta| elapsed + eta)
     }
 
     /// The learned service time of `model` on `lane`, else the lane's mean.
