@@ -60,7 +60,7 @@ impl Scheduler {
     pub fn waiting(&self, now: Time, id: RequestId) -> Option<Waiting> {
         let ahead = self.queues.ahead_in_group(id)?;
         let key = self.queues.group(self.queues.get(id)?.group).key;
-        let eta = if self.queues.len() < REPLAY_BELOW {
+        let eta = if self.queues.len() < REPLAY_BELOW && !self.replaying {
             self.replayed_wait(now, Whose::Waiting(id))
         } else {
             self.fluid_eta(now, id)
@@ -115,7 +115,7 @@ impl Scheduler {
     /// [`Self::predicted_wait`] of a model already resolved (admission has it): a replay while
     /// the system holds fewer than [`REPLAY_BELOW`] requests, the fluid model beyond.
     pub(super) fn wait_of(&self, now: Time, kind: Kind, m: ModelId) -> Option<Duration> {
-        if self.queues.len() < REPLAY_BELOW {
+        if self.queues.len() < REPLAY_BELOW && !self.replaying {
             self.replayed_wait(now, Whose::New(kind, m))
         } else {
             self.fluid_wait(now, kind, m)

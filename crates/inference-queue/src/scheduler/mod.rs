@@ -74,6 +74,9 @@ pub struct Scheduler {
     round_robin: usize,
     /// What a decision learns about models' homes (memory kept, contents not).
     homes: policy::Homes,
+    /// Whether this is a copy a predicted wait replays ([`replay`]): its own predictions are
+    /// the fluid model's.
+    replaying: bool,
 }
 
 impl Scheduler {
@@ -106,6 +109,7 @@ impl Scheduler {
             counters: Counters::default(),
             round_robin: usize::MAX,
             homes: policy::Homes::default(),
+            replaying: false,
         })
     }
 

@@ -326,20 +326,24 @@ impl Group {
     }
 }
 
-/// A group's arrival rate: a moving mean of the gaps between its arrivals.
+/// A group's arrival rate: a moving mean of the gaps between its arrivals; and the queue
+/// deadline its latest arrival had.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Arrivals {
     last: Option<Time>,
     /// The mean gap in seconds (`None` until two arrivals).
     gap: Option<f64>,
+    /// From the latest arrival to its deadline.
+    pub(super) deadline: Option<Duration>,
 }
 
 impl Arrivals {
     /// Weight of the newest gap in the mean.
     const ALPHA: f64 = 0.05;
 
-    /// A request arrived at `now`.
-    fn arrived(&mut self, now: Time) {
+    /// A request with `deadline` arrived at `now`.
+    fn arrived(&mut self, now: Time, deadline: Time) {
+        self.deadline = Some(deadline.saturating_since(now));
         if let Some(last) = self.last {
             let g = now.saturating_since(last).as_secs_f64();
             self.gap = Some(self.gap.map_or(g, |m| m + Self::ALPHA * (g - m)));
@@ -535,7 +539,7 @@ impl Queues {
         self.deadlines.insert((req.deadline, id));
         self.bytes_held += req.bytes;
         self.groups[g.0].queue.push_back(Waiter::of(id, &req));
-        self.groups[g.0].arrivals.arrived(req.arrival);
+        self.groups[g.0].arrivals.arrived(req.arrival, req.deadline);
         self.fair.waits(req.tenant);
         self.requests.insert(id, req);
         self.waiting += 1;

@@ -1,15 +1,17 @@
 //! Predicted waits by replay: the policy itself, run forward on a copy of the state.
 //!
 //! The fluid model ([`super::estimate`]) describes the policy in a formula; a replay runs it.
-//! A copy of the scheduler takes a phantom request of the group asked about, then goes on
-//! alone with no further arrivals: every attempt lasts its model's learned service time on its
-//! lane (the attempts running now, what is left of it), every load its learned load time, and
-//! the deadlines, the bounds, the starvation rule, placement and fair share act as they will.
-//! The prediction is when the phantom starts: its dispatch, or the end of the load its model is
-//! in when dispatched. `cargo xtask sim` finds the wait of a
-//! request nearly settled by the state at its arrival (the future moves it little), so what a
-//! replay cannot know (the true service times, what arrives) costs far less than what a formula
-//! leaves out.
+//! A copy of the scheduler takes a phantom request of the group asked about (or follows a
+//! waiting one), then goes on alone: every attempt lasts its model's learned service time on
+//! its lane (the attempts running now, what is left of it), an attempt that starts while its
+//! model loads starts once the load is done, every load takes its learned time, each group's
+//! requests keep arriving evenly at its learned rate with the deadline its latest one had (and
+//! are admitted as the copy admits them, refused early by the fluid model), and the deadlines,
+//! the bounds, the starvation rule, placement and fair share act as they will. The prediction
+//! is when the phantom starts. `cargo xtask sim` finds the wait of a request nearly settled by
+//! the state at its arrival (a state oracle that redraws the future moves it little), so what a
+//! replay cannot know (the true service times, what arrives) costs far less than what a
+//! formula leaves out.
 //!
 //! A replay costs a copy of the requests (the lanes' prefix indexes are shared, not copied:
 //! prompts are placed in it as affinity alone places them) and a step per dispatch before the
@@ -58,7 +60,9 @@ impl Scheduler {
         let now = now.max(self.now);
         let mut copy = self.clone();
         copy.events.clear();
-        copy.cfg.limits.early_refusal_pct = None;
+        // Admission in the copy refuses early by the fluid model (a replay in a replay would
+        // never end).
+        copy.replaying = true;
         copy.cfg.limits.max_queued_total = usize::MAX;
         // Prompts are placed as affinity places them: the copy shares the lanes' prefix indexes
         // and must not write to them.
@@ -155,9 +159,11 @@ impl Scheduler {
                         }
                         Due::Lifecycle(lane) => copy.lifecycle_done(t, lane),
                         Due::Arrival(g) => {
-                            let key = self.queues.group(g).key;
-                            let model = self.model_name(key.model);
-                            copy.submit(t, stand_in(key.kind, model, key.lane));
+                            let group = self.queues.group(g);
+                            let model = self.model_name(group.key.model);
+                            let mut arrival = stand_in(group.key.kind, model, group.key.lane);
+                            arrival.deadline = group.arrivals.deadline;
+                            copy.submit(t, arrival);
                             let gap = gap(g).expect("a group that arrives has a rate");
                             due.push(Reverse((t + gap, Due::Arrival(g))));
                         }
@@ -182,7 +188,8 @@ impl Scheduler {
     }
 }
 
-/// A request the replay stands in: the default tenant and class, no deadline, no prompt.
+/// A request the replay stands in: the default tenant and class, no deadline (the kind's
+/// default), no prompt.
 fn stand_in(kind: Kind, model: &str, lane: Option<LaneId>) -> Submit<'_> {
     Submit {
         kind,

@@ -230,20 +230,30 @@ pub struct Report {
     /// With [`run_scheduler_predicting`]: per request that started, its predicted wait when it
     /// arrived ([`Scheduler::predicted_wait`]) and its actual wait.
     pub predictions: Vec<Prediction>,
-    /// Per request dispatched: its index in the trace and its wait to the start of its first
-    /// attempt's service.
-    pub first_dispatch: Vec<(usize, Duration)>,
+    /// Per request dispatched, its first attempt.
+    pub first_dispatch: Vec<FirstAttempt>,
     /// The trace's requests (by index) that waited past their deadline in the queue.
     pub expired: Vec<usize>,
     /// The trace's requests (by index) refused at admission because they would have expired
-    /// (`limits.early_refusal_pct`).
-    pub refused_early: Vec<usize>,
+    /// (`limits.early_refusal_pct`), each with its predicted wait.
+    pub refused_early: Vec<(usize, Duration)>,
     /// Per request with a prompt that succeeded: its time to first token (wait, load, prefill).
     pub ttft: Vec<Duration>,
     /// Prompt blocks the servers had cached, and prompt blocks sent.
     pub prefix_blocks: (u64, u64),
     /// Per lane: the service time it ran (slot-seconds).
     pub lane_busy: Vec<Duration>,
+}
+
+/// A request's first attempt ([`Report::first_dispatch`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FirstAttempt {
+    /// The request: its index in the trace.
+    pub item: usize,
+    /// From its arrival to its dispatch (what its queue deadline bounds).
+    pub dispatched: Duration,
+    /// From its arrival to the start of its service (after the load it waited for).
+    pub started: Duration,
 }
 
 /// A request's predicted wait when it arrived, and the wait it had ([`Report::predictions`]).
@@ -506,8 +516,8 @@ fn replay(
                             }
                             Admission::Rejected(r) => {
                                 report.not_completed += 1;
-                                if matches!(r, crate::Rejection::WouldExpire { .. }) {
-                                    report.refused_early.push(i);
+                                if let crate::Rejection::WouldExpire { predicted, .. } = r {
+                                    report.refused_early.push((i, predicted));
                                 }
                             }
                         }
@@ -551,9 +561,11 @@ fn replay(
                     let up = &mut ups[lane.0];
                     let start = up.ensure(models, item.model, now);
                     if attempt == 1 {
-                        report
-                            .first_dispatch
-                            .push((i, start.saturating_since(item.at)));
+                        report.first_dispatch.push(FirstAttempt {
+                            item: i,
+                            dispatched: now.saturating_since(item.at),
+                            started: start.saturating_since(item.at),
+                        });
                     }
                     if let Some(p) = predicted_of.remove(&id) {
                         report.predictions.push(Prediction {
