@@ -168,3 +168,22 @@ fn an_attempt_that_starts_while_its_model_loads_teaches_no_service_time() {
     let learned = h.core.expected_service(lane, llm).expect("learned");
     assert_eq!(learned, Duration::from_secs(1), "{learned:?}");
 }
+
+#[test]
+fn a_request_that_would_start_beside_a_load_is_predicted_to_wait_for_it() {
+    // llm (two slots) is loading with its first chat: a second would be dispatched at once to
+    // the free slot, and start when the load is done.
+    let mut h = Harness::new(cfg(Bounds::default()));
+    let carrier = h.id(Kind::Txt2Txt, "llm");
+    assert!(h.lane_of(carrier).is_some());
+    assert!(h.core.carries_load(carrier));
+    let llm = h.core.model_id("llm").expect("known");
+    let load = h.core.expected_load(LaneId(0), llm).as_secs_f64();
+    let now = h.now + Duration::from_secs(1);
+    let predicted = secs(h.core.predicted_wait(now, Kind::Txt2Txt, "llm"));
+    assert!(
+        (predicted - (load - 1.0)).abs() < 0.01,
+        "{predicted} s predicted, the load has {} s left",
+        load - 1.0
+    );
+}
