@@ -24,7 +24,7 @@ pub const REJECTIONS_TOTAL: &str = "im_rejections_total";
 /// to a lane, `cached="true"` for those it was sent before (its server likely had them cached).
 pub const PREFIX_BLOCKS_TOTAL: &str = "im_prefix_blocks_total";
 /// `im_prediction_error_seconds{kind}`: how far a request's predicted start (at admission) was
-/// from its first dispatch (histogram of the absolute error; one request in 8 is sampled).
+/// from its first dispatch (histogram of the absolute error; one request in 32 is sampled).
 pub const PREDICTION_ERROR_SECONDS: &str = "im_prediction_error_seconds";
 /// `im_upstream_errors_total{lane,class}`: failed upstream attempts.
 pub const UPSTREAM_ERRORS_TOTAL: &str = "im_upstream_errors_total";
