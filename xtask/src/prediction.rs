@@ -206,7 +206,65 @@ pub fn table(hours: f64, seed: u64) -> (String, Vec<String>) {
             let _ = writeln!(out, "- {b}");
         }
     }
+    out.push_str(&fleet_rows(duration, seed));
     (out, failures)
+}
+
+/// The fleets the prediction is shown on, beside the one lane above: lanes that each hold one
+/// model at a time, and lanes that hold several side by side.
+const FLEETS: [(usize, Option<u64>, &str); 2] = [
+    (4, None, "4 lanes, one model at a time"),
+    (2, Some(24 * 1024), "2 lanes of 24 GiB, models side by side"),
+];
+
+/// The same error on fleets (no target: the issue sets it on the policy table's traces), the
+/// trace scaled to the lanes.
+fn fleet_rows(duration: Duration, seed: u64) -> String {
+    let models = sim::localai_catalogue();
+    let mut out = String::from(
+        "
+The same on fleets, the trace's rate scaled to the lanes (no target; the simulated \
+         servers slow models that run side by side by half, which the replay does not know); each \
+         cell the median error and, in brackets, how many requests waited over a second:\n\n\
+         | fleet | load | txt2txt | txt2img | img2img | img2txt |\n|---|---|---|---|---|---|\n",
+    );
+    for (lanes, memory_mb, name) in FLEETS {
+        let cap = TraceSpec::mixed(1.0, duration, seed).capacity(&models) * lanes as f64;
+        for load in [0.5, 0.9] {
+            let trace = TraceSpec::mixed(cap * load, duration, seed).generate();
+            let cfg = inference_queue::Config {
+                lanes: (0..lanes)
+                    .map(|i| inference_queue::LaneSpec {
+                        name: format!("gpu{i}"),
+                        memory_mb,
+                    })
+                    .collect(),
+                ..bounded()
+            };
+            let r = sim::run_scheduler_predicting(cfg, &models, &trace);
+            let cells: Vec<String> = Kind::SEEDS
+                .iter()
+                .map(|kind| {
+                    let mut errors: Vec<f64> = r
+                        .predictions
+                        .iter()
+                        .filter(|p| p.kind == *kind && p.actual > SHORTEST)
+                        .map(|p| relative_error(p.predicted, p.actual))
+                        .collect();
+                    let n = errors.len();
+                    median(&mut errors)
+                        .map_or("-".to_owned(), |e| format!("{:.0}% ({n})", e * 100.0))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {name} | {:.0}% | {} |",
+                load * 100.0,
+                cells.join(" | ")
+            );
+        }
+    }
+    out
 }
 
 /// The early-refusal rows: the mixed trace at 120 % load, every request with a queue deadline
