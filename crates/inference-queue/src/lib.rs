@@ -37,9 +37,8 @@
 //! let mut now = Time::ZERO;
 //!
 //! // Input: a request arrives. The payload stays with you; the core keeps the id.
-//! let sub = Submit { kind: Kind::Txt2Img, model: "sdxl", lane: None, deadline: None, bytes: 0,
-//!                    tenant: Default::default(), class: Default::default(), cost: None,
-//!                    prefix: None };
+//! // (`Submit`'s other fields pin a lane, lower the deadline, name the tenant, carry a prompt.)
+//! let sub = Submit::new(Kind::Txt2Img, "sdxl");
 //! let Admission::Accepted(id) = core.submit(now, sub) else { panic!("refused") };
 //!
 //! // Output: drain decisions after every input.

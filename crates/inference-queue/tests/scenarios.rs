@@ -241,15 +241,8 @@ fn unknown_model_and_wrong_kind_list_the_valid_models() {
     let bad_lane = h.core.submit(
         h.now,
         Submit {
-            kind: Kind::Txt2Txt,
-            model: "llm",
             lane: Some(LaneId(7)),
-            deadline: None,
-            bytes: 0,
-            tenant: Default::default(),
-            class: Default::default(),
-            cost: None,
-            prefix: None,
+            ..Submit::new(Kind::Txt2Txt, "llm")
         },
     );
     assert_eq!(bad_lane, Admission::Rejected(Rejection::UnknownLane(7)));
@@ -708,15 +701,8 @@ fn the_byte_budget_refuses_what_would_not_fit_and_frees_on_leave() {
     let mut core = Scheduler::new(c).expect("valid");
     let now = Time::ZERO;
     let sub = |bytes| Submit {
-        kind: Kind::Txt2Img,
-        model: "sd",
-        lane: None,
-        deadline: None,
         bytes,
-        tenant: Default::default(),
-        class: Default::default(),
-        cost: None,
-        prefix: None,
+        ..Submit::new(Kind::Txt2Img, "sd")
     };
     let Admission::Accepted(a) = core.submit(now, sub(60)) else {
         panic!("fits");

@@ -306,9 +306,9 @@ impl Default for RoutingEntry {
             prefix_window: prefix.window,
             prefix_max_skip_ms: prefix.max_skip.as_millis() as u64,
             prefix_cache_tokens: prefix.blocks_per_lane as u64 * TOKENS_PER_PREFIX_BLOCK,
-            prefix_prefill_ms_per_1k_tokens: (prefix.prefill_per_block.as_micros() as u64 * 1_000
-                / TOKENS_PER_PREFIX_BLOCK)
-                / 1_000,
+            // Microseconds per token are milliseconds per 1,000 tokens.
+            prefix_prefill_ms_per_1k_tokens: prefix.prefill_per_block.as_micros() as u64
+                / TOKENS_PER_PREFIX_BLOCK,
         }
     }
 }

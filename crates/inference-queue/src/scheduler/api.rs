@@ -40,6 +40,24 @@ pub struct Submit<'a> {
     pub prefix: Option<&'a crate::PrefixChain>,
 }
 
+impl<'a> Submit<'a> {
+    /// A request of `kind` for `model`, every other field at its default: any lane, the kind's
+    /// deadline, no payload bytes, the default tenant and class, no cost estimate, no prompt.
+    pub fn new(kind: Kind, model: &'a str) -> Submit<'a> {
+        Submit {
+            kind,
+            model,
+            lane: None,
+            deadline: None,
+            bytes: 0,
+            tenant: TenantId::default(),
+            class: Class::default(),
+            cost: None,
+            prefix: None,
+        }
+    }
+}
+
 /// The answer to [`Scheduler::submit`](crate::Scheduler::submit).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {

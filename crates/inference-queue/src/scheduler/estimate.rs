@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use super::Scheduler;
-use super::api::Rejection;
+use super::api::{GroupKey, Rejection};
 use super::queues::{Group, ReqState};
 use super::replay::{REPLAY_BELOW, Whose};
 use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
@@ -63,7 +63,7 @@ impl Scheduler {
         let eta = if self.queues.len() < REPLAY_BELOW && !self.replaying {
             self.replayed_wait(now, Whose::Waiting(id))
         } else {
-            self.fluid_eta(now, id)
+            self.fluid_start(now, key, ahead)
         };
         Some(Waiting {
             position: ahead + 1,
@@ -77,6 +77,11 @@ impl Scheduler {
     pub(super) fn fluid_eta(&self, now: Time, id: RequestId) -> Option<Duration> {
         let ahead = self.queues.ahead_in_group(id)?;
         let key = self.queues.group(self.queues.get(id)?.group).key;
+        self.fluid_start(now, key, ahead)
+    }
+
+    /// [`Self::fluid_eta`] of a request of group `key` with `ahead` of its group before it.
+    fn fluid_start(&self, now: Time, key: GroupKey, ahead: usize) -> Option<Duration> {
         (0..self.lanes.len())
             .filter(|l| self.lanes[*l].is_closed() && key.lane.is_none_or(|p| p.0 == *l))
             .filter_map(|l| self.start_on(now, LaneId(l), key.kind, key.model, Some(ahead)))

@@ -25,7 +25,7 @@ use std::time::Duration;
 use super::Scheduler;
 use super::api::{Admission, Event, Outcome, Submit};
 use super::lane::Phase;
-use super::queues::{GroupId, ReqState};
+use super::queues::{GroupId, Req, ReqState};
 use crate::types::{Kind, LaneId, ModelId, RequestId, Time};
 
 /// Dispatches a replay runs before the fluid model predicts the rest.
@@ -71,14 +71,7 @@ impl Scheduler {
         let mut loads = Loads::default();
         for (id, r) in self.queues.requests() {
             if let ReqState::InFlight { lane } | ReqState::CancelledInFlight { lane } = r.state {
-                let model = self.queues.group(r.group).key.model;
-                let start = loads.start(
-                    lane,
-                    model,
-                    r.started,
-                    r.cold.then(|| self.expected_load(lane, model)),
-                );
-                let ends = start + self.service_on(lane, model);
+                let (_, ends) = self.attempt_times(&mut loads, r, lane, r.started);
                 due.push(Reverse((ends.max(now), Due::Done(id))));
             }
         }
@@ -101,8 +94,7 @@ impl Scheduler {
         }
         let phantom = match whose {
             Whose::Waiting(id) => id,
-            Whose::New(kind, m) => match copy.submit(now, stand_in(kind, self.model_name(m), None))
-            {
+            Whose::New(kind, m) => match copy.submit(now, Submit::new(kind, self.model_name(m))) {
                 Admission::Accepted(id) => id,
                 // Refused as no real request would be (a lane filter, a bound on bytes): the
                 // fluid model.
@@ -125,16 +117,11 @@ impl Scheduler {
                 match ev {
                     Event::Dispatch { id, lane, .. } => {
                         let r = copy.queues.get(id).expect("a dispatched request is known");
-                        let model = copy.queues.group(r.group).key.model;
-                        let load = r.cold.then(|| copy.expected_load(lane, model));
-                        let start = loads.start(lane, model, at, load);
+                        let (start, ends) = copy.attempt_times(&mut loads, r, lane, at);
                         if id == phantom {
                             return Some(start.saturating_since(now));
                         }
-                        due.push(Reverse((
-                            start + copy.service_on(lane, model),
-                            Due::Done(id),
-                        )));
+                        due.push(Reverse((ends, Due::Done(id))));
                     }
                     Event::Unload { lane, .. } => due.push(Reverse((at, Due::Lifecycle(lane)))),
                     Event::WarmUp { lane, model } => {
@@ -161,9 +148,14 @@ impl Scheduler {
                         Due::Arrival(g) => {
                             let group = self.queues.group(g);
                             let model = self.model_name(group.key.model);
-                            let mut arrival = stand_in(group.key.kind, model, group.key.lane);
-                            arrival.deadline = group.arrivals.deadline;
-                            copy.submit(t, arrival);
+                            copy.submit(
+                                t,
+                                Submit {
+                                    lane: group.key.lane,
+                                    deadline: group.arrivals.deadline,
+                                    ..Submit::new(group.key.kind, model)
+                                },
+                            );
                             let gap = gap(g).expect("a group that arrives has a rate");
                             due.push(Reverse((t + gap, Due::Arrival(g))));
                         }
@@ -181,26 +173,19 @@ impl Scheduler {
         copy.fluid_eta(at, phantom).map(|eta| elapsed + eta)
     }
 
+    /// When the attempt of `r` dispatched on `lane` at `at` starts (after the load it carries or
+    /// waits for) and ends (after its learned service).
+    fn attempt_times(&self, loads: &mut Loads, r: &Req, lane: LaneId, at: Time) -> (Time, Time) {
+        let model = self.queues.group(r.group).key.model;
+        let load = r.cold.then(|| self.expected_load(lane, model));
+        let start = loads.start(lane, model, at, load);
+        (start, start + self.service_on(lane, model))
+    }
+
     /// The learned service time of `model` on `lane`, else the lane's mean.
     fn service_on(&self, lane: LaneId, model: ModelId) -> Duration {
         self.expected_service(lane, model)
             .unwrap_or_else(|| Duration::from_secs_f64(self.lanes[lane.0].mean_service_secs()))
-    }
-}
-
-/// A request the replay stands in: the default tenant and class, no deadline (the kind's
-/// default), no prompt.
-fn stand_in(kind: Kind, model: &str, lane: Option<LaneId>) -> Submit<'_> {
-    Submit {
-        kind,
-        model,
-        lane,
-        deadline: None,
-        bytes: 0,
-        tenant: Default::default(),
-        class: Default::default(),
-        cost: None,
-        prefix: None,
     }
 }
 

@@ -247,15 +247,8 @@ impl Harness {
         let a = self.core.submit(
             self.now,
             Submit {
-                kind,
-                model,
                 lane: Some(LaneId(lane)),
-                deadline: None,
-                bytes: 0,
-                tenant: Default::default(),
-                class: Default::default(),
-                cost: None,
-                prefix: None,
+                ..Submit::new(kind, model)
             },
         );
         if let Admission::Accepted(id) = a {
