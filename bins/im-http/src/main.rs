@@ -77,5 +77,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     #[cfg(feature = "count-allocations")]
     allocations::report();
-    run::main_with("im-http", serve(Args::parse()))
+    let args = Args::parse();
+    let workers = args.common.worker_threads;
+    run::main_with("im-http", workers, serve(args))
 }

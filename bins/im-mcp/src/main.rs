@@ -106,5 +106,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    run::main_with("im-mcp", serve(Args::parse()))
+    let args = Args::parse();
+    let workers = args.common.worker_threads;
+    run::main_with("im-mcp", workers, serve(args))
 }

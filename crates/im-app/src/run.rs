@@ -37,14 +37,17 @@ pub fn quiet_panics() {
     }));
 }
 
-/// The body of a binary's `main`: a multi-threaded runtime, `run`, and the exit code (0; 1 when
-/// the runtime cannot start; 2 when `run` fails, after printing the error chain as `name: …`).
+/// The body of a binary's `main`: a runtime of `workers` worker threads
+/// ([`crate::cli::CommonArgs::worker_threads`]), `run`, and the exit code (0; 1 when the runtime
+/// cannot start; 2 when `run` fails, after printing the error chain as `name: …`).
 pub fn main_with<E: std::fmt::Display>(
     name: &str,
+    workers: u16,
     run: impl std::future::Future<Output = Result<(), E>>,
 ) -> std::process::ExitCode {
     quiet_panics();
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(workers.max(1)))
         .enable_all()
         .build()
     {
