@@ -191,8 +191,28 @@ pub fn ensure_tools() -> Result<()> {
     build(&["--features", "im-http/count-allocations"])?;
     std::fs::copy(release_bin("im-http"), release_bin(COUNTING_IM))
         .context("keeping the allocation-counting im-http")?;
-    build(&[])
+    build(&[])?;
+    let ok = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "localai-client",
+            "--example",
+            BARE_PROXY,
+        ])
+        .current_dir(root())
+        .status()?
+        .success();
+    if !ok {
+        bail!("building the bare hyper proxy failed");
+    }
+    Ok(())
 }
+
+/// The overhead runs' floor: a bare buffering proxy on hyper (`localai-client`'s example), built
+/// by [`ensure_tools`] into `target/release/examples`.
+pub const BARE_PROXY: &str = "bare_proxy";
 
 /// The im-http built with `count-allocations` ([`ensure_tools`] keeps it beside the real one).
 pub const COUNTING_IM: &str = "im-http-count-allocations";

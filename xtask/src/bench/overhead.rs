@@ -1,5 +1,6 @@
 //! Overhead: the same request stream straight to the zero-latency simulator, through nginx's
-//! `proxy_pass`, and through im-http, interleaved.
+//! `proxy_pass`, through im-http, and through a bare hyper proxy (the floor of im's stack),
+//! interleaved.
 
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
@@ -23,6 +24,25 @@ impl Drop for Nginx {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+}
+
+/// The bare hyper proxy ([`BARE_PROXY`]) on `port` in front of `upstream_port`.
+fn start_bare_proxy(port: u16, upstream_port: u16) -> Result<Proc> {
+    let bin = release_bin("examples").join(BARE_PROXY);
+    let p = Proc(
+        Command::new(&bin)
+            .args([
+                format!("127.0.0.1:{port}"),
+                format!("127.0.0.1:{upstream_port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    // It passes every path on: the simulator's readiness answers through it.
+    wait_ready(port, "/readyz", None)?;
+    Ok(p)
 }
 
 fn start_nginx(port: u16, upstream_port: u16) -> Result<Nginx> {
@@ -152,12 +172,14 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     let cfg = config();
     let im = start_im(im_p, sim_p, &cfg)?;
     let ngx = start_nginx(ngx_p, sim_p)?;
+    let bare_p = free_port();
+    let bare = start_bare_proxy(bare_p, sim_p)?;
     // Whose CPU time counts as the proxy's, per target.
-    let proxy_pid = [None, Some(ngx.0.0.id()), Some(im.0.id())];
+    let proxy_pid = [None, Some(ngx.0.0.id()), Some(im.0.id()), Some(bare.0.id())];
     let body =
         json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
             .to_string();
-    let targets: [(&str, String, Option<&str>); 3] = [
+    let targets: [(&str, String, Option<&str>); 4] = [
         (
             "direct",
             format!("http://127.0.0.1:{sim_p}/v1/chat/completions"),
@@ -173,6 +195,11 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
             format!("http://127.0.0.1:{im_p}/v1/chat/completions"),
             Some(TENANT_KEY),
         ),
+        (
+            "bare hyper proxy",
+            format!("http://127.0.0.1:{bare_p}/v1/chat/completions"),
+            None,
+        ),
     ];
     let scenarios: [(&str, Option<u32>, u32); 4] = [
         ("100 req/s", Some(100), 8),
@@ -186,12 +213,14 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     }
     let _ = writeln!(
         out,
-        "### 1. Overhead: direct vs nginx `proxy_pass` vs im-http\n"
+        "### 1. Overhead: direct vs nginx `proxy_pass` vs im-http vs a bare hyper proxy\n"
     );
     let _ = writeln!(
         out,
         "Request: `POST /v1/chat/completions` (1 token) against localai-sim with `--time-scale 0` (zero latency). \
-         im-http with auth, validation, queueing, metrics and logs on; nginx 1.22 with a keepalive upstream (128). \
+         im-http with auth, validation, queueing, metrics and logs on; nginx 1.22 with a keepalive upstream (128); \
+         the bare hyper proxy (`crates/localai-client/examples/bare_proxy.rs`): hyper's server and client on im's runtime \
+         (one worker thread), bodies read whole and passed on, no routing, keys, queue, metrics or logs, the floor of im's stack. \
          Load generator: oha ({secs} s per cell, {rounds} interleaved rounds, median). im's `max_in_flight` is set above the \
          connection count so its queue never holds work back: this isolates im's own cost. \
          im's configuration (beside `--api-keys {KEY}`; keys, validation, queueing, metrics, logs and the model-echo check are on by default):\n\n\
@@ -204,10 +233,11 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     );
     let mut verdict = Vec::new();
     for (name, rate, conns) in scenarios {
-        let mut cells: Vec<Vec<Load>> = vec![Vec::new(); 3];
+        let n_targets = targets.len();
+        let mut cells: Vec<Vec<Load>> = vec![Vec::new(); n_targets];
         for r in 0..rounds {
-            for i in 0..3 {
-                let t = (i + r) % 3; // rotate the order so no target always goes first
+            for i in 0..n_targets {
+                let t = (i + r) % n_targets; // rotate the order so no target always goes first
                 let (_, url, key) = &targets[t];
                 let cpu = |pid: Option<u32>| pid.map_or(0.0, cpu_seconds);
                 let (proxy0, sim0) = (cpu(proxy_pid[t]), cpu(Some(sim.0.id())));
@@ -258,19 +288,23 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
                 m.sim_cpu_us,
             );
         }
-        let (n, im) = (med[1], med[2]);
+        let (n, im, bare) = (med[1], med[2], med[3]);
         if rate.is_none() {
             let (im_ratio, nginx_ratio) = (im.rps / d.rps, n.rps / d.rps);
             let cpu = im.proxy_cpu_us / n.proxy_cpu_us;
             verdict.push(format!(
                 "{name}: CPU per request im-http {:.0} µs, nginx {:.0} µs = {cpu:.1}x (target <= 2x {}); \
                  throughput / direct im-http {im_ratio:.2}, nginx {nginx_ratio:.2} = {:.2} of nginx's (target >= 0.8 {}); \
+                 the bare hyper proxy {:.0} µs and {:.2} of direct, so im's own work is {:.0} µs; \
                  the simulator's own HTTP server {:.0} µs",
                 im.proxy_cpu_us,
                 n.proxy_cpu_us,
                 met(cpu <= 2.0),
                 im_ratio / nginx_ratio,
                 met(im_ratio >= 0.8 * nginx_ratio),
+                bare.proxy_cpu_us,
+                bare.rps / d.rps,
+                im.proxy_cpu_us - bare.proxy_cpu_us,
                 d.sim_cpu_us,
             ));
         }

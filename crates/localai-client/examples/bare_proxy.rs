@@ -1,0 +1,98 @@
+//! The floor of the overhead benchmark (`cargo xtask bench`): the least a buffering HTTP/1 proxy
+//! on hyper and tokio does per request, with im's runtime (one worker thread) and im's way of
+//! calling upstream (pooled connections, the body read whole and sent on, the answer read whole
+//! and sent back). No routing, keys, validation, queue, metrics or logs: what im-http spends above
+//! this is im's own work.
+//!
+//! `bare_proxy LISTEN UPSTREAM`, e.g. `bare_proxy 127.0.0.1:9000 127.0.0.1:8080`.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+type Connection = SendRequest<Full<Bytes>>;
+
+struct Upstream {
+    addr: String,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Upstream {
+    async fn connection(&self) -> Result<Connection, Box<dyn std::error::Error + Send + Sync>> {
+        if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(c);
+        }
+        let stream = tokio::net::TcpStream::connect(&self.addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    async fn pass(
+        &self,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await?.to_bytes();
+        let mut sender = self.connection().await?;
+        let upstream = Request::builder()
+            .method(parts.method)
+            .uri(parts.uri)
+            .header(hyper::header::HOST, &self.addr)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
+        let (head, body) = sender.send_request(upstream).await?.into_parts();
+        let body = body.collect().await?.to_bytes();
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sender);
+        Ok(Response::from_parts(head, Full::new(body)))
+    }
+}
+
+async fn handle(
+    upstream: Arc<Upstream>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    Ok(upstream.pass(req).await.unwrap_or_else(|e| {
+        let mut r = Response::new(Full::new(Bytes::from(e.to_string())));
+        *r.status_mut() = StatusCode::BAD_GATEWAY;
+        r
+    }))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(listen), Some(addr)) = (args.get(1), args.get(2)) else {
+        return Err("usage: bare_proxy LISTEN UPSTREAM".into());
+    };
+    let upstream = Arc::new(Upstream {
+        addr: addr.clone(),
+        idle: Mutex::new(Vec::new()),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |r| handle(upstream.clone(), r));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
