@@ -127,3 +127,27 @@ impl CommonArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::CommonArgs;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn the_runtime_has_one_worker_thread_unless_asked_for_more() {
+        let default = Args::try_parse_from(["im"]).expect("no flags");
+        assert_eq!(default.common.worker_threads, 1);
+        let four = Args::try_parse_from(["im", "--worker-threads", "4"]).expect("4 workers");
+        assert_eq!(four.common.worker_threads, 4);
+        let none = Args::try_parse_from(["im", "--worker-threads", "0"]).err();
+        let message = none.expect("0 workers is refused").to_string();
+        assert!(message.contains("--worker-threads"), "{message}");
+    }
+}
