@@ -364,6 +364,10 @@ impl Lease {
                 let Some((holder, renewed)) = &mut held else {
                     continue;
                 };
+                if floor <= holder.epoch {
+                    // Asked for before the last raise landed: that raise already went above it.
+                    continue;
+                }
                 let sent = Instant::now();
                 match self.raise(holder, floor) {
                     Ok(Some(raised)) => {
@@ -460,11 +464,15 @@ impl Fence {
         Some(token)
     }
 
-    /// A gate refused a call and has seen `highest`: when that is not below this replica's
-    /// epoch, ask the lease thread to raise the epoch above it.
+    /// A gate refused a call and has seen `highest`: when that is above this replica's epoch,
+    /// ask the lease thread to raise the epoch above it. A gate passes a token equal to the
+    /// highest it has seen, so a refusal naming this replica's own epoch refused a call sent with
+    /// an older token (in flight while the epoch was raised) and needs no raise: raising again
+    /// would refuse the calls in flight with the current token, and under load each raise would
+    /// ask for the next.
     pub fn saw_highest(&self, highest: u64) {
         let epoch = self.get();
-        if epoch == 0 || highest < epoch {
+        if epoch == 0 || highest <= epoch {
             return;
         }
         let mut wanted = self.0.wanted.lock().unwrap_or_else(|p| p.into_inner());
@@ -485,5 +493,34 @@ impl Fence {
         let out = (*wanted > 0).then_some(*wanted);
         *wanted = 0;
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_naming_this_replicas_own_epoch_asks_for_no_raise() {
+        let fence = Fence::default();
+        fence.saw_highest(9);
+        assert_eq!(fence.wait_raise(Duration::ZERO), None, "not scheduling");
+        fence.set(7);
+        fence.saw_highest(6);
+        assert_eq!(fence.wait_raise(Duration::ZERO), None, "a gate behind us");
+        fence.saw_highest(7);
+        assert_eq!(
+            fence.wait_raise(Duration::ZERO),
+            None,
+            "a call sent before our last raise, refused because of it"
+        );
+        fence.saw_highest(8);
+        fence.saw_highest(12);
+        assert_eq!(
+            fence.wait_raise(Duration::ZERO),
+            Some(12),
+            "the highest above us"
+        );
+        assert_eq!(fence.wait_raise(Duration::ZERO), None, "asked once");
     }
 }
