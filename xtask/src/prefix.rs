@@ -147,7 +147,8 @@ pub fn table(hours: f64, seed: u64) -> (String, Vec<String>) {
          first token (TTFT) is the queue wait, a load when the request carries one, the wait \
          for the prefills ahead and its own. `prefix-aware` \
          is im's affinity with the prefix index (a free lane takes, among the group's next 8 \
-         requests, the one it holds most of against the other lanes); `affinity` the same \
+         requests, the first whose first token comes soonest there of all lanes: the wait for a \
+         slot, the prefills sent there before it, its own uncached prefill); `affinity` the same \
          without it; `least_loaded` and `round_robin` place each request at arrival. The oracle is no \
          placement: `least_loaded` over one unbounded cache that every server shares, so what \
          was ever sent anywhere is cached everywhere; a target it misses is beyond any \

@@ -531,7 +531,9 @@ impl Scheduler {
                 .and_then(|r| Some((r.prefix.clone()?, r.tenant))),
         ) {
             let matched = self.lanes[lane].prefixes.matched(&chain);
-            self.lanes[lane].prefixes.count(matched, chain.len());
+            self.lanes[lane]
+                .prefixes
+                .count(matched, chain.len(), self.now, p.prefill_per_block);
             self.lanes[lane]
                 .prefixes
                 .sent(&chain, tenant, p.blocks_per_lane);

@@ -9,10 +9,12 @@
 //! Per lane the core remembers the blocks it sent there ([`PrefixIndex`]: bounded, least
 //! recently used out first, a prompt's last blocks before its first, as a server's cache ages).
 //! When a lane takes work from a group, it takes, among the first `prefix.window` requests the
-//! group would serve, the one it holds most of compared with the other lanes that hold the model
-//! ([`Scheduler::pick_for`]): conversations return to their lane, and what is cached nowhere
-//! goes to whichever lane is free (a miss is spread by the lanes' own pull, never sent to one
-//! replica). It is work-conserving: a free lane always takes something, so no lane idles while
+//! group would serve, the first whose first token comes soonest on it of all the lanes that hold
+//! the model ([`Scheduler::pick_for`]): the wait for a slot, the prefills the lane's server has
+//! yet to do (one at a time: what was sent there and not cached), and the prefill of what it
+//! lacks of this prompt. Conversations return to their lane unless it is busier than their
+//! prefill elsewhere costs, and what is cached nowhere goes to whichever lane is free and least
+//! behind (a miss is spread by the lanes' own pull, never sent to one replica). It is work-conserving: a free lane always takes something, so no lane idles while
 //! another's queue grows. Once the group's oldest waiter has waited `prefix.max_skip`, the order
 //! is the group's own: the starvation bound is untouched.
 
@@ -88,6 +90,9 @@ pub(crate) struct PrefixIndex {
     /// Blocks sent here, and of them those sent here before.
     sent: u64,
     matched: u64,
+    /// When the server is likely done prefilling what was sent to it: a server prefills one
+    /// prompt at a time, so a request sent now starts its own prefill after these.
+    prefill_until: Time,
 }
 
 /// The blocks of a [`PrefixIndex`], and their recency.
@@ -147,10 +152,18 @@ impl PrefixIndex {
         }
     }
 
-    /// A prompt of `blocks` blocks, `matched` of them here before, went to this lane.
-    pub(super) fn count(&mut self, matched: usize, blocks: usize) {
+    /// A prompt of `blocks` blocks, `matched` of them here before, went to this lane at `now`;
+    /// its uncached blocks take `per_block` each to prefill, after those sent before.
+    pub(super) fn count(&mut self, matched: usize, blocks: usize, now: Time, per_block: Duration) {
         self.sent += blocks as u64;
         self.matched += matched as u64;
+        self.prefill_until =
+            self.prefill_until.max(now) + per_block * blocks.saturating_sub(matched) as u32;
+    }
+
+    /// How long the server is likely to go on prefilling what was sent to it before `now`.
+    pub(crate) fn prefill_backlog(&self, now: Time) -> Duration {
+        self.prefill_until.saturating_since(now)
     }
 
     /// Blocks sent here, and of them those sent here before.
@@ -177,10 +190,10 @@ pub(super) enum Pick {
 
 impl Scheduler {
     /// Which of `group`'s waiting requests `lane` takes (see the module's docs): going through
-    /// the group's next `window` requests in its order, the first whose best lane is this one
-    /// (the lane holding most of its prompt; on a tie, one with a free slot, then the least
-    /// busy: misses spread), or whose best lane is busy for longer than the prefill this lane
-    /// would add. A request without a prompt is taken as today.
+    /// the group's next `window` requests in its order, the first whose best lane is this one:
+    /// the lane where its first token comes soonest (a slot, the prefills sent there before it,
+    /// its own uncached prefill; on a tie, one with a free slot, then the least busy: misses
+    /// spread). A request without a prompt is taken as today.
     pub(super) fn pick_for(&self, lane: usize, group: GroupId, now: Time) -> Pick {
         let Some(cfg) = self.cfg.prefix else {
             return Pick::Next;
@@ -217,43 +230,28 @@ impl Scheduler {
             let Some(chain) = chain else {
                 return take(i, id);
             };
-            let matched: Vec<(usize, usize)> = holders
-                .iter()
-                .map(|o| (*o, self.lanes[*o].prefixes.matched(&chain)))
-                .collect();
-            let best = matched
-                .iter()
-                .max_by_key(|(o, m)| {
-                    (
-                        *m,
-                        free(*o),
-                        std::cmp::Reverse(self.lanes[*o].in_flight),
-                        std::cmp::Reverse(*o),
-                    )
-                })
-                .map(|(o, m)| (*o, *m));
-            let Some((best, best_matched)) = best else {
-                return take(i, id);
+            // Its first token on each lane: once a slot frees there (the requests before it
+            // that wait for the same lane take theirs first) and the prefills sent before it
+            // are done, the prefill of what the lane's server lacks.
+            let first_token = |o: usize| {
+                let start = if free(o) && waiting_for[o] == 0 {
+                    Duration::ZERO
+                } else {
+                    self.slot_wait(o, model, now) + self.turn_of(o, model) * waiting_for[o]
+                };
+                let ix = &self.lanes[o].prefixes;
+                let uncached = chain.len() - ix.matched(&chain);
+                start.max(ix.prefill_backlog(now)) + cfg.prefill_per_block * uncached as u32
             };
-            if best == lane {
-                return take(i, id);
-            }
-            let here = matched
+            // The soonest; on a tie, one with a free slot, then the least busy (misses spread).
+            let best = holders
                 .iter()
-                .find(|(o, _)| *o == lane)
-                .map_or(0, |(_, m)| *m);
-            let extra_prefill = cfg.prefill_per_block * (best_matched - here) as u32;
-            // Its wait there: until a slot frees, and the slots the requests before it that wait
-            // for the same lane take.
-            let wait_there = if free(best) && waiting_for[best] == 0 {
-                Duration::ZERO
-            } else {
-                self.slot_wait(best, model, now) + self.turn_of(best, model) * waiting_for[best]
-            };
-            if extra_prefill < wait_there {
-                return take(i, id);
+                .copied()
+                .min_by_key(|o| (first_token(*o), !free(*o), self.lanes[*o].in_flight, *o));
+            match best {
+                Some(best) if best != lane => waiting_for[best] += 1,
+                _ => return take(i, id),
             }
-            waiting_for[best] += 1;
         }
         Pick::Leave
     }
