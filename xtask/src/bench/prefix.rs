@@ -79,9 +79,66 @@ fn im_toml(upstreams: &[u16], routing: &str) -> String {
         .map(|p| format!("\"http://127.0.0.1:{p}\""))
         .collect();
     format!(
-        "upstreams = [{}]\n\n[[models]]\nname = \"{LLM}\"\nkinds = [\"txt2txt\"]\nmax_in_flight = 4\n\n[routing]\n{routing}\n",
+        "upstreams = [{}]\n\n[[keys]]\nkey = \"{ADMIN_KEY}\"\nscopes = [\"admin\", \"metrics\"]\n\n\
+         [[models]]\nname = \"{LLM}\"\nkinds = [\"txt2txt\"]\nmax_in_flight = 4\n\n[routing]\n{routing}\n",
         ups.join(", ")
     )
+}
+
+/// The bench's operator key: it loads the model on every server before the conversations start.
+const ADMIN_KEY: &str = "bench-prefix-admin";
+
+/// Load the chat model on every backend through im's scheduler (`POST /models/load`) and wait
+/// until each holds it: the conversations then measure placement, not the first load.
+async fn warm(http: &reqwest::Client, url: &str) -> Result<()> {
+    let status: Value = http
+        .get(format!("{url}/status"))
+        .header("x-api-key", ADMIN_KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let backends: Vec<String> = status["backends"]
+        .as_array()
+        .context("/status lists backends")?
+        .iter()
+        .filter_map(|b| b["name"].as_str().map(str::to_owned))
+        .collect();
+    for b in &backends {
+        let r = http
+            .post(format!("{url}/models/load"))
+            .header("x-api-key", ADMIN_KEY)
+            .json(&json!({"model": LLM, "backend": b}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "loading on {b}: {}", r.status());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: Value = http
+            .get(format!("{url}/status"))
+            .header("x-api-key", ADMIN_KEY)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let loaded = status["backends"].as_array().is_some_and(|bs| {
+            bs.len() == backends.len()
+                && bs.iter().all(|b| {
+                    b["loaded_models"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|m| m == LLM))
+                })
+        });
+        if loaded {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the model did not load everywhere: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One placement's run: the share of prompt tokens cached, and every time to first token (s).
@@ -124,6 +181,7 @@ async fn run(
     wait_ready(port, "/health", None)?;
     let url = format!("http://127.0.0.1:{port}");
     let http = client();
+    warm(&http, &url).await?;
     let runs = (0..conversations).map(|c| {
         let (http, url) = (http.clone(), url.clone());
         tokio::spawn(async move { conversation(&http, &url, c, turns, regime.opening).await })
@@ -219,7 +277,9 @@ pub async fn prefix(out: &mut String, conversations: usize, turns: usize) -> Res
          conversations of {turns} streamed turns, started 150 ms apart, each with its own opening \
          (a system prompt, or a document it is about), re-sending its history, and 0.3-1.5 s \
          between an answer and the next question; im is told the servers' cache size and \
-         prefill rate (`prefix_cache_tokens`, `prefix_prefill_ms_per_1k_tokens`). Cached: prompt \
+         prefill rate (`prefix_cache_tokens`, `prefix_prefill_ms_per_1k_tokens`), and both \
+         servers hold the model before the first conversation starts (`POST /models/load`: the \
+         figures are placement's, not the first load's). Cached: prompt \
          tokens the servers held, by their own count. TTFT: from the request to its first \
          content chunk, as the client sees it, in real time (the servers' time runs {:.0}x \
          faster than a real server's).\n",
@@ -234,6 +294,8 @@ pub async fn prefix(out: &mut String, conversations: usize, turns: usize) -> Res
             regime.cache_tokens,
             regime.opening * 64 / 4
         );
+        // Per placement: its cached share and mean TTFT.
+        let mut figures = Vec::new();
         for (name, routing) in PLACEMENTS {
             let (cached, ttfts) = run(regime, routing, conversations, turns).await?;
             let mean = ttfts.iter().sum::<f64>() / ttfts.len().max(1) as f64;
@@ -244,9 +306,19 @@ pub async fn prefix(out: &mut String, conversations: usize, turns: usize) -> Res
                 mean * 1000.0,
                 q(&ttfts, 0.9) * 1000.0
             );
+            figures.push((cached, mean));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        out.push('\n');
+        // The target (issue 34): prefix-aware caches more and answers sooner on average than
+        // affinity alone and than least_loaded.
+        let (ours, others) = figures.split_first().context("placements")?;
+        let met = others.iter().all(|(c, m)| ours.0 > *c && ours.1 < *m);
+        let _ = writeln!(
+            out,
+            "\nTarget: a higher share cached and a lower mean TTFT with prefix-aware placement than \
+             with affinity alone and with least_loaded: **{}**.\n",
+            if met { "met" } else { "missed" }
+        );
     }
     Ok(())
 }
