@@ -91,13 +91,7 @@ const ADMIN_KEY: &str = "bench-prefix-admin";
 /// Load the chat model on every backend through im's scheduler (`POST /models/load`) and wait
 /// until each holds it: the conversations then measure placement, not the first load.
 async fn warm(http: &reqwest::Client, url: &str) -> Result<()> {
-    let status: Value = http
-        .get(format!("{url}/status"))
-        .header("x-api-key", ADMIN_KEY)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let status = im_status(http, url).await?;
     let backends: Vec<String> = status["backends"]
         .as_array()
         .context("/status lists backends")?
@@ -115,13 +109,7 @@ async fn warm(http: &reqwest::Client, url: &str) -> Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let status: Value = http
-            .get(format!("{url}/status"))
-            .header("x-api-key", ADMIN_KEY)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let status = im_status(http, url).await?;
         let loaded = status["backends"].as_array().is_some_and(|bs| {
             bs.len() == backends.len()
                 && bs.iter().all(|b| {
@@ -139,6 +127,17 @@ async fn warm(http: &reqwest::Client, url: &str) -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// im's `GET /status`, as its operator sees it.
+async fn im_status(http: &reqwest::Client, url: &str) -> Result<Value> {
+    Ok(http
+        .get(format!("{url}/status"))
+        .header("x-api-key", ADMIN_KEY)
+        .send()
+        .await?
+        .json()
+        .await?)
 }
 
 /// One placement's run: the share of prompt tokens cached, and every time to first token (s).
