@@ -341,3 +341,62 @@ async fn upstream_bodies_over_the_limit_are_protocol_errors() {
     assert_eq!(e.class(), ErrorClass::Protocol, "{e}");
     assert!(e.to_string().contains("over the limit"), "{e}");
 }
+
+/// A fencing gate that refuses every call with `status`, having seen epoch 9.
+async fn gate_refusing(
+    status: u16,
+    raised: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+) -> LocalAiClient {
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || async move {
+            let status = StatusCode::from_u16(status).expect("status");
+            (
+                status,
+                [("x-im-fence-highest", "9")],
+                axum::Json(json!({"error": {"message": "fenced"}})),
+            )
+                .into_response()
+        }),
+    );
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let mut cfg = ClientConfig::new(url);
+    cfg.fence_hook = Some(FenceHook::new(move |highest| {
+        raised.lock().expect("lock").push(highest)
+    }));
+    LocalAiClient::new(cfg).expect("client")
+}
+
+#[tokio::test]
+async fn only_a_stale_token_asks_for_a_higher_epoch() {
+    let raised = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stale = gate_refusing(409, raised.clone()).await;
+    let e = stale
+        .chat(&chat_req(LLM, json!("x")))
+        .await
+        .expect_err("409");
+    assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+    assert_eq!(
+        *raised.lock().expect("lock"),
+        [9],
+        "the gate's highest epoch is reported"
+    );
+    // An unsigned token is refused at any epoch: raising ours would change nothing.
+    let unsigned = gate_refusing(401, raised.clone()).await;
+    let e = unsigned
+        .chat(&chat_req(LLM, json!("x")))
+        .await
+        .expect_err("401");
+    assert_eq!(e.class(), ErrorClass::Permanent, "{e}");
+    assert_eq!(
+        *raised.lock().expect("lock"),
+        [9],
+        "no raise asked for a 401"
+    );
+}

@@ -339,7 +339,9 @@ impl LocalAiClient {
             .get(FENCE_HIGHEST)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         if let (409 | 401, Some(highest)) = (status, fenced) {
-            if let Some(hook) = &self.cfg.fence_hook {
+            // Only a stale token (409) is cured by a higher epoch; an unsigned one (401: no
+            // secret, or another) is refused at any epoch.
+            if let (409, Some(hook)) = (status, &self.cfg.fence_hook) {
                 (hook.0)(highest);
             }
             return Err(ClientError::Fenced { status, highest });
