@@ -14,8 +14,9 @@
 //! yet to do (one at a time: what was sent there and not cached), and the prefill of what it
 //! lacks of this prompt. Conversations return to their lane unless it is busier than their
 //! prefill elsewhere costs, and what is cached nowhere goes to whichever lane is free and least
-//! behind (a miss is spread by the lanes' own pull, never sent to one replica). It is work-conserving: a free lane always takes something, so no lane idles while
-//! another's queue grows. Once the group's oldest waiter has waited `prefix.max_skip`, the order
+//! behind (a miss is spread by the lanes' own pull, never sent to one replica). It is
+//! work-conserving: a free lane always takes something, so no lane idles while another's queue
+//! grows. Once the group's oldest waiter has waited `prefix.max_skip`, the order
 //! is the group's own: the starvation bound is untouched.
 
 use std::collections::{BTreeMap, HashMap};
@@ -174,6 +175,7 @@ impl PrefixIndex {
     /// Forget everything (the lane's server restarted, or changed model).
     pub(super) fn clear(&mut self) {
         self.blocks = Arc::default();
+        self.prefill_until = Time::ZERO;
     }
 }
 
