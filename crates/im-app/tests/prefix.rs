@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 const LLM: &str = "llama-3.2-3b-instruct";
 
-/// Two simulated servers, and im's configuration in front of them serving one chat model (two
-/// slots each), without jobs or keys.
+/// Two simulated servers, and im's configuration in front of them serving one chat model (three
+/// slots each: six conversations find room at home), without jobs or keys.
 async fn two_servers_of_one_chat_model() -> (Vec<SimServer>, ImConfig) {
     let mut sims = Vec::new();
     for seed in 0..2 {
@@ -37,7 +37,7 @@ async fn two_servers_of_one_chat_model() -> (Vec<SimServer>, ImConfig) {
     cfg.models = vec![ModelEntry {
         name: LLM.into(),
         kinds: vec!["txt2txt".into()],
-        max_in_flight: Some(2),
+        max_in_flight: Some(3),
         ..Default::default()
     }];
     (sims, cfg)

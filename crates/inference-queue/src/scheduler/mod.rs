@@ -430,6 +430,7 @@ impl Scheduler {
                 charged: 0.0,
                 prefix: req.prefix.cloned(),
                 prefix_matched: 0,
+                prefill_mark: Time::ZERO,
             },
         );
         self.counters.accepted += 1;
@@ -494,9 +495,11 @@ impl Scheduler {
             (req.group, req.attempts, req.deadline, req.placed);
         let (started, cold, behind_load) = (req.started, req.cold, req.behind_load);
         let (tenant, charged, estimated) = (req.tenant, req.charged, req.cost.is_some());
+        let prefill_mark = req.prefill_mark;
         let model = self.queues.group(group).key.model;
         self.queues.fair.ended(tenant);
         let l = &mut self.lanes[lane.0];
+        l.prefixes.prefilled(prefill_mark, self.now);
         l.end(model, started, self.now, cold);
         if outcome == Outcome::Success && !behind_load {
             l.learn(model, self.now.saturating_since(started), cold);

@@ -531,14 +531,24 @@ impl Scheduler {
                 .and_then(|r| Some((r.prefix.clone()?, r.tenant))),
         ) {
             let matched = self.lanes[lane].prefixes.matched(&chain);
+            // Its prefill at the configured rate, but never longer than the lane's learned
+            // service of the whole request: a rate set too slow for the server (the default
+            // for a fast GPU) would otherwise keep the lane looking busy.
+            let model = self.queues.group(group).key.model;
+            let prefill = p.prefill_per_block * chain.len().saturating_sub(matched) as u32;
+            let prefill = self
+                .expected_service(LaneId(lane), model)
+                .map_or(prefill, |service| prefill.min(service));
             self.lanes[lane]
                 .prefixes
-                .count(matched, chain.len(), self.now, p.prefill_per_block);
+                .count(matched, chain.len(), self.now, prefill);
             self.lanes[lane]
                 .prefixes
                 .sent(&chain, tenant, p.blocks_per_lane);
+            let mark = self.lanes[lane].prefixes.prefill_end();
             if let Some(r) = self.queues.get_mut(id) {
                 r.prefix_matched = matched;
+                r.prefill_mark = mark;
             }
         }
         let model = self.queues.group(group).key.model;

@@ -154,17 +154,34 @@ impl PrefixIndex {
     }
 
     /// A prompt of `blocks` blocks, `matched` of them here before, went to this lane at `now`;
-    /// its uncached blocks take `per_block` each to prefill, after those sent before.
-    pub(super) fn count(&mut self, matched: usize, blocks: usize, now: Time, per_block: Duration) {
+    /// its uncached blocks take `prefill`, after those sent before.
+    pub(super) fn count(&mut self, matched: usize, blocks: usize, now: Time, prefill: Duration) {
         self.sent += blocks as u64;
         self.matched += matched as u64;
-        self.prefill_until =
-            self.prefill_until.max(now) + per_block * blocks.saturating_sub(matched) as u32;
+        self.prefill_until = self.prefill_until.max(now) + prefill;
     }
 
     /// How long the server is likely to go on prefilling what was sent to it before `now`.
     pub(crate) fn prefill_backlog(&self, now: Time) -> Duration {
         self.prefill_until.saturating_since(now)
+    }
+
+    /// When the server is likely done with the prefills sent to it so far.
+    pub(super) fn prefill_end(&self) -> Time {
+        self.prefill_until
+    }
+
+    /// An attempt whose prefill was expected to end at `mark` ended at `now`: its prefill, and
+    /// those sent before it, are done. Ending sooner than expected says the server prefills
+    /// faster than the configured rate: what was sent after it moves earlier by as much (a rate
+    /// set 100x too slow would otherwise keep every lane looking busy and scatter
+    /// conversations).
+    pub(super) fn prefilled(&mut self, mark: Time, now: Time) {
+        let early = mark.saturating_since(now);
+        if !early.is_zero() {
+            let until = self.prefill_until.since_epoch().saturating_sub(early);
+            self.prefill_until = Time::from_duration(until).max(now);
+        }
     }
 
     /// Blocks sent here, and of them those sent here before.
@@ -354,6 +371,30 @@ mod tests {
         ix.sent(&[1, 20], T1, 4);
         assert_eq!(ix.matched(&[1, 2]), 1, "{ix:?}");
         assert_eq!(ix.matched(&[1, 20]), 2);
+    }
+
+    #[test]
+    fn the_prefill_backlog_runs_one_prompt_after_another_and_an_early_end_shortens_it() {
+        let ms = Duration::from_millis;
+        let at = Time::from_millis;
+        let mut ix = PrefixIndex::default();
+        ix.count(0, 10, at(1_000), ms(400));
+        let first = ix.prefill_end();
+        ix.count(0, 10, at(1_100), ms(400));
+        assert_eq!(
+            ix.prefill_backlog(at(1_100)),
+            ms(700),
+            "after the first's 300 ms left"
+        );
+        // The first attempt ended at 1.2 s, not 1.4: the server is faster than assumed, and
+        // the second's prefill moves earlier by as much.
+        ix.prefilled(first, at(1_200));
+        assert_eq!(ix.prefill_backlog(at(1_200)), ms(400));
+        // An attempt that ends late says nothing.
+        ix.prefilled(at(1_000), at(1_300));
+        assert_eq!(ix.prefill_backlog(at(1_300)), ms(300));
+        ix.clear();
+        assert_eq!(ix.prefill_backlog(at(1_300)), Duration::ZERO);
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub(super) struct Req {
     pub(super) prefix: Option<super::PrefixChain>,
     /// Of its prompt's blocks, how many its current attempt's lane was sent before.
     pub(super) prefix_matched: usize,
+    /// When its current attempt's lane was expected to be done with its prefill (and those
+    /// sent there before it): an attempt that ends sooner says the lane prefills faster.
+    pub(super) prefill_mark: Time,
 }
 
 /// A place in a group's queue: the request and what the policy reads of it without looking it
