@@ -524,6 +524,7 @@ impl Scheduler {
         let Some(id) = self.queues.take(group, self.turn(), chosen) else {
             return;
         };
+        let model = self.queues.group(group).key.model;
         if let (Some(p), Some((chain, tenant))) = (
             self.cfg.prefix,
             self.queues
@@ -534,7 +535,6 @@ impl Scheduler {
             // Its prefill at the configured rate, but never longer than the lane's learned
             // service of the whole request: a rate set too slow for the server (the default
             // for a fast GPU) would otherwise keep the lane looking busy.
-            let model = self.queues.group(group).key.model;
             let prefill = p.prefill_per_block * chain.len().saturating_sub(matched) as u32;
             let prefill = self
                 .expected_service(LaneId(lane), model)
@@ -551,7 +551,6 @@ impl Scheduler {
                 r.prefill_mark = mark;
             }
         }
-        let model = self.queues.group(group).key.model;
         let now = self.now;
         let l = &mut self.lanes[lane];
         let (cold, behind_load) = l.start(model, now);
