@@ -175,39 +175,25 @@ pub fn ensure_tools() -> Result<()> {
         }
     }
     // The allocation-counting im-http first (kept under its own name), then the real one: the
-    // two differ only in the binary crate, so the second build relinks it.
-    let build = |features: &[&str]| -> Result<()> {
+    // two differ only in the binary crate, so the second build relinks it. Then the bare proxy.
+    let build = |what: &[&str]| -> Result<()> {
         let ok = Command::new("cargo")
-            .args(["build", "--release", "-p", "im-http", "-p", "localai-sim"])
-            .args(features)
+            .args(["build", "--release"])
+            .args(what)
             .current_dir(root())
             .status()?
             .success();
         if !ok {
-            bail!("release build failed");
+            bail!("release build of {what:?} failed");
         }
         Ok(())
     };
-    build(&["--features", "im-http/count-allocations"])?;
+    let servers = ["-p", "im-http", "-p", "localai-sim"];
+    build(&[&servers[..], &["--features", "im-http/count-allocations"]].concat())?;
     std::fs::copy(release_bin("im-http"), release_bin(COUNTING_IM))
         .context("keeping the allocation-counting im-http")?;
-    build(&[])?;
-    let ok = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "localai-client",
-            "--example",
-            BARE_PROXY,
-        ])
-        .current_dir(root())
-        .status()?
-        .success();
-    if !ok {
-        bail!("building the bare hyper proxy failed");
-    }
-    Ok(())
+    build(&servers)?;
+    build(&["-p", "localai-client", "--example", BARE_PROXY])
 }
 
 /// The overhead runs' floor: a bare buffering proxy on hyper (`localai-client`'s example), built
