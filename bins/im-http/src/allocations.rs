@@ -1,8 +1,8 @@
 //! Allocation counting for the benchmark build (`--features count-allocations`): the system
-//! allocator wrapped by `stats_alloc`, and its count of allocations (and reallocations) written
-//! to the file named by `IM_ALLOCATIONS_FILE` ten times a second, where `cargo xtask bench` reads
-//! it around a run to print allocations per proxied request. Every other build keeps the system
-//! allocator, untouched.
+//! allocator wrapped by `stats_alloc`, and its count of allocations (and reallocations) and the
+//! bytes live on the heap written to the file named by `IM_ALLOCATIONS_FILE` ten times a second,
+//! where `cargo xtask bench` reads them around a run to print allocations per proxied request and
+//! the heap a queued request holds. Every other build keeps the system allocator, untouched.
 
 use std::alloc::System;
 
@@ -12,7 +12,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Write the count to `IM_ALLOCATIONS_FILE` ten times a second, from a thread of its own.
+/// Write `<allocations> <live bytes>` to `IM_ALLOCATIONS_FILE` ten times a second, from a thread of its own.
 pub fn report() {
     let Some(path) = std::env::var_os("IM_ALLOCATIONS_FILE") else {
         return;
@@ -23,7 +23,10 @@ pub fn report() {
         loop {
             let s = region.change();
             let n = s.allocations + s.reallocations;
-            if std::fs::write(&tmp, n.to_string()).is_ok() {
+            // A reallocation's growth is counted in `bytes_allocated`, its shrinking in
+            // `bytes_deallocated`.
+            let live = s.bytes_allocated as i128 - s.bytes_deallocated as i128;
+            if std::fs::write(&tmp, format!("{n} {live}")).is_ok() {
                 let _ = std::fs::rename(&tmp, &path);
             }
             std::thread::sleep(std::time::Duration::from_millis(100));

@@ -24,9 +24,10 @@ fn stalled_upstream() -> Result<u16> {
     Ok(port)
 }
 
-async fn waiting(c: &reqwest::Client, base: &str) -> u64 {
+/// How many requests `base` holds: im's `/queue-status` (`waiting`), or the bare server's `/held`.
+async fn waiting(c: &reqwest::Client, base: &str, count_path: &str) -> u64 {
     match c
-        .get(format!("{base}/queue-status"))
+        .get(format!("{base}{count_path}"))
         .header("x-api-key", KEY)
         .send()
         .await
@@ -35,17 +36,19 @@ async fn waiting(c: &reqwest::Client, base: &str) -> u64 {
             .json::<Value>()
             .await
             .ok()
-            .and_then(|v| v["waiting"].as_u64())
+            .and_then(|v| v["waiting"].as_u64().or_else(|| v.as_u64()))
             .unwrap_or(0),
         Err(_) => 0,
     }
 }
 
+/// Send `n` requests of `body` to `path` and wait until `count_path` says they are all held.
 async fn fill(
     base: &str,
     n: usize,
     path: &'static str,
     body: Arc<Value>,
+    count_path: &str,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let c = client();
     let mut hs = Vec::with_capacity(n);
@@ -61,9 +64,12 @@ async fn fill(
         }));
     }
     let start = Instant::now();
-    while waiting(&c, base).await + 1 < n as u64 {
+    while waiting(&c, base, count_path).await + 1 < n as u64 {
         if start.elapsed() > Duration::from_secs(120) {
-            bail!("only {} of {n} requests queued", waiting(&c, base).await);
+            bail!(
+                "only {} of {n} requests queued",
+                waiting(&c, base, count_path).await
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -104,7 +110,7 @@ pub async fn memory(out: &mut String) -> Result<()> {
     let small = Arc::new(
         json!({"model": LLM, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}),
     );
-    let hs = fill(&base, 10_000, "/v1/chat/completions", small).await?;
+    let hs = fill(&base, 10_000, "/v1/chat/completions", small.clone(), QUEUE).await?;
     let full = im.rss_kib();
     let grow = (full - idle.min(full)) as f64;
     let _ = writeln!(
@@ -118,6 +124,15 @@ pub async fn memory(out: &mut String) -> Result<()> {
         h.abort();
     }
     drop(im);
+    let floor = held_by_bare_server(small.clone()).await?;
+    let _ = writeln!(
+        out,
+        "| 10,000 small requests held by a bare hyper server (the floor) | {:.1} | {:.1} | {:.1} KiB |",
+        floor.full_kib as f64 / 1024.0,
+        floor.growth_kib() / 1024.0,
+        floor.growth_kib() / 10_000.0
+    );
+    let heap = live_heap_per_queued(up, &cfg, small).await?;
 
     // A 4 MiB base64 `file`: a real PNG header (so it passes validation) padded with data.
     let mut raw = localai_sim::image::png(8, 8, 1);
@@ -137,7 +152,7 @@ pub async fn memory(out: &mut String) -> Result<()> {
         let base = format!("http://127.0.0.1:{p}");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle = im.rss_kib();
-        let hs = fill(&base, 100, "/v1/images/generations", big.clone()).await?;
+        let hs = fill(&base, 100, "/v1/images/generations", big.clone(), QUEUE).await?;
         let full = im.rss_kib();
         let grow = (full - idle.min(full)) as f64 / 1024.0;
         let _ = writeln!(
@@ -153,10 +168,83 @@ pub async fn memory(out: &mut String) -> Result<()> {
     }
     let _ = writeln!(
         out,
+        "\nThe floor is `localai-client`'s example `bare_waiting`: hyper's HTTP/1 server on im's runtime, each request's \
+         body read whole and dropped, no answer; what a queued request costs im-http above it is im's own. The live heap \
+         of a queued small request (the `count-allocations` build, bytes allocated less bytes freed, 10,000 queued): \
+         **{:.1} KiB**, more than its resident size because hyper reserves buffers whose pages are never written.",
+        heap / 1024.0
+    );
+    let _ = writeln!(
+        out,
         "\nThe payload is copied once out of the request body (which is dropped before the request queues) and shared \
          by `Arc` between attempts; the one running request also has its upstream JSON body serialised while in flight. \
          With glibc's default dynamic mmap threshold, the freed body buffers of concurrent uploads stay resident, so RSS \
          overstates live memory; a fixed threshold (the Docker image sets it) returns them to the OS.\n"
     );
     Ok(())
+}
+
+/// Where im-http says how many requests wait.
+const QUEUE: &str = "/queue-status";
+
+/// RSS of a process before and after a fill.
+struct Held {
+    idle_kib: u64,
+    full_kib: u64,
+}
+
+impl Held {
+    fn growth_kib(&self) -> f64 {
+        self.full_kib.saturating_sub(self.idle_kib) as f64
+    }
+}
+
+/// RSS of the bare hyper server ([`BARE_WAITING`]) idle and holding 10,000 `body` requests.
+async fn held_by_bare_server(body: Arc<Value>) -> Result<Held> {
+    let port = free_port();
+    let bin = release_bin("examples").join(BARE_WAITING);
+    let server = Proc(
+        std::process::Command::new(&bin)
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    wait_ready(port, "/held", None)?;
+    let base = format!("http://127.0.0.1:{port}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_kib = server.rss_kib();
+    let hs = fill(&base, 10_000, "/v1/chat/completions", body, "/held").await?;
+    let full_kib = server.rss_kib();
+    for h in hs {
+        h.abort();
+    }
+    Ok(Held { idle_kib, full_kib })
+}
+
+/// The heap a queued `body` request holds in im-http, in bytes: the allocation-counting build
+/// ([`COUNTING_IM`]) reports the bytes live, read idle and with 10,000 queued.
+async fn live_heap_per_queued(upstream: u16, cfg: &str, body: Arc<Value>) -> Result<f64> {
+    let port = free_port();
+    let file = std::env::temp_dir().join(format!("im-bench-live-{port}"));
+    let env = [("IM_ALLOCATIONS_FILE".to_owned(), file.display().to_string())];
+    let _im = start_im_with(&release_bin(COUNTING_IM), port, upstream, cfg, &env)?;
+    let live = || -> Result<f64> {
+        // The file is rewritten ten times a second: wait for a fresh value.
+        std::thread::sleep(Duration::from_millis(250));
+        let s = std::fs::read_to_string(&file).context("reading the live heap")?;
+        let bytes = s.split_whitespace().nth(1).unwrap_or_default();
+        bytes.parse().context("parsing the live heap")
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = live()?;
+    let hs = fill(&base, 10_000, "/v1/chat/completions", body, QUEUE).await?;
+    let full = live()?;
+    for h in hs {
+        h.abort();
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok((full - idle) / 10_000.0)
 }

@@ -193,12 +193,23 @@ pub fn ensure_tools() -> Result<()> {
     std::fs::copy(release_bin("im-http"), release_bin(COUNTING_IM))
         .context("keeping the allocation-counting im-http")?;
     build(&servers)?;
-    build(&["-p", "localai-client", "--example", BARE_PROXY])
+    build(&[
+        "-p",
+        "localai-client",
+        "--example",
+        BARE_PROXY,
+        "--example",
+        BARE_WAITING,
+    ])
 }
 
 /// The overhead runs' floor: a bare buffering proxy on hyper (`localai-client`'s example), built
 /// by [`ensure_tools`] into `target/release/examples`.
 pub const BARE_PROXY: &str = "bare_proxy";
+
+/// The memory run's floor: a bare hyper server that holds every request unanswered
+/// (`localai-client`'s example), built beside [`BARE_PROXY`].
+pub const BARE_WAITING: &str = "bare_waiting";
 
 /// The im-http built with `count-allocations` ([`ensure_tools`] keeps it beside the real one).
 pub const COUNTING_IM: &str = "im-http-count-allocations";

@@ -344,7 +344,8 @@ pub fn allocations(out: &mut String, requests: u32) -> Result<()> {
         // The file is rewritten ten times a second: wait for a fresh value.
         std::thread::sleep(std::time::Duration::from_millis(250));
         let s = std::fs::read_to_string(&file).context("reading the allocation count")?;
-        s.trim().parse().context("parsing the allocation count")
+        let first = s.split_whitespace().next().unwrap_or_default();
+        first.parse().context("parsing the allocation count")
     };
     oha(&url, Some(TENANT_KEY), &body, 2, None, 16)?;
     let idle0 = count()?;
