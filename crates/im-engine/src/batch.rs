@@ -76,6 +76,31 @@ impl std::fmt::Debug for Batcher {
     }
 }
 
+/// The answer of a job [`Batcher::submit`] queued.
+#[must_use = "dropping it abandons the answer"]
+pub enum Waiting<'a> {
+    /// Run on its own.
+    Alone(crate::engine::Submitted<'a>),
+    /// Merged with others: its share of the batch's answer.
+    Merged(oneshot::Receiver<Result<Completion, EngineError>>),
+}
+
+impl std::future::Future for Waiting<'_> {
+    type Output = Result<Completion, EngineError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Waiting::Alone(s) => std::pin::Pin::new(s).poll(cx),
+            Waiting::Merged(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(EngineError::ShuttingDown))),
+        }
+    }
+}
+
 impl Batcher {
     /// A batcher in front of `engine`.
     pub fn new(engine: Engine, settings: BatchSettings) -> Batcher {
@@ -92,11 +117,12 @@ impl Batcher {
         self.settings
     }
 
-    /// Run `job`: merged with others when it is an embedding that can be, else on its own.
-    /// Dropping the future abandons the answer (a job already merged still runs with its batch).
-    pub async fn submit(&self, job: Job) -> Result<Completion, EngineError> {
+    /// Run `job` (queued at once): merged with others when it is an embedding that can be, else
+    /// on its own. Dropping the returned future abandons the answer (a job already merged still
+    /// runs with its batch; one on its own is cancelled).
+    pub fn submit(&self, job: Job) -> Waiting<'_> {
         let Some((key, inputs)) = self.mergeable(&job) else {
-            return self.engine.submit(job).await;
+            return Waiting::Alone(self.engine.submit(job));
         };
         let (reply, rx) = oneshot::channel();
         let item = Item {
@@ -106,7 +132,7 @@ impl Batcher {
             reply,
         };
         self.enqueue(key, item);
-        rx.await.unwrap_or(Err(EngineError::ShuttingDown))
+        Waiting::Merged(rx)
     }
 
     /// The batch key and inputs of a job that can be merged: an embedding whose `input` is a

@@ -78,6 +78,32 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
+/// The answer of a job [`Engine::submit`] queued; dropping it first cancels the request.
+#[must_use = "dropping it cancels the request"]
+pub struct Submitted<'a> {
+    /// `None` when the engine had stopped.
+    rx: Option<oneshot::Receiver<Result<Completion, EngineError>>>,
+    guard: CancelOnDrop<'a>,
+}
+
+impl std::future::Future for Submitted<'_> {
+    type Output = Result<Completion, EngineError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let Some(rx) = this.rx.as_mut() else {
+            return std::task::Poll::Ready(Err(EngineError::ShuttingDown));
+        };
+        let answer = std::task::ready!(std::pin::Pin::new(rx).poll(cx));
+        this.rx = None;
+        this.guard.armed = false;
+        std::task::Poll::Ready(answer.unwrap_or(Err(EngineError::ShuttingDown)))
+    }
+}
+
 impl Engine {
     /// Start the driver task on the current tokio runtime (every upstream answer must name the
     /// model asked for).
@@ -119,12 +145,14 @@ impl Engine {
         })
     }
 
-    /// Queue `job` and wait for its answer. Dropping the future cancels the request: it leaves the
-    /// queue and never reaches the upstream (or, if running, its upstream call is abandoned).
-    pub async fn submit(&self, job: Job) -> Result<Completion, EngineError> {
+    /// Queue `job` (at once: the driver holds it from here on) and return its answer to await.
+    /// Dropping that future cancels the request: it leaves the queue and never reaches the
+    /// upstream (or, if running, its upstream call is abandoned). A waiting caller holds only
+    /// the [`Submitted`] handle, a few words, not the job.
+    pub fn submit(&self, job: Job) -> Submitted<'_> {
         let ticket = self.shared.tickets.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
-        if self
+        let sent = self
             .tx
             .send(Msg::Submit {
                 ticket,
@@ -132,18 +160,15 @@ impl Engine {
                 reply,
                 span: tracing::Span::current(),
             })
-            .is_err()
-        {
-            return Err(EngineError::ShuttingDown);
+            .is_ok();
+        Submitted {
+            rx: sent.then_some(rx),
+            guard: CancelOnDrop {
+                tx: &self.tx,
+                ticket,
+                armed: sent,
+            },
         }
-        let mut guard = CancelOnDrop {
-            tx: &self.tx,
-            ticket,
-            armed: true,
-        };
-        let result = rx.await.unwrap_or(Err(EngineError::ShuttingDown));
-        guard.armed = false;
-        result
     }
 
     /// Take the waiting requests known by `request_ids` out of the queues, each answered

@@ -42,9 +42,9 @@ mod trace;
 
 pub use attempt::ModelEcho;
 pub use backend::{Backend, LocalAiBackend};
-pub use batch::{BatchSettings, Batcher};
+pub use batch::{BatchSettings, Batcher, Waiting};
 pub use clock::Clock;
-pub use engine::{Engine, LaneReadiness};
+pub use engine::{Engine, LaneReadiness, Submitted};
 pub use inference_queue::Class;
 pub use job::{
     ChunkReceiver, Completion, EngineError, Job, Meta, Output, Payload, Progress, ProgressSink,

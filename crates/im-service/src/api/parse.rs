@@ -5,13 +5,17 @@ use serde::Deserialize;
 use crate::error::ServiceError;
 
 /// Parse a JSON body into `T`, naming the field at fault (`param`). `T` may borrow from the
-/// body (an image payload is then copied once, later, into exactly its size).
+/// body (an image payload is then copied once, later, into exactly its size). A body that parses
+/// is read once, without tracking paths; only a faulty one is read again to name its field.
 pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ServiceError> {
     if body.is_empty() {
         return Err(ServiceError::invalid(
             "body",
             "the request body is empty; send a JSON object",
         ));
+    }
+    if let Ok(parsed) = T::deserialize(&mut serde_json::Deserializer::from_slice(body)) {
+        return Ok(parsed);
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {

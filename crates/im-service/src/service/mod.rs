@@ -496,21 +496,26 @@ impl Service {
         let max_tokens = max_tokens(call.payload());
         // Only a stream can tell its client how its wait goes.
         let progress = caller.progress.clone().filter(|_| call.streams());
-        let mut job = call.into_job(caller.request_id.clone());
-        job.owner = Some(caller.tenant.shared());
-        job.weight = spec.map_or(1, |s| s.weight.max(1));
-        job.progress = progress;
-        if is_batch(caller, spec) {
-            job.class = im_engine::Class::Batch;
-        }
-        let _live = caller
-            .key
-            .map(|k| Live::enter(&self.shared.live, &caller.request_id, k));
-        let _held = self
-            .shared
-            .meters
-            .hold(&caller.tenant, spec, job.payload_bytes())?;
-        let done = self.batcher.submit(job).await;
+        // The job goes to the engine in this block: while the request waits, this future
+        // holds the handle of its answer, not the job.
+        let (waiting, _live, _held) = {
+            let mut job = call.into_job(caller.request_id.clone());
+            job.owner = Some(caller.tenant.shared());
+            job.weight = spec.map_or(1, |s| s.weight.max(1));
+            job.progress = progress;
+            if is_batch(caller, spec) {
+                job.class = im_engine::Class::Batch;
+            }
+            let live = caller
+                .key
+                .map(|k| Live::enter(&self.shared.live, &caller.request_id, k));
+            let held = self
+                .shared
+                .meters
+                .hold(&caller.tenant, spec, job.payload_bytes())?;
+            (self.batcher.submit(job), live, held)
+        };
+        let done = waiting.await;
         *tokens = done.as_ref().ok().and_then(tokens_used).or(max_tokens);
         if let Some(t) = *tokens {
             self.shared.meters.debit_tokens(&caller.tenant, spec, t);
