@@ -34,7 +34,6 @@ pub mod ws;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use im_service::ErrorType;
 use utoipa::OpenApi;
@@ -140,7 +139,7 @@ pub fn router_with(
     // The middleware wraps the router once, outside it, rather than every route inside it: a
     // request then clones one stack, not a boxed stack per layer per route.
     let stack = tower::ServiceBuilder::new()
-        .layer(from_fn_with_state(state, state::caller))
+        .layer(state::CallerLayer(state))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))

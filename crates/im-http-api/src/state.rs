@@ -3,12 +3,10 @@
 
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use im_service::{Caller, Figures, Principal, Service, TRACE_TARGET};
-use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::error::HttpError;
@@ -92,56 +90,150 @@ pub use im_edge::caller::{key_of, request_id_of};
 /// Middleware: the request's id (echoed as `X-Request-Id` on every response), then what its
 /// route needs ([`crate::routes::access`]): for a keyed route the key, its scope and (unless the
 /// route charges its units one by one) the key's and tenant's rates; the handlers receive the
-/// [`Caller`] and when it [`Arrived`].
-pub async fn caller(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let at = Instant::now();
-    let id = request_id_of(req.headers()).unwrap_or_else(|| st.service.new_request_id());
-    let span = request_span(&req, &id);
-    let admitted = {
-        let _admission =
-            tracing::info_span!(target: TRACE_TARGET, parent: &span, "admission").entered();
-        match routes::access(req.uri().path()) {
-            Access::Key { scope, charge } => {
-                st.service.authorize(key_of(req.headers()), scope, charge)
+/// [`Caller`] and when it [`Arrived`]. All of it is done when the request is handed over, so the
+/// future that waits for the answer holds only the inner service's future, the span and the id.
+#[derive(Clone, Debug)]
+pub struct CallerLayer(pub AppState);
+
+impl<S> tower::Layer<S> for CallerLayer {
+    type Service = WithCaller<S>;
+
+    fn layer(&self, inner: S) -> WithCaller<S> {
+        WithCaller {
+            st: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`CallerLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct WithCaller<S> {
+    st: AppState,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for WithCaller<S>
+where
+    S: tower::Service<Request, Error = std::convert::Infallible> + Clone,
+    S::Response: IntoResponse,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = CallerFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> CallerFuture<S::Future> {
+        let st = &self.st;
+        let at = Instant::now();
+        let id = request_id_of(req.headers()).unwrap_or_else(|| st.service.new_request_id());
+        let span = request_span(&req, &id);
+        let admitted = {
+            let _admission =
+                tracing::info_span!(target: TRACE_TARGET, parent: &span, "admission").entered();
+            match routes::access(req.uri().path()) {
+                Access::Key { scope, charge } => {
+                    st.service.authorize(key_of(req.headers()), scope, charge)
+                }
+                // Checked by the session, the signature or not at all.
+                Access::Open | Access::Session | Access::Signed => Ok(Principal::anonymous()),
             }
-            // Checked by the session, the signature or not at all.
-            Access::Open | Access::Session | Access::Signed => Ok(Principal::anonymous()),
+        };
+        let batch = match req.headers().get("x-im-priority").map(HeaderValue::to_str) {
+            None => Ok(false),
+            Some(Ok(v)) if v.eq_ignore_ascii_case("batch") => Ok(true),
+            Some(Ok(v)) if v.eq_ignore_ascii_case("interactive") => Ok(false),
+            Some(_) => Err(im_service::ServiceError::invalid(
+                "X-Im-Priority",
+                "must be `interactive` or `batch` (a request may lower its tenant's class)",
+            )),
+        };
+        let admitted = admitted.and_then(|who| batch.map(|b| (who, b)));
+        let admitted = admitted.and_then(|(who, b)| {
+            let progress = crate::progress::wanted(req.headers(), &st.service, &who)?;
+            Ok((who, b, progress))
+        });
+        let answer = match admitted {
+            Ok((who, batch, progress)) => {
+                let mut caller = Caller::new(&who, id.clone());
+                caller.batch = batch;
+                req.extensions_mut().insert(caller);
+                req.extensions_mut().insert(Arrived { at, progress });
+                // The inner service was made ready by `poll_ready`: it serves this request, a
+                // clone stays for the next.
+                let ready = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, ready);
+                Answer::Pending(span.in_scope(|| inner.call(req)))
+            }
+            Err(e) => Answer::Ready(Some(HttpError(e).into_response())),
+        };
+        CallerFuture {
+            answer,
+            span,
+            id: Some(id),
         }
-    };
-    let batch = match req.headers().get("x-im-priority").map(HeaderValue::to_str) {
-        None => Ok(false),
-        Some(Ok(v)) if v.eq_ignore_ascii_case("batch") => Ok(true),
-        Some(Ok(v)) if v.eq_ignore_ascii_case("interactive") => Ok(false),
-        Some(_) => Err(im_service::ServiceError::invalid(
-            "X-Im-Priority",
-            "must be `interactive` or `batch` (a request may lower its tenant's class)",
-        )),
-    };
-    let admitted = admitted.and_then(|who| batch.map(|b| (who, b)));
-    let admitted = admitted.and_then(|(who, b)| {
-        let progress = crate::progress::wanted(req.headers(), &st.service, &who)?;
-        Ok((who, b, progress))
-    });
-    let mut resp = match admitted {
-        Ok((who, batch, progress)) => {
-            let arrived = Arrived { at, progress };
-            let mut caller = Caller::new(&who, id.clone());
-            caller.batch = batch;
-            req.extensions_mut().insert(caller);
-            req.extensions_mut().insert(arrived);
-            next.run(req).instrument(span.clone()).await
+    }
+}
+
+/// The answer of a request [`WithCaller`] handed on (or refused).
+#[derive(Debug)]
+enum Answer<F> {
+    Pending(F),
+    Ready(Option<Response>),
+}
+
+/// What [`WithCaller`] waits on: the inner service's answer, inside the request's span, then
+/// the span's status and the `X-Request-Id` header.
+#[derive(Debug)]
+pub struct CallerFuture<F> {
+    answer: Answer<F>,
+    span: tracing::Span,
+    /// Taken when the answer is written.
+    id: Option<String>,
+}
+
+impl<F, R> std::future::Future for CallerFuture<F>
+where
+    F: std::future::Future<Output = Result<R, std::convert::Infallible>> + Unpin,
+    R: IntoResponse,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let mut resp = match &mut this.answer {
+            Answer::Pending(inner) => {
+                let _entered = this.span.enter();
+                match std::task::ready!(std::pin::Pin::new(inner).poll(cx)) {
+                    Ok(r) => r.into_response(),
+                    Err(never) => match never {},
+                }
+            }
+            Answer::Ready(r) => r.take().unwrap_or_default(),
+        };
+        let status = resp.status();
+        this.span
+            .record("http.response.status_code", status.as_u16());
+        if status.is_server_error() || status == axum::http::StatusCode::TOO_MANY_REQUESTS {
+            this.span.record("otel.status_code", "ERROR");
         }
-        Err(e) => HttpError(e).into_response(),
-    };
-    let status = resp.status();
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() || status == axum::http::StatusCode::TOO_MANY_REQUESTS {
-        span.record("otel.status_code", "ERROR");
+        if let Some(id) = this.id.take()
+            && let Ok(v) = HeaderValue::from_maybe_shared(axum::body::Bytes::from(id))
+        {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        std::task::Poll::Ready(Ok(resp))
     }
-    if let Ok(v) = HeaderValue::from_maybe_shared(axum::body::Bytes::from(id)) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    resp
 }
 
 /// The request's root span in im, continuing the client's trace when it sent `traceparent`.

@@ -125,31 +125,34 @@ impl Service {
     /// Run `request` as `caller` and answer it the way its route does; `arrived` is when the
     /// request reached im (an answer may report its total time). An error is the caller's to
     /// render; the task route answers its errors in its own envelope instead.
-    pub async fn answer(
-        &self,
+    pub fn answer<'a>(
+        &'a self,
         request: Request,
-        caller: &Caller,
+        caller: &'a Caller,
         arrived: Instant,
-    ) -> Result<Answer, ServiceError> {
+    ) -> impl std::future::Future<Output = Result<Answer, ServiceError>> + 'a {
+        // Taken apart before the future: it holds the work, not the request too.
         let Request { route, work } = request;
-        match work {
-            Work::Call { call, model } => {
-                let done = self.run(call, caller).await?;
-                answer::of(route, done, &model, caller, arrived)
-            }
-            Work::Task {
-                entry,
-                text,
-                params,
-            } => {
-                // Boxed: a waiting request holds the larger task future only when it is one.
-                let outcome = Box::pin(self.run_task(&entry, &text, &params, caller)).await;
-                Ok(answer::task(
-                    &caller.request_id,
-                    arrived,
-                    Some(&entry),
-                    outcome,
-                ))
+        async move {
+            match work {
+                Work::Call { call, model } => {
+                    let done = self.run(call, caller).await?;
+                    answer::of(route, done, &model, caller, arrived)
+                }
+                Work::Task {
+                    entry,
+                    text,
+                    params,
+                } => {
+                    // Boxed: a waiting request holds the larger task future only when it is one.
+                    let outcome = Box::pin(self.run_task(&entry, &text, &params, caller)).await;
+                    Ok(answer::task(
+                        &caller.request_id,
+                        arrived,
+                        Some(&entry),
+                        outcome,
+                    ))
+                }
             }
         }
     }

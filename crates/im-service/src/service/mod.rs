@@ -399,8 +399,14 @@ impl Service {
 
     /// Run `call` as `caller`: queue it (embeddings merged with others that arrive together),
     /// wait for it to leave. Dropping the future cancels it.
-    pub async fn run(&self, call: Call, caller: &Caller) -> Result<Done, ServiceError> {
-        self.run_completion(call, caller).await.map(Done::from)
+    pub fn run<'a>(
+        &'a self,
+        call: Call,
+        caller: &'a Caller,
+    ) -> impl std::future::Future<Output = Result<Done, ServiceError>> + 'a {
+        // Boxed once here: the futures that wait on it then hold a pointer, not the call.
+        let call = Box::new(call);
+        async move { self.run_completion(call, caller).await.map(Done::from) }
     }
 
     /// Where models the scheduler does not know are looked for (once; later calls are ignored).
@@ -435,7 +441,7 @@ impl Service {
     /// debited when it ends.
     async fn run_completion(
         &self,
-        call: Call,
+        call: Box<Call>,
         caller: &Caller,
     ) -> Result<Completion, ServiceError> {
         let tenants = self.tenants();
@@ -460,7 +466,7 @@ impl Service {
     /// [`Self::run_completion`] within `caller`'s tenant's policy; `tokens`: what it used.
     async fn run_as(
         &self,
-        call: Call,
+        call: Box<Call>,
         caller: &Caller,
         tenants: &TenantPolicy,
         tokens: &mut Option<u64>,
@@ -499,7 +505,7 @@ impl Service {
         // The job goes to the engine in this block: while the request waits, this future
         // holds the handle of its answer, not the job.
         let (waiting, _live, _held) = {
-            let mut job = call.into_job(caller.request_id.clone());
+            let mut job = (*call).into_job(caller.request_id.clone());
             job.owner = Some(caller.tenant.shared());
             job.weight = spec.map_or(1, |s| s.weight.max(1));
             job.progress = progress;
