@@ -340,3 +340,39 @@ async fn clients_behind_a_trusted_proxy_are_counted_each_by_its_forwarded_addres
         "closed at once: {read:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_port_serves_http1_and_http2_with_prior_knowledge() {
+    // The listener tells the versions apart by the HTTP/2 preface and serves each with its own
+    // builder (a waiting HTTP/1 request holds no room for HTTP/2's state).
+    let s = start(&[]);
+    let chat = serde_json::json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    for (client, version) in [
+        (reqwest::Client::new(), reqwest::Version::HTTP_11),
+        (
+            reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .expect("client"),
+            reqwest::Version::HTTP_2,
+        ),
+    ] {
+        let health = client
+            .get(format!("{}/health", s.url))
+            .send()
+            .await
+            .expect("health");
+        assert_eq!((health.status().as_u16(), health.version()), (200, version));
+        let answer = client
+            .post(format!("{}/v1/chat/completions", s.url))
+            .header("x-api-key", KEY)
+            .json(&chat)
+            .send()
+            .await
+            .expect("chat");
+        assert_eq!((answer.status().as_u16(), answer.version()), (200, version));
+        assert!(answer.headers().contains_key("x-request-id"));
+        let body: serde_json::Value = answer.json().await.expect("json");
+        assert_eq!(body["model"], LLM, "{body}");
+    }
+}

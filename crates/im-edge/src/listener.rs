@@ -25,7 +25,6 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -179,13 +178,13 @@ pub async fn serve(
     peers: Arc<Peers>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
+    let builders = Arc::new(Builders { http1, http2 });
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut conns = JoinSet::new();
@@ -232,7 +231,7 @@ pub async fn serve(
         let _ = socket.set_nodelay(true);
         let conn = Connection {
             app: app.clone(),
-            builder: builder.clone(),
+            builders: builders.clone(),
             peers: peers.clone(),
             limits,
             peer,
@@ -260,10 +259,41 @@ pub async fn serve(
     Ok(())
 }
 
+/// How connections are served: HTTP/1 (with upgrades), or HTTP/2 when a connection opens with
+/// its preface (prior knowledge, `h2c`).
+struct Builders {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+/// What every HTTP/2 connection opens with (RFC 9113, 3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `socket` opens with the HTTP/2 preface (`Some(true)`), with anything else
+/// (`Some(false)`), or closes first (`None`). Only peeks: hyper reads the bytes again.
+async fn opens_http2(socket: &tokio::net::TcpStream) -> Option<bool> {
+    let mut first = [0u8; 24];
+    loop {
+        let n = socket.peek(&mut first).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if first[..n] != HTTP2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == HTTP2_PREFACE.len() {
+            return Some(true);
+        }
+        // A part of the preface so far (rare: it is sent whole): peeking again at once would
+        // see the same bytes, so wait a little for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// One accepted connection and what serving it needs.
 struct Connection {
     app: Router,
-    builder: Arc<Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     peers: Arc<Peers>,
     limits: ServeLimits,
     peer: IpAddr,
@@ -274,15 +304,18 @@ impl Connection {
     async fn run(self, socket: tokio::net::TcpStream) {
         // Its first byte within the header deadline, or it is closed: a socket that never sends
         // anything must not hold a slot.
-        let mut first = [0u8; 1];
-        tokio::select! {
-            peeked = tokio::time::timeout(self.limits.header_read_timeout, socket.peek(&mut first)) => {
-                if !matches!(peeked, Ok(Ok(n)) if n > 0) {
-                    return;
+        // The preface tells HTTP/2 apart, as hyper-util's `auto` server does, but each version is
+        // then served by its own builder: a waiting HTTP/1 request's connection task does not
+        // hold room for an HTTP/2 connection's state (about 4 KiB).
+        let http2 = tokio::select! {
+            peeked = tokio::time::timeout(self.limits.header_read_timeout, opens_http2(&socket)) => {
+                match peeked {
+                    Ok(Some(http2)) => http2,
+                    _ => return,
                 }
             }
             () = self.stop.cancelled() => return,
-        }
+        };
         let activity = Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
@@ -331,10 +364,29 @@ impl Connection {
                 }
             }
         });
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(socket), svc)
-            .into_owned();
+        let io = TokioIo::new(socket);
+        if http2 {
+            // Boxed: only an HTTP/2 connection's task holds its state.
+            let conn = self.builders.http2.serve_connection(io, svc);
+            Box::pin(self.drive(conn, &activity, |c| c.graceful_shutdown())).await;
+        } else {
+            let conn = self
+                .builders
+                .http1
+                .serve_connection(io, svc)
+                .with_upgrades();
+            self.drive(conn, &activity, |c| c.graceful_shutdown()).await;
+        }
+    }
+
+    /// Serve `conn` until it ends; on shutdown, or once idle for the idle timeout, ask it to
+    /// finish (`graceful` starts that) and go on serving what it still has in flight.
+    async fn drive<C: Future>(
+        &self,
+        conn: C,
+        activity: &Activity,
+        graceful: impl Fn(std::pin::Pin<&mut C>),
+    ) {
         tokio::pin!(conn);
         let idle = self.limits.idle_timeout;
         let mut closing = false;
@@ -343,12 +395,12 @@ impl Connection {
             tokio::select! {
                 _ = conn.as_mut() => return,
                 () = self.stop.cancelled(), if !closing => {
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                     closing = true;
                 }
                 () = tokio::time::sleep_until(idle_at), if !closing => {
                     if activity.idle_deadline(idle) <= Instant::now() {
-                        conn.as_mut().graceful_shutdown();
+                        graceful(conn.as_mut());
                         closing = true;
                     }
                 }
