@@ -6,6 +6,8 @@
 //!
 //! `bare_proxy LISTEN UPSTREAM`, e.g. `bare_proxy 127.0.0.1:9000 127.0.0.1:8080`.
 
+mod bare;
+
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -77,22 +79,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         addr: addr.clone(),
         idle: Mutex::new(Vec::new()),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |r| handle(upstream.clone(), r));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
+    bare::serve(listen, move |r| handle(upstream.clone(), r))
 }

@@ -5,13 +5,14 @@
 //!
 //! `bare_waiting LISTEN`, e.g. `bare_waiting 127.0.0.1:9000`.
 
+mod bare;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response};
-use hyper_util::rt::TokioIo;
 
 async fn handle(
     held: Arc<AtomicU64>,
@@ -32,22 +33,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: bare_waiting LISTEN".into());
     };
     let held = Arc::new(AtomicU64::new(0));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
-            let held = held.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |r| handle(held.clone(), r));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
+    bare::serve(&listen, move |r| handle(held.clone(), r))
 }
