@@ -367,14 +367,17 @@ impl Connection {
         let io = TokioIo::new(socket);
         if http2 {
             // Boxed: only an HTTP/2 connection's task holds its state.
-            let conn = self.builders.http2.serve_connection(io, svc);
-            Box::pin(self.drive(conn, &activity, |c| c.graceful_shutdown())).await;
+            let mut conn = Box::pin(self.builders.http2.serve_connection(io, svc));
+            self.drive(conn.as_mut(), &activity, |c| c.graceful_shutdown())
+                .await;
         } else {
-            let conn = self
-                .builders
-                .http1
-                .serve_connection(io, svc)
-                .with_upgrades();
+            // Pinned here and lent to `drive`, so the task holds the connection once.
+            let conn = std::pin::pin!(
+                self.builders
+                    .http1
+                    .serve_connection(io, svc)
+                    .with_upgrades()
+            );
             self.drive(conn, &activity, |c| c.graceful_shutdown()).await;
         }
     }
@@ -383,11 +386,10 @@ impl Connection {
     /// finish (`graceful` starts that) and go on serving what it still has in flight.
     async fn drive<C: Future>(
         &self,
-        conn: C,
+        mut conn: std::pin::Pin<&mut C>,
         activity: &Activity,
         graceful: impl Fn(std::pin::Pin<&mut C>),
     ) {
-        tokio::pin!(conn);
         let idle = self.limits.idle_timeout;
         let mut closing = false;
         loop {
