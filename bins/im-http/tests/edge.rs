@@ -376,3 +376,28 @@ async fn one_port_serves_http1_and_http2_with_prior_knowledge() {
         assert_eq!(body["model"], LLM, "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_first_byte_could_begin_the_http2_preface_is_still_served() {
+    // `P` may begin `PRI * HTTP/2.0`: the listener cannot tell yet and lets hyper-util's auto
+    // server read on (without peeking the same byte again and again), which finds HTTP/1.
+    let s = start(&[]);
+    let mut c = TcpStream::connect(addr(&s.url)).await.expect("connect");
+    c.write_all(b"P").await.expect("first byte");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let body = format!(
+        r#"{{"model":"{LLM}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":4}}"#
+    );
+    let rest = format!(
+        "OST /v1/chat/completions HTTP/1.1\r\nHost: im\r\nx-api-key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(rest.as_bytes()).await.expect("the rest");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -184,7 +184,12 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
-    let builders = Arc::new(Builders { http1, http2 });
+    let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    auto.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    auto.http2().timer(TokioTimer::new());
+    let builders = Arc::new(Builders { http1, http2, auto });
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut conns = JoinSet::new();
@@ -260,34 +265,41 @@ pub async fn serve(
 }
 
 /// How connections are served: HTTP/1 (with upgrades), or HTTP/2 when a connection opens with
-/// its preface (prior knowledge, `h2c`).
+/// its preface (prior knowledge, `h2c`); hyper-util's `auto` server for a connection whose first
+/// bytes are only part of the preface so far (it reads on until it can tell).
 struct Builders {
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    auto: hyper_util::server::conn::auto::Builder<TokioExecutor>,
 }
 
 /// What every HTTP/2 connection opens with (RFC 9113, 3.4).
 const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether `socket` opens with the HTTP/2 preface (`Some(true)`), with anything else
-/// (`Some(false)`), or closes first (`None`). Only peeks: hyper reads the bytes again.
-async fn opens_http2(socket: &tokio::net::TcpStream) -> Option<bool> {
+/// What a connection's first bytes say it speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opening {
+    Http1,
+    Http2,
+    /// A part of the HTTP/2 preface so far (it is normally sent whole).
+    Unsure,
+}
+
+/// What `socket` opens with, or `None` if it closes first. Only peeks: hyper reads the bytes
+/// again. Peeks once: waiting for more would mean peeking again and again at the same bytes.
+async fn opening(socket: &tokio::net::TcpStream) -> Option<Opening> {
     let mut first = [0u8; 24];
-    loop {
-        let n = socket.peek(&mut first).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        if first[..n] != HTTP2_PREFACE[..n] {
-            return Some(false);
-        }
-        if n == HTTP2_PREFACE.len() {
-            return Some(true);
-        }
-        // A part of the preface so far (rare: it is sent whole): peeking again at once would
-        // see the same bytes, so wait a little for the rest.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let n = socket.peek(&mut first).await.ok()?;
+    if n == 0 {
+        return None;
     }
+    Some(if first[..n] != HTTP2_PREFACE[..n] {
+        Opening::Http1
+    } else if n == HTTP2_PREFACE.len() {
+        Opening::Http2
+    } else {
+        Opening::Unsure
+    })
 }
 
 /// One accepted connection and what serving it needs.
@@ -307,10 +319,10 @@ impl Connection {
         // The preface tells HTTP/2 apart, as hyper-util's `auto` server does, but each version is
         // then served by its own builder: a waiting HTTP/1 request's connection task does not
         // hold room for an HTTP/2 connection's state (about 4 KiB).
-        let http2 = tokio::select! {
-            peeked = tokio::time::timeout(self.limits.header_read_timeout, opens_http2(&socket)) => {
+        let opening = tokio::select! {
+            peeked = tokio::time::timeout(self.limits.header_read_timeout, opening(&socket)) => {
                 match peeked {
-                    Ok(Some(http2)) => http2,
+                    Ok(Some(opening)) => opening,
                     _ => return,
                 }
             }
@@ -365,9 +377,13 @@ impl Connection {
             }
         });
         let io = TokioIo::new(socket);
-        if http2 {
+        if opening == Opening::Http2 {
             // Boxed: only an HTTP/2 connection's task holds its state.
             let mut conn = Box::pin(self.builders.http2.serve_connection(io, svc));
+            self.drive(conn.as_mut(), &activity, |c| c.graceful_shutdown())
+                .await;
+        } else if opening == Opening::Unsure {
+            let mut conn = Box::pin(self.builders.auto.serve_connection_with_upgrades(io, svc));
             self.drive(conn.as_mut(), &activity, |c| c.graceful_shutdown())
                 .await;
         } else {
