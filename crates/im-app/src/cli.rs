@@ -57,9 +57,10 @@ pub struct CommonArgs {
     /// Where durable jobs are kept (`jobs.dir`; default: `$XDG_DATA_HOME/im`).
     #[arg(long, env = "IM_JOBS_DIR")]
     pub jobs_dir: Option<String>,
-    /// The runtime's worker threads. One by default: every request passes the scheduler's one
-    /// task, so a second worker adds a cross-thread wake-up to each hop and pays for itself only
-    /// once im's own work fills a core (blocking work, the job store, runs on its own pool).
+    /// The runtime's worker threads. One by default, and then tokio's current-thread scheduler
+    /// runs every task on the main thread: every request passes the scheduler's one task, so a
+    /// second worker adds a cross-thread wake-up to each hop and pays for itself only once im's
+    /// own work fills a core (blocking work, the job store, runs on its own pool either way).
     #[arg(long, env = "IM_WORKER_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,

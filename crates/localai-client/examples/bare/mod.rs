@@ -1,4 +1,4 @@
-//! What the bare examples share: hyper's HTTP/1 server on im's runtime (one worker thread),
+//! What the bare examples share: hyper's HTTP/1 server on im's runtime (tokio's current-thread scheduler),
 //! each connection served by `handle`, and nothing else.
 
 use std::future::Future;
@@ -14,8 +14,7 @@ where
     H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, std::convert::Infallible>> + Send + 'static,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
