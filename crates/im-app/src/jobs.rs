@@ -45,7 +45,7 @@ impl im_jobs::Runner for ServiceRunner {
                 ..
             }) => im_jobs::Answer {
                 status,
-                content_type,
+                content_type: content_type.into_owned(),
                 body,
             },
             Ok(Answer::Stream { .. }) => refused(im_service::ServiceError::invalid(

@@ -6,7 +6,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use im_service::{Answer, Caller, ErrorType, Route, ServiceError};
 
 use crate::error::HttpError;
@@ -43,6 +43,9 @@ pub(crate) async fn json_route(
     Ok(write(st, route, answer, caller, arrived))
 }
 
+/// How many headers a JSON answer's map has room for when it is made.
+const RESPONSE_HEADERS: usize = 12;
+
 /// An answer as an HTTP response.
 pub(crate) fn write(
     st: &AppState,
@@ -58,10 +61,18 @@ pub(crate) fn write(
             body,
             figures,
         } => {
-            let ct = HeaderValue::from_str(&content_type)
-                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            let mut resp = (status, [(header::CONTENT_TYPE, ct)], body).into_response();
+            let ct = if content_type == "application/json" {
+                HeaderValue::from_static("application/json")
+            } else {
+                HeaderValue::from_maybe_shared(Bytes::from(content_type.into_owned()))
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream"))
+            };
+            let mut resp = Response::new(axum::body::Body::from(body));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            // Room for every header the answer gets (its type and length, the figures, the
+            // request id, CORS), so none of them grows the map.
+            *resp.headers_mut() = axum::http::HeaderMap::with_capacity(RESPONSE_HEADERS);
+            resp.headers_mut().insert(header::CONTENT_TYPE, ct);
             if let Some(f) = figures {
                 figure_headers(st, resp.headers_mut(), &f, arrived);
             }

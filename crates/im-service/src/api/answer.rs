@@ -23,8 +23,8 @@ pub enum Answer {
     Body {
         /// Its status: 200, or a task envelope's error status.
         status: u16,
-        /// Its content type.
-        content_type: String,
+        /// Its content type (JSON's without an allocation).
+        content_type: std::borrow::Cow<'static, str>,
         /// Its bytes.
         body: Bytes,
         /// The figures of the request that ran (sent as headers over HTTP).
@@ -47,7 +47,7 @@ const JSON: &str = "application/json";
 fn json_answer(body: Bytes, figures: Figures) -> Answer {
     Answer::Body {
         status: 200,
-        content_type: JSON.to_owned(),
+        content_type: JSON.into(),
         body,
         figures: Some(figures),
     }
@@ -181,7 +181,7 @@ fn openai(reply: Reply, figures: Figures) -> Result<Answer, ServiceError> {
         }
         Reply::Raw { content_type, body } => Answer::Body {
             status: 200,
-            content_type,
+            content_type: content_type.into(),
             body,
             figures: Some(figures),
         },
@@ -293,7 +293,7 @@ pub(super) fn task(
     let (status, e) = envelope(request_id, arrived, entry, outcome);
     Answer::Body {
         status,
-        content_type: JSON.to_owned(),
+        content_type: JSON.into(),
         body: Bytes::from(serde_json::to_vec(&e).unwrap_or_default()),
         figures: None,
     }
