@@ -27,7 +27,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut built = im_app::build(cfg, args.common.simulate()).await?;
     let common = args.common.clone();
     let reloader = im_app::reload::Reloader::new(move || common.load(), loaded, &built);
-    built.state.reload = Some(std::sync::Arc::new(reloader.clone()));
+    built.state = built
+        .state
+        .with_reload(std::sync::Arc::new(reloader.clone()));
     tokio::spawn(run::reload_on_sighup(reloader));
     let addr: SocketAddr = built.config.listen.parse().context("listen address")?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -12,9 +12,14 @@ use tracing::field::Empty;
 use crate::error::HttpError;
 use crate::routes::{self, Access};
 
-/// What the handlers share: the service, and the durable jobs when they are on. Cheap to clone.
+/// What the handlers share: the service, and the durable jobs when they are on. One `Arc`, so
+/// each request's copy costs one count (its parts would cost a dozen).
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Parts>);
+
+/// The parts of [`AppState`], read through it.
+#[derive(Clone, Debug)]
+pub struct Parts {
     /// The service (engine, keys, limits).
     pub service: Service,
     /// Durable jobs (`/v1/jobs`), when configured; set once (at start, or in distributed mode
@@ -58,20 +63,36 @@ pub trait Reload: Send + Sync + std::fmt::Debug {
 impl AppState {
     /// State over `service`, without jobs.
     pub fn new(service: Service) -> AppState {
-        AppState {
+        AppState(std::sync::Arc::new(Parts {
             service,
             jobs: JobsSlot::default(),
             reload: None,
-        }
+        }))
     }
 
     /// State over `service` with `jobs`.
     pub fn with_jobs(service: Service, jobs: im_jobs::Jobs) -> AppState {
-        AppState {
+        AppState(std::sync::Arc::new(Parts {
             service,
             jobs: JobsSlot::with(jobs),
             reload: None,
-        }
+        }))
+    }
+
+    /// The same state, reloading the configuration with `reload` (`POST /admin/reload`).
+    #[must_use]
+    pub fn with_reload(self, reload: std::sync::Arc<dyn Reload>) -> AppState {
+        let mut parts = std::sync::Arc::unwrap_or_clone(self.0);
+        parts.reload = Some(reload);
+        AppState(std::sync::Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
     }
 }
 
