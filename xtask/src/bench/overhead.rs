@@ -218,9 +218,9 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     let _ = writeln!(
         out,
         "Request: `POST /v1/chat/completions` (1 token) against localai-sim with `--time-scale 0` (zero latency). \
-         im-http with auth, validation, queueing, metrics and logs on; nginx 1.22 with a keepalive upstream (128); \
+         im-http with auth, validation, queueing and metrics on, logging at `RUST_LOG=error` (nginx's access log is off); nginx 1.22 with a keepalive upstream (128); \
          the bare hyper proxy (`crates/localai-client/examples/bare_proxy.rs`): hyper's server and client on im's runtime \
-         (one worker thread), bodies read whole and passed on, no routing, keys, queue, metrics or logs, the floor of im's stack. \
+         (tokio's current-thread scheduler), bodies read whole and passed on, no routing, keys, queue, metrics or logs, the floor of im's stack. \
          Load generator: oha ({secs} s per cell, {rounds} interleaved rounds, median). im's `max_in_flight` is set above the \
          connection count so its queue never holds work back: this isolates im's own cost. \
          im's configuration (beside `--api-keys {KEY}`; keys, validation, queueing, metrics, logs and the model-echo check are on by default):\n\n\
