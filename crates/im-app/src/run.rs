@@ -48,14 +48,7 @@ pub fn main_with<E: std::fmt::Display>(
     run: impl std::future::Future<Output = Result<(), E>>,
 ) -> std::process::ExitCode {
     quiet_panics();
-    let mut builder = if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(usize::from(workers));
-        b
-    };
-    let rt = match builder.enable_all().build() {
+    let rt = match runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: cannot start the runtime: {e}");
@@ -69,6 +62,19 @@ pub fn main_with<E: std::fmt::Display>(
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// The runtime of `workers` worker threads: tokio's current-thread scheduler for one (every task
+/// on the thread that runs `main`), else a multi-thread runtime.
+fn runtime(workers: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(usize::from(workers));
+        b
+    };
+    builder.enable_all().build()
 }
 
 /// Logs to stderr (stdout belongs to MCP's stdio transport), human or JSON, `RUST_LOG` or
@@ -92,4 +98,29 @@ pub fn telemetry(
         tracing::info!(endpoint = %o.endpoint, sample_ratio = o.sample_ratio, "exporting traces over OTLP/HTTP");
     }
     Ok(telemetry)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_worker_is_the_current_thread_scheduler_and_more_a_multi_thread_runtime() {
+        for (workers, flavor) in [
+            (0, RuntimeFlavor::CurrentThread),
+            (1, RuntimeFlavor::CurrentThread),
+            (2, RuntimeFlavor::MultiThread),
+        ] {
+            let rt = super::runtime(workers).expect("a runtime");
+            let ran = rt.block_on(async {
+                // A spawned task runs and the timer under test fires (both drivers are on).
+                let task = tokio::spawn(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    tokio::runtime::Handle::current().runtime_flavor()
+                });
+                task.await.expect("the task ran")
+            });
+            assert_eq!(ran, flavor, "{workers} workers");
+        }
+    }
 }
