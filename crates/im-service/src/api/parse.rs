@@ -14,11 +14,14 @@ pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ServiceErro
             "the request body is empty; send a JSON object",
         ));
     }
-    if let Ok(parsed) = T::deserialize(&mut serde_json::Deserializer::from_slice(body)) {
+    let fast = &mut serde_json::Deserializer::from_slice(body);
+    if let Ok(parsed) = T::deserialize(&mut *fast)
+        && fast.end().is_ok()
+    {
         return Ok(parsed);
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let parsed = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let msg = inner.to_string();
@@ -35,7 +38,11 @@ pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ServiceErro
             path
         };
         ServiceError::invalid(field, msg)
-    })
+    })?;
+    // One JSON value and nothing after it: a second document is not silently dropped.
+    de.end()
+        .map_err(|e| ServiceError::invalid("body", format!("malformed JSON: {e}")))?;
+    Ok(parsed)
 }
 
 /// Refuse any field of `rest` (what a body held besides its typed fields) not in `allowed`, by
@@ -50,5 +57,30 @@ pub(crate) fn refuse_unknown(
             format!("unsupported field `{}`", im_engine::truncate(unknown, 64)),
         )),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    struct Body {
+        model: String,
+    }
+
+    #[test]
+    fn a_body_is_one_json_value_and_what_follows_it_is_refused() {
+        let one = super::parse::<Body>(br#"{"model":"m"}"#).expect("one value");
+        assert_eq!(one.model, "m");
+        assert!(super::parse::<Body>(b"{\"model\":\"m\"} \n").is_ok());
+        for body in [
+            &br#"{"model":"m"} trailing"#[..],
+            br#"{"model":"m"}{"model":"n"}"#,
+        ] {
+            let e = super::parse::<Body>(body).expect_err("refused");
+            assert_eq!(e.param.as_deref(), Some("body"), "{e:?}");
+            assert!(e.message.contains("trailing characters"), "{e:?}");
+        }
     }
 }
