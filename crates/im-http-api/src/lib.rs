@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod error;
+mod figures;
 pub mod forward;
 pub mod infer;
 pub mod jobs;

@@ -23,8 +23,9 @@ use im_service::{Answer, Caller, Principal, Progress, Route, Service, ServiceErr
 use tokio::sync::mpsc;
 
 use crate::error::HttpError;
+use crate::figures::figure_headers;
 use crate::respond::write;
-use crate::state::{AppState, Arrived, figure_headers};
+use crate::state::{AppState, Arrived};
 
 /// Whether the request asked for progress: `X-Im-Progress` (`true`/`false`), else its
 /// tenant's `progress`.

@@ -10,7 +10,8 @@ use axum::response::Response;
 use im_service::{Answer, Caller, ErrorType, Route, ServiceError};
 
 use crate::error::HttpError;
-use crate::state::{AppState, Arrived, figure_headers};
+use crate::figures::figure_headers;
+use crate::state::{AppState, Arrived};
 
 /// The body, or the error for a body that could not be read (413 over the limit).
 pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ServiceError> {

@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use im_service::{Caller, Figures, Principal, Service, TRACE_TARGET};
+use im_service::{Caller, Principal, Service, TRACE_TARGET};
 use tracing::field::Empty;
 
 use crate::error::HttpError;
@@ -274,107 +274,4 @@ fn request_span(req: &Request, id: &str) -> tracing::Span {
         im_telemetry::accept_parent(&span, req.headers());
     }
     span
-}
-
-/// Set the figures headers (`X-Request-Id` is set by the middleware) and record the overhead.
-pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, m: &Figures, arrived: Arrived) {
-    let total = arrived.at.elapsed();
-    let overhead = total.saturating_sub(m.queue_wait + m.processing);
-    st.service.engine().metrics().http().overhead(overhead);
-    // Names made once (a `&str` name is parsed at every insert).
-    const QUEUE_WAIT: HeaderName = HeaderName::from_static("x-queue-wait-ms");
-    const PROCESSING: HeaderName = HeaderName::from_static("x-processing-ms");
-    const ATTEMPTS: HeaderName = HeaderName::from_static("x-attempts");
-    const OVERHEAD: HeaderName = HeaderName::from_static("x-im-overhead-ms");
-    let mut digits = Digits::default();
-    let pairs = [
-        (QUEUE_WAIT, digits.millis(m.queue_wait)),
-        (PROCESSING, digits.millis(m.processing)),
-        (ATTEMPTS, digits.number(u128::from(m.attempts))),
-        (OVERHEAD, digits.millis(overhead)),
-    ];
-    for (k, v) in pairs {
-        headers.insert(k, v);
-    }
-}
-
-/// Writes the figures' values without `format!`: digits into a buffer, copied once into the
-/// value.
-struct Digits {
-    /// Room for any `u128` and any `Duration` in milliseconds.
-    buf: [u8; 48],
-}
-
-impl Default for Digits {
-    fn default() -> Digits {
-        Digits { buf: [0; 48] }
-    }
-}
-
-impl Digits {
-    /// `d` in milliseconds with three decimals (`12.345`), rounded to the microsecond.
-    fn millis(&mut self, d: std::time::Duration) -> HeaderValue {
-        let us = (d.as_nanos() + 500) / 1000;
-        let end = self.buf.len();
-        let mut at = end;
-        let mut fraction = us % 1000;
-        for _ in 0..3 {
-            at -= 1;
-            self.buf[at] = b'0' + (fraction % 10) as u8;
-            fraction /= 10;
-        }
-        at -= 1;
-        self.buf[at] = b'.';
-        at = self.integer(us / 1000, at);
-        Self::value(&self.buf[at..end])
-    }
-
-    /// `n` in decimal.
-    fn number(&mut self, n: u128) -> HeaderValue {
-        let end = self.buf.len();
-        let at = self.integer(n, end);
-        Self::value(&self.buf[at..end])
-    }
-
-    /// `n`'s digits written backwards from `end`; where they begin.
-    fn integer(&mut self, mut n: u128, end: usize) -> usize {
-        let mut at = end;
-        loop {
-            at -= 1;
-            self.buf[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                return at;
-            }
-        }
-    }
-
-    fn value(digits: &[u8]) -> HeaderValue {
-        HeaderValue::from_bytes(digits).unwrap_or(HeaderValue::from_static("0"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    #[test]
-    fn figures_read_in_milliseconds_with_three_decimals() {
-        let mut d = super::Digits::default();
-        assert_eq!(d.millis(Duration::ZERO), "0.000");
-        assert_eq!(d.millis(Duration::from_nanos(1_234_500)), "1.235");
-        assert_eq!(d.millis(Duration::from_micros(12_345_678)), "12345.678");
-        assert_eq!(d.millis(Duration::from_micros(999_999)), "999.999");
-        assert_eq!(d.millis(Duration::from_nanos(999_999_600)), "1000.000");
-        // Rounded to the microsecond, up to the largest duration.
-        assert_eq!(d.millis(Duration::MAX), "18446744073709551616000.000");
-    }
-
-    #[test]
-    fn counts_read_in_decimal() {
-        let mut d = super::Digits::default();
-        for n in [0u128, 7, 10, 4_294_967_295] {
-            assert_eq!(d.number(n), n.to_string().as_str());
-        }
-    }
 }

@@ -1,0 +1,64 @@
+//! im's figures as response headers: the queue wait, the processing time, the attempts and
+//! im's own overhead, each request's overhead also recorded in its histogram.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use im_service::Figures;
+
+use crate::state::{AppState, Arrived};
+
+/// The figures' names, made once (a `&str` name is parsed at every insert).
+const QUEUE_WAIT: HeaderName = HeaderName::from_static("x-queue-wait-ms");
+const PROCESSING: HeaderName = HeaderName::from_static("x-processing-ms");
+const ATTEMPTS: HeaderName = HeaderName::from_static("x-attempts");
+const OVERHEAD: HeaderName = HeaderName::from_static("x-im-overhead-ms");
+
+/// Set the figures headers (`X-Request-Id` is set by the middleware) and record the overhead.
+pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, m: &Figures, arrived: Arrived) {
+    let total = arrived.at.elapsed();
+    let overhead = total.saturating_sub(m.queue_wait + m.processing);
+    st.service.engine().metrics().http().overhead(overhead);
+    let pairs = [
+        (QUEUE_WAIT, millis(m.queue_wait)),
+        (PROCESSING, millis(m.processing)),
+        (ATTEMPTS, HeaderValue::from(m.attempts)),
+        (OVERHEAD, millis(overhead)),
+    ];
+    for (k, v) in pairs {
+        headers.insert(k, v);
+    }
+}
+
+/// `d` in milliseconds with three decimals (`12.345`), rounded to the microsecond; integer
+/// formatting (`itoa`), no `format!` and no float.
+fn millis(d: Duration) -> HeaderValue {
+    let us = (d.as_nanos() + 500) / 1000;
+    let mut whole = itoa::Buffer::new();
+    // The fraction's three digits, zeros kept: 1000 + it, less the leading 1.
+    let mut fraction = itoa::Buffer::new();
+    let fraction = fraction.format(1000 + us % 1000);
+    let mut value = Vec::with_capacity(44);
+    value.extend_from_slice(whole.format(us / 1000).as_bytes());
+    value.push(b'.');
+    value.extend_from_slice(&fraction.as_bytes()[1..]);
+    HeaderValue::from_maybe_shared(axum::body::Bytes::from(value))
+        .unwrap_or(HeaderValue::from_static("0.000"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn figures_read_in_milliseconds_with_three_decimals() {
+        use super::millis;
+        assert_eq!(millis(Duration::ZERO), "0.000");
+        assert_eq!(millis(Duration::from_nanos(1_234_500)), "1.235");
+        assert_eq!(millis(Duration::from_micros(12_345_678)), "12345.678");
+        assert_eq!(millis(Duration::from_micros(999_999)), "999.999");
+        assert_eq!(millis(Duration::from_nanos(999_999_600)), "1000.000");
+        // Rounded to the microsecond, up to the largest duration.
+        assert_eq!(millis(Duration::MAX), "18446744073709551616000.000");
+    }
+}
