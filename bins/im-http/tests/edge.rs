@@ -384,7 +384,8 @@ async fn a_request_whose_first_byte_could_begin_the_http2_preface_is_still_serve
     let s = start(&[]);
     let mut c = TcpStream::connect(addr(&s.url)).await.expect("connect");
     c.write_all(b"P").await.expect("first byte");
-    // The pause between the first byte and the rest is under test.
+    // The pause between the first byte and the rest is under test: it makes the listener's one
+    // peek see `P` alone (no event tells when it peeked; a peek that saw more serves HTTP/1 too).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let body = format!(
         r#"{{"model":"{LLM}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":4}}"#

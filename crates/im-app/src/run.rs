@@ -38,10 +38,9 @@ pub fn quiet_panics() {
 }
 
 /// The body of a binary's `main`: a runtime of `workers` worker threads
-/// ([`crate::cli::CommonArgs::worker_threads`]; one is tokio's current-thread scheduler, which
-/// spends a quarter less CPU per proxied request than a multi-thread runtime of one worker: no
-/// hand-over between the thread that blocks on `run` and the worker), `run`, and the exit code (0; 1 when the runtime
-/// cannot start; 2 when `run` fails, after printing the error chain as `name: …`).
+/// ([`crate::cli::CommonArgs::worker_threads`]; one is the current-thread scheduler), `run`, and
+/// the exit code (0; 1 when the runtime cannot start; 2 when `run` fails, after printing the
+/// error chain as `name: …`).
 pub fn main_with<E: std::fmt::Display>(
     name: &str,
     workers: u16,
@@ -65,7 +64,9 @@ pub fn main_with<E: std::fmt::Display>(
 }
 
 /// The runtime of `workers` worker threads: tokio's current-thread scheduler for one (every task
-/// on the thread that runs `main`), else a multi-thread runtime.
+/// on the thread that runs `main`; a fifth less CPU per proxied request than a multi-thread
+/// runtime of one worker, which hands tasks between that thread and its worker), else a
+/// multi-thread runtime.
 fn runtime(workers: u16) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -62,11 +62,11 @@ pub(crate) fn write(
             body,
             figures,
         } => {
-            let ct = if content_type == "application/json" {
-                HeaderValue::from_static("application/json")
-            } else {
-                HeaderValue::from_maybe_shared(Bytes::from(content_type.into_owned()))
-                    .unwrap_or(HeaderValue::from_static("application/octet-stream"))
+            // im's own types are static (no copy); an upstream's is checked.
+            let ct = match content_type {
+                std::borrow::Cow::Borrowed(t) => HeaderValue::from_static(t),
+                std::borrow::Cow::Owned(t) => HeaderValue::from_maybe_shared(Bytes::from(t))
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream")),
             };
             let mut resp = Response::new(axum::body::Body::from(body));
             *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
