@@ -45,7 +45,7 @@ fn wait_ms(v: &Value) -> u64 {
 async fn the_estimate_grows_with_the_queue_and_refuses_what_the_queue_would() {
     let mut cfg = im_app::config::ImConfig::default();
     cfg.jobs.enabled = false;
-    cfg.limits.early_refusal_pct = 10;
+    cfg.limits.early_refusal_pct = Some(10);
     let built = app::build(cfg, Some(Simulate { time_scale: 0.2 }))
         .await
         .expect("build");

@@ -187,3 +187,53 @@ fn a_request_that_would_start_beside_a_load_is_predicted_to_wait_for_it() {
         load - 1.0
     );
 }
+
+/// An image request with a 60 s deadline waits behind a chat model whose chats keep coming
+/// (one more waits at every turn, a burst its prediction did not see): how long it waited
+/// for its dispatch, or how it left.
+fn behind_a_burst_of_chats(early_refusal: Option<u32>) -> Result<Duration, String> {
+    let mut h = learned();
+    let mut c = h.core.config().clone();
+    c.limits.early_refusal_pct = early_refusal;
+    h.core.set_policy(h.now, &c.policy()).expect("valid");
+    h.at(15_000);
+    h.id(Kind::Txt2Txt, "llm2");
+    let image = match h.submit_with(Kind::Txt2Img, "sd", Some(Duration::from_secs(60))) {
+        Admission::Accepted(id) => id,
+        other => panic!("nothing waits: admitted, got {other:?}"),
+    };
+    let mut t = 15_000;
+    while t < 100_000 && h.lane_of(image).is_none() && !h.left.contains_key(&image) {
+        h.id(Kind::Txt2Txt, "llm2");
+        t += 2_000;
+        h.at(t);
+        let chats: Vec<RequestId> = h.in_flight.keys().copied().collect();
+        for chat in chats {
+            h.complete(chat, Outcome::Success);
+        }
+    }
+    if let Some(how) = h.left.get(&image) {
+        return Err(how.clone());
+    }
+    h.events
+        .iter()
+        .find_map(|e| match e {
+            Event::Dispatch { id, waited, .. } if *id == image => Some(*waited),
+            _ => None,
+        })
+        .ok_or_else(|| "still waiting".to_owned())
+}
+
+#[test]
+fn with_early_refusal_an_admitted_deadline_is_kept_through_a_burst() {
+    // Left to the policy's order, the chat group keeps the lane for its dwell (120 s) and the
+    // image expires at its 60 s deadline.
+    assert_eq!(behind_a_burst_of_chats(None), Err("expired".to_owned()));
+    // Admission predicted it would start in time and promised it: once its deadline is within
+    // the lane's guard (a dozen chats' services), the lane ends the chats' turn and starts it.
+    let waited = behind_a_burst_of_chats(Some(0)).expect("dispatched");
+    assert!(
+        waited < Duration::from_secs(60) && waited > Duration::from_secs(30),
+        "dispatched after {waited:?}: within its deadline, not before its guard"
+    );
+}

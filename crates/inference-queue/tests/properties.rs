@@ -97,6 +97,8 @@ struct Setup {
     routing: Routing,
     /// Each lane's memory budget in MiB (`None`: one model at a time).
     memory_mb: Option<u64>,
+    /// `limits.early_refusal_pct`: with it, admission refuses early and keeps its promises.
+    early_refusal: Option<u32>,
 }
 
 fn routing() -> impl Strategy<Value = Routing> {
@@ -119,9 +121,10 @@ fn setup() -> impl Strategy<Value = Setup> {
         routing(),
         // The test models take 2,000 to 6,000 MiB: from one model up to all four at once.
         prop_oneof![Just(None), (6_000..16_000u64).prop_map(Some)],
+        prop_oneof![Just(None), Just(Some(0)), Just(Some(25))],
     )
         .prop_map(
-            |(strict, lanes, unload, warm, max_retries, routing, memory_mb)| Setup {
+            |(strict, lanes, unload, warm, max_retries, routing, memory_mb, early_refusal)| Setup {
                 strict,
                 lanes,
                 unload,
@@ -129,6 +132,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                 max_retries,
                 routing,
                 memory_mb,
+                early_refusal,
             },
         )
 }
@@ -165,6 +169,7 @@ fn config(s: &Setup) -> Config {
     c.limits.max_queued_total = 40;
     // Binds now and then: 40 requests of 1,000 to 5,000 bytes would hold up to 200,000.
     c.limits.max_bytes_total = 60_000;
+    c.limits.early_refusal_pct = s.early_refusal;
     c
 }
 
@@ -188,6 +193,7 @@ fn run(setup: &Setup, ops: &[Op]) {
     let mut seen = 0usize;
 
     let batch_bound = (!setup.strict).then_some(BATCH_BOUND);
+    let promises = setup.early_refusal.is_some();
     let mut ever_dispatched: std::collections::HashSet<RequestId> = Default::default();
     let mut overdue_started: HashMap<(Kind, ModelId), Time> = HashMap::new();
     let mut check_new_events =
@@ -230,8 +236,12 @@ fn run(setup: &Setup, ops: &[Op]) {
                             let recent = overdue_started
                                 .get(&(kind, model))
                                 .is_some_and(|t| *t + bound > at);
+                            // With early refusal, a promised request due to its deadline
+                            // starts first: one whose deadline comes no later.
+                            let rescued = promises
+                                && overdue.is_some_and(|(_, (_, batch_dl))| dl <= *batch_dl);
                             assert!(
-                                class == Class::Batch || overdue.is_none() || recent,
+                                class == Class::Batch || overdue.is_none() || recent || rescued,
                                 "{id} (interactive) started at {at} before overdue batch {:?}, \
                                  the group's last overdue batch start {:?}",
                                 overdue.map(|(b, _)| b),
@@ -248,7 +258,13 @@ fn run(setup: &Setup, ops: &[Op]) {
                             let (kind, model, _) = h.info[id];
                             let (tenant, class) = h.lines[id];
                             if let Some(prev) = last.insert((kind, model, tenant, class), *id) {
-                                assert!(prev < *id, "FIFO broken in a line: {prev} after {id}");
+                                // With early refusal, a later request started first when its
+                                // promised deadline came first.
+                                let rescued = promises && deadline[&prev].1 <= dl;
+                                assert!(
+                                    prev < *id || rescued,
+                                    "FIFO broken in a line: {prev} after {id}"
+                                );
                             }
                         }
                     }

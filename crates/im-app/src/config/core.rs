@@ -92,8 +92,7 @@ impl ImConfig {
         c.limits.max_queued_total = self.limits.max_queued_total;
         c.limits.max_bytes_total = self.limits.max_queued_bytes;
         c.limits.max_in_flight_per_tenant = self.limits.max_in_flight_per_tenant;
-        c.limits.early_refusal_pct =
-            (self.limits.early_refusal_pct > 0).then_some(self.limits.early_refusal_pct);
+        c.limits.early_refusal_pct = self.limits.early_refusal_pct;
         for (k, v) in &self.limits.max_queued_per_kind {
             let field = format!("limits.max_queued_per_kind.{k}");
             c.limits.max_queued_per_kind[kind(&field, k)?.index()] = Some(*v);

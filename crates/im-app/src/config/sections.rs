@@ -421,11 +421,16 @@ pub struct LimitsEntry {
     /// tenant cannot hold every slot of a model while others wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_tenant: Option<u32>,
-    /// Refuse at once (429 with `Retry-After`) a request whose predicted wait misses its queue
-    /// deadline by more than this many percent, rather than let it wait and expire (0, the
-    /// default: never; the prediction under overload is not yet good enough to be on by default,
-    /// see the early-refusal rows of `benches/results/policy-table.md`).
-    pub early_refusal_pct: u32,
+    /// Early refusal: refuse at once (429 with `Retry-After`) a request whose predicted wait
+    /// misses its queue deadline by more than this many percent, rather than let it wait and
+    /// expire; and keep the deadline of every request admitted with a predicted wait within it
+    /// (it is served first as its deadline nears). Absent, the default: off, requests wait until
+    /// their deadline. 0 refuses whatever is predicted to miss its deadline, which under
+    /// overload leaves about one expiry in the queue for 300 without it (the early-refusal rows
+    /// of `benches/results/policy-table.md`); a larger margin admits requests that will likely
+    /// expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_refusal_pct: Option<u32>,
 }
 
 impl Default for LimitsEntry {
@@ -435,7 +440,7 @@ impl Default for LimitsEntry {
             max_queued_per_kind: BTreeMap::new(),
             max_queued_bytes: Limits::default().max_bytes_total,
             max_in_flight_per_tenant: None,
-            early_refusal_pct: 0,
+            early_refusal_pct: None,
         }
     }
 }

@@ -15,10 +15,12 @@
 //! - `ids`: the request-id hasher.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 mod advice;
 mod api;
 mod breaker;
+mod deadlines;
 mod estimate;
 mod fairness;
 mod ids;
@@ -386,15 +388,24 @@ impl Scheduler {
         }
         let default = self.cfg.default_deadline[ki];
         let within = req.deadline.map_or(default, |d| d.min(default));
-        if let Some(pct) = self.cfg.limits.early_refusal_pct
-            && self.queues.waiting() > 0
-            && let Some(predicted) = self.wait_of(self.now, req.kind, model)
-            && predicted.as_secs_f64() > within.as_secs_f64() * (1.0 + f64::from(pct) / 100.0)
-        {
-            return Admission::Rejected(Rejection::WouldExpire {
-                predicted,
-                deadline: within,
-            });
+        // With early refusal, admission promises a start within the deadline to what it
+        // predicts will make it, and refuses what it predicts will miss it by the margin.
+        let mut promised = false;
+        if let Some(pct) = self.cfg.limits.early_refusal_pct {
+            let predicted = if self.queues.waiting() > 0 {
+                self.wait_of(self.now, req.kind, model)
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Some(predicted) = predicted {
+                if predicted.as_secs_f64() > within.as_secs_f64() * (1.0 + f64::from(pct) / 100.0) {
+                    return Admission::Rejected(Rejection::WouldExpire {
+                        predicted,
+                        deadline: within,
+                    });
+                }
+                promised = predicted <= within;
+            }
         }
         let placed = req.lane.is_none() && self.cfg.routing.places_requests();
         let lane = if placed {
@@ -431,6 +442,7 @@ impl Scheduler {
                 prefix: req.prefix.cloned(),
                 prefix_matched: 0,
                 prefill_mark: Time::ZERO,
+                promised,
             },
         );
         self.counters.accepted += 1;

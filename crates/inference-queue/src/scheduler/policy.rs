@@ -399,17 +399,22 @@ impl Scheduler {
                 }
                 continue;
             }
-            // Prefix-aware placement may leave what waits to a lane holding its prompt.
-            let chosen = match self.pick_for(lane, target, now) {
-                Pick::Next => None,
-                Pick::Take(id) => Some(id),
-                Pick::Leave => {
-                    full.push(target);
-                    continue;
-                }
+            // A promised request about to miss its deadline starts first; else prefix-aware
+            // placement may leave what waits to a lane holding its prompt.
+            let due = self.deadline_due(lane).filter(|(g, _)| *g == target);
+            let chosen = match due {
+                Some((_, id)) => Some(id),
+                None => match self.pick_for(lane, target, now) {
+                    Pick::Next => None,
+                    Pick::Take(id) => Some(id),
+                    Pick::Leave => {
+                        full.push(target);
+                        continue;
+                    }
+                },
             };
             if self.lanes[lane].active != Some(target) {
-                let urgent = self.starving(self.queues.group(target));
+                let urgent = due.is_some() || self.starving(self.queues.group(target));
                 match self.room(lane, model, urgent) {
                     Room::Resident => {}
                     // The switch barrier: wait for the work of the models that must make room.
@@ -639,6 +644,9 @@ impl Scheduler {
         if !others_waiting {
             return true;
         }
+        if self.deadline_due(lane).is_some_and(|(g, _)| g != a) {
+            return false;
+        }
         let l = &self.lanes[lane];
         if b.max_batch.is_some_and(|m| l.batch >= m) {
             return false;
@@ -679,6 +687,12 @@ impl Scheduler {
                 i,
             )
         };
+        if let Some((g, _)) = self.deadline_due(lane)
+            && Some(g) != exclude
+            && !full.contains(&g)
+        {
+            return Some(g);
+        }
         let starve_after = self.cfg.bounds.starvation_after;
         let none_starves = starve_after.is_none_or(|s| {
             self.queues

@@ -69,6 +69,9 @@ pub(super) struct Req {
     /// When its current attempt's lane was expected to be done with its prefill (and those
     /// sent there before it): an attempt that ends sooner says the lane prefills faster.
     pub(super) prefill_mark: Time,
+    /// Whether admission promised it a start within its deadline (early refusal predicted it
+    /// would make it): the policy keeps the promise ([`super::deadlines`]).
+    pub(super) promised: bool,
 }
 
 /// A place in a group's queue: the request and what the policy reads of it without looking it
@@ -500,6 +503,11 @@ impl Queues {
     /// When the group's oldest waiter arrived.
     pub(super) fn oldest_arrival(&self, g: &Group) -> Option<Time> {
         g.queue.oldest().map(|(_, arrival)| arrival)
+    }
+
+    /// The queue deadlines of the waiting requests, soonest first.
+    pub(super) fn soonest_deadlines(&self) -> impl Iterator<Item = (Time, RequestId)> + '_ {
+        self.deadlines.iter().copied()
     }
 
     /// The soonest deadline or retry, if any.

@@ -95,7 +95,13 @@ impl Scheduler {
         let phantom = match whose {
             Whose::Waiting(id) => id,
             Whose::New(kind, m) => match copy.submit(now, Submit::new(kind, self.model_name(m))) {
-                Admission::Accepted(id) => id,
+                // Not promised its deadline: its start with every promise made before kept.
+                Admission::Accepted(id) => {
+                    if let Some(r) = copy.queues.get_mut(id) {
+                        r.promised = false;
+                    }
+                    id
+                }
                 // Refused as no real request would be (a lane filter, a bound on bytes): the
                 // fluid model.
                 Admission::Rejected(_) => return self.fluid_wait(now, kind, m),
