@@ -40,6 +40,21 @@ mod fields {
     }
 
     #[test]
+    fn early_refusal_is_off_unless_set_and_zero_is_a_margin() {
+        let core = |text: &str| {
+            ImConfig::from_toml(text)
+                .expect("parses")
+                .core()
+                .expect("valid")
+                .limits
+                .early_refusal_pct
+        };
+        assert_eq!(core(""), None, "off by default");
+        assert_eq!(core("[limits]\nearly_refusal_pct = 0\n"), Some(0));
+        assert_eq!(core("[limits]\nearly_refusal_pct = 25\n"), Some(25));
+    }
+
+    #[test]
     fn upstreams_are_urls_or_tables_with_a_name_and_a_key() {
         let text = "upstreams = [\"http://a:8080\", { url = \"http://b:8080\", name = \"gpu1\", api_key = \"s3cret\" }]\n";
         let c = ImConfig::from_toml(text).expect("both forms");
