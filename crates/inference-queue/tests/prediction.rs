@@ -237,3 +237,29 @@ fn with_early_refusal_an_admitted_deadline_is_kept_through_a_burst() {
         "dispatched after {waited:?}: within its deadline, not before its guard"
     );
 }
+
+#[test]
+fn a_kept_promise_still_respects_the_tenants_cap_of_running_requests() {
+    let mut c = cfg(Bounds::default());
+    c.limits.max_in_flight_per_tenant = Some(1);
+    c.limits.early_refusal_pct = Some(0);
+    let mut h = Harness::new(c);
+    h.as_tenant(1, Class::Interactive);
+    let running = h.id(Kind::Txt2Txt, "llm");
+    let promised = match h.submit_with(Kind::Txt2Txt, "llm", Some(Duration::from_secs(10))) {
+        Admission::Accepted(id) => id,
+        other => panic!("admitted, got {other:?}"),
+    };
+    assert!(h.lane_of(running).is_some() && h.lane_of(promised).is_none());
+    // Its deadline is near and llm has a free slot, but its tenant already runs one.
+    h.at(9_000).as_tenant(2, Class::Interactive);
+    let other = h.id(Kind::Txt2Txt, "llm");
+    assert!(
+        h.lane_of(other).is_some(),
+        "the other tenant's request takes the slot"
+    );
+    assert!(h.lane_of(promised).is_none(), "the cap holds");
+    // Once its tenant's first is done, it starts within its deadline.
+    h.complete(running, Outcome::Success);
+    assert!(h.lane_of(promised).is_some());
+}

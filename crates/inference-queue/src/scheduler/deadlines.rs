@@ -53,11 +53,13 @@ impl Scheduler {
 
     /// The promised request `lane` must start now to keep its deadline, and its group: of the
     /// promised requests the lane may serve, the one whose deadline is soonest, when it is
-    /// within the lane's guard. It starts before its group's order (its class, its tenant's
-    /// share, its line's arrival order) would start it: the deadline was promised.
+    /// within the lane's guard, and its tenant under its cap of requests running. It starts
+    /// before its group's order (its class, its tenant's share, its line's arrival order)
+    /// would start it: the deadline was promised.
     pub(super) fn deadline_due(&self, lane: usize) -> Option<(GroupId, RequestId)> {
         self.cfg.limits.early_refusal_pct?;
         let horizon = self.now + self.deadline_guard(lane);
+        let cap = self.cfg.limits.max_in_flight_per_tenant;
         self.queues
             .soonest_deadlines()
             .take(LOOK_AHEAD)
@@ -68,6 +70,7 @@ impl Scheduler {
                 (t > self.now
                     && r.promised
                     && r.state == ReqState::Queued
+                    && self.queues.fair.may_start(r.tenant, cap)
                     && self.eligible(lane, g))
                 .then_some((r.group, id))
             })

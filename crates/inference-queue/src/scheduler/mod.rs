@@ -7,6 +7,7 @@
 //! - `lane`: [`Lane`](lane::Lane), one upstream: its residency, running work, learned costs,
 //!   lifecycle phase and breaker;
 //! - `policy`: which group a lane serves next, the bounds, the switch barrier, dispatch;
+//! - `deadlines`: with early refusal, the deadlines admission promised are kept;
 //! - `residency`: what fits on a lane under its budget, what to evict; the learned costs' types;
 //! - `placement`: balancer routings, placing requests and moving them off a failing lane;
 //! - `advice`: where a request would go and why, without queueing it;
