@@ -99,6 +99,8 @@ struct Setup {
     memory_mb: Option<u64>,
     /// `limits.early_refusal_pct`: with it, admission refuses early and keeps its promises.
     early_refusal: Option<u32>,
+    /// `limits.max_in_flight_per_tenant`.
+    tenant_cap: Option<u32>,
 }
 
 fn routing() -> impl Strategy<Value = Routing> {
@@ -122,9 +124,10 @@ fn setup() -> impl Strategy<Value = Setup> {
         // The test models take 2,000 to 6,000 MiB: from one model up to all four at once.
         prop_oneof![Just(None), (6_000..16_000u64).prop_map(Some)],
         prop_oneof![Just(None), Just(Some(0)), Just(Some(25))],
+        prop_oneof![Just(None), (1..3u32).prop_map(Some)],
     )
         .prop_map(
-            |(strict, lanes, unload, warm, max_retries, routing, memory_mb, early_refusal)| Setup {
+            |(
                 strict,
                 lanes,
                 unload,
@@ -133,6 +136,17 @@ fn setup() -> impl Strategy<Value = Setup> {
                 routing,
                 memory_mb,
                 early_refusal,
+                tenant_cap,
+            )| Setup {
+                strict,
+                lanes,
+                unload,
+                warm,
+                max_retries,
+                routing,
+                memory_mb,
+                early_refusal,
+                tenant_cap,
             },
         )
 }
@@ -170,6 +184,7 @@ fn config(s: &Setup) -> Config {
     // Binds now and then: 40 requests of 1,000 to 5,000 bytes would hold up to 200,000.
     c.limits.max_bytes_total = 60_000;
     c.limits.early_refusal_pct = s.early_refusal;
+    c.limits.max_in_flight_per_tenant = s.tenant_cap;
     c
 }
 
@@ -194,6 +209,7 @@ fn run(setup: &Setup, ops: &[Op]) {
 
     let batch_bound = (!setup.strict).then_some(BATCH_BOUND);
     let promises = setup.early_refusal.is_some();
+    let tenant_cap = setup.tenant_cap;
     let mut ever_dispatched: std::collections::HashSet<RequestId> = Default::default();
     let mut overdue_started: HashMap<(Kind, ModelId), Time> = HashMap::new();
     let mut check_new_events =
@@ -212,6 +228,19 @@ fn run(setup: &Setup, ops: &[Op]) {
                         let (arrival, dl) = deadline[id];
                         let at = arrival + *waited;
                         assert!(at < dl, "{id} dispatched at {at}, deadline {dl}");
+                        // No tenant runs more than its cap at once.
+                        if let Some(cap) = tenant_cap {
+                            let tenant = h.lines[id].0;
+                            let running = h
+                                .in_flight
+                                .keys()
+                                .filter(|r| h.lines.get(*r).is_some_and(|l| l.0 == tenant))
+                                .count();
+                            assert!(
+                                running <= cap as usize,
+                                "tenant {tenant:?} runs {running}, over its cap of {cap}"
+                            );
+                        }
                         ever_dispatched.insert(*id);
                         // Batch work's own bound: while a batch request of a group has waited
                         // it, the group starts an interactive request only if it started an
