@@ -389,11 +389,59 @@ pub fn refusal_table(hours: f64, seed: u64) -> (String, Vec<String>) {
         }
     }
     out.push_str(&far_past);
+    out.push_str(&fleet_refusal_rows(duration, seed));
     // One margin meeting every target is enough.
     if failures.len() < MARGINS.len() {
         failures.clear();
     }
     (out, failures)
+}
+
+/// The early-refusal trace on fleets (no target): its rate scaled to the lanes, left to wait
+/// and with early refusal at margin 0 %.
+fn fleet_refusal_rows(duration: Duration, seed: u64) -> String {
+    let models = sim::localai_catalogue();
+    let mut out = String::from(
+        "\nThe same on fleets, the trace's rate scaled to the lanes (no target):\n\n\
+         | fleet | admission | completed/h | expired in the queue | refused at once | model loads |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (lanes, memory_mb, name) in FLEETS {
+        let cap = TraceSpec::mixed(1.0, duration, seed).capacity(&models) * lanes as f64;
+        let trace: Vec<TraceItem> = TraceSpec::mixed(cap * 1.2, duration, seed)
+            .generate()
+            .into_iter()
+            .map(|i| TraceItem {
+                deadline: Some(DEADLINE),
+                ..i
+            })
+            .collect();
+        for (pct, admission) in [
+            (None, "left to wait"),
+            (Some(0), "early refusal, margin 0 %"),
+        ] {
+            let mut cfg = inference_queue::Config {
+                lanes: (0..lanes)
+                    .map(|i| inference_queue::LaneSpec {
+                        name: format!("gpu{i}"),
+                        memory_mb,
+                    })
+                    .collect(),
+                ..bounded()
+            };
+            cfg.limits.early_refusal_pct = pct;
+            let r = sim::run_scheduler(cfg, &models, &trace);
+            let _ = writeln!(
+                out,
+                "| {name} | {admission} | {:.0} | {} | {} | {} |",
+                r.per_hour(),
+                r.expired.len(),
+                r.refused_early.len(),
+                r.loads
+            );
+        }
+    }
+    out
 }
 
 /// Of an even sample of the requests `refused` at once under margin `pct`, how many met their
