@@ -232,16 +232,7 @@ The same on fleets, the trace's rate scaled to the lanes (no target; the simulat
         let cap = TraceSpec::mixed(1.0, duration, seed).capacity(&models) * lanes as f64;
         for load in [0.5, 0.9] {
             let trace = TraceSpec::mixed(cap * load, duration, seed).generate();
-            let cfg = inference_queue::Config {
-                lanes: (0..lanes)
-                    .map(|i| inference_queue::LaneSpec {
-                        name: format!("gpu{i}"),
-                        memory_mb,
-                    })
-                    .collect(),
-                ..bounded()
-            };
-            let r = sim::run_scheduler_predicting(cfg, &models, &trace);
+            let r = sim::run_scheduler_predicting(fleet(lanes, memory_mb), &models, &trace);
             let cells: Vec<String> = Kind::SEEDS
                 .iter()
                 .map(|kind| {
@@ -267,20 +258,39 @@ The same on fleets, the trace's rate scaled to the lanes (no target; the simulat
     out
 }
 
+/// The bounded default on `lanes` lanes of `memory_mb` each (`None`: one model at a time).
+fn fleet(lanes: usize, memory_mb: Option<u64>) -> inference_queue::Config {
+    inference_queue::Config {
+        lanes: (0..lanes)
+            .map(|i| inference_queue::LaneSpec {
+                name: format!("gpu{i}"),
+                memory_mb,
+            })
+            .collect(),
+        ..bounded()
+    }
+}
+
+/// The mixed trace at 120 % of what `lanes` lanes sustain, every request with a queue deadline
+/// of [`DEADLINE`].
+fn overloaded(models: &[SimModel], lanes: usize, duration: Duration, seed: u64) -> Vec<TraceItem> {
+    let cap = TraceSpec::mixed(1.0, duration, seed).capacity(models) * lanes as f64;
+    TraceSpec::mixed(cap * 1.2, duration, seed)
+        .generate()
+        .into_iter()
+        .map(|i| TraceItem {
+            deadline: Some(DEADLINE),
+            ..i
+        })
+        .collect()
+}
+
 /// The early-refusal rows: the mixed trace at 120 % load, every request with a queue deadline
 /// of [`DEADLINE`], under the bounded default with and without `limits.early_refusal_pct`.
 pub fn refusal_table(hours: f64, seed: u64) -> (String, Vec<String>) {
     let models = sim::localai_catalogue();
     let duration = Duration::from_secs_f64(hours * 3600.0);
-    let cap = TraceSpec::mixed(1.0, duration, seed).capacity(&models);
-    let trace: Vec<sim::TraceItem> = TraceSpec::mixed(cap * 1.2, duration, seed)
-        .generate()
-        .into_iter()
-        .map(|i| sim::TraceItem {
-            deadline: Some(DEADLINE),
-            ..i
-        })
-        .collect();
+    let trace = overloaded(&models, 1, duration, seed);
     let with = |pct: Option<u32>| {
         let mut cfg = bounded();
         cfg.limits.early_refusal_pct = pct;
@@ -407,28 +417,12 @@ fn fleet_refusal_rows(duration: Duration, seed: u64) -> String {
          |---|---|---|---|---|---|\n",
     );
     for (lanes, memory_mb, name) in FLEETS {
-        let cap = TraceSpec::mixed(1.0, duration, seed).capacity(&models) * lanes as f64;
-        let trace: Vec<TraceItem> = TraceSpec::mixed(cap * 1.2, duration, seed)
-            .generate()
-            .into_iter()
-            .map(|i| TraceItem {
-                deadline: Some(DEADLINE),
-                ..i
-            })
-            .collect();
+        let trace = overloaded(&models, lanes, duration, seed);
         for (pct, admission) in [
             (None, "left to wait"),
             (Some(0), "early refusal, margin 0 %"),
         ] {
-            let mut cfg = inference_queue::Config {
-                lanes: (0..lanes)
-                    .map(|i| inference_queue::LaneSpec {
-                        name: format!("gpu{i}"),
-                        memory_mb,
-                    })
-                    .collect(),
-                ..bounded()
-            };
+            let mut cfg = fleet(lanes, memory_mb);
             cfg.limits.early_refusal_pct = pct;
             let r = sim::run_scheduler(cfg, &models, &trace);
             let _ = writeln!(
