@@ -202,13 +202,14 @@ fn run(setup: &Setup, ops: &[Op]) {
         h.strict_check = Some((setup.unload, setup.warm));
     }
     let mut deadline: HashMap<RequestId, (Time, Time)> = HashMap::new();
+    // The requests admission promised a start within their deadline.
+    let mut promised: std::collections::HashSet<RequestId> = Default::default();
     let mut last_first_attempt: HashMap<(Kind, ModelId, TenantId, Class), RequestId> =
         HashMap::new();
     let mut t = 0u64;
     let mut seen = 0usize;
 
     let batch_bound = (!setup.strict).then_some(BATCH_BOUND);
-    let promises = setup.early_refusal.is_some();
     let tenant_cap = setup.tenant_cap;
     let mut ever_dispatched: std::collections::HashSet<RequestId> = Default::default();
     let mut overdue_started: HashMap<(Kind, ModelId), Time> = HashMap::new();
@@ -216,7 +217,8 @@ fn run(setup: &Setup, ops: &[Op]) {
         |h: &mut Harness,
          seen: &mut usize,
          deadline: &HashMap<RequestId, (Time, Time)>,
-         last: &mut HashMap<(Kind, ModelId, TenantId, Class), RequestId>| {
+         last: &mut HashMap<(Kind, ModelId, TenantId, Class), RequestId>,
+         promised: &std::collections::HashSet<RequestId>| {
             for ev in &h.events[*seen..] {
                 match ev {
                     Event::Dispatch {
@@ -266,9 +268,12 @@ fn run(setup: &Setup, ops: &[Op]) {
                                 .get(&(kind, model))
                                 .is_some_and(|t| *t + bound > at);
                             // With early refusal, a promised request due to its deadline
-                            // starts first: one whose deadline comes no later.
-                            let rescued = promises
-                                && overdue.is_some_and(|(_, (_, batch_dl))| dl <= *batch_dl);
+                            // starts first: before one not promised, or whose deadline comes
+                            // no sooner.
+                            let rescued = promised.contains(id)
+                                && overdue.is_some_and(|(b, (_, batch_dl))| {
+                                    !promised.contains(b) || dl <= *batch_dl
+                                });
                             assert!(
                                 class == Class::Batch || overdue.is_none() || recent || rescued,
                                 "{id} (interactive) started at {at} before overdue batch {:?}, \
@@ -287,9 +292,11 @@ fn run(setup: &Setup, ops: &[Op]) {
                             let (kind, model, _) = h.info[id];
                             let (tenant, class) = h.lines[id];
                             if let Some(prev) = last.insert((kind, model, tenant, class), *id) {
-                                // With early refusal, a later request started first when its
-                                // promised deadline came first.
-                                let rescued = promises && deadline[&prev].1 <= dl;
+                                // With early refusal, a later request started first when it
+                                // was promised its deadline and this one was not, or its
+                                // deadline came first.
+                                let rescued = promised.contains(&prev)
+                                    && (!promised.contains(id) || deadline[&prev].1 <= dl);
                                 assert!(
                                     prev < *id || rescued,
                                     "FIFO broken in a line: {prev} after {id}"
@@ -331,6 +338,9 @@ fn run(setup: &Setup, ops: &[Op]) {
                     let default = defaults[kind.index()];
                     let dl = h.now + d.map_or(default, |d| d.min(default));
                     deadline.insert(id, (h.now, dl));
+                    if h.core.waiting(h.now, id).is_some_and(|w| w.promised) {
+                        promised.insert(id);
+                    }
                 }
             }
             Op::Complete {
@@ -424,7 +434,13 @@ fn run(setup: &Setup, ops: &[Op]) {
                 h.set_topology(&specs, &lanes, &[]);
             }
         }
-        check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);
+        check_new_events(
+            &mut h,
+            &mut seen,
+            &deadline,
+            &mut last_first_attempt,
+            &promised,
+        );
     }
 
     // Settle: finish running work, answer lifecycle calls, let time run out.
@@ -438,15 +454,33 @@ fn run(setup: &Setup, ops: &[Op]) {
             h.complete(id, Outcome::Success);
         }
         // Check after each input: the strict check reads the status as of the decision.
-        check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);
+        check_new_events(
+            &mut h,
+            &mut seen,
+            &deadline,
+            &mut last_first_attempt,
+            &promised,
+        );
         for lane in 0..h.core.config().lanes.len() {
             h.core.lifecycle_done(h.now, LaneId(lane));
             h.drain();
-            check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);
+            check_new_events(
+                &mut h,
+                &mut seen,
+                &deadline,
+                &mut last_first_attempt,
+                &promised,
+            );
         }
         t += 1_000;
         h.at(t);
-        check_new_events(&mut h, &mut seen, &deadline, &mut last_first_attempt);
+        check_new_events(
+            &mut h,
+            &mut seen,
+            &deadline,
+            &mut last_first_attempt,
+            &promised,
+        );
     }
     assert_eq!(
         h.core.in_system(),

@@ -35,6 +35,9 @@ pub struct Waiting {
     /// A lane loading its model now (a warm-up, an operator's load, or the first request
     /// after a switch carrying the load).
     pub loading: Option<LaneId>,
+    /// Whether admission promised it a start within its deadline (early refusal predicted it
+    /// would make it): the policy starts it first as its deadline nears.
+    pub promised: bool,
 }
 
 impl Scheduler {
@@ -69,6 +72,7 @@ impl Scheduler {
             position: ahead + 1,
             eta,
             loading: self.loading(key.model),
+            promised: self.queues.get(id).is_some_and(|r| r.promised),
         })
     }
 
