@@ -99,7 +99,7 @@ pub fn openapi_json() -> String {
 
 /// A handler panicked (a bug in im): a clean 500 `internal`. The panic's message may quote the
 /// request, so it is neither echoed nor logged here (the process's panic hook logs the location).
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     tracing::error!("a request handler panicked; answered 500 internal");
     HttpError::new(
         ErrorType::Internal,

@@ -36,6 +36,57 @@ pub(crate) async fn json_route(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let bytes = body(b, st.service.body_limit())?;
+    serve(route, st, caller, arrived, bytes).await
+}
+
+/// Serve a `POST` to a JSON route as [`crate::state::CallerLayer`] hands it over, without axum's
+/// router: what its handler does (the body read within the limit, [`json_route`]'s answer), with
+/// a panic answered as the router's panic layer answers it.
+pub(crate) async fn direct(
+    st: AppState,
+    route: Route,
+    caller: Caller,
+    arrived: Arrived,
+    req: axum::extract::Request,
+) -> Response {
+    use futures_util::FutureExt;
+    let answer = async {
+        let limit = st.service.body_limit();
+        let bytes = read_body(req.into_body(), limit).await?;
+        serve(route, &st, &caller, arrived, bytes).await
+    };
+    match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => axum::response::IntoResponse::into_response(e),
+        Err(panic) => crate::panic_response(panic),
+    }
+}
+
+/// A request body read whole within `limit`, with the errors axum's `Bytes` extractor gives
+/// ([`body`]): 413 over the limit, else 400 naming the body.
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, HttpError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(HttpError(ServiceError::new(
+            ErrorType::PayloadTooLarge,
+            format!("the body is over the limit of {limit} bytes"),
+        ))),
+        Err(e) => Err(HttpError(ServiceError::invalid(
+            "body",
+            format!("Failed to buffer the request body: {e}"),
+        ))),
+    }
+}
+
+/// Serve `route` with its body read.
+async fn serve(
+    route: Route,
+    st: &AppState,
+    caller: &Caller,
+    arrived: Arrived,
+    bytes: Bytes,
+) -> Result<Response, HttpError> {
     if arrived.progress {
         // Boxed: only a request in progress mode holds that future.
         return Box::pin(crate::progress::respond(route, st, caller, arrived, bytes)).await;

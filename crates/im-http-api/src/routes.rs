@@ -55,6 +55,9 @@ pub struct Entry {
     pub runs: Runs,
     /// The JSON route a job may stand for at this path, if any.
     pub job: Option<Route>,
+    /// The JSON route it serves on `POST`, if it is one: the caller layer
+    /// ([`crate::state::CallerLayer`]) serves it straight, without axum's router.
+    pub serves: Option<Route>,
     /// Its handler; `None` for a route mounted elsewhere (Swagger UI's, `/mcp`).
     pub handler: Option<fn() -> MethodRouter<AppState>>,
 }
@@ -88,7 +91,21 @@ macro_rules! route {
             access: $access,
             runs: Runs::$runs,
             job: $job,
+            serves: None,
             handler: Some(|| $handler),
+        }
+    };
+    // A JSON route: `POST` only, served by the caller layer; its handler (axum's route, and the
+    // OpenAPI document's) answers as that path does.
+    ($path:literal, json $serves:expr, $access:expr, $runs:ident, $job:expr, $handler:expr) => {
+        Entry {
+            path: $path,
+            methods: "POST",
+            access: $access,
+            runs: Runs::$runs,
+            job: $job,
+            serves: Some($serves),
+            handler: Some(|| post($handler)),
         }
     };
     ($path:literal, $methods:literal, $access:expr, $runs:ident, mounted) => {
@@ -98,6 +115,7 @@ macro_rules! route {
             access: $access,
             runs: Runs::$runs,
             job: None,
+            serves: None,
             handler: None,
         }
     };
@@ -108,100 +126,100 @@ pub static ROUTES: &[Entry] = &[
     // The seeds' routes.
     route!(
         "/txt2txt",
-        "POST",
+        json Route::Txt2Txt,
         infer(),
         Scheduler,
         Some(Route::Txt2Txt),
-        post(seed::txt2txt)
+        seed::txt2txt
     ),
     route!(
         "/txt2img",
-        "POST",
+        json Route::Txt2Img,
         infer(),
         Scheduler,
         Some(Route::Txt2Img),
-        post(seed::txt2img)
+        seed::txt2img
     ),
     route!(
         "/img2img",
-        "POST",
+        json Route::Img2Img,
         infer(),
         Scheduler,
         Some(Route::Img2Img),
-        post(seed::img2img)
+        seed::img2img
     ),
     route!(
         "/img2txt",
-        "POST",
+        json Route::Img2Txt,
         infer(),
         Scheduler,
         Some(Route::Img2Txt),
-        post(seed::img2txt)
+        seed::img2txt
     ),
     // OpenAI's, and LocalAI's aliases without `/v1`.
     route!(
         "/v1/chat/completions",
-        "POST",
+        json Route::ChatCompletions,
         infer(),
         Scheduler,
         Some(Route::ChatCompletions),
-        post(openai::chat_completions)
+        openai::chat_completions
     ),
     route!(
         "/chat/completions",
-        "POST",
+        json Route::ChatCompletions,
         infer(),
         Scheduler,
         None,
-        post(openai::chat_completions)
+        openai::chat_completions
     ),
     route!(
         "/v1/completions",
-        "POST",
+        json Route::Completions,
         infer(),
         Scheduler,
         Some(Route::Completions),
-        post(openai::completions)
+        openai::completions
     ),
     route!(
         "/completions",
-        "POST",
+        json Route::Completions,
         infer(),
         Scheduler,
         None,
-        post(openai::completions)
+        openai::completions
     ),
     route!(
         "/v1/embeddings",
-        "POST",
+        json Route::Embeddings,
         infer(),
         Scheduler,
         Some(Route::Embeddings),
-        post(openai::embeddings)
+        openai::embeddings
     ),
     route!(
         "/embeddings",
-        "POST",
+        json Route::Embeddings,
         infer(),
         Scheduler,
         None,
-        post(openai::embeddings)
+        openai::embeddings
     ),
     route!(
         "/v1/images/generations",
-        "POST",
+        json Route::ImageGenerations,
         infer(),
         Scheduler,
         Some(Route::ImageGenerations),
-        post(openai::images_generations)
+        openai::images_generations
     ),
     route!(
         "/images/generations",
-        "POST",
+        json Route::ImageGenerations,
         infer(),
         Scheduler,
         None,
-        post(openai::images_generations)
+        openai::images_generations
     ),
     route!(
         "/v1/models",
@@ -221,37 +239,44 @@ pub static ROUTES: &[Entry] = &[
     ),
     route!(
         "/v1/rerank",
-        "POST",
+        json Route::Rerank,
         infer(),
         Scheduler,
         Some(Route::Rerank),
-        post(media::rerank)
+        media::rerank
     ),
     route!(
         "/rerank",
-        "POST",
+        json Route::Rerank,
         infer(),
         Scheduler,
         None,
-        post(media::rerank)
+        media::rerank
     ),
     route!(
         "/v1/audio/speech",
-        "POST",
+        json Route::Speech,
         infer(),
         Scheduler,
         Some(Route::Speech),
-        post(media::speech)
+        media::speech
     ),
     route!(
         "/audio/speech",
-        "POST",
+        json Route::Speech,
         infer(),
         Scheduler,
         None,
-        post(media::speech)
+        media::speech
     ),
-    route!("/tts", "POST", infer(), Scheduler, None, post(media::tts)),
+    route!(
+        "/tts",
+        json Route::Speech,
+        infer(),
+        Scheduler,
+        None,
+        media::tts
+    ),
     route!(
         "/v1/audio/transcriptions",
         "POST",
@@ -287,28 +312,28 @@ pub static ROUTES: &[Entry] = &[
     // The seeds' dialects: `/v1/infer` and the task models.
     route!(
         "/v1/infer",
-        "POST",
+        json Route::Infer,
         infer(),
         Scheduler,
         Some(Route::Infer),
-        post(infer::infer)
+        infer::infer
     ),
     route!(
         "/v1/infer/stream",
-        "POST",
+        json Route::InferStream,
         infer(),
         Scheduler,
         None,
-        post(infer::infer_stream)
+        infer::infer_stream
     ),
     route!("/", "GET", Access::Open, Scheduler, None, get(infer::root)),
     route!(
         "/infer",
-        "POST",
+        json Route::Task,
         infer(),
         Scheduler,
         Some(Route::Task),
-        post(tasks::infer)
+        tasks::infer
     ),
     route!(
         "/infer/batch",
@@ -584,7 +609,12 @@ pub fn entry(path: &str) -> Option<&'static Entry> {
 /// What `path` needs: an unknown path needs an `infer` key (so that a guess at a route is
 /// refused as unauthorized before it is told it does not exist).
 pub fn access(path: &str) -> Access {
-    entry(path).map_or(infer(), |e| e.access)
+    access_of(entry(path))
+}
+
+/// What a path served by `entry` needs (an unknown path: as [`access`] says).
+pub fn access_of(entry: Option<&Entry>) -> Access {
+    entry.map_or(infer(), |e| e.access)
 }
 
 /// Whether a replica serves `path` itself rather than forwarding it to the scheduler.
@@ -595,4 +625,29 @@ pub fn runs_here(path: &str) -> bool {
 /// The JSON routes a job may stand for.
 pub fn job_routes() -> impl Iterator<Item = Route> {
     ROUTES.iter().filter_map(|e| e.job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_json_route_a_job_may_stand_for_is_served_by_the_caller_layer() {
+        for e in ROUTES {
+            if let Some(job) = e.job {
+                assert_eq!(e.serves, Some(job), "{}", e.path);
+            }
+            if e.serves.is_some() {
+                assert_eq!(e.methods, "POST", "{}", e.path);
+                assert!(matches!(e.access, Access::Key { .. }), "{}", e.path);
+            }
+        }
+        // The aliases serve the same routes.
+        assert_eq!(
+            entry("/chat/completions").and_then(|e| e.serves),
+            Some(Route::ChatCompletions)
+        );
+        assert_eq!(entry("/tts").and_then(|e| e.serves), Some(Route::Speech));
+        assert_eq!(entry("/v1/jobs").and_then(|e| e.serves), None);
+    }
 }

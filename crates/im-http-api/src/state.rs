@@ -155,11 +155,12 @@ where
         let st = &self.st;
         let at = Instant::now();
         let id = request_id_of(req.headers()).unwrap_or_else(|| st.service.new_request_id());
-        let span = request_span(&req, &id);
+        let entry = routes::entry(req.uri().path());
+        let span = request_span(&req, entry, &id);
         let admitted = {
             let _admission =
                 tracing::info_span!(target: TRACE_TARGET, parent: &span, "admission").entered();
-            match routes::access(req.uri().path()) {
+            match routes::access_of(entry) {
                 Access::Key { scope, charge } => {
                     st.service.authorize(key_of(req.headers()), scope, charge)
                 }
@@ -185,13 +186,22 @@ where
             Ok((who, batch, progress)) => {
                 let mut caller = Caller::new(&who, id.clone());
                 caller.batch = batch;
-                req.extensions_mut().insert(caller);
-                req.extensions_mut().insert(Arrived { at, progress });
-                // The inner service was made ready by `poll_ready`: it serves this request, a
-                // clone stays for the next.
-                let ready = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, ready);
-                Answer::Pending(span.in_scope(|| inner.call(req)))
+                let arrived = Arrived { at, progress };
+                match entry.and_then(|e| e.serves) {
+                    // A JSON route is served here: its body read, the service's answer written.
+                    Some(route) if req.method() == axum::http::Method::POST => Answer::Direct(
+                        Box::pin(crate::respond::direct(st.clone(), route, caller, arrived, req)),
+                    ),
+                    _ => {
+                        req.extensions_mut().insert(caller);
+                        req.extensions_mut().insert(arrived);
+                        // The inner service was made ready by `poll_ready`: it serves this
+                        // request, a clone stays for the next.
+                        let ready = self.inner.clone();
+                        let mut inner = std::mem::replace(&mut self.inner, ready);
+                        Answer::Pending(span.in_scope(|| inner.call(req)))
+                    }
+                }
             }
             Err(e) => Answer::Ready(Some(HttpError(e).into_response())),
         };
@@ -203,11 +213,22 @@ where
     }
 }
 
-/// The answer of a request [`WithCaller`] handed on (or refused).
-#[derive(Debug)]
+/// The answer of a request [`WithCaller`] handed on, served itself, or refused.
 enum Answer<F> {
     Pending(F),
+    /// A JSON route's answer ([`crate::respond::direct`]).
+    Direct(std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>),
     Ready(Option<Response>),
+}
+
+impl<F> std::fmt::Debug for Answer<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Answer::Pending(_) => "Pending",
+            Answer::Direct(_) => "Direct",
+            Answer::Ready(_) => "Ready",
+        })
+    }
 }
 
 /// What [`WithCaller`] waits on: the inner service's answer, inside the request's span, then
@@ -240,6 +261,10 @@ where
                     Err(never) => match never {},
                 }
             }
+            Answer::Direct(answer) => {
+                let _entered = this.span.enter();
+                std::task::ready!(answer.as_mut().poll(cx))
+            }
             Answer::Ready(r) => r.take().unwrap_or_default(),
         };
         let status = resp.status();
@@ -258,10 +283,10 @@ where
 }
 
 /// The request's root span in im, continuing the client's trace when it sent `traceparent`.
-fn request_span(req: &Request, id: &str) -> tracing::Span {
+fn request_span(req: &Request, entry: Option<&routes::Entry>, id: &str) -> tracing::Span {
     let method = req.method().as_str();
     // The route's template, from the route table (the middleware runs before axum's routing).
-    let route = routes::entry(req.uri().path()).map(|e| e.path);
+    let route = entry.map(|e| e.path);
     let span = tracing::info_span!(target: TRACE_TARGET, "request", otel.name = Empty,
         otel.kind = "server", http.request.method = method, http.route = route.unwrap_or(""),
         request_id = id, http.response.status_code = Empty, otel.status_code = Empty);
