@@ -49,12 +49,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     eprintln!("im-http: listening on http://{local}  (Swagger UI: http://{local}/docs)");
     let cluster = im_app::cluster::join(&built, local)?;
-    let app = im_app::http_app(&built, cluster.as_ref());
     let engine = built.engine.clone();
     let grace = built.config.shutdown_grace();
     let limits = built.config.serve_limits();
     let draining = cluster.as_ref().map(im_app::cluster::Cluster::draining);
-    im_edge::serve(listener, app, limits, built.config.peers(), async move {
+    let stopped = async move {
         run::shutdown_signal().await;
         if let Some(d) = draining {
             // A scheduler finishes its own work, not new work: followers hold that for the next.
@@ -65,8 +64,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             "shutting down: intake stopped, draining"
         );
         engine.shutdown(grace).await;
-    })
-    .await
+    };
+    let peers = built.config.peers();
+    match &cluster {
+        Some(c) => {
+            let app = im_app::http_app(&built, Some(c));
+            im_edge::serve(listener, app, limits, peers, stopped).await
+        }
+        None => {
+            let app = im_app::http_api(&built);
+            im_edge::serve(listener, app, limits, peers, stopped).await
+        }
+    }
     .context("serving")?;
     if let Some(c) = cluster {
         c.leave();

@@ -28,12 +28,7 @@ pub use build::{BuildError, Built, DEMO_KEY, Simulate, build, discover, learn_fr
 /// The HTTP API with MCP mounted at `/mcp` over the same service, behind the same keys; in a
 /// cluster, behind the layer that forwards to the scheduling replica.
 pub fn http_app(built: &Built, cluster: Option<&cluster::Cluster>) -> axum::Router {
-    let mcp = im_mcp_api::http_service(
-        im_mcp_api::ImMcp::new(im_mcp_api::Target::Local(built.service.clone())),
-        &built.config.http.mcp_allowed_hosts,
-        built.config.http.body_limit_bytes,
-    );
-    let app = im_http_api::router_with(built.state.clone(), |r| r.route_service("/mcp", mcp));
+    let app = axum::Router::new().fallback_service(http_api(built));
     match cluster {
         Some(c) => app.layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::new(c.forwarder(&built.service, &built.config)),
@@ -41,4 +36,15 @@ pub fn http_app(built: &Built, cluster: Option<&cluster::Cluster>) -> axum::Rout
         )),
         None => app,
     }
+}
+
+/// The HTTP API with MCP mounted at `/mcp`, as a service of its own: what `im-http` serves when
+/// it runs alone (no router around it: [`http_app`] without a cluster, one boxed future less).
+pub fn http_api(built: &Built) -> impl im_edge::App {
+    let mcp = im_mcp_api::http_service(
+        im_mcp_api::ImMcp::new(im_mcp_api::Target::Local(built.service.clone())),
+        &built.config.http.mcp_allowed_hosts,
+        built.config.http.body_limit_bytes,
+    );
+    im_http_api::api_with(built.state.clone(), |r| r.route_service("/mcp", mcp))
 }

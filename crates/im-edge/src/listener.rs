@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -169,11 +168,30 @@ fn too_many(limit: usize) -> Response {
         .unwrap_or_default()
 }
 
+/// What [`serve`] serves: an axum `Router`, or any service like it.
+pub trait App:
+    tower::Service<Request, Response = Response, Error = std::convert::Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serve `app` on `listener` with `limits` and the per-peer policy `peers` until `shutdown`
 /// resolves, then give open connections [`ServeLimits::close_grace`] and close the rest.
-pub async fn serve(
+pub async fn serve<A: App>(
     listener: TcpListener,
-    app: Router,
+    app: A,
     limits: ServeLimits,
     peers: Arc<Peers>,
     shutdown: impl Future<Output = ()>,
@@ -303,8 +321,8 @@ async fn opening(socket: &tokio::net::TcpStream) -> Option<Opening> {
 }
 
 /// One accepted connection and what serving it needs.
-struct Connection {
-    app: Router,
+struct Connection<A> {
+    app: A,
     builders: Arc<Builders>,
     peers: Arc<Peers>,
     limits: ServeLimits,
@@ -312,7 +330,7 @@ struct Connection {
     stop: tokio_util::sync::CancellationToken,
 }
 
-impl Connection {
+impl<A: App> Connection<A> {
     async fn run(self, socket: tokio::net::TcpStream) {
         // Its first byte within the header deadline, or it is closed: a socket that never sends
         // anything must not hold a slot.

@@ -189,9 +189,15 @@ where
                 let arrived = Arrived { at, progress };
                 match entry.and_then(|e| e.serves) {
                     // A JSON route is served here: its body read, the service's answer written.
-                    Some(route) if req.method() == axum::http::Method::POST => Answer::Direct(
-                        Box::pin(crate::respond::direct(st.clone(), route, caller, arrived, req)),
-                    ),
+                    Some(route) if req.method() == axum::http::Method::POST => {
+                        Answer::Direct(Box::pin(crate::respond::direct(
+                            st.clone(),
+                            route,
+                            caller,
+                            arrived,
+                            req,
+                        )))
+                    }
                     _ => {
                         req.extensions_mut().insert(caller);
                         req.extensions_mut().insert(arrived);
