@@ -42,23 +42,27 @@ pub(crate) async fn json_route(
 /// Serve a `POST` to a JSON route as [`crate::state::CallerLayer`] hands it over, without axum's
 /// router: what its handler does (the body read within the limit, [`json_route`]'s answer), with
 /// a panic answered as the router's panic layer answers it.
-pub(crate) async fn direct(
+///
+/// A plain function returning a block, not an `async fn`: an `async fn`'s future holds its
+/// arguments twice; the block holds what it captures once, and the request's head not at all.
+pub(crate) fn direct(
     st: AppState,
     route: Route,
     caller: Caller,
     arrived: Arrived,
-    req: axum::extract::Request,
-) -> Response {
+    body: axum::body::Body,
+) -> impl std::future::Future<Output = Response> + Send {
     use futures_util::FutureExt;
-    let answer = async {
-        let limit = st.service.body_limit();
-        let bytes = read_body(req.into_body(), limit).await?;
-        serve(route, &st, &caller, arrived, bytes).await
-    };
-    match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => axum::response::IntoResponse::into_response(e),
-        Err(panic) => crate::panic_response(panic),
+    async move {
+        let answer = async {
+            let bytes = read_body(body, st.service.body_limit()).await?;
+            serve(route, &st, &caller, arrived, bytes).await
+        };
+        match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => axum::response::IntoResponse::into_response(e),
+            Err(panic) => crate::panic_response(panic),
+        }
     }
 }
 
@@ -79,20 +83,28 @@ async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, HttpEr
     }
 }
 
-/// Serve `route` with its body read.
-async fn serve(
+/// Serve `route` with its body read. Combinators, not an `async fn`: the future a waiting
+/// request holds is the service's, with what writing its answer needs beside it.
+fn serve<'a>(
     route: Route,
-    st: &AppState,
-    caller: &Caller,
+    st: &'a AppState,
+    caller: &'a Caller,
     arrived: Arrived,
     bytes: Bytes,
-) -> Result<Response, HttpError> {
+) -> impl std::future::Future<Output = Result<Response, HttpError>> + 'a {
+    use futures_util::FutureExt;
+    use futures_util::future::Either;
     if arrived.progress {
         // Boxed: only a request in progress mode holds that future.
-        return Box::pin(crate::progress::respond(route, st, caller, arrived, bytes)).await;
+        return Either::Left(Box::pin(crate::progress::respond(
+            route, st, caller, arrived, bytes,
+        )));
     }
-    let answer = st.service.respond(route, bytes, caller, arrived.at).await?;
-    Ok(write(st, route, answer, caller, arrived))
+    Either::Right(
+        st.service
+            .respond(route, bytes, caller, arrived.at)
+            .map(move |answer| Ok(write(st, route, answer?, caller, arrived))),
+    )
 }
 
 /// How many headers a JSON answer's map has room for when it is made: its type, the four

@@ -97,21 +97,23 @@ impl Service {
     /// then [`Self::answer`], what every carrier of a JSON route calls. The task route answers
     /// its refusals in its own envelope too. `body` is dropped once parsed, before the request
     /// waits: a body read from a connection may hold that connection's whole read buffer.
-    pub async fn respond(
-        &self,
+    pub fn respond<'a>(
+        &'a self,
         route: Route,
         body: bytes::Bytes,
-        caller: &Caller,
+        caller: &'a Caller,
         arrived: Instant,
-    ) -> Result<Answer, ServiceError> {
+    ) -> impl std::future::Future<Output = Result<Answer, ServiceError>> + 'a {
+        // Parsed before the future: a waiting request's future holds neither the body nor the
+        // parsed request, only the answer's.
         let parsed = self.request(route, &body);
         drop(body);
         match parsed {
-            Ok(r) => self.answer(r, caller, arrived).await,
-            Err(e) if route == Route::Task => {
-                Ok(answer::task(&caller.request_id, arrived, None, Err(e)))
-            }
-            Err(e) => Err(e),
+            Ok(r) => futures_util::future::Either::Left(self.answer(r, caller, arrived)),
+            Err(e) if route == Route::Task => futures_util::future::Either::Right(
+                std::future::ready(Ok(answer::task(&caller.request_id, arrived, None, Err(e)))),
+            ),
+            Err(e) => futures_util::future::Either::Right(std::future::ready(Err(e))),
         }
     }
 
@@ -131,29 +133,30 @@ impl Service {
         caller: &'a Caller,
         arrived: Instant,
     ) -> impl std::future::Future<Output = Result<Answer, ServiceError>> + 'a {
-        // Taken apart before the future: it holds the work, not the request too.
+        // Taken apart before the future: it holds what its kind of work needs, not the request.
         let Request { route, work } = request;
-        async move {
-            match work {
-                Work::Call { call, model } => {
-                    let done = self.run(call, caller).await?;
-                    answer::of(route, done, &model, caller, arrived)
-                }
-                Work::Task {
-                    entry,
-                    text,
-                    params,
-                } => {
-                    // Boxed: a waiting request holds the larger task future only when it is one.
-                    let outcome = Box::pin(self.run_task(&entry, &text, &params, caller)).await;
-                    Ok(answer::task(
-                        &caller.request_id,
-                        arrived,
-                        Some(&entry),
-                        outcome,
-                    ))
-                }
-            }
+        match work {
+            // A combinator, not a block: a block would hold the call beside the future it moved
+            // into.
+            Work::Call { call, model } => futures_util::future::Either::Left(
+                futures_util::FutureExt::map(self.run(call, caller), move |done| {
+                    answer::of(route, done?, &model, caller, arrived)
+                }),
+            ),
+            Work::Task {
+                entry,
+                text,
+                params,
+            } => futures_util::future::Either::Right(async move {
+                // Boxed: a waiting request holds the larger task future only when it is one.
+                let outcome = Box::pin(self.run_task(&entry, &text, &params, caller)).await;
+                Ok(answer::task(
+                    &caller.request_id,
+                    arrived,
+                    Some(&entry),
+                    outcome,
+                ))
+            }),
         }
     }
 }
