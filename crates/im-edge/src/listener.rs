@@ -23,6 +23,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
+use futures_util::future::Either;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -260,10 +261,11 @@ pub async fn serve<A: App>(
             peer,
             stop: stop.clone(),
         };
-        conns.spawn(async move {
-            conn.run(socket).await;
+        // A combinator, not a block: a block would hold the connection and the socket beside the
+        // future they moved into, for as long as the connection lives.
+        conns.spawn(futures_util::FutureExt::map(conn.run(socket), move |()| {
             drop((slot, counted));
-        });
+        }));
     }
     drop(listener);
     stop.cancel();
@@ -331,7 +333,17 @@ struct Connection<A> {
 }
 
 impl<A: App> Connection<A> {
-    async fn run(self, socket: tokio::net::TcpStream) {
+    /// Serve the connection. A block, not an `async fn`: an `async fn` would hold its arguments
+    /// twice for as long as the connection lives.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds its arguments twice"
+    )]
+    fn run(self, socket: tokio::net::TcpStream) -> impl Future<Output = ()> + Send {
+        async move { self.serve(socket).await }
+    }
+
+    async fn serve(&self, socket: tokio::net::TcpStream) {
         // Its first byte within the header deadline, or it is closed: a socket that never sends
         // anything must not hold a slot.
         // The preface tells HTTP/2 apart, as hyper-util's `auto` server does, but each version is
@@ -373,25 +385,32 @@ impl<A: App> Connection<A> {
                     Ok(None)
                 };
                 req.extensions_mut().insert(ClientAddr(client));
-                let app = app.clone();
-                let activity = activity.clone();
-                async move {
-                    let permit = match counted {
-                        Ok(p) => p,
-                        Err(e) => return Ok::<_, std::convert::Infallible>(too_many(e.limit)),
-                    };
-                    let in_flight = InFlight::new(activity, permit);
-                    let resp = match app.oneshot(req).await {
-                        Ok(r) => r,
-                        Err(never) => match never {},
-                    };
-                    Ok(resp.map(|inner| {
-                        Body::new(Tracked {
-                            inner,
-                            _in_flight: in_flight,
-                        })
-                    }))
-                }
+                let permit = match counted {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Either::Left(std::future::ready(
+                            Ok::<_, std::convert::Infallible>(too_many(e.limit)),
+                        ));
+                    }
+                };
+                let in_flight = InFlight::new(activity.clone(), permit);
+                // Handed over now, not when first polled: the future a waiting request holds is
+                // the app's, not the request beside it too.
+                Either::Right(futures_util::FutureExt::map(
+                    call_now(&app, req),
+                    move |resp| {
+                        let resp = match resp {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        };
+                        Ok(resp.map(|inner| {
+                            Body::new(Tracked {
+                                inner,
+                                _in_flight: in_flight,
+                            })
+                        }))
+                    },
+                ))
             }
         });
         let io = TokioIo::new(socket);
@@ -442,6 +461,22 @@ impl<A: App> Connection<A> {
                 }
             }
         }
+    }
+}
+
+/// `app`'s answer to `req`, the request handed over at once when `app` is ready (axum's router
+/// and im's stack always are); else it waits for readiness, boxed (so only then does the future
+/// hold the request).
+fn call_now<A: App>(
+    app: &A,
+    req: Request,
+) -> Either<A::Future, std::pin::Pin<Box<tower::util::Oneshot<A, Request>>>> {
+    let mut app = app.clone();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match tower::Service::poll_ready(&mut app, &mut cx) {
+        std::task::Poll::Ready(Ok(())) => Either::Left(tower::Service::call(&mut app, req)),
+        std::task::Poll::Ready(Err(never)) => match never {},
+        std::task::Poll::Pending => Either::Right(Box::pin(app.oneshot(req))),
     }
 }
 

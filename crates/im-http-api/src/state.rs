@@ -138,7 +138,6 @@ impl<S> tower::Service<Request> for WithCaller<S>
 where
     S: tower::Service<Request, Error = std::convert::Infallible> + Clone,
     S::Response: IntoResponse,
-    S::Future: Unpin,
 {
     type Response = Response;
     type Error = std::convert::Infallible;
@@ -195,7 +194,7 @@ where
                             route,
                             caller,
                             arrived,
-                            req,
+                            req.into_body(),
                         )))
                     }
                     _ => {
@@ -205,7 +204,7 @@ where
                         // request, a clone stays for the next.
                         let ready = self.inner.clone();
                         let mut inner = std::mem::replace(&mut self.inner, ready);
-                        Answer::Pending(span.in_scope(|| inner.call(req)))
+                        Answer::Pending(Box::pin(span.in_scope(|| inner.call(req))))
                     }
                 }
             }
@@ -221,7 +220,9 @@ where
 
 /// The answer of a request [`WithCaller`] handed on, served itself, or refused.
 enum Answer<F> {
-    Pending(F),
+    /// Boxed: a request the router serves is not a JSON route's, which waits in the queue; the
+    /// future every request's connection holds stays small.
+    Pending(std::pin::Pin<Box<F>>),
     /// A JSON route's answer ([`crate::respond::direct`]).
     Direct(std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>),
     Ready(Option<Response>),
@@ -249,7 +250,7 @@ pub struct CallerFuture<F> {
 
 impl<F, R> std::future::Future for CallerFuture<F>
 where
-    F: std::future::Future<Output = Result<R, std::convert::Infallible>> + Unpin,
+    F: std::future::Future<Output = Result<R, std::convert::Infallible>>,
     R: IntoResponse,
 {
     type Output = Result<Response, std::convert::Infallible>;
@@ -262,7 +263,7 @@ where
         let mut resp = match &mut this.answer {
             Answer::Pending(inner) => {
                 let _entered = this.span.enter();
-                match std::task::ready!(std::pin::Pin::new(inner).poll(cx)) {
+                match std::task::ready!(inner.as_mut().poll(cx)) {
                     Ok(r) => r.into_response(),
                     Err(never) => match never {},
                 }
