@@ -56,7 +56,7 @@ pub struct Entry {
     /// The JSON route a job may stand for at this path, if any.
     pub job: Option<Route>,
     /// The JSON route it serves on `POST`, if it is one: the caller layer
-    /// ([`crate::state::CallerLayer`]) serves it straight, without axum's router.
+    /// (`CallerLayer`) serves it straight, without axum's router.
     pub serves: Option<Route>,
     /// Its handler; `None` for a route mounted elsewhere (Swagger UI's, `/mcp`).
     pub handler: Option<fn() -> MethodRouter<AppState>>,
