@@ -338,6 +338,45 @@ async fn bad_input_gets_a_clear_4xx_naming_the_field() {
     }
 }
 
+#[tokio::test]
+async fn every_json_route_reads_its_body_as_axum_would_and_names_what_is_wrong() {
+    // The caller layer serves these routes itself, not through axum's router: each still needs
+    // its key first, answers a body that is not JSON 400 naming the body, a body over the limit
+    // 413, and another method 405.
+    let (app, _b) = app_with(|c| c.http.body_limit_bytes = 4096).await;
+    let served: Vec<&str> = im_http_api::routes::ROUTES
+        .iter()
+        .filter(|e| e.serves.is_some())
+        .map(|e| e.path)
+        .collect();
+    assert!(served.len() >= 14, "{served:?}");
+    for path in served {
+        let keyless = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from("{not json"))
+            .expect("request");
+        is_error(&send(&app, keyless).await, 401, "unauthorized", None);
+        is_error(
+            &send(&app, post(path, "{not json")).await,
+            400,
+            "invalid_request",
+            Some("body"),
+        );
+        is_error(
+            &send(&app, post(path, "x".repeat(5000))).await,
+            413,
+            "payload_too_large",
+            None,
+        );
+        is_error(
+            &send(&app, get(path)).await,
+            405,
+            "method_not_allowed",
+            None,
+        );
+    }
+}
+
 /// A model of the simulator's catalogue that a test removes from it.
 const GONE: &str = "llava-1.6-mistral-7b";
 
