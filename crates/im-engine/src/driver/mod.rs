@@ -164,7 +164,9 @@ pub(crate) struct Driver {
     lanes: Vec<String>,
     rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::WeakUnboundedSender<Msg>,
-    entries: HashMap<RequestId, Entry>,
+    /// Boxed: the table keeps room to grow, and a request's 300-odd bytes are not multiplied
+    /// by its slack (nor copied when it grows).
+    entries: HashMap<RequestId, Box<Entry>>,
     tickets: HashMap<u64, RequestId>,
     switch_started: Vec<Option<Instant>>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,

@@ -78,7 +78,7 @@ impl Driver {
                 let trace = RequestTrace::accepted(span, job.kind().as_str(), job.model());
                 self.entries.insert(
                     id,
-                    Entry {
+                    Box::new(Entry {
                         ticket,
                         job: Arc::new(job),
                         reply: Some(reply),
@@ -91,7 +91,7 @@ impl Driver {
                         first_chunk: Duration::ZERO,
                         trace,
                         predicted,
-                    },
+                    }),
                 );
                 self.tell(now, id);
             }
