@@ -17,14 +17,19 @@ use crate::state::{AppState, Arrived};
 pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ServiceError> {
     b.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ServiceError::new(
-                ErrorType::PayloadTooLarge,
-                format!("the body is over the limit of {limit} bytes"),
-            )
+            too_large(limit)
         } else {
             ServiceError::invalid("body", r.body_text())
         }
     })
+}
+
+/// A body over `limit` bytes.
+fn too_large(limit: usize) -> ServiceError {
+    ServiceError::new(
+        ErrorType::PayloadTooLarge,
+        format!("the body is over the limit of {limit} bytes"),
+    )
 }
 
 /// Serve `route`: its body as the service's request, run as `caller`, answered.
@@ -72,10 +77,7 @@ async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, HttpEr
     use http_body_util::BodyExt;
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(HttpError(ServiceError::new(
-            ErrorType::PayloadTooLarge,
-            format!("the body is over the limit of {limit} bytes"),
-        ))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(HttpError(too_large(limit))),
         Err(e) => Err(HttpError(ServiceError::invalid(
             "body",
             format!("Failed to buffer the request body: {e}"),
