@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use inference_queue::{Kind, Rejection};
 use localai_client::{
-    ChatChunk, ChatRequest, ChatResponse, ClientError, ErrorClass, ImageRequest, ImagesResponse,
-    JsonResponse, RawResponse, Upload,
+    ChatChunk, ChatRequest, ChatResponse, ClientError, Content, ErrorClass, ImageRequest,
+    ImagesResponse, JsonResponse, Message, RawResponse, Upload,
 };
 use tokio::sync::mpsc;
 
@@ -456,7 +456,17 @@ impl Job {
             }
         }
         match &self.payload {
-            Payload::Chat { req, .. } => req.messages.iter().map(text_bytes).sum::<u64>() + 64,
+            Payload::Chat { req, .. } => {
+                let content = |c: &Content| match c {
+                    Content::Text(t) => t.len() as u64,
+                    Content::Parts(parts) => parts.iter().map(text_bytes).sum(),
+                };
+                req.messages
+                    .iter()
+                    .map(|m| m.role.as_str().len() as u64 + content(&m.content))
+                    .sum::<u64>()
+                    + 64
+            }
             Payload::Images(r) => {
                 (r.prompt.len() + r.file.as_ref().map_or(0, |f| f.len())) as u64 + 64
             }
@@ -481,7 +491,7 @@ impl Job {
         match &self.payload {
             Payload::Chat { req, stream, .. } => json!({
                 "model": truncate(&req.model, 64),
-                "messages": req.messages.iter().take(16).map(summarize_value).collect::<Vec<_>>(),
+                "messages": req.messages.iter().take(16).map(summarize_message).collect::<Vec<_>>(),
                 "temperature": req.temperature, "max_tokens": req.max_tokens, "stream": stream,
             }),
             Payload::Images(r) => json!({
@@ -520,14 +530,7 @@ impl Job {
 fn summarize_value(v: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match v {
-        Value::String(s) if s.len() > 200 => {
-            let looks_binary = s.starts_with("data:") || !s.as_bytes()[..64].contains(&b' ');
-            if looks_binary {
-                Value::String(format!("<base64: {} bytes>", s.len()))
-            } else {
-                Value::String(format!("{} ({} bytes)", truncate(s, 200), s.len()))
-            }
-        }
+        Value::String(s) if s.len() > 200 => summarize_text(s),
         Value::Array(a) => Value::Array(a.iter().take(16).map(summarize_value).collect()),
         Value::Object(o) => Value::Object(
             o.iter()
@@ -537,4 +540,28 @@ fn summarize_value(v: &serde_json::Value) -> serde_json::Value {
         ),
         other => other.clone(),
     }
+}
+
+/// A text as [`summarize_value`] summarises one: as it is up to 200 bytes, then its first 200
+/// characters, or its size when it looks like a payload.
+fn summarize_text(s: &str) -> serde_json::Value {
+    let text = if s.len() <= 200 {
+        s.to_owned()
+    } else if s.starts_with("data:") || !s.as_bytes()[..64].contains(&b' ') {
+        format!("<base64: {} bytes>", s.len())
+    } else {
+        format!("{} ({} bytes)", truncate(s, 200), s.len())
+    };
+    serde_json::Value::String(text)
+}
+
+/// A message summarised: its role, and its text or parts summarised.
+fn summarize_message(m: &Message) -> serde_json::Value {
+    let content = match &m.content {
+        Content::Text(t) => summarize_text(t),
+        Content::Parts(parts) => {
+            serde_json::Value::Array(parts.iter().take(16).map(summarize_value).collect())
+        }
+    };
+    serde_json::json!({"role": m.role.as_str(), "content": content})
 }

@@ -18,12 +18,12 @@
 //! use std::sync::Arc;
 //! use im_engine::{Engine, Job, LocalAiBackend, Output, Payload};
 //! use inference_queue::{Config, Kind, ModelSpec};
-//! use localai_client::{ChatRequest, ClientConfig, LocalAiClient};
+//! use localai_client::{ChatRequest, ClientConfig, LocalAiClient, Message};
 //!
 //! let client = LocalAiClient::new(ClientConfig::new("http://localhost:8080"))?;
 //! let config = Config { models: vec![ModelSpec::new("llama", &[Kind::Txt2Txt], 4)], ..Config::default() };
 //! let engine = Engine::start(config, Arc::new(LocalAiBackend::new(vec![client])), im_metrics::Metrics::new())?;
-//! let req = ChatRequest { model: "llama".into(), messages: vec![serde_json::json!({"role": "user", "content": "hi"})],
+//! let req = ChatRequest { model: "llama".into(), messages: vec![Message::user("hi")],
 //!                         temperature: None, max_tokens: None, extra: Default::default() };
 //! let job = Job::new("r1", Payload::Chat { req, stream: false, kind: Kind::Txt2Txt }, None);
 //! let done = engine.submit(job).await?;

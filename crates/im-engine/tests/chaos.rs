@@ -14,10 +14,9 @@ use im_metrics::Metrics;
 use inference_queue::{Config, Kind, LaneId, ModelSpec};
 use localai_client::{
     ChatRequest, ChatResponse, ChunkStream, ClientConfig, ClientError, ImageRequest,
-    ImagesResponse, LocalAiClient,
+    ImagesResponse, LocalAiClient, Message,
 };
 use localai_sim::{SimConfig, SimServer};
-use serde_json::json;
 
 const LLM: &str = "llama-3.2-3b-instruct";
 const SD: &str = "stablediffusion";
@@ -107,7 +106,7 @@ fn job(i: usize) -> Job {
     } else {
         let req = ChatRequest {
             model: LLM.into(),
-            messages: vec![json!({"role": "user", "content": format!("q{i}")})],
+            messages: vec![Message::user(format!("q{i}"))],
             temperature: None,
             max_tokens: Some(8),
             extra: Default::default(),

@@ -12,8 +12,8 @@ use im_engine::*;
 use im_metrics::Metrics;
 use inference_queue::{Bounds, Config, Kind, LaneId, ModelSpec};
 use localai_client::{
-    ChatRequest, ChatResponse, ChunkStream, ClientConfig, ClientError, ImageRequest,
-    ImagesResponse, LocalAiClient,
+    ChatRequest, ChatResponse, ChunkStream, ClientConfig, ClientError, Content, ImageRequest,
+    ImagesResponse, LocalAiClient, Message, Role,
 };
 use localai_sim::{SimConfig, SimServer};
 use serde_json::json;
@@ -102,7 +102,9 @@ fn vision(p: Payload) -> Payload {
 fn chat(model: &str, content: serde_json::Value) -> Payload {
     let req = ChatRequest {
         model: model.into(),
-        messages: vec![json!({"role": "user", "content": content})],
+        messages: vec![
+            Message::try_from(json!({"role": "user", "content": content})).expect("a message"),
+        ],
         temperature: None,
         max_tokens: Some(4),
         extra: Default::default(),
@@ -431,9 +433,12 @@ async fn metrics_text_parses_and_the_error_list_is_clean() {
         payload: Payload::Chat {
             req: ChatRequest {
                 model: "ghost".into(),
-                messages: vec![
-                    json!({"role": "user", "content": [{"type": "image_url", "image_url": big.clone()}]}),
-                ],
+                messages: vec![Message {
+                    role: Role::User,
+                    content: Content::Parts(vec![
+                        json!({"type": "image_url", "image_url": big.clone()}),
+                    ]),
+                }],
                 temperature: None,
                 max_tokens: None,
                 extra: [("api_key".to_owned(), json!("sk-secret"))]

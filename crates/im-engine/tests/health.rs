@@ -11,8 +11,7 @@ use common::{GONE, LOADING, Scripted, UP};
 use im_engine::*;
 use im_metrics::Metrics;
 use inference_queue::{Config, Kind, LaneSpec, ModelSpec};
-use localai_client::ChatRequest;
-use serde_json::json;
+use localai_client::{ChatRequest, Message};
 
 const LLM: &str = "llama-3.2-3b-instruct";
 
@@ -36,7 +35,7 @@ fn engine(fleet: &Arc<Scripted>) -> Engine {
 fn job(i: usize) -> Job {
     let req = ChatRequest {
         model: LLM.into(),
-        messages: vec![json!({"role": "user", "content": format!("question {i}")})],
+        messages: vec![Message::user(format!("question {i}"))],
         temperature: None,
         max_tokens: Some(4),
         extra: Default::default(),

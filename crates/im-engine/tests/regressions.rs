@@ -12,7 +12,7 @@ use axum::routing::post;
 use im_engine::*;
 use im_metrics::Metrics;
 use inference_queue::{BreakerState, Config, Kind, ModelSpec};
-use localai_client::{ChatRequest, ClientConfig, ImageRequest, LocalAiClient};
+use localai_client::{ChatRequest, ClientConfig, ImageRequest, LocalAiClient, Message};
 use localai_sim::{SimConfig, SimServer};
 use serde_json::json;
 
@@ -39,7 +39,7 @@ fn config(models: Vec<ModelSpec>) -> Config {
 fn chat_job(id: &str, model: &str, text: &str, stream: bool) -> Job {
     let req = ChatRequest {
         model: model.into(),
-        messages: vec![json!({"role": "user", "content": text})],
+        messages: vec![Message::user(text)],
         temperature: None,
         max_tokens: Some(8),
         extra: Default::default(),

@@ -85,15 +85,17 @@ pub async fn placement(
         Err(e) => return crate::error::HttpError::from(e).into_response(),
     };
     let probe = match (q.prompt, q.messages.as_deref()) {
-        (_, Some(m)) => match serde_json::from_str::<Vec<serde_json::Value>>(m) {
-            Ok(list) => Some(im_service::PromptProbe::Messages(list)),
-            Err(e) => {
-                let e = im_service::ServiceError::invalid(
+        (_, Some(m)) => match serde_json::from_str::<Vec<serde_json::Value>>(m)
+            .map_err(|e| {
+                im_service::ServiceError::invalid(
                     "messages",
                     format!("not a JSON array of messages: {e}"),
-                );
-                return crate::error::HttpError::from(e).into_response();
-            }
+                )
+            })
+            .and_then(im_service::PromptProbe::messages)
+        {
+            Ok(probe) => Some(probe),
+            Err(e) => return crate::error::HttpError::from(e).into_response(),
         },
         (Some(p), None) => Some(im_service::PromptProbe::Text(p)),
         (None, None) => None,

@@ -67,7 +67,15 @@ struct PlacementAsk<'a> {
     kind: &'a str,
     model: &'a str,
     backend: Option<&'a str>,
-    probe: Option<&'a im_service::PromptProbe>,
+    probe: Option<Probe>,
+}
+
+/// A prompt to look up, as the tool was given it: checked only once the caller is known.
+enum Probe {
+    /// A chat's messages.
+    Messages(Vec<Value>),
+    /// A completion's prompt.
+    Text(String),
 }
 
 /// The figures line every result ends with.
@@ -277,18 +285,26 @@ impl ImMcp {
             probe,
         } = ask;
         Ok(match &*self.target {
-            Target::Local(service) => match caller_of(ctx, service, tool, charge) {
-                Ok(caller) => service
-                    .placement(&caller.principal(), kind, model, backend, probe)
-                    .await
-                    .map_err(|e| service_error(&e)),
-                Err(e) => Err(service_error(&e)),
-            },
+            Target::Local(service) => {
+                let asked = caller_of(ctx, service, tool, charge).and_then(|caller| {
+                    let probe = match probe {
+                        Some(Probe::Messages(m)) => Some(im_service::PromptProbe::messages(m)?),
+                        Some(Probe::Text(t)) => Some(im_service::PromptProbe::Text(t)),
+                        None => None,
+                    };
+                    Ok((caller, probe))
+                });
+                match asked {
+                    Ok((caller, probe)) => service
+                        .placement(&caller.principal(), kind, model, backend, probe.as_ref())
+                        .await
+                        .map_err(|e| service_error(&e)),
+                    Err(e) => Err(service_error(&e)),
+                }
+            }
             Target::Remote(remote) => {
-                let messages = match probe {
-                    Some(im_service::PromptProbe::Messages(m)) => {
-                        Some(Value::from(m.clone()).to_string())
-                    }
+                let messages = match &probe {
+                    Some(Probe::Messages(m)) => Some(Value::from(m.clone()).to_string()),
                     _ => None,
                 };
                 let mut params = vec![("kind", kind), ("model", model)];
@@ -298,7 +314,7 @@ impl ImMcp {
                 if let Some(m) = &messages {
                     params.push(("messages", m));
                 }
-                if let Some(im_service::PromptProbe::Text(t)) = probe {
+                if let Some(Probe::Text(t)) = &probe {
                     params.push(("prompt", t));
                 }
                 remote.query(ctx, "/placement", &params).await?
@@ -648,11 +664,10 @@ impl ImMcp {
                         model: &a.model,
                         backend: a.backend.as_deref(),
                         probe: match (a.messages, a.prompt) {
-                            (Some(m), _) => Some(im_service::PromptProbe::Messages(m)),
-                            (None, Some(p)) => Some(im_service::PromptProbe::Text(p)),
+                            (Some(m), _) => Some(Probe::Messages(m)),
+                            (None, Some(p)) => Some(Probe::Text(p)),
                             (None, None) => None,
-                        }
-                        .as_ref(),
+                        },
                     },
                 )
                 .await?

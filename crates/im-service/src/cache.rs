@@ -198,7 +198,7 @@ mod tests {
         Payload::Chat {
             req: ChatRequest {
                 model: "llm".into(),
-                messages: vec![json!({"role": "user", "content": text})],
+                messages: vec![localai_client::Message::user(text)],
                 temperature,
                 max_tokens: None,
                 extra,

@@ -3,12 +3,14 @@
 //! LocalAI only reads `{"type":"image_url","image_url":{"url":"data:image/png;base64,…"}}` and
 //! silently drops raw base64 or bare strings, answering as if no image had been sent. So every
 //! image part is rewritten to that form: raw base64 gets a `data:` prefix with its sniffed MIME
-//! type; `image_url` given as a bare string, `{"type":"image"}` / `{"type":"input_image"}` parts
-//! and an Ollama-style `images: [...]` list on a message all become `image_url` parts.
+//! type; `image_url` given as a bare string and `{"type":"image"}` / `{"type":"input_image"}`
+//! parts become `image_url` parts.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
+
+use crate::{Content, Message};
 
 /// The MIME type of image bytes, from their magic number.
 pub fn sniff_mime(bytes: &[u8]) -> Option<&'static str> {
@@ -84,105 +86,66 @@ fn normalize_part(part: &Value) -> Value {
     }
 }
 
-/// Whether any image in `messages` is not yet in LocalAI's one form (an `image_url` part whose
-/// `url` is a data URI or a URL): a scan, nothing copied.
-pub fn needs_normalizing(messages: &[Value]) -> bool {
-    messages.iter().any(|m| {
-        m.get("images").is_some()
-            || m.get("content")
-                .and_then(Value::as_array)
-                .is_some_and(|parts| {
-                    parts
-                        .iter()
-                        .any(|p| match p.get("type").and_then(Value::as_str) {
-                            Some("image" | "input_image") => true,
-                            Some("image_url") => !p
-                                .get("image_url")
-                                .and_then(|u| u.get("url"))
-                                .and_then(Value::as_str)
-                                .is_some_and(|u| {
-                                    u.starts_with("data:")
-                                        || u.starts_with("http://")
-                                        || u.starts_with("https://")
-                                }),
-                            _ => false,
-                        })
-                })
-    })
+/// Whether an image part is not yet in LocalAI's one form (an `image_url` part whose `url` is a
+/// data URI or a URL). Text parts and parts of other types never are.
+fn part_needs_normalizing(p: &Value) -> bool {
+    match p.get("type").and_then(Value::as_str) {
+        Some("image" | "input_image") => true,
+        Some("image_url") => !p
+            .get("image_url")
+            .and_then(|u| u.get("url"))
+            .and_then(Value::as_str)
+            .is_some_and(|u| {
+                u.starts_with("data:") || u.starts_with("http://") || u.starts_with("https://")
+            }),
+        _ => false,
+    }
 }
 
-/// [`normalize_messages`] in place: only the image parts that need it are rewritten, text and
-/// images already in LocalAI's form are not copied.
-pub fn normalize_in_place(messages: &mut [Value]) {
+/// A message's parts (none for a text).
+fn parts(m: &Message) -> &[Value] {
+    match &m.content {
+        Content::Parts(parts) => parts,
+        Content::Text(_) => &[],
+    }
+}
+
+/// Whether any image in `messages` is not yet in LocalAI's one form: a scan, nothing copied.
+pub fn needs_normalizing(messages: &[Message]) -> bool {
+    messages
+        .iter()
+        .any(|m| parts(m).iter().any(part_needs_normalizing))
+}
+
+/// Every image part of `messages` in LocalAI's form, in place: only the parts that need it are
+/// rewritten; text, and images already in that form (with their `detail`), are not touched.
+pub fn normalize_in_place(messages: &mut [Message]) {
     for m in messages.iter_mut() {
-        let needs = needs_normalizing(std::slice::from_ref(m));
-        if needs {
-            *m = normalize_messages(std::slice::from_ref(m)).remove(0);
+        if let Content::Parts(parts) = &mut m.content {
+            for p in parts.iter_mut().filter(|p| part_needs_normalizing(p)) {
+                *p = normalize_part(p);
+            }
         }
     }
 }
 
-/// Every message with its image parts in LocalAI's form.
-pub fn normalize_messages(messages: &[Value]) -> Vec<Value> {
-    messages
-        .iter()
-        .map(|m| {
-            let mut m = m.clone();
-            let images: Vec<String> = m
-                .get("images")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(to_data_uri)
-                        .collect()
-                })
-                .unwrap_or_default();
-            if let Some(obj) = m.as_object_mut() {
-                obj.remove("images");
-                let mut parts: Vec<Value> = match obj.remove("content") {
-                    Some(Value::Array(parts)) => parts.iter().map(normalize_part).collect(),
-                    Some(Value::String(s)) if images.is_empty() => {
-                        obj.insert("content".into(), Value::String(s));
-                        return m;
-                    }
-                    Some(Value::String(s)) => vec![json!({"type": "text", "text": s})],
-                    Some(other) => {
-                        obj.insert("content".into(), other);
-                        return m;
-                    }
-                    None => Vec::new(),
-                };
-                parts.extend(images.into_iter().map(image_part));
-                obj.insert("content".into(), Value::Array(parts));
-            }
-            m
-        })
-        .collect()
+/// A copy of `messages` with every image part in LocalAI's form.
+pub fn normalize_messages(messages: &[Message]) -> Vec<Message> {
+    let mut out = messages.to_vec();
+    normalize_in_place(&mut out);
+    out
 }
 
 /// Whether a message list carries an image in any of the forms above (without copying it).
-pub fn has_image(messages: &[Value]) -> bool {
+pub fn has_image(messages: &[Message]) -> bool {
     image_sources(messages).next().is_some()
 }
 
 /// Every image source (URL, data URI or base64 text) in a message list, in any of the forms above.
-pub fn image_sources(messages: &[Value]) -> impl Iterator<Item = &str> {
-    messages.iter().flat_map(|m| {
-        let listed = m
-            .get("images")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str);
-        let parts = m
-            .get("content")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(part_source);
-        listed.chain(parts)
-    })
+pub fn image_sources(messages: &[Message]) -> impl Iterator<Item = &str> {
+    messages
+        .iter()
+        .flat_map(|m| parts(m).iter().filter_map(part_source))
 }
 
 fn part_source(part: &Value) -> Option<&str> {
@@ -205,11 +168,17 @@ mod tests {
 
     const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
 
-    fn url_of(m: &Value) -> String {
-        m.pointer("/content/1/image_url/url")
+    fn url_of(m: &Message) -> String {
+        serde_json::to_value(m)
+            .expect("serialises")
+            .pointer("/content/1/image_url/url")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned()
+    }
+
+    fn message(v: Value) -> Message {
+        Message::try_from(v).expect("a message")
     }
 
     #[test]
@@ -222,8 +191,9 @@ mod tests {
             json!({"type": "input_image", "image_url": PNG_B64}),
         ];
         for f in forms {
-            let msgs =
-                vec![json!({"role": "user", "content": [{"type": "text", "text": "what?"}, f]})];
+            let msgs = vec![message(
+                json!({"role": "user", "content": [{"type": "text", "text": "what?"}, f]}),
+            )];
             let out = normalize_messages(&msgs);
             assert_eq!(url_of(&out[0]), format!("data:image/png;base64,{PNG_B64}"));
             assert!(has_image(&msgs));
@@ -231,14 +201,21 @@ mod tests {
     }
 
     #[test]
-    fn ollama_images_list_and_plain_text() {
-        let msgs = vec![json!({"role": "user", "content": "describe", "images": [PNG_B64]})];
-        let out = normalize_messages(&msgs);
-        assert_eq!(out[0]["content"][0]["text"], "describe");
-        assert_eq!(url_of(&out[0]), format!("data:image/png;base64,{PNG_B64}"));
-        let plain = vec![json!({"role": "user", "content": "hi"})];
+    fn text_and_images_already_in_localai_form_are_left_as_they_are() {
+        let plain = vec![Message::user("hi")];
+        assert!(!needs_normalizing(&plain));
         assert_eq!(normalize_messages(&plain), plain);
         assert!(!has_image(&plain));
+        let ready = vec![message(json!({"role": "user", "content": [
+            {"type": "text", "text": "and this?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+        ]}))];
+        assert!(!needs_normalizing(&ready));
+        assert_eq!(normalize_messages(&ready), ready);
+        assert_eq!(
+            image_sources(&ready).collect::<Vec<_>>(),
+            ["https://example.com/a.png"]
+        );
     }
 
     #[test]
@@ -249,9 +226,9 @@ mod tests {
             "€€€€".into(),
             "a\u{1F600}bc".into(),
         ] {
-            let msgs = vec![
+            let msgs = vec![message(
                 json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": s}}]}),
-            ];
+            )];
             assert!(has_image(&msgs));
             let _ = normalize_messages(&msgs);
             assert_eq!(sniff_base64(&s), None);

@@ -28,7 +28,10 @@ async fn sim(f: impl FnOnce(&mut SimConfig)) -> (SimServer, LocalAiClient) {
 fn chat_req(model: &str, content: serde_json::Value) -> ChatRequest {
     ChatRequest {
         model: model.into(),
-        messages: vec![json!({"role": "user", "content": content})],
+        messages: vec![
+            localai_client::Message::try_from(json!({"role": "user", "content": content}))
+                .expect("a message"),
+        ],
         temperature: Some(0.2),
         max_tokens: Some(8),
         extra: Default::default(),

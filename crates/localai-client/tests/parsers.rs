@@ -40,10 +40,9 @@ proptest! {
             json!({"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": src}}]}),
             json!({"role": "user", "content": [{"type": "image_url", "image_url": src}]}),
             json!({"role": "user", "content": [{"type": "image", "image": src}]}),
-            json!({"role": "user", "content": text, "images": [src]}),
         ];
         for m in forms {
-            let msgs = vec![m];
+            let msgs = vec![localai_client::Message::try_from(m).expect("a message")];
             prop_assert!(has_image(&msgs));
             let out = normalize_messages(&msgs);
             prop_assert_eq!(out.len(), 1);

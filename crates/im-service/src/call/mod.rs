@@ -9,7 +9,7 @@ use bytes::Bytes;
 use im_engine::{Job, Payload};
 use inference_queue::Kind;
 use localai_client::vision;
-use localai_client::{ChatRequest, ImageRequest};
+use localai_client::{ChatRequest, ImageRequest, Message};
 use serde_json::{Map, Value};
 
 use crate::error::ServiceError;
@@ -254,7 +254,7 @@ impl Call {
     ) -> Result<Call, ServiceError> {
         let ChatInput {
             model,
-            mut messages,
+            messages,
             temperature,
             max_tokens,
             max_completion_tokens,
@@ -277,7 +277,7 @@ impl Call {
                 extra.insert(field.into(), v.into());
             }
         }
-        check_messages(&messages)?;
+        let mut messages = messages_of(messages)?;
         if let Some(t) = temperature
             && !(0.0..=2.0).contains(&t)
         {
@@ -526,53 +526,31 @@ fn deadline_ms(d: Option<u64>) -> Result<(), ServiceError> {
 }
 
 /// Messages: at least one; each an object with a known `role` and a `content` that is text or a
-/// list of parts.
-fn check_messages(messages: &[Value]) -> Result<(), ServiceError> {
-    if messages.is_empty() {
+/// list of parts, taken into its compact form (its strings moved, not copied).
+pub(crate) fn messages_of(values: Vec<Value>) -> Result<Vec<Message>, ServiceError> {
+    if values.is_empty() {
         return Err(ServiceError::invalid(
             "messages",
             "must hold at least one message",
         ));
     }
-    for (i, m) in messages.iter().enumerate() {
-        let Some(obj) = m.as_object() else {
-            return Err(ServiceError::invalid(
-                format!("messages[{i}]"),
-                "must be an object with `role` and `content`",
-            ));
-        };
-        if let Some(k) = obj.keys().find(|k| *k != "role" && *k != "content") {
-            return Err(ServiceError::invalid(
-                format!("messages[{i}]"),
-                format!(
-                    "unknown field `{}`, expected `role` or `content`",
-                    im_engine::truncate(k, 64)
-                ),
-            ));
-        }
-        let role = obj.get("role").and_then(Value::as_str).unwrap_or("");
-        if !["system", "user", "assistant", "tool", "developer"].contains(&role) {
-            return Err(ServiceError::invalid(
-                format!("messages[{i}].role"),
-                format!("unknown role {:?}", im_engine::truncate(role, 64)),
-            ));
-        }
-        if !obj
-            .get("content")
-            .is_some_and(|c| c.is_string() || c.is_array())
-        {
-            return Err(ServiceError::invalid(
-                format!("messages[{i}].content"),
-                "must be a string or a list of parts",
-            ));
-        }
+    let mut messages = Vec::with_capacity(values.len());
+    for (i, v) in values.into_iter().enumerate() {
+        let m = Message::try_from(v).map_err(|e| {
+            let field = match e.field {
+                "" => format!("messages[{i}]"),
+                f => format!("messages[{i}].{f}"),
+            };
+            ServiceError::invalid(field, e.message)
+        })?;
+        messages.push(m);
     }
-    Ok(())
+    Ok(messages)
 }
 
 /// Every image in `messages`: a URL (which the upstream would fetch from its own network) only
 /// when it starts with one of `allowed`; base64 and data URIs always.
-fn image_urls(messages: &[Value], allowed: &[String]) -> Result<(), ServiceError> {
+fn image_urls(messages: &[Message], allowed: &[String]) -> Result<(), ServiceError> {
     for src in vision::image_sources(messages) {
         let s = src.trim_start();
         let is_url = s

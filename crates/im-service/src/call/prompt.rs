@@ -8,6 +8,7 @@
 use std::hash::{Hash, Hasher};
 
 use inference_queue::PrefixChain;
+use localai_client::{Content, Message};
 use serde_json::Value;
 
 use super::Payload;
@@ -30,12 +31,15 @@ pub fn chain_of(payload: &Payload) -> Option<PrefixChain> {
 }
 
 /// The chain of a chat's `messages` for `model` (each message's role and text, in order).
-pub fn chain_of_messages(model: &str, messages: &[Value]) -> Option<PrefixChain> {
+pub fn chain_of_messages(model: &str, messages: &[Message]) -> Option<PrefixChain> {
     let mut text = String::new();
     for m in messages {
-        text.push_str(m["role"].as_str().unwrap_or_default());
+        text.push_str(m.role.as_str());
         text.push('\n');
-        push_content(&mut text, &m["content"]);
+        match &m.content {
+            Content::Text(t) => text.push_str(t),
+            Content::Parts(parts) => push_parts(&mut text, parts),
+        }
         text.push('\n');
     }
     chain_of_text(model, &text)
@@ -62,18 +66,21 @@ pub fn chain_of_text(model: &str, text: &str) -> Option<PrefixChain> {
 fn push_content(out: &mut String, content: &Value) {
     match content {
         Value::String(s) => out.push_str(s),
-        Value::Array(parts) => {
-            for p in parts {
-                if let Some(t) = p["text"].as_str() {
-                    out.push_str(t);
-                } else if let Some(u) = p["image_url"]["url"].as_str().or(p["image_url"].as_str()) {
-                    out.extend(u.chars().take(256));
-                } else if let Some(s) = p.as_str() {
-                    out.push_str(s);
-                }
-            }
-        }
+        Value::Array(parts) => push_parts(out, parts),
         _ => {}
+    }
+}
+
+/// The text of a list of parts (see [`push_content`]).
+fn push_parts(out: &mut String, parts: &[Value]) {
+    for p in parts {
+        if let Some(t) = p["text"].as_str() {
+            out.push_str(t);
+        } else if let Some(u) = p["image_url"]["url"].as_str().or(p["image_url"].as_str()) {
+            out.extend(u.chars().take(256));
+        } else if let Some(s) = p.as_str() {
+            out.push_str(s);
+        }
     }
 }
 

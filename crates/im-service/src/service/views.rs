@@ -14,9 +14,17 @@ use crate::error::ServiceError;
 #[derive(Clone, Debug)]
 pub enum PromptProbe {
     /// A chat's messages, as a chat request sends them.
-    Messages(Vec<Value>),
+    Messages(Vec<localai_client::Message>),
     /// A completion's prompt.
     Text(String),
+}
+
+impl PromptProbe {
+    /// A probe of a chat's `messages`, checked as a chat's are (the same errors, naming the
+    /// message at fault).
+    pub fn messages(messages: Vec<Value>) -> Result<PromptProbe, ServiceError> {
+        crate::call::messages_of(messages).map(PromptProbe::Messages)
+    }
 }
 
 impl Service {

@@ -16,10 +16,12 @@ use crate::vision::normalize_messages;
 
 mod control;
 mod exchange;
+mod message;
 mod types;
 
 use exchange::{Outgoing, Response};
 
+pub use message::{Content, Message, NotAMessage, Role};
 pub use types::*;
 
 /// Timeouts and credentials of a [`LocalAiClient`].
@@ -123,7 +125,7 @@ impl ClientConfig {
 #[derive(Serialize)]
 struct ChatBody<'a> {
     model: &'a str,
-    messages: std::borrow::Cow<'a, [Value]>,
+    messages: std::borrow::Cow<'a, [crate::Message]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]

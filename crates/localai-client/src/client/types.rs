@@ -9,14 +9,14 @@ use serde_json::Value;
 
 use crate::error::ClientError;
 
-/// A chat request. `messages` are OpenAI-shaped JSON values (role and content, content a string or
+/// A chat request: the conversation as compact [`Message`]s (role and content, content a text or
 /// a list of parts); images in any common form are normalised for LocalAI.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChatRequest {
     /// Model name.
     pub model: String,
     /// The conversation.
-    pub messages: Vec<Value>,
+    pub messages: Vec<crate::Message>,
     /// Sampling temperature.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
