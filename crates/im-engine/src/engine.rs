@@ -82,7 +82,7 @@ impl Drop for CancelOnDrop<'_> {
 #[must_use = "dropping it cancels the request"]
 pub struct Submitted<'a> {
     /// `None` when the engine had stopped.
-    rx: Option<oneshot::Receiver<Result<Completion, EngineError>>>,
+    rx: Option<oneshot::Receiver<crate::driver::Answered>>,
     guard: CancelOnDrop<'a>,
 }
 
@@ -100,7 +100,11 @@ impl std::future::Future for Submitted<'_> {
         let answer = std::task::ready!(std::pin::Pin::new(rx).poll(cx));
         this.rx = None;
         this.guard.armed = false;
-        std::task::Poll::Ready(answer.unwrap_or(Err(EngineError::ShuttingDown)))
+        std::task::Poll::Ready(match answer {
+            Ok(Ok(completion)) => Ok(*completion),
+            Ok(Err(error)) => Err(*error),
+            Err(_) => Err(EngineError::ShuttingDown),
+        })
     }
 }
 

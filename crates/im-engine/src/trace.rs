@@ -12,9 +12,13 @@ use tracing::field::Empty;
 /// The `tracing` target of the request-path spans (`im-telemetry` exports exactly these).
 pub const TRACE_TARGET: &str = "im::trace";
 
-/// One request's engine spans.
+/// One request's engine spans; nothing when tracing is off (a queued request then holds one
+/// word, not three spans).
 #[derive(Debug)]
-pub(crate) struct RequestTrace {
+pub(crate) struct RequestTrace(Option<Box<Spans>>);
+
+#[derive(Debug)]
+struct Spans {
     /// The caller's span at submit: the parent of the rest.
     parent: Span,
     /// Open from acceptance until the first dispatch.
@@ -35,41 +39,50 @@ impl RequestTrace {
         };
         let queue = tracing::info_span!(target: TRACE_TARGET, parent: &parent, "queue_wait",
             kind, model, outcome = Empty, otel.status_code = Empty);
-        RequestTrace {
+        if parent.is_none() && queue.is_none() {
+            return RequestTrace(None);
+        }
+        RequestTrace(Some(Box::new(Spans {
             parent,
             queue,
             dispatch: Span::none(),
-        }
+        })))
     }
 
     /// Attempt `attempt` goes to `lane`: closes the queue wait (on the first) and gives the
     /// attempt's span.
     pub fn dispatched(&mut self, lane: &str, attempt: u32, kind: &str, model: &str) -> Span {
-        if self.dispatch.is_none() {
-            self.queue = Span::none();
-            self.dispatch = tracing::info_span!(target: TRACE_TARGET, parent: &self.parent,
+        let Some(s) = self.0.as_deref_mut() else {
+            return Span::none();
+        };
+        if s.dispatch.is_none() {
+            s.queue = Span::none();
+            s.dispatch = tracing::info_span!(target: TRACE_TARGET, parent: &s.parent,
                 "dispatch", kind, model, lane, attempts = Empty, outcome = Empty,
                 otel.status_code = Empty);
         }
-        self.dispatch.record("lane", lane);
-        self.dispatch.record("attempts", attempt);
-        tracing::info_span!(target: TRACE_TARGET, parent: &self.dispatch, "upstream",
+        s.dispatch.record("lane", lane);
+        s.dispatch.record("attempts", attempt);
+        tracing::info_span!(target: TRACE_TARGET, parent: &s.dispatch, "upstream",
             otel.kind = "client", lane, attempt, outcome = Empty, error = Empty,
             otel.status_code = Empty)
     }
 
     /// The request leaves with `outcome` (a label of `im_metrics::outcome`).
     pub fn left(&self, outcome: &str) {
-        let open = if self.dispatch.is_none() {
-            &self.queue
-        } else {
-            &self.dispatch
+        let Some(s) = self.0.as_deref() else {
+            return;
         };
-        if self.dispatch.is_none() {
+        let open = if s.dispatch.is_none() {
+            &s.queue
+        } else {
+            &s.dispatch
+        };
+        if s.dispatch.is_none() {
             // Expired, cancelled or shut down before any dispatch: the wait is the whole story.
-            self.queue.record("outcome", outcome);
+            s.queue.record("outcome", outcome);
         }
-        self.dispatch.record("outcome", outcome);
+        s.dispatch.record("outcome", outcome);
         if outcome != im_metrics::outcome::SUCCESS {
             open.record("otel.status_code", "ERROR");
         }

@@ -30,7 +30,11 @@ use crate::clock::Clock;
 use crate::job::{Completion, EngineError, Job, Meta, Output};
 use crate::trace::RequestTrace;
 
-pub(crate) type Reply = oneshot::Sender<Result<Completion, EngineError>>;
+/// A request's answer as its channel carries it: boxed either way, so the channel a waiting
+/// request holds has room for two pointers, not for the largest answer (256 bytes).
+pub(crate) type Answered = Result<Box<Completion>, Box<EngineError>>;
+
+pub(crate) type Reply = oneshot::Sender<Answered>;
 
 pub(crate) enum Msg {
     Submit {
@@ -144,7 +148,7 @@ struct Entry {
     waited: Option<Duration>,
     attempts: u32,
     abort: Option<AbortHandle>,
-    last_error: Option<ClientError>,
+    last_error: Option<Box<ClientError>>,
     /// The caller went away while an attempt ran: the attempt finishes, its result is dropped.
     cancelled: bool,
     /// A running stream's time to its first chunk.

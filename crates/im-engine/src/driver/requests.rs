@@ -103,7 +103,7 @@ impl Driver {
                 // Keyed by a configured model only: a caller's made-up name is not a key.
                 let known = self.core.model_id(job.model()).is_some();
                 self.record_error(&job, &err, known);
-                let _ = reply.send(Err(err));
+                let _ = reply.send(Err(Box::new(err)));
             }
         }
     }
@@ -162,10 +162,10 @@ impl Driver {
             e.first_chunk = processing;
             let meta = meta_of(e, lane, processing);
             if let Some(reply) = e.reply.take() {
-                let _ = reply.send(Ok(Completion {
+                let _ = reply.send(Ok(Box::new(Completion {
                     meta,
                     output: Output::Stream(rx),
-                }));
+                })));
             }
         }
     }
@@ -281,7 +281,7 @@ impl Driver {
                     if let Some(e) = self.entries.get_mut(&id) {
                         let meta = meta_of(e, lane, processing);
                         if let Some(reply) = e.reply.take() {
-                            let _ = reply.send(Ok(Completion { meta, output }));
+                            let _ = reply.send(Ok(Box::new(Completion { meta, output })));
                         }
                     }
                     self.leave(id, outcome::SUCCESS, Some(processing));
@@ -313,7 +313,7 @@ impl Driver {
                         e.job.model(),
                         &error.label(),
                     );
-                    e.last_error = Some(error);
+                    e.last_error = Some(Box::new(error));
                     e.abort = None;
                 }
             }
@@ -382,7 +382,7 @@ impl Driver {
             if let Some(e) = self.entries.get_mut(&id)
                 && let Some(reply) = e.reply.take()
             {
-                let _ = reply.send(Err(err));
+                let _ = reply.send(Err(Box::new(err)));
             }
         }
         self.leave(id, label, None);
