@@ -333,46 +333,58 @@ struct Connection<A> {
 }
 
 impl<A: App> Connection<A> {
-    /// Serve the connection. A block, not an `async fn`: an `async fn` would hold its arguments
-    /// twice for as long as the connection lives.
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "an `async fn` holds its arguments twice"
-    )]
+    /// Serve the connection: find what it speaks from its first bytes, then serve it. Two
+    /// futures one after the other (`then`), so the connection's task holds the larger of the
+    /// two, not both: while a request waits it holds hyper's connection and what watches it,
+    /// not this `Connection` or the socket beside the connection they moved into.
     fn run(self, socket: tokio::net::TcpStream) -> impl Future<Output = ()> + Send {
-        async move { self.serve(socket).await }
+        use futures_util::FutureExt;
+        let (first_byte, stop) = (self.limits.header_read_timeout, self.stop.clone());
+        // Its first byte within the header deadline, or it is closed: a socket that never
+        // sends anything must not hold a slot.
+        let opened = async move {
+            let opening = tokio::select! {
+                peeked = tokio::time::timeout(first_byte, opening(&socket)) => peeked.ok()??,
+                () = stop.cancelled() => return None,
+            };
+            Some((socket, opening))
+        };
+        opened.then(move |opened| match opened {
+            Some((socket, opening)) => Either::Left(self.serve(socket, opening)),
+            None => Either::Right(std::future::ready(())),
+        })
     }
 
-    async fn serve(&self, socket: tokio::net::TcpStream) {
-        // Its first byte within the header deadline, or it is closed: a socket that never sends
-        // anything must not hold a slot.
-        // The preface tells HTTP/2 apart, as hyper-util's `auto` server does, but each version is
-        // then served by its own builder: a waiting HTTP/1 request's connection task does not
-        // hold room for an HTTP/2 connection's state (about 4 KiB).
-        let opening = tokio::select! {
-            peeked = tokio::time::timeout(self.limits.header_read_timeout, opening(&socket)) => {
-                match peeked {
-                    Ok(Some(opening)) => opening,
-                    _ => return,
-                }
-            }
-            () = self.stop.cancelled() => return,
-        };
+    /// Serve `socket`, which opens with `opening`. The preface tells HTTP/2 apart, as
+    /// hyper-util's `auto` server does, but each version is then served by its own builder: a
+    /// waiting HTTP/1 request's connection task does not hold room for an HTTP/2 connection's
+    /// state (about 4 KiB).
+    fn serve(
+        self,
+        socket: tokio::net::TcpStream,
+        opening: Opening,
+    ) -> impl Future<Output = ()> + Send {
+        let Connection {
+            app,
+            builders,
+            peers,
+            limits,
+            peer,
+            stop,
+        } = self;
         let activity = Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
+        let body_limits = BodyLimits {
+            idle: limits.body_idle_timeout,
+            total: limits.body_total_timeout,
+        };
         let svc = hyper::service::service_fn({
-            let (app, peers, peer, activity) = (
-                self.app.clone(),
-                self.peers.clone(),
-                self.peer,
-                activity.clone(),
-            );
-            let limits = self.limits;
+            let activity = activity.clone();
             move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut req = with_body_deadline(req, &limits);
+                let mut req = with_body_deadline(req, body_limits);
                 let headers = req.headers();
                 if let Some(proof) = headers.get(crate::fence::REPLICA) {
                     peers.note_replica(peer, proof.as_bytes());
@@ -414,52 +426,128 @@ impl<A: App> Connection<A> {
             }
         });
         let io = TokioIo::new(socket);
-        if opening == Opening::Http2 {
+        let watch = Watch::new(stop, limits.idle_timeout, activity);
+        match opening {
             // Boxed: only an HTTP/2 connection's task holds its state.
-            let mut conn = Box::pin(self.builders.http2.serve_connection(io, svc));
-            self.drive(conn.as_mut(), &activity, |c| c.graceful_shutdown())
-                .await;
-        } else if opening == Opening::Unsure {
-            let mut conn = Box::pin(self.builders.auto.serve_connection_with_upgrades(io, svc));
-            self.drive(conn.as_mut(), &activity, |c| c.graceful_shutdown())
-                .await;
-        } else {
-            // Pinned here and lent to `drive`, so the task holds the connection once.
-            let conn = std::pin::pin!(
-                self.builders
-                    .http1
-                    .serve_connection(io, svc)
-                    .with_upgrades()
-            );
-            self.drive(conn, &activity, |c| c.graceful_shutdown()).await;
+            Opening::Http2 => Either::Left(Either::Left(Driven::new(
+                Box::pin(builders.http2.serve_connection(io, svc)),
+                watch,
+                |c| c.get_mut().as_mut().graceful_shutdown(),
+            ))),
+            // hyper-util's connection borrows its builder: a block that owns both (rare: the
+            // preface normally comes whole).
+            Opening::Unsure => Either::Left(Either::Right(async move {
+                let conn = Box::pin(builders.auto.serve_connection_with_upgrades(io, svc));
+                Driven::new(conn, watch, |c| c.get_mut().as_mut().graceful_shutdown()).await
+            })),
+            // Held in place by the task (pinned where it lies), so the task holds it once.
+            Opening::Http1 => Either::Right(Driven::new(
+                builders.http1.serve_connection(io, svc).with_upgrades(),
+                watch,
+                |c| c.graceful_shutdown(),
+            )),
+        }
+    }
+}
+
+/// A request body's deadlines ([`ServeLimits::body_idle_timeout`] and `body_total_timeout`).
+#[derive(Clone, Copy, Debug)]
+struct BodyLimits {
+    idle: Duration,
+    total: Duration,
+}
+
+pin_project_lite::pin_project! {
+    /// What decides when a connection should finish: shutdown, or no request for the idle
+    /// timeout. One timer for the connection's life, moved on when it fires early.
+    struct Watch {
+        #[pin]
+        stopped: tokio_util::sync::WaitForCancellationFutureOwned,
+        #[pin]
+        idle_at: tokio::time::Sleep,
+        idle: Duration,
+        activity: Arc<Activity>,
+    }
+}
+
+impl Watch {
+    fn new(
+        stop: tokio_util::sync::CancellationToken,
+        idle: Duration,
+        activity: Arc<Activity>,
+    ) -> Watch {
+        Watch {
+            stopped: stop.cancelled_owned(),
+            idle_at: tokio::time::sleep_until(activity.idle_deadline(idle)),
+            idle,
+            activity,
         }
     }
 
-    /// Serve `conn` until it ends; on shutdown, or once idle for the idle timeout, ask it to
-    /// finish (`graceful` starts that) and go on serving what it still has in flight.
-    async fn drive<C: Future>(
-        &self,
-        mut conn: std::pin::Pin<&mut C>,
-        activity: &Activity,
-        graceful: impl Fn(std::pin::Pin<&mut C>),
-    ) {
-        let idle = self.limits.idle_timeout;
-        let mut closing = false;
-        loop {
-            let idle_at = activity.idle_deadline(idle);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                () = self.stop.cancelled(), if !closing => {
-                    graceful(conn.as_mut());
-                    closing = true;
-                }
-                () = tokio::time::sleep_until(idle_at), if !closing => {
-                    if activity.idle_deadline(idle) <= Instant::now() {
-                        graceful(conn.as_mut());
-                        closing = true;
-                    }
-                }
+    /// Ready once the connection should finish: shutdown began, or it has been idle for the
+    /// idle timeout (the timer is moved on while requests come and go).
+    fn poll_finish(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let mut this = self.project();
+        if this.stopped.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        while this.idle_at.as_mut().poll(cx).is_ready() {
+            let at = this.activity.idle_deadline(*this.idle);
+            if at <= Instant::now() {
+                return Poll::Ready(());
             }
+            this.idle_at.as_mut().reset(at);
+        }
+        Poll::Pending
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `conn` served until it ends; once its [`Watch`] says so, asked to finish (`graceful`
+    /// starts that) and served on while it still has requests in flight.
+    struct Driven<C, G> {
+        #[pin]
+        conn: C,
+        #[pin]
+        watch: Watch,
+        graceful: G,
+        closing: bool,
+    }
+}
+
+impl<C: Future, G: Fn(std::pin::Pin<&mut C>)> Driven<C, G> {
+    fn new(conn: C, watch: Watch, graceful: G) -> Self {
+        Driven {
+            conn,
+            watch,
+            graceful,
+            closing: false,
+        }
+    }
+}
+
+impl<C: Future, G: Fn(std::pin::Pin<&mut C>)> Future for Driven<C, G> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let mut this = self.project();
+        loop {
+            if this.conn.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if *this.closing || this.watch.as_mut().poll_finish(cx).is_pending() {
+                return Poll::Pending;
+            }
+            (this.graceful)(this.conn.as_mut());
+            *this.closing = true;
         }
     }
 }
@@ -483,7 +571,7 @@ fn call_now<A: App>(
 /// A request body must keep arriving (no pause over the idle limit) and arrive whole within the
 /// total limit; otherwise reading it fails (answered 400 by the handler). A timer is armed only
 /// while the body is waiting for bytes, so a body that is already there costs none.
-fn with_body_deadline(req: hyper::Request<hyper::body::Incoming>, limits: &ServeLimits) -> Request {
+fn with_body_deadline(req: hyper::Request<hyper::body::Incoming>, limits: BodyLimits) -> Request {
     use axum::http::Method;
     if req.method() == Method::GET
         || req.method() == Method::HEAD
@@ -494,8 +582,8 @@ fn with_body_deadline(req: hyper::Request<hyper::body::Incoming>, limits: &Serve
     req.map(|inner| {
         Body::new(DeadlineBody {
             inner: Body::new(inner),
-            idle: limits.body_idle_timeout,
-            deadline: Instant::now() + limits.body_total_timeout,
+            idle: limits.idle,
+            deadline: Instant::now() + limits.total,
             timer: None,
             failed: false,
         })
