@@ -399,10 +399,11 @@ impl<A: App> Connection<A> {
                 req.extensions_mut().insert(ClientAddr(client));
                 let permit = match counted {
                     Ok(p) => p,
+                    // Boxed: a refusal is rare, and a response inline would make room for it
+                    // in the future hyper boxes for every request.
                     Err(e) => {
-                        return Either::Left(std::future::ready(
-                            Ok::<_, std::convert::Infallible>(too_many(e.limit)),
-                        ));
+                        let refused: Result<_, std::convert::Infallible> = Ok(too_many(e.limit));
+                        return Either::Left(Box::pin(std::future::ready(refused)));
                     }
                 };
                 let in_flight = InFlight::new(activity.clone(), permit);

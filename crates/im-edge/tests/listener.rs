@@ -14,14 +14,16 @@ use tokio::net::{TcpListener, TcpStream};
 /// A server of `/fast` (at once) and `/slow` (after 800 ms) with `idle` as its idle timeout;
 /// its address and the sender that shuts it down.
 async fn server(idle: Duration) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let app = Router::new().route("/fast", get(|| async { "fast" })).route(
-        "/slow",
-        get(|| async {
-            // The handler under test takes longer than the idle timeout.
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            "slow"
-        }),
-    );
+    let app = Router::new()
+        .route("/fast", get(|| async { "fast" }))
+        .route(
+            "/slow",
+            get(|| async {
+                // The handler under test takes longer than the idle timeout.
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                "slow"
+            }),
+        );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
     let addr = listener.local_addr().expect("an address");
     let limits = ServeLimits {
@@ -50,7 +52,11 @@ async fn get_on(conn: &mut TcpStream, path: &str) -> String {
     let mut buf = [0u8; 1024];
     while !String::from_utf8_lossy(&got).ends_with(path.trim_start_matches('/')) {
         let n = conn.read(&mut buf).await.expect("reads");
-        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "closed before the answer: {}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&got).into_owned()
@@ -111,6 +117,12 @@ async fn shutdown_closes_idle_connections_and_lets_a_request_in_flight_finish() 
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), busy.read_to_end(&mut got)).await;
     let got = String::from_utf8_lossy(&got);
-    assert!(read.is_ok(), "the busy connection was not closed after its answer");
-    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("slow"), "{got}");
+    assert!(
+        read.is_ok(),
+        "the busy connection was not closed after its answer"
+    );
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("slow"),
+        "{got}"
+    );
 }

@@ -208,7 +208,7 @@ where
                     }
                 }
             }
-            Err(e) => Answer::Ready(Some(HttpError(e).into_response())),
+            Err(e) => Answer::Ready(Some(Box::new(HttpError(e).into_response()))),
         };
         CallerFuture {
             answer,
@@ -225,7 +225,9 @@ enum Answer<F> {
     Pending(std::pin::Pin<Box<F>>),
     /// A JSON route's answer ([`crate::respond::direct`]).
     Direct(std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>),
-    Ready(Option<Response>),
+    /// Boxed too: a refusal is rare, and a response inline would make room for it in every
+    /// request's future.
+    Ready(Option<Box<Response>>),
 }
 
 impl<F> std::fmt::Debug for Answer<F> {
@@ -272,7 +274,7 @@ where
                 let _entered = this.span.enter();
                 std::task::ready!(answer.as_mut().poll(cx))
             }
-            Answer::Ready(r) => r.take().unwrap_or_default(),
+            Answer::Ready(r) => r.take().map(|r| *r).unwrap_or_default(),
         };
         let status = resp.status();
         this.span

@@ -506,7 +506,7 @@ impl Service {
         // The job goes to the engine in this block: while the request waits, this future
         // holds the handle of its answer, not the job.
         let (waiting, _live, _held) = {
-            let mut job = (*call).into_job(caller.request_id.clone());
+            let mut job = job_of(call, caller.request_id.clone());
             job.owner = Some(caller.tenant.shared());
             job.weight = spec.map_or(1, |s| s.weight.max(1));
             job.progress = progress;
@@ -534,6 +534,17 @@ impl Service {
         }
         Ok(done)
     }
+}
+
+/// The job `call` stands for, as request `id`. A function of the box, not `(*call).into_job`
+/// in place: a box moved out of is freed only when its binding ends, which in the future that
+/// waits for the job's answer is after the wait.
+#[allow(
+    clippy::boxed_local,
+    reason = "the box is what is freed here, before the wait"
+)]
+fn job_of(call: Box<Call>, id: String) -> im_engine::Job {
+    (*call).into_job(id)
 }
 
 /// A request in the system, by the key it came with; forgotten when it leaves.
