@@ -203,7 +203,7 @@ impl GroupQueue {
         &self,
         id: RequestId,
         key: (Class, TenantId),
-        requests: &IdMap<Req>,
+        requests: &IdMap<Box<Req>>,
     ) -> Option<usize> {
         let live = |w: &&Waiter| {
             requests
@@ -296,7 +296,7 @@ impl GroupQueue {
     }
 
     /// Drop tombstones at the heads, so that every head is live, and the lines left empty.
-    fn clean(&mut self, requests: &IdMap<Req>) {
+    fn clean(&mut self, requests: &IdMap<Box<Req>>) {
         let mut emptied = false;
         for line in &mut self.lines {
             while let Some(front) = line.waiters.front() {
@@ -373,7 +373,9 @@ impl Arrivals {
 /// Every request in the system and the queues it waits in.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Queues {
-    requests: IdMap<Req>,
+    /// Boxed: the table keeps room to grow (up to twice its requests), and a request's 176
+    /// bytes are not multiplied by it.
+    requests: IdMap<Box<Req>>,
     groups: Vec<Group>,
     index: HashMap<GroupKey, GroupId>,
     /// The groups of each model (by `ModelId`): a group's key never changes.
@@ -404,7 +406,7 @@ impl Queues {
 
     /// A request.
     pub(super) fn get(&self, id: RequestId) -> Option<&Req> {
-        self.requests.get(&id)
+        self.requests.get(&id).map(|r| &**r)
     }
 
     /// How many waiting requests its group serves before the waiting request `id`
@@ -418,12 +420,12 @@ impl Queues {
 
     /// A request, to change.
     pub(super) fn get_mut(&mut self, id: RequestId) -> Option<&mut Req> {
-        self.requests.get_mut(&id)
+        self.requests.get_mut(&id).map(|r| &mut **r)
     }
 
     /// Every request in the system.
     pub(super) fn requests(&self) -> impl Iterator<Item = (RequestId, &Req)> {
-        self.requests.iter().map(|(id, r)| (*id, r))
+        self.requests.iter().map(|(id, r)| (*id, &**r))
     }
 
     /// Requests in the system (waiting or running).
@@ -552,7 +554,7 @@ impl Queues {
         self.groups[g.0].queue.push_back(Waiter::of(id, &req));
         self.groups[g.0].arrivals.arrived(req.arrival, req.deadline);
         self.fair.waits(req.tenant);
-        self.requests.insert(id, req);
+        self.requests.insert(id, Box::new(req));
         self.waiting += 1;
         self.waiting_per_kind[kind.index()] += 1;
     }
@@ -646,7 +648,7 @@ impl Queues {
 
     /// Remove `id` from the system (it left) and give back its bytes.
     pub(super) fn release(&mut self, id: RequestId) -> Option<Req> {
-        let r = self.requests.remove(&id)?;
+        let r = *self.requests.remove(&id)?;
         self.bytes_held -= r.bytes;
         Some(r)
     }
