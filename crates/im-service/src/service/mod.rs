@@ -550,22 +550,20 @@ fn job_of(call: Box<Call>, id: String) -> im_engine::Job {
 /// A request in the system, by the key it came with; forgotten when it leaves.
 struct Live<'a> {
     map: &'a dashmap::DashMap<String, KeyId>,
-    id: String,
+    /// The request's id, borrowed from its caller (the map's key is the one copy).
+    id: &'a str,
 }
 
 impl<'a> Live<'a> {
-    fn enter(map: &'a dashmap::DashMap<String, KeyId>, id: &str, key: KeyId) -> Live<'a> {
+    fn enter(map: &'a dashmap::DashMap<String, KeyId>, id: &'a str, key: KeyId) -> Live<'a> {
         map.insert(id.to_owned(), key);
-        Live {
-            map,
-            id: id.to_owned(),
-        }
+        Live { map, id }
     }
 }
 
 impl Drop for Live<'_> {
     fn drop(&mut self) {
-        self.map.remove(&self.id);
+        self.map.remove(self.id);
     }
 }
 
