@@ -61,7 +61,7 @@ pub use state::{AppState, Arrived, JobsSlot, Reload, key_of, request_id_of};
     ),
     components(schemas(ErrorBody, error::ErrorDetail, b::Message, b::Txt2TxtRequest, b::Img2TxtRequest,
         b::Txt2ImgRequest, b::Img2ImgRequest, im_service::api::SeedFigures, im_service::api::TextResult,
-        im_service::api::ImageResult, b::Role, b::ChatCompletionRequest, b::CompletionRequest,
+        im_service::api::ImageResult, b::ChatCompletionRequest, b::CompletionRequest,
         b::EmbeddingRequest, b::ImageGenerationRequest, b::RerankRequest, b::SpeechRequest,
         media::TranscriptionForm, media::ImageEditForm, b::InferRequest, b::InferParams,
         b::InferResponse, b::Timings, b::TaskRequest, tasks::TaskBatch, lifecycle::LoadRequest,

@@ -10,28 +10,12 @@ use crate::api::parse::refuse_unknown;
 use crate::call::{Call, ChatInput, ChatKind, CompletionInput, InputLimits};
 use crate::error::ServiceError;
 
-/// Who speaks.
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-pub enum Role {
-    /// Instructions.
-    System,
-    /// The person.
-    User,
-    /// The model.
-    Assistant,
-    /// A tool's answer.
-    Tool,
-    /// Instructions (OpenAI's newer name).
-    Developer,
-}
-
 /// One chat message.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     /// `system`, `user`, `assistant`, `tool` or `developer`.
-    #[schema(value_type = Role)]
+    #[schema(schema_with = super::message_role)]
     pub role: String,
     /// Text, or a list of parts.
     #[schema(schema_with = super::message_content)]

@@ -8,9 +8,7 @@ mod images;
 mod infer;
 mod media;
 
-pub use chat::{
-    ChatCompletionRequest, CompletionRequest, Img2TxtRequest, Message, Role, Txt2TxtRequest,
-};
+pub use chat::{ChatCompletionRequest, CompletionRequest, Img2TxtRequest, Message, Txt2TxtRequest};
 pub use images::{
     ImageGenerationRequest, Img2ImgRequest, MAX_IMAGE_SIDE, Txt2ImgRequest, parse_size, size_schema,
 };
@@ -198,6 +196,15 @@ impl utoipa::Modify for PassThrough {
             }
         }
     }
+}
+
+/// A chat message's role: one of the roles im passes on ([`localai_client::Role`]).
+pub fn message_role() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(localai_client::Role::ALL.map(|r| r.as_str())))
+        .description(Some("Who speaks."))
+        .into()
 }
 
 /// Text, or a list of content parts (`{"type":"text","text":…}`,
