@@ -39,7 +39,9 @@ impl RequestTrace {
         };
         let queue = tracing::info_span!(target: TRACE_TARGET, parent: &parent, "queue_wait",
             kind, model, outcome = Empty, otel.status_code = Empty);
-        if parent.is_none() && queue.is_none() {
+        // Disabled (the traced target is off): nothing to keep. `is_disabled`, not `is_none`:
+        // a span the filter turned off is not `Span::none()`.
+        if parent.is_disabled() && queue.is_disabled() {
             return RequestTrace(None);
         }
         RequestTrace(Some(Box::new(Spans {
