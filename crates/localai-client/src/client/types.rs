@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::error::ClientError;
 
-/// A chat request: the conversation as compact [`Message`]s (role and content, content a text or
+/// A chat request: the conversation as compact [`Message`](crate::Message)s (role and content, content a text or
 /// a list of parts); images in any common form are normalised for LocalAI.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChatRequest {
