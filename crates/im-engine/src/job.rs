@@ -5,7 +5,7 @@ use std::time::Duration;
 use inference_queue::{Kind, Rejection};
 use localai_client::{
     ChatChunk, ChatRequest, ChatResponse, ClientError, Content, ErrorClass, ImageRequest,
-    ImagesResponse, JsonResponse, Message, RawResponse, Upload,
+    ImagesResponse, JsonResponse, Message, RawResponse, Upload, truncate,
 };
 use tokio::sync::mpsc;
 
@@ -287,16 +287,6 @@ fn after_attempts(attempts: u32, last: Option<&str>) -> String {
         (0, _) => " without being dispatched".to_owned(),
         (n, Some(e)) => format!(" after {n} attempt(s); the last upstream error: {e}"),
         (n, None) => format!(" after {n} attempt(s)"),
-    }
-}
-
-/// At most `max` characters of a caller-supplied string, for messages and metrics.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let cut: String = s.chars().take(max).collect();
-        format!("{cut}…")
     }
 }
 

@@ -48,6 +48,6 @@ pub use engine::{Engine, LaneReadiness, Submitted};
 pub use inference_queue::Class;
 pub use job::{
     ChunkReceiver, Completion, EngineError, Job, Meta, Output, Payload, Progress, ProgressSink,
-    truncate,
 };
+pub use localai_client::truncate;
 pub use trace::TRACE_TARGET;

@@ -323,12 +323,15 @@ pub fn summarize(text: &str) -> String {
     } else {
         lines.first().copied().unwrap_or("")
     };
-    let masked = mask_locations(line.trim());
-    if masked.chars().count() > MAX_MESSAGE_CHARS {
-        let cut: String = masked.chars().take(MAX_MESSAGE_CHARS).collect();
-        format!("{cut}…")
-    } else {
-        masked
+    truncate(&mask_locations(line.trim()), MAX_MESSAGE_CHARS)
+}
+
+/// At most `max` characters of a caller- or upstream-supplied string (and `…` when cut), for
+/// messages and metrics.
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
     }
 }
 

@@ -30,5 +30,6 @@ pub use client::{
 };
 pub use error::{
     ClientError, ErrorClass, MAX_MESSAGE_CHARS, MAX_RETRY_AFTER, parse_retry_after, summarize,
+    truncate,
 };
 pub use json_body::JsonBody;

@@ -1,10 +1,12 @@
 //! One chat message, held as compactly as its JSON allows: the role as a tag and a text as one
 //! string. A queued conversation is mostly messages, and a message parsed as a JSON object is a
 //! B-tree map whose node has room for eleven entries (632 bytes, with its two keys and the role
-//! as three more strings); this is 32 bytes and the text.
+//! as three more strings); this is 40 bytes and the text.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::truncate;
 
 /// Who speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -109,12 +111,18 @@ impl TryFrom<Value> for Message {
         if let Some(k) = obj.keys().find(|k| *k != "role" && *k != "content") {
             return Err(fault(
                 "",
-                format!("unknown field `{}`, expected `role` or `content`", cut(k)),
+                format!(
+                    "unknown field `{}`, expected `role` or `content`",
+                    truncate(k, 64)
+                ),
             ));
         }
         let role = obj.get("role").and_then(Value::as_str).unwrap_or("");
         let Some(role) = Role::parse(role) else {
-            return Err(fault("role", format!("unknown role {:?}", cut(role))));
+            return Err(fault(
+                "role",
+                format!("unknown role {:?}", truncate(role, 64)),
+            ));
         };
         let content = match obj.remove("content") {
             Some(Value::String(s)) => Content::Text(s),
@@ -127,14 +135,6 @@ impl TryFrom<Value> for Message {
             }
         };
         Ok(Message { role, content })
-    }
-}
-
-/// `s` cut to its first 64 characters (and `…`), for an error that names what it was given.
-fn cut(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.to_owned(),
     }
 }
 
