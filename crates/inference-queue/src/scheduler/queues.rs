@@ -370,6 +370,13 @@ impl Arrivals {
     }
 }
 
+/// Whether `id`, which arrived at `arrival`, waits in a queue.
+fn queued_since(requests: &IdMap<Box<Req>>, arrival: Time, id: RequestId) -> bool {
+    requests
+        .get(&id)
+        .is_some_and(|r| r.state == ReqState::Queued && r.arrival == arrival)
+}
+
 /// Every request in the system and the queues it waits in.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Queues {
@@ -392,6 +399,64 @@ pub(super) struct Queues {
     bytes_held: u64,
     /// The tenants' virtual service and backlogs.
     pub(super) fair: Fairness,
+    /// Who has waited longest of all, without weighing every group.
+    oldest: OldestIndex,
+}
+
+/// The arrivals of the queued requests, oldest first, so that the oldest waiter of all is found
+/// without a pass over the groups (what the starvation bound reads at every choice). New requests
+/// arrive in time order: a queue in arrival order takes them. A request queued again out of order
+/// (a retry back from its back-off) goes to an ordered set beside it. Entries of requests no longer
+/// queued are skipped when read and dropped from the fronts when the queues change; the rest are
+/// dropped in one pass once they outnumber the waiting requests, so the index stays within a
+/// small multiple of them.
+#[derive(Clone, Debug, Default)]
+struct OldestIndex {
+    in_order: VecDeque<(Time, RequestId)>,
+    out_of_order: BTreeSet<(Time, RequestId)>,
+}
+
+impl OldestIndex {
+    /// Entries beyond twice the waiting requests (and this many) make the index drop them all.
+    const SLACK: usize = 1024;
+
+    fn queued(&mut self, arrival: Time, id: RequestId) {
+        if self.in_order.back().is_none_or(|(t, _)| *t <= arrival) {
+            self.in_order.push_back((arrival, id));
+        } else {
+            self.out_of_order.insert((arrival, id));
+        }
+    }
+
+    /// The earliest arrival of a request that `live` says is queued.
+    fn first(&self, live: impl Fn(Time, RequestId) -> bool) -> Option<Time> {
+        let a = self.in_order.iter().find(|(t, id)| live(*t, *id));
+        let b = self.out_of_order.iter().find(|(t, id)| live(*t, *id));
+        match (a, b) {
+            (Some((a, _)), Some((b, _))) => Some(*a.min(b)),
+            (a, b) => a.or(b).map(|(t, _)| *t),
+        }
+    }
+
+    /// Drop the entries of requests no longer queued from the fronts, or from everywhere once
+    /// there are too many of them.
+    fn settle(&mut self, waiting: usize, live: impl Fn(Time, RequestId) -> bool) {
+        if self.in_order.len() + self.out_of_order.len() > 2 * waiting + Self::SLACK {
+            self.in_order.retain(|(t, id)| live(*t, *id));
+            self.out_of_order.retain(|(t, id)| live(*t, *id));
+            return;
+        }
+        while let Some((t, id)) = self.in_order.front()
+            && !live(*t, *id)
+        {
+            self.in_order.pop_front();
+        }
+        while let Some((t, id)) = self.out_of_order.first()
+            && !live(*t, *id)
+        {
+            self.out_of_order.pop_first();
+        }
+    }
 }
 
 impl Queues {
@@ -455,13 +520,18 @@ impl Queues {
             .map(|g| (*g, &self.groups[g.0]))
     }
 
-    /// When the request that has waited longest of all arrived (`None`: nothing waits).
+    /// When the request that has waited longest of all arrived (`None`: nothing waits): no
+    /// later than any group's [`Self::oldest_arrival`].
     pub(super) fn oldest_arrival_of_all(&self) -> Option<Time> {
-        self.groups
-            .iter()
-            .filter(|g| g.depth() > 0)
-            .filter_map(|g| g.queue.oldest().map(|(_, arrival)| arrival))
-            .min()
+        self.oldest
+            .first(|t, id| queued_since(&self.requests, t, id))
+    }
+
+    /// The oldest-arrival index after a change: its stale fronts dropped.
+    fn settle_oldest(&mut self) {
+        let requests = &self.requests;
+        self.oldest
+            .settle(self.waiting, |t, id| queued_since(requests, t, id));
     }
 
     /// The groups of `model`.
@@ -554,6 +624,8 @@ impl Queues {
         self.groups[g.0].queue.push_back(Waiter::of(id, &req));
         self.groups[g.0].arrivals.arrived(req.arrival, req.deadline);
         self.fair.waits(req.tenant);
+        self.settle_oldest();
+        self.oldest.queued(req.arrival, id);
         self.requests.insert(id, Box::new(req));
         self.waiting += 1;
         self.waiting_per_kind[kind.index()] += 1;
@@ -585,6 +657,9 @@ impl Queues {
         self.waiting -= 1;
         self.waiting_per_kind[kind.index()] -= 1;
         self.groups[g.0].queue.clean(&self.requests);
+        // The taken request is still `Queued` here (its caller starts it): the next change drops
+        // its entry.
+        self.settle_oldest();
         Some(id)
     }
 
@@ -672,6 +747,7 @@ impl Queues {
             }
             _ => {}
         }
+        self.settle_oldest();
         Some(r)
     }
 
@@ -699,6 +775,7 @@ impl Queues {
             if let Some(r) = self.requests.get_mut(&id) {
                 r.state = ReqState::Queued;
                 self.groups[r.group.0].queue.push_front(Waiter::of(id, r));
+                self.oldest.queued(r.arrival, id);
             }
         }
     }
@@ -718,6 +795,136 @@ impl Queues {
         }
         if let Some(r) = self.requests.get_mut(&id) {
             r.group = to;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(group: GroupId, arrival: Time, tenant: u32) -> Req {
+        Req {
+            group,
+            bytes: 0,
+            arrival,
+            deadline: arrival + Duration::from_secs(1 << 20),
+            attempts: 0,
+            state: ReqState::Queued,
+            failed_on: None,
+            started: arrival,
+            cold: false,
+            behind_load: false,
+            placed: false,
+            tenant: TenantId(tenant),
+            class: Class::default(),
+            cost: None,
+            charged: 0.0,
+            prefix: None,
+            prefix_matched: 0,
+            prefill_mark: arrival,
+            promised: false,
+        }
+    }
+
+    /// The earliest arrival of a queued request, by looking at every one.
+    fn oldest_by_scan(q: &Queues) -> Option<Time> {
+        q.requests()
+            .filter(|(_, r)| r.state == ReqState::Queued)
+            .map(|(_, r)| r.arrival)
+            .min()
+    }
+
+    /// The oldest waiter of all, as the starvation bound reads it, is the earliest arrival of the
+    /// queued requests whatever happened to them: served in any group's order, cancelled, failed
+    /// and queued again at their line's head (out of arrival order); while one request is left
+    /// waiting and thousands pass it, the index stays bounded.
+    #[test]
+    fn the_oldest_waiter_of_all_is_the_earliest_queued_arrival() {
+        let mut q = Queues::default();
+        let groups: Vec<GroupId> = (0..6)
+            .map(|i| {
+                q.group_for(GroupKey {
+                    kind: Kind::ALL[i % Kind::ALL.len()],
+                    model: ModelId(i / 2),
+                    lane: None,
+                })
+            })
+            .collect();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut roll = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut now = Time::ZERO;
+        let mut next_id = 0u64;
+        let mut running: Vec<RequestId> = Vec::new();
+        // One request of the last group that nobody serves: everything else passes it.
+        let patient = RequestId(u64::MAX);
+        q.enqueue(patient, req(groups[5], now, 0));
+        for step in 0..40_000 {
+            now += Duration::from_millis(1);
+            if step == 20_000 {
+                // From here on, the oldest changes as requests come and go.
+                q.remove_waiting(patient);
+            }
+            match roll(10) {
+                0..=3 => {
+                    let g = groups[roll(5) as usize];
+                    q.enqueue(RequestId(next_id), req(g, now, roll(3) as u32));
+                    next_id += 1;
+                }
+                4..=6 => {
+                    if let Some(id) = q.take(groups[roll(5) as usize], Turn::default(), None) {
+                        q.get_mut(id).expect("taken").state =
+                            ReqState::InFlight { lane: LaneId(0) };
+                        running.push(id);
+                    }
+                }
+                7 if !running.is_empty() => {
+                    // A running request fails and backs off for a while.
+                    let id = running.swap_remove(roll(running.len() as u64) as usize);
+                    let g = q.get(id).expect("running").group;
+                    q.attempt_ended(g);
+                    q.back_off(id, now + Duration::from_millis(roll(50)), LaneId(0));
+                }
+                8 => {
+                    if let Some(id) = running.pop() {
+                        let g = q.get(id).expect("running").group;
+                        q.attempt_ended(g);
+                        q.release(id);
+                    }
+                }
+                7 => {}
+                _ => {
+                    // A waiting request is cancelled.
+                    let waiting: Vec<RequestId> = q
+                        .requests()
+                        .filter(|(id, r)| r.state == ReqState::Queued && *id != patient)
+                        .map(|(id, _)| id)
+                        .take(8)
+                        .collect();
+                    if let Some(id) = waiting.get(roll(8) as usize) {
+                        q.remove_waiting(*id);
+                    }
+                }
+            }
+            q.due(now);
+            assert_eq!(
+                q.oldest_arrival_of_all(),
+                oldest_by_scan(&q),
+                "at step {step}"
+            );
+            if step < 20_000 {
+                assert_eq!(q.oldest_arrival_of_all(), Some(Time::ZERO));
+            }
+            let held = q.oldest.in_order.len() + q.oldest.out_of_order.len();
+            assert!(
+                held <= 2 * q.waiting() + OldestIndex::SLACK + 2,
+                "{held} entries held"
+            );
         }
     }
 }
