@@ -701,7 +701,19 @@ impl Scheduler {
         });
         if none_starves {
             // Kind by kind in priority order, each group weighed only when its kind's turn comes.
+            // Ranking is cheap and eligibility is not: the best-ranked group with work is weighed
+            // first, and when it may take the lane (most often) the others need not be.
             return self.priority.iter().find_map(|kind| {
+                let best_ranked = self
+                    .queues
+                    .groups_of_kind(*kind)
+                    .filter(|(i, _)| Some(*i) != exclude && !full.contains(i))
+                    .filter_map(|(i, g)| self.queues.oldest_arrival(g).map(|f| key(i, f)))
+                    .min()?;
+                let (_, _, _, first) = best_ranked;
+                if self.eligible_in(lane, self.queues.group(first), homes) {
+                    return Some(first);
+                }
                 self.queues
                     .groups_of_kind(*kind)
                     .filter_map(|(i, g)| considered(i, g, homes))
