@@ -4,7 +4,9 @@
 //! and sent back). No routing, keys, validation, queue, metrics or logs: what im-http spends above
 //! this is im's own work.
 //!
-//! `bare_proxy LISTEN UPSTREAM`, e.g. `bare_proxy 127.0.0.1:9000 127.0.0.1:8080`.
+//! `bare_proxy LISTEN UPSTREAM [WORK_US]`, e.g. `bare_proxy 127.0.0.1:9000 127.0.0.1:8080`.
+//! `WORK_US`: spend that many microseconds of CPU on each request (a busy loop), to measure what
+//! a given amount of work per request costs a proxy's throughput on the machine at hand.
 
 mod bare;
 
@@ -21,6 +23,8 @@ type Connection = SendRequest<Full<Bytes>>;
 struct Upstream {
     addr: String,
     idle: Mutex<Vec<Connection>>,
+    /// CPU time spent on each request besides passing it on.
+    work: std::time::Duration,
 }
 
 impl Upstream {
@@ -42,6 +46,10 @@ impl Upstream {
     ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
         let (parts, body) = req.into_parts();
         let body = body.collect().await?.to_bytes();
+        let started = std::time::Instant::now();
+        while started.elapsed() < self.work {
+            std::hint::spin_loop();
+        }
         let mut sender = self.connection().await?;
         let upstream = Request::builder()
             .method(parts.method)
@@ -73,11 +81,18 @@ async fn handle(
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(addr)) = (args.get(1), args.get(2)) else {
-        return Err("usage: bare_proxy LISTEN UPSTREAM".into());
+        return Err("usage: bare_proxy LISTEN UPSTREAM [WORK_US]".into());
+    };
+    let work_us: u64 = match args.get(3) {
+        Some(w) => w
+            .parse()
+            .map_err(|_| format!("WORK_US: not a number: {w}"))?,
+        None => 0,
     };
     let upstream = Arc::new(Upstream {
         addr: addr.clone(),
         idle: Mutex::new(Vec::new()),
+        work: std::time::Duration::from_micros(work_us),
     });
     bare::serve(listen, move |r| handle(upstream.clone(), r))
 }

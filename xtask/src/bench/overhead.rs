@@ -26,14 +26,20 @@ impl Drop for Nginx {
     }
 }
 
-/// The bare hyper proxy ([`BARE_PROXY`]) on `port` in front of `upstream_port`.
-fn start_bare_proxy(port: u16, upstream_port: u16) -> Result<Proc> {
+/// Microseconds of CPU the second bare proxy spends on each request besides passing it on: how
+/// much a proxy's own work per request costs its throughput on this machine, beside im's.
+const WORK_US: u64 = 8;
+
+/// The bare hyper proxy ([`BARE_PROXY`]) on `port` in front of `upstream_port`, spending
+/// `work_us` of CPU on each request.
+fn start_bare_proxy(port: u16, upstream_port: u16, work_us: u64) -> Result<Proc> {
     let bin = release_bin("examples").join(BARE_PROXY);
     let p = Proc(
         Command::new(&bin)
             .args([
                 format!("127.0.0.1:{port}"),
                 format!("127.0.0.1:{upstream_port}"),
+                work_us.to_string(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -155,6 +161,27 @@ fn oha(
     })
 }
 
+/// What the bare proxy with work says of the throughput target: at how much own work per request
+/// (above the bare proxy) a proxy on this machine falls to 0.8 of nginx's throughput, from the
+/// bare proxy's and the busy one's CPU per request and share of nginx's throughput (the line
+/// through the two).
+fn work_budget(bare: (f64, f64), busy: (f64, f64)) -> String {
+    let ((cpu0, share0), (cpu1, share1)) = (bare, busy);
+    let lost_per_us = (share0 - share1) / (cpu1 - cpu0);
+    let budget = if lost_per_us > 0.0 && share0 > 0.8 {
+        format!(
+            "{:.0} µs of own work would leave 0.8",
+            (share0 - 0.8) / lost_per_us
+        )
+    } else {
+        "no budget read (the two bare proxies did not differ as expected)".to_owned()
+    };
+    format!(
+        "the bare proxy spending {:.0} µs more reaches {share1:.2} of nginx's throughput (the bare one {share0:.2}): {budget}",
+        cpu1 - cpu0
+    )
+}
+
 fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
@@ -172,14 +199,22 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     let cfg = config();
     let im = start_im(im_p, sim_p, &cfg)?;
     let ngx = start_nginx(ngx_p, sim_p)?;
-    let bare_p = free_port();
-    let bare = start_bare_proxy(bare_p, sim_p)?;
+    let (bare_p, busy_p) = (free_port(), free_port());
+    let bare = start_bare_proxy(bare_p, sim_p, 0)?;
+    let busy = start_bare_proxy(busy_p, sim_p, WORK_US)?;
     // Whose CPU time counts as the proxy's, per target.
-    let proxy_pid = [None, Some(ngx.0.0.id()), Some(im.0.id()), Some(bare.0.id())];
+    let proxy_pid = [
+        None,
+        Some(ngx.0.0.id()),
+        Some(im.0.id()),
+        Some(bare.0.id()),
+        Some(busy.0.id()),
+    ];
     let body =
         json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
             .to_string();
-    let targets: [(&str, String, Option<&str>); 4] = [
+    let busy_name = format!("bare hyper proxy + {WORK_US} µs of work");
+    let targets: [(&str, String, Option<&str>); 5] = [
         (
             "direct",
             format!("http://127.0.0.1:{sim_p}/v1/chat/completions"),
@@ -198,6 +233,11 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
         (
             "bare hyper proxy",
             format!("http://127.0.0.1:{bare_p}/v1/chat/completions"),
+            None,
+        ),
+        (
+            &busy_name,
+            format!("http://127.0.0.1:{busy_p}/v1/chat/completions"),
             None,
         ),
     ];
@@ -220,7 +260,9 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
         "Request: `POST /v1/chat/completions` (1 token) against localai-sim with `--time-scale 0` (zero latency). \
          im-http with auth, validation, queueing and metrics on, logging at `RUST_LOG=error` (nginx's access log is off); nginx 1.22 with a keepalive upstream (128); \
          the bare hyper proxy (`crates/localai-client/examples/bare_proxy.rs`): hyper's server and client on im's runtime \
-         (tokio's current-thread scheduler), bodies read whole and passed on, no routing, keys, queue, metrics or logs, the floor of im's stack. \
+         (tokio's current-thread scheduler), bodies read whole and passed on, no routing, keys, queue, metrics or logs, the floor of im's stack; \
+         and the same proxy spending {WORK_US} µs of CPU on each request (a busy loop), which measures what a proxy's own work per request costs its throughput on this machine, \
+         where the load generator, the simulator and the proxy share two cores. \
          Load generator: oha ({secs} s per cell, {rounds} interleaved rounds, median). im's `max_in_flight` is set above the \
          connection count so its queue never holds work back: this isolates im's own cost. \
          im's configuration (beside `--api-keys {KEY}`; keys, validation, queueing, metrics, logs and the model-echo check are on by default):\n\n\
@@ -288,7 +330,7 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
                 m.sim_cpu_us,
             );
         }
-        let (n, im, bare) = (med[1], med[2], med[3]);
+        let (n, im, bare, busy) = (med[1], med[2], med[3], med[4]);
         if rate.is_none() {
             let (im_ratio, nginx_ratio) = (im.rps / d.rps, n.rps / d.rps);
             let cpu = im.proxy_cpu_us / n.proxy_cpu_us;
@@ -296,7 +338,7 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
                 "{name}: CPU per request im-http {:.0} µs, nginx {:.0} µs = {cpu:.1}x (target <= 2x {}); \
                  throughput / direct im-http {im_ratio:.2}, nginx {nginx_ratio:.2} = {:.2} of nginx's (target >= 0.8 {}); \
                  the bare hyper proxy {:.0} µs and {:.2} of direct, so im's own work is {:.0} µs; \
-                 the simulator's own HTTP server {:.0} µs",
+                 {}; the simulator's own HTTP server {:.0} µs",
                 im.proxy_cpu_us,
                 n.proxy_cpu_us,
                 met(cpu <= 2.0),
@@ -305,6 +347,10 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
                 bare.proxy_cpu_us,
                 bare.rps / d.rps,
                 im.proxy_cpu_us - bare.proxy_cpu_us,
+                work_budget(
+                    (bare.proxy_cpu_us, bare.rps / n.rps),
+                    (busy.proxy_cpu_us, busy.rps / n.rps)
+                ),
                 d.sim_cpu_us,
             ));
         }
