@@ -22,7 +22,7 @@ pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, m: &Figures, arriv
     let pairs = [
         (QUEUE_WAIT, millis(m.queue_wait)),
         (PROCESSING, millis(m.processing)),
-        (ATTEMPTS, HeaderValue::from(m.attempts)),
+        (ATTEMPTS, count(m.attempts)),
         (OVERHEAD, millis(overhead)),
     ];
     for (k, v) in pairs {
@@ -31,19 +31,31 @@ pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, m: &Figures, arriv
 }
 
 /// `d` in milliseconds with three decimals (`12.345`), rounded to the microsecond; integer
-/// formatting (`itoa`), no `format!` and no float.
+/// formatting (`itoa`), no `format!` and no float. Written on the stack and copied once: a
+/// header value made from a `Vec` whose length is not its capacity costs a second allocation.
 fn millis(d: Duration) -> HeaderValue {
     let us = (d.as_nanos() + 500) / 1000;
     let mut whole = itoa::Buffer::new();
+    let whole = whole.format(us / 1000).as_bytes();
     // The fraction's three digits, zeros kept: 1000 + it, less the leading 1.
     let mut fraction = itoa::Buffer::new();
-    let fraction = fraction.format(1000 + us % 1000);
-    let mut value = Vec::with_capacity(44);
-    value.extend_from_slice(whole.format(us / 1000).as_bytes());
-    value.push(b'.');
-    value.extend_from_slice(&fraction.as_bytes()[1..]);
-    HeaderValue::from_maybe_shared(axum::body::Bytes::from(value))
-        .unwrap_or(HeaderValue::from_static("0.000"))
+    let fraction = &fraction.format(1000 + us % 1000).as_bytes()[1..];
+    // u128's 39 digits, the point and three decimals.
+    let mut value = [0u8; 43];
+    let n = whole.len();
+    value[..n].copy_from_slice(whole);
+    value[n] = b'.';
+    value[n + 1..n + 4].copy_from_slice(fraction);
+    HeaderValue::from_bytes(&value[..n + 4]).unwrap_or(HeaderValue::from_static("0.000"))
+}
+
+/// A count as a header value: the usual few without an allocation.
+fn count(n: u32) -> HeaderValue {
+    const SMALL: [&str; 4] = ["0", "1", "2", "3"];
+    match SMALL.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
 }
 
 #[cfg(test)]
@@ -60,5 +72,13 @@ mod tests {
         assert_eq!(millis(Duration::from_nanos(999_999_600)), "1000.000");
         // Rounded to the microsecond, up to the largest duration.
         assert_eq!(millis(Duration::MAX), "18446744073709551616000.000");
+    }
+
+    #[test]
+    fn counts_read_as_decimal_numbers() {
+        use super::count;
+        for n in [0, 1, 2, 3, 4, 10, 12345, u32::MAX] {
+            assert_eq!(count(n), n.to_string().as_str());
+        }
     }
 }
