@@ -374,7 +374,7 @@ async fn inference(service: &im_service::Service, caller: &Caller, v: &Value, ou
     let stream = v["stream"].as_bool().unwrap_or(false);
     let input = ChatInput {
         model: v["model"].as_str().unwrap_or_default().to_owned(),
-        messages,
+        messages: messages.into_iter().map(Into::into).collect(),
         temperature: v["temperature"].as_f64(),
         max_tokens: v["max_tokens"]
             .as_u64()

@@ -469,8 +469,11 @@ impl ImMcp {
         ctx: RequestContext<RoleServer>,
         Parameters(a): Parameters<ChatArgs>,
     ) -> Result<CallToolResult, ErrorData> {
+        let messages = chat_messages(a.messages, a.prompt);
+        // The JSON body is built only for a remote im-http.
+        let body = self.is_remote().then(|| json!({"model": a.model, "messages": messages, "temperature": a.temperature, "max_tokens": a.max_tokens}));
         let input = ChatInput {
-            messages: chat_messages(a.messages, a.prompt),
+            messages: messages.into_iter().map(Into::into).collect(),
             model: a.model,
             temperature: a.temperature,
             max_tokens: a.max_tokens,
@@ -478,8 +481,6 @@ impl ImMcp {
             n: None,
             ..ChatInput::default()
         };
-        // The JSON body is built only for a remote im-http.
-        let body = self.is_remote().then(|| json!({"model": input.model, "messages": input.messages, "temperature": input.temperature, "max_tokens": input.max_tokens}));
         self.infer(
             &ctx,
             "txt2txt",
@@ -507,7 +508,7 @@ impl ImMcp {
         let body = self.is_remote().then(|| json!({"model": a.model, "messages": messages, "temperature": a.temperature, "max_tokens": a.max_tokens}));
         let input = ChatInput {
             model: a.model,
-            messages,
+            messages: messages.into_iter().map(Into::into).collect(),
             temperature: a.temperature,
             max_tokens: a.max_tokens,
             max_completion_tokens: None,

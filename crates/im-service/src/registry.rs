@@ -271,7 +271,7 @@ impl Service {
             Call::chat(
                 ChatInput {
                     model: entry.upstream.clone(),
-                    messages,
+                    messages: messages.into_iter().map(Into::into).collect(),
                     temperature,
                     max_tokens,
                     max_completion_tokens: None,

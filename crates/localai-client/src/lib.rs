@@ -25,8 +25,8 @@ pub mod vision;
 pub use client::{
     ChatChunk, ChatRequest, ChatResponse, ChunkStream, ClientConfig, Content, FENCE_HIGHEST,
     FenceHook, Forwarded, HeaderHook, ImageRequest, ImagesResponse, JsonResponse, LocalAiClient,
-    MAX_ERROR_BODY, MAX_STREAM_EVENT, Message, ModelInfo, NotAMessage, Props, RawResponse, Role,
-    Upload, is_base64, strip_data_uri,
+    MAX_ERROR_BODY, MAX_STREAM_EVENT, Message, MessageInput, ModelInfo, NotAMessage, Props,
+    RawResponse, Role, Upload, is_base64, strip_data_uri,
 };
 pub use error::{
     ClientError, ErrorClass, MAX_MESSAGE_CHARS, MAX_RETRY_AFTER, parse_retry_after, summarize,

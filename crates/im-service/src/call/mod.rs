@@ -9,7 +9,7 @@ use bytes::Bytes;
 use im_engine::{Job, Payload};
 use inference_queue::Kind;
 use localai_client::vision;
-use localai_client::{ChatRequest, ImageRequest, Message};
+use localai_client::{ChatRequest, ImageRequest, Message, MessageInput};
 use serde_json::{Map, Value};
 
 use crate::error::ServiceError;
@@ -130,8 +130,9 @@ pub enum ChatKind {
 pub struct ChatInput {
     /// The model.
     pub model: String,
-    /// OpenAI-shaped messages (`role`, `content`: text or parts).
-    pub messages: Vec<Value>,
+    /// OpenAI-shaped messages (`role`, `content`: text or parts), each read or refused by
+    /// [`Message`]'s rule; a fault is named with its place when the call is made.
+    pub messages: Vec<MessageInput>,
     /// 0.0 to 2.0.
     pub temperature: Option<f64>,
     /// Token limit.
@@ -527,7 +528,7 @@ fn deadline_ms(d: Option<u64>) -> Result<(), ServiceError> {
 
 /// Messages: at least one; each an object with a known `role` and a `content` that is text or a
 /// list of parts, taken into its compact form (its strings moved, not copied).
-pub(crate) fn messages_of(values: Vec<Value>) -> Result<Vec<Message>, ServiceError> {
+pub(crate) fn messages_of(values: Vec<MessageInput>) -> Result<Vec<Message>, ServiceError> {
     if values.is_empty() {
         return Err(ServiceError::invalid(
             "messages",
@@ -536,7 +537,7 @@ pub(crate) fn messages_of(values: Vec<Value>) -> Result<Vec<Message>, ServiceErr
     }
     let mut messages = Vec::with_capacity(values.len());
     for (i, v) in values.into_iter().enumerate() {
-        let m = Message::try_from(v).map_err(|e| {
+        let m = v.0.map_err(|e| {
             let field = match e.field {
                 "" => format!("messages[{i}]"),
                 f => format!("messages[{i}].{f}"),

@@ -23,7 +23,8 @@ impl PromptProbe {
     /// A probe of a chat's `messages`, checked as a chat's are (the same errors, naming the
     /// message at fault).
     pub fn messages(messages: Vec<Value>) -> Result<PromptProbe, ServiceError> {
-        crate::call::messages_of(messages).map(PromptProbe::Messages)
+        crate::call::messages_of(messages.into_iter().map(Into::into).collect())
+            .map(PromptProbe::Messages)
     }
 }
 

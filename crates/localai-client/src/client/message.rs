@@ -96,19 +96,18 @@ pub struct NotAMessage {
     pub message: String,
 }
 
-impl TryFrom<Value> for Message {
-    type Error = NotAMessage;
-
-    /// Take a message out of an OpenAI-shaped JSON object, moving its strings (nothing copied).
-    fn try_from(v: Value) -> Result<Message, NotAMessage> {
+impl Message {
+    /// The one rule a message passes, whatever it was read from: no field besides `role` and
+    /// `content` (`unknown`: the first other one, in the order of a JSON object's keys), a known
+    /// role (`role`: its text when it is one), and a content that is text or a list of parts
+    /// (`None`: missing or of another type).
+    fn checked(
+        unknown: Option<&str>,
+        role: Option<&str>,
+        content: Option<Content>,
+    ) -> Result<Message, NotAMessage> {
         let fault = |field, message: String| NotAMessage { field, message };
-        let Value::Object(mut obj) = v else {
-            return Err(fault(
-                "",
-                "must be an object with `role` and `content`".into(),
-            ));
-        };
-        if let Some(k) = obj.keys().find(|k| *k != "role" && *k != "content") {
+        if let Some(k) = unknown {
             return Err(fault(
                 "",
                 format!(
@@ -117,24 +116,262 @@ impl TryFrom<Value> for Message {
                 ),
             ));
         }
-        let role = obj.get("role").and_then(Value::as_str).unwrap_or("");
+        let role = role.unwrap_or("");
         let Some(role) = Role::parse(role) else {
             return Err(fault(
                 "role",
                 format!("unknown role {:?}", truncate(role, 64)),
             ));
         };
-        let content = match obj.remove("content") {
-            Some(Value::String(s)) => Content::Text(s),
-            Some(Value::Array(parts)) => Content::Parts(parts),
-            _ => {
-                return Err(fault(
-                    "content",
-                    "must be a string or a list of parts".into(),
-                ));
-            }
+        let Some(content) = content else {
+            return Err(fault(
+                "content",
+                "must be a string or a list of parts".into(),
+            ));
         };
         Ok(Message { role, content })
+    }
+}
+
+/// A message that is not a JSON object.
+fn not_an_object() -> NotAMessage {
+    NotAMessage {
+        field: "",
+        message: "must be an object with `role` and `content`".into(),
+    }
+}
+
+impl TryFrom<Value> for Message {
+    type Error = NotAMessage;
+
+    /// Take a message out of an OpenAI-shaped JSON object, moving its strings (nothing copied).
+    fn try_from(v: Value) -> Result<Message, NotAMessage> {
+        let Value::Object(mut obj) = v else {
+            return Err(not_an_object());
+        };
+        let unknown = obj.keys().find(|k| *k != "role" && *k != "content");
+        let role = obj.get("role").and_then(Value::as_str);
+        let (None, Some(known)) = (unknown, role.and_then(Role::parse)) else {
+            return Message::checked(unknown.map(String::as_str), role, None);
+        };
+        let content = match obj.remove("content") {
+            Some(Value::String(s)) => Some(Content::Text(s)),
+            Some(Value::Array(parts)) => Some(Content::Parts(parts)),
+            _ => None,
+        };
+        Message::checked(None, Some(known.as_str()), content)
+    }
+}
+
+/// A message as a client sent it: the message, or why it is not one (the field at fault named
+/// by the caller, who knows its place). Read straight from a request's JSON without building a
+/// value per message (a B-tree map and four strings for `{"role":"user","content":"hi"}`), by
+/// the same rule as [`Message::try_from`] a value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessageInput(pub Result<Message, NotAMessage>);
+
+impl From<Value> for MessageInput {
+    fn from(v: Value) -> MessageInput {
+        MessageInput(Message::try_from(v))
+    }
+}
+
+impl From<Message> for MessageInput {
+    fn from(m: Message) -> MessageInput {
+        MessageInput(Ok(m))
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MessageInput, D::Error> {
+        d.deserialize_any(read::MessageVisitor)
+    }
+}
+
+/// Reading a message from JSON as it streams by: what [`Message::checked`] needs, and any other
+/// value drained unread.
+mod read {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::Deserialize;
+    use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::{Content, Message, MessageInput, not_an_object};
+
+    /// A message, or the fault of a value that is not an object.
+    pub(super) struct MessageVisitor;
+
+    /// Visitor methods for a value of any other type than the one wanted: `$out`, the value
+    /// drained (what a JSON value of that type gives).
+    macro_rules! other_types {
+        ($out:expr) => {
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+        };
+    }
+
+    fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    impl<'de> Visitor<'de> for MessageVisitor {
+        type Value = MessageInput;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a chat message")
+        }
+
+        other_types!(MessageInput(Err(not_an_object())));
+
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<MessageInput, E> {
+            Ok(MessageInput(Err(not_an_object())))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<MessageInput, A::Error> {
+            drain_seq(seq)?;
+            Ok(MessageInput(Err(not_an_object())))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageInput, A::Error> {
+            // As a JSON object read into a value: a repeated key's last value counts, and the
+            // unknown key named is the first in the order of its keys.
+            let (mut unknown, mut role, mut content) = (None::<String>, None, None);
+            while let Some(key) = map.next_key::<Key>()? {
+                match key {
+                    Key::Role => role = map.next_value::<Text<'de>>()?.0,
+                    Key::Content => content = map.next_value::<ContentValue>()?.0,
+                    Key::Other(k) => {
+                        map.next_value::<IgnoredAny>()?;
+                        if unknown.as_ref().is_none_or(|u| k < *u) {
+                            unknown = Some(k);
+                        }
+                    }
+                }
+            }
+            Ok(MessageInput(Message::checked(
+                unknown.as_deref(),
+                role.as_deref(),
+                content,
+            )))
+        }
+    }
+
+    /// A message's key: only an unknown one is copied.
+    enum Key {
+        Role,
+        Content,
+        Other(String),
+    }
+
+    impl<'de> Deserialize<'de> for Key {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Key;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_str<E: de::Error>(self, k: &str) -> Result<Key, E> {
+                    Ok(match k {
+                        "role" => Key::Role,
+                        "content" => Key::Content,
+                        _ => Key::Other(k.to_owned()),
+                    })
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    /// A value's text when it is a string, borrowed from the request when it can be.
+    struct Text<'de>(Option<Cow<'de, str>>);
+
+    impl<'de> Deserialize<'de> for Text<'de> {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Text<'de>, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Text<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("any value")
+                }
+                other_types!(Text(None));
+                fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+                    Ok(Text(Some(Cow::Borrowed(s))))
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+                    Ok(Text(Some(Cow::Owned(s.to_owned()))))
+                }
+                fn visit_string<E: de::Error>(self, s: String) -> Result<Text<'de>, E> {
+                    Ok(Text(Some(Cow::Owned(s))))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Text<'de>, A::Error> {
+                    drain_seq(seq)?;
+                    Ok(Text(None))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Text<'de>, A::Error> {
+                    drain_map(map)?;
+                    Ok(Text(None))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// A content: a text, a list of parts (as JSON values), or `None` for any other value.
+    struct ContentValue(Option<Content>);
+
+    impl<'de> Deserialize<'de> for ContentValue {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<ContentValue, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = ContentValue;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("any value")
+                }
+                other_types!(ContentValue(None));
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<ContentValue, E> {
+                    Ok(ContentValue(Some(Content::Text(s.to_owned()))))
+                }
+                fn visit_string<E: de::Error>(self, s: String) -> Result<ContentValue, E> {
+                    Ok(ContentValue(Some(Content::Text(s))))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<ContentValue, A::Error> {
+                    let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                    while let Some(p) = seq.next_element::<serde_json::Value>()? {
+                        parts.push(p);
+                    }
+                    Ok(ContentValue(Some(Content::Parts(parts))))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ContentValue, A::Error> {
+                    drain_map(map)?;
+                    Ok(ContentValue(None))
+                }
+            }
+            d.deserialize_any(V)
+        }
     }
 }
 
@@ -194,5 +431,49 @@ mod tests {
             assert_eq!(e.field, field, "{v}");
             assert!(e.message.contains(says), "{v}: {}", e.message);
         }
+    }
+
+    /// A message read from a request's JSON as it streams by is what the same JSON read into a
+    /// value and then taken as a message gives: the same message, or the same fault.
+    #[test]
+    fn a_message_read_from_json_is_the_message_its_value_gives() {
+        let texts = [
+            r#"{"role":"user","content":"hi"}"#,
+            r#"{"content":"first the content","role":"system"}"#,
+            r#"{"role":"assistant","content":"an \"escaped\" text\n"}"#,
+            r#"{"role":"us\u0065r","content":"an escaped role"}"#,
+            r#"{"role":"user","content":[{"type":"text","text":"what is it"},{"type":"image_url","image_url":{"url":"data:,x"}}]}"#,
+            r#"{"role":"user","content":[]}"#,
+            r#"{"role":"user","role":"robot","content":"the last role counts"}"#,
+            r#"{"role":"user","content":3,"content":"the last content counts"}"#,
+            r#"{"role":"user","content":"x","name":"n","extra":1}"#,
+            r#"{"zeta":{"deep":[1,{"a":2}]},"alpha":[3],"role":"user","content":"x"}"#,
+            r#"{"role":"robot","content":"x"}"#,
+            r#"{"role":{"nested":"user"},"content":"x"}"#,
+            r#"{"role":["user"],"content":"x"}"#,
+            r#"{"role":null,"content":"x"}"#,
+            r#"{"content":"x"}"#,
+            r#"{"role":"user"}"#,
+            r#"{"role":"user","content":null}"#,
+            r#"{"role":"user","content":true}"#,
+            r#"{"role":"user","content":{"text":"x"}}"#,
+            r#"{"role":"user","content":-1.5}"#,
+            r#"{}"#,
+            r#""hi""#,
+            r#"[{"role":"user","content":"x"}]"#,
+            r#"42"#,
+            r#"null"#,
+            r#"false"#,
+        ];
+        for text in texts {
+            let streamed: MessageInput = serde_json::from_str(text).expect(text);
+            let value: Value = serde_json::from_str(text).expect(text);
+            assert_eq!(streamed, MessageInput::from(value), "{text}");
+        }
+        // And in a list, each in its place, the reader going on after a fault.
+        let list: Vec<MessageInput> =
+            serde_json::from_str(&format!("[{}]", texts.join(","))).expect("a list of anything");
+        assert_eq!(list.len(), texts.len());
+        assert_eq!(list[0], MessageInput(Ok(Message::user("hi"))));
     }
 }

@@ -21,7 +21,7 @@ mod types;
 
 use exchange::{Outgoing, Response};
 
-pub use message::{Content, Message, NotAMessage, Role};
+pub use message::{Content, Message, MessageInput, NotAMessage, Role};
 pub use types::*;
 
 /// Timeouts and credentials of a [`LocalAiClient`].

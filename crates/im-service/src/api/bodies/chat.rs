@@ -1,6 +1,7 @@
 //! Chat and completion bodies: the seeds' `/txt2txt` and `/img2txt`, OpenAI's chat completions
 //! and text completions.
 
+use localai_client::MessageInput;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -67,10 +68,10 @@ pub struct Img2TxtRequest {
     pub deadline_ms: Option<u64>,
 }
 
-/// The messages as JSON values for the call.
-fn to_values(m: Vec<Message>) -> Vec<Value> {
+/// The messages for the call, each taken by [`localai_client::Message`]'s rule.
+fn inputs(m: Vec<Message>) -> Vec<MessageInput> {
     m.into_iter()
-        .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+        .map(|m| MessageInput::from(serde_json::json!({"role": m.role, "content": m.content})))
         .collect()
 }
 
@@ -79,7 +80,7 @@ impl Txt2TxtRequest {
     pub fn into_call(self, limits: &InputLimits) -> Result<Call, ServiceError> {
         let input = ChatInput {
             model: self.model,
-            messages: to_values(self.messages),
+            messages: inputs(self.messages),
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             stream: self.stream,
@@ -95,7 +96,7 @@ impl Img2TxtRequest {
     pub fn into_call(self, limits: &InputLimits) -> Result<Call, ServiceError> {
         let input = ChatInput {
             model: self.model,
-            messages: to_values(self.messages),
+            messages: inputs(self.messages),
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             deadline_ms: self.deadline_ms,
@@ -115,7 +116,7 @@ pub struct ChatCompletionRequest {
     pub model: String,
     /// The conversation.
     #[schema(value_type = Vec<Message>, min_items = 1)]
-    pub messages: Vec<Value>,
+    pub messages: Vec<MessageInput>,
     /// 0.0 to 2.0.
     #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
