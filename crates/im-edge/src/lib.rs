@@ -39,9 +39,13 @@ pub mod caller {
             .then(|| &auth[prefix.len()..])
     }
 
+    /// The request id's header, read from a caller and written on every answer; a constant, as
+    /// a `&str` name outside the standard set is copied at every use.
+    pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
     /// A sane caller-supplied `X-Request-Id`: 1 to 64 characters of `[A-Za-z0-9-_.:]`.
     pub fn request_id_of(headers: &HeaderMap) -> Option<String> {
-        let v = headers.get("x-request-id")?.as_bytes();
+        let v = headers.get(REQUEST_ID)?.as_bytes();
         let ok = !v.is_empty()
             && v.len() <= 64
             && v.iter()

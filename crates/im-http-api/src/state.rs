@@ -12,10 +12,6 @@ use tracing::field::Empty;
 use crate::error::HttpError;
 use crate::routes::{self, Access};
 
-/// The answer's request id header, made once (a `&str` name not in the standard set is copied
-/// at every insert).
-const X_REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
-
 /// What the handlers share: the service, and the durable jobs when they are on. One `Arc`, so
 /// each request's copy costs one count (its parts would cost a dozen).
 #[derive(Clone, Debug)]
@@ -289,7 +285,7 @@ where
         if let Some(id) = this.id.take()
             && let Ok(v) = HeaderValue::from_maybe_shared(axum::body::Bytes::from(id))
         {
-            resp.headers_mut().insert(X_REQUEST_ID, v);
+            resp.headers_mut().insert(im_edge::caller::REQUEST_ID, v);
         }
         std::task::Poll::Ready(Ok(resp))
     }
