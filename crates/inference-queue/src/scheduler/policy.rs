@@ -716,6 +716,7 @@ impl Scheduler {
                 }
                 self.queues
                     .groups_of_kind(*kind)
+                    .filter(|(i, _)| *i != first)
                     .filter_map(|(i, g)| considered(i, g, homes))
                     .map(|(i, f)| key(i, f))
                     .min()
