@@ -65,6 +65,7 @@ enum SimPart {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BenchPart {
     Overhead,
+    Instructions,
     Scheduling,
     Memory,
     Batching,
@@ -314,6 +315,9 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
     if part(BenchPart::Overhead) {
         bench::overhead::overhead(&mut out, secs, rounds)?;
         bench::overhead::allocations(&mut out, if quick { 10_000 } else { 50_000 })?;
+    }
+    if part(BenchPart::Instructions) {
+        bench::instructions::instructions(&mut out, if quick { 1_000 } else { 3_000 })?;
     }
     print!("{out}");
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,10 +1,11 @@
 //! `cargo xtask bench`, split by what it measures: [`overhead`] (direct vs nginx vs im-http),
 //! [`scheduling`] (a mixed trace straight to LocalAI vs through im), [`memory`] (RSS with queued
-//! payloads), [`load`] (the seeds' load scenarios), [`replicas`] (embedded vs 3 replicas on Redis), [`prefix`] (prefix-aware placement over two servers with prompt caches). This module holds what they share: processes,
+//! payloads), [`load`] (the seeds' load scenarios), [`replicas`] (embedded vs 3 replicas on Redis), [`instructions`] (instructions per request, counted), [`prefix`] (prefix-aware placement over two servers with prompt caches). This module holds what they share: processes,
 //! ports, readiness, the tools they install. Everything runs on loopback; every figure is a ratio
 //! measured side by side in one run.
 
 pub mod batching;
+pub mod instructions;
 pub mod load;
 pub mod memory;
 pub mod overhead;
@@ -137,33 +138,36 @@ pub fn release_bin(name: &str) -> PathBuf {
 }
 
 /// Install what the benchmark needs: Debian's nginx and `oha` (a well-kept Rust load generator).
+/// Install the Debian `package` with apt-get, unless it is `present`.
+fn apt_install(package: &str, present: bool) -> Result<()> {
+    if present {
+        return Ok(());
+    }
+    eprintln!("bench: installing {package} (Debian)");
+    let _ = Command::new("apt-get").arg("update").status();
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", package])
+        .status()?
+        .success();
+    if !ok {
+        bail!("apt-get install {package} failed");
+    }
+    Ok(())
+}
+
+/// Whether `program` runs with `arg` (a version flag).
+fn runs(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).output().is_ok()
+}
+
 pub fn ensure_tools() -> Result<()> {
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("bench: installing redis-server (Debian)");
-        let _ = Command::new("apt-get").arg("update").status();
-        let ok = Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "redis-server"])
-            .status()?
-            .success();
-        if !ok {
-            bail!("apt-get install redis-server failed");
-        }
-    }
-    if Command::new("nginx").arg("-v").output().is_err() && !Path::new("/usr/sbin/nginx").exists() {
-        eprintln!("bench: installing nginx-light (Debian)");
-        let _ = Command::new("apt-get").arg("update").status();
-        let ok = Command::new("apt-get")
-            .args(["install", "-y", "nginx-light"])
-            .status()?
-            .success();
-        if !ok {
-            bail!("could not install nginx-light");
-        }
-    }
+    apt_install("redis-server", runs("redis-server", "--version"))?;
+    apt_install(
+        "nginx-light",
+        runs("nginx", "-v") || Path::new("/usr/sbin/nginx").exists(),
+    )?;
+    // The instruction counts of `instructions` (callgrind and its control script).
+    apt_install("valgrind", runs("valgrind", "--version"))?;
     if Command::new("oha").arg("--version").output().is_err() {
         eprintln!("bench: installing oha with cargo install (a few minutes, once)");
         let ok = Command::new("cargo")
@@ -255,6 +259,35 @@ pub fn start_im_env(
     start_im_with(&release_bin("im-http"), port, upstream_port, config, &env)
 }
 
+/// The command that starts the im-http binary at `bin` on `port` in front of `upstream_port`
+/// with `config` (written to a file it reads) and `env` set, its output discarded.
+pub fn im_command(
+    bin: &Path,
+    port: u16,
+    upstream_port: u16,
+    config: &str,
+    env: &[(String, String)],
+) -> Result<Command> {
+    let path = std::env::temp_dir().join(format!("im-bench-{port}.toml"));
+    std::fs::write(&path, config)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(&path)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &format!("http://127.0.0.1:{upstream_port}"),
+        ])
+        .args(["--api-keys", KEY])
+        .env("RUST_LOG", "error")
+        .env_remove("IM_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Ok(cmd)
+}
+
 /// Start the im-http binary at `bin` with `env` set.
 pub fn start_im_with(
     bin: &Path,
@@ -263,24 +296,8 @@ pub fn start_im_with(
     config: &str,
     env: &[(String, String)],
 ) -> Result<Proc> {
-    let path = std::env::temp_dir().join(format!("im-bench-{port}.toml"));
-    std::fs::write(&path, config)?;
     let p = Proc(
-        Command::new(bin)
-            .arg("--config")
-            .arg(&path)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--upstream",
-                &format!("http://127.0.0.1:{upstream_port}"),
-            ])
-            .args(["--api-keys", KEY])
-            .env("RUST_LOG", "error")
-            .env_remove("IM_CONFIG")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        im_command(bin, port, upstream_port, config, env)?
             .spawn()
             .context("starting im-http")?,
     );

@@ -30,21 +30,26 @@ impl Drop for Nginx {
 /// much a proxy's own work per request costs its throughput on this machine, beside im's.
 const WORK_US: u64 = 8;
 
-/// The bare hyper proxy ([`BARE_PROXY`]) on `port` in front of `upstream_port`, spending
-/// `work_us` of CPU on each request.
+/// The command that starts the bare hyper proxy ([`BARE_PROXY`]) on `port` in front of
+/// `upstream_port`, spending `work_us` of CPU on each request.
+pub(super) fn bare_proxy_command(port: u16, upstream_port: u16, work_us: u64) -> Command {
+    let mut cmd = Command::new(release_bin("examples").join(BARE_PROXY));
+    cmd.args([
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{upstream_port}"),
+        work_us.to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}
+
+/// [`bare_proxy_command`], started and ready.
 fn start_bare_proxy(port: u16, upstream_port: u16, work_us: u64) -> Result<Proc> {
-    let bin = release_bin("examples").join(BARE_PROXY);
     let p = Proc(
-        Command::new(&bin)
-            .args([
-                format!("127.0.0.1:{port}"),
-                format!("127.0.0.1:{upstream_port}"),
-                work_us.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        bare_proxy_command(port, upstream_port, work_us)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?,
+            .context("starting the bare proxy")?,
     );
     // It passes every path on: the simulator's readiness answers through it.
     wait_ready(port, "/readyz", None)?;
@@ -84,12 +89,12 @@ fn start_nginx(port: u16, upstream_port: u16) -> Result<Nginx> {
 }
 
 /// The key the overhead runs send: its tenant has a weight.
-const TENANT_KEY: &str = "bench-tenant-key";
+pub(super) const TENANT_KEY: &str = "bench-tenant-key";
 
 /// im-http's configuration in the overhead runs: the bench key belongs to a tenant with a
 /// weight (fair share on), and slots are high enough that im's queue never holds work back (this
 /// measures im's own cost).
-fn config() -> String {
+pub(super) fn config() -> String {
     format!(
         "policy = \"bounded\"\n\
          keys = [{{ key = \"{TENANT_KEY}\", scopes = [\"infer\"], tenant = \"bench\" }}]\n\
