@@ -135,7 +135,7 @@ pub struct PromptTraceSpec {
 }
 
 /// Tokens of the system prompt every conversation starts with.
-const CONVERSATION_SYSTEM_TOKENS: u32 = 1_024;
+pub const CONVERSATION_SYSTEM_TOKENS: u32 = 1_024;
 /// Turns of a conversation.
 const TURNS: (u32, u32) = (4, 12);
 /// Mean seconds between a conversation's turns.
