@@ -229,7 +229,10 @@ async fn live_heap_per_queued(upstream: u16, cfg: &str, body: Arc<Value>) -> Res
     let port = free_port();
     let file = std::env::temp_dir().join(format!("im-bench-live-{port}"));
     let env = [("IM_ALLOCATIONS_FILE".to_owned(), file.display().to_string())];
-    let _im = start_im_with(&release_bin(COUNTING_IM), port, upstream, cfg, &env)?;
+    let _im = start_im_with(
+        im_command(&release_bin(COUNTING_IM), port, upstream, cfg, &env)?,
+        port,
+    )?;
     let live = || -> Result<f64> {
         // The file is rewritten ten times a second: wait for a fresh value.
         std::thread::sleep(Duration::from_millis(250));

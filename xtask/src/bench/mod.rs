@@ -256,7 +256,10 @@ pub fn start_im_env(
         .map(|t| ("GLIBC_TUNABLES".to_owned(), t))
         .into_iter()
         .collect();
-    start_im_with(&release_bin("im-http"), port, upstream_port, config, &env)
+    start_im_with(
+        im_command(&release_bin("im-http"), port, upstream_port, config, &env)?,
+        port,
+    )
 }
 
 /// The command that starts the im-http binary at `bin` on `port` in front of `upstream_port`
@@ -288,19 +291,9 @@ pub fn im_command(
     Ok(cmd)
 }
 
-/// Start the im-http binary at `bin` with `env` set.
-pub fn start_im_with(
-    bin: &Path,
-    port: u16,
-    upstream_port: u16,
-    config: &str,
-    env: &[(String, String)],
-) -> Result<Proc> {
-    let p = Proc(
-        im_command(bin, port, upstream_port, config, env)?
-            .spawn()
-            .context("starting im-http")?,
-    );
+/// Start im-http by `cmd` (an [`im_command`]) and wait until it answers on `port`.
+pub fn start_im_with(mut cmd: Command, port: u16) -> Result<Proc> {
+    let p = Proc(cmd.spawn().context("starting im-http")?);
     wait_ready(port, "/health", None)?;
     Ok(p)
 }

@@ -386,7 +386,10 @@ pub fn allocations(out: &mut String, requests: u32) -> Result<()> {
     let _sim = start_sim(sim_p, 0.0, None)?;
     let file = std::env::temp_dir().join(format!("im-bench-allocations-{im_p}"));
     let env = [("IM_ALLOCATIONS_FILE".to_owned(), file.display().to_string())];
-    let _im = start_im_with(&release_bin(COUNTING_IM), im_p, sim_p, &config(), &env)?;
+    let _im = start_im_with(
+        im_command(&release_bin(COUNTING_IM), im_p, sim_p, &config(), &env)?,
+        im_p,
+    )?;
     let url = format!("http://127.0.0.1:{im_p}/v1/chat/completions");
     let body =
         json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
