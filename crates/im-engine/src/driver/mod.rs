@@ -10,7 +10,7 @@ mod progress;
 mod report;
 mod requests;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -206,14 +206,14 @@ impl Driver {
             lanes,
             rx,
             tx,
-            entries: HashMap::new(),
-            tickets: HashMap::new(),
+            entries: HashMap::default(),
+            tickets: HashMap::default(),
             switch_started: vec![None; n],
             shutdown: None,
             last_gauges: Instant::now(),
             last_health: Instant::now(),
             checking: vec![false; n],
-            tenants: HashMap::new(),
+            tenants: HashMap::default(),
             watchers: progress::Watchers::default(),
         }
     }

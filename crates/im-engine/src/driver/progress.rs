@@ -2,7 +2,7 @@
 //! at admission and every second while they wait, and a load of their model once per lane. A
 //! caller's sink is dropped when its request is dispatched or leaves: the channel's close.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use inference_queue::{LaneId, RequestId, Time};
 

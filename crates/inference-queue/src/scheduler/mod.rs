@@ -15,7 +15,9 @@
 //! - `lifecycle`: operators' loads and unloads; `topology`: a reload's models and lanes;
 //! - `ids`: the request-id hasher.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::time::Duration;
 
 mod advice;

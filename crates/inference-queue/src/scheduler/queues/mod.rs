@@ -12,7 +12,9 @@
 //! starvation bound, stated on `oldest`, holds whatever order `next` follows; batch work has a
 //! bound of its own ([`GroupQueue::next`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 
 mod group;
 mod oldest;
