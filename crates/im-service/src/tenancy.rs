@@ -15,19 +15,20 @@
 //! The state a reload must not reset (a limiter's tokens, what is queued) lives in [`Usage`],
 //! kept by tenant name and key across reloads; the limits are the configuration in force.
 
-use foldhash::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A concurrent map keyed the fast way (see the workspace's `foldhash`).
-type DashMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
+use foldhash::HashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::auth::{KeyId, TenantId};
 use crate::error::{ErrorType, ServiceError};
+
+/// A concurrent map keyed the fast way (see the workspace's `foldhash`).
+type DashMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
 
 /// One `[[tenants]]` entry as the service takes it.
 #[derive(Clone, Debug, Default, PartialEq)]

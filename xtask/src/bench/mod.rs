@@ -137,7 +137,6 @@ pub fn release_bin(name: &str) -> PathBuf {
     target.join("release").join(name)
 }
 
-/// Install what the benchmark needs: Debian's nginx and `oha` (a well-kept Rust load generator).
 /// Install the Debian `package` with apt-get, unless it is `present`.
 fn apt_install(package: &str, present: bool) -> Result<()> {
     if present {
@@ -160,6 +159,8 @@ fn runs(program: &str, arg: &str) -> bool {
     Command::new(program).arg(arg).output().is_ok()
 }
 
+/// Install what the benchmark needs: Debian's redis, nginx and valgrind, and `oha` (a well-kept
+/// Rust load generator).
 pub fn ensure_tools() -> Result<()> {
     apt_install("redis-server", runs("redis-server", "--version"))?;
     apt_install(
@@ -168,7 +169,7 @@ pub fn ensure_tools() -> Result<()> {
     )?;
     // The instruction counts of `instructions` (callgrind and its control script).
     apt_install("valgrind", runs("valgrind", "--version"))?;
-    if Command::new("oha").arg("--version").output().is_err() {
+    if !runs("oha", "--version") {
         eprintln!("bench: installing oha with cargo install (a few minutes, once)");
         let ok = Command::new("cargo")
             .args(["install", "oha", "--locked"])

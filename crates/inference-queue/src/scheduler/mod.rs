@@ -16,9 +16,9 @@
 //! - `ids`: the request-id hasher.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use foldhash::HashMap;
-use std::time::Duration;
 
 mod advice;
 mod api;
