@@ -30,14 +30,20 @@ pub mod caller {
 
     /// The key a request's headers carry, if any: `X-API-Key`, else `Authorization: Bearer …`.
     pub fn key_of(headers: &HeaderMap) -> Option<&[u8]> {
-        if let Some(k) = headers.get("x-api-key") {
+        if let Some(k) = headers.get(API_KEY) {
             return Some(k.as_bytes());
         }
-        let auth = headers.get("authorization").map(HeaderValue::as_bytes)?;
+        let auth = headers
+            .get(http::header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes)?;
         let prefix = b"Bearer ";
         (auth.len() > prefix.len() && auth[..prefix.len()].eq_ignore_ascii_case(prefix))
             .then(|| &auth[prefix.len()..])
     }
+
+    /// The key's own header. Names are constants: a `&str` name is parsed and checked at
+    /// every lookup.
+    pub const API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 
     /// The request id's header, read from a caller and written on every answer; a constant, as
     /// a `&str` name outside the standard set is copied at every use.

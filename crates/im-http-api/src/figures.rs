@@ -31,15 +31,30 @@ pub fn figure_headers(st: &AppState, headers: &mut HeaderMap, m: &Figures, arriv
 }
 
 /// `d` in milliseconds with three decimals (`12.345`), rounded to the microsecond; integer
-/// formatting (`itoa`), no `format!` and no float. Written on the stack and copied once: a
-/// header value made from a `Vec` whose length is not its capacity costs a second allocation.
+/// formatting (`itoa`), no `format!` and no float, and 64-bit arithmetic for any duration under
+/// half a million years (128-bit division is a library call). Written on the stack and copied
+/// once: a header value made from a `Vec` whose length is not its capacity costs a second
+/// allocation.
 fn millis(d: Duration) -> HeaderValue {
-    let us = (d.as_nanos() + 500) / 1000;
-    let mut whole = itoa::Buffer::new();
-    let whole = whole.format(us / 1000).as_bytes();
+    match u64::try_from(d.as_micros()) {
+        Ok(us) if us < u64::MAX - 1 => {
+            let us = us + u64::from(d.subsec_nanos() % 1000 >= 500);
+            decimal_millis(us / 1000, us % 1000)
+        }
+        _ => {
+            let us = (d.as_nanos() + 500) / 1000;
+            decimal_millis(us / 1000, (us % 1000) as u64)
+        }
+    }
+}
+
+/// `whole.fraction` with the fraction's three digits (under 1000), zeros kept.
+fn decimal_millis(whole: impl itoa::Integer, fraction: u64) -> HeaderValue {
+    let mut whole_digits = itoa::Buffer::new();
+    let whole = whole_digits.format(whole).as_bytes();
     // The fraction's three digits, zeros kept: 1000 + it, less the leading 1.
-    let mut fraction = itoa::Buffer::new();
-    let fraction = &fraction.format(1000 + us % 1000).as_bytes()[1..];
+    let mut fraction_digits = itoa::Buffer::new();
+    let fraction = &fraction_digits.format(1000 + fraction).as_bytes()[1..];
     // u128's 39 digits, the point and three decimals.
     let mut value = [0u8; 43];
     let n = whole.len();
@@ -67,6 +82,8 @@ mod tests {
         use super::millis;
         assert_eq!(millis(Duration::ZERO), "0.000");
         assert_eq!(millis(Duration::from_nanos(1_234_500)), "1.235");
+        assert_eq!(millis(Duration::from_nanos(1_234_499)), "1.234");
+        assert_eq!(millis(Duration::from_secs(86_400)), "86400000.000");
         assert_eq!(millis(Duration::from_micros(12_345_678)), "12345.678");
         assert_eq!(millis(Duration::from_micros(999_999)), "999.999");
         assert_eq!(millis(Duration::from_nanos(999_999_600)), "1000.000");

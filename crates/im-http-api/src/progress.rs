@@ -27,6 +27,9 @@ use crate::figures::figure_headers;
 use crate::respond::write;
 use crate::state::{AppState, Arrived};
 
+/// The header that asks for progress.
+const PROGRESS: axum::http::HeaderName = axum::http::HeaderName::from_static("x-im-progress");
+
 /// Whether the request asked for progress: `X-Im-Progress` (`true`/`false`), else its
 /// tenant's `progress`.
 pub(crate) fn wanted(
@@ -34,7 +37,7 @@ pub(crate) fn wanted(
     service: &Service,
     who: &Principal,
 ) -> Result<bool, ServiceError> {
-    match headers.get("x-im-progress").map(|v| v.to_str()) {
+    match headers.get(PROGRESS).map(|v| v.to_str()) {
         None => Ok(service
             .tenants()
             .spec(&who.tenant)

@@ -12,6 +12,9 @@ use tracing::field::Empty;
 use crate::error::HttpError;
 use crate::routes::{self, Access};
 
+/// A request's own class (`X-Im-Priority`): it may lower its tenant's.
+const PRIORITY: axum::http::HeaderName = axum::http::HeaderName::from_static("x-im-priority");
+
 /// What the handlers share: the service, and the durable jobs when they are on. One `Arc`, so
 /// each request's copy costs one count (its parts would cost a dozen).
 #[derive(Clone, Debug)]
@@ -167,7 +170,7 @@ where
                 Access::Open | Access::Session | Access::Signed => Ok(Principal::anonymous()),
             }
         };
-        let batch = match req.headers().get("x-im-priority").map(HeaderValue::to_str) {
+        let batch = match req.headers().get(PRIORITY).map(HeaderValue::to_str) {
             None => Ok(false),
             Some(Ok(v)) if v.eq_ignore_ascii_case("batch") => Ok(true),
             Some(Ok(v)) if v.eq_ignore_ascii_case("interactive") => Ok(false),
