@@ -27,7 +27,7 @@
 //!                         temperature: None, max_tokens: None, extra: Default::default() };
 //! let job = Job::new("r1", Payload::Chat { req, stream: false, kind: Kind::Txt2Txt }, None);
 //! let done = engine.submit(job).await?;
-//! if let Output::Chat(c) = done.output { println!("{} (waited {:?})", c.content, done.meta.queue_wait); }
+//! if let Output::Chat(c) = done.output { println!("{} (waited {:?})", c.content(), done.meta.queue_wait); }
 //! # Ok(()) }
 //! ```
 

@@ -63,7 +63,7 @@ pub(crate) struct ResponseCache {
 fn size(output: &Output) -> u64 {
     const PARSED: u64 = 4;
     match output {
-        Output::Chat(c) => c.body.len() as u64 * (1 + PARSED) + c.content.len() as u64,
+        Output::Chat(c) => c.body.len() as u64 * (1 + PARSED),
         Output::Json(j) => j.body.len() as u64 * (1 + PARSED),
         Output::Images(i) => i.images.iter().map(|b| b.len() as u64).sum(),
         Output::Raw(r) => r.body.len() as u64,

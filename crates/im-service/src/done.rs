@@ -35,9 +35,7 @@ pub struct Figures {
 pub enum Reply {
     /// A chat completion: its text, the completion as the upstream sent it, and its bytes.
     Chat {
-        /// `choices[0].message.content`.
-        content: String,
-        /// The completion (parsed when read).
+        /// The completion (parsed when read; its text by `chat_content`).
         raw: localai_client::JsonBody,
         /// The completion's bytes, to pass on unchanged.
         body: Bytes,
@@ -81,7 +79,6 @@ impl From<Completion> for Done {
         let m = c.meta;
         let reply = match c.output {
             Output::Chat(r) => Reply::Chat {
-                content: r.content,
                 raw: r.raw,
                 body: r.body,
             },

@@ -1,8 +1,9 @@
-//! An upstream's JSON answer kept as the bytes it came in, with the few fields im reads on every
-//! answer (the model it names, the tokens it used, a chat's text) taken out by one borrowing
-//! pass; the whole document is parsed into values only when something reads it (the seeds'
-//! answers, a split batch, a test). A proxied answer is checked, measured and passed on as
-//! bytes without building a value tree.
+//! An upstream's JSON answer kept as the bytes it came in, with the two fields im reads on every
+//! answer (the model it names, the tokens it used) taken out by one borrowing pass that also
+//! checks the rest is JSON; a chat's text is read only when something presents it (the seeds'
+//! answers, WebSocket, MCP), and the whole document is parsed into values only when something
+//! reads it (a split batch, a test). A proxied answer is checked, measured and passed on as bytes
+//! without building a value tree.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -17,6 +18,8 @@ use crate::error::ClientError;
 #[derive(Clone, Debug)]
 pub struct JsonBody {
     bytes: Bytes,
+    /// Whether it has a `choices` field (a chat or text completion).
+    choices: bool,
     model: Option<Box<str>>,
     total_tokens: Option<u64>,
     parsed: OnceLock<Value>,
@@ -29,14 +32,22 @@ struct Head<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     usage: Option<Usage>,
-    #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
+    /// Skipped like an unknown field: only whether it is there.
+    #[serde(default)]
+    choices: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
 struct Usage {
     #[serde(default)]
     total_tokens: Option<u64>,
+}
+
+/// A chat's text: `choices[0].message.content`.
+#[derive(Deserialize)]
+struct Choices<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -52,47 +63,66 @@ struct Message<'a> {
 }
 
 impl JsonBody {
-    /// `bytes` as a JSON answer, and (for a chat) `choices[0].message.content` when it is text;
-    /// bytes that are not JSON are a protocol error.
-    pub(crate) fn read(bytes: Bytes) -> Result<(JsonBody, Option<String>), ClientError> {
+    /// `bytes` as a JSON answer; bytes that are not JSON are a protocol error.
+    pub(crate) fn read(bytes: Bytes) -> Result<JsonBody, ClientError> {
         match serde_json::from_slice::<Head<'_>>(&bytes) {
-            Ok(head) => {
-                let content = head
-                    .choices
-                    .as_ref()
-                    .and_then(|c| c.first())
-                    .and_then(|c| c.message.as_ref()?.content.as_deref())
-                    .map(str::to_owned);
-                let body = JsonBody {
-                    model: head.model.map(|m| m.into()),
-                    total_tokens: head.usage.and_then(|u| u.total_tokens),
-                    parsed: OnceLock::new(),
-                    bytes,
-                };
-                Ok((body, content))
-            }
+            Ok(head) => Ok(JsonBody {
+                choices: head.choices.is_some(),
+                model: head.model.map(|m| m.into()),
+                total_tokens: head.usage.and_then(|u| u.total_tokens),
+                parsed: OnceLock::new(),
+                bytes,
+            }),
             // Valid JSON of another shape (a `usage` that is not an object, say): parsed whole.
             Err(_) => {
                 let v: Value = serde_json::from_slice(&bytes)
                     .map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))?;
-                let content = v["choices"][0]["message"]["content"]
-                    .as_str()
-                    .map(str::to_owned);
-                let body = JsonBody {
+                Ok(JsonBody {
+                    choices: v.get("choices").is_some(),
                     model: v["model"].as_str().map(Into::into),
                     total_tokens: v["usage"]["total_tokens"].as_u64(),
                     parsed: OnceLock::from(v),
                     bytes,
-                };
-                Ok((body, content))
+                })
             }
         }
+    }
+
+    /// A chat answer's text, `choices[0].message.content`, when it is text (an answer of tool
+    /// calls has none). Read from the bytes each time it is asked for (a borrowing pass, or
+    /// the values when they were parsed).
+    pub fn chat_content(&self) -> Option<String> {
+        if let Some(v) = self.parsed.get() {
+            return v["choices"][0]["message"]["content"]
+                .as_str()
+                .map(str::to_owned);
+        }
+        match serde_json::from_slice::<Choices<'_>>(&self.bytes) {
+            Ok(c) => c
+                .choices?
+                .first()?
+                .message
+                .as_ref()?
+                .content
+                .as_deref()
+                .map(str::to_owned),
+            Err(_) => self.value()["choices"][0]["message"]["content"]
+                .as_str()
+                .map(str::to_owned),
+        }
+    }
+
+    /// Whether the bytes hold `needle` anywhere (a quirk's marker, before anything is parsed
+    /// to look for it).
+    pub(crate) fn mentions(&self, needle: &[u8]) -> bool {
+        memchr::memmem::find(&self.bytes, needle).is_some()
     }
 
     /// A body made from `value` (a merged or split answer, a scripted backend).
     pub fn from_value(value: Value) -> JsonBody {
         JsonBody {
             bytes: Bytes::from(value.to_string()),
+            choices: value.get("choices").is_some(),
             model: value["model"].as_str().map(Into::into),
             total_tokens: value["usage"]["total_tokens"].as_u64(),
             parsed: OnceLock::from(value),
@@ -107,6 +137,11 @@ impl JsonBody {
     /// The model the answer names (`model`), when it names one.
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
+    }
+
+    /// Whether it has `choices` (every chat or text completion does).
+    pub fn has_choices(&self) -> bool {
+        self.choices
     }
 
     /// The tokens it says it used (`usage.total_tokens`), when it says.
@@ -145,10 +180,10 @@ mod tests {
     #[test]
     fn the_fields_read_on_every_answer_come_without_a_value_tree() {
         let text = r#"{"id":"c1","model":"m1","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"there\""}}],"usage":{"prompt_tokens":3,"total_tokens":7}}"#;
-        let (body, content) = JsonBody::read(Bytes::from(text)).expect("json");
+        let body = JsonBody::read(Bytes::from(text)).expect("json");
         assert_eq!(body.model(), Some("m1"));
         assert_eq!(body.total_tokens(), Some(7));
-        assert_eq!(content.as_deref(), Some("hi \"there\""));
+        assert_eq!(body.chat_content().as_deref(), Some("hi \"there\""));
         assert!(
             body.parsed.get().is_none(),
             "nothing parsed into values yet"
@@ -159,20 +194,39 @@ mod tests {
 
     #[test]
     fn json_of_another_shape_is_parsed_whole_and_garbage_is_refused() {
-        let (body, content) = JsonBody::read(Bytes::from(
+        let body = JsonBody::read(Bytes::from(
             r#"{"model":"m","usage":"n/a","choices":[{"message":{"content":[1]}}]}"#,
         ))
         .expect("valid JSON");
         assert_eq!(
-            (body.model(), body.total_tokens(), content),
+            (body.model(), body.total_tokens(), body.chat_content()),
             (Some("m"), None, None)
         );
         assert_eq!(body["usage"], "n/a");
-        let (body, _) = JsonBody::read(Bytes::from("[1,2]")).expect("valid JSON");
+        let body = JsonBody::read(Bytes::from("[1,2]")).expect("valid JSON");
         assert_eq!(body.model(), None);
         assert!(matches!(
             JsonBody::read(Bytes::from("{\"model\":")),
             Err(ClientError::Protocol(_))
         ));
+        // Garbage after the fields read is refused too.
+        assert!(matches!(
+            JsonBody::read(Bytes::from(r#"{"model":"m","choices":[{"message":}]}"#)),
+            Err(ClientError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn an_answer_of_tool_calls_has_no_text_and_is_still_an_answer() {
+        let text = r#"{"model":"m","choices":[{"message":{"role":"assistant","content":null,"tool_calls":[{"id":"t1","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}"#;
+        let body = JsonBody::read(Bytes::from(text)).expect("json");
+        assert_eq!((body.model(), body.chat_content()), (Some("m"), None));
+        assert!(body.has_choices());
+        assert!(
+            !JsonBody::read(Bytes::from("{}"))
+                .expect("json")
+                .has_choices()
+        );
+        assert!(body.mentions(b"tool_calls") && !body.mentions(b"Internal error:"));
     }
 }

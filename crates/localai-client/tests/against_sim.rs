@@ -45,7 +45,7 @@ async fn chat_plain_and_streaming() {
         .chat(&chat_req(LLM, json!("hello there")))
         .await
         .expect("chat");
-    assert!(r.content.contains("hello there"), "{}", r.content);
+    assert!(r.content().contains("hello there"), "{}", r.content());
     assert_eq!(r.raw["object"], "chat.completion");
     let mut stream = c
         .chat_stream(&chat_req(LLM, json!("stream me")))
@@ -93,9 +93,9 @@ async fn raw_base64_images_reach_the_vision_model() {
         json!([{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": png}]);
     let r = c.chat(&chat_req(VLM, content)).await.expect("vision chat");
     assert!(
-        r.content.starts_with("I see an image"),
+        r.content().starts_with("I see an image"),
         "the image was dropped: {}",
-        r.content
+        r.content()
     );
 }
 
@@ -317,6 +317,59 @@ async fn malformed_upstream_bodies_are_protocol_errors_never_panics() {
     let e = s.next().await.expect("then an error").expect_err("cut");
     assert_eq!(e.class(), ErrorClass::Protocol);
     assert!(s.next().await.is_none());
+}
+
+/// One chat answer, status 200, as `body` (JSON).
+async fn answering(body: &'static str) -> LocalAiClient {
+    use axum::http::header;
+    use axum::routing::post;
+    let json_ct = [(header::CONTENT_TYPE, "application/json")];
+    broken(axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || async move { (json_ct, body) }),
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn chat_answers_are_taken_by_their_shape_and_their_text_read_when_asked() {
+    // Tool calls: no text, still an answer, passed on as it came.
+    let tools = r#"{"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"weather","arguments":"{}"}}]}}]}"#;
+    let r = answering(tools)
+        .await
+        .chat(&chat_req(LLM, json!("x")))
+        .await
+        .expect("an answer of tool calls");
+    assert_eq!(
+        (r.content(), r.body.as_ref()),
+        (String::new(), tools.as_bytes())
+    );
+
+    // LocalAI v3.5-v4.0: a failure inside the model, answered 200 with its text.
+    let e = answering(r#"{"choices":[{"message":{"content":"Internal error: out of memory"}}]}"#)
+        .await
+        .chat(&chat_req(LLM, json!("x")))
+        .await
+        .expect_err("an internal error");
+    assert!(
+        matches!(&e, ClientError::Stream(m) if m == "out of memory"),
+        "{e:?}"
+    );
+    // The same words elsewhere are text.
+    let r = answering(r#"{"choices":[{"message":{"content":"It said: Internal error: none"}}]}"#)
+        .await
+        .chat(&chat_req(LLM, json!("x")))
+        .await
+        .expect("text that quotes the marker");
+    assert_eq!(r.content(), "It said: Internal error: none");
+
+    // JSON that is no chat completion.
+    let e = answering(r#"{"object":"list","data":[]}"#)
+        .await
+        .chat(&chat_req(LLM, json!("x")))
+        .await
+        .expect_err("no choices");
+    assert_eq!(e.class(), ErrorClass::Protocol);
 }
 
 #[test]

@@ -58,11 +58,7 @@ impl Backend for Scripted {
         let raw = localai_client::JsonBody::from_value(
             json!({"model": req.model, "choices": [{"message": {"content": "ok"}}]}),
         );
-        Ok(ChatResponse {
-            body: raw.bytes().clone(),
-            raw,
-            content: "ok".into(),
-        })
+        Ok(ChatResponse::new(raw))
     }
     async fn chat_stream(&self, _: LaneId, _: &ChatRequest) -> Result<ChunkStream, ClientError> {
         Err(ClientError::Protocol("not in this test".into()))

@@ -150,10 +150,10 @@ pub(super) fn of(
 /// The seeds' answers: JSON with the figures.
 fn seed(reply: Reply, figures: Figures) -> Result<Answer, ServiceError> {
     match reply {
-        Reply::Chat { content, raw, .. } => serialized(
+        Reply::Chat { raw, .. } => serialized(
             &TextResult {
                 figures: SeedFigures::from(&figures),
-                content,
+                content: raw.chat_content().unwrap_or_default(),
                 completion: raw.into_value(),
             },
             figures,

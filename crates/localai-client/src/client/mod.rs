@@ -369,41 +369,28 @@ impl LocalAiClient {
         })
     }
 
-    /// A JSON body parsed whole (control calls, images), read within `total` (measured from the
-    /// call's start by the caller), at most `max_body` bytes.
-    async fn json(&self, resp: Response, total: Duration) -> Result<Value, ClientError> {
-        let body = self.json_bytes(resp, total).await?;
+    /// A JSON body parsed whole (control calls, images), at most `max_body` bytes. Read within
+    /// the call's total limit: every call reads its answer inside [`within`].
+    async fn json(&self, resp: Response) -> Result<Value, ClientError> {
+        let body = self.json_bytes(resp).await?;
         serde_json::from_slice(&body)
             .map_err(|e| ClientError::Protocol(format!("invalid JSON: {e}")))
     }
 
     /// The answer as a [`JsonBody`] (its bytes, passed on without re-serialising, and what im
-    /// reads of it), with a chat's `choices[0].message.content` when it is text.
-    async fn json_and_body(
-        &self,
-        resp: Response,
-        total: Duration,
-    ) -> Result<(JsonBody, Option<String>), ClientError> {
-        JsonBody::read(Bytes::from(self.json_bytes(resp, total).await?))
+    /// reads of it).
+    async fn json_and_body(&self, resp: Response) -> Result<JsonBody, ClientError> {
+        JsonBody::read(Bytes::from(self.json_bytes(resp).await?))
     }
 
-    /// A JSON answer's bytes, read within `total` and `max_body`.
-    async fn json_bytes(&self, resp: Response, total: Duration) -> Result<Vec<u8>, ClientError> {
+    /// A JSON answer's bytes, at most `max_body` (within the call's [`within`]).
+    async fn json_bytes(&self, resp: Response) -> Result<Vec<u8>, ClientError> {
         let is_json = resp
             .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/json"));
-        let body = match tokio::time::timeout(total, resp.read_capped(self.cfg.max_body)).await {
-            Err(_) => {
-                return Err(ClientError::Timeout {
-                    after: total,
-                    phase: "response",
-                });
-            }
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(b)) => b,
-        };
+        let body = resp.read_capped(self.cfg.max_body).await?;
         if !is_json {
             return Err(ClientError::Protocol(format!(
                 "expected JSON, got {} bytes of another content type",
@@ -442,18 +429,24 @@ impl LocalAiClient {
                     self.cfg.chat_first_byte,
                 )
                 .await?;
-            let (raw, content) = self.json_and_body(resp, total).await?;
-            let content = content.ok_or_else(|| {
-                ClientError::Protocol("no choices[0].message.content in the chat response".into())
-            })?;
-            if let Some(msg) = content.strip_prefix("Internal error:") {
+            let raw = self.json_and_body(resp).await?;
+            if !raw.has_choices() {
+                return Err(ClientError::Protocol(
+                    "no choices in the chat response".into(),
+                ));
+            }
+            // LocalAI v3.5-v4.0 answer a failure inside the model with status 200 and the text
+            // `Internal error: …`: looked for in the bytes first, so that the text is read only
+            // when the marker is there.
+            if raw.mentions(b"Internal error:")
+                && let Some(msg) = raw
+                    .chat_content()
+                    .as_deref()
+                    .and_then(|c| c.strip_prefix("Internal error:"))
+            {
                 return Err(ClientError::Stream(msg.trim().to_owned()));
             }
-            Ok(ChatResponse {
-                body: raw.bytes().clone(),
-                raw,
-                content,
-            })
+            Ok(ChatResponse::new(raw))
         };
         within(total, work).await
     }
@@ -482,7 +475,7 @@ impl LocalAiClient {
                     self.cfg.chat_first_byte,
                 )
                 .await?;
-            let (raw, _) = self.json_and_body(resp, total).await?;
+            let raw = self.json_and_body(resp).await?;
             Ok(JsonResponse {
                 body: raw.bytes().clone(),
                 raw,
@@ -669,7 +662,7 @@ impl LocalAiClient {
                     self.cfg.image_first_byte,
                 )
                 .await?;
-            let raw = self.json(resp, total).await?;
+            let raw = self.json(resp).await?;
             let data = raw
                 .get("data")
                 .and_then(Value::as_array)
@@ -692,7 +685,7 @@ impl LocalAiClient {
         let total = self.cfg.control_total;
         let work = async {
             let resp = self.send(out, total).await?;
-            self.json(resp, total).await
+            self.json(resp).await
         };
         within(total, work).await
     }

@@ -98,15 +98,29 @@ impl Upload {
     }
 }
 
-/// A completed chat: LocalAI's OpenAI-shaped body and the answer text.
+/// A completed chat: LocalAI's OpenAI-shaped body.
 #[derive(Clone, Debug)]
 pub struct ChatResponse {
     /// The body as LocalAI sent it (`chat.completion`): parsed when read.
     pub raw: crate::JsonBody,
     /// The same body's bytes, to pass on unchanged.
     pub body: Bytes,
-    /// `choices[0].message.content`.
-    pub content: String,
+}
+
+impl ChatResponse {
+    /// The answer `raw`.
+    pub fn new(raw: crate::JsonBody) -> ChatResponse {
+        ChatResponse {
+            body: raw.bytes().clone(),
+            raw,
+        }
+    }
+
+    /// The answer's text (`choices[0].message.content`); empty when it has none (an answer
+    /// of tool calls). Read from the body when asked.
+    pub fn content(&self) -> String {
+        self.raw.chat_content().unwrap_or_default()
+    }
 }
 
 /// One streamed chunk.
