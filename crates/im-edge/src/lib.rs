@@ -20,7 +20,7 @@ pub mod listener;
 mod peers;
 pub mod proxy;
 
-pub use listener::{App, ClientAddr, ServeLimits, serve};
+pub use listener::{App, ServeLimits, serve};
 pub use peers::{PeerLimitError, Peers};
 
 /// What a request's headers say about its caller, read the same way by every im listener: the

@@ -65,10 +65,11 @@ impl Default for ServeLimits {
     }
 }
 
-/// The client a request came from (its peer, or behind a trusted proxy the forwarded client):
-/// set on every request the listener serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientAddr(pub IpAddr);
+/// The header a trusted proxy names its client in. Names looked up on every request are
+/// constants: a `&str` name is parsed and checked at each lookup.
+const FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+/// The header a replica proves itself with ([`crate::fence::REPLICA`]).
+const REPLICA_PROOF: http::HeaderName = http::HeaderName::from_static(crate::fence::REPLICA);
 
 /// Requests in flight on one connection, and when it was last active.
 struct Activity {
@@ -384,19 +385,18 @@ impl<A: App> Connection<A> {
         let svc = hyper::service::service_fn({
             let activity = activity.clone();
             move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut req = with_body_deadline(req, body_limits);
+                let req = with_body_deadline(req, body_limits);
                 let headers = req.headers();
-                if let Some(proof) = headers.get(crate::fence::REPLICA) {
+                if let Some(proof) = headers.get(REPLICA_PROOF) {
                     peers.note_replica(peer, proof.as_bytes());
                 }
-                let client =
-                    peers.client_of(peer, headers.get("x-forwarded-for").map(|v| v.as_bytes()));
+                // Behind a trusted proxy each forwarded client is counted on its own.
                 let counted = if peers.is_trusted_proxy(peer) {
-                    peers.admit_request(client)
+                    let forwarded = headers.get(FORWARDED_FOR).map(|v| v.as_bytes());
+                    peers.admit_request(peers.client_of(peer, forwarded))
                 } else {
                     Ok(None)
                 };
-                req.extensions_mut().insert(ClientAddr(client));
                 let permit = match counted {
                     Ok(p) => p,
                     // Boxed: a refusal is rare, and a response inline would make room for it
