@@ -261,8 +261,23 @@ fn run(setup: &Setup, ops: &[Op]) {
                                     && h.info[*b].0 == kind
                                     && h.info[*b].1 == model
                                     && *arrived + bound <= at
+                                    // Passed over only by a later arrival: a retry of an
+                                    // earlier request keeps its place ahead.
+                                    && *arrived < arrival
                                     && !ever_dispatched.contains(*b)
                                     && !h.left.contains_key(*b)
+                                    // A batch request its own tenant's cap holds back is not
+                                    // passed over: another tenant's work may start meanwhile.
+                                    && !tenant_cap.is_some_and(|cap| {
+                                        let tenant = h.lines[*b].0;
+                                        h.in_flight
+                                            .keys()
+                                            .filter(|r| {
+                                                h.lines.get(*r).is_some_and(|l| l.0 == tenant)
+                                            })
+                                            .count()
+                                            >= cap as usize
+                                    })
                             });
                             let recent = overdue_started
                                 .get(&(kind, model))
