@@ -65,7 +65,12 @@ struct Message<'a> {
 impl JsonBody {
     /// `bytes` as a JSON answer; bytes that are not JSON are a protocol error.
     pub(crate) fn read(bytes: Bytes) -> Result<JsonBody, ClientError> {
-        match serde_json::from_slice::<Head<'_>>(&bytes) {
+        // Checked to be UTF-8 once, as a whole, instead of string by string as it is read.
+        let head = match std::str::from_utf8(&bytes) {
+            Ok(text) => serde_json::from_str::<Head<'_>>(text),
+            Err(_) => serde_json::from_slice::<Head<'_>>(&bytes),
+        };
+        match head {
             Ok(head) => Ok(JsonBody {
                 choices: head.choices.is_some(),
                 model: head.model.map(|m| m.into()),
@@ -212,6 +217,11 @@ mod tests {
         // Garbage after the fields read is refused too.
         assert!(matches!(
             JsonBody::read(Bytes::from(r#"{"model":"m","choices":[{"message":}]}"#)),
+            Err(ClientError::Protocol(_))
+        ));
+        // A field read that is not UTF-8 is not JSON.
+        assert!(matches!(
+            JsonBody::read(Bytes::from_static(b"{\"model\":\"m\xff\",\"choices\":[]}")),
             Err(ClientError::Protocol(_))
         ));
     }

@@ -6,7 +6,8 @@ use crate::error::ServiceError;
 
 /// Parse a JSON body into `T`, naming the field at fault (`param`). `T` may borrow from the
 /// body (an image payload is then copied once, later, into exactly its size). A body that parses
-/// is read once, without tracking paths; only a faulty one is read again to name its field.
+/// is read once, without tracking paths; only a faulty one (or one that is not UTF-8) is read
+/// again to name its field.
 pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ServiceError> {
     if body.is_empty() {
         return Err(ServiceError::invalid(
@@ -14,11 +15,14 @@ pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ServiceErro
             "the request body is empty; send a JSON object",
         ));
     }
-    let fast = &mut serde_json::Deserializer::from_slice(body);
-    if let Ok(parsed) = T::deserialize(&mut *fast)
-        && fast.end().is_ok()
-    {
-        return Ok(parsed);
+    // The body checked to be UTF-8 once, as a whole, instead of string by string as it is read.
+    if let Ok(text) = std::str::from_utf8(body) {
+        let fast = &mut serde_json::Deserializer::from_str(text);
+        if let Ok(parsed) = T::deserialize(&mut *fast)
+            && fast.end().is_ok()
+        {
+            return Ok(parsed);
+        }
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     let parsed = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
@@ -81,6 +85,15 @@ mod tests {
             let e = super::parse::<Body>(body).expect_err("refused");
             assert_eq!(e.param.as_deref(), Some("body"), "{e:?}");
             assert!(e.message.contains("trailing characters"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_field_that_is_not_utf8_is_malformed_json() {
+        for body in [&b"{\"model\":\"m\xff\"}"[..], b"{\"model\":\"\xc3\x28\"}"] {
+            let e = super::parse::<Body>(body).expect_err("refused");
+            assert_eq!(e.param.as_deref(), Some("body"), "{e:?}");
+            assert!(e.message.starts_with("malformed JSON"), "{e:?}");
         }
     }
 }
