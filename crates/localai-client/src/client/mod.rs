@@ -5,6 +5,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -379,25 +380,36 @@ impl LocalAiClient {
 
     /// The answer as a [`JsonBody`] (its bytes, passed on without re-serialising, and what im
     /// reads of it).
-    async fn json_and_body(&self, resp: Response) -> Result<JsonBody, ClientError> {
-        JsonBody::read(Bytes::from(self.json_bytes(resp).await?))
+    fn json_and_body(
+        &self,
+        resp: Response,
+    ) -> impl Future<Output = Result<JsonBody, ClientError>> + Send + use<'_> {
+        self.json_bytes(resp)
+            .map(|body| JsonBody::read(Bytes::from(body?)))
     }
 
-    /// A JSON answer's bytes, at most `max_body` (within the call's [`within`]).
-    async fn json_bytes(&self, resp: Response) -> Result<Vec<u8>, ClientError> {
+    /// A JSON answer's bytes, at most `max_body` (within the call's [`within`]). Futures
+    /// composed, not `async` blocks, so that the response is kept once in their state (an
+    /// `async` block keeps a future it awaits twice: as captured and as awaited).
+    fn json_bytes(
+        &self,
+        resp: Response,
+    ) -> impl Future<Output = Result<Vec<u8>, ClientError>> + Send + use<'_> {
         let is_json = resp
             .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/json"));
-        let body = resp.read_capped(self.cfg.max_body).await?;
-        if !is_json {
-            return Err(ClientError::Protocol(format!(
-                "expected JSON, got {} bytes of another content type",
-                body.len()
-            )));
-        }
-        Ok(body)
+        resp.read_capped(self.cfg.max_body).map(move |body| {
+            let body = body?;
+            if !is_json {
+                return Err(ClientError::Protocol(format!(
+                    "expected JSON, got {} bytes of another content type",
+                    body.len()
+                )));
+            }
+            Ok(body)
+        })
     }
 
     /// The upstream body: the request as it is (serialised straight from it, nothing copied),
@@ -698,17 +710,19 @@ struct StreamState {
     seen_chunk: bool,
 }
 
-/// `work` within `total`, else a response timeout.
-async fn within<T>(
+/// `work` within `total`, counted from this call (made inside the call's own future), else a
+/// response timeout. Composed, not an `async fn`, which keeps `work` twice in its state: a chat
+/// call's future is 1,480 bytes, not 2,784.
+fn within<T>(
     total: Duration,
-    work: impl std::future::Future<Output = Result<T, ClientError>>,
-) -> Result<T, ClientError> {
-    tokio::time::timeout(total, work)
-        .await
-        .unwrap_or(Err(ClientError::Timeout {
+    work: impl Future<Output = Result<T, ClientError>>,
+) -> impl Future<Output = Result<T, ClientError>> {
+    tokio::time::timeout(total, work).map(move |r| {
+        r.unwrap_or(Err(ClientError::Timeout {
             after: total,
             phase: "response",
         }))
+    })
 }
 
 /// An upstream error body: LocalAI's or OpenAI's envelope, or text.
