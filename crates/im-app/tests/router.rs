@@ -377,6 +377,38 @@ async fn every_json_route_reads_its_body_as_axum_would_and_names_what_is_wrong()
     }
 }
 
+#[tokio::test]
+async fn a_body_sent_in_pieces_is_read_whole_and_its_limit_counts_every_piece() {
+    let (app, _b) = app_with(|c| c.http.body_limit_bytes = 4096).await;
+    let in_pieces = |body: String, piece: usize| {
+        let pieces: Vec<Result<Vec<u8>, std::io::Error>> = body
+            .into_bytes()
+            .chunks(piece)
+            .map(|c| Ok(c.to_vec()))
+            .collect();
+        Request::post("/v1/chat/completions")
+            .header("x-api-key", DEMO_KEY)
+            .header("content-type", "application/json")
+            .body(Body::from_stream(futures_util::stream::iter(pieces)))
+            .expect("request")
+    };
+    let whole = send(&app, post("/v1/chat/completions", chat_body(LLM))).await;
+    assert_eq!(whole.0, StatusCode::OK, "{}", whole.2);
+    for piece in [1, 7, 4096] {
+        let (status, _, v) = send(&app, in_pieces(chat_body(LLM), piece)).await;
+        assert_eq!(status, StatusCode::OK, "pieces of {piece}: {v}");
+        assert_eq!(v["model"], whole.2["model"], "{v}");
+        assert_eq!(v["object"], "chat.completion", "{v}");
+    }
+    // Over the limit only once the pieces are added up.
+    let padded = json!({"model": LLM, "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    let r = send(&app, in_pieces(padded.to_string(), 1000)).await;
+    is_error(&r, 413, "payload_too_large", None);
+    // A piece that is not JSON once put together with the others.
+    let r = send(&app, in_pieces(chat_body(LLM).replace('}', "]"), 5)).await;
+    is_error(&r, 400, "invalid_request", Some("body"));
+}
+
 /// A model of the simulator's catalogue that a test removes from it.
 const GONE: &str = "llava-1.6-mistral-7b";
 

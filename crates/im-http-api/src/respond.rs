@@ -72,17 +72,39 @@ pub(crate) fn direct(
 }
 
 /// A request body read whole within `limit`, with the errors axum's `Bytes` extractor gives
-/// ([`body`]): 413 over the limit, else 400 naming the body.
-async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, HttpError> {
+/// ([`body`]): 413 over the limit, else 400 naming the body. A body that comes in one piece (a
+/// small request's, usually) is that piece: nothing gathered, nothing copied.
+async fn read_body(mut body: axum::body::Body, limit: usize) -> Result<Bytes, HttpError> {
     use http_body_util::BodyExt;
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(HttpError(too_large(limit))),
-        Err(e) => Err(HttpError(ServiceError::invalid(
+    let failed = |e: axum::Error| {
+        HttpError(ServiceError::invalid(
             "body",
             format!("Failed to buffer the request body: {e}"),
-        ))),
+        ))
+    };
+    let mut first = Bytes::new();
+    let mut more: Option<Vec<u8>> = None;
+    while let Some(frame) = body.frame().await {
+        // Trailers carry no data.
+        let Ok(data) = frame.map_err(failed)?.into_data() else {
+            continue;
+        };
+        let read = more.as_ref().map_or(first.len(), Vec::len);
+        if data.len() > limit.saturating_sub(read) {
+            return Err(HttpError(too_large(limit)));
+        }
+        match &mut more {
+            Some(all) => all.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut all = Vec::with_capacity(first.len() + data.len());
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&data);
+                more = Some(all);
+            }
+        }
     }
+    Ok(more.map_or(first, Bytes::from))
 }
 
 /// Serve `route` with its body read. Combinators, not an `async fn`: the future a waiting
