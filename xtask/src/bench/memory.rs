@@ -50,6 +50,18 @@ async fn fill(
     body: Arc<Value>,
     count_path: &str,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    fill_after(base, 0, n, path, body, count_path).await
+}
+
+/// [`fill`] with `held_before` requests already held: until `held_before + n` are.
+async fn fill_after(
+    base: &str,
+    held_before: usize,
+    n: usize,
+    path: &'static str,
+    body: Arc<Value>,
+    count_path: &str,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let c = client();
     let mut hs = Vec::with_capacity(n);
     for _ in 0..n {
@@ -64,10 +76,11 @@ async fn fill(
         }));
     }
     let start = Instant::now();
-    while waiting(&c, base, count_path).await + 1 < n as u64 {
+    let total = (held_before + n) as u64;
+    while waiting(&c, base, count_path).await + 1 < total {
         if start.elapsed() > Duration::from_secs(120) {
             bail!(
-                "only {} of {n} requests queued",
+                "only {} of {total} requests queued",
                 waiting(&c, base, count_path).await
             );
         }
@@ -110,7 +123,24 @@ pub async fn memory(out: &mut String) -> Result<()> {
     let small = Arc::new(
         json!({"model": LLM, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}),
     );
-    let hs = fill(&base, 10_000, "/v1/chat/completions", small.clone(), QUEUE).await?;
+    // The CPU a request costs to queue, measured in two steps: the first thousand (a queue
+    // that small has its waits predicted by replaying the policy), then the rest.
+    let cpu = || crate::bench::cpu_seconds(im.0.id());
+    let cpu_idle = cpu();
+    let mut hs = fill(&base, 1_000, "/v1/chat/completions", small.clone(), QUEUE).await?;
+    let cpu_first = cpu();
+    hs.extend(
+        fill_after(
+            &base,
+            1_000,
+            9_000,
+            "/v1/chat/completions",
+            small.clone(),
+            QUEUE,
+        )
+        .await?,
+    );
+    let cpu_rest = cpu();
     let full = im.rss_kib();
     let grow = (full - idle.min(full)) as f64;
     let _ = writeln!(
@@ -124,6 +154,13 @@ pub async fn memory(out: &mut String) -> Result<()> {
         h.abort();
     }
     drop(im);
+    let queueing_cpu = format!(
+        "CPU of im-http while the small requests queue (user and system, the fill's own polling of \
+         `/queue-status` included): **{:.0} µs** per request for the first 1,000, {:.0} µs for the \
+         next 9,000.",
+        (cpu_first - cpu_idle) * 1e6 / 1_000.0,
+        (cpu_rest - cpu_first) * 1e6 / 9_000.0
+    );
     let floor = held_by_bare_server(small.clone()).await?;
     let _ = writeln!(
         out,
@@ -174,6 +211,7 @@ pub async fn memory(out: &mut String) -> Result<()> {
          **{:.1} KiB**, more than its resident size because hyper reserves buffers whose pages are never written.",
         heap / 1024.0
     );
+    let _ = writeln!(out, "\n{queueing_cpu}");
     let _ = writeln!(
         out,
         "\nThe payload is copied once out of the request body (which is dropped before the request queues) and shared \

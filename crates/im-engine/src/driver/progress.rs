@@ -41,7 +41,12 @@ impl Driver {
     }
 
     /// Tell `id`'s caller where it stands: its place, and a load of its model not told yet.
+    /// A request nobody follows costs a lookup: its place is predicted (a replay of the whole
+    /// state while it is small) only for a follower.
     pub(super) fn tell(&mut self, now: Time, id: RequestId) {
+        if !self.watchers.sinks.contains_key(&id) {
+            return;
+        }
         let Some(w) = self.core.waiting(now, id) else {
             return;
         };
