@@ -73,7 +73,8 @@ pub(crate) fn direct(
 
 /// A request body read whole within `limit`, with the errors axum's `Bytes` extractor gives
 /// ([`body`]): 413 over the limit, else 400 naming the body. A body that comes in one piece (a
-/// small request's, usually) is that piece: nothing gathered, nothing copied.
+/// small request's, usually) is that piece: nothing gathered, nothing copied. Done as soon as
+/// the body says it has ended (its declared length read), not one poll of the body later.
 async fn read_body(mut body: axum::body::Body, limit: usize) -> Result<Bytes, HttpError> {
     use http_body_util::BodyExt;
     let failed = |e: axum::Error| {
@@ -102,6 +103,9 @@ async fn read_body(mut body: axum::body::Body, limit: usize) -> Result<Bytes, Ht
                 all.extend_from_slice(&data);
                 more = Some(all);
             }
+        }
+        if axum::body::HttpBody::is_end_stream(&body) {
+            break;
         }
     }
     Ok(more.map_or(first, Bytes::from))
