@@ -10,9 +10,7 @@ use axum::extract::{Multipart, State};
 use axum::response::Response;
 use base64::Engine as _;
 use im_service::api::bodies::{RerankRequest, SpeechRequest, parse_size};
-use im_service::{
-    Call, Caller, ErrorType, ImageParams, Route, ServiceError, TranscriptionInput, image_file,
-};
+use im_service::{Call, Caller, ImageParams, Route, ServiceError, TranscriptionInput, image_file};
 
 use crate::error::{HttpError, QueuedErrors};
 use crate::respond::{json_route, write};
@@ -101,12 +99,7 @@ async fn read_form(
     limit: usize,
 ) -> Result<Form, ServiceError> {
     let mut form = form.map_err(|r| ServiceError::invalid("body", r.body_text()))?;
-    let too_large = || {
-        ServiceError::new(
-            ErrorType::PayloadTooLarge,
-            format!("the body is over the limit of {limit} bytes"),
-        )
-    };
+    let too_large = || crate::respond::too_large(limit);
     let mut out = Form {
         fields: Vec::new(),
         files: Vec::new(),

@@ -25,7 +25,7 @@ pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Ser
 }
 
 /// A body over `limit` bytes.
-fn too_large(limit: usize) -> ServiceError {
+pub(crate) fn too_large(limit: usize) -> ServiceError {
     ServiceError::new(
         ErrorType::PayloadTooLarge,
         format!("the body is over the limit of {limit} bytes"),

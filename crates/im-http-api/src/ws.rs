@@ -403,7 +403,7 @@ async fn inference(service: &im_service::Service, caller: &Caller, v: &Value, ou
                "processing_ms": f.processing.as_secs_f64() * 1000.0})
     };
     match done.reply {
-        Reply::Chat { raw, .. } => out.send(figures(raw.chat_content().unwrap_or_default())),
+        Reply::Chat { raw, .. } => out.send(figures(raw.chat_text())),
         Reply::Stream(mut stream) => {
             let mut text = String::new();
             while let Some(item) = stream.next().await {

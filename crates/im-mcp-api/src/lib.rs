@@ -176,7 +176,7 @@ fn completion(done: Done) -> CallToolResult {
         u64::from(m.attempts),
     );
     let mut out: Vec<ContentBlock> = match done.reply {
-        Reply::Chat { raw, .. } => vec![ContentBlock::text(raw.chat_content().unwrap_or_default())],
+        Reply::Chat { raw, .. } => vec![ContentBlock::text(raw.chat_text())],
         Reply::Images { images, .. } => images
             .into_iter()
             .map(|b| ContentBlock::image(b, "image/png"))

@@ -21,6 +21,9 @@ mod registry;
 mod service;
 mod tenancy;
 
+/// A concurrent map keyed the fast way (the workspace's `foldhash`): the maps a request touches.
+type DashMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
+
 pub use api::{Answer, Request, Route};
 pub use auth::{
     Caller, KeyId, KeySpec, Keys, Principal, Scope, TenantId, forbidden, revoked, unauthorized,

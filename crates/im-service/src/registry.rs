@@ -235,7 +235,7 @@ fn number(
 
 fn content(done: &Done) -> Result<String, ServiceError> {
     match &done.reply {
-        Reply::Chat { raw, .. } => Ok(raw.chat_content().unwrap_or_default()),
+        Reply::Chat { raw, .. } => Ok(raw.chat_text()),
         _ => Err(ServiceError::new(
             ErrorType::Internal,
             "expected a chat answer from the upstream",

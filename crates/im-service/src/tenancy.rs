@@ -24,11 +24,9 @@ use foldhash::HashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use crate::DashMap;
 use crate::auth::{KeyId, TenantId};
 use crate::error::{ErrorType, ServiceError};
-
-/// A concurrent map keyed the fast way (see the workspace's `foldhash`).
-type DashMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
 
 /// One `[[tenants]]` entry as the service takes it.
 #[derive(Clone, Debug, Default, PartialEq)]

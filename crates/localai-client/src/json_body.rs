@@ -117,6 +117,12 @@ impl JsonBody {
         }
     }
 
+    /// A chat answer's text as it is shown to a person (the seeds' answers, WebSocket, MCP):
+    /// [`Self::chat_content`], empty when the answer has none (tool calls).
+    pub fn chat_text(&self) -> String {
+        self.chat_content().unwrap_or_default()
+    }
+
     /// Whether the bytes hold `needle` anywhere (a quirk's marker, before anything is parsed
     /// to look for it).
     pub(crate) fn mentions(&self, needle: &[u8]) -> bool {

@@ -153,7 +153,7 @@ fn seed(reply: Reply, figures: Figures) -> Result<Answer, ServiceError> {
         Reply::Chat { raw, .. } => serialized(
             &TextResult {
                 figures: SeedFigures::from(&figures),
-                content: raw.chat_content().unwrap_or_default(),
+                content: raw.chat_text(),
                 completion: raw.into_value(),
             },
             figures,

@@ -74,7 +74,7 @@ struct Shared {
     version: tokio::sync::watch::Sender<u64>,
     /// The requests in the system by the key they came with (request id), so that a key's
     /// waiting requests leave when a reload revokes it.
-    live: dashmap::DashMap<String, KeyId, foldhash::fast::RandomState>,
+    live: crate::DashMap<String, KeyId>,
     limits: InputLimits,
     body_limit: usize,
     registry: Registry,
@@ -137,7 +137,7 @@ impl Service {
                 default_job_quota: settings.default_job_quota,
                 meters: Meters::default(),
                 version: tokio::sync::watch::Sender::new(0),
-                live: dashmap::DashMap::default(),
+                live: crate::DashMap::default(),
                 limits: settings.limits.clone(),
                 body_limit: settings.body_limit,
                 registry: settings.registry.clone(),
@@ -549,17 +549,13 @@ fn job_of(call: Box<Call>, id: String) -> im_engine::Job {
 
 /// A request in the system, by the key it came with; forgotten when it leaves.
 struct Live<'a> {
-    map: &'a dashmap::DashMap<String, KeyId, foldhash::fast::RandomState>,
+    map: &'a crate::DashMap<String, KeyId>,
     /// The request's id, borrowed from its caller (the map's key is the one copy).
     id: &'a str,
 }
 
 impl<'a> Live<'a> {
-    fn enter(
-        map: &'a dashmap::DashMap<String, KeyId, foldhash::fast::RandomState>,
-        id: &'a str,
-        key: KeyId,
-    ) -> Live<'a> {
+    fn enter(map: &'a crate::DashMap<String, KeyId>, id: &'a str, key: KeyId) -> Live<'a> {
         map.insert(id.to_owned(), key);
         Live { map, id }
     }

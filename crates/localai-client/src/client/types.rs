@@ -119,7 +119,7 @@ impl ChatResponse {
     /// The answer's text (`choices[0].message.content`); empty when it has none (an answer
     /// of tool calls). Read from the body when asked.
     pub fn content(&self) -> String {
-        self.raw.chat_content().unwrap_or_default()
+        self.raw.chat_text()
     }
 }
 
