@@ -1,23 +1,22 @@
-//! Allocation counting for the benchmark build (`--features count-allocations`): the system
-//! allocator wrapped by `stats_alloc`, and its count of allocations (and reallocations) and the
+//! Allocation counting for the benchmark build (`--features count-allocations`): im-http's
+//! allocator (jemalloc) wrapped by `stats_alloc`, and its count of allocations (and reallocations) and the
 //! bytes live on the heap written to the file named by `IM_ALLOCATIONS_FILE` ten times a second,
 //! where `cargo xtask bench` reads them around a run to print allocations per proxied request and
-//! the heap a queued request holds. Every other build keeps the system allocator, untouched.
+//! the heap a queued request holds. Every other build uses jemalloc as it is.
 
-use std::alloc::System;
-
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use stats_alloc::{Region, StatsAlloc};
+use tikv_jemallocator::Jemalloc;
 
 /// The process's allocator in the benchmark build.
 #[global_allocator]
-static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+static ALLOCATOR: StatsAlloc<Jemalloc> = StatsAlloc::new(Jemalloc);
 
 /// Write `<allocations> <live bytes>` to `IM_ALLOCATIONS_FILE` ten times a second, from a thread of its own.
 pub fn report() {
     let Some(path) = std::env::var_os("IM_ALLOCATIONS_FILE") else {
         return;
     };
-    let region = Region::new(ALLOCATOR);
+    let region = Region::new(&ALLOCATOR);
     std::thread::spawn(move || {
         let tmp = std::path::PathBuf::from(format!("{}.tmp", path.to_string_lossy()));
         loop {

@@ -12,6 +12,14 @@ use im_app::run;
 #[cfg(feature = "count-allocations")]
 mod allocations;
 
+/// jemalloc, not the system's malloc: it keeps small blocks apart from hyper's 8 KiB connection
+/// buffers and writes no header into a block, so the pages of a buffer a waiting connection never
+/// fills stay untouched (a queued small request: 8 KiB resident against glibc's 12; see
+/// benches/results/bench.md, memory). Configured when built (`.cargo/config.toml`).
+#[cfg(not(feature = "count-allocations"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// im: an inference manager for LocalAI (HTTP API, OpenAI-compatible routes, Swagger UI at /docs).
 #[derive(Parser, Debug)]
 #[command(version, about)]

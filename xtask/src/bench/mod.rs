@@ -237,28 +237,10 @@ pub fn start_sim(port: u16, time_scale: f64, config: Option<&Path>) -> Result<Pr
     Ok(p)
 }
 
+/// Start im-http on `port` in front of `upstream_port` with `config`.
 pub fn start_im(port: u16, upstream_port: u16, config: &str) -> Result<Proc> {
-    start_im_env(
-        port,
-        upstream_port,
-        config,
-        std::env::var("IM_BENCH_GLIBC_TUNABLES").ok(),
-    )
-}
-
-/// Start im-http, optionally with `GLIBC_TUNABLES` set.
-pub fn start_im_env(
-    port: u16,
-    upstream_port: u16,
-    config: &str,
-    tunables: Option<String>,
-) -> Result<Proc> {
-    let env: Vec<(String, String)> = tunables
-        .map(|t| ("GLIBC_TUNABLES".to_owned(), t))
-        .into_iter()
-        .collect();
     start_im_with(
-        im_command(&release_bin("im-http"), port, upstream_port, config, &env)?,
+        im_command(&release_bin("im-http"), port, upstream_port, config, &[])?,
         port,
     )
 }

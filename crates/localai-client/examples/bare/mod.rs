@@ -1,5 +1,7 @@
 //! What the bare examples share: hyper's HTTP/1 server on im's runtime (tokio's current-thread scheduler),
-//! each connection served by `handle`, and nothing else.
+//! each connection served by `handle`, and nothing else, with im-http's allocator (jemalloc, built
+//! with the workspace's `JEMALLOC_SYS_WITH_MALLOC_CONF`), so a floor differs from im-http only in
+//! what im does.
 
 use std::future::Future;
 
@@ -7,6 +9,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Serve `handle` on `listen` until the process ends.
 pub fn serve<H, F>(listen: &str, handle: H) -> Result<(), Box<dyn std::error::Error>>
