@@ -123,10 +123,10 @@ impl JsonBody {
         self.chat_content().unwrap_or_default()
     }
 
-    /// Whether the bytes hold `needle` anywhere (a quirk's marker, before anything is parsed
-    /// to look for it).
-    pub(crate) fn mentions(&self, needle: &[u8]) -> bool {
-        memchr::memmem::find(&self.bytes, needle).is_some()
+    /// Whether the bytes hold `needle`'s text anywhere (a quirk's marker, before anything is
+    /// parsed to look for it). A prepared searcher: building one costs more than a short search.
+    pub(crate) fn mentions(&self, needle: &memchr::memmem::Finder<'_>) -> bool {
+        needle.find(&self.bytes).is_some()
     }
 
     /// A body made from `value` (a merged or split answer, a scripted backend).
@@ -243,6 +243,7 @@ mod tests {
                 .expect("json")
                 .has_choices()
         );
-        assert!(body.mentions(b"tool_calls") && !body.mentions(b"Internal error:"));
+        let finder = memchr::memmem::Finder::new;
+        assert!(body.mentions(&finder("tool_calls")) && !body.mentions(&finder("Internal error:")));
     }
 }

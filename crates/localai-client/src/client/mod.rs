@@ -25,6 +25,11 @@ use exchange::{Outgoing, Response};
 pub use message::{Content, Message, MessageInput, NotAMessage, Role};
 pub use types::*;
 
+/// LocalAI v3.5-v4.0 answer a failure inside the model with status 200 and this text in the
+/// message: looked for in a chat answer's bytes.
+static INTERNAL_ERROR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new("Internal error:"));
+
 /// Timeouts and credentials of a [`LocalAiClient`].
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -450,7 +455,7 @@ impl LocalAiClient {
             // LocalAI v3.5-v4.0 answer a failure inside the model with status 200 and the text
             // `Internal error: …`: looked for in the bytes first, so that the text is read only
             // when the marker is there.
-            if raw.mentions(b"Internal error:")
+            if raw.mentions(&INTERNAL_ERROR)
                 && let Some(msg) = raw
                     .chat_content()
                     .as_deref()
