@@ -1,8 +1,9 @@
 //! Allocation counting for the benchmark build (`--features count-allocations`): im-http's
-//! allocator (jemalloc) wrapped by `stats_alloc`, and its count of allocations (and reallocations) and the
-//! bytes live on the heap written to the file named by `IM_ALLOCATIONS_FILE` ten times a second,
-//! where `cargo xtask bench` reads them around a run to print allocations per proxied request and
-//! the heap a queued request holds. Every other build uses jemalloc as it is.
+//! allocator (jemalloc) wrapped by `stats_alloc`, and its count of allocations (and
+//! reallocations) and the bytes live on the heap written to the file named by
+//! `IM_ALLOCATIONS_FILE` ten times a second, where `cargo xtask bench` reads them around a run to
+//! print allocations per proxied request and the heap a queued request holds. Every other build
+//! uses jemalloc as it is.
 
 use stats_alloc::{Region, StatsAlloc};
 use tikv_jemallocator::Jemalloc;
