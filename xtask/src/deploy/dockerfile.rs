@@ -67,5 +67,27 @@ pub(super) fn check(d: &Deploy) -> Result<String> {
         d.root.join(".dockerignore").exists(),
         ".dockerignore missing"
     );
-    Ok("Dockerfile builds and copies existing binaries as released (no simulator), runs non-root, keeps jobs in a volume, checks /health".into())
+    // jemalloc (im-http's allocator) is built from C with make, which Rust's slim images lack;
+    // its build setting lives in .cargo/config.toml, which the build context must carry.
+    let lock = std::fs::read_to_string(d.root.join("Cargo.lock"))?;
+    if lock.contains("name = \"tikv-jemalloc-sys\"") {
+        let builder = docker.split("\nFROM ").nth(1).unwrap_or_default();
+        // The packages named by the builder's `apt-get install` commands.
+        let installs_make = builder.split("apt-get install").skip(1).any(|rest| {
+            let command = rest.split("&&").next().unwrap_or_default();
+            command.split_whitespace().any(|w| w == "make")
+        });
+        ensure!(
+            installs_make,
+            "Dockerfile: the builder stage must install make (tikv-jemalloc-sys builds jemalloc with it)"
+        );
+        let ignored = std::fs::read_to_string(d.root.join(".dockerignore"))?;
+        ensure!(
+            !ignored
+                .lines()
+                .any(|l| l.trim().trim_end_matches('/') == ".cargo"),
+            ".dockerignore must not leave out .cargo (jemalloc's build setting is there)"
+        );
+    }
+    Ok("Dockerfile builds and copies existing binaries as released (no simulator), runs non-root, keeps jobs in a volume, checks /health, installs make for jemalloc".into())
 }
