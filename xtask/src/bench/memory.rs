@@ -150,8 +150,25 @@ pub async fn memory(out: &mut String) -> Result<()> {
         grow / 1024.0,
         grow / 10_000.0
     );
+    // Their clients hang up: every request leaves (cancelled), and what is given back shows, at
+    // once and once jemalloc's decay (10 s) has passed.
     for h in hs {
         h.abort();
+    }
+    let c = client();
+    let start = Instant::now();
+    while waiting(&c, &base, QUEUE).await > 0 && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (when, wait) in [("at once", 1), ("15 s later", 15)] {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let after = im.rss_kib();
+        let _ = writeln!(
+            out,
+            "| the same 10,000 gone (their clients hung up), {when} | {:.1} | {:.1} | - |",
+            after as f64 / 1024.0,
+            (after - idle.min(after)) as f64 / 1024.0
+        );
     }
     drop(im);
     let queueing_cpu = format!(
