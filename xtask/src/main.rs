@@ -314,6 +314,7 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
     let (secs, rounds) = if quick { (3, 1) } else { (5, 3) };
     if part(BenchPart::Overhead) {
         bench::overhead::overhead(&mut out, secs, rounds)?;
+        bench::overhead::own_core(&mut out, secs, rounds)?;
         bench::overhead::allocations(&mut out, if quick { 10_000 } else { 50_000 })?;
     }
     if part(BenchPart::Instructions) {

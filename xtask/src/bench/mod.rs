@@ -220,6 +220,17 @@ pub const BARE_WAITING: &str = "bare_waiting";
 pub const COUNTING_IM: &str = "im-http-count-allocations";
 
 pub fn start_sim(port: u16, time_scale: f64, config: Option<&Path>) -> Result<Proc> {
+    let p = Proc(
+        sim_command(port, time_scale, config)
+            .spawn()
+            .context("starting localai-sim")?,
+    );
+    wait_ready(port, "/readyz", None)?;
+    Ok(p)
+}
+
+/// The command that starts localai-sim on `port` at `time_scale`, its output discarded.
+pub fn sim_command(port: u16, time_scale: f64, config: Option<&Path>) -> Command {
     let mut cmd = Command::new(release_bin("localai-sim"));
     cmd.args([
         "--port",
@@ -232,9 +243,25 @@ pub fn start_sim(port: u16, time_scale: f64, config: Option<&Path>) -> Result<Pr
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
-    let p = Proc(cmd.spawn().context("starting localai-sim")?);
-    wait_ready(port, "/readyz", None)?;
-    Ok(p)
+    cmd
+}
+
+/// `cmd` run on one CPU only (through `taskset`, which execs it: the process is the command's),
+/// with the same arguments and environment; its output is the caller's to set.
+pub fn on_cpu(cpu: usize, cmd: &Command) -> Command {
+    let mut pinned = Command::new("taskset");
+    pinned
+        .arg("-c")
+        .arg(cpu.to_string())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => pinned.env(k, v),
+            None => pinned.env_remove(k),
+        };
+    }
+    pinned
 }
 
 /// Start im-http on `port` in front of `upstream_port` with `config`.

@@ -56,11 +56,13 @@ fn start_bare_proxy(port: u16, upstream_port: u16, work_us: u64) -> Result<Proc>
     Ok(p)
 }
 
-fn start_nginx(port: u16, upstream_port: u16) -> Result<Nginx> {
+/// The command that starts nginx with `workers` worker processes on `port` in front of
+/// `upstream_port` (a keepalive upstream, no access log), its configuration written beside it.
+fn nginx_command(port: u16, upstream_port: u16, workers: usize) -> Result<Command> {
     let dir = std::env::temp_dir().join(format!("im-bench-nginx-{port}"));
     std::fs::create_dir_all(&dir)?;
     let conf = format!(
-        "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "worker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
            upstream sim {{ server 127.0.0.1:{upstream_port}; keepalive 128; }}\n\
@@ -74,16 +76,17 @@ fn start_nginx(port: u16, upstream_port: u16) -> Result<Nginx> {
     } else {
         "nginx"
     };
-    let p = Proc(
-        Command::new(nginx)
-            .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx")?,
-    );
-    let nginx = Nginx(p);
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Ok(cmd)
+}
+
+/// nginx started by `cmd` (an [`nginx_command`]) and ready on `port`.
+fn start_nginx_with(mut cmd: Command, port: u16) -> Result<Nginx> {
+    let nginx = Nginx(Proc(cmd.spawn().context("starting nginx")?));
     wait_ready(port, "/readyz", None)?;
     Ok(nginx)
 }
@@ -117,6 +120,8 @@ pub struct Load {
     pub sim_cpu_us: f64,
 }
 
+/// oha's figures for `conns` connections sending `body` to `url` for `secs` (at `rate` requests a
+/// second, or as fast as they can), oha itself on `cpu` when given.
 fn oha(
     url: &str,
     key: Option<&str>,
@@ -124,8 +129,12 @@ fn oha(
     secs: u64,
     rate: Option<u32>,
     conns: u32,
+    cpu: Option<usize>,
 ) -> Result<Load> {
     let mut cmd = Command::new("oha");
+    if let Some(cpu) = cpu {
+        cmd = on_cpu(cpu, &cmd);
+    }
     cmd.args([
         "--no-tui",
         "--output-format",
@@ -203,7 +212,7 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     let sim = start_sim(sim_p, 0.0, None)?;
     let cfg = config();
     let im = start_im(im_p, sim_p, &cfg)?;
-    let ngx = start_nginx(ngx_p, sim_p)?;
+    let ngx = start_nginx_with(nginx_command(ngx_p, sim_p, 2)?, ngx_p)?;
     let (bare_p, busy_p) = (free_port(), free_port());
     let bare = start_bare_proxy(bare_p, sim_p, 0)?;
     let busy = start_bare_proxy(busy_p, sim_p, WORK_US)?;
@@ -254,7 +263,7 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     ];
     // Warm every path.
     for (_, url, key) in &targets {
-        oha(url, *key, &body, 2, None, 8)?;
+        oha(url, *key, &body, 2, None, 8, None)?;
     }
     let _ = writeln!(
         out,
@@ -288,7 +297,7 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
                 let (_, url, key) = &targets[t];
                 let cpu = |pid: Option<u32>| pid.map_or(0.0, cpu_seconds);
                 let (proxy0, sim0) = (cpu(proxy_pid[t]), cpu(Some(sim.0.id())));
-                let mut load = oha(url, *key, &body, secs, rate, conns)?;
+                let mut load = oha(url, *key, &body, secs, rate, conns, None)?;
                 let requests = (load.rps * secs as f64).max(1.0);
                 load.proxy_cpu_us = (cpu(proxy_pid[t]) - proxy0) * 1e6 / requests;
                 load.sim_cpu_us = (cpu(Some(sim.0.id())) - sim0) * 1e6 / requests;
@@ -341,14 +350,15 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
             let cpu = im.proxy_cpu_us / n.proxy_cpu_us;
             verdict.push(format!(
                 "{name}: CPU per request im-http {:.0} µs, nginx {:.0} µs = {cpu:.1}x (target <= 2x {}); \
-                 throughput / direct im-http {im_ratio:.2}, nginx {nginx_ratio:.2} = {:.2} of nginx's (target >= 0.8 {}); \
-                 the bare hyper proxy {:.0} µs and {:.2} of direct, so im's own work is {:.0} µs; \
+                 throughput / direct im-http {im_ratio:.2}, nginx {nginx_ratio:.2} = {:.2} of nginx's (target >= 0.8 {}; \
+                 nginx's CPU per request over im-http's: {:.2}); the bare hyper proxy {:.0} µs and {:.2} of direct, so im's own work is {:.0} µs; \
                  {}; the simulator's own HTTP server {:.0} µs",
                 im.proxy_cpu_us,
                 n.proxy_cpu_us,
                 met(cpu <= 2.0),
                 im_ratio / nginx_ratio,
                 met(im_ratio >= 0.8 * nginx_ratio),
+                n.proxy_cpu_us / im.proxy_cpu_us,
                 bare.proxy_cpu_us,
                 bare.rps / d.rps,
                 im.proxy_cpu_us - bare.proxy_cpu_us,
@@ -369,6 +379,127 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
             ));
         }
     }
+    let _ = writeln!(out);
+    for v in verdict {
+        let _ = writeln!(out, "- {v}");
+    }
+    let _ = writeln!(out);
+    Ok(())
+}
+
+/// `cmd` started on CPU `cpu` alone, its output discarded, ready once `port` answers `path`.
+fn start_on_cpu(cpu: usize, cmd: &Command, port: u16, path: &str) -> Result<Proc> {
+    let p = Proc(
+        on_cpu(cpu, cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {:?} on CPU {cpu}", cmd.get_program()))?,
+    );
+    wait_ready(port, path, None)?;
+    Ok(p)
+}
+
+/// Throughput with each proxy on a core of its own: the load generator and the simulator on CPU
+/// 0, the proxy alone on CPU 1 (nginx with one worker; im-http and the bare proxy have one
+/// thread each). On the shared cores of [`overhead`] a proxy's throughput is its share of two
+/// cores the load generator and the simulator also need, which its CPU per request sets; here the
+/// proxy does not take CPU from what is behind it and in front of it, so the ratio reads whether
+/// it keeps up with them, which is what a proxy's throughput means where it is deployed.
+pub fn own_core(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
+    let _ = writeln!(out, "#### Each proxy on a core of its own\n");
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        let _ = writeln!(out, "Skipped: this machine has one CPU.\n");
+        return Ok(());
+    }
+    let (sim_p, im_p, ngx_p, bare_p) = (free_port(), free_port(), free_port(), free_port());
+    let sim = start_on_cpu(0, &sim_command(sim_p, 0.0, None), sim_p, "/readyz")?;
+    let ngx = Nginx(start_on_cpu(
+        1,
+        &nginx_command(ngx_p, sim_p, 1)?,
+        ngx_p,
+        "/readyz",
+    )?);
+    let im_cmd = im_command(&release_bin("im-http"), im_p, sim_p, &config(), &[])?;
+    let im = start_on_cpu(1, &im_cmd, im_p, "/health")?;
+    let bare = start_on_cpu(1, &bare_proxy_command(bare_p, sim_p, 0), bare_p, "/readyz")?;
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let targets: [(&str, String, Option<&str>, Option<u32>); 4] = [
+        ("direct", url(sim_p), None, None),
+        ("nginx (one worker)", url(ngx_p), None, Some(ngx.0.0.id())),
+        ("im-http", url(im_p), Some(TENANT_KEY), Some(im.0.id())),
+        ("bare hyper proxy", url(bare_p), None, Some(bare.0.id())),
+    ];
+    let body =
+        json!({"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+            .to_string();
+    for (_, url, key, _) in &targets {
+        oha(url, *key, &body, 2, None, 8, Some(0))?;
+    }
+    let _ = writeln!(
+        out,
+        "The same request, configuration and rounds, with oha and the simulator on CPU 0 and the proxy alone on CPU 1 \
+         (`taskset`; nginx with `worker_processes 1`). Above, on two shared cores, a proxy's throughput is the share of the \
+         cores it leaves to the load generator and the simulator, so its ratio to direct is its CPU per request read again \
+         (nginx's CPU over im-http's is printed beside it). Here the proxy takes nothing from them: the ratio reads whether it \
+         keeps up with what is behind it, as where im runs in front of GPU servers.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| load | target | req/s | throughput / direct | proxy CPU µs/req | the proxy's core busy |\n|---|---|---|---|---|---|"
+    );
+    let mut verdict = Vec::new();
+    for conns in [16u32, 64] {
+        let mut cells: Vec<Vec<Load>> = vec![Vec::new(); targets.len()];
+        for r in 0..rounds {
+            for i in 0..targets.len() {
+                let t = (i + r) % targets.len();
+                let (_, url, key, pid) = &targets[t];
+                let cpu = || pid.map_or(0.0, cpu_seconds);
+                let before = cpu();
+                let mut load = oha(url, *key, &body, secs, None, conns, Some(0))?;
+                load.proxy_cpu_us = (cpu() - before) * 1e6 / (load.rps * secs as f64).max(1.0);
+                cells[t].push(load);
+            }
+        }
+        let med: Vec<(f64, f64)> = cells
+            .iter()
+            .map(|c| {
+                (
+                    median(c.iter().map(|l| l.rps).collect()),
+                    median(c.iter().map(|l| l.proxy_cpu_us).collect()),
+                )
+            })
+            .collect();
+        let direct = med[0].0;
+        for (i, (name, ..)) in targets.iter().enumerate() {
+            let (rps, cpu_us) = med[i];
+            let (cpu, busy) = if i == 0 {
+                ("-".to_owned(), "-".to_owned())
+            } else {
+                (
+                    format!("{cpu_us:.0}"),
+                    format!("{:.0}%", cpu_us * rps / 1e4),
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| max, {conns} conns | {name} | {rps:.0} | {:.2} | {cpu} | {busy} |",
+                rps / direct
+            );
+        }
+        let (nginx_ratio, im_ratio) = (med[1].0 / direct, med[2].0 / direct);
+        let (im_rps, im_cpu_us) = med[2];
+        verdict.push(format!(
+            "max, {conns} conns, each proxy on a core of its own: throughput / direct im-http {im_ratio:.2}, nginx {nginx_ratio:.2} = {:.2} of nginx's (target >= 0.8 {}); \
+             im-http's core {:.0}% busy, so one core of im-http passes about {:.0} requests/s at most",
+            im_ratio / nginx_ratio,
+            met(im_ratio >= 0.8 * nginx_ratio),
+            im_cpu_us * im_rps / 1e4,
+            1e6 / im_cpu_us.max(1.0),
+        ));
+    }
+    drop((sim, ngx, im, bare));
     let _ = writeln!(out);
     for v in verdict {
         let _ = writeln!(out, "- {v}");
@@ -401,7 +532,7 @@ pub fn allocations(out: &mut String, requests: u32) -> Result<()> {
         let first = s.split_whitespace().next().unwrap_or_default();
         first.parse().context("parsing the allocation count")
     };
-    oha(&url, Some(TENANT_KEY), &body, 2, None, 16)?;
+    oha(&url, Some(TENANT_KEY), &body, 2, None, 16, None)?;
     let idle0 = count()?;
     std::thread::sleep(std::time::Duration::from_secs(1));
     let idle1 = count()?;
