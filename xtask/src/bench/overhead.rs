@@ -412,6 +412,10 @@ pub fn own_core(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
         let _ = writeln!(out, "Skipped: this machine has one CPU.\n");
         return Ok(());
     }
+    if Command::new("taskset").arg("--version").output().is_err() {
+        let _ = writeln!(out, "Skipped: `taskset` (util-linux) is not installed.\n");
+        return Ok(());
+    }
     let (sim_p, im_p, ngx_p, bare_p) = (free_port(), free_port(), free_port(), free_port());
     let sim = start_on_cpu(0, &sim_command(sim_p, 0.0, None), sim_p, "/readyz")?;
     let ngx = Nginx(start_on_cpu(
