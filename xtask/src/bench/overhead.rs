@@ -402,7 +402,7 @@ fn start_on_cpu(cpu: usize, cmd: &Command, port: u16, path: &str) -> Result<Proc
 
 /// Throughput with each proxy on a core of its own: the load generator and the simulator on CPU
 /// 0, the proxy alone on CPU 1 (nginx with one worker; im-http and the bare proxy have one
-/// thread each). On the shared cores of [`overhead`] a proxy's throughput is its share of two
+/// thread each). On the shared cores of [`overhead()`] a proxy's throughput is its share of two
 /// cores the load generator and the simulator also need, which its CPU per request sets; here the
 /// proxy does not take CPU from what is behind it and in front of it, so the ratio reads whether
 /// it keeps up with them, which is what a proxy's throughput means where it is deployed.
