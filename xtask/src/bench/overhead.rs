@@ -387,15 +387,20 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     Ok(())
 }
 
-/// `cmd` started on CPU `cpu` alone, its output discarded, ready once `port` answers `path`.
-fn start_on_cpu(cpu: usize, cmd: &Command, port: u16, path: &str) -> Result<Proc> {
-    let p = Proc(
+/// `cmd` started on CPU `cpu` alone, its output discarded.
+fn spawn_on_cpu(cpu: usize, cmd: &Command) -> Result<Proc> {
+    Ok(Proc(
         on_cpu(cpu, cmd)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {:?} on CPU {cpu}", cmd.get_program()))?,
-    );
+    ))
+}
+
+/// [`spawn_on_cpu`], ready once `port` answers `path`.
+fn start_on_cpu(cpu: usize, cmd: &Command, port: u16, path: &str) -> Result<Proc> {
+    let p = spawn_on_cpu(cpu, cmd)?;
     wait_ready(port, path, None)?;
     Ok(p)
 }
@@ -418,12 +423,9 @@ pub fn own_core(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     }
     let (sim_p, im_p, ngx_p, bare_p) = (free_port(), free_port(), free_port(), free_port());
     let sim = start_on_cpu(0, &sim_command(sim_p, 0.0, None), sim_p, "/readyz")?;
-    let ngx = Nginx(start_on_cpu(
-        1,
-        &nginx_command(ngx_p, sim_p, 1)?,
-        ngx_p,
-        "/readyz",
-    )?);
+    // Held as nginx before it is waited for, so a failed start still stops its worker.
+    let ngx = Nginx(spawn_on_cpu(1, &nginx_command(ngx_p, sim_p, 1)?)?);
+    wait_ready(ngx_p, "/readyz", None)?;
     let im_cmd = im_command(&release_bin("im-http"), im_p, sim_p, &config(), &[])?;
     let im = start_on_cpu(1, &im_cmd, im_p, "/health")?;
     let bare = start_on_cpu(1, &bare_proxy_command(bare_p, sim_p, 0), bare_p, "/readyz")?;
