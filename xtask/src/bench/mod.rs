@@ -220,12 +220,16 @@ pub const BARE_WAITING: &str = "bare_waiting";
 pub const COUNTING_IM: &str = "im-http-count-allocations";
 
 pub fn start_sim(port: u16, time_scale: f64, config: Option<&Path>) -> Result<Proc> {
+    start_ready(&mut sim_command(port, time_scale, config), port, "/readyz")
+}
+
+/// `cmd` started, and ready once `port` answers `path` (killed if it never does).
+pub fn start_ready(cmd: &mut Command, port: u16, path: &str) -> Result<Proc> {
     let p = Proc(
-        sim_command(port, time_scale, config)
-            .spawn()
-            .context("starting localai-sim")?,
+        cmd.spawn()
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?,
     );
-    wait_ready(port, "/readyz", None)?;
+    wait_ready(port, path, None)?;
     Ok(p)
 }
 

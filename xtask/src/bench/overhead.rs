@@ -46,14 +46,12 @@ pub(super) fn bare_proxy_command(port: u16, upstream_port: u16, work_us: u64) ->
 
 /// [`bare_proxy_command`], started and ready.
 fn start_bare_proxy(port: u16, upstream_port: u16, work_us: u64) -> Result<Proc> {
-    let p = Proc(
-        bare_proxy_command(port, upstream_port, work_us)
-            .spawn()
-            .context("starting the bare proxy")?,
-    );
     // It passes every path on: the simulator's readiness answers through it.
-    wait_ready(port, "/readyz", None)?;
-    Ok(p)
+    start_ready(
+        &mut bare_proxy_command(port, upstream_port, work_us),
+        port,
+        "/readyz",
+    )
 }
 
 /// The command that starts nginx with `workers` worker processes on `port` in front of
@@ -387,22 +385,16 @@ pub fn overhead(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     Ok(())
 }
 
-/// `cmd` started on CPU `cpu` alone, its output discarded.
-fn spawn_on_cpu(cpu: usize, cmd: &Command) -> Result<Proc> {
-    Ok(Proc(
-        on_cpu(cpu, cmd)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {:?} on CPU {cpu}", cmd.get_program()))?,
-    ))
+/// `cmd` to run on CPU `cpu` alone, its output discarded.
+fn quiet_on_cpu(cpu: usize, cmd: &Command) -> Command {
+    let mut pinned = on_cpu(cpu, cmd);
+    pinned.stdout(Stdio::null()).stderr(Stdio::null());
+    pinned
 }
 
-/// [`spawn_on_cpu`], ready once `port` answers `path`.
+/// `cmd` started on CPU `cpu` alone, ready once `port` answers `path`.
 fn start_on_cpu(cpu: usize, cmd: &Command, port: u16, path: &str) -> Result<Proc> {
-    let p = spawn_on_cpu(cpu, cmd)?;
-    wait_ready(port, path, None)?;
-    Ok(p)
+    start_ready(&mut quiet_on_cpu(cpu, cmd), port, path)
 }
 
 /// Throughput with each proxy on a core of its own: the load generator and the simulator on CPU
@@ -424,7 +416,11 @@ pub fn own_core(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     let (sim_p, im_p, ngx_p, bare_p) = (free_port(), free_port(), free_port(), free_port());
     let sim = start_on_cpu(0, &sim_command(sim_p, 0.0, None), sim_p, "/readyz")?;
     // Held as nginx before it is waited for, so a failed start still stops its worker.
-    let ngx = Nginx(spawn_on_cpu(1, &nginx_command(ngx_p, sim_p, 1)?)?);
+    let ngx = Nginx(Proc(
+        quiet_on_cpu(1, &nginx_command(ngx_p, sim_p, 1)?)
+            .spawn()
+            .context("starting nginx")?,
+    ));
     wait_ready(ngx_p, "/readyz", None)?;
     let im_cmd = im_command(&release_bin("im-http"), im_p, sim_p, &config(), &[])?;
     let im = start_on_cpu(1, &im_cmd, im_p, "/health")?;
