@@ -307,9 +307,7 @@ pub fn im_command(
 
 /// Start im-http by `cmd` (an [`im_command`]) and wait until it answers on `port`.
 pub fn start_im_with(mut cmd: Command, port: u16) -> Result<Proc> {
-    let p = Proc(cmd.spawn().context("starting im-http")?);
-    wait_ready(port, "/health", None)?;
-    Ok(p)
+    start_ready(&mut cmd, port, "/health")
 }
 
 pub fn models_toml(slots_llm: u32) -> String {

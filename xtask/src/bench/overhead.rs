@@ -82,7 +82,8 @@ fn nginx_command(port: u16, upstream_port: u16, workers: usize) -> Result<Comman
     Ok(cmd)
 }
 
-/// nginx started by `cmd` (an [`nginx_command`]) and ready on `port`.
+/// nginx started by `cmd` (an [`nginx_command`], maybe pinned) and ready on `port`; held as
+/// nginx before it is waited for, so a failed start still stops its workers.
 fn start_nginx_with(mut cmd: Command, port: u16) -> Result<Nginx> {
     let nginx = Nginx(Proc(cmd.spawn().context("starting nginx")?));
     wait_ready(port, "/readyz", None)?;
@@ -415,13 +416,7 @@ pub fn own_core(out: &mut String, secs: u64, rounds: usize) -> Result<()> {
     }
     let (sim_p, im_p, ngx_p, bare_p) = (free_port(), free_port(), free_port(), free_port());
     let sim = start_on_cpu(0, &sim_command(sim_p, 0.0, None), sim_p, "/readyz")?;
-    // Held as nginx before it is waited for, so a failed start still stops its worker.
-    let ngx = Nginx(Proc(
-        quiet_on_cpu(1, &nginx_command(ngx_p, sim_p, 1)?)
-            .spawn()
-            .context("starting nginx")?,
-    ));
-    wait_ready(ngx_p, "/readyz", None)?;
+    let ngx = start_nginx_with(quiet_on_cpu(1, &nginx_command(ngx_p, sim_p, 1)?), ngx_p)?;
     let im_cmd = im_command(&release_bin("im-http"), im_p, sim_p, &config(), &[])?;
     let im = start_on_cpu(1, &im_cmd, im_p, "/health")?;
     let bare = start_on_cpu(1, &bare_proxy_command(bare_p, sim_p, 0), bare_p, "/readyz")?;
